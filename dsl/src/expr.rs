@@ -1,0 +1,248 @@
+//! Checking guard-language expressions at authoring time.
+//!
+//! Expressions are compiled with Rhai's own parser (strict variables, no optimisation, depth limits)
+//! and their syntax tree is walked to check every function, every variable and every literal scale,
+//! observation kind or window they name. Errors are placed inside the pathway file by offsetting
+//! Rhai's position within the expression by the expression's own position in the file.
+
+use rhai::{ASTNode, Engine, Expr as RExpr, OptimizationLevel, ParseErrorType, Position, Scope};
+
+use crate::catalog::{self, ArgKind};
+use crate::diag::{Code, Diagnostic, Pos, suggest};
+use crate::model::Duration;
+
+/// Where an expression sits in its source file.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub file: String,
+    pub pos: Pos,
+    /// Quoted scalars start one column after their node.
+    pub quoted: bool,
+}
+
+impl Site {
+    fn locate(&self, p: Position) -> Pos {
+        let line = p.line().unwrap_or(1) as u32;
+        let col = p.position().unwrap_or(1) as u32;
+        if line <= 1 {
+            Pos { line: self.pos.line, col: self.pos.col + u32::from(self.quoted) + col - 1 }
+        } else {
+            Pos { line: self.pos.line + line - 1, col }
+        }
+    }
+}
+
+/// What an expression is for: decides the variables in scope and the checks applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Guard,
+    Value,
+    /// An alarm condition over one reading: observation kinds are the variables.
+    Reading,
+    /// A goal's per-reading condition: `value` is the variable.
+    GoalReading,
+}
+
+/// The result of checking one expression.
+#[derive(Debug, Default, Clone)]
+pub struct Checked {
+    pub variables: Vec<String>,
+    pub constant: bool,
+}
+
+pub struct ExprChecker {
+    engine: Engine,
+}
+
+impl Default for ExprChecker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ExprChecker {
+    pub fn new() -> Self {
+        let mut engine = Engine::new_raw();
+        engine.set_strict_variables(true);
+        engine.set_optimization_level(OptimizationLevel::None);
+        engine.set_max_expr_depths(32, 16);
+        engine.set_max_string_size(4_096);
+        ExprChecker { engine }
+    }
+
+    /// Checks `src`; problems are appended to `diags`. Returns what the expression reads.
+    pub fn check(
+        &self,
+        src: &str,
+        purpose: Purpose,
+        variables: &[String],
+        site: &Site,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Checked> {
+        let mut scope = Scope::new();
+        let names: Vec<String> = match purpose {
+            Purpose::Reading => catalog::observation_names().iter().map(|s| s.to_string()).collect(),
+            Purpose::GoalReading => vec!["value".to_string()],
+            Purpose::Guard | Purpose::Value => variables.to_vec(),
+        };
+        for name in &names {
+            scope.push_dynamic(name.clone(), rhai::Dynamic::UNIT);
+        }
+        if src.trim().is_empty() {
+            diags.push(Diagnostic::error(Code::ExprSyntax, &site.file, site.pos, "expression is empty", "write a condition such as `score(\"epds\") >= 13`"));
+            return None;
+        }
+        let ast = match self.engine.compile_expression_with_scope(&scope, src) {
+            Ok(ast) => ast,
+            Err(err) => {
+                let pos = site.locate(err.1);
+                let (code, hint) = match err.0.as_ref() {
+                    ParseErrorType::VariableUndefined(name) => {
+                        let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let hint = match purpose {
+                            Purpose::Reading => format!("in an alarm condition the variables are observation kinds; {}", suggest(name, &known)),
+                            Purpose::GoalReading => "in a goal's reading condition the reading is `value`".to_string(),
+                            _ if known.is_empty() => "declare it under `variables:`, or call a guard function such as `latest(\"bp_systolic\")`".to_string(),
+                            _ => format!("declare it under `variables:`; {}", suggest(name, &known)),
+                        };
+                        (Code::UnknownVariable, hint)
+                    }
+                    _ => (Code::ExprSyntax, "guards are Rhai expressions, e.g. `score(\"epds\") >= 13 && days_in_state() > 2`".to_string()),
+                };
+                let message = match err.0.as_ref() {
+                    ParseErrorType::VariableUndefined(name) => format!("unknown variable `{name}` in expression"),
+                    other => format!("expression does not parse: {other}"),
+                };
+                diags.push(Diagnostic::error(code, &site.file, pos, message, hint));
+                return None;
+            }
+        };
+
+        let mut checked = Checked::default();
+        let mut calls = 0usize;
+        ast.walk(&mut |path: &[ASTNode]| {
+            match path.last() {
+                Some(ASTNode::Expr(RExpr::Variable(v, _, _))) => {
+                    let name = v.1.to_string();
+                    if !checked.variables.contains(&name) {
+                        checked.variables.push(name);
+                    }
+                }
+                Some(ASTNode::Expr(RExpr::FnCall(f, pos))) if !f.is_operator_call() => {
+                    calls += 1;
+                    self.check_call(f.name.as_str(), &f.args, site.locate(*pos), site, diags);
+                }
+                Some(ASTNode::Expr(RExpr::MethodCall(f, pos))) => {
+                    calls += 1;
+                    if !catalog::PURE_FUNCTIONS.contains(&f.name.as_str()) {
+                        diags.push(Diagnostic::error(
+                            Code::UnknownFunction,
+                            &site.file,
+                            site.locate(*pos),
+                            format!("unknown method `{}`", f.name),
+                            format!("methods available on values: {}", catalog::PURE_FUNCTIONS.join(", ")),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            true
+        });
+        checked.constant = calls == 0 && checked.variables.is_empty();
+        Some(checked)
+    }
+
+    fn check_call(&self, name: &str, args: &[RExpr], at: Pos, site: &Site, diags: &mut Vec<Diagnostic>) {
+        let kinds = match catalog::guard_function(name, args.len()) {
+            Some(kinds) => kinds,
+            None if catalog::PURE_FUNCTIONS.contains(&name) => return,
+            None => {
+                let arities: Vec<usize> =
+                    catalog::GUARD_FUNCTIONS.iter().filter(|(n, _)| *n == name).map(|(_, a)| a.len()).collect();
+                let (message, hint) = if let Some(n) = arities.first() {
+                    (format!("`{name}` takes {n} argument(s), not {}", args.len()), "see the guard functions in docs/pathway-language.md".to_string())
+                } else {
+                    (format!("unknown guard function `{name}`"), suggest(name, &catalog::function_names()))
+                };
+                diags.push(Diagnostic::error(Code::UnknownFunction, &site.file, at, message, hint));
+                return;
+            }
+        };
+        for (arg, kind) in args.iter().zip(kinds) {
+            let RExpr::StringConstant(value, pos) = arg else { continue };
+            let at = site.locate(*pos);
+            match kind {
+                ArgKind::Scale if !catalog::SCALES.contains(&value.as_str()) => diags.push(Diagnostic::error(
+                    Code::UnknownScale,
+                    &site.file,
+                    at,
+                    format!("unknown scale `{value}`"),
+                    suggest(value, catalog::SCALES),
+                )),
+                ArgKind::Observation if !catalog::is_observation(value) => diags.push(Diagnostic::error(
+                    Code::UnknownObservation,
+                    &site.file,
+                    at,
+                    format!("unknown observation kind `{value}`"),
+                    suggest(value, &catalog::observation_names()),
+                )),
+                ArgKind::Duration => {
+                    if let Err(e) = Duration::parse(value) {
+                        diags.push(Diagnostic::error(Code::BadDuration, &site.file, at, e, "a window is written like \"7d\" or \"24h\""));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(src: &str, vars: &[&str]) -> (Option<Checked>, Vec<Diagnostic>) {
+        let checker = ExprChecker::new();
+        let mut diags = Vec::new();
+        let site = Site { file: "p.yaml".into(), pos: Pos { line: 10, col: 15 }, quoted: true };
+        let vars: Vec<String> = vars.iter().map(|s| s.to_string()).collect();
+        let out = checker.check(src, Purpose::Guard, &vars, &site, &mut diags);
+        (out, diags)
+    }
+
+    #[test]
+    fn good_guard_reads_its_variables() {
+        let (out, diags) = run("score(\"epds\") >= 13 && high_risk", &["high_risk"]);
+        assert!(diags.is_empty(), "{diags:?}");
+        let out = out.unwrap();
+        assert_eq!(out.variables, vec!["high_risk"]);
+        assert!(!out.constant);
+    }
+
+    #[test]
+    fn errors_are_located_inside_the_file() {
+        let (_, diags) = run("score(\"epds\") >= ", &[]);
+        assert_eq!(diags[0].code, Code::ExprSyntax);
+        assert_eq!(diags[0].pos.line, 10);
+        let (_, diags) = run("scor(\"epds\") > 1", &[]);
+        assert_eq!(diags[0].code, Code::UnknownFunction);
+        assert_eq!(diags[0].pos, Pos { line: 10, col: 16 });
+        assert!(diags[0].hint.contains("score"), "{}", diags[0].hint);
+    }
+
+    #[test]
+    fn literal_names_are_checked() {
+        let (_, diags) = run("score(\"epdss\") > 1 || mean(\"bp_sys\", \"7x\") > 2", &[]);
+        let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
+        assert_eq!(codes, vec![Code::UnknownScale, Code::UnknownObservation, Code::BadDuration]);
+    }
+
+    #[test]
+    fn unknown_variable_and_constant() {
+        let (_, diags) = run("hihg_risk", &["high_risk"]);
+        assert_eq!(diags[0].code, Code::UnknownVariable);
+        assert!(diags[0].hint.contains("high_risk"));
+        let (out, _) = run("1 < 2", &[]);
+        assert!(out.unwrap().constant);
+    }
+}

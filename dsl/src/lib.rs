@@ -1,0 +1,174 @@
+//! carepath's pathway language: text in, a validated `Pathway` and every diagnostic out.
+//!
+//! Architecture invariants: this crate knows nothing of storage, time or patients; it never panics
+//! on input, however broken or hostile; and it returns every problem at once, each located in its
+//! file. `compile_*` returns the model whenever one could be built, and `Compiled::is_ok` says
+//! whether it is fit to run (no errors; warnings allowed).
+
+pub mod catalog;
+mod check;
+pub mod diag;
+pub mod expr;
+pub mod graph;
+pub mod lower;
+pub mod model;
+pub mod rhai_front;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+pub use diag::{Code, Diagnostic, Pos, Severity};
+pub use lower::{FsLoader, Loader};
+pub use model::*;
+
+/// What kind of document a file holds, judged by its top-level key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    Pathway,
+    Fragment,
+    /// Scales and pathway tests are read by the engine, not by this crate.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub file: String,
+    pub kind: DocKind,
+    pub pathway: Option<Pathway>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    pub fn is_ok(&self) -> bool {
+        !self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    /// The pathway, only if it has no errors.
+    pub fn into_pathway(self) -> Result<Pathway, Vec<Diagnostic>> {
+        match self.pathway {
+            Some(p) if !self.diagnostics.iter().any(Diagnostic::is_error) => Ok(p),
+            _ => Err(self.diagnostics),
+        }
+    }
+}
+
+fn top_key(root: &yaml::Node) -> Option<&str> {
+    match &root.value {
+        yaml::Value::Map(entries) => entries.iter().filter_map(|(k, _)| k.as_str()).find(|k| {
+            matches!(*k, "pathway" | "fragment" | "scale" | "tests" | "templates")
+        }),
+        _ => None,
+    }
+}
+
+fn finish(file: &str, kind: DocKind, pathway: Option<Pathway>, mut diagnostics: Vec<Diagnostic>) -> Compiled {
+    diagnostics.sort_by(|a, b| (&a.file, a.pos, a.code.as_str()).cmp(&(&b.file, b.pos, b.code.as_str())));
+    diagnostics.dedup();
+    Compiled { file: file.to_string(), kind, pathway, diagnostics }
+}
+
+/// Lowers and checks a positioned tree (from either front-end).
+fn compile_tree(file: &str, root: &yaml::Node, base_dir: &Path, loader: &dyn Loader) -> Compiled {
+    let mut diags = Vec::new();
+    let kind = match top_key(root) {
+        Some("fragment") => DocKind::Fragment,
+        Some("scale" | "tests" | "templates") => DocKind::Other,
+        _ => DocKind::Pathway,
+    };
+    let checker = expr::ExprChecker::new();
+    let pathway = match kind {
+        DocKind::Other => None,
+        DocKind::Fragment => {
+            let mut lw = lower::Lowerer::new(file, base_dir.to_path_buf(), loader, &mut diags);
+            let mut states = Vec::new();
+            lw.fragment_states(root, "", Default::default(), &mut states);
+            let map = std::mem::take(&mut lw.map);
+            drop(lw);
+            let names: std::collections::HashSet<&str> = states.iter().map(|s| s.id.as_str()).collect();
+            for (si, s) in states.iter().enumerate() {
+                for (ti, t) in s.transitions.iter().enumerate() {
+                    if !t.to.starts_with("exit:") && !names.contains(t.to.as_str()) {
+                        let pos = map.transitions.get(si).and_then(|v| v.get(ti)).map(|l| l.pos).unwrap_or(Pos::START);
+                        diags.push(Diagnostic::error(Code::UnknownState, file, pos, format!("transition goes to `{}`, which is not a state of this fragment", t.to), "use `exit:<name>` to leave the fragment"));
+                    }
+                }
+            }
+            for e in &map.exprs {
+                checker.check(&e.src, e.purpose, &[], &e.site, &mut diags);
+            }
+            None
+        }
+        DocKind::Pathway => {
+            let mut lw = lower::Lowerer::new(file, base_dir.to_path_buf(), loader, &mut diags);
+            let pathway = lw.pathway(root);
+            let map = std::mem::take(&mut lw.map);
+            drop(lw);
+            if let Some(p) = &pathway {
+                check::check_pathway(p, &map, &checker, &mut diags);
+            }
+            pathway
+        }
+    };
+    finish(file, kind, pathway, diags)
+}
+
+/// Compiles YAML source.
+pub fn compile_yaml(file: &str, bytes: &[u8], base_dir: &Path, loader: &dyn Loader) -> Compiled {
+    match yaml::parse(file, bytes, yaml::Budget::default()) {
+        Ok(root) => compile_tree(file, &root, base_dir, loader),
+        Err(diags) => finish(file, DocKind::Pathway, None, diags),
+    }
+}
+
+/// Compiles a Rhai pathway script.
+pub fn compile_rhai(file: &str, bytes: &[u8], base_dir: &Path, loader: &dyn Loader) -> Compiled {
+    match rhai_front::run(file, bytes) {
+        Ok(root) => compile_tree(file, &root, base_dir, loader),
+        Err(diags) => finish(file, DocKind::Pathway, None, diags),
+    }
+}
+
+/// Compiles a file by its extension (`.rhai`, else YAML).
+pub fn compile_file(path: &Path) -> Compiled {
+    let file = path.display().to_string();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let bytes = match FsLoader.load(path) {
+        Ok(b) => b,
+        Err(e) => {
+            let d = Diagnostic::error(Code::Syntax, &file, Pos::START, format!("cannot read file: {e}"), "check the path");
+            return finish(&file, DocKind::Pathway, None, vec![d]);
+        }
+    };
+    if path.extension().is_some_and(|e| e == "rhai") {
+        compile_rhai(&file, &bytes, &base, &FsLoader)
+    } else {
+        compile_yaml(&file, &bytes, &base, &FsLoader)
+    }
+}
+
+/// Pathway files under the given files and folders (`.yaml`, `.yml`, `.rhai`), sorted.
+pub fn pathway_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for entry in std::fs::read_dir(&p)? {
+                stack.push(entry?.path());
+            }
+        } else if paths.contains(&p) || is_source(&p) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_source(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let ext_ok = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "rhai"));
+    ext_ok && !name.ends_with(".test.yaml") && !name.ends_with(".scenario.yaml")
+}

@@ -1,0 +1,903 @@
+//! Lowering the positioned YAML tree into the model, collecting every problem on the way.
+//!
+//! Each reader takes a node, reports what is wrong with it, and returns what it could make of it;
+//! lowering goes on after a problem so the author sees every diagnostic in one run. What can only be
+//! checked once the whole pathway is known (names of states, roles, variables; the graph) is recorded
+//! with its location in a `SourceMap` and checked afterwards by `check`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::catalog;
+use crate::diag::{Code, Diagnostic, Pos, suggest};
+use crate::expr::{Purpose, Site};
+use crate::model::*;
+use crate::yaml::{Node, Value};
+
+/// A location: file and position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loc {
+    pub file: String,
+    pub pos: Pos,
+}
+
+/// An expression waiting to be checked once the variables are known.
+#[derive(Debug, Clone)]
+pub struct PendingExpr {
+    pub src: String,
+    pub purpose: Purpose,
+    pub site: Site,
+}
+
+/// Where things came from, for the checks that run after lowering.
+#[derive(Debug, Default, Clone)]
+pub struct SourceMap {
+    pub states: Vec<Loc>,
+    /// Per state, per transition: where its `to` was written.
+    pub transitions: Vec<Vec<Loc>>,
+    pub entry_points: Vec<Loc>,
+    pub roles: Vec<(String, Loc)>,
+    pub declared_roles: Vec<(String, Loc)>,
+    pub action_ids: Vec<(String, Loc)>,
+    pub variables: Vec<Loc>,
+    pub exprs: Vec<PendingExpr>,
+    /// Assignments to variables by `set` actions: (variable, location).
+    pub assignments: Vec<(String, Loc)>,
+    pub root: Option<Loc>,
+}
+
+/// Reads fragment files named by `include`.
+pub trait Loader {
+    fn load(&self, path: &Path) -> Result<Vec<u8>, String>;
+}
+
+/// Loads from the file system.
+pub struct FsLoader;
+
+impl Loader for FsLoader {
+    fn load(&self, path: &Path) -> Result<Vec<u8>, String> {
+        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        if meta.len() > crate::yaml::Budget::default().max_bytes as u64 {
+            return Err(format!("file is {} bytes, larger than a pathway file may be", meta.len()));
+        }
+        std::fs::read(path).map_err(|e| e.to_string())
+    }
+}
+
+pub(crate) struct Lowerer<'a> {
+    pub file: String,
+    pub diags: &'a mut Vec<Diagnostic>,
+    pub map: SourceMap,
+    pub loader: &'a dyn Loader,
+    pub base_dir: PathBuf,
+    /// State-id prefix and exit mapping while lowering a fragment.
+    fragment: Option<FragmentCtx>,
+    depth: usize,
+}
+
+#[derive(Clone)]
+struct FragmentCtx {
+    prefix: String,
+    exits: HashMap<String, String>,
+    declared_exits: Vec<String>,
+}
+
+type Fields<'n> = HashMap<&'n str, (&'n Node, &'n Node)>;
+
+const PATHWAY_KEYS: &[&str] = &[
+    "pathway",
+    "version",
+    "title",
+    "description",
+    "disease",
+    "owner_role",
+    "roles",
+    "variables",
+    "entry_points",
+    "include",
+    "states",
+    "goals",
+    "indicators",
+];
+const STATE_KEYS: &[&str] = &["id", "phase", "title", "terminal", "on_enter", "transitions"];
+const TRANSITION_KEYS: &[&str] = &["to", "on", "after", "at", "when", "label"];
+const ACTION_KINDS: &[&str] = &["task", "follow_up", "scale", "risk", "alarm", "referral", "goal", "note", "set"];
+
+impl<'a> Lowerer<'a> {
+    pub fn new(file: &str, base_dir: PathBuf, loader: &'a dyn Loader, diags: &'a mut Vec<Diagnostic>) -> Self {
+        Lowerer { file: file.to_string(), diags, map: SourceMap::default(), loader, base_dir, fragment: None, depth: 0 }
+    }
+
+    fn loc(&self, pos: Pos) -> Loc {
+        Loc { file: self.file.clone(), pos }
+    }
+
+    fn err(&mut self, code: Code, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        self.diags.push(Diagnostic::error(code, &self.file, pos, message, hint));
+    }
+
+    // ---- generic readers -------------------------------------------------------------------
+
+    /// Reads a mapping, reporting duplicate, non-text and unknown keys.
+    fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
+        let Value::Map(entries) = &node.value else {
+            self.err(Code::WrongType, node.pos, format!("{what} must be a mapping, found {}", node.kind_name()), "write it as `key: value` lines");
+            return None;
+        };
+        let mut out: Fields<'n> = HashMap::new();
+        for (k, v) in entries {
+            let Some(key) = k.as_str() else {
+                self.err(Code::WrongType, k.pos, format!("keys in {what} must be text"), "");
+                continue;
+            };
+            if !allowed.contains(&key) {
+                let hint = match crate::diag::closest(key, allowed.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!("allowed here: {}", allowed.join(", ")),
+                };
+                self.err(Code::UnknownKey, k.pos, format!("unknown key `{key}` in {what}"), hint);
+                continue;
+            }
+            if let Some((first, _)) = out.get(key) {
+                let line = first.pos.line;
+                self.err(Code::DuplicateKey, k.pos, format!("key `{key}` appears twice in {what}"), format!("the first is on line {line}; keep one"));
+                continue;
+            }
+            out.insert(key, (k, v));
+        }
+        Some(out)
+    }
+
+    fn req<'n>(&mut self, f: &Fields<'n>, key: &str, parent: &Node, what: &str) -> Option<&'n Node> {
+        match f.get(key) {
+            Some((_, v)) if !matches!(v.value, Value::Null) => Some(v),
+            Some((k, _)) => {
+                self.err(Code::MissingKey, k.pos, format!("`{key}` in {what} has no value"), "");
+                None
+            }
+            None => {
+                self.err(Code::MissingKey, parent.pos, format!("{what} is missing `{key}`"), format!("add `{key}:`"));
+                None
+            }
+        }
+    }
+
+    fn opt<'n>(f: &Fields<'n>, key: &str) -> Option<&'n Node> {
+        f.get(key).map(|(_, v)| *v).filter(|v| !matches!(v.value, Value::Null))
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.value {
+            Value::Scalar { text, .. } => Some(text.clone()),
+            _ => {
+                self.err(Code::WrongType, node.pos, format!("{what} must be text, found {}", node.kind_name()), "");
+                None
+            }
+        }
+    }
+
+    fn ident(&mut self, node: &Node, what: &str) -> Option<String> {
+        let s = self.string(node, what)?;
+        let ok = s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && s.len() <= 64;
+        if !ok {
+            self.err(
+                Code::InvalidValue,
+                node.pos,
+                format!("{what} `{s}` is not a valid id"),
+                "ids start with a lower-case letter and use only a-z, 0-9 and _",
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn event_name(&mut self, node: &Node) -> Option<String> {
+        let s = self.string(node, "an event")?;
+        let ok = !s.is_empty()
+            && s.len() <= 96
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | ':' | '.' | '-'));
+        if !ok {
+            self.err(Code::InvalidValue, node.pos, format!("`{s}` is not a valid event name"), "events are lower case, e.g. `discharged` or `task_done:day7_call`");
+            return None;
+        }
+        if let Some((kind, qual)) = s.split_once(':') {
+            if kind == "scale_answered" && !catalog::SCALES.contains(&qual) {
+                self.err(Code::UnknownScale, node.pos, format!("unknown scale `{qual}` in event `{s}`"), suggest(qual, catalog::SCALES));
+            }
+        }
+        Some(s)
+    }
+
+    fn choice<T: Copy>(&mut self, node: &Node, what: &str, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(node, what)?;
+        match options.iter().find(|(n, _)| *n == s) {
+            Some((_, v)) => Some(*v),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.err(Code::InvalidValue, node.pos, format!("`{s}` is not a valid {what}"), suggest(&s, &names));
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, node: &Node, what: &str) -> Option<u32> {
+        let s = self.string(node, what)?;
+        match s.parse::<u32>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.err(Code::WrongType, node.pos, format!("{what} must be a whole number, found `{s}`"), "");
+                None
+            }
+        }
+    }
+
+    fn float(&mut self, node: &Node, what: &str) -> Option<f64> {
+        let s = self.string(node, what)?;
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() => Some(v),
+            _ => {
+                self.err(Code::WrongType, node.pos, format!("{what} must be a number, found `{s}`"), "");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.as_str() {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            _ => {
+                self.err(Code::WrongType, node.pos, format!("{what} must be true or false"), "");
+                None
+            }
+        }
+    }
+
+    fn text(&mut self, node: &Node, what: &str) -> Option<Text> {
+        if let Value::Scalar { text, .. } = &node.value {
+            return Some(Text::both(text));
+        }
+        let f = self.fields(node, what, &["zh", "en"])?;
+        let zh = self.req(&f, "zh", node, what).and_then(|n| self.string(n, "zh text"));
+        let en = self.req(&f, "en", node, what).and_then(|n| self.string(n, "en text"));
+        Some(Text { zh: zh?, en: en? })
+    }
+
+    fn duration(&mut self, node: &Node) -> Option<Duration> {
+        let s = self.string(node, "a duration")?;
+        match Duration::parse(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(Code::BadDuration, node.pos, e, "durations are written `30m`, `24h`, `7d` or `6w`");
+                None
+            }
+        }
+    }
+
+    fn time_of_day(&mut self, node: &Node) -> Option<LocalTime> {
+        let s = self.string(node, "a time of day")?;
+        match LocalTime::parse(&s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(Code::BadDuration, node.pos, e, "quote it: at: \"09:00\"");
+                None
+            }
+        }
+    }
+
+    fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
+        match &node.value {
+            Value::Seq(items) => items,
+            Value::Null => &[],
+            _ => {
+                self.err(Code::WrongType, node.pos, format!("{what} must be a list, found {}", node.kind_name()), "write it as `- item` lines or `[a, b]`");
+                &[]
+            }
+        }
+    }
+
+    fn expr(&mut self, node: &Node, purpose: Purpose) -> Option<Expr> {
+        let src = self.string(node, "an expression")?;
+        let quoted = matches!(node.value, Value::Scalar { quoted: true, .. });
+        self.map.exprs.push(PendingExpr { src: src.clone(), purpose, site: Site { file: self.file.clone(), pos: node.pos, quoted } });
+        Some(Expr(src))
+    }
+
+    fn role_ref(&mut self, node: &Node) -> Option<String> {
+        let r = self.string(node, "a role")?;
+        self.map.roles.push((r.clone(), self.loc(node.pos)));
+        Some(r)
+    }
+
+    fn action_id(&mut self, node: &Node) -> Option<String> {
+        let id = self.ident(node, "action id")?;
+        self.map.action_ids.push((id.clone(), self.loc(node.pos)));
+        Some(id)
+    }
+
+    // ---- the pathway -----------------------------------------------------------------------
+
+    pub fn pathway(&mut self, root: &Node) -> Option<Pathway> {
+        self.map.root = Some(self.loc(root.pos));
+        if !matches!(root.value, Value::Map(_)) {
+            self.err(Code::Syntax, root.pos, format!("a pathway file must be a mapping, found {}", root.kind_name()), "start the file with `pathway: <id>`");
+            return None;
+        }
+        let f = self.fields(root, "the pathway", PATHWAY_KEYS)?;
+        let id = self.req(&f, "pathway", root, "the pathway").and_then(|n| self.ident(n, "pathway id"));
+        let version = self.req(&f, "version", root, "the pathway").and_then(|n| self.uint(n, "version"));
+        if version == Some(0) {
+            let pos = f["version"].1.pos;
+            self.err(Code::InvalidValue, pos, "version must be 1 or more", "");
+        }
+        let title = self.req(&f, "title", root, "the pathway").and_then(|n| self.text(n, "title"));
+        let description = Self::opt(&f, "description").and_then(|n| self.string(n, "description"));
+        let disease = Self::opt(&f, "disease").and_then(|n| self.string(n, "disease"));
+        let owner_role = self.req(&f, "owner_role", root, "the pathway").and_then(|n| self.role_ref(n));
+        let mut roles = Vec::new();
+        if let Some(n) = self.req(&f, "roles", root, "the pathway") {
+            for item in self.list(n, "roles") {
+                if let Some(r) = self.string(item, "a role") {
+                    self.map.declared_roles.push((r.clone(), self.loc(item.pos)));
+                    roles.push(r);
+                }
+            }
+        }
+        let variables = Self::opt(&f, "variables").map(|n| self.variables(n)).unwrap_or_default();
+        let mut entry_points = Vec::new();
+        if let Some(n) = self.req(&f, "entry_points", root, "the pathway") {
+            for item in self.list(n, "entry_points") {
+                if let Some(e) = self.entry_point(item, &variables) {
+                    entry_points.push(e);
+                }
+            }
+        }
+        let mut states = Vec::new();
+        if let Some(n) = self.req(&f, "states", root, "the pathway") {
+            for item in self.list(n, "states") {
+                if let Some(s) = self.state(item) {
+                    states.push(s);
+                }
+            }
+        }
+        if let Some(n) = Self::opt(&f, "include") {
+            for item in self.list(n, "include") {
+                self.include(item, &mut states);
+            }
+        }
+        let mut goals = Vec::new();
+        if let Some(n) = Self::opt(&f, "goals") {
+            for item in self.list(n, "goals") {
+                if let Some(g) = self.goal(item) {
+                    goals.push(g);
+                }
+            }
+        }
+        let mut indicators = Vec::new();
+        if let Some(n) = Self::opt(&f, "indicators") {
+            for item in self.list(n, "indicators") {
+                if let Some(i) = self.indicator(item) {
+                    indicators.push(i);
+                }
+            }
+        }
+        Some(Pathway {
+            id: id?,
+            version: version?,
+            title: title?,
+            description,
+            disease,
+            owner_role: owner_role?,
+            roles,
+            variables,
+            entry_points,
+            states,
+            goals,
+            indicators,
+        })
+    }
+
+    fn variables(&mut self, node: &Node) -> Vec<Variable> {
+        let Value::Map(entries) = &node.value else {
+            self.err(Code::WrongType, node.pos, "variables must be a mapping of name to `{ type, default }`", "");
+            return Vec::new();
+        };
+        let mut out: Vec<Variable> = Vec::new();
+        for (k, v) in entries {
+            let Some(name) = self.ident(k, "variable name") else { continue };
+            if out.iter().any(|x| x.name == name) {
+                self.err(Code::DuplicateId, k.pos, format!("variable `{name}` is declared twice"), "");
+                continue;
+            }
+            let Some(f) = self.fields(v, "a variable", &["type", "default", "description"]) else { continue };
+            let ty = self.req(&f, "type", v, "the variable").and_then(|n| {
+                self.choice(n, "variable type", &[("number", VarType::Number), ("integer", VarType::Integer), ("bool", VarType::Bool), ("text", VarType::Text)])
+            });
+            let description = Self::opt(&f, "description").and_then(|n| self.string(n, "description"));
+            let Some(ty) = ty else { continue };
+            let default = match f.get("default").map(|(_, n)| *n) {
+                Some(n) => self.constant(n, ty),
+                None => Some(match ty {
+                    VarType::Number => VarValue::Number(0.0),
+                    VarType::Integer => VarValue::Integer(0),
+                    VarType::Bool => VarValue::Bool(false),
+                    VarType::Text => VarValue::Text(String::new()),
+                }),
+            };
+            let Some(default) = default else { continue };
+            self.map.variables.push(self.loc(k.pos));
+            out.push(Variable { name, ty, default, description });
+        }
+        out
+    }
+
+    fn constant(&mut self, node: &Node, ty: VarType) -> Option<VarValue> {
+        let text = match &node.value {
+            Value::Scalar { text, .. } => text.clone(),
+            Value::Null if ty == VarType::Text => String::new(),
+            _ => {
+                self.err(Code::WrongType, node.pos, format!("expected a {ty:?} value, found {}", node.kind_name()).to_lowercase(), "");
+                return None;
+            }
+        };
+        let quoted = matches!(node.value, Value::Scalar { quoted: true, .. });
+        let v = match ty {
+            VarType::Number if !quoted => text.parse::<f64>().ok().filter(|f| f.is_finite()).map(VarValue::Number),
+            VarType::Integer if !quoted => text.parse::<i64>().ok().map(VarValue::Integer),
+            VarType::Bool if !quoted => match text.as_str() {
+                "true" => Some(VarValue::Bool(true)),
+                "false" => Some(VarValue::Bool(false)),
+                _ => None,
+            },
+            VarType::Text => Some(VarValue::Text(text.clone())),
+            _ => None,
+        };
+        if v.is_none() {
+            self.err(Code::WrongType, node.pos, format!("`{text}` is not a {} value", format!("{ty:?}").to_lowercase()), "");
+        }
+        v
+    }
+
+    fn entry_point(&mut self, node: &Node, variables: &[Variable]) -> Option<EntryPoint> {
+        let f = self.fields(node, "an entry point", &["id", "state", "title", "set"])?;
+        let id = self.req(&f, "id", node, "the entry point").and_then(|n| self.ident(n, "entry point id"));
+        let state = self.req(&f, "state", node, "the entry point").and_then(|n| self.string(n, "a state"));
+        let state_pos = f.get("state").map(|(_, v)| v.pos).unwrap_or(node.pos);
+        let title = Self::opt(&f, "title").and_then(|n| self.text(n, "title"));
+        let mut set = Vec::new();
+        if let Some(n) = Self::opt(&f, "set") {
+            if let Value::Map(entries) = &n.value {
+                for (k, v) in entries {
+                    let Some(name) = k.as_str() else { continue };
+                    match variables.iter().find(|x| x.name == name) {
+                        Some(var) => {
+                            if let Some(value) = self.constant(v, var.ty) {
+                                set.push((name.to_string(), value));
+                            }
+                        }
+                        None => {
+                            let names: Vec<&str> = variables.iter().map(|v| v.name.as_str()).collect();
+                            self.err(Code::UnknownVariable, k.pos, format!("unknown variable `{name}`"), suggest(name, &names));
+                        }
+                    }
+                }
+            } else {
+                self.err(Code::WrongType, n.pos, "`set` must be a mapping of variable to value", "");
+            }
+        }
+        self.map.entry_points.push(self.loc(state_pos));
+        Some(EntryPoint { id: id?, state: state?, title, set })
+    }
+
+    fn state(&mut self, node: &Node) -> Option<State> {
+        let f = self.fields(node, "a state", STATE_KEYS)?;
+        let id = self.req(&f, "id", node, "the state").and_then(|n| self.ident(n, "state id"));
+        // An invalid phase is reported but the state is kept, so its transitions are still checked.
+        let phase = self.req(&f, "phase", node, "the state").map(|n| self.choice(n, "phase", &Phase::ALL).unwrap_or(Phase::FollowUp));
+        let title = Self::opt(&f, "title").and_then(|n| self.text(n, "title"));
+        let terminal = Self::opt(&f, "terminal").and_then(|n| self.boolean(n, "terminal")).unwrap_or(false);
+        let mut on_enter = Vec::new();
+        if let Some(n) = Self::opt(&f, "on_enter") {
+            for item in self.list(n, "on_enter") {
+                if let Some(a) = self.action(item) {
+                    on_enter.push(a);
+                }
+            }
+        }
+        let mut transitions = Vec::new();
+        let mut trans_locs = Vec::new();
+        if let Some(n) = Self::opt(&f, "transitions") {
+            for item in self.list(n, "transitions") {
+                if let Some((t, loc)) = self.transition(item) {
+                    transitions.push(t);
+                    trans_locs.push(loc);
+                }
+            }
+        }
+        let id = id?;
+        let id = match &self.fragment {
+            Some(ctx) => format!("{}{}", ctx.prefix, id),
+            None => id,
+        };
+        let id_pos = f.get("id").map(|(_, v)| v.pos).unwrap_or(node.pos);
+        self.map.states.push(self.loc(id_pos));
+        self.map.transitions.push(trans_locs);
+        Some(State { id, phase: phase?, title, terminal, on_enter, transitions })
+    }
+
+    fn transition(&mut self, node: &Node) -> Option<(Transition, Loc)> {
+        let f = self.fields(node, "a transition", TRANSITION_KEYS)?;
+        let to_node = self.req(&f, "to", node, "the transition");
+        let mut to = to_node.and_then(|n| self.string(n, "a target state"));
+        let to_loc = self.loc(to_node.map(|n| n.pos).unwrap_or(node.pos));
+        if let (Some(target), Some(ctx)) = (to.clone(), self.fragment.clone()) {
+            to = match target.strip_prefix("exit:") {
+                Some(exit) if !ctx.declared_exits.iter().any(|e| e == exit) => {
+                    self.err(Code::Fragment, to_loc.pos, format!("`{exit}` is not an exit of this fragment"), format!("declared exits: {}", ctx.declared_exits.join(", ")));
+                    None
+                }
+                Some(exit) => match ctx.exits.get(exit) {
+                    Some(mapped) => Some(mapped.clone()),
+                    None => Some(target.clone()),
+                },
+                None => Some(format!("{}{}", ctx.prefix, target)),
+            };
+        }
+        let on = Self::opt(&f, "on").and_then(|n| self.event_name(n));
+        let after = Self::opt(&f, "after").and_then(|n| self.duration(n));
+        let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
+        if on.is_some() && (after.is_some() || at.is_some()) {
+            self.err(Code::InvalidValue, node.pos, "a transition waits for an event or for time, not both", "split it into two transitions");
+        }
+        let trigger = match (on, after, at) {
+            (Some(e), _, _) => Trigger::Event(e),
+            (None, Some(after), at) => Trigger::After { after, at },
+            (None, None, Some(at)) => Trigger::At(at),
+            (None, None, None) => Trigger::Immediate,
+        };
+        let guard = Self::opt(&f, "when").and_then(|n| self.expr(n, Purpose::Guard));
+        let label = Self::opt(&f, "label").and_then(|n| self.text(n, "label"));
+        Some((Transition { to: to?, trigger, guard, label }, to_loc))
+    }
+
+    fn action(&mut self, node: &Node) -> Option<Action> {
+        let Value::Map(entries) = &node.value else {
+            self.err(Code::WrongType, node.pos, format!("an action must be a one-key mapping such as `task: {{…}}`, found {}", node.kind_name()), format!("action kinds: {}", ACTION_KINDS.join(", ")));
+            return None;
+        };
+        if entries.len() != 1 {
+            self.err(Code::InvalidValue, node.pos, format!("an action has exactly one kind, found {} keys", entries.len()), "start each action with its own `- `");
+            return None;
+        }
+        let (k, v) = &entries[0];
+        let kind = k.as_str().unwrap_or("");
+        match kind {
+            "task" => self.task(v).map(Action::Task),
+            "follow_up" => self.follow_up(v).map(Action::FollowUp),
+            "scale" => self.scale_push(v).map(Action::Scale),
+            "risk" => self.risk(v).map(Action::Risk),
+            "alarm" => self.alarm(v).map(Action::Alarm),
+            "referral" => self.referral(v).map(Action::Referral),
+            "goal" => self.goal(v).map(Action::Goal),
+            "note" => self.text(v, "note").map(Action::Note),
+            "set" => self.set(v).map(Action::Set),
+            other => {
+                self.err(Code::UnknownKey, k.pos, format!("unknown action `{other}`"), suggest(other, ACTION_KINDS));
+                None
+            }
+        }
+    }
+
+    fn task(&mut self, node: &Node) -> Option<TaskSpec> {
+        let f = self.fields(node, "a task", &["id", "role", "title", "due", "priority", "sla", "keep"])?;
+        let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
+        let role = self.req(&f, "role", node, "the task").and_then(|n| self.role_ref(n));
+        let title = self.req(&f, "title", node, "the task").and_then(|n| self.text(n, "title"));
+        let due = self.req(&f, "due", node, "the task").and_then(|n| self.duration(n));
+        let priority = Self::opt(&f, "priority").and_then(|n| self.choice(n, "priority", &Priority::ALL)).unwrap_or(Priority::Normal);
+        let keep = Self::opt(&f, "keep").and_then(|n| self.boolean(n, "keep")).unwrap_or(false);
+        let sla = match Self::opt(&f, "sla") {
+            Some(n) => {
+                let s = self.fields(n, "an SLA", &["remind_before", "escalate_after", "escalate_to"])?;
+                let remind_before = Self::opt(&s, "remind_before").and_then(|n| self.duration(n));
+                let escalate_after = Self::opt(&s, "escalate_after").and_then(|n| self.duration(n));
+                let escalate_to = Self::opt(&s, "escalate_to").and_then(|n| self.role_ref(n));
+                if escalate_after.is_some() != escalate_to.is_some() {
+                    self.err(Code::MissingKey, n.pos, "`escalate_after` and `escalate_to` go together", "say after how long, and to which role");
+                }
+                Some(Sla { remind_before, escalate_after, escalate_to })
+            }
+            None => None,
+        };
+        Some(TaskSpec { id, role: role?, title: title?, due: due?, priority, sla, keep })
+    }
+
+    fn follow_up(&mut self, node: &Node) -> Option<FollowUpSpec> {
+        let f = self.fields(node, "a follow-up", &["id", "channels", "template", "after", "at", "urgent"])?;
+        let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
+        let mut channels = Vec::new();
+        if let Some(n) = self.req(&f, "channels", node, "the follow-up") {
+            for c in self.list(n, "channels") {
+                let Some(name) = self.string(c, "a channel") else { continue };
+                match Channel::ALL.iter().find(|(n, _)| *n == name) {
+                    Some((_, ch)) => channels.push(*ch),
+                    None => {
+                        let names: Vec<&str> = Channel::ALL.iter().map(|(n, _)| *n).collect();
+                        self.err(Code::UnknownChannel, c.pos, format!("unknown channel `{name}`"), suggest(&name, &names));
+                    }
+                }
+            }
+            if channels.is_empty() && matches!(n.value, Value::Seq(ref v) if v.is_empty()) {
+                self.err(Code::MissingKey, n.pos, "a follow-up needs at least one channel", "e.g. channels: [wechat, sms]");
+            }
+        }
+        let template = self.req(&f, "template", node, "the follow-up").and_then(|n| self.ident(n, "template id"));
+        let after = Self::opt(&f, "after").and_then(|n| self.duration(n)).unwrap_or(Duration::ZERO);
+        let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
+        let urgent = Self::opt(&f, "urgent").and_then(|n| self.boolean(n, "urgent")).unwrap_or(false);
+        Some(FollowUpSpec { id, channels, template: template?, after, at, urgent })
+    }
+
+    fn scale_name(&mut self, node: &Node) -> Option<String> {
+        let s = self.string(node, "a scale")?;
+        if !catalog::SCALES.contains(&s.as_str()) {
+            self.err(Code::UnknownScale, node.pos, format!("unknown scale `{s}`"), suggest(&s, catalog::SCALES));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn observation(&mut self, node: &Node) -> Option<String> {
+        let s = self.string(node, "an observation kind")?;
+        if !catalog::is_observation(&s) {
+            self.err(Code::UnknownObservation, node.pos, format!("unknown observation kind `{s}`"), suggest(&s, &catalog::observation_names()));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn scale_push(&mut self, node: &Node) -> Option<ScalePushSpec> {
+        let f = self.fields(node, "a scale push", &["scale", "due", "reminders", "expires"])?;
+        let scale = self.req(&f, "scale", node, "the scale push").and_then(|n| self.scale_name(n));
+        let due = self.req(&f, "due", node, "the scale push").and_then(|n| self.duration(n));
+        let mut reminders = Vec::new();
+        if let Some(n) = Self::opt(&f, "reminders") {
+            for r in self.list(n, "reminders") {
+                if let Some(d) = self.duration(r) {
+                    reminders.push(d);
+                }
+            }
+        }
+        let expires = Self::opt(&f, "expires").and_then(|n| self.duration(n));
+        Some(ScalePushSpec { scale: scale?, due: due?, reminders, expires })
+    }
+
+    fn bands(&mut self, node: &Node) -> Vec<(String, f64)> {
+        let Value::Map(entries) = &node.value else {
+            self.err(Code::WrongType, node.pos, "bands must be a mapping of band name to lower bound", "e.g. bands: { low: 0, high: 0.3 }");
+            return Vec::new();
+        };
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for (k, v) in entries {
+            if let (Some(name), Some(lower)) = (self.ident(k, "band name"), self.float(v, "a band's lower bound")) {
+                if let Some((_, prev)) = out.last() {
+                    if lower <= *prev {
+                        self.err(Code::InvalidValue, v.pos, "band lower bounds must increase", "list bands from lowest to highest");
+                    }
+                }
+                out.push((name, lower));
+            }
+        }
+        out
+    }
+
+    fn risk(&mut self, node: &Node) -> Option<RiskSpec> {
+        let f = self.fields(node, "a risk prediction", &["id", "model", "intercept", "terms", "formula", "bands"])?;
+        let id = self.req(&f, "id", node, "the risk prediction").and_then(|n| self.action_id(n));
+        let kind = self.req(&f, "model", node, "the risk prediction").and_then(|n| self.choice(n, "risk model", &[("lace", 0), ("logistic", 1), ("formula", 2)]));
+        let model = match kind? {
+            0 => RiskModel::Lace,
+            1 => {
+                let intercept = self.req(&f, "intercept", node, "a logistic model").and_then(|n| self.float(n, "intercept"));
+                let mut terms = Vec::new();
+                if let Some(n) = self.req(&f, "terms", node, "a logistic model") {
+                    for t in self.list(n, "terms") {
+                        let Some(tf) = self.fields(t, "a term", &["name", "expr", "coef"]) else { continue };
+                        let name = self.req(&tf, "name", t, "the term").and_then(|n| self.ident(n, "term name"));
+                        let expr = self.req(&tf, "expr", t, "the term").and_then(|n| self.expr(n, Purpose::Value));
+                        let coef = self.req(&tf, "coef", t, "the term").and_then(|n| self.float(n, "coefficient"));
+                        if let (Some(name), Some(expr), Some(coef)) = (name, expr, coef) {
+                            terms.push(RiskTerm { name, expr, coef });
+                        }
+                    }
+                }
+                RiskModel::Logistic { intercept: intercept?, terms }
+            }
+            _ => RiskModel::Formula(self.req(&f, "formula", node, "a formula model").and_then(|n| self.expr(n, Purpose::Value))?),
+        };
+        let bands = match Self::opt(&f, "bands") {
+            Some(n) => self.bands(n),
+            None if model == RiskModel::Lace => vec![("low".into(), 0.0), ("moderate".into(), 5.0), ("high".into(), 10.0)],
+            None => {
+                self.err(Code::MissingKey, node.pos, "this risk model needs `bands`", "e.g. bands: { low: 0, high: 0.3 }");
+                Vec::new()
+            }
+        };
+        Some(RiskSpec { id: id?, model, bands })
+    }
+
+    fn alarm(&mut self, node: &Node) -> Option<AlarmSpec> {
+        let f = self.fields(node, "an alarm rule", &["id", "when", "count", "within", "scope", "task"])?;
+        let id = self.req(&f, "id", node, "the alarm rule").and_then(|n| self.action_id(n));
+        let when = self.req(&f, "when", node, "the alarm rule").and_then(|n| self.expr(n, Purpose::Reading));
+        let count = Self::opt(&f, "count").and_then(|n| self.uint(n, "count")).unwrap_or(1);
+        if count == 0 {
+            self.err(Code::InvalidValue, f["count"].1.pos, "count must be 1 or more", "");
+        }
+        let within = Self::opt(&f, "within").and_then(|n| self.duration(n)).unwrap_or(Duration::days(1));
+        let scope = Self::opt(&f, "scope")
+            .and_then(|n| self.choice(n, "alarm scope", &[("state", AlarmScope::State), ("enrolment", AlarmScope::Enrolment)]))
+            .unwrap_or(AlarmScope::State);
+        let task = self.req(&f, "task", node, "the alarm rule").and_then(|n| self.task(n));
+        Some(AlarmSpec { id: id?, when: when?, count: count.max(1), within, scope, task: task? })
+    }
+
+    fn referral(&mut self, node: &Node) -> Option<ReferralSpec> {
+        let f = self.fields(node, "a referral", &["direction", "to", "reason", "accept_within"])?;
+        let direction = self.req(&f, "direction", node, "the referral").and_then(|n| self.choice(n, "direction", &[("up", Direction::Up), ("down", Direction::Down)]));
+        let to = self.req(&f, "to", node, "the referral").and_then(|n| self.choice(n, "institution kind", &InstitutionKind::ALL));
+        let reason = Self::opt(&f, "reason").and_then(|n| self.text(n, "reason"));
+        let accept_within = Self::opt(&f, "accept_within").and_then(|n| self.duration(n)).unwrap_or(Duration::hours(24));
+        Some(ReferralSpec { direction: direction?, to: to?, reason, accept_within })
+    }
+
+    fn goal(&mut self, node: &Node) -> Option<Goal> {
+        let f = self.fields(node, "a goal", &["id", "title", "observation", "reading", "at_least", "days_logged", "over"])?;
+        let id = self.req(&f, "id", node, "the goal").and_then(|n| self.action_id(n));
+        let title = self.req(&f, "title", node, "the goal").and_then(|n| self.text(n, "title"));
+        let observation = self.req(&f, "observation", node, "the goal").and_then(|n| self.observation(n));
+        let over = self.req(&f, "over", node, "the goal").and_then(|n| self.duration(n));
+        let measure = match (Self::opt(&f, "reading"), Self::opt(&f, "days_logged")) {
+            (Some(r), None) => {
+                let reading = self.expr(r, Purpose::GoalReading);
+                let at_least = self.req(&f, "at_least", node, "a share-of-readings goal").and_then(|n| self.float(n, "at_least"));
+                if let Some(share) = at_least {
+                    if !(0.0..=1.0).contains(&share) {
+                        self.err(Code::InvalidValue, f["at_least"].1.pos, "at_least is a share between 0 and 1", "write 0.8 for 80 %");
+                    }
+                }
+                GoalMeasure::ShareOfReadings { reading: reading?, at_least: at_least?, over: over? }
+            }
+            (None, Some(d)) => GoalMeasure::DaysLogged { days: self.uint(d, "days_logged")?, over: over? },
+            _ => {
+                self.err(Code::MissingKey, node.pos, "a goal is measured by `reading` + `at_least`, or by `days_logged`", "see Goals in docs/pathway-language.md");
+                return None;
+            }
+        };
+        Some(Goal { id: id?, title: title?, observation: observation?, measure })
+    }
+
+    fn indicator(&mut self, node: &Node) -> Option<Indicator> {
+        let f = self.fields(node, "an indicator", &["id", "title", "numerator", "denominator", "period", "target"])?;
+        let id = self.req(&f, "id", node, "the indicator").and_then(|n| self.ident(n, "indicator id"));
+        let title = self.req(&f, "title", node, "the indicator").and_then(|n| self.text(n, "title"));
+        let numerator = self.req(&f, "numerator", node, "the indicator").and_then(|n| self.string(n, "numerator"));
+        let denominator = self.req(&f, "denominator", node, "the indicator").and_then(|n| self.string(n, "denominator"));
+        let period = Self::opt(&f, "period")
+            .and_then(|n| self.choice(n, "period", &[("week", Period::Week), ("month", Period::Month), ("quarter", Period::Quarter), ("year", Period::Year)]))
+            .unwrap_or(Period::Month);
+        let target = Self::opt(&f, "target").and_then(|n| self.float(n, "target"));
+        Some(Indicator { id: id?, title: title?, numerator: numerator?, denominator: denominator?, period, target })
+    }
+
+    fn set(&mut self, node: &Node) -> Option<Vec<(String, Expr)>> {
+        let Value::Map(entries) = &node.value else {
+            self.err(Code::WrongType, node.pos, "`set` must be a mapping of variable to expression", "");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let (Some(name), Some(expr)) = (self.string(k, "a variable"), self.expr(v, Purpose::Value)) else { continue };
+            self.map.assignments.push((name.clone(), self.loc(k.pos)));
+            out.push((name, expr));
+        }
+        Some(out)
+    }
+
+    // ---- fragments -------------------------------------------------------------------------
+
+    fn include(&mut self, node: &Node, states: &mut Vec<State>) {
+        let Some(f) = self.fields(node, "an include", &["fragment", "prefix", "exits"]) else { return };
+        let Some(path_node) = self.req(&f, "fragment", node, "the include") else { return };
+        let Some(rel) = self.string(path_node, "a fragment path") else { return };
+        let prefix = Self::opt(&f, "prefix").and_then(|n| self.string(n, "prefix")).unwrap_or_default();
+        let mut exits = HashMap::new();
+        if let Some(n) = Self::opt(&f, "exits") {
+            if let Value::Map(entries) = &n.value {
+                for (k, v) in entries {
+                    if let (Some(k), Some(v)) = (k.as_str(), self.string(v, "a state")) {
+                        exits.insert(k.to_string(), v);
+                    }
+                }
+            }
+        }
+        if self.depth >= 4 {
+            self.err(Code::Fragment, path_node.pos, "fragments nest more than 4 deep", "a fragment may not include itself");
+            return;
+        }
+        let path = self.base_dir.join(&rel);
+        let bytes = match self.loader.load(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.err(Code::Fragment, path_node.pos, format!("cannot read fragment `{rel}`: {e}"), "the path is relative to the pathway file");
+                return;
+            }
+        };
+        let file = path.display().to_string();
+        let root = match crate::yaml::parse(&file, &bytes, crate::yaml::Budget::default()) {
+            Ok(root) => root,
+            Err(d) => {
+                self.diags.extend(d);
+                return;
+            }
+        };
+        let saved_file = std::mem::replace(&mut self.file, file);
+        let saved_frag = self.fragment.take();
+        self.depth += 1;
+        let declared = self.fragment_states(&root, &prefix, exits.clone(), states);
+        self.depth -= 1;
+        self.fragment = saved_frag;
+        self.file = saved_file;
+        if let Some(declared) = declared {
+            for exit in &declared {
+                if !exits.contains_key(exit) {
+                    self.err(Code::Fragment, node.pos, format!("the include does not map the fragment's exit `{exit}`"), format!("add `exits: {{ {exit}: <state> }}`"));
+                }
+            }
+            for (k, _) in exits.iter().filter(|(k, _)| !declared.contains(k)) {
+                self.err(Code::Fragment, node.pos, format!("the fragment has no exit `{k}`"), format!("its exits: {}", declared.join(", ")));
+            }
+        }
+    }
+
+    /// Lowers a fragment file's states into `states`; returns its declared exits.
+    pub fn fragment_states(&mut self, root: &Node, prefix: &str, exits: HashMap<String, String>, states: &mut Vec<State>) -> Option<Vec<String>> {
+        let f = self.fields(root, "the fragment", &["fragment", "title", "description", "exits", "roles", "entry", "states"])?;
+        self.req(&f, "fragment", root, "the fragment").and_then(|n| self.ident(n, "fragment id"));
+        if let Some(n) = Self::opt(&f, "title") {
+            self.text(n, "title");
+        }
+        let mut declared = Vec::new();
+        if let Some(n) = Self::opt(&f, "exits") {
+            for e in self.list(n, "exits") {
+                if let Some(e) = self.ident(e, "exit name") {
+                    declared.push(e);
+                }
+            }
+        }
+        if let Some(n) = Self::opt(&f, "roles") {
+            for r in self.list(n, "roles") {
+                self.role_ref(r);
+            }
+        }
+        let entry = Self::opt(&f, "entry").and_then(|n| self.string(n, "entry state").map(|s| (s, n.pos)));
+        self.fragment = Some(FragmentCtx { prefix: prefix.to_string(), exits, declared_exits: declared.clone() });
+        let first = states.len();
+        if let Some(n) = self.req(&f, "states", root, "the fragment") {
+            for item in self.list(n, "states") {
+                if let Some(s) = self.state(item) {
+                    states.push(s);
+                }
+            }
+        }
+        if let Some((entry, pos)) = entry {
+            let full = format!("{prefix}{entry}");
+            if !states[first..].iter().any(|s| s.id == full) {
+                self.err(Code::UnknownState, pos, format!("fragment entry `{entry}` is not one of its states"), "");
+            }
+        }
+        Some(declared)
+    }
+}

@@ -1,0 +1,553 @@
+//! The validated pathway model that both front-ends build and the engine runs.
+//!
+//! The model holds no source positions, so a YAML pathway and its Rhai twin compare equal; positions
+//! live only in diagnostics. Expressions are kept as source text: the engine compiles them once per
+//! pathway version into its sandbox.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Text {
+    pub zh: String,
+    pub en: String,
+}
+
+impl Text {
+    pub fn both(s: &str) -> Text {
+        Text { zh: s.to_string(), en: s.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pathway {
+    pub id: String,
+    pub version: u32,
+    pub title: Text,
+    pub description: Option<String>,
+    pub disease: Option<String>,
+    pub owner_role: String,
+    pub roles: Vec<String>,
+    pub variables: Vec<Variable>,
+    pub entry_points: Vec<EntryPoint>,
+    pub states: Vec<State>,
+    pub goals: Vec<Goal>,
+    pub indicators: Vec<Indicator>,
+}
+
+impl Pathway {
+    pub fn state(&self, id: &str) -> Option<&State> {
+        self.states.iter().find(|s| s.id == id)
+    }
+
+    pub fn state_index(&self, id: &str) -> Option<usize> {
+        self.states.iter().position(|s| s.id == id)
+    }
+
+    pub fn entry_point(&self, id: &str) -> Option<&EntryPoint> {
+        self.entry_points.iter().find(|e| e.id == id)
+    }
+
+    pub fn variable(&self, name: &str) -> Option<&Variable> {
+        self.variables.iter().find(|v| v.name == name)
+    }
+
+    /// Every action of every state, with the state it belongs to.
+    pub fn actions(&self) -> impl Iterator<Item = (&State, &Action)> {
+        self.states.iter().flat_map(|s| s.on_enter.iter().map(move |a| (s, a)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarType {
+    Number,
+    Integer,
+    Bool,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VarValue {
+    Bool(bool),
+    Integer(i64),
+    Number(f64),
+    Text(String),
+}
+
+impl VarValue {
+    pub fn type_of(&self) -> VarType {
+        match self {
+            VarValue::Bool(_) => VarType::Bool,
+            VarValue::Integer(_) => VarType::Integer,
+            VarValue::Number(_) => VarType::Number,
+            VarValue::Text(_) => VarType::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variable {
+    pub name: String,
+    pub ty: VarType,
+    pub default: VarValue,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryPoint {
+    pub id: String,
+    pub state: String,
+    pub title: Option<Text>,
+    pub set: Vec<(String, VarValue)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    PreAdmission,
+    AdmissionAssessment,
+    InHospital,
+    DischargePreparation,
+    Referral,
+    FollowUp,
+    Closed,
+}
+
+impl Phase {
+    pub const ALL: [(&'static str, Phase); 7] = [
+        ("pre_admission", Phase::PreAdmission),
+        ("admission_assessment", Phase::AdmissionAssessment),
+        ("in_hospital", Phase::InHospital),
+        ("discharge_preparation", Phase::DischargePreparation),
+        ("referral", Phase::Referral),
+        ("follow_up", Phase::FollowUp),
+        ("closed", Phase::Closed),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Phase::ALL.iter().find(|(_, p)| *p == self).map(|(s, _)| *s).unwrap_or("closed")
+    }
+
+    /// Colour used for graphs, one per phase of the course of care.
+    pub fn colour(self) -> &'static str {
+        match self {
+            Phase::PreAdmission => "#e3f2fd",
+            Phase::AdmissionAssessment => "#fff3e0",
+            Phase::InHospital => "#fce4ec",
+            Phase::DischargePreparation => "#f3e5f5",
+            Phase::Referral => "#e0f7fa",
+            Phase::FollowUp => "#e8f5e9",
+            Phase::Closed => "#eeeeee",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub phase: Phase,
+    pub title: Option<Text>,
+    pub terminal: bool,
+    pub on_enter: Vec<Action>,
+    pub transitions: Vec<Transition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Task(TaskSpec),
+    FollowUp(FollowUpSpec),
+    Scale(ScalePushSpec),
+    Risk(RiskSpec),
+    Alarm(AlarmSpec),
+    Referral(ReferralSpec),
+    Goal(Goal),
+    Note(Text),
+    Set(Vec<(String, Expr)>),
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Task(_) => "task",
+            Action::FollowUp(_) => "follow_up",
+            Action::Scale(_) => "scale",
+            Action::Risk(_) => "risk",
+            Action::Alarm(_) => "alarm",
+            Action::Referral(_) => "referral",
+            Action::Goal(_) => "goal",
+            Action::Note(_) => "note",
+            Action::Set(_) => "set",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+    Urgent,
+}
+
+impl Priority {
+    pub const ALL: [(&'static str, Priority); 4] =
+        [("low", Priority::Low), ("normal", Priority::Normal), ("high", Priority::High), ("urgent", Priority::Urgent)];
+
+    pub fn as_str(self) -> &'static str {
+        Priority::ALL.iter().find(|(_, p)| *p == self).map(|(s, _)| *s).unwrap_or("normal")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub id: Option<String>,
+    pub role: String,
+    pub title: Text,
+    pub due: Duration,
+    pub priority: Priority,
+    pub sla: Option<Sla>,
+    /// Keep the task open when the patient leaves the state.
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sla {
+    pub remind_before: Option<Duration>,
+    pub escalate_after: Option<Duration>,
+    pub escalate_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Wechat,
+    Sms,
+    Phone,
+    Email,
+}
+
+impl Channel {
+    pub const ALL: [(&'static str, Channel); 4] =
+        [("wechat", Channel::Wechat), ("sms", Channel::Sms), ("phone", Channel::Phone), ("email", Channel::Email)];
+
+    pub fn as_str(self) -> &'static str {
+        Channel::ALL.iter().find(|(_, c)| *c == self).map(|(s, _)| *s).unwrap_or("sms")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpSpec {
+    pub id: Option<String>,
+    pub channels: Vec<Channel>,
+    pub template: String,
+    pub after: Duration,
+    pub at: Option<LocalTime>,
+    pub urgent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalePushSpec {
+    pub scale: String,
+    pub due: Duration,
+    pub reminders: Vec<Duration>,
+    pub expires: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RiskSpec {
+    pub id: String,
+    pub model: RiskModel,
+    /// Band names with their lower bounds, ascending.
+    pub bands: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskModel {
+    /// The LACE readmission index (length of stay, acuity, comorbidity, emergency visits).
+    Lace,
+    Logistic { intercept: f64, terms: Vec<RiskTerm> },
+    Formula(Expr),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RiskTerm {
+    pub name: String,
+    pub expr: Expr,
+    pub coef: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmScope {
+    State,
+    Enrolment,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmSpec {
+    pub id: String,
+    pub when: Expr,
+    pub count: u32,
+    pub within: Duration,
+    pub scope: AlarmScope,
+    pub task: TaskSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstitutionKind {
+    LeadHospital,
+    CommunityClinic,
+    TownshipHospital,
+    SpecialistHospital,
+}
+
+impl InstitutionKind {
+    pub const ALL: [(&'static str, InstitutionKind); 4] = [
+        ("lead_hospital", InstitutionKind::LeadHospital),
+        ("community_clinic", InstitutionKind::CommunityClinic),
+        ("township_hospital", InstitutionKind::TownshipHospital),
+        ("specialist_hospital", InstitutionKind::SpecialistHospital),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        InstitutionKind::ALL.iter().find(|(_, k)| *k == self).map(|(s, _)| *s).unwrap_or("lead_hospital")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferralSpec {
+    pub direction: Direction,
+    pub to: InstitutionKind,
+    pub reason: Option<Text>,
+    pub accept_within: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Goal {
+    pub id: String,
+    pub title: Text,
+    pub observation: String,
+    pub measure: GoalMeasure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoalMeasure {
+    ShareOfReadings { reading: Expr, at_least: f64, over: Duration },
+    DaysLogged { days: u32, over: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Week,
+    Month,
+    Quarter,
+    Year,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Indicator {
+    pub id: String,
+    pub title: Text,
+    pub numerator: String,
+    pub denominator: String,
+    pub period: Period,
+    pub target: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub to: String,
+    pub trigger: Trigger,
+    pub guard: Option<Expr>,
+    pub label: Option<Text>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// No trigger: taken as soon as the guard (if any) holds.
+    Immediate,
+    Event(String),
+    After { after: Duration, at: Option<LocalTime> },
+    At(LocalTime),
+}
+
+impl Trigger {
+    /// A short human label, used on graph edges and in traces.
+    pub fn describe(&self) -> String {
+        match self {
+            Trigger::Immediate => String::new(),
+            Trigger::Event(e) => format!("on {e}"),
+            Trigger::After { after, at: None } => format!("after {after}"),
+            Trigger::After { after, at: Some(t) } => format!("after {after} at {t}"),
+            Trigger::At(t) => format!("at {t}"),
+        }
+    }
+}
+
+/// A guard-language (Rhai) expression, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Expr(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurationUnit {
+    Minutes,
+    Hours,
+    Days,
+    Weeks,
+}
+
+/// A duration as people write it. Days and weeks are calendar days in the patient's time zone, so
+/// the unit is kept rather than flattened to seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Duration {
+    pub amount: u32,
+    pub unit: DurationUnit,
+}
+
+impl Duration {
+    pub const ZERO: Duration = Duration { amount: 0, unit: DurationUnit::Minutes };
+
+    pub fn minutes(amount: u32) -> Duration {
+        Duration { amount, unit: DurationUnit::Minutes }
+    }
+
+    pub fn hours(amount: u32) -> Duration {
+        Duration { amount, unit: DurationUnit::Hours }
+    }
+
+    pub fn days(amount: u32) -> Duration {
+        Duration { amount, unit: DurationUnit::Days }
+    }
+
+    /// Whole calendar days, if the duration is written in days or weeks.
+    pub fn calendar_days(&self) -> Option<u32> {
+        match self.unit {
+            DurationUnit::Days => Some(self.amount),
+            DurationUnit::Weeks => Some(self.amount * 7),
+            _ => None,
+        }
+    }
+
+    /// The nominal length in seconds (a day counted as 24 hours).
+    pub fn nominal_seconds(&self) -> i64 {
+        let unit = match self.unit {
+            DurationUnit::Minutes => 60,
+            DurationUnit::Hours => 3_600,
+            DurationUnit::Days => 86_400,
+            DurationUnit::Weeks => 604_800,
+        };
+        i64::from(self.amount) * unit
+    }
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        if s.starts_with('-') {
+            return Err(format!("`{s}` is negative; durations count forward from an event"));
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        if num.is_empty() {
+            return Err(format!("`{s}` has no number; write e.g. `30m`, `24h`, `7d`, `6w`"));
+        }
+        let unit = match unit.trim() {
+            "m" | "min" => DurationUnit::Minutes,
+            "h" => DurationUnit::Hours,
+            "d" => DurationUnit::Days,
+            "w" => DurationUnit::Weeks,
+            "" => return Err(format!("`{s}` has no unit; write e.g. `{num}d` for days or `{num}h` for hours")),
+            other if other.starts_with('.') => {
+                return Err(format!("`{s}` is fractional; use a smaller unit, e.g. `36h` instead of `1.5d`"));
+            }
+            other => return Err(format!("`{other}` is not a duration unit; use m, h, d or w")),
+        };
+        let amount: u32 = num.parse().map_err(|_| format!("`{s}` is too large"))?;
+        if amount > 3_660 && unit != DurationUnit::Minutes && unit != DurationUnit::Hours {
+            return Err(format!("`{s}` is longer than ten years"));
+        }
+        Ok(Duration { amount, unit })
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let u = match self.unit {
+            DurationUnit::Minutes => "m",
+            DurationUnit::Hours => "h",
+            DurationUnit::Days => "d",
+            DurationUnit::Weeks => "w",
+        };
+        write!(f, "{}{u}", self.amount)
+    }
+}
+
+/// A local time of day, in the patient's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LocalTime {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl LocalTime {
+    pub fn parse(s: &str) -> Result<LocalTime, String> {
+        let bad = || format!("`{s}` is not a time of day; write it as \"HH:MM\", e.g. \"09:00\"");
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+            return Err(bad());
+        }
+        let hour: u8 = h.parse().map_err(|_| bad())?;
+        let minute: u8 = m.parse().map_err(|_| bad())?;
+        if hour > 23 || minute > 59 {
+            return Err(bad());
+        }
+        Ok(LocalTime { hour, minute })
+    }
+}
+
+impl fmt::Display for LocalTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.hour, self.minute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(Duration::parse("30m").unwrap(), Duration::minutes(30));
+        assert_eq!(Duration::parse("24h").unwrap(), Duration::hours(24));
+        assert_eq!(Duration::parse("6w").unwrap().calendar_days(), Some(42));
+        for bad in ["-1d", "7", "1.5d", "d", "3y", "99999999999d"] {
+            assert!(Duration::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn times_of_day() {
+        assert_eq!(LocalTime::parse("09:00").unwrap(), LocalTime { hour: 9, minute: 0 });
+        assert_eq!(LocalTime::parse("9:05").unwrap().to_string(), "09:05");
+        for bad in ["24:00", "09:60", "0900", "9:0", ""] {
+            assert!(LocalTime::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The `carepath` command line: parses arguments and hands each command to the library crates.
+//! Only this binary installs a tracing subscriber and uses `anyhow`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
