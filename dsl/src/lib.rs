@@ -15,6 +15,11 @@ pub mod model;
 pub mod rhai_front;
 pub mod yaml;
 
+#[cfg(test)]
+mod fixtures_test;
+#[cfg(test)]
+mod hostile_test;
+
 use std::path::{Path, PathBuf};
 
 pub use diag::{Code, Diagnostic, Pos, Severity};

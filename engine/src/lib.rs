@@ -1,1 +1,15 @@
-//! placeholder
+//! carepath's engine: the pure step, the Rhai sandbox, storage, the scheduler.
+//!
+//! Architecture invariants: `step` reads no clock, draws no randomness and does no I/O; only
+//! `store` holds SQL; the scheduler is the only caller that decides *when* to step.
+
+pub mod facts;
+pub mod program;
+pub mod risk;
+pub mod sandbox;
+pub mod step;
+pub mod time;
+
+pub use facts::{PatientFacts, PendingEvent};
+pub use program::Programs;
+pub use step::{Emitted, Enrolment, Outcome, Produced, Program, Status, StepError, enrol, step};

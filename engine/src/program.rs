@@ -1,0 +1,102 @@
+//! Loading pathways into runnable programs, one per (pathway, version).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use carepath_dsl::{Compiled, DocKind, Pathway};
+use sha2::{Digest, Sha256};
+
+use crate::sandbox::{self, CompiledExprs};
+use crate::step::Program;
+
+/// A pathway version's source, as published.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub file: String,
+    pub format: &'static str,
+    pub text: String,
+    pub hash: String,
+}
+
+impl Source {
+    pub fn new(file: &str, text: String) -> Source {
+        let format = if file.ends_with(".rhai") { "rhai" } else { "yaml" };
+        let hash = hex::encode(Sha256::digest(text.as_bytes()));
+        Source { file: file.to_string(), format, text, hash }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: the pathway has errors:\n{diagnostics}")]
+    Invalid { file: String, diagnostics: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("pathway {pathway} v{version}: {message}")]
+    Compile { pathway: String, version: u32, message: String },
+}
+
+/// Every runnable program, keyed by pathway id and version.
+#[derive(Default, Clone)]
+pub struct Programs {
+    pub by_key: HashMap<(String, u32), Arc<Program>>,
+    pub sources: HashMap<(String, u32), Source>,
+}
+
+impl Programs {
+    pub fn get(&self, id: &str, version: u32) -> Option<&Arc<Program>> {
+        self.by_key.get(&(id.to_string(), version))
+    }
+
+    /// The newest version of each pathway.
+    pub fn latest(&self) -> Vec<Arc<Program>> {
+        let mut newest: HashMap<&str, &Arc<Program>> = HashMap::new();
+        for ((id, v), p) in &self.by_key {
+            if newest.get(id.as_str()).is_none_or(|q| q.pathway.version < *v) {
+                newest.insert(id, p);
+            }
+        }
+        let mut out: Vec<Arc<Program>> = newest.into_values().cloned().collect();
+        out.sort_by(|a, b| a.pathway.id.cmp(&b.pathway.id));
+        out
+    }
+
+    pub fn insert(&mut self, pathway: Pathway, source: Source) -> Result<Arc<Program>, LoadError> {
+        let engine = Arc::new(sandbox::engine());
+        let exprs = CompiledExprs::compile(engine, &pathway)
+            .map_err(|e| LoadError::Compile { pathway: pathway.id.clone(), version: pathway.version, message: e.to_string() })?;
+        let key = (pathway.id.clone(), pathway.version);
+        let prog = Arc::new(Program { pathway, exprs });
+        self.by_key.insert(key.clone(), prog.clone());
+        self.sources.insert(key, source);
+        Ok(prog)
+    }
+
+    /// Compiles every pathway under `dir` (fragments, scales and tests are skipped); any error fails.
+    pub fn load_dir(dir: &Path) -> Result<Programs, LoadError> {
+        let files = carepath_dsl::pathway_files(&[dir.to_path_buf()]).map_err(|e| LoadError::Io(format!("{}: {e}", dir.display())))?;
+        let mut programs = Programs::default();
+        for file in files {
+            if file.components().any(|c| c.as_os_str() == "twins") {
+                continue;
+            }
+            let compiled = carepath_dsl::compile_file(&file);
+            if compiled.kind != DocKind::Pathway {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).map_err(|e| LoadError::Io(format!("{}: {e}", file.display())))?;
+            let pathway = into_pathway(compiled)?;
+            programs.insert(pathway, Source::new(&file.display().to_string(), text))?;
+        }
+        Ok(programs)
+    }
+}
+
+pub fn into_pathway(compiled: Compiled) -> Result<Pathway, LoadError> {
+    let file = compiled.file.clone();
+    compiled.into_pathway().map_err(|diags| LoadError::Invalid {
+        file,
+        diagnostics: diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+    })
+}

@@ -1,0 +1,402 @@
+//! The Rhai sandbox in which guards, computed values and risk formulas run.
+//!
+//! One engine per process, built from `Engine::new_raw()` with only arithmetic and logic, strict
+//! variables and every limit set; expressions are compiled once per pathway version. Fact functions
+//! read the patient through a thread-local context that `Sandbox::with_context` installs for the
+//! duration of one evaluation batch and always removes; each call they answer is logged so the trace
+//! can say which values made a guard hold.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use carepath_dsl::{Duration, Expr, Pathway, RiskModel, VarType, VarValue};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use rhai::packages::{ArithmeticPackage, BasicMathPackage, LogicPackage, Package};
+use rhai::{AST, Dynamic, Engine, ImmutableString, OptimizationLevel, Scope};
+
+use crate::facts::PatientFacts;
+
+/// Everything a guard may read while one enrolment is being stepped.
+pub struct EvalContext {
+    pub facts: PatientFacts,
+    pub now: Timestamp,
+    pub entered_at: Timestamp,
+    pub tz: TimeZone,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<EvalContext>> = const { RefCell::new(None) };
+    static CALLS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_ctx<T>(f: impl FnOnce(&EvalContext) -> T, missing: T) -> T {
+    CONTEXT.with(|c| c.borrow().as_ref().map(f).unwrap_or(missing))
+}
+
+fn log(call: String) {
+    CALLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < 64 {
+            c.push(call);
+        }
+    });
+}
+
+fn window(w: &str) -> i64 {
+    Duration::parse(w).map(|d| d.nominal_seconds()).unwrap_or(0)
+}
+
+fn since(ctx: &EvalContext, at: Option<Timestamp>, unit: f64) -> f64 {
+    at.map(|t| (ctx.now.as_second() - t.as_second()) as f64 / unit).unwrap_or(f64::NAN)
+}
+
+fn aggregate(kind: &str, w: &str, f: impl Fn(&[f64]) -> f64) -> f64 {
+    with_ctx(
+        |ctx| {
+            let from = Timestamp::from_second(ctx.now.as_second() - window(w)).unwrap_or(Timestamp::UNIX_EPOCH);
+            let values: Vec<f64> = ctx.facts.observations_in(kind, from, ctx.now).collect();
+            f(&values)
+        },
+        f64::NAN,
+    )
+}
+
+/// Registers the guard functions documented in the pathway language.
+fn register_facts(e: &mut Engine) {
+    e.register_fn("age", || -> i64 {
+        let v = with_ctx(|c| c.facts.birth_date.map(|b| crate::time::age_years(b, c.now, &c.tz)).unwrap_or(0), 0);
+        log(format!("age() = {v}"));
+        v
+    });
+    e.register_fn("sex", || -> ImmutableString {
+        let v = with_ctx(|c| c.facts.sex.clone(), String::new());
+        log(format!("sex() = {v:?}"));
+        v.into()
+    });
+    e.register_fn("days_since", |ev: &str| -> f64 {
+        let v = with_ctx(|c| since(c, c.facts.last_event(ev, c.now), 86_400.0), f64::NAN);
+        log(format!("days_since({ev:?}) = {v:.2}"));
+        v
+    });
+    e.register_fn("hours_since", |ev: &str| -> f64 {
+        let v = with_ctx(|c| since(c, c.facts.last_event(ev, c.now), 3_600.0), f64::NAN);
+        log(format!("hours_since({ev:?}) = {v:.2}"));
+        v
+    });
+    e.register_fn("days_in_state", || -> f64 {
+        let v = with_ctx(|c| since(c, Some(c.entered_at), 86_400.0), f64::NAN);
+        log(format!("days_in_state() = {v:.2}"));
+        v
+    });
+    e.register_fn("hours_in_state", || -> f64 {
+        let v = with_ctx(|c| since(c, Some(c.entered_at), 3_600.0), f64::NAN);
+        log(format!("hours_in_state() = {v:.2}"));
+        v
+    });
+    e.register_fn("event_count", |ev: &str| -> i64 {
+        let v = with_ctx(|c| c.facts.event_count(ev, c.now) as i64, 0);
+        log(format!("event_count({ev:?}) = {v}"));
+        v
+    });
+    e.register_fn("latest", |kind: &str| -> f64 {
+        let v = with_ctx(|c| c.facts.latest_observation(kind, c.now).unwrap_or(f64::NAN), f64::NAN);
+        log(format!("latest({kind:?}) = {v}"));
+        v
+    });
+    e.register_fn("mean", |kind: &str, w: &str| -> f64 {
+        let v = aggregate(kind, w, |v| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 });
+        log(format!("mean({kind:?}, {w:?}) = {v:.2}"));
+        v
+    });
+    e.register_fn("min", |kind: &str, w: &str| -> f64 {
+        let v = aggregate(kind, w, |v| v.iter().copied().reduce(f64::min).unwrap_or(f64::NAN));
+        log(format!("min({kind:?}, {w:?}) = {v}"));
+        v
+    });
+    e.register_fn("max", |kind: &str, w: &str| -> f64 {
+        let v = aggregate(kind, w, |v| v.iter().copied().reduce(f64::max).unwrap_or(f64::NAN));
+        log(format!("max({kind:?}, {w:?}) = {v}"));
+        v
+    });
+    e.register_fn("count", |kind: &str, w: &str| -> i64 {
+        let v = aggregate(kind, w, |v| v.len() as f64) as i64;
+        log(format!("count({kind:?}, {w:?}) = {v}"));
+        v
+    });
+    e.register_fn("score", |scale: &str| -> f64 {
+        let v = with_ctx(|c| c.facts.latest_scale(scale, c.now).map(|s| s.score).unwrap_or(f64::NAN), f64::NAN);
+        log(format!("score({scale:?}) = {v}"));
+        v
+    });
+    e.register_fn("band", |scale: &str| -> ImmutableString {
+        let v = with_ctx(|c| c.facts.latest_scale(scale, c.now).map(|s| s.band.clone()).unwrap_or_default(), String::new());
+        log(format!("band({scale:?}) = {v:?}"));
+        v.into()
+    });
+    e.register_fn("item", |scale: &str, n: i64| -> i64 {
+        let v = with_ctx(
+            |c| {
+                c.facts
+                    .latest_scale(scale, c.now)
+                    .and_then(|s| usize::try_from(n - 1).ok().and_then(|i| s.items.get(i).copied()))
+                    .unwrap_or(0)
+            },
+            0,
+        );
+        log(format!("item({scale:?}, {n}) = {v}"));
+        v
+    });
+    e.register_fn("risk", |model: &str| -> f64 {
+        let v = with_ctx(|c| c.facts.latest_risk(model, c.now).map(|r| r.score).unwrap_or(f64::NAN), f64::NAN);
+        log(format!("risk({model:?}) = {v}"));
+        v
+    });
+    e.register_fn("risk_band", |model: &str| -> ImmutableString {
+        let v = with_ctx(|c| c.facts.latest_risk(model, c.now).map(|r| r.band.clone()).unwrap_or_default(), String::new());
+        log(format!("risk_band({model:?}) = {v:?}"));
+        v.into()
+    });
+    e.register_fn("open_tasks", || -> i64 {
+        let v = with_ctx(|c| c.facts.open_tasks, 0);
+        log(format!("open_tasks() = {v}"));
+        v
+    });
+    e.register_fn("overdue_tasks", || -> i64 {
+        let v = with_ctx(|c| c.facts.overdue_tasks, 0);
+        log(format!("overdue_tasks() = {v}"));
+        v
+    });
+    e.register_fn("outcome", |task: &str| -> ImmutableString {
+        let v = with_ctx(
+            |c| c.facts.outcomes.iter().rev().find(|(t, _)| t == task).map(|(_, o)| o.clone()).unwrap_or_default(),
+            String::new(),
+        );
+        log(format!("outcome({task:?}) = {v:?}"));
+        v.into()
+    });
+    e.register_fn("goal_met", |goal: &str| -> bool {
+        let v = with_ctx(|c| c.facts.goals_met.iter().any(|g| g == goal), false);
+        log(format!("goal_met({goal:?}) = {v}"));
+        v
+    });
+    e.register_fn("is_nan", |x: f64| x.is_nan());
+    e.register_fn("to_float", |x: i64| x as f64);
+    e.register_fn("to_float", |x: f64| x);
+}
+
+/// The sandboxed engine shared by every pathway.
+pub fn engine() -> Engine {
+    let mut e = Engine::new_raw();
+    e.register_global_module(ArithmeticPackage::new().as_shared_module());
+    e.register_global_module(LogicPackage::new().as_shared_module());
+    e.register_global_module(BasicMathPackage::new().as_shared_module());
+    e.set_optimization_level(OptimizationLevel::Simple);
+    e.set_strict_variables(true);
+    e.set_max_operations(50_000);
+    e.set_max_call_levels(8);
+    e.set_max_expr_depths(32, 16);
+    e.set_max_string_size(4_096);
+    e.set_max_array_size(1_024);
+    e.set_max_map_size(1_024);
+    e.set_max_variables(256);
+    e.set_max_functions(0);
+    e.disable_symbol("eval");
+    e.on_print(|_| {});
+    e.on_debug(|_, _, _| {});
+    register_facts(&mut e);
+    e
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("expression `{expr}` failed: {message}")]
+pub struct EvalError {
+    pub expr: String,
+    pub message: String,
+}
+
+/// A pathway version's expressions, compiled once.
+pub struct CompiledExprs {
+    engine: Arc<Engine>,
+    asts: HashMap<String, AST>,
+    vars: Vec<(String, VarType)>,
+}
+
+impl CompiledExprs {
+    /// Compiles every expression the pathway holds. The pathway was validated, so a failure here
+    /// is reported as an error naming the expression.
+    pub fn compile(engine: Arc<Engine>, p: &Pathway) -> Result<Self, EvalError> {
+        let vars: Vec<(String, VarType)> = p.variables.iter().map(|v| (v.name.clone(), v.ty)).collect();
+        let mut scope = Scope::new();
+        for (name, _) in &vars {
+            scope.push_dynamic(name.clone(), Dynamic::UNIT);
+        }
+        let mut asts = HashMap::new();
+        for expr in expressions(p) {
+            if asts.contains_key(&expr.0) {
+                continue;
+            }
+            let ast = engine
+                .compile_expression_with_scope(&scope, &expr.0)
+                .map_err(|e| EvalError { expr: expr.0.clone(), message: e.to_string() })?;
+            asts.insert(expr.0.clone(), ast);
+        }
+        Ok(CompiledExprs { engine, asts, vars })
+    }
+
+    fn scope(&self, vars: &BTreeMap<String, VarValue>) -> Scope<'static> {
+        let mut scope = Scope::new();
+        for (name, _) in &self.vars {
+            let v = match vars.get(name) {
+                Some(VarValue::Bool(b)) => Dynamic::from_bool(*b),
+                Some(VarValue::Integer(i)) => Dynamic::from_int(*i),
+                Some(VarValue::Number(f)) => Dynamic::from_float(*f),
+                Some(VarValue::Text(s)) => Dynamic::from(s.clone()),
+                None => Dynamic::UNIT,
+            };
+            scope.push_dynamic(name.clone(), v);
+        }
+        scope
+    }
+
+    /// Evaluates `expr`; returns the value and the fact calls it made.
+    pub fn eval(&self, expr: &Expr, vars: &BTreeMap<String, VarValue>) -> Result<(Dynamic, Vec<String>), EvalError> {
+        let err = |message: String| EvalError { expr: expr.0.clone(), message };
+        let ast = self.asts.get(&expr.0).ok_or_else(|| err("expression was not compiled".into()))?;
+        CALLS.with(|c| c.borrow_mut().clear());
+        let mut scope = self.scope(vars);
+        let value = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| err(e.to_string()))?;
+        let calls = CALLS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        Ok((value, calls))
+    }
+
+    pub fn eval_bool(&self, expr: &Expr, vars: &BTreeMap<String, VarValue>) -> Result<(bool, Vec<String>), EvalError> {
+        let (v, calls) = self.eval(expr, vars)?;
+        match v.as_bool() {
+            Ok(b) => Ok((b, calls)),
+            Err(t) => Err(EvalError { expr: expr.0.clone(), message: format!("a guard must be true or false, but gave a {t}") }),
+        }
+    }
+
+    pub fn eval_number(&self, expr: &Expr, vars: &BTreeMap<String, VarValue>) -> Result<(f64, Vec<String>), EvalError> {
+        let (v, calls) = self.eval(expr, vars)?;
+        to_number(&v).map(|n| (n, calls)).ok_or_else(|| EvalError { expr: expr.0.clone(), message: format!("expected a number, got a {}", v.type_name()) })
+    }
+
+    /// Evaluates a value for a variable of type `ty`.
+    pub fn eval_var(&self, expr: &Expr, ty: VarType, vars: &BTreeMap<String, VarValue>) -> Result<VarValue, EvalError> {
+        let (v, _) = self.eval(expr, vars)?;
+        let bad = || EvalError { expr: expr.0.clone(), message: format!("gave a {}, which does not fit a {ty:?} variable", v.type_name()) };
+        Ok(match ty {
+            VarType::Bool => VarValue::Bool(v.as_bool().map_err(|_| bad())?),
+            VarType::Integer => VarValue::Integer(to_number(&v).filter(|n| n.is_finite()).ok_or_else(bad)?.round() as i64),
+            VarType::Number => VarValue::Number(to_number(&v).ok_or_else(bad)?),
+            VarType::Text => VarValue::Text(v.to_string()),
+        })
+    }
+}
+
+fn to_number(v: &Dynamic) -> Option<f64> {
+    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+}
+
+/// Moves the context's state-entry time, when the step enters a new state.
+pub fn set_entered_at(at: Timestamp) {
+    CONTEXT.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.entered_at = at;
+        }
+    });
+}
+
+/// Runs `f` with `ctx` installed for the fact functions; the context is removed afterwards.
+pub fn with_context<T>(ctx: EvalContext, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CONTEXT.with(|c| c.borrow_mut().take());
+        }
+    }
+    CONTEXT.with(|c| *c.borrow_mut() = Some(ctx));
+    let _reset = Reset;
+    f()
+}
+
+/// Every expression in a pathway, for compiling once.
+pub fn expressions(p: &Pathway) -> Vec<&Expr> {
+    use carepath_dsl::{Action, GoalMeasure};
+    let mut out = Vec::new();
+    for s in &p.states {
+        for t in &s.transitions {
+            out.extend(t.guard.iter());
+        }
+        for a in &s.on_enter {
+            match a {
+                Action::Set(assignments) => out.extend(assignments.iter().map(|(_, e)| e)),
+                Action::Risk(r) => match &r.model {
+                    RiskModel::Formula(e) => out.push(e),
+                    RiskModel::Logistic { terms, .. } => out.extend(terms.iter().map(|t| &t.expr)),
+                    RiskModel::Lace => {}
+                },
+                Action::Goal(g) => {
+                    if let GoalMeasure::ShareOfReadings { reading, .. } = &g.measure {
+                        let _ = reading; // evaluated per reading by the goal evaluator, not here
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pathway_with(guard: &str) -> Pathway {
+        let src = format!(
+            "pathway: t\nversion: 1\ntitle: t\nowner_role: case_manager\nroles: [case_manager]\nvariables: {{ x: {{ type: number, default: 1 }} }}\nentry_points: [{{ id: e, state: a }}]\nstates:\n  - id: a\n    phase: follow_up\n    transitions: [{{ when: '{guard}', to: b }}]\n  - {{ id: b, phase: closed, terminal: true }}\n"
+        );
+        carepath_dsl::compile_yaml("t.yaml", src.as_bytes(), std::path::Path::new("."), &carepath_dsl::FsLoader).pathway.unwrap()
+    }
+
+    fn ctx() -> EvalContext {
+        let now: Timestamp = "2026-01-10T00:00:00Z".parse().unwrap();
+        let mut facts = PatientFacts::default();
+        facts.observations.push(crate::facts::Observation { kind: "bp_systolic".into(), value: 150.0, at: now });
+        EvalContext { facts, now, entered_at: "2026-01-01T00:00:00Z".parse().unwrap(), tz: TimeZone::UTC }
+    }
+
+    #[test]
+    fn guards_read_facts_and_log_values() {
+        let p = pathway_with("latest(\"bp_systolic\") >= 140 && days_in_state() > 7 && x == 1");
+        let c = CompiledExprs::compile(Arc::new(engine()), &p).unwrap();
+        let guard = p.states[0].transitions[0].guard.clone().unwrap();
+        let vars = BTreeMap::from([("x".to_string(), VarValue::Number(1.0))]);
+        let (held, calls) = with_context(ctx(), || c.eval_bool(&guard, &vars)).unwrap();
+        assert!(held);
+        assert!(calls.iter().any(|c| c.contains("latest(\"bp_systolic\") = 150")), "{calls:?}");
+    }
+
+    #[test]
+    fn missing_values_compare_false() {
+        let p = pathway_with("score(\"epds\") >= 13 || score(\"epds\") < 13");
+        let c = CompiledExprs::compile(Arc::new(engine()), &p).unwrap();
+        let guard = p.states[0].transitions[0].guard.clone().unwrap();
+        let (held, _) = with_context(ctx(), || c.eval_bool(&guard, &BTreeMap::new())).unwrap();
+        assert!(!held);
+    }
+
+    #[test]
+    fn runaway_expressions_are_stopped() {
+        let e = engine();
+        for src in ["(0..100000000).reduce(|a, b| a + b)", "\"x\" * 100000"] {
+            let start = std::time::Instant::now();
+            let r = e.eval_expression::<Dynamic>(src);
+            assert!(r.is_err(), "{src} should fail");
+            assert!(start.elapsed().as_secs() < 2);
+        }
+    }
+}

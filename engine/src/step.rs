@@ -1,0 +1,453 @@
+//! The pure step: one enrolment, its facts and `now` in; the new state, what it produced and why out.
+//!
+//! Architecture invariant: nothing here reads a clock, draws randomness or does I/O. The scheduler,
+//! the API's "advance now", pathway tests and the simulator all call `step`, so a pathway behaves
+//! the same everywhere. Every emitted action carries a dedupe key derived from (enrolment, state
+//! entry sequence, action index): stepping the same input twice produces the same keys, and the
+//! store's unique constraints turn the repeat into a no-op.
+
+use std::collections::BTreeMap;
+
+use carepath_dsl::{
+    Action, AlarmSpec, Channel, Direction, Goal, InstitutionKind, Pathway, Priority, RiskModel, Sla, Text, Trigger, VarValue,
+};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use crate::facts::{PatientFacts, PendingEvent};
+use crate::sandbox::{CompiledExprs, EvalContext, with_context};
+use crate::time;
+
+/// A faulty pathway cannot spin: one step takes at most this many transitions.
+pub const MAX_TRANSITIONS_PER_STEP: usize = 64;
+
+/// How often a state whose transitions depend on conditions is re-checked without an event.
+const RECHECK_SECONDS: i64 = 86_400;
+
+/// A pathway version ready to run.
+pub struct Program {
+    pub pathway: Pathway,
+    pub exprs: CompiledExprs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Completed,
+    Withdrawn,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Completed => "completed",
+            Status::Withdrawn => "withdrawn",
+            Status::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Status {
+        match s {
+            "completed" => Status::Completed,
+            "withdrawn" => Status::Withdrawn,
+            "error" => Status::Error,
+            _ => Status::Active,
+        }
+    }
+}
+
+/// The live state of one enrolment: small on purpose (history is append-only elsewhere).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrolment {
+    pub id: i64,
+    pub pathway_id: String,
+    pub version: u32,
+    pub state: String,
+    /// How many times a state has been entered; part of every dedupe key.
+    pub state_seq: u32,
+    pub entered_at: Timestamp,
+    pub vars: BTreeMap<String, VarValue>,
+    pub last_event_seq: i64,
+    pub tz: String,
+    pub status: Status,
+}
+
+/// What one action of a state produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Emitted {
+    /// `e<enrolment>:<state_seq>:<action index>`; unique in the store.
+    pub key: String,
+    pub state: String,
+    pub state_seq: u32,
+    pub at: Timestamp,
+    pub action: Produced,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Produced {
+    Task { task_ref: Option<String>, role: String, title: Text, due_at: Timestamp, priority: Priority, sla: Option<Sla>, keep: bool },
+    FollowUp { follow_up_ref: Option<String>, channels: Vec<Channel>, template: String, send_at: Timestamp, urgent: bool },
+    ScalePush { scale: String, due_at: Timestamp, expires_at: Option<Timestamp>, reminders: Vec<Timestamp> },
+    Risk { model: String, score: f64, band: String, contributions: Vec<(String, f64)> },
+    AlarmArmed { alarm: AlarmSpec },
+    Referral { direction: Direction, to: InstitutionKind, reason: Option<Text>, accept_by: Timestamp },
+    GoalSet { goal: Goal },
+    Note { text: Text },
+}
+
+impl Produced {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Produced::Task { .. } => "task",
+            Produced::FollowUp { .. } => "follow_up",
+            Produced::ScalePush { .. } => "scale_push",
+            Produced::Risk { .. } => "risk",
+            Produced::AlarmArmed { .. } => "alarm",
+            Produced::Referral { .. } => "referral",
+            Produced::GoalSet { .. } => "goal",
+            Produced::Note { .. } => "note",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Taken {
+    pub from: String,
+    pub to: String,
+    pub at: Timestamp,
+    pub because: String,
+    /// The state-entry sequence left; its open tasks are cancelled unless kept.
+    pub left_seq: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub enrolment: Enrolment,
+    pub transitions: Vec<Taken>,
+    pub actions: Vec<Emitted>,
+    pub next_wake: Option<Timestamp>,
+    pub trace: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("pathway {pathway} v{version}, state `{state}`: {message}")]
+pub struct StepError {
+    pub pathway: String,
+    pub version: u32,
+    pub state: String,
+    pub guard: Option<String>,
+    pub message: String,
+}
+
+struct Run<'a> {
+    prog: &'a Program,
+    e: Enrolment,
+    tz: TimeZone,
+    now: Timestamp,
+    out: Vec<Emitted>,
+    taken: Vec<Taken>,
+    trace: Vec<String>,
+}
+
+impl Run<'_> {
+    fn fail(&self, guard: Option<&str>, message: String) -> StepError {
+        StepError {
+            pathway: self.prog.pathway.id.clone(),
+            version: self.prog.pathway.version,
+            state: self.e.state.clone(),
+            guard: guard.map(str::to_string),
+            message,
+        }
+    }
+
+    fn guard_holds(&mut self, guard: Option<&carepath_dsl::Expr>, why: &str) -> Result<bool, StepError> {
+        let Some(g) = guard else { return Ok(true) };
+        let (held, calls) = self.prog.exprs.eval_bool(g, &self.e.vars).map_err(|err| self.fail(Some(&g.0), err.message))?;
+        if held {
+            self.trace.push(format!("{why}: guard `{}` held ({})", g.0, calls.join(", ")));
+        }
+        Ok(held)
+    }
+
+    /// Enters state `idx` at `at`, producing its on-enter actions.
+    fn enter(&mut self, idx: usize, at: Timestamp) -> Result<(), StepError> {
+        let p = &self.prog.pathway;
+        let state = &p.states[idx];
+        self.e.state = state.id.clone();
+        self.e.state_seq += 1;
+        self.e.entered_at = at;
+        crate::sandbox::set_entered_at(at);
+        let seq = self.e.state_seq;
+        for (i, action) in state.on_enter.iter().enumerate() {
+            let key = format!("e{}:{}:{}", self.e.id, seq, i);
+            let produced = match action {
+                Action::Task(t) => Produced::Task {
+                    task_ref: t.id.clone(),
+                    role: t.role.clone(),
+                    title: t.title.clone(),
+                    due_at: time::add(at, t.due, &self.tz),
+                    priority: t.priority,
+                    sla: t.sla.clone(),
+                    keep: t.keep,
+                },
+                Action::FollowUp(f) => Produced::FollowUp {
+                    follow_up_ref: f.id.clone(),
+                    channels: f.channels.clone(),
+                    template: f.template.clone(),
+                    send_at: time::schedule(at, f.after, f.at, &self.tz),
+                    urgent: f.urgent,
+                },
+                Action::Scale(s) => Produced::ScalePush {
+                    scale: s.scale.clone(),
+                    due_at: time::add(at, s.due, &self.tz),
+                    expires_at: s.expires.map(|d| time::add(at, d, &self.tz)),
+                    reminders: s.reminders.iter().map(|d| time::add(at, *d, &self.tz)).collect(),
+                },
+                Action::Risk(r) => {
+                    let (score, contributions) = self.risk_score(&r.model)?;
+                    let band = r.bands.iter().rev().find(|(_, lower)| score >= *lower).map(|(b, _)| b.clone()).unwrap_or_default();
+                    self.trace.push(format!("risk `{}` = {score:.3} ({band})", r.id));
+                    Produced::Risk { model: r.id.clone(), score, band, contributions }
+                }
+                Action::Alarm(a) => Produced::AlarmArmed { alarm: a.clone() },
+                Action::Referral(r) => Produced::Referral {
+                    direction: r.direction,
+                    to: r.to,
+                    reason: r.reason.clone(),
+                    accept_by: time::add(at, r.accept_within, &self.tz),
+                },
+                Action::Goal(g) => Produced::GoalSet { goal: g.clone() },
+                Action::Note(t) => Produced::Note { text: t.clone() },
+                Action::Set(assignments) => {
+                    for (name, expr) in assignments {
+                        let ty = p.variable(name).map(|v| v.ty).unwrap_or(carepath_dsl::VarType::Number);
+                        let value = self.prog.exprs.eval_var(expr, ty, &self.e.vars).map_err(|err| self.fail(Some(&expr.0), err.message))?;
+                        self.trace.push(format!("set {name} = {value:?}"));
+                        self.e.vars.insert(name.clone(), value);
+                    }
+                    continue;
+                }
+            };
+            self.out.push(Emitted { key, state: state.id.clone(), state_seq: seq, at, action: produced });
+        }
+        if state.terminal {
+            self.e.status = Status::Completed;
+            self.trace.push(format!("enrolment completed in `{}`", state.id));
+        }
+        Ok(())
+    }
+
+    fn risk_score(&mut self, model: &RiskModel) -> Result<(f64, Vec<(String, f64)>), StepError> {
+        match model {
+            RiskModel::Lace => Ok(crate::risk::lace(&self.e.vars)),
+            RiskModel::Logistic { intercept, terms } => {
+                let mut z = *intercept;
+                let mut contributions = Vec::new();
+                for t in terms {
+                    let (x, _) = self.prog.exprs.eval_number(&t.expr, &self.e.vars).map_err(|err| self.fail(Some(&t.expr.0), err.message))?;
+                    let c = if x.is_nan() { 0.0 } else { t.coef * x };
+                    contributions.push((t.name.clone(), c));
+                    z += c;
+                }
+                Ok((1.0 / (1.0 + (-z).exp()), contributions))
+            }
+            RiskModel::Formula(e) => {
+                let (x, _) = self.prog.exprs.eval_number(e, &self.e.vars).map_err(|err| self.fail(Some(&e.0), err.message))?;
+                Ok((x, vec![("formula".into(), x)]))
+            }
+        }
+    }
+
+    fn take(&mut self, to: &str, at: Timestamp, because: String) -> Result<(), StepError> {
+        if self.taken.len() >= MAX_TRANSITIONS_PER_STEP {
+            return Err(self.fail(None, format!("more than {MAX_TRANSITIONS_PER_STEP} transitions in one step; the pathway loops without waiting")));
+        }
+        let idx = self.prog.pathway.state_index(to).ok_or_else(|| self.fail(None, format!("transition to unknown state `{to}`")))?;
+        self.trace.push(format!("{}: `{}` → `{to}` ({because})", at, self.e.state));
+        self.taken.push(Taken { from: self.e.state.clone(), to: to.to_string(), at, because, left_seq: self.e.state_seq });
+        self.enter(idx, at)
+    }
+
+    /// When the timed transition `t` of the current state fires.
+    fn fire_time(&self, trigger: &Trigger) -> Option<Timestamp> {
+        match trigger {
+            Trigger::After { after, at } => Some(time::schedule(self.e.entered_at, *after, *at, &self.tz)),
+            Trigger::At(t) => Some(time::next_local_time(self.e.entered_at, *t, &self.tz)),
+            _ => None,
+        }
+    }
+
+    fn advance(&mut self, pending: &[PendingEvent]) -> Result<(), StepError> {
+        let start_seq = self.e.last_event_seq;
+        let mut events = pending.iter().filter(|ev| ev.seq > start_seq).peekable();
+        loop {
+            if self.e.status != Status::Active {
+                break;
+            }
+            let idx = self.prog.pathway.state_index(&self.e.state).ok_or_else(|| self.fail(None, "enrolment is in an unknown state".into()))?;
+            let state = &self.prog.pathway.states[idx];
+            let cursor = self.e.entered_at;
+
+            // 1. Immediate and conditional transitions, in written order.
+            let mut moved = false;
+            for t in &state.transitions {
+                if t.trigger == Trigger::Immediate && self.guard_holds(t.guard.as_ref(), "condition")? {
+                    let because = t.guard.as_ref().map(|g| format!("when {}", g.0)).unwrap_or_else(|| "immediately".into());
+                    let at = if t.guard.is_some() { self.now.max(cursor) } else { cursor };
+                    self.take(&t.to, at, because)?;
+                    moved = true;
+                    break;
+                }
+            }
+            if moved {
+                continue;
+            }
+
+            // 2. The earliest timed transition that is due and whose guard holds.
+            let mut timed: Vec<(Timestamp, usize)> = state
+                .transitions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| self.fire_time(&t.trigger).filter(|at| *at <= self.now).map(|at| (at, i)))
+                .collect();
+            timed.sort();
+            let mut due: Option<(Timestamp, usize)> = None;
+            for (at, i) in timed {
+                let t = &state.transitions[i];
+                if self.guard_holds(t.guard.as_ref(), &t.trigger.describe())? {
+                    due = Some((at, i));
+                    break;
+                }
+            }
+
+            // 3. The next pending event, if it happened before that.
+            let next_event = events.peek().filter(|ev| ev.at <= self.now).cloned();
+            match (due, next_event) {
+                (Some((at, i)), ev) if ev.as_ref().is_none_or(|ev| at <= ev.at) => {
+                    let t = &state.transitions[i];
+                    self.take(&t.to, at, t.trigger.describe())?;
+                }
+                (_, Some(ev)) => {
+                    events.next();
+                    self.e.last_event_seq = ev.seq;
+                    let at = ev.at.max(cursor);
+                    let mut matched = None;
+                    for t in &state.transitions {
+                        if matches!(&t.trigger, Trigger::Event(name) if *name == ev.name)
+                            && self.guard_holds(t.guard.as_ref(), &format!("on {}", ev.name))?
+                        {
+                            matched = Some(t.to.clone());
+                            break;
+                        }
+                    }
+                    match matched {
+                        Some(to) => self.take(&to, at, format!("on {}", ev.name))?,
+                        None => self.trace.push(format!("event `{}` does not move `{}`", ev.name, self.e.state)),
+                    }
+                }
+                _ => break,
+            }
+        }
+        // Events that arrived for a closed enrolment are consumed too.
+        for ev in events.filter(|ev| ev.at <= self.now) {
+            self.e.last_event_seq = ev.seq;
+        }
+        Ok(())
+    }
+
+    fn next_wake(&self, pending: &[PendingEvent]) -> Option<Timestamp> {
+        if self.e.status != Status::Active {
+            return None;
+        }
+        let state = self.prog.pathway.state(&self.e.state)?;
+        let recheck = Timestamp::from_second(self.now.as_second() + RECHECK_SECONDS).ok();
+        let mut wake: Option<Timestamp> = None;
+        let mut consider = |t: Option<Timestamp>| {
+            if let Some(t) = t {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        };
+        for t in &state.transitions {
+            match self.fire_time(&t.trigger) {
+                Some(at) if at > self.now => consider(Some(at)),
+                // A due timed transition whose guard did not hold, or a condition: check again later.
+                Some(_) => consider(recheck),
+                None if t.trigger == Trigger::Immediate => consider(recheck),
+                None => {}
+            }
+        }
+        consider(pending.iter().filter(|ev| ev.seq > self.e.last_event_seq && ev.at > self.now).map(|ev| ev.at).min());
+        wake
+    }
+}
+
+fn zone_of(e: &Enrolment) -> TimeZone {
+    time::zone(&e.tz)
+}
+
+/// Advances `enrolment` to `now`: processes due timers and pending events in time order, follows
+/// transitions until the enrolment waits, and returns what happened.
+pub fn step(prog: &Program, enrolment: &Enrolment, facts: &PatientFacts, pending: &[PendingEvent], now: Timestamp) -> Result<Outcome, StepError> {
+    let tz = zone_of(enrolment);
+    let ctx = EvalContext { facts: facts.clone(), now, entered_at: enrolment.entered_at, tz: tz.clone() };
+    with_context(ctx, || {
+        let mut run = Run { prog, e: enrolment.clone(), tz, now, out: Vec::new(), taken: Vec::new(), trace: Vec::new() };
+        if run.e.status == Status::Active {
+            run.advance(pending)?;
+        }
+        let next_wake = run.next_wake(pending);
+        Ok(Outcome { enrolment: run.e, transitions: run.taken, actions: run.out, next_wake, trace: run.trace })
+    })
+}
+
+/// Enrols a patient at an entry point at `now`, then steps as far as the pathway goes.
+pub fn enrol(
+    prog: &Program,
+    enrolment_id: i64,
+    entry: &str,
+    tz: &str,
+    facts: &PatientFacts,
+    pending: &[PendingEvent],
+    now: Timestamp,
+) -> Result<Outcome, StepError> {
+    let p = &prog.pathway;
+    let entry_point = p.entry_point(entry).ok_or_else(|| StepError {
+        pathway: p.id.clone(),
+        version: p.version,
+        state: String::new(),
+        guard: None,
+        message: format!("no entry point `{entry}`; entry points: {}", p.entry_points.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")),
+    })?;
+    let mut vars: BTreeMap<String, VarValue> = p.variables.iter().map(|v| (v.name.clone(), v.default.clone())).collect();
+    for (k, v) in &entry_point.set {
+        vars.insert(k.clone(), v.clone());
+    }
+    let mut e = Enrolment {
+        id: enrolment_id,
+        pathway_id: p.id.clone(),
+        version: p.version,
+        state: entry_point.state.clone(),
+        state_seq: 0,
+        entered_at: now,
+        vars,
+        last_event_seq: 0,
+        tz: tz.to_string(),
+        status: Status::Active,
+    };
+    let tzz = zone_of(&e);
+    let ctx = EvalContext { facts: facts.clone(), now, entered_at: now, tz: tzz.clone() };
+    with_context(ctx, || {
+        let idx = p.state_index(&entry_point.state).unwrap_or(0);
+        e.state = p.states[idx].id.clone();
+        let mut run = Run { prog, e, tz: tzz, now, out: Vec::new(), taken: Vec::new(), trace: vec![format!("{now}: enrolled at entry point `{entry}`")] };
+        run.enter(idx, now)?;
+        run.advance(pending)?;
+        let next_wake = run.next_wake(pending);
+        Ok(Outcome { enrolment: run.e, transitions: run.taken, actions: run.out, next_wake, trace: run.trace })
+    })
+}
