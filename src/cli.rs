@@ -3,7 +3,52 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use anyhow::Context;
 use carepath_dsl as dsl;
+use carepath_engine::{Programs, scheduler, seed, store};
+use jiff::Timestamp;
+
+/// Where the database is: `--db`, else `CAREPATH_DB`, else a SQLite file in the working folder.
+#[derive(clap::Args, Clone)]
+struct DbArgs {
+    #[arg(long = "db", env = "CAREPATH_DB", default_value = "sqlite:carepath.db")]
+    url: String,
+}
+
+impl DbArgs {
+    async fn open(&self) -> anyhow::Result<store::Pool> {
+        let pool = store::Pool::connect(&self.url).await.with_context(|| format!("cannot open the database {}", redact(&self.url)))?;
+        store::migrate(&pool).await.context("cannot apply migrations")?;
+        Ok(pool)
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}://***{}", &url[..s], &url[a..]),
+        _ => url.to_string(),
+    }
+}
+
+fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let dt: jiff::civil::DateTime = s.parse().with_context(|| format!("`{s}` is not a time; write e.g. 2026-11-23T02:00:00Z"))?;
+    Ok(dt.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp())
+}
+
+fn as_of(s: &Option<String>) -> anyhow::Result<Timestamp> {
+    s.as_deref().map(parse_time).unwrap_or_else(|| Ok(Timestamp::now()))
+}
+
+/// Compiles the pathways folder and publishes any new versions.
+async fn publish_dir(pool: &store::Pool, dir: &std::path::Path, now: Timestamp) -> anyhow::Result<Programs> {
+    let programs = Programs::load_dir(dir)?;
+    store::publish(pool, &programs, now).await?;
+    Ok(store::load_programs(pool).await?)
+}
 
 #[derive(Parser)]
 #[command(name = "carepath", version, about = "Rules-driven clinical pathway workflow engine")]
@@ -33,6 +78,51 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: OutputFormat,
     },
+    /// Apply database migrations.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Publish every pathway under a folder (new versions only; published versions are immutable).
+    Publish {
+        #[arg(default_value = "pathways")]
+        dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Create synthetic patients enrolled across the real pathways at varied stages.
+    Seed {
+        #[arg(long, default_value_t = 1000)]
+        patients: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        #[arg(long)]
+        as_of: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// One scheduler pass over every enrolment that is due.
+    Run {
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// A fresh demo database: the real pathways, an alliance, a synthetic cohort, and a pass.
+    Demo {
+        #[arg(long, default_value_t = 300)]
+        patients: u64,
+        #[arg(long, default_value = "sqlite:carepath-demo.db")]
+        db: String,
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+    },
     /// Print a pathway's state graph as DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -43,7 +133,18 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAREPATH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -52,8 +153,44 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Migrate { db } => {
+            let pool = store::Pool::connect(&db.url).await?;
+            let applied = store::migrate(&pool).await?;
+            println!("{} migration(s) applied on {}", applied.len(), pool.backend());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { dir, db } => {
+            let pool = db.open().await?;
+            let programs = publish_dir(&pool, &dir, Timestamp::now()).await?;
+            for p in programs.latest() {
+                println!("{} v{}  {}", p.pathway.id, p.pathway.version, p.pathway.title.en);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed { patients, seed: s, pathways, as_of: at, db } => {
+            let pool = db.open().await?;
+            let now = as_of(&at)?;
+            let programs = publish_dir(&pool, &pathways, now).await?;
+            let summary = seed::seed(&pool, &programs, patients, s, now).await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { as_of: at, json, batch_size, db } => {
+            let pool = db.open().await?;
+            let programs = store::load_programs(&pool).await?;
+            let now = as_of(&at)?;
+            let started = std::time::Instant::now();
+            let summary = scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions { batch_size, max_batches: None }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print_summary(&summary, started.elapsed());
+            }
+            Ok(if summary.errors > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
+        }
+        Command::Demo { patients, db, pathways } => demo(patients, &db, &pathways).await,
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Graph { file, format } => {
             let compiled = dsl::compile_file(&file);
@@ -107,4 +244,44 @@ fn validate(paths: &[PathBuf], format: OutputFormat) -> anyhow::Result<ExitCode>
         eprintln!("{} file(s), {pathways} pathway(s): {errors} error(s), {warnings} warning(s)", files.len());
     }
     Ok(if errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn print_summary(s: &scheduler::PassSummary, took: std::time::Duration) {
+    println!("pass as of {} on {}: {} enrolment(s) stepped in {} batch(es), {} advanced, {} transition(s)", s.as_of, s.backend, s.stepped, s.batches, s.advanced, s.transitions);
+    println!("actions created: {}", s.actions);
+    for (kind, n) in &s.actions_by_kind {
+        println!("  {kind:<12} {n}");
+    }
+    println!("tasks cancelled as stale: {}", s.cancelled_tasks);
+    println!("errors: {}   stale skips: {}   took {:.2}s", s.errors, s.stale, took.as_secs_f64());
+}
+
+async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+    let pool = DbArgs { url: url.to_string() }.open().await?;
+    let now = Timestamp::now();
+    let programs = publish_dir(&pool, pathways, now).await?;
+    println!("published {} pathway(s):", programs.latest().len());
+    for p in programs.latest() {
+        println!("  {:<24} v{}  {} / {}", p.pathway.id, p.pathway.version, p.pathway.title.zh, p.pathway.title.en);
+    }
+    let summary = seed::seed(&pool, &programs, patients, 1, now).await?;
+    println!("seeded {} patient(s) with {} past event(s) into {url}", summary.patients, summary.events);
+    let started = std::time::Instant::now();
+    let pass = scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions::default()).await?;
+    print_summary(&pass, started.elapsed());
+    let rows = pool
+        .fetch(
+            "SELECT institution_id, role, COUNT(*), COUNT(CASE WHEN due_at < $1 THEN 1 END) FROM tasks WHERE status = 'open' GROUP BY institution_id, role ORDER BY institution_id, role",
+            vec![store::Arg::I(now.as_second())],
+        )
+        .await?;
+    println!("open task queues (institution, role: open / overdue):");
+    for r in rows {
+        println!("  {:<10} {:<22} {:>5} / {}", r.text(0), r.text(1), r.i64(2), r.i64(3));
+    }
+    Ok(ExitCode::SUCCESS)
 }

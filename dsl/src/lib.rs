@@ -19,6 +19,8 @@ pub mod yaml;
 mod fixtures_test;
 #[cfg(test)]
 mod hostile_test;
+#[cfg(test)]
+mod props_test;
 
 use std::path::{Path, PathBuf};
 

@@ -101,6 +101,13 @@ const PATHWAY_KEYS: &[&str] = &[
 ];
 const STATE_KEYS: &[&str] = &["id", "phase", "title", "terminal", "on_enter", "transitions"];
 const TRANSITION_KEYS: &[&str] = &["to", "on", "after", "at", "when", "label"];
+/// Words Rhai reserves, which therefore cannot name a variable.
+const RESERVED: &[&str] = &[
+    "as", "async", "await", "begin", "break", "call", "case", "catch", "const", "continue", "curry", "debug", "default", "do", "else", "end", "enum",
+    "eval", "exit", "export", "false", "fn", "for", "global", "go", "goto", "if", "import", "in", "include", "is", "let", "loop", "match", "module",
+    "new", "nil", "null", "package", "print", "private", "protected", "public", "return", "shared", "spawn", "static", "struct", "super", "switch",
+    "sync", "this", "thread", "throw", "true", "try", "type", "type_of", "until", "use", "var", "void", "while", "with", "yield",
+];
 const ACTION_KINDS: &[&str] = &["task", "follow_up", "scale", "risk", "alarm", "referral", "goal", "note", "set"];
 
 impl<'a> Lowerer<'a> {
@@ -133,6 +140,10 @@ impl<'a> Lowerer<'a> {
             if !allowed.contains(&key) {
                 let hint = match crate::diag::closest(key, allowed.iter().copied()) {
                     Some(c) => format!("did you mean `{c}`?"),
+                    // `{ en: a, b }` reads `b` as a second key with no value.
+                    None if matches!(v.value, Value::Null) && k.pos.line == node.pos.line => {
+                        "inside `{ … }` a comma starts a new key: quote text that contains commas, e.g. en: \"a, b\"".to_string()
+                    }
                     None => format!("allowed here: {}", allowed.join(", ")),
                 };
                 self.err(Code::UnknownKey, k.pos, format!("unknown key `{key}` in {what}"), hint);
@@ -407,6 +418,10 @@ impl<'a> Lowerer<'a> {
         let mut out: Vec<Variable> = Vec::new();
         for (k, v) in entries {
             let Some(name) = self.ident(k, "variable name") else { continue };
+            if RESERVED.contains(&name.as_str()) {
+                self.err(Code::InvalidValue, k.pos, format!("`{name}` is a reserved word in the guard language"), format!("rename it, e.g. `{name}_kind`"));
+                continue;
+            }
             if out.iter().any(|x| x.name == name) {
                 self.err(Code::DuplicateId, k.pos, format!("variable `{name}` is declared twice"), "");
                 continue;

@@ -95,7 +95,7 @@ pub fn builder_engine() -> Engine {
     });
     e.register_fn("add", |p: &mut Map, state: Map| push(p, "states", Dynamic::from_map(state)));
     e.register_fn("enter", |s: &mut Map, a: Map| push(s, "on_enter", Dynamic::from_map(a)));
-    e.register_fn("go", |s: &mut Map, t: Map| push(s, "transitions", Dynamic::from_map(t)));
+    e.register_fn("transition", |s: &mut Map, t: Map| push(s, "transitions", Dynamic::from_map(t)));
 
     e.register_fn(
         "task",

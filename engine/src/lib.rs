@@ -13,3 +13,6 @@ pub mod time;
 pub use facts::{PatientFacts, PendingEvent};
 pub use program::Programs;
 pub use step::{Emitted, Enrolment, Outcome, Produced, Program, Status, StepError, enrol, step};
+pub mod scheduler;
+pub mod store;
+pub mod seed;

@@ -1,0 +1,126 @@
+//! The scheduler: steps every due enrolment, in batches, each batch one transaction.
+//!
+//! "Who is due" is a range scan of the partial index on `next_wake_at`. A batch is claimed, its
+//! facts loaded in a few queries, each enrolment stepped by the pure step, and everything written
+//! and committed together. On PostgreSQL several workers run passes at once: the claim uses
+//! `FOR UPDATE SKIP LOCKED`, and the row-version check on every enrolment update fences out a
+//! worker whose view is stale. A failing pathway marks that one enrolment in error; the pass goes on.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::program::Programs;
+use crate::step;
+use crate::store::{self, Pool, Result, Written};
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct PassSummary {
+    pub as_of: String,
+    pub backend: String,
+    pub batches: u64,
+    pub stepped: u64,
+    pub advanced: u64,
+    pub transitions: u64,
+    pub actions: u64,
+    pub actions_by_kind: BTreeMap<String, u64>,
+    pub cancelled_tasks: u64,
+    pub errors: u64,
+    pub stale: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassOptions {
+    pub batch_size: i64,
+    /// Stop after this many batches (tests and the simulator of crashes use it).
+    pub max_batches: Option<u64>,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        PassOptions { batch_size: 500, max_batches: None }
+    }
+}
+
+/// Runs one pass over every enrolment due at `now`.
+pub async fn run_pass(pool: &Pool, programs: &Programs, now: Timestamp, opts: &PassOptions) -> Result<PassSummary> {
+    let mut summary = PassSummary { as_of: now.to_string(), backend: pool.backend().to_string(), ..Default::default() };
+    let mut written = Written::default();
+    loop {
+        if opts.max_batches.is_some_and(|m| summary.batches >= m) {
+            break;
+        }
+        let mut tx = pool.begin().await?;
+        let batch = store::claim_due(&mut tx, now, opts.batch_size).await?;
+        if batch.is_empty() {
+            tx.rollback().await?;
+            break;
+        }
+        summary.batches += 1;
+        let mut facts = store::load_facts(&mut tx, &batch, now).await?;
+        for d in &batch {
+            summary.stepped += 1;
+            let Some(prog) = programs.get(&d.enrolment.pathway_id, d.enrolment.version) else {
+                let err = step::StepError {
+                    pathway: d.enrolment.pathway_id.clone(),
+                    version: d.enrolment.version,
+                    state: d.enrolment.state.clone(),
+                    guard: None,
+                    message: "this pathway version is not loaded".into(),
+                };
+                store::mark_error(&mut tx, d, &err, "case_manager", now).await?;
+                summary.errors += 1;
+                continue;
+            };
+            let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
+            match step::step(prog, &d.enrolment, &f, &pending, now) {
+                Ok(outcome) => match store::apply_outcome(&mut tx, d, &outcome, now).await? {
+                    Some(w) => {
+                        if w.transitions > 0 {
+                            summary.advanced += 1;
+                        }
+                        written.add(&w);
+                    }
+                    None => summary.stale += 1,
+                },
+                Err(err) => {
+                    tracing::warn!(enrolment = d.enrolment.id, pathway = %err.pathway, version = err.version, state = %err.state, "step failed: {}", err.message);
+                    if store::mark_error(&mut tx, d, &err, &prog.pathway.owner_role, now).await? {
+                        summary.errors += 1;
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+    }
+    summary.transitions = written.transitions;
+    summary.actions = written.actions();
+    summary.actions_by_kind = written.by_kind;
+    summary.cancelled_tasks = written.cancelled_tasks;
+    Ok(summary)
+}
+
+/// Steps one enrolment now (after an event), in its own transaction.
+pub async fn advance(pool: &Pool, programs: &Programs, enrolment: i64, now: Timestamp) -> Result<Written> {
+    let mut tx = pool.begin().await?;
+    let d = store::load_enrolment(&mut tx, enrolment).await?;
+    if d.enrolment.status != step::Status::Active {
+        tx.rollback().await?;
+        return Ok(Written::default());
+    }
+    let prog = programs
+        .get(&d.enrolment.pathway_id, d.enrolment.version)
+        .ok_or_else(|| store::StoreError::NotFound(format!("pathway {} v{}", d.enrolment.pathway_id, d.enrolment.version)))?;
+    let mut facts = store::load_facts(&mut tx, std::slice::from_ref(&d), now).await?;
+    let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
+    let w = match step::step(prog, &d.enrolment, &f, &pending, now) {
+        Ok(outcome) => store::apply_outcome(&mut tx, &d, &outcome, now).await?.unwrap_or_default(),
+        Err(err) => {
+            store::mark_error(&mut tx, &d, &err, &prog.pathway.owner_role, now).await?;
+            Written::default()
+        }
+    };
+    tx.commit().await?;
+    Ok(w)
+}

@@ -1,0 +1,142 @@
+//! Synthetic patients for demos, tests and benchmarks: deterministic for a given seed.
+//!
+//! Each patient is enrolled in one of the loaded pathways at an entry point, some weeks or months
+//! before `as_of`, and given a plausible history of events walked along the pathway's own event
+//! transitions, so the next scheduler pass finds them at varied stages.
+
+use carepath_dsl::Trigger;
+use jiff::Timestamp;
+
+use crate::program::Programs;
+use crate::store::{self, NewPatient, Pool, Result, Written};
+
+/// A small, fast, seedable generator (SplitMix64); good enough for synthetic cohorts.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub const LEAD: &str = "lead";
+pub const CLINICS: [&str; 2] = ["clinic_a", "clinic_b"];
+
+/// The demo alliance: a lead hospital and two primary-care clinics.
+pub async fn alliance(pool: &Pool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    store::insert_institution(&mut tx, LEAD, "市第一人民医院 City First People's Hospital", "lead_hospital", None).await?;
+    store::insert_institution(&mut tx, CLINICS[0], "东城社区卫生服务中心 Dongcheng Community Health Centre", "community_clinic", Some(LEAD)).await?;
+    store::insert_institution(&mut tx, CLINICS[1], "西山镇卫生院 Xishan Township Hospital", "township_hospital", Some(LEAD)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SeedSummary {
+    pub patients: u64,
+    pub enrolments: u64,
+    pub events: u64,
+    pub actions: u64,
+}
+
+/// Creates `n` patients enrolled across the latest version of every loaded pathway.
+pub async fn seed(pool: &Pool, programs: &Programs, n: u64, seed: u64, as_of: Timestamp) -> Result<SeedSummary> {
+    alliance(pool).await?;
+    let progs = programs.latest();
+    if progs.is_empty() {
+        return Err(store::StoreError::Invalid("no pathways are loaded; publish pathways first".into()));
+    }
+    let existing = pool.fetch("SELECT COUNT(*) FROM patients", vec![]).await?.first().map(|r| r.i64(0)).unwrap_or(0) as u64;
+    let mut summary = SeedSummary::default();
+    let mut written = Written::default();
+    let chunk = 1_000u64;
+    let mut i = 0u64;
+    while i < n {
+        let mut tx = pool.begin().await?;
+        for k in i..(i + chunk).min(n) {
+            let index = existing + k;
+            let mut rng = SplitMix::new(seed.wrapping_mul(1_000_003).wrapping_add(index));
+            let prog = &progs[rng.below(progs.len() as u64) as usize];
+            let p = &prog.pathway;
+            let female_only = p.id.contains("pregnan") || p.id.contains("breast");
+            let sex = if female_only || rng.unit() < 0.5 { "female" } else { "male" };
+            let age = if p.id.contains("pregnan") { 22 + rng.below(19) } else { 40 + rng.below(46) };
+            let birth_year = as_of.to_zoned(jiff::tz::TimeZone::UTC).year() as u64 - age;
+            let birth = format!("{birth_year:04}-{:02}-{:02}", 1 + rng.below(12), 1 + rng.below(28));
+            let institution = match rng.below(10) {
+                0..=6 => LEAD,
+                7 | 8 => CLINICS[0],
+                _ => CLINICS[1],
+            };
+            let patient_id = format!("P{:016x}", SplitMix::new(seed ^ 0xA5A5).next_u64() ^ index.wrapping_mul(0x9E37_79B9));
+            store::insert_patient(
+                &mut tx,
+                &NewPatient {
+                    id: patient_id.clone(),
+                    institution_id: institution.to_string(),
+                    birth_date: Some(birth),
+                    sex: sex.to_string(),
+                    tz: "Asia/Shanghai".to_string(),
+                    contact_enc: None,
+                    preferred_channel: Some(["wechat", "sms", "phone"][rng.below(3) as usize].to_string()),
+                },
+                as_of,
+            )
+            .await?;
+            summary.patients += 1;
+            let entry = &p.entry_points[rng.below(p.entry_points.len() as u64) as usize];
+            let enrolled_at = Timestamp::from_second(as_of.as_second() - 86_400 * (1 + rng.below(180) as i64) - rng.below(86_400) as i64).unwrap_or(as_of);
+            let (id, w) = store::enrol_tx(&mut tx, programs, &patient_id, &p.id, Some(p.version), &entry.id, enrolled_at).await?;
+            written.add(&w);
+            summary.enrolments += 1;
+            // A plausible history: follow the pathway's event transitions from the entry state.
+            let mut state = entry.state.clone();
+            let mut t = enrolled_at.as_second();
+            for _ in 0..rng.below(5) {
+                let Some(s) = p.state(&state) else { break };
+                let events: Vec<(&str, &str)> = s
+                    .transitions
+                    .iter()
+                    .filter_map(|tr| match &tr.trigger {
+                        Trigger::Event(e) if !e.starts_with("task_done:") => Some((e.as_str(), tr.to.as_str())),
+                        _ => None,
+                    })
+                    .collect();
+                if events.is_empty() {
+                    break;
+                }
+                let (event, to) = events[rng.below(events.len() as u64) as usize];
+                t += 3_600 * (6 + rng.below(24 * 10) as i64);
+                if t >= as_of.as_second() {
+                    break;
+                }
+                store::add_event(&mut tx, id, event, store::ts(t), None, None, store::ts(t)).await?;
+                summary.events += 1;
+                state = to.to_string();
+            }
+        }
+        tx.commit().await?;
+        i += chunk;
+    }
+    summary.actions = written.actions();
+    Ok(summary)
+}

@@ -1,0 +1,793 @@
+//! Storage: the only module that holds SQL.
+//!
+//! One step's results commit in one transaction with the enrolment's new state, guarded by a
+//! `row_version` check; every produced row has a unique dedupe key written with
+//! `ON CONFLICT DO NOTHING`. So a crash at any point loses nothing (the transaction is all or
+//! nothing) and a rerun duplicates nothing (the keys are derived from the enrolment's state-entry
+//! sequence, which the committed state already moved past).
+
+pub mod db;
+
+use std::collections::{BTreeMap, HashMap};
+
+use carepath_dsl::{Channel, Text, VarValue};
+use jiff::Timestamp;
+use serde_json::json;
+
+pub use db::{Arg, DbError, Pool, Row, Tx};
+
+use crate::args;
+use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult};
+use crate::program::{Programs, Source};
+use crate::step::{self, Emitted, Enrolment, Outcome, Produced, Status, StepError};
+
+const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/postgres/0001_init.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Step(#[from] StepError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(DbError::Sql(e))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub fn ts(s: i64) -> Timestamp {
+    Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Applies pending migrations; each in its own transaction, recorded in `_carepath_migrations`.
+pub async fn migrate(pool: &Pool) -> Result<Vec<i64>> {
+    pool.exec("CREATE TABLE IF NOT EXISTS _carepath_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)", vec![])
+        .await?;
+    let applied: Vec<i64> = pool.fetch("SELECT version FROM _carepath_migrations", vec![]).await?.iter().map(|r| r.i64(0)).collect();
+    let list = if pool.is_postgres() { MIGRATIONS_POSTGRES } else { MIGRATIONS_SQLITE };
+    let mut done = Vec::new();
+    for (version, name, sql) in list {
+        if applied.contains(version) {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        tx.exec_script(sql).await?;
+        tx.exec("INSERT INTO _carepath_migrations (version, name, applied_at) VALUES ($1, $2, $3)", args![*version, *name, Timestamp::now().as_second()])
+            .await?;
+        tx.commit().await?;
+        done.push(*version);
+    }
+    Ok(done)
+}
+
+/// Publishes a pathway version: immutable, so the same version with other content is refused.
+pub async fn publish(pool: &Pool, programs: &Programs, now: Timestamp) -> Result<usize> {
+    let mut published = 0;
+    let mut tx = pool.begin().await?;
+    for ((id, version), src) in &programs.sources {
+        let existing = tx.fetch_one("SELECT hash FROM pathway_versions WHERE pathway_id = $1 AND version = $2", args![id, i64::from(*version)]).await?;
+        match existing {
+            Some(row) if row.text(0) != src.hash => {
+                return Err(StoreError::Conflict(format!(
+                    "pathway {id} v{version} is already published with different content; give the changed pathway a new version"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let title = programs.get(id, *version).map(|p| p.pathway.title.en.clone()).unwrap_or_default();
+                tx.exec(
+                    "INSERT INTO pathway_versions (pathway_id, version, format, source, hash, title, published_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    args![id, i64::from(*version), src.format, &src.text, &src.hash, title, now.as_second()],
+                )
+                .await?;
+                published += 1;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(published)
+}
+
+/// Loads every published version from the database into runnable programs.
+pub async fn load_programs(pool: &Pool) -> Result<Programs> {
+    let rows = pool.fetch("SELECT pathway_id, version, format, source FROM pathway_versions ORDER BY pathway_id, version", vec![]).await?;
+    let mut programs = Programs::default();
+    for r in rows {
+        let file = format!("{}.v{}.{}", r.text(0), r.i64(1), if r.text(2) == "rhai" { "rhai" } else { "yaml" });
+        let text = r.text(3);
+        let compiled = if r.text(2) == "rhai" {
+            carepath_dsl::compile_rhai(&file, text.as_bytes(), std::path::Path::new("pathways"), &carepath_dsl::FsLoader)
+        } else {
+            carepath_dsl::compile_yaml(&file, text.as_bytes(), std::path::Path::new("pathways"), &carepath_dsl::FsLoader)
+        };
+        let pathway = crate::program::into_pathway(compiled).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        programs.insert(pathway, Source::new(&file, text)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    }
+    Ok(programs)
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPatient {
+    pub id: String,
+    pub institution_id: String,
+    pub birth_date: Option<String>,
+    pub sex: String,
+    pub tz: String,
+    pub contact_enc: Option<String>,
+    pub preferred_channel: Option<String>,
+}
+
+pub async fn insert_institution(tx: &mut Tx, id: &str, name: &str, kind: &str, parent: Option<&str>) -> Result<()> {
+    tx.exec(
+        "INSERT INTO institutions (id, name, kind, parent_id) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        args![id, name, kind, parent.map(str::to_string)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_staff(tx: &mut Tx, id: &str, institution: &str, name: &str, roles: &[&str], token_hash: Option<String>) -> Result<()> {
+    tx.exec(
+        "INSERT INTO staff (id, institution_id, display_name, roles, token_hash) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        args![id, institution, name, roles.join(","), token_hash],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_patient(tx: &mut Tx, p: &NewPatient, now: Timestamp) -> Result<()> {
+    if jiff::tz::TimeZone::get(&p.tz).is_err() {
+        return Err(StoreError::Invalid(format!("`{}` is not an IANA time zone", p.tz)));
+    }
+    tx.exec(
+        "INSERT INTO patients (id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        args![&p.id, &p.institution_id, p.birth_date.clone(), &p.sex, &p.tz, p.contact_enc.clone(), p.preferred_channel.clone(), now.as_second()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One due enrolment with what the step needs from its patient.
+#[derive(Debug, Clone)]
+pub struct DueEnrolment {
+    pub enrolment: Enrolment,
+    pub patient_id: String,
+    pub institution_id: String,
+    pub row_version: i64,
+    pub birth_date: Option<String>,
+    pub sex: String,
+}
+
+const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex";
+
+fn due_from_row(r: &Row) -> DueEnrolment {
+    let vars: BTreeMap<String, VarValue> = serde_json::from_str(&r.text(8)).unwrap_or_default();
+    DueEnrolment {
+        enrolment: Enrolment {
+            id: r.i64(0),
+            pathway_id: r.text(3),
+            version: r.i64(4) as u32,
+            state: r.text(5),
+            state_seq: r.i64(6) as u32,
+            entered_at: ts(r.i64(7)),
+            vars,
+            last_event_seq: r.i64(9),
+            tz: r.text(12),
+            status: Status::parse(&r.text(10)),
+        },
+        patient_id: r.text(1),
+        institution_id: r.text(2),
+        row_version: r.i64(11),
+        birth_date: r.opt_text(13),
+        sex: r.text(14),
+    }
+}
+
+/// Claims up to `limit` due enrolments, in wake order. On PostgreSQL the rows stay locked by this
+/// transaction and other workers skip them.
+pub async fn claim_due(tx: &mut Tx, now: Timestamp, limit: i64) -> Result<Vec<DueEnrolment>> {
+    let lock = if tx.is_postgres() { " FOR UPDATE OF e SKIP LOCKED" } else { "" };
+    let sql = format!(
+        "SELECT {ENROLMENT_COLUMNS} FROM enrolments e JOIN patients p ON p.id = e.patient_id \
+         WHERE e.status = 'active' AND e.next_wake_at IS NOT NULL AND e.next_wake_at <= $1 \
+         ORDER BY e.next_wake_at, e.id LIMIT $2{lock}"
+    );
+    let rows = tx.fetch(&sql, args![now.as_second(), limit]).await?;
+    let mut due: Vec<DueEnrolment> = rows.iter().map(due_from_row).collect();
+    // Writing in key order keeps SQLite's page writes local.
+    due.sort_by_key(|d| d.enrolment.id);
+    Ok(due)
+}
+
+pub async fn load_enrolment(tx: &mut Tx, id: i64) -> Result<DueEnrolment> {
+    let lock = if tx.is_postgres() { " FOR UPDATE OF e" } else { "" };
+    let sql = format!("SELECT {ENROLMENT_COLUMNS} FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1{lock}");
+    let row = tx.fetch_one(&sql, args![id]).await?.ok_or_else(|| StoreError::NotFound(format!("enrolment {id}")))?;
+    Ok(due_from_row(&row))
+}
+
+/// Loads the facts and pending events of a batch of enrolments in a few queries.
+pub async fn load_facts(tx: &mut Tx, batch: &[DueEnrolment], now: Timestamp) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
+    let mut out: HashMap<i64, (PatientFacts, Vec<PendingEvent>)> = HashMap::new();
+    if batch.is_empty() {
+        return Ok(out);
+    }
+    for d in batch {
+        let facts = PatientFacts {
+            birth_date: d.birth_date.as_deref().and_then(|b| b.parse().ok()),
+            sex: d.sex.clone(),
+            ..Default::default()
+        };
+        out.insert(d.enrolment.id, (facts, Vec::new()));
+    }
+    let ids: Vec<Arg> = batch.iter().map(|d| Arg::I(d.enrolment.id)).collect();
+    let in_ids = db::placeholders(1, ids.len());
+    let mut by_patient: HashMap<&str, Vec<i64>> = HashMap::new();
+    for d in batch {
+        by_patient.entry(d.patient_id.as_str()).or_default().push(d.enrolment.id);
+    }
+    let patients: Vec<Arg> = by_patient.keys().map(|p| Arg::T(p.to_string())).collect();
+    let in_patients = db::placeholders(1, patients.len());
+
+    let rows = tx.fetch(&format!("SELECT enrolment_id, seq, name, at FROM events WHERE enrolment_id IN ({in_ids}) ORDER BY seq"), ids.clone()).await?;
+    for r in rows {
+        if let Some((facts, pending)) = out.get_mut(&r.i64(0)) {
+            let (seq, name, at) = (r.i64(1), r.text(2), ts(r.i64(3)));
+            facts.events.push(FactEvent { name: name.clone(), at });
+            pending.push(PendingEvent { seq, name, at });
+        }
+    }
+    for (_, (facts, pending)) in out.iter_mut() {
+        facts.events.sort_by_key(|e| e.at);
+        let _ = pending;
+    }
+    let since = now.as_second() - 400 * 86_400;
+    let mut obs_args = patients.clone();
+    obs_args.push(Arg::I(since));
+    let rows = tx
+        .fetch(
+            &format!("SELECT patient_id, kind, value, at FROM observations WHERE patient_id IN ({in_patients}) AND at > ${} ORDER BY at", patients.len() + 1),
+            obs_args,
+        )
+        .await?;
+    for r in rows {
+        for id in by_patient.get(r.text(0).as_str()).into_iter().flatten() {
+            if let Some((facts, _)) = out.get_mut(id) {
+                facts.observations.push(Observation { kind: r.text(1), value: r.f64(2), at: ts(r.i64(3)) });
+            }
+        }
+    }
+    let rows = tx
+        .fetch(&format!("SELECT patient_id, scale, score, band, answers, at FROM scale_answers WHERE patient_id IN ({in_patients}) ORDER BY at"), patients.clone())
+        .await?;
+    for r in rows {
+        let items: Vec<i64> = serde_json::from_str(&r.text(4)).unwrap_or_default();
+        for id in by_patient.get(r.text(0).as_str()).into_iter().flatten() {
+            if let Some((facts, _)) = out.get_mut(id) {
+                facts.scales.push(ScaleResult { scale: r.text(1), score: r.f64(2), band: r.text(3), items: items.clone(), at: ts(r.i64(5)) });
+            }
+        }
+    }
+    let rows = tx.fetch(&format!("SELECT enrolment_id, model, score, band, at FROM risk_predictions WHERE enrolment_id IN ({in_ids}) ORDER BY at, id"), ids.clone()).await?;
+    for r in rows {
+        if let Some((facts, _)) = out.get_mut(&r.i64(0)) {
+            facts.risks.push(RiskResult { model: r.text(1), score: r.f64(2), band: r.text(3), at: ts(r.i64(4)) });
+        }
+    }
+    let mut task_args = ids.clone();
+    task_args.push(Arg::I(now.as_second()));
+    let rows = tx
+        .fetch(
+            &format!(
+                "SELECT enrolment_id, COUNT(*), COUNT(CASE WHEN due_at < ${} THEN 1 END) FROM tasks \
+                 WHERE enrolment_id IN ({in_ids}) AND status IN ('open', 'claimed') GROUP BY enrolment_id",
+                ids.len() + 1
+            ),
+            task_args,
+        )
+        .await?;
+    for r in rows {
+        if let Some((facts, _)) = out.get_mut(&r.i64(0)) {
+            facts.open_tasks = r.i64(1);
+            facts.overdue_tasks = r.i64(2);
+        }
+    }
+    let rows = tx
+        .fetch(
+            &format!("SELECT enrolment_id, task_ref, outcome FROM tasks WHERE enrolment_id IN ({in_ids}) AND status = 'done' AND task_ref IS NOT NULL ORDER BY completed_at, id"),
+            ids.clone(),
+        )
+        .await?;
+    for r in rows {
+        if let Some((facts, _)) = out.get_mut(&r.i64(0)) {
+            facts.outcomes.push((r.text(1), r.text(2)));
+        }
+    }
+    let rows = tx.fetch(&format!("SELECT enrolment_id, goal_id FROM goals WHERE enrolment_id IN ({in_ids}) AND met = 1"), ids).await?;
+    for r in rows {
+        if let Some((facts, _)) = out.get_mut(&r.i64(0)) {
+            facts.goals_met.push(r.text(1));
+        }
+    }
+    Ok(out)
+}
+
+/// What committing one outcome added, by kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Written {
+    pub transitions: u64,
+    pub by_kind: BTreeMap<String, u64>,
+    pub cancelled_tasks: u64,
+}
+
+impl Written {
+    pub fn add(&mut self, other: &Written) {
+        self.transitions += other.transitions;
+        self.cancelled_tasks += other.cancelled_tasks;
+        for (k, v) in &other.by_kind {
+            *self.by_kind.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    pub fn actions(&self) -> u64 {
+        self.by_kind.values().sum()
+    }
+}
+
+fn text_json(t: &Text) -> String {
+    serde_json::to_string(t).unwrap_or_default()
+}
+
+/// Commits one step's outcome. Returns `None` when the enrolment changed since it was read (the
+/// row-version check failed): nothing is written and the caller may retry.
+pub async fn apply_outcome(tx: &mut Tx, d: &DueEnrolment, outcome: &Outcome, now: Timestamp) -> Result<Option<Written>> {
+    let e = &outcome.enrolment;
+    let ended = (e.status != Status::Active).then_some(now.as_second());
+    let updated = tx
+        .exec(
+            "UPDATE enrolments SET state = $1, state_seq = $2, entered_at = $3, vars = $4, last_event_seq = $5, status = $6, \
+             next_wake_at = $7, row_version = row_version + 1, ended_at = COALESCE(ended_at, $8) WHERE id = $9 AND row_version = $10",
+            args![
+                &e.state,
+                i64::from(e.state_seq),
+                e.entered_at.as_second(),
+                serde_json::to_string(&e.vars).unwrap_or_default(),
+                e.last_event_seq,
+                e.status.as_str(),
+                outcome.next_wake.map(|t| t.as_second()),
+                ended,
+                e.id,
+                d.row_version
+            ],
+        )
+        .await?;
+    if updated == 0 {
+        return Ok(None);
+    }
+    let mut w = Written::default();
+    for t in &outcome.transitions {
+        w.transitions += 1;
+        w.cancelled_tasks += cancel_state_work(tx, e.id, i64::from(t.left_seq), &format!("left `{}` for `{}` ({})", t.from, t.to, t.because)).await?;
+        tx.exec(
+            "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'transition', $5) ON CONFLICT (dedupe_key) DO NOTHING",
+            args![
+                format!("e{}:{}:t", e.id, t.left_seq),
+                &d.patient_id,
+                e.id,
+                t.at.as_second(),
+                json!({"from": t.from, "to": t.to, "because": t.because}).to_string()
+            ],
+        )
+        .await?;
+    }
+    if !outcome.trace.is_empty() && (!outcome.transitions.is_empty() || !outcome.actions.is_empty()) {
+        tx.exec(
+            "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'trace', $5) ON CONFLICT (dedupe_key) DO NOTHING",
+            args![format!("e{}:{}:trace", e.id, e.state_seq), &d.patient_id, e.id, now.as_second(), json!(outcome.trace).to_string()],
+        )
+        .await?;
+    }
+    if e.status == Status::Completed {
+        cancel_state_work(tx, e.id, -1, "enrolment completed").await?;
+    }
+    for a in &outcome.actions {
+        if insert_action(tx, d, a).await? {
+            *w.by_kind.entry(a.action.kind().to_string()).or_default() += 1;
+        }
+    }
+    Ok(Some(w))
+}
+
+/// Cancels open work from one state entry (`seq`), or from every state entry with `seq = -1`.
+pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &str) -> Result<u64> {
+    let (cond, args_tasks, args_other) = if seq < 0 {
+        ("", args![reason, enrolment], args![enrolment])
+    } else {
+        (" AND state_seq = $3", args![reason, enrolment, seq], args![enrolment, seq])
+    };
+    let cond2 = cond.replace("$3", "$2");
+    let n = tx
+        .exec(&format!("UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2{cond} AND status IN ('open', 'claimed') AND keep = 0"), args_tasks)
+        .await?;
+    tx.exec(
+        &format!(
+            "UPDATE outbox SET status = 'cancelled' WHERE status = 'pending' AND follow_up_id IN \
+             (SELECT id FROM follow_ups WHERE enrolment_id = $1{cond2} AND status = 'scheduled')"
+        ),
+        args_other.clone(),
+    )
+    .await?;
+    tx.exec(&format!("UPDATE follow_ups SET status = 'cancelled' WHERE enrolment_id = $1{cond2} AND status = 'scheduled'"), args_other.clone()).await?;
+    tx.exec(&format!("UPDATE alarm_rules SET active = 0 WHERE enrolment_id = $1{cond2} AND scope = 'state' AND active = 1"), args_other).await?;
+    Ok(n)
+}
+
+fn channels_json(c: &[Channel]) -> String {
+    serde_json::to_string(&c.iter().map(|c| c.as_str()).collect::<Vec<_>>()).unwrap_or_default()
+}
+
+/// Inserts one produced action; `false` if its dedupe key was already there.
+async fn insert_action(tx: &mut Tx, d: &DueEnrolment, a: &Emitted) -> Result<bool> {
+    let e = d.enrolment.id;
+    let seq = i64::from(a.state_seq);
+    let at = a.at.as_second();
+    let inserted = match &a.action {
+        Produced::Task { task_ref, role, title, due_at, priority, sla, keep } => {
+            tx.exec(
+                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'open', $13, $14) ON CONFLICT (dedupe_key) DO NOTHING",
+                args![
+                    &a.key,
+                    e,
+                    &d.patient_id,
+                    &d.institution_id,
+                    seq,
+                    task_ref.clone(),
+                    role,
+                    &title.zh,
+                    &title.en,
+                    *priority as i64,
+                    i64::from(*keep),
+                    sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
+                    due_at.as_second(),
+                    at
+                ],
+            )
+            .await?
+        }
+        Produced::FollowUp { follow_up_ref, channels, template, send_at, urgent } => {
+            let n = tx
+                .exec(
+                    "INSERT INTO follow_ups (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, follow_up_ref, template, channels, send_at, urgent, status, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11) ON CONFLICT (dedupe_key) DO NOTHING",
+                    args![
+                        &a.key,
+                        e,
+                        &d.patient_id,
+                        &d.institution_id,
+                        seq,
+                        follow_up_ref.clone(),
+                        template,
+                        channels_json(channels),
+                        send_at.as_second(),
+                        i64::from(*urgent),
+                        at
+                    ],
+                )
+                .await?;
+            let payload = json!({"template": template, "channels": channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(), "urgent": urgent, "pathway": d.enrolment.pathway_id});
+            tx.exec(
+                "INSERT INTO outbox (dedupe_key, follow_up_id, patient_id, channel, template, payload, status, next_attempt_at, created_at) \
+                 VALUES ($1, (SELECT id FROM follow_ups WHERE dedupe_key = $1), $2, $3, $4, $5, 'pending', $6, $7) ON CONFLICT (dedupe_key) DO NOTHING",
+                args![&a.key, &d.patient_id, channels.first().map(|c| c.as_str()).unwrap_or("sms"), template, payload.to_string(), send_at.as_second(), at],
+            )
+            .await?;
+            n
+        }
+        Produced::ScalePush { scale, due_at, expires_at, reminders } => {
+            tx.exec(
+                "INSERT INTO scale_pushes (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pushed', $10) ON CONFLICT (dedupe_key) DO NOTHING",
+                args![
+                    &a.key,
+                    e,
+                    &d.patient_id,
+                    &d.institution_id,
+                    seq,
+                    scale,
+                    due_at.as_second(),
+                    expires_at.map(|t| t.as_second()),
+                    serde_json::to_string(&reminders.iter().map(|t| t.as_second()).collect::<Vec<_>>()).unwrap_or_default(),
+                    at
+                ],
+            )
+            .await?
+        }
+        Produced::Risk { model, score, band, contributions } => {
+            tx.exec(
+                "INSERT INTO risk_predictions (dedupe_key, enrolment_id, patient_id, model, score, band, contributions, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedupe_key) DO NOTHING",
+                args![&a.key, e, &d.patient_id, model, *score, band, serde_json::to_string(contributions).unwrap_or_default(), at],
+            )
+            .await?
+        }
+        Produced::AlarmArmed { alarm } => {
+            let scope = match alarm.scope {
+                carepath_dsl::AlarmScope::State => "state",
+                carepath_dsl::AlarmScope::Enrolment => "enrolment",
+            };
+            tx.exec(
+                "INSERT INTO alarm_rules (dedupe_key, enrolment_id, state_seq, alarm_id, spec, scope, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedupe_key) DO NOTHING",
+                args![&a.key, e, seq, &alarm.id, serde_json::to_string(alarm).unwrap_or_default(), scope, at],
+            )
+            .await?
+        }
+        Produced::Referral { direction, to, reason, accept_by } => {
+            let dir = match direction {
+                carepath_dsl::Direction::Up => "up",
+                carepath_dsl::Direction::Down => "down",
+            };
+            tx.exec(
+                "INSERT INTO referrals (dedupe_key, enrolment_id, patient_id, direction, to_kind, from_institution, reason, status, requested_at, accept_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9) ON CONFLICT (dedupe_key) DO NOTHING",
+                args![&a.key, e, &d.patient_id, dir, to.as_str(), &d.institution_id, reason.as_ref().map(text_json), at, accept_by.as_second()],
+            )
+            .await?
+        }
+        Produced::GoalSet { goal } => {
+            tx.exec(
+                "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING",
+                args![&a.key, e, &goal.id, serde_json::to_string(goal).unwrap_or_default(), at],
+            )
+            .await?
+        }
+        Produced::Note { .. } => 1,
+    };
+    tx.exec(
+        "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING",
+        args![&a.key, &d.patient_id, e, at, a.action.kind(), serde_json::to_string(&a.action).unwrap_or_default()],
+    )
+    .await
+    .map(|n| n > 0 && inserted > 0)
+    .map_err(StoreError::from)
+}
+
+/// Marks an enrolment in error and raises an alarm task for the pathway's owner role.
+pub async fn mark_error(tx: &mut Tx, d: &DueEnrolment, err: &StepError, owner_role: &str, now: Timestamp) -> Result<bool> {
+    let n = tx
+        .exec(
+            "UPDATE enrolments SET status = 'error', error = $1, next_wake_at = NULL, row_version = row_version + 1 WHERE id = $2 AND row_version = $3",
+            args![err.to_string(), d.enrolment.id, d.row_version],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(false);
+    }
+    let key = format!("e{}:{}:error", d.enrolment.id, d.enrolment.state_seq);
+    tx.exec(
+        "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 'pathway_error', $6, $7, $8, $9, 1, NULL, 'open', $10, $10) ON CONFLICT (dedupe_key) DO NOTHING",
+        args![
+            &key,
+            d.enrolment.id,
+            &d.patient_id,
+            &d.institution_id,
+            i64::from(d.enrolment.state_seq),
+            owner_role,
+            "路径执行错误，请检查",
+            format!("Pathway error in state `{}`: check the pathway", d.enrolment.state),
+            carepath_dsl::Priority::Urgent as i64,
+            now.as_second()
+        ],
+    )
+    .await?;
+    tx.exec(
+        "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'error', $5) ON CONFLICT (dedupe_key) DO NOTHING",
+        args![key, &d.patient_id, d.enrolment.id, now.as_second(), json!({"error": err.to_string(), "guard": err.guard}).to_string()],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Enrols a patient and commits the first step, all in one transaction.
+pub async fn enrol(
+    pool: &Pool,
+    programs: &Programs,
+    patient_id: &str,
+    pathway_id: &str,
+    version: Option<u32>,
+    entry: &str,
+    now: Timestamp,
+) -> Result<(i64, Written)> {
+    let mut tx = pool.begin().await?;
+    let out = enrol_tx(&mut tx, programs, patient_id, pathway_id, version, entry, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Enrols inside the caller's transaction (batch seeding uses it).
+pub async fn enrol_tx(
+    tx: &mut Tx,
+    programs: &Programs,
+    patient_id: &str,
+    pathway_id: &str,
+    version: Option<u32>,
+    entry: &str,
+    now: Timestamp,
+) -> Result<(i64, Written)> {
+    let prog = match version {
+        Some(v) => programs.get(pathway_id, v).cloned(),
+        None => programs.latest().into_iter().find(|p| p.pathway.id == pathway_id),
+    }
+    .ok_or_else(|| StoreError::NotFound(format!("pathway {pathway_id}")))?;
+    if prog.pathway.entry_point(entry).is_none() {
+        let names: Vec<&str> = prog.pathway.entry_points.iter().map(|e| e.id.as_str()).collect();
+        return Err(StoreError::Invalid(format!("pathway {pathway_id} has no entry point `{entry}`; entry points: {}", names.join(", "))));
+    }
+    let patient = tx
+        .fetch_one("SELECT institution_id, tz, birth_date, sex FROM patients WHERE id = $1", args![patient_id])
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("patient {patient_id}")))?;
+    let row = tx
+        .fetch_one(
+            "INSERT INTO enrolments (patient_id, institution_id, pathway_id, version, entry_point, state, state_seq, entered_at, vars, status, next_wake_at, enrolled_at) \
+             VALUES ($1, $2, $3, $4, $5, '', 0, $6, '{}', 'active', NULL, $6) RETURNING id",
+            args![patient_id, patient.text(0), pathway_id, i64::from(prog.pathway.version), entry, now.as_second()],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))?;
+    let id = row.i64(0);
+    let facts = PatientFacts { birth_date: patient.opt_text(2).and_then(|b| b.parse().ok()), sex: patient.text(3), ..Default::default() };
+    let outcome = step::enrol(&prog, id, entry, &patient.text(1), &facts, &[], now)?;
+    let d = DueEnrolment {
+        enrolment: outcome.enrolment.clone(),
+        patient_id: patient_id.to_string(),
+        institution_id: patient.text(0),
+        row_version: 0,
+        birth_date: patient.opt_text(2),
+        sex: patient.text(3),
+    };
+    tx.exec(
+        "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'enrolled', $5)",
+        args![format!("e{id}:enrolled"), patient_id, id, now.as_second(), json!({"pathway": pathway_id, "version": prog.pathway.version, "entry": entry}).to_string()],
+    )
+    .await?;
+    let written = apply_outcome(tx, &d, &outcome, now).await?.ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
+    Ok((id, written))
+}
+
+/// Records an event for an enrolment and makes it due at once. `source_key` makes a retried
+/// delivery of the same event a no-op.
+pub async fn add_event(tx: &mut Tx, enrolment: i64, name: &str, at: Timestamp, payload: Option<String>, source_key: Option<String>, now: Timestamp) -> Result<bool> {
+    let n = tx
+        .exec(
+            "INSERT INTO events (enrolment_id, name, at, payload, source_key, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source_key) DO NOTHING",
+            args![enrolment, name, at.as_second(), payload, source_key, now.as_second()],
+        )
+        .await?;
+    if n > 0 {
+        let wake = at.as_second().min(now.as_second());
+        tx.exec(
+            "UPDATE enrolments SET next_wake_at = CASE WHEN next_wake_at IS NULL OR next_wake_at > $1 THEN $1 ELSE next_wake_at END WHERE id = $2 AND status = 'active'",
+            args![wake, enrolment],
+        )
+        .await?;
+    }
+    Ok(n > 0)
+}
+
+/// Withdraws an enrolment: open work is cancelled and nothing further is sent.
+pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let d = load_enrolment(&mut tx, enrolment).await?;
+    if d.enrolment.status != Status::Active && d.enrolment.status != Status::Error {
+        return Err(StoreError::Conflict(format!("enrolment {enrolment} is already {}", d.enrolment.status.as_str())));
+    }
+    tx.exec(
+        "UPDATE enrolments SET status = 'withdrawn', next_wake_at = NULL, ended_at = $1, row_version = row_version + 1 WHERE id = $2",
+        args![now.as_second(), enrolment],
+    )
+    .await?;
+    cancel_state_work(&mut tx, enrolment, -1, &format!("withdrawn: {reason}")).await?;
+    tx.exec(
+        "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'withdrawn', $4)",
+        args![&d.patient_id, enrolment, now.as_second(), json!({"reason": reason}).to_string()],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Completes a task with an outcome; the outcome becomes the pathway event `task_done:<task id>`.
+pub async fn complete_task(pool: &Pool, task_id: i64, outcome: &str, actor: &str, now: Timestamp) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let row = tx
+        .fetch_one("SELECT enrolment_id, task_ref, status, patient_id FROM tasks WHERE id = $1", args![task_id])
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
+    let status = row.text(2);
+    if status != "open" && status != "claimed" {
+        return Err(StoreError::Conflict(format!("task {task_id} is {status}; only open or claimed tasks can be completed")));
+    }
+    tx.exec(
+        "UPDATE tasks SET status = 'done', outcome = $1, completed_at = $2, assignee = COALESCE(assignee, $3) WHERE id = $4",
+        args![outcome, now.as_second(), actor, task_id],
+    )
+    .await?;
+    if let Some(task_ref) = row.opt_text(1) {
+        add_event(&mut tx, row.i64(0), &format!("task_done:{task_ref}"), now, Some(json!({"outcome": outcome}).to_string()), Some(format!("task:{task_id}:done")), now).await?;
+    }
+    tx.exec(
+        "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'task_done', $4)",
+        args![row.text(3), row.i64(0), now.as_second(), json!({"task": task_id, "outcome": outcome, "by": actor}).to_string()],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Moves active enrolments of a pathway to another version with an explicit state map. The map is
+/// checked against both versions before anything moves; the move is recorded per enrolment.
+pub async fn migrate_enrolments(
+    pool: &Pool,
+    programs: &Programs,
+    pathway: &str,
+    from: u32,
+    to: u32,
+    state_map: &BTreeMap<String, String>,
+    now: Timestamp,
+) -> Result<u64> {
+    let old = programs.get(pathway, from).ok_or_else(|| StoreError::NotFound(format!("pathway {pathway} v{from}")))?;
+    let new = programs.get(pathway, to).ok_or_else(|| StoreError::NotFound(format!("pathway {pathway} v{to}")))?;
+    let mut problems = Vec::new();
+    for s in &old.pathway.states {
+        if s.terminal {
+            continue;
+        }
+        match state_map.get(&s.id) {
+            None if new.pathway.state(&s.id).is_none() => problems.push(format!("state `{}` of v{from} is not in v{to} and is not mapped", s.id)),
+            Some(target) if new.pathway.state(target).is_none() => problems.push(format!("`{}` maps to `{target}`, which is not a state of v{to}", s.id)),
+            _ => {}
+        }
+    }
+    for k in state_map.keys() {
+        if old.pathway.state(k).is_none() {
+            problems.push(format!("`{k}` is not a state of v{from}"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(StoreError::Invalid(format!("the state map is not valid:\n  {}", problems.join("\n  "))));
+    }
+    let mut tx = pool.begin().await?;
+    let rows = tx
+        .fetch("SELECT id, state, patient_id FROM enrolments WHERE pathway_id = $1 AND version = $2 AND status = 'active'", args![pathway, i64::from(from)])
+        .await?;
+    let mut moved = 0;
+    for r in rows {
+        let state = r.text(1);
+        let target = state_map.get(&state).cloned().unwrap_or(state.clone());
+        tx.exec(
+            "UPDATE enrolments SET version = $1, state = $2, next_wake_at = $3, row_version = row_version + 1 WHERE id = $4",
+            args![i64::from(to), &target, now.as_second(), r.i64(0)],
+        )
+        .await?;
+        tx.exec(
+            "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'migrated', $4)",
+            args![r.text(2), r.i64(0), now.as_second(), json!({"from_version": from, "to_version": to, "from_state": state, "to_state": target}).to_string()],
+        )
+        .await?;
+        moved += 1;
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
