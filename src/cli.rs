@@ -123,6 +123,14 @@ enum Command {
         #[arg(long, default_value = "pathways")]
         pathways: PathBuf,
     },
+    /// Run pathway tests (`*.test.yaml`) on the real step; fails on any failure or uncovered state.
+    Test {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Do not require the tests to visit every state and take every transition.
+        #[arg(long)]
+        no_coverage: bool,
+    },
     /// Print a pathway's state graph as DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -191,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if summary.errors > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
         }
         Command::Demo { patients, db, pathways } => demo(patients, &db, &pathways).await,
+        Command::Test { paths, no_coverage } => pathway_tests(&paths, !no_coverage),
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Graph { file, format } => {
             let compiled = dsl::compile_file(&file);
@@ -284,4 +293,42 @@ async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::R
         println!("  {:<10} {:<22} {:>5} / {}", r.text(0), r.text(1), r.i64(2), r.i64(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn pathway_tests(paths: &[PathBuf], require_coverage: bool) -> anyhow::Result<ExitCode> {
+    use carepath_engine::pathway_test;
+    let files = pathway_test::test_files(paths)?;
+    if files.is_empty() {
+        anyhow::bail!("no pathway tests (*.test.yaml) under {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let mut reports = Vec::new();
+    let mut failed = 0;
+    for f in &files {
+        let r = pathway_test::run_file(f);
+        if r.passed() {
+            println!("ok    {} ({} case(s))", r.file, r.cases);
+        } else {
+            failed += 1;
+            println!("FAIL  {}", r.file);
+            for line in &r.failures {
+                println!("      {line}");
+            }
+        }
+        reports.push(r);
+    }
+    let mut uncovered = 0;
+    for (pathway, gaps) in pathway_test::merged_coverage(&reports) {
+        if gaps.is_empty() {
+            println!("coverage {pathway}: every state visited, every transition taken");
+        } else {
+            uncovered += gaps.len();
+            println!("coverage {pathway}: {} gap(s)", gaps.len());
+            for g in gaps {
+                println!("      {g}");
+            }
+        }
+    }
+    let cases: usize = reports.iter().map(|r| r.cases).sum();
+    println!("{} file(s), {cases} case(s): {failed} failed, {uncovered} coverage gap(s)", files.len());
+    Ok(if failed > 0 || (require_coverage && uncovered > 0) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -41,7 +41,7 @@ pub(crate) fn check_pathway(p: &Pathway, map: &SourceMap, checker: &ExprChecker,
     let mut entry_seen = HashSet::new();
     for (i, e) in p.entry_points.iter().enumerate() {
         if !entry_seen.insert(&e.id) {
-            let loc = map.entry_points.get(i).unwrap_or(&fallback);
+            let loc = map.entry_point_ids.get(i).unwrap_or(&fallback);
             sink.at(Code::DuplicateId, loc, format!("entry point `{}` is defined twice", e.id), "");
         }
     }

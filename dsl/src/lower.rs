@@ -36,6 +36,8 @@ pub struct SourceMap {
     /// Per state, per transition: where its `to` was written.
     pub transitions: Vec<Vec<Loc>>,
     pub entry_points: Vec<Loc>,
+    /// Per entry point: where its `id` was written.
+    pub entry_point_ids: Vec<Loc>,
     pub roles: Vec<(String, Loc)>,
     pub declared_roles: Vec<(String, Loc)>,
     pub action_ids: Vec<(String, Loc)>,
@@ -484,8 +486,14 @@ impl<'a> Lowerer<'a> {
         let mut set = Vec::new();
         if let Some(n) = Self::opt(&f, "set") {
             if let Value::Map(entries) = &n.value {
+                let mut seen: Vec<&str> = Vec::new();
                 for (k, v) in entries {
                     let Some(name) = k.as_str() else { continue };
+                    if seen.contains(&name) {
+                        self.err(Code::DuplicateKey, k.pos, format!("`{name}` is set twice"), "keep one");
+                        continue;
+                    }
+                    seen.push(name);
                     match variables.iter().find(|x| x.name == name) {
                         Some(var) => {
                             if let Some(value) = self.constant(v, var.ty) {
@@ -502,15 +510,22 @@ impl<'a> Lowerer<'a> {
                 self.err(Code::WrongType, n.pos, "`set` must be a mapping of variable to value", "");
             }
         }
+        let (id, state) = (id?, state?);
+        let id_pos = f.get("id").map(|(_, v)| v.pos).unwrap_or(node.pos);
         self.map.entry_points.push(self.loc(state_pos));
-        Some(EntryPoint { id: id?, state: state?, title, set })
+        self.map.entry_point_ids.push(self.loc(id_pos));
+        Some(EntryPoint { id, state, title, set })
     }
 
     fn state(&mut self, node: &Node) -> Option<State> {
         let f = self.fields(node, "a state", STATE_KEYS)?;
         let id = self.req(&f, "id", node, "the state").and_then(|n| self.ident(n, "state id"));
-        // An invalid phase is reported but the state is kept, so its transitions are still checked.
-        let phase = self.req(&f, "phase", node, "the state").map(|n| self.choice(n, "phase", &Phase::ALL).unwrap_or(Phase::FollowUp));
+        // A missing or invalid phase is reported but the state is kept, so its transitions are still
+        // checked (and `map.states` stays aligned with the states that are built).
+        let phase = self
+            .req(&f, "phase", node, "the state")
+            .and_then(|n| self.choice(n, "phase", &Phase::ALL))
+            .unwrap_or(Phase::FollowUp);
         let title = Self::opt(&f, "title").and_then(|n| self.text(n, "title"));
         let terminal = Self::opt(&f, "terminal").and_then(|n| self.boolean(n, "terminal")).unwrap_or(false);
         let mut on_enter = Vec::new();
@@ -539,7 +554,7 @@ impl<'a> Lowerer<'a> {
         let id_pos = f.get("id").map(|(_, v)| v.pos).unwrap_or(node.pos);
         self.map.states.push(self.loc(id_pos));
         self.map.transitions.push(trans_locs);
-        Some(State { id, phase: phase?, title, terminal, on_enter, transitions })
+        Some(State { id, phase, title, terminal, on_enter, transitions })
     }
 
     fn transition(&mut self, node: &Node) -> Option<(Transition, Loc)> {
@@ -570,6 +585,11 @@ impl<'a> Lowerer<'a> {
             (Some(e), _, _) => Trigger::Event(e),
             (None, Some(after), at) => Trigger::After { after, at },
             (None, None, Some(at)) => Trigger::At(at),
+            // A trigger was written but could not be read (reported above): keep the transition as a
+            // waiting one, so it neither shadows the ones after it nor joins an immediate cycle.
+            (None, None, None) if ["on", "after", "at"].iter().any(|k| Self::opt(&f, k).is_some()) => {
+                Trigger::After { after: Duration::ZERO, at: None }
+            }
             (None, None, None) => Trigger::Immediate,
         };
         let guard = Self::opt(&f, "when").and_then(|n| self.expr(n, Purpose::Guard));
@@ -814,7 +834,12 @@ impl<'a> Lowerer<'a> {
         };
         let mut out = Vec::new();
         for (k, v) in entries {
-            let (Some(name), Some(expr)) = (self.string(k, "a variable"), self.expr(v, Purpose::Value)) else { continue };
+            let name = self.string(k, "a variable");
+            if let Some(dup) = name.as_ref().filter(|n| out.iter().any(|(o, _)| o == *n)) {
+                self.err(Code::DuplicateKey, k.pos, format!("`{dup}` is set twice"), "keep one");
+                continue;
+            }
+            let (Some(name), Some(expr)) = (name, self.expr(v, Purpose::Value)) else { continue };
             self.map.assignments.push((name.clone(), self.loc(k.pos)));
             out.push((name, expr));
         }

@@ -137,15 +137,15 @@ fn rhai_text() -> impl Strategy<Value = String> {
         0 => format!("let s = state({a}, {b});"),
         1 => format!("p.add(state({a}, {b}));"),
         2 => format!("p.entry({a}, {b});"),
-        3 => format!("s.go(on_event({a}, {b}));"),
-        4 => format!("s.go(after({a}, {b}));"),
-        5 => format!("s.go(when({a}, {b}));"),
+        3 => format!("s.transition(on_event({a}, {b}));"),
+        4 => format!("s.transition(after({a}, {b}));"),
+        5 => format!("s.transition(when({a}, {b}));"),
         6 => format!("s.enter(task({a}, {b}, {c}, {c}, {a}, {b}));"),
         7 => format!("s.enter(follow_up([{a}], {b}, {c}, {a}));"),
         8 => format!("p.variable({a}, {b}, {c});"),
         9 => format!("p.add(s); p.add(terminal({a}));"),
         10 => format!("p.{} = {b};", a.trim_matches('"').replace(|c: char| !c.is_ascii_alphanumeric(), "_")),
-        _ => format!("s.go(always({a}));"),
+        _ => format!("s.transition(always({a}));"),
     });
     prop::collection::vec(stmt, 0..16).prop_map(|stmts| {
         let mut src = String::from("let p = pathway(\"p\", 1, \"甲\", \"a\");\np.owner_role = \"admin\";\np.roles = [\"admin\"];\nlet s = state(\"s\", \"follow_up\");\n");

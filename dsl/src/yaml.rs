@@ -116,6 +116,14 @@ pub fn parse(file: &str, bytes: &[u8], budget: Budget) -> Result<Node, Vec<Diagn
             Ok(ev) => ev,
             Err(e) => {
                 let m = e.marker();
+                if e.info() == "recursion limit exceeded" {
+                    // The scanner reads a run of `[`/`{` ahead of the events and gives up at 256 levels.
+                    return fail(
+                        Pos { line: m.line() as u32, col: m.col() as u32 + 1 },
+                        "nesting of `[` or `{` is deeper than the YAML reader allows (255 levels)".into(),
+                        "a pathway never needs this much nesting; check for a runaway list or mapping",
+                    );
+                }
                 return fail(
                     Pos { line: m.line() as u32, col: m.col() as u32 + 1 },
                     format!("YAML syntax error: {}", e.info()),
@@ -255,5 +263,30 @@ mod tests {
         assert!(parse_str("  \n").is_err());
         let big = vec![b'a'; Budget::default().max_bytes + 1];
         assert!(parse("t.yaml", &big, Budget::default()).is_err());
+    }
+}
+
+/// The tree as JSON, for documents read with serde (pathway tests, scenarios, scales): plain
+/// scalars that look like numbers or booleans become numbers or booleans.
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &node.value {
+        Value::Null => J::Null,
+        Value::Scalar { text, quoted: true } => J::String(text.clone()),
+        Value::Scalar { text, quoted: false } => match text.as_str() {
+            "true" => J::Bool(true),
+            "false" => J::Bool(false),
+            t => {
+                if let Ok(i) = t.parse::<i64>() {
+                    J::from(i)
+                } else if let Some(f) = t.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                    J::from(f)
+                } else {
+                    J::String(t.to_string())
+                }
+            }
+        },
+        Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), to_json(v))).collect()),
     }
 }

@@ -16,3 +16,4 @@ pub use step::{Emitted, Enrolment, Outcome, Produced, Program, Status, StepError
 pub mod scheduler;
 pub mod store;
 pub mod seed;
+pub mod pathway_test;

@@ -121,6 +121,8 @@ pub struct Taken {
     pub to: String,
     pub at: Timestamp,
     pub because: String,
+    /// Which transition of the state it was, in written order.
+    pub index: usize,
     /// The state-entry sequence left; its open tasks are cancelled unless kept.
     pub left_seq: u32,
 }
@@ -263,13 +265,13 @@ impl Run<'_> {
         }
     }
 
-    fn take(&mut self, to: &str, at: Timestamp, because: String) -> Result<(), StepError> {
+    fn take(&mut self, index: usize, to: &str, at: Timestamp, because: String) -> Result<(), StepError> {
         if self.taken.len() >= MAX_TRANSITIONS_PER_STEP {
             return Err(self.fail(None, format!("more than {MAX_TRANSITIONS_PER_STEP} transitions in one step; the pathway loops without waiting")));
         }
         let idx = self.prog.pathway.state_index(to).ok_or_else(|| self.fail(None, format!("transition to unknown state `{to}`")))?;
         self.trace.push(format!("{}: `{}` → `{to}` ({because})", at, self.e.state));
-        self.taken.push(Taken { from: self.e.state.clone(), to: to.to_string(), at, because, left_seq: self.e.state_seq });
+        self.taken.push(Taken { from: self.e.state.clone(), to: to.to_string(), at, because, index, left_seq: self.e.state_seq });
         self.enter(idx, at)
     }
 
@@ -295,11 +297,11 @@ impl Run<'_> {
 
             // 1. Immediate and conditional transitions, in written order.
             let mut moved = false;
-            for t in &state.transitions {
+            for (i, t) in state.transitions.iter().enumerate() {
                 if t.trigger == Trigger::Immediate && self.guard_holds(t.guard.as_ref(), "condition")? {
                     let because = t.guard.as_ref().map(|g| format!("when {}", g.0)).unwrap_or_else(|| "immediately".into());
                     let at = if t.guard.is_some() { self.now.max(cursor) } else { cursor };
-                    self.take(&t.to, at, because)?;
+                    self.take(i, &t.to, at, because)?;
                     moved = true;
                     break;
                 }
@@ -330,23 +332,23 @@ impl Run<'_> {
             match (due, next_event) {
                 (Some((at, i)), ev) if ev.as_ref().is_none_or(|ev| at <= ev.at) => {
                     let t = &state.transitions[i];
-                    self.take(&t.to, at, t.trigger.describe())?;
+                    self.take(i, &t.to, at, t.trigger.describe())?;
                 }
                 (_, Some(ev)) => {
                     events.next();
                     self.e.last_event_seq = ev.seq;
                     let at = ev.at.max(cursor);
                     let mut matched = None;
-                    for t in &state.transitions {
+                    for (i, t) in state.transitions.iter().enumerate() {
                         if matches!(&t.trigger, Trigger::Event(name) if *name == ev.name)
                             && self.guard_holds(t.guard.as_ref(), &format!("on {}", ev.name))?
                         {
-                            matched = Some(t.to.clone());
+                            matched = Some((i, t.to.clone()));
                             break;
                         }
                     }
                     match matched {
-                        Some(to) => self.take(&to, at, format!("on {}", ev.name))?,
+                        Some((i, to)) => self.take(i, &to, at, format!("on {}", ev.name))?,
                         None => self.trace.push(format!("event `{}` does not move `{}`", ev.name, self.e.state)),
                     }
                 }
