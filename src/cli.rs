@@ -131,6 +131,18 @@ enum Command {
         #[arg(long)]
         no_coverage: bool,
     },
+    /// Benchmark a nightly pass: seed an empty database, run one pass, print throughput and memory.
+    Bench {
+        #[arg(long, default_value_t = 100_000)]
+        enrolments: u64,
+        /// An empty database; a fresh SQLite file in a temporary folder by default.
+        #[arg(long)]
+        db: Option<String>,
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
+    },
     /// Print a pathway's state graph as DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -199,6 +211,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if summary.errors > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
         }
         Command::Demo { patients, db, pathways } => demo(patients, &db, &pathways).await,
+        Command::Bench { enrolments, db, pathways, batch_size } => {
+            let dir = std::env::temp_dir().join(format!("carepath-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let url = db.unwrap_or_else(|| format!("sqlite:{}", dir.join("bench.db").display()));
+            let result = crate::bench::run(&url, enrolments, &pathways, batch_size).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("{}", serde_json::to_string_pretty(&result?)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test { paths, no_coverage } => pathway_tests(&paths, !no_coverage),
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Graph { file, format } => {

@@ -99,16 +99,37 @@ pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
 
 /// Pure Rhai functions a guard may also call (arithmetic and conversions).
 pub const PURE_FUNCTIONS: &[&str] = &[
-    "abs", "floor", "ceiling", "round", "sqrt", "exp", "ln", "log", "to_int", "to_float", "is_nan", "contains", "len",
-    "to_string", "min", "max",
+    "abs",
+    "floor",
+    "ceiling",
+    "round",
+    "sqrt",
+    "exp",
+    "ln",
+    "log",
+    "to_int",
+    "to_float",
+    "is_nan",
+    "contains",
+    "len",
+    "to_string",
+    "min",
+    "max",
 ];
 
 pub fn guard_function(name: &str, arity: usize) -> Option<&'static [ArgKind]> {
-    GUARD_FUNCTIONS.iter().find(|(n, args)| *n == name && args.len() == arity).map(|(_, a)| *a)
+    GUARD_FUNCTIONS
+        .iter()
+        .find(|(n, args)| *n == name && args.len() == arity)
+        .map(|(_, a)| *a)
 }
 
 pub fn function_names() -> Vec<&'static str> {
-    GUARD_FUNCTIONS.iter().map(|(n, _)| *n).chain(PURE_FUNCTIONS.iter().copied()).collect()
+    GUARD_FUNCTIONS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(PURE_FUNCTIONS.iter().copied())
+        .collect()
 }
 
 /// Built-in events raised by the engine (qualified events such as `task_done:<id>` aside).

@@ -21,41 +21,78 @@ struct Sink<'a> {
 
 impl Sink<'_> {
     fn at(&mut self, code: Code, loc: &Loc, message: impl Into<String>, hint: impl Into<String>) {
-        self.diags.push(Diagnostic::error(code, &loc.file, loc.pos, message, hint));
+        self.diags
+            .push(Diagnostic::error(code, &loc.file, loc.pos, message, hint));
     }
 }
 
-pub(crate) fn check_pathway(p: &Pathway, map: &SourceMap, checker: &ExprChecker, diags: &mut Vec<Diagnostic>) {
+pub(crate) fn check_pathway(
+    p: &Pathway,
+    map: &SourceMap,
+    checker: &ExprChecker,
+    diags: &mut Vec<Diagnostic>,
+) {
     let mut sink = Sink { diags };
-    let fallback = map.root.clone().unwrap_or(Loc { file: String::new(), pos: crate::diag::Pos::START });
-    let state_loc = |i: usize| map.states.get(i).cloned().unwrap_or_else(|| fallback.clone());
+    let fallback = map.root.clone().unwrap_or(Loc {
+        file: String::new(),
+        pos: crate::diag::Pos::START,
+    });
+    let state_loc = |i: usize| {
+        map.states
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| fallback.clone())
+    };
 
     // Duplicate ids.
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, s) in p.states.iter().enumerate() {
         if let Some(first) = seen.insert(&s.id, i) {
             let line = state_loc(first).pos.line;
-            sink.at(Code::DuplicateId, &state_loc(i), format!("state `{}` is defined twice", s.id), format!("the first definition is on line {line}; rename one"));
+            sink.at(
+                Code::DuplicateId,
+                &state_loc(i),
+                format!("state `{}` is defined twice", s.id),
+                format!("the first definition is on line {line}; rename one"),
+            );
         }
     }
     let mut entry_seen = HashSet::new();
     for (i, e) in p.entry_points.iter().enumerate() {
         if !entry_seen.insert(&e.id) {
             let loc = map.entry_point_ids.get(i).unwrap_or(&fallback);
-            sink.at(Code::DuplicateId, loc, format!("entry point `{}` is defined twice", e.id), "");
+            sink.at(
+                Code::DuplicateId,
+                loc,
+                format!("entry point `{}` is defined twice", e.id),
+                "",
+            );
         }
     }
     let mut action_seen: HashMap<&str, &Loc> = HashMap::new();
     for (id, loc) in &map.action_ids {
         if let Some(first) = action_seen.insert(id, loc) {
-            sink.at(Code::DuplicateId, loc, format!("action id `{id}` is used twice"), format!("the first is at line {}; ids name one action", first.pos.line));
+            sink.at(
+                Code::DuplicateId,
+                loc,
+                format!("action id `{id}` is used twice"),
+                format!(
+                    "the first is at line {}; ids name one action",
+                    first.pos.line
+                ),
+            );
         }
     }
 
     // Roles.
     for (role, loc) in &map.declared_roles {
         if !catalog::ROLES.contains(&role.as_str()) {
-            sink.at(Code::UnknownRole, loc, format!("unknown role `{role}`"), suggest(role, catalog::ROLES));
+            sink.at(
+                Code::UnknownRole,
+                loc,
+                format!("unknown role `{role}`"),
+                suggest(role, catalog::ROLES),
+            );
         }
     }
     let declared: Vec<&str> = p.roles.iter().map(String::as_str).collect();
@@ -66,28 +103,64 @@ pub(crate) fn check_pathway(p: &Pathway, map: &SourceMap, checker: &ExprChecker,
             } else {
                 suggest(role, &declared)
             };
-            sink.at(Code::UnknownRole, loc, format!("role `{role}` is not one of the pathway's roles"), hint);
+            sink.at(
+                Code::UnknownRole,
+                loc,
+                format!("role `{role}` is not one of the pathway's roles"),
+                hint,
+            );
         }
     }
 
     // Targets.
-    let index: HashMap<&str, usize> = p.states.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = p
+        .states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     let names: Vec<&str> = p.states.iter().map(|s| s.id.as_str()).collect();
     for (i, e) in p.entry_points.iter().enumerate() {
         if !index.contains_key(e.state.as_str()) {
             let loc = map.entry_points.get(i).unwrap_or(&fallback);
-            sink.at(Code::UnknownState, loc, format!("entry point `{}` starts at `{}`, which is not a state", e.id, e.state), suggest(&e.state, &names));
+            sink.at(
+                Code::UnknownState,
+                loc,
+                format!(
+                    "entry point `{}` starts at `{}`, which is not a state",
+                    e.id, e.state
+                ),
+                suggest(&e.state, &names),
+            );
         }
     }
     for (si, s) in p.states.iter().enumerate() {
         for (ti, t) in s.transitions.iter().enumerate() {
             if !index.contains_key(t.to.as_str()) {
-                let loc = map.transitions.get(si).and_then(|v| v.get(ti)).cloned().unwrap_or_else(|| state_loc(si));
-                sink.at(Code::UnknownState, &loc, format!("transition from `{}` goes to `{}`, which is not a state", s.id, t.to), suggest(&t.to, &names));
+                let loc = map
+                    .transitions
+                    .get(si)
+                    .and_then(|v| v.get(ti))
+                    .cloned()
+                    .unwrap_or_else(|| state_loc(si));
+                sink.at(
+                    Code::UnknownState,
+                    &loc,
+                    format!(
+                        "transition from `{}` goes to `{}`, which is not a state",
+                        s.id, t.to
+                    ),
+                    suggest(&t.to, &names),
+                );
             }
         }
         if s.terminal && !s.transitions.is_empty() {
-            sink.at(Code::InvalidValue, &state_loc(si), format!("terminal state `{}` has transitions", s.id), "a terminal state ends the enrolment; remove `terminal: true` or the transitions");
+            sink.at(
+                Code::InvalidValue,
+                &state_loc(si),
+                format!("terminal state `{}` has transitions", s.id),
+                "a terminal state ends the enrolment; remove `terminal: true` or the transitions",
+            );
         }
     }
 
@@ -108,15 +181,29 @@ pub(crate) fn check_pathway(p: &Pathway, map: &SourceMap, checker: &ExprChecker,
             used.extend(c.variables);
         }
     }
+    // The LACE model reads its inputs from these variables.
+    if p.actions().any(|(_, a)| matches!(a, crate::model::Action::Risk(r) if r.model == crate::model::RiskModel::Lace)) {
+        used.extend(["los_days", "acute_admission", "charlson", "ed_visits"].map(String::from));
+    }
     for (name, loc) in &map.assignments {
         if !var_names.contains(name) {
             let known: Vec<&str> = var_names.iter().map(String::as_str).collect();
-            sink.at(Code::UnknownVariable, loc, format!("`set` writes `{name}`, which is not a declared variable"), suggest(name, &known));
+            sink.at(
+                Code::UnknownVariable,
+                loc,
+                format!("`set` writes `{name}`, which is not a declared variable"),
+                suggest(name, &known),
+            );
         }
     }
     for (v, loc) in p.variables.iter().zip(&map.variables) {
         if !used.contains(&v.name) {
-            sink.at(Code::UnusedVariable, loc, format!("variable `{}` is never read by a guard or formula", v.name), "remove it, or use it in a `when`");
+            sink.at(
+                Code::UnusedVariable,
+                loc,
+                format!("variable `{}` is never read by a guard or formula", v.name),
+                "remove it, or use it in a `when`",
+            );
         }
     }
 
@@ -125,8 +212,14 @@ pub(crate) fn check_pathway(p: &Pathway, map: &SourceMap, checker: &ExprChecker,
         let mut always = false;
         let mut events: HashSet<&str> = HashSet::new();
         for (ti, t) in s.transitions.iter().enumerate() {
-            let loc = map.transitions.get(si).and_then(|v| v.get(ti)).cloned().unwrap_or_else(|| state_loc(si));
-            let shadowed = always || matches!(&t.trigger, Trigger::Event(e) if events.contains(e.as_str()));
+            let loc = map
+                .transitions
+                .get(si)
+                .and_then(|v| v.get(ti))
+                .cloned()
+                .unwrap_or_else(|| state_loc(si));
+            let shadowed =
+                always || matches!(&t.trigger, Trigger::Event(e) if events.contains(e.as_str()));
             if shadowed {
                 sink.at(Code::ShadowedTransition, &loc, format!("this transition from `{}` can never be taken", s.id), "an earlier transition always matches first; transitions are tried in written order");
             }
@@ -145,7 +238,13 @@ pub(crate) fn check_pathway(p: &Pathway, map: &SourceMap, checker: &ExprChecker,
     graph_checks(p, map, &index, &mut sink, &state_loc);
 }
 
-fn graph_checks(p: &Pathway, _map: &SourceMap, index: &HashMap<&str, usize>, sink: &mut Sink<'_>, state_loc: &dyn Fn(usize) -> Loc) {
+fn graph_checks(
+    p: &Pathway,
+    _map: &SourceMap,
+    index: &HashMap<&str, usize>,
+    sink: &mut Sink<'_>,
+    state_loc: &dyn Fn(usize) -> Loc,
+) {
     let n = p.states.len();
     let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(n, n * 2);
     let nodes: Vec<_> = (0..n).map(|i| g.add_node(i)).collect();
@@ -153,7 +252,9 @@ fn graph_checks(p: &Pathway, _map: &SourceMap, index: &HashMap<&str, usize>, sin
     let imm_nodes: Vec<_> = (0..n).map(|i| imm.add_node(i)).collect();
     for (si, s) in p.states.iter().enumerate() {
         for t in &s.transitions {
-            let Some(&ti) = index.get(t.to.as_str()) else { continue };
+            let Some(&ti) = index.get(t.to.as_str()) else {
+                continue;
+            };
             g.add_edge(nodes[si], nodes[ti], ());
             if t.trigger == Trigger::Immediate {
                 imm.add_edge(imm_nodes[si], imm_nodes[ti], t.guard.is_some());
@@ -163,7 +264,11 @@ fn graph_checks(p: &Pathway, _map: &SourceMap, index: &HashMap<&str, usize>, sin
 
     // Reachability from the entry points.
     let mut reached = vec![false; n];
-    let mut queue: VecDeque<usize> = p.entry_points.iter().filter_map(|e| index.get(e.state.as_str()).copied()).collect();
+    let mut queue: VecDeque<usize> = p
+        .entry_points
+        .iter()
+        .filter_map(|e| index.get(e.state.as_str()).copied())
+        .collect();
     for &i in &queue {
         reached[i] = true;
     }
@@ -179,7 +284,12 @@ fn graph_checks(p: &Pathway, _map: &SourceMap, index: &HashMap<&str, usize>, sin
     if !p.entry_points.is_empty() {
         for (i, s) in p.states.iter().enumerate() {
             if !reached[i] && index.get(s.id.as_str()) == Some(&i) {
-                sink.at(Code::UnreachableState, &state_loc(i), format!("state `{}` cannot be reached from any entry point", s.id), "add a transition into it, or remove it");
+                sink.at(
+                    Code::UnreachableState,
+                    &state_loc(i),
+                    format!("state `{}` cannot be reached from any entry point", s.id),
+                    "add a transition into it, or remove it",
+                );
             }
         }
     }
@@ -190,7 +300,9 @@ fn graph_checks(p: &Pathway, _map: &SourceMap, index: &HashMap<&str, usize>, sin
         if members.iter().any(|&i| p.states[i].terminal) {
             continue;
         }
-        let leaves = members.iter().any(|&i| g.neighbors(nodes[i]).any(|nb| !members.contains(&g[nb])));
+        let leaves = members
+            .iter()
+            .any(|&i| g.neighbors(nodes[i]).any(|nb| !members.contains(&g[nb])));
         if leaves {
             continue;
         }
@@ -198,7 +310,15 @@ fn graph_checks(p: &Pathway, _map: &SourceMap, index: &HashMap<&str, usize>, sin
         ids.sort_unstable();
         let first = ids[0];
         if ids.len() == 1 && p.states[first].transitions.is_empty() {
-            sink.at(Code::NoWayOut, &state_loc(first), format!("state `{}` is not terminal and has no transitions", p.states[first].id), "add a transition out of it, or mark it `terminal: true`");
+            sink.at(
+                Code::NoWayOut,
+                &state_loc(first),
+                format!(
+                    "state `{}` is not terminal and has no transitions",
+                    p.states[first].id
+                ),
+                "add a transition out of it, or mark it `terminal: true`",
+            );
         } else {
             let names: Vec<&str> = ids.iter().map(|&i| p.states[i].id.as_str()).collect();
             sink.at(
@@ -225,10 +345,27 @@ fn graph_checks(p: &Pathway, _map: &SourceMap, index: &HashMap<&str, usize>, sin
         ids.sort_unstable();
         let names: Vec<&str> = ids.iter().map(|&i| p.states[i].id.as_str()).collect();
         let (code, msg) = if guarded {
-            (Code::GuardedImmediateCycle, format!("states {} are joined by immediate transitions with no wait; if their guards hold together they spin", names.join(" → ")))
+            (
+                Code::GuardedImmediateCycle,
+                format!(
+                    "states {} are joined by immediate transitions with no wait; if their guards hold together they spin",
+                    names.join(" → ")
+                ),
+            )
         } else {
-            (Code::ImmediateCycle, format!("states {} form a cycle of immediate transitions with no wait", names.join(" → ")))
+            (
+                Code::ImmediateCycle,
+                format!(
+                    "states {} form a cycle of immediate transitions with no wait",
+                    names.join(" → ")
+                ),
+            )
         };
-        sink.at(code, &state_loc(ids[0]), msg, "give one of these transitions an event (`on:`) or a wait (`after:`/`at:`)");
+        sink.at(
+            code,
+            &state_loc(ids[0]),
+            msg,
+            "give one of these transitions an event (`on:`) or a wait (`after:`/`at:`)",
+        );
     }
 }

@@ -88,7 +88,11 @@ impl Code {
     }
 
     pub fn severity(self) -> Severity {
-        if self.as_str().starts_with('W') { Severity::Warning } else { Severity::Error }
+        if self.as_str().starts_with('W') {
+            Severity::Warning
+        } else {
+            Severity::Error
+        }
     }
 }
 
@@ -111,7 +115,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A diagnostic whose severity follows from its code.
-    pub fn error(code: Code, file: &str, pos: Pos, message: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn error(
+        code: Code,
+        file: &str,
+        pos: Pos,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: code.severity(),
             code,
@@ -133,7 +143,15 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {sev}[{}]: {}", self.file, self.pos.line, self.pos.col, self.code.as_str(), self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {sev}[{}]: {}",
+            self.file,
+            self.pos.line,
+            self.pos.col,
+            self.code.as_str(),
+            self.message
+        )?;
         if !self.hint.is_empty() {
             write!(f, "\n  hint: {}", self.hint)?;
         }
@@ -160,7 +178,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
             prev = cur;
         }
     }
@@ -182,7 +204,10 @@ mod tests {
 
     #[test]
     fn typo_finds_the_key() {
-        assert_eq!(closest("trasitions", ["states", "transitions", "on_enter"]), Some("transitions"));
+        assert_eq!(
+            closest("trasitions", ["states", "transitions", "on_enter"]),
+            Some("transitions")
+        );
         assert_eq!(closest("zzzzzz", ["states", "transitions"]), None);
     }
 }

@@ -18,16 +18,28 @@ pub struct Site {
     pub pos: Pos,
     /// Quoted scalars start one column after their node.
     pub quoted: bool,
+    /// Whether the expression's text is written at `pos`, so a position inside it can be placed in
+    /// the file. Not so in a Rhai pathway, where `pos` is the builder call that made the part.
+    pub exact: bool,
 }
 
 impl Site {
     fn locate(&self, p: Position) -> Pos {
+        if !self.exact {
+            return self.pos;
+        }
         let line = p.line().unwrap_or(1) as u32;
         let col = p.position().unwrap_or(1) as u32;
         if line <= 1 {
-            Pos { line: self.pos.line, col: self.pos.col + u32::from(self.quoted) + col - 1 }
+            Pos {
+                line: self.pos.line,
+                col: self.pos.col + u32::from(self.quoted) + col - 1,
+            }
         } else {
-            Pos { line: self.pos.line + line - 1, col }
+            Pos {
+                line: self.pos.line + line - 1,
+                col,
+            }
         }
     }
 }
@@ -81,7 +93,10 @@ impl ExprChecker {
     ) -> Option<Checked> {
         let mut scope = Scope::new();
         let names: Vec<String> = match purpose {
-            Purpose::Reading => catalog::observation_names().iter().map(|s| s.to_string()).collect(),
+            Purpose::Reading => catalog::observation_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             Purpose::GoalReading => vec!["value".to_string()],
             Purpose::Guard | Purpose::Value => variables.to_vec(),
         };
@@ -89,7 +104,13 @@ impl ExprChecker {
             scope.push_dynamic(name.clone(), rhai::Dynamic::UNIT);
         }
         if src.trim().is_empty() {
-            diags.push(Diagnostic::error(Code::ExprSyntax, &site.file, site.pos, "expression is empty", "write a condition such as `score(\"epds\") >= 13`"));
+            diags.push(Diagnostic::error(
+                Code::ExprSyntax,
+                &site.file,
+                site.pos,
+                "expression is empty",
+                "write a condition such as `score(\"epds\") >= 13`",
+            ));
             return None;
         }
         let ast = match self.engine.compile_expression_with_scope(&scope, src) {
@@ -110,7 +131,9 @@ impl ExprChecker {
                     _ => (Code::ExprSyntax, "guards are Rhai expressions, e.g. `score(\"epds\") >= 13 && days_in_state() > 2`".to_string()),
                 };
                 let message = match err.0.as_ref() {
-                    ParseErrorType::VariableUndefined(name) => format!("unknown variable `{name}` in expression"),
+                    ParseErrorType::VariableUndefined(name) => {
+                        format!("unknown variable `{name}` in expression")
+                    }
                     other => format!("expression does not parse: {other}"),
                 };
                 diags.push(Diagnostic::error(code, &site.file, pos, message, hint));
@@ -140,7 +163,10 @@ impl ExprChecker {
                             &site.file,
                             site.locate(*pos),
                             format!("unknown method `{}`", f.name),
-                            format!("methods available on values: {}", catalog::PURE_FUNCTIONS.join(", ")),
+                            format!(
+                                "methods available on values: {}",
+                                catalog::PURE_FUNCTIONS.join(", ")
+                            ),
                         ));
                     }
                 }
@@ -152,43 +178,77 @@ impl ExprChecker {
         Some(checked)
     }
 
-    fn check_call(&self, name: &str, args: &[RExpr], at: Pos, site: &Site, diags: &mut Vec<Diagnostic>) {
+    fn check_call(
+        &self,
+        name: &str,
+        args: &[RExpr],
+        at: Pos,
+        site: &Site,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         let kinds = match catalog::guard_function(name, args.len()) {
             Some(kinds) => kinds,
             None if catalog::PURE_FUNCTIONS.contains(&name) => return,
             None => {
-                let arities: Vec<usize> =
-                    catalog::GUARD_FUNCTIONS.iter().filter(|(n, _)| *n == name).map(|(_, a)| a.len()).collect();
+                let arities: Vec<usize> = catalog::GUARD_FUNCTIONS
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, a)| a.len())
+                    .collect();
                 let (message, hint) = if let Some(n) = arities.first() {
-                    (format!("`{name}` takes {n} argument(s), not {}", args.len()), "see the guard functions in docs/pathway-language.md".to_string())
+                    (
+                        format!("`{name}` takes {n} argument(s), not {}", args.len()),
+                        "see the guard functions in docs/pathway-language.md".to_string(),
+                    )
                 } else {
-                    (format!("unknown guard function `{name}`"), suggest(name, &catalog::function_names()))
+                    (
+                        format!("unknown guard function `{name}`"),
+                        suggest(name, &catalog::function_names()),
+                    )
                 };
-                diags.push(Diagnostic::error(Code::UnknownFunction, &site.file, at, message, hint));
+                diags.push(Diagnostic::error(
+                    Code::UnknownFunction,
+                    &site.file,
+                    at,
+                    message,
+                    hint,
+                ));
                 return;
             }
         };
         for (arg, kind) in args.iter().zip(kinds) {
-            let RExpr::StringConstant(value, pos) = arg else { continue };
+            let RExpr::StringConstant(value, pos) = arg else {
+                continue;
+            };
             let at = site.locate(*pos);
             match kind {
-                ArgKind::Scale if !catalog::SCALES.contains(&value.as_str()) => diags.push(Diagnostic::error(
-                    Code::UnknownScale,
-                    &site.file,
-                    at,
-                    format!("unknown scale `{value}`"),
-                    suggest(value, catalog::SCALES),
-                )),
-                ArgKind::Observation if !catalog::is_observation(value) => diags.push(Diagnostic::error(
-                    Code::UnknownObservation,
-                    &site.file,
-                    at,
-                    format!("unknown observation kind `{value}`"),
-                    suggest(value, &catalog::observation_names()),
-                )),
+                ArgKind::Scale if !catalog::SCALES.contains(&value.as_str()) => {
+                    diags.push(Diagnostic::error(
+                        Code::UnknownScale,
+                        &site.file,
+                        at,
+                        format!("unknown scale `{value}`"),
+                        suggest(value, catalog::SCALES),
+                    ))
+                }
+                ArgKind::Observation if !catalog::is_observation(value) => {
+                    diags.push(Diagnostic::error(
+                        Code::UnknownObservation,
+                        &site.file,
+                        at,
+                        format!("unknown observation kind `{value}`"),
+                        suggest(value, &catalog::observation_names()),
+                    ))
+                }
                 ArgKind::Duration => {
                     if let Err(e) = Duration::parse(value) {
-                        diags.push(Diagnostic::error(Code::BadDuration, &site.file, at, e, "a window is written like \"7d\" or \"24h\""));
+                        diags.push(Diagnostic::error(
+                            Code::BadDuration,
+                            &site.file,
+                            at,
+                            e,
+                            "a window is written like \"7d\" or \"24h\"",
+                        ));
                     }
                 }
                 _ => {}
@@ -204,7 +264,12 @@ mod tests {
     fn run(src: &str, vars: &[&str]) -> (Option<Checked>, Vec<Diagnostic>) {
         let checker = ExprChecker::new();
         let mut diags = Vec::new();
-        let site = Site { file: "p.yaml".into(), pos: Pos { line: 10, col: 15 }, quoted: true };
+        let site = Site {
+            file: "p.yaml".into(),
+            pos: Pos { line: 10, col: 15 },
+            quoted: true,
+            exact: true,
+        };
         let vars: Vec<String> = vars.iter().map(|s| s.to_string()).collect();
         let out = checker.check(src, Purpose::Guard, &vars, &site, &mut diags);
         (out, diags)
@@ -234,7 +299,14 @@ mod tests {
     fn literal_names_are_checked() {
         let (_, diags) = run("score(\"epdss\") > 1 || mean(\"bp_sys\", \"7x\") > 2", &[]);
         let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
-        assert_eq!(codes, vec![Code::UnknownScale, Code::UnknownObservation, Code::BadDuration]);
+        assert_eq!(
+            codes,
+            vec![
+                Code::UnknownScale,
+                Code::UnknownObservation,
+                Code::BadDuration
+            ]
+        );
     }
 
     #[test]

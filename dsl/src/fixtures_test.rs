@@ -12,16 +12,21 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::{Compiled, Diagnostic, FsLoader, compile_file, compile_rhai, compile_yaml, pathway_files};
+use crate::{
+    Compiled, Diagnostic, FsLoader, compile_file, compile_rhai, compile_yaml, pathway_files,
+};
 
 /// Every code the validator can produce; each must be exercised by at least one broken fixture.
 const ALL_CODES: &[&str] = &[
-    "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009", "E010", "E011", "E012", "E013",
-    "E014", "E015", "E016", "E017", "E018", "E019", "E020", "E021", "W001", "W002", "W003", "W004",
+    "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009", "E010", "E011", "E012",
+    "E013", "E014", "E015", "E016", "E017", "E018", "E019", "E020", "E021", "W001", "W002", "W003",
+    "W004",
 ];
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 /// (code, file relative to the fixture's folder or "" for the fixture itself, line, col)
@@ -31,7 +36,9 @@ fn parse_expect(first_line: &str) -> Result<BTreeSet<Key>, String> {
     let rest = first_line
         .strip_prefix("# expect:")
         .or_else(|| first_line.strip_prefix("// expect:"))
-        .ok_or_else(|| format!("first line must be `# expect: …` or `// expect: …`, found `{first_line}`"))?;
+        .ok_or_else(|| {
+            format!("first line must be `# expect: …` or `// expect: …`, found `{first_line}`")
+        })?;
     let mut out = BTreeSet::new();
     for item in rest.split_whitespace() {
         let bad = || format!("bad expectation `{item}`; write CODE@LINE:COL or CODE@PATH:LINE:COL");
@@ -57,29 +64,54 @@ fn key_of(d: &Diagnostic, own_file: &str, dir: &Path) -> Key {
     let file = if d.file == own_file {
         String::new()
     } else {
-        Path::new(&d.file).strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_else(|_| d.file.clone())
+        Path::new(&d.file)
+            .strip_prefix(dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| d.file.clone())
     };
     (d.code.as_str().to_string(), file, d.pos.line, d.pos.col)
 }
 
 fn show(k: &Key) -> String {
-    if k.1.is_empty() { format!("{}@{}:{}", k.0, k.2, k.3) } else { format!("{}@{}:{}:{}", k.0, k.1, k.2, k.3) }
+    if k.1.is_empty() {
+        format!("{}@{}:{}", k.0, k.2, k.3)
+    } else {
+        format!("{}@{}:{}:{}", k.0, k.1, k.2, k.3)
+    }
 }
 
 /// Compares a compilation with its expectation; returns a readable report of any difference.
-fn compare(name: &str, compiled: &Compiled, dir: &Path, expected: &BTreeSet<Key>) -> Option<String> {
-    let actual: BTreeSet<Key> = compiled.diagnostics.iter().map(|d| key_of(d, &compiled.file, dir)).collect();
+fn compare(
+    name: &str,
+    compiled: &Compiled,
+    dir: &Path,
+    expected: &BTreeSet<Key>,
+) -> Option<String> {
+    let actual: BTreeSet<Key> = compiled
+        .diagnostics
+        .iter()
+        .map(|d| key_of(d, &compiled.file, dir))
+        .collect();
     if &actual == expected {
         return None;
     }
-    let mut report = format!("\n== {name}\n   expected: {}\n   actual:   {}\n", join(expected), join(&actual));
+    let mut report = format!(
+        "\n== {name}\n   expected: {}\n   actual:   {}\n",
+        join(expected),
+        join(&actual)
+    );
     for k in expected.difference(&actual) {
         report.push_str(&format!("   - missing    {}\n", show(k)));
     }
     for d in &compiled.diagnostics {
         let k = key_of(d, &compiled.file, dir);
         if !expected.contains(&k) {
-            report.push_str(&format!("   + unexpected {}  {}  (hint: {})\n", show(&k), d.message, d.hint));
+            report.push_str(&format!(
+                "   + unexpected {}  {}  (hint: {})\n",
+                show(&k),
+                d.message,
+                d.hint
+            ));
         }
     }
     Some(report)
@@ -110,7 +142,11 @@ fn broken_fixtures_produce_exactly_their_diagnostics() {
     let mut failures = String::new();
     let mut covered: BTreeSet<String> = BTreeSet::new();
     for path in &files {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_string();
         let bytes = std::fs::read(path).expect("read fixture");
         let first = bytes.split(|b| *b == b'\n').next().unwrap_or(&[]);
         let expected = match parse_expect(String::from_utf8_lossy(first).trim_end()) {
@@ -123,7 +159,9 @@ fn broken_fixtures_produce_exactly_their_diagnostics() {
         // The file name starts with the code it is about: `e002_unknown_key.yaml` must expect E002.
         let named = name.split('_').next().unwrap_or("").to_uppercase();
         if !expected.iter().any(|k| k.0 == named) {
-            failures.push_str(&format!("\n== {name}\n   the file is named for {named} but does not expect it\n"));
+            failures.push_str(&format!(
+                "\n== {name}\n   the file is named for {named} but does not expect it\n"
+            ));
         }
         covered.extend(expected.iter().map(|k| k.0.clone()));
         let started = std::time::Instant::now();
@@ -136,11 +174,19 @@ fn broken_fixtures_produce_exactly_their_diagnostics() {
             failures.push_str(&report);
         }
     }
-    let uncovered: Vec<&&str> = ALL_CODES.iter().filter(|c| !covered.contains(**c)).collect();
+    let uncovered: Vec<&&str> = ALL_CODES
+        .iter()
+        .filter(|c| !covered.contains(**c))
+        .collect();
     if !uncovered.is_empty() {
-        failures.push_str(&format!("\n== coverage\n   no broken fixture expects {uncovered:?}\n"));
+        failures.push_str(&format!(
+            "\n== coverage\n   no broken fixture expects {uncovered:?}\n"
+        ));
     }
-    assert!(failures.is_empty(), "broken fixtures do not match their expectations:{failures}");
+    assert!(
+        failures.is_empty(),
+        "broken fixtures do not match their expectations:{failures}"
+    );
 }
 
 /// Inputs too large to store, generated here and held to exact expectations like the stored ones.
@@ -148,10 +194,30 @@ fn broken_fixtures_produce_exactly_their_diagnostics() {
 fn generated_broken_inputs_produce_exactly_their_diagnostics() {
     let dir = Path::new("");
     let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
-        ("100,000-deep flow sequence", "[".repeat(100_000).into_bytes(), false, "# expect: E001@1:256"),
-        ("100,000-deep flow mapping", "{a: ".repeat(100_000).into_bytes(), false, "# expect: E001@1:1021"),
-        ("100,000-deep block sequence", "- ".repeat(100_000).into_bytes(), false, "# expect: E001@1:97"),
-        ("100,000-deep Rhai array", "[".repeat(100_000).into_bytes(), true, "// expect: E021@1:22"),
+        (
+            "100,000-deep flow sequence",
+            "[".repeat(100_000).into_bytes(),
+            false,
+            "# expect: E001@1:256",
+        ),
+        (
+            "100,000-deep flow mapping",
+            "{a: ".repeat(100_000).into_bytes(),
+            false,
+            "# expect: E001@1:1021",
+        ),
+        (
+            "100,000-deep block sequence",
+            "- ".repeat(100_000).into_bytes(),
+            false,
+            "# expect: E001@1:97",
+        ),
+        (
+            "100,000-deep Rhai array",
+            "[".repeat(100_000).into_bytes(),
+            true,
+            "// expect: E021@1:22",
+        ),
     ];
     let mut failures = String::new();
     for (name, bytes, rhai, expect) in cases {
@@ -162,19 +228,30 @@ fn generated_broken_inputs_produce_exactly_their_diagnostics() {
         } else {
             compile_yaml("gen.yaml", &bytes, dir, &FsLoader)
         };
-        assert!(started.elapsed().as_secs() < 10, "{name} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "{name} took {:?}",
+            started.elapsed()
+        );
         if let Some(report) = compare(name, &compiled, dir, &expected) {
             failures.push_str(&report);
         }
     }
-    assert!(failures.is_empty(), "generated inputs do not match their expectations:{failures}");
+    assert!(
+        failures.is_empty(),
+        "generated inputs do not match their expectations:{failures}"
+    );
 }
 
 #[test]
 fn good_fixtures_have_no_diagnostics() {
     let dir = fixtures().join("good");
     let files = pathway_files(std::slice::from_ref(&dir)).expect("list good fixtures");
-    assert!(files.len() >= 2, "expected good fixtures in {}", dir.display());
+    assert!(
+        files.len() >= 2,
+        "expected good fixtures in {}",
+        dir.display()
+    );
     let mut failures = String::new();
     for path in &files {
         let compiled = compile_file(path);
@@ -185,7 +262,10 @@ fn good_fixtures_have_no_diagnostics() {
             failures.push_str(&format!("\n{}: no pathway was built", path.display()));
         }
     }
-    assert!(failures.is_empty(), "good fixtures produced diagnostics:{failures}");
+    assert!(
+        failures.is_empty(),
+        "good fixtures produced diagnostics:{failures}"
+    );
 }
 
 #[test]

@@ -65,21 +65,40 @@ impl Compiled {
 
 fn top_key(root: &yaml::Node) -> Option<&str> {
     match &root.value {
-        yaml::Value::Map(entries) => entries.iter().filter_map(|(k, _)| k.as_str()).find(|k| {
-            matches!(*k, "pathway" | "fragment" | "scale" | "tests" | "templates")
-        }),
+        yaml::Value::Map(entries) => entries
+            .iter()
+            .filter_map(|(k, _)| k.as_str())
+            .find(|k| matches!(*k, "pathway" | "fragment" | "scale" | "tests" | "templates")),
         _ => None,
     }
 }
 
-fn finish(file: &str, kind: DocKind, pathway: Option<Pathway>, mut diagnostics: Vec<Diagnostic>) -> Compiled {
-    diagnostics.sort_by(|a, b| (&a.file, a.pos, a.code.as_str()).cmp(&(&b.file, b.pos, b.code.as_str())));
+fn finish(
+    file: &str,
+    kind: DocKind,
+    pathway: Option<Pathway>,
+    mut diagnostics: Vec<Diagnostic>,
+) -> Compiled {
+    diagnostics
+        .sort_by(|a, b| (&a.file, a.pos, a.code.as_str()).cmp(&(&b.file, b.pos, b.code.as_str())));
     diagnostics.dedup();
-    Compiled { file: file.to_string(), kind, pathway, diagnostics }
+    Compiled {
+        file: file.to_string(),
+        kind,
+        pathway,
+        diagnostics,
+    }
 }
 
-/// Lowers and checks a positioned tree (from either front-end).
-fn compile_tree(file: &str, root: &yaml::Node, base_dir: &Path, loader: &dyn Loader) -> Compiled {
+/// Lowers and checks a positioned tree (from either front-end). `exact` says whether the tree's
+/// positions are where its text is written (YAML) or where a Rhai builder call made it.
+fn compile_tree(
+    file: &str,
+    root: &yaml::Node,
+    base_dir: &Path,
+    loader: &dyn Loader,
+    exact: bool,
+) -> Compiled {
     let mut diags = Vec::new();
     let kind = match top_key(root) {
         Some("fragment") => DocKind::Fragment,
@@ -91,16 +110,32 @@ fn compile_tree(file: &str, root: &yaml::Node, base_dir: &Path, loader: &dyn Loa
         DocKind::Other => None,
         DocKind::Fragment => {
             let mut lw = lower::Lowerer::new(file, base_dir.to_path_buf(), loader, &mut diags);
+            lw.exact_exprs = exact;
             let mut states = Vec::new();
             lw.fragment_states(root, "", Default::default(), &mut states);
             let map = std::mem::take(&mut lw.map);
             drop(lw);
-            let names: std::collections::HashSet<&str> = states.iter().map(|s| s.id.as_str()).collect();
+            let names: std::collections::HashSet<&str> =
+                states.iter().map(|s| s.id.as_str()).collect();
             for (si, s) in states.iter().enumerate() {
                 for (ti, t) in s.transitions.iter().enumerate() {
                     if !t.to.starts_with("exit:") && !names.contains(t.to.as_str()) {
-                        let pos = map.transitions.get(si).and_then(|v| v.get(ti)).map(|l| l.pos).unwrap_or(Pos::START);
-                        diags.push(Diagnostic::error(Code::UnknownState, file, pos, format!("transition goes to `{}`, which is not a state of this fragment", t.to), "use `exit:<name>` to leave the fragment"));
+                        let pos = map
+                            .transitions
+                            .get(si)
+                            .and_then(|v| v.get(ti))
+                            .map(|l| l.pos)
+                            .unwrap_or(Pos::START);
+                        diags.push(Diagnostic::error(
+                            Code::UnknownState,
+                            file,
+                            pos,
+                            format!(
+                                "transition goes to `{}`, which is not a state of this fragment",
+                                t.to
+                            ),
+                            "use `exit:<name>` to leave the fragment",
+                        ));
                     }
                 }
             }
@@ -111,6 +146,7 @@ fn compile_tree(file: &str, root: &yaml::Node, base_dir: &Path, loader: &dyn Loa
         }
         DocKind::Pathway => {
             let mut lw = lower::Lowerer::new(file, base_dir.to_path_buf(), loader, &mut diags);
+            lw.exact_exprs = exact;
             let pathway = lw.pathway(root);
             let map = std::mem::take(&mut lw.map);
             drop(lw);
@@ -126,7 +162,7 @@ fn compile_tree(file: &str, root: &yaml::Node, base_dir: &Path, loader: &dyn Loa
 /// Compiles YAML source.
 pub fn compile_yaml(file: &str, bytes: &[u8], base_dir: &Path, loader: &dyn Loader) -> Compiled {
     match yaml::parse(file, bytes, yaml::Budget::default()) {
-        Ok(root) => compile_tree(file, &root, base_dir, loader),
+        Ok(root) => compile_tree(file, &root, base_dir, loader, true),
         Err(diags) => finish(file, DocKind::Pathway, None, diags),
     }
 }
@@ -134,7 +170,7 @@ pub fn compile_yaml(file: &str, bytes: &[u8], base_dir: &Path, loader: &dyn Load
 /// Compiles a Rhai pathway script.
 pub fn compile_rhai(file: &str, bytes: &[u8], base_dir: &Path, loader: &dyn Loader) -> Compiled {
     match rhai_front::run(file, bytes) {
-        Ok(root) => compile_tree(file, &root, base_dir, loader),
+        Ok(root) => compile_tree(file, &root, base_dir, loader, false),
         Err(diags) => finish(file, DocKind::Pathway, None, diags),
     }
 }
@@ -146,7 +182,13 @@ pub fn compile_file(path: &Path) -> Compiled {
     let bytes = match FsLoader.load(path) {
         Ok(b) => b,
         Err(e) => {
-            let d = Diagnostic::error(Code::Syntax, &file, Pos::START, format!("cannot read file: {e}"), "check the path");
+            let d = Diagnostic::error(
+                Code::Syntax,
+                &file,
+                Pos::START,
+                format!("cannot read file: {e}"),
+                "check the path",
+            );
             return finish(&file, DocKind::Pathway, None, vec![d]);
         }
     };
@@ -176,6 +218,9 @@ pub fn pathway_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 
 fn is_source(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let ext_ok = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "rhai"));
+    let ext_ok = matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "rhai")
+    );
     ext_ok && !name.ends_with(".test.yaml") && !name.ends_with(".scenario.yaml")
 }

@@ -60,7 +60,10 @@ impl Loader for FsLoader {
     fn load(&self, path: &Path) -> Result<Vec<u8>, String> {
         let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
         if meta.len() > crate::yaml::Budget::default().max_bytes as u64 {
-            return Err(format!("file is {} bytes, larger than a pathway file may be", meta.len()));
+            return Err(format!(
+                "file is {} bytes, larger than a pathway file may be",
+                meta.len()
+            ));
         }
         std::fs::read(path).map_err(|e| e.to_string())
     }
@@ -75,6 +78,9 @@ pub(crate) struct Lowerer<'a> {
     /// State-id prefix and exit mapping while lowering a fragment.
     fragment: Option<FragmentCtx>,
     depth: usize,
+    /// Whether expressions sit in the file where their node is (YAML), so diagnostics inside them
+    /// can be placed exactly; false while lowering a Rhai pathway's result.
+    pub exact_exprs: bool,
 }
 
 #[derive(Clone)]
@@ -101,28 +107,124 @@ const PATHWAY_KEYS: &[&str] = &[
     "goals",
     "indicators",
 ];
-const STATE_KEYS: &[&str] = &["id", "phase", "title", "terminal", "on_enter", "transitions"];
+const STATE_KEYS: &[&str] = &[
+    "id",
+    "phase",
+    "title",
+    "terminal",
+    "on_enter",
+    "transitions",
+];
 const TRANSITION_KEYS: &[&str] = &["to", "on", "after", "at", "when", "label"];
 /// Words Rhai reserves, which therefore cannot name a variable.
 const RESERVED: &[&str] = &[
-    "as", "async", "await", "begin", "break", "call", "case", "catch", "const", "continue", "curry", "debug", "default", "do", "else", "end", "enum",
-    "eval", "exit", "export", "false", "fn", "for", "global", "go", "goto", "if", "import", "in", "include", "is", "let", "loop", "match", "module",
-    "new", "nil", "null", "package", "print", "private", "protected", "public", "return", "shared", "spawn", "static", "struct", "super", "switch",
-    "sync", "this", "thread", "throw", "true", "try", "type", "type_of", "until", "use", "var", "void", "while", "with", "yield",
+    "as",
+    "async",
+    "await",
+    "begin",
+    "break",
+    "call",
+    "case",
+    "catch",
+    "const",
+    "continue",
+    "curry",
+    "debug",
+    "default",
+    "do",
+    "else",
+    "end",
+    "enum",
+    "eval",
+    "exit",
+    "export",
+    "false",
+    "fn",
+    "for",
+    "global",
+    "go",
+    "goto",
+    "if",
+    "import",
+    "in",
+    "include",
+    "is",
+    "let",
+    "loop",
+    "match",
+    "module",
+    "new",
+    "nil",
+    "null",
+    "package",
+    "print",
+    "private",
+    "protected",
+    "public",
+    "return",
+    "shared",
+    "spawn",
+    "static",
+    "struct",
+    "super",
+    "switch",
+    "sync",
+    "this",
+    "thread",
+    "throw",
+    "true",
+    "try",
+    "type",
+    "type_of",
+    "until",
+    "use",
+    "var",
+    "void",
+    "while",
+    "with",
+    "yield",
 ];
-const ACTION_KINDS: &[&str] = &["task", "follow_up", "scale", "risk", "alarm", "referral", "goal", "note", "set"];
+const ACTION_KINDS: &[&str] = &[
+    "task",
+    "follow_up",
+    "scale",
+    "risk",
+    "alarm",
+    "referral",
+    "goal",
+    "note",
+    "set",
+];
 
 impl<'a> Lowerer<'a> {
-    pub fn new(file: &str, base_dir: PathBuf, loader: &'a dyn Loader, diags: &'a mut Vec<Diagnostic>) -> Self {
-        Lowerer { file: file.to_string(), diags, map: SourceMap::default(), loader, base_dir, fragment: None, depth: 0 }
+    pub fn new(
+        file: &str,
+        base_dir: PathBuf,
+        loader: &'a dyn Loader,
+        diags: &'a mut Vec<Diagnostic>,
+    ) -> Self {
+        Lowerer {
+            file: file.to_string(),
+            diags,
+            map: SourceMap::default(),
+            loader,
+            base_dir,
+            fragment: None,
+            depth: 0,
+            exact_exprs: true,
+        }
     }
 
     fn loc(&self, pos: Pos) -> Loc {
-        Loc { file: self.file.clone(), pos }
+        Loc {
+            file: self.file.clone(),
+            pos,
+        }
     }
 
     fn err(&mut self, code: Code, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
-        self.diags.push(Diagnostic::error(code, &self.file, pos, message, hint));
+        self.diags
+            .push(Diagnostic::error(code, &self.file, pos, message, hint));
     }
 
     // ---- generic readers -------------------------------------------------------------------
@@ -130,13 +232,23 @@ impl<'a> Lowerer<'a> {
     /// Reads a mapping, reporting duplicate, non-text and unknown keys.
     fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
         let Value::Map(entries) = &node.value else {
-            self.err(Code::WrongType, node.pos, format!("{what} must be a mapping, found {}", node.kind_name()), "write it as `key: value` lines");
+            self.err(
+                Code::WrongType,
+                node.pos,
+                format!("{what} must be a mapping, found {}", node.kind_name()),
+                "write it as `key: value` lines",
+            );
             return None;
         };
         let mut out: Fields<'n> = HashMap::new();
         for (k, v) in entries {
             let Some(key) = k.as_str() else {
-                self.err(Code::WrongType, k.pos, format!("keys in {what} must be text"), "");
+                self.err(
+                    Code::WrongType,
+                    k.pos,
+                    format!("keys in {what} must be text"),
+                    "",
+                );
                 continue;
             };
             if !allowed.contains(&key) {
@@ -148,12 +260,22 @@ impl<'a> Lowerer<'a> {
                     }
                     None => format!("allowed here: {}", allowed.join(", ")),
                 };
-                self.err(Code::UnknownKey, k.pos, format!("unknown key `{key}` in {what}"), hint);
+                self.err(
+                    Code::UnknownKey,
+                    k.pos,
+                    format!("unknown key `{key}` in {what}"),
+                    hint,
+                );
                 continue;
             }
             if let Some((first, _)) = out.get(key) {
                 let line = first.pos.line;
-                self.err(Code::DuplicateKey, k.pos, format!("key `{key}` appears twice in {what}"), format!("the first is on line {line}; keep one"));
+                self.err(
+                    Code::DuplicateKey,
+                    k.pos,
+                    format!("key `{key}` appears twice in {what}"),
+                    format!("the first is on line {line}; keep one"),
+                );
                 continue;
             }
             out.insert(key, (k, v));
@@ -161,29 +283,52 @@ impl<'a> Lowerer<'a> {
         Some(out)
     }
 
-    fn req<'n>(&mut self, f: &Fields<'n>, key: &str, parent: &Node, what: &str) -> Option<&'n Node> {
+    fn req<'n>(
+        &mut self,
+        f: &Fields<'n>,
+        key: &str,
+        parent: &Node,
+        what: &str,
+    ) -> Option<&'n Node> {
         match f.get(key) {
             Some((_, v)) if !matches!(v.value, Value::Null) => Some(v),
             Some((k, _)) => {
-                self.err(Code::MissingKey, k.pos, format!("`{key}` in {what} has no value"), "");
+                self.err(
+                    Code::MissingKey,
+                    k.pos,
+                    format!("`{key}` in {what} has no value"),
+                    "",
+                );
                 None
             }
             None => {
-                self.err(Code::MissingKey, parent.pos, format!("{what} is missing `{key}`"), format!("add `{key}:`"));
+                self.err(
+                    Code::MissingKey,
+                    parent.pos,
+                    format!("{what} is missing `{key}`"),
+                    format!("add `{key}:`"),
+                );
                 None
             }
         }
     }
 
     fn opt<'n>(f: &Fields<'n>, key: &str) -> Option<&'n Node> {
-        f.get(key).map(|(_, v)| *v).filter(|v| !matches!(v.value, Value::Null))
+        f.get(key)
+            .map(|(_, v)| *v)
+            .filter(|v| !matches!(v.value, Value::Null))
     }
 
     fn string(&mut self, node: &Node, what: &str) -> Option<String> {
         match &node.value {
             Value::Scalar { text, .. } => Some(text.clone()),
             _ => {
-                self.err(Code::WrongType, node.pos, format!("{what} must be text, found {}", node.kind_name()), "");
+                self.err(
+                    Code::WrongType,
+                    node.pos,
+                    format!("{what} must be text, found {}", node.kind_name()),
+                    "",
+                );
                 None
             }
         }
@@ -192,7 +337,8 @@ impl<'a> Lowerer<'a> {
     fn ident(&mut self, node: &Node, what: &str) -> Option<String> {
         let s = self.string(node, what)?;
         let ok = s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             && s.len() <= 64;
         if !ok {
             self.err(
@@ -210,15 +356,28 @@ impl<'a> Lowerer<'a> {
         let s = self.string(node, "an event")?;
         let ok = !s.is_empty()
             && s.len() <= 96
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | ':' | '.' | '-'));
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | ':' | '.' | '-')
+            });
         if !ok {
-            self.err(Code::InvalidValue, node.pos, format!("`{s}` is not a valid event name"), "events are lower case, e.g. `discharged` or `task_done:day7_call`");
+            self.err(
+                Code::InvalidValue,
+                node.pos,
+                format!("`{s}` is not a valid event name"),
+                "events are lower case, e.g. `discharged` or `task_done:day7_call`",
+            );
             return None;
         }
-        if let Some((kind, qual)) = s.split_once(':') {
-            if kind == "scale_answered" && !catalog::SCALES.contains(&qual) {
-                self.err(Code::UnknownScale, node.pos, format!("unknown scale `{qual}` in event `{s}`"), suggest(qual, catalog::SCALES));
-            }
+        if let Some((kind, qual)) = s.split_once(':')
+            && kind == "scale_answered"
+            && !catalog::SCALES.contains(&qual)
+        {
+            self.err(
+                Code::UnknownScale,
+                node.pos,
+                format!("unknown scale `{qual}` in event `{s}`"),
+                suggest(qual, catalog::SCALES),
+            );
         }
         Some(s)
     }
@@ -229,7 +388,12 @@ impl<'a> Lowerer<'a> {
             Some((_, v)) => Some(*v),
             None => {
                 let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                self.err(Code::InvalidValue, node.pos, format!("`{s}` is not a valid {what}"), suggest(&s, &names));
+                self.err(
+                    Code::InvalidValue,
+                    node.pos,
+                    format!("`{s}` is not a valid {what}"),
+                    suggest(&s, &names),
+                );
                 None
             }
         }
@@ -240,7 +404,12 @@ impl<'a> Lowerer<'a> {
         match s.parse::<u32>() {
             Ok(v) => Some(v),
             Err(_) => {
-                self.err(Code::WrongType, node.pos, format!("{what} must be a whole number, found `{s}`"), "");
+                self.err(
+                    Code::WrongType,
+                    node.pos,
+                    format!("{what} must be a whole number, found `{s}`"),
+                    "",
+                );
                 None
             }
         }
@@ -251,7 +420,12 @@ impl<'a> Lowerer<'a> {
         match s.parse::<f64>() {
             Ok(v) if v.is_finite() => Some(v),
             _ => {
-                self.err(Code::WrongType, node.pos, format!("{what} must be a number, found `{s}`"), "");
+                self.err(
+                    Code::WrongType,
+                    node.pos,
+                    format!("{what} must be a number, found `{s}`"),
+                    "",
+                );
                 None
             }
         }
@@ -262,7 +436,12 @@ impl<'a> Lowerer<'a> {
             Some("true") => Some(true),
             Some("false") => Some(false),
             _ => {
-                self.err(Code::WrongType, node.pos, format!("{what} must be true or false"), "");
+                self.err(
+                    Code::WrongType,
+                    node.pos,
+                    format!("{what} must be true or false"),
+                    "",
+                );
                 None
             }
         }
@@ -273,8 +452,12 @@ impl<'a> Lowerer<'a> {
             return Some(Text::both(text));
         }
         let f = self.fields(node, what, &["zh", "en"])?;
-        let zh = self.req(&f, "zh", node, what).and_then(|n| self.string(n, "zh text"));
-        let en = self.req(&f, "en", node, what).and_then(|n| self.string(n, "en text"));
+        let zh = self
+            .req(&f, "zh", node, what)
+            .and_then(|n| self.string(n, "zh text"));
+        let en = self
+            .req(&f, "en", node, what)
+            .and_then(|n| self.string(n, "en text"));
         Some(Text { zh: zh?, en: en? })
     }
 
@@ -283,7 +466,12 @@ impl<'a> Lowerer<'a> {
         match Duration::parse(&s) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.err(Code::BadDuration, node.pos, e, "durations are written `30m`, `24h`, `7d` or `6w`");
+                self.err(
+                    Code::BadDuration,
+                    node.pos,
+                    e,
+                    "durations are written `30m`, `24h`, `7d` or `6w`",
+                );
                 None
             }
         }
@@ -305,7 +493,12 @@ impl<'a> Lowerer<'a> {
             Value::Seq(items) => items,
             Value::Null => &[],
             _ => {
-                self.err(Code::WrongType, node.pos, format!("{what} must be a list, found {}", node.kind_name()), "write it as `- item` lines or `[a, b]`");
+                self.err(
+                    Code::WrongType,
+                    node.pos,
+                    format!("{what} must be a list, found {}", node.kind_name()),
+                    "write it as `- item` lines or `[a, b]`",
+                );
                 &[]
             }
         }
@@ -314,7 +507,16 @@ impl<'a> Lowerer<'a> {
     fn expr(&mut self, node: &Node, purpose: Purpose) -> Option<Expr> {
         let src = self.string(node, "an expression")?;
         let quoted = matches!(node.value, Value::Scalar { quoted: true, .. });
-        self.map.exprs.push(PendingExpr { src: src.clone(), purpose, site: Site { file: self.file.clone(), pos: node.pos, quoted } });
+        self.map.exprs.push(PendingExpr {
+            src: src.clone(),
+            purpose,
+            site: Site {
+                file: self.file.clone(),
+                pos: node.pos,
+                quoted,
+                exact: self.exact_exprs,
+            },
+        });
         Some(Expr(src))
     }
 
@@ -335,30 +537,50 @@ impl<'a> Lowerer<'a> {
     pub fn pathway(&mut self, root: &Node) -> Option<Pathway> {
         self.map.root = Some(self.loc(root.pos));
         if !matches!(root.value, Value::Map(_)) {
-            self.err(Code::Syntax, root.pos, format!("a pathway file must be a mapping, found {}", root.kind_name()), "start the file with `pathway: <id>`");
+            self.err(
+                Code::Syntax,
+                root.pos,
+                format!(
+                    "a pathway file must be a mapping, found {}",
+                    root.kind_name()
+                ),
+                "start the file with `pathway: <id>`",
+            );
             return None;
         }
         let f = self.fields(root, "the pathway", PATHWAY_KEYS)?;
-        let id = self.req(&f, "pathway", root, "the pathway").and_then(|n| self.ident(n, "pathway id"));
-        let version = self.req(&f, "version", root, "the pathway").and_then(|n| self.uint(n, "version"));
+        let id = self
+            .req(&f, "pathway", root, "the pathway")
+            .and_then(|n| self.ident(n, "pathway id"));
+        let version = self
+            .req(&f, "version", root, "the pathway")
+            .and_then(|n| self.uint(n, "version"));
         if version == Some(0) {
             let pos = f["version"].1.pos;
             self.err(Code::InvalidValue, pos, "version must be 1 or more", "");
         }
-        let title = self.req(&f, "title", root, "the pathway").and_then(|n| self.text(n, "title"));
+        let title = self
+            .req(&f, "title", root, "the pathway")
+            .and_then(|n| self.text(n, "title"));
         let description = Self::opt(&f, "description").and_then(|n| self.string(n, "description"));
         let disease = Self::opt(&f, "disease").and_then(|n| self.string(n, "disease"));
-        let owner_role = self.req(&f, "owner_role", root, "the pathway").and_then(|n| self.role_ref(n));
+        let owner_role = self
+            .req(&f, "owner_role", root, "the pathway")
+            .and_then(|n| self.role_ref(n));
         let mut roles = Vec::new();
         if let Some(n) = self.req(&f, "roles", root, "the pathway") {
             for item in self.list(n, "roles") {
                 if let Some(r) = self.string(item, "a role") {
-                    self.map.declared_roles.push((r.clone(), self.loc(item.pos)));
+                    self.map
+                        .declared_roles
+                        .push((r.clone(), self.loc(item.pos)));
                     roles.push(r);
                 }
             }
         }
-        let variables = Self::opt(&f, "variables").map(|n| self.variables(n)).unwrap_or_default();
+        let variables = Self::opt(&f, "variables")
+            .map(|n| self.variables(n))
+            .unwrap_or_default();
         let mut entry_points = Vec::new();
         if let Some(n) = self.req(&f, "entry_points", root, "the pathway") {
             for item in self.list(n, "entry_points") {
@@ -414,25 +636,54 @@ impl<'a> Lowerer<'a> {
 
     fn variables(&mut self, node: &Node) -> Vec<Variable> {
         let Value::Map(entries) = &node.value else {
-            self.err(Code::WrongType, node.pos, "variables must be a mapping of name to `{ type, default }`", "");
+            self.err(
+                Code::WrongType,
+                node.pos,
+                "variables must be a mapping of name to `{ type, default }`",
+                "",
+            );
             return Vec::new();
         };
         let mut out: Vec<Variable> = Vec::new();
         for (k, v) in entries {
-            let Some(name) = self.ident(k, "variable name") else { continue };
+            let Some(name) = self.ident(k, "variable name") else {
+                continue;
+            };
             if RESERVED.contains(&name.as_str()) {
-                self.err(Code::InvalidValue, k.pos, format!("`{name}` is a reserved word in the guard language"), format!("rename it, e.g. `{name}_kind`"));
+                self.err(
+                    Code::InvalidValue,
+                    k.pos,
+                    format!("`{name}` is a reserved word in the guard language"),
+                    format!("rename it, e.g. `{name}_kind`"),
+                );
                 continue;
             }
             if out.iter().any(|x| x.name == name) {
-                self.err(Code::DuplicateId, k.pos, format!("variable `{name}` is declared twice"), "");
+                self.err(
+                    Code::DuplicateId,
+                    k.pos,
+                    format!("variable `{name}` is declared twice"),
+                    "",
+                );
                 continue;
             }
-            let Some(f) = self.fields(v, "a variable", &["type", "default", "description"]) else { continue };
+            let Some(f) = self.fields(v, "a variable", &["type", "default", "description"]) else {
+                continue;
+            };
             let ty = self.req(&f, "type", v, "the variable").and_then(|n| {
-                self.choice(n, "variable type", &[("number", VarType::Number), ("integer", VarType::Integer), ("bool", VarType::Bool), ("text", VarType::Text)])
+                self.choice(
+                    n,
+                    "variable type",
+                    &[
+                        ("number", VarType::Number),
+                        ("integer", VarType::Integer),
+                        ("bool", VarType::Bool),
+                        ("text", VarType::Text),
+                    ],
+                )
             });
-            let description = Self::opt(&f, "description").and_then(|n| self.string(n, "description"));
+            let description =
+                Self::opt(&f, "description").and_then(|n| self.string(n, "description"));
             let Some(ty) = ty else { continue };
             let default = match f.get("default").map(|(_, n)| *n) {
                 Some(n) => self.constant(n, ty),
@@ -445,7 +696,12 @@ impl<'a> Lowerer<'a> {
             };
             let Some(default) = default else { continue };
             self.map.variables.push(self.loc(k.pos));
-            out.push(Variable { name, ty, default, description });
+            out.push(Variable {
+                name,
+                ty,
+                default,
+                description,
+            });
         }
         out
     }
@@ -455,13 +711,22 @@ impl<'a> Lowerer<'a> {
             Value::Scalar { text, .. } => text.clone(),
             Value::Null if ty == VarType::Text => String::new(),
             _ => {
-                self.err(Code::WrongType, node.pos, format!("expected a {ty:?} value, found {}", node.kind_name()).to_lowercase(), "");
+                self.err(
+                    Code::WrongType,
+                    node.pos,
+                    format!("expected a {ty:?} value, found {}", node.kind_name()).to_lowercase(),
+                    "",
+                );
                 return None;
             }
         };
         let quoted = matches!(node.value, Value::Scalar { quoted: true, .. });
         let v = match ty {
-            VarType::Number if !quoted => text.parse::<f64>().ok().filter(|f| f.is_finite()).map(VarValue::Number),
+            VarType::Number if !quoted => text
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(VarValue::Number),
             VarType::Integer if !quoted => text.parse::<i64>().ok().map(VarValue::Integer),
             VarType::Bool if !quoted => match text.as_str() {
                 "true" => Some(VarValue::Bool(true)),
@@ -472,15 +737,27 @@ impl<'a> Lowerer<'a> {
             _ => None,
         };
         if v.is_none() {
-            self.err(Code::WrongType, node.pos, format!("`{text}` is not a {} value", format!("{ty:?}").to_lowercase()), "");
+            self.err(
+                Code::WrongType,
+                node.pos,
+                format!(
+                    "`{text}` is not a {} value",
+                    format!("{ty:?}").to_lowercase()
+                ),
+                "",
+            );
         }
         v
     }
 
     fn entry_point(&mut self, node: &Node, variables: &[Variable]) -> Option<EntryPoint> {
         let f = self.fields(node, "an entry point", &["id", "state", "title", "set"])?;
-        let id = self.req(&f, "id", node, "the entry point").and_then(|n| self.ident(n, "entry point id"));
-        let state = self.req(&f, "state", node, "the entry point").and_then(|n| self.string(n, "a state"));
+        let id = self
+            .req(&f, "id", node, "the entry point")
+            .and_then(|n| self.ident(n, "entry point id"));
+        let state = self
+            .req(&f, "state", node, "the entry point")
+            .and_then(|n| self.string(n, "a state"));
         let state_pos = f.get("state").map(|(_, v)| v.pos).unwrap_or(node.pos);
         let title = Self::opt(&f, "title").and_then(|n| self.text(n, "title"));
         let mut set = Vec::new();
@@ -490,7 +767,12 @@ impl<'a> Lowerer<'a> {
                 for (k, v) in entries {
                     let Some(name) = k.as_str() else { continue };
                     if seen.contains(&name) {
-                        self.err(Code::DuplicateKey, k.pos, format!("`{name}` is set twice"), "keep one");
+                        self.err(
+                            Code::DuplicateKey,
+                            k.pos,
+                            format!("`{name}` is set twice"),
+                            "keep one",
+                        );
                         continue;
                     }
                     seen.push(name);
@@ -501,25 +783,43 @@ impl<'a> Lowerer<'a> {
                             }
                         }
                         None => {
-                            let names: Vec<&str> = variables.iter().map(|v| v.name.as_str()).collect();
-                            self.err(Code::UnknownVariable, k.pos, format!("unknown variable `{name}`"), suggest(name, &names));
+                            let names: Vec<&str> =
+                                variables.iter().map(|v| v.name.as_str()).collect();
+                            self.err(
+                                Code::UnknownVariable,
+                                k.pos,
+                                format!("unknown variable `{name}`"),
+                                suggest(name, &names),
+                            );
                         }
                     }
                 }
             } else {
-                self.err(Code::WrongType, n.pos, "`set` must be a mapping of variable to value", "");
+                self.err(
+                    Code::WrongType,
+                    n.pos,
+                    "`set` must be a mapping of variable to value",
+                    "",
+                );
             }
         }
         let (id, state) = (id?, state?);
         let id_pos = f.get("id").map(|(_, v)| v.pos).unwrap_or(node.pos);
         self.map.entry_points.push(self.loc(state_pos));
         self.map.entry_point_ids.push(self.loc(id_pos));
-        Some(EntryPoint { id, state, title, set })
+        Some(EntryPoint {
+            id,
+            state,
+            title,
+            set,
+        })
     }
 
     fn state(&mut self, node: &Node) -> Option<State> {
         let f = self.fields(node, "a state", STATE_KEYS)?;
-        let id = self.req(&f, "id", node, "the state").and_then(|n| self.ident(n, "state id"));
+        let id = self
+            .req(&f, "id", node, "the state")
+            .and_then(|n| self.ident(n, "state id"));
         // A missing or invalid phase is reported but the state is kept, so its transitions are still
         // checked (and `map.states` stays aligned with the states that are built).
         let phase = self
@@ -527,7 +827,9 @@ impl<'a> Lowerer<'a> {
             .and_then(|n| self.choice(n, "phase", &Phase::ALL))
             .unwrap_or(Phase::FollowUp);
         let title = Self::opt(&f, "title").and_then(|n| self.text(n, "title"));
-        let terminal = Self::opt(&f, "terminal").and_then(|n| self.boolean(n, "terminal")).unwrap_or(false);
+        let terminal = Self::opt(&f, "terminal")
+            .and_then(|n| self.boolean(n, "terminal"))
+            .unwrap_or(false);
         let mut on_enter = Vec::new();
         if let Some(n) = Self::opt(&f, "on_enter") {
             for item in self.list(n, "on_enter") {
@@ -554,7 +856,14 @@ impl<'a> Lowerer<'a> {
         let id_pos = f.get("id").map(|(_, v)| v.pos).unwrap_or(node.pos);
         self.map.states.push(self.loc(id_pos));
         self.map.transitions.push(trans_locs);
-        Some(State { id, phase, title, terminal, on_enter, transitions })
+        Some(State {
+            id,
+            phase,
+            title,
+            terminal,
+            on_enter,
+            transitions,
+        })
     }
 
     fn transition(&mut self, node: &Node) -> Option<(Transition, Loc)> {
@@ -565,7 +874,12 @@ impl<'a> Lowerer<'a> {
         if let (Some(target), Some(ctx)) = (to.clone(), self.fragment.clone()) {
             to = match target.strip_prefix("exit:") {
                 Some(exit) if !ctx.declared_exits.iter().any(|e| e == exit) => {
-                    self.err(Code::Fragment, to_loc.pos, format!("`{exit}` is not an exit of this fragment"), format!("declared exits: {}", ctx.declared_exits.join(", ")));
+                    self.err(
+                        Code::Fragment,
+                        to_loc.pos,
+                        format!("`{exit}` is not an exit of this fragment"),
+                        format!("declared exits: {}", ctx.declared_exits.join(", ")),
+                    );
                     None
                 }
                 Some(exit) => match ctx.exits.get(exit) {
@@ -579,7 +893,12 @@ impl<'a> Lowerer<'a> {
         let after = Self::opt(&f, "after").and_then(|n| self.duration(n));
         let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
         if on.is_some() && (after.is_some() || at.is_some()) {
-            self.err(Code::InvalidValue, node.pos, "a transition waits for an event or for time, not both", "split it into two transitions");
+            self.err(
+                Code::InvalidValue,
+                node.pos,
+                "a transition waits for an event or for time, not both",
+                "split it into two transitions",
+            );
         }
         let trigger = match (on, after, at) {
             (Some(e), _, _) => Trigger::Event(e),
@@ -587,23 +906,54 @@ impl<'a> Lowerer<'a> {
             (None, None, Some(at)) => Trigger::At(at),
             // A trigger was written but could not be read (reported above): keep the transition as a
             // waiting one, so it neither shadows the ones after it nor joins an immediate cycle.
-            (None, None, None) if ["on", "after", "at"].iter().any(|k| Self::opt(&f, k).is_some()) => {
-                Trigger::After { after: Duration::ZERO, at: None }
+            (None, None, None)
+                if ["on", "after", "at"]
+                    .iter()
+                    .any(|k| Self::opt(&f, k).is_some()) =>
+            {
+                Trigger::After {
+                    after: Duration::ZERO,
+                    at: None,
+                }
             }
             (None, None, None) => Trigger::Immediate,
         };
         let guard = Self::opt(&f, "when").and_then(|n| self.expr(n, Purpose::Guard));
         let label = Self::opt(&f, "label").and_then(|n| self.text(n, "label"));
-        Some((Transition { to: to?, trigger, guard, label }, to_loc))
+        Some((
+            Transition {
+                to: to?,
+                trigger,
+                guard,
+                label,
+            },
+            to_loc,
+        ))
     }
 
     fn action(&mut self, node: &Node) -> Option<Action> {
         let Value::Map(entries) = &node.value else {
-            self.err(Code::WrongType, node.pos, format!("an action must be a one-key mapping such as `task: {{…}}`, found {}", node.kind_name()), format!("action kinds: {}", ACTION_KINDS.join(", ")));
+            self.err(
+                Code::WrongType,
+                node.pos,
+                format!(
+                    "an action must be a one-key mapping such as `task: {{…}}`, found {}",
+                    node.kind_name()
+                ),
+                format!("action kinds: {}", ACTION_KINDS.join(", ")),
+            );
             return None;
         };
         if entries.len() != 1 {
-            self.err(Code::InvalidValue, node.pos, format!("an action has exactly one kind, found {} keys", entries.len()), "start each action with its own `- `");
+            self.err(
+                Code::InvalidValue,
+                node.pos,
+                format!(
+                    "an action has exactly one kind, found {} keys",
+                    entries.len()
+                ),
+                "start each action with its own `- `",
+            );
             return None;
         }
         let (k, v) = &entries[0];
@@ -619,66 +969,140 @@ impl<'a> Lowerer<'a> {
             "note" => self.text(v, "note").map(Action::Note),
             "set" => self.set(v).map(Action::Set),
             other => {
-                self.err(Code::UnknownKey, k.pos, format!("unknown action `{other}`"), suggest(other, ACTION_KINDS));
+                self.err(
+                    Code::UnknownKey,
+                    k.pos,
+                    format!("unknown action `{other}`"),
+                    suggest(other, ACTION_KINDS),
+                );
                 None
             }
         }
     }
 
     fn task(&mut self, node: &Node) -> Option<TaskSpec> {
-        let f = self.fields(node, "a task", &["id", "role", "title", "due", "priority", "sla", "keep"])?;
+        let f = self.fields(
+            node,
+            "a task",
+            &["id", "role", "title", "due", "priority", "sla", "keep"],
+        )?;
         let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
-        let role = self.req(&f, "role", node, "the task").and_then(|n| self.role_ref(n));
-        let title = self.req(&f, "title", node, "the task").and_then(|n| self.text(n, "title"));
-        let due = self.req(&f, "due", node, "the task").and_then(|n| self.duration(n));
-        let priority = Self::opt(&f, "priority").and_then(|n| self.choice(n, "priority", &Priority::ALL)).unwrap_or(Priority::Normal);
-        let keep = Self::opt(&f, "keep").and_then(|n| self.boolean(n, "keep")).unwrap_or(false);
+        let role = self
+            .req(&f, "role", node, "the task")
+            .and_then(|n| self.role_ref(n));
+        let title = self
+            .req(&f, "title", node, "the task")
+            .and_then(|n| self.text(n, "title"));
+        let due = self
+            .req(&f, "due", node, "the task")
+            .and_then(|n| self.duration(n));
+        let priority = Self::opt(&f, "priority")
+            .and_then(|n| self.choice(n, "priority", &Priority::ALL))
+            .unwrap_or(Priority::Normal);
+        let keep = Self::opt(&f, "keep")
+            .and_then(|n| self.boolean(n, "keep"))
+            .unwrap_or(false);
         let sla = match Self::opt(&f, "sla") {
             Some(n) => {
-                let s = self.fields(n, "an SLA", &["remind_before", "escalate_after", "escalate_to"])?;
+                let s = self.fields(
+                    n,
+                    "an SLA",
+                    &["remind_before", "escalate_after", "escalate_to"],
+                )?;
                 let remind_before = Self::opt(&s, "remind_before").and_then(|n| self.duration(n));
                 let escalate_after = Self::opt(&s, "escalate_after").and_then(|n| self.duration(n));
                 let escalate_to = Self::opt(&s, "escalate_to").and_then(|n| self.role_ref(n));
                 if escalate_after.is_some() != escalate_to.is_some() {
-                    self.err(Code::MissingKey, n.pos, "`escalate_after` and `escalate_to` go together", "say after how long, and to which role");
+                    self.err(
+                        Code::MissingKey,
+                        n.pos,
+                        "`escalate_after` and `escalate_to` go together",
+                        "say after how long, and to which role",
+                    );
                 }
-                Some(Sla { remind_before, escalate_after, escalate_to })
+                Some(Sla {
+                    remind_before,
+                    escalate_after,
+                    escalate_to,
+                })
             }
             None => None,
         };
-        Some(TaskSpec { id, role: role?, title: title?, due: due?, priority, sla, keep })
+        Some(TaskSpec {
+            id,
+            role: role?,
+            title: title?,
+            due: due?,
+            priority,
+            sla,
+            keep,
+        })
     }
 
     fn follow_up(&mut self, node: &Node) -> Option<FollowUpSpec> {
-        let f = self.fields(node, "a follow-up", &["id", "channels", "template", "after", "at", "urgent"])?;
+        let f = self.fields(
+            node,
+            "a follow-up",
+            &["id", "channels", "template", "after", "at", "urgent"],
+        )?;
         let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
         let mut channels = Vec::new();
         if let Some(n) = self.req(&f, "channels", node, "the follow-up") {
             for c in self.list(n, "channels") {
-                let Some(name) = self.string(c, "a channel") else { continue };
+                let Some(name) = self.string(c, "a channel") else {
+                    continue;
+                };
                 match Channel::ALL.iter().find(|(n, _)| *n == name) {
                     Some((_, ch)) => channels.push(*ch),
                     None => {
                         let names: Vec<&str> = Channel::ALL.iter().map(|(n, _)| *n).collect();
-                        self.err(Code::UnknownChannel, c.pos, format!("unknown channel `{name}`"), suggest(&name, &names));
+                        self.err(
+                            Code::UnknownChannel,
+                            c.pos,
+                            format!("unknown channel `{name}`"),
+                            suggest(&name, &names),
+                        );
                     }
                 }
             }
             if channels.is_empty() && matches!(n.value, Value::Seq(ref v) if v.is_empty()) {
-                self.err(Code::MissingKey, n.pos, "a follow-up needs at least one channel", "e.g. channels: [wechat, sms]");
+                self.err(
+                    Code::MissingKey,
+                    n.pos,
+                    "a follow-up needs at least one channel",
+                    "e.g. channels: [wechat, sms]",
+                );
             }
         }
-        let template = self.req(&f, "template", node, "the follow-up").and_then(|n| self.ident(n, "template id"));
-        let after = Self::opt(&f, "after").and_then(|n| self.duration(n)).unwrap_or(Duration::ZERO);
+        let template = self
+            .req(&f, "template", node, "the follow-up")
+            .and_then(|n| self.ident(n, "template id"));
+        let after = Self::opt(&f, "after")
+            .and_then(|n| self.duration(n))
+            .unwrap_or(Duration::ZERO);
         let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
-        let urgent = Self::opt(&f, "urgent").and_then(|n| self.boolean(n, "urgent")).unwrap_or(false);
-        Some(FollowUpSpec { id, channels, template: template?, after, at, urgent })
+        let urgent = Self::opt(&f, "urgent")
+            .and_then(|n| self.boolean(n, "urgent"))
+            .unwrap_or(false);
+        Some(FollowUpSpec {
+            id,
+            channels,
+            template: template?,
+            after,
+            at,
+            urgent,
+        })
     }
 
     fn scale_name(&mut self, node: &Node) -> Option<String> {
         let s = self.string(node, "a scale")?;
         if !catalog::SCALES.contains(&s.as_str()) {
-            self.err(Code::UnknownScale, node.pos, format!("unknown scale `{s}`"), suggest(&s, catalog::SCALES));
+            self.err(
+                Code::UnknownScale,
+                node.pos,
+                format!("unknown scale `{s}`"),
+                suggest(&s, catalog::SCALES),
+            );
             return None;
         }
         Some(s)
@@ -687,16 +1111,29 @@ impl<'a> Lowerer<'a> {
     fn observation(&mut self, node: &Node) -> Option<String> {
         let s = self.string(node, "an observation kind")?;
         if !catalog::is_observation(&s) {
-            self.err(Code::UnknownObservation, node.pos, format!("unknown observation kind `{s}`"), suggest(&s, &catalog::observation_names()));
+            self.err(
+                Code::UnknownObservation,
+                node.pos,
+                format!("unknown observation kind `{s}`"),
+                suggest(&s, &catalog::observation_names()),
+            );
             return None;
         }
         Some(s)
     }
 
     fn scale_push(&mut self, node: &Node) -> Option<ScalePushSpec> {
-        let f = self.fields(node, "a scale push", &["scale", "due", "reminders", "expires"])?;
-        let scale = self.req(&f, "scale", node, "the scale push").and_then(|n| self.scale_name(n));
-        let due = self.req(&f, "due", node, "the scale push").and_then(|n| self.duration(n));
+        let f = self.fields(
+            node,
+            "a scale push",
+            &["scale", "due", "reminders", "expires"],
+        )?;
+        let scale = self
+            .req(&f, "scale", node, "the scale push")
+            .and_then(|n| self.scale_name(n));
+        let due = self
+            .req(&f, "due", node, "the scale push")
+            .and_then(|n| self.duration(n));
         let mut reminders = Vec::new();
         if let Some(n) = Self::opt(&f, "reminders") {
             for r in self.list(n, "reminders") {
@@ -706,21 +1143,39 @@ impl<'a> Lowerer<'a> {
             }
         }
         let expires = Self::opt(&f, "expires").and_then(|n| self.duration(n));
-        Some(ScalePushSpec { scale: scale?, due: due?, reminders, expires })
+        Some(ScalePushSpec {
+            scale: scale?,
+            due: due?,
+            reminders,
+            expires,
+        })
     }
 
     fn bands(&mut self, node: &Node) -> Vec<(String, f64)> {
         let Value::Map(entries) = &node.value else {
-            self.err(Code::WrongType, node.pos, "bands must be a mapping of band name to lower bound", "e.g. bands: { low: 0, high: 0.3 }");
+            self.err(
+                Code::WrongType,
+                node.pos,
+                "bands must be a mapping of band name to lower bound",
+                "e.g. bands: { low: 0, high: 0.3 }",
+            );
             return Vec::new();
         };
         let mut out: Vec<(String, f64)> = Vec::new();
         for (k, v) in entries {
-            if let (Some(name), Some(lower)) = (self.ident(k, "band name"), self.float(v, "a band's lower bound")) {
-                if let Some((_, prev)) = out.last() {
-                    if lower <= *prev {
-                        self.err(Code::InvalidValue, v.pos, "band lower bounds must increase", "list bands from lowest to highest");
-                    }
+            if let (Some(name), Some(lower)) = (
+                self.ident(k, "band name"),
+                self.float(v, "a band's lower bound"),
+            ) {
+                if let Some((_, prev)) = out.last()
+                    && lower <= *prev
+                {
+                    self.err(
+                        Code::InvalidValue,
+                        v.pos,
+                        "band lower bounds must increase",
+                        "list bands from lowest to highest",
+                    );
                 }
                 out.push((name, lower));
             }
@@ -729,117 +1184,309 @@ impl<'a> Lowerer<'a> {
     }
 
     fn risk(&mut self, node: &Node) -> Option<RiskSpec> {
-        let f = self.fields(node, "a risk prediction", &["id", "model", "intercept", "terms", "formula", "bands"])?;
-        let id = self.req(&f, "id", node, "the risk prediction").and_then(|n| self.action_id(n));
-        let kind = self.req(&f, "model", node, "the risk prediction").and_then(|n| self.choice(n, "risk model", &[("lace", 0), ("logistic", 1), ("formula", 2)]));
+        let f = self.fields(
+            node,
+            "a risk prediction",
+            &["id", "model", "intercept", "terms", "formula", "bands"],
+        )?;
+        let id = self
+            .req(&f, "id", node, "the risk prediction")
+            .and_then(|n| self.action_id(n));
+        let kind = self
+            .req(&f, "model", node, "the risk prediction")
+            .and_then(|n| {
+                self.choice(
+                    n,
+                    "risk model",
+                    &[("lace", 0), ("logistic", 1), ("formula", 2)],
+                )
+            });
         let model = match kind? {
             0 => RiskModel::Lace,
             1 => {
-                let intercept = self.req(&f, "intercept", node, "a logistic model").and_then(|n| self.float(n, "intercept"));
+                let intercept = self
+                    .req(&f, "intercept", node, "a logistic model")
+                    .and_then(|n| self.float(n, "intercept"));
                 let mut terms = Vec::new();
                 if let Some(n) = self.req(&f, "terms", node, "a logistic model") {
                     for t in self.list(n, "terms") {
-                        let Some(tf) = self.fields(t, "a term", &["name", "expr", "coef"]) else { continue };
-                        let name = self.req(&tf, "name", t, "the term").and_then(|n| self.ident(n, "term name"));
-                        let expr = self.req(&tf, "expr", t, "the term").and_then(|n| self.expr(n, Purpose::Value));
-                        let coef = self.req(&tf, "coef", t, "the term").and_then(|n| self.float(n, "coefficient"));
+                        let Some(tf) = self.fields(t, "a term", &["name", "expr", "coef"]) else {
+                            continue;
+                        };
+                        let name = self
+                            .req(&tf, "name", t, "the term")
+                            .and_then(|n| self.ident(n, "term name"));
+                        let expr = self
+                            .req(&tf, "expr", t, "the term")
+                            .and_then(|n| self.expr(n, Purpose::Value));
+                        let coef = self
+                            .req(&tf, "coef", t, "the term")
+                            .and_then(|n| self.float(n, "coefficient"));
                         if let (Some(name), Some(expr), Some(coef)) = (name, expr, coef) {
                             terms.push(RiskTerm { name, expr, coef });
                         }
                     }
                 }
-                RiskModel::Logistic { intercept: intercept?, terms }
+                RiskModel::Logistic {
+                    intercept: intercept?,
+                    terms,
+                }
             }
-            _ => RiskModel::Formula(self.req(&f, "formula", node, "a formula model").and_then(|n| self.expr(n, Purpose::Value))?),
+            _ => RiskModel::Formula(
+                self.req(&f, "formula", node, "a formula model")
+                    .and_then(|n| self.expr(n, Purpose::Value))?,
+            ),
         };
         let bands = match Self::opt(&f, "bands") {
             Some(n) => self.bands(n),
-            None if model == RiskModel::Lace => vec![("low".into(), 0.0), ("moderate".into(), 5.0), ("high".into(), 10.0)],
+            None if model == RiskModel::Lace => vec![
+                ("low".into(), 0.0),
+                ("moderate".into(), 5.0),
+                ("high".into(), 10.0),
+            ],
             None => {
-                self.err(Code::MissingKey, node.pos, "this risk model needs `bands`", "e.g. bands: { low: 0, high: 0.3 }");
+                self.err(
+                    Code::MissingKey,
+                    node.pos,
+                    "this risk model needs `bands`",
+                    "e.g. bands: { low: 0, high: 0.3 }",
+                );
                 Vec::new()
             }
         };
-        Some(RiskSpec { id: id?, model, bands })
+        Some(RiskSpec {
+            id: id?,
+            model,
+            bands,
+        })
     }
 
     fn alarm(&mut self, node: &Node) -> Option<AlarmSpec> {
-        let f = self.fields(node, "an alarm rule", &["id", "when", "count", "within", "scope", "task"])?;
-        let id = self.req(&f, "id", node, "the alarm rule").and_then(|n| self.action_id(n));
-        let when = self.req(&f, "when", node, "the alarm rule").and_then(|n| self.expr(n, Purpose::Reading));
-        let count = Self::opt(&f, "count").and_then(|n| self.uint(n, "count")).unwrap_or(1);
+        let f = self.fields(
+            node,
+            "an alarm rule",
+            &["id", "when", "count", "within", "scope", "task"],
+        )?;
+        let id = self
+            .req(&f, "id", node, "the alarm rule")
+            .and_then(|n| self.action_id(n));
+        let when = self
+            .req(&f, "when", node, "the alarm rule")
+            .and_then(|n| self.expr(n, Purpose::Reading));
+        let count = Self::opt(&f, "count")
+            .and_then(|n| self.uint(n, "count"))
+            .unwrap_or(1);
         if count == 0 {
-            self.err(Code::InvalidValue, f["count"].1.pos, "count must be 1 or more", "");
+            self.err(
+                Code::InvalidValue,
+                f["count"].1.pos,
+                "count must be 1 or more",
+                "",
+            );
         }
-        let within = Self::opt(&f, "within").and_then(|n| self.duration(n)).unwrap_or(Duration::days(1));
+        let within = Self::opt(&f, "within")
+            .and_then(|n| self.duration(n))
+            .unwrap_or(Duration::days(1));
         let scope = Self::opt(&f, "scope")
-            .and_then(|n| self.choice(n, "alarm scope", &[("state", AlarmScope::State), ("enrolment", AlarmScope::Enrolment)]))
+            .and_then(|n| {
+                self.choice(
+                    n,
+                    "alarm scope",
+                    &[
+                        ("state", AlarmScope::State),
+                        ("enrolment", AlarmScope::Enrolment),
+                    ],
+                )
+            })
             .unwrap_or(AlarmScope::State);
-        let task = self.req(&f, "task", node, "the alarm rule").and_then(|n| self.task(n));
-        Some(AlarmSpec { id: id?, when: when?, count: count.max(1), within, scope, task: task? })
+        let task = self
+            .req(&f, "task", node, "the alarm rule")
+            .and_then(|n| self.task(n));
+        Some(AlarmSpec {
+            id: id?,
+            when: when?,
+            count: count.max(1),
+            within,
+            scope,
+            task: task?,
+        })
     }
 
     fn referral(&mut self, node: &Node) -> Option<ReferralSpec> {
-        let f = self.fields(node, "a referral", &["direction", "to", "reason", "accept_within"])?;
-        let direction = self.req(&f, "direction", node, "the referral").and_then(|n| self.choice(n, "direction", &[("up", Direction::Up), ("down", Direction::Down)]));
-        let to = self.req(&f, "to", node, "the referral").and_then(|n| self.choice(n, "institution kind", &InstitutionKind::ALL));
+        let f = self.fields(
+            node,
+            "a referral",
+            &["direction", "to", "reason", "accept_within"],
+        )?;
+        let direction = self
+            .req(&f, "direction", node, "the referral")
+            .and_then(|n| {
+                self.choice(
+                    n,
+                    "direction",
+                    &[("up", Direction::Up), ("down", Direction::Down)],
+                )
+            });
+        let to = self
+            .req(&f, "to", node, "the referral")
+            .and_then(|n| self.choice(n, "institution kind", &InstitutionKind::ALL));
         let reason = Self::opt(&f, "reason").and_then(|n| self.text(n, "reason"));
-        let accept_within = Self::opt(&f, "accept_within").and_then(|n| self.duration(n)).unwrap_or(Duration::hours(24));
-        Some(ReferralSpec { direction: direction?, to: to?, reason, accept_within })
+        let accept_within = Self::opt(&f, "accept_within")
+            .and_then(|n| self.duration(n))
+            .unwrap_or(Duration::hours(24));
+        Some(ReferralSpec {
+            direction: direction?,
+            to: to?,
+            reason,
+            accept_within,
+        })
     }
 
     fn goal(&mut self, node: &Node) -> Option<Goal> {
-        let f = self.fields(node, "a goal", &["id", "title", "observation", "reading", "at_least", "days_logged", "over"])?;
-        let id = self.req(&f, "id", node, "the goal").and_then(|n| self.action_id(n));
-        let title = self.req(&f, "title", node, "the goal").and_then(|n| self.text(n, "title"));
-        let observation = self.req(&f, "observation", node, "the goal").and_then(|n| self.observation(n));
-        let over = self.req(&f, "over", node, "the goal").and_then(|n| self.duration(n));
+        let f = self.fields(
+            node,
+            "a goal",
+            &[
+                "id",
+                "title",
+                "observation",
+                "reading",
+                "at_least",
+                "days_logged",
+                "over",
+            ],
+        )?;
+        let id = self
+            .req(&f, "id", node, "the goal")
+            .and_then(|n| self.action_id(n));
+        let title = self
+            .req(&f, "title", node, "the goal")
+            .and_then(|n| self.text(n, "title"));
+        let observation = self
+            .req(&f, "observation", node, "the goal")
+            .and_then(|n| self.observation(n));
+        let over = self
+            .req(&f, "over", node, "the goal")
+            .and_then(|n| self.duration(n));
         let measure = match (Self::opt(&f, "reading"), Self::opt(&f, "days_logged")) {
             (Some(r), None) => {
                 let reading = self.expr(r, Purpose::GoalReading);
-                let at_least = self.req(&f, "at_least", node, "a share-of-readings goal").and_then(|n| self.float(n, "at_least"));
-                if let Some(share) = at_least {
-                    if !(0.0..=1.0).contains(&share) {
-                        self.err(Code::InvalidValue, f["at_least"].1.pos, "at_least is a share between 0 and 1", "write 0.8 for 80 %");
-                    }
+                let at_least = self
+                    .req(&f, "at_least", node, "a share-of-readings goal")
+                    .and_then(|n| self.float(n, "at_least"));
+                if let Some(share) = at_least
+                    && !(0.0..=1.0).contains(&share)
+                {
+                    self.err(
+                        Code::InvalidValue,
+                        f["at_least"].1.pos,
+                        "at_least is a share between 0 and 1",
+                        "write 0.8 for 80 %",
+                    );
                 }
-                GoalMeasure::ShareOfReadings { reading: reading?, at_least: at_least?, over: over? }
+                GoalMeasure::ShareOfReadings {
+                    reading: reading?,
+                    at_least: at_least?,
+                    over: over?,
+                }
             }
-            (None, Some(d)) => GoalMeasure::DaysLogged { days: self.uint(d, "days_logged")?, over: over? },
+            (None, Some(d)) => GoalMeasure::DaysLogged {
+                days: self.uint(d, "days_logged")?,
+                over: over?,
+            },
             _ => {
-                self.err(Code::MissingKey, node.pos, "a goal is measured by `reading` + `at_least`, or by `days_logged`", "see Goals in docs/pathway-language.md");
+                self.err(
+                    Code::MissingKey,
+                    node.pos,
+                    "a goal is measured by `reading` + `at_least`, or by `days_logged`",
+                    "see Goals in docs/pathway-language.md",
+                );
                 return None;
             }
         };
-        Some(Goal { id: id?, title: title?, observation: observation?, measure })
+        Some(Goal {
+            id: id?,
+            title: title?,
+            observation: observation?,
+            measure,
+        })
     }
 
     fn indicator(&mut self, node: &Node) -> Option<Indicator> {
-        let f = self.fields(node, "an indicator", &["id", "title", "numerator", "denominator", "period", "target"])?;
-        let id = self.req(&f, "id", node, "the indicator").and_then(|n| self.ident(n, "indicator id"));
-        let title = self.req(&f, "title", node, "the indicator").and_then(|n| self.text(n, "title"));
-        let numerator = self.req(&f, "numerator", node, "the indicator").and_then(|n| self.string(n, "numerator"));
-        let denominator = self.req(&f, "denominator", node, "the indicator").and_then(|n| self.string(n, "denominator"));
+        let f = self.fields(
+            node,
+            "an indicator",
+            &[
+                "id",
+                "title",
+                "numerator",
+                "denominator",
+                "period",
+                "target",
+            ],
+        )?;
+        let id = self
+            .req(&f, "id", node, "the indicator")
+            .and_then(|n| self.ident(n, "indicator id"));
+        let title = self
+            .req(&f, "title", node, "the indicator")
+            .and_then(|n| self.text(n, "title"));
+        let numerator = self
+            .req(&f, "numerator", node, "the indicator")
+            .and_then(|n| self.string(n, "numerator"));
+        let denominator = self
+            .req(&f, "denominator", node, "the indicator")
+            .and_then(|n| self.string(n, "denominator"));
         let period = Self::opt(&f, "period")
-            .and_then(|n| self.choice(n, "period", &[("week", Period::Week), ("month", Period::Month), ("quarter", Period::Quarter), ("year", Period::Year)]))
+            .and_then(|n| {
+                self.choice(
+                    n,
+                    "period",
+                    &[
+                        ("week", Period::Week),
+                        ("month", Period::Month),
+                        ("quarter", Period::Quarter),
+                        ("year", Period::Year),
+                    ],
+                )
+            })
             .unwrap_or(Period::Month);
         let target = Self::opt(&f, "target").and_then(|n| self.float(n, "target"));
-        Some(Indicator { id: id?, title: title?, numerator: numerator?, denominator: denominator?, period, target })
+        Some(Indicator {
+            id: id?,
+            title: title?,
+            numerator: numerator?,
+            denominator: denominator?,
+            period,
+            target,
+        })
     }
 
     fn set(&mut self, node: &Node) -> Option<Vec<(String, Expr)>> {
         let Value::Map(entries) = &node.value else {
-            self.err(Code::WrongType, node.pos, "`set` must be a mapping of variable to expression", "");
+            self.err(
+                Code::WrongType,
+                node.pos,
+                "`set` must be a mapping of variable to expression",
+                "",
+            );
             return None;
         };
         let mut out = Vec::new();
         for (k, v) in entries {
             let name = self.string(k, "a variable");
             if let Some(dup) = name.as_ref().filter(|n| out.iter().any(|(o, _)| o == *n)) {
-                self.err(Code::DuplicateKey, k.pos, format!("`{dup}` is set twice"), "keep one");
+                self.err(
+                    Code::DuplicateKey,
+                    k.pos,
+                    format!("`{dup}` is set twice"),
+                    "keep one",
+                );
                 continue;
             }
-            let (Some(name), Some(expr)) = (name, self.expr(v, Purpose::Value)) else { continue };
+            let (Some(name), Some(expr)) = (name, self.expr(v, Purpose::Value)) else {
+                continue;
+            };
             self.map.assignments.push((name.clone(), self.loc(k.pos)));
             out.push((name, expr));
         }
@@ -849,29 +1496,47 @@ impl<'a> Lowerer<'a> {
     // ---- fragments -------------------------------------------------------------------------
 
     fn include(&mut self, node: &Node, states: &mut Vec<State>) {
-        let Some(f) = self.fields(node, "an include", &["fragment", "prefix", "exits"]) else { return };
-        let Some(path_node) = self.req(&f, "fragment", node, "the include") else { return };
-        let Some(rel) = self.string(path_node, "a fragment path") else { return };
-        let prefix = Self::opt(&f, "prefix").and_then(|n| self.string(n, "prefix")).unwrap_or_default();
+        let Some(f) = self.fields(node, "an include", &["fragment", "prefix", "exits"]) else {
+            return;
+        };
+        let Some(path_node) = self.req(&f, "fragment", node, "the include") else {
+            return;
+        };
+        let Some(rel) = self.string(path_node, "a fragment path") else {
+            return;
+        };
+        let prefix = Self::opt(&f, "prefix")
+            .and_then(|n| self.string(n, "prefix"))
+            .unwrap_or_default();
         let mut exits = HashMap::new();
-        if let Some(n) = Self::opt(&f, "exits") {
-            if let Value::Map(entries) = &n.value {
-                for (k, v) in entries {
-                    if let (Some(k), Some(v)) = (k.as_str(), self.string(v, "a state")) {
-                        exits.insert(k.to_string(), v);
-                    }
+        if let Some(n) = Self::opt(&f, "exits")
+            && let Value::Map(entries) = &n.value
+        {
+            for (k, v) in entries {
+                if let (Some(k), Some(v)) = (k.as_str(), self.string(v, "a state")) {
+                    exits.insert(k.to_string(), v);
                 }
             }
         }
         if self.depth >= 4 {
-            self.err(Code::Fragment, path_node.pos, "fragments nest more than 4 deep", "a fragment may not include itself");
+            self.err(
+                Code::Fragment,
+                path_node.pos,
+                "fragments nest more than 4 deep",
+                "a fragment may not include itself",
+            );
             return;
         }
         let path = self.base_dir.join(&rel);
         let bytes = match self.loader.load(&path) {
             Ok(b) => b,
             Err(e) => {
-                self.err(Code::Fragment, path_node.pos, format!("cannot read fragment `{rel}`: {e}"), "the path is relative to the pathway file");
+                self.err(
+                    Code::Fragment,
+                    path_node.pos,
+                    format!("cannot read fragment `{rel}`: {e}"),
+                    "the path is relative to the pathway file",
+                );
                 return;
             }
         };
@@ -885,27 +1550,58 @@ impl<'a> Lowerer<'a> {
         };
         let saved_file = std::mem::replace(&mut self.file, file);
         let saved_frag = self.fragment.take();
+        let saved_exact = std::mem::replace(&mut self.exact_exprs, true);
         self.depth += 1;
         let declared = self.fragment_states(&root, &prefix, exits.clone(), states);
         self.depth -= 1;
+        self.exact_exprs = saved_exact;
         self.fragment = saved_frag;
         self.file = saved_file;
         if let Some(declared) = declared {
             for exit in &declared {
                 if !exits.contains_key(exit) {
-                    self.err(Code::Fragment, node.pos, format!("the include does not map the fragment's exit `{exit}`"), format!("add `exits: {{ {exit}: <state> }}`"));
+                    self.err(
+                        Code::Fragment,
+                        node.pos,
+                        format!("the include does not map the fragment's exit `{exit}`"),
+                        format!("add `exits: {{ {exit}: <state> }}`"),
+                    );
                 }
             }
             for (k, _) in exits.iter().filter(|(k, _)| !declared.contains(k)) {
-                self.err(Code::Fragment, node.pos, format!("the fragment has no exit `{k}`"), format!("its exits: {}", declared.join(", ")));
+                self.err(
+                    Code::Fragment,
+                    node.pos,
+                    format!("the fragment has no exit `{k}`"),
+                    format!("its exits: {}", declared.join(", ")),
+                );
             }
         }
     }
 
     /// Lowers a fragment file's states into `states`; returns its declared exits.
-    pub fn fragment_states(&mut self, root: &Node, prefix: &str, exits: HashMap<String, String>, states: &mut Vec<State>) -> Option<Vec<String>> {
-        let f = self.fields(root, "the fragment", &["fragment", "title", "description", "exits", "roles", "entry", "states"])?;
-        self.req(&f, "fragment", root, "the fragment").and_then(|n| self.ident(n, "fragment id"));
+    pub fn fragment_states(
+        &mut self,
+        root: &Node,
+        prefix: &str,
+        exits: HashMap<String, String>,
+        states: &mut Vec<State>,
+    ) -> Option<Vec<String>> {
+        let f = self.fields(
+            root,
+            "the fragment",
+            &[
+                "fragment",
+                "title",
+                "description",
+                "exits",
+                "roles",
+                "entry",
+                "states",
+            ],
+        )?;
+        self.req(&f, "fragment", root, "the fragment")
+            .and_then(|n| self.ident(n, "fragment id"));
         if let Some(n) = Self::opt(&f, "title") {
             self.text(n, "title");
         }
@@ -922,8 +1618,13 @@ impl<'a> Lowerer<'a> {
                 self.role_ref(r);
             }
         }
-        let entry = Self::opt(&f, "entry").and_then(|n| self.string(n, "entry state").map(|s| (s, n.pos)));
-        self.fragment = Some(FragmentCtx { prefix: prefix.to_string(), exits, declared_exits: declared.clone() });
+        let entry =
+            Self::opt(&f, "entry").and_then(|n| self.string(n, "entry state").map(|s| (s, n.pos)));
+        self.fragment = Some(FragmentCtx {
+            prefix: prefix.to_string(),
+            exits,
+            declared_exits: declared.clone(),
+        });
         let first = states.len();
         if let Some(n) = self.req(&f, "states", root, "the fragment") {
             for item in self.list(n, "states") {
@@ -935,7 +1636,12 @@ impl<'a> Lowerer<'a> {
         if let Some((entry, pos)) = entry {
             let full = format!("{prefix}{entry}");
             if !states[first..].iter().any(|s| s.id == full) {
-                self.err(Code::UnknownState, pos, format!("fragment entry `{entry}` is not one of its states"), "");
+                self.err(
+                    Code::UnknownState,
+                    pos,
+                    format!("fragment entry `{entry}` is not one of its states"),
+                    "",
+                );
             }
         }
         Some(declared)

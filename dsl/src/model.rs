@@ -16,7 +16,10 @@ pub struct Text {
 
 impl Text {
     pub fn both(s: &str) -> Text {
-        Text { zh: s.to_string(), en: s.to_string() }
+        Text {
+            zh: s.to_string(),
+            en: s.to_string(),
+        }
     }
 }
 
@@ -55,7 +58,9 @@ impl Pathway {
 
     /// Every action of every state, with the state it belongs to.
     pub fn actions(&self) -> impl Iterator<Item = (&State, &Action)> {
-        self.states.iter().flat_map(|s| s.on_enter.iter().map(move |a| (s, a)))
+        self.states
+            .iter()
+            .flat_map(|s| s.on_enter.iter().map(move |a| (s, a)))
     }
 }
 
@@ -128,7 +133,11 @@ impl Phase {
     ];
 
     pub fn as_str(self) -> &'static str {
-        Phase::ALL.iter().find(|(_, p)| *p == self).map(|(s, _)| *s).unwrap_or("closed")
+        Phase::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("closed")
     }
 
     /// Colour used for graphs, one per phase of the course of care.
@@ -195,11 +204,19 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [(&'static str, Priority); 4] =
-        [("low", Priority::Low), ("normal", Priority::Normal), ("high", Priority::High), ("urgent", Priority::Urgent)];
+    pub const ALL: [(&'static str, Priority); 4] = [
+        ("low", Priority::Low),
+        ("normal", Priority::Normal),
+        ("high", Priority::High),
+        ("urgent", Priority::Urgent),
+    ];
 
     pub fn as_str(self) -> &'static str {
-        Priority::ALL.iter().find(|(_, p)| *p == self).map(|(s, _)| *s).unwrap_or("normal")
+        Priority::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("normal")
     }
 }
 
@@ -232,11 +249,19 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [(&'static str, Channel); 4] =
-        [("wechat", Channel::Wechat), ("sms", Channel::Sms), ("phone", Channel::Phone), ("email", Channel::Email)];
+    pub const ALL: [(&'static str, Channel); 4] = [
+        ("wechat", Channel::Wechat),
+        ("sms", Channel::Sms),
+        ("phone", Channel::Phone),
+        ("email", Channel::Email),
+    ];
 
     pub fn as_str(self) -> &'static str {
-        Channel::ALL.iter().find(|(_, c)| *c == self).map(|(s, _)| *s).unwrap_or("sms")
+        Channel::ALL
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("sms")
     }
 }
 
@@ -271,7 +296,10 @@ pub struct RiskSpec {
 pub enum RiskModel {
     /// The LACE readmission index (length of stay, acuity, comorbidity, emergency visits).
     Lace,
-    Logistic { intercept: f64, terms: Vec<RiskTerm> },
+    Logistic {
+        intercept: f64,
+        terms: Vec<RiskTerm>,
+    },
     Formula(Expr),
 }
 
@@ -324,7 +352,11 @@ impl InstitutionKind {
     ];
 
     pub fn as_str(self) -> &'static str {
-        InstitutionKind::ALL.iter().find(|(_, k)| *k == self).map(|(s, _)| *s).unwrap_or("lead_hospital")
+        InstitutionKind::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("lead_hospital")
     }
 }
 
@@ -347,8 +379,15 @@ pub struct Goal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GoalMeasure {
-    ShareOfReadings { reading: Expr, at_least: f64, over: Duration },
-    DaysLogged { days: u32, over: Duration },
+    ShareOfReadings {
+        reading: Expr,
+        at_least: f64,
+        over: Duration,
+    },
+    DaysLogged {
+        days: u32,
+        over: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,7 +423,10 @@ pub enum Trigger {
     /// No trigger: taken as soon as the guard (if any) holds.
     Immediate,
     Event(String),
-    After { after: Duration, at: Option<LocalTime> },
+    After {
+        after: Duration,
+        at: Option<LocalTime>,
+    },
     At(LocalTime),
 }
 
@@ -424,18 +466,30 @@ pub struct Duration {
 }
 
 impl Duration {
-    pub const ZERO: Duration = Duration { amount: 0, unit: DurationUnit::Minutes };
+    pub const ZERO: Duration = Duration {
+        amount: 0,
+        unit: DurationUnit::Minutes,
+    };
 
     pub fn minutes(amount: u32) -> Duration {
-        Duration { amount, unit: DurationUnit::Minutes }
+        Duration {
+            amount,
+            unit: DurationUnit::Minutes,
+        }
     }
 
     pub fn hours(amount: u32) -> Duration {
-        Duration { amount, unit: DurationUnit::Hours }
+        Duration {
+            amount,
+            unit: DurationUnit::Hours,
+        }
     }
 
     pub fn days(amount: u32) -> Duration {
-        Duration { amount, unit: DurationUnit::Days }
+        Duration {
+            amount,
+            unit: DurationUnit::Days,
+        }
     }
 
     /// Whole calendar days, if the duration is written in days or weeks.
@@ -461,23 +515,37 @@ impl Duration {
     pub fn parse(s: &str) -> Result<Duration, String> {
         let s = s.trim();
         if s.starts_with('-') {
-            return Err(format!("`{s}` is negative; durations count forward from an event"));
+            return Err(format!(
+                "`{s}` is negative; durations count forward from an event"
+            ));
         }
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         if num.is_empty() {
-            return Err(format!("`{s}` has no number; write e.g. `30m`, `24h`, `7d`, `6w`"));
+            return Err(format!(
+                "`{s}` has no number; write e.g. `30m`, `24h`, `7d`, `6w`"
+            ));
         }
         let unit = match unit.trim() {
             "m" | "min" => DurationUnit::Minutes,
             "h" => DurationUnit::Hours,
             "d" => DurationUnit::Days,
             "w" => DurationUnit::Weeks,
-            "" => return Err(format!("`{s}` has no unit; write e.g. `{num}d` for days or `{num}h` for hours")),
-            other if other.starts_with('.') => {
-                return Err(format!("`{s}` is fractional; use a smaller unit, e.g. `36h` instead of `1.5d`"));
+            "" => {
+                return Err(format!(
+                    "`{s}` has no unit; write e.g. `{num}d` for days or `{num}h` for hours"
+                ));
             }
-            other => return Err(format!("`{other}` is not a duration unit; use m, h, d or w")),
+            other if other.starts_with('.') => {
+                return Err(format!(
+                    "`{s}` is fractional; use a smaller unit, e.g. `36h` instead of `1.5d`"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{other}` is not a duration unit; use m, h, d or w"
+                ));
+            }
         };
         let amount: u32 = num.parse().map_err(|_| format!("`{s}` is too large"))?;
         if amount > 3_660 && unit != DurationUnit::Minutes && unit != DurationUnit::Hours {
@@ -544,7 +612,10 @@ mod tests {
 
     #[test]
     fn times_of_day() {
-        assert_eq!(LocalTime::parse("09:00").unwrap(), LocalTime { hour: 9, minute: 0 });
+        assert_eq!(
+            LocalTime::parse("09:00").unwrap(),
+            LocalTime { hour: 9, minute: 0 }
+        );
         assert_eq!(LocalTime::parse("9:05").unwrap().to_string(), "09:05");
         for bad in ["24:00", "09:60", "0900", "9:0", ""] {
             assert!(LocalTime::parse(bad).is_err(), "{bad} should be refused");

@@ -17,7 +17,11 @@ const AT: &str = "__at";
 
 fn at(ctx: &NativeCallContext) -> Dynamic {
     let p = ctx.call_position();
-    Dynamic::from(format!("{}:{}", p.line().unwrap_or(1), p.position().unwrap_or(1)))
+    Dynamic::from(format!(
+        "{}:{}",
+        p.line().unwrap_or(1),
+        p.position().unwrap_or(1)
+    ))
 }
 
 fn map(ctx: &NativeCallContext, entries: Vec<(&str, Dynamic)>) -> Map {
@@ -37,7 +41,9 @@ fn text(zh: &str, en: &str) -> Dynamic {
 }
 
 fn push(target: &mut Map, key: &str, value: Dynamic) {
-    let entry = target.entry(key.into()).or_insert_with(|| Dynamic::from_array(Array::new()));
+    let entry = target
+        .entry(key.into())
+        .or_insert_with(|| Dynamic::from_array(Array::new()));
     if let Some(mut arr) = entry.write_lock::<Array>() {
         arr.push(value);
         return;
@@ -63,43 +69,77 @@ pub fn builder_engine() -> Engine {
     e.set_max_functions(256);
     e.disable_symbol("eval");
 
-    e.register_fn("pathway", |ctx: NativeCallContext, id: &str, version: i64, zh: &str, en: &str| -> Map {
+    e.register_fn(
+        "pathway",
+        |ctx: NativeCallContext, id: &str, version: i64, zh: &str, en: &str| -> Map {
+            map(
+                &ctx,
+                vec![
+                    ("pathway", id.into()),
+                    ("version", version.into()),
+                    ("title", text(zh, en)),
+                    ("roles", Dynamic::from_array(Array::new())),
+                    ("entry_points", Dynamic::from_array(Array::new())),
+                    ("states", Dynamic::from_array(Array::new())),
+                ],
+            )
+        },
+    );
+    e.register_fn(
+        "state",
+        |ctx: NativeCallContext, id: &str, phase: &str| -> Map {
+            map(&ctx, vec![("id", id.into()), ("phase", phase.into())])
+        },
+    );
+    e.register_fn("terminal", |ctx: NativeCallContext, id: &str| -> Map {
         map(
             &ctx,
             vec![
-                ("pathway", id.into()),
-                ("version", version.into()),
-                ("title", text(zh, en)),
-                ("roles", Dynamic::from_array(Array::new())),
-                ("entry_points", Dynamic::from_array(Array::new())),
-                ("states", Dynamic::from_array(Array::new())),
+                ("id", id.into()),
+                ("phase", "closed".into()),
+                ("terminal", true.into()),
             ],
         )
     });
-    e.register_fn("state", |ctx: NativeCallContext, id: &str, phase: &str| -> Map {
-        map(&ctx, vec![("id", id.into()), ("phase", phase.into())])
+    e.register_fn(
+        "entry",
+        |ctx: NativeCallContext, p: &mut Map, id: &str, state: &str| {
+            let ep = map(&ctx, vec![("id", id.into()), ("state", state.into())]);
+            push(p, "entry_points", Dynamic::from_map(ep));
+        },
+    );
+    e.register_fn(
+        "variable",
+        |ctx: NativeCallContext, p: &mut Map, name: &str, ty: &str, default: Dynamic| {
+            let var = map(&ctx, vec![("type", ty.into()), ("default", default)]);
+            let vars = p
+                .entry("variables".into())
+                .or_insert_with(|| Dynamic::from_map(Map::new()));
+            if let Some(mut m) = vars.write_lock::<Map>() {
+                m.insert(name.into(), Dynamic::from_map(var));
+            }
+        },
+    );
+    e.register_fn("add", |p: &mut Map, state: Map| {
+        push(p, "states", Dynamic::from_map(state))
     });
-    e.register_fn("terminal", |ctx: NativeCallContext, id: &str| -> Map {
-        map(&ctx, vec![("id", id.into()), ("phase", "closed".into()), ("terminal", true.into())])
+    e.register_fn("enter", |s: &mut Map, a: Map| {
+        push(s, "on_enter", Dynamic::from_map(a))
     });
-    e.register_fn("entry", |ctx: NativeCallContext, p: &mut Map, id: &str, state: &str| {
-        let ep = map(&ctx, vec![("id", id.into()), ("state", state.into())]);
-        push(p, "entry_points", Dynamic::from_map(ep));
+    e.register_fn("transition", |s: &mut Map, t: Map| {
+        push(s, "transitions", Dynamic::from_map(t))
     });
-    e.register_fn("variable", |ctx: NativeCallContext, p: &mut Map, name: &str, ty: &str, default: Dynamic| {
-        let var = map(&ctx, vec![("type", ty.into()), ("default", default)]);
-        let vars = p.entry("variables".into()).or_insert_with(|| Dynamic::from_map(Map::new()));
-        if let Some(mut m) = vars.write_lock::<Map>() {
-            m.insert(name.into(), Dynamic::from_map(var));
-        }
-    });
-    e.register_fn("add", |p: &mut Map, state: Map| push(p, "states", Dynamic::from_map(state)));
-    e.register_fn("enter", |s: &mut Map, a: Map| push(s, "on_enter", Dynamic::from_map(a)));
-    e.register_fn("transition", |s: &mut Map, t: Map| push(s, "transitions", Dynamic::from_map(t)));
 
     e.register_fn(
         "task",
-        |ctx: NativeCallContext, id: &str, role: &str, zh: &str, en: &str, due: &str, priority: &str| -> Map {
+        |ctx: NativeCallContext,
+         id: &str,
+         role: &str,
+         zh: &str,
+         en: &str,
+         due: &str,
+         priority: &str|
+         -> Map {
             let mut body = Map::new();
             body.insert("id".into(), id.into());
             body.insert("role".into(), role.into());
@@ -109,49 +149,85 @@ pub fn builder_engine() -> Engine {
             action(&ctx, "task", body)
         },
     );
-    e.register_fn("follow_up", |ctx: NativeCallContext, channels: Array, template: &str, after: &str, at_: &str| -> Map {
-        let mut body = Map::new();
-        body.insert("channels".into(), Dynamic::from_array(channels));
-        body.insert("template".into(), template.into());
-        body.insert("after".into(), after.into());
-        if !at_.is_empty() {
-            body.insert("at".into(), at_.into());
-        }
-        action(&ctx, "follow_up", body)
+    e.register_fn(
+        "follow_up",
+        |ctx: NativeCallContext, channels: Array, template: &str, after: &str, at_: &str| -> Map {
+            let mut body = Map::new();
+            body.insert("channels".into(), Dynamic::from_array(channels));
+            body.insert("template".into(), template.into());
+            body.insert("after".into(), after.into());
+            if !at_.is_empty() {
+                body.insert("at".into(), at_.into());
+            }
+            action(&ctx, "follow_up", body)
+        },
+    );
+    e.register_fn(
+        "scale_push",
+        |ctx: NativeCallContext, scale: &str, due: &str| -> Map {
+            let mut body = Map::new();
+            body.insert("scale".into(), scale.into());
+            body.insert("due".into(), due.into());
+            action(&ctx, "scale", body)
+        },
+    );
+    e.register_fn(
+        "note",
+        |ctx: NativeCallContext, zh: &str, en: &str| -> Map {
+            map(&ctx, vec![("note", text(zh, en))])
+        },
+    );
+    e.register_fn(
+        "on_event",
+        |ctx: NativeCallContext, event: &str, to: &str| -> Map {
+            map(&ctx, vec![("on", event.into()), ("to", to.into())])
+        },
+    );
+    e.register_fn(
+        "after",
+        |ctx: NativeCallContext, d: &str, to: &str| -> Map {
+            map(&ctx, vec![("after", d.into()), ("to", to.into())])
+        },
+    );
+    e.register_fn(
+        "at_time",
+        |ctx: NativeCallContext, t: &str, to: &str| -> Map {
+            map(&ctx, vec![("at", t.into()), ("to", to.into())])
+        },
+    );
+    e.register_fn(
+        "when",
+        |ctx: NativeCallContext, guard: &str, to: &str| -> Map {
+            map(&ctx, vec![("when", guard.into()), ("to", to.into())])
+        },
+    );
+    e.register_fn("always", |ctx: NativeCallContext, to: &str| -> Map {
+        map(&ctx, vec![("to", to.into())])
     });
-    e.register_fn("scale_push", |ctx: NativeCallContext, scale: &str, due: &str| -> Map {
-        let mut body = Map::new();
-        body.insert("scale".into(), scale.into());
-        body.insert("due".into(), due.into());
-        action(&ctx, "scale", body)
-    });
-    e.register_fn("note", |ctx: NativeCallContext, zh: &str, en: &str| -> Map {
-        map(&ctx, vec![("note", text(zh, en))])
-    });
-    e.register_fn("on_event", |ctx: NativeCallContext, event: &str, to: &str| -> Map {
-        map(&ctx, vec![("on", event.into()), ("to", to.into())])
-    });
-    e.register_fn("after", |ctx: NativeCallContext, d: &str, to: &str| -> Map {
-        map(&ctx, vec![("after", d.into()), ("to", to.into())])
-    });
-    e.register_fn("at_time", |ctx: NativeCallContext, t: &str, to: &str| -> Map {
-        map(&ctx, vec![("at", t.into()), ("to", to.into())])
-    });
-    e.register_fn("when", |ctx: NativeCallContext, guard: &str, to: &str| -> Map {
-        map(&ctx, vec![("when", guard.into()), ("to", to.into())])
-    });
-    e.register_fn("always", |ctx: NativeCallContext, to: &str| -> Map { map(&ctx, vec![("to", to.into())]) });
     e
 }
 
 /// Runs a pathway script and returns the tree its result describes.
 pub fn run(file: &str, bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
-    let fail = |pos: Pos, msg: String, hint: &str| Err(vec![Diagnostic::error(Code::Script, file, pos, msg, hint)]);
+    let fail = |pos: Pos, msg: String, hint: &str| {
+        Err(vec![Diagnostic::error(Code::Script, file, pos, msg, hint)])
+    };
     if bytes.len() > crate::yaml::Budget::default().max_bytes {
-        return fail(Pos::START, format!("file is {} bytes, larger than a pathway file may be", bytes.len()), "");
+        return fail(
+            Pos::START,
+            format!(
+                "file is {} bytes, larger than a pathway file may be",
+                bytes.len()
+            ),
+            "",
+        );
     }
     let Ok(src) = std::str::from_utf8(bytes) else {
-        return fail(Pos::START, "file is not valid UTF-8".into(), "save the file as UTF-8");
+        return fail(
+            Pos::START,
+            "file is not valid UTF-8".into(),
+            "save the file as UTF-8",
+        );
     };
     let engine = builder_engine();
     let result = engine.eval::<Dynamic>(src);
@@ -160,9 +236,13 @@ pub fn run(file: &str, bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
         Err(err) => {
             let pos = to_pos(err.position());
             let hint = match *err {
-                EvalAltResult::ErrorTooManyOperations(_) => "the script runs too long; a pathway script only builds the pathway, it should not loop",
+                EvalAltResult::ErrorTooManyOperations(_) => {
+                    "the script runs too long; a pathway script only builds the pathway, it should not loop"
+                }
                 EvalAltResult::ErrorStackOverflow(_) => "the script recurses too deeply",
-                EvalAltResult::ErrorFunctionNotFound(..) => "see the builder functions in docs/pathway-language.md",
+                EvalAltResult::ErrorFunctionNotFound(..) => {
+                    "see the builder functions in docs/pathway-language.md"
+                }
                 _ => "",
             };
             let msg = match &*err {
@@ -173,39 +253,69 @@ pub fn run(file: &str, bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
         }
     };
     if !value.is_map() {
-        return fail(Pos::START, format!("the script's last value must be the pathway map, found {}", value.type_name()), "end the script with the pathway variable, e.g. `p`");
+        return fail(
+            Pos::START,
+            format!(
+                "the script's last value must be the pathway map, found {}",
+                value.type_name()
+            ),
+            "end the script with the pathway variable, e.g. `p`",
+        );
     }
     Ok(to_node(&value, Pos::START, 0))
 }
 
 fn to_pos(p: Position) -> Pos {
-    Pos { line: p.line().unwrap_or(1) as u32, col: p.position().unwrap_or(1) as u32 }
+    Pos {
+        line: p.line().unwrap_or(1) as u32,
+        col: p.position().unwrap_or(1) as u32,
+    }
 }
 
 fn parse_at(d: &Dynamic) -> Option<Pos> {
     let s = d.clone().into_string().ok()?;
     let (l, c) = s.split_once(':')?;
-    Some(Pos { line: l.parse().ok()?, col: c.parse().ok()? })
+    Some(Pos {
+        line: l.parse().ok()?,
+        col: c.parse().ok()?,
+    })
 }
 
 fn to_node(d: &Dynamic, inherited: Pos, depth: usize) -> Node {
     if depth > 48 {
-        return Node { pos: inherited, value: Value::Null };
+        return Node {
+            pos: inherited,
+            value: Value::Null,
+        };
     }
     if let Some(m) = d.read_lock::<Map>() {
         let pos = m.get(AT).and_then(parse_at).unwrap_or(inherited);
         let entries = m
             .iter()
             .filter(|(k, _)| k.as_str() != AT)
-            .map(|(k, v)| (Node::scalar(pos, k.as_str(), false), to_node(v, pos, depth + 1)))
+            .map(|(k, v)| {
+                (
+                    Node::scalar(pos, k.as_str(), false),
+                    to_node(v, pos, depth + 1),
+                )
+            })
             .collect();
-        return Node { pos, value: Value::Map(entries) };
+        return Node {
+            pos,
+            value: Value::Map(entries),
+        };
     }
     if let Some(a) = d.read_lock::<Array>() {
-        return Node { pos: inherited, value: Value::Seq(a.iter().map(|v| to_node(v, inherited, depth + 1)).collect()) };
+        return Node {
+            pos: inherited,
+            value: Value::Seq(a.iter().map(|v| to_node(v, inherited, depth + 1)).collect()),
+        };
     }
     if d.is_unit() {
-        return Node { pos: inherited, value: Value::Null };
+        return Node {
+            pos: inherited,
+            value: Value::Null,
+        };
     }
     if d.is_string() {
         return Node::scalar(inherited, d.clone().into_string().unwrap_or_default(), true);
@@ -219,20 +329,36 @@ mod tests {
 
     #[test]
     fn runaway_scripts_end_in_errors() {
-        for src in ["loop {}", "fn f(x) { f(x + 1) } f(0)", "let s = \"x\"; loop { s += s; }", "let a = []; loop { a.push(1); }"] {
+        for src in [
+            "loop {}",
+            "fn f(x) { f(x + 1) } f(0)",
+            "let s = \"x\"; loop { s += s; }",
+            "let a = []; loop { a.push(1); }",
+        ] {
             let start = std::time::Instant::now();
             let err = run("p.rhai", src.as_bytes()).unwrap_err();
             assert_eq!(err[0].code, Code::Script, "{src}");
-            assert!(start.elapsed().as_secs() < 5, "{src} took {:?}", start.elapsed());
+            assert!(
+                start.elapsed().as_secs() < 5,
+                "{src} took {:?}",
+                start.elapsed()
+            );
         }
     }
 
     #[test]
     fn builder_calls_carry_their_position() {
         let node = run("p.rhai", b"let p = pathway(\"x\", 1, \"a\", \"b\");\n\nlet s = state(\"s\", \"follow_up\");\np.add(s);\np").unwrap();
-        let Value::Map(entries) = &node.value else { panic!() };
-        let states = entries.iter().find(|(k, _)| k.as_str() == Some("states")).unwrap();
-        let Value::Seq(items) = &states.1.value else { panic!() };
+        let Value::Map(entries) = &node.value else {
+            panic!()
+        };
+        let states = entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("states"))
+            .unwrap();
+        let Value::Seq(items) = &states.1.value else {
+            panic!()
+        };
         assert_eq!(items[0].pos.line, 3);
     }
 }

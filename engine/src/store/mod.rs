@@ -21,8 +21,14 @@ use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResul
 use crate::program::{Programs, Source};
 use crate::step::{self, Emitted, Enrolment, Outcome, Produced, Status, StepError};
 
-const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
-const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
+    (2, "outbox_follow_up_index", include_str!("../../../migrations/sqlite/0002_outbox_follow_up_index.sql")),
+];
+const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
+    (2, "outbox_follow_up_index", include_str!("../../../migrations/postgres/0002_outbox_follow_up_index.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,102 @@
+//! `carepath bench`: a nightly pass over a seeded cohort, with throughput, peak memory and the
+//! database's own ceiling for plain batched inserts of the same number of rows, measured in the
+//! same run so the ratio can be read.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use carepath_engine::{Programs, scheduler, seed, store};
+use jiff::Timestamp;
+
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+const WRITTEN_TABLES: [&str; 8] = ["tasks", "follow_ups", "outbox", "scale_pushes", "risk_predictions", "referrals", "alarm_rules", "record"];
+
+async fn rows_written(pool: &store::Pool) -> anyhow::Result<i64> {
+    let mut n = 0;
+    for t in WRITTEN_TABLES {
+        n += pool.fetch(&format!("SELECT COUNT(*) FROM {t}"), vec![]).await?.first().map(|r| r.i64(0)).unwrap_or(0);
+    }
+    Ok(n)
+}
+
+/// Plain batched inserts of `n` rows shaped like task rows: the database's ceiling here.
+async fn insert_ceiling(pool: &store::Pool, n: i64) -> anyhow::Result<f64> {
+    pool.exec("CREATE TABLE IF NOT EXISTS bench_ceiling (id BIGINT PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, a TEXT, b TEXT, c BIGINT, d BIGINT)", vec![]).await?;
+    pool.exec("DELETE FROM bench_ceiling", vec![]).await?;
+    let started = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let mut tx = pool.begin().await?;
+        for k in i..(i + 500).min(n) {
+            tx.exec(
+                "INSERT INTO bench_ceiling (id, dedupe_key, a, b, c, d) VALUES ($1, $2, $3, $4, $5, $6)",
+                vec![
+                    store::Arg::I(k),
+                    store::Arg::T(format!("e{k}:1:0")),
+                    store::Arg::T("case_manager".into()),
+                    store::Arg::T("Post-discharge follow-up call on day 7".into()),
+                    store::Arg::I(k * 7),
+                    store::Arg::I(1_790_000_000 + k),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        i += 500;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    pool.exec("DROP TABLE bench_ceiling", vec![]).await?;
+    Ok(rate)
+}
+
+pub async fn run(url: &str, enrolments: u64, pathways: &std::path::Path, batch_size: i64) -> anyhow::Result<serde_json::Value> {
+    let pool = store::Pool::connect(url).await.context("cannot open the benchmark database")?;
+    store::migrate(&pool).await?;
+    let existing = pool.fetch("SELECT COUNT(*) FROM enrolments", vec![]).await?.first().map(|r| r.i64(0)).unwrap_or(0);
+    if existing > 0 {
+        anyhow::bail!("the benchmark needs an empty database; {url} already holds {existing} enrolment(s)");
+    }
+    let t0: Timestamp = "2026-06-01T18:00:00Z".parse()?;
+    let programs = Programs::load_dir(pathways)?;
+    store::publish(&pool, &programs, t0).await?;
+    let programs = store::load_programs(&pool).await?;
+
+    let started = Instant::now();
+    let seeded = seed::seed(&pool, &programs, enrolments, 42, t0).await?;
+    let seed_secs = started.elapsed().as_secs_f64();
+    eprintln!("seeded {} enrolments in {seed_secs:.1}s", seeded.enrolments);
+
+    let before = rows_written(&pool).await?;
+    let nightly = t0.checked_add(jiff::Span::new().hours(8))?;
+    let started = Instant::now();
+    let pass = scheduler::run_pass(&pool, &programs, nightly, &scheduler::PassOptions { batch_size, max_batches: None }).await?;
+    let pass_secs = started.elapsed().as_secs_f64();
+    let written = rows_written(&pool).await? - before;
+    let row_rate = written as f64 / pass_secs;
+    let ceiling = insert_ceiling(&pool, written.max(10_000)).await?;
+    let out = serde_json::json!({
+        "backend": pool.backend(),
+        "enrolments": seeded.enrolments,
+        "seed_seconds": seed_secs,
+        "pass_seconds": pass_secs,
+        "stepped": pass.stepped,
+        "transitions": pass.transitions,
+        "actions": pass.actions,
+        "rows_written": written,
+        "enrolment_steps_per_second": pass.stepped as f64 / pass_secs,
+        "actions_per_second": pass.actions as f64 / pass_secs,
+        "rows_per_second": row_rate,
+        "plain_insert_rows_per_second": ceiling,
+        "ratio_to_insert_ceiling": row_rate / ceiling,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    pool.close().await;
+    Ok(out)
+}
