@@ -1,1 +1,9 @@
+//! End-to-end tests: one binary (root `autotests = false`), one module per area.
+//!
+//! PostgreSQL runs when `DATABASE_URL` points at a server (each test gets its own fresh database);
+//! without it the PostgreSQL half is skipped with a loud message, never silently.
 
+mod support;
+
+mod engine_exactly_once;
+mod engine_store;

@@ -228,7 +228,7 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
     let mut items: Vec<Item> = Vec::new();
     let mut seq = 0i64;
 
-    let mut record = |out: step::Outcome, items: &mut Vec<Item>, report: &mut Report| -> Enrolment {
+    let record = |out: step::Outcome, items: &mut Vec<Item>, report: &mut Report| -> Enrolment {
         for t in &out.transitions {
             report.transitions_taken.insert((t.from.clone(), t.index));
             report.states_visited.insert(t.to.clone());
@@ -444,7 +444,8 @@ pub fn run_file(path: &Path) -> Report {
     };
     report.pathway = pathway.id.clone();
     let mut programs = Programs::default();
-    let prog = match programs.insert(pathway, crate::program::Source::new(&pathway_path.display().to_string(), String::new())) {
+    let source = crate::program::Source::new(&pathway_path.display().to_string(), String::new(), &pathway);
+    let prog = match programs.insert(pathway, source) {
         Ok(p) => p,
         Err(e) => {
             report.failures.push(e.to_string());

@@ -16,14 +16,18 @@ pub struct Source {
     pub file: String,
     pub format: &'static str,
     pub text: String,
+    /// The compiled model as JSON, fragments included: what actually runs.
+    pub model: String,
+    /// SHA-256 of `model`: a published version is immutable.
     pub hash: String,
 }
 
 impl Source {
-    pub fn new(file: &str, text: String) -> Source {
+    pub fn new(file: &str, text: String, pathway: &Pathway) -> Source {
         let format = if file.ends_with(".rhai") { "rhai" } else { "yaml" };
-        let hash = hex::encode(Sha256::digest(text.as_bytes()));
-        Source { file: file.to_string(), format, text, hash }
+        let model = serde_json::to_string(pathway).unwrap_or_default();
+        let hash = hex::encode(Sha256::digest(model.as_bytes()));
+        Source { file: file.to_string(), format, text, model, hash }
     }
 }
 
@@ -87,7 +91,8 @@ impl Programs {
             }
             let text = std::fs::read_to_string(&file).map_err(|e| LoadError::Io(format!("{}: {e}", file.display())))?;
             let pathway = into_pathway(compiled)?;
-            programs.insert(pathway, Source::new(&file.display().to_string(), text))?;
+            let source = Source::new(&file.display().to_string(), text, &pathway);
+            programs.insert(pathway, source)?;
         }
         Ok(programs)
     }

@@ -59,6 +59,7 @@ pub async fn run_pass(pool: &Pool, programs: &Programs, now: Timestamp, opts: &P
         }
         summary.batches += 1;
         let mut facts = store::load_facts(&mut tx, &batch, now).await?;
+        let mut buf = store::RowBuffer::default();
         for d in &batch {
             summary.stepped += 1;
             let Some(prog) = programs.get(&d.enrolment.pathway_id, d.enrolment.version) else {
@@ -75,7 +76,7 @@ pub async fn run_pass(pool: &Pool, programs: &Programs, now: Timestamp, opts: &P
             };
             let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
             match step::step(prog, &d.enrolment, &f, &pending, now) {
-                Ok(outcome) => match store::apply_outcome(&mut tx, d, &outcome, now).await? {
+                Ok(outcome) => match store::apply_outcome(&mut tx, &mut buf, d, &outcome, now).await? {
                     Some(w) => {
                         if w.transitions > 0 {
                             summary.advanced += 1;
@@ -92,6 +93,7 @@ pub async fn run_pass(pool: &Pool, programs: &Programs, now: Timestamp, opts: &P
                 }
             }
         }
+        written.add(&buf.flush(&mut tx).await?);
         tx.commit().await?;
     }
     summary.transitions = written.transitions;
@@ -114,13 +116,15 @@ pub async fn advance(pool: &Pool, programs: &Programs, enrolment: i64, now: Time
         .ok_or_else(|| store::StoreError::NotFound(format!("pathway {} v{}", d.enrolment.pathway_id, d.enrolment.version)))?;
     let mut facts = store::load_facts(&mut tx, std::slice::from_ref(&d), now).await?;
     let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
-    let w = match step::step(prog, &d.enrolment, &f, &pending, now) {
-        Ok(outcome) => store::apply_outcome(&mut tx, &d, &outcome, now).await?.unwrap_or_default(),
+    let mut buf = store::RowBuffer::default();
+    let mut w = match step::step(prog, &d.enrolment, &f, &pending, now) {
+        Ok(outcome) => store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now).await?.unwrap_or_default(),
         Err(err) => {
             store::mark_error(&mut tx, &d, &err, &prog.pathway.owner_role, now).await?;
             Written::default()
         }
     };
+    w.add(&buf.flush(&mut tx).await?);
     tx.commit().await?;
     Ok(w)
 }

@@ -28,6 +28,7 @@ CREATE TABLE pathway_versions (
     version INTEGER NOT NULL,
     format TEXT NOT NULL,
     source TEXT NOT NULL,
+    model TEXT NOT NULL,
     hash TEXT NOT NULL,
     title TEXT NOT NULL,
     published_at INTEGER NOT NULL,

@@ -7,19 +7,21 @@
 //! sequence, which the committed state already moved past).
 
 pub mod db;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 
-use carepath_dsl::{Channel, Text, VarValue};
+use carepath_dsl::VarValue;
 use jiff::Timestamp;
 use serde_json::json;
 
 pub use db::{Arg, DbError, Pool, Row, Tx};
+pub use writer::RowBuffer;
 
 use crate::args;
 use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult};
 use crate::program::{Programs, Source};
-use crate::step::{self, Emitted, Enrolment, Outcome, Produced, Status, StepError};
+use crate::step::{self, Enrolment, Outcome, Status, StepError};
 
 const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
@@ -93,8 +95,8 @@ pub async fn publish(pool: &Pool, programs: &Programs, now: Timestamp) -> Result
             None => {
                 let title = programs.get(id, *version).map(|p| p.pathway.title.en.clone()).unwrap_or_default();
                 tx.exec(
-                    "INSERT INTO pathway_versions (pathway_id, version, format, source, hash, title, published_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    args![id, i64::from(*version), src.format, &src.text, &src.hash, title, now.as_second()],
+                    "INSERT INTO pathway_versions (pathway_id, version, format, source, model, hash, title, published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    args![id, i64::from(*version), src.format, &src.text, &src.model, &src.hash, title, now.as_second()],
                 )
                 .await?;
                 published += 1;
@@ -105,20 +107,17 @@ pub async fn publish(pool: &Pool, programs: &Programs, now: Timestamp) -> Result
     Ok(published)
 }
 
-/// Loads every published version from the database into runnable programs.
+/// Loads every published version from the database into runnable programs. The stored model is
+/// self-contained (fragments resolved at publication), so nothing is read from disk.
 pub async fn load_programs(pool: &Pool) -> Result<Programs> {
-    let rows = pool.fetch("SELECT pathway_id, version, format, source FROM pathway_versions ORDER BY pathway_id, version", vec![]).await?;
+    let rows = pool.fetch("SELECT pathway_id, version, format, source, model FROM pathway_versions ORDER BY pathway_id, version", vec![]).await?;
     let mut programs = Programs::default();
     for r in rows {
-        let file = format!("{}.v{}.{}", r.text(0), r.i64(1), if r.text(2) == "rhai" { "rhai" } else { "yaml" });
-        let text = r.text(3);
-        let compiled = if r.text(2) == "rhai" {
-            carepath_dsl::compile_rhai(&file, text.as_bytes(), std::path::Path::new("pathways"), &carepath_dsl::FsLoader)
-        } else {
-            carepath_dsl::compile_yaml(&file, text.as_bytes(), std::path::Path::new("pathways"), &carepath_dsl::FsLoader)
-        };
-        let pathway = crate::program::into_pathway(compiled).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        programs.insert(pathway, Source::new(&file, text)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let pathway: carepath_dsl::Pathway = serde_json::from_str(&r.text(4))
+            .map_err(|e| StoreError::Invalid(format!("stored model of pathway {} v{} cannot be read: {e}", r.text(0), r.i64(1))))?;
+        let file = format!("{}.v{}.{}", r.text(0), r.i64(1), r.text(2));
+        let source = Source::new(&file, r.text(3), &pathway);
+        programs.insert(pathway, source).map_err(|e| StoreError::Invalid(e.to_string()))?;
     }
     Ok(programs)
 }
@@ -351,13 +350,10 @@ impl Written {
     }
 }
 
-fn text_json(t: &Text) -> String {
-    serde_json::to_string(t).unwrap_or_default()
-}
-
-/// Commits one step's outcome. Returns `None` when the enrolment changed since it was read (the
-/// row-version check failed): nothing is written and the caller may retry.
-pub async fn apply_outcome(tx: &mut Tx, d: &DueEnrolment, outcome: &Outcome, now: Timestamp) -> Result<Option<Written>> {
+/// Writes one step's outcome into `buf` (flushed by the caller in the same transaction). Returns
+/// `None` when the enrolment changed since it was read (the row-version check failed): nothing is
+/// written and the caller may retry.
+pub async fn apply_outcome(tx: &mut Tx, buf: &mut RowBuffer, d: &DueEnrolment, outcome: &Outcome, now: Timestamp) -> Result<Option<Written>> {
     let e = &outcome.enrolment;
     let ended = (e.status != Status::Active).then_some(now.as_second());
     let updated = tx
@@ -382,35 +378,32 @@ pub async fn apply_outcome(tx: &mut Tx, d: &DueEnrolment, outcome: &Outcome, now
         return Ok(None);
     }
     let mut w = Written::default();
+    // Work already stored for the state the enrolment was in goes away when it leaves it.
+    if e.status == Status::Completed {
+        w.cancelled_tasks += cancel_state_work(tx, e.id, -1, "enrolment completed").await?;
+    } else if let Some(first) = outcome.transitions.first() {
+        let reason = format!("left `{}` for `{}` ({})", first.from, first.to, first.because);
+        w.cancelled_tasks += cancel_state_work(tx, e.id, i64::from(first.left_seq), &reason).await?;
+    }
+    let mut left: HashMap<u32, String> = HashMap::new();
     for t in &outcome.transitions {
         w.transitions += 1;
-        w.cancelled_tasks += cancel_state_work(tx, e.id, i64::from(t.left_seq), &format!("left `{}` for `{}` ({})", t.from, t.to, t.because)).await?;
-        tx.exec(
-            "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'transition', $5) ON CONFLICT (dedupe_key) DO NOTHING",
-            args![
-                format!("e{}:{}:t", e.id, t.left_seq),
-                &d.patient_id,
-                e.id,
-                t.at.as_second(),
-                json!({"from": t.from, "to": t.to, "because": t.because}).to_string()
-            ],
-        )
-        .await?;
+        left.insert(t.left_seq, format!("left `{}` for `{}` ({})", t.from, t.to, t.because));
+        buf.record(
+            Some(format!("e{}:{}:t", e.id, t.left_seq)),
+            &d.patient_id,
+            e.id,
+            t.at.as_second(),
+            "transition",
+            json!({"from": t.from, "to": t.to, "because": t.because}).to_string(),
+        );
     }
     if !outcome.trace.is_empty() && (!outcome.transitions.is_empty() || !outcome.actions.is_empty()) {
-        tx.exec(
-            "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'trace', $5) ON CONFLICT (dedupe_key) DO NOTHING",
-            args![format!("e{}:{}:trace", e.id, e.state_seq), &d.patient_id, e.id, now.as_second(), json!(outcome.trace).to_string()],
-        )
-        .await?;
-    }
-    if e.status == Status::Completed {
-        cancel_state_work(tx, e.id, -1, "enrolment completed").await?;
+        buf.record(Some(format!("e{}:{}:trace", e.id, e.state_seq)), &d.patient_id, e.id, now.as_second(), "trace", json!(outcome.trace).to_string());
     }
     for a in &outcome.actions {
-        if insert_action(tx, d, a).await? {
-            *w.by_kind.entry(a.action.kind().to_string()).or_default() += 1;
-        }
+        // Actions of a state entered and left within this step are recorded as already stale.
+        buf.action(d, a, left.get(&a.state_seq).map(String::as_str));
     }
     Ok(Some(w))
 }
@@ -435,137 +428,10 @@ pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &s
     )
     .await?;
     tx.exec(&format!("UPDATE follow_ups SET status = 'cancelled' WHERE enrolment_id = $1{cond2} AND status = 'scheduled'"), args_other.clone()).await?;
-    tx.exec(&format!("UPDATE alarm_rules SET active = 0 WHERE enrolment_id = $1{cond2} AND scope = 'state' AND active = 1"), args_other).await?;
+    // When the whole enrolment ends (`seq = -1`), enrolment-scoped alarms end with it.
+    let scope = if seq < 0 { "" } else { " AND scope = 'state'" };
+    tx.exec(&format!("UPDATE alarm_rules SET active = 0 WHERE enrolment_id = $1{cond2}{scope} AND active = 1"), args_other).await?;
     Ok(n)
-}
-
-fn channels_json(c: &[Channel]) -> String {
-    serde_json::to_string(&c.iter().map(|c| c.as_str()).collect::<Vec<_>>()).unwrap_or_default()
-}
-
-/// Inserts one produced action; `false` if its dedupe key was already there.
-async fn insert_action(tx: &mut Tx, d: &DueEnrolment, a: &Emitted) -> Result<bool> {
-    let e = d.enrolment.id;
-    let seq = i64::from(a.state_seq);
-    let at = a.at.as_second();
-    let inserted = match &a.action {
-        Produced::Task { task_ref, role, title, due_at, priority, sla, keep } => {
-            tx.exec(
-                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'open', $13, $14) ON CONFLICT (dedupe_key) DO NOTHING",
-                args![
-                    &a.key,
-                    e,
-                    &d.patient_id,
-                    &d.institution_id,
-                    seq,
-                    task_ref.clone(),
-                    role,
-                    &title.zh,
-                    &title.en,
-                    *priority as i64,
-                    i64::from(*keep),
-                    sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
-                    due_at.as_second(),
-                    at
-                ],
-            )
-            .await?
-        }
-        Produced::FollowUp { follow_up_ref, channels, template, send_at, urgent } => {
-            let n = tx
-                .exec(
-                    "INSERT INTO follow_ups (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, follow_up_ref, template, channels, send_at, urgent, status, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'scheduled', $11) ON CONFLICT (dedupe_key) DO NOTHING",
-                    args![
-                        &a.key,
-                        e,
-                        &d.patient_id,
-                        &d.institution_id,
-                        seq,
-                        follow_up_ref.clone(),
-                        template,
-                        channels_json(channels),
-                        send_at.as_second(),
-                        i64::from(*urgent),
-                        at
-                    ],
-                )
-                .await?;
-            let payload = json!({"template": template, "channels": channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(), "urgent": urgent, "pathway": d.enrolment.pathway_id});
-            tx.exec(
-                "INSERT INTO outbox (dedupe_key, follow_up_id, patient_id, channel, template, payload, status, next_attempt_at, created_at) \
-                 VALUES ($1, (SELECT id FROM follow_ups WHERE dedupe_key = $1), $2, $3, $4, $5, 'pending', $6, $7) ON CONFLICT (dedupe_key) DO NOTHING",
-                args![&a.key, &d.patient_id, channels.first().map(|c| c.as_str()).unwrap_or("sms"), template, payload.to_string(), send_at.as_second(), at],
-            )
-            .await?;
-            n
-        }
-        Produced::ScalePush { scale, due_at, expires_at, reminders } => {
-            tx.exec(
-                "INSERT INTO scale_pushes (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pushed', $10) ON CONFLICT (dedupe_key) DO NOTHING",
-                args![
-                    &a.key,
-                    e,
-                    &d.patient_id,
-                    &d.institution_id,
-                    seq,
-                    scale,
-                    due_at.as_second(),
-                    expires_at.map(|t| t.as_second()),
-                    serde_json::to_string(&reminders.iter().map(|t| t.as_second()).collect::<Vec<_>>()).unwrap_or_default(),
-                    at
-                ],
-            )
-            .await?
-        }
-        Produced::Risk { model, score, band, contributions } => {
-            tx.exec(
-                "INSERT INTO risk_predictions (dedupe_key, enrolment_id, patient_id, model, score, band, contributions, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedupe_key) DO NOTHING",
-                args![&a.key, e, &d.patient_id, model, *score, band, serde_json::to_string(contributions).unwrap_or_default(), at],
-            )
-            .await?
-        }
-        Produced::AlarmArmed { alarm } => {
-            let scope = match alarm.scope {
-                carepath_dsl::AlarmScope::State => "state",
-                carepath_dsl::AlarmScope::Enrolment => "enrolment",
-            };
-            tx.exec(
-                "INSERT INTO alarm_rules (dedupe_key, enrolment_id, state_seq, alarm_id, spec, scope, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedupe_key) DO NOTHING",
-                args![&a.key, e, seq, &alarm.id, serde_json::to_string(alarm).unwrap_or_default(), scope, at],
-            )
-            .await?
-        }
-        Produced::Referral { direction, to, reason, accept_by } => {
-            let dir = match direction {
-                carepath_dsl::Direction::Up => "up",
-                carepath_dsl::Direction::Down => "down",
-            };
-            tx.exec(
-                "INSERT INTO referrals (dedupe_key, enrolment_id, patient_id, direction, to_kind, from_institution, reason, status, requested_at, accept_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested', $8, $9) ON CONFLICT (dedupe_key) DO NOTHING",
-                args![&a.key, e, &d.patient_id, dir, to.as_str(), &d.institution_id, reason.as_ref().map(text_json), at, accept_by.as_second()],
-            )
-            .await?
-        }
-        Produced::GoalSet { goal } => {
-            tx.exec(
-                "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING",
-                args![&a.key, e, &goal.id, serde_json::to_string(goal).unwrap_or_default(), at],
-            )
-            .await?
-        }
-        Produced::Note { .. } => 1,
-    };
-    tx.exec(
-        "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING",
-        args![&a.key, &d.patient_id, e, at, a.action.kind(), serde_json::to_string(&a.action).unwrap_or_default()],
-    )
-    .await
-    .map(|n| n > 0 && inserted > 0)
-    .map_err(StoreError::from)
 }
 
 /// Marks an enrolment in error and raises an alarm task for the pathway's owner role.
@@ -668,7 +534,9 @@ pub async fn enrol_tx(
         args![format!("e{id}:enrolled"), patient_id, id, now.as_second(), json!({"pathway": pathway_id, "version": prog.pathway.version, "entry": entry}).to_string()],
     )
     .await?;
-    let written = apply_outcome(tx, &d, &outcome, now).await?.ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
+    let mut buf = RowBuffer::default();
+    let mut written = apply_outcome(tx, &mut buf, &d, &outcome, now).await?.ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
+    written.add(&buf.flush(tx).await?);
     Ok((id, written))
 }
 
@@ -705,6 +573,12 @@ pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp)
     )
     .await?;
     cancel_state_work(&mut tx, enrolment, -1, &format!("withdrawn: {reason}")).await?;
+    // `keep` lets a task outlive its state, not the enrolment: withdrawal cancels kept tasks too.
+    tx.exec(
+        "UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')",
+        args![format!("withdrawn: {reason}"), enrolment],
+    )
+    .await?;
     tx.exec(
         "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'withdrawn', $4)",
         args![&d.patient_id, enrolment, now.as_second(), json!({"reason": reason}).to_string()],

@@ -1,0 +1,287 @@
+//! Buffered, multi-row inserts of what steps produced.
+//!
+//! A scheduler batch writes thousands of rows; one statement per row costs a round trip each (a
+//! thread hop on SQLite, a network round trip on PostgreSQL). The buffer collects rows per table
+//! and flushes them as multi-row `INSERT … ON CONFLICT (dedupe_key) DO NOTHING`, inside the batch's
+//! transaction, in an order that respects references (follow-ups before their outbox rows).
+
+use std::collections::BTreeMap;
+
+use carepath_dsl::{AlarmScope, Channel, Direction};
+use serde_json::json;
+
+use super::db::Arg;
+use super::{DueEnrolment, Result, Tx, Written};
+use crate::step::{Emitted, Produced};
+
+struct Table {
+    name: &'static str,
+    columns: &'static str,
+    /// One row's VALUES tuple; each `?` becomes the next `$n`.
+    values: &'static str,
+    /// The action kind counted for inserted rows, if any.
+    kind: Option<&'static str>,
+}
+
+const TABLES: &[Table] = &[
+    Table {
+        name: "tasks",
+        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, cancel_reason",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        kind: Some("task"),
+    },
+    Table {
+        name: "follow_ups",
+        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, follow_up_ref, template, channels, send_at, urgent, status, created_at",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        kind: Some("follow_up"),
+    },
+    Table {
+        name: "outbox",
+        columns: "dedupe_key, follow_up_id, patient_id, channel, template, payload, status, next_attempt_at, created_at",
+        values: "(?, (SELECT id FROM follow_ups WHERE dedupe_key = ?), ?, ?, ?, ?, 'pending', ?, ?)",
+        kind: None,
+    },
+    Table {
+        name: "scale_pushes",
+        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        kind: Some("scale_push"),
+    },
+    Table {
+        name: "risk_predictions",
+        columns: "dedupe_key, enrolment_id, patient_id, model, score, band, contributions, at",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?)",
+        kind: Some("risk"),
+    },
+    Table {
+        name: "alarm_rules",
+        columns: "dedupe_key, enrolment_id, state_seq, alarm_id, spec, scope, active, created_at",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?)",
+        kind: Some("alarm"),
+    },
+    Table {
+        name: "referrals",
+        columns: "dedupe_key, enrolment_id, patient_id, direction, to_kind, from_institution, reason, status, requested_at, accept_by",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        kind: Some("referral"),
+    },
+    Table {
+        name: "goals",
+        columns: "dedupe_key, enrolment_id, goal_id, spec, created_at",
+        values: "(?, ?, ?, ?, ?)",
+        kind: Some("goal"),
+    },
+    Table { name: "record", columns: "dedupe_key, patient_id, enrolment_id, at, kind, detail", values: "(?, ?, ?, ?, ?, ?)", kind: None },
+];
+
+/// Notes are written only to the record; they are counted from it.
+const NOTE_KIND: &str = "note";
+
+#[derive(Default)]
+pub struct RowBuffer {
+    rows: BTreeMap<&'static str, Vec<Vec<Arg>>>,
+    notes: Vec<usize>,
+}
+
+fn channels_json(c: &[Channel]) -> String {
+    serde_json::to_string(&c.iter().map(|c| c.as_str()).collect::<Vec<_>>()).unwrap_or_default()
+}
+
+impl RowBuffer {
+    fn push(&mut self, table: &'static str, row: Vec<Arg>) {
+        self.rows.entry(table).or_default().push(row);
+    }
+
+    pub fn record(&mut self, key: Option<String>, patient: &str, enrolment: i64, at: i64, kind: &str, detail: String) {
+        self.push("record", vec![Arg::OptT(key), Arg::T(patient.into()), Arg::I(enrolment), Arg::I(at), Arg::T(kind.into()), Arg::T(detail)]);
+    }
+
+    /// Buffers one produced action and its record entry. `stale` is the reason when the state that
+    /// produced it was already left within the same step.
+    pub fn action(&mut self, d: &DueEnrolment, a: &Emitted, stale: Option<&str>) {
+        let e = d.enrolment.id;
+        let seq = i64::from(a.state_seq);
+        let at = a.at.as_second();
+        let key = || Arg::T(a.key.clone());
+        let patient = || Arg::T(d.patient_id.clone());
+        let inst = || Arg::T(d.institution_id.clone());
+        match &a.action {
+            Produced::Task { task_ref, role, title, due_at, priority, sla, keep } => {
+                let cancelled = stale.filter(|_| !keep);
+                self.push(
+                    "tasks",
+                    vec![
+                        key(),
+                        Arg::I(e),
+                        patient(),
+                        inst(),
+                        Arg::I(seq),
+                        Arg::OptT(task_ref.clone()),
+                        Arg::T(role.clone()),
+                        Arg::T(title.zh.clone()),
+                        Arg::T(title.en.clone()),
+                        Arg::I(*priority as i64),
+                        Arg::I(i64::from(*keep)),
+                        Arg::OptT(sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default())),
+                        Arg::T(if cancelled.is_some() { "cancelled" } else { "open" }.into()),
+                        Arg::I(due_at.as_second()),
+                        Arg::I(at),
+                        Arg::OptT(cancelled.map(str::to_string)),
+                    ],
+                );
+            }
+            Produced::FollowUp { follow_up_ref, channels, template, send_at, urgent } => {
+                self.push(
+                    "follow_ups",
+                    vec![
+                        key(),
+                        Arg::I(e),
+                        patient(),
+                        inst(),
+                        Arg::I(seq),
+                        Arg::OptT(follow_up_ref.clone()),
+                        Arg::T(template.clone()),
+                        Arg::T(channels_json(channels)),
+                        Arg::I(send_at.as_second()),
+                        Arg::I(i64::from(*urgent)),
+                        Arg::T(if stale.is_some() { "cancelled" } else { "scheduled" }.into()),
+                        Arg::I(at),
+                    ],
+                );
+                if stale.is_none() {
+                    let payload = json!({"template": template, "channels": channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(), "urgent": urgent, "pathway": d.enrolment.pathway_id});
+                    self.push(
+                        "outbox",
+                        vec![
+                            key(),
+                            key(),
+                            patient(),
+                            Arg::T(channels.first().map(|c| c.as_str()).unwrap_or("sms").into()),
+                            Arg::T(template.clone()),
+                            Arg::T(payload.to_string()),
+                            Arg::I(send_at.as_second()),
+                            Arg::I(at),
+                        ],
+                    );
+                }
+            }
+            Produced::ScalePush { scale, due_at, expires_at, reminders } => self.push(
+                "scale_pushes",
+                vec![
+                    key(),
+                    Arg::I(e),
+                    patient(),
+                    inst(),
+                    Arg::I(seq),
+                    Arg::T(scale.clone()),
+                    Arg::I(due_at.as_second()),
+                    Arg::OptI(expires_at.map(|t| t.as_second())),
+                    Arg::T(serde_json::to_string(&reminders.iter().map(|t| t.as_second()).collect::<Vec<_>>()).unwrap_or_default()),
+                    Arg::T(if stale.is_some() { "cancelled" } else { "pushed" }.into()),
+                    Arg::I(at),
+                ],
+            ),
+            Produced::Risk { model, score, band, contributions } => self.push(
+                "risk_predictions",
+                vec![
+                    key(),
+                    Arg::I(e),
+                    patient(),
+                    Arg::T(model.clone()),
+                    Arg::F(*score),
+                    Arg::T(band.clone()),
+                    Arg::T(serde_json::to_string(contributions).unwrap_or_default()),
+                    Arg::I(at),
+                ],
+            ),
+            Produced::AlarmArmed { alarm } => {
+                let scope = match alarm.scope {
+                    AlarmScope::State => "state",
+                    AlarmScope::Enrolment => "enrolment",
+                };
+                let active = !(stale.is_some() && alarm.scope == AlarmScope::State);
+                self.push(
+                    "alarm_rules",
+                    vec![
+                        key(),
+                        Arg::I(e),
+                        Arg::I(seq),
+                        Arg::T(alarm.id.clone()),
+                        Arg::T(serde_json::to_string(alarm).unwrap_or_default()),
+                        Arg::T(scope.into()),
+                        Arg::I(i64::from(active)),
+                        Arg::I(at),
+                    ],
+                );
+            }
+            Produced::Referral { direction, to, reason, accept_by } => self.push(
+                "referrals",
+                vec![
+                    key(),
+                    Arg::I(e),
+                    patient(),
+                    Arg::T(match direction {
+                        Direction::Up => "up",
+                        Direction::Down => "down",
+                    }
+                    .into()),
+                    Arg::T(to.as_str().into()),
+                    inst(),
+                    Arg::OptT(reason.as_ref().map(|t| serde_json::to_string(t).unwrap_or_default())),
+                    Arg::T("requested".into()),
+                    Arg::I(at),
+                    Arg::I(accept_by.as_second()),
+                ],
+            ),
+            Produced::GoalSet { goal } => {
+                self.push("goals", vec![key(), Arg::I(e), Arg::T(goal.id.clone()), Arg::T(serde_json::to_string(goal).unwrap_or_default()), Arg::I(at)])
+            }
+            Produced::Note { .. } => {
+                let index = self.rows.get("record").map_or(0, Vec::len);
+                self.notes.push(index);
+            }
+        }
+        self.record(Some(a.key.clone()), &d.patient_id, e, at, a.action.kind(), serde_json::to_string(&a.action).unwrap_or_default());
+    }
+
+    /// Writes every buffered row; returns how many of each kind were new.
+    pub async fn flush(&mut self, tx: &mut Tx) -> Result<Written> {
+        let mut w = Written::default();
+        for table in TABLES {
+            let Some(rows) = self.rows.remove(table.name) else { continue };
+            let per_row = table.values.matches('?').count();
+            // sqlx looks SQLite parameters up by name, which grows with their number: keep statements short.
+            let chunk = (128 / per_row).max(1);
+            for part in rows.chunks(chunk) {
+                let mut sql = format!("INSERT INTO {} ({}) VALUES ", table.name, table.columns);
+                let mut n = 0;
+                for (i, _) in part.iter().enumerate() {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    for c in table.values.chars() {
+                        if c == '?' {
+                            n += 1;
+                            sql.push('$');
+                            sql.push_str(&n.to_string());
+                        } else {
+                            sql.push(c);
+                        }
+                    }
+                }
+                sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING");
+                let args: Vec<Arg> = part.iter().flat_map(|r| r.iter().cloned()).collect();
+                let inserted = tx.exec(&sql, args).await?;
+                if let Some(kind) = table.kind {
+                    *w.by_kind.entry(kind.to_string()).or_default() += inserted;
+                }
+            }
+        }
+        if !self.notes.is_empty() {
+            *w.by_kind.entry(NOTE_KIND.to_string()).or_default() += self.notes.len() as u64;
+            self.notes.clear();
+        }
+        Ok(w)
+    }
+}
