@@ -17,8 +17,12 @@ struct DbArgs {
 
 impl DbArgs {
     async fn open(&self) -> anyhow::Result<store::Pool> {
-        let pool = store::Pool::connect(&self.url).await.with_context(|| format!("cannot open the database {}", redact(&self.url)))?;
-        store::migrate(&pool).await.context("cannot apply migrations")?;
+        let pool = store::Pool::connect(&self.url)
+            .await
+            .with_context(|| format!("cannot open the database {}", redact(&self.url)))?;
+        store::migrate(&pool)
+            .await
+            .context("cannot apply migrations")?;
         Ok(pool)
     }
 }
@@ -35,23 +39,35 @@ fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }
-    let dt: jiff::civil::DateTime = s.parse().with_context(|| format!("`{s}` is not a time; write e.g. 2026-11-23T02:00:00Z"))?;
+    let dt: jiff::civil::DateTime = s
+        .parse()
+        .with_context(|| format!("`{s}` is not a time; write e.g. 2026-11-23T02:00:00Z"))?;
     Ok(dt.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp())
 }
 
 fn as_of(s: &Option<String>) -> anyhow::Result<Timestamp> {
-    s.as_deref().map(parse_time).unwrap_or_else(|| Ok(Timestamp::now()))
+    s.as_deref()
+        .map(parse_time)
+        .unwrap_or_else(|| Ok(Timestamp::now()))
 }
 
 /// Compiles the pathways folder and publishes any new versions.
-async fn publish_dir(pool: &store::Pool, dir: &std::path::Path, now: Timestamp) -> anyhow::Result<Programs> {
+async fn publish_dir(
+    pool: &store::Pool,
+    dir: &std::path::Path,
+    now: Timestamp,
+) -> anyhow::Result<Programs> {
     let programs = Programs::load_dir(dir)?;
     store::publish(pool, &programs, now).await?;
     Ok(store::load_programs(pool).await?)
 }
 
 #[derive(Parser)]
-#[command(name = "carepath", version, about = "Rules-driven clinical pathway workflow engine")]
+#[command(
+    name = "carepath",
+    version,
+    about = "Rules-driven clinical pathway workflow engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,12 +130,36 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// A fresh demo database: the real pathways, an alliance, a synthetic cohort, and a pass.
+    /// A fresh demo database: the real pathways, an alliance with staff of every role (tokens
+    /// printed), a synthetic cohort and a scheduler pass; then serves the admin API.
     Demo {
         #[arg(long, default_value_t = 300)]
         patients: u64,
         #[arg(long, default_value = "sqlite:carepath-demo.db")]
         db: String,
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Set everything up, print it, and exit instead of serving.
+        #[arg(long)]
+        no_serve: bool,
+    },
+    /// Serve the admin API, run the scheduler pass by cron in the hospital's time zone, and sweep
+    /// for enrolments made due by events every few seconds.
+    Serve {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// When the full pass runs (5-field cron, in `--tz`).
+        #[arg(long, default_value = "0 2 * * *")]
+        cron: String,
+        #[arg(long, default_value = "Asia/Shanghai")]
+        tz: String,
+        /// Seconds between sweeps for enrolments due now (events, timers).
+        #[arg(long, default_value_t = 30)]
+        sweep_seconds: u64,
         #[arg(long, default_value = "pathways")]
         pathways: PathBuf,
     },
@@ -143,21 +183,67 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch_size: i64,
     },
+    /// Deliver the follow-up messages due (WeChat, SMS, e-mail, phone tasks); retry, fall back or park
+    /// failures. Exit 3 when a message was parked.
+    Dispatch {
+        #[arg(
+            long,
+            env = "CAREPATH_DELIVERY_CONFIG",
+            default_value = "config/delivery.toml"
+        )]
+        config: PathBuf,
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Re-queue every parked message first (with the same idempotency keys).
+        #[arg(long)]
+        retry_parked: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Print a pathway's state graph as DOT or Mermaid.
     Graph {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
     },
+    /// Run a synthetic cohort through pathways in virtual time (QA); exit 1 when an expectation
+    /// of the scenario fails.
+    Simulate {
+        /// Pathway files or folders (default: those the scenario lists).
+        #[arg(long = "pathway", num_args = 1..)]
+        pathways: Vec<PathBuf>,
+        #[arg(long)]
+        cohort: Option<u64>,
+        #[arg(long)]
+        days: Option<u32>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Write summary.json, CSV files and SVG charts into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Worker threads; the output is the same for any number (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAREPATH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAREPATH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -178,18 +264,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { db } => {
             let pool = store::Pool::connect(&db.url).await?;
             let applied = store::migrate(&pool).await?;
-            println!("{} migration(s) applied on {}", applied.len(), pool.backend());
+            println!(
+                "{} migration(s) applied on {}",
+                applied.len(),
+                pool.backend()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish { dir, db } => {
             let pool = db.open().await?;
             let programs = publish_dir(&pool, &dir, Timestamp::now()).await?;
             for p in programs.latest() {
-                println!("{} v{}  {}", p.pathway.id, p.pathway.version, p.pathway.title.en);
+                println!(
+                    "{} v{}  {}",
+                    p.pathway.id, p.pathway.version, p.pathway.title.en
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Seed { patients, seed: s, pathways, as_of: at, db } => {
+        Command::Seed {
+            patients,
+            seed: s,
+            pathways,
+            as_of: at,
+            db,
+        } => {
             let pool = db.open().await?;
             let now = as_of(&at)?;
             let programs = publish_dir(&pool, &pathways, now).await?;
@@ -197,21 +296,73 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { as_of: at, json, batch_size, db } => {
+        Command::Run {
+            as_of: at,
+            json,
+            batch_size,
+            db,
+        } => {
             let pool = db.open().await?;
             let programs = store::load_programs(&pool).await?;
             let now = as_of(&at)?;
             let started = std::time::Instant::now();
-            let summary = scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions { batch_size, max_batches: None }).await?;
+            let summary = scheduler::run_pass(
+                &pool,
+                &programs,
+                now,
+                &scheduler::PassOptions {
+                    batch_size,
+                    max_batches: None,
+                },
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 print_summary(&summary, started.elapsed());
             }
-            Ok(if summary.errors > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
+            Ok(if summary.errors > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Command::Demo { patients, db, pathways } => demo(patients, &db, &pathways).await,
-        Command::Bench { enrolments, db, pathways, batch_size } => {
+        Command::Demo {
+            patients,
+            db,
+            pathways,
+            addr,
+            no_serve,
+        } => {
+            let pool = demo(patients, &db, &pathways).await?;
+            if no_serve {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let programs = store::load_programs(&pool).await?;
+            serve(pool, programs, &addr, "0 2 * * *", "Asia/Shanghai", 30).await
+        }
+        Command::Serve {
+            db,
+            addr,
+            cron,
+            tz,
+            sweep_seconds,
+            pathways,
+        } => {
+            let pool = db.open().await?;
+            let programs = if pathways.is_dir() {
+                publish_dir(&pool, &pathways, Timestamp::now()).await?
+            } else {
+                store::load_programs(&pool).await?
+            };
+            serve(pool, programs, &addr, &cron, &tz, sweep_seconds).await
+        }
+        Command::Bench {
+            enrolments,
+            db,
+            pathways,
+            batch_size,
+        } => {
             let dir = std::env::temp_dir().join(format!("carepath-bench-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             let url = db.unwrap_or_else(|| format!("sqlite:{}", dir.join("bench.db").display()));
@@ -220,7 +371,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&result?)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dispatch {
+            config,
+            as_of: at,
+            retry_parked,
+            json,
+            db,
+        } => {
+            use carepath_engine::delivery;
+            let config = delivery::DeliveryConfig::load(&config)?;
+            let pool = db.open().await?;
+            let now = as_of(&at)?;
+            if retry_parked {
+                let n = delivery::retry_parked(&pool, None, now).await?;
+                eprintln!("{n} parked message(s) re-queued");
+            }
+            let summary = delivery::dispatch_once(&pool, &config, now).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{summary}");
+            }
+            Ok(if summary.parked > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Test { paths, no_coverage } => pathway_tests(&paths, !no_coverage),
+        Command::Simulate {
+            pathways,
+            cohort,
+            days,
+            seed,
+            scenario,
+            out,
+            threads,
+        } => simulate(carepath_simulator::Options {
+            pathways,
+            scenario,
+            cohort,
+            days,
+            seed,
+            out,
+            threads,
+            progress: true,
+        }),
         Command::Validate { paths, format } => validate(&paths, format),
         Command::Graph { file, format } => {
             let compiled = dsl::compile_file(&file);
@@ -271,37 +467,63 @@ fn validate(paths: &[PathBuf], format: OutputFormat) -> anyhow::Result<ExitCode>
         }
     }
     if format == OutputFormat::Human {
-        eprintln!("{} file(s), {pathways} pathway(s): {errors} error(s), {warnings} warning(s)", files.len());
+        eprintln!(
+            "{} file(s), {pathways} pathway(s): {errors} error(s), {warnings} warning(s)",
+            files.len()
+        );
     }
-    Ok(if errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_summary(s: &scheduler::PassSummary, took: std::time::Duration) {
-    println!("pass as of {} on {}: {} enrolment(s) stepped in {} batch(es), {} advanced, {} transition(s)", s.as_of, s.backend, s.stepped, s.batches, s.advanced, s.transitions);
+    println!(
+        "pass as of {} on {}: {} enrolment(s) stepped in {} batch(es), {} advanced, {} transition(s)",
+        s.as_of, s.backend, s.stepped, s.batches, s.advanced, s.transitions
+    );
     println!("actions created: {}", s.actions);
     for (kind, n) in &s.actions_by_kind {
         println!("  {kind:<12} {n}");
     }
     println!("tasks cancelled as stale: {}", s.cancelled_tasks);
-    println!("errors: {}   stale skips: {}   took {:.2}s", s.errors, s.stale, took.as_secs_f64());
+    println!(
+        "errors: {}   stale skips: {}   took {:.2}s",
+        s.errors,
+        s.stale,
+        took.as_secs_f64()
+    );
 }
 
-async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::Result<store::Pool> {
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{path}{suffix}"));
     }
-    let pool = DbArgs { url: url.to_string() }.open().await?;
+    let pool = DbArgs {
+        url: url.to_string(),
+    }
+    .open()
+    .await?;
     let now = Timestamp::now();
     let programs = publish_dir(&pool, pathways, now).await?;
     println!("published {} pathway(s):", programs.latest().len());
     for p in programs.latest() {
-        println!("  {:<24} v{}  {} / {}", p.pathway.id, p.pathway.version, p.pathway.title.zh, p.pathway.title.en);
+        println!(
+            "  {:<24} v{}  {} / {}",
+            p.pathway.id, p.pathway.version, p.pathway.title.zh, p.pathway.title.en
+        );
     }
     let summary = seed::seed(&pool, &programs, patients, 1, now).await?;
-    println!("seeded {} patient(s) with {} past event(s) into {url}", summary.patients, summary.events);
+    println!(
+        "seeded {} patient(s) with {} past event(s) into {url}",
+        summary.patients, summary.events
+    );
     let started = std::time::Instant::now();
-    let pass = scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions::default()).await?;
+    let pass =
+        scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions::default()).await?;
     print_summary(&pass, started.elapsed());
     let rows = pool
         .fetch(
@@ -311,8 +533,93 @@ async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::R
         .await?;
     println!("open task queues (institution, role: open / overdue):");
     for r in rows {
-        println!("  {:<10} {:<22} {:>5} / {}", r.text(0), r.text(1), r.i64(2), r.i64(3));
+        println!(
+            "  {:<10} {:<22} {:>5} / {}",
+            r.text(0),
+            r.text(1),
+            r.i64(2),
+            r.i64(3)
+        );
     }
+    let tokens = seed::demo_staff(&pool).await?;
+    println!("staff tokens (demo only; each is bound to one institution and role):");
+    for (staff, inst, role, token) in &tokens {
+        println!("  {inst:<9} {role:<22} {staff:<28} {token}");
+    }
+    if let Some((_, _, _, token)) = tokens
+        .iter()
+        .find(|(_, i, r, _)| i == seed::LEAD && r == "case_manager")
+    {
+        println!(
+            "try:  curl -H 'Authorization: Bearer {token}' 'http://127.0.0.1:8080/queues/tasks?limit=5'"
+        );
+        println!("      curl -H 'Authorization: Bearer {token}' http://127.0.0.1:8080/kpis");
+    }
+    Ok(pool)
+}
+
+/// Runs the admin API and the scheduler until interrupted.
+async fn serve(
+    pool: store::Pool,
+    programs: Programs,
+    addr: &str,
+    cron: &str,
+    tz: &str,
+    sweep_seconds: u64,
+) -> anyhow::Result<ExitCode> {
+    let schedule: croner::Cron = cron
+        .parse()
+        .with_context(|| format!("`{cron}` is not a 5-field cron expression"))?;
+    let zone =
+        jiff::tz::TimeZone::get(tz).with_context(|| format!("`{tz}` is not an IANA time zone"))?;
+    let state = carepath_admin_api::AppState::new(pool.clone(), programs);
+    let shared = state.programs.clone();
+    let app = carepath_admin_api::router(state);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    println!(
+        "serving the admin API on http://{addr} (OpenAPI at /openapi.json); full pass at `{cron}` {tz}; sweeping every {sweep_seconds}s"
+    );
+    let scheduler = tokio::spawn(async move {
+        let mut next_full = schedule
+            .find_next_occurrence(&Timestamp::now().to_zoned(zone.clone()), false)
+            .ok();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(sweep_seconds.max(1))).await;
+            let now = Timestamp::now();
+            let programs = shared.read().map(|p| p.clone()).unwrap_or_default();
+            let full = next_full.as_ref().is_some_and(|n| n.timestamp() <= now);
+            match scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions::default())
+                .await
+            {
+                Ok(s) if s.stepped > 0 || full => tracing::info!(
+                    stepped = s.stepped,
+                    actions = s.actions,
+                    errors = s.errors,
+                    full,
+                    "scheduler pass"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!("scheduler pass failed: {e}"),
+            }
+            if full {
+                if let Err(e) = carepath_engine::store::queries::escalate_overdue(&pool, now).await
+                {
+                    tracing::error!("escalation sweep failed: {e}");
+                }
+                next_full = schedule
+                    .find_next_occurrence(&now.to_zoned(zone.clone()), false)
+                    .ok();
+            }
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    scheduler.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -320,7 +627,14 @@ fn pathway_tests(paths: &[PathBuf], require_coverage: bool) -> anyhow::Result<Ex
     use carepath_engine::pathway_test;
     let files = pathway_test::test_files(paths)?;
     if files.is_empty() {
-        anyhow::bail!("no pathway tests (*.test.yaml) under {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        anyhow::bail!(
+            "no pathway tests (*.test.yaml) under {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let mut reports = Vec::new();
     let mut failed = 0;
@@ -350,6 +664,29 @@ fn pathway_tests(paths: &[PathBuf], require_coverage: bool) -> anyhow::Result<Ex
         }
     }
     let cases: usize = reports.iter().map(|r| r.cases).sum();
-    println!("{} file(s), {cases} case(s): {failed} failed, {uncovered} coverage gap(s)", files.len());
-    Ok(if failed > 0 || (require_coverage && uncovered > 0) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    println!(
+        "{} file(s), {cases} case(s): {failed} failed, {uncovered} coverage gap(s)",
+        files.len()
+    );
+    Ok(if failed > 0 || (require_coverage && uncovered > 0) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn simulate(opts: carepath_simulator::Options) -> anyhow::Result<ExitCode> {
+    let sim = carepath_simulator::simulate(&opts).map_err(anyhow::Error::msg)?;
+    print!("{}", sim.report.text());
+    for f in &sim.written {
+        eprintln!("wrote {f}");
+    }
+    if sim.failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{} expectation(s) failed:", sim.failures.len());
+    for f in &sim.failures {
+        eprintln!("  {f}");
+    }
+    Ok(ExitCode::from(1))
 }

@@ -8,7 +8,10 @@ use carepath_engine::store::{self, Pool, StoreError};
 use carepath_engine::{Programs, Status};
 use jiff::Timestamp;
 
-use crate::support::{self, Backend, HEART_CHECK, WOUND_CARE, add_patient, count, open_store, rows, scalar, snapshot, ts};
+use crate::support::{
+    self, Backend, HEART_CHECK, Kind, WOUND_CARE, add_patient, count, open_store, rows, scalar,
+    snapshot, ts,
+};
 
 /// Monday 09:00 in Shanghai.
 const T0: &str = "2026-03-02T01:00:00Z";
@@ -20,7 +23,9 @@ fn at(offset: i64) -> Timestamp {
 }
 
 async fn pass(pool: &Pool, programs: &Programs, now: Timestamp) -> PassSummary {
-    let s = scheduler::run_pass(pool, programs, now, &PassOptions::default()).await.expect("pass");
+    let s = scheduler::run_pass(pool, programs, now, &PassOptions::default())
+        .await
+        .expect("pass");
     assert_eq!(s.errors, 0, "{s:?}");
     s
 }
@@ -41,7 +46,17 @@ async fn enrolment(pool: &Pool, id: i64) -> Vec<String> {
 
 async fn event(pool: &Pool, enrolment: i64, name: &str, at: Timestamp, now: Timestamp) -> bool {
     let mut tx = pool.begin().await.expect("begin");
-    let added = store::add_event(&mut tx, enrolment, name, at, None, Some(format!("test:{enrolment}:{name}:{}", at.as_second())), now).await.expect("add_event");
+    let added = store::add_event(
+        &mut tx,
+        enrolment,
+        name,
+        at,
+        None,
+        Some(format!("test:{enrolment}:{name}:{}", at.as_second())),
+        now,
+    )
+    .await
+    .expect("add_event");
     tx.commit().await.expect("commit");
     added
 }
@@ -61,14 +76,43 @@ async fn migrate_twice_is_a_no_op() {
     for b in support::backends() {
         let pool = Pool::connect(&b.url).await.expect("connect");
         let first = store::migrate(&pool).await.expect("first migrate");
-        assert!(!first.is_empty(), "{}: a fresh database got no migrations", b.name());
-        let recorded: Vec<i64> = pool.fetch("SELECT version FROM _carepath_migrations ORDER BY version", vec![]).await.expect("versions").iter().map(|r| r.i64(0)).collect();
+        assert!(
+            !first.is_empty(),
+            "{}: a fresh database got no migrations",
+            b.name()
+        );
+        let recorded: Vec<i64> = pool
+            .fetch(
+                "SELECT version FROM _carepath_migrations ORDER BY version",
+                vec![],
+            )
+            .await
+            .expect("versions")
+            .iter()
+            .map(|r| r.i64(0))
+            .collect();
         assert_eq!(recorded, first, "{}", b.name());
-        carepath_engine::seed::alliance(&pool).await.expect("alliance");
+        carepath_engine::seed::alliance(&pool)
+            .await
+            .expect("alliance");
         let second = store::migrate(&pool).await.expect("second migrate");
-        assert!(second.is_empty(), "{}: the second migrate applied {second:?}", b.name());
-        assert_eq!(count(&pool, "_carepath_migrations").await, first.len() as i64, "{}", b.name());
-        assert_eq!(count(&pool, "institutions").await, 3, "{}: data lost by a second migrate", b.name());
+        assert!(
+            second.is_empty(),
+            "{}: the second migrate applied {second:?}",
+            b.name()
+        );
+        assert_eq!(
+            count(&pool, "_carepath_migrations").await,
+            first.len() as i64,
+            "{}",
+            b.name()
+        );
+        assert_eq!(
+            count(&pool, "institutions").await,
+            3,
+            "{}: data lost by a second migrate",
+            b.name()
+        );
         pool.close().await;
     }
 }
@@ -81,26 +125,76 @@ async fn published_versions_are_immutable() {
         store::migrate(&pool).await.expect("migrate");
         let dir = support::test_pathways();
         let programs = Programs::load_dir(dir.path()).expect("load");
-        assert_eq!(store::publish(&pool, &programs, at(0)).await.expect("publish"), 2, "{name}");
-        assert_eq!(store::publish(&pool, &programs, at(0)).await.expect("republish"), 0, "{name}: republishing the same content must be a no-op");
+        assert_eq!(
+            store::publish(&pool, &programs, at(0))
+                .await
+                .expect("publish"),
+            2,
+            "{name}"
+        );
+        assert_eq!(
+            store::publish(&pool, &programs, at(0))
+                .await
+                .expect("republish"),
+            0,
+            "{name}: republishing the same content must be a no-op"
+        );
 
         // The same version with other content, next to a brand-new pathway: refused, and the
         // new pathway is not published either (one transaction).
         let changed = WOUND_CARE.replace("Post-operative wound follow-up", "Changed title");
         let other = HEART_CHECK.replace("pathway: heart_check", "pathway: heart_check_two");
-        let dir2 = support::pathway_dir(&[("wound_care.yaml", &changed), ("heart_check_two.yaml", &other)]);
-        let err = store::publish(&pool, &Programs::load_dir(dir2.path()).expect("load"), at(HOUR)).await.expect_err("changed content under a published version");
-        assert!(matches!(err, StoreError::Conflict(_)), "{name}: expected Conflict, got {err:?}");
-        assert_eq!(count(&pool, "pathway_versions").await, 2, "{name}: a refused publish left rows behind");
-        let source = rows(&pool, "SELECT source FROM pathway_versions WHERE pathway_id = 'wound_care' AND version = 1", 1).await;
-        assert_eq!(source, vec![WOUND_CARE.to_string()], "{name}: the published source changed");
+        let dir2 = support::pathway_dir(&[
+            ("wound_care.yaml", &changed),
+            ("heart_check_two.yaml", &other),
+        ]);
+        let err = store::publish(
+            &pool,
+            &Programs::load_dir(dir2.path()).expect("load"),
+            at(HOUR),
+        )
+        .await
+        .expect_err("changed content under a published version");
+        assert!(
+            matches!(err, StoreError::Conflict(_)),
+            "{name}: expected Conflict, got {err:?}"
+        );
+        assert_eq!(
+            count(&pool, "pathway_versions").await,
+            2,
+            "{name}: a refused publish left rows behind"
+        );
+        let source = rows(
+            &pool,
+            "SELECT source FROM pathway_versions WHERE pathway_id = 'wound_care' AND version = 1",
+            1,
+        )
+        .await;
+        assert_eq!(
+            source,
+            vec![WOUND_CARE.to_string()],
+            "{name}: the published source changed"
+        );
 
         // A new version of the changed pathway is fine.
         let v2 = changed.replace("version: 1", "version: 2");
         let dir3 = support::pathway_dir(&[("wound_care.yaml", &v2)]);
-        assert_eq!(store::publish(&pool, &Programs::load_dir(dir3.path()).expect("load"), at(HOUR)).await.expect("publish v2"), 1, "{name}");
+        assert_eq!(
+            store::publish(
+                &pool,
+                &Programs::load_dir(dir3.path()).expect("load"),
+                at(HOUR)
+            )
+            .await
+            .expect("publish v2"),
+            1,
+            "{name}"
+        );
         let loaded = store::load_programs(&pool).await.expect("load programs");
-        assert!(loaded.get("wound_care", 1).is_some() && loaded.get("wound_care", 2).is_some(), "{name}");
+        assert!(
+            loaded.get("wound_care", 1).is_some() && loaded.get("wound_care", 2).is_some(),
+            "{name}"
+        );
         pool.close().await;
     }
 }
@@ -110,45 +204,130 @@ async fn enrol_writes_the_expected_rows() {
     for b in support::backends() {
         let name = b.name();
         let (pool, programs, _dir) = fresh(&b, 1).await;
-        let (id, written) = store::enrol(&pool, &programs, "p1", "wound_care", None, "discharge", at(0)).await.expect("enrol");
-        assert_eq!(written.by_kind, BTreeMap::from([("follow_up".to_string(), 1), ("task".to_string(), 1)]), "{name}");
+        let (id, written) = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "wound_care",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol");
+        assert_eq!(
+            written.by_kind,
+            BTreeMap::from([("follow_up".to_string(), 1), ("task".to_string(), 1)]),
+            "{name}"
+        );
 
         // Day 7 at the same time (Shanghai has no DST).
-        assert_eq!(enrolment(&pool, id).await, ["at_home", "1", "active", &(at(0).as_second() + 7 * DAY).to_string(), "1", "1"], "{name}");
+        assert_eq!(
+            enrolment(&pool, id).await,
+            [
+                "at_home",
+                "1",
+                "active",
+                &(at(0).as_second() + 7 * DAY).to_string(),
+                "1",
+                "1"
+            ],
+            "{name}"
+        );
         let task = rows(
             &pool,
             &format!("SELECT dedupe_key, task_ref, role, status, CAST(due_at AS TEXT), CAST(state_seq AS TEXT), institution_id FROM tasks WHERE enrolment_id = {id}"),
             7,
         )
         .await;
-        assert_eq!(task, vec![format!("e{id}:1:1|day1_call|case_manager|open|{}|1|lead", at(DAY).as_second())], "{name}");
+        assert_eq!(
+            task,
+            vec![format!(
+                "e{id}:1:1|day1_call|case_manager|open|{}|1|lead",
+                at(DAY).as_second()
+            )],
+            "{name}"
+        );
         // 09:00 local on the third calendar day.
         let send_at = ts("2026-03-05T01:00:00Z").as_second();
         let fu = rows(&pool, &format!("SELECT dedupe_key, template, status, CAST(send_at AS TEXT) FROM follow_ups WHERE enrolment_id = {id}"), 4).await;
-        assert_eq!(fu, vec![format!("e{id}:1:0|wound_check|scheduled|{send_at}")], "{name}");
+        assert_eq!(
+            fu,
+            vec![format!("e{id}:1:0|wound_check|scheduled|{send_at}")],
+            "{name}"
+        );
         let outbox = rows(
             &pool,
             "SELECT o.dedupe_key, f.dedupe_key, o.channel, o.status, CAST(o.next_attempt_at AS TEXT), o.patient_id FROM outbox o LEFT JOIN follow_ups f ON f.id = o.follow_up_id",
             6,
         )
         .await;
-        assert_eq!(outbox, vec![format!("e{id}:1:0|e{id}:1:0|wechat|pending|{send_at}|p1")], "{name}");
-        let record = rows(&pool, &format!("SELECT dedupe_key, kind FROM record WHERE enrolment_id = {id}"), 2).await;
+        assert_eq!(
+            outbox,
+            vec![format!("e{id}:1:0|e{id}:1:0|wechat|pending|{send_at}|p1")],
+            "{name}"
+        );
+        let record = rows(
+            &pool,
+            &format!("SELECT dedupe_key, kind FROM record WHERE enrolment_id = {id}"),
+            2,
+        )
+        .await;
         assert_eq!(
             record,
-            vec![format!("e{id}:1:0|follow_up"), format!("e{id}:1:1|task"), format!("e{id}:1:trace|trace"), format!("e{id}:enrolled|enrolled")],
+            vec![
+                format!("e{id}:1:0|follow_up"),
+                format!("e{id}:1:1|task"),
+                format!("e{id}:1:trace|trace"),
+                format!("e{id}:enrolled|enrolled")
+            ],
             "{name}"
         );
 
         // Refused enrolments write nothing at all.
         let before = snapshot(&pool).await;
-        let err = store::enrol(&pool, &programs, "p1", "wound_care", None, "no_such_entry", at(0)).await.expect_err("unknown entry point");
+        let err = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "wound_care",
+            None,
+            "no_such_entry",
+            at(0),
+        )
+        .await
+        .expect_err("unknown entry point");
         assert!(matches!(err, StoreError::Invalid(_)), "{name}: {err:?}");
-        let err = store::enrol(&pool, &programs, "nobody", "wound_care", None, "discharge", at(0)).await.expect_err("unknown patient");
+        let err = store::enrol(
+            &pool,
+            &programs,
+            "nobody",
+            "wound_care",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect_err("unknown patient");
         assert!(matches!(err, StoreError::NotFound(_)), "{name}: {err:?}");
-        let err = store::enrol(&pool, &programs, "p1", "no_such_pathway", None, "discharge", at(0)).await.expect_err("unknown pathway");
+        let err = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "no_such_pathway",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect_err("unknown pathway");
         assert!(matches!(err, StoreError::NotFound(_)), "{name}: {err:?}");
-        support::assert_same("before", &before, "after refused enrolments", &snapshot(&pool).await);
+        support::assert_same(
+            "before",
+            &before,
+            "after refused enrolments",
+            &snapshot(&pool).await,
+        );
         pool.close().await;
     }
 }
@@ -158,28 +337,100 @@ async fn an_event_makes_the_enrolment_due_and_a_pass_moves_it() {
     for b in support::backends() {
         let name = b.name();
         let (pool, programs, _dir) = fresh(&b, 1).await;
-        let (id, _) = store::enrol(&pool, &programs, "p1", "wound_care", None, "discharge", at(0)).await.expect("enrol");
-        assert_eq!(pass(&pool, &programs, at(HOUR)).await.stepped, 0, "{name}: nothing is due before the event");
+        let (id, _) = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "wound_care",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol");
+        assert_eq!(
+            pass(&pool, &programs, at(HOUR)).await.stepped,
+            0,
+            "{name}: nothing is due before the event"
+        );
 
-        assert!(event(&pool, id, "wound_problem_reported", at(HOUR), at(HOUR)).await, "{name}");
-        assert_eq!(enrolment(&pool, id).await[3], at(HOUR).as_second().to_string(), "{name}: the event must make the enrolment due at once");
+        assert!(
+            event(&pool, id, "wound_problem_reported", at(HOUR), at(HOUR)).await,
+            "{name}"
+        );
+        assert_eq!(
+            enrolment(&pool, id).await[3],
+            at(HOUR).as_second().to_string(),
+            "{name}: the event must make the enrolment due at once"
+        );
         // Redelivering the same event (same source key) is a no-op.
         let mut tx = pool.begin().await.expect("begin");
-        let again = store::add_event(&mut tx, id, "wound_problem_reported", at(HOUR), None, Some(format!("test:{id}:wound_problem_reported:{}", at(HOUR).as_second())), at(HOUR))
-            .await
-            .expect("add_event");
+        let again = store::add_event(
+            &mut tx,
+            id,
+            "wound_problem_reported",
+            at(HOUR),
+            None,
+            Some(format!(
+                "test:{id}:wound_problem_reported:{}",
+                at(HOUR).as_second()
+            )),
+            at(HOUR),
+        )
+        .await
+        .expect("add_event");
         tx.commit().await.expect("commit");
         assert!(!again, "{name}: a redelivered event was stored twice");
         assert_eq!(count(&pool, "events").await, 1, "{name}");
 
         let s = pass(&pool, &programs, at(2 * HOUR)).await;
-        assert_eq!((s.stepped, s.transitions, s.actions, s.cancelled_tasks), (1, 1, 1, 1), "{name}: {s:?}");
-        assert_eq!(enrolment(&pool, id).await, ["nurse_call", "2", "active", &(at(HOUR).as_second() + 3 * DAY).to_string(), "2", "1"], "{name}");
-        let tasks = rows(&pool, &format!("SELECT task_ref, status FROM tasks WHERE enrolment_id = {id}"), 2).await;
-        assert_eq!(tasks, ["day1_call|cancelled", "wound_call|open"], "{name}: leaving a state cancels its open tasks");
-        assert_eq!(rows(&pool, "SELECT status FROM follow_ups", 1).await, ["cancelled"], "{name}");
-        assert_eq!(rows(&pool, "SELECT status FROM outbox", 1).await, ["cancelled"], "{name}: a left state's message must not be sent");
-        assert_eq!(scalar(&pool, &format!("SELECT COUNT(*) FROM record WHERE dedupe_key = 'e{id}:1:t'")).await, 1, "{name}");
+        assert_eq!(
+            (s.stepped, s.transitions, s.actions, s.cancelled_tasks),
+            (1, 1, 1, 1),
+            "{name}: {s:?}"
+        );
+        assert_eq!(
+            enrolment(&pool, id).await,
+            [
+                "nurse_call",
+                "2",
+                "active",
+                &(at(HOUR).as_second() + 3 * DAY).to_string(),
+                "2",
+                "1"
+            ],
+            "{name}"
+        );
+        let tasks = rows(
+            &pool,
+            &format!("SELECT task_ref, status FROM tasks WHERE enrolment_id = {id}"),
+            2,
+        )
+        .await;
+        assert_eq!(
+            tasks,
+            ["day1_call|cancelled", "wound_call|open"],
+            "{name}: leaving a state cancels its open tasks"
+        );
+        assert_eq!(
+            rows(&pool, "SELECT status FROM follow_ups", 1).await,
+            ["cancelled"],
+            "{name}"
+        );
+        assert_eq!(
+            rows(&pool, "SELECT status FROM outbox", 1).await,
+            ["cancelled"],
+            "{name}: a left state's message must not be sent"
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                &format!("SELECT COUNT(*) FROM record WHERE dedupe_key = 'e{id}:1:t'")
+            )
+            .await,
+            1,
+            "{name}"
+        );
 
         let s = pass(&pool, &programs, at(2 * HOUR)).await;
         assert_eq!((s.stepped, s.actions), (0, 0), "{name}: {s:?}");
@@ -192,33 +443,116 @@ async fn withdraw_cancels_open_work_and_nothing_follows() {
     for b in support::backends() {
         let name = b.name();
         let (pool, programs, _dir) = fresh(&b, 1).await;
-        let (id, _) = store::enrol(&pool, &programs, "p1", "heart_check", None, "discharge", at(0)).await.expect("enrol");
+        let (id, _) = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "heart_check",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol");
         event(&pool, id, "worsened", at(HOUR), at(HOUR)).await;
         let s = pass(&pool, &programs, at(2 * HOUR)).await;
         assert_eq!(s.transitions, 1, "{name}: {s:?}");
         assert_eq!(enrolment(&pool, id).await[0], "refer_up", "{name}");
         // Open work before: the kept care-plan task, a pending urgent message, armed alarms.
-        assert_eq!(rows(&pool, "SELECT task_ref, status FROM tasks", 2).await, ["care_plan|open"], "{name}");
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM outbox WHERE status = 'pending'").await, 1, "{name}");
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM alarm_rules WHERE active = 1").await, 1, "{name}");
+        assert_eq!(
+            rows(&pool, "SELECT task_ref, status FROM tasks", 2).await,
+            ["care_plan|open"],
+            "{name}"
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM outbox WHERE status = 'pending'"
+            )
+            .await,
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            scalar(&pool, "SELECT COUNT(*) FROM alarm_rules WHERE active = 1").await,
+            1,
+            "{name}"
+        );
 
-        store::withdraw(&pool, id, "moved away", at(3 * HOUR)).await.expect("withdraw");
+        store::withdraw(&pool, id, "moved away", at(3 * HOUR))
+            .await
+            .expect("withdraw");
         let e = enrolment(&pool, id).await;
         assert_eq!((e[2].as_str(), e[3].as_str()), ("withdrawn", "∅"), "{name}");
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM tasks WHERE status IN ('open', 'claimed')").await, 0, "{name}: withdrawal left open tasks: {:?}", rows(&pool, "SELECT task_ref, status, CAST(keep AS TEXT) FROM tasks", 3).await);
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM outbox WHERE status = 'pending'").await, 0, "{name}: withdrawal left pending messages");
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM follow_ups WHERE status = 'scheduled'").await, 0, "{name}");
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM alarm_rules WHERE active = 1").await, 0, "{name}: withdrawal left alarms armed");
-        assert_eq!(scalar(&pool, &format!("SELECT COUNT(*) FROM record WHERE enrolment_id = {id} AND kind = 'withdrawn'")).await, 1, "{name}");
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM tasks WHERE status IN ('open', 'claimed')"
+            )
+            .await,
+            0,
+            "{name}: withdrawal left open tasks: {:?}",
+            rows(
+                &pool,
+                "SELECT task_ref, status, CAST(keep AS TEXT) FROM tasks",
+                3
+            )
+            .await
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM outbox WHERE status = 'pending'"
+            )
+            .await,
+            0,
+            "{name}: withdrawal left pending messages"
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM follow_ups WHERE status = 'scheduled'"
+            )
+            .await,
+            0,
+            "{name}"
+        );
+        assert_eq!(
+            scalar(&pool, "SELECT COUNT(*) FROM alarm_rules WHERE active = 1").await,
+            0,
+            "{name}: withdrawal left alarms armed"
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                &format!(
+                    "SELECT COUNT(*) FROM record WHERE enrolment_id = {id} AND kind = 'withdrawn'"
+                )
+            )
+            .await,
+            1,
+            "{name}"
+        );
 
         let after = snapshot(&pool).await;
         event(&pool, id, "referral_accepted", at(4 * HOUR), at(4 * HOUR)).await;
         for later in [at(4 * HOUR), at(6 * DAY), at(60 * DAY)] {
             let s = pass(&pool, &programs, later).await;
-            assert_eq!((s.stepped, s.actions), (0, 0), "{name}: a withdrawn enrolment was stepped: {s:?}");
+            assert_eq!(
+                (s.stepped, s.actions),
+                (0, 0),
+                "{name}: a withdrawn enrolment was stepped: {s:?}"
+            );
         }
-        support::assert_same("after withdrawal", &after, "after later passes", &snapshot(&pool).await);
-        let err = store::withdraw(&pool, id, "again", at(5 * HOUR)).await.expect_err("withdrawing twice");
+        support::assert_same(
+            "after withdrawal",
+            &after,
+            "after later passes",
+            &snapshot(&pool).await,
+        );
+        let err = store::withdraw(&pool, id, "again", at(5 * HOUR))
+            .await
+            .expect_err("withdrawing twice");
         assert!(matches!(err, StoreError::Conflict(_)), "{name}: {err:?}");
         pool.close().await;
     }
@@ -229,22 +563,55 @@ async fn a_completed_task_becomes_an_event_the_next_pass_consumes() {
     for b in support::backends() {
         let name = b.name();
         let (pool, programs, _dir) = fresh(&b, 1).await;
-        let (id, _) = store::enrol(&pool, &programs, "p1", "wound_care", None, "discharge", at(0)).await.expect("enrol");
+        let (id, _) = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "wound_care",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol");
         event(&pool, id, "wound_problem_reported", at(HOUR), at(HOUR)).await;
         pass(&pool, &programs, at(2 * HOUR)).await;
         let task = scalar(&pool, "SELECT id FROM tasks WHERE task_ref = 'wound_call'").await;
         let cancelled = scalar(&pool, "SELECT id FROM tasks WHERE task_ref = 'day1_call'").await;
 
-        store::complete_task(&pool, task, "healed", "nurse-1", at(3 * HOUR)).await.expect("complete");
-        assert_eq!(rows(&pool, &format!("SELECT status, outcome, assignee FROM tasks WHERE id = {task}"), 3).await, ["done|healed|nurse-1"], "{name}");
+        store::complete_task(&pool, task, "healed", "nurse-1", at(3 * HOUR))
+            .await
+            .expect("complete");
         assert_eq!(
-            rows(&pool, "SELECT name, source_key FROM events ORDER BY seq", 2).await,
-            [format!("task_done:wound_call|task:{task}:done"), format!("wound_problem_reported|test:{id}:wound_problem_reported:{}", at(HOUR).as_second())],
+            rows(
+                &pool,
+                &format!("SELECT status, outcome, assignee FROM tasks WHERE id = {task}"),
+                3
+            )
+            .await,
+            ["done|healed|nurse-1"],
             "{name}"
         );
-        assert_eq!(enrolment(&pool, id).await[3], at(3 * HOUR).as_second().to_string(), "{name}: the completion must make the enrolment due");
+        assert_eq!(
+            rows(&pool, "SELECT name, source_key FROM events ORDER BY seq", 2).await,
+            [
+                format!("task_done:wound_call|task:{task}:done"),
+                format!(
+                    "wound_problem_reported|test:{id}:wound_problem_reported:{}",
+                    at(HOUR).as_second()
+                )
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            enrolment(&pool, id).await[3],
+            at(3 * HOUR).as_second().to_string(),
+            "{name}: the completion must make the enrolment due"
+        );
         for t in [task, cancelled] {
-            let err = store::complete_task(&pool, t, "again", "nurse-1", at(3 * HOUR)).await.expect_err("completing a closed task");
+            let err = store::complete_task(&pool, t, "again", "nurse-1", at(3 * HOUR))
+                .await
+                .expect_err("completing a closed task");
             assert!(matches!(err, StoreError::Conflict(_)), "{name}: {err:?}");
         }
         assert_eq!(count(&pool, "events").await, 2, "{name}");
@@ -252,7 +619,11 @@ async fn a_completed_task_becomes_an_event_the_next_pass_consumes() {
         let s = pass(&pool, &programs, at(3 * HOUR)).await;
         assert_eq!((s.stepped, s.transitions), (1, 1), "{name}: {s:?}");
         let e = enrolment(&pool, id).await;
-        assert_eq!((e[0].as_str(), e[2].as_str(), e[3].as_str()), ("closed", Status::Completed.as_str(), "∅"), "{name}");
+        assert_eq!(
+            (e[0].as_str(), e[2].as_str(), e[3].as_str()),
+            ("closed", Status::Completed.as_str(), "∅"),
+            "{name}"
+        );
         let s = pass(&pool, &programs, at(3 * HOUR)).await;
         assert_eq!(s.stepped, 0, "{name}: {s:?}");
         pool.close().await;
@@ -264,24 +635,55 @@ async fn the_record_is_append_only() {
     for b in support::backends() {
         let name = b.name();
         let (pool, programs, _dir) = fresh(&b, 1).await;
-        store::enrol(&pool, &programs, "p1", "wound_care", None, "discharge", at(0)).await.expect("enrol");
-        let before = rows(&pool, "SELECT CAST(id AS TEXT), dedupe_key, kind, detail FROM record", 4).await;
+        store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "wound_care",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol");
+        let before = rows(
+            &pool,
+            "SELECT CAST(id AS TEXT), dedupe_key, kind, detail FROM record",
+            4,
+        )
+        .await;
         assert!(before.len() >= 3, "{name}");
-        for sql in [
+        let mut attempts = vec![
             "UPDATE record SET kind = 'tampered' WHERE id = (SELECT MIN(id) FROM record)",
             "UPDATE record SET detail = '{}'",
             "DELETE FROM record WHERE id = (SELECT MAX(id) FROM record)",
             "DELETE FROM record",
-        ] {
+        ];
+        if b.kind == Kind::Postgres {
+            attempts.push("TRUNCATE record");
+        }
+        for sql in attempts {
             let r = pool.exec(sql, vec![]).await;
             assert!(r.is_err(), "{name}: `{sql}` was accepted ({r:?})");
             // Inside a transaction too.
             let mut tx = pool.begin().await.expect("begin");
             let r = tx.exec(sql, vec![]).await;
-            assert!(r.is_err(), "{name}: `{sql}` was accepted in a transaction ({r:?})");
+            assert!(
+                r.is_err(),
+                "{name}: `{sql}` was accepted in a transaction ({r:?})"
+            );
             drop(tx);
         }
-        assert_eq!(rows(&pool, "SELECT CAST(id AS TEXT), dedupe_key, kind, detail FROM record", 4).await, before, "{name}: the record changed");
+        assert_eq!(
+            rows(
+                &pool,
+                "SELECT CAST(id AS TEXT), dedupe_key, kind, detail FROM record",
+                4
+            )
+            .await,
+            before,
+            "{name}: the record changed"
+        );
         pool.close().await;
     }
 }
@@ -291,38 +693,159 @@ async fn migrate_enrolments_refuses_an_invalid_state_map_without_moving_anything
     for b in support::backends() {
         let name = b.name();
         let (pool, programs, _dir) = fresh(&b, 3).await;
-        let v2 = WOUND_CARE.replace("version: 1", "version: 2").replace("nurse_call", "nurse_phone");
+        let v2 = WOUND_CARE
+            .replace("version: 1", "version: 2")
+            .replace("nurse_call", "nurse_phone");
         let dir2 = support::pathway_dir(&[("wound_care.yaml", &v2)]);
-        store::publish(&pool, &Programs::load_dir(dir2.path()).expect("load v2"), at(0)).await.expect("publish v2");
+        store::publish(
+            &pool,
+            &Programs::load_dir(dir2.path()).expect("load v2"),
+            at(0),
+        )
+        .await
+        .expect("publish v2");
         let programs_all = store::load_programs(&pool).await.expect("load");
-        let (p1, _) = store::enrol(&pool, &programs, "p1", "wound_care", Some(1), "discharge", at(0)).await.expect("enrol p1");
-        let (p2, _) = store::enrol(&pool, &programs, "p2", "wound_care", Some(1), "discharge", at(0)).await.expect("enrol p2");
-        let (p3, _) = store::enrol(&pool, &programs, "p3", "heart_check", None, "discharge", at(0)).await.expect("enrol p3");
+        let (p1, _) = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "wound_care",
+            Some(1),
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol p1");
+        let (p2, _) = store::enrol(
+            &pool,
+            &programs,
+            "p2",
+            "wound_care",
+            Some(1),
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol p2");
+        let (p3, _) = store::enrol(
+            &pool,
+            &programs,
+            "p3",
+            "heart_check",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol p3");
         event(&pool, p2, "wound_problem_reported", at(HOUR), at(HOUR)).await;
         pass(&pool, &programs_all, at(2 * HOUR)).await;
         assert_eq!(enrolment(&pool, p2).await[0], "nurse_call", "{name}");
 
         let before = snapshot(&pool).await;
-        let m = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>();
+        let m = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
         for (why, map) in [
             ("a state of v1 that v2 lacks, unmapped", m(&[])),
-            ("a target that is not a state of v2", m(&[("nurse_call", "nowhere")])),
-            ("a source that is not a state of v1", m(&[("nurse_call", "nurse_phone"), ("bogus", "closed")])),
+            (
+                "a target that is not a state of v2",
+                m(&[("nurse_call", "nowhere")]),
+            ),
+            (
+                "a source that is not a state of v1",
+                m(&[("nurse_call", "nurse_phone"), ("bogus", "closed")]),
+            ),
         ] {
-            let err = store::migrate_enrolments(&pool, &programs_all, "wound_care", 1, 2, &map, at(2 * HOUR)).await.expect_err(why);
-            assert!(matches!(err, StoreError::Invalid(_)), "{name}: {why}: {err:?}");
-            support::assert_same("before", &before, &format!("after the refused map ({why})"), &snapshot(&pool).await);
+            let err = store::migrate_enrolments(
+                &pool,
+                &programs_all,
+                "wound_care",
+                1,
+                2,
+                &map,
+                at(2 * HOUR),
+            )
+            .await
+            .expect_err(why);
+            assert!(
+                matches!(err, StoreError::Invalid(_)),
+                "{name}: {why}: {err:?}"
+            );
+            support::assert_same(
+                "before",
+                &before,
+                &format!("after the refused map ({why})"),
+                &snapshot(&pool).await,
+            );
         }
-        let err = store::migrate_enrolments(&pool, &programs_all, "wound_care", 1, 3, &m(&[]), at(2 * HOUR)).await.expect_err("no v3");
+        let err = store::migrate_enrolments(
+            &pool,
+            &programs_all,
+            "wound_care",
+            1,
+            3,
+            &m(&[]),
+            at(2 * HOUR),
+        )
+        .await
+        .expect_err("no v3");
         assert!(matches!(err, StoreError::NotFound(_)), "{name}: {err:?}");
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM record WHERE kind = 'migrated'").await, 0, "{name}");
+        assert_eq!(
+            scalar(&pool, "SELECT COUNT(*) FROM record WHERE kind = 'migrated'").await,
+            0,
+            "{name}"
+        );
 
-        let moved = store::migrate_enrolments(&pool, &programs_all, "wound_care", 1, 2, &m(&[("nurse_call", "nurse_phone")]), at(2 * HOUR)).await.expect("valid map");
+        let moved = store::migrate_enrolments(
+            &pool,
+            &programs_all,
+            "wound_care",
+            1,
+            2,
+            &m(&[("nurse_call", "nurse_phone")]),
+            at(2 * HOUR),
+        )
+        .await
+        .expect("valid map");
         assert_eq!(moved, 2, "{name}");
-        assert_eq!(&enrolment(&pool, p1).await[..], ["at_home", "1", "active", &at(2 * HOUR).as_second().to_string(), "2", "2"], "{name}");
-        assert_eq!(&enrolment(&pool, p2).await[..], ["nurse_phone", "2", "active", &at(2 * HOUR).as_second().to_string(), "3", "2"], "{name}");
-        assert_eq!(enrolment(&pool, p3).await[5], "1", "{name}: another pathway's enrolment moved");
-        assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM record WHERE kind = 'migrated'").await, 2, "{name}");
+        assert_eq!(
+            &enrolment(&pool, p1).await[..],
+            [
+                "at_home",
+                "1",
+                "active",
+                &at(2 * HOUR).as_second().to_string(),
+                "2",
+                "2"
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            &enrolment(&pool, p2).await[..],
+            [
+                "nurse_phone",
+                "2",
+                "active",
+                &at(2 * HOUR).as_second().to_string(),
+                "3",
+                "2"
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            enrolment(&pool, p3).await[5],
+            "1",
+            "{name}: another pathway's enrolment moved"
+        );
+        assert_eq!(
+            scalar(&pool, "SELECT COUNT(*) FROM record WHERE kind = 'migrated'").await,
+            2,
+            "{name}"
+        );
         let s = pass(&pool, &programs_all, at(2 * HOUR)).await;
         assert_eq!(s.stepped, 2, "{name}: {s:?}");
         pool.close().await;
@@ -337,7 +860,17 @@ async fn a_retried_commit_writes_nothing_twice() {
     for b in support::backends() {
         let name = b.name();
         let (pool, programs, _dir) = fresh(&b, 1).await;
-        let (id, _) = store::enrol(&pool, &programs, "p1", "heart_check", None, "discharge", at(0)).await.expect("enrol");
+        let (id, _) = store::enrol(
+            &pool,
+            &programs,
+            "p1",
+            "heart_check",
+            None,
+            "discharge",
+            at(0),
+        )
+        .await
+        .expect("enrol");
         event(&pool, id, "worsened", at(HOUR), at(HOUR)).await;
         event(&pool, id, "referral_accepted", at(HOUR + 60), at(HOUR + 60)).await;
         let now = at(2 * HOUR);
@@ -345,14 +878,19 @@ async fn a_retried_commit_writes_nothing_twice() {
         // One step: assess → refer_up → closed, with a referral, a message and notes.
         let mut tx = pool.begin().await.expect("begin");
         let d = store::load_enrolment(&mut tx, id).await.expect("load");
-        let mut facts = store::load_facts(&mut tx, std::slice::from_ref(&d), now).await.expect("facts");
+        let mut facts = store::load_facts(&mut tx, std::slice::from_ref(&d), now)
+            .await
+            .expect("facts");
         let (f, pending) = facts.remove(&id).expect("facts of the enrolment");
         let prog = programs.get("heart_check", 1).expect("program");
         let outcome = carepath_engine::step(prog, &d.enrolment, &f, &pending, now).expect("step");
         assert_eq!(outcome.transitions.len(), 2, "{name}: {outcome:?}");
         assert_eq!(outcome.enrolment.status, Status::Completed, "{name}");
         let mut buf = store::RowBuffer::default();
-        let mut w = store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now).await.expect("apply").expect("not stale");
+        let mut w = store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now)
+            .await
+            .expect("apply")
+            .expect("not stale");
         w.add(&buf.flush(&mut tx).await.expect("flush"));
         assert_eq!(w.transitions, 2, "{name}");
         assert!(w.actions() >= 3, "{name}: {w:?}");
@@ -363,18 +901,35 @@ async fn a_retried_commit_writes_nothing_twice() {
         // The stale retry is fenced.
         let mut tx = pool.begin().await.expect("begin");
         let mut buf = store::RowBuffer::default();
-        assert!(store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now).await.expect("apply").is_none(), "{name}: a stale write got past the row-version check");
+        assert!(
+            store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now)
+                .await
+                .expect("apply")
+                .is_none(),
+            "{name}: a stale write got past the row-version check"
+        );
         let w = buf.flush(&mut tx).await.expect("flush");
         assert_eq!(w.actions(), 0, "{name}: {w:?}");
         tx.commit().await.expect("commit");
-        support::assert_same("committed", &committed, "after a stale retry", &snapshot(&pool).await);
+        support::assert_same(
+            "committed",
+            &committed,
+            "after a stale retry",
+            &snapshot(&pool).await,
+        );
 
         // A retry with a fresh row version (the fence bypassed) still adds nothing.
         let mut tx = pool.begin().await.expect("begin");
         let fresh_row = store::load_enrolment(&mut tx, id).await.expect("load");
-        let retry = store::DueEnrolment { row_version: fresh_row.row_version, ..d.clone() };
+        let retry = store::DueEnrolment {
+            row_version: fresh_row.row_version,
+            ..d.clone()
+        };
         let mut buf = store::RowBuffer::default();
-        let mut w = store::apply_outcome(&mut tx, &mut buf, &retry, &outcome, now).await.expect("apply").expect("fresh row version");
+        let mut w = store::apply_outcome(&mut tx, &mut buf, &retry, &outcome, now)
+            .await
+            .expect("apply")
+            .expect("fresh row version");
         w.add(&buf.flush(&mut tx).await.expect("flush"));
         tx.commit().await.expect("commit");
         let mut after = snapshot(&pool).await;
@@ -384,7 +939,11 @@ async fn a_retried_commit_writes_nothing_twice() {
             s.remove("enrolments");
         }
         support::assert_same("committed", &expected, "after a bypassed retry", &after);
-        assert_eq!(w.actions(), 0, "{name}: nothing was inserted, yet the retry reports new actions: {w:?}");
+        assert_eq!(
+            w.actions(),
+            0,
+            "{name}: nothing was inserted, yet the retry reports new actions: {w:?}"
+        );
         pool.close().await;
     }
 }

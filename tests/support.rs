@@ -21,18 +21,28 @@ pub fn loud(msg: &str) {
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("carepath-e2e-").tempdir().expect("cannot create a temporary folder")
+    tempfile::Builder::new()
+        .prefix("carepath-e2e-")
+        .tempdir()
+        .expect("cannot create a temporary folder")
 }
 
 /// A small runtime for synchronous tests that look into a database.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cannot build a tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot build a tokio runtime")
 }
 
 /// Runs `f` to completion on its own runtime in its own thread, so it may be called from inside a
 /// `#[tokio::test]` (and from `Drop`).
-fn on_own_runtime<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
-    std::thread::spawn(move || runtime().block_on(f)).join().expect("helper thread panicked")
+fn on_own_runtime<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || runtime().block_on(f))
+        .join()
+        .expect("helper thread panicked")
 }
 
 pub fn ts(s: &str) -> Timestamp {
@@ -55,7 +65,7 @@ pub struct Backend {
     /// The SQLite file (SQLite only).
     pub path: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
-    pg: Option<PgDatabase>,
+    _pg: Option<PgDatabase>,
 }
 
 impl Backend {
@@ -77,7 +87,13 @@ impl Drop for PgDatabase {
         let (admin, name) = (self.admin_url.clone(), self.name.clone());
         on_own_runtime(async move {
             if let Ok(pool) = Pool::connect(&admin).await {
-                if let Err(e) = pool.exec(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), vec![]).await {
+                if let Err(e) = pool
+                    .exec(
+                        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                        vec![],
+                    )
+                    .await
+                {
                     loud(&format!("could not drop the test database {name}: {e}"));
                 }
                 pool.close().await;
@@ -90,7 +106,13 @@ impl Drop for PgDatabase {
 pub fn sqlite() -> Backend {
     let dir = tempdir();
     let path = dir.path().join("carepath.db");
-    Backend { kind: Kind::Sqlite, url: format!("sqlite:{}", path.display()), path: Some(path), _dir: Some(dir), pg: None }
+    Backend {
+        kind: Kind::Sqlite,
+        url: format!("sqlite:{}", path.display()),
+        path: Some(path),
+        _dir: Some(dir),
+        _pg: None,
+    }
 }
 
 /// `url` with its database name replaced by `name`.
@@ -113,19 +135,38 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// message) when it is not set.
 pub fn postgres() -> Option<Backend> {
     let Ok(admin_url) = std::env::var("DATABASE_URL") else {
-        loud("SKIPPED: PostgreSQL conformance tests need DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test); only SQLite was tested");
+        loud(
+            "SKIPPED: PostgreSQL conformance tests need DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test); only SQLite was tested",
+        );
         return None;
     };
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let name = format!("carepath_t_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "carepath_t_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let (admin, db) = (admin_url.clone(), name.clone());
     on_own_runtime(async move {
-        let pool = Pool::connect(&admin).await.unwrap_or_else(|e| panic!("DATABASE_URL is set but PostgreSQL is not reachable: {e}"));
-        pool.exec(&format!("CREATE DATABASE \"{db}\""), vec![]).await.unwrap_or_else(|e| panic!("cannot create the test database {db}: {e}"));
+        let pool = Pool::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("DATABASE_URL is set but PostgreSQL is not reachable: {e}"));
+        pool.exec(&format!("CREATE DATABASE \"{db}\""), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the test database {db}: {e}"));
         pool.close().await;
     });
     let url = with_database(&admin_url, &name);
-    Some(Backend { kind: Kind::Postgres, url, path: None, _dir: None, pg: Some(PgDatabase { admin_url, name }) })
+    Some(Backend {
+        kind: Kind::Postgres,
+        url,
+        path: None,
+        _dir: None,
+        _pg: Some(PgDatabase { admin_url, name }),
+    })
 }
 
 /// Every backend to run a conformance test against: SQLite always, PostgreSQL when configured.
@@ -269,14 +310,21 @@ pub fn pathway_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// The test pathways (wound care and heart check) in a temporary folder.
 pub fn test_pathways() -> tempfile::TempDir {
-    pathway_dir(&[("wound_care.yaml", WOUND_CARE), ("heart_check.yaml", HEART_CHECK)])
+    pathway_dir(&[
+        ("wound_care.yaml", WOUND_CARE),
+        ("heart_check.yaml", HEART_CHECK),
+    ])
 }
 
 /// The repository's real pathways, when `carepath validate pathways/` passes; otherwise `None`,
 /// with a loud message.
 pub fn real_pathways() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pathways");
-    let out = Command::new(BIN).arg("validate").arg(&dir).output().expect("cannot run carepath validate");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&dir)
+        .output()
+        .expect("cannot run carepath validate");
     if out.status.success() {
         Some(dir)
     } else {
@@ -314,27 +362,61 @@ pub fn carepath_ok(args: &[&str]) -> String {
 }
 
 /// `carepath seed`; returns its JSON summary.
-pub fn cli_seed(url: &str, pathways: &Path, patients: u64, seed: u64, as_of: &str) -> serde_json::Value {
-    let (n, s, dir) = (patients.to_string(), seed.to_string(), pathways.display().to_string());
-    let out = carepath_ok(&["seed", "--patients", &n, "--seed", &s, "--pathways", &dir, "--as-of", as_of, "--db", url]);
+pub fn cli_seed(
+    url: &str,
+    pathways: &Path,
+    patients: u64,
+    seed: u64,
+    as_of: &str,
+) -> serde_json::Value {
+    let (n, s, dir) = (
+        patients.to_string(),
+        seed.to_string(),
+        pathways.display().to_string(),
+    );
+    let out = carepath_ok(&[
+        "seed",
+        "--patients",
+        &n,
+        "--seed",
+        &s,
+        "--pathways",
+        &dir,
+        "--as-of",
+        as_of,
+        "--db",
+        url,
+    ]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("seed printed no JSON ({e}): {out}"))
 }
 
 /// `carepath run --as-of T --json --batch-size N`; returns its JSON summary.
 pub fn cli_run(url: &str, as_of: &str, batch_size: i64) -> serde_json::Value {
     let b = batch_size.to_string();
-    let out = carepath_ok(&["run", "--as-of", as_of, "--json", "--batch-size", &b, "--db", url]);
+    let out = carepath_ok(&[
+        "run",
+        "--as-of",
+        as_of,
+        "--json",
+        "--batch-size",
+        &b,
+        "--db",
+        url,
+    ]);
     parse_summary(&out)
 }
 
 pub fn parse_summary(out: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("run printed no JSON ({e}): {out}"));
+    let v: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("run printed no JSON ({e}): {out}"));
     assert_eq!(v["errors"], 0, "the pass reported errors: {v}");
     v
 }
 
 pub fn num(v: &serde_json::Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("`{key}` missing from {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` missing from {v}"))
 }
 
 /// Copies a SQLite database that no process has open: the file and its `-wal` and `-shm`.
@@ -342,7 +424,8 @@ pub fn copy_sqlite(from: &Path, to: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let src = PathBuf::from(format!("{}{suffix}", from.display()));
         if src.exists() {
-            std::fs::copy(&src, format!("{}{suffix}", to.display())).expect("cannot copy the database");
+            std::fs::copy(&src, format!("{}{suffix}", to.display()))
+                .expect("cannot copy the database");
         }
     }
 }
@@ -356,9 +439,13 @@ pub async fn open_store(url: &str, dir: &Path, now: Timestamp) -> (Pool, Program
     let pool = Pool::connect(url).await.expect("connect");
     store::migrate(&pool).await.expect("migrate");
     let programs = Programs::load_dir(dir).expect("the test pathways load");
-    store::publish(&pool, &programs, now).await.expect("publish");
+    store::publish(&pool, &programs, now)
+        .await
+        .expect("publish");
     let programs = store::load_programs(&pool).await.expect("load programs");
-    carepath_engine::seed::alliance(&pool).await.expect("alliance");
+    carepath_engine::seed::alliance(&pool)
+        .await
+        .expect("alliance");
     (pool, programs)
 }
 
@@ -373,12 +460,19 @@ pub async fn add_patient(pool: &Pool, id: &str, now: Timestamp) {
         contact_enc: None,
         preferred_channel: Some("wechat".into()),
     };
-    store::insert_patient(&mut tx, &p, now).await.expect("insert patient");
+    store::insert_patient(&mut tx, &p, now)
+        .await
+        .expect("insert patient");
     tx.commit().await.expect("commit");
 }
 
 pub async fn scalar(pool: &Pool, sql: &str) -> i64 {
-    pool.fetch(sql, vec![]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).first().map(|r| r.i64(0)).unwrap_or(0)
+    pool.fetch(sql, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .first()
+        .map(|r| r.i64(0))
+        .unwrap_or(0)
 }
 
 pub async fn count(pool: &Pool, table: &str) -> i64 {
@@ -392,7 +486,12 @@ pub async fn rows(pool: &Pool, sql: &str, columns: usize) -> Vec<String> {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
-        .map(|r| (0..columns).map(|i| r.opt_text(i).unwrap_or_else(|| "∅".into())).collect::<Vec<_>>().join("|"))
+        .map(|r| {
+            (0..columns)
+                .map(|i| r.opt_text(i).unwrap_or_else(|| "∅".into()))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
         .collect();
     out.sort();
     out
@@ -401,18 +500,89 @@ pub async fn rows(pool: &Pool, sql: &str, columns: usize) -> Vec<String> {
 /// What a snapshot holds of each table (every column as text, in a stable order; the first is the
 /// dedupe key). Surrogate ids are left out, except the enrolment id, which dedupe keys embed.
 pub const SNAPSHOT: &[(&str, &[&str])] = &[
-    ("enrolments", &["id", "state", "state_seq", "status", "next_wake_at", "row_version", "last_event_seq", "vars", "ended_at", "version"]),
-    ("tasks", &["dedupe_key", "enrolment_id", "state_seq", "task_ref", "role", "status", "due_at", "created_at", "keep", "cancel_reason"]),
-    ("follow_ups", &["dedupe_key", "enrolment_id", "state_seq", "template", "channels", "send_at", "urgent", "status"]),
+    (
+        "enrolments",
+        &[
+            "id",
+            "state",
+            "state_seq",
+            "status",
+            "next_wake_at",
+            "row_version",
+            "last_event_seq",
+            "vars",
+            "ended_at",
+            "version",
+        ],
+    ),
+    (
+        "tasks",
+        &[
+            "dedupe_key",
+            "enrolment_id",
+            "state_seq",
+            "task_ref",
+            "role",
+            "status",
+            "due_at",
+            "created_at",
+            "keep",
+            "cancel_reason",
+        ],
+    ),
+    (
+        "follow_ups",
+        &[
+            "dedupe_key",
+            "enrolment_id",
+            "state_seq",
+            "template",
+            "channels",
+            "send_at",
+            "urgent",
+            "status",
+        ],
+    ),
     (
         "outbox",
-        &["dedupe_key", "(SELECT f.dedupe_key FROM follow_ups f WHERE f.id = outbox.follow_up_id)", "patient_id", "channel", "template", "status", "next_attempt_at", "attempts"],
+        &[
+            "dedupe_key",
+            "(SELECT f.dedupe_key FROM follow_ups f WHERE f.id = outbox.follow_up_id)",
+            "patient_id",
+            "channel",
+            "template",
+            "status",
+            "next_attempt_at",
+            "attempts",
+        ],
     ),
-    ("record", &["dedupe_key", "enrolment_id", "kind", "at", "detail"]),
-    ("scale_pushes", &["dedupe_key", "enrolment_id", "scale", "due_at", "status"]),
-    ("risk_predictions", &["dedupe_key", "enrolment_id", "model", "score", "band", "at"]),
-    ("referrals", &["dedupe_key", "enrolment_id", "direction", "to_kind", "status", "accept_by"]),
-    ("alarm_rules", &["dedupe_key", "enrolment_id", "alarm_id", "scope", "active"]),
+    (
+        "record",
+        &["dedupe_key", "enrolment_id", "kind", "at", "detail"],
+    ),
+    (
+        "scale_pushes",
+        &["dedupe_key", "enrolment_id", "scale", "due_at", "status"],
+    ),
+    (
+        "risk_predictions",
+        &["dedupe_key", "enrolment_id", "model", "score", "band", "at"],
+    ),
+    (
+        "referrals",
+        &[
+            "dedupe_key",
+            "enrolment_id",
+            "direction",
+            "to_kind",
+            "status",
+            "accept_by",
+        ],
+    ),
+    (
+        "alarm_rules",
+        &["dedupe_key", "enrolment_id", "alarm_id", "scope", "active"],
+    ),
     ("goals", &["dedupe_key", "enrolment_id", "goal_id"]),
 ];
 
@@ -422,7 +592,15 @@ pub async fn snapshot(pool: &Pool) -> Snapshot {
     let mut out = Snapshot::new();
     for (table, cols) in SNAPSHOT {
         let select: Vec<String> = cols.iter().map(|c| format!("CAST({c} AS TEXT)")).collect();
-        out.insert(table, rows(pool, &format!("SELECT {} FROM {table}", select.join(", ")), cols.len()).await);
+        out.insert(
+            table,
+            rows(
+                pool,
+                &format!("SELECT {} FROM {table}", select.join(", ")),
+                cols.len(),
+            )
+            .await,
+        );
     }
     out
 }
@@ -465,7 +643,10 @@ pub fn assert_no_duplicate_keys(label: &str, s: &Snapshot) {
             }
         }
         let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(10).collect();
-        assert!(dups.is_empty(), "{label}: duplicate keys in {table}: {dups:?}");
+        assert!(
+            dups.is_empty(),
+            "{label}: duplicate keys in {table}: {dups:?}"
+        );
     }
 }
 
@@ -503,12 +684,22 @@ pub fn assert_same(a_label: &str, a: &Snapshot, b_label: &str, b: &Snapshot) {
             &ob[..ob.len().min(5)]
         ));
     }
-    assert!(problems.is_empty(), "{a_label} and {b_label} differ:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "{a_label} and {b_label} differ:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 /// A seedable source of random numbers for kill points: `CAREPATH_TEST_SEED` or the clock.
 pub fn random_seed() -> u64 {
-    std::env::var("CAREPATH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-    })
+    std::env::var("CAREPATH_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        })
 }

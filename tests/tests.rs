@@ -5,5 +5,6 @@
 
 mod support;
 
+mod delivery;
 mod engine_exactly_once;
 mod engine_store;

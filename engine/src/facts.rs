@@ -65,27 +65,53 @@ pub struct PendingEvent {
 
 impl PatientFacts {
     pub fn last_event(&self, name: &str, now: Timestamp) -> Option<Timestamp> {
-        self.events.iter().rev().filter(|e| e.at <= now).find(|e| e.name == name).map(|e| e.at)
+        self.events
+            .iter()
+            .rev()
+            .filter(|e| e.at <= now)
+            .find(|e| e.name == name)
+            .map(|e| e.at)
     }
 
     pub fn event_count(&self, name: &str, now: Timestamp) -> usize {
-        self.events.iter().filter(|e| e.at <= now && e.name == name).count()
+        self.events
+            .iter()
+            .filter(|e| e.at <= now && e.name == name)
+            .count()
     }
 
-    pub fn observations_in(&self, kind: &str, from: Timestamp, to: Timestamp) -> impl Iterator<Item = f64> + '_ {
+    pub fn observations_in(
+        &self,
+        kind: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> impl Iterator<Item = f64> + '_ {
         let kind = kind.to_string();
-        self.observations.iter().filter(move |o| o.kind == kind && o.at > from && o.at <= to).map(|o| o.value)
+        self.observations
+            .iter()
+            .filter(move |o| o.kind == kind && o.at > from && o.at <= to)
+            .map(|o| o.value)
     }
 
     pub fn latest_observation(&self, kind: &str, now: Timestamp) -> Option<f64> {
-        self.observations.iter().rev().find(|o| o.kind == kind && o.at <= now).map(|o| o.value)
+        self.observations
+            .iter()
+            .rev()
+            .find(|o| o.kind == kind && o.at <= now)
+            .map(|o| o.value)
     }
 
     pub fn latest_scale(&self, scale: &str, now: Timestamp) -> Option<&ScaleResult> {
-        self.scales.iter().rev().find(|s| s.scale == scale && s.at <= now)
+        self.scales
+            .iter()
+            .rev()
+            .find(|s| s.scale == scale && s.at <= now)
     }
 
     pub fn latest_risk(&self, model: &str, now: Timestamp) -> Option<&RiskResult> {
-        self.risks.iter().rev().find(|r| r.model == model && r.at <= now)
+        self.risks
+            .iter()
+            .rev()
+            .find(|r| r.model == model && r.at <= now)
     }
 }

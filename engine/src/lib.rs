@@ -3,17 +3,21 @@
 //! Architecture invariants: `step` reads no clock, draws no randomness and does no I/O; only
 //! `store` holds SQL; the scheduler is the only caller that decides *when* to step.
 
+pub mod crypto;
+pub mod delivery;
 pub mod facts;
+pub mod observations;
 pub mod program;
 pub mod risk;
 pub mod sandbox;
+pub mod scales;
 pub mod step;
 pub mod time;
 
 pub use facts::{PatientFacts, PendingEvent};
 pub use program::Programs;
 pub use step::{Emitted, Enrolment, Outcome, Produced, Program, Status, StepError, enrol, step};
-pub mod scheduler;
-pub mod store;
-pub mod seed;
 pub mod pathway_test;
+pub mod scheduler;
+pub mod seed;
+pub mod store;

@@ -78,7 +78,11 @@ fn default_tz() -> String {
 
 impl Default for PatientSpec {
     fn default() -> Self {
-        PatientSpec { age: default_age(), sex: default_sex(), tz: default_tz() }
+        PatientSpec {
+            age: default_age(),
+            sex: default_sex(),
+            tz: default_tz(),
+        }
     }
 }
 
@@ -195,9 +199,15 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
     let start = match &case.start {
         Some(s) => match s.parse::<Timestamp>() {
             Ok(t) => t,
-            Err(e) => return vec![format!("`start: {s}` is not an instant with an offset: {e}")],
+            Err(e) => {
+                return vec![format!(
+                    "`start: {s}` is not an instant with an offset: {e}"
+                )];
+            }
         },
-        None => "2026-03-02T00:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH),
+        None => "2026-03-02T00:00:00Z"
+            .parse()
+            .unwrap_or(Timestamp::UNIX_EPOCH),
     };
     let mut points: Vec<(Timestamp, usize, bool)> = Vec::new();
     for (i, g) in case.given.iter().enumerate() {
@@ -228,11 +238,19 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
     let mut items: Vec<Item> = Vec::new();
     let mut seq = 0i64;
 
-    let record = |out: step::Outcome, items: &mut Vec<Item>, report: &mut Report| -> Enrolment {
+    let record = |out: step::Outcome,
+                  items: &mut Vec<Item>,
+                  report: &mut Report,
+                  risks: &mut Vec<crate::facts::RiskResult>|
+     -> Enrolment {
         for t in &out.transitions {
             report.transitions_taken.insert((t.from.clone(), t.index));
+            report.states_visited.insert(t.from.clone());
             report.states_visited.insert(t.to.clone());
-            for it in items.iter_mut().filter(|it| it.state_seq == t.left_seq && !it.done) {
+            for it in items
+                .iter_mut()
+                .filter(|it| it.state_seq == t.left_seq && !it.done)
+            {
                 if let Produced::Task { keep: false, .. } = it.produced {
                     it.cancelled = true;
                 }
@@ -240,19 +258,39 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
         }
         report.states_visited.insert(out.enrolment.state.clone());
         for a in out.actions {
-            items.push(Item { at: a.at, state_seq: a.state_seq, produced: a.action, done: false, cancelled: false });
+            if let Produced::Risk {
+                model, score, band, ..
+            } = &a.action
+            {
+                risks.push(crate::facts::RiskResult {
+                    model: model.clone(),
+                    score: *score,
+                    band: band.clone(),
+                    at: a.at,
+                });
+            }
+            items.push(Item {
+                at: a.at,
+                state_seq: a.state_seq,
+                produced: a.action,
+                done: false,
+                cancelled: false,
+            });
         }
         out.enrolment
     };
 
-    let mut enrolment = match step::enrol(prog, 1, &case.entry, &case.patient.tz, &facts, &[], start) {
-        Ok(out) => record(out, &mut items, report),
-        Err(e) => return vec![format!("enrolling at `{}` failed: {e}", case.entry)],
-    };
+    let mut enrolment =
+        match step::enrol(prog, 1, &case.entry, &case.patient.tz, &facts, &[], start) {
+            Ok(out) => record(out, &mut items, report, &mut facts.risks),
+            Err(e) => return vec![format!("enrolling at `{}` failed: {e}", case.entry)],
+        };
     for (name, value) in &case.vars {
         let v = match value {
             serde_json::Value::Bool(b) => VarValue::Bool(*b),
-            serde_json::Value::Number(n) if n.is_i64() => VarValue::Integer(n.as_i64().unwrap_or(0)),
+            serde_json::Value::Number(n) if n.is_i64() => {
+                VarValue::Integer(n.as_i64().unwrap_or(0))
+            }
             serde_json::Value::Number(n) => VarValue::Number(n.as_f64().unwrap_or(0.0)),
             other => VarValue::Text(other.as_str().unwrap_or_default().to_string()),
         };
@@ -260,27 +298,60 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
     }
 
     for (t, i, is_expect) in points {
+        // Timers due by now fire before what happens now, as the scheduler would have run them.
+        match step::step(prog, &enrolment, &facts, &pending, t) {
+            Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
+            Err(e) => {
+                fails.push(format!("step failed: {e}"));
+                return fails;
+            }
+        }
         if !is_expect {
             let g = &case.given[i];
             if let Some(ev) = &g.event {
                 seq += 1;
-                facts.events.push(FactEvent { name: ev.clone(), at: t });
-                pending.push(PendingEvent { seq, name: ev.clone(), at: t });
+                facts.events.push(FactEvent {
+                    name: ev.clone(),
+                    at: t,
+                });
+                pending.push(PendingEvent {
+                    seq,
+                    name: ev.clone(),
+                    at: t,
+                });
             }
             if let Some(obs) = &g.observation {
                 for (kind, value) in obs {
-                    facts.observations.push(Observation { kind: kind.clone(), value: *value, at: t });
+                    facts.observations.push(Observation {
+                        kind: kind.clone(),
+                        value: *value,
+                        at: t,
+                    });
                 }
             }
             if let Some(s) = &g.scale {
-                facts.scales.push(ScaleResult { scale: s.scale.clone(), score: s.score, band: s.band.clone(), items: s.items.clone(), at: t });
+                facts.scales.push(ScaleResult {
+                    scale: s.scale.clone(),
+                    score: s.score,
+                    band: s.band.clone(),
+                    items: s.items.clone(),
+                    at: t,
+                });
                 seq += 1;
                 let name = format!("scale_answered:{}", s.scale);
-                facts.events.push(FactEvent { name: name.clone(), at: t });
+                facts.events.push(FactEvent {
+                    name: name.clone(),
+                    at: t,
+                });
                 pending.push(PendingEvent { seq, name, at: t });
             }
             if let Some(r) = &g.risk {
-                facts.risks.push(crate::facts::RiskResult { model: r.model.clone(), score: r.score, band: r.band.clone(), at: t });
+                facts.risks.push(crate::facts::RiskResult {
+                    model: r.model.clone(),
+                    score: r.score,
+                    band: r.band.clone(),
+                    at: t,
+                });
             }
             if let Some(done) = &g.task_done {
                 let open = items.iter_mut().find(|it| {
@@ -289,24 +360,39 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
                 match open {
                     Some(it) => it.done = true,
                     None => {
-                        fails.push(format!("at {}: task `{}` cannot be completed: it is not open", g.at, done.task));
+                        fails.push(format!(
+                            "at {}: task `{}` cannot be completed: it is not open",
+                            g.at, done.task
+                        ));
                         continue;
                     }
                 }
-                facts.outcomes.push((done.task.clone(), done.outcome.clone()));
+                facts
+                    .outcomes
+                    .push((done.task.clone(), done.outcome.clone()));
                 seq += 1;
                 let name = format!("task_done:{}", done.task);
-                facts.events.push(FactEvent { name: name.clone(), at: t });
+                facts.events.push(FactEvent {
+                    name: name.clone(),
+                    at: t,
+                });
                 pending.push(PendingEvent { seq, name, at: t });
             }
         }
-        facts.open_tasks = items.iter().filter(|it| matches!(it.produced, Produced::Task { .. }) && !it.done && !it.cancelled).count() as i64;
+        facts.open_tasks = items
+            .iter()
+            .filter(|it| matches!(it.produced, Produced::Task { .. }) && !it.done && !it.cancelled)
+            .count() as i64;
         facts.overdue_tasks = items
             .iter()
-            .filter(|it| matches!(&it.produced, Produced::Task { due_at, .. } if *due_at < t) && !it.done && !it.cancelled)
+            .filter(|it| {
+                matches!(&it.produced, Produced::Task { due_at, .. } if *due_at < t)
+                    && !it.done
+                    && !it.cancelled
+            })
             .count() as i64;
         match step::step(prog, &enrolment, &facts, &pending, t) {
-            Ok(out) => enrolment = record(out, &mut items, report),
+            Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
             Err(e) => {
                 fails.push(format!("step failed: {e}"));
                 return fails;
@@ -326,7 +412,9 @@ fn describe(items: &[Item], kind: &str) -> String {
         .iter()
         .filter(|it| it.produced.kind() == kind)
         .map(|it| match &it.produced {
-            Produced::Task { task_ref, role, .. } => format!("{}@{role}", task_ref.as_deref().unwrap_or("-")),
+            Produced::Task { task_ref, role, .. } => {
+                format!("{}@{role}", task_ref.as_deref().unwrap_or("-"))
+            }
             Produced::FollowUp { template, .. } => template.clone(),
             Produced::ScalePush { scale, .. } => scale.clone(),
             Produced::Referral { direction, to, .. } => format!("{direction:?}→{}", to.as_str()),
@@ -334,54 +422,97 @@ fn describe(items: &[Item], kind: &str) -> String {
             other => other.kind().to_string(),
         })
         .collect();
-    if list.is_empty() { "none".into() } else { list.join(", ") }
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<String> {
     let at = &x.at;
     if let Some(state) = &x.state {
         if &e.state != state {
-            return Some(format!("at {at}: expected state `{state}`, but the patient is in `{}`", e.state));
+            return Some(format!(
+                "at {at}: expected state `{state}`, but the patient is in `{}`",
+                e.state
+            ));
         }
     }
     if let Some(status) = &x.status {
         if e.status.as_str() != status {
-            return Some(format!("at {at}: expected status `{status}`, found `{}`", e.status.as_str()));
+            return Some(format!(
+                "at {at}: expected status `{status}`, found `{}`",
+                e.status.as_str()
+            ));
         }
     }
     let created: Vec<Item> = items.iter().filter(|it| it.at <= t).cloned().collect();
     if let Some(task) = &x.task {
         let found = created.iter().any(|it| match &it.produced {
-            Produced::Task { task_ref, role, priority, .. } => {
-                task.id.as_ref().is_none_or(|id| task_ref.as_ref() == Some(id))
+            Produced::Task {
+                task_ref,
+                role,
+                priority,
+                ..
+            } => {
+                task.id
+                    .as_ref()
+                    .is_none_or(|id| task_ref.as_ref() == Some(id))
                     && task.role.as_ref().is_none_or(|r| r == role)
-                    && task.priority.as_ref().is_none_or(|p| p == priority.as_str())
+                    && task
+                        .priority
+                        .as_ref()
+                        .is_none_or(|p| p == priority.as_str())
             }
             _ => false,
         });
         if !found {
-            return Some(format!("at {at}: expected a task {task:?}; tasks created so far: {}", describe(&created, "task")));
+            return Some(format!(
+                "at {at}: expected a task {task:?}; tasks created so far: {}",
+                describe(&created, "task")
+            ));
         }
     }
     if let Some(id) = &x.no_task {
-        if created.iter().any(|it| matches!(&it.produced, Produced::Task { task_ref: Some(r), .. } if r == id)) {
-            return Some(format!("at {at}: expected no task `{id}`, but one was created"));
+        if created
+            .iter()
+            .any(|it| matches!(&it.produced, Produced::Task { task_ref: Some(r), .. } if r == id))
+        {
+            return Some(format!(
+                "at {at}: expected no task `{id}`, but one was created"
+            ));
         }
     }
     if let Some(f) = &x.follow_up {
         let found = created.iter().any(|it| match &it.produced {
-            Produced::FollowUp { template, channels, .. } => {
-                template == &f.template && f.channel.as_ref().is_none_or(|c| channels.first().map(|x| x.as_str()) == Some(c.as_str()))
+            Produced::FollowUp {
+                template, channels, ..
+            } => {
+                template == &f.template
+                    && f.channel
+                        .as_ref()
+                        .is_none_or(|c| channels.first().map(|x| x.as_str()) == Some(c.as_str()))
             }
             _ => false,
         });
         if !found {
-            return Some(format!("at {at}: expected a follow-up `{}`; follow-ups so far: {}", f.template, describe(&created, "follow_up")));
+            return Some(format!(
+                "at {at}: expected a follow-up `{}`; follow-ups so far: {}",
+                f.template,
+                describe(&created, "follow_up")
+            ));
         }
     }
     if let Some(scale) = &x.scale_push {
-        if !created.iter().any(|it| matches!(&it.produced, Produced::ScalePush { scale: s, .. } if s == scale)) {
-            return Some(format!("at {at}: expected a push of scale `{scale}`; pushes so far: {}", describe(&created, "scale_push")));
+        if !created
+            .iter()
+            .any(|it| matches!(&it.produced, Produced::ScalePush { scale: s, .. } if s == scale))
+        {
+            return Some(format!(
+                "at {at}: expected a push of scale `{scale}`; pushes so far: {}",
+                describe(&created, "scale_push")
+            ));
         }
     }
     if let Some(dir) = &x.referral {
@@ -390,24 +521,39 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
             _ => false,
         });
         if !found {
-            return Some(format!("at {at}: expected a `{dir}` referral; referrals so far: {}", describe(&created, "referral")));
+            return Some(format!(
+                "at {at}: expected a `{dir}` referral; referrals so far: {}",
+                describe(&created, "referral")
+            ));
         }
     }
     if let Some(model) = &x.risk {
-        if !created.iter().any(|it| matches!(&it.produced, Produced::Risk { model: m, .. } if m == model)) {
-            return Some(format!("at {at}: expected a `{model}` risk prediction; predictions so far: {}", describe(&created, "risk")));
+        if !created
+            .iter()
+            .any(|it| matches!(&it.produced, Produced::Risk { model: m, .. } if m == model))
+        {
+            return Some(format!(
+                "at {at}: expected a `{model}` risk prediction; predictions so far: {}",
+                describe(&created, "risk")
+            ));
         }
     }
     if let Some(vars) = &x.var {
         for (name, want) in vars {
-            let got = e.vars.get(name).map(|v| serde_json::to_value(v).unwrap_or_default());
+            let got = e
+                .vars
+                .get(name)
+                .map(|v| serde_json::to_value(v).unwrap_or_default());
             let same = match (&got, want.as_f64()) {
                 (Some(g), Some(w)) => g.as_f64().is_some_and(|g| (g - w).abs() < 1e-9),
                 (Some(g), None) => g == want,
                 _ => false,
             };
             if !same {
-                return Some(format!("at {at}: expected variable `{name}` = {want}, found {}", got.map(|g| g.to_string()).unwrap_or("nothing".into())));
+                return Some(format!(
+                    "at {at}: expected variable `{name}` = {want}, found {}",
+                    got.map(|g| g.to_string()).unwrap_or("nothing".into())
+                ));
             }
         }
     }
@@ -417,16 +563,29 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
 /// Reads a test file and the pathway it names.
 pub fn load(path: &Path) -> Result<(TestFile, PathBuf), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let root = carepath_dsl::yaml::parse(&path.display().to_string(), &bytes, carepath_dsl::yaml::Budget::default())
-        .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
-    let file: TestFile = serde_json::from_value(carepath_dsl::yaml::to_json(&root)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let root = carepath_dsl::yaml::parse(
+        &path.display().to_string(),
+        &bytes,
+        carepath_dsl::yaml::Budget::default(),
+    )
+    .map_err(|d| {
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let file: TestFile = serde_json::from_value(carepath_dsl::yaml::to_json(&root))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let pathway = path.parent().unwrap_or(Path::new(".")).join(&file.tests);
     Ok((file, pathway))
 }
 
 /// Runs every case of a test file against its pathway.
 pub fn run_file(path: &Path) -> Report {
-    let mut report = Report { file: path.display().to_string(), ..Default::default() };
+    let mut report = Report {
+        file: path.display().to_string(),
+        ..Default::default()
+    };
     let (file, pathway_path) = match load(path) {
         Ok(x) => x,
         Err(e) => {
@@ -444,7 +603,8 @@ pub fn run_file(path: &Path) -> Report {
     };
     report.pathway = pathway.id.clone();
     let mut programs = Programs::default();
-    let source = crate::program::Source::new(&pathway_path.display().to_string(), String::new(), &pathway);
+    let source =
+        crate::program::Source::new(&pathway_path.display().to_string(), String::new(), &pathway);
     let prog = match programs.insert(pathway, source) {
         Ok(p) => p,
         Err(e) => {
@@ -472,7 +632,13 @@ fn uncovered(p: &Pathway, r: &Report) -> Vec<String> {
         for (i, t) in s.transitions.iter().enumerate() {
             if !r.transitions_taken.contains(&(s.id.clone(), i)) {
                 let trig = t.trigger.describe();
-                out.push(format!("transition {} of `{}` → `{}` ({}) is never taken", i + 1, s.id, t.to, if trig.is_empty() { "immediate" } else { &trig }));
+                out.push(format!(
+                    "transition {} of `{}` → `{}` ({}) is never taken",
+                    i + 1,
+                    s.id,
+                    t.to,
+                    if trig.is_empty() { "immediate" } else { &trig }
+                ));
             }
         }
     }
@@ -501,9 +667,24 @@ pub fn merged_coverage(reports: &[Report]) -> BTreeMap<String, Vec<String>> {
     let mut merged: BTreeMap<String, Report> = BTreeMap::new();
     for r in reports {
         let Some(model) = &r.model else { continue };
-        let m = merged.entry(r.pathway.clone()).or_insert_with(|| Report { model: Some(model.clone()), ..Default::default() });
+        let m = merged.entry(r.pathway.clone()).or_insert_with(|| Report {
+            model: Some(model.clone()),
+            ..Default::default()
+        });
         m.states_visited.extend(r.states_visited.iter().cloned());
-        m.transitions_taken.extend(r.transitions_taken.iter().cloned());
+        m.transitions_taken
+            .extend(r.transitions_taken.iter().cloned());
     }
-    merged.into_iter().map(|(id, m)| (id, m.model.as_ref().map(|p| uncovered(p, &m)).unwrap_or_default())).collect()
+    merged
+        .into_iter()
+        .map(|(id, m)| {
+            (
+                id,
+                m.model
+                    .as_ref()
+                    .map(|p| uncovered(p, &m))
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
 }

@@ -24,10 +24,20 @@ pub struct Source {
 
 impl Source {
     pub fn new(file: &str, text: String, pathway: &Pathway) -> Source {
-        let format = if file.ends_with(".rhai") { "rhai" } else { "yaml" };
+        let format = if file.ends_with(".rhai") {
+            "rhai"
+        } else {
+            "yaml"
+        };
         let model = serde_json::to_string(pathway).unwrap_or_default();
         let hash = hex::encode(Sha256::digest(model.as_bytes()));
-        Source { file: file.to_string(), format, text, model, hash }
+        Source {
+            file: file.to_string(),
+            format,
+            text,
+            model,
+            hash,
+        }
     }
 }
 
@@ -38,7 +48,11 @@ pub enum LoadError {
     #[error("{0}")]
     Io(String),
     #[error("pathway {pathway} v{version}: {message}")]
-    Compile { pathway: String, version: u32, message: String },
+    Compile {
+        pathway: String,
+        version: u32,
+        message: String,
+    },
 }
 
 /// Every runnable program, keyed by pathway id and version.
@@ -57,7 +71,10 @@ impl Programs {
     pub fn latest(&self) -> Vec<Arc<Program>> {
         let mut newest: HashMap<&str, &Arc<Program>> = HashMap::new();
         for ((id, v), p) in &self.by_key {
-            if newest.get(id.as_str()).is_none_or(|q| q.pathway.version < *v) {
+            if newest
+                .get(id.as_str())
+                .is_none_or(|q| q.pathway.version < *v)
+            {
                 newest.insert(id, p);
             }
         }
@@ -68,8 +85,11 @@ impl Programs {
 
     pub fn insert(&mut self, pathway: Pathway, source: Source) -> Result<Arc<Program>, LoadError> {
         let engine = Arc::new(sandbox::engine());
-        let exprs = CompiledExprs::compile(engine, &pathway)
-            .map_err(|e| LoadError::Compile { pathway: pathway.id.clone(), version: pathway.version, message: e.to_string() })?;
+        let exprs = CompiledExprs::compile(engine, &pathway).map_err(|e| LoadError::Compile {
+            pathway: pathway.id.clone(),
+            version: pathway.version,
+            message: e.to_string(),
+        })?;
         let key = (pathway.id.clone(), pathway.version);
         let prog = Arc::new(Program { pathway, exprs });
         self.by_key.insert(key.clone(), prog.clone());
@@ -79,7 +99,8 @@ impl Programs {
 
     /// Compiles every pathway under `dir` (fragments, scales and tests are skipped); any error fails.
     pub fn load_dir(dir: &Path) -> Result<Programs, LoadError> {
-        let files = carepath_dsl::pathway_files(&[dir.to_path_buf()]).map_err(|e| LoadError::Io(format!("{}: {e}", dir.display())))?;
+        let files = carepath_dsl::pathway_files(&[dir.to_path_buf()])
+            .map_err(|e| LoadError::Io(format!("{}: {e}", dir.display())))?;
         let mut programs = Programs::default();
         for file in files {
             if file.components().any(|c| c.as_os_str() == "twins") {
@@ -89,7 +110,8 @@ impl Programs {
             if compiled.kind != DocKind::Pathway {
                 continue;
             }
-            let text = std::fs::read_to_string(&file).map_err(|e| LoadError::Io(format!("{}: {e}", file.display())))?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| LoadError::Io(format!("{}: {e}", file.display())))?;
             let pathway = into_pathway(compiled)?;
             let source = Source::new(&file.display().to_string(), text, &pathway);
             programs.insert(pathway, source)?;
@@ -102,6 +124,11 @@ pub fn into_pathway(compiled: Compiled) -> Result<Pathway, LoadError> {
     let file = compiled.file.clone();
     compiled.into_pathway().map_err(|diags| LoadError::Invalid {
         file,
-        diagnostics: diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+        diagnostics: diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
     })
 }

@@ -27,13 +27,22 @@ pub fn lace(vars: &BTreeMap<String, VarValue>) -> (f64, Vec<(String, f64)>) {
         d if d < 14.0 => 5.0,
         _ => 7.0,
     };
-    let a = if num(vars, "acute_admission") > 0.0 { 3.0 } else { 0.0 };
+    let a = if num(vars, "acute_admission") > 0.0 {
+        3.0
+    } else {
+        0.0
+    };
     let c = match num(vars, "charlson") {
         x if x >= 4.0 => 5.0,
         x => x.max(0.0).floor(),
     };
     let e = num(vars, "ed_visits").clamp(0.0, 4.0).floor();
-    let parts = vec![("length_of_stay".to_string(), l), ("acuity".to_string(), a), ("comorbidity".to_string(), c), ("emergency_visits".to_string(), e)];
+    let parts = vec![
+        ("length_of_stay".to_string(), l),
+        ("acuity".to_string(), a),
+        ("comorbidity".to_string(), c),
+        ("emergency_visits".to_string(), e),
+    ];
     (l + a + c + e, parts)
 }
 

@@ -21,6 +21,8 @@ use crate::facts::PatientFacts;
 /// Everything a guard may read while one enrolment is being stepped.
 pub struct EvalContext {
     pub facts: PatientFacts,
+    /// The pathway's care-plan goals, which `goal_met` evaluates from the facts.
+    pub goals: Vec<carepath_dsl::Goal>,
     pub now: Timestamp,
     pub entered_at: Timestamp,
     pub tz: TimeZone,
@@ -49,13 +51,15 @@ fn window(w: &str) -> i64 {
 }
 
 fn since(ctx: &EvalContext, at: Option<Timestamp>, unit: f64) -> f64 {
-    at.map(|t| (ctx.now.as_second() - t.as_second()) as f64 / unit).unwrap_or(f64::NAN)
+    at.map(|t| (ctx.now.as_second() - t.as_second()) as f64 / unit)
+        .unwrap_or(f64::NAN)
 }
 
 fn aggregate(kind: &str, w: &str, f: impl Fn(&[f64]) -> f64) -> f64 {
     with_ctx(
         |ctx| {
-            let from = Timestamp::from_second(ctx.now.as_second() - window(w)).unwrap_or(Timestamp::UNIX_EPOCH);
+            let from = Timestamp::from_second(ctx.now.as_second() - window(w))
+                .unwrap_or(Timestamp::UNIX_EPOCH);
             let values: Vec<f64> = ctx.facts.observations_in(kind, from, ctx.now).collect();
             f(&values)
         },
@@ -63,10 +67,79 @@ fn aggregate(kind: &str, w: &str, f: impl Fn(&[f64]) -> f64) -> f64 {
     )
 }
 
+/// Whether a care-plan goal is met now, from the observations in its window.
+pub fn goal_holds(goal: &carepath_dsl::Goal, c: &EvalContext) -> bool {
+    use carepath_dsl::GoalMeasure;
+    match &goal.measure {
+        GoalMeasure::ShareOfReadings {
+            reading,
+            at_least,
+            over,
+        } => {
+            let from = Timestamp::from_second(c.now.as_second() - over.nominal_seconds())
+                .unwrap_or(Timestamp::UNIX_EPOCH);
+            let values: Vec<f64> = c
+                .facts
+                .observations_in(&goal.observation, from, c.now)
+                .collect();
+            if values.is_empty() {
+                return false;
+            }
+            let mut engine = Engine::new_raw();
+            engine.set_max_operations(10_000);
+            let Ok(ast) = engine.compile_expression_with_scope(&Scope::new(), &reading.0) else {
+                return false;
+            };
+            let hits = values
+                .iter()
+                .filter(|v| {
+                    let mut scope = Scope::new();
+                    scope.push("value", **v);
+                    engine
+                        .eval_ast_with_scope::<bool>(&mut scope, &ast)
+                        .unwrap_or(false)
+                })
+                .count();
+            hits as f64 / values.len() as f64 >= *at_least
+        }
+        GoalMeasure::DaysLogged { days, over } => {
+            let from = Timestamp::from_second(c.now.as_second() - over.nominal_seconds())
+                .unwrap_or(Timestamp::UNIX_EPOCH);
+            let mut dates: Vec<jiff::civil::Date> = c
+                .facts
+                .observations
+                .iter()
+                .filter(|o| o.kind == goal.observation && o.at > from && o.at <= c.now)
+                .map(|o| o.at.to_zoned(c.tz.clone()).date())
+                .collect();
+            dates.sort();
+            dates.dedup();
+            dates.len() as u32 >= *days
+        }
+    }
+}
+
+/// Adds a risk prediction made during the step, so later guards and `set` values of the same step read it.
+pub fn push_risk(r: crate::facts::RiskResult) {
+    CONTEXT.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.facts.risks.push(r);
+        }
+    });
+}
+
 /// Registers the guard functions documented in the pathway language.
 fn register_facts(e: &mut Engine) {
     e.register_fn("age", || -> i64 {
-        let v = with_ctx(|c| c.facts.birth_date.map(|b| crate::time::age_years(b, c.now, &c.tz)).unwrap_or(0), 0);
+        let v = with_ctx(
+            |c| {
+                c.facts
+                    .birth_date
+                    .map(|b| crate::time::age_years(b, c.now, &c.tz))
+                    .unwrap_or(0)
+            },
+            0,
+        );
         log(format!("age() = {v}"));
         v
     });
@@ -76,12 +149,18 @@ fn register_facts(e: &mut Engine) {
         v.into()
     });
     e.register_fn("days_since", |ev: &str| -> f64 {
-        let v = with_ctx(|c| since(c, c.facts.last_event(ev, c.now), 86_400.0), f64::NAN);
+        let v = with_ctx(
+            |c| since(c, c.facts.last_event(ev, c.now), 86_400.0),
+            f64::NAN,
+        );
         log(format!("days_since({ev:?}) = {v:.2}"));
         v
     });
     e.register_fn("hours_since", |ev: &str| -> f64 {
-        let v = with_ctx(|c| since(c, c.facts.last_event(ev, c.now), 3_600.0), f64::NAN);
+        let v = with_ctx(
+            |c| since(c, c.facts.last_event(ev, c.now), 3_600.0),
+            f64::NAN,
+        );
         log(format!("hours_since({ev:?}) = {v:.2}"));
         v
     });
@@ -101,22 +180,35 @@ fn register_facts(e: &mut Engine) {
         v
     });
     e.register_fn("latest", |kind: &str| -> f64 {
-        let v = with_ctx(|c| c.facts.latest_observation(kind, c.now).unwrap_or(f64::NAN), f64::NAN);
+        let v = with_ctx(
+            |c| c.facts.latest_observation(kind, c.now).unwrap_or(f64::NAN),
+            f64::NAN,
+        );
         log(format!("latest({kind:?}) = {v}"));
         v
     });
     e.register_fn("mean", |kind: &str, w: &str| -> f64 {
-        let v = aggregate(kind, w, |v| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 });
+        let v = aggregate(kind, w, |v| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        });
         log(format!("mean({kind:?}, {w:?}) = {v:.2}"));
         v
     });
     e.register_fn("min", |kind: &str, w: &str| -> f64 {
-        let v = aggregate(kind, w, |v| v.iter().copied().reduce(f64::min).unwrap_or(f64::NAN));
+        let v = aggregate(kind, w, |v| {
+            v.iter().copied().reduce(f64::min).unwrap_or(f64::NAN)
+        });
         log(format!("min({kind:?}, {w:?}) = {v}"));
         v
     });
     e.register_fn("max", |kind: &str, w: &str| -> f64 {
-        let v = aggregate(kind, w, |v| v.iter().copied().reduce(f64::max).unwrap_or(f64::NAN));
+        let v = aggregate(kind, w, |v| {
+            v.iter().copied().reduce(f64::max).unwrap_or(f64::NAN)
+        });
         log(format!("max({kind:?}, {w:?}) = {v}"));
         v
     });
@@ -126,12 +218,28 @@ fn register_facts(e: &mut Engine) {
         v
     });
     e.register_fn("score", |scale: &str| -> f64 {
-        let v = with_ctx(|c| c.facts.latest_scale(scale, c.now).map(|s| s.score).unwrap_or(f64::NAN), f64::NAN);
+        let v = with_ctx(
+            |c| {
+                c.facts
+                    .latest_scale(scale, c.now)
+                    .map(|s| s.score)
+                    .unwrap_or(f64::NAN)
+            },
+            f64::NAN,
+        );
         log(format!("score({scale:?}) = {v}"));
         v
     });
     e.register_fn("band", |scale: &str| -> ImmutableString {
-        let v = with_ctx(|c| c.facts.latest_scale(scale, c.now).map(|s| s.band.clone()).unwrap_or_default(), String::new());
+        let v = with_ctx(
+            |c| {
+                c.facts
+                    .latest_scale(scale, c.now)
+                    .map(|s| s.band.clone())
+                    .unwrap_or_default()
+            },
+            String::new(),
+        );
         log(format!("band({scale:?}) = {v:?}"));
         v.into()
     });
@@ -140,7 +248,11 @@ fn register_facts(e: &mut Engine) {
             |c| {
                 c.facts
                     .latest_scale(scale, c.now)
-                    .and_then(|s| usize::try_from(n - 1).ok().and_then(|i| s.items.get(i).copied()))
+                    .and_then(|s| {
+                        usize::try_from(n - 1)
+                            .ok()
+                            .and_then(|i| s.items.get(i).copied())
+                    })
                     .unwrap_or(0)
             },
             0,
@@ -149,12 +261,28 @@ fn register_facts(e: &mut Engine) {
         v
     });
     e.register_fn("risk", |model: &str| -> f64 {
-        let v = with_ctx(|c| c.facts.latest_risk(model, c.now).map(|r| r.score).unwrap_or(f64::NAN), f64::NAN);
+        let v = with_ctx(
+            |c| {
+                c.facts
+                    .latest_risk(model, c.now)
+                    .map(|r| r.score)
+                    .unwrap_or(f64::NAN)
+            },
+            f64::NAN,
+        );
         log(format!("risk({model:?}) = {v}"));
         v
     });
     e.register_fn("risk_band", |model: &str| -> ImmutableString {
-        let v = with_ctx(|c| c.facts.latest_risk(model, c.now).map(|r| r.band.clone()).unwrap_or_default(), String::new());
+        let v = with_ctx(
+            |c| {
+                c.facts
+                    .latest_risk(model, c.now)
+                    .map(|r| r.band.clone())
+                    .unwrap_or_default()
+            },
+            String::new(),
+        );
         log(format!("risk_band({model:?}) = {v:?}"));
         v.into()
     });
@@ -170,14 +298,31 @@ fn register_facts(e: &mut Engine) {
     });
     e.register_fn("outcome", |task: &str| -> ImmutableString {
         let v = with_ctx(
-            |c| c.facts.outcomes.iter().rev().find(|(t, _)| t == task).map(|(_, o)| o.clone()).unwrap_or_default(),
+            |c| {
+                c.facts
+                    .outcomes
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| t == task)
+                    .map(|(_, o)| o.clone())
+                    .unwrap_or_default()
+            },
             String::new(),
         );
         log(format!("outcome({task:?}) = {v:?}"));
         v.into()
     });
     e.register_fn("goal_met", |goal: &str| -> bool {
-        let v = with_ctx(|c| c.facts.goals_met.iter().any(|g| g == goal), false);
+        let v = with_ctx(
+            |c| {
+                c.facts.goals_met.iter().any(|g| g == goal)
+                    || c.goals
+                        .iter()
+                        .find(|g| g.id == goal)
+                        .is_some_and(|g| goal_holds(g, c))
+            },
+            false,
+        );
         log(format!("goal_met({goal:?}) = {v}"));
         v
     });
@@ -227,7 +372,8 @@ impl CompiledExprs {
     /// Compiles every expression the pathway holds. The pathway was validated, so a failure here
     /// is reported as an error naming the expression.
     pub fn compile(engine: Arc<Engine>, p: &Pathway) -> Result<Self, EvalError> {
-        let vars: Vec<(String, VarType)> = p.variables.iter().map(|v| (v.name.clone(), v.ty)).collect();
+        let vars: Vec<(String, VarType)> =
+            p.variables.iter().map(|v| (v.name.clone(), v.ty)).collect();
         let mut scope = Scope::new();
         for (name, _) in &vars {
             scope.push_dynamic(name.clone(), Dynamic::UNIT);
@@ -239,7 +385,10 @@ impl CompiledExprs {
             }
             let ast = engine
                 .compile_expression_with_scope(&scope, &expr.0)
-                .map_err(|e| EvalError { expr: expr.0.clone(), message: e.to_string() })?;
+                .map_err(|e| EvalError {
+                    expr: expr.0.clone(),
+                    message: e.to_string(),
+                })?;
             asts.insert(expr.0.clone(), ast);
         }
         Ok(CompiledExprs { engine, asts, vars })
@@ -261,36 +410,79 @@ impl CompiledExprs {
     }
 
     /// Evaluates `expr`; returns the value and the fact calls it made.
-    pub fn eval(&self, expr: &Expr, vars: &BTreeMap<String, VarValue>) -> Result<(Dynamic, Vec<String>), EvalError> {
-        let err = |message: String| EvalError { expr: expr.0.clone(), message };
-        let ast = self.asts.get(&expr.0).ok_or_else(|| err("expression was not compiled".into()))?;
+    pub fn eval(
+        &self,
+        expr: &Expr,
+        vars: &BTreeMap<String, VarValue>,
+    ) -> Result<(Dynamic, Vec<String>), EvalError> {
+        let err = |message: String| EvalError {
+            expr: expr.0.clone(),
+            message,
+        };
+        let ast = self
+            .asts
+            .get(&expr.0)
+            .ok_or_else(|| err("expression was not compiled".into()))?;
         CALLS.with(|c| c.borrow_mut().clear());
         let mut scope = self.scope(vars);
-        let value = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast).map_err(|e| err(e.to_string()))?;
+        let value = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+            .map_err(|e| err(e.to_string()))?;
         let calls = CALLS.with(|c| std::mem::take(&mut *c.borrow_mut()));
         Ok((value, calls))
     }
 
-    pub fn eval_bool(&self, expr: &Expr, vars: &BTreeMap<String, VarValue>) -> Result<(bool, Vec<String>), EvalError> {
+    pub fn eval_bool(
+        &self,
+        expr: &Expr,
+        vars: &BTreeMap<String, VarValue>,
+    ) -> Result<(bool, Vec<String>), EvalError> {
         let (v, calls) = self.eval(expr, vars)?;
         match v.as_bool() {
             Ok(b) => Ok((b, calls)),
-            Err(t) => Err(EvalError { expr: expr.0.clone(), message: format!("a guard must be true or false, but gave a {t}") }),
+            Err(t) => Err(EvalError {
+                expr: expr.0.clone(),
+                message: format!("a guard must be true or false, but gave a {t}"),
+            }),
         }
     }
 
-    pub fn eval_number(&self, expr: &Expr, vars: &BTreeMap<String, VarValue>) -> Result<(f64, Vec<String>), EvalError> {
+    pub fn eval_number(
+        &self,
+        expr: &Expr,
+        vars: &BTreeMap<String, VarValue>,
+    ) -> Result<(f64, Vec<String>), EvalError> {
         let (v, calls) = self.eval(expr, vars)?;
-        to_number(&v).map(|n| (n, calls)).ok_or_else(|| EvalError { expr: expr.0.clone(), message: format!("expected a number, got a {}", v.type_name()) })
+        to_number(&v).map(|n| (n, calls)).ok_or_else(|| EvalError {
+            expr: expr.0.clone(),
+            message: format!("expected a number, got a {}", v.type_name()),
+        })
     }
 
     /// Evaluates a value for a variable of type `ty`.
-    pub fn eval_var(&self, expr: &Expr, ty: VarType, vars: &BTreeMap<String, VarValue>) -> Result<VarValue, EvalError> {
+    pub fn eval_var(
+        &self,
+        expr: &Expr,
+        ty: VarType,
+        vars: &BTreeMap<String, VarValue>,
+    ) -> Result<VarValue, EvalError> {
         let (v, _) = self.eval(expr, vars)?;
-        let bad = || EvalError { expr: expr.0.clone(), message: format!("gave a {}, which does not fit a {ty:?} variable", v.type_name()) };
+        let bad = || EvalError {
+            expr: expr.0.clone(),
+            message: format!(
+                "gave a {}, which does not fit a {ty:?} variable",
+                v.type_name()
+            ),
+        };
         Ok(match ty {
             VarType::Bool => VarValue::Bool(v.as_bool().map_err(|_| bad())?),
-            VarType::Integer => VarValue::Integer(to_number(&v).filter(|n| n.is_finite()).ok_or_else(bad)?.round() as i64),
+            VarType::Integer => VarValue::Integer(
+                to_number(&v)
+                    .filter(|n| n.is_finite())
+                    .ok_or_else(bad)?
+                    .round() as i64,
+            ),
             VarType::Number => VarValue::Number(to_number(&v).ok_or_else(bad)?),
             VarType::Text => VarValue::Text(v.to_string()),
         })
@@ -298,7 +490,9 @@ impl CompiledExprs {
 }
 
 fn to_number(v: &Dynamic) -> Option<f64> {
-    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+    v.as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64))
 }
 
 /// Moves the context's state-entry time, when the step enters a new state.
@@ -359,14 +553,30 @@ mod tests {
         let src = format!(
             "pathway: t\nversion: 1\ntitle: t\nowner_role: case_manager\nroles: [case_manager]\nvariables: {{ x: {{ type: number, default: 1 }} }}\nentry_points: [{{ id: e, state: a }}]\nstates:\n  - id: a\n    phase: follow_up\n    transitions: [{{ when: '{guard}', to: b }}]\n  - {{ id: b, phase: closed, terminal: true }}\n"
         );
-        carepath_dsl::compile_yaml("t.yaml", src.as_bytes(), std::path::Path::new("."), &carepath_dsl::FsLoader).pathway.unwrap()
+        carepath_dsl::compile_yaml(
+            "t.yaml",
+            src.as_bytes(),
+            std::path::Path::new("."),
+            &carepath_dsl::FsLoader,
+        )
+        .pathway
+        .unwrap()
     }
 
     fn ctx() -> EvalContext {
         let now: Timestamp = "2026-01-10T00:00:00Z".parse().unwrap();
         let mut facts = PatientFacts::default();
-        facts.observations.push(crate::facts::Observation { kind: "bp_systolic".into(), value: 150.0, at: now });
-        EvalContext { facts, now, entered_at: "2026-01-01T00:00:00Z".parse().unwrap(), tz: TimeZone::UTC }
+        facts.observations.push(crate::facts::Observation {
+            kind: "bp_systolic".into(),
+            value: 150.0,
+            at: now,
+        });
+        EvalContext {
+            facts,
+            now,
+            entered_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            tz: TimeZone::UTC,
+        }
     }
 
     #[test]
@@ -377,7 +587,12 @@ mod tests {
         let vars = BTreeMap::from([("x".to_string(), VarValue::Number(1.0))]);
         let (held, calls) = with_context(ctx(), || c.eval_bool(&guard, &vars)).unwrap();
         assert!(held);
-        assert!(calls.iter().any(|c| c.contains("latest(\"bp_systolic\") = 150")), "{calls:?}");
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.contains("latest(\"bp_systolic\") = 150")),
+            "{calls:?}"
+        );
     }
 
     #[test]

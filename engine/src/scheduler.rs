@@ -39,13 +39,25 @@ pub struct PassOptions {
 
 impl Default for PassOptions {
     fn default() -> Self {
-        PassOptions { batch_size: 500, max_batches: None }
+        PassOptions {
+            batch_size: 500,
+            max_batches: None,
+        }
     }
 }
 
 /// Runs one pass over every enrolment due at `now`.
-pub async fn run_pass(pool: &Pool, programs: &Programs, now: Timestamp, opts: &PassOptions) -> Result<PassSummary> {
-    let mut summary = PassSummary { as_of: now.to_string(), backend: pool.backend().to_string(), ..Default::default() };
+pub async fn run_pass(
+    pool: &Pool,
+    programs: &Programs,
+    now: Timestamp,
+    opts: &PassOptions,
+) -> Result<PassSummary> {
+    let mut summary = PassSummary {
+        as_of: now.to_string(),
+        backend: pool.backend().to_string(),
+        ..Default::default()
+    };
     let mut written = Written::default();
     loop {
         if opts.max_batches.is_some_and(|m| summary.batches >= m) {
@@ -76,15 +88,17 @@ pub async fn run_pass(pool: &Pool, programs: &Programs, now: Timestamp, opts: &P
             };
             let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
             match step::step(prog, &d.enrolment, &f, &pending, now) {
-                Ok(outcome) => match store::apply_outcome(&mut tx, &mut buf, d, &outcome, now).await? {
-                    Some(w) => {
-                        if w.transitions > 0 {
-                            summary.advanced += 1;
+                Ok(outcome) => {
+                    match store::apply_outcome(&mut tx, &mut buf, d, &outcome, now).await? {
+                        Some(w) => {
+                            if w.transitions > 0 {
+                                summary.advanced += 1;
+                            }
+                            written.add(&w);
                         }
-                        written.add(&w);
+                        None => summary.stale += 1,
                     }
-                    None => summary.stale += 1,
-                },
+                }
                 Err(err) => {
                     tracing::warn!(enrolment = d.enrolment.id, pathway = %err.pathway, version = err.version, state = %err.state, "step failed: {}", err.message);
                     if store::mark_error(&mut tx, d, &err, &prog.pathway.owner_role, now).await? {
@@ -104,7 +118,12 @@ pub async fn run_pass(pool: &Pool, programs: &Programs, now: Timestamp, opts: &P
 }
 
 /// Steps one enrolment now (after an event), in its own transaction.
-pub async fn advance(pool: &Pool, programs: &Programs, enrolment: i64, now: Timestamp) -> Result<Written> {
+pub async fn advance(
+    pool: &Pool,
+    programs: &Programs,
+    enrolment: i64,
+    now: Timestamp,
+) -> Result<Written> {
     let mut tx = pool.begin().await?;
     let d = store::load_enrolment(&mut tx, enrolment).await?;
     if d.enrolment.status != step::Status::Active {
@@ -113,12 +132,19 @@ pub async fn advance(pool: &Pool, programs: &Programs, enrolment: i64, now: Time
     }
     let prog = programs
         .get(&d.enrolment.pathway_id, d.enrolment.version)
-        .ok_or_else(|| store::StoreError::NotFound(format!("pathway {} v{}", d.enrolment.pathway_id, d.enrolment.version)))?;
+        .ok_or_else(|| {
+            store::StoreError::NotFound(format!(
+                "pathway {} v{}",
+                d.enrolment.pathway_id, d.enrolment.version
+            ))
+        })?;
     let mut facts = store::load_facts(&mut tx, std::slice::from_ref(&d), now).await?;
     let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
     let mut buf = store::RowBuffer::default();
     let mut w = match step::step(prog, &d.enrolment, &f, &pending, now) {
-        Ok(outcome) => store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now).await?.unwrap_or_default(),
+        Ok(outcome) => store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now)
+            .await?
+            .unwrap_or_default(),
         Err(err) => {
             store::mark_error(&mut tx, &d, &err, &prog.pathway.owner_role, now).await?;
             Written::default()

@@ -43,9 +43,30 @@ pub const CLINICS: [&str; 2] = ["clinic_a", "clinic_b"];
 /// The demo alliance: a lead hospital and two primary-care clinics.
 pub async fn alliance(pool: &Pool) -> Result<()> {
     let mut tx = pool.begin().await?;
-    store::insert_institution(&mut tx, LEAD, "市第一人民医院 City First People's Hospital", "lead_hospital", None).await?;
-    store::insert_institution(&mut tx, CLINICS[0], "东城社区卫生服务中心 Dongcheng Community Health Centre", "community_clinic", Some(LEAD)).await?;
-    store::insert_institution(&mut tx, CLINICS[1], "西山镇卫生院 Xishan Township Hospital", "township_hospital", Some(LEAD)).await?;
+    store::insert_institution(
+        &mut tx,
+        LEAD,
+        "市第一人民医院 City First People's Hospital",
+        "lead_hospital",
+        None,
+    )
+    .await?;
+    store::insert_institution(
+        &mut tx,
+        CLINICS[0],
+        "东城社区卫生服务中心 Dongcheng Community Health Centre",
+        "community_clinic",
+        Some(LEAD),
+    )
+    .await?;
+    store::insert_institution(
+        &mut tx,
+        CLINICS[1],
+        "西山镇卫生院 Xishan Township Hospital",
+        "township_hospital",
+        Some(LEAD),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -59,13 +80,26 @@ pub struct SeedSummary {
 }
 
 /// Creates `n` patients enrolled across the latest version of every loaded pathway.
-pub async fn seed(pool: &Pool, programs: &Programs, n: u64, seed: u64, as_of: Timestamp) -> Result<SeedSummary> {
+pub async fn seed(
+    pool: &Pool,
+    programs: &Programs,
+    n: u64,
+    seed: u64,
+    as_of: Timestamp,
+) -> Result<SeedSummary> {
     alliance(pool).await?;
     let progs = programs.latest();
     if progs.is_empty() {
-        return Err(store::StoreError::Invalid("no pathways are loaded; publish pathways first".into()));
+        return Err(store::StoreError::Invalid(
+            "no pathways are loaded; publish pathways first".into(),
+        ));
     }
-    let existing = pool.fetch("SELECT COUNT(*) FROM patients", vec![]).await?.first().map(|r| r.i64(0)).unwrap_or(0) as u64;
+    let existing = pool
+        .fetch("SELECT COUNT(*) FROM patients", vec![])
+        .await?
+        .first()
+        .map(|r| r.i64(0))
+        .unwrap_or(0) as u64;
     let mut summary = SeedSummary::default();
     let mut written = Written::default();
     let chunk = 1_000u64;
@@ -78,16 +112,31 @@ pub async fn seed(pool: &Pool, programs: &Programs, n: u64, seed: u64, as_of: Ti
             let prog = &progs[rng.below(progs.len() as u64) as usize];
             let p = &prog.pathway;
             let female_only = p.id.contains("pregnan") || p.id.contains("breast");
-            let sex = if female_only || rng.unit() < 0.5 { "female" } else { "male" };
-            let age = if p.id.contains("pregnan") { 22 + rng.below(19) } else { 40 + rng.below(46) };
+            let sex = if female_only || rng.unit() < 0.5 {
+                "female"
+            } else {
+                "male"
+            };
+            let age = if p.id.contains("pregnan") {
+                22 + rng.below(19)
+            } else {
+                40 + rng.below(46)
+            };
             let birth_year = as_of.to_zoned(jiff::tz::TimeZone::UTC).year() as u64 - age;
-            let birth = format!("{birth_year:04}-{:02}-{:02}", 1 + rng.below(12), 1 + rng.below(28));
+            let birth = format!(
+                "{birth_year:04}-{:02}-{:02}",
+                1 + rng.below(12),
+                1 + rng.below(28)
+            );
             let institution = match rng.below(10) {
                 0..=6 => LEAD,
                 7 | 8 => CLINICS[0],
                 _ => CLINICS[1],
             };
-            let patient_id = format!("P{:016x}", SplitMix::new(seed ^ 0xA5A5).next_u64() ^ index.wrapping_mul(0x9E37_79B9));
+            let patient_id = format!(
+                "P{:016x}",
+                SplitMix::new(seed ^ 0xA5A5).next_u64() ^ index.wrapping_mul(0x9E37_79B9)
+            );
             store::insert_patient(
                 &mut tx,
                 &NewPatient {
@@ -97,15 +146,29 @@ pub async fn seed(pool: &Pool, programs: &Programs, n: u64, seed: u64, as_of: Ti
                     sex: sex.to_string(),
                     tz: "Asia/Shanghai".to_string(),
                     contact_enc: None,
-                    preferred_channel: Some(["wechat", "sms", "phone"][rng.below(3) as usize].to_string()),
+                    preferred_channel: Some(
+                        ["wechat", "sms", "phone"][rng.below(3) as usize].to_string(),
+                    ),
                 },
                 as_of,
             )
             .await?;
             summary.patients += 1;
             let entry = &p.entry_points[rng.below(p.entry_points.len() as u64) as usize];
-            let enrolled_at = Timestamp::from_second(as_of.as_second() - 86_400 * (1 + rng.below(180) as i64) - rng.below(86_400) as i64).unwrap_or(as_of);
-            let (id, w) = store::enrol_tx(&mut tx, programs, &patient_id, &p.id, Some(p.version), &entry.id, enrolled_at).await?;
+            let enrolled_at = Timestamp::from_second(
+                as_of.as_second() - 86_400 * (1 + rng.below(180) as i64) - rng.below(86_400) as i64,
+            )
+            .unwrap_or(as_of);
+            let (id, w) = store::enrol_tx(
+                &mut tx,
+                programs,
+                &patient_id,
+                &p.id,
+                Some(p.version),
+                &entry.id,
+                enrolled_at,
+            )
+            .await?;
             written.add(&w);
             summary.enrolments += 1;
             // A plausible history: follow the pathway's event transitions from the entry state.
@@ -117,7 +180,9 @@ pub async fn seed(pool: &Pool, programs: &Programs, n: u64, seed: u64, as_of: Ti
                     .transitions
                     .iter()
                     .filter_map(|tr| match &tr.trigger {
-                        Trigger::Event(e) if !e.starts_with("task_done:") => Some((e.as_str(), tr.to.as_str())),
+                        Trigger::Event(e) if !e.starts_with("task_done:") => {
+                            Some((e.as_str(), tr.to.as_str()))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -129,7 +194,8 @@ pub async fn seed(pool: &Pool, programs: &Programs, n: u64, seed: u64, as_of: Ti
                 if t >= as_of.as_second() {
                     break;
                 }
-                store::add_event(&mut tx, id, event, store::ts(t), None, None, store::ts(t)).await?;
+                store::add_event(&mut tx, id, event, store::ts(t), None, None, store::ts(t))
+                    .await?;
                 summary.events += 1;
                 state = to.to_string();
             }
@@ -139,4 +205,65 @@ pub async fn seed(pool: &Pool, programs: &Programs, n: u64, seed: u64, as_of: Ti
     }
     summary.actions = written.actions();
     Ok(summary)
+}
+
+/// Staff of every role at each institution of the demo alliance, with fresh tokens (only their
+/// hashes are stored). Returns (staff id, institution, role, token).
+pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, String)>> {
+    let mut bytes = [0u8; 16 * 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| {
+            store::StoreError::Invalid(format!("cannot read randomness for tokens: {e}"))
+        })?;
+    let mut chunks = bytes.chunks(16);
+    let mut out = Vec::new();
+    let mut tx = pool.begin().await?;
+    let lead_roles = [
+        "case_manager",
+        "hospital_case_manager",
+        "ward_nurse",
+        "nurse",
+        "doctor",
+        "midwife",
+        "head_nurse",
+        "rehab_therapist",
+        "referral_coordinator",
+        "admin",
+        "informaticist",
+        "auditor",
+        "device_gateway",
+    ];
+    let clinic_roles = [
+        "clinic_case_manager",
+        "case_manager",
+        "doctor",
+        "nurse",
+        "referral_coordinator",
+        "device_gateway",
+    ];
+    for (inst, roles) in [
+        (LEAD, &lead_roles[..]),
+        (CLINICS[0], &clinic_roles[..]),
+        (CLINICS[1], &clinic_roles[..]),
+    ] {
+        for role in roles {
+            let token = format!("cp_{}", hex::encode(chunks.next().unwrap_or(&[0u8; 16])));
+            let id = format!("{inst}.{role}");
+            tx.exec("DELETE FROM staff WHERE id = $1", crate::args![&id])
+                .await?;
+            store::insert_staff(
+                &mut tx,
+                &id,
+                inst,
+                &format!("{role} ({inst})"),
+                &[role],
+                Some(store::queries::token_hash(&token)),
+            )
+            .await?;
+            out.push((id, inst.to_string(), role.to_string(), token));
+        }
+    }
+    tx.commit().await?;
+    Ok(out)
 }

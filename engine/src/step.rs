@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use carepath_dsl::{
-    Action, AlarmSpec, Channel, Direction, Goal, InstitutionKind, Pathway, Priority, RiskModel, Sla, Text, Trigger, VarValue,
+    Action, AlarmSpec, Channel, Direction, Goal, InstitutionKind, Pathway, Priority, RiskModel,
+    Sla, Text, Trigger, VarValue,
 };
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -90,14 +91,49 @@ pub struct Emitted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Produced {
-    Task { task_ref: Option<String>, role: String, title: Text, due_at: Timestamp, priority: Priority, sla: Option<Sla>, keep: bool },
-    FollowUp { follow_up_ref: Option<String>, channels: Vec<Channel>, template: String, send_at: Timestamp, urgent: bool },
-    ScalePush { scale: String, due_at: Timestamp, expires_at: Option<Timestamp>, reminders: Vec<Timestamp> },
-    Risk { model: String, score: f64, band: String, contributions: Vec<(String, f64)> },
-    AlarmArmed { alarm: AlarmSpec },
-    Referral { direction: Direction, to: InstitutionKind, reason: Option<Text>, accept_by: Timestamp },
-    GoalSet { goal: Goal },
-    Note { text: Text },
+    Task {
+        task_ref: Option<String>,
+        role: String,
+        title: Text,
+        due_at: Timestamp,
+        priority: Priority,
+        sla: Option<Sla>,
+        keep: bool,
+    },
+    FollowUp {
+        follow_up_ref: Option<String>,
+        channels: Vec<Channel>,
+        template: String,
+        send_at: Timestamp,
+        urgent: bool,
+    },
+    ScalePush {
+        scale: String,
+        due_at: Timestamp,
+        expires_at: Option<Timestamp>,
+        reminders: Vec<Timestamp>,
+    },
+    Risk {
+        model: String,
+        score: f64,
+        band: String,
+        contributions: Vec<(String, f64)>,
+    },
+    AlarmArmed {
+        alarm: AlarmSpec,
+    },
+    Referral {
+        direction: Direction,
+        to: InstitutionKind,
+        reason: Option<Text>,
+        accept_by: Timestamp,
+    },
+    GoalSet {
+        goal: Goal,
+    },
+    Note {
+        text: Text,
+    },
 }
 
 impl Produced {
@@ -167,11 +203,23 @@ impl Run<'_> {
         }
     }
 
-    fn guard_holds(&mut self, guard: Option<&carepath_dsl::Expr>, why: &str) -> Result<bool, StepError> {
+    fn guard_holds(
+        &mut self,
+        guard: Option<&carepath_dsl::Expr>,
+        why: &str,
+    ) -> Result<bool, StepError> {
         let Some(g) = guard else { return Ok(true) };
-        let (held, calls) = self.prog.exprs.eval_bool(g, &self.e.vars).map_err(|err| self.fail(Some(&g.0), err.message))?;
+        let (held, calls) = self
+            .prog
+            .exprs
+            .eval_bool(g, &self.e.vars)
+            .map_err(|err| self.fail(Some(&g.0), err.message))?;
         if held {
-            self.trace.push(format!("{why}: guard `{}` held ({})", g.0, calls.join(", ")));
+            self.trace.push(format!(
+                "{why}: guard `{}` held ({})",
+                g.0,
+                calls.join(", ")
+            ));
         }
         Ok(held)
     }
@@ -208,13 +256,36 @@ impl Run<'_> {
                     scale: s.scale.clone(),
                     due_at: time::add(at, s.due, &self.tz),
                     expires_at: s.expires.map(|d| time::add(at, d, &self.tz)),
-                    reminders: s.reminders.iter().map(|d| time::add(at, *d, &self.tz)).collect(),
+                    reminders: s
+                        .reminders
+                        .iter()
+                        .map(|d| time::add(at, *d, &self.tz))
+                        .collect(),
                 },
                 Action::Risk(r) => {
                     let (score, contributions) = self.risk_score(&r.model)?;
-                    let band = r.bands.iter().rev().find(|(_, lower)| score >= *lower).map(|(b, _)| b.clone()).unwrap_or_default();
-                    self.trace.push(format!("risk `{}` = {score:.3} ({band})", r.id));
-                    Produced::Risk { model: r.id.clone(), score, band, contributions }
+                    let band = r
+                        .bands
+                        .iter()
+                        .rev()
+                        .find(|(_, lower)| score >= *lower)
+                        .map(|(b, _)| b.clone())
+                        .unwrap_or_default();
+                    self.trace
+                        .push(format!("risk `{}` = {score:.3} ({band})", r.id));
+                    // Later guards and `set` values of this same step read the new prediction.
+                    crate::sandbox::push_risk(crate::facts::RiskResult {
+                        model: r.id.clone(),
+                        score,
+                        band: band.clone(),
+                        at,
+                    });
+                    Produced::Risk {
+                        model: r.id.clone(),
+                        score,
+                        band,
+                        contributions,
+                    }
                 }
                 Action::Alarm(a) => Produced::AlarmArmed { alarm: a.clone() },
                 Action::Referral(r) => Produced::Referral {
@@ -227,19 +298,33 @@ impl Run<'_> {
                 Action::Note(t) => Produced::Note { text: t.clone() },
                 Action::Set(assignments) => {
                     for (name, expr) in assignments {
-                        let ty = p.variable(name).map(|v| v.ty).unwrap_or(carepath_dsl::VarType::Number);
-                        let value = self.prog.exprs.eval_var(expr, ty, &self.e.vars).map_err(|err| self.fail(Some(&expr.0), err.message))?;
+                        let ty = p
+                            .variable(name)
+                            .map(|v| v.ty)
+                            .unwrap_or(carepath_dsl::VarType::Number);
+                        let value = self
+                            .prog
+                            .exprs
+                            .eval_var(expr, ty, &self.e.vars)
+                            .map_err(|err| self.fail(Some(&expr.0), err.message))?;
                         self.trace.push(format!("set {name} = {value:?}"));
                         self.e.vars.insert(name.clone(), value);
                     }
                     continue;
                 }
             };
-            self.out.push(Emitted { key, state: state.id.clone(), state_seq: seq, at, action: produced });
+            self.out.push(Emitted {
+                key,
+                state: state.id.clone(),
+                state_seq: seq,
+                at,
+                action: produced,
+            });
         }
         if state.terminal {
             self.e.status = Status::Completed;
-            self.trace.push(format!("enrolment completed in `{}`", state.id));
+            self.trace
+                .push(format!("enrolment completed in `{}`", state.id));
         }
         Ok(())
     }
@@ -251,7 +336,11 @@ impl Run<'_> {
                 let mut z = *intercept;
                 let mut contributions = Vec::new();
                 for t in terms {
-                    let (x, _) = self.prog.exprs.eval_number(&t.expr, &self.e.vars).map_err(|err| self.fail(Some(&t.expr.0), err.message))?;
+                    let (x, _) = self
+                        .prog
+                        .exprs
+                        .eval_number(&t.expr, &self.e.vars)
+                        .map_err(|err| self.fail(Some(&t.expr.0), err.message))?;
                     let c = if x.is_nan() { 0.0 } else { t.coef * x };
                     contributions.push((t.name.clone(), c));
                     z += c;
@@ -259,26 +348,50 @@ impl Run<'_> {
                 Ok((1.0 / (1.0 + (-z).exp()), contributions))
             }
             RiskModel::Formula(e) => {
-                let (x, _) = self.prog.exprs.eval_number(e, &self.e.vars).map_err(|err| self.fail(Some(&e.0), err.message))?;
+                let (x, _) = self
+                    .prog
+                    .exprs
+                    .eval_number(e, &self.e.vars)
+                    .map_err(|err| self.fail(Some(&e.0), err.message))?;
                 Ok((x, vec![("formula".into(), x)]))
             }
         }
     }
 
-    fn take(&mut self, index: usize, to: &str, at: Timestamp, because: String) -> Result<(), StepError> {
+    fn take(
+        &mut self,
+        index: usize,
+        to: &str,
+        at: Timestamp,
+        because: String,
+    ) -> Result<(), StepError> {
         if self.taken.len() >= MAX_TRANSITIONS_PER_STEP {
             return Err(self.fail(None, format!("more than {MAX_TRANSITIONS_PER_STEP} transitions in one step; the pathway loops without waiting")));
         }
-        let idx = self.prog.pathway.state_index(to).ok_or_else(|| self.fail(None, format!("transition to unknown state `{to}`")))?;
-        self.trace.push(format!("{}: `{}` → `{to}` ({because})", at, self.e.state));
-        self.taken.push(Taken { from: self.e.state.clone(), to: to.to_string(), at, because, index, left_seq: self.e.state_seq });
+        let idx = self
+            .prog
+            .pathway
+            .state_index(to)
+            .ok_or_else(|| self.fail(None, format!("transition to unknown state `{to}`")))?;
+        self.trace
+            .push(format!("{}: `{}` → `{to}` ({because})", at, self.e.state));
+        self.taken.push(Taken {
+            from: self.e.state.clone(),
+            to: to.to_string(),
+            at,
+            because,
+            index,
+            left_seq: self.e.state_seq,
+        });
         self.enter(idx, at)
     }
 
     /// When the timed transition `t` of the current state fires.
     fn fire_time(&self, trigger: &Trigger) -> Option<Timestamp> {
         match trigger {
-            Trigger::After { after, at } => Some(time::schedule(self.e.entered_at, *after, *at, &self.tz)),
+            Trigger::After { after, at } => {
+                Some(time::schedule(self.e.entered_at, *after, *at, &self.tz))
+            }
             Trigger::At(t) => Some(time::next_local_time(self.e.entered_at, *t, &self.tz)),
             _ => None,
         }
@@ -291,16 +404,30 @@ impl Run<'_> {
             if self.e.status != Status::Active {
                 break;
             }
-            let idx = self.prog.pathway.state_index(&self.e.state).ok_or_else(|| self.fail(None, "enrolment is in an unknown state".into()))?;
+            let idx = self
+                .prog
+                .pathway
+                .state_index(&self.e.state)
+                .ok_or_else(|| self.fail(None, "enrolment is in an unknown state".into()))?;
             let state = &self.prog.pathway.states[idx];
             let cursor = self.e.entered_at;
 
             // 1. Immediate and conditional transitions, in written order.
             let mut moved = false;
             for (i, t) in state.transitions.iter().enumerate() {
-                if t.trigger == Trigger::Immediate && self.guard_holds(t.guard.as_ref(), "condition")? {
-                    let because = t.guard.as_ref().map(|g| format!("when {}", g.0)).unwrap_or_else(|| "immediately".into());
-                    let at = if t.guard.is_some() { self.now.max(cursor) } else { cursor };
+                if t.trigger == Trigger::Immediate
+                    && self.guard_holds(t.guard.as_ref(), "condition")?
+                {
+                    let because = t
+                        .guard
+                        .as_ref()
+                        .map(|g| format!("when {}", g.0))
+                        .unwrap_or_else(|| "immediately".into());
+                    let at = if t.guard.is_some() {
+                        self.now.max(cursor)
+                    } else {
+                        cursor
+                    };
                     self.take(i, &t.to, at, because)?;
                     moved = true;
                     break;
@@ -315,7 +442,11 @@ impl Run<'_> {
                 .transitions
                 .iter()
                 .enumerate()
-                .filter_map(|(i, t)| self.fire_time(&t.trigger).filter(|at| *at <= self.now).map(|at| (at, i)))
+                .filter_map(|(i, t)| {
+                    self.fire_time(&t.trigger)
+                        .filter(|at| *at <= self.now)
+                        .map(|at| (at, i))
+                })
                 .collect();
             timed.sort();
             let mut due: Option<(Timestamp, usize)> = None;
@@ -349,7 +480,10 @@ impl Run<'_> {
                     }
                     match matched {
                         Some((i, to)) => self.take(i, &to, at, format!("on {}", ev.name))?,
-                        None => self.trace.push(format!("event `{}` does not move `{}`", ev.name, self.e.state)),
+                        None => self.trace.push(format!(
+                            "event `{}` does not move `{}`",
+                            ev.name, self.e.state
+                        )),
                     }
                 }
                 _ => break,
@@ -383,9 +517,25 @@ impl Run<'_> {
                 None => {}
             }
         }
-        consider(pending.iter().filter(|ev| ev.seq > self.e.last_event_seq && ev.at > self.now).map(|ev| ev.at).min());
+        consider(
+            pending
+                .iter()
+                .filter(|ev| ev.seq > self.e.last_event_seq && ev.at > self.now)
+                .map(|ev| ev.at)
+                .min(),
+        );
         wake
     }
+}
+
+/// Every care-plan goal of the pathway: top-level ones and those set by actions.
+fn goals_of(p: &Pathway) -> Vec<Goal> {
+    let mut goals = p.goals.clone();
+    goals.extend(p.actions().filter_map(|(_, a)| match a {
+        Action::Goal(g) => Some(g.clone()),
+        _ => None,
+    }));
+    goals
 }
 
 fn zone_of(e: &Enrolment) -> TimeZone {
@@ -394,16 +544,42 @@ fn zone_of(e: &Enrolment) -> TimeZone {
 
 /// Advances `enrolment` to `now`: processes due timers and pending events in time order, follows
 /// transitions until the enrolment waits, and returns what happened.
-pub fn step(prog: &Program, enrolment: &Enrolment, facts: &PatientFacts, pending: &[PendingEvent], now: Timestamp) -> Result<Outcome, StepError> {
+pub fn step(
+    prog: &Program,
+    enrolment: &Enrolment,
+    facts: &PatientFacts,
+    pending: &[PendingEvent],
+    now: Timestamp,
+) -> Result<Outcome, StepError> {
     let tz = zone_of(enrolment);
-    let ctx = EvalContext { facts: facts.clone(), now, entered_at: enrolment.entered_at, tz: tz.clone() };
+    let ctx = EvalContext {
+        facts: facts.clone(),
+        goals: goals_of(&prog.pathway),
+        now,
+        entered_at: enrolment.entered_at,
+        tz: tz.clone(),
+    };
     with_context(ctx, || {
-        let mut run = Run { prog, e: enrolment.clone(), tz, now, out: Vec::new(), taken: Vec::new(), trace: Vec::new() };
+        let mut run = Run {
+            prog,
+            e: enrolment.clone(),
+            tz,
+            now,
+            out: Vec::new(),
+            taken: Vec::new(),
+            trace: Vec::new(),
+        };
         if run.e.status == Status::Active {
             run.advance(pending)?;
         }
         let next_wake = run.next_wake(pending);
-        Ok(Outcome { enrolment: run.e, transitions: run.taken, actions: run.out, next_wake, trace: run.trace })
+        Ok(Outcome {
+            enrolment: run.e,
+            transitions: run.taken,
+            actions: run.out,
+            next_wake,
+            trace: run.trace,
+        })
     })
 }
 
@@ -423,9 +599,20 @@ pub fn enrol(
         version: p.version,
         state: String::new(),
         guard: None,
-        message: format!("no entry point `{entry}`; entry points: {}", p.entry_points.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")),
+        message: format!(
+            "no entry point `{entry}`; entry points: {}",
+            p.entry_points
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     })?;
-    let mut vars: BTreeMap<String, VarValue> = p.variables.iter().map(|v| (v.name.clone(), v.default.clone())).collect();
+    let mut vars: BTreeMap<String, VarValue> = p
+        .variables
+        .iter()
+        .map(|v| (v.name.clone(), v.default.clone()))
+        .collect();
     for (k, v) in &entry_point.set {
         vars.insert(k.clone(), v.clone());
     }
@@ -442,14 +629,34 @@ pub fn enrol(
         status: Status::Active,
     };
     let tzz = zone_of(&e);
-    let ctx = EvalContext { facts: facts.clone(), now, entered_at: now, tz: tzz.clone() };
+    let ctx = EvalContext {
+        facts: facts.clone(),
+        goals: goals_of(p),
+        now,
+        entered_at: now,
+        tz: tzz.clone(),
+    };
     with_context(ctx, || {
         let idx = p.state_index(&entry_point.state).unwrap_or(0);
         e.state = p.states[idx].id.clone();
-        let mut run = Run { prog, e, tz: tzz, now, out: Vec::new(), taken: Vec::new(), trace: vec![format!("{now}: enrolled at entry point `{entry}`")] };
+        let mut run = Run {
+            prog,
+            e,
+            tz: tzz,
+            now,
+            out: Vec::new(),
+            taken: Vec::new(),
+            trace: vec![format!("{now}: enrolled at entry point `{entry}`")],
+        };
         run.enter(idx, now)?;
         run.advance(pending)?;
         let next_wake = run.next_wake(pending);
-        Ok(Outcome { enrolment: run.e, transitions: run.taken, actions: run.out, next_wake, trace: run.trace })
+        Ok(Outcome {
+            enrolment: run.e,
+            transitions: run.taken,
+            actions: run.out,
+            next_wake,
+            trace: run.trace,
+        })
     })
 }

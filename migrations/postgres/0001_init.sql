@@ -247,3 +247,6 @@ CREATE FUNCTION carepath_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$;
 CREATE TRIGGER record_append_only BEFORE UPDATE OR DELETE ON record FOR EACH ROW EXECUTE FUNCTION carepath_append_only();
 CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_log FOR EACH ROW EXECUTE FUNCTION carepath_append_only();
+-- Row triggers do not see TRUNCATE, which would empty both tables at once.
+CREATE TRIGGER record_no_truncate BEFORE TRUNCATE ON record FOR EACH STATEMENT EXECUTE FUNCTION carepath_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit_log FOR EACH STATEMENT EXECUTE FUNCTION carepath_append_only();

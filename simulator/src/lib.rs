@@ -1,1 +1,416 @@
-//! placeholder
+//! carepath's simulator: synthetic cohorts through pathways in virtual time, for QA.
+//!
+//! A cohort (ages, sexes, entry points, comorbidities, device readings with trends, answering,
+//! adherence, life events) runs through the real pure step — the same `carepath_engine::step` the
+//! scheduler calls — with staff working their task queues at a daily capacity. Nothing sleeps or
+//! reads the clock. The run reports indicators, workload, occupancy, coverage of every state and
+//! transition, and referral flows, and checks a scenario's expectations.
+//!
+//! Determinism: each patient draws from a generator seeded with `hash(seed, patient index)`; staff
+//! queues are ordered totally; every count is a whole number summed per chunk. The output is
+//! byte-identical for the same seed and inputs, whatever the number of threads.
+
+pub mod cohort;
+pub mod expr;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod svg;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use carepath_dsl::DocKind;
+use carepath_engine::Program;
+use carepath_engine::program::{Programs, Source};
+
+pub use report::Report;
+pub use scenario::{Expectation, Scenario};
+
+/// What `carepath simulate` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Pathway files or folders; when empty, the scenario's `pathways`.
+    pub pathways: Vec<PathBuf>,
+    pub scenario: Option<PathBuf>,
+    pub cohort: Option<u64>,
+    pub days: Option<u32>,
+    pub seed: Option<u64>,
+    pub out: Option<PathBuf>,
+    /// Worker threads (the output does not depend on it); 0 means one per core.
+    pub threads: usize,
+    /// Print a percentage on stderr as days go by.
+    pub progress: bool,
+}
+
+/// A finished run.
+pub struct Simulation {
+    pub report: Report,
+    /// Expectations that failed, each saying by how much.
+    pub failures: Vec<String>,
+    /// Files written under `--out`.
+    pub written: Vec<String>,
+}
+
+/// Compiles pathway files (and the pathways in folders); fragments and tests are skipped.
+pub fn load_pathways(paths: &[PathBuf]) -> Result<Vec<Arc<Program>>, String> {
+    let mut files = Vec::new();
+    for p in paths {
+        if !p.exists() {
+            return Err(format!("{} does not exist", p.display()));
+        }
+        if p.is_dir() {
+            files.extend(
+                carepath_dsl::pathway_files(std::slice::from_ref(p))
+                    .map_err(|e| format!("{}: {e}", p.display()))?
+                    .into_iter()
+                    .filter(|f| !f.components().any(|c| c.as_os_str() == "twins")),
+            );
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut programs = Programs::default();
+    let mut out: Vec<Arc<Program>> = Vec::new();
+    for file in files {
+        let compiled = carepath_dsl::compile_file(&file);
+        if compiled.kind != DocKind::Pathway {
+            continue;
+        }
+        let pathway =
+            carepath_engine::program::into_pathway(compiled).map_err(|e| e.to_string())?;
+        if let Some(other) = out.iter().find(|p| p.pathway.id == pathway.id) {
+            return Err(format!(
+                "{}: pathway `{}` is given twice (v{} and v{})",
+                file.display(),
+                pathway.id,
+                other.pathway.version,
+                pathway.version
+            ));
+        }
+        let source = Source::new(&file.display().to_string(), String::new(), &pathway);
+        out.push(
+            programs
+                .insert(pathway, source)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if out.is_empty() {
+        return Err("no pathway found in the given files".into());
+    }
+    Ok(out)
+}
+
+/// Runs a simulation as `carepath simulate` does, and writes its outputs when `out` is set.
+pub fn simulate(opts: &Options) -> Result<Simulation, String> {
+    let scenario = match &opts.scenario {
+        Some(p) => Scenario::load(p)?,
+        None => Scenario::default(),
+    };
+    let paths: Vec<PathBuf> = if opts.pathways.is_empty() {
+        scenario
+            .pathways
+            .iter()
+            .map(|p| scenario.dir.join(p))
+            .collect()
+    } else {
+        opts.pathways.clone()
+    };
+    if paths.is_empty() {
+        return Err("give --pathway FILE (or list `pathways` in the scenario)".into());
+    }
+    let programs = load_pathways(&paths)?;
+    run_programs(programs, &scenario, opts)
+}
+
+/// Runs already compiled pathways under a scenario.
+pub fn run_programs(
+    programs: Vec<Arc<Program>>,
+    scenario: &Scenario,
+    opts: &Options,
+) -> Result<Simulation, String> {
+    let n = opts.cohort.or(scenario.cohort).unwrap_or(1_000);
+    let days = opts.days.or(scenario.days).unwrap_or(365);
+    let seed = opts.seed.or(scenario.seed).unwrap_or(1);
+    if n > u64::from(u32::MAX) {
+        return Err("--cohort is too large".into());
+    }
+    let setup = run::Setup::new(programs, scenario, n, days, seed)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let mut last = u32::MAX;
+    let mut progress = |day: u32, days: u32| {
+        if !opts.progress {
+            return;
+        }
+        // On a terminal the percentage is rewritten in place; in a log, one line per 10 %.
+        let terminal = std::io::stderr().is_terminal();
+        let pct = day * 100 / days.max(1);
+        let step = if terminal { 1 } else { 10 };
+        if pct / step != last {
+            last = pct / step;
+            let mut e = std::io::stderr();
+            if terminal {
+                let _ = write!(e, "\rsimulating: {pct:>3}% (day {day}/{days})");
+                if day == days {
+                    let _ = writeln!(e);
+                }
+            } else {
+                let _ = writeln!(e, "simulating: {pct:>3}% (day {day}/{days})");
+            }
+            let _ = e.flush();
+        }
+    };
+    let raw = run::simulate(&setup, threads, &mut progress);
+    let mut report = Report::build(&setup, &raw, scenario.scenario.clone());
+    let mut failures = Vec::new();
+    for e in scenario.expectations() {
+        let result = e.check(&report);
+        if let Err(m) = &result {
+            failures.push(m.clone());
+        }
+        report.expectations.push(report::Checked {
+            expectation: e.describe(),
+            passed: result.is_ok(),
+            message: result.err(),
+        });
+    }
+    let written = match &opts.out {
+        Some(dir) => report.write(dir)?,
+        None => Vec::new(),
+    };
+    Ok(Simulation {
+        report,
+        failures,
+        written,
+    })
+}
+
+/// The peak resident set of this process so far (VmHWM), in MiB; NaN where /proc is missing.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The folder of the repository's pathways, for tests and the benchmark.
+pub fn repo_pathways() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pathways")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small pathway using tasks with outcomes, follow-ups, a scale, an alarm, a referral and
+    /// life events.
+    pub const TINY: &str = r#"
+pathway: tiny
+version: 1
+title: { zh: 小, en: Tiny }
+owner_role: case_manager
+roles: [case_manager, ward_nurse]
+entry_points:
+  - { id: admission, state: ward }
+states:
+  - id: ward
+    phase: in_hospital
+    on_enter:
+      - task: { id: assess, role: ward_nurse, title: Assess, due: 24h }
+      - alarm:
+          id: bp_high
+          when: "bp_systolic >= 170"
+          scope: enrolment
+          task: { id: bp_call, role: case_manager, title: BP call, due: 2h, priority: urgent }
+    transitions:
+      - on: discharged
+        to: home
+  - id: home
+    phase: follow_up
+    on_enter:
+      - follow_up: { channels: [wechat, sms], template: hello, after: 1d, at: "09:00" }
+      - scale: { scale: epds, due: 3d, expires: 7d }
+      - task: { id: day7_call, role: case_manager, title: Call, due: 8d }
+    transitions:
+      - on: task_done:day7_call
+        when: 'outcome("day7_call") == "unreachable"'
+        to: lost
+      - on: task_done:day7_call
+        to: referral
+      - on: alarm:bp_high
+        to: review
+      - after: 20d
+        to: closed
+  - id: review
+    phase: follow_up
+    on_enter:
+      - task: { id: bp_review, role: case_manager, title: Review, due: 1d, priority: high }
+    transitions:
+      - on: task_done:bp_review
+        to: home
+  - id: referral
+    phase: referral
+    on_enter:
+      - referral: { direction: down, to: community_clinic, accept_within: 72h }
+    transitions:
+      - on: referral_accepted
+        to: closed
+      - after: 5d
+        to: closed
+  - id: lost
+    phase: follow_up
+    transitions:
+      - after: 1d
+        to: closed
+  - { id: closed, phase: closed, terminal: true }
+"#;
+
+    pub fn program(src: &str) -> Arc<Program> {
+        let compiled = carepath_dsl::compile_yaml(
+            "tiny.yaml",
+            src.as_bytes(),
+            Path::new("."),
+            &carepath_dsl::FsLoader,
+        );
+        let pathway = carepath_engine::program::into_pathway(compiled).expect("valid pathway");
+        let source = Source::new("tiny.yaml", String::new(), &pathway);
+        Programs::default()
+            .insert(pathway, source)
+            .expect("compiles")
+    }
+
+    fn run(threads: usize, seed: u64) -> Simulation {
+        let opts = Options {
+            cohort: Some(300),
+            days: Some(60),
+            seed: Some(seed),
+            threads,
+            ..Default::default()
+        };
+        let sc = Scenario::parse(
+            "t.scenario.yaml",
+            br#"
+staff: { capacity: { default: 12 } }
+observations: { bp_systolic: { mean: 150, sd: 15 } }
+expect:
+  - every_state_visited: true
+  - follow_up_rate >= 0.2
+"#,
+        )
+        .unwrap();
+        run_programs(vec![program(TINY)], &sc, &opts).unwrap()
+    }
+
+    #[test]
+    fn same_seed_same_json_whatever_the_threads() {
+        let one = run(1, 42);
+        let two = run(2, 42);
+        let three = run(3, 42);
+        assert_eq!(one.report.json(), two.report.json());
+        assert_eq!(one.report.json(), three.report.json());
+        let other = run(2, 43);
+        assert_ne!(one.report.json(), other.report.json());
+    }
+
+    #[test]
+    fn a_small_run_exercises_the_pathway() {
+        let sim = run(2, 7);
+        assert!(
+            sim.failures.is_empty(),
+            "{:?}\n{}",
+            sim.failures,
+            sim.report.text()
+        );
+        let p = &sim.report.pathways[0];
+        assert_eq!(p.enrolled, 300);
+        assert_eq!(p.errors, 0);
+        assert!(p.completed > 200, "{}", sim.report.text());
+        let i = &p.indicators;
+        assert!(i.follow_ups_sent > 0 && i.calls_due > 0 && i.scales_pushed > 0);
+        assert!(i.referrals_down > 0 && i.alarms > 0);
+        assert!(i.average_length_of_stay_days.is_some());
+        assert!(!sim.report.referral_flows.is_empty());
+        // Every task created is accounted for: done, cancelled or still open.
+        for r in &sim.report.roles {
+            assert_eq!(
+                r.created,
+                r.done + r.cancelled + r.open_at_end,
+                "{}",
+                r.role
+            );
+        }
+        assert!(sim.report.text().contains("coverage: 6/6 states visited"));
+    }
+
+    #[test]
+    fn outputs_are_written() {
+        let dir = std::env::temp_dir().join(format!("carepath-sim-out-{}", std::process::id()));
+        let opts = Options {
+            cohort: Some(40),
+            days: Some(20),
+            out: Some(dir.clone()),
+            threads: 1,
+            ..Default::default()
+        };
+        let sim = run_programs(vec![program(TINY)], &Scenario::default(), &opts).unwrap();
+        for f in [
+            "summary.json",
+            "indicators.csv",
+            "workload.csv",
+            "occupancy.csv",
+            "coverage.csv",
+            "referrals.csv",
+            "workload.svg",
+            "occupancy_tiny.svg",
+        ] {
+            assert!(dir.join(f).exists(), "{f} missing: {:?}", sim.written);
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["cohort"], 40);
+        let coverage = std::fs::read_to_string(dir.join("coverage.csv")).unwrap();
+        assert!(coverage.lines().count() > 6);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_starved_role_shows_backlog_and_fails_its_limit() {
+        let sc = Scenario::parse(
+            "t.yaml",
+            br#"
+staff: { capacity: { case_manager: 1, default: 50 } }
+institutions: { lead: { share: 1 } }
+expect:
+  - max_backlog: { role: case_manager, at_most: 5 }
+  - on_time_rate >= 0.99
+"#,
+        )
+        .unwrap();
+        let opts = Options {
+            cohort: Some(200),
+            days: Some(30),
+            threads: 2,
+            ..Default::default()
+        };
+        let sim = run_programs(vec![program(TINY)], &sc, &opts).unwrap();
+        assert_eq!(sim.failures.len(), 2, "{:?}", sim.failures);
+        assert!(
+            sim.failures[0].contains("the case_manager backlog peaked at")
+                && sim.failures[0].contains("over the limit"),
+            "{}",
+            sim.failures[0]
+        );
+        assert!(sim.failures[1].contains("short"), "{}", sim.failures[1]);
+    }
+}

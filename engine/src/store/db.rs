@@ -9,7 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row as _, Sqlite, SqlitePool, Transaction};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,14 +117,20 @@ impl Pool {
                 .await?;
             return Ok(Pool::Postgres(pool));
         }
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
         let opts = SqliteConnectOptions::from_str(&format!("sqlite:{path}"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         Ok(Pool::Sqlite(pool))
     }
 
@@ -131,7 +139,11 @@ impl Pool {
     }
 
     pub fn backend(&self) -> &'static str {
-        if self.is_postgres() { "postgres" } else { "sqlite" }
+        if self.is_postgres() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, so it never fails on upgrade).
@@ -146,18 +158,34 @@ impl Pool {
     pub async fn fetch(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, DbError> {
         let q = sqlx::query(AssertSqlSafe(sql.to_string()));
         Ok(match self {
-            Pool::Sqlite(p) => bind_all!(q, args).fetch_all(p).await?.into_iter().map(Row::S).collect(),
+            Pool::Sqlite(p) => bind_all!(q, args)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(Row::S)
+                .collect(),
             Pool::Postgres(p) => {
                 let q = sqlx::query(AssertSqlSafe(sql.to_string()));
-                bind_all!(q, args).fetch_all(p).await?.into_iter().map(Row::P).collect()
+                bind_all!(q, args)
+                    .fetch_all(p)
+                    .await?
+                    .into_iter()
+                    .map(Row::P)
+                    .collect()
             }
         })
     }
 
     pub async fn exec(&self, sql: &str, args: Vec<Arg>) -> Result<u64, DbError> {
         Ok(match self {
-            Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args).execute(p).await?.rows_affected(),
-            Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args).execute(p).await?.rows_affected(),
+            Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
+                .execute(p)
+                .await?
+                .rows_affected(),
         })
     }
 
@@ -176,15 +204,31 @@ impl Tx {
 
     pub async fn exec(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64, DbError> {
         Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args).execute(&mut **t).await?.rows_affected(),
-            Tx::Postgres(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args).execute(&mut **t).await?.rows_affected(),
+            Tx::Sqlite(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
+                .execute(&mut **t)
+                .await?
+                .rows_affected(),
+            Tx::Postgres(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
+                .execute(&mut **t)
+                .await?
+                .rows_affected(),
         })
     }
 
     pub async fn fetch(&mut self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, DbError> {
         Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args).fetch_all(&mut **t).await?.into_iter().map(Row::S).collect(),
-            Tx::Postgres(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args).fetch_all(&mut **t).await?.into_iter().map(Row::P).collect(),
+            Tx::Sqlite(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
+                .fetch_all(&mut **t)
+                .await?
+                .into_iter()
+                .map(Row::S)
+                .collect(),
+            Tx::Postgres(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
+                .fetch_all(&mut **t)
+                .await?
+                .into_iter()
+                .map(Row::P)
+                .collect(),
         })
     }
 
@@ -196,10 +240,14 @@ impl Tx {
     pub async fn exec_script(&mut self, sql: &str) -> Result<(), DbError> {
         match self {
             Tx::Sqlite(t) => {
-                sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **t).await?;
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                    .execute(&mut **t)
+                    .await?;
             }
             Tx::Postgres(t) => {
-                sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **t).await?;
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                    .execute(&mut **t)
+                    .await?;
             }
         }
         Ok(())
@@ -236,8 +284,16 @@ impl Row {
 
     pub fn f64(&self, i: usize) -> f64 {
         match self {
-            Row::S(r) => r.try_get::<Option<f64>, _>(i).ok().flatten().unwrap_or(f64::NAN),
-            Row::P(r) => r.try_get::<Option<f64>, _>(i).ok().flatten().unwrap_or(f64::NAN),
+            Row::S(r) => r
+                .try_get::<Option<f64>, _>(i)
+                .ok()
+                .flatten()
+                .unwrap_or(f64::NAN),
+            Row::P(r) => r
+                .try_get::<Option<f64>, _>(i)
+                .ok()
+                .flatten()
+                .unwrap_or(f64::NAN),
         }
     }
 
@@ -255,5 +311,8 @@ impl Row {
 
 /// `$first, $first+1, …` placeholders for an IN list of `n` values.
 pub fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -7,6 +7,8 @@
 //! sequence, which the committed state already moved past).
 
 pub mod db;
+pub mod outbox;
+pub mod queries;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,12 +26,38 @@ use crate::program::{Programs, Source};
 use crate::step::{self, Enrolment, Outcome, Status, StepError};
 
 const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
-    (2, "outbox_follow_up_index", include_str!("../../../migrations/sqlite/0002_outbox_follow_up_index.sql")),
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox_follow_up_index",
+        include_str!("../../../migrations/sqlite/0002_outbox_follow_up_index.sql"),
+    ),
+    (
+        3,
+        "delivery",
+        include_str!("../../../migrations/sqlite/0003_delivery.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
-    (2, "outbox_follow_up_index", include_str!("../../../migrations/postgres/0002_outbox_follow_up_index.sql")),
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox_follow_up_index",
+        include_str!("../../../migrations/postgres/0002_outbox_follow_up_index.sql"),
+    ),
+    (
+        3,
+        "delivery",
+        include_str!("../../../migrations/postgres/0003_delivery.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +90,17 @@ pub fn ts(s: i64) -> Timestamp {
 pub async fn migrate(pool: &Pool) -> Result<Vec<i64>> {
     pool.exec("CREATE TABLE IF NOT EXISTS _carepath_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)", vec![])
         .await?;
-    let applied: Vec<i64> = pool.fetch("SELECT version FROM _carepath_migrations", vec![]).await?.iter().map(|r| r.i64(0)).collect();
-    let list = if pool.is_postgres() { MIGRATIONS_POSTGRES } else { MIGRATIONS_SQLITE };
+    let applied: Vec<i64> = pool
+        .fetch("SELECT version FROM _carepath_migrations", vec![])
+        .await?
+        .iter()
+        .map(|r| r.i64(0))
+        .collect();
+    let list = if pool.is_postgres() {
+        MIGRATIONS_POSTGRES
+    } else {
+        MIGRATIONS_SQLITE
+    };
     let mut done = Vec::new();
     for (version, name, sql) in list {
         if applied.contains(version) {
@@ -71,8 +108,11 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i64>> {
         }
         let mut tx = pool.begin().await?;
         tx.exec_script(sql).await?;
-        tx.exec("INSERT INTO _carepath_migrations (version, name, applied_at) VALUES ($1, $2, $3)", args![*version, *name, Timestamp::now().as_second()])
-            .await?;
+        tx.exec(
+            "INSERT INTO _carepath_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            args![*version, *name, Timestamp::now().as_second()],
+        )
+        .await?;
         tx.commit().await?;
         done.push(*version);
     }
@@ -84,7 +124,12 @@ pub async fn publish(pool: &Pool, programs: &Programs, now: Timestamp) -> Result
     let mut published = 0;
     let mut tx = pool.begin().await?;
     for ((id, version), src) in &programs.sources {
-        let existing = tx.fetch_one("SELECT hash FROM pathway_versions WHERE pathway_id = $1 AND version = $2", args![id, i64::from(*version)]).await?;
+        let existing = tx
+            .fetch_one(
+                "SELECT hash FROM pathway_versions WHERE pathway_id = $1 AND version = $2",
+                args![id, i64::from(*version)],
+            )
+            .await?;
         match existing {
             Some(row) if row.text(0) != src.hash => {
                 return Err(StoreError::Conflict(format!(
@@ -93,7 +138,10 @@ pub async fn publish(pool: &Pool, programs: &Programs, now: Timestamp) -> Result
             }
             Some(_) => {}
             None => {
-                let title = programs.get(id, *version).map(|p| p.pathway.title.en.clone()).unwrap_or_default();
+                let title = programs
+                    .get(id, *version)
+                    .map(|p| p.pathway.title.en.clone())
+                    .unwrap_or_default();
                 tx.exec(
                     "INSERT INTO pathway_versions (pathway_id, version, format, source, model, hash, title, published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     args![id, i64::from(*version), src.format, &src.text, &src.model, &src.hash, title, now.as_second()],
@@ -113,11 +161,18 @@ pub async fn load_programs(pool: &Pool) -> Result<Programs> {
     let rows = pool.fetch("SELECT pathway_id, version, format, source, model FROM pathway_versions ORDER BY pathway_id, version", vec![]).await?;
     let mut programs = Programs::default();
     for r in rows {
-        let pathway: carepath_dsl::Pathway = serde_json::from_str(&r.text(4))
-            .map_err(|e| StoreError::Invalid(format!("stored model of pathway {} v{} cannot be read: {e}", r.text(0), r.i64(1))))?;
+        let pathway: carepath_dsl::Pathway = serde_json::from_str(&r.text(4)).map_err(|e| {
+            StoreError::Invalid(format!(
+                "stored model of pathway {} v{} cannot be read: {e}",
+                r.text(0),
+                r.i64(1)
+            ))
+        })?;
         let file = format!("{}.v{}.{}", r.text(0), r.i64(1), r.text(2));
         let source = Source::new(&file, r.text(3), &pathway);
-        programs.insert(pathway, source).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        programs
+            .insert(pathway, source)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
     }
     Ok(programs)
 }
@@ -133,7 +188,13 @@ pub struct NewPatient {
     pub preferred_channel: Option<String>,
 }
 
-pub async fn insert_institution(tx: &mut Tx, id: &str, name: &str, kind: &str, parent: Option<&str>) -> Result<()> {
+pub async fn insert_institution(
+    tx: &mut Tx,
+    id: &str,
+    name: &str,
+    kind: &str,
+    parent: Option<&str>,
+) -> Result<()> {
     tx.exec(
         "INSERT INTO institutions (id, name, kind, parent_id) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
         args![id, name, kind, parent.map(str::to_string)],
@@ -142,7 +203,14 @@ pub async fn insert_institution(tx: &mut Tx, id: &str, name: &str, kind: &str, p
     Ok(())
 }
 
-pub async fn insert_staff(tx: &mut Tx, id: &str, institution: &str, name: &str, roles: &[&str], token_hash: Option<String>) -> Result<()> {
+pub async fn insert_staff(
+    tx: &mut Tx,
+    id: &str,
+    institution: &str,
+    name: &str,
+    roles: &[&str],
+    token_hash: Option<String>,
+) -> Result<()> {
     tx.exec(
         "INSERT INTO staff (id, institution_id, display_name, roles, token_hash) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
         args![id, institution, name, roles.join(","), token_hash],
@@ -153,7 +221,10 @@ pub async fn insert_staff(tx: &mut Tx, id: &str, institution: &str, name: &str, 
 
 pub async fn insert_patient(tx: &mut Tx, p: &NewPatient, now: Timestamp) -> Result<()> {
     if jiff::tz::TimeZone::get(&p.tz).is_err() {
-        return Err(StoreError::Invalid(format!("`{}` is not an IANA time zone", p.tz)));
+        return Err(StoreError::Invalid(format!(
+            "`{}` is not an IANA time zone",
+            p.tz
+        )));
     }
     tx.exec(
         "INSERT INTO patients (id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -202,7 +273,11 @@ fn due_from_row(r: &Row) -> DueEnrolment {
 /// Claims up to `limit` due enrolments, in wake order. On PostgreSQL the rows stay locked by this
 /// transaction and other workers skip them.
 pub async fn claim_due(tx: &mut Tx, now: Timestamp, limit: i64) -> Result<Vec<DueEnrolment>> {
-    let lock = if tx.is_postgres() { " FOR UPDATE OF e SKIP LOCKED" } else { "" };
+    let lock = if tx.is_postgres() {
+        " FOR UPDATE OF e SKIP LOCKED"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT {ENROLMENT_COLUMNS} FROM enrolments e JOIN patients p ON p.id = e.patient_id \
          WHERE e.status = 'active' AND e.next_wake_at IS NOT NULL AND e.next_wake_at <= $1 \
@@ -216,14 +291,27 @@ pub async fn claim_due(tx: &mut Tx, now: Timestamp, limit: i64) -> Result<Vec<Du
 }
 
 pub async fn load_enrolment(tx: &mut Tx, id: i64) -> Result<DueEnrolment> {
-    let lock = if tx.is_postgres() { " FOR UPDATE OF e" } else { "" };
-    let sql = format!("SELECT {ENROLMENT_COLUMNS} FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1{lock}");
-    let row = tx.fetch_one(&sql, args![id]).await?.ok_or_else(|| StoreError::NotFound(format!("enrolment {id}")))?;
+    let lock = if tx.is_postgres() {
+        " FOR UPDATE OF e"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {ENROLMENT_COLUMNS} FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1{lock}"
+    );
+    let row = tx
+        .fetch_one(&sql, args![id])
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("enrolment {id}")))?;
     Ok(due_from_row(&row))
 }
 
 /// Loads the facts and pending events of a batch of enrolments in a few queries.
-pub async fn load_facts(tx: &mut Tx, batch: &[DueEnrolment], now: Timestamp) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
+pub async fn load_facts(
+    tx: &mut Tx,
+    batch: &[DueEnrolment],
+    now: Timestamp,
+) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
     let mut out: HashMap<i64, (PatientFacts, Vec<PendingEvent>)> = HashMap::new();
     if batch.is_empty() {
         return Ok(out);
@@ -240,7 +328,10 @@ pub async fn load_facts(tx: &mut Tx, batch: &[DueEnrolment], now: Timestamp) -> 
     let in_ids = db::placeholders(1, ids.len());
     let mut by_patient: HashMap<&str, Vec<i64>> = HashMap::new();
     for d in batch {
-        by_patient.entry(d.patient_id.as_str()).or_default().push(d.enrolment.id);
+        by_patient
+            .entry(d.patient_id.as_str())
+            .or_default()
+            .push(d.enrolment.id);
     }
     let patients: Vec<Arg> = by_patient.keys().map(|p| Arg::T(p.to_string())).collect();
     let in_patients = db::placeholders(1, patients.len());
@@ -249,7 +340,10 @@ pub async fn load_facts(tx: &mut Tx, batch: &[DueEnrolment], now: Timestamp) -> 
     for r in rows {
         if let Some((facts, pending)) = out.get_mut(&r.i64(0)) {
             let (seq, name, at) = (r.i64(1), r.text(2), ts(r.i64(3)));
-            facts.events.push(FactEvent { name: name.clone(), at });
+            facts.events.push(FactEvent {
+                name: name.clone(),
+                at,
+            });
             pending.push(PendingEvent { seq, name, at });
         }
     }
@@ -269,7 +363,11 @@ pub async fn load_facts(tx: &mut Tx, batch: &[DueEnrolment], now: Timestamp) -> 
     for r in rows {
         for id in by_patient.get(r.text(0).as_str()).into_iter().flatten() {
             if let Some((facts, _)) = out.get_mut(id) {
-                facts.observations.push(Observation { kind: r.text(1), value: r.f64(2), at: ts(r.i64(3)) });
+                facts.observations.push(Observation {
+                    kind: r.text(1),
+                    value: r.f64(2),
+                    at: ts(r.i64(3)),
+                });
             }
         }
     }
@@ -280,14 +378,25 @@ pub async fn load_facts(tx: &mut Tx, batch: &[DueEnrolment], now: Timestamp) -> 
         let items: Vec<i64> = serde_json::from_str(&r.text(4)).unwrap_or_default();
         for id in by_patient.get(r.text(0).as_str()).into_iter().flatten() {
             if let Some((facts, _)) = out.get_mut(id) {
-                facts.scales.push(ScaleResult { scale: r.text(1), score: r.f64(2), band: r.text(3), items: items.clone(), at: ts(r.i64(5)) });
+                facts.scales.push(ScaleResult {
+                    scale: r.text(1),
+                    score: r.f64(2),
+                    band: r.text(3),
+                    items: items.clone(),
+                    at: ts(r.i64(5)),
+                });
             }
         }
     }
     let rows = tx.fetch(&format!("SELECT enrolment_id, model, score, band, at FROM risk_predictions WHERE enrolment_id IN ({in_ids}) ORDER BY at, id"), ids.clone()).await?;
     for r in rows {
         if let Some((facts, _)) = out.get_mut(&r.i64(0)) {
-            facts.risks.push(RiskResult { model: r.text(1), score: r.f64(2), band: r.text(3), at: ts(r.i64(4)) });
+            facts.risks.push(RiskResult {
+                model: r.text(1),
+                score: r.f64(2),
+                band: r.text(3),
+                at: ts(r.i64(4)),
+            });
         }
     }
     let mut task_args = ids.clone();
@@ -353,7 +462,13 @@ impl Written {
 /// Writes one step's outcome into `buf` (flushed by the caller in the same transaction). Returns
 /// `None` when the enrolment changed since it was read (the row-version check failed): nothing is
 /// written and the caller may retry.
-pub async fn apply_outcome(tx: &mut Tx, buf: &mut RowBuffer, d: &DueEnrolment, outcome: &Outcome, now: Timestamp) -> Result<Option<Written>> {
+pub async fn apply_outcome(
+    tx: &mut Tx,
+    buf: &mut RowBuffer,
+    d: &DueEnrolment,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> Result<Option<Written>> {
     let e = &outcome.enrolment;
     let ended = (e.status != Status::Active).then_some(now.as_second());
     let updated = tx
@@ -382,13 +497,20 @@ pub async fn apply_outcome(tx: &mut Tx, buf: &mut RowBuffer, d: &DueEnrolment, o
     if e.status == Status::Completed {
         w.cancelled_tasks += cancel_state_work(tx, e.id, -1, "enrolment completed").await?;
     } else if let Some(first) = outcome.transitions.first() {
-        let reason = format!("left `{}` for `{}` ({})", first.from, first.to, first.because);
-        w.cancelled_tasks += cancel_state_work(tx, e.id, i64::from(first.left_seq), &reason).await?;
+        let reason = format!(
+            "left `{}` for `{}` ({})",
+            first.from, first.to, first.because
+        );
+        w.cancelled_tasks +=
+            cancel_state_work(tx, e.id, i64::from(first.left_seq), &reason).await?;
     }
     let mut left: HashMap<u32, String> = HashMap::new();
     for t in &outcome.transitions {
         w.transitions += 1;
-        left.insert(t.left_seq, format!("left `{}` for `{}` ({})", t.from, t.to, t.because));
+        left.insert(
+            t.left_seq,
+            format!("left `{}` for `{}` ({})", t.from, t.to, t.because),
+        );
         buf.record(
             Some(format!("e{}:{}:t", e.id, t.left_seq)),
             &d.patient_id,
@@ -398,8 +520,16 @@ pub async fn apply_outcome(tx: &mut Tx, buf: &mut RowBuffer, d: &DueEnrolment, o
             json!({"from": t.from, "to": t.to, "because": t.because}).to_string(),
         );
     }
-    if !outcome.trace.is_empty() && (!outcome.transitions.is_empty() || !outcome.actions.is_empty()) {
-        buf.record(Some(format!("e{}:{}:trace", e.id, e.state_seq)), &d.patient_id, e.id, now.as_second(), "trace", json!(outcome.trace).to_string());
+    if !outcome.trace.is_empty() && (!outcome.transitions.is_empty() || !outcome.actions.is_empty())
+    {
+        buf.record(
+            Some(format!("e{}:{}:trace", e.id, e.state_seq)),
+            &d.patient_id,
+            e.id,
+            now.as_second(),
+            "trace",
+            json!(outcome.trace).to_string(),
+        );
     }
     for a in &outcome.actions {
         // Actions of a state entered and left within this step are recorded as already stale.
@@ -413,7 +543,11 @@ pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &s
     let (cond, args_tasks, args_other) = if seq < 0 {
         ("", args![reason, enrolment], args![enrolment])
     } else {
-        (" AND state_seq = $3", args![reason, enrolment, seq], args![enrolment, seq])
+        (
+            " AND state_seq = $3",
+            args![reason, enrolment, seq],
+            args![enrolment, seq],
+        )
     };
     let cond2 = cond.replace("$3", "$2");
     let n = tx
@@ -430,12 +564,24 @@ pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &s
     tx.exec(&format!("UPDATE follow_ups SET status = 'cancelled' WHERE enrolment_id = $1{cond2} AND status = 'scheduled'"), args_other.clone()).await?;
     // When the whole enrolment ends (`seq = -1`), enrolment-scoped alarms end with it.
     let scope = if seq < 0 { "" } else { " AND scope = 'state'" };
-    tx.exec(&format!("UPDATE alarm_rules SET active = 0 WHERE enrolment_id = $1{cond2}{scope} AND active = 1"), args_other).await?;
+    tx.exec(
+        &format!(
+            "UPDATE alarm_rules SET active = 0 WHERE enrolment_id = $1{cond2}{scope} AND active = 1"
+        ),
+        args_other,
+    )
+    .await?;
     Ok(n)
 }
 
 /// Marks an enrolment in error and raises an alarm task for the pathway's owner role.
-pub async fn mark_error(tx: &mut Tx, d: &DueEnrolment, err: &StepError, owner_role: &str, now: Timestamp) -> Result<bool> {
+pub async fn mark_error(
+    tx: &mut Tx,
+    d: &DueEnrolment,
+    err: &StepError,
+    owner_role: &str,
+    now: Timestamp,
+) -> Result<bool> {
     let n = tx
         .exec(
             "UPDATE enrolments SET status = 'error', error = $1, next_wake_at = NULL, row_version = row_version + 1 WHERE id = $2 AND row_version = $3",
@@ -482,7 +628,10 @@ pub async fn enrol(
     now: Timestamp,
 ) -> Result<(i64, Written)> {
     let mut tx = pool.begin().await?;
-    let out = enrol_tx(&mut tx, programs, patient_id, pathway_id, version, entry, now).await?;
+    let out = enrol_tx(
+        &mut tx, programs, patient_id, pathway_id, version, entry, now,
+    )
+    .await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -499,15 +648,29 @@ pub async fn enrol_tx(
 ) -> Result<(i64, Written)> {
     let prog = match version {
         Some(v) => programs.get(pathway_id, v).cloned(),
-        None => programs.latest().into_iter().find(|p| p.pathway.id == pathway_id),
+        None => programs
+            .latest()
+            .into_iter()
+            .find(|p| p.pathway.id == pathway_id),
     }
     .ok_or_else(|| StoreError::NotFound(format!("pathway {pathway_id}")))?;
     if prog.pathway.entry_point(entry).is_none() {
-        let names: Vec<&str> = prog.pathway.entry_points.iter().map(|e| e.id.as_str()).collect();
-        return Err(StoreError::Invalid(format!("pathway {pathway_id} has no entry point `{entry}`; entry points: {}", names.join(", "))));
+        let names: Vec<&str> = prog
+            .pathway
+            .entry_points
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect();
+        return Err(StoreError::Invalid(format!(
+            "pathway {pathway_id} has no entry point `{entry}`; entry points: {}",
+            names.join(", ")
+        )));
     }
     let patient = tx
-        .fetch_one("SELECT institution_id, tz, birth_date, sex FROM patients WHERE id = $1", args![patient_id])
+        .fetch_one(
+            "SELECT institution_id, tz, birth_date, sex FROM patients WHERE id = $1",
+            args![patient_id],
+        )
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("patient {patient_id}")))?;
     let row = tx
@@ -519,7 +682,11 @@ pub async fn enrol_tx(
         .await?
         .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))?;
     let id = row.i64(0);
-    let facts = PatientFacts { birth_date: patient.opt_text(2).and_then(|b| b.parse().ok()), sex: patient.text(3), ..Default::default() };
+    let facts = PatientFacts {
+        birth_date: patient.opt_text(2).and_then(|b| b.parse().ok()),
+        sex: patient.text(3),
+        ..Default::default()
+    };
     let outcome = step::enrol(&prog, id, entry, &patient.text(1), &facts, &[], now)?;
     let d = DueEnrolment {
         enrolment: outcome.enrolment.clone(),
@@ -535,14 +702,24 @@ pub async fn enrol_tx(
     )
     .await?;
     let mut buf = RowBuffer::default();
-    let mut written = apply_outcome(tx, &mut buf, &d, &outcome, now).await?.ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
+    let mut written = apply_outcome(tx, &mut buf, &d, &outcome, now)
+        .await?
+        .ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
     written.add(&buf.flush(tx).await?);
     Ok((id, written))
 }
 
 /// Records an event for an enrolment and makes it due at once. `source_key` makes a retried
 /// delivery of the same event a no-op.
-pub async fn add_event(tx: &mut Tx, enrolment: i64, name: &str, at: Timestamp, payload: Option<String>, source_key: Option<String>, now: Timestamp) -> Result<bool> {
+pub async fn add_event(
+    tx: &mut Tx,
+    enrolment: i64,
+    name: &str,
+    at: Timestamp,
+    payload: Option<String>,
+    source_key: Option<String>,
+    now: Timestamp,
+) -> Result<bool> {
     let n = tx
         .exec(
             "INSERT INTO events (enrolment_id, name, at, payload, source_key, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source_key) DO NOTHING",
@@ -565,7 +742,10 @@ pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp)
     let mut tx = pool.begin().await?;
     let d = load_enrolment(&mut tx, enrolment).await?;
     if d.enrolment.status != Status::Active && d.enrolment.status != Status::Error {
-        return Err(StoreError::Conflict(format!("enrolment {enrolment} is already {}", d.enrolment.status.as_str())));
+        return Err(StoreError::Conflict(format!(
+            "enrolment {enrolment} is already {}",
+            d.enrolment.status.as_str()
+        )));
     }
     tx.exec(
         "UPDATE enrolments SET status = 'withdrawn', next_wake_at = NULL, ended_at = $1, row_version = row_version + 1 WHERE id = $2",
@@ -589,15 +769,26 @@ pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp)
 }
 
 /// Completes a task with an outcome; the outcome becomes the pathway event `task_done:<task id>`.
-pub async fn complete_task(pool: &Pool, task_id: i64, outcome: &str, actor: &str, now: Timestamp) -> Result<()> {
+pub async fn complete_task(
+    pool: &Pool,
+    task_id: i64,
+    outcome: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
     let mut tx = pool.begin().await?;
     let row = tx
-        .fetch_one("SELECT enrolment_id, task_ref, status, patient_id FROM tasks WHERE id = $1", args![task_id])
+        .fetch_one(
+            "SELECT enrolment_id, task_ref, status, patient_id FROM tasks WHERE id = $1",
+            args![task_id],
+        )
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
     let status = row.text(2);
     if status != "open" && status != "claimed" {
-        return Err(StoreError::Conflict(format!("task {task_id} is {status}; only open or claimed tasks can be completed")));
+        return Err(StoreError::Conflict(format!(
+            "task {task_id} is {status}; only open or claimed tasks can be completed"
+        )));
     }
     tx.exec(
         "UPDATE tasks SET status = 'done', outcome = $1, completed_at = $2, assignee = COALESCE(assignee, $3) WHERE id = $4",
@@ -605,7 +796,16 @@ pub async fn complete_task(pool: &Pool, task_id: i64, outcome: &str, actor: &str
     )
     .await?;
     if let Some(task_ref) = row.opt_text(1) {
-        add_event(&mut tx, row.i64(0), &format!("task_done:{task_ref}"), now, Some(json!({"outcome": outcome}).to_string()), Some(format!("task:{task_id}:done")), now).await?;
+        add_event(
+            &mut tx,
+            row.i64(0),
+            &format!("task_done:{task_ref}"),
+            now,
+            Some(json!({"outcome": outcome}).to_string()),
+            Some(format!("task:{task_id}:done")),
+            now,
+        )
+        .await?;
     }
     tx.exec(
         "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'task_done', $4)",
@@ -627,16 +827,26 @@ pub async fn migrate_enrolments(
     state_map: &BTreeMap<String, String>,
     now: Timestamp,
 ) -> Result<u64> {
-    let old = programs.get(pathway, from).ok_or_else(|| StoreError::NotFound(format!("pathway {pathway} v{from}")))?;
-    let new = programs.get(pathway, to).ok_or_else(|| StoreError::NotFound(format!("pathway {pathway} v{to}")))?;
+    let old = programs
+        .get(pathway, from)
+        .ok_or_else(|| StoreError::NotFound(format!("pathway {pathway} v{from}")))?;
+    let new = programs
+        .get(pathway, to)
+        .ok_or_else(|| StoreError::NotFound(format!("pathway {pathway} v{to}")))?;
     let mut problems = Vec::new();
     for s in &old.pathway.states {
         if s.terminal {
             continue;
         }
         match state_map.get(&s.id) {
-            None if new.pathway.state(&s.id).is_none() => problems.push(format!("state `{}` of v{from} is not in v{to} and is not mapped", s.id)),
-            Some(target) if new.pathway.state(target).is_none() => problems.push(format!("`{}` maps to `{target}`, which is not a state of v{to}", s.id)),
+            None if new.pathway.state(&s.id).is_none() => problems.push(format!(
+                "state `{}` of v{from} is not in v{to} and is not mapped",
+                s.id
+            )),
+            Some(target) if new.pathway.state(target).is_none() => problems.push(format!(
+                "`{}` maps to `{target}`, which is not a state of v{to}",
+                s.id
+            )),
             _ => {}
         }
     }
@@ -646,7 +856,10 @@ pub async fn migrate_enrolments(
         }
     }
     if !problems.is_empty() {
-        return Err(StoreError::Invalid(format!("the state map is not valid:\n  {}", problems.join("\n  "))));
+        return Err(StoreError::Invalid(format!(
+            "the state map is not valid:\n  {}",
+            problems.join("\n  ")
+        )));
     }
     let mut tx = pool.begin().await?;
     let rows = tx
@@ -670,4 +883,195 @@ pub async fn migrate_enrolments(
     }
     tx.commit().await?;
     Ok(moved)
+}
+
+/// What ingesting a batch of readings did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct IngestSummary {
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// (index in the batch, reason)
+    pub refused: Vec<(usize, String)>,
+    /// Urgent tasks raised by alarm rules that turned true.
+    pub alarm_tasks: Vec<i64>,
+    pub alarms_resolved: u64,
+    /// Enrolments that received an event and should be advanced now.
+    pub enrolments_to_advance: Vec<i64>,
+}
+
+/// Stores readings (refusing implausible ones, dropping duplicates by reading id) and evaluates
+/// the alarm rules of the patients concerned, all in one transaction.
+pub async fn ingest_readings(
+    pool: &Pool,
+    readings: &[crate::observations::Reading],
+    visible: &std::collections::HashSet<String>,
+    now: Timestamp,
+) -> Result<IngestSummary> {
+    use crate::observations::{GroupedReading, normalise, rule_holds};
+    let mut out = IngestSummary::default();
+    let mut tx = pool.begin().await?;
+    let mut patients: Vec<String> = Vec::new();
+    for (i, r) in readings.iter().enumerate() {
+        if !visible.contains(&r.patient_id) {
+            out.refused
+                .push((i, format!("patient {} not found", r.patient_id)));
+            continue;
+        }
+        let value = match normalise(&r.kind, r.value, r.unit.as_deref()) {
+            Ok(v) => v,
+            Err(e) => {
+                out.refused.push((i, e));
+                continue;
+            }
+        };
+        if r.reading_id.trim().is_empty() || r.reading_id.len() > 128 {
+            out.refused
+                .push((i, "reading_id must be 1 to 128 characters".into()));
+            continue;
+        }
+        let exists = tx
+            .fetch_one("SELECT 1 FROM patients WHERE id = $1", args![&r.patient_id])
+            .await?;
+        if exists.is_none() {
+            out.refused
+                .push((i, format!("patient {} not found", r.patient_id)));
+            continue;
+        }
+        let n = tx
+            .exec(
+                "INSERT INTO observations (patient_id, kind, value, at, reading_id, source, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (patient_id, reading_id, kind) DO NOTHING",
+                args![&r.patient_id, &r.kind, value, r.at.as_second(), &r.reading_id, &r.source, now.as_second()],
+            )
+            .await?;
+        if n == 0 {
+            out.duplicates += 1;
+        } else {
+            out.accepted += 1;
+            if !patients.contains(&r.patient_id) {
+                patients.push(r.patient_id.clone());
+            }
+        }
+    }
+    let engine = crate::sandbox::engine();
+    for patient in &patients {
+        // Guards that read observations react now, not at the next nightly pass.
+        let enrolments = tx
+            .fetch(
+                "SELECT id FROM enrolments WHERE patient_id = $1 AND status = 'active'",
+                args![patient],
+            )
+            .await?;
+        for e in enrolments {
+            tx.exec("UPDATE enrolments SET next_wake_at = $1 WHERE id = $2 AND (next_wake_at IS NULL OR next_wake_at > $1)", args![now.as_second(), e.i64(0)]).await?;
+            if !out.enrolments_to_advance.contains(&e.i64(0)) {
+                out.enrolments_to_advance.push(e.i64(0));
+            }
+        }
+        let rules = tx
+            .fetch(
+                "SELECT a.id, a.enrolment_id, a.spec, a.firing, e.institution_id, e.state_seq FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id \
+                 WHERE e.patient_id = $1 AND e.status = 'active' AND a.active = 1 ORDER BY a.id",
+                args![patient],
+            )
+            .await?;
+        if rules.is_empty() {
+            continue;
+        }
+        let rows = tx
+            .fetch("SELECT reading_id, kind, value, at FROM observations WHERE patient_id = $1 AND at > $2 ORDER BY at", args![patient, now.as_second() - 90 * 86_400])
+            .await?;
+        let mut grouped: BTreeMap<String, GroupedReading> = BTreeMap::new();
+        for r in rows {
+            let g = grouped.entry(r.text(0)).or_default();
+            g.at = g.at.max(r.i64(3));
+            g.values.insert(r.text(1), r.f64(2));
+        }
+        let readings: Vec<GroupedReading> = grouped.into_values().collect();
+        for rule_row in rules {
+            let (rule_id, enrolment, firing) =
+                (rule_row.i64(0), rule_row.i64(1), rule_row.i64(3) == 1);
+            let Ok(spec) = serde_json::from_str::<carepath_dsl::AlarmSpec>(&rule_row.text(2))
+            else {
+                continue;
+            };
+            let holds = match rule_holds(&engine, &spec, &readings, now) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(enrolment, alarm = %spec.id, "alarm rule failed: {e}");
+                    continue;
+                }
+            };
+            if holds && !firing {
+                // The guarded update makes one episode raise one task, even under concurrency.
+                if tx
+                    .exec(
+                        "UPDATE alarm_rules SET firing = 1 WHERE id = $1 AND firing = 0",
+                        args![rule_id],
+                    )
+                    .await?
+                    == 0
+                {
+                    continue;
+                }
+                let tz = crate::time::zone("UTC");
+                let due = crate::time::add(now, spec.task.due, &tz);
+                let key = format!("alarm:{rule_id}:{}", now.as_second());
+                let row = tx
+                    .fetch_one(
+                        "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                        args![
+                            &key,
+                            enrolment,
+                            patient,
+                            rule_row.text(4),
+                            rule_row.i64(5),
+                            spec.task.id.clone().unwrap_or_else(|| format!("alarm_{}", spec.id)),
+                            &spec.task.role,
+                            &spec.task.title.zh,
+                            &spec.task.title.en,
+                            carepath_dsl::Priority::Urgent.max(spec.task.priority) as i64,
+                            spec.task.sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
+                            due.as_second(),
+                            now.as_second()
+                        ],
+                    )
+                    .await?;
+                if let Some(r) = row {
+                    out.alarm_tasks.push(r.i64(0));
+                }
+                tx.exec(
+                    "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'alarm', $5) ON CONFLICT (dedupe_key) DO NOTHING",
+                    args![&key, patient, enrolment, now.as_second(), serde_json::json!({"alarm": spec.id, "rule": spec.when.0}).to_string()],
+                )
+                .await?;
+                add_event(
+                    &mut tx,
+                    enrolment,
+                    &format!("alarm:{}", spec.id),
+                    now,
+                    None,
+                    Some(key),
+                    now,
+                )
+                .await?;
+                out.enrolments_to_advance.push(enrolment);
+            } else if !holds && firing {
+                tx.exec(
+                    "UPDATE alarm_rules SET firing = 0 WHERE id = $1",
+                    args![rule_id],
+                )
+                .await?;
+                tx.exec(
+                    "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'alarm_resolved', $4)",
+                    args![patient, enrolment, now.as_second(), serde_json::json!({"alarm": spec.id}).to_string()],
+                )
+                .await?;
+                out.alarms_resolved += 1;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(out)
 }

@@ -72,7 +72,12 @@ const TABLES: &[Table] = &[
         values: "(?, ?, ?, ?, ?)",
         kind: Some("goal"),
     },
-    Table { name: "record", columns: "dedupe_key, patient_id, enrolment_id, at, kind, detail", values: "(?, ?, ?, ?, ?, ?)", kind: None },
+    Table {
+        name: "record",
+        columns: "dedupe_key, patient_id, enrolment_id, at, kind, detail",
+        values: "(?, ?, ?, ?, ?, ?)",
+        kind: None,
+    },
 ];
 
 /// Notes are written only to the record; they are counted from it.
@@ -93,8 +98,26 @@ impl RowBuffer {
         self.rows.entry(table).or_default().push(row);
     }
 
-    pub fn record(&mut self, key: Option<String>, patient: &str, enrolment: i64, at: i64, kind: &str, detail: String) {
-        self.push("record", vec![Arg::OptT(key), Arg::T(patient.into()), Arg::I(enrolment), Arg::I(at), Arg::T(kind.into()), Arg::T(detail)]);
+    pub fn record(
+        &mut self,
+        key: Option<String>,
+        patient: &str,
+        enrolment: i64,
+        at: i64,
+        kind: &str,
+        detail: String,
+    ) {
+        self.push(
+            "record",
+            vec![
+                Arg::OptT(key),
+                Arg::T(patient.into()),
+                Arg::I(enrolment),
+                Arg::I(at),
+                Arg::T(kind.into()),
+                Arg::T(detail),
+            ],
+        );
     }
 
     /// Buffers one produced action and its record entry. `stale` is the reason when the state that
@@ -107,7 +130,15 @@ impl RowBuffer {
         let patient = || Arg::T(d.patient_id.clone());
         let inst = || Arg::T(d.institution_id.clone());
         match &a.action {
-            Produced::Task { task_ref, role, title, due_at, priority, sla, keep } => {
+            Produced::Task {
+                task_ref,
+                role,
+                title,
+                due_at,
+                priority,
+                sla,
+                keep,
+            } => {
                 let cancelled = stale.filter(|_| !keep);
                 self.push(
                     "tasks",
@@ -123,15 +154,31 @@ impl RowBuffer {
                         Arg::T(title.en.clone()),
                         Arg::I(*priority as i64),
                         Arg::I(i64::from(*keep)),
-                        Arg::OptT(sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default())),
-                        Arg::T(if cancelled.is_some() { "cancelled" } else { "open" }.into()),
+                        Arg::OptT(
+                            sla.as_ref()
+                                .map(|s| serde_json::to_string(s).unwrap_or_default()),
+                        ),
+                        Arg::T(
+                            if cancelled.is_some() {
+                                "cancelled"
+                            } else {
+                                "open"
+                            }
+                            .into(),
+                        ),
                         Arg::I(due_at.as_second()),
                         Arg::I(at),
                         Arg::OptT(cancelled.map(str::to_string)),
                     ],
                 );
             }
-            Produced::FollowUp { follow_up_ref, channels, template, send_at, urgent } => {
+            Produced::FollowUp {
+                follow_up_ref,
+                channels,
+                template,
+                send_at,
+                urgent,
+            } => {
                 self.push(
                     "follow_ups",
                     vec![
@@ -145,7 +192,14 @@ impl RowBuffer {
                         Arg::T(channels_json(channels)),
                         Arg::I(send_at.as_second()),
                         Arg::I(i64::from(*urgent)),
-                        Arg::T(if stale.is_some() { "cancelled" } else { "scheduled" }.into()),
+                        Arg::T(
+                            if stale.is_some() {
+                                "cancelled"
+                            } else {
+                                "scheduled"
+                            }
+                            .into(),
+                        ),
                         Arg::I(at),
                     ],
                 );
@@ -166,7 +220,12 @@ impl RowBuffer {
                     );
                 }
             }
-            Produced::ScalePush { scale, due_at, expires_at, reminders } => self.push(
+            Produced::ScalePush {
+                scale,
+                due_at,
+                expires_at,
+                reminders,
+            } => self.push(
                 "scale_pushes",
                 vec![
                     key(),
@@ -177,12 +236,29 @@ impl RowBuffer {
                     Arg::T(scale.clone()),
                     Arg::I(due_at.as_second()),
                     Arg::OptI(expires_at.map(|t| t.as_second())),
-                    Arg::T(serde_json::to_string(&reminders.iter().map(|t| t.as_second()).collect::<Vec<_>>()).unwrap_or_default()),
-                    Arg::T(if stale.is_some() { "cancelled" } else { "pushed" }.into()),
+                    Arg::T(
+                        serde_json::to_string(
+                            &reminders.iter().map(|t| t.as_second()).collect::<Vec<_>>(),
+                        )
+                        .unwrap_or_default(),
+                    ),
+                    Arg::T(
+                        if stale.is_some() {
+                            "cancelled"
+                        } else {
+                            "pushed"
+                        }
+                        .into(),
+                    ),
                     Arg::I(at),
                 ],
             ),
-            Produced::Risk { model, score, band, contributions } => self.push(
+            Produced::Risk {
+                model,
+                score,
+                band,
+                contributions,
+            } => self.push(
                 "risk_predictions",
                 vec![
                     key(),
@@ -215,41 +291,68 @@ impl RowBuffer {
                     ],
                 );
             }
-            Produced::Referral { direction, to, reason, accept_by } => self.push(
+            Produced::Referral {
+                direction,
+                to,
+                reason,
+                accept_by,
+            } => self.push(
                 "referrals",
                 vec![
                     key(),
                     Arg::I(e),
                     patient(),
-                    Arg::T(match direction {
-                        Direction::Up => "up",
-                        Direction::Down => "down",
-                    }
-                    .into()),
+                    Arg::T(
+                        match direction {
+                            Direction::Up => "up",
+                            Direction::Down => "down",
+                        }
+                        .into(),
+                    ),
                     Arg::T(to.as_str().into()),
                     inst(),
-                    Arg::OptT(reason.as_ref().map(|t| serde_json::to_string(t).unwrap_or_default())),
+                    Arg::OptT(
+                        reason
+                            .as_ref()
+                            .map(|t| serde_json::to_string(t).unwrap_or_default()),
+                    ),
                     Arg::T("requested".into()),
                     Arg::I(at),
                     Arg::I(accept_by.as_second()),
                 ],
             ),
-            Produced::GoalSet { goal } => {
-                self.push("goals", vec![key(), Arg::I(e), Arg::T(goal.id.clone()), Arg::T(serde_json::to_string(goal).unwrap_or_default()), Arg::I(at)])
-            }
+            Produced::GoalSet { goal } => self.push(
+                "goals",
+                vec![
+                    key(),
+                    Arg::I(e),
+                    Arg::T(goal.id.clone()),
+                    Arg::T(serde_json::to_string(goal).unwrap_or_default()),
+                    Arg::I(at),
+                ],
+            ),
             Produced::Note { .. } => {
                 let index = self.rows.get("record").map_or(0, Vec::len);
                 self.notes.push(index);
             }
         }
-        self.record(Some(a.key.clone()), &d.patient_id, e, at, a.action.kind(), serde_json::to_string(&a.action).unwrap_or_default());
+        self.record(
+            Some(a.key.clone()),
+            &d.patient_id,
+            e,
+            at,
+            a.action.kind(),
+            serde_json::to_string(&a.action).unwrap_or_default(),
+        );
     }
 
     /// Writes every buffered row; returns how many of each kind were new.
     pub async fn flush(&mut self, tx: &mut Tx) -> Result<Written> {
         let mut w = Written::default();
         for table in TABLES {
-            let Some(rows) = self.rows.remove(table.name) else { continue };
+            let Some(rows) = self.rows.remove(table.name) else {
+                continue;
+            };
             let per_row = table.values.matches('?').count();
             // sqlx looks SQLite parameters up by name, which grows with their number: keep statements short.
             let chunk = (128 / per_row).max(1);

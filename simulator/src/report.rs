@@ -1,0 +1,1062 @@
+//! What a run shows: indicators, workload, occupancy, coverage and referral flows, as JSON, CSV,
+//! SVG and a plain-text summary. Everything here is computed from whole-number counts, so the
+//! output is byte-identical for the same seed however many threads ran.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::run::{PathTally, Raw, Setup};
+use crate::scenario::fmt_num;
+
+/// Metric names an expectation can compare (optionally prefixed by a pathway id); `indicator.<id>`
+/// and `visits.<state>` name a declared indicator and a state's visits.
+pub const METRICS: &[&str] = &[
+    "follow_up_rate",
+    "on_time_rate",
+    "scale_completion_rate",
+    "referrals_up",
+    "referrals_down",
+    "average_length_of_stay_days",
+    "completion_rate",
+    "enrolled",
+    "deaths",
+    "errors",
+    "alarms",
+    "tasks_created",
+    "state_coverage",
+    "transition_coverage",
+];
+
+pub fn is_metric_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        [m] => METRICS.contains(m),
+        [a, b] => METRICS.contains(b) || ((*a == "indicator" || *a == "visits") && !b.is_empty()),
+        [_, a, b] => (*a == "indicator" || *a == "visits") && !b.is_empty(),
+        _ => false,
+    }
+}
+
+fn rate(num: u64, den: u64) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
+}
+
+fn r4(x: Option<f64>) -> Option<f64> {
+    x.map(|x| (x * 10_000.0).round() / 10_000.0)
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Indicators {
+    /// Follow-ups the patient responded to, plus calls that reached the patient, over those due.
+    pub follow_up_rate: Option<f64>,
+    pub follow_ups_sent: u64,
+    pub follow_ups_responded: u64,
+    pub follow_ups_cancelled: u64,
+    pub calls_due: u64,
+    pub calls_reached: u64,
+    /// Tasks done by their due time over tasks that fell due.
+    pub on_time_rate: Option<f64>,
+    pub tasks_created: u64,
+    pub tasks_done: u64,
+    pub tasks_due: u64,
+    pub tasks_on_time: u64,
+    pub tasks_cancelled: u64,
+    pub scale_completion_rate: Option<f64>,
+    pub scales_pushed: u64,
+    pub scales_answered: u64,
+    pub referrals_up: u64,
+    pub referrals_down: u64,
+    /// Admission (or delivery) to discharge, for pathways that listen for `discharged`.
+    pub average_length_of_stay_days: Option<f64>,
+    pub stays: u64,
+    pub alarms: u64,
+    pub device_readings: u64,
+    pub steps: u64,
+}
+
+impl Indicators {
+    fn from_tallies<'a>(ts: impl Iterator<Item = (&'a PathTally, bool)>) -> Indicators {
+        let mut i = Indicators::default();
+        let mut stay_seconds = 0i64;
+        for (t, stays) in ts {
+            i.follow_ups_sent += t.follow_ups_sent;
+            i.follow_ups_responded += t.follow_ups_responded;
+            i.follow_ups_cancelled += t.follow_ups_cancelled;
+            i.calls_due += t.calls_due;
+            i.calls_reached += t.calls_reached;
+            i.tasks_created += t.tasks_created;
+            i.tasks_done += t.tasks_done;
+            i.tasks_due += t.tasks_due;
+            i.tasks_on_time += t.tasks_on_time;
+            i.tasks_cancelled += t.tasks_cancelled;
+            i.scales_pushed += t.scales_pushed;
+            i.scales_answered += t.scales_answered;
+            i.referrals_up += t.referrals_up;
+            i.referrals_down += t.referrals_down;
+            i.alarms += t.alarms;
+            i.device_readings += t.readings;
+            i.steps += t.steps;
+            if stays {
+                i.stays += t.stays;
+                stay_seconds += t.stay_seconds;
+            }
+        }
+        i.follow_up_rate = r4(rate(
+            i.follow_ups_responded + i.calls_reached,
+            i.follow_ups_sent + i.calls_due,
+        ));
+        i.on_time_rate = r4(rate(i.tasks_on_time, i.tasks_due));
+        i.scale_completion_rate = r4(rate(i.scales_answered, i.scales_pushed));
+        i.average_length_of_stay_days =
+            r4((i.stays > 0).then(|| stay_seconds as f64 / i.stays as f64 / 86_400.0));
+        i
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeclaredIndicator {
+    pub id: String,
+    pub title: String,
+    pub numerator: String,
+    pub denominator: String,
+    pub value: Option<f64>,
+    pub met: u64,
+    pub of: u64,
+    pub target: Option<f64>,
+    pub on_target: Option<bool>,
+    /// Why the simulator could not compute it, if it could not.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateCoverage {
+    pub state: String,
+    pub visits: u64,
+    pub ended_here: u64,
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionCoverage {
+    /// `<state>#<n>`: the n-th transition of the state, as written (1-based).
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub trigger: String,
+    pub taken: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Coverage {
+    pub states_visited: usize,
+    pub states: usize,
+    pub transitions_taken: usize,
+    pub transitions: usize,
+    pub never_visited: Vec<String>,
+    pub never_taken: Vec<String>,
+    /// Never-visited states first, then by visits.
+    pub state_counts: Vec<StateCoverage>,
+    /// Never-taken transitions first, then by count.
+    pub transition_counts: Vec<TransitionCoverage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PathwayReport {
+    pub id: String,
+    pub version: u32,
+    pub enrolled: u64,
+    pub completed: u64,
+    pub active_at_end: u64,
+    pub died: u64,
+    pub errors: u64,
+    pub indicators: Indicators,
+    pub declared_indicators: Vec<DeclaredIndicator>,
+    pub coverage: Coverage,
+    /// Active enrolments per state at the end of each day: `counts[day][state]`.
+    pub occupancy_states: Vec<String>,
+    pub occupancy: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleReport {
+    pub role: String,
+    pub capacity_per_day: u64,
+    pub created: u64,
+    pub done: u64,
+    pub due: u64,
+    pub on_time: u64,
+    pub on_time_rate: Option<f64>,
+    pub cancelled: u64,
+    pub escalated: u64,
+    pub open_at_end: u64,
+    pub overdue_at_end: u64,
+    pub peak_backlog: u64,
+    pub peak_backlog_day: usize,
+    pub peak_overdue: u64,
+    pub peak_overdue_day: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueReport {
+    pub institution: String,
+    pub role: String,
+    pub capacity_per_day: u32,
+    pub peak_backlog: u64,
+    pub peak_backlog_day: usize,
+    pub peak_overdue: u64,
+    pub peak_overdue_day: usize,
+}
+
+/// Daily workload per role: `created[day][role]` and so on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    pub roles: Vec<String>,
+    pub created: Vec<Vec<u32>>,
+    pub done: Vec<Vec<u32>>,
+    pub backlog: Vec<Vec<u32>>,
+    pub overdue: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub pathway: String,
+    pub direction: String,
+    pub from: String,
+    pub to: String,
+    pub referrals: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub arrived: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    pub expectation: String,
+    pub passed: bool,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: Option<String>,
+    pub seed: u64,
+    pub cohort: u64,
+    pub days: u32,
+    pub start: String,
+    pub tz: String,
+    pub working_hours: String,
+    pub totals: Indicators,
+    pub pathways: Vec<PathwayReport>,
+    pub roles: Vec<RoleReport>,
+    pub queues: Vec<QueueReport>,
+    pub workload: Workload,
+    pub referral_flows: Vec<Flow>,
+    pub errors: u64,
+    pub first_errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub expectations: Vec<Checked>,
+    #[serde(skip)]
+    dates: Vec<String>,
+    #[serde(skip)]
+    peaks: Vec<(String, String, Vec<u32>, Vec<u32>)>,
+}
+
+fn hhmm(s: i64) -> String {
+    format!("{:02}:{:02}", s / 3_600, (s % 3_600) / 60)
+}
+
+impl Report {
+    pub fn build(s: &Setup, raw: &Raw, scenario: Option<String>) -> Report {
+        let t = &raw.tally;
+        let days = s.days as usize;
+        let dates: Vec<String> = (0..days)
+            .map(|d| {
+                s.start_date
+                    .checked_add(jiff::Span::new().days(d as i64))
+                    .map(|x| x.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut pathways = Vec::new();
+        for (pi, info) in s.infos.iter().enumerate() {
+            let pt = &t.path[pi];
+            let prog = &s.programs[pi];
+            // Coverage, never-reached branches first.
+            let mut state_counts: Vec<StateCoverage> = info
+                .states
+                .iter()
+                .enumerate()
+                .map(|(i, id)| StateCoverage {
+                    state: id.clone(),
+                    visits: t.visits[info.state_off + i],
+                    ended_here: t.ended_in[info.state_off + i],
+                    terminal: info.terminal[i],
+                })
+                .collect();
+            let never_visited: Vec<String> = state_counts
+                .iter()
+                .filter(|c| c.visits == 0)
+                .map(|c| c.state.clone())
+                .collect();
+            state_counts.sort_by_key(|c| (c.visits > 0, c.visits));
+            let mut transition_counts = Vec::new();
+            for (si, st) in prog.pathway.states.iter().enumerate() {
+                for (ti, tr) in st.transitions.iter().enumerate() {
+                    let trig = tr.trigger.describe();
+                    let trigger = match (&tr.guard, trig.is_empty()) {
+                        (Some(g), true) => format!("when {}", g.0),
+                        (Some(g), false) => format!("{trig} when {}", g.0),
+                        (None, true) => "immediately".into(),
+                        (None, false) => trig,
+                    };
+                    transition_counts.push(TransitionCoverage {
+                        id: format!("{}#{}", st.id, ti + 1),
+                        from: st.id.clone(),
+                        to: tr.to.clone(),
+                        trigger,
+                        taken: t.taken[info.t_off[si] + ti],
+                    });
+                }
+            }
+            let never_taken: Vec<String> = transition_counts
+                .iter()
+                .filter(|c| c.taken == 0)
+                .map(|c| c.id.clone())
+                .collect();
+            transition_counts.sort_by_key(|c| (c.taken > 0, c.taken));
+            let n_states = info.states.len();
+            let occupancy: Vec<Vec<u32>> = (0..days)
+                .map(|d| {
+                    let base = d * s.total_states + info.state_off;
+                    t.occupancy[base..base + n_states].to_vec()
+                })
+                .collect();
+            let active_at_end = occupancy
+                .last()
+                .map_or(0, |o| o.iter().map(|x| u64::from(*x)).sum());
+            let declared_indicators = info
+                .indicators
+                .iter()
+                .enumerate()
+                .map(|(i, ind)| {
+                    let (met, of) = (pt.indicator_met[i], pt.indicator_of[i]);
+                    let value = r4(rate(met, of));
+                    let note = match ind.goal {
+                        None => Some(format!(
+                            "numerator `{}` is not computed by the simulator",
+                            ind.numerator
+                        )),
+                        Some(_) if ind.denominator != "enrolled" => Some(format!(
+                            "denominator `{}` is read as enrolled",
+                            ind.denominator
+                        )),
+                        Some(_) => None,
+                    };
+                    DeclaredIndicator {
+                        id: ind.id.clone(),
+                        title: ind.title.clone(),
+                        numerator: ind.numerator.clone(),
+                        denominator: ind.denominator.clone(),
+                        value,
+                        met,
+                        of,
+                        target: ind.target,
+                        on_target: value.zip(ind.target).map(|(v, t)| v >= t),
+                        note,
+                    }
+                })
+                .collect();
+            pathways.push(PathwayReport {
+                id: info.id.clone(),
+                version: prog.pathway.version,
+                enrolled: pt.enrolled,
+                completed: pt.completed,
+                active_at_end,
+                died: pt.died,
+                errors: pt.errors,
+                indicators: Indicators::from_tallies(std::iter::once((pt, info.tracks_stay))),
+                declared_indicators,
+                coverage: Coverage {
+                    states_visited: n_states - never_visited.len(),
+                    states: n_states,
+                    transitions_taken: info.n_transitions - never_taken.len(),
+                    transitions: info.n_transitions,
+                    never_visited,
+                    never_taken,
+                    state_counts,
+                    transition_counts,
+                },
+                occupancy_states: info.states.clone(),
+                occupancy,
+            });
+        }
+        let totals =
+            Indicators::from_tallies(t.path.iter().zip(&s.infos).map(|(p, i)| (p, i.tracks_stay)));
+
+        // Workload per role (summed over institutions) and per queue.
+        let nr = s.roles.len();
+        let nq = s.institutions.len() * nr;
+        let per_role = |v: &[u32], d: usize| -> Vec<u32> {
+            (0..nr)
+                .map(|r| {
+                    (0..s.institutions.len())
+                        .map(|i| v[d * nq + i * nr + r])
+                        .sum()
+                })
+                .collect()
+        };
+        let workload = Workload {
+            roles: s.roles.clone(),
+            created: (0..days)
+                .map(|d| t.created_by_day[d * nr..(d + 1) * nr].to_vec())
+                .collect(),
+            done: (0..days)
+                .map(|d| t.done_by_day[d * nr..(d + 1) * nr].to_vec())
+                .collect(),
+            backlog: (0..days).map(|d| per_role(&raw.backlog, d)).collect(),
+            overdue: (0..days).map(|d| per_role(&raw.overdue, d)).collect(),
+        };
+        let peak = |series: &mut dyn Iterator<Item = u32>| -> (u64, usize) {
+            let mut best = (0u64, 0usize);
+            for (d, x) in series.enumerate() {
+                if u64::from(x) > best.0 {
+                    best = (u64::from(x), d);
+                }
+            }
+            best
+        };
+        let roles = s
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(r, role)| {
+                let rt = &t.roles[r];
+                let (pb, pbd) = peak(&mut workload.backlog.iter().map(|d| d[r]));
+                let (po, pod) = peak(&mut workload.overdue.iter().map(|d| d[r]));
+                RoleReport {
+                    role: role.clone(),
+                    capacity_per_day: (0..s.institutions.len())
+                        .map(|i| u64::from(s.capacity[i * nr + r]))
+                        .sum(),
+                    created: rt.created,
+                    done: rt.done,
+                    due: rt.due,
+                    on_time: rt.on_time,
+                    on_time_rate: r4(rate(rt.on_time, rt.due)),
+                    cancelled: rt.cancelled,
+                    escalated: rt.escalated,
+                    open_at_end: rt.open_at_end,
+                    overdue_at_end: rt.overdue_at_end,
+                    peak_backlog: pb,
+                    peak_backlog_day: pbd,
+                    peak_overdue: po,
+                    peak_overdue_day: pod,
+                }
+            })
+            .collect();
+        let mut queues = Vec::new();
+        let mut peaks = Vec::new();
+        for (i, inst) in s.institutions.iter().enumerate() {
+            for (r, role) in s.roles.iter().enumerate() {
+                let q = i * nr + r;
+                let b: Vec<u32> = (0..days).map(|d| raw.backlog[d * nq + q]).collect();
+                let o: Vec<u32> = (0..days).map(|d| raw.overdue[d * nq + q]).collect();
+                let (pb, pbd) = peak(&mut b.iter().copied());
+                let (po, pod) = peak(&mut o.iter().copied());
+                queues.push(QueueReport {
+                    institution: inst.id.clone(),
+                    role: role.clone(),
+                    capacity_per_day: s.capacity[q],
+                    peak_backlog: pb,
+                    peak_backlog_day: pbd,
+                    peak_overdue: po,
+                    peak_overdue_day: pod,
+                });
+                peaks.push((inst.id.clone(), role.clone(), b, o));
+            }
+        }
+        let referral_flows = t
+            .flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.count > 0)
+            .map(|(i, f)| {
+                let (p, dir, inst, to) = s.flow_parts(i);
+                Flow {
+                    pathway: s.infos[p].id.clone(),
+                    direction: format!("{dir:?}").to_lowercase(),
+                    from: s.institutions[inst].id.clone(),
+                    to: to.as_str().to_string(),
+                    referrals: f.count,
+                    accepted: f.accepted,
+                    rejected: f.rejected,
+                    arrived: f.arrived,
+                }
+            })
+            .collect();
+        Report {
+            scenario,
+            seed: s.seed,
+            cohort: s.n,
+            days: s.days,
+            start: s.start_date.to_string(),
+            tz: s.tz.clone(),
+            working_hours: format!("{}-{}", hhmm(s.work_start), hhmm(s.work_end)),
+            totals,
+            pathways,
+            roles,
+            queues,
+            workload,
+            referral_flows,
+            errors: t.errors.len() as u64,
+            first_errors: t
+                .errors
+                .iter()
+                .take(20)
+                .map(|(p, m)| format!("patient {p}: {m}"))
+                .collect(),
+            warnings: s.warnings.clone(),
+            expectations: Vec::new(),
+            dates,
+            peaks,
+        }
+    }
+
+    pub fn date_of(&self, day: usize) -> &str {
+        self.dates.get(day).map_or("", String::as_str)
+    }
+
+    /// States never visited, as (pathway, state).
+    pub fn never_visited(&self) -> Vec<(String, String)> {
+        self.pathways
+            .iter()
+            .flat_map(|p| {
+                p.coverage
+                    .never_visited
+                    .iter()
+                    .map(move |s| (p.id.clone(), s.clone()))
+            })
+            .collect()
+    }
+
+    /// Transitions never taken, as (pathway, `state#n`, what it is).
+    pub fn never_taken(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for p in &self.pathways {
+            for id in &p.coverage.never_taken {
+                let what = p
+                    .coverage
+                    .transition_counts
+                    .iter()
+                    .find(|t| &t.id == id)
+                    .map(|t| format!("→ {}, {}", t.to, t.trigger))
+                    .unwrap_or_default();
+                out.push((p.id.clone(), id.clone(), what));
+            }
+        }
+        out
+    }
+
+    /// The peak of a role's backlog (or overdue tasks), over institutions or at one: (peak, day).
+    pub fn peak(
+        &self,
+        role: &str,
+        institution: Option<&str>,
+        overdue: bool,
+    ) -> Option<(u64, usize)> {
+        let rows: Vec<&(String, String, Vec<u32>, Vec<u32>)> = self
+            .peaks
+            .iter()
+            .filter(|(i, r, _, _)| r == role && institution.is_none_or(|x| x == i))
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let days = self.days as usize;
+        let mut best = (0u64, 0usize);
+        for d in 0..days {
+            let x: u64 = rows
+                .iter()
+                .map(|(_, _, b, o)| u64::from(if overdue { o[d] } else { b[d] }))
+                .sum();
+            if x > best.0 {
+                best = (x, d);
+            }
+        }
+        Some(best)
+    }
+
+    /// A metric by name, for expectations; `None` when the name means nothing in this run.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let parts: Vec<&str> = name.split('.').collect();
+        let (pathways, rest): (Vec<&PathwayReport>, &[&str]) = match parts.as_slice() {
+            [p, rest @ ..] if self.pathways.iter().any(|x| x.id == *p) && !rest.is_empty() => {
+                (self.pathways.iter().filter(|x| x.id == *p).collect(), rest)
+            }
+            _ => (self.pathways.iter().collect(), parts.as_slice()),
+        };
+        let whole_run = pathways.len() == self.pathways.len();
+        let ind = if whole_run {
+            self.totals.clone()
+        } else {
+            pathways[0].indicators.clone()
+        };
+        let sum =
+            |f: &dyn Fn(&PathwayReport) -> u64| pathways.iter().map(|p| f(p)).sum::<u64>() as f64;
+        let nan = |x: Option<f64>| x.unwrap_or(f64::NAN);
+        Some(match rest {
+            ["follow_up_rate"] => nan(ind.follow_up_rate),
+            ["on_time_rate"] => nan(ind.on_time_rate),
+            ["scale_completion_rate"] => nan(ind.scale_completion_rate),
+            ["referrals_up"] => ind.referrals_up as f64,
+            ["referrals_down"] => ind.referrals_down as f64,
+            ["average_length_of_stay_days"] => nan(ind.average_length_of_stay_days),
+            ["alarms"] => ind.alarms as f64,
+            ["tasks_created"] => ind.tasks_created as f64,
+            ["enrolled"] => sum(&|p| p.enrolled),
+            ["deaths"] => sum(&|p| p.died),
+            ["errors"] => sum(&|p| p.errors),
+            ["completion_rate"] => {
+                let e = sum(&|p| p.enrolled);
+                if e > 0.0 {
+                    sum(&|p| p.completed) / e
+                } else {
+                    f64::NAN
+                }
+            }
+            ["state_coverage"] => {
+                sum(&|p| p.coverage.states_visited as u64) / sum(&|p| p.coverage.states as u64)
+            }
+            ["transition_coverage"] => {
+                sum(&|p| p.coverage.transitions_taken as u64)
+                    / sum(&|p| p.coverage.transitions as u64)
+            }
+            ["indicator", id] => {
+                let d = pathways
+                    .iter()
+                    .flat_map(|p| p.declared_indicators.iter())
+                    .find(|d| d.id == *id)?;
+                nan(d.value)
+            }
+            ["visits", state] => {
+                let mut found = false;
+                let mut n = 0;
+                for p in &pathways {
+                    if let Some(c) = p.coverage.state_counts.iter().find(|c| c.state == *state) {
+                        found = true;
+                        n += c.visits;
+                    }
+                }
+                if !found {
+                    return None;
+                }
+                n as f64
+            }
+            _ => return None,
+        })
+    }
+
+    /// The plain-text summary printed by `carepath simulate`.
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{:.1}%", x * 100.0));
+        let _ = writeln!(
+            o,
+            "simulated {} patient(s) over {} day(s) from {} ({}), seed {}{}",
+            self.cohort,
+            self.days,
+            self.start,
+            self.tz,
+            self.seed,
+            self.scenario
+                .as_ref()
+                .map(|s| format!(", scenario {s}"))
+                .unwrap_or_default()
+        );
+        for p in &self.pathways {
+            let i = &p.indicators;
+            let _ = writeln!(
+                o,
+                "\n{} v{}: {} enrolled, {} completed, {} active at the end, {} died, {} error(s)",
+                p.id, p.version, p.enrolled, p.completed, p.active_at_end, p.died, p.errors
+            );
+            let _ = writeln!(
+                o,
+                "  follow-up rate {} ({} of {} follow-ups answered, {} of {} calls reached)",
+                pct(i.follow_up_rate),
+                i.follow_ups_responded,
+                i.follow_ups_sent,
+                i.calls_reached,
+                i.calls_due
+            );
+            let _ = writeln!(
+                o,
+                "  on-time tasks {} ({} of {} due)   scale completion {} ({} of {})",
+                pct(i.on_time_rate),
+                i.tasks_on_time,
+                i.tasks_due,
+                pct(i.scale_completion_rate),
+                i.scales_answered,
+                i.scales_pushed
+            );
+            let los = i
+                .average_length_of_stay_days
+                .map(|d| format!("   average length of stay {d:.2} d ({} stays)", i.stays))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  referrals up {} down {}   alarms {}{los}",
+                i.referrals_up, i.referrals_down, i.alarms
+            );
+            for d in &p.declared_indicators {
+                let _ = writeln!(
+                    o,
+                    "  indicator {}: {}{}",
+                    d.id,
+                    pct(d.value),
+                    d.target
+                        .map(|t| format!(" (target {})", pct(Some(t))))
+                        .unwrap_or_default()
+                );
+            }
+            let c = &p.coverage;
+            let _ = writeln!(
+                o,
+                "  coverage: {}/{} states visited, {}/{} transitions taken",
+                c.states_visited, c.states, c.transitions_taken, c.transitions
+            );
+            for s in &c.never_visited {
+                let _ = writeln!(o, "    never visited: {s}");
+            }
+            for t in c.transition_counts.iter().filter(|t| t.taken == 0) {
+                let _ = writeln!(o, "    never taken:   {} → {} ({})", t.id, t.to, t.trigger);
+            }
+        }
+        let _ = writeln!(o, "\nstaff (working hours {}):", self.working_hours);
+        let _ = writeln!(
+            o,
+            "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            "role", "cap/day", "created", "done", "on time", "peak blg", "peak ovd"
+        );
+        for r in &self.roles {
+            let _ = writeln!(
+                o,
+                "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                r.role,
+                r.capacity_per_day,
+                r.created,
+                r.done,
+                pct(r.on_time_rate),
+                r.peak_backlog,
+                r.peak_overdue
+            );
+        }
+        if !self.referral_flows.is_empty() {
+            let _ = writeln!(o, "\nreferral flows:");
+            for f in &self.referral_flows {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} {:<4} {:<10} → {:<18} {:>6} ({} accepted, {} rejected, {} arrived)",
+                    f.pathway,
+                    f.direction,
+                    f.from,
+                    f.to,
+                    f.referrals,
+                    f.accepted,
+                    f.rejected,
+                    f.arrived
+                );
+            }
+        }
+        for w in &self.warnings {
+            let _ = writeln!(o, "warning: {w}");
+        }
+        for e in &self.first_errors {
+            let _ = writeln!(o, "error: {e}");
+        }
+        if !self.expectations.is_empty() {
+            let _ = writeln!(o, "\nexpectations:");
+            for e in &self.expectations {
+                match &e.message {
+                    None => {
+                        let _ = writeln!(o, "  ok    {}", e.expectation);
+                    }
+                    Some(m) => {
+                        let _ = writeln!(o, "  FAIL  {m}");
+                    }
+                }
+            }
+        }
+        o
+    }
+
+    /// Writes summary.json, the CSV files and the SVG charts into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<Vec<String>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut written = Vec::new();
+        let mut put = |name: &str, body: String| -> Result<(), String> {
+            let path = dir.join(name);
+            std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+            written.push(path.display().to_string());
+            Ok(())
+        };
+        put("summary.json", self.json())?;
+        put("indicators.csv", self.indicators_csv())?;
+        put("workload.csv", self.workload_csv())?;
+        put("occupancy.csv", self.occupancy_csv())?;
+        put("coverage.csv", self.coverage_csv())?;
+        put("referrals.csv", self.referrals_csv())?;
+        put("workload.svg", self.workload_svg())?;
+        for p in &self.pathways {
+            put(&format!("occupancy_{}.svg", p.id), self.occupancy_svg(p))?;
+        }
+        Ok(written)
+    }
+
+    pub fn json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        s.push('\n');
+        s
+    }
+
+    fn indicators_csv(&self) -> String {
+        let mut o = String::from("pathway,indicator,value,numerator,denominator,target\n");
+        let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_default();
+        let mut rows = |who: &str, i: &Indicators| {
+            let _ = writeln!(
+                o,
+                "{who},follow_up_rate,{},{},{},",
+                f(i.follow_up_rate),
+                i.follow_ups_responded + i.calls_reached,
+                i.follow_ups_sent + i.calls_due
+            );
+            let _ = writeln!(
+                o,
+                "{who},on_time_rate,{},{},{},",
+                f(i.on_time_rate),
+                i.tasks_on_time,
+                i.tasks_due
+            );
+            let _ = writeln!(
+                o,
+                "{who},scale_completion_rate,{},{},{},",
+                f(i.scale_completion_rate),
+                i.scales_answered,
+                i.scales_pushed
+            );
+            let _ = writeln!(o, "{who},referrals_up,{},,,", i.referrals_up);
+            let _ = writeln!(o, "{who},referrals_down,{},,,", i.referrals_down);
+            let _ = writeln!(
+                o,
+                "{who},average_length_of_stay_days,{},,{},",
+                f(i.average_length_of_stay_days),
+                i.stays
+            );
+        };
+        rows("all", &self.totals);
+        for p in &self.pathways {
+            rows(&p.id, &p.indicators);
+        }
+        for p in &self.pathways {
+            for d in &p.declared_indicators {
+                let _ = writeln!(
+                    o,
+                    "{},{},{},{},{},{}",
+                    p.id,
+                    csv(&d.id),
+                    f(d.value),
+                    d.met,
+                    d.of,
+                    f(d.target)
+                );
+            }
+        }
+        o
+    }
+
+    fn workload_csv(&self) -> String {
+        let mut o = String::from("day,date,role,created,done,backlog,overdue\n");
+        let w = &self.workload;
+        for d in 0..w.created.len() {
+            for (r, role) in w.roles.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "{d},{},{role},{},{},{},{}",
+                    self.date_of(d),
+                    w.created[d][r],
+                    w.done[d][r],
+                    w.backlog[d][r],
+                    w.overdue[d][r]
+                );
+            }
+        }
+        o
+    }
+
+    fn occupancy_csv(&self) -> String {
+        let mut o = String::from("day,date,pathway,state,active\n");
+        for p in &self.pathways {
+            for (d, row) in p.occupancy.iter().enumerate() {
+                for (s, n) in row.iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "{d},{},{},{},{n}",
+                        self.date_of(d),
+                        p.id,
+                        p.occupancy_states[s]
+                    );
+                }
+            }
+        }
+        o
+    }
+
+    fn coverage_csv(&self) -> String {
+        let mut o = String::from("pathway,kind,id,from,to,trigger,count\n");
+        for p in &self.pathways {
+            for s in &p.coverage.state_counts {
+                let _ = writeln!(o, "{},state,{},,,,{}", p.id, s.state, s.visits);
+            }
+            for t in &p.coverage.transition_counts {
+                let _ = writeln!(
+                    o,
+                    "{},transition,{},{},{},{},{}",
+                    p.id,
+                    t.id,
+                    t.from,
+                    t.to,
+                    csv(&t.trigger),
+                    t.taken
+                );
+            }
+        }
+        o
+    }
+
+    fn referrals_csv(&self) -> String {
+        let mut o = String::from("pathway,direction,from,to,referrals,accepted,rejected,arrived\n");
+        for f in &self.referral_flows {
+            let _ = writeln!(
+                o,
+                "{},{},{},{},{},{},{},{}",
+                f.pathway,
+                f.direction,
+                f.from,
+                f.to,
+                f.referrals,
+                f.accepted,
+                f.rejected,
+                f.arrived
+            );
+        }
+        o
+    }
+
+    fn workload_svg(&self) -> String {
+        let w = &self.workload;
+        let series = |v: &Vec<Vec<u32>>| -> Vec<(String, Vec<f64>)> {
+            w.roles
+                .iter()
+                .enumerate()
+                .map(|(r, role)| {
+                    let s: Vec<f64> = v.iter().map(|d| f64::from(d[r])).collect();
+                    (role.clone(), s)
+                })
+                .filter(|(_, s)| s.iter().any(|x| *x > 0.0))
+                .collect()
+        };
+        let mut out = crate::svg::Doc::new(960, 1020);
+        out.chart(
+            0,
+            "Backlog: open tasks at the end of each day",
+            "day",
+            "tasks",
+            &series(&w.backlog),
+        );
+        out.chart(
+            340,
+            "Overdue: open tasks past their due time",
+            "day",
+            "tasks",
+            &series(&w.overdue),
+        );
+        out.chart(
+            680,
+            "Tasks created per day",
+            "day",
+            "tasks",
+            &series(&w.created),
+        );
+        out.finish()
+    }
+
+    fn occupancy_svg(&self, p: &PathwayReport) -> String {
+        let mut series: Vec<(String, Vec<f64>)> = p
+            .occupancy_states
+            .iter()
+            .enumerate()
+            .map(|(s, id)| {
+                (
+                    id.clone(),
+                    p.occupancy.iter().map(|d| f64::from(d[s])).collect(),
+                )
+            })
+            .filter(|(_, v): &(String, Vec<f64>)| v.iter().any(|x| *x > 0.0))
+            .collect();
+        // The busiest states get their own line; the rest are summed.
+        series.sort_by(|a, b| {
+            let peak = |v: &Vec<f64>| v.iter().copied().fold(0.0, f64::max);
+            peak(&b.1).total_cmp(&peak(&a.1)).then(a.0.cmp(&b.0))
+        });
+        if series.len() > 12 {
+            let rest: Vec<(String, Vec<f64>)> = series.split_off(11);
+            let days = p.occupancy.len();
+            let sum: Vec<f64> = (0..days)
+                .map(|d| rest.iter().map(|(_, v)| v[d]).sum())
+                .collect();
+            series.push((format!("{} other states", rest.len()), sum));
+        }
+        let mut out = crate::svg::Doc::new(960, 340);
+        out.chart(
+            0,
+            &format!("{}: patients in each state at the end of each day", p.id),
+            "day",
+            "patients",
+            &series,
+        );
+        out.finish()
+    }
+}
+
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names() {
+        assert!(is_metric_name("follow_up_rate"));
+        assert!(is_metric_name("stroke.follow_up_rate"));
+        assert!(is_metric_name("indicator.bp_control_rate"));
+        assert!(is_metric_name("stroke.visits.neuro_deterioration"));
+        assert!(!is_metric_name("follow_up"));
+        assert!(!is_metric_name("a.b.c.d"));
+    }
+
+    #[test]
+    fn csv_quotes_when_needed() {
+        assert_eq!(csv("a,b"), "\"a,b\"");
+        assert_eq!(csv("plain"), "plain");
+        assert_eq!(csv("a \"b\", c"), "\"a \"\"b\"\", c\"");
+    }
+}
