@@ -396,13 +396,19 @@ impl CompiledExprs {
 
     fn scope(&self, vars: &BTreeMap<String, VarValue>) -> Scope<'static> {
         let mut scope = Scope::new();
-        for (name, _) in &self.vars {
+        for (name, ty) in &self.vars {
             let v = match vars.get(name) {
                 Some(VarValue::Bool(b)) => Dynamic::from_bool(*b),
                 Some(VarValue::Integer(i)) => Dynamic::from_int(*i),
                 Some(VarValue::Number(f)) => Dynamic::from_float(*f),
                 Some(VarValue::Text(s)) => Dynamic::from(s.clone()),
-                None => Dynamic::UNIT,
+                // A variable the enrolment has no value for reads as its type's empty value.
+                None => match ty {
+                    VarType::Bool => Dynamic::from_bool(false),
+                    VarType::Integer => Dynamic::from_int(0),
+                    VarType::Number => Dynamic::from_float(f64::NAN),
+                    VarType::Text => Dynamic::from(String::new()),
+                },
             };
             scope.push_dynamic(name.clone(), v);
         }
@@ -573,6 +579,7 @@ mod tests {
         });
         EvalContext {
             facts,
+            goals: Vec::new(),
             now,
             entered_at: "2026-01-01T00:00:00Z".parse().unwrap(),
             tz: TimeZone::UTC,

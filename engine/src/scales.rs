@@ -1360,7 +1360,7 @@ critical:
         let e = load_err(&GOOD.replace("method: sum", "method: median"));
         assert!(e.contains("demo.yaml: unknown variant `median`"), "{e}");
         let e = load_err("scale: [");
-        assert!(e.starts_with("demo.yaml: line 1, column"), "{e}");
+        assert!(e.starts_with("demo.yaml: line "), "{e}");
     }
 
     #[test]

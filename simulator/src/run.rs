@@ -151,6 +151,9 @@ pub struct PathwayInfo {
     pub task_ids: Vec<String>,
     task_calls: Vec<bool>,
     outcomes: Vec<(Vec<String>, Vec<f64>)>,
+    /// Per task id: probability staff never do it, and the delay before it can be done.
+    task_behaviour: Vec<(f64, Option<Dist>)>,
+    missed_default: f64,
     entry_weights: Vec<f64>,
     entry_admitted: Vec<bool>,
     rules: Vec<Rule>,
@@ -487,6 +490,35 @@ fn analyse(
         });
     }
 
+    // Tasks staff miss, and tasks that wait for the patient.
+    let missed_of = |id: Option<&str>| -> Result<f64, String> {
+        match &sc.tasks.missed {
+            None => Ok(0.0),
+            Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(0.0)),
+            Some(Value::Object(m)) => {
+                let v = id.and_then(|id| m.get(id)).or_else(|| m.get("default"));
+                match v {
+                    None => Ok(0.0),
+                    Some(x) => x
+                        .as_f64()
+                        .ok_or_else(|| format!("tasks.missed: {x} is not a probability")),
+                }
+            }
+            Some(other) => Err(format!(
+                "tasks.missed: write a probability or {{ <task id>: p, default: p }}, found {other}"
+            )),
+        }
+    };
+    let missed_default = missed_of(None)?;
+    let mut task_behaviour = Vec::new();
+    for id in &task_ids {
+        let ready = match sc.tasks.ready_after.get(id) {
+            Some(v) => Some(dist(v, Unit::Seconds, &format!("tasks.ready_after.{id}"))?),
+            None => None,
+        };
+        task_behaviour.push((missed_of(Some(id))?, ready));
+    }
+
     // Entry points.
     let entry_weights: Vec<f64> = if p
         .entry_points
@@ -693,6 +725,8 @@ fn analyse(
         task_ids,
         task_calls,
         outcomes,
+        task_behaviour,
+        missed_default,
         entry_weights,
         entry_admitted,
         rules,
@@ -1170,7 +1204,13 @@ fn check_names(sc: &Scenario, programs: &[Arc<Program>], roles: &[String]) -> Re
             ));
         }
     }
-    for t in sc.tasks.outcomes.keys() {
+    let mut task_keys: Vec<(&str, &String)> =
+        sc.tasks.outcomes.keys().map(|k| ("tasks.outcomes", k)).collect();
+    task_keys.extend(sc.tasks.ready_after.keys().map(|k| ("tasks.ready_after", k)));
+    if let Some(Value::Object(m)) = &sc.tasks.missed {
+        task_keys.extend(m.keys().map(|k| ("tasks.missed", k)));
+    }
+    for (what, t) in task_keys {
         let known = t == "default"
             || t == "default_call"
             || programs.iter().any(|p| {
@@ -1181,9 +1221,7 @@ fn check_names(sc: &Scenario, programs: &[Arc<Program>], roles: &[String]) -> Re
                 })
             });
         if !known {
-            return Err(format!(
-                "tasks.outcomes: no pathway of this run has a task `{t}`"
-            ));
+            return Err(format!("{what}: no pathway of this run has a task `{t}`"));
         }
     }
     Ok(())
@@ -1361,6 +1399,7 @@ enum Item {
     ScaleAnswer { scale: u8, counted: bool },
     FollowUp(u32),
     Referral { what: u8, flow: u32 },
+    TaskReady(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1392,6 +1431,7 @@ struct OpenTask {
     no: u32,
     ref_ix: u16,
     role: u16,
+    prio: u8,
     keep: bool,
     assigned: bool,
     state_seq: u32,
@@ -1635,6 +1675,10 @@ impl Patient {
                 step
             }
             Item::Reading(g) => self.reading(cx, usize::from(g), t),
+            Item::TaskReady(no) => {
+                self.queue_task(cx, no, t);
+                false
+            }
             Item::ScaleAnswer { scale, counted } => {
                 if self.dead {
                     return false;
@@ -1915,6 +1959,7 @@ impl Patient {
             no,
             ref_ix: m.ref_ix,
             role: m.role,
+            prio: m.prio,
             keep,
             assigned: false,
             state_seq,
@@ -1926,8 +1971,31 @@ impl Patient {
         cx.tally.path[self.prog].tasks_created += 1;
         let day = cx.s.day_of(t);
         cx.tally.created_by_day[day * cx.s.roles.len() + role] += 1;
-        let q = cx.s.queue(self.profile.institution, m.role) as u32;
-        cx.new_tasks.push((q, (m.prio, due, t, self.idx, no)));
+        // Some tasks are never done; some cannot be done until the patient comes in.
+        let info = &cx.s.infos[self.prog];
+        let (missed, ready) = match info.task_behaviour.get(usize::from(m.ref_ix)) {
+            Some((missed, ready)) => (*missed, ready.as_ref()),
+            None => (info.missed_default, None),
+        };
+        if missed > 0.0 && self.rng.chance(missed) {
+            return;
+        }
+        match ready {
+            Some(d) => {
+                let at = t + d.sample(&mut self.rng).max(0.0) as i64;
+                self.schedule(at, Item::TaskReady(no), cx.horizon);
+            }
+            None => self.queue_task(cx, no, t),
+        }
+    }
+
+    /// Puts an open task in its staff queue.
+    fn queue_task(&mut self, cx: &mut Cx, no: u32, t: i64) {
+        let Some(k) = self.tasks.iter().find(|k| k.no == no) else {
+            return;
+        };
+        let q = cx.s.queue(self.profile.institution, k.role) as u32;
+        cx.new_tasks.push((q, (k.prio, k.due, t, self.idx, no)));
     }
 
     /// Closes a task in the tallies: done (with whether a call reached the patient), cancelled,

@@ -183,6 +183,13 @@ pub struct TasksSpec {
     /// Outcome weights per task id; `default_call` and `default` apply to the rest.
     #[serde(default)]
     pub outcomes: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Probability that staff never do a task: one number for every task, or per task id with
+    /// `default` for the rest. Missed tasks stay open until the pathway moves on.
+    pub missed: Option<Value>,
+    /// Tasks that cannot be done until some time after they are created (the patient has to come
+    /// in first): a delay per task id.
+    #[serde(default)]
+    pub ready_after: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

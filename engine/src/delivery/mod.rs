@@ -189,7 +189,7 @@ pub async fn claim_batch(
     }
     let mut zones = HashMap::new();
     let mut changed = 0;
-    let mut claimed = Vec::new();
+    let mut to_claim: Vec<Claimed> = Vec::new();
     for m in due {
         if m.follow_up_status.as_deref() == Some("cancelled") {
             if outbox::cancel(&mut tx, &m).await? {
@@ -253,25 +253,37 @@ pub async fn claim_batch(
         } else {
             (m.channel.clone(), m.channel_attempts + 1)
         };
-        let lease_until = now_s + d.lease;
-        if outbox::claim(&mut tx, &m, &channel, channel_attempts, lease_until).await? {
-            changed += 1;
-            summary.claimed += 1;
-            if m.status == "sending" {
-                summary.reclaimed += 1;
-                tracing::info!(outbox = %m.key, patient = %m.patient_id, channel = %channel, "reclaimed after its lease ran out; resending with the same idempotency key");
-            }
-            if d.daily_cap > 0 {
-                sends.entry(m.patient_id.clone()).or_default().push(now_s);
-            }
-            claimed.push(Claimed {
-                attempts: m.attempts + 1,
-                message: m,
-                payload,
-                route,
-                channel,
-                channel_attempts,
-            });
+        if d.daily_cap > 0 {
+            sends.entry(m.patient_id.clone()).or_default().push(now_s);
+        }
+        to_claim.push(Claimed {
+            attempts: m.attempts + 1,
+            message: m,
+            payload,
+            route,
+            channel,
+            channel_attempts,
+        });
+    }
+    let claims: Vec<outbox::Claim<'_>> = to_claim
+        .iter()
+        .map(|c| outbox::Claim {
+            message: &c.message,
+            channel: &c.channel,
+            channel_attempts: c.channel_attempts,
+        })
+        .collect();
+    let ok = outbox::claim_many(&mut tx, &claims, now_s + d.lease).await?;
+    let claimed: Vec<Claimed> = to_claim
+        .into_iter()
+        .filter(|c| ok.contains(&c.message.id))
+        .collect();
+    for c in &claimed {
+        changed += 1;
+        summary.claimed += 1;
+        if c.message.status == "sending" {
+            summary.reclaimed += 1;
+            tracing::info!(outbox = %c.message.key, patient = %c.message.patient_id, channel = %c.channel, "reclaimed after its lease ran out; resending with the same idempotency key");
         }
     }
     tx.commit().await?;
@@ -540,6 +552,7 @@ pub async fn record_batch(
     let now_s = now.as_second();
     let mut roles: Option<HashMap<(String, i64), String>> = None;
     let mut tx = pool.begin().await?;
+    let mut sent: Vec<Attempted<'_>> = Vec::new();
     for (c, outcome) in results {
         let m = &c.message;
         let a = Attempted {
@@ -548,7 +561,10 @@ pub async fn record_batch(
             channel: &c.channel,
         };
         let written = match outcome {
-            Outcome::Sent => outbox::mark_sent(&mut tx, &a, now_s).await?,
+            Outcome::Sent => {
+                sent.push(a);
+                continue;
+            }
             Outcome::PhoneTask => {
                 if roles.is_none() {
                     roles = Some(outbox::owner_roles(&mut tx).await?);
@@ -610,12 +626,25 @@ pub async fn record_batch(
         if !written {
             summary.fenced += 1;
             tracing::info!(outbox = %m.key, attempt = c.attempts, "outcome not recorded: the row was reclaimed meanwhile");
-        } else if matches!(outcome, Outcome::Sent | Outcome::PhoneTask) {
+        } else if matches!(outcome, Outcome::PhoneTask) {
             summary.sent += 1;
             *summary
                 .sent_by_channel
                 .entry(c.channel.clone())
                 .or_default() += 1;
+        }
+    }
+    let written = outbox::mark_sent_many(&mut tx, &sent, now_s).await?;
+    for a in &sent {
+        if written.contains(&a.message.id) {
+            summary.sent += 1;
+            *summary
+                .sent_by_channel
+                .entry(a.channel.to_string())
+                .or_default() += 1;
+        } else {
+            summary.fenced += 1;
+            tracing::info!(outbox = %a.message.key, attempt = a.attempts, "outcome not recorded: the row was reclaimed meanwhile");
         }
     }
     tx.commit().await?;

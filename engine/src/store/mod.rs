@@ -245,10 +245,25 @@ pub struct DueEnrolment {
     pub sex: String,
 }
 
+/// Reads stored enrolment variables one by one, so one odd value cannot lose the others. JSON has
+/// no NaN (a number that is not known yet is stored as `null`), so `null` reads back as NaN.
+pub fn vars_from_json(text: &str) -> BTreeMap<String, VarValue> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
+    map.into_iter()
+        .filter_map(|(k, v)| {
+            let value = match v {
+                serde_json::Value::Null => VarValue::Number(f64::NAN),
+                other => serde_json::from_value(other).ok()?,
+            };
+            Some((k, value))
+        })
+        .collect()
+}
+
 const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex";
 
 fn due_from_row(r: &Row) -> DueEnrolment {
-    let vars: BTreeMap<String, VarValue> = serde_json::from_str(&r.text(8)).unwrap_or_default();
+    let vars = vars_from_json(&r.text(8));
     DueEnrolment {
         enrolment: Enrolment {
             id: r.i64(0),
@@ -1074,4 +1089,18 @@ pub async fn ingest_readings(
     }
     tx.commit().await?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod vars_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_numbers_survive_a_round_trip() {
+        let vars = BTreeMap::from([("a".to_string(), VarValue::Number(f64::NAN)), ("b".to_string(), VarValue::Integer(3)), ("c".to_string(), VarValue::Bool(true))]);
+        let back = vars_from_json(&serde_json::to_string(&vars).unwrap());
+        assert!(matches!(back["a"], VarValue::Number(n) if n.is_nan()));
+        assert_eq!(back["b"], VarValue::Integer(3));
+        assert_eq!(back["c"], VarValue::Bool(true));
+    }
 }

@@ -171,6 +171,130 @@ pub async fn claim(
         > 0)
 }
 
+/// `($first, …), (…), …`: `rows` tuples of `width` placeholders.
+fn tuples(first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", db::placeholders(first + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One claim decided in a batch: the row, its channel for this attempt and the attempts on it.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub message: &'a DueMessage,
+    pub channel: &'a str,
+    pub channel_attempts: i64,
+}
+
+/// [`claim`] for many rows in few statements; returns the ids claimed.
+pub async fn claim_many(
+    tx: &mut Tx,
+    claims: &[Claim<'_>],
+    lease_until: i64,
+) -> Result<std::collections::HashSet<i64>> {
+    let mut done = std::collections::HashSet::new();
+    // Five values a row; statements stay short (sqlx looks SQLite parameters up by name).
+    for part in claims.chunks(24) {
+        let mut a: Vec<Arg> = args![lease_until];
+        for c in part {
+            a.extend(args![
+                c.message.id,
+                c.channel,
+                c.channel_attempts,
+                &c.message.status,
+                c.message.attempts
+            ]);
+        }
+        let rows = tx
+            .fetch(
+                &format!(
+                    "UPDATE outbox AS o SET status = 'sending', attempts = o.attempts + 1, channel = v.column2, \
+                     channel_attempts = v.column3, lease_until = $1 FROM (VALUES {}) AS v \
+                     WHERE o.id = v.column1 AND o.status = v.column4 AND o.attempts = v.column5 RETURNING id",
+                    tuples(2, part.len(), 5)
+                ),
+                a,
+            )
+            .await?;
+        done.extend(rows.iter().map(|r| r.i64(0)));
+    }
+    Ok(done)
+}
+
+/// [`mark_sent`] for many rows in few statements; returns the ids written (the others were fenced).
+pub async fn mark_sent_many(
+    tx: &mut Tx,
+    sent: &[Attempted<'_>],
+    now: i64,
+) -> Result<std::collections::HashSet<i64>> {
+    let mut done = std::collections::HashSet::new();
+    for part in sent.chunks(40) {
+        let mut a: Vec<Arg> = args![now];
+        for s in part {
+            a.extend(args![s.message.id, s.channel, s.attempts]);
+        }
+        let rows = tx
+            .fetch(
+                &format!(
+                    "UPDATE outbox AS o SET status = 'sent', sent_at = $1, channel = v.column2, lease_until = NULL \
+                     FROM (VALUES {}) AS v WHERE o.id = v.column1 AND o.status = 'sending' AND o.attempts = v.column3 \
+                     RETURNING id",
+                    tuples(2, part.len(), 3)
+                ),
+                a,
+            )
+            .await?;
+        let ids: std::collections::HashSet<i64> = rows.iter().map(|r| r.i64(0)).collect();
+        let written: Vec<&Attempted<'_>> =
+            part.iter().filter(|s| ids.contains(&s.message.id)).collect();
+        let follow_ups: Vec<Arg> = written
+            .iter()
+            .filter_map(|s| s.message.follow_up_id.map(Arg::I))
+            .collect();
+        if !follow_ups.is_empty() {
+            tx.exec(
+                &format!(
+                    "UPDATE follow_ups SET status = 'sent' WHERE id IN ({}) AND status IN ('scheduled', 'failed', 'parked')",
+                    db::placeholders(1, follow_ups.len())
+                ),
+                follow_ups,
+            )
+            .await?;
+        }
+        if !written.is_empty() {
+            let mut a: Vec<Arg> = args![now];
+            for s in &written {
+                let m = s.message;
+                a.extend(args![
+                    format!("{}:delivered", m.key),
+                    &m.patient_id,
+                    m.enrolment_id,
+                    json!({"channel": s.channel, "attempts": s.attempts, "template": m.template})
+                        .to_string()
+                ]);
+            }
+            let values: Vec<String> = (0..written.len())
+                .map(|i| {
+                    let b = 2 + i * 4;
+                    format!("(${b}, ${}, ${}, $1, 'delivered', ${})", b + 1, b + 2, b + 3)
+                })
+                .collect();
+            tx.exec(
+                &format!(
+                    "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES {} \
+                     ON CONFLICT (dedupe_key) DO NOTHING",
+                    values.join(", ")
+                ),
+                a,
+            )
+            .await?;
+        }
+        done.extend(ids);
+    }
+    Ok(done)
+}
+
 /// Cancels a row whose follow-up was cancelled after the row was claimed once (a pending row of a
 /// cancelled follow-up is cancelled with it by the store).
 pub async fn cancel(tx: &mut Tx, m: &DueMessage) -> Result<bool> {

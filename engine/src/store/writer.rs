@@ -349,42 +349,63 @@ impl RowBuffer {
     /// Writes every buffered row; returns how many of each kind were new.
     pub async fn flush(&mut self, tx: &mut Tx) -> Result<Written> {
         let mut w = Written::default();
+        // A note lives only in the record, so it counts when its record row is new: a replayed
+        // step then reports no note, just as it reports no task.
+        let mut note_rows = Vec::new();
+        if let Some(records) = self.rows.get_mut("record") {
+            let notes: std::collections::HashSet<usize> = self.notes.drain(..).collect();
+            for (i, row) in std::mem::take(records).into_iter().enumerate() {
+                if notes.contains(&i) {
+                    note_rows.push(row)
+                } else {
+                    records.push(row)
+                }
+            }
+        }
+        self.notes.clear();
         for table in TABLES {
             let Some(rows) = self.rows.remove(table.name) else {
                 continue;
             };
-            let per_row = table.values.matches('?').count();
-            // sqlx looks SQLite parameters up by name, which grows with their number: keep statements short.
-            let chunk = (128 / per_row).max(1);
-            for part in rows.chunks(chunk) {
-                let mut sql = format!("INSERT INTO {} ({}) VALUES ", table.name, table.columns);
-                let mut n = 0;
-                for (i, _) in part.iter().enumerate() {
-                    if i > 0 {
-                        sql.push_str(", ");
-                    }
-                    for c in table.values.chars() {
-                        if c == '?' {
-                            n += 1;
-                            sql.push('$');
-                            sql.push_str(&n.to_string());
-                        } else {
-                            sql.push(c);
-                        }
-                    }
-                }
-                sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING");
-                let args: Vec<Arg> = part.iter().flat_map(|r| r.iter().cloned()).collect();
-                let inserted = tx.exec(&sql, args).await?;
-                if let Some(kind) = table.kind {
-                    *w.by_kind.entry(kind.to_string()).or_default() += inserted;
-                }
+            let inserted = insert_rows(tx, table, &rows).await?;
+            if let Some(kind) = table.kind {
+                *w.by_kind.entry(kind.to_string()).or_default() += inserted;
             }
-        }
-        if !self.notes.is_empty() {
-            *w.by_kind.entry(NOTE_KIND.to_string()).or_default() += self.notes.len() as u64;
-            self.notes.clear();
+            if table.name == "record" && !note_rows.is_empty() {
+                let inserted = insert_rows(tx, table, &note_rows).await?;
+                *w.by_kind.entry(NOTE_KIND.to_string()).or_default() += inserted;
+            }
         }
         Ok(w)
     }
+}
+
+/// Inserts `rows` into `table` in multi-row statements; returns how many were new.
+async fn insert_rows(tx: &mut Tx, table: &Table, rows: &[Vec<Arg>]) -> Result<u64> {
+    let per_row = table.values.matches('?').count();
+    // sqlx looks SQLite parameters up by name, which grows with their number: keep statements short.
+    let chunk = (128 / per_row).max(1);
+    let mut total = 0;
+    for part in rows.chunks(chunk) {
+        let mut sql = format!("INSERT INTO {} ({}) VALUES ", table.name, table.columns);
+        let mut n = 0;
+        for (i, _) in part.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            for c in table.values.chars() {
+                if c == '?' {
+                    n += 1;
+                    sql.push('$');
+                    sql.push_str(&n.to_string());
+                } else {
+                    sql.push(c);
+                }
+            }
+        }
+        sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING");
+        let args: Vec<Arg> = part.iter().flat_map(|r| r.iter().cloned()).collect();
+        total += tx.exec(&sql, args).await?;
+    }
+    Ok(total)
 }

@@ -1,0 +1,748 @@
+//! In-process tests of the admin API over a fresh SQLite database: the full permission matrix
+//! (route × role × own/other institution), malformed input, the audit chain, and alarm latency.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use carepath_admin_api::{AppState, Module, ROLE_MODULES, allowed};
+use carepath_engine::store::{self, NewPatient, Pool};
+use carepath_engine::{Programs, seed};
+use http_body_util::BodyExt;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const INSTS: [&str; 3] = ["lead", "clinic_a", "clinic_b"];
+
+fn kind(inst: &str) -> &'static str {
+    match inst {
+        "lead" => "lead_hospital",
+        "clinic_a" => "community_clinic",
+        _ => "township_hospital",
+    }
+}
+
+/// The scoping rule: own patients, patients of the clinics one leads (accepted referrals are not
+/// part of these fixtures).
+fn patient_visible(caller: &str, target: &str) -> bool {
+    caller == target || (caller == "lead" && target != "lead")
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Scope {
+    /// No token needed.
+    Public,
+    /// Any valid token.
+    AnyAuth,
+    /// A module, no object.
+    Plain(Module),
+    Patient(Module),
+    Task(Module),
+    Referral(Module),
+    /// Observations: a batch; a reading for an invisible patient is refused, not 404.
+    Obs(Module),
+}
+
+impl Scope {
+    fn module(self) -> Option<Module> {
+        match self {
+            Scope::Public | Scope::AnyAuth => None,
+            Scope::Plain(m)
+            | Scope::Patient(m)
+            | Scope::Task(m)
+            | Scope::Referral(m)
+            | Scope::Obs(m) => Some(m),
+        }
+    }
+    fn has_object(self) -> bool {
+        matches!(
+            self,
+            Scope::Patient(_) | Scope::Task(_) | Scope::Referral(_) | Scope::Obs(_)
+        )
+    }
+}
+
+struct Route {
+    method: &'static str,
+    path: &'static str,
+    scope: Scope,
+    /// Reads or writes patient data (must be audited when served).
+    patient_data: bool,
+}
+
+const fn r(method: &'static str, path: &'static str, scope: Scope, patient_data: bool) -> Route {
+    Route {
+        method,
+        path,
+        scope,
+        patient_data,
+    }
+}
+
+fn routes() -> Vec<Route> {
+    use Module::*;
+    vec![
+        r("GET", "/health", Scope::Public, false),
+        r("GET", "/ready", Scope::Public, false),
+        r("GET", "/metrics", Scope::Public, false),
+        r("GET", "/openapi.json", Scope::Public, false),
+        r("GET", "/pathways", Scope::AnyAuth, false),
+        r("POST", "/pathways", Scope::Plain(Pathways), false),
+        r("GET", "/pathways/{id}/{version}/graph", Scope::AnyAuth, false),
+        r("POST", "/patients", Scope::Plain(Patients), true),
+        r("GET", "/patients/{id}", Scope::Patient(Patients), true),
+        r("POST", "/enrolments", Scope::Patient(Patients), true),
+        r(
+            "GET",
+            "/enrolments/{id}/timeline",
+            Scope::Patient(Patients),
+            true,
+        ),
+        r("POST", "/enrolments/{id}/events", Scope::Patient(Patients), true),
+        r(
+            "POST",
+            "/enrolments/{id}/withdraw",
+            Scope::Patient(Patients),
+            true,
+        ),
+        r("POST", "/observations", Scope::Obs(Observations), true),
+        r("GET", "/queues/tasks", Scope::Plain(Queue), true),
+        r("POST", "/tasks/{id}/{action}", Scope::Task(Queue), true),
+        r("GET", "/referrals", Scope::Plain(Referrals), true),
+        r(
+            "POST",
+            "/referrals/{id}/{decision}",
+            Scope::Referral(Referrals),
+            true,
+        ),
+        r("GET", "/kpis", Scope::Plain(Kpis), false),
+        r("GET", "/audit/verify", Scope::Plain(Audit), false),
+    ]
+}
+
+struct Ctx {
+    app: Router,
+    pool: Pool,
+    programs: Programs,
+    n: u64,
+}
+
+/// Fresh objects at one institution, so that a mutating cell never depends on an earlier one.
+struct Fixture {
+    patient: String,
+    bare_patient: String,
+    enrolment: i64,
+    task: i64,
+    referral: i64,
+}
+
+async fn scalar(pool: &Pool, sql: &str) -> i64 {
+    pool.fetch(sql, vec![]).await.expect("query")[0].i64(0)
+}
+
+impl Ctx {
+    fn next(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+
+    async fn patient(&mut self, inst: &str) -> String {
+        let id = format!("pt-{inst}-{}", self.next());
+        let mut tx = self.pool.begin().await.expect("begin");
+        let p = NewPatient {
+            id: id.clone(),
+            institution_id: inst.into(),
+            birth_date: Some("1955-03-01".into()),
+            sex: "female".into(),
+            tz: "Asia/Shanghai".into(),
+            contact_enc: None,
+            preferred_channel: Some("wechat".into()),
+        };
+        store::insert_patient(&mut tx, &p, Timestamp::now())
+            .await
+            .expect("insert patient");
+        tx.commit().await.expect("commit");
+        id
+    }
+
+    async fn fixture(&mut self, inst: &str) -> Fixture {
+        let patient = self.patient(inst).await;
+        let bare_patient = self.patient(inst).await;
+        let (enrolment, _) = store::enrol(
+            &self.pool,
+            &self.programs,
+            &patient,
+            "hypertension",
+            None,
+            "community",
+            Timestamp::now(),
+        )
+        .await
+        .expect("enrol");
+        let task = self
+            .pool
+            .fetch(
+                &format!(
+                    "SELECT id FROM tasks WHERE enrolment_id = {enrolment} AND status = 'open' ORDER BY id LIMIT 1"
+                ),
+                vec![],
+            )
+            .await
+            .expect("task")
+            .first()
+            .map(|r| r.i64(0))
+            .expect("the enrolment has an open task");
+        // A referral addressed to this institution's kind, sent by another institution.
+        let from = if inst == "lead" { "clinic_a" } else { "lead" };
+        let now = Timestamp::now().as_second();
+        let key = format!("matrix:{}", self.next());
+        self.pool
+            .fetch(
+                &format!(
+                    "INSERT INTO referrals (dedupe_key, enrolment_id, patient_id, direction, to_kind, from_institution, status, requested_at, accept_by) \
+                     VALUES ('{key}', {enrolment}, '{patient}', 'up', '{}', '{from}', 'requested', {now}, {})",
+                    kind(inst),
+                    now + 86_400
+                ),
+                vec![],
+            )
+            .await
+            .expect("insert referral");
+        let referral = scalar(&self.pool, "SELECT MAX(id) FROM referrals").await;
+        Fixture {
+            patient,
+            bare_patient,
+            enrolment,
+            task,
+            referral,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Option<String>, Vec<u8>) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b)
+            }
+            None => Body::empty(),
+        };
+        let res = self
+            .app
+            .clone()
+            .oneshot(req.body(body).expect("request"))
+            .await
+            .expect("infallible");
+        let status = res.status();
+        let ctype = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        (status, ctype, bytes)
+    }
+}
+
+fn probe_pathway(version: u64) -> String {
+    format!(
+        r#"pathway: matrix_probe
+version: {version}
+title: {{ zh: 探针, en: Probe }}
+owner_role: case_manager
+roles: [case_manager]
+entry_points:
+  - {{ id: start, state: only }}
+states:
+  - id: only
+    phase: follow_up
+    on_enter:
+      - task: {{ id: t, role: case_manager, title: {{ zh: 任务, en: Task }}, due: 1d }}
+"#
+    )
+}
+
+async fn setup() -> (Ctx, Vec<(String, String, String, String)>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("api.db").display());
+    let pool = Pool::connect(&url).await.expect("connect");
+    store::migrate(&pool).await.expect("migrate");
+    let pathways = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pathways");
+    let programs = Programs::load_dir(&pathways).expect("pathways load");
+    store::publish(&pool, &programs, Timestamp::now())
+        .await
+        .expect("publish");
+    let programs = store::load_programs(&pool).await.expect("load programs");
+    seed::alliance(&pool).await.expect("alliance");
+    let mut staff = seed::demo_staff(&pool).await.expect("staff");
+    // Roles of the table that the demo staff lacks get a member at the lead and at clinic_a.
+    let mut tx = pool.begin().await.expect("begin");
+    for (role, _) in ROLE_MODULES {
+        if staff.iter().any(|s| s.2 == *role) {
+            continue;
+        }
+        for inst in ["lead", "clinic_a"] {
+            let id = format!("{inst}.{role}");
+            let tok = format!("cp_test_{inst}_{role}");
+            store::insert_staff(
+                &mut tx,
+                &id,
+                inst,
+                role,
+                &[role],
+                Some(store::queries::token_hash(&tok)),
+            )
+            .await
+            .expect("staff");
+            staff.push((id, inst.to_string(), role.to_string(), tok));
+        }
+    }
+    tx.commit().await.expect("commit");
+    let app = carepath_admin_api::router(AppState::new(pool.clone(), programs.clone()));
+    let mut ctx = Ctx {
+        app,
+        pool,
+        programs,
+        n: 0,
+    };
+    // Baseline patients with enrolments (and so tasks) at the lead and at clinic_a.
+    ctx.fixture("lead").await;
+    ctx.fixture("clinic_a").await;
+    (ctx, staff, dir)
+}
+
+/// The status the table and the scoping rule call for.
+fn expected(route: &Route, role: Option<&str>, caller: &str, target: &str) -> String {
+    let Some(role) = role else {
+        return if route.scope == Scope::Public {
+            "200"
+        } else {
+            "401"
+        }
+        .into();
+    };
+    if let Some(m) = route.scope.module() {
+        if !allowed(&[role.to_string()], m) {
+            return "403".into();
+        }
+    }
+    let ok = match (route.method, route.path) {
+        ("POST", "/pathways" | "/patients" | "/enrolments") => "201",
+        _ => "200",
+    };
+    match route.scope {
+        Scope::Patient(_) if !patient_visible(caller, target) => "404".into(),
+        Scope::Task(_) | Scope::Referral(_) if caller != target => "404".into(),
+        Scope::Obs(_) => format!(
+            "200 {}",
+            if patient_visible(caller, target) {
+                "accepted"
+            } else {
+                "refused"
+            }
+        ),
+        _ => ok.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_matrix_audit_malformed_and_alarm() {
+    let (mut ctx, staff, _dir) = setup().await;
+    let routes = routes();
+
+    // Every role in the table must be exercised by at least one token.
+    for (role, _) in ROLE_MODULES {
+        assert!(
+            staff.iter().any(|s| s.2 == *role),
+            "demo_staff has no {role}"
+        );
+    }
+
+    // Callers: every staff token, plus no token and a bad token (as if at each institution).
+    let mut callers: Vec<(String, Option<String>, Option<String>, String)> = staff
+        .iter()
+        .map(|(id, inst, role, tok)| {
+            (
+                id.clone(),
+                Some(role.clone()),
+                Some(tok.clone()),
+                inst.clone(),
+            )
+        })
+        .collect();
+    callers.push(("<no token>".into(), None, None, "lead".into()));
+    callers.push((
+        "<bad token>".into(),
+        None,
+        Some("cp_not_a_real_token".into()),
+        "lead".into(),
+    ));
+
+    let mut cells = 0usize;
+    let mut mismatches = Vec::new();
+    let mut forbidden = 0i64;
+    let mut unaudited = Vec::new();
+    for route in &routes {
+        for (who, role, token, inst) in &callers {
+            let targets: Vec<&str> = if route.scope.has_object() {
+                INSTS.to_vec()
+            } else {
+                vec![inst.as_str()]
+            };
+            for target in targets {
+                let fx = ctx.fixture(target).await;
+                let n = ctx.next();
+                let (uri, body): (String, Option<Value>) = match route.path {
+                    "/pathways" if route.method == "POST" => (
+                        "/pathways".into(),
+                        Some(json!({"source": probe_pathway(n)})),
+                    ),
+                    "/pathways/{id}/{version}/graph" => {
+                        ("/pathways/hypertension/1/graph".into(), None)
+                    }
+                    "/patients" => (
+                        "/patients".into(),
+                        Some(json!({"id": format!("new-{n}"), "birth_date": "1960-01-02", "sex": "male"})),
+                    ),
+                    "/patients/{id}" => (format!("/patients/{}", fx.patient), None),
+                    "/enrolments" => (
+                        "/enrolments".into(),
+                        Some(
+                            json!({"patient_id": fx.bare_patient, "pathway": "hypertension", "entry": "community"}),
+                        ),
+                    ),
+                    "/enrolments/{id}/timeline" => {
+                        (format!("/enrolments/{}/timeline", fx.enrolment), None)
+                    }
+                    "/enrolments/{id}/events" => (
+                        format!("/enrolments/{}/events", fx.enrolment),
+                        Some(json!({"name": "matrix_probe"})),
+                    ),
+                    "/enrolments/{id}/withdraw" => (
+                        format!("/enrolments/{}/withdraw", fx.enrolment),
+                        Some(json!({"reason": "matrix"})),
+                    ),
+                    "/observations" => (
+                        "/observations".into(),
+                        Some(json!([{"patient_id": fx.patient, "kind": "bp_systolic", "value": 122.0,
+                            "at": Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(60)).expect("time").to_string(),
+                            "reading_id": format!("m-{n}")}])),
+                    ),
+                    "/tasks/{id}/{action}" => (
+                        format!("/tasks/{}/claim", fx.task),
+                        Some(json!({"lease_minutes": 30})),
+                    ),
+                    "/referrals/{id}/{decision}" => (
+                        format!("/referrals/{}/reject", fx.referral),
+                        Some(json!({"reason": "no capacity"})),
+                    ),
+                    "/kpis" => ("/kpis?from=2026-01-01&to=2027-01-01".into(), None),
+                    p => (p.to_string(), None),
+                };
+                let audit_before = scalar(&ctx.pool, "SELECT COUNT(*) FROM audit_log").await;
+                let (status, _ctype, bytes) = ctx
+                    .call(
+                        route.method,
+                        &uri,
+                        token.as_deref(),
+                        body.map(|b| b.to_string().into_bytes()),
+                    )
+                    .await;
+                let audit_after = scalar(&ctx.pool, "SELECT COUNT(*) FROM audit_log").await;
+                let mut got = status.as_u16().to_string();
+                if route.scope.has_object()
+                    && matches!(route.scope, Scope::Obs(_))
+                    && status == StatusCode::OK
+                {
+                    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let accepted = v["accepted"].as_u64().unwrap_or(0);
+                    got = format!(
+                        "200 {}",
+                        if accepted == 1 { "accepted" } else { "refused" }
+                    );
+                }
+                if route.path == "/queues/tasks" && status == StatusCode::OK {
+                    // No task of another institution on the board.
+                    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    for t in v["tasks"].as_array().into_iter().flatten() {
+                        let id = t["id"].as_i64().unwrap_or(-1);
+                        let owner = ctx
+                            .pool
+                            .fetch(
+                                &format!("SELECT institution_id FROM tasks WHERE id = {id}"),
+                                vec![],
+                            )
+                            .await
+                            .expect("task owner");
+                        if owner.first().map(|r| r.text(0)).as_deref() != Some(inst.as_str()) {
+                            got = format!("200 LEAK task {id}");
+                        }
+                    }
+                }
+                let want = expected(route, role.as_deref(), inst, target);
+                let side = if target == inst { "own" } else { "other" };
+                if got != want {
+                    mismatches.push(format!(
+                        "{} {} | {who} ({}) | {side}:{target} | expected {want}, got {got} {}",
+                        route.method,
+                        route.path,
+                        role.as_deref().unwrap_or("-"),
+                        String::from_utf8_lossy(&bytes).chars().take(160).collect::<String>()
+                    ));
+                }
+                if status == StatusCode::FORBIDDEN {
+                    forbidden += 1;
+                    if audit_after != audit_before + 1 {
+                        unaudited.push(format!("403 {} {} by {who}", route.method, uri));
+                    }
+                }
+                if status.is_success() && route.patient_data && audit_after <= audit_before {
+                    unaudited.push(format!("{} {} by {who}", route.method, uri));
+                }
+                if status == StatusCode::UNAUTHORIZED && audit_after != audit_before {
+                    unaudited.push(format!("401 wrote audit: {} {}", route.method, uri));
+                }
+                cells += 1;
+            }
+        }
+    }
+    println!(
+        "permission matrix: {} routes × {} callers ({} staff tokens + no token + bad token) × own/other → {cells} cells, {} mismatches",
+        routes.len(),
+        callers.len(),
+        staff.len(),
+        mismatches.len()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} of {cells} cells differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert!(
+        unaudited.is_empty(),
+        "audit gaps:\n{}",
+        unaudited.join("\n")
+    );
+
+    // ---- audit chain -------------------------------------------------------------------------
+    let denied = scalar(
+        &ctx.pool,
+        "SELECT COUNT(*) FROM audit_log WHERE outcome = 'denied'",
+    )
+    .await;
+    println!("403 responses: {forbidden}, denied audit rows: {denied}");
+    assert_eq!(denied, forbidden, "every 403 leaves exactly one denied row");
+    let auditor = token(&staff, "lead", "auditor");
+    let (status, _, bytes) = ctx.call("GET", "/audit/verify", Some(auditor), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(v["valid"], json!(true), "{v}");
+    let entries = scalar(&ctx.pool, "SELECT COUNT(*) FROM audit_log").await;
+    assert_eq!(v["entries"].as_i64(), Some(entries));
+    println!("audit chain valid: {entries} entries");
+    let admin = token(&staff, "lead", "admin");
+    let fx = ctx.fixture("lead").await;
+    for (m, uri) in [
+        ("GET", format!("/patients/{}", fx.patient)),
+        ("GET", format!("/enrolments/{}/timeline", fx.enrolment)),
+        ("GET", "/queues/tasks".to_string()),
+        ("GET", "/referrals".to_string()),
+        ("GET", "/audit/verify".to_string()),
+    ] {
+        let (status, _, _) = ctx.call(m, &uri, Some(admin), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "admin {m} {uri}");
+    }
+
+    malformed(&mut ctx, &staff).await;
+    alarm(&mut ctx, &staff).await;
+}
+
+fn token<'a>(staff: &'a [(String, String, String, String)], inst: &str, role: &str) -> &'a str {
+    &staff
+        .iter()
+        .find(|s| s.1 == inst && s.2 == role)
+        .expect("staff")
+        .3
+}
+
+async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
+    let cm = token(staff, "lead", "case_manager");
+    let fx = ctx.fixture("lead").await;
+    let huge = {
+        let mut s = String::from("{\"id\": \"");
+        s.push_str(&"x".repeat(1024 * 1024 + 10));
+        s.push_str("\"}");
+        s.into_bytes()
+    };
+    let e = fx.enrolment;
+    let t = fx.task;
+    let cases: Vec<(&str, String, Option<Vec<u8>>, Option<u16>)> = vec![
+        ("POST", "/patients".into(), Some(b"{not json".to_vec()), None),
+        ("POST", "/patients".into(), Some(b"{\"id\": 5}".to_vec()), None),
+        ("POST", "/patients".into(), Some(b"[]".to_vec()), None),
+        ("POST", "/patients".into(), Some(br#"{"id": "ok-1", "name": "Zhang San"}"#.to_vec()), None),
+        ("POST", "/patients".into(), Some(br#"{"id": "ok-2", "birth_date": "1960-02-30"}"#.to_vec()), None),
+        ("POST", "/patients".into(), Some(br#"{"id": "ok-3", "tz": "Mars/Olympus"}"#.to_vec()), None),
+        ("POST", "/patients".into(), Some(br#"{"id": "bad id!"}"#.to_vec()), None),
+        ("POST", "/patients".into(), Some(huge.clone()), Some(413)),
+        ("POST", "/observations".into(), Some(huge.clone()), Some(413)),
+        ("POST", format!("/tasks/{t}/claim"), Some(huge), Some(413)),
+        ("POST", "/patients".into(), Some(Vec::new()), None),
+        ("GET", "/patients/no-such-patient".into(), None, Some(404)),
+        ("GET", "/enrolments/99999999/timeline".into(), None, Some(404)),
+        ("GET", "/enrolments/abc/timeline".into(), None, None),
+        ("GET", "/enrolments/99999999999999999999999/timeline".into(), None, None),
+        ("POST", "/enrolments/99999999/events".into(), Some(br#"{"name": "x"}"#.to_vec()), Some(404)),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "Discharged!"}"#.to_vec()), None),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "x", "at": "yesterday"}"#.to_vec()), None),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "x", "at": "2999-01-01T00:00:00Z"}"#.to_vec()), None),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": 7}"#.to_vec()), None),
+        ("POST", format!("/enrolments/{e}/withdraw"), Some(br#"{"reason": "  "}"#.to_vec()), None),
+        ("POST", format!("/enrolments/{e}/withdraw"), Some(br#"{"reason": "x", "extra": 1}"#.to_vec()), None),
+        ("POST", "/enrolments".into(), Some(br#"{"patient_id": "nobody", "pathway": "hypertension", "entry": "community"}"#.to_vec()), Some(404)),
+        ("POST", "/enrolments".into(), Some(format!(r#"{{"patient_id": "{}", "pathway": "no_such", "entry": "community"}}"#, fx.bare_patient).into_bytes()), None),
+        ("POST", "/enrolments".into(), Some(format!(r#"{{"patient_id": "{}", "pathway": "hypertension", "entry": "nowhere"}}"#, fx.bare_patient).into_bytes()), None),
+        ("POST", "/enrolments".into(), Some(format!(r#"{{"patient_id": "{}", "pathway": "hypertension", "version": 99, "entry": "community"}}"#, fx.bare_patient).into_bytes()), None),
+        ("POST", "/enrolments".into(), Some(format!(r#"{{"patient_id": "{}", "pathway": "hypertension", "version": -1, "entry": "community"}}"#, fx.bare_patient).into_bytes()), None),
+        ("POST", "/observations".into(), Some(br#"{"patient_id": "x"}"#.to_vec()), None),
+        ("POST", "/observations".into(), Some(br#"[{"patient_id": "x", "kind": "bp_systolic", "value": "high", "at": "2026-01-01T00:00:00Z", "reading_id": "r"}]"#.to_vec()), None),
+        ("POST", "/observations".into(), Some(br#"[{"patient_id": "x", "kind": "bp_systolic", "value": 120, "at": "last tuesday", "reading_id": "r"}]"#.to_vec()), None),
+        ("GET", "/queues/tasks?cursor=abc".into(), None, Some(400)),
+        ("GET", "/queues/tasks?cursor=1.2".into(), None, Some(400)),
+        ("GET", "/queues/tasks?cursor=1.2.3.4".into(), None, Some(400)),
+        ("GET", "/queues/tasks?limit=0".into(), None, Some(400)),
+        ("GET", "/queues/tasks?limit=201".into(), None, Some(400)),
+        ("GET", "/queues/tasks?limit=-5".into(), None, Some(400)),
+        ("GET", "/queues/tasks?limit=abc".into(), None, Some(400)),
+        ("GET", "/queues/tasks?limit=99999999999999999999".into(), None, Some(400)),
+        ("GET", "/queues/tasks?status=weird".into(), None, Some(400)),
+        ("GET", "/queues/tasks?due_before=tomorrow".into(), None, Some(400)),
+        ("GET", "/queues/tasks?bogus=1".into(), None, Some(400)),
+        ("GET", "/kpis?from=2026-13-45".into(), None, Some(400)),
+        ("GET", "/kpis?from=2027-01-01&to=2026-01-01".into(), None, Some(400)),
+        ("GET", "/kpis?to=yesterday".into(), None, Some(400)),
+        ("GET", "/kpis?from=-9999-01-01".into(), None, None),
+        ("GET", "/referrals?bogus=1".into(), None, Some(400)),
+        ("POST", "/tasks/99999999/claim".into(), Some(b"{}".to_vec()), Some(404)),
+        ("POST", "/tasks/abc/claim".into(), Some(b"{}".to_vec()), None),
+        ("POST", format!("/tasks/{t}/explode"), Some(b"{}".to_vec()), Some(404)),
+        ("POST", format!("/tasks/{t}/claim"), Some(b"{not json".to_vec()), None),
+        ("POST", format!("/tasks/{t}/claim"), Some(br#"{"lease_minutes": 100000}"#.to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/claim"), Some(br#"{"lease_minutes": "long"}"#.to_vec()), None),
+        ("POST", format!("/tasks/{t}/complete"), Some(b"{}".to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/complete"), Some(br#"{"outcome": "exploded"}"#.to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/reassign"), Some(br#"{"assignee": "clinic_b.doctor"}"#.to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/snooze"), Some(br#"{"until": "soon", "reason": "x"}"#.to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/snooze"), Some(br#"{"until": "2000-01-01T00:00:00Z", "reason": "x"}"#.to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/snooze"), Some(br#"{"until": "2999-01-01T00:00:00Z"}"#.to_vec()), Some(400)),
+        ("POST", "/referrals/99999999/accept".into(), Some(b"{}".to_vec()), Some(404)),
+        ("POST", format!("/referrals/{}/dance", fx.referral), Some(b"{}".to_vec()), Some(404)),
+        ("POST", format!("/referrals/{}/accept", fx.referral), Some(b"{oops".to_vec()), None),
+        ("GET", "/pathways/hypertension/99/graph".into(), None, Some(404)),
+        ("GET", "/pathways/hypertension/x/graph".into(), None, None),
+        ("GET", "/pathways/hypertension/1/graph?format=png".into(), None, Some(400)),
+        ("GET", "/no/such/route".into(), None, Some(404)),
+    ];
+    let mut bad = Vec::new();
+    for (m, uri, body, want) in &cases {
+        let (status, ctype, bytes) = ctx.call(m, uri, Some(cm), body.clone()).await;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let detail_ok = v["detail"].as_str().is_some_and(|d| !d.trim().is_empty());
+        let problem = ctype.as_deref() == Some("application/problem+json");
+        let status_ok = match want {
+            Some(w) => status.as_u16() == *w,
+            None => status.is_client_error(),
+        };
+        if !status_ok || !detail_ok || !problem {
+            bad.push(format!(
+                "{m} {uri}: {status} {ctype:?} {}",
+                String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
+            ));
+        }
+    }
+    println!("malformed input: {} cases", cases.len());
+    assert!(bad.is_empty(), "malformed input handled badly:\n{}", bad.join("\n"));
+    // Auth failures are problems too.
+    for tok in [None, Some("nope")] {
+        let (status, ctype, bytes) = ctx.call("GET", "/queues/tasks", tok, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(ctype.as_deref(), Some("application/problem+json"));
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+}
+
+async fn alarm(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
+    let cm = token(staff, "lead", "case_manager");
+    let patient = ctx.patient("lead").await;
+    // The hypertension `enrolment` state arms bp_crisis (systolic ≥ 180) for the whole enrolment.
+    store::enrol(
+        &ctx.pool,
+        &ctx.programs,
+        &patient,
+        "hypertension",
+        None,
+        "lead_hospital",
+        Timestamp::now(),
+    )
+    .await
+    .expect("enrol");
+    let at = Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_secs(30))
+        .expect("time")
+        .to_string();
+    let body = json!([{"patient_id": patient, "kind": "bp_systolic", "value": 190.0, "at": at, "reading_id": "alarm-1"},
+                      {"patient_id": patient, "kind": "bp_diastolic", "value": 100.0, "at": at, "reading_id": "alarm-1"}]);
+    let started = Instant::now();
+    let (status, _, bytes) = ctx
+        .call(
+            "POST",
+            "/observations",
+            Some(cm),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    let latency = started.elapsed();
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(status, StatusCode::OK, "{v}");
+    println!("alarm: POST /observations (bp_systolic 190) took {latency:?}; response {v}");
+    assert!(v["alarm_tasks"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(latency.as_secs() < 10, "sanity bound: {latency:?}");
+    let (status, _, bytes) = ctx
+        .call(
+            "GET",
+            "/queues/tasks?role=clinic_case_manager&limit=200",
+            Some(cm),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let q: Value = serde_json::from_slice(&bytes).expect("json");
+    let urgent = q["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["patient_id"] == json!(patient) && t["task_ref"] == json!("bp_crisis_call"));
+    let urgent = urgent.unwrap_or_else(|| panic!("no bp_crisis_call task for {patient} in {q}"));
+    assert_eq!(urgent["priority"], json!("urgent"));
+    assert_eq!(q["tasks"][0]["priority"], json!("urgent"), "urgent tasks lead the board");
+}
