@@ -91,7 +91,12 @@ fn routes() -> Vec<Route> {
         r("GET", "/openapi.json", Scope::Public, false),
         r("GET", "/pathways", Scope::AnyAuth, false),
         r("POST", "/pathways", Scope::Plain(Pathways), false),
-        r("GET", "/pathways/{id}/{version}/graph", Scope::AnyAuth, false),
+        r(
+            "GET",
+            "/pathways/{id}/{version}/graph",
+            Scope::AnyAuth,
+            false,
+        ),
         r("POST", "/patients", Scope::Plain(Patients), true),
         r("GET", "/patients/{id}", Scope::Patient(Patients), true),
         r("POST", "/enrolments", Scope::Patient(Patients), true),
@@ -101,7 +106,12 @@ fn routes() -> Vec<Route> {
             Scope::Patient(Patients),
             true,
         ),
-        r("POST", "/enrolments/{id}/events", Scope::Patient(Patients), true),
+        r(
+            "POST",
+            "/enrolments/{id}/events",
+            Scope::Patient(Patients),
+            true,
+        ),
         r(
             "POST",
             "/enrolments/{id}/withdraw",
@@ -274,13 +284,18 @@ entry_points:
 states:
   - id: only
     phase: follow_up
+    terminal: true
     on_enter:
       - task: {{ id: t, role: case_manager, title: {{ zh: 任务, en: Task }}, due: 1d }}
 "#
     )
 }
 
-async fn setup() -> (Ctx, Vec<(String, String, String, String)>, tempfile::TempDir) {
+async fn setup() -> (
+    Ctx,
+    Vec<(String, String, String, String)>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite:{}", dir.path().join("api.db").display());
     let pool = Pool::connect(&url).await.expect("connect");
@@ -420,7 +435,9 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                     }
                     "/patients" => (
                         "/patients".into(),
-                        Some(json!({"id": format!("new-{n}"), "birth_date": "1960-01-02", "sex": "male"})),
+                        Some(
+                            json!({"id": format!("new-{n}"), "birth_date": "1960-01-02", "sex": "male"}),
+                        ),
                     ),
                     "/patients/{id}" => (format!("/patients/{}", fx.patient), None),
                     "/enrolments" => (
@@ -442,9 +459,11 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                     ),
                     "/observations" => (
                         "/observations".into(),
-                        Some(json!([{"patient_id": fx.patient, "kind": "bp_systolic", "value": 122.0,
+                        Some(
+                            json!([{"patient_id": fx.patient, "kind": "bp_systolic", "value": 122.0,
                             "at": Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(60)).expect("time").to_string(),
-                            "reading_id": format!("m-{n}")}])),
+                            "reading_id": format!("m-{n}")}]),
+                        ),
                     ),
                     "/tasks/{id}/{action}" => (
                         format!("/tasks/{}/claim", fx.task),
@@ -474,10 +493,7 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                 {
                     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                     let accepted = v["accepted"].as_u64().unwrap_or(0);
-                    got = format!(
-                        "200 {}",
-                        if accepted == 1 { "accepted" } else { "refused" }
-                    );
+                    got = format!("200 {}", if accepted == 1 { "accepted" } else { "refused" });
                 }
                 if route.path == "/queues/tasks" && status == StatusCode::OK {
                     // No task of another institution on the board.
@@ -505,7 +521,10 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                         route.method,
                         route.path,
                         role.as_deref().unwrap_or("-"),
-                        String::from_utf8_lossy(&bytes).chars().take(160).collect::<String>()
+                        String::from_utf8_lossy(&bytes)
+                            .chars()
+                            .take(160)
+                            .collect::<String>()
                     ));
                 }
                 if status == StatusCode::FORBIDDEN {
@@ -586,6 +605,7 @@ fn token<'a>(staff: &'a [(String, String, String, String)], inst: &str, role: &s
 
 async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
     let cm = token(staff, "lead", "case_manager");
+    let informaticist = token(staff, "lead", "informaticist");
     let fx = ctx.fixture("lead").await;
     let huge = {
         let mut s = String::from("{\"id\": \"");
@@ -661,10 +681,18 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("GET", "/pathways/hypertension/x/graph".into(), None, None),
         ("GET", "/pathways/hypertension/1/graph?format=png".into(), None, Some(400)),
         ("GET", "/no/such/route".into(), None, Some(404)),
+        ("POST", "/pathways".into(), Some(json!({"source": "pathway: [unclosed"}).to_string().into_bytes()), Some(422)),
+        ("POST", "/pathways".into(), Some(json!({"source": probe_pathway(1).replace("    terminal: true\n", "")}).to_string().into_bytes()), Some(422)),
+        ("POST", "/pathways".into(), Some(json!({"source": "x", "format": "xml"}).to_string().into_bytes()), Some(400)),
     ];
     let mut bad = Vec::new();
     for (m, uri, body, want) in &cases {
-        let (status, ctype, bytes) = ctx.call(m, uri, Some(cm), body.clone()).await;
+        let tok = if uri == "/pathways" {
+            informaticist
+        } else {
+            cm
+        };
+        let (status, ctype, bytes) = ctx.call(m, uri, Some(tok), body.clone()).await;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let detail_ok = v["detail"].as_str().is_some_and(|d| !d.trim().is_empty());
         let problem = ctype.as_deref() == Some("application/problem+json");
@@ -675,12 +703,19 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         if !status_ok || !detail_ok || !problem {
             bad.push(format!(
                 "{m} {uri}: {status} {ctype:?} {}",
-                String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             ));
         }
     }
     println!("malformed input: {} cases", cases.len());
-    assert!(bad.is_empty(), "malformed input handled badly:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "malformed input handled badly:\n{}",
+        bad.join("\n")
+    );
     // Auth failures are problems too.
     for tok in [None, Some("nope")] {
         let (status, ctype, bytes) = ctx.call("GET", "/queues/tasks", tok, None).await;
@@ -737,12 +772,15 @@ async fn alarm(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         .await;
     assert_eq!(status, StatusCode::OK);
     let q: Value = serde_json::from_slice(&bytes).expect("json");
-    let urgent = q["tasks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t["patient_id"] == json!(patient) && t["task_ref"] == json!("bp_crisis_call"));
+    let urgent =
+        q["tasks"].as_array().into_iter().flatten().find(|t| {
+            t["patient_id"] == json!(patient) && t["task_ref"] == json!("bp_crisis_call")
+        });
     let urgent = urgent.unwrap_or_else(|| panic!("no bp_crisis_call task for {patient} in {q}"));
     assert_eq!(urgent["priority"], json!("urgent"));
-    assert_eq!(q["tasks"][0]["priority"], json!("urgent"), "urgent tasks lead the board");
+    assert_eq!(
+        q["tasks"][0]["priority"],
+        json!("urgent"),
+        "urgent tasks lead the board"
+    );
 }

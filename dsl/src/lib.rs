@@ -224,3 +224,43 @@ fn is_source(p: &Path) -> bool {
     );
     ext_ok && !name.ends_with(".test.yaml") && !name.ends_with(".scenario.yaml")
 }
+
+#[cfg(test)]
+mod twin_tests {
+    use std::path::PathBuf;
+
+    fn twins() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pathways/twins")
+    }
+
+    #[test]
+    fn a_yaml_pathway_and_its_rhai_twin_compile_to_equal_models() {
+        let yaml = super::compile_file(&twins().join("wound_care.yaml"));
+        let rhai = super::compile_file(&twins().join("wound_care.rhai"));
+        assert!(yaml.diagnostics.is_empty(), "{:?}", yaml.diagnostics);
+        assert!(rhai.diagnostics.is_empty(), "{:?}", rhai.diagnostics);
+        let (yaml, rhai) = (
+            yaml.pathway.expect("yaml model"),
+            rhai.pathway.expect("rhai model"),
+        );
+        assert!(!yaml.states.is_empty());
+        assert_eq!(yaml, rhai);
+    }
+
+    #[test]
+    fn a_changed_twin_is_no_longer_equal() {
+        let yaml = super::compile_file(&twins().join("wound_care.yaml"))
+            .pathway
+            .expect("model");
+        let src = std::fs::read_to_string(twins().join("wound_care.rhai")).expect("read");
+        let changed = src.replacen("\"4h\"", "\"5h\"", 1);
+        assert_ne!(
+            src, changed,
+            "the twin should contain a 4h due time to change"
+        );
+        let rhai = super::compile_rhai("t.rhai", changed.as_bytes(), &twins(), &super::FsLoader)
+            .pathway
+            .expect("model");
+        assert_ne!(yaml, rhai);
+    }
+}

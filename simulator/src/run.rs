@@ -1204,9 +1204,18 @@ fn check_names(sc: &Scenario, programs: &[Arc<Program>], roles: &[String]) -> Re
             ));
         }
     }
-    let mut task_keys: Vec<(&str, &String)> =
-        sc.tasks.outcomes.keys().map(|k| ("tasks.outcomes", k)).collect();
-    task_keys.extend(sc.tasks.ready_after.keys().map(|k| ("tasks.ready_after", k)));
+    let mut task_keys: Vec<(&str, &String)> = sc
+        .tasks
+        .outcomes
+        .keys()
+        .map(|k| ("tasks.outcomes", k))
+        .collect();
+    task_keys.extend(
+        sc.tasks
+            .ready_after
+            .keys()
+            .map(|k| ("tasks.ready_after", k)),
+    );
     if let Some(Value::Object(m)) = &sc.tasks.missed {
         task_keys.extend(m.keys().map(|k| ("tasks.missed", k)));
     }

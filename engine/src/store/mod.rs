@@ -248,7 +248,8 @@ pub struct DueEnrolment {
 /// Reads stored enrolment variables one by one, so one odd value cannot lose the others. JSON has
 /// no NaN (a number that is not known yet is stored as `null`), so `null` reads back as NaN.
 pub fn vars_from_json(text: &str) -> BTreeMap<String, VarValue> {
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).unwrap_or_default();
     map.into_iter()
         .filter_map(|(k, v)| {
             let value = match v {
@@ -1097,7 +1098,11 @@ mod vars_tests {
 
     #[test]
     fn unknown_numbers_survive_a_round_trip() {
-        let vars = BTreeMap::from([("a".to_string(), VarValue::Number(f64::NAN)), ("b".to_string(), VarValue::Integer(3)), ("c".to_string(), VarValue::Bool(true))]);
+        let vars = BTreeMap::from([
+            ("a".to_string(), VarValue::Number(f64::NAN)),
+            ("b".to_string(), VarValue::Integer(3)),
+            ("c".to_string(), VarValue::Bool(true)),
+        ]);
         let back = vars_from_json(&serde_json::to_string(&vars).unwrap());
         assert!(matches!(back["a"], VarValue::Number(n) if n.is_nan()));
         assert_eq!(back["b"], VarValue::Integer(3));

@@ -153,24 +153,6 @@ pub async fn defer(tx: &mut Tx, m: &DueMessage, until: i64) -> Result<bool> {
         > 0)
 }
 
-/// Claims a row for one attempt: the attempt is counted now, before anything is sent.
-pub async fn claim(
-    tx: &mut Tx,
-    m: &DueMessage,
-    channel: &str,
-    channel_attempts: i64,
-    lease_until: i64,
-) -> Result<bool> {
-    Ok(tx
-        .exec(
-            "UPDATE outbox SET status = 'sending', attempts = attempts + 1, channel = $1, \
-             channel_attempts = $2, lease_until = $3 WHERE id = $4 AND status = $5 AND attempts = $6",
-            args![channel, channel_attempts, lease_until, m.id, &m.status, m.attempts],
-        )
-        .await?
-        > 0)
-}
-
 /// `($first, …), (…), …`: `rows` tuples of `width` placeholders.
 fn tuples(first: usize, rows: usize, width: usize) -> String {
     (0..rows)
@@ -187,7 +169,8 @@ pub struct Claim<'a> {
     pub channel_attempts: i64,
 }
 
-/// [`claim`] for many rows in few statements; returns the ids claimed.
+/// Claims rows for one attempt each: the attempt is counted now, before anything is sent.
+/// Returns the ids claimed.
 pub async fn claim_many(
     tx: &mut Tx,
     claims: &[Claim<'_>],
@@ -246,8 +229,10 @@ pub async fn mark_sent_many(
             )
             .await?;
         let ids: std::collections::HashSet<i64> = rows.iter().map(|r| r.i64(0)).collect();
-        let written: Vec<&Attempted<'_>> =
-            part.iter().filter(|s| ids.contains(&s.message.id)).collect();
+        let written: Vec<&Attempted<'_>> = part
+            .iter()
+            .filter(|s| ids.contains(&s.message.id))
+            .collect();
         let follow_ups: Vec<Arg> = written
             .iter()
             .filter_map(|s| s.message.follow_up_id.map(Arg::I))
@@ -277,7 +262,12 @@ pub async fn mark_sent_many(
             let values: Vec<String> = (0..written.len())
                 .map(|i| {
                     let b = 2 + i * 4;
-                    format!("(${b}, ${}, ${}, $1, 'delivered', ${})", b + 1, b + 2, b + 3)
+                    format!(
+                        "(${b}, ${}, ${}, $1, 'delivered', ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3
+                    )
                 })
                 .collect();
             tx.exec(
