@@ -86,7 +86,7 @@ const NOTE_KIND: &str = "note";
 #[derive(Default)]
 pub struct RowBuffer {
     rows: BTreeMap<&'static str, Vec<Vec<Arg>>>,
-    notes: Vec<usize>,
+    notes: Vec<String>,
 }
 
 fn channels_json(c: &[Channel]) -> String {
@@ -331,10 +331,7 @@ impl RowBuffer {
                     Arg::I(at),
                 ],
             ),
-            Produced::Note { .. } => {
-                let index = self.rows.get("record").map_or(0, Vec::len);
-                self.notes.push(index);
-            }
+            Produced::Note { .. } => self.notes.push(a.key.clone()),
         }
         self.record(
             Some(a.key.clone()),
@@ -351,41 +348,37 @@ impl RowBuffer {
         let mut w = Written::default();
         // A note lives only in the record, so it counts when its record row is new: a replayed
         // step then reports no note, just as it reports no task.
-        let mut note_rows = Vec::new();
-        if let Some(records) = self.rows.get_mut("record") {
-            let notes: std::collections::HashSet<usize> = self.notes.drain(..).collect();
-            for (i, row) in std::mem::take(records).into_iter().enumerate() {
-                if notes.contains(&i) {
-                    note_rows.push(row)
-                } else {
-                    records.push(row)
-                }
-            }
-        }
-        self.notes.clear();
+        let notes: std::collections::HashSet<String> = self.notes.drain(..).collect();
         for table in TABLES {
             let Some(rows) = self.rows.remove(table.name) else {
                 continue;
             };
-            let inserted = insert_rows(tx, table, &rows).await?;
+            let returning = table.name == "record" && !notes.is_empty();
+            let (inserted, keys) = insert_rows(tx, table, &rows, returning).await?;
             if let Some(kind) = table.kind {
                 *w.by_kind.entry(kind.to_string()).or_default() += inserted;
             }
-            if table.name == "record" && !note_rows.is_empty() {
-                let inserted = insert_rows(tx, table, &note_rows).await?;
-                *w.by_kind.entry(NOTE_KIND.to_string()).or_default() += inserted;
+            let new_notes = keys.iter().filter(|k| notes.contains(*k)).count() as u64;
+            if new_notes > 0 {
+                *w.by_kind.entry(NOTE_KIND.to_string()).or_default() += new_notes;
             }
         }
         Ok(w)
     }
 }
 
-/// Inserts `rows` into `table` in multi-row statements; returns how many were new.
-async fn insert_rows(tx: &mut Tx, table: &Table, rows: &[Vec<Arg>]) -> Result<u64> {
+/// Inserts `rows` into `table` in multi-row statements; returns how many were new and, with
+/// `returning`, their dedupe keys.
+async fn insert_rows(
+    tx: &mut Tx,
+    table: &Table,
+    rows: &[Vec<Arg>],
+    returning: bool,
+) -> Result<(u64, Vec<String>)> {
     let per_row = table.values.matches('?').count();
     // sqlx looks SQLite parameters up by name, which grows with their number: keep statements short.
     let chunk = (128 / per_row).max(1);
-    let mut total = 0;
+    let (mut total, mut keys) = (0, Vec::new());
     for part in rows.chunks(chunk) {
         let mut sql = format!("INSERT INTO {} ({}) VALUES ", table.name, table.columns);
         let mut n = 0;
@@ -405,7 +398,14 @@ async fn insert_rows(tx: &mut Tx, table: &Table, rows: &[Vec<Arg>]) -> Result<u6
         }
         sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING");
         let args: Vec<Arg> = part.iter().flat_map(|r| r.iter().cloned()).collect();
-        total += tx.exec(&sql, args).await?;
+        if returning {
+            sql.push_str(" RETURNING dedupe_key");
+            let new = tx.fetch(&sql, args).await?;
+            total += new.len() as u64;
+            keys.extend(new.iter().map(|r| r.text(0)));
+        } else {
+            total += tx.exec(&sql, args).await?;
+        }
     }
-    Ok(total)
+    Ok((total, keys))
 }
