@@ -97,7 +97,10 @@ fn fnv(s: &str, n: u32) -> u64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h
+    // splitmix64's finaliser: FNV's low bits alone are too regular for `% 1000`.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 fn sign(secret: &[u8], body: &[u8]) -> String {

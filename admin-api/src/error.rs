@@ -47,6 +47,13 @@ impl IntoResponse for ApiError {
             tracing::error!("internal error: {detail}");
         }
         let (status, title, detail) = self.parts();
+        problem(status, title, detail)
+    }
+}
+
+/// An RFC 9457 problem+json response.
+pub fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+    {
         let body = json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail});
         let mut res = (status, Json(body)).into_response();
         res.headers_mut().insert(

@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/kpis", get(kpis))
         .route("/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn(as_problem))
         .layer(axum::middleware::from_fn(move |req, next| {
             count(metrics.clone(), req, next)
         }))
@@ -107,6 +108,37 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(15),
         ))
         .with_state(state)
+}
+
+/// Renders every error answer as problem+json, including the framework's own rejections (a path
+/// segment that is not a number, an optional JSON body that does not parse, a body over the limit),
+/// which otherwise answer in plain text.
+async fn as_problem(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res;
+    }
+    let text = match axum::body::to_bytes(res.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let detail = if status.is_server_error() || text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is larger than 1 MiB".to_string()
+    } else {
+        text
+    };
+    error::problem(
+        status,
+        status.canonical_reason().unwrap_or("Error"),
+        &detail,
+    )
 }
 
 async fn count(
@@ -271,8 +303,18 @@ async fn publish_pathway(
     let pathway = match carepath_engine::program::into_pathway(compiled) {
         Ok(p) => p,
         Err(_) => {
-            return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"type": "about:blank", "title": "The pathway has errors", "status": 422, "diagnostics": diagnostics})))
-                .into_response());
+            let detail = diagnostics
+                .iter()
+                .filter_map(|d| serde_json::to_value(d).ok())
+                .find_map(|d| d["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "the pathway does not compile".into());
+            let mut res = (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"type": "about:blank", "title": "The pathway has errors", "status": 422, "detail": detail, "diagnostics": diagnostics})))
+                .into_response();
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/problem+json"),
+            );
+            return Ok(res);
         }
     };
     let mut one = Programs::default();
@@ -692,15 +734,15 @@ async fn task_queue(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    if let Some(st) = &q.status {
-        if !matches!(
+    if let Some(st) = &q.status
+        && !matches!(
             st.as_str(),
             "open" | "claimed" | "done" | "cancelled" | "active"
-        ) {
-            return Err(ApiError::BadRequest(
-                "status must be open, claimed, active, done or cancelled".into(),
-            ));
-        }
+        )
+    {
+        return Err(ApiError::BadRequest(
+            "status must be open, claimed, active, done or cancelled".into(),
+        ));
     }
     let after = match &q.cursor {
         Some(cur) => {
@@ -841,11 +883,9 @@ async fn task_action(
     };
     let completing = matches!(act, TaskAction::Complete { .. });
     let out = queries::act_on_task(&s.pool, &c, id, act, &remote(&headers), now).await?;
-    if completing {
-        if let Some(e) = out["enrolment_id"].as_i64() {
-            let programs = s.programs();
-            scheduler::advance(&s.pool, &programs, e, now).await?;
-        }
+    if completing && let Some(e) = out["enrolment_id"].as_i64() {
+        let programs = s.programs();
+        scheduler::advance(&s.pool, &programs, e, now).await?;
     }
     Ok(Json(out))
 }

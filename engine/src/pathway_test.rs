@@ -398,10 +398,8 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
                 return fails;
             }
         }
-        if is_expect {
-            if let Some(f) = check(&case.expect[i], &enrolment, &items, t) {
-                fails.push(f);
-            }
+        if is_expect && let Some(f) = check(&case.expect[i], &enrolment, &items, t) {
+            fails.push(f);
         }
     }
     fails
@@ -431,21 +429,21 @@ fn describe(items: &[Item], kind: &str) -> String {
 
 fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<String> {
     let at = &x.at;
-    if let Some(state) = &x.state {
-        if &e.state != state {
-            return Some(format!(
-                "at {at}: expected state `{state}`, but the patient is in `{}`",
-                e.state
-            ));
-        }
+    if let Some(state) = &x.state
+        && &e.state != state
+    {
+        return Some(format!(
+            "at {at}: expected state `{state}`, but the patient is in `{}`",
+            e.state
+        ));
     }
-    if let Some(status) = &x.status {
-        if e.status.as_str() != status {
-            return Some(format!(
-                "at {at}: expected status `{status}`, found `{}`",
-                e.status.as_str()
-            ));
-        }
+    if let Some(status) = &x.status
+        && e.status.as_str() != status
+    {
+        return Some(format!(
+            "at {at}: expected status `{status}`, found `{}`",
+            e.status.as_str()
+        ));
     }
     let created: Vec<Item> = items.iter().filter(|it| it.at <= t).cloned().collect();
     if let Some(task) = &x.task {
@@ -474,15 +472,14 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
             ));
         }
     }
-    if let Some(id) = &x.no_task {
-        if created
+    if let Some(id) = &x.no_task
+        && created
             .iter()
             .any(|it| matches!(&it.produced, Produced::Task { task_ref: Some(r), .. } if r == id))
-        {
-            return Some(format!(
-                "at {at}: expected no task `{id}`, but one was created"
-            ));
-        }
+    {
+        return Some(format!(
+            "at {at}: expected no task `{id}`, but one was created"
+        ));
     }
     if let Some(f) = &x.follow_up {
         let found = created.iter().any(|it| match &it.produced {
@@ -504,16 +501,15 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
             ));
         }
     }
-    if let Some(scale) = &x.scale_push {
-        if !created
+    if let Some(scale) = &x.scale_push
+        && !created
             .iter()
             .any(|it| matches!(&it.produced, Produced::ScalePush { scale: s, .. } if s == scale))
-        {
-            return Some(format!(
-                "at {at}: expected a push of scale `{scale}`; pushes so far: {}",
-                describe(&created, "scale_push")
-            ));
-        }
+    {
+        return Some(format!(
+            "at {at}: expected a push of scale `{scale}`; pushes so far: {}",
+            describe(&created, "scale_push")
+        ));
     }
     if let Some(dir) = &x.referral {
         let found = created.iter().any(|it| match &it.produced {
@@ -527,16 +523,15 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
             ));
         }
     }
-    if let Some(model) = &x.risk {
-        if !created
+    if let Some(model) = &x.risk
+        && !created
             .iter()
             .any(|it| matches!(&it.produced, Produced::Risk { model: m, .. } if m == model))
-        {
-            return Some(format!(
-                "at {at}: expected a `{model}` risk prediction; predictions so far: {}",
-                describe(&created, "risk")
-            ));
-        }
+    {
+        return Some(format!(
+            "at {at}: expected a `{model}` risk prediction; predictions so far: {}",
+            describe(&created, "risk")
+        ));
     }
     if let Some(vars) = &x.var {
         for (name, want) in vars {

@@ -1404,7 +1404,6 @@ enum Life {
 enum Item {
     Enrol,
     Life(u16),
-    Reading(u8),
     ScaleAnswer { scale: u8, counted: bool },
     FollowUp(u32),
     Referral { what: u8, flow: u32 },
@@ -1490,6 +1489,15 @@ struct Patient {
     alarms: Vec<Armed>,
     /// Per observation kind: baseline and drift per second (or probability of a 1).
     levels: Vec<(f64, f64)>,
+    /// Device readings draw from their own generator, so they can be taken late or looked ahead.
+    obs_rng: SplitMix,
+    /// The next reading slot of each reading group.
+    cursor: Vec<i64>,
+    /// When an armed alarm would next fire (or the look-ahead ends).
+    alarm_due: i64,
+    alarms_changed: bool,
+    obs_trim_at: usize,
+    goal_trim_at: usize,
     goal_log: Vec<(u8, f32, i64)>,
     inbox: Vec<(i64, u32)>,
     in_hospital_since: Option<i64>,
@@ -1571,6 +1579,14 @@ impl Patient {
             next_follow_up: 0,
             alarms: Vec::new(),
             levels,
+            obs_rng: SplitMix::new(cohort::mix64(
+                cohort::patient_seed(s.seed, u64::from(idx)) ^ 0x0B5E_7A71_0D5E_ED01,
+            )),
+            cursor: Vec::new(),
+            alarm_due: i64::MAX,
+            alarms_changed: false,
+            obs_trim_at: 32,
+            goal_trim_at: 32,
             goal_log: Vec::new(),
             inbox: Vec::new(),
             in_hospital_since: None,
@@ -1592,7 +1608,8 @@ impl Patient {
         }));
     }
 
-    fn next_at(&self) -> i64 {
+    /// The next time something other than a device reading happens.
+    fn next_other(&self) -> i64 {
         let mut t = self.agenda.peek().map_or(i64::MAX, |Reverse(a)| a.at);
         for (at, _) in &self.inbox {
             t = t.min(*at);
@@ -1603,10 +1620,30 @@ impl Patient {
         t
     }
 
+    /// The next time the patient must be visited.
+    fn next_at(&self) -> i64 {
+        let t = self.next_other();
+        if self.life == Life::Active {
+            t.min(self.alarm_due)
+        } else {
+            t
+        }
+    }
+
     /// Lives up to `to`: everything that happens, in time order, stepping when the pathway must see it.
     fn advance(&mut self, cx: &mut Cx, to: i64) {
         loop {
-            let t = self.next_at();
+            let t = self.next_other();
+            // Readings up to the next happening first; one that fires an alarm is acted on at once.
+            if let Some((at, step)) = self.catch_up(cx, t.min(to)) {
+                if step && self.life == Life::Active {
+                    self.step(cx, at);
+                    if self.life == Life::Active && self.wake <= at {
+                        self.wake = at + 60;
+                    }
+                }
+                continue;
+            }
             if t > to {
                 break;
             }
@@ -1628,6 +1665,9 @@ impl Patient {
                     self.wake = t + 60;
                 }
             }
+        }
+        if self.alarms_changed || self.alarm_due <= to {
+            self.predict_alarm(cx.s, to);
         }
     }
 
@@ -1683,7 +1723,6 @@ impl Patient {
                 self.fire_rules(cx, Hit::Event(ev), t);
                 step
             }
-            Item::Reading(g) => self.reading(cx, usize::from(g), t),
             Item::TaskReady(no) => {
                 self.queue_task(cx, no, t);
                 false
@@ -1808,16 +1847,20 @@ impl Patient {
             self.fire_rules(cx, Hit::Event(ev_admitted), t);
         }
         // Device readings from the first slot after enrolment.
-        for (g, group) in info.groups.iter().enumerate() {
-            let m = &s.obs[group[0]];
-            let interval = reading_interval(m);
-            let d = s.day_of(t);
-            let mut at = s.day_starts[d] + m.at;
-            while at <= t {
-                at += interval;
-            }
-            self.schedule(at, Item::Reading(g as u8), cx.horizon);
-        }
+        self.cursor = info
+            .groups
+            .iter()
+            .map(|group| {
+                let m = &s.obs[group[0]];
+                let interval = reading_interval(m);
+                let mut at = s.day_starts[s.day_of(t)] + m.at;
+                while at <= t {
+                    at += interval;
+                }
+                if at > cx.horizon { i64::MAX } else { at }
+            })
+            .collect();
+        self.alarms_changed = true;
     }
 
     fn fire_rules(&mut self, cx: &mut Cx, hit: Hit, t: i64) {
@@ -1847,86 +1890,156 @@ impl Patient {
         }
     }
 
-    fn reading(&mut self, cx: &mut Cx, g: usize, t: i64) -> bool {
-        if self.dead || self.life != Life::Active {
-            return false;
+    /// Takes the device readings due up to `to`, in time order. Readings are pure data drawn from
+    /// their own generator, so they are only taken when the patient is visited anyway — except
+    /// that a reading which fires an alarm stops the catch-up: `Some((time, step needed))`.
+    fn catch_up(&mut self, cx: &mut Cx, to: i64) -> Option<(i64, bool)> {
+        if self.life != Life::Active || self.dead {
+            return None;
         }
         let s = cx.s;
         let info = &s.infos[self.prog];
-        let group = &info.groups[g];
-        let m0 = &s.obs[group[0]];
-        self.schedule(t + reading_interval(m0), Item::Reading(g as u8), cx.horizon);
-        let take = self.profile.adherence * m0.per_day.min(1.0);
-        if !self.rng.chance(take) {
-            return false;
-        }
-        cx.tally.path[self.prog].readings += 1;
-        let mut values = [f64::NAN; 16];
-        let shared = self.rng.normal();
-        for (j, k) in group.iter().enumerate() {
-            let m = &s.obs[*k];
-            let (base, drift) = self.levels[*k];
-            let v = match m.probability {
-                Some(_) => f64::from(u8::from(self.rng.chance(base))),
-                None => {
-                    let z = if j == 0 {
-                        shared
-                    } else {
-                        0.6 * shared + 0.8 * self.rng.normal()
-                    };
-                    let level = base + drift * (t - self.enrol_at) as f64;
-                    let v = (level + m.noise * z).clamp(m.min, m.max);
-                    if m.round { v.round() } else { v }
-                }
-            };
-            values[*k] = v;
-            self.record(info, *k, v, t);
-        }
-        // Alarm rules: fire when a rule turns from false to true.
-        let mut step = false;
-        let mut fired: Vec<u16> = Vec::new();
-        for a in &mut self.alarms {
-            let model = &info.alarms[usize::from(a.alarm)];
-            let Some(cond) = &model.cond else { continue };
-            if cond.holds(&values) {
-                a.matches.push(t);
+        while let Some((t, g)) = next_slot(&self.cursor) {
+            if t > to {
+                break;
             }
-            let since = t - model.within;
-            a.matches.retain(|x| *x > since);
-            let now_on = a.matches.len() >= model.count;
-            if now_on && !a.on {
-                fired.push(a.alarm);
+            let next = t + reading_interval(&s.obs[info.groups[g][0]]);
+            self.cursor[g] = if next > cx.horizon { i64::MAX } else { next };
+            let mut values = [f64::NAN; 16];
+            let taken = draw_reading(
+                s,
+                info,
+                &self.levels,
+                self.profile.adherence,
+                self.enrol_at,
+                &mut self.obs_rng,
+                g,
+                t,
+                &mut values,
+            );
+            if !taken {
+                continue;
             }
-            a.on = now_on;
+            cx.tally.path[self.prog].readings += 1;
+            for k in &info.groups[g] {
+                self.record(info, *k, values[*k], t);
+            }
+            let fired = update_alarms(
+                info,
+                self.alarms
+                    .iter_mut()
+                    .map(|a| (a.alarm, &mut a.matches, &mut a.on)),
+                &values,
+                t,
+            );
+            if fired.is_empty() {
+                continue;
+            }
+            self.alarms_changed = true;
+            let mut step = false;
+            for alarm in fired {
+                let model = &info.alarms[usize::from(alarm)];
+                cx.tally.path[self.prog].alarms += 1;
+                step |= self.push_event(info, format!("alarm:{}", model.id), t);
+                let task = model.task.clone();
+                self.create_task(cx, &task, t + task.due, false, 0, t);
+            }
+            return Some((t, step));
         }
-        for alarm in fired {
-            let model = &info.alarms[usize::from(alarm)];
-            cx.tally.path[self.prog].alarms += 1;
-            step |= self.push_event(info, format!("alarm:{}", model.id), t);
-            let task = model.task.clone();
-            self.create_task(cx, &task, t + task.due, false, 0, t);
+        None
+    }
+
+    /// Looks ahead over the coming readings (with copies of the generator and the alarm state) for
+    /// the first that would fire an alarm, so the patient is visited then and not every day.
+    fn predict_alarm(&mut self, s: &Setup, from: i64) {
+        self.alarms_changed = false;
+        self.alarm_due = i64::MAX;
+        let info = &s.infos[self.prog];
+        if self.life != Life::Active
+            || self.dead
+            || !self
+                .alarms
+                .iter()
+                .any(|a| info.alarms[usize::from(a.alarm)].cond.is_some())
+        {
+            return;
         }
-        step
+        let limit = from + LOOKAHEAD;
+        let mut rng = self.obs_rng.clone();
+        let mut cursor = self.cursor.clone();
+        let mut state: Vec<(u16, Vec<i64>, bool)> = self
+            .alarms
+            .iter()
+            .map(|a| (a.alarm, a.matches.clone(), a.on))
+            .collect();
+        while let Some((t, g)) = next_slot(&cursor) {
+            if t > limit {
+                self.alarm_due = limit;
+                return;
+            }
+            cursor[g] = t + reading_interval(&s.obs[info.groups[g][0]]);
+            let mut values = [f64::NAN; 16];
+            if !draw_reading(
+                s,
+                info,
+                &self.levels,
+                self.profile.adherence,
+                self.enrol_at,
+                &mut rng,
+                g,
+                t,
+                &mut values,
+            ) {
+                continue;
+            }
+            let fired = update_alarms(
+                info,
+                state.iter_mut().map(|(a, m, on)| (*a, m, on)),
+                &values,
+                t,
+            );
+            if !fired.is_empty() {
+                self.alarm_due = t;
+                return;
+            }
+        }
     }
 
     fn record(&mut self, info: &PathwayInfo, k: usize, v: f64, t: i64) {
-        if let Some(w) = info.guard_obs[k] {
-            let kind = catalog::OBSERVATIONS[k].0;
-            let since = ts(t - w);
-            self.facts
-                .observations
-                .retain(|o| o.kind != kind || o.at > since);
+        if info.guard_obs[k].is_some() {
             self.facts.observations.push(Observation {
-                kind: kind.to_string(),
+                kind: catalog::OBSERVATIONS[k].0.to_string(),
                 value: v,
                 at: ts(t),
             });
+            // Old readings are dropped now and then (guards read their own windows anyway).
+            if self.facts.observations.len() > self.obs_trim_at {
+                let mut latest = [i64::MIN; 16];
+                for o in &self.facts.observations {
+                    if let Some(k) = kind_index(&o.kind) {
+                        latest[k] = latest[k].max(o.at.as_second());
+                    }
+                }
+                self.facts
+                    .observations
+                    .retain(|o| match kind_index(&o.kind) {
+                        Some(k) => {
+                            let at = o.at.as_second();
+                            at == latest[k] || at > t - info.guard_obs[k].unwrap_or(0)
+                        }
+                        None => true,
+                    });
+                self.obs_trim_at = (2 * self.facts.observations.len()).max(32);
+            }
         }
-        if let Some(w) = info.goal_obs[k] {
-            let since = t - w;
-            self.goal_log
-                .retain(|(kind, _, at)| usize::from(*kind) != k || *at > since);
+        if info.goal_obs[k].is_some() {
             self.goal_log.push((k as u8, v as f32, t));
+            if self.goal_log.len() > self.goal_trim_at {
+                self.goal_log.retain(|(kind, _, at)| {
+                    *at > t - info.goal_obs[usize::from(*kind)].unwrap_or(0)
+                });
+                self.goal_trim_at = (2 * self.goal_log.len()).max(32);
+            }
         }
     }
 
@@ -2127,6 +2240,8 @@ impl Patient {
         cx.tally.path[self.prog].follow_ups_cancelled += self.follow_ups.len() as u64;
         self.follow_ups.clear();
         self.alarms.clear();
+        self.alarms_changed = true;
+        self.alarm_due = i64::MAX;
         self.pending.clear();
         self.facts.observations.clear();
         self.facts.events.clear();
@@ -2145,8 +2260,10 @@ impl Patient {
         let before = self.follow_ups.len();
         self.follow_ups.retain(|f| f.state_seq != seq);
         cx.tally.path[self.prog].follow_ups_cancelled += (before - self.follow_ups.len()) as u64;
+        let armed = self.alarms.len();
         self.alarms
             .retain(|a| !(a.scope == AlarmScope::State && a.state_seq == seq));
+        self.alarms_changed |= armed != self.alarms.len();
     }
 
     fn apply(&mut self, cx: &mut Cx, o: Outcome, t: i64) {
@@ -2245,6 +2362,7 @@ impl Patient {
                 }
                 Produced::AlarmArmed { alarm } => {
                     if let Some(i) = info.alarms.iter().position(|x| x.id == alarm.id) {
+                        self.alarms_changed = true;
                         self.alarms.retain(|x| usize::from(x.alarm) != i);
                         self.alarms.push(Armed {
                             alarm: i as u16,
@@ -2315,6 +2433,8 @@ impl Patient {
     /// At the end of the run: open work, goals for the pathway's indicators.
     fn finish(&mut self, cx: &mut Cx) {
         let h = cx.horizon;
+        // Readings nobody needed yet, for the indicators.
+        while self.catch_up(cx, h).is_some() {}
         for task in std::mem::take(&mut self.tasks) {
             self.close_task(cx, &task, None, h);
         }
@@ -2338,6 +2458,85 @@ enum Hit {
     Enrolled(usize),
     Event(u16),
     State(usize),
+}
+
+/// How far ahead a patient with armed alarms looks for the next alarm.
+const LOOKAHEAD: i64 = 28 * DAY;
+
+/// The earliest reading slot: (time, group), the lower group first on a tie.
+fn next_slot(cursor: &[i64]) -> Option<(i64, usize)> {
+    let mut best: Option<(i64, usize)> = None;
+    for (g, t) in cursor.iter().enumerate() {
+        if *t != i64::MAX && best.is_none_or(|(b, _)| *t < b) {
+            best = Some((*t, g));
+        }
+    }
+    best
+}
+
+/// One reading of group `g` at `t`, drawn from `rng` into `values`; false when the patient does
+/// not take it.
+#[allow(clippy::too_many_arguments)]
+fn draw_reading(
+    s: &Setup,
+    info: &PathwayInfo,
+    levels: &[(f64, f64)],
+    adherence: f64,
+    enrol_at: i64,
+    rng: &mut SplitMix,
+    g: usize,
+    t: i64,
+    values: &mut [f64; 16],
+) -> bool {
+    let group = &info.groups[g];
+    let m0 = &s.obs[group[0]];
+    if !rng.chance(adherence * m0.per_day.min(1.0)) {
+        return false;
+    }
+    let shared = rng.normal();
+    for (j, k) in group.iter().enumerate() {
+        let m = &s.obs[*k];
+        let (base, drift) = levels[*k];
+        values[*k] = match m.probability {
+            Some(_) => f64::from(u8::from(rng.chance(base))),
+            None => {
+                let z = if j == 0 {
+                    shared
+                } else {
+                    0.6 * shared + 0.8 * rng.normal()
+                };
+                let level = base + drift * (t - enrol_at) as f64;
+                let v = (level + m.noise * z).clamp(m.min, m.max);
+                if m.round { v.round() } else { v }
+            }
+        };
+    }
+    true
+}
+
+/// Feeds a reading to alarm rules; returns those that turned from false to true.
+fn update_alarms<'a>(
+    info: &PathwayInfo,
+    alarms: impl Iterator<Item = (u16, &'a mut Vec<i64>, &'a mut bool)>,
+    values: &[f64; 16],
+    t: i64,
+) -> Vec<u16> {
+    let mut fired = Vec::new();
+    for (alarm, matches, on) in alarms {
+        let model = &info.alarms[usize::from(alarm)];
+        let Some(cond) = &model.cond else { continue };
+        if cond.holds(values) {
+            matches.push(t);
+        }
+        let since = t - model.within;
+        matches.retain(|x| *x > since);
+        let now_on = matches.len() >= model.count;
+        if now_on && !*on {
+            fired.push(alarm);
+        }
+        *on = now_on;
+    }
+    fired
 }
 
 fn reading_interval(m: &ObsModel) -> i64 {

@@ -150,13 +150,20 @@ pub async fn dispatch_once(
         ..Default::default()
     };
     loop {
+        let t0 = std::time::Instant::now();
         let (changed, claimed) = claim_batch(pool, config, now, &mut summary).await?;
         if changed == 0 {
             break;
         }
         summary.batches += 1;
+        let t1 = std::time::Instant::now();
+        let n = claimed.len();
         let results = send_batch(config, claimed, now).await;
+        let t2 = std::time::Instant::now();
         record_batch(pool, config, &results, now, &mut summary).await?;
+        if std::env::var("CP_PROFILE").is_ok() {
+            eprintln!("batch {n}: claim {:?} send {:?} record {:?}", t1 - t0, t2 - t1, t2.elapsed());
+        }
     }
     Ok(summary)
 }
@@ -200,11 +207,19 @@ pub async fn claim_batch(
         }
         let payload: Payload = serde_json::from_str(&m.payload).unwrap_or_default();
         if m.attempts >= d.max_attempts {
-            // Only a reclaimed row gets here: its last attempt never reported back.
-            let error = format!(
-                "{} attempt(s) used; the last one ({}) never reported back (its dispatcher stopped mid-send)",
-                m.attempts, m.channel
-            );
+            // A reclaimed row whose last attempt never reported back (or a configuration whose
+            // max_attempts was lowered).
+            let error = if m.status == "sending" {
+                format!(
+                    "{} attempt(s) used; the last one ({}) never reported back (its dispatcher stopped mid-send)",
+                    m.attempts, m.channel
+                )
+            } else {
+                format!(
+                    "{} attempt(s) used; max_attempts is {}",
+                    m.attempts, d.max_attempts
+                )
+            };
             if outbox::mark_parked(
                 &mut tx,
                 &m,
