@@ -1575,7 +1575,7 @@ async fn soak(b: &Backend, n: usize) -> serde_json::Value {
         s.hang = Duration::from_millis(600);
     });
     let cfg = config(
-        "batch_size = 1000\nconcurrency = 64\nmax_attempts = 3\nattempts_per_channel = 2\nbackoff_base = \"10s\"\nbackoff_max = \"40s\"\nlease = \"10m\"\nquiet_hours = \"off\"\ndaily_cap = 0",
+        "batch_size = 250\nbatches_in_flight = 4\nconcurrency = 64\nmax_attempts = 3\nattempts_per_channel = 2\nbackoff_base = \"10s\"\nbackoff_max = \"40s\"\nlease = \"10m\"\nquiet_hours = \"off\"\ndaily_cap = 0",
         &format!(
             "{}{}",
             webhook("wechat", &gw.url("/wechat"), "300ms"),

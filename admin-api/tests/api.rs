@@ -354,10 +354,10 @@ fn expected(route: &Route, role: Option<&str>, caller: &str, target: &str) -> St
         }
         .into();
     };
-    if let Some(m) = route.scope.module() {
-        if !allowed(&[role.to_string()], m) {
-            return "403".into();
-        }
+    if let Some(m) = route.scope.module()
+        && !allowed(&[role.to_string()], m)
+    {
+        return "403".into();
     }
     let ok = match (route.method, route.path) {
         ("POST", "/pathways" | "/patients" | "/enrolments") => "201",
@@ -603,6 +603,9 @@ fn token<'a>(staff: &'a [(String, String, String, String)], inst: &str, role: &s
         .3
 }
 
+/// (method, uri, body, expected status or any 4xx)
+type Case = (&'static str, String, Option<Vec<u8>>, Option<u16>);
+
 async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
     let cm = token(staff, "lead", "case_manager");
     let informaticist = token(staff, "lead", "informaticist");
@@ -615,7 +618,7 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
     };
     let e = fx.enrolment;
     let t = fx.task;
-    let cases: Vec<(&str, String, Option<Vec<u8>>, Option<u16>)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/patients".into(), Some(b"{not json".to_vec()), None),
         ("POST", "/patients".into(), Some(b"{\"id\": 5}".to_vec()), None),
         ("POST", "/patients".into(), Some(b"[]".to_vec()), None),

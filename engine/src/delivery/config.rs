@@ -54,6 +54,7 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawDispatch {
     batch_size: Option<i64>,
+    batches_in_flight: Option<i64>,
     concurrency: Option<i64>,
     max_attempts: Option<i64>,
     attempts_per_channel: Option<i64>,
@@ -217,6 +218,9 @@ impl MessageTemplate {
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
     pub batch_size: i64,
+    /// Batches claimed, sent and recorded at once, so one slow answer does not hold up the rest.
+    pub batches_in_flight: usize,
+    /// Sends in flight at once, over all batches.
     pub concurrency: usize,
     /// Attempts (claims) before a message is parked.
     pub max_attempts: i64,
@@ -236,8 +240,9 @@ pub struct DispatchSettings {
 impl Default for DispatchSettings {
     fn default() -> Self {
         DispatchSettings {
-            batch_size: 200,
-            concurrency: 16,
+            batch_size: 100,
+            batches_in_flight: 4,
+            concurrency: 32,
             max_attempts: 5,
             attempts_per_channel: 2,
             backoff_base: 60,
@@ -568,6 +573,12 @@ fn dispatch_settings(r: &RawDispatch, p: &mut Vec<String>) -> DispatchSettings {
         None => default,
     };
     let batch_size = at_least("batch_size", r.batch_size, 1, d.batch_size);
+    let batches_in_flight = at_least(
+        "batches_in_flight",
+        r.batches_in_flight,
+        1,
+        d.batches_in_flight as i64,
+    ) as usize;
     let concurrency = at_least("concurrency", r.concurrency, 1, d.concurrency as i64) as usize;
     let max_attempts = at_least("max_attempts", r.max_attempts, 1, d.max_attempts);
     let attempts_per_channel = at_least(
@@ -622,6 +633,7 @@ fn dispatch_settings(r: &RawDispatch, p: &mut Vec<String>) -> DispatchSettings {
     };
     DispatchSettings {
         batch_size,
+        batches_in_flight,
         concurrency,
         max_attempts,
         attempts_per_channel,

@@ -138,17 +138,65 @@ fn zone(cache: &mut HashMap<String, TimeZone>, name: &str, default: &str) -> Tim
     z
 }
 
-/// Delivers everything due at `now`, batch after batch, until nothing due is left.
+impl DispatchSummary {
+    /// Adds another worker's counts.
+    pub fn add(&mut self, o: &DispatchSummary) {
+        self.batches += o.batches;
+        self.claimed += o.claimed;
+        self.reclaimed += o.reclaimed;
+        self.sent += o.sent;
+        for (c, n) in &o.sent_by_channel {
+            *self.sent_by_channel.entry(c.clone()).or_default() += n;
+        }
+        self.retries += o.retries;
+        self.fallbacks += o.fallbacks;
+        self.parked += o.parked;
+        self.deferred_quiet_hours += o.deferred_quiet_hours;
+        self.deferred_daily_cap += o.deferred_daily_cap;
+        self.cancelled += o.cancelled;
+        self.fenced += o.fenced;
+    }
+}
+
+/// Delivers everything due at `now` until nothing due is left. `batches_in_flight` workers each
+/// claim, send and record batch after batch, so one slow gateway answer holds up one batch, not
+/// the whole run; they share `concurrency` sends in flight.
 pub async fn dispatch_once(
     pool: &Pool,
     config: &DeliveryConfig,
     now: Timestamp,
 ) -> Result<DispatchSummary> {
+    let workers = config.dispatch.batches_in_flight.max(1);
+    let per_worker = (config.dispatch.concurrency / workers).max(1);
+    let runs = (0..workers).map(|_| worker(pool, config, now, per_worker));
     let mut summary = DispatchSummary {
         as_of: now.to_string(),
         backend: pool.backend().to_string(),
         ..Default::default()
     };
+    let mut first_error = None;
+    // Every worker runs to its end (an error in one does not cut another off mid-send).
+    for r in futures_util::future::join_all(runs).await {
+        match r {
+            Ok(s) => summary.add(&s),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+async fn worker(
+    pool: &Pool,
+    config: &DeliveryConfig,
+    now: Timestamp,
+    concurrency: usize,
+) -> Result<DispatchSummary> {
+    let mut summary = DispatchSummary::default();
     loop {
         let t0 = std::time::Instant::now();
         let (changed, claimed) = claim_batch(pool, config, now, &mut summary).await?;
@@ -156,14 +204,17 @@ pub async fn dispatch_once(
             break;
         }
         summary.batches += 1;
-        let t1 = std::time::Instant::now();
-        let n = claimed.len();
-        let results = send_batch(config, claimed, now).await;
+        let (n, t1) = (claimed.len(), std::time::Instant::now());
+        let results = send_with(config, claimed, now, concurrency).await;
         let t2 = std::time::Instant::now();
         record_batch(pool, config, &results, now, &mut summary).await?;
-        if std::env::var("CP_PROFILE").is_ok() {
-            eprintln!("batch {n}: claim {:?} send {:?} record {:?}", t1 - t0, t2 - t1, t2.elapsed());
-        }
+        tracing::debug!(
+            claimed = n,
+            claim_ms = (t1 - t0).as_millis() as u64,
+            send_ms = (t2 - t1).as_millis() as u64,
+            record_ms = t2.elapsed().as_millis() as u64,
+            "delivery batch"
+        );
     }
     Ok(summary)
 }
@@ -311,12 +362,21 @@ pub async fn send_batch(
     claimed: Vec<Claimed>,
     now: Timestamp,
 ) -> Vec<(Claimed, Outcome)> {
+    send_with(config, claimed, now, config.dispatch.concurrency).await
+}
+
+async fn send_with(
+    config: &DeliveryConfig,
+    claimed: Vec<Claimed>,
+    now: Timestamp,
+    concurrency: usize,
+) -> Vec<(Claimed, Outcome)> {
     futures_util::stream::iter(claimed)
         .map(|c| async move {
             let outcome = attempt(config, &c, now).await;
             (c, outcome)
         })
-        .buffer_unordered(config.dispatch.concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await
 }
