@@ -37,6 +37,14 @@ pub trait Draw {
         let u2 = self.unit_f();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
+    /// Two independent standard normals from one Box–Muller draw.
+    fn normal_pair(&mut self) -> (f64, f64) {
+        let u1 = self.unit_f().max(1e-12);
+        let u2 = self.unit_f();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+        (r * cos, r * sin)
+    }
     fn exponential(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit_f()).max(1e-12).ln()
     }

@@ -139,6 +139,10 @@ pub struct PathwayInfo {
     pub listened: BTreeSet<String>,
     guard_events: BTreeSet<String>,
     guard_scales: BTreeSet<usize>,
+    /// Risk models and task outcomes that guards read: only these are kept in the facts, which
+    /// the step copies every time.
+    guard_risks: BTreeSet<String>,
+    outcome_read: Vec<bool>,
     /// Per observation kind: how far back guards read it (`Some(0)`: only the latest reading).
     guard_obs: Vec<Option<i64>>,
     goal_obs: Vec<Option<i64>>,
@@ -260,6 +264,8 @@ fn analyse(
     let mut guard_scales = BTreeSet::new();
     let mut guard_obs: Vec<Option<i64>> = vec![None; catalog::OBSERVATIONS.len()];
     let mut found_outcomes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut guard_risks = BTreeSet::new();
+    let mut guard_outcomes = BTreeSet::new();
     let mut uses_goal_met = false;
     for e in &exprs {
         for f in ["days_since", "hours_since", "event_count"] {
@@ -290,6 +296,14 @@ fn analyse(
             }
         }
         uses_goal_met |= e.contains("goal_met(");
+        for f in ["risk", "risk_band"] {
+            for args in expr::calls(e, f) {
+                guard_risks.extend(args.first().cloned());
+            }
+        }
+        for args in expr::calls(e, "outcome") {
+            guard_outcomes.extend(args.first().cloned());
+        }
         for (task, value) in expr::outcome_values(e) {
             found_outcomes.entry(task).or_default().insert(value);
         }
@@ -510,6 +524,7 @@ fn analyse(
         }
     };
     let missed_default = missed_of(None)?;
+    let outcome_read: Vec<bool> = task_ids.iter().map(|id| guard_outcomes.contains(id)).collect();
     let mut task_behaviour = Vec::new();
     for id in &task_ids {
         let ready = match sc.tasks.ready_after.get(id) {
@@ -715,6 +730,8 @@ fn analyse(
         listened: listened.clone(),
         guard_events,
         guard_scales,
+        guard_risks,
+        outcome_read,
         guard_obs,
         goal_obs,
         groups,
@@ -1585,8 +1602,8 @@ impl Patient {
             cursor: Vec::new(),
             alarm_due: i64::MAX,
             alarms_changed: false,
-            obs_trim_at: 32,
-            goal_trim_at: 32,
+            obs_trim_at: 8,
+            goal_trim_at: 16,
             goal_log: Vec::new(),
             inbox: Vec::new(),
             in_hospital_since: None,
@@ -2029,7 +2046,7 @@ impl Patient {
                         }
                         None => true,
                     });
-                self.obs_trim_at = (2 * self.facts.observations.len()).max(32);
+                self.obs_trim_at = self.facts.observations.len() + 8;
             }
         }
         if info.goal_obs[k].is_some() {
@@ -2038,7 +2055,7 @@ impl Patient {
                 self.goal_log.retain(|(kind, _, at)| {
                     *at > t - info.goal_obs[usize::from(*kind)].unwrap_or(0)
                 });
-                self.goal_trim_at = (2 * self.goal_log.len()).max(32);
+                self.goal_trim_at = self.goal_log.len() + 16;
             }
         }
     }
@@ -2190,9 +2207,11 @@ impl Patient {
             return false;
         }
         let id = &info.task_ids[usize::from(task.ref_ix)];
-        match self.facts.outcomes.iter_mut().find(|(k, _)| k == id) {
-            Some(slot) => slot.1 = outcome,
-            None => self.facts.outcomes.push((id.clone(), outcome)),
+        if info.outcome_read[usize::from(task.ref_ix)] {
+            match self.facts.outcomes.iter_mut().find(|(k, _)| k == id) {
+                Some(slot) => slot.1 = outcome,
+                None => self.facts.outcomes.push((id.clone(), outcome)),
+            }
         }
         self.push_event(info, format!("task_done:{id}"), t)
     }
@@ -2352,6 +2371,9 @@ impl Patient {
                 Produced::Risk {
                     model, score, band, ..
                 } => {
+                    if !info.guard_risks.contains(&model) {
+                        continue;
+                    }
                     self.facts.risks.retain(|r| r.model != model);
                     self.facts.risks.push(RiskResult {
                         model,
@@ -2493,7 +2515,8 @@ fn draw_reading(
     if !rng.chance(adherence * m0.per_day.min(1.0)) {
         return false;
     }
-    let shared = rng.normal();
+    // Values read together are correlated (systolic and diastolic pressure).
+    let (shared, own) = rng.normal_pair();
     for (j, k) in group.iter().enumerate() {
         let m = &s.obs[*k];
         let (base, drift) = levels[*k];
@@ -2503,7 +2526,7 @@ fn draw_reading(
                 let z = if j == 0 {
                     shared
                 } else {
-                    0.6 * shared + 0.8 * rng.normal()
+                    0.6 * shared + 0.8 * own
                 };
                 let level = base + drift * (t - enrol_at) as f64;
                 let v = (level + m.noise * z).clamp(m.min, m.max);
