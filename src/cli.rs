@@ -214,12 +214,16 @@ enum Command {
         /// Pathway files or folders (default: those the scenario lists).
         #[arg(long = "pathway", num_args = 1..)]
         pathways: Vec<PathBuf>,
+        /// Patients (default: the scenario's, else 1000).
         #[arg(long)]
         cohort: Option<u64>,
+        /// Days of virtual time (default: the scenario's, else 365).
         #[arg(long)]
         days: Option<u32>,
+        /// The same seed gives the same output (default: the scenario's, else 1).
         #[arg(long)]
         seed: Option<u64>,
+        /// A scenario file (`*.scenario.yaml`): cohort, behaviour, staff and expectations.
         #[arg(long)]
         scenario: Option<PathBuf>,
         /// Write summary.json, CSV files and SVG charts into this folder.

@@ -332,6 +332,9 @@ class Sink:
 
 /// Makes sure `python3 -m aiosmtpd` can run: installs it with pip when missing, or fails loudly.
 fn ensure_aiosmtpd() {
+    // Tests run in parallel: one installs, the others wait for it.
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let importable = || {
         Command::new("python3")
             .args(["-c", "import aiosmtpd"])
@@ -1389,7 +1392,7 @@ fn write_cli_config(dir: &Path, gw: &Gateway) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[dispatch]\nlease = \"5m\"\n\n{}\n{TEMPLATES}",
+            "[dispatch]\nlease = \"5m\"\nbatch_size = 8\n\n{}\n{TEMPLATES}",
             webhook("sms", &gw.url("/sms"), "60s")
         ),
     )

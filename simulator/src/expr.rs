@@ -73,6 +73,62 @@ impl V {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cond {
     root: Node,
+    /// The same condition as an OR of ANDs of `slot <op> constant`, when it has that shape (alarm
+    /// and goal rules nearly always do): evaluated without walking the tree.
+    dnf: Option<Vec<Vec<(usize, Op, f64)>>>,
+}
+
+fn flip(op: Op) -> Op {
+    match op {
+        Op::Lt => Op::Gt,
+        Op::Le => Op::Ge,
+        Op::Gt => Op::Lt,
+        Op::Ge => Op::Le,
+        other => other,
+    }
+}
+
+fn dnf(n: &Node) -> Option<Vec<Vec<(usize, Op, f64)>>> {
+    match n {
+        Node::Bin(Op::Or, a, b) => {
+            let mut x = dnf(a)?;
+            x.extend(dnf(b)?);
+            Some(x)
+        }
+        Node::Bin(Op::And, a, b) => {
+            let (x, y) = (dnf(a)?, dnf(b)?);
+            if x.len() * y.len() > 16 {
+                return None;
+            }
+            let mut out = Vec::new();
+            for p in &x {
+                for q in &y {
+                    out.push(p.iter().chain(q.iter()).copied().collect());
+                }
+            }
+            Some(out)
+        }
+        Node::Bin(op @ (Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge), a, b) => {
+            match (a.as_ref(), b.as_ref()) {
+                (Node::Slot(i), Node::Num(c)) => Some(vec![vec![(*i, *op, *c)]]),
+                (Node::Num(c), Node::Slot(i)) => Some(vec![vec![(*i, flip(*op), *c)]]),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn literal(x: f64, op: Op, c: f64) -> bool {
+    match op {
+        Op::Eq => x == c,
+        Op::Ne => x != c && !x.is_nan(),
+        Op::Lt => x < c,
+        Op::Le => x <= c,
+        Op::Gt => x > c,
+        Op::Ge => x >= c,
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -301,12 +357,42 @@ impl Cond {
                 p.toks[p.pos]
             ));
         }
-        Ok(Cond { root })
+        let dnf = dnf(&root);
+        Ok(Cond { root, dnf })
     }
 
     /// Whether the condition holds for these slot values.
     pub fn holds(&self, values: &[f64]) -> bool {
-        eval(&self.root, values).truth()
+        match &self.dnf {
+            Some(terms) => terms.iter().any(|t| {
+                t.iter()
+                    .all(|(i, op, c)| literal(values.get(*i).copied().unwrap_or(f64::NAN), *op, *c))
+            }),
+            None => eval(&self.root, values).truth(),
+        }
+    }
+
+    /// The slots the condition reads.
+    pub fn slots(&self) -> Vec<usize> {
+        fn walk(n: &Node, out: &mut Vec<usize>) {
+            match n {
+                Node::Slot(i) => {
+                    if !out.contains(i) {
+                        out.push(*i);
+                    }
+                }
+                Node::Not(a) | Node::Neg(a) => walk(a, out),
+                Node::Bin(_, a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                Node::Call(_, args) => args.iter().for_each(|a| walk(a, out)),
+                Node::Num(_) | Node::Bool(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
     }
 
     /// The condition's value as a number (NaN when a value is missing).
@@ -369,14 +455,13 @@ pub fn names(src: &str) -> Vec<String> {
     };
     let mut out: Vec<String> = Vec::new();
     for (i, t) in toks.iter().enumerate() {
-        if let Tok::Ident(name) = t {
-            if toks.get(i + 1) != Some(&Tok::LParen)
-                && name != "true"
-                && name != "false"
-                && !out.contains(name)
-            {
-                out.push(name.clone());
-            }
+        if let Tok::Ident(name) = t
+            && toks.get(i + 1) != Some(&Tok::LParen)
+            && name != "true"
+            && name != "false"
+            && !out.contains(name)
+        {
+            out.push(name.clone());
         }
     }
     out
@@ -484,6 +569,49 @@ mod tests {
         let n = Cond::compile("!(value < 1) && abs(value - 3) * 2 <= 4 % 3 + 3", &slots).unwrap();
         assert!(n.holds(&[0.0, 0.0, 2.0]));
         assert!(!n.holds(&[0.0, 0.0, f64::NAN]));
+    }
+
+    #[test]
+    fn the_fast_form_agrees_with_the_tree() {
+        let srcs = [
+            "bp_systolic >= 180 || bp_diastolic >= 110",
+            "value >= 4.4 && value <= 7.0",
+            "140 <= bp_systolic && (bp_diastolic > 90 || value != 3)",
+            "value == 1 || value < 0.5",
+        ];
+        let samples = [
+            f64::NAN,
+            0.0,
+            1.0,
+            3.0,
+            4.4,
+            5.0,
+            7.0,
+            90.0,
+            95.0,
+            110.0,
+            140.0,
+            185.0,
+        ];
+        for src in srcs {
+            let c = Cond::compile(src, &slots).unwrap();
+            assert!(c.dnf.is_some(), "{src}");
+            for a in samples {
+                for b in samples {
+                    for v in samples {
+                        let vals = [a, b, v];
+                        assert_eq!(
+                            c.holds(&vals),
+                            eval(&c.root, &vals).truth(),
+                            "{src} {vals:?}"
+                        );
+                    }
+                }
+            }
+        }
+        let n = Cond::compile("!(value < 1)", &slots).unwrap();
+        assert!(n.dnf.is_none());
+        assert_eq!(n.slots(), vec![2]);
     }
 
     #[test]

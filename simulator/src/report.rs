@@ -956,16 +956,18 @@ impl Report {
     }
 
     fn workload_svg(&self) -> String {
+        use crate::svg::Series;
         let w = &self.workload;
-        let series = |v: &Vec<Vec<u32>>| -> Vec<(String, Vec<f64>)> {
+        let series = |v: &Vec<Vec<u32>>| -> Vec<Series> {
             w.roles
                 .iter()
                 .enumerate()
-                .map(|(r, role)| {
-                    let s: Vec<f64> = v.iter().map(|d| f64::from(d[r])).collect();
-                    (role.clone(), s)
+                .map(|(r, role)| Series {
+                    name: role.clone(),
+                    colour: r,
+                    values: v.iter().map(|d| f64::from(d[r])).collect(),
                 })
-                .filter(|(_, s)| s.iter().any(|x| *x > 0.0))
+                .filter(|s| s.values.iter().any(|x| *x > 0.0))
                 .collect()
         };
         let mut out = crate::svg::Doc::new(960, 1020);
@@ -994,30 +996,38 @@ impl Report {
     }
 
     fn occupancy_svg(&self, p: &PathwayReport) -> String {
-        let mut series: Vec<(String, Vec<f64>)> = p
+        use crate::svg::Series;
+        let mut series: Vec<Series> = p
             .occupancy_states
             .iter()
             .enumerate()
-            .map(|(s, id)| {
-                (
-                    id.clone(),
-                    p.occupancy.iter().map(|d| f64::from(d[s])).collect(),
-                )
+            .map(|(s, id)| Series {
+                name: id.clone(),
+                colour: 0,
+                values: p.occupancy.iter().map(|d| f64::from(d[s])).collect(),
             })
-            .filter(|(_, v): &(String, Vec<f64>)| v.iter().any(|x| *x > 0.0))
+            .filter(|s| s.values.iter().any(|x| *x > 0.0))
             .collect();
         // The busiest states get their own line; the rest are summed.
+        let peak = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         series.sort_by(|a, b| {
-            let peak = |v: &Vec<f64>| v.iter().copied().fold(0.0, f64::max);
-            peak(&b.1).total_cmp(&peak(&a.1)).then(a.0.cmp(&b.0))
+            peak(&b.values)
+                .total_cmp(&peak(&a.values))
+                .then(a.name.cmp(&b.name))
         });
         if series.len() > 12 {
-            let rest: Vec<(String, Vec<f64>)> = series.split_off(11);
+            let rest = series.split_off(11);
             let days = p.occupancy.len();
-            let sum: Vec<f64> = (0..days)
-                .map(|d| rest.iter().map(|(_, v)| v[d]).sum())
-                .collect();
-            series.push((format!("{} other states", rest.len()), sum));
+            series.push(Series {
+                name: format!("{} other states", rest.len()),
+                colour: 0,
+                values: (0..days)
+                    .map(|d| rest.iter().map(|s| s.values[d]).sum())
+                    .collect(),
+            });
+        }
+        for (i, s) in series.iter_mut().enumerate() {
+            s.colour = i;
         }
         let mut out = crate::svg::Doc::new(960, 340);
         out.chart(

@@ -95,6 +95,8 @@ struct TaskModel {
 struct AlarmModel {
     id: String,
     cond: Option<Cond>,
+    /// Observation kinds the rule reads, as a bit set: other readings do not touch it.
+    kinds: u32,
     count: usize,
     within: i64,
     task: TaskModel,
@@ -360,9 +362,13 @@ fn analyse(
                     }
                 };
                 let ref_ix = add_task_id(&a.task.id, &mut task_ids);
+                let kinds = cond
+                    .as_ref()
+                    .map_or(0, |c| c.slots().iter().fold(0u32, |m, k| m | (1 << k)));
                 alarms.push(AlarmModel {
                     id: a.id.clone(),
                     cond,
+                    kinds,
                     count: a.count.max(1) as usize,
                     within: seconds_of(a.within),
                     task: TaskModel {
@@ -379,10 +385,8 @@ fn analyse(
                     },
                 });
             }
-            Action::Goal(g) => {
-                if !goals_src.iter().any(|x| x.id == g.id) {
-                    goals_src.push(g.clone());
-                }
+            Action::Goal(g) if !goals_src.iter().any(|x| x.id == g.id) => {
+                goals_src.push(g.clone());
             }
             _ => {}
         }
@@ -524,7 +528,10 @@ fn analyse(
         }
     };
     let missed_default = missed_of(None)?;
-    let outcome_read: Vec<bool> = task_ids.iter().map(|id| guard_outcomes.contains(id)).collect();
+    let outcome_read: Vec<bool> = task_ids
+        .iter()
+        .map(|id| guard_outcomes.contains(id))
+        .collect();
     let mut task_behaviour = Vec::new();
     for id in &task_ids {
         let ready = match sc.tasks.ready_after.get(id) {
@@ -835,7 +842,7 @@ impl Setup {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        check_names(sc, &programs, &roles)?;
+        check_names(sc, &programs)?;
 
         let mut infos = Vec::new();
         let (mut state_off, mut t_base) = (0, 0);
@@ -1175,7 +1182,7 @@ impl Setup {
 }
 
 /// Names in the scenario must exist, so a typo is an error rather than a silent default.
-fn check_names(sc: &Scenario, programs: &[Arc<Program>], roles: &[String]) -> Result<(), String> {
+fn check_names(sc: &Scenario, programs: &[Arc<Program>]) -> Result<(), String> {
     let known_role = |r: &str| r == "default" || catalog::ROLES.contains(&r);
     for r in sc.staff.capacity.keys() {
         if !known_role(r) {
@@ -1189,7 +1196,6 @@ fn check_names(sc: &Scenario, programs: &[Arc<Program>], roles: &[String]) -> Re
             }
         }
     }
-    let _ = roles;
     for k in sc.observations.keys() {
         if kind_index(k).is_none() {
             return Err(format!(
@@ -1458,7 +1464,6 @@ struct OpenTask {
     role: u16,
     prio: u8,
     keep: bool,
-    assigned: bool,
     state_seq: u32,
     due: i64,
     escalate_after: Option<i64>,
@@ -1528,6 +1533,8 @@ struct Cx<'a> {
     s: &'a Setup,
     tally: &'a mut Tally,
     new_tasks: &'a mut NewTasks,
+    /// Tasks done or cancelled, as (patient, task number): they leave the staff queues.
+    closed: &'a mut Vec<(u32, u32)>,
     horizon: i64,
 }
 
@@ -2029,23 +2036,30 @@ impl Patient {
                 value: v,
                 at: ts(t),
             });
-            // Old readings are dropped now and then (guards read their own windows anyway).
+            // Old readings are dropped now and then (guards read their own windows anyway); the
+            // newest of each kind always stays, for `latest`.
             if self.facts.observations.len() > self.obs_trim_at {
-                let mut latest = [i64::MIN; 16];
+                let kinds: Vec<(&str, i64)> = info
+                    .guard_obs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, w)| w.map(|w| (catalog::OBSERVATIONS[k].0, w)))
+                    .collect();
+                let mut latest = vec![i64::MIN; kinds.len()];
                 for o in &self.facts.observations {
-                    if let Some(k) = kind_index(&o.kind) {
-                        latest[k] = latest[k].max(o.at.as_second());
+                    if let Some(i) = kinds.iter().position(|(n, _)| *n == o.kind) {
+                        latest[i] = latest[i].max(o.at.as_second());
                     }
                 }
-                self.facts
-                    .observations
-                    .retain(|o| match kind_index(&o.kind) {
-                        Some(k) => {
+                self.facts.observations.retain(|o| {
+                    match kinds.iter().position(|(n, _)| *n == o.kind) {
+                        Some(i) => {
                             let at = o.at.as_second();
-                            at == latest[k] || at > t - info.guard_obs[k].unwrap_or(0)
+                            at == latest[i] || at > t - kinds[i].1
                         }
                         None => true,
-                    });
+                    }
+                });
                 self.obs_trim_at = self.facts.observations.len() + 8;
             }
         }
@@ -2100,7 +2114,6 @@ impl Patient {
             role: m.role,
             prio: m.prio,
             keep,
-            assigned: false,
             state_seq,
             due,
             escalate_after: m.escalate_after,
@@ -2140,6 +2153,7 @@ impl Patient {
     /// Closes a task in the tallies: done (with whether a call reached the patient), cancelled,
     /// or still open when the run ends.
     fn close_task(&self, cx: &mut Cx, task: &OpenTask, done: Option<bool>, at: i64) {
+        cx.closed.push((self.idx, task.no));
         let info = &cx.s.infos[self.prog];
         let call = task.ref_ix != NO_REF && info.task_calls[usize::from(task.ref_ix)];
         let r = &mut cx.tally.roles[usize::from(task.role)];
@@ -2545,9 +2559,16 @@ fn update_alarms<'a>(
     t: i64,
 ) -> Vec<u16> {
     let mut fired = Vec::new();
+    let read = values
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (k, v)| if v.is_nan() { m } else { m | (1 << k) });
     for (alarm, matches, on) in alarms {
         let model = &info.alarms[usize::from(alarm)];
         let Some(cond) = &model.cond else { continue };
+        if model.kinds & read == 0 {
+            continue;
+        }
         if cond.holds(values) {
             matches.push(t);
         }
@@ -2614,24 +2635,22 @@ fn ticks(s: &Setup, day: usize) -> Vec<Tick> {
     out
 }
 
-fn task_open(patients: &[Patient], key: &Key) -> Option<bool> {
-    patients[key.3 as usize]
-        .tasks
-        .iter()
-        .find(|t| t.no == key.4)
-        .map(|t| !t.assigned)
-}
+/// Tasks waiting in the staff queues: (patient, task number) → (queue, due time).
+type Live = HashMap<(u32, u32), (u32, i64)>;
 
-/// Staff at the start of a working tick: each queue completes its share of the day's capacity.
+/// Staff at the start of a working tick: each queue completes its share of the day's capacity,
+/// most urgent first. Returns, per chunk of patients, the completions: (patient, time, task).
 fn staff(
     s: &Setup,
     queues: &mut [BinaryHeap<Reverse<Key>>],
-    patients: &mut [Patient],
-    next_at: &mut [i64],
+    live: &mut Live,
+    chunk: usize,
+    chunks: usize,
     tick: &Tick,
-) {
+) -> Vec<Vec<(u32, i64, u32)>> {
+    let mut out = vec![Vec::new(); chunks];
     let Some((slot, slots)) = tick.staff else {
-        return;
+        return out;
     };
     let len = (tick.end - tick.start).max(1);
     for (q, heap) in queues.iter_mut().enumerate() {
@@ -2643,52 +2662,127 @@ fn staff(
             let Some(Reverse(key)) = heap.pop() else {
                 break;
             };
-            if task_open(patients, &key) != Some(true) {
+            // Done or cancelled since it was queued.
+            if live.remove(&(key.3, key.4)).is_none() {
                 continue;
             }
             let at = tick.start + (2 * done + 1) * len / (2 * cap);
-            let p = &mut patients[key.3 as usize];
-            if let Some(t) = p.tasks.iter_mut().find(|t| t.no == key.4) {
-                t.assigned = true;
-            }
-            p.inbox.push((at, key.4));
-            let i = key.3 as usize;
-            next_at[i] = next_at[i].min(at);
+            out[key.3 as usize / chunk].push((key.3, at, key.4));
             done += 1;
         }
     }
+    out
+}
+
+/// What the tick loop needs of each patient, kept apart from the patients so scanning 100,000 of
+/// them every tick stays in the cache.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// When the patient must next be visited.
+    next: i64,
+    /// The patient's state in the run's flat list of states, while the enrolment is active.
+    state: u32,
+}
+
+const NO_STATE: u32 = u32::MAX;
+
+/// What a chunk hands back after a tick.
+#[derive(Default)]
+struct TickOut {
+    new_tasks: NewTasks,
+    closed: Vec<(u32, u32)>,
 }
 
 fn live_chunk(
     s: &Setup,
     patients: &mut [Patient],
-    next_at: &mut [i64],
+    clocks: &mut [Clock],
     tally: &mut Tally,
     to: i64,
     day_end: Option<usize>,
-) -> NewTasks {
-    let mut new_tasks = Vec::new();
+) -> TickOut {
+    let mut out = TickOut::default();
     let mut cx = Cx {
         s,
         tally,
-        new_tasks: &mut new_tasks,
+        new_tasks: &mut out.new_tasks,
+        closed: &mut out.closed,
         horizon: s.horizon(),
     };
-    for (p, next) in patients.iter_mut().zip(next_at.iter_mut()) {
-        if *next <= to {
+    for (p, clock) in patients.iter_mut().zip(clocks.iter_mut()) {
+        if clock.next <= to {
             p.advance(&mut cx, to);
-            *next = p.next_at();
+            clock.next = p.next_at();
+            clock.state = if p.life == Life::Active {
+                (s.infos[p.prog].state_off + p.state) as u32
+            } else {
+                NO_STATE
+            };
         }
     }
     if let Some(day) = day_end {
         let base = day * s.total_states;
-        for p in patients.iter() {
-            if p.life == Life::Active {
-                cx.tally.occupancy[base + s.infos[p.prog].state_off + p.state] += 1;
+        for c in clocks.iter() {
+            if c.state != NO_STATE {
+                cx.tally.occupancy[base + c.state as usize] += 1;
             }
         }
     }
-    new_tasks
+    out
+}
+
+enum Cmd {
+    /// Staff completions for this chunk, then live up to `to`.
+    Tick {
+        to: i64,
+        day_end: Option<usize>,
+        done: Vec<(u32, i64, u32)>,
+    },
+    /// The run is over: close what is open.
+    Finish,
+}
+
+/// A worker owns one chunk of patients for the whole run (so their memory stays with one thread)
+/// and lives them tick by tick as the main thread says.
+fn worker(
+    s: &Setup,
+    base: usize,
+    patients: &mut [Patient],
+    clocks: &mut [Clock],
+    tally: &mut Tally,
+    commands: std::sync::mpsc::Receiver<Cmd>,
+    results: std::sync::mpsc::Sender<TickOut>,
+) {
+    while let Ok(cmd) = commands.recv() {
+        let out = match cmd {
+            Cmd::Tick { to, day_end, done } => {
+                for (i, at, no) in done {
+                    let l = i as usize - base;
+                    patients[l].inbox.push((at, no));
+                    clocks[l].next = clocks[l].next.min(at);
+                }
+                live_chunk(s, patients, clocks, tally, to, day_end)
+            }
+            Cmd::Finish => {
+                let mut out = TickOut::default();
+                let mut cx = Cx {
+                    s,
+                    tally,
+                    new_tasks: &mut out.new_tasks,
+                    closed: &mut out.closed,
+                    horizon: s.horizon(),
+                };
+                for p in patients.iter_mut() {
+                    p.finish(&mut cx);
+                }
+                let _ = results.send(TickOut::default());
+                return;
+            }
+        };
+        if results.send(out).is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs the whole cohort; `progress` is told each finished day.
@@ -2696,85 +2790,94 @@ pub fn simulate(s: &Setup, threads: usize, progress: &mut dyn FnMut(u32, u32)) -
     let n = s.n as usize;
     let threads = threads.max(1);
     let mut patients: Vec<Patient> = (0..n).map(|i| Patient::new(s, i as u32)).collect();
-    let mut next_at: Vec<i64> = patients.iter().map(Patient::next_at).collect();
-    let chunk = n.div_ceil(threads).max(1);
-    let mut tallies: Vec<Tally> = (0..n.div_ceil(chunk).max(1))
-        .map(|_| Tally::new(s))
+    let mut clocks: Vec<Clock> = patients
+        .iter()
+        .map(|p| Clock {
+            next: p.next_at(),
+            state: NO_STATE,
+        })
         .collect();
+    let chunk = n.div_ceil(threads).max(1);
+    let chunks = n.div_ceil(chunk);
+    let mut tallies: Vec<Tally> = (0..chunks.max(1)).map(|_| Tally::new(s)).collect();
     let queues_n = s.institutions.len() * s.roles.len();
     let mut queues: Vec<BinaryHeap<Reverse<Key>>> = vec![BinaryHeap::new(); queues_n];
+    let mut live: Live = HashMap::new();
     let days = s.days as usize;
     let mut backlog = vec![0u32; days * queues_n];
     let mut overdue = vec![0u32; days * queues_n];
 
-    for day in 0..days {
-        let day_ticks = ticks(s, day);
-        let last = day_ticks.len() - 1;
-        for (k, tick) in day_ticks.iter().enumerate() {
-            staff(s, &mut queues, &mut patients, &mut next_at, tick);
-            let day_end = (k == last).then_some(day);
-            let outs: Vec<NewTasks> = if tallies.len() == 1 {
-                vec![live_chunk(
-                    s,
-                    &mut patients,
-                    &mut next_at,
-                    &mut tallies[0],
-                    tick.end,
-                    day_end,
-                )]
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = patients
-                        .chunks_mut(chunk)
-                        .zip(next_at.chunks_mut(chunk))
-                        .zip(tallies.iter_mut())
-                        .map(|((p, na), t)| {
-                            scope.spawn(move || live_chunk(s, p, na, t, tick.end, day_end))
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("a simulation thread panicked"))
-                        .collect()
-                })
-            };
-            for out in outs {
-                for (q, key) in out {
-                    queues[q as usize].push(Reverse(key));
+    std::thread::scope(|scope| {
+        let mut commands = Vec::new();
+        let mut results = Vec::new();
+        for (c, ((ps, cs), t)) in patients
+            .chunks_mut(chunk)
+            .zip(clocks.chunks_mut(chunk))
+            .zip(tallies.iter_mut())
+            .enumerate()
+        {
+            let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+            let (res_tx, res_rx) = std::sync::mpsc::channel();
+            commands.push(cmd_tx);
+            results.push(res_rx);
+            scope.spawn(move || worker(s, c * chunk, ps, cs, t, cmd_rx, res_tx));
+        }
+        'run: for day in 0..days {
+            let day_ticks = ticks(s, day);
+            let last = day_ticks.len() - 1;
+            for (k, tick) in day_ticks.iter().enumerate() {
+                let done = staff(s, &mut queues, &mut live, chunk, chunks, tick);
+                let day_end = (k == last).then_some(day);
+                for (c, done) in done.into_iter().enumerate() {
+                    let cmd = Cmd::Tick {
+                        to: tick.end,
+                        day_end,
+                        done,
+                    };
+                    if commands[c].send(cmd).is_err() {
+                        break 'run;
+                    }
+                }
+                // Results in chunk order; new tasks before closed ones (a task may be both).
+                for rx in &results {
+                    let Ok(out) = rx.recv() else { break 'run };
+                    for (q, key) in out.new_tasks {
+                        live.insert((key.3, key.4), (q, key.1));
+                        queues[q as usize].push(Reverse(key));
+                    }
+                    for k in out.closed {
+                        live.remove(&k);
+                    }
                 }
             }
+            // The day's backlog: tasks waiting in each queue, and those past their due time.
+            let day_end = s.day_starts[day + 1];
+            let mut waiting = vec![0usize; queues_n];
+            for (q, due) in live.values() {
+                let i = day * queues_n + *q as usize;
+                backlog[i] += 1;
+                waiting[*q as usize] += 1;
+                if *due < day_end {
+                    overdue[i] += 1;
+                }
+            }
+            // Entries of tasks done or cancelled meanwhile are dropped now and then.
+            for (q, heap) in queues.iter_mut().enumerate() {
+                if heap.len() > 2 * waiting[q] + 1_024 {
+                    heap.retain(|Reverse(k)| live.contains_key(&(k.3, k.4)));
+                }
+            }
+            progress(day as u32 + 1, s.days);
         }
-        // The day's backlog: open tasks waiting in each queue, and those past their due time.
-        let day_end = s.day_starts[day + 1];
-        for (q, heap) in queues.iter_mut().enumerate() {
-            heap.retain(|Reverse(k)| task_open(&patients, k) == Some(true));
-            backlog[day * queues_n + q] = heap.len() as u32;
-            overdue[day * queues_n + q] =
-                heap.iter().filter(|Reverse(k)| k.1 < day_end).count() as u32;
+        for (tx, rx) in commands.iter().zip(&results) {
+            if tx.send(Cmd::Finish).is_ok() {
+                let _ = rx.recv();
+            }
         }
-        progress(day as u32 + 1, s.days);
-    }
+        drop(commands);
+    });
 
-    // The end of the run, in patient order.
-    let horizon = s.horizon();
     let mut total = Tally::new(s);
-    for (c, (ps, t)) in patients
-        .chunks_mut(chunk)
-        .zip(tallies.iter_mut())
-        .enumerate()
-    {
-        let _ = c;
-        let mut sink = Vec::new();
-        let mut cx = Cx {
-            s,
-            tally: t,
-            new_tasks: &mut sink,
-            horizon,
-        };
-        for p in ps.iter_mut() {
-            p.finish(&mut cx);
-        }
-    }
     for t in &tallies {
         total.add(t);
     }

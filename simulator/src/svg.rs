@@ -51,6 +51,15 @@ fn num(x: f64) -> String {
     }
 }
 
+/// One line of a chart. The colour is an index into a fixed palette, so the same role or state
+/// keeps its colour from chart to chart; past the palette, lines are dashed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub colour: usize,
+    pub values: Vec<f64>,
+}
+
 /// An SVG document holding one or more charts stacked vertically.
 pub struct Doc {
     width: u32,
@@ -68,27 +77,20 @@ impl Doc {
     }
 
     /// A line chart whose top edge is at `y0`; every series has one value per day.
-    pub fn chart(
-        &mut self,
-        y0: u32,
-        title: &str,
-        x_label: &str,
-        y_label: &str,
-        series: &[(String, Vec<f64>)],
-    ) {
+    pub fn chart(&mut self, y0: u32, title: &str, x_label: &str, y_label: &str, series: &[Series]) {
         let b = &mut self.body;
         let (w, y0) = (f64::from(self.width), f64::from(y0));
         let (x_left, x_right) = (LEFT, w - RIGHT);
         let (y_top, y_bottom) = (y0 + TOP, y0 + f64::from(CHART_H) - BOTTOM);
         let n = series
             .iter()
-            .map(|(_, v)| v.len())
+            .map(|s| s.values.len())
             .max()
             .unwrap_or(0)
             .max(2);
         let max = series
             .iter()
-            .flat_map(|(_, v)| v.iter().copied())
+            .flat_map(|s| s.values.iter().copied())
             .fold(0.0, f64::max);
         let y_step = nice_step(max, 5.0);
         let y_max = ((max / y_step).ceil() * y_step).max(y_step);
@@ -155,13 +157,21 @@ impl Doc {
                 (y_top + y_bottom) / 2.0
             );
         }
-        for (k, (name, values)) in series.iter().enumerate() {
-            let colour = PALETTE[k % PALETTE.len()];
-            let dash = if k >= PALETTE.len() {
+        for (
+            k,
+            Series {
+                name,
+                colour,
+                values,
+            },
+        ) in series.iter().enumerate()
+        {
+            let dash = if *colour >= PALETTE.len() {
                 r#" stroke-dasharray="6 3""#
             } else {
                 ""
             };
+            let colour = PALETTE[colour % PALETTE.len()];
             let mut pts = String::new();
             for (i, v) in values.iter().enumerate() {
                 let _ = write!(pts, "{:.1},{:.1} ", x_of(i as f64), y_of(*v));
@@ -216,8 +226,16 @@ mod tests {
             "day",
             "tasks",
             &[
-                ("a&b".into(), vec![0.0, 5.0, 3.0]),
-                ("c".into(), vec![1.0, 1.0, 1.0]),
+                Series {
+                    name: "a&b".into(),
+                    colour: 0,
+                    values: vec![0.0, 5.0, 3.0],
+                },
+                Series {
+                    name: "c".into(),
+                    colour: 13,
+                    values: vec![1.0, 1.0, 1.0],
+                },
             ],
         );
         let s = d.finish();
@@ -227,5 +245,10 @@ mod tests {
         assert!(s.contains("Backlog &lt;by role&gt;"));
         assert!(s.contains("a&amp;b"));
         assert!(!s.contains("NaN"));
+        assert_eq!(
+            s.matches("stroke-dasharray").count(),
+            2,
+            "the second line is dashed"
+        );
     }
 }

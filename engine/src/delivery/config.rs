@@ -247,7 +247,7 @@ impl Default for DispatchSettings {
             attempts_per_channel: 2,
             backoff_base: 60,
             backoff_max: 3600,
-            lease: 300,
+            lease: 600,
             quiet_hours: Some(QuietHours {
                 start: Time::constant(21, 0, 0, 0),
                 end: Time::constant(8, 0, 0, 0),
@@ -325,6 +325,16 @@ pub enum ChannelConfig {
 impl ChannelConfig {
     pub fn needs_contact(&self) -> bool {
         matches!(self, ChannelConfig::Webhook(_) | ChannelConfig::Smtp(_))
+    }
+
+    /// The longest one send on this channel may take before it counts as timed out. An SMTP
+    /// exchange is several commands, each with the configured time-out: it gets three of them.
+    pub fn deadline(&self) -> Duration {
+        match self {
+            ChannelConfig::Webhook(w) => w.timeout,
+            ChannelConfig::Smtp(s) => s.timeout * 3,
+            ChannelConfig::Task(_) | ChannelConfig::Log => Duration::ZERO,
+        }
     }
 }
 
@@ -528,6 +538,26 @@ impl DeliveryConfig {
             None => None,
         };
 
+        // A batch must be sent well within its lease, or another dispatcher reclaims rows that are
+        // still in flight (harmless with idempotency keys, but wasteful).
+        let longest = channels
+            .values()
+            .map(ChannelConfig::deadline)
+            .max()
+            .unwrap_or_default();
+        let per_batch = (dispatch.concurrency / dispatch.batches_in_flight.max(1)).max(1);
+        let waves = (dispatch.batch_size.max(1) as usize).div_ceil(per_batch) as u32;
+        let worst = longest * waves;
+        if worst.as_secs() as i64 >= dispatch.lease {
+            p.push(format!(
+                "dispatch.lease ({}s) is not longer than one batch may take to send ({}s: {} row(s) at {} at once, {}s each at worst); raise lease, or lower batch_size or the time-outs",
+                dispatch.lease,
+                worst.as_secs(),
+                dispatch.batch_size,
+                per_batch,
+                longest.as_secs()
+            ));
+        }
         if !p.is_empty() {
             return Err(fail(p));
         }
@@ -818,15 +848,15 @@ fn smtp(
         }
     };
     let timeout = match s.timeout.as_deref().map(duration) {
-        None => Duration::from_secs(30),
+        None => Duration::from_secs(10),
         Some(Ok(d)) if !d.is_zero() => d,
         Some(Ok(_)) => {
             p.push(format!("{at}.timeout must be positive"));
-            Duration::from_secs(30)
+            Duration::from_secs(10)
         }
         Some(Err(e)) => {
             p.push(format!("{at}.timeout: {e}"));
-            Duration::from_secs(30)
+            Duration::from_secs(10)
         }
     };
     let credentials = match (&s.username, &s.password_env) {
@@ -1074,6 +1104,23 @@ en = "Hello {name"
         .unwrap_err()
         .to_string();
         assert!(e.contains("in clear"), "{e}");
+    }
+
+    #[test]
+    fn the_lease_must_outlast_a_batch() {
+        let text = |lease: &str| {
+            format!(
+                "[dispatch]\nlease = \"{lease}\"\nbatch_size = 100\nconcurrency = 8\nbatches_in_flight = 1\n\
+                 [channels.sms]\ntransport = \"webhook\"\nurl = \"https://sms.example.org\"\nsecret_env = \"SMS_SECRET\"\ntimeout = \"10s\"\n\
+                 [templates.\"*\".\"*\"]\nzh = \"x\"\nen = \"y\"\n"
+            )
+        };
+        let e = parse(&text("1m")).unwrap_err().to_string();
+        assert!(
+            e.contains("dispatch.lease (60s) is not longer than one batch may take to send (130s"),
+            "{e}"
+        );
+        assert!(parse(&text("3m")).is_ok());
     }
 
     #[test]

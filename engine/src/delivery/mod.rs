@@ -495,6 +495,21 @@ pub fn render(
     })
 }
 
+async fn bounded(
+    ch: &str,
+    deadline: std::time::Duration,
+    send: impl std::future::Future<Output = std::result::Result<(), Failure>>,
+) -> std::result::Result<(), Failure> {
+    tokio::time::timeout(deadline, send)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Transient(format!(
+                "{ch}: no answer within {} ms",
+                deadline.as_millis()
+            )))
+        })
+}
+
 /// One attempt of one claimed row on its channel.
 pub async fn attempt(config: &DeliveryConfig, c: &Claimed, _now: Timestamp) -> Outcome {
     let ch = c.channel.as_str();
@@ -515,9 +530,12 @@ pub async fn attempt(config: &DeliveryConfig, c: &Claimed, _now: Timestamp) -> O
         Ok(o) => o,
         Err(f) => return Outcome::Failed(f),
     };
+    // The whole send is bounded too (SMTP time-outs are per command), so a batch always ends
+    // within the time the lease was checked against.
+    let deadline = transport.deadline() + std::time::Duration::from_secs(1);
     let result = match transport {
-        ChannelConfig::Webhook(w) => transport::post(w, &out).await,
-        ChannelConfig::Smtp(s) => transport::email(s, &out).await,
+        ChannelConfig::Webhook(w) => bounded(ch, deadline, transport::post(w, &out)).await,
+        ChannelConfig::Smtp(s) => bounded(ch, deadline, transport::email(s, &out)).await,
         ChannelConfig::Log => {
             tracing::info!(outbox = %out.key, patient = %c.message.patient_id, channel = ch, template = %c.message.template, lang = out.lang.as_str(), chars = out.text.chars().count(), "log channel: message not sent (development)");
             Ok(())
