@@ -162,6 +162,9 @@ enum Command {
         sweep_seconds: u64,
         #[arg(long, default_value = "pathways")]
         pathways: PathBuf,
+        /// Deliver due follow-ups on every sweep with this channel configuration.
+        #[arg(long)]
+        delivery_config: Option<PathBuf>,
     },
     /// Run pathway tests (`*.test.yaml`) on the real step; fails on any failure or uncovered state.
     Test {
@@ -343,7 +346,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let programs = store::load_programs(&pool).await?;
-            serve(pool, programs, &addr, "0 2 * * *", "Asia/Shanghai", 30).await
+            serve(
+                pool,
+                programs,
+                &addr,
+                "0 2 * * *",
+                "Asia/Shanghai",
+                30,
+                None,
+            )
+            .await
         }
         Command::Serve {
             db,
@@ -352,14 +364,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tz,
             sweep_seconds,
             pathways,
+            delivery_config,
         } => {
+            let delivery = delivery_config
+                .as_deref()
+                .map(carepath_engine::delivery::DeliveryConfig::load)
+                .transpose()?;
             let pool = db.open().await?;
             let programs = if pathways.is_dir() {
                 publish_dir(&pool, &pathways, Timestamp::now()).await?
             } else {
                 store::load_programs(&pool).await?
             };
-            serve(pool, programs, &addr, &cron, &tz, sweep_seconds).await
+            serve(pool, programs, &addr, &cron, &tz, sweep_seconds, delivery).await
         }
         Command::Bench {
             enrolments,
@@ -562,7 +579,8 @@ async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::R
     Ok(pool)
 }
 
-/// Runs the admin API and the scheduler until interrupted.
+/// Runs the admin API, the scheduler and (when configured) the dispatcher until interrupted.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     pool: store::Pool,
     programs: Programs,
@@ -570,6 +588,7 @@ async fn serve(
     cron: &str,
     tz: &str,
     sweep_seconds: u64,
+    delivery: Option<carepath_engine::delivery::DeliveryConfig>,
 ) -> anyhow::Result<ExitCode> {
     let schedule: croner::Cron = cron
         .parse()
@@ -606,6 +625,12 @@ async fn serve(
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::error!("scheduler pass failed: {e}"),
+            }
+            if let Some(config) = &delivery {
+                match carepath_engine::delivery::dispatch_once(&pool, config, now).await {
+                    Ok(d) => tracing::debug!("dispatch: {d}"),
+                    Err(e) => tracing::error!("dispatch failed: {e}"),
+                }
             }
             if full {
                 if let Err(e) = carepath_engine::store::queries::escalate_overdue(&pool, now).await

@@ -166,6 +166,8 @@ pub struct PathwayInfo {
     state_listens: Vec<Vec<u16>>,
     age: Dist,
     female: f64,
+    /// Per observation kind: a shift of the default baseline for this pathway's population.
+    obs_shift: Vec<f64>,
     variables: Vec<(String, VarType, Dist)>,
     charlson_default: Option<i64>,
     /// The pathway listens for `discharged`, so a length of stay means something.
@@ -695,6 +697,15 @@ fn analyse(
         .patients
         .female
         .unwrap_or(if female_only { 1.0 } else { 0.5 });
+    // Pregnant women have lower blood pressure than the default chronic-disease population.
+    let mut obs_shift = vec![0.0; catalog::OBSERVATIONS.len()];
+    if p.id.contains("pregnan") || p.id.contains("obstet") {
+        for (kind, shift) in [("bp_systolic", -30.0), ("bp_diastolic", -16.0)] {
+            if !sc.observations.contains_key(kind) {
+                obs_shift[kind_index(kind).unwrap_or(0)] = shift;
+            }
+        }
+    }
     let mut variables = Vec::new();
     for v in &p.variables {
         if let Some(d) = sc.patients.variables.get(&v.name) {
@@ -757,6 +768,7 @@ fn analyse(
         state_listens,
         age,
         female,
+        obs_shift,
         variables,
         charlson_default,
         tracks_stay: listened.contains("discharged"),
@@ -1563,7 +1575,7 @@ impl Patient {
                 levels[*k] = match m.probability {
                     Some(p) => ((p + 0.1 * rng.normal()).clamp(0.0, 1.0), 0.0),
                     None => (
-                        m.mean + shift + m.sd * rng.normal(),
+                        m.mean + info.obs_shift[*k] + shift + m.sd * rng.normal(),
                         m.trend_per_month * rng.uniform(0.5, 1.5) / (30.0 * 86_400.0),
                     ),
                 };
