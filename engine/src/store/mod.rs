@@ -756,7 +756,21 @@ pub async fn add_event(
 /// Withdraws an enrolment: open work is cancelled and nothing further is sent.
 pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp) -> Result<()> {
     let mut tx = pool.begin().await?;
-    let d = load_enrolment(&mut tx, enrolment).await?;
+    withdraw_tx(&mut tx, enrolment, reason, None, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Withdraws inside the caller's transaction; returns the patient's id. Every way of withdrawing
+/// (the CLI, the API) goes through here, so they cancel the same work.
+pub async fn withdraw_tx(
+    tx: &mut Tx,
+    enrolment: i64,
+    reason: &str,
+    by: Option<&str>,
+    now: Timestamp,
+) -> Result<String> {
+    let d = load_enrolment(tx, enrolment).await?;
     if d.enrolment.status != Status::Active && d.enrolment.status != Status::Error {
         return Err(StoreError::Conflict(format!(
             "enrolment {enrolment} is already {}",
@@ -768,7 +782,7 @@ pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp)
         args![now.as_second(), enrolment],
     )
     .await?;
-    cancel_state_work(&mut tx, enrolment, -1, &format!("withdrawn: {reason}")).await?;
+    cancel_state_work(tx, enrolment, -1, &format!("withdrawn: {reason}")).await?;
     // `keep` lets a task outlive its state, not the enrolment: withdrawal cancels kept tasks too.
     tx.exec(
         "UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')",
@@ -777,11 +791,10 @@ pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp)
     .await?;
     tx.exec(
         "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'withdrawn', $4)",
-        args![&d.patient_id, enrolment, now.as_second(), json!({"reason": reason}).to_string()],
+        args![&d.patient_id, enrolment, now.as_second(), json!({"reason": reason, "by": by}).to_string()],
     )
     .await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(d.patient_id)
 }
 
 /// Completes a task with an outcome; the outcome becomes the pathway event `task_done:<task id>`.

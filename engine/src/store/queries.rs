@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Pool, Result, StoreError, Tx, add_event, cancel_state_work};
+use super::{Pool, Result, StoreError, Tx, add_event};
 use crate::args;
 use crate::store::db::Arg;
 
@@ -734,7 +734,7 @@ pub async fn withdraw_scoped(
     now: Timestamp,
 ) -> Result<()> {
     let sql = format!(
-        "SELECT e.patient_id, e.status FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND {}",
+        "SELECT e.patient_id FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND {}",
         visible_patient(2)
     );
     let Some(row) = pool
@@ -745,21 +745,8 @@ pub async fn withdraw_scoped(
     else {
         return Err(StoreError::NotFound(format!("enrolment {enrolment}")));
     };
-    if row.text(1) != "active" && row.text(1) != "error" {
-        return Err(StoreError::Conflict(format!(
-            "enrolment {enrolment} is already {}",
-            row.text(1)
-        )));
-    }
     let mut tx = pool.begin().await?;
-    tx.exec("UPDATE enrolments SET status = 'withdrawn', next_wake_at = NULL, ended_at = $1, row_version = row_version + 1 WHERE id = $2", args![now.as_second(), enrolment])
-        .await?;
-    cancel_state_work(&mut tx, enrolment, -1, &format!("withdrawn: {reason}")).await?;
-    tx.exec(
-        "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'withdrawn', $4)",
-        args![row.text(0), enrolment, now.as_second(), json!({"reason": reason, "by": caller.staff_id}).to_string()],
-    )
-    .await?;
+    super::withdraw_tx(&mut tx, enrolment, reason, Some(&caller.staff_id), now).await?;
     audit(
         &mut tx,
         &caller.staff_id,
