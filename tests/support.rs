@@ -583,7 +583,8 @@ pub const SNAPSHOT: &[(&str, &[&str])] = &[
         "alarm_rules",
         &["dedupe_key", "enrolment_id", "alarm_id", "scope", "active"],
     ),
-    ("goals", &["dedupe_key", "enrolment_id", "goal_id"]),
+    ("goals", &["dedupe_key", "enrolment_id", "goal_id", "met"]),
+    ("goal_status", &["dedupe_key", "goal_id", "met", "readings"]),
 ];
 
 pub type Snapshot = BTreeMap<&'static str, Vec<String>>;

@@ -29,6 +29,12 @@ pub struct EvalContext {
 }
 
 thread_local! {
+    /// The engine that evaluates goals' per-reading expressions, with their compiled forms.
+    static READING_ENGINE: (Engine, RefCell<HashMap<String, AST>>) = {
+        let mut engine = Engine::new_raw();
+        engine.set_max_operations(10_000);
+        (engine, RefCell::new(HashMap::new()))
+    };
     static CONTEXT: RefCell<Option<EvalContext>> = const { RefCell::new(None) };
     static CALLS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -69,52 +75,99 @@ fn aggregate(kind: &str, w: &str, f: impl Fn(&[f64]) -> f64) -> f64 {
 
 /// Whether a care-plan goal is met now, from the observations in its window.
 pub fn goal_holds(goal: &carepath_dsl::Goal, c: &EvalContext) -> bool {
+    measure_goal(goal, &c.facts, c.now, &c.tz).met
+}
+
+/// One evaluation of a care-plan goal: whether it is met, the measured value (the share of
+/// readings in range, or the number of days logged) and how many readings it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoalReading {
+    pub met: bool,
+    pub value: Option<f64>,
+    pub readings: usize,
+}
+
+/// Evaluates a care-plan goal at `now` from the observations in its window. No readings in the
+/// window means the goal is not met and has no value.
+pub fn measure_goal(
+    goal: &carepath_dsl::Goal,
+    facts: &PatientFacts,
+    now: Timestamp,
+    tz: &TimeZone,
+) -> GoalReading {
     use carepath_dsl::GoalMeasure;
+    let from_of = |over: &Duration| {
+        Timestamp::from_second(now.as_second() - over.nominal_seconds())
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+    };
     match &goal.measure {
         GoalMeasure::ShareOfReadings {
             reading,
             at_least,
             over,
         } => {
-            let from = Timestamp::from_second(c.now.as_second() - over.nominal_seconds())
-                .unwrap_or(Timestamp::UNIX_EPOCH);
-            let values: Vec<f64> = c
-                .facts
-                .observations_in(&goal.observation, from, c.now)
+            let values: Vec<f64> = facts
+                .observations_in(&goal.observation, from_of(over), now)
                 .collect();
-            if values.is_empty() {
-                return false;
-            }
-            let mut engine = Engine::new_raw();
-            engine.set_max_operations(10_000);
-            let Ok(ast) = engine.compile_expression_with_scope(&Scope::new(), &reading.0) else {
-                return false;
+            let none = GoalReading {
+                met: false,
+                value: None,
+                readings: values.len(),
             };
-            let hits = values
-                .iter()
-                .filter(|v| {
-                    let mut scope = Scope::new();
-                    scope.push("value", **v);
-                    engine
-                        .eval_ast_with_scope::<bool>(&mut scope, &ast)
-                        .unwrap_or(false)
-                })
-                .count();
-            hits as f64 / values.len() as f64 >= *at_least
+            if values.is_empty() {
+                return none;
+            }
+            let Some(hits) = READING_ENGINE.with(|(engine, cache)| {
+                let mut cache = cache.borrow_mut();
+                if !cache.contains_key(&reading.0) {
+                    let ast = engine
+                        .compile_expression_with_scope(&Scope::new(), &reading.0)
+                        .ok()?;
+                    if cache.len() >= 256 {
+                        cache.clear();
+                    }
+                    cache.insert(reading.0.clone(), ast);
+                }
+                let ast = cache.get(&reading.0)?;
+                Some(
+                    values
+                        .iter()
+                        .filter(|v| {
+                            let mut scope = Scope::new();
+                            scope.push("value", **v);
+                            engine
+                                .eval_ast_with_scope::<bool>(&mut scope, ast)
+                                .unwrap_or(false)
+                        })
+                        .count(),
+                )
+            }) else {
+                return none;
+            };
+            let share = hits as f64 / values.len() as f64;
+            GoalReading {
+                met: share >= *at_least,
+                value: Some(share),
+                readings: values.len(),
+            }
         }
         GoalMeasure::DaysLogged { days, over } => {
-            let from = Timestamp::from_second(c.now.as_second() - over.nominal_seconds())
-                .unwrap_or(Timestamp::UNIX_EPOCH);
-            let mut dates: Vec<jiff::civil::Date> = c
-                .facts
+            let from = from_of(over);
+            let mut readings = 0;
+            let mut dates: Vec<jiff::civil::Date> = facts
                 .observations
                 .iter()
-                .filter(|o| o.kind == goal.observation && o.at > from && o.at <= c.now)
-                .map(|o| o.at.to_zoned(c.tz.clone()).date())
+                .filter(|o| o.kind == goal.observation && o.at > from && o.at <= now)
+                .inspect(|_| readings += 1)
+                .map(|o| o.at.to_zoned(tz.clone()).date())
                 .collect();
             dates.sort();
             dates.dedup();
-            dates.len() as u32 >= *days
+            GoalReading {
+                met: dates.len() as u32 >= *days,
+                value: Some(dates.len() as f64),
+                readings,
+            }
         }
     }
 }

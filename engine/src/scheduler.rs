@@ -28,6 +28,9 @@ pub struct PassSummary {
     pub cancelled_tasks: u64,
     pub errors: u64,
     pub stale: u64,
+    /// Care-plan goals evaluated before the steps, and how many changed status.
+    pub goals_evaluated: u64,
+    pub goals_changed: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +61,10 @@ pub async fn run_pass(
         backend: pool.backend().to_string(),
         ..Default::default()
     };
+    // Goals first, so that `goal_met` in this pass's guards reads today's status.
+    let goals = store::goals::evaluate_due(pool, now).await?;
+    summary.goals_evaluated = goals.evaluated;
+    summary.goals_changed = goals.changed;
     let mut written = Written::default();
     loop {
         if opts.max_batches.is_some_and(|m| summary.batches >= m) {
@@ -72,6 +79,7 @@ pub async fn run_pass(
         summary.batches += 1;
         let mut facts = store::load_facts(&mut tx, &batch, now).await?;
         let mut buf = store::RowBuffer::default();
+        let mut outcomes = Vec::with_capacity(batch.len());
         for d in &batch {
             summary.stepped += 1;
             let Some(prog) = programs.get(&d.enrolment.pathway_id, d.enrolment.version) else {
@@ -88,23 +96,26 @@ pub async fn run_pass(
             };
             let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
             match step::step(prog, &d.enrolment, &f, &pending, now) {
-                Ok(outcome) => {
-                    match store::apply_outcome(&mut tx, &mut buf, d, &outcome, now).await? {
-                        Some(w) => {
-                            if w.transitions > 0 {
-                                summary.advanced += 1;
-                            }
-                            written.add(&w);
-                        }
-                        None => summary.stale += 1,
-                    }
-                }
+                Ok(outcome) => outcomes.push((d, outcome)),
                 Err(err) => {
                     tracing::warn!(enrolment = d.enrolment.id, pathway = %err.pathway, version = err.version, state = %err.state, "step failed: {}", err.message);
                     if store::mark_error(&mut tx, d, &err, &prog.pathway.owner_role, now).await? {
                         summary.errors += 1;
                     }
                 }
+            }
+        }
+        let refs: Vec<(&store::DueEnrolment, &step::Outcome)> =
+            outcomes.iter().map(|(d, o)| (*d, o)).collect();
+        for w in store::apply_outcomes(&mut tx, &mut buf, &refs, now).await? {
+            match w {
+                Some(w) => {
+                    if w.transitions > 0 {
+                        summary.advanced += 1;
+                    }
+                    written.add(&w);
+                }
+                None => summary.stale += 1,
             }
         }
         written.add(&buf.flush(&mut tx).await?);

@@ -7,11 +7,12 @@
 //! sequence, which the committed state already moved past).
 
 pub mod db;
+pub mod goals;
 pub mod outbox;
 pub mod queries;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use carepath_dsl::VarValue;
 use jiff::Timestamp;
@@ -41,6 +42,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("../../../migrations/sqlite/0003_delivery.sql"),
     ),
+    (
+        5,
+        "goal_status",
+        include_str!("../../../migrations/sqlite/0005_goal_status.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -57,6 +63,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         3,
         "delivery",
         include_str!("../../../migrations/postgres/0003_delivery.sql"),
+    ),
+    (
+        5,
+        "goal_status",
+        include_str!("../../../migrations/postgres/0005_goal_status.sql"),
     ),
 ];
 
@@ -485,13 +496,133 @@ pub async fn apply_outcome(
     outcome: &Outcome,
     now: Timestamp,
 ) -> Result<Option<Written>> {
-    let e = &outcome.enrolment;
-    let ended = (e.status != Status::Active).then_some(now.as_second());
-    let updated = tx
-        .exec(
-            "UPDATE enrolments SET state = $1, state_seq = $2, entered_at = $3, vars = $4, last_event_seq = $5, status = $6, \
-             next_wake_at = $7, row_version = row_version + 1, ended_at = COALESCE(ended_at, $8) WHERE id = $9 AND row_version = $10",
-            args![
+    Ok(apply_outcomes(tx, buf, &[(d, outcome)], now)
+        .await?
+        .pop()
+        .flatten())
+}
+
+/// Writes the outcomes of a batch in a few statements: one row-version-guarded update of every
+/// enrolment, one cancellation per kind of open work for the enrolments that left a state, and
+/// the new rows into `buf`. Returns, per outcome in order, what it wrote, or `None` when that
+/// enrolment changed since it was read (nothing of it is written).
+pub async fn apply_outcomes(
+    tx: &mut Tx,
+    buf: &mut RowBuffer,
+    batch: &[(&DueEnrolment, &Outcome)],
+    now: Timestamp,
+) -> Result<Vec<Option<Written>>> {
+    let updated = update_enrolments(tx, batch, now).await?;
+    // Work already stored for the state an enrolment was in goes away when it leaves it.
+    let mut leaving: Vec<(i64, i64, String)> = Vec::new();
+    for (d, outcome) in batch {
+        let e = &outcome.enrolment;
+        if !updated.contains(&d.enrolment.id) {
+            continue;
+        }
+        if e.status == Status::Completed {
+            leaving.push((e.id, -1, "enrolment completed".to_string()));
+        } else if let Some(first) = outcome.transitions.first() {
+            leaving.push((
+                e.id,
+                i64::from(first.left_seq),
+                format!(
+                    "left `{}` for `{}` ({})",
+                    first.from, first.to, first.because
+                ),
+            ));
+        }
+    }
+    let cancelled = cancel_work_of(tx, &leaving).await?;
+    let mut out = Vec::with_capacity(batch.len());
+    for (d, outcome) in batch {
+        let e = &outcome.enrolment;
+        if !updated.contains(&d.enrolment.id) {
+            out.push(None);
+            continue;
+        }
+        let mut w = Written {
+            cancelled_tasks: cancelled.get(&e.id).copied().unwrap_or(0),
+            ..Default::default()
+        };
+        let mut left: HashMap<u32, String> = HashMap::new();
+        for t in &outcome.transitions {
+            w.transitions += 1;
+            left.insert(
+                t.left_seq,
+                format!("left `{}` for `{}` ({})", t.from, t.to, t.because),
+            );
+            buf.record(
+                Some(format!("e{}:{}:t", e.id, t.left_seq)),
+                &d.patient_id,
+                e.id,
+                t.at.as_second(),
+                "transition",
+                json!({"from": t.from, "to": t.to, "because": t.because}).to_string(),
+            );
+        }
+        if !outcome.trace.is_empty()
+            && (!outcome.transitions.is_empty() || !outcome.actions.is_empty())
+        {
+            buf.record(
+                Some(format!("e{}:{}:trace", e.id, e.state_seq)),
+                &d.patient_id,
+                e.id,
+                now.as_second(),
+                "trace",
+                json!(outcome.trace).to_string(),
+            );
+        }
+        for a in &outcome.actions {
+            // Actions of a state entered and left within this step are recorded as already stale.
+            buf.action(d, a, left.get(&a.state_seq).map(String::as_str));
+        }
+        out.push(Some(w));
+    }
+    Ok(out)
+}
+
+/// `n` rows of `per_row` placeholders numbered from `$first`: `($1, $2), ($3, $4)`.
+pub(crate) fn values_list_from(first: usize, n: usize, per_row: usize) -> String {
+    let mut sql = String::with_capacity(n * per_row * 6);
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for j in 0..per_row {
+            if j > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(first + i * per_row + j).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+fn values_list(n: usize, per_row: usize) -> String {
+    values_list_from(1, n, per_row)
+}
+
+/// Updates every enrolment of the batch whose row version is still the one read; returns the ids
+/// updated.
+async fn update_enrolments(
+    tx: &mut Tx,
+    batch: &[(&DueEnrolment, &Outcome)],
+    now: Timestamp,
+) -> Result<HashSet<i64>> {
+    const PER_ROW: usize = 10;
+    let mut updated = HashSet::new();
+    for part in batch.chunks(writer::MAX_PARAMS / PER_ROW) {
+        let mut a = Vec::with_capacity(part.len() * PER_ROW);
+        for (d, outcome) in part {
+            let e = &outcome.enrolment;
+            let ended = (e.status != Status::Active).then_some(now.as_second());
+            a.extend(args![
+                e.id,
+                d.row_version,
                 &e.state,
                 i64::from(e.state_seq),
                 e.entered_at.as_second(),
@@ -499,59 +630,83 @@ pub async fn apply_outcome(
                 e.last_event_seq,
                 e.status.as_str(),
                 outcome.next_wake.map(|t| t.as_second()),
-                ended,
-                e.id,
-                d.row_version
-            ],
+                ended
+            ]);
+        }
+        let sql = format!(
+            "UPDATE enrolments SET state = v.column3, state_seq = v.column4, entered_at = v.column5, vars = v.column6, \
+             last_event_seq = v.column7, status = v.column8, next_wake_at = v.column9, row_version = enrolments.row_version + 1, \
+             ended_at = COALESCE(enrolments.ended_at, v.column10) \
+             FROM (VALUES {}) AS v WHERE enrolments.id = v.column1 AND enrolments.row_version = v.column2 RETURNING enrolments.id",
+            values_list(part.len(), PER_ROW)
+        );
+        updated.extend(tx.fetch(&sql, a).await?.iter().map(|r| r.i64(0)));
+    }
+    Ok(updated)
+}
+
+/// Cancels the open work of each `(enrolment, state entry, reason)` (`-1`: every state entry, and
+/// the enrolment-scoped alarms too); returns the tasks cancelled per enrolment.
+async fn cancel_work_of(tx: &mut Tx, leaving: &[(i64, i64, String)]) -> Result<HashMap<i64, u64>> {
+    let mut cancelled: HashMap<i64, u64> = HashMap::new();
+    for part in leaving.chunks(writer::MAX_PARAMS / 3) {
+        let with_reason: Vec<Arg> = part
+            .iter()
+            .flat_map(|(e, s, r)| args![*e, *s, r.as_str()])
+            .collect();
+        let without: Vec<Arg> = part.iter().flat_map(|(e, s, _)| args![*e, *s]).collect();
+        let v3 = values_list(part.len(), 3);
+        let v2 = values_list(part.len(), 2);
+        for r in tx
+            .fetch(
+                &format!(
+                    "UPDATE tasks SET status = 'cancelled', cancel_reason = v.column3 FROM (VALUES {v3}) AS v \
+                     WHERE tasks.enrolment_id = v.column1 AND (v.column2 < 0 OR tasks.state_seq = v.column2) \
+                     AND tasks.status IN ('open', 'claimed') AND tasks.keep = 0 RETURNING tasks.enrolment_id"
+                ),
+                with_reason,
+            )
+            .await?
+        {
+            *cancelled.entry(r.i64(0)).or_default() += 1;
+        }
+        // The follow-ups first, then their pending messages by id: an explicit list keeps the
+        // outbox update on its `follow_up_id` index whatever the planner thinks of the join.
+        let follow_ups: Vec<Arg> = tx
+            .fetch(
+                &format!(
+                    "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v2}) AS v \
+                     WHERE follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
+                     AND follow_ups.status = 'scheduled' RETURNING follow_ups.id"
+                ),
+                without.clone(),
+            )
+            .await?
+            .iter()
+            .map(|r| Arg::I(r.i64(0)))
+            .collect();
+        for ids in follow_ups.chunks(writer::MAX_PARAMS) {
+            tx.exec(
+                &format!(
+                    "UPDATE outbox SET status = 'cancelled' WHERE follow_up_id IN ({}) AND status = 'pending'",
+                    db::placeholders(1, ids.len())
+                ),
+                ids.to_vec(),
+            )
+            .await?;
+        }
+        // When the whole enrolment ends, enrolment-scoped alarms end with it.
+        tx.exec(
+            &format!(
+                "UPDATE alarm_rules SET active = 0 FROM (VALUES {v2}) AS v \
+                 WHERE alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR (alarm_rules.state_seq = v.column2 AND alarm_rules.scope = 'state')) \
+                 AND alarm_rules.active = 1"
+            ),
+            without,
         )
         .await?;
-    if updated == 0 {
-        return Ok(None);
     }
-    let mut w = Written::default();
-    // Work already stored for the state the enrolment was in goes away when it leaves it.
-    if e.status == Status::Completed {
-        w.cancelled_tasks += cancel_state_work(tx, e.id, -1, "enrolment completed").await?;
-    } else if let Some(first) = outcome.transitions.first() {
-        let reason = format!(
-            "left `{}` for `{}` ({})",
-            first.from, first.to, first.because
-        );
-        w.cancelled_tasks +=
-            cancel_state_work(tx, e.id, i64::from(first.left_seq), &reason).await?;
-    }
-    let mut left: HashMap<u32, String> = HashMap::new();
-    for t in &outcome.transitions {
-        w.transitions += 1;
-        left.insert(
-            t.left_seq,
-            format!("left `{}` for `{}` ({})", t.from, t.to, t.because),
-        );
-        buf.record(
-            Some(format!("e{}:{}:t", e.id, t.left_seq)),
-            &d.patient_id,
-            e.id,
-            t.at.as_second(),
-            "transition",
-            json!({"from": t.from, "to": t.to, "because": t.because}).to_string(),
-        );
-    }
-    if !outcome.trace.is_empty() && (!outcome.transitions.is_empty() || !outcome.actions.is_empty())
-    {
-        buf.record(
-            Some(format!("e{}:{}:trace", e.id, e.state_seq)),
-            &d.patient_id,
-            e.id,
-            now.as_second(),
-            "trace",
-            json!(outcome.trace).to_string(),
-        );
-    }
-    for a in &outcome.actions {
-        // Actions of a state entered and left within this step are recorded as already stale.
-        buf.action(d, a, left.get(&a.state_seq).map(String::as_str));
-    }
-    Ok(Some(w))
+    Ok(cancelled)
 }
 
 /// Cancels open work from one state entry (`seq`), or from every state entry with `seq = -1`.
@@ -703,6 +858,7 @@ pub async fn enrol_tx(
         sex: patient.text(3),
         ..Default::default()
     };
+    goals::create_for_enrolment(tx, id, &prog.pathway.goals, now).await?;
     let outcome = step::enrol(&prog, id, entry, &patient.text(1), &facts, &[], now)?;
     let d = DueEnrolment {
         enrolment: outcome.enrolment.clone(),
@@ -926,6 +1082,8 @@ pub struct IngestSummary {
     pub alarms_resolved: u64,
     /// Enrolments that received an event and should be advanced now.
     pub enrolments_to_advance: Vec<i64>,
+    /// Care-plan goals of these patients evaluated with the new readings.
+    pub goals: goals::GoalSweep,
 }
 
 /// Stores readings (refusing implausible ones, dropping duplicates by reading id) and evaluates
@@ -1101,6 +1259,8 @@ pub async fn ingest_readings(
             }
         }
     }
+    // Care-plan goals read the same readings: their status follows at once.
+    out.goals = goals::evaluate_for_patients(&mut tx, &patients, now).await?;
     tx.commit().await?;
     Ok(out)
 }

@@ -68,8 +68,8 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "goals",
-        columns: "dedupe_key, enrolment_id, goal_id, spec, created_at",
-        values: "(?, ?, ?, ?, ?)",
+        columns: "dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at",
+        values: "(?, ?, ?, ?, ?, ?)",
         kind: Some("goal"),
     },
     Table {
@@ -329,6 +329,7 @@ impl RowBuffer {
                     Arg::T(goal.id.clone()),
                     Arg::T(serde_json::to_string(goal).unwrap_or_default()),
                     Arg::I(at),
+                    Arg::I(at),
                 ],
             ),
             Produced::Note { .. } => self.notes.push(a.key.clone()),
@@ -367,6 +368,9 @@ impl RowBuffer {
     }
 }
 
+/// Parameters per generated multi-row statement.
+pub(crate) const MAX_PARAMS: usize = 3_000;
+
 /// Inserts `rows` into `table` in multi-row statements; returns how many were new and, with
 /// `returning`, their dedupe keys.
 async fn insert_rows(
@@ -376,8 +380,9 @@ async fn insert_rows(
     returning: bool,
 ) -> Result<(u64, Vec<String>)> {
     let per_row = table.values.matches('?').count();
-    // sqlx looks SQLite parameters up by name, which grows with their number: keep statements short.
-    let chunk = (128 / per_row).max(1);
+    // Statements of a few thousand parameters: well under both databases' limits, and few
+    // enough statements that their per-statement cost stays small.
+    let chunk = (MAX_PARAMS / per_row).max(1);
     let (mut total, mut keys) = (0, Vec::new());
     for part in rows.chunks(chunk) {
         let mut sql = format!("INSERT INTO {} ({}) VALUES ", table.name, table.columns);

@@ -1,0 +1,279 @@
+//! Care-plan goals: evaluated from the record on a schedule of their own and at once when a
+//! patient's readings arrive; every change of status is kept in `goal_status` and the patient's
+//! record.
+//!
+//! A goal row is due when `next_eval_at` has passed (a range scan of a partial index, as for the
+//! scheduler). Evaluating it sets `met`, `value` and `evaluated_at`, and moves `next_eval_at` a
+//! day on; a goal of an enrolment that has ended stops being evaluated.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde_json::json;
+
+use super::db::{self, Arg, Row, Tx};
+use super::writer::MAX_PARAMS;
+use super::{Pool, Result, ts, values_list_from};
+use crate::args;
+use crate::facts::{Observation, PatientFacts};
+use crate::sandbox::measure_goal;
+
+/// How often a goal is evaluated when no reading arrives for its patient.
+pub const EVALUATE_EVERY_SECONDS: i64 = 86_400;
+const BATCH: i64 = 500;
+
+/// What one goal sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct GoalSweep {
+    pub evaluated: u64,
+    /// Goals whose status changed (or was set for the first time).
+    pub changed: u64,
+}
+
+impl GoalSweep {
+    fn add(&mut self, o: GoalSweep) {
+        self.evaluated += o.evaluated;
+        self.changed += o.changed;
+    }
+}
+
+const GOAL_COLUMNS: &str =
+    "g.id, g.enrolment_id, g.goal_id, g.spec, g.met, e.patient_id, e.status, p.tz";
+
+/// Evaluates every goal due at `now`, in batches of one transaction each.
+pub async fn evaluate_due(pool: &Pool, now: Timestamp) -> Result<GoalSweep> {
+    let mut sweep = GoalSweep::default();
+    loop {
+        let mut tx = pool.begin().await?;
+        let lock = if tx.is_postgres() {
+            " FOR UPDATE OF g SKIP LOCKED"
+        } else {
+            ""
+        };
+        let rows = tx
+            .fetch(
+                &format!(
+                    "SELECT {GOAL_COLUMNS} FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
+                     JOIN patients p ON p.id = e.patient_id \
+                     WHERE g.next_eval_at IS NOT NULL AND g.next_eval_at <= $1 ORDER BY g.next_eval_at, g.id LIMIT $2{lock}"
+                ),
+                args![now.as_second(), BATCH],
+            )
+            .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            break;
+        }
+        sweep.add(evaluate_rows(&mut tx, &rows, now).await?);
+        tx.commit().await?;
+    }
+    Ok(sweep)
+}
+
+/// Evaluates, inside the caller's transaction, the goals of the active enrolments of these
+/// patients (after their readings were stored).
+pub async fn evaluate_for_patients(
+    tx: &mut Tx,
+    patients: &[String],
+    now: Timestamp,
+) -> Result<GoalSweep> {
+    let mut sweep = GoalSweep::default();
+    for part in patients.chunks(BATCH as usize) {
+        let a: Vec<Arg> = part.iter().map(|p| Arg::T(p.clone())).collect();
+        let rows = tx
+            .fetch(
+                &format!(
+                    "SELECT {GOAL_COLUMNS} FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
+                     JOIN patients p ON p.id = e.patient_id \
+                     WHERE e.patient_id IN ({}) AND e.status = 'active' AND g.next_eval_at IS NOT NULL ORDER BY g.id",
+                    db::placeholders(1, a.len())
+                ),
+                a,
+            )
+            .await?;
+        sweep.add(evaluate_rows(tx, &rows, now).await?);
+    }
+    Ok(sweep)
+}
+
+/// A goal row as read for evaluation.
+struct DueGoal {
+    id: i64,
+    enrolment: i64,
+    goal_id: String,
+    spec: Option<carepath_dsl::Goal>,
+    met: Option<i64>,
+    patient: String,
+    active: bool,
+    tz: String,
+}
+
+impl DueGoal {
+    fn from_row(r: &Row) -> DueGoal {
+        DueGoal {
+            id: r.i64(0),
+            enrolment: r.i64(1),
+            goal_id: r.text(2),
+            spec: serde_json::from_str(&r.text(3)).ok(),
+            met: r.opt_i64(4),
+            patient: r.text(5),
+            active: r.text(6) == "active",
+            tz: r.text(7),
+        }
+    }
+}
+
+async fn evaluate_rows(tx: &mut Tx, rows: &[Row], now: Timestamp) -> Result<GoalSweep> {
+    let mut sweep = GoalSweep::default();
+    let goals: Vec<DueGoal> = rows.iter().map(DueGoal::from_row).collect();
+    // One read of the observations every goal of the batch needs, over the longest window.
+    let longest = goals
+        .iter()
+        .filter_map(|g| g.spec.as_ref())
+        .map(|g| match &g.measure {
+            carepath_dsl::GoalMeasure::ShareOfReadings { over, .. }
+            | carepath_dsl::GoalMeasure::DaysLogged { over, .. } => over.nominal_seconds(),
+        })
+        .max()
+        .unwrap_or(0);
+    let mut patients: Vec<String> = goals.iter().map(|g| g.patient.clone()).collect();
+    patients.sort();
+    patients.dedup();
+    let mut facts: HashMap<String, PatientFacts> = HashMap::new();
+    for part in patients.chunks(BATCH as usize) {
+        let mut a: Vec<Arg> = part.iter().map(|p| Arg::T(p.clone())).collect();
+        let n = a.len();
+        a.push(Arg::I(now.as_second() - longest));
+        a.push(Arg::I(now.as_second()));
+        let obs = tx
+            .fetch(
+                &format!(
+                    "SELECT patient_id, kind, value, at FROM observations WHERE patient_id IN ({}) AND at > ${} AND at <= ${} ORDER BY at",
+                    db::placeholders(1, n),
+                    n + 1,
+                    n + 2
+                ),
+                a,
+            )
+            .await?;
+        for o in obs {
+            facts
+                .entry(o.text(0))
+                .or_default()
+                .observations
+                .push(Observation {
+                    kind: o.text(1),
+                    value: o.f64(2),
+                    at: ts(o.i64(3)),
+                });
+        }
+    }
+    let empty = PatientFacts::default();
+    let (mut ended, mut updates, mut changes) = (Vec::new(), Vec::new(), Vec::new());
+    for g in &goals {
+        let (Some(goal), true) = (&g.spec, g.active) else {
+            // An ended enrolment, or a goal this version cannot read: no further evaluation.
+            ended.push(Arg::I(g.id));
+            continue;
+        };
+        let tz = TimeZone::get(&g.tz).unwrap_or(TimeZone::UTC);
+        let reading = measure_goal(goal, facts.get(&g.patient).unwrap_or(&empty), now, &tz);
+        let met = i64::from(reading.met);
+        updates.extend(args![g.id, met, reading.value]);
+        sweep.evaluated += 1;
+        if g.met != Some(met) {
+            changes.push((g, reading));
+        }
+    }
+    for part in ended.chunks(MAX_PARAMS) {
+        tx.exec(
+            &format!(
+                "UPDATE goals SET next_eval_at = NULL WHERE id IN ({})",
+                db::placeholders(1, part.len())
+            ),
+            part.to_vec(),
+        )
+        .await?;
+    }
+    for part in updates.chunks(MAX_PARAMS / 3 * 3) {
+        let mut a = args![now.as_second(), now.as_second() + EVALUATE_EVERY_SECONDS];
+        a.extend(part.iter().cloned());
+        tx.exec(
+            &format!(
+                "UPDATE goals SET met = v.column2, value = v.column3, evaluated_at = $1, next_eval_at = $2 \
+                 FROM (VALUES {}) AS v WHERE goals.id = v.column1",
+                values_list_from(3, part.len() / 3, 3)
+            ),
+            a,
+        )
+        .await?;
+    }
+    for part in changes.chunks(MAX_PARAMS / 8) {
+        let mut a = Vec::with_capacity(part.len() * 8);
+        let mut rec = Vec::with_capacity(part.len() * 6);
+        for (g, reading) in part {
+            a.extend(args![
+                format!("g{}:{}", g.id, now.as_second()),
+                g.id,
+                g.enrolment,
+                &g.goal_id,
+                i64::from(reading.met),
+                reading.value,
+                reading.readings as i64,
+                now.as_second()
+            ]);
+            rec.extend(args![
+                format!("g{}:{}:record", g.id, now.as_second()),
+                &g.patient,
+                g.enrolment,
+                now.as_second(),
+                "goal",
+                json!({"goal": g.goal_id, "met": reading.met, "value": reading.value, "readings": reading.readings}).to_string()
+            ]);
+        }
+        sweep.changed += tx
+            .exec(
+                &format!(
+                    "INSERT INTO goal_status (dedupe_key, goal_row_id, enrolment_id, goal_id, met, value, readings, at) \
+                     VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
+                    values_list_from(1, part.len(), 8)
+                ),
+                a,
+            )
+            .await?;
+        tx.exec(
+            &format!(
+                "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
+                values_list_from(1, part.len(), 6)
+            ),
+            rec,
+        )
+        .await?;
+    }
+    Ok(sweep)
+}
+
+/// Creates the rows of a pathway's top-level goals for a new enrolment, due for evaluation now.
+pub async fn create_for_enrolment(
+    tx: &mut Tx,
+    enrolment: i64,
+    goals: &[carepath_dsl::Goal],
+    now: Timestamp,
+) -> Result<()> {
+    for g in goals {
+        tx.exec(
+            "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at) VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (dedupe_key) DO NOTHING",
+            args![
+                format!("e{enrolment}:goal:{}", g.id),
+                enrolment,
+                &g.id,
+                serde_json::to_string(g).unwrap_or_default(),
+                now.as_second()
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}

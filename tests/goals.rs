@@ -1,0 +1,204 @@
+//! Care-plan goals: evaluated from the record by the pass and at once when readings arrive, with
+//! every change of status kept as history — on every backend.
+
+use std::collections::HashSet;
+
+use carepath_engine::observations::Reading;
+use carepath_engine::scheduler::{self, PassOptions};
+use carepath_engine::store::{self, Pool};
+use jiff::Timestamp;
+
+use crate::support::{self, add_patient, open_store, rows, scalar, ts};
+
+const T0: &str = "2026-03-02T01:00:00Z";
+const DAY: i64 = 86_400;
+
+const BP_GOAL: &str = r#"pathway: bp_goal
+version: 1
+title: { zh: 血压目标（测试）, en: Blood-pressure goal (test) }
+owner_role: case_manager
+roles: [case_manager]
+entry_points:
+  - { id: clinic, state: monitor }
+states:
+  - id: monitor
+    phase: follow_up
+    on_enter:
+      - task: { id: review, role: case_manager, title: { zh: 复核, en: Review }, due: 7d }
+    transitions:
+      - after: 90d
+        to: closed
+  - id: closed
+    phase: closed
+    terminal: true
+goals:
+  - id: bp_controlled
+    title: { zh: 血压达标, en: Blood pressure on target }
+    observation: bp_systolic
+    reading: "value < 140"
+    at_least: 0.8
+    over: 28d
+"#;
+
+fn at(offset: i64) -> Timestamp {
+    Timestamp::from_second(ts(T0).as_second() + offset).expect("a valid instant")
+}
+
+async fn post(pool: &Pool, values: &[(i64, f64)], now: Timestamp) -> store::IngestSummary {
+    let readings: Vec<Reading> = values
+        .iter()
+        .map(|(t, v)| Reading {
+            patient_id: "p1".into(),
+            kind: "bp_systolic".into(),
+            value: *v,
+            unit: None,
+            at: at(*t),
+            reading_id: format!("r{t}"),
+            source: "device".into(),
+        })
+        .collect();
+    let visible: HashSet<String> = ["p1".to_string()].into();
+    store::ingest_readings(pool, &readings, &visible, now)
+        .await
+        .expect("ingest")
+}
+
+/// The goal status history (as a sorted list of rows).
+async fn history(pool: &Pool) -> Vec<String> {
+    rows(
+        pool,
+        "SELECT goal_id, CAST(met AS TEXT), CAST(readings AS TEXT), CAST(at AS TEXT) FROM goal_status ORDER BY id",
+        4,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn goals_are_evaluated_from_readings_with_their_history() {
+    for b in support::backends() {
+        let name = b.name();
+        let dir = support::pathway_dir(&[("bp_goal.yaml", BP_GOAL)]);
+        let (pool, programs) = open_store(&b.url, dir.path(), at(0)).await;
+        add_patient(&pool, "p1", at(0)).await;
+        let (id, _) = store::enrol(&pool, &programs, "p1", "bp_goal", None, "clinic", at(0))
+            .await
+            .expect("enrol");
+        assert_eq!(
+            rows(
+                &pool,
+                "SELECT goal_id, CAST(next_eval_at AS TEXT) FROM goals",
+                2
+            )
+            .await,
+            [format!("bp_controlled|{}", at(0).as_second())],
+            "{name}: a top-level goal gets its row at enrolment, due at once"
+        );
+
+        // The first pass evaluates it: no readings yet, so not met; the first status is history.
+        let s = scheduler::run_pass(&pool, &programs, at(DAY), &PassOptions::default())
+            .await
+            .expect("pass");
+        assert_eq!(
+            (s.goals_evaluated, s.goals_changed),
+            (1, 1),
+            "{name}: {s:?}"
+        );
+        assert_eq!(
+            history(&pool).await,
+            [format!("bp_controlled|0|0|{}", at(DAY).as_second())],
+            "{name}"
+        );
+
+        // Three of four readings in range: 0.75 < 0.8, still not met, so no new history row.
+        let r = post(
+            &pool,
+            &[
+                (DAY + 1, 130.0),
+                (DAY + 2, 150.0),
+                (DAY + 3, 128.0),
+                (DAY + 4, 135.0),
+            ],
+            at(DAY + 10),
+        )
+        .await;
+        assert_eq!(
+            (r.accepted, r.goals.evaluated, r.goals.changed),
+            (4, 1, 0),
+            "{name}"
+        );
+        assert_eq!(history(&pool).await.len(), 1, "{name}");
+        let value = scalar(
+            &pool,
+            "SELECT CAST(ROUND(value * 100) AS BIGINT) FROM goals",
+        )
+        .await;
+        assert_eq!(value, 75, "{name}: the measured share is kept");
+
+        // A fifth reading in range makes 4/5 = 0.8: met at once, without waiting for a pass.
+        let r = post(&pool, &[(DAY + 20, 132.0)], at(DAY + 30)).await;
+        assert_eq!((r.goals.evaluated, r.goals.changed), (1, 1), "{name}");
+        let met = format!("bp_controlled|1|5|{}", at(DAY + 30).as_second());
+        assert!(history(&pool).await.contains(&met), "{name}");
+        assert_eq!(history(&pool).await.len(), 2, "{name}");
+        assert_eq!(
+            scalar(&pool, "SELECT COUNT(*) FROM record WHERE kind = 'goal'").await,
+            2,
+            "{name}: each change is in the patient's record"
+        );
+        // Reposting the same readings changes nothing.
+        let r = post(&pool, &[(DAY + 20, 132.0)], at(DAY + 40)).await;
+        assert_eq!((r.duplicates, r.goals.changed), (1, 0), "{name}");
+
+        // The next day's pass re-evaluates it (still met: no new row); a second pass at the same
+        // instant finds nothing due.
+        let s = scheduler::run_pass(&pool, &programs, at(3 * DAY), &PassOptions::default())
+            .await
+            .expect("pass");
+        assert_eq!(
+            (s.goals_evaluated, s.goals_changed),
+            (1, 0),
+            "{name}: {s:?}"
+        );
+        let s = scheduler::run_pass(&pool, &programs, at(3 * DAY), &PassOptions::default())
+            .await
+            .expect("pass");
+        assert_eq!(s.goals_evaluated, 0, "{name}: {s:?}");
+
+        // Four weeks later the readings have left the window: not met, and that is history too.
+        let s = scheduler::run_pass(&pool, &programs, at(40 * DAY), &PassOptions::default())
+            .await
+            .expect("pass");
+        assert_eq!(
+            (s.goals_evaluated, s.goals_changed),
+            (1, 1),
+            "{name}: {s:?}"
+        );
+        let lapsed = format!("bp_controlled|0|0|{}", at(40 * DAY).as_second());
+        assert!(history(&pool).await.contains(&lapsed), "{name}");
+        assert_eq!(history(&pool).await.len(), 3, "{name}");
+
+        // A withdrawn enrolment's goals stop being evaluated.
+        store::withdraw(&pool, id, "moved away", at(41 * DAY))
+            .await
+            .expect("withdraw");
+        let s = scheduler::run_pass(&pool, &programs, at(45 * DAY), &PassOptions::default())
+            .await
+            .expect("pass");
+        assert_eq!(s.goals_evaluated, 0, "{name}: {s:?}");
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM goals WHERE next_eval_at IS NOT NULL"
+            )
+            .await,
+            0,
+            "{name}"
+        );
+        // The history is append-only.
+        assert!(
+            pool.exec("DELETE FROM goal_status", vec![]).await.is_err(),
+            "{name}: goal history must not be deletable"
+        );
+        pool.close().await;
+    }
+}
