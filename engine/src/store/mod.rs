@@ -649,19 +649,26 @@ async fn update_enrolments(
 /// the enrolment-scoped alarms too); returns the tasks cancelled per enrolment.
 async fn cancel_work_of(tx: &mut Tx, leaving: &[(i64, i64, String)]) -> Result<HashMap<i64, u64>> {
     let mut cancelled: HashMap<i64, u64> = HashMap::new();
-    for part in leaving.chunks(writer::MAX_PARAMS / 3) {
-        let with_reason: Vec<Arg> = part
+    for part in leaving.chunks(writer::MAX_PARAMS / 4) {
+        // The explicit id list keeps each update on its table's `enrolment_id` index (PostgreSQL
+        // otherwise hashes the VALUES list against a scan of the whole table).
+        let ids: Vec<Arg> = part.iter().map(|(e, _, _)| Arg::I(*e)).collect();
+        let mut with_reason: Vec<Arg> = part
             .iter()
             .flat_map(|(e, s, r)| args![*e, *s, r.as_str()])
             .collect();
-        let without: Vec<Arg> = part.iter().flat_map(|(e, s, _)| args![*e, *s]).collect();
+        with_reason.extend(ids.iter().cloned());
+        let mut without: Vec<Arg> = part.iter().flat_map(|(e, s, _)| args![*e, *s]).collect();
+        without.extend(ids.iter().cloned());
         let v3 = values_list(part.len(), 3);
         let v2 = values_list(part.len(), 2);
+        let in3 = db::placeholders(3 * part.len() + 1, part.len());
+        let in2 = db::placeholders(2 * part.len() + 1, part.len());
         for r in tx
             .fetch(
                 &format!(
                     "UPDATE tasks SET status = 'cancelled', cancel_reason = v.column3 FROM (VALUES {v3}) AS v \
-                     WHERE tasks.enrolment_id = v.column1 AND (v.column2 < 0 OR tasks.state_seq = v.column2) \
+                     WHERE tasks.enrolment_id IN ({in3}) AND tasks.enrolment_id = v.column1 AND (v.column2 < 0 OR tasks.state_seq = v.column2) \
                      AND tasks.status IN ('open', 'claimed') AND tasks.keep = 0 RETURNING tasks.enrolment_id"
                 ),
                 with_reason,
@@ -676,7 +683,7 @@ async fn cancel_work_of(tx: &mut Tx, leaving: &[(i64, i64, String)]) -> Result<H
             .fetch(
                 &format!(
                     "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v2}) AS v \
-                     WHERE follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
+                     WHERE follow_ups.enrolment_id IN ({in2}) AND follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
                      AND follow_ups.status = 'scheduled' RETURNING follow_ups.id"
                 ),
                 without.clone(),
@@ -699,7 +706,7 @@ async fn cancel_work_of(tx: &mut Tx, leaving: &[(i64, i64, String)]) -> Result<H
         tx.exec(
             &format!(
                 "UPDATE alarm_rules SET active = 0 FROM (VALUES {v2}) AS v \
-                 WHERE alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR (alarm_rules.state_seq = v.column2 AND alarm_rules.scope = 'state')) \
+                 WHERE alarm_rules.enrolment_id IN ({in2}) AND alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR (alarm_rules.state_seq = v.column2 AND alarm_rules.scope = 'state')) \
                  AND alarm_rules.active = 1"
             ),
             without,
