@@ -6,6 +6,7 @@
 //! nothing) and a rerun duplicates nothing (the keys are derived from the enrolment's state-entry
 //! sequence, which the committed state already moved past).
 
+pub mod bulk;
 pub mod db;
 pub mod outbox;
 pub mod queries;

@@ -388,6 +388,55 @@ pub async fn act_on_task(
     Ok(json!({"task": task, "action": name, "enrolment_id": enrolment}))
 }
 
+/// An enrolment whose patient the caller's institution may see.
+struct VisibleEnrolment {
+    patient_id: String,
+    pathway_id: String,
+    version: i64,
+    state: String,
+    status: String,
+    next_wake_at: Option<i64>,
+}
+
+/// Looks up an enrolment for a caller: `NotFound` when it does not exist, is not visible to the
+/// caller's institution, or (with `active_only`) has ended — the three are not told apart.
+async fn visible_enrolment(
+    pool: &Pool,
+    caller: &Caller,
+    enrolment: i64,
+    active_only: bool,
+) -> Result<VisibleEnrolment> {
+    let sql = format!(
+        "SELECT e.patient_id, e.pathway_id, e.version, e.state, e.status, e.next_wake_at FROM enrolments e JOIN patients p ON p.id = e.patient_id \
+         WHERE e.id = $1 AND {}{}",
+        visible_patient(2),
+        if active_only {
+            " AND e.status = 'active'"
+        } else {
+            ""
+        }
+    );
+    let row = pool
+        .fetch(&sql, args![enrolment, &caller.institution_id])
+        .await?
+        .into_iter()
+        .next();
+    match row {
+        Some(r) => Ok(VisibleEnrolment {
+            patient_id: r.text(0),
+            pathway_id: r.text(1),
+            version: r.i64(2),
+            state: r.text(3),
+            status: r.text(4),
+            next_wake_at: r.opt_i64(5),
+        }),
+        None if active_only => Err(StoreError::NotFound(format!(
+            "active enrolment {enrolment}"
+        ))),
+        None => Err(StoreError::NotFound(format!("enrolment {enrolment}"))),
+    }
+}
+
 /// The timeline of an enrolment: every record entry, with the trace behind each step.
 pub async fn timeline(
     pool: &Pool,
@@ -396,18 +445,7 @@ pub async fn timeline(
     remote: &str,
     now: Timestamp,
 ) -> Result<Value> {
-    let sql = format!(
-        "SELECT e.patient_id, e.pathway_id, e.version, e.state, e.status, e.next_wake_at FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND {}",
-        visible_patient(2)
-    );
-    let Some(e) = pool
-        .fetch(&sql, args![enrolment, &caller.institution_id])
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(StoreError::NotFound(format!("enrolment {enrolment}")));
-    };
+    let e = visible_enrolment(pool, caller, enrolment, false).await?;
     let rows = pool
         .fetch(
             "SELECT at, kind, detail FROM record WHERE enrolment_id = $1 ORDER BY at, id",
@@ -426,7 +464,7 @@ pub async fn timeline(
         Some(&caller.institution_id),
         "enrolment.timeline",
         &format!("enrolment/{enrolment}"),
-        &[e.text(0)],
+        std::slice::from_ref(&e.patient_id),
         "ok",
         remote,
         now,
@@ -434,8 +472,8 @@ pub async fn timeline(
     .await?;
     tx.commit().await?;
     Ok(json!({
-        "enrolment_id": enrolment, "patient_id": e.text(0), "pathway": e.text(1), "version": e.i64(2), "state": e.text(3),
-        "status": e.text(4), "next_wake_at": e.opt_i64(5).map(|t| super::ts(t).to_string()), "entries": entries,
+        "enrolment_id": enrolment, "patient_id": e.patient_id, "pathway": e.pathway_id, "version": e.version, "state": e.state,
+        "status": e.status, "next_wake_at": e.next_wake_at.map(|t| super::ts(t).to_string()), "entries": entries,
     }))
 }
 
@@ -733,18 +771,7 @@ pub async fn withdraw_scoped(
     remote: &str,
     now: Timestamp,
 ) -> Result<()> {
-    let sql = format!(
-        "SELECT e.patient_id FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND {}",
-        visible_patient(2)
-    );
-    let Some(row) = pool
-        .fetch(&sql, args![enrolment, &caller.institution_id])
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(StoreError::NotFound(format!("enrolment {enrolment}")));
-    };
+    let e = visible_enrolment(pool, caller, enrolment, false).await?;
     let mut tx = pool.begin().await?;
     super::withdraw_tx(&mut tx, enrolment, reason, Some(&caller.staff_id), now).await?;
     audit(
@@ -753,7 +780,7 @@ pub async fn withdraw_scoped(
         Some(&caller.institution_id),
         "enrolment.withdraw",
         &format!("enrolment/{enrolment}"),
-        &[row.text(0)],
+        &[e.patient_id],
         "ok",
         remote,
         now,
@@ -773,20 +800,7 @@ pub async fn event_scoped(
     remote: &str,
     now: Timestamp,
 ) -> Result<bool> {
-    let sql = format!(
-        "SELECT e.patient_id FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND e.status = 'active' AND {}",
-        visible_patient(2)
-    );
-    let Some(row) = pool
-        .fetch(&sql, args![enrolment, &caller.institution_id])
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(StoreError::NotFound(format!(
-            "active enrolment {enrolment}"
-        )));
-    };
+    let e = visible_enrolment(pool, caller, enrolment, true).await?;
     let mut tx = pool.begin().await?;
     let added = add_event(&mut tx, enrolment, name, at, None, None, now).await?;
     audit(
@@ -795,7 +809,7 @@ pub async fn event_scoped(
         Some(&caller.institution_id),
         "enrolment.event",
         &format!("enrolment/{enrolment}"),
-        &[row.text(0)],
+        &[e.patient_id],
         "ok",
         remote,
         now,
