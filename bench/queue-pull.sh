@@ -6,7 +6,7 @@
 #
 #   bench/queue-pull.sh [sqlite|postgres|both]          (default: both)
 #
-# Environment: TASKS (1000000), DURATION (30s), WARMUP (5s), CONNECTIONS (64), THREADS (2),
+# Environment: TASKS (1000000), DURATION (30s), WARMUP (5s), TIMEOUT (30s, per request), CONNECTIONS (64), THREADS (2),
 # PORT (8088), REUSE=1 to serve a database an earlier run built, WORKDIR (/tmp/carepath-bench),
 # PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres), PG_DB (carepath_bench),
 # BIN (a carepath binary; by default the release build, built first).
@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 TASKS=${TASKS:-1000000}
 DURATION=${DURATION:-30s}
 WARMUP=${WARMUP:-5s}
+TIMEOUT=${TIMEOUT:-30s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 PORT=${PORT:-8088}
@@ -56,7 +57,7 @@ run_backend() {
       psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $PG_DB" -c "CREATE DATABASE $PG_DB"
     fi
     local started=$SECONDS
-    "$BIN" bench-api --db "$url" --tasks "$TASKS" --no-serve | grep -v '^token ' || true
+    CAREPATH_LOG=error "$BIN" bench-api --db "$url" --tasks "$TASKS" --no-serve | grep -v '^token ' || true
     echo "dataset build: $((SECONDS - started))s (wall clock, including migrations and ANALYZE)"
   fi
 
@@ -74,7 +75,7 @@ run_backend() {
 
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/queue-pull.lua "http://127.0.0.1:$PORT" >/dev/null
   local out
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/queue-pull.lua "http://127.0.0.1:$PORT")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$TIMEOUT" --latency -s bench/queue-pull.lua "http://127.0.0.1:$PORT")
   echo "$out" | sed -n '/Latency Distribution/,/requests in/p'
   local result rss
   result=$(echo "$out" | grep '^RESULT' | sed 's/^RESULT //')
