@@ -49,11 +49,15 @@ pub struct AppState {
     pub programs: Arc<RwLock<Programs>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// The writer of read audits, shared by every request.
+    pub audit: queries::AuditAppender,
 }
 
 impl AppState {
+    /// The state of a running API; starts the audit writer, so call it inside a Tokio runtime.
     pub fn new(pool: Pool, programs: Programs) -> AppState {
         AppState {
+            audit: queries::AuditAppender::start(pool.clone()),
             pool,
             programs: Arc::new(RwLock::new(programs)),
             clock: Arc::new(Timestamp::now),
@@ -478,7 +482,7 @@ async fn get_patient(
         .await?;
     let Some(p) = rows.first() else {
         queries::audit_alone(
-            &s.pool,
+            &s.audit,
             &c.staff_id,
             Some(&c.institution_id),
             "patient.read",
@@ -500,7 +504,7 @@ async fn get_patient(
         .map(|e| json!({"id": e.i64(0), "pathway": e.text(1), "version": e.i64(2), "state": e.text(3), "status": e.text(4), "institution_id": e.text(5)}))
         .collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "patient.read",
@@ -549,7 +553,7 @@ async fn enrol(
     )
     .await?;
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "enrolment.create",
@@ -674,7 +678,7 @@ async fn post_observations(
     let summary = store::ingest_readings(&s.pool, &readings, &visible, now).await?;
     let patients: Vec<String> = visible.into_iter().collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "observations.post",
@@ -779,7 +783,7 @@ async fn task_queue(
         .into_iter()
         .collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "queue.read",
@@ -910,7 +914,7 @@ async fn list_referrals(
         .filter_map(|r| r["patient_id"].as_str().map(str::to_string))
         .collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "referral.list",

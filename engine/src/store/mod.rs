@@ -42,6 +42,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("../../../migrations/sqlite/0003_delivery.sql"),
     ),
+    (
+        4,
+        "task_queue_order",
+        include_str!("../../../migrations/sqlite/0004_task_queue_order.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -59,6 +64,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("../../../migrations/postgres/0003_delivery.sql"),
     ),
+    (
+        4,
+        "task_queue_order",
+        include_str!("../../../migrations/postgres/0004_task_queue_order.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +83,8 @@ pub enum StoreError {
     Invalid(String),
     #[error(transparent)]
     Step(#[from] StepError),
+    #[error("the audit record cannot be written: {0}")]
+    AuditUnavailable(String),
 }
 
 impl From<sqlx::Error> for StoreError {
