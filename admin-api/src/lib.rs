@@ -729,7 +729,7 @@ async fn task_queue(
     Auth(c): Auth,
     headers: HeaderMap,
     q: Result<Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueuePage>, ApiError> {
     auth::require(&s, &c, Module::Queue, "queue.read", &headers).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
@@ -769,18 +769,18 @@ async fn task_queue(
         after,
         limit,
     };
-    let rows = queries::queue(&s.pool, &c, &filter).await?;
-    let next = if rows.len() as i64 == limit {
-        rows.last()
-            .map(|r| format!("{}.{}.{}", r["priority_rank"], r["due_at_s"], r["id"]))
+    let tasks = queries::queue(&s.pool, &c, &filter).await?;
+    let next_cursor = if tasks.len() as i64 == limit {
+        tasks.last().map(queries::QueueTask::cursor)
     } else {
         None
     };
-    let patients: Vec<String> = rows
+    let patients: Vec<String> = tasks
         .iter()
-        .filter_map(|r| r["patient_id"].as_str().map(str::to_string))
+        .map(|t| &t.patient_id)
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
+        .cloned()
         .collect();
     queries::audit_alone(
         &s.audit,
@@ -794,7 +794,13 @@ async fn task_queue(
         s.now(),
     )
     .await?;
-    Ok(Json(json!({"tasks": rows, "next_cursor": next})))
+    Ok(Json(QueuePage { tasks, next_cursor }))
+}
+
+#[derive(serde::Serialize)]
+struct QueuePage {
+    tasks: Vec<queries::QueueTask>,
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

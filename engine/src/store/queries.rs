@@ -332,7 +332,7 @@ const PRIORITIES: [i64; 4] = [3, 2, 1, 0];
 /// one per priority level, so that neither a deep page nor a window far into a level is found by
 /// walking past the rows before it. The parts yield keys only; the first `limit` keys of all parts
 /// are then joined to their rows.
-pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<Value>> {
+pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<QueueTask>> {
     let mut a: Vec<Arg> = vec![Arg::T(caller.institution_id.clone()), Arg::I(f.limit)];
     let param = |v: Arg, a: &mut Vec<Arg>| {
         a.push(v);
@@ -406,16 +406,53 @@ pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<
     let rows = pool.fetch(&sql, a).await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.i64(0), "enrolment_id": r.i64(1), "patient_id": r.text(2), "role": r.text(3),
-                "title": {"zh": r.text(4), "en": r.text(5)}, "priority": priority_name(r.i64(6)), "priority_rank": r.i64(6),
-                "status": r.text(7), "due_at": super::ts(r.i64(8)).to_string(), "due_at_s": r.i64(8), "assignee": r.opt_text(9),
-                "task_ref": r.opt_text(10), "created_at": super::ts(r.i64(11)).to_string(),
-                "lease_until": r.opt_i64(12).map(|t| super::ts(t).to_string()),
-            })
+        .map(|r| QueueTask {
+            id: r.i64(0),
+            enrolment_id: r.i64(1),
+            patient_id: r.text(2),
+            role: r.text(3),
+            title: carepath_dsl::Text {
+                zh: r.text(4),
+                en: r.text(5),
+            },
+            priority: priority_name(r.i64(6)),
+            priority_rank: r.i64(6),
+            status: r.text(7),
+            due_at: super::ts(r.i64(8)).to_string(),
+            due_at_s: r.i64(8),
+            assignee: r.opt_text(9),
+            task_ref: r.opt_text(10),
+            created_at: super::ts(r.i64(11)).to_string(),
+            lease_until: r.opt_i64(12).map(|t| super::ts(t).to_string()),
         })
         .collect())
+}
+
+/// A task as a queue lists it. Serialised straight to the response: the hottest read of the API
+/// builds no intermediate JSON tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueTask {
+    pub id: i64,
+    pub enrolment_id: i64,
+    pub patient_id: String,
+    pub role: String,
+    pub title: carepath_dsl::Text,
+    pub priority: &'static str,
+    pub priority_rank: i64,
+    pub status: String,
+    pub due_at: String,
+    pub due_at_s: i64,
+    pub assignee: Option<String>,
+    pub task_ref: Option<String>,
+    pub created_at: String,
+    pub lease_until: Option<String>,
+}
+
+impl QueueTask {
+    /// The keyset cursor that continues after this task (`QueueFilter::after`).
+    pub fn cursor(&self) -> String {
+        format!("{}.{}.{}", self.priority_rank, self.due_at_s, self.id)
+    }
 }
 
 pub fn priority_name(p: i64) -> &'static str {
