@@ -26,11 +26,13 @@ PG_DB=${PG_DB:-carepath_bench}
 which_backends=${1:-both}
 
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 2; }
+mkdir -p "$WORKDIR"
 if [[ -z "${BIN:-}" ]]; then
   cargo build --release -q
-  BIN=${CARGO_TARGET_DIR:-target}/release/carepath
+  # A private copy: a shared target folder may be rebuilt from another checkout meanwhile.
+  cp "${CARGO_TARGET_DIR:-target}/release/carepath" "$WORKDIR/carepath"
+  BIN=$WORKDIR/carepath
 fi
-mkdir -p "$WORKDIR"
 
 server_pid=
 stop_server() {
