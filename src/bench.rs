@@ -156,3 +156,101 @@ pub async fn run(
     pool.close().await;
     Ok(out)
 }
+
+/// `carepath bench-api`: a database with `tasks` open tasks across the demo alliance (built in bulk
+/// unless `reuse`), fresh staff tokens printed as `token INSTITUTION ROLE TOKEN` for every role that
+/// reads task queues, then the admin API alone (no scheduler), for a load generator in another
+/// process (`bench/queue-pull.sh`).
+pub async fn api(
+    url: &str,
+    tasks: u64,
+    pathways: &std::path::Path,
+    addr: &str,
+    reuse: bool,
+    serve: bool,
+) -> anyhow::Result<()> {
+    let pool = store::Pool::connect(url)
+        .await
+        .context("cannot open the benchmark database")?;
+    let started = Instant::now();
+    store::migrate(&pool).await?;
+    let migrate_secs = started.elapsed().as_secs_f64();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            anyhow::Ok(
+                pool.fetch(sql, vec![])
+                    .await?
+                    .first()
+                    .map(|r| r.i64(0))
+                    .unwrap_or(0),
+            )
+        }
+    };
+    let enrolments = count("SELECT COUNT(*) FROM enrolments").await?;
+    if reuse {
+        if enrolments == 0 {
+            anyhow::bail!("--reuse needs a database built by an earlier `carepath bench-api`");
+        }
+        eprintln!("migrations applied in {migrate_secs:.1}s");
+    } else {
+        if enrolments > 0 {
+            anyhow::bail!(
+                "{url} already holds {enrolments} enrolment(s); pass --reuse to serve it as it is, or start from an empty database"
+            );
+        }
+        let now = Timestamp::now();
+        let programs = Programs::load_dir(pathways)?;
+        store::publish(&pool, &programs, now).await?;
+        let programs = store::load_programs(&pool).await?;
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let summary = seed::task_queue(&pool, &programs, tasks, now, |rows| {
+            if last_report.elapsed().as_secs() >= 5 {
+                eprintln!(
+                    "  {rows} rows written ({:.0}s)",
+                    started.elapsed().as_secs_f64()
+                );
+                last_report = Instant::now();
+            }
+        })
+        .await?;
+        println!(
+            "built {} open and {} claimed or done task(s) for {} enrolment(s) on {} in {:.1}s",
+            summary.open_tasks,
+            summary.closed_tasks,
+            summary.enrolments,
+            pool.backend(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let open = count("SELECT COUNT(*) FROM tasks WHERE status = 'open'").await?;
+    println!("open tasks: {open}");
+    let tokens = seed::demo_staff(&pool).await?;
+    for (_, inst, role, token) in &tokens {
+        if carepath_admin_api::allowed(
+            std::slice::from_ref(role),
+            carepath_admin_api::Module::Queue,
+        ) {
+            println!("token {inst} {role} {token}");
+        }
+    }
+    if !serve {
+        pool.close().await;
+        return Ok(());
+    }
+    let programs = store::load_programs(&pool).await?;
+    let app = carepath_admin_api::router(carepath_admin_api::AppState::new(pool, programs));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    println!("serving the admin API on http://{addr}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -186,6 +186,26 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch_size: i64,
     },
+    /// Benchmark task-queue pulls through the admin API: build a database with this many open
+    /// tasks across the demo alliance (in bulk), print staff tokens (`token INSTITUTION ROLE TOKEN`),
+    /// then serve the API alone for a load generator (see bench/queue-pull.sh).
+    BenchApi {
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: u64,
+        /// An empty database, or one built earlier with --reuse.
+        #[arg(long, default_value = "sqlite:carepath-bench-api.db")]
+        db: String,
+        #[arg(long, default_value = "pathways")]
+        pathways: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Serve a database an earlier run built, as it is (with fresh tokens).
+        #[arg(long)]
+        reuse: bool,
+        /// Build the database, print the tokens, and exit instead of serving.
+        #[arg(long)]
+        no_serve: bool,
+    },
     /// Deliver the follow-up messages due (WeChat, SMS, e-mail, phone tasks); retry, fall back or park
     /// failures. Exit 3 when a message was parked.
     Dispatch {
@@ -390,6 +410,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = crate::bench::run(&url, enrolments, &pathways, batch_size).await;
             let _ = std::fs::remove_dir_all(&dir);
             println!("{}", serde_json::to_string_pretty(&result?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchApi {
+            tasks,
+            db,
+            pathways,
+            addr,
+            reuse,
+            no_serve,
+        } => {
+            crate::bench::api(&db, tasks, &pathways, &addr, reuse, !no_serve).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dispatch {

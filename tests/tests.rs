@@ -5,6 +5,7 @@
 
 mod support;
 
+mod api_queue;
 mod delivery;
 mod engine_exactly_once;
 mod engine_store;

@@ -123,7 +123,7 @@ pub async fn require(
         return Ok(());
     }
     queries::audit_alone(
-        &state.pool,
+        &state.audit,
         &c.staff_id,
         Some(&c.institution_id),
         action,

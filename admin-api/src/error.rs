@@ -79,6 +79,7 @@ impl From<StoreError> for ApiError {
             StoreError::Step(e) => ApiError::Unprocessable(e.to_string()),
             StoreError::Db(DbError::Invalid(m)) => ApiError::BadRequest(m),
             StoreError::Db(e) => ApiError::Internal(e.to_string()),
+            StoreError::AuditUnavailable(e) => ApiError::Internal(e),
         }
     }
 }

@@ -49,11 +49,15 @@ pub struct AppState {
     pub programs: Arc<RwLock<Programs>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// The writer of read audits, shared by every request.
+    pub audit: queries::AuditAppender,
 }
 
 impl AppState {
+    /// The state of a running API; starts the audit writer, so call it inside a Tokio runtime.
     pub fn new(pool: Pool, programs: Programs) -> AppState {
         AppState {
+            audit: queries::AuditAppender::start(pool.clone()),
             pool,
             programs: Arc::new(RwLock::new(programs)),
             clock: Arc::new(Timestamp::now),
@@ -478,7 +482,7 @@ async fn get_patient(
         .await?;
     let Some(p) = rows.first() else {
         queries::audit_alone(
-            &s.pool,
+            &s.audit,
             &c.staff_id,
             Some(&c.institution_id),
             "patient.read",
@@ -500,7 +504,7 @@ async fn get_patient(
         .map(|e| json!({"id": e.i64(0), "pathway": e.text(1), "version": e.i64(2), "state": e.text(3), "status": e.text(4), "institution_id": e.text(5)}))
         .collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "patient.read",
@@ -549,7 +553,7 @@ async fn enrol(
     )
     .await?;
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "enrolment.create",
@@ -674,7 +678,7 @@ async fn post_observations(
     let summary = store::ingest_readings(&s.pool, &readings, &visible, now).await?;
     let patients: Vec<String> = visible.into_iter().collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "observations.post",
@@ -725,7 +729,7 @@ async fn task_queue(
     Auth(c): Auth,
     headers: HeaderMap,
     q: Result<Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueuePage>, ApiError> {
     auth::require(&s, &c, Module::Queue, "queue.read", &headers).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
@@ -765,21 +769,21 @@ async fn task_queue(
         after,
         limit,
     };
-    let rows = queries::queue(&s.pool, &c, &filter).await?;
-    let next = if rows.len() as i64 == limit {
-        rows.last()
-            .map(|r| format!("{}.{}.{}", r["priority_rank"], r["due_at_s"], r["id"]))
+    let tasks = queries::queue(&s.pool, &c, &filter).await?;
+    let next_cursor = if tasks.len() as i64 == limit {
+        tasks.last().map(queries::QueueTask::cursor)
     } else {
         None
     };
-    let patients: Vec<String> = rows
+    let patients: Vec<String> = tasks
         .iter()
-        .filter_map(|r| r["patient_id"].as_str().map(str::to_string))
+        .map(|t| &t.patient_id)
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
+        .cloned()
         .collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "queue.read",
@@ -790,7 +794,13 @@ async fn task_queue(
         s.now(),
     )
     .await?;
-    Ok(Json(json!({"tasks": rows, "next_cursor": next})))
+    Ok(Json(QueuePage { tasks, next_cursor }))
+}
+
+#[derive(serde::Serialize)]
+struct QueuePage {
+    tasks: Vec<queries::QueueTask>,
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -910,7 +920,7 @@ async fn list_referrals(
         .filter_map(|r| r["patient_id"].as_str().map(str::to_string))
         .collect();
     queries::audit_alone(
-        &s.pool,
+        &s.audit,
         &c.staff_id,
         Some(&c.institution_id),
         "referral.list",

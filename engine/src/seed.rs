@@ -267,3 +267,46 @@ pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, Stri
     tx.commit().await?;
     Ok(out)
 }
+
+/// Every task the latest version of each pathway creates, with the state that creates it and the
+/// pathway's first entry point: the templates of a bulk queue.
+pub fn task_templates(programs: &Programs) -> Vec<store::bulk::TaskTemplate> {
+    let mut out = Vec::new();
+    for prog in programs.latest() {
+        let p = &prog.pathway;
+        let Some(entry) = p.entry_points.first() else {
+            continue;
+        };
+        for state in &p.states {
+            for action in &state.on_enter {
+                if let carepath_dsl::Action::Task(t) = action {
+                    out.push(store::bulk::TaskTemplate {
+                        pathway_id: p.id.clone(),
+                        version: i64::from(p.version),
+                        entry_point: entry.id.clone(),
+                        state: state.id.clone(),
+                        task_ref: t.id.clone(),
+                        role: t.role.clone(),
+                        title_zh: t.title.zh.clone(),
+                        title_en: t.title.en.clone(),
+                        priority: t.priority as i64,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The demo alliance with `open` open tasks (and a quarter as many claimed or done) across the
+/// loaded pathways, written in bulk: the dataset of `carepath bench-api`.
+pub async fn task_queue(
+    pool: &Pool,
+    programs: &Programs,
+    open: u64,
+    as_of: Timestamp,
+    progress: impl FnMut(u64),
+) -> Result<store::bulk::BulkSummary> {
+    alliance(pool).await?;
+    store::bulk::synthetic_queue(pool, &task_templates(programs), open, as_of, progress).await
+}

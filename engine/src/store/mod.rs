@@ -6,6 +6,7 @@
 //! nothing) and a rerun duplicates nothing (the keys are derived from the enrolment's state-entry
 //! sequence, which the committed state already moved past).
 
+pub mod bulk;
 pub mod db;
 pub mod goals;
 pub mod outbox;
@@ -43,6 +44,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0003_delivery.sql"),
     ),
     (
+        4,
+        "task_queue_order",
+        include_str!("../../../migrations/sqlite/0004_task_queue_order.sql"),
+    ),
+    (
         5,
         "goal_status",
         include_str!("../../../migrations/sqlite/0005_goal_status.sql"),
@@ -65,6 +71,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0003_delivery.sql"),
     ),
     (
+        4,
+        "task_queue_order",
+        include_str!("../../../migrations/postgres/0004_task_queue_order.sql"),
+    ),
+    (
         5,
         "goal_status",
         include_str!("../../../migrations/postgres/0005_goal_status.sql"),
@@ -83,6 +94,8 @@ pub enum StoreError {
     Invalid(String),
     #[error(transparent)]
     Step(#[from] StepError),
+    #[error("the audit record cannot be written: {0}")]
+    AuditUnavailable(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Pool, Result, StoreError, Tx, add_event};
 use crate::args;
-use crate::store::db::Arg;
+use crate::store::db::{Arg, placeholders};
 
 /// Who is calling: resolved from a token.
 #[derive(Debug, Clone, Serialize)]
@@ -55,9 +55,47 @@ pub async fn patient_visible(pool: &Pool, caller: &Caller, patient: &str) -> Res
         .is_empty())
 }
 
+/// One entry of the audit record.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub actor: String,
+    pub institution: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub patients: Vec<String>,
+    pub outcome: String,
+    pub remote: String,
+    pub at: Timestamp,
+}
+
+impl AuditEntry {
+    // The audit row's fields are all required; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        actor: &str,
+        institution: Option<&str>,
+        action: &str,
+        target: &str,
+        patients: &[String],
+        outcome: &str,
+        remote: &str,
+        at: Timestamp,
+    ) -> AuditEntry {
+        AuditEntry {
+            actor: actor.to_string(),
+            institution: institution.map(str::to_string),
+            action: action.to_string(),
+            target: target.to_string(),
+            patients: patients.to_vec(),
+            outcome: outcome.to_string(),
+            remote: remote.to_string(),
+            at,
+        }
+    }
+}
+
 /// Appends one audit entry, chained to the previous one by hash. Runs inside the caller's
 /// transaction, so a write and its audit entry commit together.
-// The audit row's fields are all required; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub async fn audit(
     tx: &mut Tx,
@@ -70,12 +108,35 @@ pub async fn audit(
     remote: &str,
     now: Timestamp,
 ) -> Result<()> {
+    let entry = AuditEntry::new(
+        caller,
+        institution,
+        action,
+        target,
+        patients,
+        outcome,
+        remote,
+        now,
+    );
+    append_audit(tx, std::slice::from_ref(&entry)).await
+}
+
+/// Rows per INSERT when appending several entries (10 parameters each).
+const AUDIT_ROWS_PER_INSERT: usize = 100;
+
+/// Appends entries in their order, each chained by hash to the one before, inside `tx`. Every
+/// appender reads the last hash under a lock held to the end of its transaction (the advisory lock
+/// on PostgreSQL, the write lock of `BEGIN IMMEDIATE` on SQLite), so the chain stays linear. The
+/// rows of one multi-row INSERT take ascending ids in VALUES order, which is the chain's order.
+pub async fn append_audit(tx: &mut Tx, entries: &[AuditEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     if tx.is_postgres() {
-        // One appender at a time keeps the chain linear; the lock ends with the transaction.
         tx.exec("SELECT pg_advisory_xact_lock(7361)", vec![])
             .await?;
     }
-    let prev = tx
+    let mut prev = tx
         .fetch_one(
             "SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1",
             vec![],
@@ -83,23 +144,108 @@ pub async fn audit(
         .await?
         .map(|r| r.text(0))
         .unwrap_or_else(|| "genesis".into());
-    let patients_json = serde_json::to_string(patients).unwrap_or_default();
-    let hash = chain_hash(
-        &prev,
-        now.as_second(),
-        caller,
-        institution.unwrap_or(""),
-        action,
-        target,
-        &patients_json,
-        outcome,
-    );
-    tx.exec(
-        "INSERT INTO audit_log (at, actor, institution_id, action, target, patients, outcome, remote, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        args![now.as_second(), caller, institution.map(str::to_string), action, target, patients_json, outcome, remote, prev, hash],
-    )
-    .await?;
+    for chunk in entries.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO audit_log (at, actor, institution_id, action, target, patients, outcome, remote, prev_hash, hash) VALUES ",
+        );
+        let mut a = Vec::with_capacity(chunk.len() * 10);
+        for (i, e) in chunk.iter().enumerate() {
+            let patients = serde_json::to_string(&e.patients).unwrap_or_default();
+            let hash = chain_hash(
+                &prev,
+                e.at.as_second(),
+                &e.actor,
+                e.institution.as_deref().unwrap_or(""),
+                &e.action,
+                &e.target,
+                &patients,
+                &e.outcome,
+            );
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("({})", placeholders(a.len() + 1, 10)));
+            a.extend(args![
+                e.at.as_second(),
+                &e.actor,
+                e.institution.clone(),
+                &e.action,
+                &e.target,
+                patients,
+                &e.outcome,
+                &e.remote,
+                prev,
+                &hash
+            ]);
+            prev = hash;
+        }
+        tx.exec(&sql, a).await?;
+    }
     Ok(())
+}
+
+type AuditReply = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
+
+/// Entries one audit transaction takes at most.
+const AUDIT_BATCH: usize = 256;
+
+/// The audit record of reads (and of refusals), appended by one writer task.
+///
+/// Many requests auditing at once would otherwise each run a transaction that serialises on the
+/// chain's lock: on SQLite they wait in the busy handler's sleeps, on PostgreSQL each holds the
+/// lock through its own commit flush. The writer takes everything waiting, appends it in one
+/// transaction, and answers each request only after that commit, so a read is still answered only
+/// once its audit entry is durable, and a read that cannot be audited is not answered.
+#[derive(Clone, Debug)]
+pub struct AuditAppender {
+    queue: tokio::sync::mpsc::Sender<(AuditEntry, AuditReply)>,
+}
+
+impl AuditAppender {
+    /// Starts the writer on the current Tokio runtime; it stops when the last handle is dropped.
+    pub fn start(pool: Pool) -> AuditAppender {
+        let (queue, waiting) = tokio::sync::mpsc::channel(4 * AUDIT_BATCH);
+        tokio::spawn(write_audit_batches(pool, waiting));
+        AuditAppender { queue }
+    }
+
+    /// Appends `entry`; returns once the transaction holding it has committed.
+    pub async fn append(&self, entry: AuditEntry) -> Result<()> {
+        let (reply, committed) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::AuditUnavailable("the audit writer has stopped".into());
+        self.queue
+            .send((entry, reply))
+            .await
+            .map_err(|_| stopped())?;
+        committed
+            .await
+            .map_err(|_| stopped())?
+            .map_err(StoreError::AuditUnavailable)
+    }
+}
+
+async fn write_audit_batches(
+    pool: Pool,
+    mut waiting: tokio::sync::mpsc::Receiver<(AuditEntry, AuditReply)>,
+) {
+    let mut batch = Vec::with_capacity(AUDIT_BATCH);
+    while waiting.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
+        let (entries, replies): (Vec<AuditEntry>, Vec<AuditReply>) = batch.drain(..).unzip();
+        let written = async {
+            let mut tx = pool.begin().await?;
+            append_audit(&mut tx, &entries).await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        }
+        .await
+        .map_err(|e| e.to_string());
+        if let Err(e) = &written {
+            tracing::error!(entries = entries.len(), "audit append failed: {e}");
+        }
+        for reply in replies {
+            let _ = reply.send(written.clone());
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -175,61 +321,138 @@ pub struct QueueFilter {
     pub limit: i64,
 }
 
-pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<Value>> {
-    let mut sql = String::from(
-        "SELECT t.id, t.enrolment_id, t.patient_id, t.role, t.title_zh, t.title_en, t.priority, t.status, t.due_at, t.assignee, t.task_ref, t.created_at, t.lease_until \
-         FROM tasks t WHERE t.institution_id = $1",
-    );
-    let mut a: Vec<Arg> = vec![Arg::T(caller.institution_id.clone())];
-    let push = |cond: &str, v: Arg, a: &mut Vec<Arg>, sql: &mut String| {
+/// Task priorities as stored: the DSL's four levels, low (0) to urgent (3); escalations are urgent.
+const PRIORITIES: [i64; 4] = [3, 2, 1, 0];
+
+/// A page of the queue in queue order (priority DESC, due_at, id).
+///
+/// Each part is one range scan of `tasks_queue` (with a role) or `tasks_queue_status` (without),
+/// both keyed (institution, [role,] status, priority DESC, due_at, id), which stops after `limit`
+/// keys: one part per status (`active` is open and claimed), and, with a cursor or a due window,
+/// one per priority level, so that neither a deep page nor a window far into a level is found by
+/// walking past the rows before it. The parts yield keys only; the first `limit` keys of all parts
+/// are then joined to their rows.
+pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<QueueTask>> {
+    let mut a: Vec<Arg> = vec![Arg::T(caller.institution_id.clone()), Arg::I(f.limit)];
+    let param = |v: Arg, a: &mut Vec<Arg>| {
         a.push(v);
-        sql.push_str(&cond.replace('?', &format!("${}", a.len())));
+        format!("${}", a.len())
     };
-    let status = f.status.clone().unwrap_or_else(|| "open".into());
-    if status == "active" {
-        sql.push_str(" AND t.status IN ('open', 'claimed')");
-    } else {
-        push(" AND t.status = ?", Arg::T(status), &mut a, &mut sql);
-    }
+    let statuses: Vec<&str> = match f.status.as_deref().unwrap_or("open") {
+        "active" => vec!["open", "claimed"],
+        s => vec![s],
+    };
+    let mut common = String::new();
     if let Some(r) = &f.role {
-        push(" AND t.role = ?", Arg::T(r.clone()), &mut a, &mut sql);
+        common.push_str(&format!(" AND role = {}", param(Arg::T(r.clone()), &mut a)));
     }
     if let Some(s) = &f.assignee {
-        push(" AND t.assignee = ?", Arg::T(s.clone()), &mut a, &mut sql);
+        common.push_str(&format!(
+            " AND assignee = {}",
+            param(Arg::T(s.clone()), &mut a)
+        ));
     }
     if let Some(d) = f.due_before {
-        push(" AND t.due_at < ?", Arg::I(d), &mut a, &mut sql);
+        common.push_str(&format!(" AND due_at < {}", param(Arg::I(d), &mut a)));
     }
     if let Some(d) = f.due_after {
-        push(" AND t.due_at >= ?", Arg::I(d), &mut a, &mut sql);
+        common.push_str(&format!(" AND due_at >= {}", param(Arg::I(d), &mut a)));
     }
-    if let Some((p, due, id)) = f.after {
-        a.push(Arg::I(p));
-        let np = a.len();
-        a.push(Arg::I(due));
-        let nd = a.len();
-        a.push(Arg::I(id));
-        let ni = a.len();
-        sql.push_str(&format!(" AND (t.priority < ${np} OR (t.priority = ${np} AND (t.due_at > ${nd} OR (t.due_at = ${nd} AND t.id > ${ni}))))"));
+    let cursor = f.after.map(|(p, due, id)| {
+        (
+            p,
+            format!(
+                " AND (due_at, id) > ({}, {})",
+                param(Arg::I(due), &mut a),
+                param(Arg::I(id), &mut a)
+            ),
+        )
+    });
+    // (extra condition, order within the part) for each part of one status.
+    let levels: Vec<(String, &str)> =
+        if cursor.is_none() && f.due_before.is_none() && f.due_after.is_none() {
+            vec![(String::new(), "priority DESC, due_at, id")]
+        } else {
+            PRIORITIES
+                .iter()
+                .filter(|q| cursor.as_ref().is_none_or(|(p, _)| *q <= p))
+                .map(|q| {
+                    let after = match &cursor {
+                        Some((p, c)) if p == q => c.as_str(),
+                        _ => "",
+                    };
+                    (format!(" AND priority = {q}{after}"), "due_at, id")
+                })
+                .collect()
+        };
+    if levels.is_empty() {
+        return Ok(Vec::new());
     }
-    a.push(Arg::I(f.limit));
-    sql.push_str(&format!(
-        " ORDER BY t.priority DESC, t.due_at, t.id LIMIT ${}",
-        a.len()
-    ));
+    let mut parts = Vec::new();
+    for status in statuses {
+        let status = param(Arg::T(status.to_string()), &mut a);
+        for (extra, order) in &levels {
+            parts.push(format!(
+                "SELECT * FROM (SELECT priority, due_at, id FROM tasks WHERE institution_id = $1 AND status = {status}{common}{extra} ORDER BY {order} LIMIT $2) AS p{}",
+                parts.len()
+            ));
+        }
+    }
+    let sql = format!(
+        "SELECT t.id, t.enrolment_id, t.patient_id, t.role, t.title_zh, t.title_en, t.priority, t.status, t.due_at, t.assignee, t.task_ref, t.created_at, t.lease_until \
+         FROM ({} ORDER BY priority DESC, due_at, id LIMIT $2) AS k JOIN tasks t ON t.id = k.id ORDER BY k.priority DESC, k.due_at, k.id",
+        parts.join(" UNION ALL ")
+    );
     let rows = pool.fetch(&sql, a).await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.i64(0), "enrolment_id": r.i64(1), "patient_id": r.text(2), "role": r.text(3),
-                "title": {"zh": r.text(4), "en": r.text(5)}, "priority": priority_name(r.i64(6)), "priority_rank": r.i64(6),
-                "status": r.text(7), "due_at": super::ts(r.i64(8)).to_string(), "due_at_s": r.i64(8), "assignee": r.opt_text(9),
-                "task_ref": r.opt_text(10), "created_at": super::ts(r.i64(11)).to_string(),
-                "lease_until": r.opt_i64(12).map(|t| super::ts(t).to_string()),
-            })
+        .map(|r| QueueTask {
+            id: r.i64(0),
+            enrolment_id: r.i64(1),
+            patient_id: r.text(2),
+            role: r.text(3),
+            title: carepath_dsl::Text {
+                zh: r.text(4),
+                en: r.text(5),
+            },
+            priority: priority_name(r.i64(6)),
+            priority_rank: r.i64(6),
+            status: r.text(7),
+            due_at: super::ts(r.i64(8)).to_string(),
+            due_at_s: r.i64(8),
+            assignee: r.opt_text(9),
+            task_ref: r.opt_text(10),
+            created_at: super::ts(r.i64(11)).to_string(),
+            lease_until: r.opt_i64(12).map(|t| super::ts(t).to_string()),
         })
         .collect())
+}
+
+/// A task as a queue lists it. Serialised straight to the response: the hottest read of the API
+/// builds no intermediate JSON tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueTask {
+    pub id: i64,
+    pub enrolment_id: i64,
+    pub patient_id: String,
+    pub role: String,
+    pub title: carepath_dsl::Text,
+    pub priority: &'static str,
+    pub priority_rank: i64,
+    pub status: String,
+    pub due_at: String,
+    pub due_at_s: i64,
+    pub assignee: Option<String>,
+    pub task_ref: Option<String>,
+    pub created_at: String,
+    pub lease_until: Option<String>,
+}
+
+impl QueueTask {
+    /// The keyset cursor that continues after this task (`QueueFilter::after`).
+    pub fn cursor(&self) -> String {
+        format!("{}.{}.{}", self.priority_rank, self.due_at_s, self.id)
+    }
 }
 
 pub fn priority_name(p: i64) -> &'static str {
@@ -388,6 +611,55 @@ pub async fn act_on_task(
     Ok(json!({"task": task, "action": name, "enrolment_id": enrolment}))
 }
 
+/// An enrolment whose patient the caller's institution may see.
+struct VisibleEnrolment {
+    patient_id: String,
+    pathway_id: String,
+    version: i64,
+    state: String,
+    status: String,
+    next_wake_at: Option<i64>,
+}
+
+/// Looks up an enrolment for a caller: `NotFound` when it does not exist, is not visible to the
+/// caller's institution, or (with `active_only`) has ended — the three are not told apart.
+async fn visible_enrolment(
+    pool: &Pool,
+    caller: &Caller,
+    enrolment: i64,
+    active_only: bool,
+) -> Result<VisibleEnrolment> {
+    let sql = format!(
+        "SELECT e.patient_id, e.pathway_id, e.version, e.state, e.status, e.next_wake_at FROM enrolments e JOIN patients p ON p.id = e.patient_id \
+         WHERE e.id = $1 AND {}{}",
+        visible_patient(2),
+        if active_only {
+            " AND e.status = 'active'"
+        } else {
+            ""
+        }
+    );
+    let row = pool
+        .fetch(&sql, args![enrolment, &caller.institution_id])
+        .await?
+        .into_iter()
+        .next();
+    match row {
+        Some(r) => Ok(VisibleEnrolment {
+            patient_id: r.text(0),
+            pathway_id: r.text(1),
+            version: r.i64(2),
+            state: r.text(3),
+            status: r.text(4),
+            next_wake_at: r.opt_i64(5),
+        }),
+        None if active_only => Err(StoreError::NotFound(format!(
+            "active enrolment {enrolment}"
+        ))),
+        None => Err(StoreError::NotFound(format!("enrolment {enrolment}"))),
+    }
+}
+
 /// The timeline of an enrolment: every record entry, with the trace behind each step.
 pub async fn timeline(
     pool: &Pool,
@@ -396,18 +668,7 @@ pub async fn timeline(
     remote: &str,
     now: Timestamp,
 ) -> Result<Value> {
-    let sql = format!(
-        "SELECT e.patient_id, e.pathway_id, e.version, e.state, e.status, e.next_wake_at FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND {}",
-        visible_patient(2)
-    );
-    let Some(e) = pool
-        .fetch(&sql, args![enrolment, &caller.institution_id])
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(StoreError::NotFound(format!("enrolment {enrolment}")));
-    };
+    let e = visible_enrolment(pool, caller, enrolment, false).await?;
     let rows = pool
         .fetch(
             "SELECT at, kind, detail FROM record WHERE enrolment_id = $1 ORDER BY at, id",
@@ -426,7 +687,7 @@ pub async fn timeline(
         Some(&caller.institution_id),
         "enrolment.timeline",
         &format!("enrolment/{enrolment}"),
-        &[e.text(0)],
+        std::slice::from_ref(&e.patient_id),
         "ok",
         remote,
         now,
@@ -434,8 +695,8 @@ pub async fn timeline(
     .await?;
     tx.commit().await?;
     Ok(json!({
-        "enrolment_id": enrolment, "patient_id": e.text(0), "pathway": e.text(1), "version": e.i64(2), "state": e.text(3),
-        "status": e.text(4), "next_wake_at": e.opt_i64(5).map(|t| super::ts(t).to_string()), "entries": entries,
+        "enrolment_id": enrolment, "patient_id": e.patient_id, "pathway": e.pathway_id, "version": e.version, "state": e.state,
+        "status": e.status, "next_wake_at": e.next_wake_at.map(|t| super::ts(t).to_string()), "entries": entries,
     }))
 }
 
@@ -733,18 +994,7 @@ pub async fn withdraw_scoped(
     remote: &str,
     now: Timestamp,
 ) -> Result<()> {
-    let sql = format!(
-        "SELECT e.patient_id FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND {}",
-        visible_patient(2)
-    );
-    let Some(row) = pool
-        .fetch(&sql, args![enrolment, &caller.institution_id])
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(StoreError::NotFound(format!("enrolment {enrolment}")));
-    };
+    let e = visible_enrolment(pool, caller, enrolment, false).await?;
     let mut tx = pool.begin().await?;
     super::withdraw_tx(&mut tx, enrolment, reason, Some(&caller.staff_id), now).await?;
     audit(
@@ -753,7 +1003,7 @@ pub async fn withdraw_scoped(
         Some(&caller.institution_id),
         "enrolment.withdraw",
         &format!("enrolment/{enrolment}"),
-        &[row.text(0)],
+        &[e.patient_id],
         "ok",
         remote,
         now,
@@ -773,20 +1023,7 @@ pub async fn event_scoped(
     remote: &str,
     now: Timestamp,
 ) -> Result<bool> {
-    let sql = format!(
-        "SELECT e.patient_id FROM enrolments e JOIN patients p ON p.id = e.patient_id WHERE e.id = $1 AND e.status = 'active' AND {}",
-        visible_patient(2)
-    );
-    let Some(row) = pool
-        .fetch(&sql, args![enrolment, &caller.institution_id])
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Err(StoreError::NotFound(format!(
-            "active enrolment {enrolment}"
-        )));
-    };
+    let e = visible_enrolment(pool, caller, enrolment, true).await?;
     let mut tx = pool.begin().await?;
     let added = add_event(&mut tx, enrolment, name, at, None, None, now).await?;
     audit(
@@ -795,7 +1032,7 @@ pub async fn event_scoped(
         Some(&caller.institution_id),
         "enrolment.event",
         &format!("enrolment/{enrolment}"),
-        &[row.text(0)],
+        &[e.patient_id],
         "ok",
         remote,
         now,
@@ -805,10 +1042,11 @@ pub async fn event_scoped(
     Ok(added)
 }
 
-/// Writes an audit entry on its own (denied attempts, reads without a transaction).
+/// Writes an audit entry on its own (denied attempts, reads without a transaction) through the
+/// shared writer.
 #[allow(clippy::too_many_arguments)]
 pub async fn audit_alone(
-    pool: &Pool,
+    audit: &AuditAppender,
     actor: &str,
     institution: Option<&str>,
     action: &str,
@@ -818,19 +1056,16 @@ pub async fn audit_alone(
     remote: &str,
     now: Timestamp,
 ) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    audit(
-        &mut tx,
-        actor,
-        institution,
-        action,
-        target,
-        patients,
-        outcome,
-        remote,
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    audit
+        .append(AuditEntry::new(
+            actor,
+            institution,
+            action,
+            target,
+            patients,
+            outcome,
+            remote,
+            now,
+        ))
+        .await
 }
