@@ -5,6 +5,8 @@
 //! and committed together. On PostgreSQL several workers run passes at once: the claim uses
 //! `FOR UPDATE SKIP LOCKED`, and the row-version check on every enrolment update fences out a
 //! worker whose view is stale. A failing pathway marks that one enrolment in error; the pass goes on.
+//! Each pass opens with the scale-push sweep (reminders, expiry), so `carepath run` and the sweeps
+//! of `carepath serve` both keep pushes moving.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +30,9 @@ pub struct PassSummary {
     pub cancelled_tasks: u64,
     pub errors: u64,
     pub stale: u64,
+    /// Scale reminders created and pushes expired by the sweep that opens the pass.
+    pub scale_reminders: u64,
+    pub scale_expired: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +63,10 @@ pub async fn run_pass(
         backend: pool.backend().to_string(),
         ..Default::default()
     };
+    // Expiry first: its events make enrolments due now, so this same pass lets pathways react.
+    let sweep = store::scales::scale_push_sweep(pool, now).await?;
+    summary.scale_reminders = sweep.reminders;
+    summary.scale_expired = sweep.expired;
     let mut written = Written::default();
     loop {
         if opts.max_batches.is_some_and(|m| summary.batches >= m) {

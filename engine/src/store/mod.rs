@@ -9,6 +9,7 @@
 pub mod db;
 pub mod outbox;
 pub mod queries;
+pub mod scales;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +42,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("../../../migrations/sqlite/0003_delivery.sql"),
     ),
+    (
+        4,
+        "scale_answers",
+        include_str!("../../../migrations/sqlite/0004_scale_answers.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -57,6 +63,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         3,
         "delivery",
         include_str!("../../../migrations/postgres/0003_delivery.sql"),
+    ),
+    (
+        4,
+        "scale_answers",
+        include_str!("../../../migrations/postgres/0004_scale_answers.sql"),
     ),
 ];
 
@@ -787,6 +798,12 @@ pub async fn withdraw_tx(
     tx.exec(
         "UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')",
         args![format!("withdrawn: {reason}"), enrolment],
+    )
+    .await?;
+    // Nothing further reaches a withdrawn patient: no reminders, no expiry, no answer.
+    tx.exec(
+        "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL WHERE enrolment_id = $1 AND status = 'pending'",
+        args![enrolment],
     )
     .await?;
     tx.exec(
