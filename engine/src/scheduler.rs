@@ -51,7 +51,15 @@ impl Default for PassOptions {
     }
 }
 
+/// Sweeps after which the pass stops even if the sweep still finds work (a pathway that pushes a
+/// scale expiring at once, again and again, would otherwise never let the pass end).
+const MAX_SWEEP_ROUNDS: u32 = 64;
+
 /// Runs one pass over every enrolment due at `now`.
+///
+/// The pass alternates the scale-push sweep and the batches until a sweep finds nothing: expiry
+/// events make enrolments due now, and enrolments stepped in catch-up can push scales whose
+/// reminders or expiry are already past, so a second pass at the same instant finds nothing to do.
 pub async fn run_pass(
     pool: &Pool,
     programs: &Programs,
@@ -63,20 +71,49 @@ pub async fn run_pass(
         backend: pool.backend().to_string(),
         ..Default::default()
     };
-    // Expiry first: its events make enrolments due now, so this same pass lets pathways react.
-    let sweep = store::scales::scale_push_sweep(pool, now).await?;
-    summary.scale_reminders = sweep.reminders;
-    summary.scale_expired = sweep.expired;
     let mut written = Written::default();
+    for round in 0..MAX_SWEEP_ROUNDS {
+        let sweep = store::scales::scale_push_sweep(pool, now).await?;
+        summary.scale_reminders += sweep.reminders;
+        summary.scale_expired += sweep.expired;
+        if round > 0 && sweep == store::scales::ScaleSweep::default() {
+            break;
+        }
+        let finished = run_batches(pool, programs, now, opts, &mut summary, &mut written).await?;
+        if !finished {
+            break;
+        }
+        if round + 1 == MAX_SWEEP_ROUNDS {
+            tracing::warn!(
+                "scale pushes kept expiring at once for {MAX_SWEEP_ROUNDS} rounds; the next pass goes on"
+            );
+        }
+    }
+    summary.transitions = written.transitions;
+    summary.actions = written.actions();
+    summary.actions_by_kind = written.by_kind;
+    summary.cancelled_tasks = written.cancelled_tasks;
+    Ok(summary)
+}
+
+/// Steps due enrolments batch by batch until none is due; `false` when `max_batches` stopped it.
+async fn run_batches(
+    pool: &Pool,
+    programs: &Programs,
+    now: Timestamp,
+    opts: &PassOptions,
+    summary: &mut PassSummary,
+    written: &mut Written,
+) -> Result<bool> {
     loop {
         if opts.max_batches.is_some_and(|m| summary.batches >= m) {
-            break;
+            return Ok(false);
         }
         let mut tx = pool.begin().await?;
         let batch = store::claim_due(&mut tx, now, opts.batch_size).await?;
         if batch.is_empty() {
             tx.rollback().await?;
-            break;
+            return Ok(true);
         }
         summary.batches += 1;
         let mut facts = store::load_facts(&mut tx, &batch, now).await?;
@@ -119,11 +156,6 @@ pub async fn run_pass(
         written.add(&buf.flush(&mut tx).await?);
         tx.commit().await?;
     }
-    summary.transitions = written.transitions;
-    summary.actions = written.actions();
-    summary.actions_by_kind = written.by_kind;
-    summary.cancelled_tasks = written.cancelled_tasks;
-    Ok(summary)
 }
 
 /// Steps one enrolment now (after an event), in its own transaction.
