@@ -195,7 +195,8 @@ pub async fn answer_push(
             ts(expires)
         )));
     }
-    let at = answered_at.unwrap_or(now);
+    // Stored in whole seconds, like every instant; answer with what was stored.
+    let at = ts(answered_at.unwrap_or(now).as_second());
     if at > now {
         return Err(StoreError::Invalid(format!(
             "answered_at {at} is in the future"
