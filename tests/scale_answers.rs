@@ -218,13 +218,20 @@ async fn scale_answer_is_scored_stored_and_acts_at_once() {
             "{name}"
         );
         assert_eq!(
-            scalar(&w.pool, "SELECT COUNT(*) FROM audit_log WHERE action = 'scale_push.answer'").await,
+            scalar(
+                &w.pool,
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'scale_push.answer'"
+            )
+            .await,
             1,
             "{name}"
         );
 
         let (e2, push2) = w.enrol("p-low").await;
-        let a = w.answer(push2, &epds(false, 3), at(HOUR)).await.expect("answer");
+        let a = w
+            .answer(push2, &epds(false, 3), at(HOUR))
+            .await
+            .expect("answer");
         assert_eq!((a.score, a.band.as_str()), (0.0, "unlikely"), "{name}");
         assert_eq!(w.state(e2).await, "low", "{name}");
     }
@@ -237,11 +244,18 @@ async fn scale_critical_item_raises_an_urgent_task_at_once() {
         let name = b.name();
         let (e, push) = w.enrol("p-crit").await;
         // Item 10, second box from the bottom: "hardly ever" (scored 1), with a low total.
-        let a = w.answer(push, &epds(false, 2), at(HOUR)).await.expect("answer");
+        let a = w
+            .answer(push, &epds(false, 2), at(HOUR))
+            .await
+            .expect("answer");
         assert_eq!(a.score, 1.0, "{name}");
         assert_eq!(a.critical.len(), 1, "{name}: {a:?}");
         let hit = &a.critical[0];
-        assert_eq!((hit.item.as_str(), hit.value, hit.role.as_str()), ("q10", 1, "doctor"), "{name}");
+        assert_eq!(
+            (hit.item.as_str(), hit.value, hit.role.as_str()),
+            ("q10", 1, "doctor"),
+            "{name}"
+        );
         let task = hit.task_id.expect("an urgent task");
         let t = rows(
             &w.pool,
@@ -250,12 +264,25 @@ async fn scale_critical_item_raises_an_urgent_task_at_once() {
         )
         .await;
         let cols: Vec<&str> = t[0].split('|').collect();
-        assert_eq!(&cols[..6], ["doctor", "3", "open", "critical_epds_q10", "1", "3600"], "{name}");
-        assert!(cols[6].contains("head_nurse"), "{name}: escalation in the SLA {}", cols[6]);
+        assert_eq!(
+            &cols[..6],
+            ["doctor", "3", "open", "critical_epds_q10", "1", "3600"],
+            "{name}"
+        );
+        assert!(
+            cols[6].contains("head_nurse"),
+            "{name}: escalation in the SLA {}",
+            cols[6]
+        );
         // The pathway reacted too, and its transition did not cancel the critical task.
         assert_eq!(w.state(e).await, "safety", "{name}");
         assert_eq!(
-            rows(&w.pool, &format!("SELECT status FROM tasks WHERE id = {task}"), 1).await,
+            rows(
+                &w.pool,
+                &format!("SELECT status FROM tasks WHERE id = {task}"),
+                1
+            )
+            .await,
             vec!["open"],
             "{name}"
         );
@@ -266,10 +293,17 @@ async fn scale_critical_item_raises_an_urgent_task_at_once() {
         );
         // No critical rule fires for "never".
         let (_, push2) = w.enrol("p-never").await;
-        let a = w.answer(push2, &epds(false, 3), at(HOUR)).await.expect("answer");
+        let a = w
+            .answer(push2, &epds(false, 3), at(HOUR))
+            .await
+            .expect("answer");
         assert!(a.critical.is_empty(), "{name}");
         assert_eq!(
-            scalar(&w.pool, "SELECT COUNT(*) FROM tasks WHERE task_ref = 'critical_epds_q10'").await,
+            scalar(
+                &w.pool,
+                "SELECT COUNT(*) FROM tasks WHERE task_ref = 'critical_epds_q10'"
+            )
+            .await,
             1,
             "{name}"
         );
@@ -282,7 +316,9 @@ async fn scale_push_is_answered_once() {
         let w = world(&b).await;
         let name = b.name();
         let (_, push) = w.enrol("p-once").await;
-        w.answer(push, &epds(false, 3), at(HOUR)).await.expect("first answer");
+        w.answer(push, &epds(false, 3), at(HOUR))
+            .await
+            .expect("first answer");
         let second = w.answer(push, &epds(true, 0), at(2 * HOUR)).await;
         assert!(
             matches!(&second, Err(StoreError::Conflict(m)) if m.contains("is answered")),
@@ -318,7 +354,11 @@ async fn scale_push_is_answered_once() {
             .count();
         assert_eq!((won, conflicts), (1, 3), "{name}: {results:?}");
         assert_eq!(
-            scalar(&w.pool, &format!("SELECT COUNT(*) FROM scale_answers WHERE push_id = {push}")).await,
+            scalar(
+                &w.pool,
+                &format!("SELECT COUNT(*) FROM scale_answers WHERE push_id = {push}")
+            )
+            .await,
             1,
             "{name}"
         );
@@ -399,18 +439,26 @@ async fn scale_reminders_come_once_each_at_their_offsets() {
         let w = world(&b).await;
         let name = b.name();
         let (_, push) = w.enrol("p-remind").await;
-        let s = scales::scale_push_sweep(&w.pool, at(DAY - 60)).await.expect("sweep");
+        let s = scales::scale_push_sweep(&w.pool, at(DAY - 60))
+            .await
+            .expect("sweep");
         assert_eq!(s.reminders, 0, "{name}: nothing before the first offset");
-        let s = scales::scale_push_sweep(&w.pool, at(DAY)).await.expect("sweep");
+        let s = scales::scale_push_sweep(&w.pool, at(DAY))
+            .await
+            .expect("sweep");
         assert_eq!((s.reminders, s.expired), (1, 0), "{name}");
         assert_eq!(reminder_rows(&w.pool, push).await, (1, 1, 1), "{name}");
         // Twice at the same time creates nothing new; so does an hour later.
         for t in [DAY, DAY + HOUR] {
-            let s = scales::scale_push_sweep(&w.pool, at(t)).await.expect("sweep");
+            let s = scales::scale_push_sweep(&w.pool, at(t))
+                .await
+                .expect("sweep");
             assert_eq!(s.reminders, 0, "{name}");
         }
         assert_eq!(reminder_rows(&w.pool, push).await, (1, 1, 1), "{name}");
-        let s = scales::scale_push_sweep(&w.pool, at(2 * DAY)).await.expect("sweep");
+        let s = scales::scale_push_sweep(&w.pool, at(2 * DAY))
+            .await
+            .expect("sweep");
         assert_eq!(s.reminders, 1, "{name}");
         assert_eq!(reminder_rows(&w.pool, push).await, (2, 2, 2), "{name}");
         let keys = rows(
@@ -422,43 +470,75 @@ async fn scale_reminders_come_once_each_at_their_offsets() {
         assert_eq!(
             keys,
             vec![
-                format!("scale:{push}:reminder:1|scale_reminder|{}", at(DAY).as_second()),
-                format!("scale:{push}:reminder:2|scale_reminder|{}", at(2 * DAY).as_second()),
+                format!(
+                    "scale:{push}:reminder:1|scale_reminder|{}",
+                    at(DAY).as_second()
+                ),
+                format!(
+                    "scale:{push}:reminder:2|scale_reminder|{}",
+                    at(2 * DAY).as_second()
+                ),
             ],
             "{name}"
         );
         // The patient prefers WeChat (support::add_patient), so the reminder goes there first.
         assert_eq!(
-            rows(&w.pool, &format!("SELECT channel FROM outbox WHERE dedupe_key = 'scale:{push}:reminder:1'"), 1).await,
+            rows(
+                &w.pool,
+                &format!("SELECT channel FROM outbox WHERE dedupe_key = 'scale:{push}:reminder:1'"),
+                1
+            )
+            .await,
             vec!["wechat"],
             "{name}"
         );
-        let s = scales::scale_push_sweep(&w.pool, at(3 * DAY)).await.expect("sweep");
+        let s = scales::scale_push_sweep(&w.pool, at(3 * DAY))
+            .await
+            .expect("sweep");
         assert_eq!(s.reminders, 0, "{name}: every reminder was sent");
 
         // After downtime, only the latest due reminder is sent; the earlier one is recorded as skipped.
         let (_, late) = w.enrol("p-late").await;
-        let s = scales::scale_push_sweep(&w.pool, at(2 * DAY + HOUR)).await.expect("sweep");
+        let s = scales::scale_push_sweep(&w.pool, at(2 * DAY + HOUR))
+            .await
+            .expect("sweep");
         assert_eq!((s.reminders, s.reminders_skipped), (1, 1), "{name}");
         assert_eq!(reminder_rows(&w.pool, late).await, (1, 1, 1), "{name}");
 
         // An answered push reminds no more, and a reminder not yet sent is withdrawn.
         let (_, answered) = w.enrol("p-answers").await;
-        scales::scale_push_sweep(&w.pool, at(DAY)).await.expect("sweep");
-        w.answer(answered, &epds(false, 3), at(DAY + HOUR)).await.expect("answer");
+        scales::scale_push_sweep(&w.pool, at(DAY))
+            .await
+            .expect("sweep");
+        w.answer(answered, &epds(false, 3), at(DAY + HOUR))
+            .await
+            .expect("answer");
         assert_eq!(
-            rows(&w.pool, &format!("SELECT status FROM outbox WHERE dedupe_key = 'scale:{answered}:reminder:1'"), 1).await,
+            rows(
+                &w.pool,
+                &format!(
+                    "SELECT status FROM outbox WHERE dedupe_key = 'scale:{answered}:reminder:1'"
+                ),
+                1
+            )
+            .await,
             vec!["cancelled"],
             "{name}"
         );
-        scales::scale_push_sweep(&w.pool, at(2 * DAY)).await.expect("sweep");
+        scales::scale_push_sweep(&w.pool, at(2 * DAY))
+            .await
+            .expect("sweep");
         assert_eq!(reminder_rows(&w.pool, answered).await.0, 1, "{name}");
 
         // A withdrawn enrolment's push is cancelled: no reminder, no expiry.
         let (gone_e, gone) = w.enrol("p-gone").await;
-        store::withdraw(&w.pool, gone_e, "moved away", at(HOUR)).await.expect("withdraw");
+        store::withdraw(&w.pool, gone_e, "moved away", at(HOUR))
+            .await
+            .expect("withdraw");
         assert_eq!(w.push_status(gone).await, "cancelled", "{name}");
-        scales::scale_push_sweep(&w.pool, at(8 * DAY)).await.expect("sweep");
+        scales::scale_push_sweep(&w.pool, at(8 * DAY))
+            .await
+            .expect("sweep");
         assert_eq!(reminder_rows(&w.pool, gone).await, (0, 0, 0), "{name}");
         assert_eq!(w.push_status(gone).await, "cancelled", "{name}");
     }
@@ -472,11 +552,23 @@ async fn scale_push_expires_and_the_pathway_hears_of_it() {
         let (e, push) = w.enrol("p-expire").await;
         // The pass that opens with the sweep: reminders at their offsets, then expiry at 7 days.
         let opts = PassOptions::default();
-        let s = scheduler::run_pass(&w.pool, &w.programs, at(7 * DAY - 1), &opts).await.expect("pass");
-        assert_eq!((s.scale_reminders, s.scale_expired), (1, 0), "{name}: {s:?}");
+        let s = scheduler::run_pass(&w.pool, &w.programs, at(7 * DAY - 1), &opts)
+            .await
+            .expect("pass");
+        assert_eq!(
+            (s.scale_reminders, s.scale_expired),
+            (1, 0),
+            "{name}: {s:?}"
+        );
         assert_eq!(w.state(e).await, "screen", "{name}");
-        let s = scheduler::run_pass(&w.pool, &w.programs, at(7 * DAY), &opts).await.expect("pass");
-        assert_eq!((s.scale_reminders, s.scale_expired), (0, 1), "{name}: {s:?}");
+        let s = scheduler::run_pass(&w.pool, &w.programs, at(7 * DAY), &opts)
+            .await
+            .expect("pass");
+        assert_eq!(
+            (s.scale_reminders, s.scale_expired),
+            (0, 1),
+            "{name}: {s:?}"
+        );
         assert_eq!(w.push_status(push).await, "expired", "{name}");
         // The event is stored, at the expiry, and the same pass let the pathway react.
         assert_eq!(
@@ -491,20 +583,32 @@ async fn scale_push_expires_and_the_pathway_hears_of_it() {
             "{name}"
         );
         // Again at the same time: nothing new.
-        let s = scheduler::run_pass(&w.pool, &w.programs, at(7 * DAY), &opts).await.expect("pass");
+        let s = scheduler::run_pass(&w.pool, &w.programs, at(7 * DAY), &opts)
+            .await
+            .expect("pass");
         assert_eq!((s.scale_reminders, s.scale_expired), (0, 0), "{name}");
         assert_eq!(
-            scalar(&w.pool, &format!("SELECT COUNT(*) FROM events WHERE enrolment_id = {e}")).await,
+            scalar(
+                &w.pool,
+                &format!("SELECT COUNT(*) FROM events WHERE enrolment_id = {e}")
+            )
+            .await,
             1,
             "{name}"
         );
         // An expired push cannot be answered.
         let r = w.answer(push, &epds(false, 3), at(7 * DAY + HOUR)).await;
-        assert!(matches!(&r, Err(StoreError::Conflict(m)) if m.contains("expired")), "{name}: {r:?}");
+        assert!(
+            matches!(&r, Err(StoreError::Conflict(m)) if m.contains("expired")),
+            "{name}: {r:?}"
+        );
 
         // Past its expiry but before a sweep ran, a push is refused as expired too.
         let (_, late) = w.enrol("p-unswept").await;
         let r = w.answer(late, &epds(false, 3), at(7 * DAY + HOUR)).await;
-        assert!(matches!(&r, Err(StoreError::Conflict(m)) if m.contains("expired at")), "{name}: {r:?}");
+        assert!(
+            matches!(&r, Err(StoreError::Conflict(m)) if m.contains("expired at")),
+            "{name}: {r:?}"
+        );
     }
 }

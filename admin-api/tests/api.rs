@@ -918,38 +918,65 @@ async fn scale_answers(ctx: &mut Ctx, staff: &[(String, String, String, String)]
     let post = |uri: String, body: Value| (uri, Some(body.to_string().into_bytes()));
     let (uri, body) = post("/pathways".into(), json!({"source": EPDS_PROBE}));
     let (status, _, bytes) = ctx.call("POST", &uri, Some(informaticist), body).await;
-    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let patient = ctx.patient("lead").await;
     let (uri, body) = post(
         "/enrolments".into(),
         json!({"patient_id": patient, "pathway": "epds_probe", "entry": "start"}),
     );
     let (status, _, bytes) = ctx.call("POST", &uri, Some(cm), body).await;
-    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let enrolment = serde_json::from_slice::<Value>(&bytes).expect("json")["id"]
         .as_i64()
         .expect("id");
     let (status, _, bytes) = ctx
-        .call("GET", &format!("/enrolments/{enrolment}/scale-pushes"), Some(cm), None)
+        .call(
+            "GET",
+            &format!("/enrolments/{enrolment}/scale-pushes"),
+            Some(cm),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let list: Value = serde_json::from_slice(&bytes).expect("json");
     let push = &list["scale_pushes"][0];
     assert_eq!(push["scale"], json!("epds"), "{list}");
     assert_eq!(push["status"], json!("pending"), "{list}");
-    assert_eq!(push["reminders"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        push["reminders"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
     let push = push["id"].as_i64().expect("push id");
 
     // Item 10 "hardly ever" (second box from the bottom) with a low total.
     let mut answers = serde_json::Map::new();
     for n in 1..=9 {
-        answers.insert(format!("q{n}"), json!(if matches!(n, 1 | 2 | 4) { 0 } else { 3 }));
+        answers.insert(
+            format!("q{n}"),
+            json!(if matches!(n, 1 | 2 | 4) { 0 } else { 3 }),
+        );
     }
     answers.insert("q10".into(), json!(2));
     let body = json!({"answers": answers});
     let started = Instant::now();
     let (status, _, bytes) = ctx
-        .call("POST", &format!("/scale-pushes/{push}/answers"), Some(cm), Some(body.to_string().into_bytes()))
+        .call(
+            "POST",
+            &format!("/scale-pushes/{push}/answers"),
+            Some(cm),
+            Some(body.to_string().into_bytes()),
+        )
         .await;
     let latency = started.elapsed();
     let v: Value = serde_json::from_slice(&bytes).expect("json");
@@ -959,7 +986,11 @@ async fn scale_answers(ctx: &mut Ctx, staff: &[(String, String, String, String)]
     assert_eq!(v["band"], json!("unlikely"), "{v}");
     assert_eq!(v["critical"][0]["item"], json!("q10"), "{v}");
     assert_eq!(v["critical"][0]["role"], json!("doctor"), "{v}");
-    assert_eq!(v["transitions"], json!(1), "the guard on item 10 acted at once: {v}");
+    assert_eq!(
+        v["transitions"],
+        json!(1),
+        "the guard on item 10 acted at once: {v}"
+    );
     let critical_task = v["critical"][0]["task_id"].as_i64().expect("critical task");
     // On the doctor's board at once, urgent, beside the pathway's own safety task.
     let (status, _, bytes) = ctx
@@ -974,29 +1005,61 @@ async fn scale_answers(ctx: &mut Ctx, staff: &[(String, String, String, String)]
         .filter(|t| t["patient_id"] == json!(patient))
         .collect();
     assert!(
-        mine.iter().any(|t| t["id"] == json!(critical_task) && t["priority"] == json!("urgent")),
+        mine.iter()
+            .any(|t| t["id"] == json!(critical_task) && t["priority"] == json!("urgent")),
         "{q}"
     );
-    assert!(mine.iter().any(|t| t["task_ref"] == json!("safety_call")), "{q}");
+    assert!(
+        mine.iter().any(|t| t["task_ref"] == json!("safety_call")),
+        "{q}"
+    );
     let (_, _, bytes) = ctx
-        .call("GET", &format!("/enrolments/{enrolment}/timeline"), Some(cm), None)
+        .call(
+            "GET",
+            &format!("/enrolments/{enrolment}/timeline"),
+            Some(cm),
+            None,
+        )
         .await;
     let timeline: Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(timeline["state"], json!("safety"), "{timeline}");
     // A second answer to the same push is a conflict, and changes nothing.
     let (status, ctype, bytes) = ctx
-        .call("POST", &format!("/scale-pushes/{push}/answers"), Some(cm), Some(body.to_string().into_bytes()))
+        .call(
+            "POST",
+            &format!("/scale-pushes/{push}/answers"),
+            Some(cm),
+            Some(body.to_string().into_bytes()),
+        )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     assert_eq!(ctype.as_deref(), Some("application/problem+json"));
     assert_eq!(
-        scalar(&ctx.pool, &format!("SELECT COUNT(*) FROM scale_answers WHERE push_id = {push}")).await,
+        scalar(
+            &ctx.pool,
+            &format!("SELECT COUNT(*) FROM scale_answers WHERE push_id = {push}")
+        )
+        .await,
         1
     );
     let (_, _, bytes) = ctx
-        .call("GET", &format!("/enrolments/{enrolment}/scale-pushes"), Some(cm), None)
+        .call(
+            "GET",
+            &format!("/enrolments/{enrolment}/scale-pushes"),
+            Some(cm),
+            None,
+        )
         .await;
     let list: Value = serde_json::from_slice(&bytes).expect("json");
-    assert_eq!(list["scale_pushes"][0]["status"], json!("answered"), "{list}");
+    assert_eq!(
+        list["scale_pushes"][0]["status"],
+        json!("answered"),
+        "{list}"
+    );
     assert_eq!(list["scale_pushes"][0]["band"], json!("unlikely"), "{list}");
 }

@@ -889,15 +889,30 @@ const BUILTIN_FILES: &[(&str, &str)] = &[
     ("phq9.yaml", include_str!("../../pathways/scales/phq9.yaml")),
     ("gad7.yaml", include_str!("../../pathways/scales/gad7.yaml")),
     ("epds.yaml", include_str!("../../pathways/scales/epds.yaml")),
-    ("barthel.yaml", include_str!("../../pathways/scales/barthel.yaml")),
+    (
+        "barthel.yaml",
+        include_str!("../../pathways/scales/barthel.yaml"),
+    ),
     ("mrs.yaml", include_str!("../../pathways/scales/mrs.yaml")),
     ("nrs.yaml", include_str!("../../pathways/scales/nrs.yaml")),
     ("who5.yaml", include_str!("../../pathways/scales/who5.yaml")),
     ("cat.yaml", include_str!("../../pathways/scales/cat.yaml")),
-    ("qol_breast.yaml", include_str!("../../pathways/scales/qol_breast.yaml")),
-    ("satisfaction.yaml", include_str!("../../pathways/scales/satisfaction.yaml")),
-    ("mrc_strength.yaml", include_str!("../../pathways/scales/mrc_strength.yaml")),
-    ("morisky8.yaml", include_str!("../../pathways/scales/morisky8.yaml")),
+    (
+        "qol_breast.yaml",
+        include_str!("../../pathways/scales/qol_breast.yaml"),
+    ),
+    (
+        "satisfaction.yaml",
+        include_str!("../../pathways/scales/satisfaction.yaml"),
+    ),
+    (
+        "mrc_strength.yaml",
+        include_str!("../../pathways/scales/mrc_strength.yaml"),
+    ),
+    (
+        "morisky8.yaml",
+        include_str!("../../pathways/scales/morisky8.yaml"),
+    ),
 ];
 
 /// Every scale of a deployment, by id.
@@ -1464,15 +1479,21 @@ critical:
         let e = load_err(&GOOD.replace("above: 0", "above: 1"));
         assert!(e.contains("it can never fire"), "{e}");
         let e = load_err(&GOOD.replace("role: doctor", "role: janitor"));
-        assert!(e.contains("critical rule role `janitor` is not a staff role"), "{e}");
+        assert!(
+            e.contains("critical rule role `janitor` is not a staff role"),
+            "{e}"
+        );
         let e = load_err(&GOOD.replace("due: 1h", "due: soon"));
         assert!(e.contains("item `a`: critical rule `due`"), "{e}");
         let e = load_err(&GOOD.replace("due: 1h,", "due: 1h, escalate_after: 30m,"));
         assert!(e.contains("both `escalate_after` and `escalate_to`"), "{e}");
         let e = load_err(&GOOD.replace("urgent_safety_task", "call_the_police"));
         assert!(e.contains("is not one the engine performs"), "{e}");
-        let ok = load(&GOOD.replace("due: 1h,", "due: 1h, escalate_after: 30m, escalate_to: head_nurse,"))
-            .unwrap();
+        let ok = load(&GOOD.replace(
+            "due: 1h,",
+            "due: 1h, escalate_after: 30m, escalate_to: head_nurse,",
+        ))
+        .unwrap();
         let sla = ok.critical[0].sla().unwrap();
         assert_eq!(sla.escalate_to.as_deref(), Some("head_nurse"));
         assert_eq!(ok.critical[0].due(), carepath_dsl::Duration::hours(1));

@@ -90,10 +90,7 @@ pub async fn enrolment_pushes(
             state_seq: r.i64(5),
             due_at: when(r.i64(6)),
             expires_at: r.opt_i64(7).map(when),
-            reminders: reminder_times(&r.text(8))
-                .into_iter()
-                .map(when)
-                .collect(),
+            reminders: reminder_times(&r.text(8)).into_iter().map(when).collect(),
             reminders_sent: r.i64(9),
             created_at: when(r.i64(10)),
             answered_at: r.opt_i64(11).map(when),
