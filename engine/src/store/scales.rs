@@ -122,6 +122,31 @@ fn reminder_times(text: &str) -> Vec<i64> {
     v
 }
 
+/// What the sweep does with one push's reminders at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReminderPlan {
+    /// The reminder to send now (0-based, in time order), if any is due.
+    send: Option<usize>,
+    /// Due reminders passed over for a later one that is due too.
+    skipped: usize,
+    /// Reminders handled once this is done.
+    sent: usize,
+    /// When the next reminder is due.
+    next: Option<i64>,
+}
+
+/// `times` in order, `sent` of them already handled: the reminders due at `now` are a run from
+/// `sent` on, and only the latest of them is sent.
+fn plan_reminders(times: &[i64], sent: usize, now: i64) -> ReminderPlan {
+    let due_until = times.partition_point(|t| *t <= now).max(sent);
+    ReminderPlan {
+        send: (due_until > sent).then(|| due_until - 1),
+        skipped: due_until.saturating_sub(sent).saturating_sub(1),
+        sent: due_until,
+        next: times.get(due_until).copied(),
+    }
+}
+
 /// A critical rule that fired, with the urgent task it raised.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CriticalRaised {
@@ -440,20 +465,17 @@ async fn remind_batch(pool: &Pool, now: Timestamp, out: &mut ScaleSweep) -> Resu
             (r.i64(0), r.i64(1), r.text(2), r.i64(3), r.text(4));
         let times = reminder_times(&r.text(5));
         let sent = r.i64(6).max(0) as usize;
-        // The reminders due now are a run from `sent` on; only the latest of them is sent.
-        let due_until = times.partition_point(|t| *t <= now.as_second());
-        let next = times.get(due_until.max(sent)).copied();
+        let plan = plan_reminders(&times, sent, now.as_second());
         let won = tx
             .exec(
                 "UPDATE scale_pushes SET reminders_sent = $1, next_reminder_at = $2 WHERE id = $3 AND status = 'pending' AND reminders_sent = $4",
-                args![due_until.max(sent) as i64, next, push, sent as i64],
+                args![plan.sent as i64, plan.next, push, sent as i64],
             )
             .await?;
-        if won == 0 || due_until <= sent {
+        let Some(last) = plan.send.filter(|_| won > 0) else {
             continue;
-        }
-        let last = due_until - 1;
-        let skipped = (last - sent) as u64;
+        };
+        let skipped = plan.skipped as u64;
         out.reminders_skipped += skipped;
         let key = format!("scale:{push}:reminder:{}", last + 1);
         let mut channels: Vec<String> = REMINDER_CHANNELS.iter().map(|c| c.to_string()).collect();
@@ -488,4 +510,48 @@ async fn remind_batch(pool: &Pool, now: Timestamp, out: &mut ScaleSweep) -> Resu
     }
     tx.commit().await?;
     Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(send: Option<usize>, skipped: usize, sent: usize, next: Option<i64>) -> ReminderPlan {
+        ReminderPlan {
+            send,
+            skipped,
+            sent,
+            next,
+        }
+    }
+
+    #[test]
+    fn reminders_are_planned_once_each_in_time_order() {
+        let times = [100, 200, 300];
+        assert_eq!(plan_reminders(&times, 0, 99), plan(None, 0, 0, Some(100)));
+        assert_eq!(
+            plan_reminders(&times, 0, 100),
+            plan(Some(0), 0, 1, Some(200))
+        );
+        // Handled: nothing again at the same instant, or before the next one.
+        assert_eq!(plan_reminders(&times, 1, 100), plan(None, 0, 1, Some(200)));
+        assert_eq!(plan_reminders(&times, 1, 199), plan(None, 0, 1, Some(200)));
+        assert_eq!(
+            plan_reminders(&times, 1, 200),
+            plan(Some(1), 0, 2, Some(300))
+        );
+        // After downtime only the latest due one goes; the others are skipped.
+        assert_eq!(plan_reminders(&times, 0, 301), plan(Some(2), 2, 3, None));
+        assert_eq!(plan_reminders(&times, 3, 10_000), plan(None, 0, 3, None));
+        assert_eq!(plan_reminders(&[], 0, 10_000), plan(None, 0, 0, None));
+        // Two reminders at the same instant count as one due run.
+        assert_eq!(plan_reminders(&[50, 50], 0, 50), plan(Some(1), 1, 2, None));
+    }
+
+    #[test]
+    fn reminder_times_are_sorted_and_unreadable_text_is_none() {
+        assert_eq!(reminder_times("[300, 100, 200]"), vec![100, 200, 300]);
+        assert_eq!(reminder_times("not json"), Vec::<i64>::new());
+        assert_eq!(reminder_times("[]"), Vec::<i64>::new());
+    }
 }
