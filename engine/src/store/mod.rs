@@ -43,9 +43,9 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0003_delivery.sql"),
     ),
     (
-        4,
+        6,
         "scale_answers",
-        include_str!("../../../migrations/sqlite/0004_scale_answers.sql"),
+        include_str!("../../../migrations/sqlite/0006_scale_answers.sql"),
     ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
@@ -65,9 +65,9 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0003_delivery.sql"),
     ),
     (
-        4,
+        6,
         "scale_answers",
-        include_str!("../../../migrations/postgres/0004_scale_answers.sql"),
+        include_str!("../../../migrations/postgres/0006_scale_answers.sql"),
     ),
 ];
 
