@@ -542,6 +542,10 @@ fn print_summary(s: &scheduler::PassSummary, took: std::time::Duration) {
     }
     println!("tasks cancelled as stale: {}", s.cancelled_tasks);
     println!(
+        "scale reminders created: {}   scale pushes expired: {}",
+        s.scale_reminders, s.scale_expired
+    );
+    println!(
         "errors: {}   stale skips: {}   took {:.2}s",
         s.errors,
         s.stale,
@@ -647,13 +651,17 @@ async fn serve(
             match scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions::default())
                 .await
             {
-                Ok(s) if s.stepped > 0 || full => tracing::info!(
-                    stepped = s.stepped,
-                    actions = s.actions,
-                    errors = s.errors,
-                    full,
-                    "scheduler pass"
-                ),
+                Ok(s) if s.stepped > 0 || s.scale_reminders > 0 || s.scale_expired > 0 || full => {
+                    tracing::info!(
+                        stepped = s.stepped,
+                        actions = s.actions,
+                        errors = s.errors,
+                        scale_reminders = s.scale_reminders,
+                        scale_expired = s.scale_expired,
+                        full,
+                        "scheduler pass"
+                    )
+                }
                 Ok(_) => {}
                 Err(e) => tracing::error!("scheduler pass failed: {e}"),
             }

@@ -562,7 +562,15 @@ pub const SNAPSHOT: &[(&str, &[&str])] = &[
     ),
     (
         "scale_pushes",
-        &["dedupe_key", "enrolment_id", "scale", "due_at", "status"],
+        &[
+            "dedupe_key",
+            "enrolment_id",
+            "scale",
+            "due_at",
+            "status",
+            "reminders_sent",
+            "next_reminder_at",
+        ],
     ),
     (
         "risk_predictions",

@@ -10,3 +10,4 @@ mod delivery;
 mod engine_exactly_once;
 mod engine_store;
 mod goals;
+mod scale_answers;

@@ -13,7 +13,7 @@ use crate::{ApiError, AppState};
 pub enum Module {
     /// Task boards: read, claim, complete, reassign, snooze.
     Queue,
-    /// Patients and enrolments: create, read, timeline, events, withdraw.
+    /// Patients and enrolments: create, read, timeline, events, withdraw, scale pushes and answers.
     Patients,
     /// Posting device and staff readings.
     Observations,

@@ -1,4 +1,5 @@
-//! The admin API: task queues, KPIs, pathways, patients and enrolments, observations, referrals.
+//! The admin API: task queues, KPIs, pathways, patients and enrolments, scale pushes and their
+//! answers, observations, referrals.
 //!
 //! Handlers extract, authorise, call the engine's store, and map the result; no business rules
 //! live here. Every route is in `ROUTES`, which both builds the router's permission checks and the
@@ -19,6 +20,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use carepath_engine::scales::Scales;
 use carepath_engine::store::queries::{self, QueueFilter, TaskAction};
 use carepath_engine::store::{self, NewPatient, Pool};
 use carepath_engine::{Programs, observations::Reading, scheduler};
@@ -51,6 +53,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The writer of read audits, shared by every request.
     pub audit: queries::AuditAppender,
+    /// The scale definitions answers are scored against.
+    pub scales: &'static Scales,
 }
 
 impl AppState {
@@ -62,6 +66,7 @@ impl AppState {
             programs: Arc::new(RwLock::new(programs)),
             clock: Arc::new(Timestamp::now),
             metrics: Arc::default(),
+            scales: Scales::builtin(),
         }
     }
 
@@ -93,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route("/enrolments/{id}/timeline", get(timeline))
         .route("/enrolments/{id}/events", post(post_event))
         .route("/enrolments/{id}/withdraw", post(withdraw))
+        .route("/enrolments/{id}/scale-pushes", get(scale_pushes))
+        .route("/scale-pushes/{id}/answers", post(answer_scale_push))
         .route("/observations", post(post_observations))
         .route("/queues/tasks", get(task_queue))
         .route("/tasks/{id}/{action}", post(task_action))
@@ -651,6 +658,74 @@ async fn withdraw(
     }
     queries::withdraw_scoped(&s.pool, &c, id, &b.reason, &remote(&headers), s.now()).await?;
     Ok(Json(json!({"enrolment_id": id, "status": "withdrawn"})))
+}
+
+async fn scale_pushes(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    auth::require(&s, &c, Module::Patients, "scale_push.list", &headers).await?;
+    let pushes =
+        store::scales::enrolment_pushes(&s.pool, &c, id, &remote(&headers), s.now()).await?;
+    Ok(Json(json!({"enrolment_id": id, "scale_pushes": pushes})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    answers: BTreeMap<String, i64>,
+    answered_at: Option<String>,
+}
+
+/// More answers than any scale has items is refused before scoring.
+const MAX_ANSWERS: usize = 200;
+
+async fn answer_scale_push(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Result<Json<AnswerBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    auth::require(&s, &c, Module::Patients, "scale_push.answer", &headers).await?;
+    let Json(b) = body?;
+    if b.answers.len() > MAX_ANSWERS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_ANSWERS} answers per scale"
+        )));
+    }
+    let answered_at = b
+        .answered_at
+        .as_deref()
+        .map(|t| {
+            t.parse::<Timestamp>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "`answered_at` {t} is not an instant such as 2026-11-23T08:00:00+08:00"
+                ))
+            })
+        })
+        .transpose()?;
+    let now = s.now();
+    let answered = store::scales::answer_push(
+        &s.pool,
+        s.scales,
+        &c,
+        id,
+        &b.answers,
+        answered_at,
+        &remote(&headers),
+        now,
+    )
+    .await?;
+    // The answer is committed; the enrolment steps now so a guard on the new score acts at once.
+    let programs = s.programs();
+    let w = scheduler::advance(&s.pool, &programs, answered.enrolment_id, now).await?;
+    let mut out = serde_json::to_value(&answered).unwrap_or_else(|_| json!({}));
+    out["transitions"] = json!(w.transitions);
+    out["actions"] = json!(w.by_kind);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 async fn post_observations(

@@ -34,6 +34,12 @@ fn s_event() -> Value {
 fn s_reason() -> Value {
     json!({"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": "string", "minLength": 1}}})
 }
+fn s_answers() -> Value {
+    json!({"type": "object", "required": ["answers"], "additionalProperties": false, "properties": {
+        "answers": {"type": "object", "maxProperties": 200, "additionalProperties": {"type": "integer"},
+                    "description": "The raw answer to each item of the scale, by item id (see pathways/scales/)"},
+        "answered_at": {"type": "string", "format": "date-time"}}})
+}
 fn s_readings() -> Value {
     json!({"type": "array", "maxItems": 1000, "items": {"type": "object", "required": ["patient_id", "kind", "value", "at", "reading_id"], "properties": {
         "patient_id": {"type": "string"}, "kind": {"type": "string"}, "value": {"type": "number"}, "unit": {"type": "string"},
@@ -137,6 +143,22 @@ const ROUTES: &[Route] = &[
         "Withdraw an enrolment: open work is cancelled",
         &[],
         Some(s_reason),
+    ),
+    (
+        "get",
+        "/enrolments/{id}/scale-pushes",
+        "patients",
+        "An enrolment's scale pushes: status, due, expiry, reminders, and the score once answered",
+        &[],
+        None,
+    ),
+    (
+        "post",
+        "/scale-pushes/{id}/answers",
+        "patients",
+        "Answer a pending scale push: scored and banded; critical items raise an urgent task; the enrolment advances at once",
+        &[],
+        Some(s_answers),
     ),
     (
         "post",

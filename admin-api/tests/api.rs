@@ -1,5 +1,6 @@
 //! In-process tests of the admin API over a fresh SQLite database: the full permission matrix
-//! (route × role × own/other institution), malformed input, the audit chain, and alarm latency.
+//! (route × role × own/other institution), malformed input, the audit chain, alarm latency, and
+//! scale answers (score, band, critical items, once only).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -118,6 +119,18 @@ fn routes() -> Vec<Route> {
             Scope::Patient(Patients),
             true,
         ),
+        r(
+            "GET",
+            "/enrolments/{id}/scale-pushes",
+            Scope::Patient(Patients),
+            true,
+        ),
+        r(
+            "POST",
+            "/scale-pushes/{id}/answers",
+            Scope::Patient(Patients),
+            true,
+        ),
         r("POST", "/observations", Scope::Obs(Observations), true),
         r("GET", "/queues/tasks", Scope::Plain(Queue), true),
         r("POST", "/tasks/{id}/{action}", Scope::Task(Queue), true),
@@ -147,6 +160,8 @@ struct Fixture {
     enrolment: i64,
     task: i64,
     referral: i64,
+    /// A pending NRS push of the enrolment.
+    scale_push: i64,
 }
 
 async fn scalar(pool: &Pool, sql: &str) -> i64 {
@@ -222,12 +237,27 @@ impl Ctx {
             .await
             .expect("insert referral");
         let referral = scalar(&self.pool, "SELECT MAX(id) FROM referrals").await;
+        let key = format!("matrix-push:{}", self.next());
+        self.pool
+            .fetch(
+                &format!(
+                    "INSERT INTO scale_pushes (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at) \
+                     VALUES ('{key}', {enrolment}, '{patient}', '{inst}', 1, 'nrs', {}, NULL, '[]', 'pending', {})",
+                    now + 86_400,
+                    now - 60
+                ),
+                vec![],
+            )
+            .await
+            .expect("insert scale push");
+        let scale_push = scalar(&self.pool, "SELECT MAX(id) FROM scale_pushes").await;
         Fixture {
             patient,
             bare_patient,
             enrolment,
             task,
             referral,
+            scale_push,
         }
     }
 
@@ -360,7 +390,7 @@ fn expected(route: &Route, role: Option<&str>, caller: &str, target: &str) -> St
         return "403".into();
     }
     let ok = match (route.method, route.path) {
-        ("POST", "/pathways" | "/patients" | "/enrolments") => "201",
+        ("POST", "/pathways" | "/patients" | "/enrolments" | "/scale-pushes/{id}/answers") => "201",
         _ => "200",
     };
     match route.scope {
@@ -456,6 +486,13 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                     "/enrolments/{id}/withdraw" => (
                         format!("/enrolments/{}/withdraw", fx.enrolment),
                         Some(json!({"reason": "matrix"})),
+                    ),
+                    "/enrolments/{id}/scale-pushes" => {
+                        (format!("/enrolments/{}/scale-pushes", fx.enrolment), None)
+                    }
+                    "/scale-pushes/{id}/answers" => (
+                        format!("/scale-pushes/{}/answers", fx.scale_push),
+                        Some(json!({"answers": {"pain": 4}})),
                     ),
                     "/observations" => (
                         "/observations".into(),
@@ -593,6 +630,7 @@ async fn permission_matrix_audit_malformed_and_alarm() {
 
     malformed(&mut ctx, &staff).await;
     alarm(&mut ctx, &staff).await;
+    scale_answers(&mut ctx, &staff).await;
 }
 
 fn token<'a>(staff: &'a [(String, String, String, String)], inst: &str, role: &str) -> &'a str {
@@ -618,6 +656,14 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
     };
     let e = fx.enrolment;
     let t = fx.task;
+    let p = fx.scale_push;
+    let many_answers = json!({"answers": (0..201).map(|i| (format!("q{i}"), json!(0))).collect::<serde_json::Map<String, Value>>()}).to_string();
+    let huge_answers = {
+        let mut s = String::from("{\"answers\": {\"pain\": 4}, \"answered_at\": \"");
+        s.push_str(&"9".repeat(1024 * 1024 + 10));
+        s.push_str("\"}");
+        s.into_bytes()
+    };
     let cases: Vec<Case> = vec![
         ("POST", "/patients".into(), Some(b"{not json".to_vec()), None),
         ("POST", "/patients".into(), Some(b"{\"id\": 5}".to_vec()), None),
@@ -687,6 +733,31 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("POST", "/pathways".into(), Some(json!({"source": "pathway: [unclosed"}).to_string().into_bytes()), Some(422)),
         ("POST", "/pathways".into(), Some(json!({"source": probe_pathway(1).replace("    terminal: true\n", "")}).to_string().into_bytes()), Some(422)),
         ("POST", "/pathways".into(), Some(json!({"source": "x", "format": "xml"}).to_string().into_bytes()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(b"{not json".to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(b"[]".to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(b"{}".to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": "all fine"}"#.to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": "4"}}"#.to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 4.5}}"#.to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": null}}"#.to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 99999999999999999999999}}"#.to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"ache": 4}}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 4, "ache": 4}}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 11}}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": -1}}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": -9223372036854775808}}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {}}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 4}, "score": 0}"#.to_vec()), None),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 4}, "answered_at": "yesterday"}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 4}, "answered_at": "2999-01-01T00:00:00Z"}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(br#"{"answers": {"pain": 4}, "answered_at": "2000-01-01T00:00:00Z"}"#.to_vec()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(many_answers.into_bytes()), Some(400)),
+        ("POST", format!("/scale-pushes/{p}/answers"), Some(huge_answers), Some(413)),
+        ("POST", "/scale-pushes/99999999/answers".into(), Some(br#"{"answers": {"pain": 4}}"#.to_vec()), Some(404)),
+        ("POST", "/scale-pushes/abc/answers".into(), Some(br#"{"answers": {"pain": 4}}"#.to_vec()), None),
+        ("POST", "/scale-pushes/99999999999999999999999/answers".into(), Some(br#"{"answers": {"pain": 4}}"#.to_vec()), None),
+        ("GET", "/enrolments/99999999/scale-pushes".into(), None, Some(404)),
+        ("GET", "/enrolments/abc/scale-pushes".into(), None, None),
     ];
     let mut bad = Vec::new();
     for (m, uri, body, want) in &cases {
@@ -718,6 +789,23 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         bad.is_empty(),
         "malformed input handled badly:\n{}",
         bad.join("\n")
+    );
+    // None of the refused answers touched the push.
+    assert_eq!(
+        scalar(
+            &ctx.pool,
+            &format!("SELECT COUNT(*) FROM scale_pushes WHERE id = {p} AND status = 'pending'")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &ctx.pool,
+            &format!("SELECT COUNT(*) FROM scale_answers WHERE push_id = {p}")
+        )
+        .await,
+        0
     );
     // Auth failures are problems too.
     for tok in [None, Some("nope")] {
@@ -791,4 +879,187 @@ async fn alarm(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         json!("urgent"),
         "urgent tasks lead the board"
     );
+}
+
+/// EPDS with a guard on item 10 and on the total, published through the API.
+const EPDS_PROBE: &str = r#"pathway: epds_probe
+version: 1
+title: { zh: 产后抑郁筛查（接口测试）, en: Postnatal depression screening (API test) }
+owner_role: case_manager
+roles: [case_manager, doctor]
+entry_points:
+  - { id: start, state: screen }
+states:
+  - id: screen
+    phase: follow_up
+    on_enter:
+      - scale: { scale: epds, due: 3d, reminders: [1d], expires: 7d }
+    transitions:
+      - on: scale_answered:epds
+        when: 'item("epds", 10) > 0'
+        to: safety
+      - on: scale_answered:epds
+        to: done
+  - id: safety
+    phase: follow_up
+    on_enter:
+      - task: { id: safety_call, role: doctor, title: { zh: 安全评估, en: Safety assessment }, due: 1h, priority: urgent }
+    transitions:
+      - on: task_done:safety_call
+        to: done
+  - id: done
+    phase: closed
+    terminal: true
+"#;
+
+async fn scale_answers(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
+    let cm = token(staff, "lead", "case_manager");
+    let informaticist = token(staff, "lead", "informaticist");
+    let post = |uri: String, body: Value| (uri, Some(body.to_string().into_bytes()));
+    let (uri, body) = post("/pathways".into(), json!({"source": EPDS_PROBE}));
+    let (status, _, bytes) = ctx.call("POST", &uri, Some(informaticist), body).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let patient = ctx.patient("lead").await;
+    let (uri, body) = post(
+        "/enrolments".into(),
+        json!({"patient_id": patient, "pathway": "epds_probe", "entry": "start"}),
+    );
+    let (status, _, bytes) = ctx.call("POST", &uri, Some(cm), body).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let enrolment = serde_json::from_slice::<Value>(&bytes).expect("json")["id"]
+        .as_i64()
+        .expect("id");
+    let (status, _, bytes) = ctx
+        .call(
+            "GET",
+            &format!("/enrolments/{enrolment}/scale-pushes"),
+            Some(cm),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let list: Value = serde_json::from_slice(&bytes).expect("json");
+    let push = &list["scale_pushes"][0];
+    assert_eq!(push["scale"], json!("epds"), "{list}");
+    assert_eq!(push["status"], json!("pending"), "{list}");
+    assert_eq!(
+        push["reminders"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    let push = push["id"].as_i64().expect("push id");
+
+    // Item 10 "hardly ever" (second box from the bottom) with a low total.
+    let mut answers = serde_json::Map::new();
+    for n in 1..=9 {
+        answers.insert(
+            format!("q{n}"),
+            json!(if matches!(n, 1 | 2 | 4) { 0 } else { 3 }),
+        );
+    }
+    answers.insert("q10".into(), json!(2));
+    let body = json!({"answers": answers});
+    let started = Instant::now();
+    let (status, _, bytes) = ctx
+        .call(
+            "POST",
+            &format!("/scale-pushes/{push}/answers"),
+            Some(cm),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    let latency = started.elapsed();
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    println!("scale answer: POST /scale-pushes/{push}/answers took {latency:?}; response {v}");
+    assert_eq!(v["score"], json!(1.0), "{v}");
+    assert_eq!(v["band"], json!("unlikely"), "{v}");
+    assert_eq!(v["critical"][0]["item"], json!("q10"), "{v}");
+    assert_eq!(v["critical"][0]["role"], json!("doctor"), "{v}");
+    assert_eq!(
+        v["transitions"],
+        json!(1),
+        "the guard on item 10 acted at once: {v}"
+    );
+    let critical_task = v["critical"][0]["task_id"].as_i64().expect("critical task");
+    // On the doctor's board at once, urgent, beside the pathway's own safety task.
+    let (status, _, bytes) = ctx
+        .call("GET", "/queues/tasks?role=doctor&limit=200", Some(cm), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let q: Value = serde_json::from_slice(&bytes).expect("json");
+    let mine: Vec<&Value> = q["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["patient_id"] == json!(patient))
+        .collect();
+    assert!(
+        mine.iter()
+            .any(|t| t["id"] == json!(critical_task) && t["priority"] == json!("urgent")),
+        "{q}"
+    );
+    assert!(
+        mine.iter().any(|t| t["task_ref"] == json!("safety_call")),
+        "{q}"
+    );
+    let (_, _, bytes) = ctx
+        .call(
+            "GET",
+            &format!("/enrolments/{enrolment}/timeline"),
+            Some(cm),
+            None,
+        )
+        .await;
+    let timeline: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(timeline["state"], json!("safety"), "{timeline}");
+    // A second answer to the same push is a conflict, and changes nothing.
+    let (status, ctype, bytes) = ctx
+        .call(
+            "POST",
+            &format!("/scale-pushes/{push}/answers"),
+            Some(cm),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(ctype.as_deref(), Some("application/problem+json"));
+    assert_eq!(
+        scalar(
+            &ctx.pool,
+            &format!("SELECT COUNT(*) FROM scale_answers WHERE push_id = {push}")
+        )
+        .await,
+        1
+    );
+    let (_, _, bytes) = ctx
+        .call(
+            "GET",
+            &format!("/enrolments/{enrolment}/scale-pushes"),
+            Some(cm),
+            None,
+        )
+        .await;
+    let list: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        list["scale_pushes"][0]["status"],
+        json!("answered"),
+        "{list}"
+    );
+    assert_eq!(list["scale_pushes"][0]["band"], json!("unlikely"), "{list}");
 }

@@ -369,7 +369,7 @@ impl<'a> Lowerer<'a> {
             return None;
         }
         if let Some((kind, qual)) = s.split_once(':')
-            && kind == "scale_answered"
+            && matches!(kind, "scale_answered" | "scale_expired")
             && !catalog::SCALES.contains(&qual)
         {
             self.err(

@@ -15,7 +15,9 @@
 //!   one item's scored value. `percent`: the total as a percentage of the possible range,
 //!   `(total - lowest) * 100 / (highest - lowest)`; for WHO-5 (0–25) that is the raw sum × 4.
 //! - Bands are ascending lower bounds: a score is in the last band whose `from` it reaches.
-//! - A critical rule fires when its item's scored value is above `above`, whatever the total.
+//! - A critical rule fires when its item's scored value is above `above`, whatever the total. When
+//!   an answer is recorded, each rule that fires raises an urgent task at once for the rule's
+//!   `role`, due after `due`, escalated to `escalate_to` after `escalate_after` when given.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -132,8 +134,38 @@ pub struct Band {
 pub struct Critical {
     pub item: String,
     pub above: i64,
+    /// What the engine does when the rule fires; one of [`CRITICAL_ACTIONS`].
     pub action: String,
+    /// The staff role whose board receives the urgent task.
+    pub role: String,
+    /// How soon the task is due, as a pathway duration (`30m`, `1h`).
+    pub due: String,
+    /// Escalation of the task when it is overdue: both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_to: Option<String>,
     pub text: Text,
+}
+
+/// The actions a critical rule may name.
+pub const CRITICAL_ACTIONS: &[&str] = &["urgent_safety_task"];
+
+impl Critical {
+    /// The task's due delay; validated at load, so a stored definition always has one.
+    pub fn due(&self) -> carepath_dsl::Duration {
+        carepath_dsl::Duration::parse(&self.due).unwrap_or(carepath_dsl::Duration::hours(1))
+    }
+
+    /// The task's SLA, when the rule escalates.
+    pub fn sla(&self) -> Option<carepath_dsl::Sla> {
+        let after = carepath_dsl::Duration::parse(self.escalate_after.as_deref()?).ok()?;
+        Some(carepath_dsl::Sla {
+            remind_before: None,
+            escalate_after: Some(after),
+            escalate_to: Some(self.escalate_to.clone()?),
+        })
+    }
 }
 
 /// The result of scoring one set of answers.
@@ -156,6 +188,9 @@ pub struct CriticalHit {
     pub value: i64,
     pub action: String,
     pub text: Text,
+    /// The rule that fired.
+    #[serde(skip)]
+    pub rule: Option<Critical>,
 }
 
 impl Scored {
@@ -646,6 +681,47 @@ impl ScaleDef {
                         c.action
                     ),
                 );
+            } else if !CRITICAL_ACTIONS.contains(&c.action.as_str()) {
+                p.item(
+                    &c.item,
+                    format!(
+                        "critical action `{}` is not one the engine performs ({})",
+                        c.action,
+                        CRITICAL_ACTIONS.join(", ")
+                    ),
+                );
+            }
+            let roles = carepath_dsl::catalog::ROLES;
+            if !roles.contains(&c.role.as_str()) {
+                p.item(
+                    &c.item,
+                    format!(
+                        "critical rule role `{}` is not a staff role ({})",
+                        c.role,
+                        roles.join(", ")
+                    ),
+                );
+            }
+            if let Err(e) = carepath_dsl::Duration::parse(&c.due) {
+                p.item(&c.item, format!("critical rule `due`: {e}"));
+            }
+            match (&c.escalate_after, &c.escalate_to) {
+                (Some(after), Some(to)) => {
+                    if let Err(e) = carepath_dsl::Duration::parse(after) {
+                        p.item(&c.item, format!("critical rule `escalate_after`: {e}"));
+                    }
+                    if !roles.contains(&to.as_str()) {
+                        p.item(
+                            &c.item,
+                            format!("critical rule `escalate_to` `{to}` is not a staff role"),
+                        );
+                    }
+                }
+                (None, None) => {}
+                _ => p.item(
+                    &c.item,
+                    "a critical rule needs both `escalate_after` and `escalate_to`, or neither",
+                ),
             }
             p.text(Some(&c.item), "the critical rule", &c.text);
         }
@@ -793,6 +869,7 @@ impl ScaleDef {
                     value,
                     action: c.action.clone(),
                     text: c.text.clone(),
+                    rule: Some(c.clone()),
                 })
             })
             .collect();
@@ -806,6 +883,37 @@ impl ScaleDef {
         })
     }
 }
+
+/// The shipped scale files, one per scale of `carepath_dsl::catalog::SCALES`.
+const BUILTIN_FILES: &[(&str, &str)] = &[
+    ("phq9.yaml", include_str!("../../pathways/scales/phq9.yaml")),
+    ("gad7.yaml", include_str!("../../pathways/scales/gad7.yaml")),
+    ("epds.yaml", include_str!("../../pathways/scales/epds.yaml")),
+    (
+        "barthel.yaml",
+        include_str!("../../pathways/scales/barthel.yaml"),
+    ),
+    ("mrs.yaml", include_str!("../../pathways/scales/mrs.yaml")),
+    ("nrs.yaml", include_str!("../../pathways/scales/nrs.yaml")),
+    ("who5.yaml", include_str!("../../pathways/scales/who5.yaml")),
+    ("cat.yaml", include_str!("../../pathways/scales/cat.yaml")),
+    (
+        "qol_breast.yaml",
+        include_str!("../../pathways/scales/qol_breast.yaml"),
+    ),
+    (
+        "satisfaction.yaml",
+        include_str!("../../pathways/scales/satisfaction.yaml"),
+    ),
+    (
+        "mrc_strength.yaml",
+        include_str!("../../pathways/scales/mrc_strength.yaml"),
+    ),
+    (
+        "morisky8.yaml",
+        include_str!("../../pathways/scales/morisky8.yaml"),
+    ),
+];
 
 /// Every scale of a deployment, by id.
 #[derive(Debug, Clone, Default)]
@@ -863,6 +971,25 @@ impl Scales {
         } else {
             Err(LoadError { problems })
         }
+    }
+
+    /// The scales shipped in `pathways/scales/`, built into the binary: the catalogue of scales a
+    /// pathway may push is fixed in code, so the definitions that score them travel with it.
+    pub fn builtin() -> &'static Scales {
+        static BUILTIN: std::sync::OnceLock<Scales> = std::sync::OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            let mut scales = Scales::default();
+            for (file, text) in BUILTIN_FILES {
+                // A test loads every shipped file, so this cannot fail in a built binary.
+                match ScaleDef::from_yaml(file, text.as_bytes()) {
+                    Ok(def) => {
+                        scales.by_id.insert(def.scale.clone(), def);
+                    }
+                    Err(e) => panic!("a shipped scale does not load: {e}"),
+                }
+            }
+            scales
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<&ScaleDef> {
@@ -969,6 +1096,15 @@ mod tests {
         assert_eq!(stems, catalogue, "files vs catalog::SCALES");
         let loaded: BTreeSet<String> = scales().ids().map(str::to_string).collect();
         assert_eq!(loaded, catalogue);
+    }
+
+    #[test]
+    fn scales_builtin_are_the_shipped_files() {
+        let built = Scales::builtin();
+        assert_eq!(built.len(), scales().len());
+        for d in scales().iter() {
+            assert_eq!(built.get(&d.scale), Some(d), "{}", d.scale);
+        }
     }
 
     #[test]
@@ -1314,7 +1450,7 @@ bands:
   - { from: 0, id: low, text: { zh: 低, en: Low } }
   - { from: 2, id: high, text: { zh: 高, en: High } }
 critical:
-  - { item: a, above: 0, action: urgent_safety_task, text: { zh: 注意, en: Attention } }
+  - { item: a, above: 0, action: urgent_safety_task, role: doctor, due: 1h, text: { zh: 注意, en: Attention } }
 "#;
 
     fn load(text: &str) -> Result<ScaleDef, LoadError> {
@@ -1342,6 +1478,25 @@ critical:
         );
         let e = load_err(&GOOD.replace("above: 0", "above: 1"));
         assert!(e.contains("it can never fire"), "{e}");
+        let e = load_err(&GOOD.replace("role: doctor", "role: janitor"));
+        assert!(
+            e.contains("critical rule role `janitor` is not a staff role"),
+            "{e}"
+        );
+        let e = load_err(&GOOD.replace("due: 1h", "due: soon"));
+        assert!(e.contains("item `a`: critical rule `due`"), "{e}");
+        let e = load_err(&GOOD.replace("due: 1h,", "due: 1h, escalate_after: 30m,"));
+        assert!(e.contains("both `escalate_after` and `escalate_to`"), "{e}");
+        let e = load_err(&GOOD.replace("urgent_safety_task", "call_the_police"));
+        assert!(e.contains("is not one the engine performs"), "{e}");
+        let ok = load(&GOOD.replace(
+            "due: 1h,",
+            "due: 1h, escalate_after: 30m, escalate_to: head_nurse,",
+        ))
+        .unwrap();
+        let sla = ok.critical[0].sla().unwrap();
+        assert_eq!(sla.escalate_to.as_deref(), Some("head_nurse"));
+        assert_eq!(ok.critical[0].due(), carepath_dsl::Duration::hours(1));
         let e = load_err(&GOOD.replace("max: 4", "max: 5"));
         assert!(e.contains("the items give 0..4"), "{e}");
         let e = load_err(&GOOD.replace("    max: 3\n", ""));

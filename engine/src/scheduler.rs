@@ -5,6 +5,8 @@
 //! and committed together. On PostgreSQL several workers run passes at once: the claim uses
 //! `FOR UPDATE SKIP LOCKED`, and the row-version check on every enrolment update fences out a
 //! worker whose view is stale. A failing pathway marks that one enrolment in error; the pass goes on.
+//! Each pass opens with the scale-push sweep (reminders, expiry), so `carepath run` and the sweeps
+//! of `carepath serve` both keep pushes moving.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,9 @@ pub struct PassSummary {
     /// Care-plan goals evaluated before the steps, and how many changed status.
     pub goals_evaluated: u64,
     pub goals_changed: u64,
+    /// Scale reminders created and pushes expired by the sweep that opens the pass.
+    pub scale_reminders: u64,
+    pub scale_expired: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +54,15 @@ impl Default for PassOptions {
     }
 }
 
+/// Sweeps after which the pass stops even if the sweep still finds work (a pathway that pushes a
+/// scale expiring at once, again and again, would otherwise never let the pass end).
+const MAX_SWEEP_ROUNDS: u32 = 64;
+
 /// Runs one pass over every enrolment due at `now`.
+///
+/// The pass alternates the scale-push sweep and the batches until a sweep finds nothing: expiry
+/// events make enrolments due now, and enrolments stepped in catch-up can push scales whose
+/// reminders or expiry are already past, so a second pass at the same instant finds nothing to do.
 pub async fn run_pass(
     pool: &Pool,
     programs: &Programs,
@@ -66,15 +79,53 @@ pub async fn run_pass(
     summary.goals_evaluated = goals.evaluated;
     summary.goals_changed = goals.changed;
     let mut written = Written::default();
+    for round in 0..MAX_SWEEP_ROUNDS {
+        let sweep = store::scales::scale_push_sweep(pool, now).await?;
+        summary.scale_reminders += sweep.reminders;
+        summary.scale_expired += sweep.expired;
+        if round > 0 && sweep == store::scales::ScaleSweep::default() {
+            break;
+        }
+        let finished = run_batches(pool, programs, now, opts, &mut summary, &mut written).await?;
+        if !finished {
+            break;
+        }
+        if round + 1 == MAX_SWEEP_ROUNDS {
+            tracing::warn!(
+                "scale pushes kept expiring at once for {MAX_SWEEP_ROUNDS} rounds; the next pass goes on"
+            );
+        }
+    }
+    // Goals set by this pass's steps are evaluated now too, so a second pass at the same instant
+    // finds nothing to do.
+    let goals = store::goals::evaluate_due(pool, now).await?;
+    summary.goals_evaluated += goals.evaluated;
+    summary.goals_changed += goals.changed;
+    summary.transitions = written.transitions;
+    summary.actions = written.actions();
+    summary.actions_by_kind = written.by_kind;
+    summary.cancelled_tasks = written.cancelled_tasks;
+    Ok(summary)
+}
+
+/// Steps due enrolments batch by batch until none is due; `false` when `max_batches` stopped it.
+async fn run_batches(
+    pool: &Pool,
+    programs: &Programs,
+    now: Timestamp,
+    opts: &PassOptions,
+    summary: &mut PassSummary,
+    written: &mut Written,
+) -> Result<bool> {
     loop {
         if opts.max_batches.is_some_and(|m| summary.batches >= m) {
-            break;
+            return Ok(false);
         }
         let mut tx = pool.begin().await?;
         let batch = store::claim_due(&mut tx, now, opts.batch_size).await?;
         if batch.is_empty() {
             tx.rollback().await?;
-            break;
+            return Ok(true);
         }
         summary.batches += 1;
         let mut facts = store::load_facts(&mut tx, &batch, now).await?;
@@ -121,11 +172,6 @@ pub async fn run_pass(
         written.add(&buf.flush(&mut tx).await?);
         tx.commit().await?;
     }
-    summary.transitions = written.transitions;
-    summary.actions = written.actions();
-    summary.actions_by_kind = written.by_kind;
-    summary.cancelled_tasks = written.cancelled_tasks;
-    Ok(summary)
 }
 
 /// Steps one enrolment now (after an event), in its own transaction.

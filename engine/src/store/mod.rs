@@ -11,6 +11,7 @@ pub mod db;
 pub mod goals;
 pub mod outbox;
 pub mod queries;
+pub mod scales;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,6 +54,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "goal_status",
         include_str!("../../../migrations/sqlite/0005_goal_status.sql"),
     ),
+    (
+        6,
+        "scale_answers",
+        include_str!("../../../migrations/sqlite/0006_scale_answers.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -79,6 +85,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         5,
         "goal_status",
         include_str!("../../../migrations/postgres/0005_goal_status.sql"),
+    ),
+    (
+        6,
+        "scale_answers",
+        include_str!("../../../migrations/postgres/0006_scale_answers.sql"),
     ),
 ];
 
@@ -963,6 +974,12 @@ pub async fn withdraw_tx(
     tx.exec(
         "UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')",
         args![format!("withdrawn: {reason}"), enrolment],
+    )
+    .await?;
+    // Nothing further reaches a withdrawn patient: no reminders, no expiry, no answer.
+    tx.exec(
+        "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL WHERE enrolment_id = $1 AND status = 'pending'",
+        args![enrolment],
     )
     .await?;
     tx.exec(

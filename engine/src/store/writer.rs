@@ -44,8 +44,8 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "scale_pushes",
-        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at",
-        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, next_reminder_at, status, created_at",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         kind: Some("scale_push"),
     },
     Table {
@@ -225,34 +225,35 @@ impl RowBuffer {
                 due_at,
                 expires_at,
                 reminders,
-            } => self.push(
-                "scale_pushes",
-                vec![
-                    key(),
-                    Arg::I(e),
-                    patient(),
-                    inst(),
-                    Arg::I(seq),
-                    Arg::T(scale.clone()),
-                    Arg::I(due_at.as_second()),
-                    Arg::OptI(expires_at.map(|t| t.as_second())),
-                    Arg::T(
-                        serde_json::to_string(
-                            &reminders.iter().map(|t| t.as_second()).collect::<Vec<_>>(),
-                        )
-                        .unwrap_or_default(),
-                    ),
-                    Arg::T(
-                        if stale.is_some() {
-                            "cancelled"
-                        } else {
-                            "pushed"
-                        }
-                        .into(),
-                    ),
-                    Arg::I(at),
-                ],
-            ),
+            } => {
+                // Stored in time order: the sweep sends them in that order (see `store::scales`).
+                let mut reminders: Vec<i64> = reminders.iter().map(|t| t.as_second()).collect();
+                reminders.sort_unstable();
+                self.push(
+                    "scale_pushes",
+                    vec![
+                        key(),
+                        Arg::I(e),
+                        patient(),
+                        inst(),
+                        Arg::I(seq),
+                        Arg::T(scale.clone()),
+                        Arg::I(due_at.as_second()),
+                        Arg::OptI(expires_at.map(|t| t.as_second())),
+                        Arg::T(serde_json::to_string(&reminders).unwrap_or_default()),
+                        Arg::OptI(reminders.first().copied().filter(|_| stale.is_none())),
+                        Arg::T(
+                            if stale.is_some() {
+                                "cancelled"
+                            } else {
+                                "pending"
+                            }
+                            .into(),
+                        ),
+                        Arg::I(at),
+                    ],
+                );
+            }
             Produced::Risk {
                 model,
                 score,
