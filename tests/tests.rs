@@ -8,3 +8,4 @@ mod support;
 mod delivery;
 mod engine_exactly_once;
 mod engine_store;
+mod report;

@@ -7,6 +7,7 @@
 //! sequence, which the committed state already moved past).
 
 pub mod db;
+pub mod indicators;
 pub mod outbox;
 pub mod queries;
 mod writer;
