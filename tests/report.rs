@@ -516,7 +516,7 @@ impl Rows<'_> {
         ]
     }
 
-    async fn from_enrolments(&self, cond: &str) -> i64 {
+    async fn enrolment_count(&self, cond: &str) -> i64 {
         n(
             self.pool,
             &format!(
@@ -604,7 +604,7 @@ impl Rows<'_> {
             ("completed", format!("{ended} AND e.status = 'completed'")),
             ("withdrawn", format!("{ended} AND e.status = 'withdrawn'")),
         ] {
-            out.push((format!("enrolments.{k}"), self.from_enrolments(&cond).await));
+            out.push((format!("enrolments.{k}"), self.enrolment_count(&cond).await));
         }
         let fu = format!("f.send_at >= {f} AND f.send_at < {t} AND f.status <> 'cancelled'");
         out.push((
@@ -689,8 +689,8 @@ impl Rows<'_> {
             n(
                 self.pool,
                 &format!(
-                    "SELECT COUNT(*) FROM record r JOIN enrolments e ON e.id = r.enrolment_id WHERE r.kind = 'alarm' \
-                     AND e.institution_id = {}{} AND r.at >= {f} AND r.at < {t}",
+                    "SELECT COUNT(*) FROM events v JOIN enrolments e ON e.id = v.enrolment_id WHERE v.name LIKE 'alarm:%' \
+                     AND e.institution_id = {}{} AND v.at >= {f} AND v.at < {t}",
                     q(self.inst),
                     self.pw()
                 ),
@@ -905,7 +905,7 @@ async fn check_institution(c: &mut Check, pool: &Pool, j: &Value) {
         .count() as i64;
     c.int(&format!("{inst} case_managers"), &j["case_managers"], cms);
     let at_end = rows
-        .from_enrolments(&format!(
+        .enrolment_count(&format!(
             "e.enrolled_at < {to} AND (e.ended_at IS NULL OR e.ended_at >= {to})"
         ))
         .await;
@@ -1015,14 +1015,23 @@ async fn check_institution(c: &mut Check, pool: &Pool, j: &Value) {
             .all(|r| roles.iter().any(|x| r["role"] == x.as_str())),
     );
 
-    // Per staff member: every member of the institution has a row; assignees from elsewhere and
-    // the unassigned tasks have one when they have anything to count.
+    // Per staff member: every case manager has a row, and everyone with work to count.
     let by_staff = j["by_staff"].as_array().expect("by_staff");
     for s in &staff {
         let id = s[0].clone().unwrap_or_default();
+        if by_staff.iter().any(|r| r["staff"] == id.as_str()) {
+            continue;
+        }
         c.yes(
-            &format!("{inst}: no row for staff member {id}"),
-            by_staff.iter().any(|r| r["staff"] == id.as_str()),
+            &format!("{inst}: no row for case manager {id}"),
+            !is_cm(s[1].as_deref().unwrap_or("")),
+        );
+        let want = rows
+            .task_counts(&format!(" AND t.assignee = {}", q(&id)))
+            .await;
+        c.yes(
+            &format!("{inst}: staff member {id} has counts but no row"),
+            want.iter().all(|(_, v)| *v == 0),
         );
     }
     for r in by_staff {

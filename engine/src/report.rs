@@ -166,15 +166,16 @@ pub async fn monthly(pool: &Pool, programs: &Programs, opts: &Options) -> Result
     };
     let mut bounds = Vec::new();
     let mut dates = Vec::new();
+    // Days that have begun by `as_of`: the current month's chart stops today.
     let mut d = opts.month;
-    while d < next {
+    while d < next && start(d, tz)? < period.as_of.max(period.from + 1) {
         bounds.push(start(d, tz)?);
         dates.push(d.to_string());
         d = d
             .tomorrow()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
     }
-    bounds.push(period.to);
+    bounds.push(start(d, tz)?);
     let latest = programs.latest();
     let institutions = indicators::institutions(pool, opts.institution.as_deref()).await?;
     if let Some(id) = &opts.institution
@@ -270,6 +271,12 @@ pub async fn monthly(pool: &Pool, programs: &Programs, opts: &Options) -> Result
 // ---------------------------------------------------------------------------------------------
 // HTML
 
+/// `[from, to)` as the local dates it covers: `2026-10-01 – 2026-10-31`.
+fn local_days(from: i64, to: i64, tz: &TimeZone) -> String {
+    let day = |s: i64| crate::store::ts(s).to_zoned(tz.clone()).date().to_string();
+    format!("{} – {}", day(from), day(to - 1))
+}
+
 fn opt_rate(v: Option<f64>) -> String {
     v.map(percent).unwrap_or_else(|| "—".into())
 }
@@ -301,11 +308,11 @@ pub fn html(r: &MonthlyReport) -> String {
         escape(&title),
         escape(&title)
     );
+    let tz = TimeZone::get(&r.tz).unwrap_or(TimeZone::UTC);
     let _ = writeln!(
         h,
-        "<p>Period {} to {} ({}); work due up to {} counted. Counts only: no patient is named.</p>",
-        escape(&r.from),
-        escape(&r.to),
+        "<p>{} ({}); work falling due counted up to {}. Counts only: no patient is named.</p>",
+        escape(&local_days(r.from_s, r.to_s, &tz)),
         escape(&r.tz),
         escape(&r.as_of)
     );
@@ -313,7 +320,7 @@ pub fn html(r: &MonthlyReport) -> String {
         h.push_str("<p>No institutions in this database.</p>\n");
     }
     for inst in &r.institutions {
-        institution_html(&mut h, inst);
+        institution_html(&mut h, inst, &tz);
     }
     h.push_str("</body>\n</html>\n");
     h
@@ -335,7 +342,7 @@ fn header(h: &mut String, cells: &[&str]) {
     h.push_str("</tr>\n");
 }
 
-fn institution_html(h: &mut String, inst: &InstitutionReport) {
+fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
     let c = &inst.counts;
     let r = &inst.rates;
     let _ = writeln!(
@@ -452,7 +459,7 @@ fn institution_html(h: &mut String, inst: &InstitutionReport) {
     ];
     for i in &inst.indicators {
         bars.push(Bar {
-            label: format!("{}: {}", i.pathway, i.title.zh),
+            label: format!("{} {} ({})", i.title.zh, i.title.en, i.pathway),
             value: i.value,
             target: i.target,
         });
@@ -488,12 +495,7 @@ fn institution_html(h: &mut String, inst: &InstitutionReport) {
             for cell in [
                 i.pathway.clone(),
                 format!("{} {}", i.title.zh, i.title.en),
-                format!(
-                    "{} ({} – {})",
-                    i.period,
-                    crate::store::ts(i.from),
-                    crate::store::ts(i.to)
-                ),
+                format!("{}: {}", i.period, local_days(i.from, i.to, tz)),
                 format!("{} = {}", i.numerator.counter, i.numerator.count),
                 format!("{} = {}", i.denominator.counter, i.denominator.count),
                 i.problem.clone().unwrap_or_else(|| opt_rate(i.value)),

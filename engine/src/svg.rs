@@ -233,7 +233,7 @@ impl Doc {
     /// meets its target in green, one that misses it in orange. Returns the height used.
     pub fn bars(&mut self, y0: u32, title: &str, bars: &[Bar]) -> u32 {
         const ROW: f64 = 26.0;
-        const LABEL_W: f64 = 300.0;
+        const LABEL_W: f64 = 420.0;
         let b = &mut self.body;
         let w = f64::from(self.width);
         let (x_left, x_right) = (LABEL_W + 10.0, w - 90.0);
@@ -274,7 +274,7 @@ impl Doc {
             let y = y_top + ROW * i as f64;
             let _ = writeln!(
                 b,
-                r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end">{}</text>"#,
+                r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#,
                 LABEL_W,
                 y + ROW / 2.0 + 4.0,
                 escape(&bar.label)

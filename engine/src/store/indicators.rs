@@ -358,7 +358,8 @@ async fn referral_counts(
     Ok(out)
 }
 
-/// Alarm episodes raised in the period (one per alarm rule turning true).
+/// Alarm episodes raised in the period: one per alarm rule turning true, recorded under the key
+/// `alarm:<rule>:<instant>` (arming a rule is recorded as kind `alarm` too, under the action's key).
 async fn alarm_counts(
     pool: &Pool,
     scope: &Scope<'_>,
@@ -369,7 +370,7 @@ async fn alarm_counts(
     let filter = pathway_filter(scope, &mut args);
     let sql = format!(
         "SELECT {k}, COUNT(*) FROM record r JOIN enrolments e ON e.id = r.enrolment_id \
-         WHERE r.kind = 'alarm' AND e.institution_id = $1 AND r.at >= $2 AND r.at < $3{filter}{g}",
+         WHERE r.kind = 'alarm' AND r.dedupe_key LIKE 'alarm:%' AND e.institution_id = $1 AND r.at >= $2 AND r.at < $3{filter}{g}",
         k = key.expr(),
         g = key.group_by(),
     );
@@ -571,14 +572,17 @@ pub struct StaffRow {
     pub tasks: TaskCounts,
 }
 
-/// Task counts per assignee (the staff member who claimed or completed the task): every staff
-/// member of the institution, plus assignees from elsewhere and the unassigned tasks when they
-/// have anything to count. Case managers first.
+/// Task counts per assignee (the staff member who claimed or completed the task): every case
+/// manager of the institution, every other assignee with anything to count, and the unassigned
+/// tasks. Case managers first.
 pub async fn tasks_by_staff(pool: &Pool, scope: &Scope<'_>, p: &Period) -> Result<Vec<StaffRow>> {
     let mut counts = task_counts(pool, scope, p, Key::Staff).await?;
     let mut rows = Vec::new();
     for (id, name, roles) in staff(pool, scope.institution).await? {
         let tasks = counts.remove(&Some(id.clone())).unwrap_or_default();
+        if tasks == TaskCounts::default() && !is_case_manager(&roles) {
+            continue;
+        }
         rows.push(StaffRow {
             case_manager: is_case_manager(&roles),
             staff: Some(id),
