@@ -692,6 +692,10 @@ pub async fn institutions(
 // Pathway-declared indicators
 
 /// Counts the enrolments of `pathway` at an institution that `counter` counts over a period.
+///
+/// Each counter reads its own table once, filtered by the period, and joins the enrolments by
+/// key; a correlated `EXISTS` per enrolment would scan tables that have no index on the
+/// enrolment (the record, goals) once for every enrolment.
 pub async fn count(
     pool: &Pool,
     institution: &str,
@@ -706,75 +710,91 @@ pub async fn count(
         p.to.into(),
         p.due_end().into(),
     ];
-    let id = counter.id().unwrap_or_default().to_string();
-    let in_period = |col: &str| format!("{col} >= $3 AND {col} < $4");
-    let cond = match counter {
-        Counter::Enrolled => "e.enrolled_at < $4 AND (e.ended_at IS NULL OR e.ended_at >= $3)".into(),
-        Counter::Started => in_period("e.enrolled_at"),
-        Counter::Completed => format!("e.status = 'completed' AND {}", in_period("e.ended_at")),
-        Counter::GoalMet(_) => format!(
-            "EXISTS (SELECT 1 FROM goals g WHERE g.enrolment_id = e.id AND g.goal_id = $6 AND g.met = 1 AND {})",
-            in_period("g.evaluated_at")
+    if let Some(id) = counter.id() {
+        args.push(id.into());
+    }
+    let mine = "e.institution_id = $1 AND e.pathway_id = $2";
+    let within = |col: &str| format!("{col} >= $3 AND {col} < $4");
+    // Distinct enrolments among the rows of `table` (aliased `x`) that meet `cond`.
+    let among = |table: &str, cond: String| {
+        format!(
+            "SELECT COUNT(DISTINCT e.id) FROM {table} x JOIN enrolments e ON e.id = x.enrolment_id WHERE {mine} AND {cond}"
+        )
+    };
+    let sql = match counter {
+        Counter::Enrolled => format!(
+            "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND e.enrolled_at < $4 AND (e.ended_at IS NULL OR e.ended_at >= $3)"
         ),
-        Counter::Event(_) => format!(
-            "EXISTS (SELECT 1 FROM events v WHERE v.enrolment_id = e.id AND v.name = $6 AND {})",
-            in_period("v.at")
+        Counter::Started => format!(
+            "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND {}",
+            within("e.enrolled_at")
+        ),
+        Counter::Completed => format!(
+            "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND e.status = 'completed' AND {}",
+            within("e.ended_at")
+        ),
+        Counter::GoalMet(_) => among(
+            "goals",
+            format!(
+                "x.goal_id = $6 AND x.met = 1 AND {}",
+                within("x.evaluated_at")
+            ),
+        ),
+        Counter::Event(_) => among("events", format!("x.name = $6 AND {}", within("x.at"))),
+        Counter::TaskDone(_) => among(
+            "tasks",
+            format!(
+                "x.task_ref = $6 AND x.status = 'done' AND {}",
+                within("x.completed_at")
+            ),
+        ),
+        Counter::TaskOnTime(_) => among(
+            "tasks",
+            format!(
+                "x.task_ref = $6 AND x.status = 'done' AND x.completed_at <= x.due_at AND {}",
+                within("x.completed_at")
+            ),
+        ),
+        Counter::FollowUpSent => among(
+            "follow_ups",
+            "x.status = 'sent' AND x.send_at >= $3 AND x.send_at < $5".into(),
+        ),
+        Counter::ScaleAnswered(_) => format!(
+            "SELECT COUNT(DISTINCT e.id) FROM scale_answers a JOIN enrolments e ON e.patient_id = a.patient_id \
+             WHERE {mine} AND a.scale = $6 AND {}",
+            within("a.at")
         ),
         Counter::Entered(state) => {
+            let to = if pool.is_postgres() {
+                "(x.detail::json ->> 'to')"
+            } else {
+                "json_extract(x.detail, '$.to')"
+            };
+            let mut sql = format!(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT x.enrolment_id FROM record x JOIN enrolments e ON e.id = x.enrolment_id \
+                 WHERE {mine} AND x.kind = 'transition' AND {to} = $6 AND {}",
+                within("x.at")
+            );
             // Entering the first state is not a transition: it is the enrolment at an entry
             // point that starts there.
-            let entries: Vec<&str> = pathway
+            let entries: Vec<Arg> = pathway
                 .entry_points
                 .iter()
                 .filter(|ep| &ep.state == state)
-                .map(|ep| ep.id.as_str())
+                .map(|ep| Arg::from(ep.id.as_str()))
                 .collect();
-            let to = if pool.is_postgres() {
-                "(r.detail::json ->> 'to')"
-            } else {
-                "json_extract(r.detail, '$.to')"
-            };
-            let mut c = format!(
-                "(EXISTS (SELECT 1 FROM record r WHERE r.enrolment_id = e.id AND r.kind = 'transition' AND {to} = $6 AND {})",
-                in_period("r.at")
-            );
             if !entries.is_empty() {
-                let first = args.len() + 2;
-                c.push_str(&format!(
-                    " OR ({} AND e.entry_point IN ({}))",
-                    in_period("e.enrolled_at"),
-                    super::db::placeholders(first, entries.len())
+                sql.push_str(&format!(
+                    " UNION SELECT e.id FROM enrolments e WHERE {mine} AND {} AND e.entry_point IN ({})",
+                    within("e.enrolled_at"),
+                    super::db::placeholders(args.len() + 1, entries.len())
                 ));
+                args.extend(entries);
             }
-            c.push(')');
-            args.push(Arg::T(id.clone()));
-            args.extend(entries.into_iter().map(Arg::from));
-            return count_where(pool, &c, args).await;
+            sql.push_str(") entered");
+            sql
         }
-        Counter::TaskDone(_) => format!(
-            "EXISTS (SELECT 1 FROM tasks k WHERE k.enrolment_id = e.id AND k.task_ref = $6 AND k.status = 'done' AND {})",
-            in_period("k.completed_at")
-        ),
-        Counter::TaskOnTime(_) => format!(
-            "EXISTS (SELECT 1 FROM tasks k WHERE k.enrolment_id = e.id AND k.task_ref = $6 AND k.status = 'done' AND k.completed_at <= k.due_at AND {})",
-            in_period("k.completed_at")
-        ),
-        Counter::ScaleAnswered(_) => format!(
-            "EXISTS (SELECT 1 FROM scale_answers a WHERE a.patient_id = e.patient_id AND a.scale = $6 AND {})",
-            in_period("a.at")
-        ),
-        Counter::FollowUpSent => "EXISTS (SELECT 1 FROM follow_ups f WHERE f.enrolment_id = e.id AND f.status = 'sent' AND f.send_at >= $3 AND f.send_at < $5)".into(),
     };
-    if counter.id().is_some() {
-        args.push(Arg::T(id));
-    }
-    count_where(pool, &cond, args).await
-}
-
-async fn count_where(pool: &Pool, cond: &str, args: Vec<Arg>) -> Result<i64> {
-    let sql = format!(
-        "SELECT COUNT(*) FROM enrolments e WHERE e.institution_id = $1 AND e.pathway_id = $2 AND {cond}"
-    );
     Ok(pool
         .fetch(&sql, args)
         .await?
