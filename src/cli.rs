@@ -225,6 +225,28 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Write the monthly operations report (JSON and a self-contained HTML page with charts):
+    /// enrolments, follow-ups, tasks, scales, referrals, alarms, stays, pathway indicators against
+    /// targets, per pathway, role and staff member. Counts only; no patient is named.
+    Report {
+        /// The month, `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+        #[command(flatten)]
+        db: DbArgs,
+        /// One institution (default: every institution, one section each).
+        #[arg(long)]
+        institution: Option<String>,
+        /// Where to write `report-YYYY-MM.json` and `report-YYYY-MM.html`.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The hospital's time zone, where the month's days begin.
+        #[arg(long, default_value = "Asia/Shanghai")]
+        tz: String,
+        /// Count work as missed only if it fell due before this instant (default: now).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     /// Print a pathway's state graph as DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -449,6 +471,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Report {
+            month,
+            db,
+            institution,
+            out,
+            tz,
+            as_of: at,
+        } => {
+            let opts = carepath_engine::report::Options {
+                month: carepath_engine::report::parse_month(&month).map_err(anyhow::Error::msg)?,
+                tz: jiff::tz::TimeZone::get(&tz)
+                    .with_context(|| format!("`{tz}` is not an IANA time zone"))?,
+                institution,
+                as_of: as_of(&at)?,
+            };
+            let pool = db.open().await?;
+            let programs = store::load_programs(&pool).await?;
+            let report = carepath_engine::report::monthly(&pool, &programs, &opts).await?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            for (ext, text) in [
+                ("json", serde_json::to_string_pretty(&report)?),
+                ("html", carepath_engine::report::html(&report)),
+            ] {
+                let path = out.join(format!("report-{}.{ext}", report.month));
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Test { paths, no_coverage } => pathway_tests(&paths, !no_coverage),
         Command::Simulate {

@@ -10,4 +10,5 @@ mod delivery;
 mod engine_exactly_once;
 mod engine_store;
 mod goals;
+mod report;
 mod scale_answers;

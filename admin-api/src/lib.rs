@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use carepath_engine::scales::Scales;
+use carepath_engine::store::indicators;
 use carepath_engine::store::queries::{self, QueueFilter, TaskAction};
 use carepath_engine::store::{self, NewPatient, Pool};
 use carepath_engine::{Programs, observations::Reading, scheduler};
@@ -1052,6 +1053,10 @@ async fn decide_referral(
 struct KpiQuery {
     from: Option<String>,
     to: Option<String>,
+    /// Break the totals down by `pathway`, `role` or `staff`.
+    by: Option<String>,
+    /// Count one pathway only.
+    pathway: Option<String>,
 }
 
 fn date_start(name: &str, d: &str) -> Result<i64, ApiError> {
@@ -1088,9 +1093,35 @@ async fn kpis(
     if from >= to {
         return Err(ApiError::BadRequest("`from` must be before `to`".into()));
     }
-    Ok(Json(
-        queries::kpis(&s.pool, &c.institution_id, from, to, now).await?,
-    ))
+    let by =
+        q.by.as_deref()
+            .map(|b| {
+                indicators::By::parse(b).ok_or_else(|| {
+                    ApiError::BadRequest(format!("`by` must be pathway, role or staff, not `{b}`"))
+                })
+            })
+            .transpose()?;
+    let programs = s.programs();
+    let latest = programs.latest();
+    if let Some(p) = &q.pathway
+        && !latest.iter().any(|prog| &prog.pathway.id == p)
+    {
+        return Err(ApiError::BadRequest(format!("no published pathway `{p}`")));
+    }
+    let pathways: Vec<&carepath_dsl::Pathway> = latest.iter().map(|p| &p.pathway).collect();
+    let req = indicators::KpiRequest {
+        scope: indicators::Scope {
+            institution: &c.institution_id,
+            pathway: q.pathway.as_deref(),
+        },
+        period: indicators::Period {
+            from,
+            to,
+            as_of: now,
+        },
+        by,
+    };
+    Ok(Json(indicators::kpis(&s.pool, &pathways, &req).await?))
 }
 
 async fn verify_audit(

@@ -212,8 +212,13 @@ const ROUTES: &[Route] = &[
         "get",
         "/kpis",
         "kpis",
-        "Indicators for the caller's institution over a period",
-        &[("from", "string"), ("to", "string")],
+        "Indicators for the caller's institution over a period: built-in ones, broken down by pathway, role or staff member, and those the pathways declare",
+        &[
+            ("from", "string"),
+            ("to", "string"),
+            ("by", "string"),
+            ("pathway", "string"),
+        ],
         None,
     ),
     (
@@ -254,6 +259,8 @@ pub fn document() -> Value {
         for (name, ty) in *query {
             let schema = if *name == "limit" {
                 json!({"type": "integer", "minimum": 1, "maximum": crate::MAX_PAGE})
+            } else if *name == "by" {
+                json!({"type": "string", "enum": ["pathway", "role", "staff"]})
             } else {
                 json!({"type": ty})
             };

@@ -510,7 +510,7 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                         format!("/referrals/{}/reject", fx.referral),
                         Some(json!({"reason": "no capacity"})),
                     ),
-                    "/kpis" => ("/kpis?from=2026-01-01&to=2027-01-01".into(), None),
+                    "/kpis" => ("/kpis?from=2026-01-01&to=2027-01-01&by=staff".into(), None),
                     p => (p.to_string(), None),
                 };
                 let audit_before = scalar(&ctx.pool, "SELECT COUNT(*) FROM audit_log").await;
@@ -547,6 +547,20 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                             .expect("task owner");
                         if owner.first().map(|r| r.text(0)).as_deref() != Some(inst.as_str()) {
                             got = format!("200 LEAK task {id}");
+                        }
+                    }
+                }
+                if route.path == "/kpis" && status == StatusCode::OK {
+                    // Indicators of the caller's institution only, and only its staff.
+                    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    if v["institution"] != inst.as_str() {
+                        got = format!("200 LEAK institution {}", v["institution"]);
+                    }
+                    for r in v["breakdown"]["rows"].as_array().into_iter().flatten() {
+                        if let Some(id) = r["staff"].as_str()
+                            && !id.starts_with(&format!("{inst}."))
+                        {
+                            got = format!("200 LEAK staff {id}");
                         }
                     }
                 }
@@ -631,6 +645,142 @@ async fn permission_matrix_audit_malformed_and_alarm() {
     malformed(&mut ctx, &staff).await;
     alarm(&mut ctx, &staff).await;
     scale_answers(&mut ctx, &staff).await;
+    kpis(&mut ctx, &staff).await;
+}
+
+/// Sums the `tasks` counts of breakdown rows.
+fn row_sum(v: &Value, key: &str) -> i64 {
+    v["breakdown"]["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            r["tasks"][key]
+                .as_i64()
+                .or_else(|| r["counts"]["tasks"][key].as_i64())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// `GET /kpis` breaks the totals down by pathway, role and staff member, and the rows add up to
+/// the totals; `pathway=` narrows everything, declared indicators included; the old keys stay.
+async fn kpis(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
+    // Some completed work at the lead, by the case manager.
+    let cm = token(staff, "lead", "case_manager");
+    let fx = ctx.fixture("lead").await;
+    let (status, _, bytes) = ctx
+        .call(
+            "POST",
+            &format!("/tasks/{}/complete", fx.task),
+            Some(cm),
+            Some(br#"{"outcome": "done"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let get = async |uri: &str, tok: &str| -> Value {
+        let (status, _, bytes) = ctx.call("GET", uri, Some(tok), None).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{uri}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice(&bytes).expect("json")
+    };
+    let period = "from=2020-01-01&to=2100-01-01";
+    let total = get(&format!("/kpis?{period}"), cm).await;
+    for key in [
+        "follow_up_rate",
+        "on_time_task_rate",
+        "overdue_tasks",
+        "open_tasks",
+        "scale_completion",
+        "referrals",
+        "upward_accepted_within_24h",
+        "case_load_per_case_manager",
+        "active_enrolments",
+        "enrolments_in_period",
+        "average_length_of_stay_days",
+    ] {
+        assert!(
+            total.get(key).is_some(),
+            "`{key}` is gone from /kpis: {total}"
+        );
+    }
+    assert!(total["breakdown"].is_null());
+    let created = total["counts"]["tasks"]["created"]
+        .as_i64()
+        .expect("created");
+    let completed = total["counts"]["tasks"]["completed"]
+        .as_i64()
+        .expect("completed");
+    assert!(created > 0 && completed > 0, "{total}");
+    for by in ["pathway", "role", "staff"] {
+        let v = get(&format!("/kpis?{period}&by={by}"), cm).await;
+        assert_eq!(v["breakdown"]["by"], by);
+        assert_eq!(row_sum(&v, "created"), created, "by {by}: {v}");
+        assert_eq!(row_sum(&v, "completed"), completed, "by {by}: {v}");
+    }
+    let v = get(&format!("/kpis?{period}&by=staff"), cm).await;
+    let done_by_cm = v["breakdown"]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["staff"] == "lead.case_manager")
+        .map(|r| r["tasks"]["completed"].as_i64().unwrap_or(0));
+    assert!(done_by_cm >= Some(1), "{v}");
+    // One pathway: its rows only, and its declared indicators.
+    let v = get(
+        &format!("/kpis?{period}&pathway=hypertension&by=pathway"),
+        cm,
+    )
+    .await;
+    assert_eq!(v["pathway"], "hypertension");
+    let rows = v["breakdown"]["rows"].as_array().expect("rows");
+    assert!(rows.iter().all(|r| r["pathway"] == "hypertension"), "{v}");
+    let indicators = v["indicators"].as_array().expect("indicators");
+    assert!(!indicators.is_empty(), "{v}");
+    assert!(
+        indicators.iter().all(|i| i["pathway"] == "hypertension"),
+        "{v}"
+    );
+    let bp = indicators
+        .iter()
+        .find(|i| i["id"] == "bp_control_rate")
+        .expect("bp_control_rate");
+    assert_eq!(bp["numerator"]["counter"], "goal_met:bp_controlled");
+    assert_eq!(bp["denominator"]["counter"], "enrolled");
+    assert!(bp["denominator"]["count"].as_i64() > Some(0), "{bp}");
+    assert_eq!(bp["target"], json!(0.6));
+    // Another institution sees its own numbers, not the lead's.
+    let clinic = get(
+        &format!("/kpis?{period}&by=staff"),
+        token(staff, "clinic_a", "case_manager"),
+    )
+    .await;
+    assert_eq!(clinic["institution"], "clinic_a");
+    let clinic_done = clinic["counts"]["tasks"]["completed"]
+        .as_i64()
+        .unwrap_or(-1);
+    assert!(
+        clinic_done < completed,
+        "clinic_a {clinic_done} vs lead {completed}"
+    );
+    // The OpenAPI document lists the new parameters.
+    let (_, _, bytes) = ctx.call("GET", "/openapi.json", None, None).await;
+    let doc: Value = serde_json::from_slice(&bytes).expect("json");
+    let params = doc["paths"]["/kpis"]["get"]["parameters"]
+        .as_array()
+        .expect("params");
+    let by = params.iter().find(|p| p["name"] == "by").expect("by");
+    assert_eq!(by["schema"]["enum"], json!(["pathway", "role", "staff"]));
+    assert!(params.iter().any(|p| p["name"] == "pathway"));
 }
 
 fn token<'a>(staff: &'a [(String, String, String, String)], inst: &str, role: &str) -> &'a str {
@@ -710,6 +860,9 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("GET", "/kpis?from=2027-01-01&to=2026-01-01".into(), None, Some(400)),
         ("GET", "/kpis?to=yesterday".into(), None, Some(400)),
         ("GET", "/kpis?from=-9999-01-01".into(), None, None),
+        ("GET", "/kpis?by=ward".into(), None, Some(400)),
+        ("GET", "/kpis?by=".into(), None, Some(400)),
+        ("GET", "/kpis?pathway=no_such_pathway".into(), None, Some(400)),
         ("GET", "/referrals?bogus=1".into(), None, Some(400)),
         ("POST", "/tasks/99999999/claim".into(), Some(b"{}".to_vec()), Some(404)),
         ("POST", "/tasks/abc/claim".into(), Some(b"{}".to_vec()), None),

@@ -10,10 +10,11 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
 
 use crate::catalog;
-use crate::diag::{Code, Diagnostic, suggest};
+use crate::counter::{self, Counter, CounterError, Names};
+use crate::diag::{Code, Diagnostic, closest, suggest};
 use crate::expr::{ExprChecker, Purpose};
 use crate::lower::{Loc, SourceMap};
-use crate::model::{Pathway, Trigger};
+use crate::model::{Action, Pathway, Trigger};
 
 struct Sink<'a> {
     diags: &'a mut Vec<Diagnostic>,
@@ -235,7 +236,116 @@ pub(crate) fn check_pathway(
         }
     }
 
+    indicator_checks(p, map, &mut sink);
     graph_checks(p, map, &index, &mut sink, &state_loc);
+}
+
+/// Indicator counters parse, and name goals, states, tasks and scales the pathway has.
+fn indicator_checks(p: &Pathway, map: &SourceMap, sink: &mut Sink<'_>) {
+    let mut seen: HashMap<&str, &Loc> = HashMap::new();
+    for (id, loc) in &map.indicator_ids {
+        if let Some(first) = seen.insert(id, loc) {
+            sink.at(
+                Code::DuplicateId,
+                loc,
+                format!("indicator `{id}` is defined twice"),
+                format!("the first is at line {}", first.pos.line),
+            );
+        }
+    }
+    let goals: Vec<&str> = p
+        .goals
+        .iter()
+        .map(|g| g.id.as_str())
+        .chain(p.actions().filter_map(|(_, a)| match a {
+            Action::Goal(g) => Some(g.id.as_str()),
+            _ => None,
+        }))
+        .collect();
+    let states: Vec<&str> = p.states.iter().map(|s| s.id.as_str()).collect();
+    let alarm_tasks: Vec<String> = p
+        .actions()
+        .filter_map(|(_, a)| match a {
+            Action::Alarm(al) => Some(
+                al.task
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("alarm_{}", al.id)),
+            ),
+            _ => None,
+        })
+        .collect();
+    let tasks: Vec<&str> = p
+        .actions()
+        .filter_map(|(_, a)| match a {
+            Action::Task(t) => t.id.as_deref(),
+            _ => None,
+        })
+        .chain(alarm_tasks.iter().map(String::as_str))
+        .collect();
+    let known = |names: Names| -> (&str, Vec<&str>) {
+        match names {
+            Names::Goal => ("goal", goals.clone()),
+            Names::State => ("state", states.clone()),
+            Names::Task => ("task", tasks.clone()),
+            Names::Scale => ("scale", catalog::SCALES.to_vec()),
+            Names::Event => ("event", Vec::new()),
+            Names::Nothing => ("", Vec::new()),
+        }
+    };
+    // A list of choices, shortened when long.
+    let choices = |what: &str, names: &[&str]| -> String {
+        match names.len() {
+            0 => format!("the pathway declares no {what} with an id"),
+            1..=12 => format!("{what}s: {}", names.join(", ")),
+            n => format!("{what}s: {}, … ({n} in all)", names[..12].join(", ")),
+        }
+    };
+    for (text, loc) in &map.counters {
+        let counter = match Counter::parse(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let hint = match &e {
+                    CounterError::UnknownKind(k) => suggest(k, &counter::kind_names()),
+                    CounterError::UnexpectedId(k) => format!("write `{k}` alone"),
+                    CounterError::MissingId(k) => {
+                        let names = counter::KINDS
+                            .iter()
+                            .find(|(kind, _, _)| kind == k)
+                            .map(|(_, n, _)| *n)
+                            .unwrap_or(Names::Nothing);
+                        let (what, ids) = known(names);
+                        match ids.first() {
+                            Some(first) => format!("write `{k}:<{what}>`, e.g. `{k}:{first}`"),
+                            None => format!("write `{k}:<{what}>`"),
+                        }
+                    }
+                    CounterError::BadId(..) => {
+                        "ids start with a lower-case letter and use only a-z, 0-9 and _".into()
+                    }
+                };
+                sink.at(Code::UnknownCounter, loc, e.to_string(), hint);
+                continue;
+            }
+        };
+        let (what, ids) = known(counter.names());
+        if matches!(counter.names(), Names::Event | Names::Nothing) {
+            continue;
+        }
+        let id = counter.id().unwrap_or_default();
+        if !ids.contains(&id) {
+            let hint = match closest(id, ids.iter().copied()) {
+                Some(c) => format!("did you mean `{}:{c}`?", counter.kind()),
+                None => choices(what, &ids),
+            };
+            sink.at(
+                Code::UnknownCounter,
+                loc,
+                format!("`{text}` counts {what} `{id}`, which the pathway does not have"),
+                hint,
+            );
+        }
+    }
 }
 
 fn graph_checks(

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 mod check;
+pub mod counter;
 pub mod diag;
 pub mod expr;
 pub mod graph;

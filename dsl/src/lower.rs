@@ -45,6 +45,10 @@ pub struct SourceMap {
     pub exprs: Vec<PendingExpr>,
     /// Assignments to variables by `set` actions: (variable, location).
     pub assignments: Vec<(String, Loc)>,
+    /// Indicator numerators and denominators as written, checked once the pathway is known.
+    pub counters: Vec<(String, Loc)>,
+    /// Indicator ids, for the duplicate check.
+    pub indicator_ids: Vec<(String, Loc)>,
     pub root: Option<Loc>,
 }
 
@@ -349,6 +353,14 @@ impl<'a> Lowerer<'a> {
             );
             return None;
         }
+        Some(s)
+    }
+
+    /// An indicator counter, kept as text; `check` parses it once the goals, states and tasks it
+    /// may name are known.
+    fn counter(&mut self, node: &Node, what: &str) -> Option<String> {
+        let s = self.string(node, what)?;
+        self.map.counters.push((s.clone(), self.loc(node.pos)));
         Some(s)
     }
 
@@ -1425,18 +1437,20 @@ impl<'a> Lowerer<'a> {
                 "target",
             ],
         )?;
-        let id = self
-            .req(&f, "id", node, "the indicator")
-            .and_then(|n| self.ident(n, "indicator id"));
+        let id = self.req(&f, "id", node, "the indicator").and_then(|n| {
+            let id = self.ident(n, "indicator id")?;
+            self.map.indicator_ids.push((id.clone(), self.loc(n.pos)));
+            Some(id)
+        });
         let title = self
             .req(&f, "title", node, "the indicator")
             .and_then(|n| self.text(n, "title"));
         let numerator = self
             .req(&f, "numerator", node, "the indicator")
-            .and_then(|n| self.string(n, "numerator"));
+            .and_then(|n| self.counter(n, "numerator"));
         let denominator = self
             .req(&f, "denominator", node, "the indicator")
-            .and_then(|n| self.string(n, "denominator"));
+            .and_then(|n| self.counter(n, "denominator"));
         let period = Self::opt(&f, "period")
             .and_then(|n| {
                 self.choice(

@@ -12,12 +12,14 @@ pub mod risk;
 pub mod sandbox;
 pub mod scales;
 pub mod step;
+pub mod svg;
 pub mod time;
 
 pub use facts::{PatientFacts, PendingEvent};
 pub use program::Programs;
 pub use step::{Emitted, Enrolment, Outcome, Produced, Program, Status, StepError, enrol, step};
 pub mod pathway_test;
+pub mod report;
 pub mod scheduler;
 pub mod seed;
 pub mod store;

@@ -15,7 +15,7 @@ pub mod expr;
 pub mod report;
 pub mod run;
 pub mod scenario;
-pub mod svg;
+pub use carepath_engine::svg;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 pub mod bulk;
 pub mod db;
 pub mod goals;
+pub mod indicators;
 pub mod outbox;
 pub mod queries;
 pub mod scales;

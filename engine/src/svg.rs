@@ -1,5 +1,7 @@
-//! Simple line charts written as SVG by hand: axes with round ticks, one polyline per series and a
-//! legend. Enough for workload and occupancy over a run; no plotting crate needed.
+//! Simple charts written as SVG by hand: line charts (axes with round ticks, one polyline per
+//! series and a legend) and horizontal bar charts of rates against their targets. Enough for the
+//! simulator's workload and occupancy and the monthly report; no plotting crate, no script, so a
+//! chart opens offline and can be inlined into HTML.
 
 use std::fmt::Write as _;
 
@@ -60,6 +62,24 @@ pub struct Series {
     pub values: Vec<f64>,
 }
 
+/// One bar of a bar chart: a rate and, if it has one, its target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    pub label: String,
+    pub value: Option<f64>,
+    pub target: Option<f64>,
+}
+
+/// A rate as a percentage with one decimal.
+pub fn percent(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+/// The height a bar chart of `n` bars needs.
+pub fn bars_height(n: usize) -> u32 {
+    34 + 26 * n.max(1) as u32 + 24
+}
+
 /// An SVG document holding one or more charts stacked vertically.
 pub struct Doc {
     width: u32,
@@ -78,6 +98,19 @@ impl Doc {
 
     /// A line chart whose top edge is at `y0`; every series has one value per day.
     pub fn chart(&mut self, y0: u32, title: &str, x_label: &str, y_label: &str, series: &[Series]) {
+        self.chart_from(y0, title, x_label, y_label, series, 0.0);
+    }
+
+    /// A line chart whose x axis is numbered from `first_x` (day 1 of a month, say).
+    pub fn chart_from(
+        &mut self,
+        y0: u32,
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        series: &[Series],
+        first_x: f64,
+    ) {
         let b = &mut self.body;
         let (w, y0) = (f64::from(self.width), f64::from(y0));
         let (x_left, x_right) = (LEFT, w - RIGHT);
@@ -127,7 +160,7 @@ impl Doc {
                 r##"<line x1="{x:.1}" y1="{y_bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#444"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"##,
                 y_bottom + 4.0,
                 y_bottom + 17.0,
-                num(i)
+                num(i + first_x)
             );
             i += x_step;
         }
@@ -195,6 +228,105 @@ impl Doc {
         }
     }
 
+    /// A horizontal bar chart of rates (0 to 1, shown as percentages) whose top edge is at `y0`:
+    /// one bar per entry, a dark tick at its target, the value at the bar's end, and a bar that
+    /// meets its target in green, one that misses it in orange. Returns the height used.
+    pub fn bars(&mut self, y0: u32, title: &str, bars: &[Bar]) -> u32 {
+        const ROW: f64 = 26.0;
+        const LABEL_W: f64 = 420.0;
+        let b = &mut self.body;
+        let w = f64::from(self.width);
+        let (x_left, x_right) = (LABEL_W + 10.0, w - 90.0);
+        let y_top = f64::from(y0) + 34.0;
+        let max = bars
+            .iter()
+            .flat_map(|b| [b.value, b.target])
+            .flatten()
+            .filter(|v| v.is_finite())
+            .fold(1.0, f64::max);
+        let x_of = |v: f64| x_left + (x_right - x_left) * (v / max).clamp(0.0, 1.0);
+        let _ = writeln!(
+            b,
+            r#"<text x="{:.1}" y="{:.1}" font-size="15" font-weight="bold">{}</text>"#,
+            10.0,
+            f64::from(y0) + 20.0,
+            escape(title)
+        );
+        let y_bottom = y_top + ROW * bars.len().max(1) as f64;
+        for pct in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            let x = x_of(pct * max);
+            let _ = writeln!(
+                b,
+                r##"<line x1="{x:.1}" y1="{y_top:.1}" x2="{x:.1}" y2="{y_bottom:.1}" stroke="#e6e6e6"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{:.0}%</text>"##,
+                y_bottom + 14.0,
+                pct * max * 100.0
+            );
+        }
+        if bars.is_empty() {
+            let _ = writeln!(
+                b,
+                r##"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="middle" fill="#888">nothing to show</text>"##,
+                (x_left + x_right) / 2.0,
+                y_top + ROW / 2.0 + 4.0
+            );
+        }
+        for (i, bar) in bars.iter().enumerate() {
+            let y = y_top + ROW * i as f64;
+            let _ = writeln!(
+                b,
+                r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#,
+                LABEL_W,
+                y + ROW / 2.0 + 4.0,
+                escape(&bar.label)
+            );
+            let value = bar.value.filter(|v| v.is_finite());
+            let colour = match (value, bar.target) {
+                (Some(v), Some(t)) if v >= t => "#2ca02c",
+                (Some(_), Some(_)) => "#ff7f0e",
+                _ => "#1f77b4",
+            };
+            match value {
+                Some(v) => {
+                    let _ = writeln!(
+                        b,
+                        r#"<rect class="bar" x="{x_left:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"><title>{}: {}</title></rect><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+                        y + 4.0,
+                        (x_of(v) - x_left).max(0.5),
+                        ROW - 8.0,
+                        escape(&bar.label),
+                        percent(v),
+                        x_of(v) + 4.0,
+                        y + ROW / 2.0 + 4.0,
+                        percent(v)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        b,
+                        r##"<text x="{:.1}" y="{:.1}" font-size="11" fill="#888">no data</text>"##,
+                        x_left + 4.0,
+                        y + ROW / 2.0 + 4.0
+                    );
+                }
+            }
+            if let Some(t) = bar.target.filter(|t| t.is_finite()) {
+                let x = x_of(t);
+                let _ = writeln!(
+                    b,
+                    r##"<line class="target" x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#222" stroke-width="2.5"><title>target {}</title></line>"##,
+                    y + 1.0,
+                    y + ROW - 1.0,
+                    percent(t)
+                );
+            }
+        }
+        let _ = writeln!(
+            b,
+            r##"<line x1="{x_left:.1}" y1="{y_top:.1}" x2="{x_left:.1}" y2="{y_bottom:.1}" stroke="#444"/>"##
+        );
+        (y_bottom + 24.0 - f64::from(y0)).ceil() as u32
+    }
+
     pub fn finish(self) -> String {
         format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{}</svg>\n",
@@ -215,6 +347,37 @@ mod tests {
         assert_eq!(nice_step(364.0, 8.0), 50.0);
         assert_eq!(nice_step(3.0, 5.0), 1.0);
         assert_eq!(nice_step(0.0, 5.0), 1.0);
+    }
+
+    #[test]
+    fn draws_bars_against_targets() {
+        let bars = [
+            Bar {
+                label: "follow-up <rate>".into(),
+                value: Some(0.95),
+                target: Some(0.9),
+            },
+            Bar {
+                label: "missed".into(),
+                value: Some(0.5),
+                target: Some(0.9),
+            },
+            Bar {
+                label: "nothing".into(),
+                value: None,
+                target: None,
+            },
+        ];
+        let mut d = Doc::new(800, bars_height(bars.len()));
+        let h = d.bars(0, "Indicators", &bars);
+        assert_eq!(h, bars_height(bars.len()));
+        let s = d.finish();
+        assert_eq!(s.matches(r#"class="bar""#).count(), 2);
+        assert_eq!(s.matches(r#"class="target""#).count(), 2);
+        assert!(s.contains("follow-up &lt;rate&gt;"));
+        assert!(s.contains("95.0%") && s.contains("50.0%") && s.contains("no data"));
+        assert!(s.contains("#2ca02c") && s.contains("#ff7f0e"));
+        assert!(!s.contains("NaN"));
     }
 
     #[test]

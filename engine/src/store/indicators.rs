@@ -1,0 +1,977 @@
+//! Indicators: the built-in operational ones and those pathways declare, for any period,
+//! institution and breakdown.
+//!
+//! Every number is a count of stored rows over a half-open period `[from, to)`, so a month's
+//! numbers do not change when the report is run again later. Work that falls due is counted only
+//! up to `as_of` (a follow-up due tomorrow is not yet missed); the caller passes `as_of`, so
+//! reports and tests can fix it. Each family of counts is one grouped query whose grouping key is
+//! the breakdown (none, pathway, role, staff member), so a total and its breakdown rows are
+//! computed by the same SQL and always add up. Rates are derived from the counts, never stored.
+//! Rows belong to an institution by the institution column of their own table (a task moves with
+//! an accepted referral; a follow-up stays where it was sent from).
+
+use std::collections::BTreeMap;
+
+use carepath_dsl::counter::Counter;
+use carepath_dsl::{Indicator, Pathway, Text};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::db::Arg;
+use super::{Pool, Result, Row};
+
+/// The roles whose holders carry a case load.
+pub const CASE_MANAGER_ROLES: &[&str] = &[
+    "case_manager",
+    "hospital_case_manager",
+    "clinic_case_manager",
+];
+
+/// A half-open period and the instant up to which due work counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period {
+    pub from: i64,
+    pub to: i64,
+    pub as_of: i64,
+}
+
+impl Period {
+    /// The end of the part of the period in which work could already have fallen due.
+    pub fn due_end(&self) -> i64 {
+        self.to.min(self.as_of).max(self.from)
+    }
+}
+
+/// Whose rows: an institution, optionally one pathway.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub institution: &'a str,
+    pub pathway: Option<&'a str>,
+}
+
+/// How to break the totals down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Pathway,
+    Role,
+    Staff,
+}
+
+impl By {
+    pub fn parse(s: &str) -> Option<By> {
+        match s {
+            "pathway" => Some(By::Pathway),
+            "role" => Some(By::Role),
+            "staff" => Some(By::Staff),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Pathway => "pathway",
+            By::Role => "role",
+            By::Staff => "staff",
+        }
+    }
+}
+
+/// The grouping of one query: its key expression over the aliases `e` (enrolments) and, for task
+/// queries, `t` (tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    All,
+    Pathway,
+    Role,
+    Staff,
+}
+
+impl Key {
+    fn expr(self) -> &'static str {
+        match self {
+            Key::All => "''",
+            Key::Pathway => "e.pathway_id",
+            Key::Role => "t.role",
+            Key::Staff => "t.assignee",
+        }
+    }
+
+    fn group_by(self) -> &'static str {
+        match self {
+            Key::All => "",
+            Key::Pathway => " GROUP BY e.pathway_id",
+            Key::Role => " GROUP BY t.role",
+            Key::Staff => " GROUP BY t.assignee",
+        }
+    }
+}
+
+/// Rows grouped by key; `None` is a NULL key (an unassigned task).
+type Grouped<T> = BTreeMap<Option<String>, T>;
+
+/// `n / d`, or `None` when nothing was counted.
+pub fn rate(n: i64, d: i64) -> Option<f64> {
+    (d > 0).then(|| n as f64 / d as f64)
+}
+
+/// Appends the pathway condition when the scope names one; returns the SQL fragment.
+fn pathway_filter(scope: &Scope<'_>, args: &mut Vec<Arg>) -> String {
+    match scope.pathway {
+        Some(p) => {
+            args.push(Arg::T(p.to_string()));
+            format!(" AND e.pathway_id = ${}", args.len())
+        }
+        None => String::new(),
+    }
+}
+
+async fn grouped<T: Default>(
+    pool: &Pool,
+    sql: &str,
+    args: Vec<Arg>,
+    read: impl Fn(&Row) -> T,
+) -> Result<Grouped<T>> {
+    let rows = pool.fetch(sql, args).await?;
+    Ok(rows.iter().map(|r| (r.opt_text(0), read(r))).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counts
+
+/// Staff work in a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TaskCounts {
+    /// Tasks created in the period.
+    pub created: i64,
+    /// Tasks completed in the period.
+    pub completed: i64,
+    /// Of those, completed by their due time.
+    pub completed_on_time: i64,
+    /// Tasks due in the period (up to `as_of`), not cancelled.
+    pub due: i64,
+    /// Of those, not completed by their due time (completed late, or still open).
+    pub overdue: i64,
+    /// Distinct enrolments among the tasks completed or due in the period: the case load served.
+    pub enrolments: i64,
+}
+
+impl TaskCounts {
+    pub fn on_time_rate(&self) -> Option<f64> {
+        rate(self.completed_on_time, self.completed)
+    }
+}
+
+async fn task_counts(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<TaskCounts>> {
+    let mut args: Vec<Arg> = vec![
+        scope.institution.into(),
+        p.from.into(),
+        p.to.into(),
+        p.due_end().into(),
+    ];
+    let filter = pathway_filter(scope, &mut args);
+    let done = "t.status = 'done' AND t.completed_at >= $2 AND t.completed_at < $3";
+    let due = "t.status <> 'cancelled' AND t.due_at >= $2 AND t.due_at < $4";
+    let sql = format!(
+        "SELECT {k}, \
+         COUNT(CASE WHEN t.created_at >= $2 AND t.created_at < $3 THEN 1 END), \
+         COUNT(CASE WHEN {done} THEN 1 END), \
+         COUNT(CASE WHEN {done} AND t.completed_at <= t.due_at THEN 1 END), \
+         COUNT(CASE WHEN {due} THEN 1 END), \
+         COUNT(CASE WHEN {due} AND (t.completed_at IS NULL OR t.completed_at > t.due_at) THEN 1 END), \
+         COUNT(DISTINCT CASE WHEN ({done}) OR ({due}) THEN t.enrolment_id END) \
+         FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
+         WHERE t.institution_id = $1 AND t.created_at < $3 \
+         AND (t.created_at >= $2 OR t.due_at >= $2 OR t.completed_at >= $2){filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    grouped(pool, &sql, args, |r| TaskCounts {
+        created: r.i64(1),
+        completed: r.i64(2),
+        completed_on_time: r.i64(3),
+        due: r.i64(4),
+        overdue: r.i64(5),
+        enrolments: r.i64(6),
+    })
+    .await
+}
+
+/// Enrolments in a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct EnrolmentCounts {
+    /// Enrolled in the period.
+    pub new: i64,
+    /// Active at any time in the period.
+    pub active: i64,
+    /// Still active at the end of the period.
+    pub active_at_end: i64,
+    /// Ended in the period (completed or withdrawn).
+    pub ended: i64,
+    pub completed: i64,
+    pub withdrawn: i64,
+}
+
+async fn enrolment_counts(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<EnrolmentCounts>> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+    let filter = pathway_filter(scope, &mut args);
+    let ended = "e.ended_at >= $2 AND e.ended_at < $3";
+    let sql = format!(
+        "SELECT {k}, \
+         COUNT(CASE WHEN e.enrolled_at >= $2 THEN 1 END), \
+         COUNT(*), \
+         COUNT(CASE WHEN e.ended_at IS NULL OR e.ended_at >= $3 THEN 1 END), \
+         COUNT(CASE WHEN {ended} THEN 1 END), \
+         COUNT(CASE WHEN {ended} AND e.status = 'completed' THEN 1 END), \
+         COUNT(CASE WHEN {ended} AND e.status = 'withdrawn' THEN 1 END) \
+         FROM enrolments e WHERE e.institution_id = $1 AND e.enrolled_at < $3 \
+         AND (e.ended_at IS NULL OR e.ended_at >= $2){filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    grouped(pool, &sql, args, |r| EnrolmentCounts {
+        new: r.i64(1),
+        active: r.i64(2),
+        active_at_end: r.i64(3),
+        ended: r.i64(4),
+        completed: r.i64(5),
+        withdrawn: r.i64(6),
+    })
+    .await
+}
+
+/// Follow-ups due in the period (up to `as_of`), not cancelled, and how many were sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct FollowUpCounts {
+    pub due: i64,
+    pub sent: i64,
+}
+
+async fn follow_up_counts(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<FollowUpCounts>> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.due_end().into()];
+    let filter = pathway_filter(scope, &mut args);
+    let sql = format!(
+        "SELECT {k}, COUNT(*), COUNT(CASE WHEN f.status = 'sent' THEN 1 END) \
+         FROM follow_ups f JOIN enrolments e ON e.id = f.enrolment_id \
+         WHERE f.institution_id = $1 AND f.send_at >= $2 AND f.send_at < $3 AND f.status <> 'cancelled'{filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    grouped(pool, &sql, args, |r| FollowUpCounts {
+        due: r.i64(1),
+        sent: r.i64(2),
+    })
+    .await
+}
+
+/// Scales pushed in the period, not cancelled, and how many of them were answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ScaleCounts {
+    pub pushed: i64,
+    pub answered: i64,
+}
+
+async fn scale_counts(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<ScaleCounts>> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+    let filter = pathway_filter(scope, &mut args);
+    let sql = format!(
+        "SELECT {k}, COUNT(*), COUNT(CASE WHEN s.status = 'answered' THEN 1 END) \
+         FROM scale_pushes s JOIN enrolments e ON e.id = s.enrolment_id \
+         WHERE s.institution_id = $1 AND s.created_at >= $2 AND s.created_at < $3 AND s.status <> 'cancelled'{filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    grouped(pool, &sql, args, |r| ScaleCounts {
+        pushed: r.i64(1),
+        answered: r.i64(2),
+    })
+    .await
+}
+
+/// Referrals requested in the period: those the institution sent, and the upward ones addressed
+/// to it (to it by name, or still open to its kind of institution).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ReferralCounts {
+    pub sent: i64,
+    pub sent_up: i64,
+    pub sent_down: i64,
+    pub upward_received: i64,
+    /// Upward referrals received and accepted by their accept-by time (24 h by default).
+    pub upward_accepted_in_time: i64,
+}
+
+async fn referral_counts(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<ReferralCounts>> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+    let filter = pathway_filter(scope, &mut args);
+    let sql = format!(
+        "SELECT {k}, COUNT(*), COUNT(CASE WHEN r.direction = 'up' THEN 1 END), COUNT(CASE WHEN r.direction = 'down' THEN 1 END) \
+         FROM referrals r JOIN enrolments e ON e.id = r.enrolment_id \
+         WHERE r.from_institution = $1 AND r.requested_at >= $2 AND r.requested_at < $3{filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    let mut out = grouped(pool, &sql, args.clone(), |r| ReferralCounts {
+        sent: r.i64(1),
+        sent_up: r.i64(2),
+        sent_down: r.i64(3),
+        ..Default::default()
+    })
+    .await?;
+    let sql = format!(
+        "SELECT {k}, COUNT(*), COUNT(CASE WHEN r.status IN ('accepted', 'arrived') AND r.decided_at <= r.accept_by THEN 1 END) \
+         FROM referrals r JOIN enrolments e ON e.id = r.enrolment_id \
+         WHERE r.direction = 'up' AND r.requested_at >= $2 AND r.requested_at < $3 \
+         AND (r.to_institution = $1 OR (r.to_institution IS NULL AND r.from_institution <> $1 \
+              AND r.to_kind = (SELECT i.kind FROM institutions i WHERE i.id = $1))){filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    for (k, (received, in_time)) in grouped(pool, &sql, args, |r| (r.i64(1), r.i64(2))).await? {
+        let c = out.entry(k).or_default();
+        c.upward_received = received;
+        c.upward_accepted_in_time = in_time;
+    }
+    Ok(out)
+}
+
+/// Alarm episodes raised in the period: one per alarm rule turning true, recorded under the key
+/// `alarm:<rule>:<instant>` (arming a rule is recorded as kind `alarm` too, under the action's key).
+async fn alarm_counts(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<i64>> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+    let filter = pathway_filter(scope, &mut args);
+    let sql = format!(
+        "SELECT {k}, COUNT(*) FROM record r JOIN enrolments e ON e.id = r.enrolment_id \
+         WHERE r.kind = 'alarm' AND r.dedupe_key LIKE 'alarm:%' AND e.institution_id = $1 AND r.at >= $2 AND r.at < $3{filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    grouped(pool, &sql, args, |r| r.i64(1)).await
+}
+
+/// Hospital stays that ended (`discharged`) in the period, each from the latest `admitted` event
+/// of the enrolment before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StayCounts {
+    pub stays: i64,
+    pub total_days: f64,
+}
+
+impl StayCounts {
+    pub fn average_days(&self) -> Option<f64> {
+        (self.stays > 0).then(|| self.total_days / self.stays as f64)
+    }
+}
+
+async fn stay_counts(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<StayCounts>> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+    let filter = pathway_filter(scope, &mut args);
+    let sql = format!(
+        "SELECT {k}, d.at, (SELECT MAX(a.at) FROM events a WHERE a.enrolment_id = d.enrolment_id AND a.name = 'admitted' AND a.at <= d.at) \
+         FROM events d JOIN enrolments e ON e.id = d.enrolment_id \
+         WHERE d.name = 'discharged' AND e.institution_id = $1 AND d.at >= $2 AND d.at < $3{filter}",
+        k = key.expr(),
+    );
+    let mut out: Grouped<StayCounts> = BTreeMap::new();
+    for r in pool.fetch(&sql, args).await? {
+        let Some(admitted) = r.opt_i64(2) else {
+            continue;
+        };
+        let c = out.entry(r.opt_text(0)).or_default();
+        c.stays += 1;
+        c.total_days += (r.i64(1) - admitted) as f64 / 86_400.0;
+    }
+    Ok(out)
+}
+
+/// Staff of an institution: (id, display name, roles).
+pub async fn staff(pool: &Pool, institution: &str) -> Result<Vec<(String, String, Vec<String>)>> {
+    let rows = pool
+        .fetch(
+            "SELECT id, display_name, roles FROM staff WHERE institution_id = $1 ORDER BY id",
+            crate::args![institution],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let roles = r
+                .text(2)
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            (r.text(0), r.text(1), roles)
+        })
+        .collect())
+}
+
+fn is_case_manager(roles: &[String]) -> bool {
+    roles
+        .iter()
+        .any(|r| CASE_MANAGER_ROLES.contains(&r.as_str()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The built-in indicators
+
+/// Every built-in count for one scope and period (or one pathway's share of them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Builtins {
+    pub enrolments: EnrolmentCounts,
+    pub tasks: TaskCounts,
+    pub follow_ups: FollowUpCounts,
+    pub scales: ScaleCounts,
+    pub referrals: ReferralCounts,
+    pub alarms: i64,
+    pub stays: StayCounts,
+}
+
+/// The rates derived from [`Builtins`], as the report and the API show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Rates {
+    pub follow_up_rate: Option<f64>,
+    pub on_time_task_rate: Option<f64>,
+    pub overdue_rate: Option<f64>,
+    pub scale_completion: Option<f64>,
+    /// Referrals sent per enrolment active in the period.
+    pub referral_rate: Option<f64>,
+    /// Upward referrals among those sent.
+    pub upward_share: Option<f64>,
+    pub upward_accepted_in_time_rate: Option<f64>,
+    pub average_length_of_stay_days: Option<f64>,
+}
+
+impl Builtins {
+    pub fn rates(&self) -> Rates {
+        Rates {
+            follow_up_rate: rate(self.follow_ups.sent, self.follow_ups.due),
+            on_time_task_rate: self.tasks.on_time_rate(),
+            overdue_rate: rate(self.tasks.overdue, self.tasks.due),
+            scale_completion: rate(self.scales.answered, self.scales.pushed),
+            referral_rate: rate(self.referrals.sent, self.enrolments.active),
+            upward_share: rate(self.referrals.sent_up, self.referrals.sent),
+            upward_accepted_in_time_rate: rate(
+                self.referrals.upward_accepted_in_time,
+                self.referrals.upward_received,
+            ),
+            average_length_of_stay_days: self.stays.average_days(),
+        }
+    }
+}
+
+/// The built-in counts grouped by `key`: one query per family.
+async fn builtins_grouped(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    key: Key,
+) -> Result<Grouped<Builtins>> {
+    let mut out: Grouped<Builtins> = BTreeMap::new();
+    for (k, v) in enrolment_counts(pool, scope, p, key).await? {
+        out.entry(k).or_default().enrolments = v;
+    }
+    for (k, v) in task_counts(pool, scope, p, key).await? {
+        out.entry(k).or_default().tasks = v;
+    }
+    for (k, v) in follow_up_counts(pool, scope, p, key).await? {
+        out.entry(k).or_default().follow_ups = v;
+    }
+    for (k, v) in scale_counts(pool, scope, p, key).await? {
+        out.entry(k).or_default().scales = v;
+    }
+    for (k, v) in referral_counts(pool, scope, p, key).await? {
+        out.entry(k).or_default().referrals = v;
+    }
+    for (k, v) in alarm_counts(pool, scope, p, key).await? {
+        out.entry(k).or_default().alarms = v;
+    }
+    for (k, v) in stay_counts(pool, scope, p, key).await? {
+        out.entry(k).or_default().stays = v;
+    }
+    Ok(out)
+}
+
+/// The built-in counts of a scope over a period.
+pub async fn builtins(pool: &Pool, scope: &Scope<'_>, p: &Period) -> Result<Builtins> {
+    Ok(builtins_grouped(pool, scope, p, Key::All)
+        .await?
+        .into_values()
+        .next()
+        .unwrap_or_default())
+}
+
+/// The built-in counts per pathway (pathways with anything to count).
+pub async fn builtins_by_pathway(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+) -> Result<BTreeMap<String, Builtins>> {
+    Ok(builtins_grouped(pool, scope, p, Key::Pathway)
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k?, v)))
+        .filter(|(_, v)| *v != Builtins::default())
+        .collect())
+}
+
+/// Task counts per role.
+pub async fn tasks_by_role(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+) -> Result<BTreeMap<String, TaskCounts>> {
+    Ok(task_counts(pool, scope, p, Key::Role)
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k?, v)))
+        .filter(|(_, v)| *v != TaskCounts::default())
+        .collect())
+}
+
+/// One staff member's work, or the unassigned tasks (`staff: None`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StaffRow {
+    pub staff: Option<String>,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+    pub case_manager: bool,
+    pub tasks: TaskCounts,
+}
+
+/// Task counts per assignee (the staff member who claimed or completed the task): every case
+/// manager of the institution, every other assignee with anything to count, and the unassigned
+/// tasks. Case managers first.
+pub async fn tasks_by_staff(pool: &Pool, scope: &Scope<'_>, p: &Period) -> Result<Vec<StaffRow>> {
+    let mut counts = task_counts(pool, scope, p, Key::Staff).await?;
+    let mut rows = Vec::new();
+    for (id, name, roles) in staff(pool, scope.institution).await? {
+        let tasks = counts.remove(&Some(id.clone())).unwrap_or_default();
+        if tasks == TaskCounts::default() && !is_case_manager(&roles) {
+            continue;
+        }
+        rows.push(StaffRow {
+            case_manager: is_case_manager(&roles),
+            staff: Some(id),
+            name: Some(name),
+            roles,
+            tasks,
+        });
+    }
+    for (id, tasks) in counts {
+        if tasks != TaskCounts::default() {
+            rows.push(StaffRow {
+                staff: id,
+                name: None,
+                roles: Vec::new(),
+                case_manager: false,
+                tasks,
+            });
+        }
+    }
+    rows.sort_by(|a, b| {
+        (!a.case_manager, a.staff.is_none(), &a.staff).cmp(&(
+            !b.case_manager,
+            b.staff.is_none(),
+            &b.staff,
+        ))
+    });
+    Ok(rows)
+}
+
+/// How many staff members of the institution hold a case-manager role.
+pub async fn case_managers(pool: &Pool, institution: &str) -> Result<i64> {
+    Ok(staff(pool, institution)
+        .await?
+        .iter()
+        .filter(|(_, _, roles)| is_case_manager(roles))
+        .count() as i64)
+}
+
+/// Open work at `now` (a snapshot, not a period): open tasks and those past their due time.
+pub async fn open_tasks(pool: &Pool, scope: &Scope<'_>, now: i64) -> Result<(i64, i64)> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), now.into()];
+    let filter = pathway_filter(scope, &mut args);
+    let sql = format!(
+        "SELECT COUNT(*), COUNT(CASE WHEN t.due_at < $2 THEN 1 END) FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
+         WHERE t.institution_id = $1 AND t.status IN ('open', 'claimed'){filter}"
+    );
+    Ok(pool
+        .fetch(&sql, args)
+        .await?
+        .first()
+        .map(|r| (r.i64(0), r.i64(1)))
+        .unwrap_or((0, 0)))
+}
+
+/// Tasks created and completed on each day: `bounds` are the day starts plus the end of the last
+/// day (so `bounds.len() - 1` days), as instants; the caller cuts days in its time zone.
+pub async fn daily_tasks(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    bounds: &[i64],
+) -> Result<(Vec<i64>, Vec<i64>)> {
+    let days = bounds.len().saturating_sub(1);
+    let (mut created, mut completed) = (vec![0; days], vec![0; days]);
+    let (Some(&first), Some(&last)) = (bounds.first(), bounds.last()) else {
+        return Ok((created, completed));
+    };
+    let bucket = |at: i64| bounds.partition_point(|b| *b <= at).checked_sub(1);
+    for (column, status, into) in [
+        ("created_at", "", &mut created),
+        ("completed_at", " AND t.status = 'done'", &mut completed),
+    ] {
+        let mut args: Vec<Arg> = vec![scope.institution.into(), first.into(), last.into()];
+        let filter = pathway_filter(scope, &mut args);
+        let sql = format!(
+            "SELECT t.{column} FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
+             WHERE t.institution_id = $1 AND t.{column} >= $2 AND t.{column} < $3{status}{filter}"
+        );
+        for r in pool.fetch(&sql, args).await? {
+            if let Some(day) = bucket(r.i64(0))
+                && day < days
+            {
+                into[day] += 1;
+            }
+        }
+    }
+    Ok((created, completed))
+}
+
+/// Institutions: (id, name, kind), all or one.
+pub async fn institutions(
+    pool: &Pool,
+    only: Option<&str>,
+) -> Result<Vec<(String, String, String)>> {
+    let rows = pool
+        .fetch(
+            "SELECT id, name, kind FROM institutions WHERE ($1 = '' OR id = $1) ORDER BY id",
+            crate::args![only.unwrap_or("")],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.text(0), r.text(1), r.text(2)))
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pathway-declared indicators
+
+/// Counts the enrolments of `pathway` at an institution that `counter` counts over a period.
+///
+/// Each counter reads its own table once, filtered by the period, and joins the enrolments by
+/// key; a correlated `EXISTS` per enrolment would scan tables that have no index on the
+/// enrolment (the record, goals) once for every enrolment.
+pub async fn count(
+    pool: &Pool,
+    institution: &str,
+    pathway: &Pathway,
+    counter: &Counter,
+    p: &Period,
+) -> Result<i64> {
+    let mut args: Vec<Arg> = vec![
+        institution.into(),
+        pathway.id.as_str().into(),
+        p.from.into(),
+        p.to.into(),
+        p.due_end().into(),
+    ];
+    if let Some(id) = counter.id() {
+        args.push(id.into());
+    }
+    let mine = "e.institution_id = $1 AND e.pathway_id = $2";
+    let within = |col: &str| format!("{col} >= $3 AND {col} < $4");
+    // Distinct enrolments among the rows of `table` (aliased `x`) that meet `cond`.
+    let among = |table: &str, cond: String| {
+        format!(
+            "SELECT COUNT(DISTINCT e.id) FROM {table} x JOIN enrolments e ON e.id = x.enrolment_id WHERE {mine} AND {cond}"
+        )
+    };
+    let sql = match counter {
+        Counter::Enrolled => format!(
+            "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND e.enrolled_at < $4 AND (e.ended_at IS NULL OR e.ended_at >= $3)"
+        ),
+        Counter::Started => format!(
+            "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND {}",
+            within("e.enrolled_at")
+        ),
+        Counter::Completed => format!(
+            "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND e.status = 'completed' AND {}",
+            within("e.ended_at")
+        ),
+        Counter::GoalMet(_) => among(
+            "goals",
+            format!(
+                "x.goal_id = $6 AND x.met = 1 AND {}",
+                within("x.evaluated_at")
+            ),
+        ),
+        Counter::Event(_) => among("events", format!("x.name = $6 AND {}", within("x.at"))),
+        Counter::TaskDone(_) => among(
+            "tasks",
+            format!(
+                "x.task_ref = $6 AND x.status = 'done' AND {}",
+                within("x.completed_at")
+            ),
+        ),
+        Counter::TaskOnTime(_) => among(
+            "tasks",
+            format!(
+                "x.task_ref = $6 AND x.status = 'done' AND x.completed_at <= x.due_at AND {}",
+                within("x.completed_at")
+            ),
+        ),
+        Counter::FollowUpSent => among(
+            "follow_ups",
+            "x.status = 'sent' AND x.send_at >= $3 AND x.send_at < $5".into(),
+        ),
+        Counter::ScaleAnswered(_) => format!(
+            "SELECT COUNT(DISTINCT e.id) FROM scale_answers a JOIN enrolments e ON e.patient_id = a.patient_id \
+             WHERE {mine} AND a.scale = $6 AND {}",
+            within("a.at")
+        ),
+        Counter::Entered(state) => {
+            let to = if pool.is_postgres() {
+                "(x.detail::json ->> 'to')"
+            } else {
+                "json_extract(x.detail, '$.to')"
+            };
+            let mut sql = format!(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT x.enrolment_id FROM record x JOIN enrolments e ON e.id = x.enrolment_id \
+                 WHERE {mine} AND x.kind = 'transition' AND {to} = $6 AND {}",
+                within("x.at")
+            );
+            // Entering the first state is not a transition: it is the enrolment at an entry
+            // point that starts there.
+            let entries: Vec<Arg> = pathway
+                .entry_points
+                .iter()
+                .filter(|ep| &ep.state == state)
+                .map(|ep| Arg::from(ep.id.as_str()))
+                .collect();
+            if !entries.is_empty() {
+                sql.push_str(&format!(
+                    " UNION SELECT e.id FROM enrolments e WHERE {mine} AND {} AND e.entry_point IN ({})",
+                    within("e.enrolled_at"),
+                    super::db::placeholders(args.len() + 1, entries.len())
+                ));
+                args.extend(entries);
+            }
+            sql.push_str(") entered");
+            sql
+        }
+    };
+    Ok(pool
+        .fetch(&sql, args)
+        .await?
+        .first()
+        .map(|r| r.i64(0))
+        .unwrap_or(0))
+}
+
+/// One side of an indicator: the counter as written and what it counted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Side {
+    pub counter: String,
+    pub count: i64,
+}
+
+/// A pathway-declared indicator computed for a period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IndicatorValue {
+    pub pathway: String,
+    pub id: String,
+    pub title: Text,
+    /// The declared period (`week`, `month`, …); `from`/`to` are the instants actually counted.
+    pub period: String,
+    pub from: i64,
+    pub to: i64,
+    pub numerator: Side,
+    pub denominator: Side,
+    pub value: Option<f64>,
+    pub target: Option<f64>,
+    /// `value >= target`; `None` when there is no target or nothing was counted.
+    pub target_met: Option<bool>,
+    /// Why the indicator could not be computed (a counter that does not parse).
+    pub problem: Option<String>,
+}
+
+/// Counts one side; a counter that does not parse (a model stored before counters were checked)
+/// counts nothing and says why.
+async fn side(
+    pool: &Pool,
+    institution: &str,
+    pathway: &Pathway,
+    text: &str,
+    p: &Period,
+) -> Result<(Side, Option<String>)> {
+    let (count, problem) = match Counter::parse(text) {
+        Ok(c) => (count(pool, institution, pathway, &c, p).await?, None),
+        Err(e) => (0, Some(e.to_string())),
+    };
+    Ok((
+        Side {
+            counter: text.to_string(),
+            count,
+        },
+        problem,
+    ))
+}
+
+/// Computes one declared indicator of `pathway` at an institution over a period.
+pub async fn indicator(
+    pool: &Pool,
+    institution: &str,
+    pathway: &Pathway,
+    ind: &Indicator,
+    p: &Period,
+) -> Result<IndicatorValue> {
+    let (numerator, p1) = side(pool, institution, pathway, &ind.numerator, p).await?;
+    let (denominator, p2) = side(pool, institution, pathway, &ind.denominator, p).await?;
+    let problem = p1.or(p2);
+    let value = if problem.is_some() {
+        None
+    } else {
+        rate(numerator.count, denominator.count)
+    };
+    Ok(IndicatorValue {
+        pathway: pathway.id.clone(),
+        id: ind.id.clone(),
+        title: ind.title.clone(),
+        period: serde_json::to_value(ind.period)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        from: p.from,
+        to: p.to,
+        numerator,
+        denominator,
+        value,
+        target: ind.target,
+        target_met: value.zip(ind.target).map(|(v, t)| v >= t),
+        problem,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API's view
+
+/// What `GET /kpis` asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct KpiRequest<'a> {
+    pub scope: Scope<'a>,
+    pub period: Period,
+    pub by: Option<By>,
+}
+
+fn ratio_json(n: i64, d: i64) -> Value {
+    json!({"value": rate(n, d), "numerator": n, "denominator": d})
+}
+
+fn builtins_json(b: &Builtins) -> Value {
+    json!({
+        "enrolments": b.enrolments,
+        "tasks": b.tasks,
+        "follow_ups": b.follow_ups,
+        "scales": b.scales,
+        "referrals": b.referrals,
+        "alarms": b.alarms,
+        "stays": b.stays,
+        "rates": b.rates(),
+    })
+}
+
+/// The indicators of an institution over a period, with an optional breakdown and the declared
+/// indicators of the pathways in scope (computed over the same period). The first keys keep the
+/// shape the API has always served.
+pub async fn kpis(pool: &Pool, pathways: &[&Pathway], req: &KpiRequest<'_>) -> Result<Value> {
+    let (scope, p) = (&req.scope, &req.period);
+    let b = builtins(pool, scope, p).await?;
+    let (open, overdue_now) = open_tasks(pool, scope, p.as_of).await?;
+    let managers = case_managers(pool, scope.institution).await?;
+    let r = b.rates();
+    let mut out = json!({
+        "institution": scope.institution,
+        "pathway": scope.pathway,
+        "from": super::ts(p.from).to_string(), "to": super::ts(p.to).to_string(),
+        "follow_up_rate": ratio_json(b.follow_ups.sent, b.follow_ups.due),
+        "on_time_task_rate": ratio_json(b.tasks.completed_on_time, b.tasks.completed),
+        "overdue_tasks": overdue_now, "open_tasks": open,
+        "scale_completion": ratio_json(b.scales.answered, b.scales.pushed),
+        "referrals": {"total": b.referrals.sent, "up": b.referrals.sent_up, "down": b.referrals.sent_down,
+                      "rate": r.referral_rate, "up_share": r.upward_share},
+        "upward_accepted_within_24h": ratio_json(b.referrals.upward_accepted_in_time, b.referrals.upward_received),
+        "case_load_per_case_manager": rate(b.enrolments.active_at_end, managers),
+        "case_managers": managers,
+        "active_enrolments": b.enrolments.active_at_end, "enrolments_in_period": b.enrolments.active,
+        "average_length_of_stay_days": r.average_length_of_stay_days,
+        "alarms": b.alarms,
+        "counts": builtins_json(&b),
+    });
+    if let Some(by) = req.by {
+        let rows: Vec<Value> = match by {
+            By::Pathway => builtins_by_pathway(pool, scope, p)
+                .await?
+                .iter()
+                .map(|(k, v)| json!({"pathway": k, "counts": builtins_json(v)}))
+                .collect(),
+            By::Role => tasks_by_role(pool, scope, p)
+                .await?
+                .iter()
+                .map(|(k, v)| json!({"role": k, "tasks": v, "on_time_task_rate": v.on_time_rate()}))
+                .collect(),
+            By::Staff => tasks_by_staff(pool, scope, p)
+                .await?
+                .iter()
+                .map(|s| json!({"staff": s.staff, "name": s.name, "roles": s.roles, "case_manager": s.case_manager,
+                                "tasks": s.tasks, "on_time_task_rate": s.tasks.on_time_rate()}))
+                .collect(),
+        };
+        out["breakdown"] = json!({"by": by.as_str(), "rows": rows});
+    }
+    let mut indicators = Vec::new();
+    for pw in pathways {
+        if scope.pathway.is_some_and(|id| id != pw.id) {
+            continue;
+        }
+        for ind in &pw.indicators {
+            indicators.push(indicator(pool, scope.institution, pw, ind, p).await?);
+        }
+    }
+    out["indicators"] = json!(indicators);
+    Ok(out)
+}
