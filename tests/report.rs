@@ -224,7 +224,7 @@ async fn activity(
     // Scales: every other push is answered.
     let pushes = texts(
         pool,
-        &format!("SELECT CAST(id AS TEXT), patient_id, scale, CAST(enrolment_id AS TEXT) FROM scale_pushes WHERE status = 'pushed' AND created_at <= {s} ORDER BY id"),
+        &format!("SELECT CAST(id AS TEXT), patient_id, scale, CAST(enrolment_id AS TEXT) FROM scale_pushes WHERE status = 'pending' AND created_at <= {s} ORDER BY id"),
         4,
     )
     .await;
