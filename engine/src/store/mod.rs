@@ -743,38 +743,10 @@ async fn cancel_work_of(tx: &mut Tx, leaving: &[(i64, i64, String)]) -> Result<H
 
 /// Cancels open work from one state entry (`seq`), or from every state entry with `seq = -1`.
 pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &str) -> Result<u64> {
-    let (cond, args_tasks, args_other) = if seq < 0 {
-        ("", args![reason, enrolment], args![enrolment])
-    } else {
-        (
-            " AND state_seq = $3",
-            args![reason, enrolment, seq],
-            args![enrolment, seq],
-        )
-    };
-    let cond2 = cond.replace("$3", "$2");
-    let n = tx
-        .exec(&format!("UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2{cond} AND status IN ('open', 'claimed') AND keep = 0"), args_tasks)
-        .await?;
-    tx.exec(
-        &format!(
-            "UPDATE outbox SET status = 'cancelled' WHERE status = 'pending' AND follow_up_id IN \
-             (SELECT id FROM follow_ups WHERE enrolment_id = $1{cond2} AND status = 'scheduled')"
-        ),
-        args_other.clone(),
-    )
-    .await?;
-    tx.exec(&format!("UPDATE follow_ups SET status = 'cancelled' WHERE enrolment_id = $1{cond2} AND status = 'scheduled'"), args_other.clone()).await?;
-    // When the whole enrolment ends (`seq = -1`), enrolment-scoped alarms end with it.
-    let scope = if seq < 0 { "" } else { " AND scope = 'state'" };
-    tx.exec(
-        &format!(
-            "UPDATE alarm_rules SET active = 0 WHERE enrolment_id = $1{cond2}{scope} AND active = 1"
-        ),
-        args_other,
-    )
-    .await?;
-    Ok(n)
+    Ok(cancel_work_of(tx, &[(enrolment, seq, reason.to_string())])
+        .await?
+        .values()
+        .sum())
 }
 
 /// Marks an enrolment in error and raises an alarm task for the pathway's owner role.
