@@ -105,7 +105,9 @@ pub async fn seed(
     let chunk = 1_000u64;
     let mut i = 0u64;
     while i < n {
-        let mut tx = pool.begin().await?;
+        let mut patients = Vec::new();
+        let mut enrolments = Vec::new();
+        let mut histories: Vec<Vec<(String, i64)>> = Vec::new();
         for k in i..(i + chunk).min(n) {
             let index = existing + k;
             let mut rng = SplitMix::new(seed.wrapping_mul(1_000_003).wrapping_add(index));
@@ -137,40 +139,32 @@ pub async fn seed(
                 "P{:016x}",
                 SplitMix::new(seed ^ 0xA5A5).next_u64() ^ index.wrapping_mul(0x9E37_79B9)
             );
-            store::insert_patient(
-                &mut tx,
-                &NewPatient {
-                    id: patient_id.clone(),
-                    institution_id: institution.to_string(),
-                    birth_date: Some(birth),
-                    sex: sex.to_string(),
-                    tz: "Asia/Shanghai".to_string(),
-                    contact_enc: None,
-                    preferred_channel: Some(
-                        ["wechat", "sms", "phone"][rng.below(3) as usize].to_string(),
-                    ),
-                },
-                as_of,
-            )
-            .await?;
+            patients.push(NewPatient {
+                id: patient_id.clone(),
+                institution_id: institution.to_string(),
+                birth_date: Some(birth),
+                sex: sex.to_string(),
+                tz: "Asia/Shanghai".to_string(),
+                contact_enc: None,
+                preferred_channel: Some(
+                    ["wechat", "sms", "phone"][rng.below(3) as usize].to_string(),
+                ),
+            });
             summary.patients += 1;
             let entry = &p.entry_points[rng.below(p.entry_points.len() as u64) as usize];
             let enrolled_at = Timestamp::from_second(
                 as_of.as_second() - 86_400 * (1 + rng.below(180) as i64) - rng.below(86_400) as i64,
             )
             .unwrap_or(as_of);
-            let (id, w) = store::enrol_tx(
-                &mut tx,
-                programs,
-                &patient_id,
-                &p.id,
-                Some(p.version),
-                &entry.id,
-                enrolled_at,
-            )
-            .await?;
-            written.add(&w);
+            enrolments.push(store::NewEnrolment {
+                patient_id: patient_id.clone(),
+                pathway_id: p.id.clone(),
+                version: Some(p.version),
+                entry: entry.id.clone(),
+                at: enrolled_at,
+            });
             summary.enrolments += 1;
+            let mut history = Vec::new();
             // A plausible history: follow the pathway's event transitions from the entry state.
             let mut state = entry.state.clone();
             let mut t = enrolled_at.as_second();
@@ -194,12 +188,31 @@ pub async fn seed(
                 if t >= as_of.as_second() {
                     break;
                 }
-                store::add_event(&mut tx, id, event, store::ts(t), None, None, store::ts(t))
-                    .await?;
+                history.push((event.to_string(), t));
                 summary.events += 1;
                 state = to.to_string();
             }
+            histories.push(history);
         }
+        let mut tx = pool.begin().await?;
+        store::insert_patients(&mut tx, &patients, as_of).await?;
+        let (ids, w) = store::enrol_many(&mut tx, programs, &enrolments).await?;
+        written.add(&w);
+        let events: Vec<store::NewEvent> = ids
+            .iter()
+            .zip(histories)
+            .flat_map(|(id, history)| {
+                history.into_iter().map(move |(name, t)| store::NewEvent {
+                    enrolment: *id,
+                    name,
+                    at: store::ts(t),
+                    payload: None,
+                    source_key: None,
+                    created_at: store::ts(t),
+                })
+            })
+            .collect();
+        store::add_events(&mut tx, &events).await?;
         tx.commit().await?;
         i += chunk;
     }

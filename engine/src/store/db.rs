@@ -6,6 +6,7 @@
 //! accepts `$1` placeholders); the few statements that differ ask `is_postgres()`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -14,10 +15,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row as _, Sqlite, SqlitePool, Transaction};
 
+use super::sqlite_tx::SqliteTx;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Invalid(String),
 }
@@ -74,6 +79,58 @@ impl From<Option<String>> for Arg {
     }
 }
 
+/// One column of arguments for every row of a multi-row PostgreSQL statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    I(Vec<Option<i64>>),
+    F(Vec<Option<f64>>),
+    T(Vec<Option<String>>),
+}
+
+impl Column {
+    /// The PostgreSQL array type the column binds as.
+    pub fn pg_array_type(&self) -> &'static str {
+        match self {
+            Column::I(_) => "bigint[]",
+            Column::F(_) => "double precision[]",
+            Column::T(_) => "text[]",
+        }
+    }
+
+    /// Transposes rows of arguments into columns; each column takes the type of its first row's
+    /// argument (`None` of any type fits any column).
+    pub fn from_rows(rows: &[Vec<Arg>]) -> Vec<Column> {
+        let Some(first) = rows.first() else {
+            return Vec::new();
+        };
+        let mut cols: Vec<Column> = first
+            .iter()
+            .map(|a| match a {
+                Arg::I(_) | Arg::OptI(_) => Column::I(Vec::with_capacity(rows.len())),
+                Arg::F(_) | Arg::OptF(_) => Column::F(Vec::with_capacity(rows.len())),
+                Arg::T(_) | Arg::OptT(_) => Column::T(Vec::with_capacity(rows.len())),
+            })
+            .collect();
+        for row in rows {
+            for (c, a) in cols.iter_mut().zip(row) {
+                match (c, a) {
+                    (Column::I(v), Arg::I(x)) => v.push(Some(*x)),
+                    (Column::I(v), Arg::OptI(x)) => v.push(*x),
+                    (Column::F(v), Arg::F(x)) => v.push(Some(*x)),
+                    (Column::F(v), Arg::OptF(x)) => v.push(*x),
+                    (Column::F(v), Arg::I(x)) => v.push(Some(*x as f64)),
+                    (Column::T(v), Arg::T(x)) => v.push(Some(x.clone())),
+                    (Column::T(v), Arg::OptT(x)) => v.push(x.clone()),
+                    (Column::I(v), _) => v.push(None),
+                    (Column::F(v), _) => v.push(None),
+                    (Column::T(v), _) => v.push(None),
+                }
+            }
+        }
+        cols
+    }
+}
+
 /// Builds an argument list: `args![a, b, c]`.
 #[macro_export]
 macro_rules! args {
@@ -82,17 +139,110 @@ macro_rules! args {
 
 #[derive(Clone, Debug)]
 pub enum Pool {
-    Sqlite(SqlitePool),
+    /// The pool, and the checkpointer that lives as long as any clone of it.
+    Sqlite(SqlitePool, Arc<Checkpointer>),
     Postgres(PgPool),
 }
 
+/// How often the checkpointer copies committed WAL pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// A WAL longer than this (pages of 4 KiB: 1 GiB) is checkpointed in full and restarted, waiting
+/// for the writer between two transactions, so that a writer that never pauses cannot grow it
+/// without bound.
+const WAL_RESTART_PAGES: i64 = 262_144;
+
+/// The SQLite WAL checkpointer: a task with its own connection that runs a passive checkpoint
+/// (which never blocks readers or the writer) every [`CHECKPOINT_EVERY`], and a final one when
+/// the last clone of the pool is dropped.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Checkpointer {
+    fn start(opts: SqliteConnectOptions) -> Arc<Checkpointer> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(checkpoint_loop(opts, rx));
+        Arc::new(Checkpointer {
+            stop: std::sync::Mutex::new(Some(tx)),
+            task: std::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// Stops the checkpointer after a last, full checkpoint, and waits for it.
+    async fn finish(&self) {
+        self.stop();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(tx) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn checkpoint_loop(opts: SqliteConnectOptions, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let mut conn = match opts.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("the WAL checkpointer cannot open the database: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = &mut stop => true,
+            _ = tick.tick() => false,
+        };
+        let mode = if stopping { "TRUNCATE" } else { "PASSIVE" };
+        match checkpoint(&mut conn, mode).await {
+            Ok((_, log)) if !stopping && log > WAL_RESTART_PAGES => {
+                if let Err(e) = checkpoint(&mut conn, "RESTART").await {
+                    tracing::warn!("WAL restart failed: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
+        }
+        if stopping {
+            break;
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)`; returns (busy, pages in the WAL).
+async fn checkpoint(conn: &mut sqlx::SqliteConnection, mode: &str) -> Result<(i64, i64), DbError> {
+    let (busy, log, _done): (i64, i64, i64) =
+        sqlx::query_as(AssertSqlSafe(format!("PRAGMA wal_checkpoint({mode})")))
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok((busy, log))
+}
+
 pub enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(Transaction<'static, Postgres>),
 }
 
 pub enum Row {
     S(SqliteRow),
+    /// A row read inside a SQLite write transaction.
+    D(Vec<rusqlite::types::Value>),
     P(PgRow),
 }
 
@@ -184,12 +334,17 @@ impl Pool {
             // A page cache of 32 MiB per connection (the default is 2 MiB): index inserts into a
             // large record stop going to the kernel for most pages.
             .pragma("cache_size", "-32768")
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // The WAL file is cut back to this size when it restarts.
+            .pragma("journal_size_limit", "67108864");
+        // Writers never checkpoint: a checkpoint at commit copies every page written since the
+        // last one into the database file and syncs it, which made commits the largest cost of a
+        // scheduler batch. The checkpointer does it beside them, on its own connection.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .connect_with(opts.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
-        Ok(Pool::Sqlite(pool))
+        Ok(Pool::Sqlite(pool, Checkpointer::start(opts)))
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -207,7 +362,9 @@ impl Pool {
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, so it never fails on upgrade).
     pub async fn begin(&self) -> Result<Tx, DbError> {
         Ok(match self {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Sqlite(p, _) => {
+                Tx::Sqlite(SqliteTx::new(p.begin_with("BEGIN IMMEDIATE").await?).await?)
+            }
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -215,7 +372,7 @@ impl Pool {
     /// Runs a read on a pooled connection.
     pub async fn fetch(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, DbError> {
         Ok(match self {
-            Pool::Sqlite(p) => bind_all!(sqlite_query(sql), args)
+            Pool::Sqlite(p, _) => bind_all!(sqlite_query(sql), args)
                 .fetch_all(p)
                 .await?
                 .into_iter()
@@ -235,7 +392,7 @@ impl Pool {
 
     pub async fn exec(&self, sql: &str, args: Vec<Arg>) -> Result<u64, DbError> {
         Ok(match self {
-            Pool::Sqlite(p) => bind_all!(sqlite_query(sql), args)
+            Pool::Sqlite(p, _) => bind_all!(sqlite_query(sql), args)
                 .execute(p)
                 .await?
                 .rows_affected(),
@@ -248,7 +405,10 @@ impl Pool {
 
     pub async fn close(&self) {
         match self {
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Sqlite(p, c) => {
+                p.close().await;
+                c.finish().await;
+            }
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -261,10 +421,7 @@ impl Tx {
 
     pub async fn exec(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64, DbError> {
         Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlite_query(sql), args)
-                .execute(&mut **t)
-                .await?
-                .rows_affected(),
+            Tx::Sqlite(t) => t.exec(sql, &args)?,
             Tx::Postgres(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
                 .execute(&mut **t)
                 .await?
@@ -274,12 +431,7 @@ impl Tx {
 
     pub async fn fetch(&mut self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, DbError> {
         Ok(match self {
-            Tx::Sqlite(t) => bind_all!(sqlite_query(sql), args)
-                .fetch_all(&mut **t)
-                .await?
-                .into_iter()
-                .map(Row::S)
-                .collect(),
+            Tx::Sqlite(t) => t.fetch(sql, &args)?.into_iter().map(Row::D).collect(),
             Tx::Postgres(t) => bind_all!(sqlx::query(AssertSqlSafe(sql.to_string())), args)
                 .fetch_all(&mut **t)
                 .await?
@@ -289,6 +441,57 @@ impl Tx {
         })
     }
 
+    /// Runs one statement once per argument list and returns the rows each changed: prepared once
+    /// and stepped per row on SQLite, one round trip per row on PostgreSQL (which should prefer
+    /// [`Tx::exec_columns`]).
+    pub async fn exec_each(&mut self, sql: &str, rows: &[Vec<Arg>]) -> Result<Vec<u64>, DbError> {
+        match self {
+            Tx::Sqlite(t) => t.exec_each(sql, rows),
+            Tx::Postgres(_) => {
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(self.exec(sql, r.clone()).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Runs a PostgreSQL statement whose parameters are whole columns (`$1::bigint[]`, … read with
+    /// `UNNEST`): one short statement, prepared once, for any number of rows. Returns its rows
+    /// with `returning`, else the number of rows it changed.
+    pub async fn exec_columns(
+        &mut self,
+        sql: &str,
+        columns: Vec<Column>,
+        returning: bool,
+    ) -> Result<(u64, Vec<Row>), DbError> {
+        let Tx::Postgres(t) = self else {
+            return Err(DbError::Invalid(
+                "column-array parameters are for PostgreSQL only".into(),
+            ));
+        };
+        let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
+        for c in columns {
+            q = match c {
+                Column::I(v) => q.bind(v),
+                Column::F(v) => q.bind(v),
+                Column::T(v) => q.bind(v),
+            };
+        }
+        if returning {
+            let rows: Vec<Row> = q
+                .fetch_all(&mut **t)
+                .await?
+                .into_iter()
+                .map(Row::P)
+                .collect();
+            Ok((rows.len() as u64, rows))
+        } else {
+            Ok((q.execute(&mut **t).await?.rows_affected(), Vec::new()))
+        }
+    }
+
     pub async fn fetch_one(&mut self, sql: &str, args: Vec<Arg>) -> Result<Option<Row>, DbError> {
         Ok(self.fetch(sql, args).await?.into_iter().next())
     }
@@ -296,11 +499,7 @@ impl Tx {
     /// Runs a script of several statements (migrations).
     pub async fn exec_script(&mut self, sql: &str) -> Result<(), DbError> {
         match self {
-            Tx::Sqlite(t) => {
-                sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-                    .execute(&mut **t)
-                    .await?;
-            }
+            Tx::Sqlite(t) => t.exec_batch(sql)?,
             Tx::Postgres(t) => {
                 sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
                     .execute(&mut **t)
@@ -333,14 +532,27 @@ impl Row {
     }
 
     pub fn opt_i64(&self, i: usize) -> Option<i64> {
+        use rusqlite::types::Value;
         match self {
+            Row::D(r) => match r.get(i)? {
+                Value::Integer(v) => Some(*v),
+                Value::Real(v) => Some(*v as i64),
+                Value::Text(t) => t.parse().ok(),
+                _ => None,
+            },
             Row::S(r) => r.try_get::<Option<i64>, _>(i).ok().flatten(),
             Row::P(r) => r.try_get::<Option<i64>, _>(i).ok().flatten(),
         }
     }
 
     pub fn f64(&self, i: usize) -> f64 {
+        use rusqlite::types::Value;
         match self {
+            Row::D(r) => match r.get(i) {
+                Some(Value::Real(v)) => *v,
+                Some(Value::Integer(v)) => *v as f64,
+                _ => f64::NAN,
+            },
             Row::S(r) => r
                 .try_get::<Option<f64>, _>(i)
                 .ok()
@@ -359,7 +571,15 @@ impl Row {
     }
 
     pub fn opt_text(&self, i: usize) -> Option<String> {
+        use rusqlite::types::Value;
         match self {
+            Row::D(r) => match r.get(i)? {
+                Value::Text(t) => Some(t.clone()),
+                Value::Integer(v) => Some(v.to_string()),
+                Value::Real(v) => Some(v.to_string()),
+                Value::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                Value::Null => None,
+            },
             Row::S(r) => r.try_get::<Option<String>, _>(i).ok().flatten(),
             Row::P(r) => r.try_get::<Option<String>, _>(i).ok().flatten(),
         }

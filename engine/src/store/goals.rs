@@ -261,17 +261,38 @@ pub async fn create_for_enrolment(
     goals: &[carepath_dsl::Goal],
     now: Timestamp,
 ) -> Result<()> {
-    for g in goals {
+    let rows: Vec<_> = goals.iter().map(|g| (enrolment, g, now)).collect();
+    create_for_enrolments(tx, &rows).await
+}
+
+/// Creates goal rows for `(enrolment, goal, enrolled at)` in multi-row statements, each due for
+/// evaluation at its enrolment's instant.
+pub async fn create_for_enrolments(
+    tx: &mut Tx,
+    goals: &[(i64, &carepath_dsl::Goal, Timestamp)],
+) -> Result<()> {
+    const PER_ROW: usize = 6;
+    for part in goals.chunks(MAX_PARAMS / PER_ROW) {
+        let a: Vec<crate::store::Arg> = part
+            .iter()
+            .flat_map(|(enrolment, g, at)| {
+                args![
+                    format!("e{enrolment}:goal:{}", g.id),
+                    *enrolment,
+                    &g.id,
+                    serde_json::to_string(g).unwrap_or_default(),
+                    at.as_second(),
+                    at.as_second()
+                ]
+            })
+            .collect();
         tx.exec(
-            "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at) VALUES ($1, $2, $3, $4, $5, $5) \
-             ON CONFLICT (dedupe_key) DO NOTHING",
-            args![
-                format!("e{enrolment}:goal:{}", g.id),
-                enrolment,
-                &g.id,
-                serde_json::to_string(g).unwrap_or_default(),
-                now.as_second()
-            ],
+            &format!(
+                "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at) VALUES {} \
+                 ON CONFLICT (dedupe_key) DO NOTHING",
+                crate::store::values_list_from(1, part.len(), PER_ROW)
+            ),
+            a,
         )
         .await?;
     }

@@ -13,6 +13,7 @@ pub mod indicators;
 pub mod outbox;
 pub mod queries;
 pub mod scales;
+mod sqlite_tx;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -60,6 +61,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "scale_answers",
         include_str!("../../../migrations/sqlite/0006_scale_answers.sql"),
     ),
+    (
+        7,
+        "due_order",
+        include_str!("../../../migrations/sqlite/0007_due_order.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -91,6 +97,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         6,
         "scale_answers",
         include_str!("../../../migrations/postgres/0006_scale_answers.sql"),
+    ),
+    (
+        7,
+        "due_order",
+        include_str!("../../../migrations/postgres/0007_due_order.sql"),
     ),
 ];
 
@@ -256,17 +267,46 @@ pub async fn insert_staff(
 }
 
 pub async fn insert_patient(tx: &mut Tx, p: &NewPatient, now: Timestamp) -> Result<()> {
-    if jiff::tz::TimeZone::get(&p.tz).is_err() {
+    insert_patients(tx, std::slice::from_ref(p), now).await
+}
+
+/// Inserts patients in multi-row statements; every time zone is checked first.
+pub async fn insert_patients(tx: &mut Tx, patients: &[NewPatient], now: Timestamp) -> Result<()> {
+    if let Some(p) = patients
+        .iter()
+        .find(|p| jiff::tz::TimeZone::get(&p.tz).is_err())
+    {
         return Err(StoreError::Invalid(format!(
             "`{}` is not an IANA time zone",
             p.tz
         )));
     }
-    tx.exec(
-        "INSERT INTO patients (id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        args![&p.id, &p.institution_id, p.birth_date.clone(), &p.sex, &p.tz, p.contact_enc.clone(), p.preferred_channel.clone(), now.as_second()],
-    )
-    .await?;
+    const PER_ROW: usize = 8;
+    for part in patients.chunks(writer::MAX_PARAMS / PER_ROW) {
+        let a: Vec<Arg> = part
+            .iter()
+            .flat_map(|p| {
+                args![
+                    &p.id,
+                    &p.institution_id,
+                    p.birth_date.clone(),
+                    &p.sex,
+                    &p.tz,
+                    p.contact_enc.clone(),
+                    p.preferred_channel.clone(),
+                    now.as_second()
+                ]
+            })
+            .collect();
+        tx.exec(
+            &format!(
+                "INSERT INTO patients (id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at) VALUES {}",
+                values_list(part.len(), PER_ROW)
+            ),
+            a,
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -537,10 +577,20 @@ pub async fn apply_outcomes(
     batch: &[(&DueEnrolment, &Outcome)],
     now: Timestamp,
 ) -> Result<Vec<Option<Written>>> {
-    let updated = update_enrolments(tx, batch, now).await?;
+    let batch: Vec<_> = batch.iter().map(|(d, o)| (*d, *o, now)).collect();
+    apply_outcomes_at(tx, buf, &batch).await
+}
+
+/// [`apply_outcomes`] with each outcome's own step instant.
+pub async fn apply_outcomes_at(
+    tx: &mut Tx,
+    buf: &mut RowBuffer,
+    batch: &[(&DueEnrolment, &Outcome, Timestamp)],
+) -> Result<Vec<Option<Written>>> {
+    let updated = update_enrolments(tx, batch).await?;
     // Work already stored for the state an enrolment was in goes away when it leaves it.
     let mut leaving: Vec<(i64, i64, String)> = Vec::new();
-    for (d, outcome) in batch {
+    for (d, outcome, _) in batch {
         let e = &outcome.enrolment;
         if !updated.contains(&d.enrolment.id) {
             continue;
@@ -560,7 +610,7 @@ pub async fn apply_outcomes(
     }
     let cancelled = cancel_work_of(tx, &leaving).await?;
     let mut out = Vec::with_capacity(batch.len());
-    for (d, outcome) in batch {
+    for (d, outcome, now) in batch {
         let e = &outcome.enrolment;
         if !updated.contains(&d.enrolment.id) {
             out.push(None);
@@ -635,14 +685,13 @@ fn values_list(n: usize, per_row: usize) -> String {
 /// updated.
 async fn update_enrolments(
     tx: &mut Tx,
-    batch: &[(&DueEnrolment, &Outcome)],
-    now: Timestamp,
+    batch: &[(&DueEnrolment, &Outcome, Timestamp)],
 ) -> Result<HashSet<i64>> {
     const PER_ROW: usize = 10;
     let mut updated = HashSet::new();
     for part in batch.chunks(writer::MAX_PARAMS / PER_ROW) {
         let mut a = Vec::with_capacity(part.len() * PER_ROW);
-        for (d, outcome) in part {
+        for (d, outcome, now) in part {
             let e = &outcome.enrolment;
             let ended = (e.status != Status::Active).then_some(now.as_second());
             a.extend(args![
@@ -821,68 +870,256 @@ pub async fn enrol_tx(
     entry: &str,
     now: Timestamp,
 ) -> Result<(i64, Written)> {
-    let prog = match version {
-        Some(v) => programs.get(pathway_id, v).cloned(),
-        None => programs
-            .latest()
-            .into_iter()
-            .find(|p| p.pathway.id == pathway_id),
-    }
-    .ok_or_else(|| StoreError::NotFound(format!("pathway {pathway_id}")))?;
-    if prog.pathway.entry_point(entry).is_none() {
-        let names: Vec<&str> = prog
-            .pathway
-            .entry_points
-            .iter()
-            .map(|e| e.id.as_str())
-            .collect();
-        return Err(StoreError::Invalid(format!(
-            "pathway {pathway_id} has no entry point `{entry}`; entry points: {}",
-            names.join(", ")
-        )));
-    }
-    let patient = tx
-        .fetch_one(
-            "SELECT institution_id, tz, birth_date, sex FROM patients WHERE id = $1",
-            args![patient_id],
-        )
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("patient {patient_id}")))?;
-    let row = tx
-        .fetch_one(
-            "INSERT INTO enrolments (patient_id, institution_id, pathway_id, version, entry_point, state, state_seq, entered_at, vars, status, next_wake_at, enrolled_at) \
-             VALUES ($1, $2, $3, $4, $5, '', 0, $6, '{}', 'active', NULL, $6) RETURNING id",
-            args![patient_id, patient.text(0), pathway_id, i64::from(prog.pathway.version), entry, now.as_second()],
-        )
-        .await?
-        .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))?;
-    let id = row.i64(0);
-    let facts = PatientFacts {
-        birth_date: patient.opt_text(2).and_then(|b| b.parse().ok()),
-        sex: patient.text(3),
-        ..Default::default()
-    };
-    goals::create_for_enrolment(tx, id, &prog.pathway.goals, now).await?;
-    let outcome = step::enrol(&prog, id, entry, &patient.text(1), &facts, &[], now)?;
-    let d = DueEnrolment {
-        enrolment: outcome.enrolment.clone(),
+    let new = NewEnrolment {
         patient_id: patient_id.to_string(),
-        institution_id: patient.text(0),
-        row_version: 0,
-        birth_date: patient.opt_text(2),
-        sex: patient.text(3),
+        pathway_id: pathway_id.to_string(),
+        version,
+        entry: entry.to_string(),
+        at: now,
     };
-    tx.exec(
-        "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'enrolled', $5)",
-        args![format!("e{id}:enrolled"), patient_id, id, now.as_second(), json!({"pathway": pathway_id, "version": prog.pathway.version, "entry": entry}).to_string()],
-    )
-    .await?;
-    let mut buf = RowBuffer::default();
-    let mut written = apply_outcome(tx, &mut buf, &d, &outcome, now)
-        .await?
-        .ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
-    written.add(&buf.flush(tx).await?);
+    let (ids, written) = enrol_many(tx, programs, std::slice::from_ref(&new)).await?;
+    let id = ids
+        .first()
+        .copied()
+        .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))?;
     Ok((id, written))
+}
+
+/// One enrolment for [`enrol_many`].
+#[derive(Debug, Clone)]
+pub struct NewEnrolment {
+    pub patient_id: String,
+    pub pathway_id: String,
+    /// The pathway version, or the latest loaded.
+    pub version: Option<u32>,
+    pub entry: String,
+    pub at: Timestamp,
+}
+
+/// Enrols patients in a few multi-row statements: the enrolments, their goals, the `enrolled`
+/// record and the first step's outcome (entry actions) of each. Returns the new ids in order.
+/// A patient may appear once per pathway in one call.
+pub async fn enrol_many(
+    tx: &mut Tx,
+    programs: &Programs,
+    new: &[NewEnrolment],
+) -> Result<(Vec<i64>, Written)> {
+    let mut progs = Vec::with_capacity(new.len());
+    let mut seen = HashSet::new();
+    for n in new {
+        let prog = match n.version {
+            Some(v) => programs.get(&n.pathway_id, v).cloned(),
+            None => programs
+                .latest()
+                .into_iter()
+                .find(|p| p.pathway.id == n.pathway_id),
+        }
+        .ok_or_else(|| StoreError::NotFound(format!("pathway {}", n.pathway_id)))?;
+        if prog.pathway.entry_point(&n.entry).is_none() {
+            let names: Vec<&str> = prog
+                .pathway
+                .entry_points
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect();
+            return Err(StoreError::Invalid(format!(
+                "pathway {} has no entry point `{}`; entry points: {}",
+                n.pathway_id,
+                n.entry,
+                names.join(", ")
+            )));
+        }
+        if !seen.insert((n.patient_id.as_str(), n.pathway_id.as_str())) {
+            return Err(StoreError::Invalid(format!(
+                "patient {} is enrolled in {} twice in one call",
+                n.patient_id, n.pathway_id
+            )));
+        }
+        progs.push(prog);
+    }
+    // The patients, one query per chunk.
+    let mut patients: HashMap<String, Row> = HashMap::new();
+    let unique: Vec<&str> = new
+        .iter()
+        .map(|n| n.patient_id.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    for part in unique.chunks(writer::MAX_PARAMS) {
+        let rows = tx
+            .fetch(
+                &format!(
+                    "SELECT id, institution_id, tz, birth_date, sex FROM patients WHERE id IN ({})",
+                    db::placeholders(1, part.len())
+                ),
+                part.iter().map(|p| Arg::T(p.to_string())).collect(),
+            )
+            .await?;
+        for r in rows {
+            patients.insert(r.text(0), r);
+        }
+    }
+    for n in new {
+        if !patients.contains_key(&n.patient_id) {
+            return Err(StoreError::NotFound(format!("patient {}", n.patient_id)));
+        }
+    }
+    // The enrolments, matched back to their requests by (patient, pathway).
+    let mut ids: HashMap<(String, String), i64> = HashMap::new();
+    const PER_ROW: usize = 6;
+    for (part, part_progs) in new
+        .chunks(writer::MAX_PARAMS / PER_ROW)
+        .zip(progs.chunks(writer::MAX_PARAMS / PER_ROW))
+    {
+        let a: Vec<Arg> = part
+            .iter()
+            .zip(part_progs)
+            .flat_map(|(n, prog)| {
+                args![
+                    &n.patient_id,
+                    patients[&n.patient_id].text(1),
+                    &n.pathway_id,
+                    i64::from(prog.pathway.version),
+                    &n.entry,
+                    n.at.as_second()
+                ]
+            })
+            .collect();
+        let rows = tx
+            .fetch(
+                &format!(
+                    "INSERT INTO enrolments (patient_id, institution_id, pathway_id, version, entry_point, state, state_seq, entered_at, vars, status, next_wake_at, enrolled_at) \
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, '', 0, v.column6, '{{}}', 'active', NULL, v.column6 FROM (VALUES {}) AS v \
+                     RETURNING id, patient_id, pathway_id",
+                    values_list(part.len(), PER_ROW)
+                ),
+                a,
+            )
+            .await?;
+        for r in rows {
+            ids.insert((r.text(1), r.text(2)), r.i64(0));
+        }
+    }
+    let ids: Vec<i64> = new
+        .iter()
+        .map(|n| {
+            ids.get(&(n.patient_id.clone(), n.pathway_id.clone()))
+                .copied()
+                .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))
+        })
+        .collect::<Result<_>>()?;
+    let goals: Vec<(i64, &carepath_dsl::Goal, Timestamp)> = ids
+        .iter()
+        .zip(new.iter().zip(&progs))
+        .flat_map(|(id, (n, prog))| prog.pathway.goals.iter().map(move |g| (*id, g, n.at)))
+        .collect();
+    goals::create_for_enrolments(tx, &goals).await?;
+    let mut outcomes = Vec::with_capacity(new.len());
+    let mut buf = RowBuffer::default();
+    for ((id, n), prog) in ids.iter().zip(new).zip(&progs) {
+        let patient = &patients[&n.patient_id];
+        let facts = PatientFacts {
+            birth_date: patient.opt_text(3).and_then(|b| b.parse().ok()),
+            sex: patient.text(4),
+            ..Default::default()
+        };
+        let outcome = step::enrol(prog, *id, &n.entry, &patient.text(2), &facts, &[], n.at)?;
+        let d = DueEnrolment {
+            enrolment: outcome.enrolment.clone(),
+            patient_id: n.patient_id.clone(),
+            institution_id: patient.text(1),
+            row_version: 0,
+            birth_date: patient.opt_text(3),
+            sex: patient.text(4),
+        };
+        buf.record(
+            Some(format!("e{id}:enrolled")),
+            &n.patient_id,
+            *id,
+            n.at.as_second(),
+            "enrolled",
+            json!({"pathway": n.pathway_id, "version": prog.pathway.version, "entry": n.entry})
+                .to_string(),
+        );
+        outcomes.push((d, outcome));
+    }
+    let mut written = Written::default();
+    let refs: Vec<(&DueEnrolment, &Outcome, Timestamp)> = outcomes
+        .iter()
+        .zip(new)
+        .map(|((d, o), n)| (d, o, n.at))
+        .collect();
+    for w in apply_outcomes_at(tx, &mut buf, &refs).await? {
+        let w =
+            w.ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
+        written.add(&w);
+    }
+    written.add(&buf.flush(tx).await?);
+    Ok((ids, written))
+}
+
+/// An event to add with [`add_events`].
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub enrolment: i64,
+    pub name: String,
+    pub at: Timestamp,
+    pub payload: Option<String>,
+    /// Where the event came from; an event whose key is already stored is not added again.
+    pub source_key: Option<String>,
+    /// When it was received; the enrolment wakes at the earlier of this and `at`.
+    pub created_at: Timestamp,
+}
+
+/// Adds events in a few multi-row statements and wakes each enrolment that got one, as
+/// [`add_event`] does for one; returns how many were new.
+pub async fn add_events(tx: &mut Tx, events: &[NewEvent]) -> Result<u64> {
+    const PER_ROW: usize = 6;
+    let mut added = 0;
+    let mut wakes: BTreeMap<i64, i64> = BTreeMap::new();
+    for part in events.chunks(writer::MAX_PARAMS / PER_ROW) {
+        let a: Vec<Arg> = part
+            .iter()
+            .flat_map(|e| {
+                args![
+                    e.enrolment,
+                    &e.name,
+                    e.at.as_second(),
+                    e.payload.clone(),
+                    e.source_key.clone(),
+                    e.created_at.as_second()
+                ]
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (enrolment_id, name, at, payload, source_key, created_at) VALUES {} \
+             ON CONFLICT (source_key) DO NOTHING RETURNING enrolment_id, at, created_at",
+            values_list(part.len(), PER_ROW)
+        );
+        for r in tx.fetch(&sql, a).await? {
+            added += 1;
+            let wake = r.i64(1).min(r.i64(2));
+            wakes
+                .entry(r.i64(0))
+                .and_modify(|w| *w = (*w).min(wake))
+                .or_insert(wake);
+        }
+    }
+    let wakes: Vec<(i64, i64)> = wakes.into_iter().collect();
+    for part in wakes.chunks(writer::MAX_PARAMS / 2) {
+        let a: Vec<Arg> = part.iter().flat_map(|(e, w)| args![*e, *w]).collect();
+        tx.exec(
+            &format!(
+                "UPDATE enrolments SET next_wake_at = CASE WHEN enrolments.next_wake_at IS NULL OR enrolments.next_wake_at > v.column2 \
+                 THEN v.column2 ELSE enrolments.next_wake_at END FROM (VALUES {}) AS v \
+                 WHERE enrolments.id = v.column1 AND enrolments.status = 'active'",
+                values_list(part.len(), 2)
+            ),
+            a,
+        )
+        .await?;
+    }
+    Ok(added)
 }
 
 /// Records an event for an enrolment and makes it due at once. `source_key` makes a retried

@@ -13,14 +13,18 @@
 //! due reminder is sent and the earlier ones are recorded as skipped, so a patient never receives a
 //! burst of stale reminders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::json;
 
+use super::db::placeholders;
 use super::queries::{Caller, audit, visible_patient};
-use super::{Pool, Result, StoreError, Tx, add_event, ts};
+use super::writer::MAX_PARAMS;
+use super::{
+    Arg, NewEvent, Pool, Result, Row, RowBuffer, StoreError, Tx, add_event, add_events, ts,
+};
 use crate::args;
 use crate::scales::{Scales, Text};
 
@@ -356,18 +360,39 @@ fn not_pending(push: i64, status: &str) -> StoreError {
 
 /// Reminders of a push that were created but not sent yet are withdrawn once it is settled.
 async fn cancel_reminders(tx: &mut Tx, enrolment: i64, push: i64) -> Result<()> {
-    let reference = format!("scale_push:{push}");
-    tx.exec(
-        "UPDATE outbox SET status = 'cancelled' WHERE status = 'pending' AND follow_up_id IN \
-         (SELECT id FROM follow_ups WHERE enrolment_id = $1 AND follow_up_ref = $2 AND status = 'scheduled')",
-        args![enrolment, &reference],
-    )
-    .await?;
-    tx.exec(
-        "UPDATE follow_ups SET status = 'cancelled' WHERE enrolment_id = $1 AND follow_up_ref = $2 AND status = 'scheduled'",
-        args![enrolment, &reference],
-    )
-    .await?;
+    cancel_reminders_of(tx, &[(enrolment, push)]).await
+}
+
+/// Cancels the scheduled reminders, and their pending messages, of each `(enrolment, push)`.
+async fn cancel_reminders_of(tx: &mut Tx, pushes: &[(i64, i64)]) -> Result<()> {
+    for part in pushes.chunks(MAX_PARAMS / 2) {
+        let mut a: Vec<Arg> = part.iter().map(|(e, _)| Arg::I(*e)).collect();
+        a.extend(part.iter().map(|(_, p)| Arg::T(format!("scale_push:{p}"))));
+        let follow_ups: Vec<Arg> = tx
+            .fetch(
+                &format!(
+                    "UPDATE follow_ups SET status = 'cancelled' WHERE enrolment_id IN ({}) AND follow_up_ref IN ({}) \
+                     AND status = 'scheduled' RETURNING id",
+                    placeholders(1, part.len()),
+                    placeholders(part.len() + 1, part.len())
+                ),
+                a,
+            )
+            .await?
+            .iter()
+            .map(|r| Arg::I(r.i64(0)))
+            .collect();
+        for ids in follow_ups.chunks(MAX_PARAMS) {
+            tx.exec(
+                &format!(
+                    "UPDATE outbox SET status = 'cancelled' WHERE follow_up_id IN ({}) AND status = 'pending'",
+                    placeholders(1, ids.len())
+                ),
+                ids.to_vec(),
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -412,37 +437,54 @@ async fn expire_batch(pool: &Pool, now: Timestamp, out: &mut ScaleSweep) -> Resu
             args![now.as_second(), SWEEP_BATCH],
         )
         .await?;
-    for r in &rows {
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    // One conditional update claims every push still pending; an answer that won the race keeps
+    // its push.
+    let ids: Vec<Arg> = rows.iter().map(|r| Arg::I(r.i64(0))).collect();
+    let won: HashSet<i64> = tx
+        .fetch(
+            &format!(
+                "UPDATE scale_pushes SET status = 'expired', next_reminder_at = NULL WHERE id IN ({}) AND status = 'pending' RETURNING id",
+                placeholders(1, ids.len())
+            ),
+            ids,
+        )
+        .await?
+        .iter()
+        .map(|r| r.i64(0))
+        .collect();
+    let expired: Vec<&Row> = rows.iter().filter(|r| won.contains(&r.i64(0))).collect();
+    out.expired += expired.len() as u64;
+    let pushes: Vec<(i64, i64)> = expired.iter().map(|r| (r.i64(1), r.i64(0))).collect();
+    cancel_reminders_of(&mut tx, &pushes).await?;
+    let mut buf = RowBuffer::default();
+    let mut events = Vec::with_capacity(expired.len());
+    for r in expired {
         let (push, enrolment, patient, scale, expires) =
             (r.i64(0), r.i64(1), r.text(2), r.text(3), r.i64(4));
-        let won = tx
-            .exec(
-                "UPDATE scale_pushes SET status = 'expired', next_reminder_at = NULL WHERE id = $1 AND status = 'pending'",
-                args![push],
-            )
-            .await?;
-        if won == 0 {
-            continue;
-        }
-        out.expired += 1;
-        cancel_reminders(&mut tx, enrolment, push).await?;
         let key = format!("scale:{push}:expired");
-        tx.exec(
-            "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'scale_expired', $5) ON CONFLICT (dedupe_key) DO NOTHING",
-            args![&key, &patient, enrolment, expires, json!({"push": push, "scale": scale}).to_string()],
-        )
-        .await?;
-        add_event(
-            &mut tx,
+        buf.record(
+            Some(key.clone()),
+            &patient,
             enrolment,
-            &format!("scale_expired:{scale}"),
-            ts(expires),
-            Some(json!({"push": push}).to_string()),
-            Some(key),
-            now,
-        )
-        .await?;
+            expires,
+            "scale_expired",
+            json!({"push": push, "scale": scale}).to_string(),
+        );
+        events.push(NewEvent {
+            enrolment,
+            name: format!("scale_expired:{scale}"),
+            at: ts(expires),
+            payload: Some(json!({"push": push}).to_string()),
+            source_key: Some(key),
+            created_at: now,
+        });
     }
+    buf.flush(&mut tx).await?;
+    add_events(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(rows.len())
 }

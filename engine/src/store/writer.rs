@@ -372,46 +372,85 @@ impl RowBuffer {
 /// Parameters per generated multi-row statement.
 pub(crate) const MAX_PARAMS: usize = 3_000;
 
-/// Inserts `rows` into `table` in multi-row statements; returns how many were new and, with
-/// `returning`, their dedupe keys.
+/// Rows per PostgreSQL column-array insert.
+const PG_ROWS: usize = 5_000;
+
+/// Inserts `rows` into `table`; returns how many were new and, with `returning`, their dedupe
+/// keys (every table's first column). SQLite steps one prepared single-row statement per row on
+/// the transaction's own connection; PostgreSQL takes each column as one array parameter.
 async fn insert_rows(
     tx: &mut Tx,
     table: &Table,
     rows: &[Vec<Arg>],
     returning: bool,
 ) -> Result<(u64, Vec<String>)> {
-    let per_row = table.values.matches('?').count();
-    // Statements of a few thousand parameters: well under both databases' limits, and few
-    // enough statements that their per-statement cost stays small.
-    let chunk = (MAX_PARAMS / per_row).max(1);
     let (mut total, mut keys) = (0, Vec::new());
-    for part in rows.chunks(chunk) {
-        let mut sql = format!("INSERT INTO {} ({}) VALUES ", table.name, table.columns);
+    if !tx.is_postgres() {
         let mut n = 0;
-        for (i, _) in part.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            for c in table.values.chars() {
+        let values: String = table
+            .values
+            .chars()
+            .map(|c| {
                 if c == '?' {
                     n += 1;
-                    sql.push('$');
-                    sql.push_str(&n.to_string());
+                    format!("${n}")
                 } else {
-                    sql.push(c);
+                    c.to_string()
                 }
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {values} ON CONFLICT (dedupe_key) DO NOTHING",
+            table.name, table.columns
+        );
+        for (row, changed) in rows.iter().zip(tx.exec_each(&sql, rows).await?) {
+            total += changed;
+            if returning
+                && changed > 0
+                && let Some(Arg::T(k) | Arg::OptT(Some(k))) = row.first()
+            {
+                keys.push(k.clone());
             }
         }
-        sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING");
-        let args: Vec<Arg> = part.iter().flat_map(|r| r.iter().cloned()).collect();
+        return Ok((total, keys));
+    }
+    for part in rows.chunks(PG_ROWS) {
+        let columns = super::db::Column::from_rows(part);
+        let mut n = 0;
+        let exprs: String = table
+            .values
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .chars()
+            .map(|c| {
+                if c == '?' {
+                    n += 1;
+                    format!("u.c{n}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        let arrays: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 1, c.pg_array_type()))
+            .collect();
+        let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) SELECT {exprs} FROM UNNEST({}) AS u({}) ON CONFLICT (dedupe_key) DO NOTHING",
+            table.name,
+            table.columns,
+            arrays.join(", "),
+            names.join(", ")
+        );
         if returning {
             sql.push_str(" RETURNING dedupe_key");
-            let new = tx.fetch(&sql, args).await?;
-            total += new.len() as u64;
-            keys.extend(new.iter().map(|r| r.text(0)));
-        } else {
-            total += tx.exec(&sql, args).await?;
         }
+        let (inserted, new) = tx.exec_columns(&sql, columns, returning).await?;
+        total += inserted;
+        keys.extend(new.iter().map(|r| r.text(0)));
     }
     Ok((total, keys))
 }
