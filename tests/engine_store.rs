@@ -947,3 +947,212 @@ async fn a_retried_commit_writes_nothing_twice() {
         pool.close().await;
     }
 }
+
+#[tokio::test]
+async fn enrolling_many_at_once_writes_what_enrolling_one_by_one_writes() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let (Some(one), Some(many)) = (support::backend(kind), support::backend(kind)) else {
+            continue;
+        };
+        let name = one.name();
+        let (pool_one, programs, _d1) = fresh(&one, 3).await;
+        let (pool_many, programs_many, _d2) = fresh(&many, 3).await;
+        let requests: Vec<store::NewEnrolment> = [
+            ("p1", "wound_care", "discharge", 0),
+            ("p2", "wound_care", "discharge", HOUR),
+            ("p3", "heart_check", "clinic", 2 * HOUR),
+            ("p1", "heart_check", "clinic", 3 * HOUR),
+        ]
+        .into_iter()
+        .map(|(p, pathway, entry, t)| store::NewEnrolment {
+            patient_id: p.into(),
+            pathway_id: pathway.into(),
+            version: None,
+            entry: entry.into(),
+            at: at(t),
+        })
+        .collect();
+        let mut expected = store::Written::default();
+        for r in &requests {
+            let (_, w) = store::enrol(
+                &pool_one,
+                &programs,
+                &r.patient_id,
+                &r.pathway_id,
+                None,
+                &r.entry,
+                r.at,
+            )
+            .await
+            .expect("enrol one");
+            expected.add(&w);
+        }
+        let mut tx = pool_many.begin().await.expect("begin");
+        let (ids, written) = store::enrol_many(&mut tx, &programs_many, &requests)
+            .await
+            .expect("enrol many");
+        tx.commit().await.expect("commit");
+        assert_eq!(ids.len(), requests.len(), "{name}");
+        assert_eq!(written, expected, "{name}");
+        assert_eq!(
+            snapshot(&pool_many).await,
+            snapshot(&pool_one).await,
+            "{name}"
+        );
+
+        // The same patient twice in one pathway in one call is refused, and nothing is written.
+        let before = snapshot(&pool_many).await;
+        let twice = vec![requests[0].clone(), requests[0].clone()];
+        let mut tx = pool_many.begin().await.expect("begin");
+        let err = store::enrol_many(&mut tx, &programs_many, &twice)
+            .await
+            .expect_err("refused");
+        drop(tx);
+        assert!(err.to_string().contains("twice"), "{name}: {err}");
+        assert_eq!(snapshot(&pool_many).await, before, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn events_added_together_wake_each_enrolment_at_its_earliest_and_a_known_key_adds_nothing() {
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, programs, _dir) = fresh(&b, 2).await;
+        let mut ids = Vec::new();
+        for p in ["p1", "p2"] {
+            let (id, _) = store::enrol(&pool, &programs, p, "wound_care", None, "discharge", at(0))
+                .await
+                .expect("enrol");
+            ids.push(id);
+        }
+        let ev = |enrolment: i64, name: &str, t: i64, key: &str| store::NewEvent {
+            enrolment,
+            name: name.into(),
+            at: at(t),
+            payload: None,
+            source_key: Some(key.into()),
+            created_at: at(2 * DAY),
+        };
+        let events = vec![
+            ev(ids[0], "wound_problem_reported", DAY + 5 * HOUR, "k1"),
+            ev(ids[0], "readmitted", DAY, "k2"),
+            // Received before it happened (a planned event): the enrolment wakes on receipt.
+            ev(ids[1], "wound_problem_reported", 3 * DAY, "k3"),
+        ];
+        let mut tx = pool.begin().await.expect("begin");
+        assert_eq!(
+            store::add_events(&mut tx, &events).await.expect("add"),
+            3,
+            "{name}"
+        );
+        tx.commit().await.expect("commit");
+        assert_eq!(
+            enrolment(&pool, ids[0]).await[3],
+            at(DAY).as_second().to_string(),
+            "{name}"
+        );
+        assert_eq!(
+            enrolment(&pool, ids[1]).await[3],
+            at(2 * DAY).as_second().to_string(),
+            "{name}"
+        );
+        let mut tx = pool.begin().await.expect("begin");
+        assert_eq!(
+            store::add_events(&mut tx, &events).await.expect("again"),
+            0,
+            "{name}"
+        );
+        tx.commit().await.expect("commit");
+        assert_eq!(count(&pool, "events").await, 3, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_without_commit_leaves_nothing_and_the_pool_goes_on() {
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, _programs, _dir) = fresh(&b, 1).await;
+        let before = snapshot(&pool).await;
+        {
+            let mut tx = pool.begin().await.expect("begin");
+            tx.exec(
+                "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, NULL, $3, 'note', '{}')",
+                vec!["dropped".into(), "p1".into(), 1i64.into()],
+            )
+            .await
+            .expect("insert");
+            let seen = tx
+                .fetch(
+                    "SELECT COUNT(*) FROM record WHERE dedupe_key = $1",
+                    vec!["dropped".into()],
+                )
+                .await
+                .expect("read inside");
+            assert_eq!(
+                seen[0].i64(0),
+                1,
+                "{name}: a transaction reads its own writes"
+            );
+        }
+        let mut tx = pool.begin().await.expect("begin after drop");
+        tx.exec("INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, NULL, $3, 'note', '{}')", vec!["kept".into(), "p1".into(), 2i64.into()])
+            .await
+            .expect("insert");
+        tx.rollback().await.expect("rollback");
+        assert_eq!(snapshot(&pool).await, before, "{name}");
+        // A statement that fails leaves the transaction usable for the caller to roll back.
+        let mut tx = pool.begin().await.expect("begin");
+        assert!(
+            tx.exec("INSERT INTO no_such_table VALUES ($1)", vec![1i64.into()])
+                .await
+                .is_err(),
+            "{name}"
+        );
+        tx.rollback().await.expect("rollback after an error");
+        assert_eq!(snapshot(&pool).await, before, "{name}");
+    }
+}
+
+/// Committed pages reach the SQLite database file while the pool is open: the main file alone,
+/// copied without its WAL, holds them.
+#[tokio::test]
+async fn the_checkpointer_moves_committed_pages_into_the_database_file() {
+    let b = support::sqlite();
+    let (pool, _programs, _dir) = fresh(&b, 1).await;
+    let mut tx = pool.begin().await.expect("begin");
+    for i in 0..2_000i64 {
+        tx.exec(
+            "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, NULL, $3, 'note', '{}')",
+            vec![format!("cp{i}").into(), "p1".into(), i.into()],
+        )
+        .await
+        .expect("insert");
+    }
+    tx.commit().await.expect("commit");
+    let path = b.path.clone().expect("a SQLite file");
+    let copy_dir = support::tempdir();
+    let mut found = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let copy = copy_dir.path().join("main-only.db");
+        let _ = std::fs::remove_file(copy_dir.path().join("main-only.db-wal"));
+        std::fs::copy(&path, &copy).expect("copy the main file");
+        let other = Pool::connect(&format!("sqlite:{}", copy.display()))
+            .await
+            .expect("open the copy");
+        found = other
+            .fetch(
+                "SELECT COUNT(*) FROM record WHERE dedupe_key LIKE 'cp%'",
+                vec![],
+            )
+            .await
+            .map(|r| r[0].i64(0))
+            .unwrap_or(0);
+        other.close().await;
+        if found == 2_000 {
+            break;
+        }
+    }
+    assert_eq!(found, 2_000, "the WAL was not checkpointed within 10 s");
+    pool.close().await;
+}

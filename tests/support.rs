@@ -169,6 +169,14 @@ pub fn postgres() -> Option<Backend> {
     })
 }
 
+/// A fresh database of one kind: SQLite always, PostgreSQL when configured.
+pub fn backend(kind: Kind) -> Option<Backend> {
+    match kind {
+        Kind::Sqlite => Some(sqlite()),
+        Kind::Postgres => postgres(),
+    }
+}
+
 /// Every backend to run a conformance test against: SQLite always, PostgreSQL when configured.
 pub fn backends() -> Vec<Backend> {
     let mut all = vec![sqlite()];

@@ -622,3 +622,41 @@ mod positional_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod column_tests {
+    use super::{Arg, Column};
+
+    #[test]
+    fn rows_transpose_into_typed_columns_with_nulls() {
+        let rows = vec![
+            vec![
+                Arg::T("a".into()),
+                Arg::I(1),
+                Arg::OptF(None),
+                Arg::OptT(None),
+            ],
+            vec![
+                Arg::T("b".into()),
+                Arg::OptI(None),
+                Arg::F(2.5),
+                Arg::OptT(Some("x".into())),
+            ],
+        ];
+        let cols = Column::from_rows(&rows);
+        assert_eq!(
+            cols,
+            vec![
+                Column::T(vec![Some("a".into()), Some("b".into())]),
+                Column::I(vec![Some(1), None]),
+                Column::F(vec![None, Some(2.5)]),
+                Column::T(vec![None, Some("x".into())]),
+            ]
+        );
+        assert_eq!(
+            cols.iter().map(Column::pg_array_type).collect::<Vec<_>>(),
+            ["text[]", "bigint[]", "double precision[]", "text[]"]
+        );
+        assert!(Column::from_rows(&[]).is_empty());
+    }
+}
