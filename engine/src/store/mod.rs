@@ -1133,21 +1133,15 @@ pub async fn add_event(
     source_key: Option<String>,
     now: Timestamp,
 ) -> Result<bool> {
-    let n = tx
-        .exec(
-            "INSERT INTO events (enrolment_id, name, at, payload, source_key, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source_key) DO NOTHING",
-            args![enrolment, name, at.as_second(), payload, source_key, now.as_second()],
-        )
-        .await?;
-    if n > 0 {
-        let wake = at.as_second().min(now.as_second());
-        tx.exec(
-            "UPDATE enrolments SET next_wake_at = CASE WHEN next_wake_at IS NULL OR next_wake_at > $1 THEN $1 ELSE next_wake_at END WHERE id = $2 AND status = 'active'",
-            args![wake, enrolment],
-        )
-        .await?;
-    }
-    Ok(n > 0)
+    let event = NewEvent {
+        enrolment,
+        name: name.to_string(),
+        at,
+        payload,
+        source_key,
+        created_at: now,
+    };
+    Ok(add_events(tx, std::slice::from_ref(&event)).await? > 0)
 }
 
 /// Withdraws an enrolment: open work is cancelled and nothing further is sent.
