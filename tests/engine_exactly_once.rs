@@ -145,8 +145,12 @@ fn a_pass_killed_at_random_points_ends_exactly_like_an_uninterrupted_one() {
     let mut mid_pass = 0;
     let mut log = Vec::new();
     let mut due = due_at_start;
+    // Kills land within the first quarter of an uninterrupted pass's time, so that most runs are
+    // still running when killed however fast the build is.
+    let max_wait =
+        (reference_took / 4).clamp(Duration::from_millis(200), Duration::from_millis(1_500));
     for _ in 0..KILLS {
-        let wait = Duration::from_millis(50 + rng.below(1_451));
+        let wait = Duration::from_millis(50 + rng.below(max_wait.as_millis() as u64 - 49));
         let mut child = spawn_run(&original.url, 100);
         std::thread::sleep(wait);
         match child.try_wait().expect("try_wait") {
@@ -156,8 +160,12 @@ fn a_pass_killed_at_random_points_ends_exactly_like_an_uninterrupted_one() {
             None => {
                 child.kill().expect("SIGKILL");
                 let status = child.wait().expect("wait");
-                assert!(!status.success(), "a killed pass reported success");
-                killed += 1;
+                if status.success() {
+                    // It finished between the check and the signal.
+                    log.push(format!("after {wait:?} the run finished as it was killed"));
+                } else {
+                    killed += 1;
+                }
             }
         }
         let now_due = due_now(&original.url);

@@ -375,6 +375,21 @@ pub(crate) const MAX_PARAMS: usize = 3_000;
 /// Rows per PostgreSQL column-array insert.
 const PG_ROWS: usize = 5_000;
 
+/// `template` with its `n`-th `?` (from 1) replaced by `placeholder(n)`.
+fn fill(template: &str, placeholder: impl Fn(usize) -> String) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut n = 0;
+    for c in template.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&placeholder(n));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Inserts `rows` into `table`; returns how many were new and, with `returning`, their dedupe
 /// keys (every table's first column). SQLite steps one prepared single-row statement per row on
 /// the transaction's own connection; PostgreSQL takes each column as one array parameter.
@@ -386,19 +401,7 @@ async fn insert_rows(
 ) -> Result<(u64, Vec<String>)> {
     let (mut total, mut keys) = (0, Vec::new());
     if !tx.is_postgres() {
-        let mut n = 0;
-        let values: String = table
-            .values
-            .chars()
-            .map(|c| {
-                if c == '?' {
-                    n += 1;
-                    format!("${n}")
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect();
+        let values = fill(table.values, |n| format!("${n}"));
         let sql = format!(
             "INSERT INTO {} ({}) VALUES {values} ON CONFLICT (dedupe_key) DO NOTHING",
             table.name, table.columns
@@ -416,22 +419,8 @@ async fn insert_rows(
     }
     for part in rows.chunks(PG_ROWS) {
         let columns = super::db::Column::from_rows(part);
-        let mut n = 0;
-        let exprs: String = table
-            .values
-            .trim()
-            .trim_start_matches('(')
-            .trim_end_matches(')')
-            .chars()
-            .map(|c| {
-                if c == '?' {
-                    n += 1;
-                    format!("u.c{n}")
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect();
+        let row = table.values.trim();
+        let exprs = fill(&row[1..row.len() - 1], |n| format!("u.c{n}"));
         let arrays: Vec<String> = columns
             .iter()
             .enumerate()
@@ -453,4 +442,24 @@ async fn insert_rows(
         keys.extend(new.iter().map(|r| r.text(0)));
     }
     Ok((total, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TABLES, fill};
+
+    #[test]
+    fn templates_fill_each_placeholder_in_order() {
+        assert_eq!(fill("(?, ?, 'x')", |n| format!("${n}")), "($1, $2, 'x')");
+        let outbox = TABLES.iter().find(|t| t.name == "outbox").expect("outbox");
+        let row = outbox.values.trim();
+        assert_eq!(
+            fill(&row[1..row.len() - 1], |n| format!("u.c{n}")),
+            "u.c1, (SELECT id FROM follow_ups WHERE dedupe_key = u.c2), u.c3, u.c4, u.c5, u.c6, 'pending', u.c7, u.c8"
+        );
+        for t in TABLES {
+            let v = t.values.trim();
+            assert!(v.starts_with('(') && v.ends_with(')'), "{}", t.name);
+        }
+    }
 }
