@@ -66,9 +66,7 @@ impl SqliteTx {
         let mut st = self.db.prepare_cached(&numbered(sql))?;
         let mut changed = Vec::with_capacity(rows.len());
         for args in rows {
-            for (i, a) in args.iter().enumerate() {
-                st.raw_bind_parameter(i + 1, a)?;
-            }
+            bind(&mut st, args)?;
             let mut r = st.raw_query();
             while r.next()?.is_some() {}
             drop(r);
@@ -112,11 +110,17 @@ impl SqliteTx {
 
     fn prepare(&self, sql: &str, args: &[Arg]) -> Result<rusqlite::CachedStatement<'_>, DbError> {
         let mut st = self.db.prepare_cached(&numbered(sql))?;
-        for (i, a) in args.iter().enumerate() {
-            st.raw_bind_parameter(i + 1, a)?;
-        }
+        bind(&mut st, args)?;
         Ok(st)
     }
+}
+
+/// Binds `args` to the statement's parameters `?1 … ?n`.
+fn bind(st: &mut rusqlite::Statement<'_>, args: &[Arg]) -> Result<(), DbError> {
+    for (i, a) in args.iter().enumerate() {
+        st.raw_bind_parameter(i + 1, a)?;
+    }
+    Ok(())
 }
 
 /// A `rusqlite` view of the handle the transaction holds; it never closes it.
