@@ -74,6 +74,18 @@ states:
     terminal: true
 "#;
 
+/// [`EPDS_CHECK`] whose safety task stands for the EPDS's own critical-item task.
+fn epds_covered() -> String {
+    let covered = EPDS_CHECK
+        .replace("pathway: epds_check", "pathway: epds_covered")
+        .replace(
+            "due: 1h, priority: urgent }",
+            "due: 1h, priority: urgent, covers_critical: epds }",
+        );
+    assert!(covered.contains("covers_critical"));
+    covered
+}
+
 /// Raw EPDS answers (box positions) with `q10` as given and every other item at its
 /// lowest-scoring box, or at its highest with `high`.
 fn epds(high: bool, q10: i64) -> BTreeMap<String, i64> {
@@ -106,7 +118,11 @@ struct World {
 }
 
 async fn world(b: &Backend) -> World {
-    let dir = support::pathway_dir(&[("epds_check.yaml", EPDS_CHECK)]);
+    let covered = epds_covered();
+    let dir = support::pathway_dir(&[
+        ("epds_check.yaml", EPDS_CHECK),
+        ("epds_covered.yaml", &covered),
+    ]);
     let (pool, programs) = open_store(&b.url, dir.path(), at(0)).await;
     World {
         pool,
@@ -118,12 +134,16 @@ async fn world(b: &Backend) -> World {
 impl World {
     /// Enrols a new patient at T0; returns (enrolment, push).
     async fn enrol(&self, patient: &str) -> (i64, i64) {
+        self.enrol_in(patient, "epds_check").await
+    }
+
+    async fn enrol_in(&self, patient: &str, pathway: &str) -> (i64, i64) {
         add_patient(&self.pool, patient, at(0)).await;
         let (e, _) = store::enrol(
             &self.pool,
             &self.programs,
             patient,
-            "epds_check",
+            pathway,
             None,
             "start",
             at(0),
@@ -305,6 +325,103 @@ async fn scale_critical_item_raises_an_urgent_task_at_once() {
             )
             .await,
             1,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scale_critical_task_is_covered_by_the_pathways_own() {
+    for b in support::backends() {
+        let w = world(&b).await;
+        let name = b.name();
+        let (e, push) = w.enrol_in("p-cover", "epds_covered").await;
+        let a = w
+            .answer(push, &epds(false, 2), at(HOUR))
+            .await
+            .expect("answer");
+        let critical = a.critical[0].task_id.expect("the scale raised its task");
+        assert_eq!(w.state(e).await, "safety", "{name}");
+        // One open urgent task for the one finding: the pathway's.
+        assert_eq!(
+            rows(
+                &w.pool,
+                &format!("SELECT task_ref, role FROM tasks WHERE enrolment_id = {e} AND status = 'open' AND priority = 3"),
+                2
+            )
+            .await,
+            vec!["safety_call|doctor"],
+            "{name}"
+        );
+        assert_eq!(
+            rows(
+                &w.pool,
+                &format!("SELECT status, cancel_reason FROM tasks WHERE id = {critical}"),
+                2
+            )
+            .await,
+            vec!["cancelled|covered by the pathway's task `safety_call`"],
+            "{name}"
+        );
+        let covered = rows(
+            &w.pool,
+            &format!(
+                "SELECT detail FROM record WHERE enrolment_id = {e} AND kind = 'critical_covered'"
+            ),
+            1,
+        )
+        .await;
+        assert_eq!(covered.len(), 1, "{name}: {covered:?}");
+        assert!(
+            covered[0].contains(&format!("\"task\":{critical}"))
+                && covered[0].contains("safety_call"),
+            "{name}: {}",
+            covered[0]
+        );
+        // Advancing again changes nothing.
+        scheduler::advance(&w.pool, &w.programs, e, at(2 * HOUR))
+            .await
+            .expect("advance");
+        assert_eq!(
+            scalar(&w.pool, &format!("SELECT COUNT(*) FROM record WHERE enrolment_id = {e} AND kind = 'critical_covered'")).await,
+            1,
+            "{name}"
+        );
+
+        // A critical task someone already claimed stays theirs.
+        let (e2, push2) = w.enrol_in("p-claimed", "epds_covered").await;
+        let a = scales::answer_push(
+            &w.pool,
+            Scales::builtin(),
+            &caller("lead"),
+            push2,
+            &epds(false, 2),
+            None,
+            "test",
+            at(HOUR),
+        )
+        .await
+        .expect("answer");
+        let critical = a.critical[0].task_id.expect("the scale raised its task");
+        w.pool
+            .exec(
+                &format!("UPDATE tasks SET status = 'claimed' WHERE id = {critical}"),
+                vec![],
+            )
+            .await
+            .expect("claim");
+        scheduler::advance(&w.pool, &w.programs, e2, at(HOUR))
+            .await
+            .expect("advance");
+        assert_eq!(w.state(e2).await, "safety", "{name}");
+        assert_eq!(
+            rows(
+                &w.pool,
+                &format!("SELECT status FROM tasks WHERE id = {critical}"),
+                1
+            )
+            .await,
+            vec!["claimed"],
             "{name}"
         );
     }

@@ -37,6 +37,32 @@ pub const SCALES: &[&str] = &[
     "morisky8",
 ];
 
+/// A scale's critical-item rule as far as a pathway needs it: the urgent task it raises goes to
+/// `role` within `due_minutes`.
+pub struct CriticalRule {
+    pub scale: &'static str,
+    pub item: &'static str,
+    pub role: &'static str,
+    pub due_minutes: u32,
+}
+
+/// The critical rules of the shipped scales (`critical:` in `pathways/scales/*.yaml`); a unit test
+/// in the engine keeps this table and the scale files in step.
+pub const CRITICAL_RULES: &[CriticalRule] = &[
+    CriticalRule {
+        scale: "epds",
+        item: "q10",
+        role: "doctor",
+        due_minutes: 60,
+    },
+    CriticalRule {
+        scale: "phq9",
+        item: "q9",
+        role: "doctor",
+        due_minutes: 60,
+    },
+];
+
 /// Observation kinds, with their unit.
 pub const OBSERVATIONS: &[(&str, &str)] = &[
     ("bp_systolic", "mmHg"),

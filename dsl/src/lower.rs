@@ -996,7 +996,16 @@ impl<'a> Lowerer<'a> {
         let f = self.fields(
             node,
             "a task",
-            &["id", "role", "title", "due", "priority", "sla", "keep"],
+            &[
+                "id",
+                "role",
+                "title",
+                "due",
+                "priority",
+                "sla",
+                "keep",
+                "covers_critical",
+            ],
         )?;
         let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
         let role = self
@@ -1040,6 +1049,11 @@ impl<'a> Lowerer<'a> {
             }
             None => None,
         };
+        let covers_critical = Self::opt(&f, "covers_critical").and_then(|n| {
+            let scale = self.scale_name(n)?;
+            self.check_covers(n, &scale, priority, role.as_deref(), due);
+            Some(scale)
+        });
         Some(TaskSpec {
             id,
             role: role?,
@@ -1048,7 +1062,75 @@ impl<'a> Lowerer<'a> {
             priority,
             sla,
             keep,
+            covers_critical,
         })
+    }
+
+    /// A task that takes over a scale's critical-item task must answer at least as fast: urgent,
+    /// to the rule's role, and due no later than the rule's task would be.
+    fn check_covers(
+        &mut self,
+        n: &Node,
+        scale: &str,
+        priority: Priority,
+        role: Option<&str>,
+        due: Option<Duration>,
+    ) {
+        let rules: Vec<_> = catalog::CRITICAL_RULES
+            .iter()
+            .filter(|r| r.scale == scale)
+            .collect();
+        if rules.is_empty() {
+            let with: Vec<&str> = catalog::CRITICAL_RULES.iter().map(|r| r.scale).collect();
+            self.err(
+                Code::InvalidValue,
+                n.pos,
+                format!("scale `{scale}` has no critical items to cover"),
+                format!("scales with critical items: {}", with.join(", ")),
+            );
+            return;
+        }
+        if priority != Priority::Urgent {
+            self.err(
+                Code::InvalidValue,
+                n.pos,
+                format!("a task that covers `{scale}`'s critical items must be urgent"),
+                "add `priority: urgent`: it replaces the scale's own urgent task",
+            );
+        }
+        for r in rules {
+            let within = if r.due_minutes % 60 == 0 {
+                format!("{}h", r.due_minutes / 60)
+            } else {
+                format!("{}m", r.due_minutes)
+            };
+            if let Some(role) = role
+                && role != r.role
+            {
+                self.err(
+                    Code::InvalidValue,
+                    n.pos,
+                    format!(
+                        "`{scale}` item {} raises its urgent task for `{}`, but this task goes to `{role}`",
+                        r.item, r.role
+                    ),
+                    format!("give the task to `{}`", r.role),
+                );
+            }
+            if let Some(due) = due
+                && due.nominal_seconds() > i64::from(r.due_minutes) * 60
+            {
+                self.err(
+                    Code::InvalidValue,
+                    n.pos,
+                    format!(
+                        "`{scale}` item {} raises its urgent task due within {within}, but this task is due in {due}",
+                        r.item
+                    ),
+                    format!("make it due within {within} or sooner"),
+                );
+            }
+        }
     }
 
     fn follow_up(&mut self, node: &Node) -> Option<FollowUpSpec> {

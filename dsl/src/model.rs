@@ -230,6 +230,10 @@ pub struct TaskSpec {
     pub sla: Option<Sla>,
     /// Keep the task open when the patient leaves the state.
     pub keep: bool,
+    /// A scale whose critical-item task this task takes over: creating it cancels the patient's
+    /// open urgent task raised by that scale's critical rule, so one finding pages one person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covers_critical: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

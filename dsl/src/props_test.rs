@@ -83,6 +83,7 @@ const KEYS: &[&str] = &[
     "priority",
     "sla",
     "keep",
+    "covers_critical",
     "remind_before",
     "escalate_after",
     "escalate_to",

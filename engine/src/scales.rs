@@ -1099,6 +1099,38 @@ mod tests {
     }
 
     #[test]
+    fn scales_critical_rules_match_the_catalogue() {
+        let mut from_files = Vec::new();
+        for d in scales().iter() {
+            for r in &d.critical {
+                from_files.push((
+                    d.scale.clone(),
+                    r.item.clone(),
+                    r.role.clone(),
+                    r.due().nominal_seconds() / 60,
+                ));
+            }
+        }
+        from_files.sort();
+        let mut catalogue: Vec<_> = carepath_dsl::catalog::CRITICAL_RULES
+            .iter()
+            .map(|r| {
+                (
+                    r.scale.to_string(),
+                    r.item.to_string(),
+                    r.role.to_string(),
+                    i64::from(r.due_minutes),
+                )
+            })
+            .collect();
+        catalogue.sort();
+        assert_eq!(
+            from_files, catalogue,
+            "scale files vs catalog::CRITICAL_RULES"
+        );
+    }
+
+    #[test]
     fn scales_builtin_are_the_shipped_files() {
         let built = Scales::builtin();
         assert_eq!(built.len(), scales().len());

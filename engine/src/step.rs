@@ -99,6 +99,9 @@ pub enum Produced {
         priority: Priority,
         sla: Option<Sla>,
         keep: bool,
+        /// The scale whose critical-item task this task takes over.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        covers_critical: Option<String>,
     },
     FollowUp {
         follow_up_ref: Option<String>,
@@ -244,6 +247,7 @@ impl Run<'_> {
                     priority: t.priority,
                     sla: t.sla.clone(),
                     keep: t.keep,
+                    covers_critical: t.covers_critical.clone(),
                 },
                 Action::FollowUp(f) => Produced::FollowUp {
                     follow_up_ref: f.id.clone(),

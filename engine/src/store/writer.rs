@@ -87,6 +87,17 @@ const NOTE_KIND: &str = "note";
 pub struct RowBuffer {
     rows: BTreeMap<&'static str, Vec<Vec<Arg>>>,
     notes: Vec<String>,
+    covers: Vec<Cover>,
+}
+
+/// A new task that takes over the open critical-item tasks of a scale (`covers_critical`).
+struct Cover {
+    key: String,
+    enrolment: i64,
+    patient: String,
+    scale: String,
+    task_ref: String,
+    at: i64,
 }
 
 fn channels_json(c: &[Channel]) -> String {
@@ -138,8 +149,19 @@ impl RowBuffer {
                 priority,
                 sla,
                 keep,
+                covers_critical,
             } => {
                 let cancelled = stale.filter(|_| !keep);
+                if let (Some(scale), None) = (covers_critical, cancelled) {
+                    self.covers.push(Cover {
+                        key: a.key.clone(),
+                        enrolment: e,
+                        patient: d.patient_id.clone(),
+                        scale: scale.clone(),
+                        task_ref: task_ref.clone().unwrap_or_else(|| a.key.clone()),
+                        at,
+                    });
+                }
                 self.push(
                     "tasks",
                     vec![
@@ -365,8 +387,43 @@ impl RowBuffer {
                 *w.by_kind.entry(NOTE_KIND.to_string()).or_default() += new_notes;
             }
         }
+        for c in std::mem::take(&mut self.covers) {
+            cover_critical(tx, &c).await?;
+        }
         Ok(w)
     }
+}
+
+/// Cancels the patient's open tasks raised by `c.scale`'s critical rules (task ref
+/// `critical_<scale>_<item>`, see `store::scales`) now that the pathway's own urgent task stands
+/// for them, and records each. A claimed one is left alone: someone is already acting on it.
+async fn cover_critical(tx: &mut Tx, c: &Cover) -> Result<()> {
+    // `_` is a LIKE wildcard, and scale ids contain it.
+    let pattern = format!("critical_{}_%", c.scale).replace('_', "\\_");
+    let reason = format!("covered by the pathway's task `{}`", c.task_ref);
+    let covered = tx
+        .fetch(
+            "UPDATE tasks SET status = 'cancelled', cancel_reason = $1 \
+             WHERE enrolment_id = $2 AND status = 'open' AND task_ref LIKE $3 ESCAPE '\\' AND dedupe_key LIKE 'scale:%' \
+             RETURNING id, task_ref",
+            vec![Arg::T(reason), Arg::I(c.enrolment), Arg::T(pattern)],
+        )
+        .await?;
+    for r in covered {
+        let (id, critical) = (r.i64(0), r.text(1));
+        tx.exec(
+            "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'critical_covered', $5) ON CONFLICT (dedupe_key) DO NOTHING",
+            vec![
+                Arg::T(format!("{}:covers:{id}", c.key)),
+                Arg::T(c.patient.clone()),
+                Arg::I(c.enrolment),
+                Arg::I(c.at),
+                Arg::T(json!({"task": id, "critical": critical, "scale": c.scale, "by": c.task_ref}).to_string()),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Parameters per generated multi-row statement.
