@@ -1440,6 +1440,8 @@ enum Item {
     Enrol,
     Life(u16),
     ScaleAnswer { scale: u8, counted: bool },
+    /// An unanswered push reaching its expiry, as the scheduler's sweep raises it.
+    ScaleExpired { scale: u8 },
     FollowUp(u32),
     Referral { what: u8, flow: u32 },
     TaskReady(u32),
@@ -1783,6 +1785,13 @@ impl Patient {
                     });
                 }
                 self.push_event(info, format!("scale_answered:{}", m.name), t)
+            }
+            Item::ScaleExpired { scale } => {
+                if self.dead {
+                    return false;
+                }
+                let name = &s.scales[usize::from(scale)].name;
+                self.push_event(info, format!("scale_expired:{name}"), t)
             }
             Item::FollowUp(id) => {
                 let Some(i) = self.follow_ups.iter().position(|f| f.id == id) else {
@@ -2377,12 +2386,14 @@ impl Patient {
                         cx.tally.path[self.prog].scales_pushed += 1;
                     }
                     let m = &s.scales[ix];
+                    let mut answered = false;
                     if !self.dead && self.rng.chance(m.answer) {
                         let delay = m.delay.sample(&mut self.rng).max(60.0) as i64;
                         let cutoff = expires_at
                             .map(|e| e.as_second())
                             .unwrap_or(due_at.as_second() + 7 * DAY);
                         if at + delay <= cutoff {
+                            answered = true;
                             self.schedule(
                                 at + delay,
                                 Item::ScaleAnswer {
@@ -2392,6 +2403,13 @@ impl Patient {
                                 cx.horizon,
                             );
                         }
+                    }
+                    if let (false, Some(expires)) = (answered, expires_at) {
+                        self.schedule(
+                            expires.as_second(),
+                            Item::ScaleExpired { scale: ix as u8 },
+                            cx.horizon,
+                        );
                     }
                 }
                 Produced::Risk {

@@ -148,3 +148,79 @@ fn a_broken_copy_of_stroke_fails_its_scenario_saying_what_was_never_reached() {
         "never taken:   discharge_triage#2 → downward_referral (when discharge_barthel >= 600)"
     ));
 }
+
+#[test]
+fn an_unanswered_scale_expires_and_the_pathway_hears_of_it() {
+    let tmp = TempDir::new("carepath-scale-expiry");
+    std::fs::write(
+        tmp.0.join("screen.yaml"),
+        r#"pathway: screen
+version: 1
+title: { zh: 筛查, en: Screening }
+owner_role: case_manager
+roles: [case_manager]
+entry_points:
+  - { id: start, state: screen }
+states:
+  - id: screen
+    phase: follow_up
+    on_enter:
+      - scale: { scale: who5, due: 2d, expires: 5d }
+    transitions:
+      - on: scale_answered:who5
+        to: answered
+      - on: scale_expired:who5
+        to: missed
+      - after: 10d
+        to: forgotten
+  - id: answered
+    phase: closed
+    terminal: true
+  - id: missed
+    phase: closed
+    terminal: true
+  - id: forgotten
+    phase: closed
+    terminal: true
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.0.join("screen.scenario.yaml"),
+        r#"scenario: screen
+pathways: [screen.yaml]
+cohort: 400
+days: 60
+seed: 7
+arrivals_days: 10
+patients:
+  age: { normal: [60, 10], min: 18, max: 95 }
+  female: 0.5
+  entry: { start: 1 }
+scales:
+  who5: { answer: 0.5, delay: { exponential: 20h }, score: { mean: 60, sd: 20 } }
+expect:
+  - visits.missed >= 100
+  - visits.forgotten == 0
+"#,
+    )
+    .unwrap();
+    let sim = run(&tmp.0.join("screen.scenario.yaml"));
+    assert!(
+        sim.failures.is_empty(),
+        "{}\n{}",
+        sim.failures.join("\n"),
+        sim.report.text()
+    );
+    let visits = |state: &str| {
+        sim.report.pathways[0]
+            .coverage
+            .state_counts
+            .iter()
+            .find(|v| v.state == state)
+            .map_or(0, |v| v.visits)
+    };
+    // Half answer within the window; the rest expire, none wait out the 10-day timer.
+    assert_eq!(visits("answered") + visits("missed"), 400);
+    assert!(visits("missed") >= 150, "{}", sim.report.text());
+}
