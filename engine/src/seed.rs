@@ -216,6 +216,12 @@ pub async fn seed(
         tx.commit().await?;
         i += chunk;
     }
+    // Like any bulk load: PostgreSQL plans from table statistics, and until they are gathered
+    // (by autovacuum, if it runs) the pass's per-batch reads of tasks and goals for a list of
+    // enrolments are planned as scans of the whole table.
+    if pool.is_postgres() {
+        pool.exec("ANALYZE", vec![]).await?;
+    }
     summary.actions = written.actions();
     Ok(summary)
 }

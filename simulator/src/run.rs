@@ -1439,11 +1439,19 @@ enum Life {
 enum Item {
     Enrol,
     Life(u16),
-    ScaleAnswer { scale: u8, counted: bool },
+    ScaleAnswer {
+        scale: u8,
+        counted: bool,
+    },
     /// An unanswered push reaching its expiry, as the scheduler's sweep raises it.
-    ScaleExpired { scale: u8 },
+    ScaleExpired {
+        scale: u8,
+    },
     FollowUp(u32),
-    Referral { what: u8, flow: u32 },
+    Referral {
+        what: u8,
+        flow: u32,
+    },
     TaskReady(u32),
 }
 

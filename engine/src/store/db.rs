@@ -319,6 +319,16 @@ impl Pool {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
+            // The planner needs fresh statistics to read "the tasks of these enrolments" through
+            // their index rather than scanning every task; without autovacuum they go stale.
+            let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+                .fetch_one(&pool)
+                .await?;
+            if autovacuum != "on" {
+                tracing::warn!(
+                    "autovacuum is off on this PostgreSQL server: table statistics go stale as tables grow and scheduler passes slow down; turn it on, or run ANALYZE after large loads"
+                );
+            }
             return Ok(Pool::Postgres(pool));
         }
         let path = url
