@@ -166,7 +166,19 @@ impl World {
         answers: &BTreeMap<String, i64>,
         now: Timestamp,
     ) -> Result<Answered, StoreError> {
-        let a = scales::answer_push(
+        let a = self.record_answer(push, answers, now).await?;
+        scheduler::advance(&self.pool, &self.programs, a.enrolment_id, now).await?;
+        Ok(a)
+    }
+
+    /// Records an answer without advancing the enrolment.
+    async fn record_answer(
+        &self,
+        push: i64,
+        answers: &BTreeMap<String, i64>,
+        now: Timestamp,
+    ) -> Result<Answered, StoreError> {
+        scales::answer_push(
             &self.pool,
             Scales::builtin(),
             &caller("lead"),
@@ -176,9 +188,7 @@ impl World {
             "test",
             now,
         )
-        .await?;
-        scheduler::advance(&self.pool, &self.programs, a.enrolment_id, now).await?;
-        Ok(a)
+        .await
     }
 
     async fn state(&self, enrolment: i64) -> String {
@@ -390,18 +400,10 @@ async fn scale_critical_task_is_covered_by_the_pathways_own() {
 
         // A critical task someone already claimed stays theirs.
         let (e2, push2) = w.enrol_in("p-claimed", "epds_covered").await;
-        let a = scales::answer_push(
-            &w.pool,
-            Scales::builtin(),
-            &caller("lead"),
-            push2,
-            &epds(false, 2),
-            None,
-            "test",
-            at(HOUR),
-        )
-        .await
-        .expect("answer");
+        let a = w
+            .record_answer(push2, &epds(false, 2), at(HOUR))
+            .await
+            .expect("answer");
         let critical = a.critical[0].task_id.expect("the scale raised its task");
         w.pool
             .exec(
