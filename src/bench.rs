@@ -110,7 +110,17 @@ pub async fn run(
     // ordinary nightly pass a day later. Both are measured.
     let mut passes = Vec::new();
     let mut total_written = 0;
+    let mut analyze_seconds = None;
     for (name, hours) in [("catch_up", 8), ("nightly", 32)] {
+        if name == "nightly" && pool.is_postgres() {
+            // The catch-up pass multiplies the size of every fact table. A server with autovacuum
+            // on re-analyzes them within the day; the benchmark does it explicitly, outside the
+            // timed pass, so the nightly figure is that server's and not one planning from stale
+            // statistics.
+            let started = Instant::now();
+            pool.exec("ANALYZE", vec![]).await?;
+            analyze_seconds = Some(started.elapsed().as_secs_f64());
+        }
         let before = rows_written(&pool).await?;
         let at = t0.checked_add(jiff::Span::new().hours(hours))?;
         let started = Instant::now();
@@ -149,6 +159,7 @@ pub async fn run(
         "backend": pool.backend(),
         "enrolments": seeded.enrolments,
         "seed_seconds": seed_secs,
+        "analyze_before_nightly_seconds": analyze_seconds,
         "passes": passes,
         "plain_insert_rows_per_second": ceiling,
         "peak_rss_mib": peak_rss_mib(),
