@@ -224,6 +224,10 @@ pub async fn run(
             "stepped": pass.stepped,
             "transitions": pass.transitions,
             "actions": pass.actions,
+            // Work of the pass that is not an enrolment step, done in the same timed span.
+            "goals_evaluated": pass.goals_evaluated,
+            "scale_reminders": pass.scale_reminders,
+            "scale_expired": pass.scale_expired,
             "rows_written": written,
             "enrolment_steps_per_second": pass.stepped as f64 / secs,
             "actions_per_second": pass.actions as f64 / secs,

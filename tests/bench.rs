@@ -57,6 +57,9 @@ fn bench_reports_its_figures(b: &Backend, pathways: &Path) {
         );
     }
     for p in passes {
+        for key in ["goals_evaluated", "scale_reminders", "scale_expired"] {
+            assert!(p[key].is_u64(), "{name}: {key} missing from a pass: {v}");
+        }
         for key in [
             "enrolment_steps_per_second",
             "actions_per_second",
