@@ -123,6 +123,22 @@ pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
     ("goal_met", &[ArgKind::Any]),
 ];
 
+/// Outcomes a task accepts when the pathway declares none: structured call and task results
+/// (Simple.org's call results, extended). A task that branches on anything else declares its own
+/// `outcomes:`, and then accepts exactly those.
+pub const TASK_OUTCOMES: &[&str] = &[
+    "done",
+    "reached",
+    "problem",
+    "will_visit",
+    "call_later",
+    "unreachable",
+    "wrong_number",
+    "declined",
+    "deceased",
+    "moved_away",
+];
+
 /// Pure Rhai functions a guard may also call (arithmetic and conversions).
 pub const PURE_FUNCTIONS: &[&str] = &[
     "abs",

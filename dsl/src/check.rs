@@ -168,8 +168,12 @@ pub(crate) fn check_pathway(
     // Expressions and variables.
     let var_names: Vec<String> = p.variables.iter().map(|v| v.name.clone()).collect();
     let mut used: HashSet<String> = HashSet::new();
+    let tasks: HashMap<&str, &crate::model::TaskSpec> = p.tasks().collect();
     for e in &map.exprs {
         if let Some(c) = checker.check(&e.src, e.purpose, &var_names, &e.site, sink.diags) {
+            for lit in &c.outcome_literals {
+                outcome_check(&tasks, lit, &e.site.file, sink.diags);
+            }
             if c.constant && e.purpose == Purpose::Guard {
                 sink.diags.push(Diagnostic::error(
                     Code::ConstantGuard,
@@ -238,6 +242,56 @@ pub(crate) fn check_pathway(
 
     indicator_checks(p, map, &mut sink);
     graph_checks(p, map, &index, &mut sink, &state_loc);
+}
+
+/// A guard compares a task's outcome with a value that task accepts; a value it does not accept
+/// is a branch no one can ever take.
+fn outcome_check(
+    tasks: &HashMap<&str, &crate::model::TaskSpec>,
+    lit: &crate::expr::OutcomeLiteral,
+    file: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let Some(task) = tasks.get(lit.task.as_str()) else {
+        let mut ids: Vec<&str> = tasks.keys().copied().collect();
+        ids.sort_unstable();
+        diags.push(Diagnostic::error(
+            Code::UnknownOutcome,
+            file,
+            lit.pos,
+            format!("`outcome(\"{}\")` names no task of this pathway", lit.task),
+            suggest(&lit.task, &ids),
+        ));
+        return;
+    };
+    let accepted = task.accepted_outcomes();
+    if !accepted.contains(&lit.outcome.as_str()) {
+        let hint = if task.outcomes.is_empty() {
+            format!(
+                "task `{}` declares no `outcomes:`, so it accepts only {}; declare the ones staff record, e.g. `outcomes: [{}, …]`",
+                lit.task,
+                accepted.join(", "),
+                lit.outcome
+            )
+        } else {
+            format!(
+                "task `{}` accepts {}; add `{}` to its `outcomes:` or compare with one of them",
+                lit.task,
+                accepted.join(", "),
+                lit.outcome
+            )
+        };
+        diags.push(Diagnostic::error(
+            Code::UnknownOutcome,
+            file,
+            lit.pos,
+            format!(
+                "task `{}` can never complete with outcome `{}`",
+                lit.task, lit.outcome
+            ),
+            hint,
+        ));
+    }
 }
 
 /// Indicator counters parse, and name goals, states, tasks and scales the pathway has.

@@ -60,6 +60,41 @@ pub enum Purpose {
 pub struct Checked {
     pub variables: Vec<String>,
     pub constant: bool,
+    /// Every `outcome("task") == "value"` (or `!=`) comparison: task, value, and where the value is.
+    pub outcome_literals: Vec<OutcomeLiteral>,
+}
+
+/// A task outcome a guard compares against: the validator checks the task accepts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeLiteral {
+    pub task: String,
+    pub outcome: String,
+    pub pos: Pos,
+}
+
+/// `outcome("task") == "value"` in either order, with `==` or `!=`.
+fn outcome_literal(name: &str, args: &[RExpr]) -> Option<(String, String, Position)> {
+    if !matches!(name, "==" | "!=") || args.len() != 2 {
+        return None;
+    }
+    let call = |e: &RExpr| match e {
+        RExpr::FnCall(f, _) if f.name.as_str() == "outcome" && f.args.len() == 1 => {
+            match &f.args[0] {
+                RExpr::StringConstant(t, _) => Some(t.to_string()),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let lit = |e: &RExpr| match e {
+        RExpr::StringConstant(v, p) => Some((v.to_string(), *p)),
+        _ => None,
+    };
+    let (task, (value, pos)) = match (call(&args[0]), lit(&args[1])) {
+        (Some(t), Some(v)) => (t, v),
+        _ => (call(&args[1])?, lit(&args[0])?),
+    };
+    Some((task, value, pos))
 }
 
 pub struct ExprChecker {
@@ -149,6 +184,15 @@ impl ExprChecker {
                     let name = v.1.to_string();
                     if !checked.variables.contains(&name) {
                         checked.variables.push(name);
+                    }
+                }
+                Some(ASTNode::Expr(RExpr::FnCall(f, _))) if f.is_operator_call() => {
+                    if let Some((task, outcome, pos)) = outcome_literal(f.name.as_str(), &f.args) {
+                        checked.outcome_literals.push(OutcomeLiteral {
+                            task,
+                            outcome,
+                            pos: site.locate(pos),
+                        });
                     }
                 }
                 Some(ASTNode::Expr(RExpr::FnCall(f, pos))) if !f.is_operator_call() => {
@@ -305,6 +349,28 @@ mod tests {
                 Code::UnknownScale,
                 Code::UnknownObservation,
                 Code::BadDuration
+            ]
+        );
+    }
+
+    #[test]
+    fn outcome_comparisons_are_collected_in_either_order() {
+        let (out, diags) = run(
+            "outcome(\"review\") == \"refer_up\" || \"stable\" != outcome(\"visit\") || outcome(\"x\") == \"\" + \"y\"",
+            &[],
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let lits: Vec<(String, String)> = out
+            .unwrap()
+            .outcome_literals
+            .into_iter()
+            .map(|l| (l.task, l.outcome))
+            .collect();
+        assert_eq!(
+            lits,
+            vec![
+                ("review".to_string(), "refer_up".to_string()),
+                ("visit".to_string(), "stable".to_string())
             ]
         );
     }

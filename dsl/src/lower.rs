@@ -1005,6 +1005,7 @@ impl<'a> Lowerer<'a> {
                 "sla",
                 "keep",
                 "covers_critical",
+                "outcomes",
             ],
         )?;
         let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
@@ -1054,6 +1055,9 @@ impl<'a> Lowerer<'a> {
             self.check_covers(n, &scale, priority, role.as_deref(), due);
             Some(scale)
         });
+        let outcomes = Self::opt(&f, "outcomes")
+            .map(|n| self.outcome_list(n))
+            .unwrap_or_default();
         Some(TaskSpec {
             id,
             role: role?,
@@ -1063,7 +1067,36 @@ impl<'a> Lowerer<'a> {
             sla,
             keep,
             covers_critical,
+            outcomes,
         })
+    }
+
+    /// A task's declared outcomes: ids, each once, at least one.
+    fn outcome_list(&mut self, n: &Node) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for item in self.list(n, "outcomes") {
+            if let Some(o) = self.ident(item, "outcome") {
+                if out.contains(&o) {
+                    self.err(
+                        Code::DuplicateId,
+                        item.pos,
+                        format!("outcome `{o}` is listed twice"),
+                        "list each outcome once",
+                    );
+                } else {
+                    out.push(o);
+                }
+            }
+        }
+        if out.is_empty() && matches!(n.value, Value::Seq(_) | Value::Null) {
+            self.err(
+                Code::InvalidValue,
+                n.pos,
+                "`outcomes` is empty",
+                "list the outcomes staff may record, or remove `outcomes` to accept the default ones",
+            );
+        }
+        out
     }
 
     /// A task that takes over a scale's critical-item task must answer at least as fast: urgent,

@@ -62,6 +62,24 @@ impl Pathway {
             .iter()
             .flat_map(|s| s.on_enter.iter().map(move |a| (s, a)))
     }
+
+    /// Every task the pathway can create with an id: its own tasks and its alarms' tasks.
+    pub fn tasks(&self) -> impl Iterator<Item = (&str, &TaskSpec)> {
+        self.actions().filter_map(|(_, a)| match a {
+            Action::Task(t) => t.id.as_deref().map(|id| (id, t)),
+            Action::Alarm(a) => a.task.id.as_deref().map(|id| (id, &a.task)),
+            _ => None,
+        })
+    }
+
+    /// The outcomes completing the task with this id accepts; tasks the pathway does not name
+    /// (escalations, scale critical-item tasks) accept the default set.
+    pub fn accepted_outcomes(&self, task_ref: Option<&str>) -> Vec<&str> {
+        match task_ref.and_then(|r| self.tasks().find(|(id, _)| *id == r)) {
+            Some((_, t)) => t.accepted_outcomes(),
+            None => crate::catalog::TASK_OUTCOMES.to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +252,21 @@ pub struct TaskSpec {
     /// open urgent task raised by that scale's critical rule, so one finding pages one person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub covers_critical: Option<String>,
+    /// The outcomes staff may record when completing the task; empty means the default set
+    /// ([`crate::catalog::TASK_OUTCOMES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<String>,
+}
+
+impl TaskSpec {
+    /// The outcomes completing this task accepts: the declared ones, else the default set.
+    pub fn accepted_outcomes(&self) -> Vec<&str> {
+        if self.outcomes.is_empty() {
+            crate::catalog::TASK_OUTCOMES.to_vec()
+        } else {
+            self.outcomes.iter().map(String::as_str).collect()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

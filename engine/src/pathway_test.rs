@@ -354,6 +354,17 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
                 });
             }
             if let Some(done) = &g.task_done {
+                let accepted = prog.pathway.accepted_outcomes(Some(&done.task));
+                if !accepted.contains(&done.outcome.as_str()) {
+                    fails.push(format!(
+                        "at {}: task `{}` cannot be completed with outcome `{}`; it accepts {}",
+                        g.at,
+                        done.task,
+                        done.outcome,
+                        accepted.join(", ")
+                    ));
+                    continue;
+                }
                 let open = items.iter_mut().find(|it| {
                     !it.done && !it.cancelled && matches!(&it.produced, Produced::Task { task_ref: Some(r), .. } if *r == done.task)
                 });
