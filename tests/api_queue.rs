@@ -10,20 +10,29 @@ use jiff::Timestamp;
 
 use crate::support;
 
-fn caller(institution: &str) -> Caller {
+/// A case manager who also holds every role the queue has tasks for, so that a page without a
+/// role spans the whole institution's queue.
+fn caller(institution: &str, roles: &[String]) -> Caller {
     Caller {
         staff_id: format!("{institution}.case_manager"),
         institution_id: institution.to_string(),
-        roles: vec!["case_manager".into()],
+        roles: roles.to_vec(),
     }
 }
 
 /// Every page of `filter` by cursor, as task ids.
-async fn walk(pool: &Pool, who: &Caller, filter: &QueueFilter) -> Vec<i64> {
+async fn walk(
+    pool: &Pool,
+    programs: &carepath_engine::Programs,
+    who: &Caller,
+    filter: &QueueFilter,
+) -> Vec<i64> {
     let mut f = filter.clone();
     let mut ids = Vec::new();
     for _ in 0..1_000 {
-        let page = queries::queue(pool, who, &f).await.expect("queue page");
+        let page = queries::queue(pool, programs, who, &f)
+            .await
+            .expect("queue page");
         ids.extend(page.iter().map(|t| t.id));
         match page.last() {
             Some(last) if page.len() as i64 == f.limit => {
@@ -112,8 +121,16 @@ async fn cursor_pages_of_every_filter_match_one_ordered_query() {
                 ..Default::default()
             },
         ];
+        let roles: Vec<String> = pool
+            .fetch("SELECT DISTINCT role FROM tasks ORDER BY role", vec![])
+            .await
+            .expect("roles")
+            .iter()
+            .map(|r| r.text(0))
+            .collect();
+        assert!(roles.len() > 2, "{roles:?}");
         for inst in ["lead", "clinic_a"] {
-            let who = caller(inst);
+            let who = caller(inst, &roles);
             for filter in &filters {
                 let filter = QueueFilter {
                     limit: 37,
@@ -126,7 +143,7 @@ async fn cursor_pages_of_every_filter_match_one_ordered_query() {
                     b.name()
                 );
                 assert_eq!(
-                    walk(&pool, &who, &filter).await,
+                    walk(&pool, &programs, &who, &filter).await,
                     expected,
                     "{}: {inst} {filter:?}",
                     b.name()

@@ -194,6 +194,7 @@ async fn activity(
         } else if i % 7 == 1 {
             queries::act_on_task(
                 pool,
+                programs,
                 &caller(&who, &inst, &role),
                 id,
                 TaskAction::Claim {

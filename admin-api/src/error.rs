@@ -76,6 +76,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::NotFound(format!("{m} not found")),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Invalid(m) => ApiError::BadRequest(m),
+            StoreError::Forbidden(m) => ApiError::Forbidden(m),
             StoreError::Step(e) => ApiError::Unprocessable(e.to_string()),
             StoreError::Db(DbError::Invalid(m)) => ApiError::BadRequest(m),
             StoreError::Db(e) => ApiError::Internal(e.to_string()),

@@ -845,7 +845,7 @@ async fn task_queue(
         after,
         limit,
     };
-    let tasks = queries::queue(&s.pool, &c, &filter).await?;
+    let tasks = queries::queue(&s.pool, &s.programs(), &c, &filter).await?;
     let next_cursor = if tasks.len() as i64 == limit {
         tasks.last().map(queries::QueueTask::cursor)
     } else {
@@ -889,20 +889,6 @@ struct TaskBody {
     lease_minutes: Option<i64>,
 }
 
-/// Structured call and task outcomes (Simple.org's call results, extended).
-pub const OUTCOMES: &[&str] = &[
-    "done",
-    "reached",
-    "problem",
-    "will_visit",
-    "call_later",
-    "unreachable",
-    "wrong_number",
-    "declined",
-    "deceased",
-    "moved_away",
-];
-
 async fn task_action(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -925,21 +911,14 @@ async fn task_action(
                 lease_seconds: minutes * 60,
             }
         }
-        "complete" => {
-            let outcome = b.outcome.as_deref().ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "`outcome` is required; one of {}",
-                    OUTCOMES.join(", ")
-                ))
-            })?;
-            if !OUTCOMES.contains(&outcome) {
-                return Err(ApiError::BadRequest(format!(
-                    "outcome `{outcome}` is not one of {}",
-                    OUTCOMES.join(", ")
-                )));
-            }
-            TaskAction::Complete { outcome }
-        }
+        "complete" => TaskAction::Complete {
+            outcome: b.outcome.as_deref().ok_or_else(|| {
+                ApiError::BadRequest(
+                    "`outcome` is required: one of the outcomes the pathway declares for the task"
+                        .into(),
+                )
+            })?,
+        },
         "reassign" => TaskAction::Reassign {
             assignee: b
                 .assignee
@@ -968,9 +947,9 @@ async fn task_action(
         }
     };
     let completing = matches!(act, TaskAction::Complete { .. });
-    let out = queries::act_on_task(&s.pool, &c, id, act, &remote(&headers), now).await?;
+    let programs = s.programs();
+    let out = queries::act_on_task(&s.pool, &programs, &c, id, act, &remote(&headers), now).await?;
     if completing && let Some(e) = out["enrolment_id"].as_i64() {
-        let programs = s.programs();
         scheduler::advance(&s.pool, &programs, e, now).await?;
     }
     Ok(Json(out))

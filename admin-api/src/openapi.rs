@@ -47,7 +47,7 @@ fn s_readings() -> Value {
 }
 fn s_task() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {
-        "outcome": {"type": "string", "enum": crate::OUTCOMES}, "assignee": {"type": "string"}, "until": {"type": "string", "format": "date-time"},
+        "outcome": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "maxLength": 64, "description": "one of the outcomes the pathway declares for the task (its `outcomes:`), else done, reached, problem, will_visit, call_later, unreachable, wrong_number, declined, deceased, moved_away"}, "assignee": {"type": "string"}, "until": {"type": "string", "format": "date-time"},
         "reason": {"type": "string"}, "lease_minutes": {"type": "integer", "minimum": 1, "maximum": 480}}})
 }
 fn s_decision() -> Value {

@@ -374,8 +374,52 @@ async fn setup() -> (
     (ctx, staff, dir)
 }
 
+/// A token of a staff member of `inst` holding `role` alone, created when first asked for.
+async fn staff_with_role(ctx: &Ctx, inst: &str, role: &str) -> String {
+    let id = format!("{inst}.only_{role}");
+    let tok = format!("cp_test_{inst}_only_{role}");
+    let mut tx = ctx.pool.begin().await.expect("begin");
+    store::insert_staff(
+        &mut tx,
+        &id,
+        inst,
+        role,
+        &[role],
+        Some(store::queries::token_hash(&tok)),
+    )
+    .await
+    .expect("staff");
+    tx.commit().await.expect("commit");
+    tok
+}
+
+/// The roles whose staff may act on a task: its role and its SLA's escalation role.
+async fn task_roles(pool: &carepath_engine::store::Pool, task: i64) -> Vec<String> {
+    let rows = pool
+        .fetch(
+            "SELECT role, sla FROM tasks WHERE id = $1",
+            vec![carepath_engine::store::Arg::I(task)],
+        )
+        .await
+        .expect("task");
+    let mut roles = vec![rows[0].text(0)];
+    if let Some(sla) = rows[0].opt_text(1) {
+        let v: Value = serde_json::from_str(&sla).expect("sla json");
+        roles.extend(v["escalate_to"].as_str().map(str::to_string));
+    }
+    roles
+}
+
 /// The status the table and the scoping rule call for.
-fn expected(route: &Route, role: Option<&str>, caller: &str, target: &str) -> String {
+/// `task_roles`: the roles that may act on the fixture task of `target` (its own and its SLA's
+/// escalation role).
+fn expected(
+    route: &Route,
+    role: Option<&str>,
+    caller: &str,
+    target: &str,
+    task_roles: &[String],
+) -> String {
     let Some(role) = role else {
         return if route.scope == Scope::Public {
             "200"
@@ -396,6 +440,7 @@ fn expected(route: &Route, role: Option<&str>, caller: &str, target: &str) -> St
     match route.scope {
         Scope::Patient(_) if !patient_visible(caller, target) => "404".into(),
         Scope::Task(_) | Scope::Referral(_) if caller != target => "404".into(),
+        Scope::Task(_) if !task_roles.iter().any(|r| r == role) => "403".into(),
         Scope::Obs(_) => format!(
             "200 {}",
             if patient_visible(caller, target) {
@@ -461,7 +506,7 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                         Some(json!({"source": probe_pathway(n)})),
                     ),
                     "/pathways/{id}/{version}/graph" => {
-                        ("/pathways/hypertension/1/graph".into(), None)
+                        ("/pathways/hypertension/2/graph".into(), None)
                     }
                     "/patients" => (
                         "/patients".into(),
@@ -564,7 +609,8 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                         }
                     }
                 }
-                let want = expected(route, role.as_deref(), inst, target);
+                let task_roles = task_roles(&ctx.pool, fx.task).await;
+                let want = expected(route, role.as_deref(), inst, target, &task_roles);
                 let side = if target == inst { "own" } else { "other" };
                 if got != want {
                     mismatches.push(format!(
@@ -669,11 +715,13 @@ async fn kpis(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
     // Some completed work at the lead, by the case manager.
     let cm = token(staff, "lead", "case_manager");
     let fx = ctx.fixture("lead").await;
+    let role = task_roles(&ctx.pool, fx.task).await.remove(0);
+    let worker = staff_with_role(ctx, "lead", &role).await;
     let (status, _, bytes) = ctx
         .call(
             "POST",
             &format!("/tasks/{}/complete", fx.task),
-            Some(cm),
+            Some(&worker),
             Some(br#"{"outcome": "done"}"#.to_vec()),
         )
         .await;
@@ -732,7 +780,7 @@ async fn kpis(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         .as_array()
         .expect("rows")
         .iter()
-        .find(|r| r["staff"] == "lead.case_manager")
+        .find(|r| r["staff"] == format!("lead.only_{role}").as_str())
         .map(|r| r["tasks"]["completed"].as_i64().unwrap_or(0));
     assert!(done_by_cm >= Some(1), "{v}");
     // One pathway: its rows only, and its declared indicators.
@@ -881,7 +929,7 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("POST", format!("/referrals/{}/accept", fx.referral), Some(b"{oops".to_vec()), None),
         ("GET", "/pathways/hypertension/99/graph".into(), None, Some(404)),
         ("GET", "/pathways/hypertension/x/graph".into(), None, None),
-        ("GET", "/pathways/hypertension/1/graph?format=png".into(), None, Some(400)),
+        ("GET", "/pathways/hypertension/2/graph?format=png".into(), None, Some(400)),
         ("GET", "/no/such/route".into(), None, Some(404)),
         ("POST", "/pathways".into(), Some(json!({"source": "pathway: [unclosed"}).to_string().into_bytes()), Some(422)),
         ("POST", "/pathways".into(), Some(json!({"source": probe_pathway(1).replace("    terminal: true\n", "")}).to_string().into_bytes()), Some(422)),
@@ -912,10 +960,16 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("GET", "/enrolments/99999999/scale-pushes".into(), None, Some(404)),
         ("GET", "/enrolments/abc/scale-pushes".into(), None, None),
     ];
+    // Task actions come from staff of the fixture task's role, so that what is refused is the
+    // request itself, not the role.
+    let role = task_roles(&ctx.pool, t).await.remove(0);
+    let task_staff = staff_with_role(ctx, "lead", &role).await;
     let mut bad = Vec::new();
     for (m, uri, body, want) in &cases {
         let tok = if uri == "/pathways" {
             informaticist
+        } else if uri.starts_with("/tasks/") {
+            task_staff.as_str()
         } else {
             cm
         };
@@ -1010,14 +1064,12 @@ async fn alarm(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         .and_then(Value::as_i64)
         .unwrap_or_else(|| panic!("no alarm task: {v}"));
     assert!(latency.as_secs() < 10, "sanity bound: {latency:?}");
-    let (status, _, bytes) = ctx
-        .call(
-            "GET",
-            "/queues/tasks?role=clinic_case_manager&limit=200",
-            Some(cm),
-            None,
-        )
-        .await;
+    // The board belongs to its role: a case manager of another role may not read it.
+    let board = "/queues/tasks?role=clinic_case_manager&limit=200";
+    let (status, _, _) = ctx.call("GET", board, Some(cm), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let ccm = staff_with_role(ctx, "lead", "clinic_case_manager").await;
+    let (status, _, bytes) = ctx.call("GET", board, Some(&ccm), None).await;
     assert_eq!(status, StatusCode::OK);
     let q: Value = serde_json::from_slice(&bytes).expect("json");
     let urgent =
@@ -1146,8 +1198,14 @@ async fn scale_answers(ctx: &mut Ctx, staff: &[(String, String, String, String)]
     );
     let critical_task = v["critical"][0]["task_id"].as_i64().expect("critical task");
     // On the doctor's board at once, urgent, beside the pathway's own safety task.
+    let doctor = token(staff, "lead", "doctor");
     let (status, _, bytes) = ctx
-        .call("GET", "/queues/tasks?role=doctor&limit=200", Some(cm), None)
+        .call(
+            "GET",
+            "/queues/tasks?role=doctor&limit=200",
+            Some(doctor),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let q: Value = serde_json::from_slice(&bytes).expect("json");

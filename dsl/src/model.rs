@@ -63,13 +63,19 @@ impl Pathway {
             .flat_map(|s| s.on_enter.iter().map(move |a| (s, a)))
     }
 
-    /// Every task the pathway can create with an id: its own tasks and its alarms' tasks.
-    pub fn tasks(&self) -> impl Iterator<Item = (&str, &TaskSpec)> {
+    /// Every task the pathway can create: its own tasks and its alarms' tasks.
+    pub fn task_specs(&self) -> impl Iterator<Item = &TaskSpec> {
         self.actions().filter_map(|(_, a)| match a {
-            Action::Task(t) => t.id.as_deref().map(|id| (id, t)),
-            Action::Alarm(a) => a.task.id.as_deref().map(|id| (id, &a.task)),
+            Action::Task(t) => Some(t),
+            Action::Alarm(a) => Some(&a.task),
             _ => None,
         })
+    }
+
+    /// The tasks of [`Pathway::task_specs`] that have an id, by id.
+    pub fn tasks(&self) -> impl Iterator<Item = (&str, &TaskSpec)> {
+        self.task_specs()
+            .filter_map(|t| t.id.as_deref().map(|id| (id, t)))
     }
 
     /// The outcomes completing the task with this id accepts; tasks the pathway does not name

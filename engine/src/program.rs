@@ -1,6 +1,6 @@
 //! Loading pathways into runnable programs, one per (pathway, version).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -80,6 +80,23 @@ impl Programs {
         }
         let mut out: Vec<Arc<Program>> = newest.into_values().cloned().collect();
         out.sort_by(|a, b| a.pathway.id.cmp(&b.pathway.id));
+        out
+    }
+
+    /// The task boards (roles) staff holding `roles` may read and act on: their own roles, and
+    /// the roles whose tasks some published pathway escalates to one of them (a head nurse
+    /// supervises the ward nurses' board when a pathway escalates their tasks to her).
+    pub fn boards_for(&self, roles: &[String]) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = roles.iter().cloned().collect();
+        for prog in self.by_key.values() {
+            for t in prog.pathway.task_specs() {
+                if let Some(sla) = &t.sla
+                    && sla.escalate_to.as_ref().is_some_and(|r| roles.contains(r))
+                {
+                    out.insert(t.role.clone());
+                }
+            }
+        }
         out
     }
 

@@ -115,6 +115,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// The caller may see the object but their role may not do this to it.
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Step(#[from] StepError),
     #[error("the audit record cannot be written: {0}")]

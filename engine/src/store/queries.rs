@@ -326,13 +326,34 @@ const PRIORITIES: [i64; 4] = [3, 2, 1, 0];
 
 /// A page of the queue in queue order (priority DESC, due_at, id).
 ///
-/// Each part is one range scan of `tasks_queue` (with a role) or `tasks_queue_status` (without),
-/// both keyed (institution, [role,] status, priority DESC, due_at, id), which stops after `limit`
-/// keys: one part per status (`active` is open and claimed), and, with a cursor or a due window,
+/// Each part is one range scan of `tasks_queue`, keyed (institution, role, status, priority DESC,
+/// due_at, id), which stops after `limit` keys: one part per board and status (`active` is open
+/// and claimed), and, with a cursor or a due window,
 /// one per priority level, so that neither a deep page nor a window far into a level is found by
 /// walking past the rows before it. The parts yield keys only; the first `limit` keys of all parts
 /// are then joined to their rows.
-pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<QueueTask>> {
+///
+/// A caller reads only the boards of [`Programs::boards_for`] their roles: asking for another
+/// role's board is `Forbidden`; without a role, the page merges the caller's boards.
+///
+/// [`Programs::boards_for`]: crate::program::Programs::boards_for
+pub async fn queue(
+    pool: &Pool,
+    programs: &crate::program::Programs,
+    caller: &Caller,
+    f: &QueueFilter,
+) -> Result<Vec<QueueTask>> {
+    let boards = programs.boards_for(&caller.roles);
+    let roles: Vec<String> = match &f.role {
+        Some(r) if boards.contains(r) => vec![r.clone()],
+        Some(r) => {
+            return Err(StoreError::Forbidden(format!(
+                "the {r} board is not open to your role(s) {}",
+                caller.roles.join(", ")
+            )));
+        }
+        None => boards.into_iter().collect(),
+    };
     let mut a: Vec<Arg> = vec![Arg::T(caller.institution_id.clone()), Arg::I(f.limit)];
     let param = |v: Arg, a: &mut Vec<Arg>| {
         a.push(v);
@@ -343,9 +364,6 @@ pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<
         s => vec![s],
     };
     let mut common = String::new();
-    if let Some(r) = &f.role {
-        common.push_str(&format!(" AND role = {}", param(Arg::T(r.clone()), &mut a)));
-    }
     if let Some(s) = &f.assignee {
         common.push_str(&format!(
             " AND assignee = {}",
@@ -389,14 +407,23 @@ pub async fn queue(pool: &Pool, caller: &Caller, f: &QueueFilter) -> Result<Vec<
         return Ok(Vec::new());
     }
     let mut parts = Vec::new();
-    for status in statuses {
-        let status = param(Arg::T(status.to_string()), &mut a);
-        for (extra, order) in &levels {
-            parts.push(format!(
-                "SELECT * FROM (SELECT priority, due_at, id FROM tasks WHERE institution_id = $1 AND status = {status}{common}{extra} ORDER BY {order} LIMIT $2) AS p{}",
-                parts.len()
-            ));
+    let roles: Vec<String> = roles
+        .into_iter()
+        .map(|r| param(Arg::T(r), &mut a))
+        .collect();
+    for role in &roles {
+        for status in &statuses {
+            let status = param(Arg::T(status.to_string()), &mut a);
+            for (extra, order) in &levels {
+                parts.push(format!(
+                    "SELECT * FROM (SELECT priority, due_at, id FROM tasks WHERE institution_id = $1 AND role = {role} AND status = {status}{common}{extra} ORDER BY {order} LIMIT $2) AS p{}",
+                    parts.len()
+                ));
+            }
         }
+    }
+    if parts.is_empty() {
+        return Ok(Vec::new());
     }
     let sql = format!(
         "SELECT t.id, t.enrolment_id, t.patient_id, t.role, t.title_zh, t.title_en, t.priority, t.status, t.due_at, t.assignee, t.task_ref, t.created_at, t.lease_until \
@@ -465,18 +492,67 @@ pub fn priority_name(p: i64) -> &'static str {
 }
 
 /// Loads a task of the caller's institution for an action on it; `None` if it is not theirs.
-async fn own_task(
-    tx: &mut Tx,
-    caller: &Caller,
-    task: i64,
-) -> Result<Option<(String, String, Option<String>, Option<i64>, i64)>> {
+/// A task of the caller's institution as an action needs it.
+struct OwnTask {
+    status: String,
+    patient: String,
+    assignee: Option<String>,
+    lease_until: Option<i64>,
+    enrolment: i64,
+    role: String,
+    escalate_to: Option<String>,
+    task_ref: Option<String>,
+    pathway: String,
+    version: i64,
+}
+
+impl OwnTask {
+    /// The roles whose staff may act on the task: its own, and the role its SLA escalates to.
+    fn actor_roles(&self) -> Vec<&str> {
+        let mut roles = vec![self.role.as_str()];
+        roles.extend(self.escalate_to.as_deref());
+        roles
+    }
+
+    /// Claimed by someone else under a lease that has not run out.
+    fn held_by_other(&self, caller: &Caller, now: Timestamp) -> bool {
+        self.status == "claimed"
+            && self.assignee.as_deref() != Some(&caller.staff_id)
+            && self.lease_until.is_some_and(|l| l > now.as_second())
+    }
+}
+
+/// Reads a task of the caller's institution for an action; on PostgreSQL the row stays locked
+/// until the transaction ends, so concurrent actions on one task take turns and each sees what
+/// the one before it did.
+async fn own_task(tx: &mut Tx, caller: &Caller, task: i64) -> Result<Option<OwnTask>> {
+    let lock = if tx.is_postgres() {
+        " FOR UPDATE OF t"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT t.status, t.patient_id, t.assignee, t.lease_until, t.enrolment_id, t.role, t.sla, t.task_ref, e.pathway_id, e.version \
+         FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id WHERE t.id = $1 AND t.institution_id = $2{lock}"
+    );
     Ok(tx
-        .fetch_one(
-            "SELECT status, patient_id, assignee, lease_until, enrolment_id FROM tasks WHERE id = $1 AND institution_id = $2",
-            args![task, &caller.institution_id],
-        )
+        .fetch_one(&sql, args![task, &caller.institution_id])
         .await?
-        .map(|r| (r.text(0), r.text(1), r.opt_text(2), r.opt_i64(3), r.i64(4))))
+        .map(|r| OwnTask {
+            status: r.text(0),
+            patient: r.text(1),
+            assignee: r.opt_text(2),
+            lease_until: r.opt_i64(3),
+            enrolment: r.i64(4),
+            role: r.text(5),
+            escalate_to: r
+                .opt_text(6)
+                .and_then(|s| serde_json::from_str::<carepath_dsl::Sla>(&s).ok())
+                .and_then(|s| s.escalate_to),
+            task_ref: r.opt_text(7),
+            pathway: r.text(8),
+            version: r.i64(9),
+        }))
 }
 
 pub enum TaskAction<'a> {
@@ -486,69 +562,176 @@ pub enum TaskAction<'a> {
     Snooze { until: Timestamp, reason: &'a str },
 }
 
-/// Acts on a task of the caller's institution, audited in the same transaction.
+impl TaskAction<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            TaskAction::Claim { .. } => "task.claim",
+            TaskAction::Complete { .. } => "task.complete",
+            TaskAction::Reassign { .. } => "task.reassign",
+            TaskAction::Snooze { .. } => "task.snooze",
+        }
+    }
+}
+
+/// A refused action: audited with its outcome (`denied`, `not_found`, `conflict`, `invalid`) in
+/// the transaction that found the reason, which then commits.
+struct Refusal<'a> {
+    caller: &'a Caller,
+    action: &'a str,
+    target: &'a str,
+    remote: &'a str,
+    now: Timestamp,
+}
+
+impl Refusal<'_> {
+    async fn answer<T>(
+        &self,
+        mut tx: Tx,
+        patients: Vec<String>,
+        outcome: &str,
+        err: StoreError,
+    ) -> Result<T> {
+        audit(
+            &mut tx,
+            &self.caller.staff_id,
+            Some(&self.caller.institution_id),
+            self.action,
+            self.target,
+            &patients,
+            outcome,
+            self.remote,
+            self.now,
+        )
+        .await?;
+        tx.commit().await?;
+        Err(err)
+    }
+}
+
+/// SQL condition on `tasks`: still open, and not claimed by anyone but `$me` under a lease that
+/// runs past `$now`. Every state change of a task is an update under this condition (or
+/// `ACTIVE`), so of two concurrent actions exactly one changes the row.
+fn free_for(me: usize, now: usize) -> String {
+    format!(
+        "status IN ('open', 'claimed') AND NOT (status = 'claimed' AND COALESCE(assignee, '') <> ${me} AND COALESCE(lease_until, 0) > ${now})"
+    )
+}
+
+const ACTIVE: &str = "status IN ('open', 'claimed')";
+
+/// Acts on a task of the caller's institution, audited in the same transaction (refusals too).
+///
+/// The caller must hold the task's role or the role its SLA escalates to; a completion's outcome
+/// must be one the pathway declares for the task. Exactly one of several concurrent actions on a
+/// task wins; the others get `Conflict`.
 pub async fn act_on_task(
     pool: &Pool,
+    programs: &crate::program::Programs,
     caller: &Caller,
     task: i64,
     action: TaskAction<'_>,
     remote: &str,
     now: Timestamp,
 ) -> Result<Value> {
+    let name = action.name();
+    let target = format!("task/{task}");
     let mut tx = pool.begin().await?;
-    let Some((status, patient, assignee, lease, enrolment)) =
-        own_task(&mut tx, caller, task).await?
-    else {
-        tx.rollback().await?;
-        return Err(StoreError::NotFound(format!("task {task}")));
+    let refused = Refusal {
+        caller,
+        action: name,
+        target: &target,
+        remote,
+        now,
     };
-    let lease_held_by_other = status == "claimed"
-        && assignee.as_deref() != Some(&caller.staff_id)
-        && lease.is_some_and(|l| l > now.as_second());
-    let name = match &action {
-        TaskAction::Claim { .. } => "task.claim",
-        TaskAction::Complete { .. } => "task.complete",
-        TaskAction::Reassign { .. } => "task.reassign",
-        TaskAction::Snooze { .. } => "task.snooze",
+    let Some(t) = own_task(&mut tx, caller, task).await? else {
+        return refused
+            .answer(
+                tx,
+                vec![],
+                "not_found",
+                StoreError::NotFound(format!("task {task}")),
+            )
+            .await;
     };
-    if status != "open" && status != "claimed" {
-        tx.rollback().await?;
-        return Err(StoreError::Conflict(format!("task {task} is {status}")));
+    let patients = vec![t.patient.clone()];
+    let roles = t.actor_roles();
+    if !caller.roles.iter().any(|r| roles.contains(&r.as_str())) {
+        let err = StoreError::Forbidden(format!(
+            "task {task} is for {}; your role(s) {} may not act on it",
+            roles.join(" or "),
+            caller.roles.join(", ")
+        ));
+        return refused.answer(tx, patients, "denied", err).await;
     }
+    if t.status != "open" && t.status != "claimed" {
+        let err = StoreError::Conflict(format!("task {task} is {}", t.status));
+        return refused.answer(tx, patients, "conflict", err).await;
+    }
+    if matches!(
+        action,
+        TaskAction::Claim { .. } | TaskAction::Complete { .. }
+    ) && t.held_by_other(caller, now)
+    {
+        let err = StoreError::Conflict(format!(
+            "task {task} is claimed by someone else until its lease expires"
+        ));
+        return refused.answer(tx, patients, "conflict", err).await;
+    }
+    let lost = || {
+        StoreError::Conflict(format!(
+            "task {task} was changed by another action; reload it"
+        ))
+    };
     match action {
         TaskAction::Claim { lease_seconds } => {
-            if lease_held_by_other {
-                tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "task {task} is claimed by someone else until its lease expires"
-                )));
+            let sql = format!(
+                "UPDATE tasks SET status = 'claimed', assignee = $1, lease_until = $2 WHERE id = $3 AND {}",
+                free_for(1, 4)
+            );
+            let n = tx
+                .exec(
+                    &sql,
+                    args![
+                        &caller.staff_id,
+                        now.as_second() + lease_seconds,
+                        task,
+                        now.as_second()
+                    ],
+                )
+                .await?;
+            if n != 1 {
+                return refused.answer(tx, patients, "conflict", lost()).await;
             }
-            tx.exec(
-                "UPDATE tasks SET status = 'claimed', assignee = $1, lease_until = $2 WHERE id = $3",
-                args![&caller.staff_id, now.as_second() + lease_seconds, task],
-            )
-            .await?;
         }
         TaskAction::Complete { outcome } => {
-            if lease_held_by_other {
-                tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "task {task} is claimed by someone else"
-                )));
+            let accepted = programs
+                .get(&t.pathway, u32::try_from(t.version).unwrap_or(0))
+                .map(|p| p.pathway.accepted_outcomes(t.task_ref.as_deref()))
+                .unwrap_or_else(|| carepath_dsl::catalog::TASK_OUTCOMES.to_vec());
+            if !accepted.contains(&outcome) {
+                let err = StoreError::Invalid(format!(
+                    "outcome `{outcome}` is not one task {task} accepts: {}",
+                    accepted.join(", ")
+                ));
+                return refused.answer(tx, patients, "invalid", err).await;
             }
-            tx.exec(
-                "UPDATE tasks SET status = 'done', outcome = $1, completed_at = $2, assignee = $3 WHERE id = $4",
-                args![outcome, now.as_second(), &caller.staff_id, task],
-            )
-            .await?;
-            let task_ref = tx
-                .fetch_one("SELECT task_ref FROM tasks WHERE id = $1", args![task])
-                .await?
-                .and_then(|r| r.opt_text(0));
-            if let Some(task_ref) = task_ref {
+            let sql = format!(
+                "UPDATE tasks SET status = 'done', outcome = $1, completed_at = $2, assignee = $3 WHERE id = $4 AND {}",
+                free_for(3, 2)
+            );
+            let n = tx
+                .exec(
+                    &sql,
+                    args![outcome, now.as_second(), &caller.staff_id, task],
+                )
+                .await?;
+            if n != 1 {
+                return refused.answer(tx, patients, "conflict", lost()).await;
+            }
+            if let Some(task_ref) = &t.task_ref {
                 add_event(
                     &mut tx,
-                    enrolment,
+                    t.enrolment,
                     &format!("task_done:{task_ref}"),
                     now,
                     Some(json!({"outcome": outcome}).to_string()),
@@ -559,38 +742,51 @@ pub async fn act_on_task(
             }
             tx.exec(
                 "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'task_done', $4)",
-                args![&patient, enrolment, now.as_second(), json!({"task": task, "outcome": outcome, "by": caller.staff_id}).to_string()],
+                args![&t.patient, t.enrolment, now.as_second(), json!({"task": task, "outcome": outcome, "by": caller.staff_id}).to_string()],
             )
             .await?;
         }
         TaskAction::Reassign { assignee } => {
-            let ok = tx
+            let row = tx
                 .fetch_one(
-                    "SELECT 1 FROM staff WHERE id = $1 AND institution_id = $2",
+                    "SELECT roles FROM staff WHERE id = $1 AND institution_id = $2",
                     args![assignee, &caller.institution_id],
                 )
                 .await?;
-            if ok.is_none() {
-                tx.rollback().await?;
-                return Err(StoreError::Invalid(format!(
+            let Some(row) = row else {
+                let err = StoreError::Invalid(format!(
                     "staff member {assignee} is not in your institution"
-                )));
+                ));
+                return refused.answer(tx, patients, "invalid", err).await;
+            };
+            let held = row.text(0);
+            let held: Vec<&str> = held.split(',').collect();
+            if held.contains(&"device_gateway") || !held.iter().any(|r| roles.contains(r)) {
+                let err = StoreError::Invalid(format!(
+                    "staff member {assignee} does not hold the role {} that task {task} is for",
+                    roles.join(" or ")
+                ));
+                return refused.answer(tx, patients, "invalid", err).await;
             }
-            tx.exec("UPDATE tasks SET assignee = $1, status = 'claimed', lease_until = NULL WHERE id = $2", args![assignee, task]).await?;
+            let sql = format!(
+                "UPDATE tasks SET assignee = $1, status = 'claimed', lease_until = NULL WHERE id = $2 AND {ACTIVE}"
+            );
+            if tx.exec(&sql, args![assignee, task]).await? != 1 {
+                return refused.answer(tx, patients, "conflict", lost()).await;
+            }
         }
         TaskAction::Snooze { until, reason } => {
             if until <= now {
-                tx.rollback().await?;
-                return Err(StoreError::Invalid("`until` must be in the future".into()));
+                let err = StoreError::Invalid("`until` must be in the future".into());
+                return refused.answer(tx, patients, "invalid", err).await;
+            }
+            let sql = format!("UPDATE tasks SET due_at = $1 WHERE id = $2 AND {ACTIVE}");
+            if tx.exec(&sql, args![until.as_second(), task]).await? != 1 {
+                return refused.answer(tx, patients, "conflict", lost()).await;
             }
             tx.exec(
-                "UPDATE tasks SET due_at = $1 WHERE id = $2",
-                args![until.as_second(), task],
-            )
-            .await?;
-            tx.exec(
                 "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'task_snoozed', $4)",
-                args![&patient, enrolment, now.as_second(), json!({"task": task, "until": until.to_string(), "reason": reason, "by": caller.staff_id}).to_string()],
+                args![&t.patient, t.enrolment, now.as_second(), json!({"task": task, "until": until.to_string(), "reason": reason, "by": caller.staff_id}).to_string()],
             )
             .await?;
         }
@@ -600,15 +796,15 @@ pub async fn act_on_task(
         &caller.staff_id,
         Some(&caller.institution_id),
         name,
-        &format!("task/{task}"),
-        std::slice::from_ref(&patient),
+        &target,
+        &patients,
         "ok",
         remote,
         now,
     )
     .await?;
     tx.commit().await?;
-    Ok(json!({"task": task, "action": name, "enrolment_id": enrolment}))
+    Ok(json!({"task": task, "action": name, "enrolment_id": t.enrolment}))
 }
 
 /// An enrolment whose patient the caller's institution may see.
