@@ -259,7 +259,7 @@ states:
     on_enter:
       - set: { entries: "entries + 1" }
       - follow_up: { id: weekly_msg, channels: [wechat, sms], template: hf_weekly, after: 7d, at: "09:00" }
-      - task: { id: weekly_call, role: case_manager, title: { zh: 每周电话随访, en: Weekly call }, due: 7d }
+      - task: { id: weekly_call, role: case_manager, outcomes: [done, unwell], title: { zh: 每周电话随访, en: Weekly call }, due: 7d }
       - alarm:
           id: weight_gain
           when: "weight >= 90"

@@ -13,3 +13,4 @@ mod engine_store;
 mod goals;
 mod report;
 mod scale_answers;
+mod security;

@@ -896,6 +896,20 @@ pub async fn timeline(
     }))
 }
 
+/// SQL condition on referral `r`: institution `$n` may decide it. A referral named to an
+/// institution goes to that one alone; an open one goes to the institutions of the requested kind
+/// in the sender's alliance (institutions share an alliance when they have the same lead: the
+/// institution itself, or its parent), and to the patient's home institution when it is of that
+/// kind. Never to the sender, never across alliances.
+fn referral_addressed(n: usize) -> String {
+    format!(
+        "(r.from_institution <> ${n} AND (r.to_institution = ${n} OR (r.to_institution IS NULL AND EXISTS ( \
+           SELECT 1 FROM institutions me JOIN institutions src ON src.id = r.from_institution \
+           WHERE me.id = ${n} AND me.kind = r.to_kind AND (COALESCE(me.parent_id, me.id) = COALESCE(src.parent_id, src.id) \
+             OR EXISTS (SELECT 1 FROM patients pt WHERE pt.id = r.patient_id AND pt.institution_id = me.id))))))"
+    )
+}
+
 /// Referral decisions. Accepting moves the enrolment, and its open tasks, to the receiving institution.
 pub async fn decide_referral(
     pool: &Pool,
@@ -906,32 +920,39 @@ pub async fn decide_referral(
     remote: &str,
     now: Timestamp,
 ) -> Result<Value> {
-    let mut tx = pool.begin().await?;
-    let row = tx
-        .fetch_one(
-            "SELECT r.status, r.enrolment_id, r.patient_id, r.to_kind, r.from_institution, r.to_institution, i.kind FROM referrals r, institutions i WHERE r.id = $1 AND i.id = $2",
-            args![referral, &caller.institution_id],
-        )
-        .await?;
-    let Some(row) = row else {
-        tx.rollback().await?;
-        return Err(StoreError::NotFound(format!("referral {referral}")));
+    let action = format!("referral.{decision}");
+    let target = format!("referral/{referral}");
+    let refused = Refusal {
+        caller,
+        action: &action,
+        target: &target,
+        remote,
+        now,
     };
-    let (status, enrolment, patient, to_kind, from, to_inst, my_kind) = (
-        row.text(0),
-        row.i64(1),
-        row.text(2),
-        row.text(3),
-        row.text(4),
-        row.opt_text(5),
-        row.text(6),
+    let mut tx = pool.begin().await?;
+    let lock = if tx.is_postgres() { " FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT r.status, r.enrolment_id, r.patient_id, r.to_institution FROM referrals r WHERE r.id = $1 AND {}{lock}",
+        referral_addressed(2)
     );
-    // Only an institution of the requested kind may decide; only the receiving one may confirm arrival.
-    let addressed = to_kind == my_kind && from != caller.institution_id;
-    if !addressed || (decision == "arrive" && to_inst.as_deref() != Some(&caller.institution_id)) {
-        tx.rollback().await?;
-        return Err(StoreError::NotFound(format!("referral {referral}")));
-    }
+    let row = tx
+        .fetch_one(&sql, args![referral, &caller.institution_id])
+        .await?;
+    // Only an addressed institution may decide; only the receiving one may confirm arrival.
+    let row = row.filter(|r| {
+        decision != "arrive" || r.opt_text(3).as_deref() == Some(&caller.institution_id)
+    });
+    let Some(row) = row else {
+        return refused
+            .answer(
+                tx,
+                vec![],
+                "not_found",
+                StoreError::NotFound(format!("referral {referral}")),
+            )
+            .await;
+    };
+    let (status, enrolment, patient) = (row.text(0), row.i64(1), row.text(2));
     let (expected, new_status, event) = match decision {
         "accept" => ("requested", "accepted", "referral_accepted"),
         "reject" => ("requested", "rejected", "referral_rejected"),
@@ -942,23 +963,30 @@ pub async fn decide_referral(
             )));
         }
     };
+    let patients = vec![patient.clone()];
     if status != expected {
-        tx.rollback().await?;
-        return Err(StoreError::Conflict(format!(
+        let err = StoreError::Conflict(format!(
             "referral {referral} is {status}; `{decision}` needs it {expected}"
-        )));
+        ));
+        return refused.answer(tx, patients, "conflict", err).await;
     }
     if decision == "reject" && reason.is_none_or(|r| r.trim().is_empty()) {
-        tx.rollback().await?;
-        return Err(StoreError::Invalid("a rejection needs a reason".into()));
+        let err = StoreError::Invalid("a rejection needs a reason".into());
+        return refused.answer(tx, patients, "invalid", err).await;
     }
     match decision {
         "accept" => {
-            tx.exec(
-                "UPDATE referrals SET status = 'accepted', to_institution = $1, decided_at = $2 WHERE id = $3",
-                args![&caller.institution_id, now.as_second(), referral],
-            )
-            .await?;
+            let n = tx
+                .exec(
+                    "UPDATE referrals SET status = 'accepted', to_institution = $1, decided_at = $2 WHERE id = $3 AND status = 'requested'",
+                    args![&caller.institution_id, now.as_second(), referral],
+                )
+                .await?;
+            if n != 1 {
+                let err =
+                    StoreError::Conflict(format!("referral {referral} was decided meanwhile"));
+                return refused.answer(tx, patients, "conflict", err).await;
+            }
             tx.exec(
                 "UPDATE enrolments SET institution_id = $1 WHERE id = $2",
                 args![&caller.institution_id, enrolment],
@@ -967,18 +995,29 @@ pub async fn decide_referral(
             tx.exec("UPDATE tasks SET institution_id = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')", args![&caller.institution_id, enrolment]).await?;
         }
         "reject" => {
-            tx.exec(
-                "UPDATE referrals SET status = 'rejected', decided_at = $1, decision_reason = $2 WHERE id = $3",
-                args![now.as_second(), reason.map(str::to_string), referral],
-            )
-            .await?;
+            let n = tx
+                .exec(
+                    "UPDATE referrals SET status = 'rejected', decided_at = $1, decision_reason = $2 WHERE id = $3 AND status = 'requested'",
+                    args![now.as_second(), reason.map(str::to_string), referral],
+                )
+                .await?;
+            if n != 1 {
+                let err =
+                    StoreError::Conflict(format!("referral {referral} was decided meanwhile"));
+                return refused.answer(tx, patients, "conflict", err).await;
+            }
         }
         _ => {
-            tx.exec(
-                "UPDATE referrals SET status = 'arrived', arrived_at = $1 WHERE id = $2",
-                args![now.as_second(), referral],
-            )
-            .await?;
+            let n = tx
+                .exec(
+                    "UPDATE referrals SET status = 'arrived', arrived_at = $1 WHERE id = $2 AND status = 'accepted'",
+                    args![now.as_second(), referral],
+                )
+                .await?;
+            if n != 1 {
+                let err = StoreError::Conflict(format!("referral {referral} changed meanwhile"));
+                return refused.answer(tx, patients, "conflict", err).await;
+            }
         }
     }
     add_event(
@@ -1000,9 +1039,9 @@ pub async fn decide_referral(
         &mut tx,
         &caller.staff_id,
         Some(&caller.institution_id),
-        &format!("referral.{decision}"),
-        &format!("referral/{referral}"),
-        &[patient],
+        &action,
+        &target,
+        &patients,
         "ok",
         remote,
         now,
@@ -1012,15 +1051,17 @@ pub async fn decide_referral(
     Ok(json!({"referral": referral, "status": new_status, "enrolment_id": enrolment}))
 }
 
-/// Referrals addressed to the caller's institution kind, or sent by it.
+/// Referrals sent by the caller's institution, received by it, or open and addressed to it
+/// (see [`referral_addressed`]); nothing of another alliance.
 pub async fn referrals(pool: &Pool, caller: &Caller, status: Option<&str>) -> Result<Vec<Value>> {
+    let sql = format!(
+        "SELECT r.id, r.enrolment_id, r.patient_id, r.direction, r.to_kind, r.from_institution, r.to_institution, r.status, r.requested_at, r.accept_by, r.reason \
+         FROM referrals r WHERE (r.from_institution = $1 OR r.to_institution = $1 OR (r.status = 'requested' AND {})) \
+         AND ($2 = '' OR r.status = $2) ORDER BY r.requested_at, r.id LIMIT 500",
+        referral_addressed(1)
+    );
     let rows = pool
-        .fetch(
-            "SELECT r.id, r.enrolment_id, r.patient_id, r.direction, r.to_kind, r.from_institution, r.to_institution, r.status, r.requested_at, r.accept_by, r.reason \
-             FROM referrals r, institutions i WHERE i.id = $1 AND (r.from_institution = $1 OR r.to_institution = $1 OR (r.to_kind = i.kind AND r.status = 'requested')) \
-             AND ($2 = '' OR r.status = $2) ORDER BY r.requested_at, r.id LIMIT 500",
-            args![&caller.institution_id, status.unwrap_or("")],
-        )
+        .fetch(&sql, args![&caller.institution_id, status.unwrap_or("")])
         .await?;
     Ok(rows
         .iter()
