@@ -11,5 +11,6 @@ mod delivery;
 mod engine_exactly_once;
 mod engine_store;
 mod goals;
+mod pathway_upload;
 mod report;
 mod scale_answers;
