@@ -6,7 +6,7 @@
 //! with its location in a `SourceMap` and checked afterwards by `check`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::catalog;
 use crate::diag::{Code, Diagnostic, Pos, suggest};
@@ -62,8 +62,9 @@ pub fn max_fragment_bytes() -> u64 {
     crate::yaml::Budget::default().max_bytes as u64
 }
 
-/// Loads from the file system, anywhere. For trusted callers only; an uploaded pathway must be
-/// compiled with a [`RootedLoader`].
+/// Loads from the file system, any regular file (the compiler still refuses fragment paths that
+/// are absolute or climb with `..`). For trusted callers only; an uploaded pathway must be compiled
+/// with a [`RootedLoader`].
 pub struct FsLoader;
 
 impl Loader for FsLoader {
@@ -1748,7 +1749,16 @@ impl<'a> Lowerer<'a> {
             return;
         }
         let path = self.base_dir.join(&rel);
-        let bytes = match self.loader.load(&path) {
+        // A fragment path names a file inside the pathway's folder: never absolute, never climbing.
+        let inside = Path::new(&rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let loaded = if inside {
+            self.loader.load(&path)
+        } else {
+            Err(NOT_IN_ROOT.to_string())
+        };
+        let bytes = match loaded {
             Ok(b) => b,
             Err(e) => {
                 self.err(

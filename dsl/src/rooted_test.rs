@@ -218,3 +218,26 @@ fn a_relative_root_and_the_working_folder_as_root_work() {
         NOT_IN_ROOT
     );
 }
+
+#[test]
+fn absolute_and_climbing_fragment_paths_are_refused_whatever_the_loader() {
+    for rel in [
+        "/etc/passwd",
+        "../../../../etc/passwd",
+        "fragments/../x.yaml",
+    ] {
+        let src = pathway(rel);
+        let c = compile_yaml("up.yaml", src.as_bytes(), Path::new("."), &crate::FsLoader);
+        let d: Vec<_> = c
+            .diagnostics
+            .iter()
+            .filter(|d| d.code == Code::Fragment)
+            .collect();
+        assert_eq!(d.len(), 1, "{rel}: {d:?}");
+        assert_eq!(
+            d[0].message,
+            format!("cannot read fragment `{rel}`: {NOT_IN_ROOT}")
+        );
+        assert!(c.diagnostics.iter().all(|d| d.file == "up.yaml"), "{rel}");
+    }
+}
