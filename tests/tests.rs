@@ -11,6 +11,7 @@ mod delivery;
 mod engine_exactly_once;
 mod engine_store;
 mod goals;
+mod pathway_upload;
 mod report;
 mod scale_answers;
 mod security;

@@ -56,6 +56,31 @@ pub struct AppState {
     pub audit: queries::AuditAppender,
     /// The scale definitions answers are scored against.
     pub scales: &'static Scales,
+    /// How uploaded pathways are compiled: off the async workers, a few at a time, time-limited,
+    /// their fragments read only from inside one folder.
+    pub uploads: Uploads,
+}
+
+/// The limits of compiling uploaded pathways.
+#[derive(Clone)]
+pub struct Uploads {
+    /// The folder fragments are included from, and the only one; relative to the working folder.
+    pub root: std::path::PathBuf,
+    /// How long one compilation may run before it is stopped and answered with 422.
+    pub limit: Duration,
+    /// One permit per compilation that may run at once; when none is free the upload answers 503.
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Uploads {
+            root: "pathways".into(),
+            limit: Duration::from_secs(5),
+            slots: Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 4))),
+        }
+    }
 }
 
 impl AppState {
@@ -68,6 +93,7 @@ impl AppState {
             clock: Arc::new(Timestamp::now),
             metrics: Arc::default(),
             scales: Scales::builtin(),
+            uploads: Uploads::default(),
         }
     }
 
@@ -291,53 +317,47 @@ async fn publish_pathway(
 ) -> Result<Response, ApiError> {
     auth::require(&s, &c, Module::Pathways, "pathway.publish", &headers).await?;
     let Json(body) = body?;
-    let base = std::path::Path::new("pathways");
-    let compiled = match body.format.as_str() {
-        "yaml" => carepath_dsl::compile_yaml(
-            "upload.yaml",
-            body.source.as_bytes(),
-            base,
-            &carepath_dsl::FsLoader,
-        ),
-        "rhai" => carepath_dsl::compile_rhai(
-            "upload.rhai",
-            body.source.as_bytes(),
-            base,
-            &carepath_dsl::FsLoader,
-        ),
+    let file = match body.format.as_str() {
+        "yaml" => "upload.yaml",
+        "rhai" => "upload.rhai",
         other => {
             return Err(ApiError::BadRequest(format!(
                 "format must be `yaml` or `rhai`, not `{other}`"
             )));
         }
     };
-    let diagnostics = compiled.diagnostics.clone();
-    let pathway = match carepath_engine::program::into_pathway(compiled) {
-        Ok(p) => p,
-        Err(_) => {
-            let detail = diagnostics
-                .iter()
-                .filter_map(|d| serde_json::to_value(d).ok())
-                .find_map(|d| d["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "the pathway does not compile".into());
-            let mut res = (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"type": "about:blank", "title": "The pathway has errors", "status": 422, "detail": detail, "diagnostics": diagnostics})))
-                .into_response();
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/problem+json"),
-            );
-            return Ok(res);
-        }
+    let Ok(permit) = s.uploads.slots.clone().try_acquire_owned() else {
+        let mut res = ApiError::Unavailable(
+            "too many pathway uploads are being compiled right now; try again in a few seconds"
+                .into(),
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return Ok(res);
     };
-    let mut one = Programs::default();
-    let source = carepath_engine::program::Source::new(
-        &format!("upload.{}", body.format),
-        body.source.clone(),
-        &pathway,
-    );
-    let (id, version) = (pathway.id.clone(), pathway.version);
-    one.insert(pathway, source)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let limit = s.uploads.limit;
+    let root = s.uploads.root.clone();
+    // Compiling runs user-supplied scripts and reads fragment files: off the async workers, under
+    // a deadline the script itself checks, holding its permit until it has really finished.
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        compile_upload(file, body.source, &root, limit)
+    });
+    let outcome = match tokio::time::timeout(limit + Duration::from_secs(1), task).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => return Err(ApiError::Internal(format!("pathway compilation: {e}"))),
+        Err(_) => Err(Refused::Diagnostics(vec![carepath_dsl::too_long(
+            file,
+            carepath_dsl::Pos::START,
+            limit,
+        )])),
+    };
+    let (one, id, version, diagnostics) = match outcome {
+        Ok(done) => done,
+        Err(Refused::Diagnostics(diagnostics)) => return Ok(unprocessable(&diagnostics)),
+        Err(Refused::Invalid(e)) => return Err(ApiError::BadRequest(e)),
+    };
     store::publish(&s.pool, &one, s.now()).await?;
     let fresh = store::load_programs(&s.pool).await?;
     if let Ok(mut p) = s.programs.write() {
@@ -348,6 +368,63 @@ async fn publish_pathway(
         Json(json!({"id": id, "version": version, "warnings": diagnostics})),
     )
         .into_response())
+}
+
+/// A compiled upload: the one program, its id and version, and its warnings.
+type Upload = (Programs, String, u32, Vec<carepath_dsl::Diagnostic>);
+
+/// Compiles an uploaded pathway into a program of its own, or returns its diagnostics. Blocking:
+/// call it off the async workers. Fragments are read only from inside `root`.
+fn compile_upload(
+    file: &str,
+    source: String,
+    root: &std::path::Path,
+    limit: Duration,
+) -> Result<Upload, Refused> {
+    let deadline = std::time::Instant::now() + limit;
+    let loader = carepath_dsl::RootedLoader::new(root);
+    let compiled = if file.ends_with(".rhai") {
+        carepath_dsl::compile_rhai_until(file, source.as_bytes(), root, &loader, deadline)
+    } else {
+        carepath_dsl::compile_yaml(file, source.as_bytes(), root, &loader)
+    };
+    let diagnostics = compiled.diagnostics.clone();
+    let pathway = carepath_engine::program::into_pathway(compiled)
+        .map_err(|_| Refused::Diagnostics(diagnostics.clone()))?;
+    let mut one = Programs::default();
+    let src = carepath_engine::program::Source::new(file, source, &pathway);
+    let (id, version) = (pathway.id.clone(), pathway.version);
+    one.insert(pathway, src)
+        .map_err(|e| Refused::Invalid(e.to_string()))?;
+    Ok((one, id, version, diagnostics))
+}
+
+/// Why an upload is not published.
+enum Refused {
+    /// It has errors (or took too long): 422 with its diagnostics.
+    Diagnostics(Vec<carepath_dsl::Diagnostic>),
+    /// Its expressions do not compile for the engine: 400.
+    Invalid(String),
+}
+
+/// The 422 answer of a pathway with errors: the first message as the detail, and every diagnostic
+/// located in its file.
+fn unprocessable(diagnostics: &[carepath_dsl::Diagnostic]) -> Response {
+    let detail = diagnostics
+        .iter()
+        .find(|d| d.is_error())
+        .map(|d| d.message.clone())
+        .unwrap_or_else(|| "the pathway does not compile".into());
+    let mut res = (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"type": "about:blank", "title": "The pathway has errors", "status": 422, "detail": detail, "diagnostics": diagnostics})),
+    )
+        .into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    res
 }
 
 #[derive(Deserialize)]

@@ -22,11 +22,13 @@ mod fixtures_test;
 mod hostile_test;
 #[cfg(test)]
 mod props_test;
+#[cfg(test)]
+mod rooted_test;
 
 use std::path::{Path, PathBuf};
 
 pub use diag::{Code, Diagnostic, Pos, Severity};
-pub use lower::{FsLoader, Loader};
+pub use lower::{FsLoader, Loader, RootedLoader};
 pub use model::*;
 
 /// What kind of document a file holds, judged by its top-level key.
@@ -176,7 +178,37 @@ pub fn compile_rhai(file: &str, bytes: &[u8], base_dir: &Path, loader: &dyn Load
     }
 }
 
-/// Compiles a file by its extension (`.rhai`, else YAML).
+/// Compiles a Rhai pathway script that must finish running by `deadline`; a script still running
+/// then is stopped and reported (E021) where it was.
+pub fn compile_rhai_until(
+    file: &str,
+    bytes: &[u8],
+    base_dir: &Path,
+    loader: &dyn Loader,
+    deadline: std::time::Instant,
+) -> Compiled {
+    match rhai_front::run_until(file, bytes, Some(deadline)) {
+        Ok(root) => compile_tree(file, &root, base_dir, loader, false),
+        Err(diags) => finish(file, DocKind::Pathway, None, diags),
+    }
+}
+
+/// The diagnostic of a compilation stopped for taking longer than it may.
+pub fn too_long(file: &str, pos: Pos, limit: std::time::Duration) -> Diagnostic {
+    Diagnostic::error(
+        Code::Script,
+        file,
+        pos,
+        format!(
+            "the script took too long: it was stopped after {:.1} s",
+            limit.as_secs_f64()
+        ),
+        "a pathway script only builds the pathway; keep it free of loops and large nested values",
+    )
+}
+
+/// Compiles a file by its extension (`.rhai`, else YAML). Its fragments are read only from inside
+/// its folder (a [`RootedLoader`] rooted there).
 pub fn compile_file(path: &Path) -> Compiled {
     let file = path.display().to_string();
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -193,10 +225,11 @@ pub fn compile_file(path: &Path) -> Compiled {
             return finish(&file, DocKind::Pathway, None, vec![d]);
         }
     };
+    let loader = RootedLoader::new(&base);
     if path.extension().is_some_and(|e| e == "rhai") {
-        compile_rhai(&file, &bytes, &base, &FsLoader)
+        compile_rhai(&file, &bytes, &base, &loader)
     } else {
-        compile_yaml(&file, &bytes, &base, &FsLoader)
+        compile_yaml(&file, &bytes, &base, &loader)
     }
 }
 

@@ -6,7 +6,7 @@
 //! with its location in a `SourceMap` and checked afterwards by `check`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::catalog;
 use crate::diag::{Code, Diagnostic, Pos, suggest};
@@ -57,20 +57,145 @@ pub trait Loader {
     fn load(&self, path: &Path) -> Result<Vec<u8>, String>;
 }
 
-/// Loads from the file system.
+/// The largest fragment file a loader reads, in bytes (the largest pathway file the parser takes).
+pub fn max_fragment_bytes() -> u64 {
+    crate::yaml::Budget::default().max_bytes as u64
+}
+
+/// Loads from the file system, any regular file (the compiler still refuses fragment paths that
+/// are absolute or climb with `..`). For trusted callers only; an uploaded pathway must be compiled
+/// with a [`RootedLoader`].
 pub struct FsLoader;
 
 impl Loader for FsLoader {
     fn load(&self, path: &Path) -> Result<Vec<u8>, String> {
         let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-        if meta.len() > crate::yaml::Budget::default().max_bytes as u64 {
-            return Err(format!(
-                "file is {} bytes, larger than a pathway file may be",
-                meta.len()
-            ));
+        if !meta.is_file() {
+            return Err("not a regular file".into());
         }
-        std::fs::read(path).map_err(|e| e.to_string())
+        read_capped(path, max_fragment_bytes())
     }
+}
+
+/// Loads only regular files inside one folder (the root), judged after resolving `..` and symbolic
+/// links; everything else is refused with one message, so a refusal does not tell whether a path
+/// outside the root exists. Files are size-capped before and while reading, and nothing but a
+/// regular file is ever opened (a FIFO or a device would block or never end).
+#[derive(Debug, Clone)]
+pub struct RootedLoader {
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+/// The refusal of a fragment that is missing, outside the root, or not a file one may include.
+pub const NOT_IN_ROOT: &str = "no such fragment file inside the pathway folder";
+
+impl RootedLoader {
+    /// A loader confined to `root`; the root is resolved at each load, so it may be relative to the
+    /// working directory and need not exist yet (then every load is refused).
+    pub fn new(root: impl Into<PathBuf>) -> RootedLoader {
+        RootedLoader {
+            root: root.into(),
+            max_bytes: max_fragment_bytes(),
+        }
+    }
+
+    /// The same loader with another size cap.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> RootedLoader {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The resolved path of `path` if it names a regular file inside the root.
+    fn resolve(&self, path: &Path) -> Result<PathBuf, String> {
+        let refuse = || NOT_IN_ROOT.to_string();
+        let here = Path::new(".");
+        let given = if self.root.as_os_str().is_empty() {
+            here
+        } else {
+            &self.root
+        };
+        let root = std::fs::canonicalize(given).map_err(|_| refuse())?;
+        // A path is joined onto the root only when it is relative and free of `..`; an absolute
+        // path or one climbing out is refused before the file system is asked anything about it.
+        let rel = match path.strip_prefix(&self.root) {
+            Ok(rel) => rel,
+            Err(_) => path.strip_prefix(&root).map_err(|_| refuse())?,
+        };
+        if rel.as_os_str().is_empty()
+            || !rel.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            return Err(refuse());
+        }
+        let full = std::fs::canonicalize(root.join(rel)).map_err(|_| refuse())?;
+        if !full.starts_with(&root) {
+            return Err(refuse());
+        }
+        // Canonical, so no symbolic link is left to follow: the metadata is the file's own.
+        let meta = std::fs::symlink_metadata(&full).map_err(|_| refuse())?;
+        if !meta.is_file() {
+            return Err("not a regular file; a fragment must be a YAML file".into());
+        }
+        if meta.len() > self.max_bytes {
+            return Err(too_large(meta.len()));
+        }
+        Ok(full)
+    }
+}
+
+impl Loader for RootedLoader {
+    fn load(&self, path: &Path) -> Result<Vec<u8>, String> {
+        let full = self.resolve(path)?;
+        read_capped(&full, self.max_bytes)
+    }
+}
+
+fn too_large(len: u64) -> String {
+    format!("file is {len} bytes, larger than a pathway file may be")
+}
+
+/// Reads a regular file of at most `cap` bytes: the opened file is checked again (it may have been
+/// replaced since it was looked at) and read no further than one byte past the cap.
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let file = open_nonblocking(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file; a fragment must be a YAML file".into());
+    }
+    if meta.len() > cap {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > cap {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Opens for reading without waiting: on Unix with `O_NONBLOCK`, so a FIFO swapped in after the
+/// file type was checked cannot hold the caller (the flag does not change reading a regular file).
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    opts.open(path)
 }
 
 pub(crate) struct Lowerer<'a> {
@@ -1657,14 +1782,23 @@ impl<'a> Lowerer<'a> {
             return;
         }
         let path = self.base_dir.join(&rel);
-        let bytes = match self.loader.load(&path) {
+        // A fragment path names a file inside the pathway's folder: never absolute, never climbing.
+        let inside = Path::new(&rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let loaded = if inside {
+            self.loader.load(&path)
+        } else {
+            Err(NOT_IN_ROOT.to_string())
+        };
+        let bytes = match loaded {
             Ok(b) => b,
             Err(e) => {
                 self.err(
                     Code::Fragment,
                     path_node.pos,
                     format!("cannot read fragment `{rel}`: {e}"),
-                    "the path is relative to the pathway file",
+                    "the path is relative to the pathway file's folder and must stay inside it",
                 );
                 return;
             }

@@ -7,6 +7,8 @@
 //! The script runs in a sandbox: no modules, no I/O, and caps on operations, depth and sizes, so a
 //! script that loops or recurses forever ends in an error quickly.
 
+use std::time::Instant;
+
 use rhai::packages::{Package, StandardPackage};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext, Position};
 
@@ -14,6 +16,8 @@ use crate::diag::{Code, Diagnostic, Pos};
 use crate::yaml::{Node, Value};
 
 const AT: &str = "__at";
+/// The token a script stopped at its deadline ends with.
+const TOO_LONG: &str = "__deadline";
 
 fn at(ctx: &NativeCallContext) -> Dynamic {
     let p = ctx.call_position();
@@ -209,6 +213,17 @@ pub fn builder_engine() -> Engine {
 
 /// Runs a pathway script and returns the tree its result describes.
 pub fn run(file: &str, bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
+    run_until(file, bytes, None)
+}
+
+/// Runs a pathway script that must be done by `deadline`: the engine checks the clock as it goes
+/// and stops the script when the deadline has passed.
+pub fn run_until(
+    file: &str,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<Node, Vec<Diagnostic>> {
+    let started = Instant::now();
     let fail = |pos: Pos, msg: String, hint: &str| {
         Err(vec![Diagnostic::error(Code::Script, file, pos, msg, hint)])
     };
@@ -229,12 +244,21 @@ pub fn run(file: &str, bytes: &[u8]) -> Result<Node, Vec<Diagnostic>> {
             "save the file as UTF-8",
         );
     };
-    let engine = builder_engine();
+    let mut engine = builder_engine();
+    if let Some(deadline) = deadline {
+        engine
+            .on_progress(move |_ops| (Instant::now() >= deadline).then(|| Dynamic::from(TOO_LONG)));
+    }
     let result = engine.eval::<Dynamic>(src);
     let value = match result {
         Ok(v) => v,
         Err(err) => {
             let pos = to_pos(err.position());
+            if let EvalAltResult::ErrorTerminated(token, _) = &*err
+                && token.clone().into_string().is_ok_and(|t| t == TOO_LONG)
+            {
+                return Err(vec![crate::too_long(file, pos, started.elapsed())]);
+            }
             let hint = match *err {
                 EvalAltResult::ErrorTooManyOperations(_) => {
                     "the script runs too long; a pathway script only builds the pathway, it should not loop"
@@ -344,6 +368,42 @@ mod tests {
                 start.elapsed()
             );
         }
+    }
+
+    /// A script that stays within the operation cap yet runs for about a minute: every loop round
+    /// copies a value of nine thousand nested elements.
+    pub(crate) const SLOW_NESTED: &str = "let a = [1,2,3,4,5,6,7,8,9,10];\nlet b = [a,a,a,a,a,a,a,a,a,a];\nlet c = [b,b,b,b,b,b,b,b,b,b];\nlet d = [c,c,c,c,c,c,c,c,c];\nfor i in 0..100000 {\n  let e = d;\n  e.len();\n}\n1\n";
+
+    #[test]
+    fn a_script_past_its_deadline_is_stopped_where_it_was() {
+        let start = std::time::Instant::now();
+        let deadline = start + std::time::Duration::from_millis(500);
+        let err = run_until("slow.rhai", SLOW_NESTED.as_bytes(), Some(deadline)).unwrap_err();
+        assert!(
+            start.elapsed().as_secs() < 5,
+            "the script ran on for {:?}",
+            start.elapsed()
+        );
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].code, Code::Script);
+        assert!(
+            err[0].message.contains("took too long"),
+            "{}",
+            err[0].message
+        );
+        assert!(
+            err[0].pos.line >= 5,
+            "located inside the loop: {:?}",
+            err[0].pos
+        );
+        assert!(!err[0].hint.is_empty());
+    }
+
+    #[test]
+    fn a_deadline_does_not_stop_a_quick_script() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let src = b"let p = pathway(\"x\", 1, \"a\", \"b\");\np";
+        assert!(run_until("p.rhai", src, Some(deadline)).is_ok());
     }
 
     #[test]
