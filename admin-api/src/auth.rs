@@ -2,11 +2,16 @@
 //! an institution) and module permissions per role. Data scoping by institution happens in the
 //! store's queries; a denied attempt is audited.
 
-use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use carepath_engine::store::queries::{self, Caller};
 
+use crate::error::Audited;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,97 @@ pub fn allowed(roles: &[String], module: Module) -> bool {
 /// The authenticated caller.
 pub struct Auth(pub Caller);
 
+/// Where the `Auth` extractor leaves the caller for [`audit_outcomes`], which reads it once the
+/// handler has answered.
+#[derive(Clone, Default)]
+pub struct CallerSlot(Arc<Mutex<Option<Caller>>>);
+
+impl CallerSlot {
+    fn set(&self, c: &Caller) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(c.clone());
+        }
+    }
+
+    fn take(&self) -> Option<Caller> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+/// Routes whose successful answers no handler or store call audits: configuration and
+/// indicator reads and pathway publication. Every other route audits its own success.
+const CONFIGURATION: &[&str] = &[
+    "/pathways",
+    "/pathways/{id}/{version}/graph",
+    "/kpis",
+    "/audit/verify",
+];
+
+/// The audit record's word for how a request ended.
+fn outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "ok",
+        403 => "denied",
+        404 => "not_found",
+        409 => "conflict",
+        400..=499 => "invalid",
+        _ => "error",
+    }
+}
+
+/// Audits what the handlers do not: every authenticated request that was refused or failed
+/// (unless its refusal is already in the record) and every access to configuration, allowed or
+/// not. Unauthenticated requests (401) name no one and are counted in the metrics only.
+pub async fn audit_outcomes(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let slot = CallerSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let remote = crate::remote(req.headers());
+    let res = next.run(req).await;
+    let status = res.status();
+    if res.extensions().get::<Audited>().is_some() {
+        return res;
+    }
+    let Some(c) = slot.take() else {
+        return res;
+    };
+    let configuration = route.as_deref().is_some_and(|r| CONFIGURATION.contains(&r));
+    if status.is_success() && !configuration {
+        return res;
+    }
+    let action = format!("{method} {}", route.as_deref().unwrap_or("(no route)"));
+    let written = queries::audit_alone(
+        &state.audit,
+        &c.staff_id,
+        Some(&c.institution_id),
+        &action,
+        &path.chars().take(200).collect::<String>(),
+        &[],
+        outcome(status),
+        &remote,
+        state.now(),
+    )
+    .await;
+    match written {
+        Ok(()) => res,
+        // What cannot be audited is not served.
+        Err(e) if status.is_success() => ApiError::from(e).into_response(),
+        Err(e) => {
+            tracing::error!("a refusal could not be audited: {e}");
+            res
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
@@ -105,7 +201,12 @@ impl FromRequestParts<AppState> for Auth {
             ));
         };
         match queries::caller_for_token(&state.pool, token).await? {
-            Some(c) => Ok(Auth(c)),
+            Some(c) => {
+                if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+                    slot.set(&c);
+                }
+                Ok(Auth(c))
+            }
             None => Err(ApiError::Unauthorized("the token is not valid".into())),
         }
     }
@@ -138,5 +239,6 @@ pub async fn require(
         "your role(s) {} do not grant the {} module",
         c.roles.join(", "),
         module.as_str()
-    )))
+    ))
+    .audited())
 }

@@ -19,11 +19,36 @@ pub enum ApiError {
     PayloadTooLarge(String),
     Unavailable(String),
     Internal(String),
+    /// An error whose refusal is already in the audit record (written by the store in the
+    /// transaction that found it, or by the permission check): the audit layer adds nothing.
+    Audited(Box<ApiError>),
 }
 
+/// Marks a response whose outcome is already audited.
+#[derive(Debug, Clone, Copy)]
+pub struct Audited;
+
 impl ApiError {
+    /// This error as already audited.
+    pub fn audited(self) -> ApiError {
+        match self {
+            ApiError::Audited(_) => self,
+            other => ApiError::Audited(Box::new(other)),
+        }
+    }
+
+    /// A store error from an operation that audits its own refusals (not found, conflict,
+    /// invalid, forbidden); failures of the database itself are not refusals.
+    pub fn refused_by_store(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Db(_) | StoreError::AuditUnavailable(_) => e.into(),
+            other => ApiError::from(other).audited(),
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &str) {
         match self {
+            ApiError::Audited(inner) => inner.parts(),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "Unauthorized", m),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m),
@@ -43,6 +68,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Audited(inner) = self {
+            let mut res = inner.into_response();
+            res.extensions_mut().insert(Audited);
+            return res;
+        }
         if let ApiError::Internal(detail) = &self {
             tracing::error!("internal error: {detail}");
         }

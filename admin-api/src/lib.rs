@@ -135,6 +135,10 @@ pub fn router(state: AppState) -> Router {
         .route("/kpis", get(kpis))
         .route("/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::audit_outcomes,
+        ))
         .layer(axum::middleware::from_fn(as_problem))
         .layer(axum::middleware::from_fn(move |req, next| {
             count(metrics.clone(), req, next)
@@ -1025,7 +1029,9 @@ async fn task_action(
     };
     let completing = matches!(act, TaskAction::Complete { .. });
     let programs = s.programs();
-    let out = queries::act_on_task(&s.pool, &programs, &c, id, act, &remote(&headers), now).await?;
+    let out = queries::act_on_task(&s.pool, &programs, &c, id, act, &remote(&headers), now)
+        .await
+        .map_err(ApiError::refused_by_store)?;
     if completing && let Some(e) = out["enrolment_id"].as_i64() {
         scheduler::advance(&s.pool, &programs, e, now).await?;
     }
@@ -1096,7 +1102,8 @@ async fn decide_referral(
         &remote(&headers),
         now,
     )
-    .await?;
+    .await
+    .map_err(ApiError::refused_by_store)?;
     if let Some(e) = out["enrolment_id"].as_i64() {
         let programs = s.programs();
         scheduler::advance(&s.pool, &programs, e, now).await?;

@@ -636,6 +636,17 @@ async fn permission_matrix_audit_malformed_and_alarm() {
                 if status == StatusCode::UNAUTHORIZED && audit_after != audit_before {
                     unaudited.push(format!("401 wrote audit: {} {}", route.method, uri));
                 }
+                // Every authenticated call to anything but health and metrics leaves a trace,
+                // allowed or refused.
+                if status != StatusCode::UNAUTHORIZED
+                    && route.scope != Scope::Public
+                    && audit_after == audit_before
+                {
+                    unaudited.push(format!(
+                        "{status} left no audit row: {} {} by {who}",
+                        route.method, uri
+                    ));
+                }
                 cells += 1;
             }
         }
@@ -668,12 +679,17 @@ async fn permission_matrix_audit_malformed_and_alarm() {
     println!("403 responses: {forbidden}, denied audit rows: {denied}");
     assert_eq!(denied, forbidden, "every 403 leaves exactly one denied row");
     let auditor = token(&staff, "lead", "auditor");
+    let verifications =
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'GET /audit/verify' AND outcome = 'ok'";
+    let verified_before = scalar(&ctx.pool, verifications).await;
     let (status, _, bytes) = ctx.call("GET", "/audit/verify", Some(auditor), None).await;
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(v["valid"], json!(true), "{v}");
     let entries = scalar(&ctx.pool, "SELECT COUNT(*) FROM audit_log").await;
-    assert_eq!(v["entries"].as_i64(), Some(entries));
+    // Verifying is itself audited, once the answer is known.
+    assert_eq!(v["entries"].as_i64(), Some(entries - 1));
+    assert_eq!(scalar(&ctx.pool, verifications).await, verified_before + 1);
     println!("audit chain valid: {entries} entries");
     let admin = token(&staff, "lead", "admin");
     let fx = ctx.fixture("lead").await;
