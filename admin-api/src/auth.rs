@@ -3,7 +3,6 @@
 //! store's queries; a denied attempt is audited.
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use carepath_engine::store::queries::{self, Caller};
 
@@ -117,7 +116,7 @@ pub async fn require(
     c: &Caller,
     module: Module,
     action: &str,
-    headers: &HeaderMap,
+    remote: &str,
 ) -> Result<(), ApiError> {
     if allowed(&c.roles, module) {
         return Ok(());
@@ -130,7 +129,7 @@ pub async fn require(
         module.as_str(),
         &[],
         "denied",
-        &crate::remote(headers),
+        remote,
         state.now(),
     )
     .await?;

@@ -11,11 +11,13 @@ mod error;
 mod openapi;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -56,6 +58,11 @@ pub struct AppState {
     pub audit: queries::AuditAppender,
     /// The scale definitions answers are scored against.
     pub scales: &'static Scales,
+    /// The signed audit checkpoints `GET /audit/verify` checks the record against (none: the
+    /// chain alone is checked).
+    pub audit_checkpoints: Option<Arc<std::path::PathBuf>>,
+    /// Proxies whose `X-Forwarded-For` is believed (see [`Remote`]).
+    pub trusted_proxies: Arc<Vec<IpAddr>>,
 }
 
 impl AppState {
@@ -68,7 +75,21 @@ impl AppState {
             clock: Arc::new(Timestamp::now),
             metrics: Arc::default(),
             scales: Scales::builtin(),
+            audit_checkpoints: None,
+            trusted_proxies: Arc::default(),
         }
+    }
+
+    /// Verifies the audit record against the checkpoints in `path` too.
+    pub fn with_audit_checkpoints(mut self, path: std::path::PathBuf) -> AppState {
+        self.audit_checkpoints = Some(Arc::new(path));
+        self
+    }
+
+    /// Believes `X-Forwarded-For` from these peers (reverse proxies in front of the API).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> AppState {
+        self.trusted_proxies = Arc::new(proxies);
+        self
     }
 
     fn now(&self) -> Timestamp {
@@ -176,12 +197,61 @@ async fn count(
     res
 }
 
-fn remote(headers: &HeaderMap) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(64).collect())
-        .unwrap_or_else(|| "direct".into())
+/// Where a request came from, as the audit records it: the socket peer's address, unless the peer
+/// is a trusted proxy, in which case the rightmost `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (entries further left are whatever the client claimed, and are ignored). Without a
+/// socket address (a router driven in-process, as tests do) it is `unknown`.
+pub struct Remote(pub String);
+
+impl FromRequestParts<AppState> for Remote {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Remote(client_address(
+            peer,
+            &parts.headers,
+            &state.trusted_proxies,
+        )))
+    }
+}
+
+/// See [`Remote`].
+pub fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpAddr]) -> String {
+    let Some(peer) = peer else {
+        return "unknown".into();
+    };
+    let peer = peer.to_canonical();
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    for entry in forwarded.iter().rev() {
+        let ip = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()));
+        match ip {
+            Some(ip) if trusted.contains(&ip.to_canonical()) => continue,
+            Some(ip) => return ip.to_canonical().to_string(),
+            // Not an address: the proxy did not write it; record it, marked and cut short.
+            None => return format!("unparsed:{}", entry.chars().take(48).collect::<String>()),
+        }
+    }
+    peer.to_string()
 }
 
 async fn ready(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -286,10 +356,10 @@ fn yaml() -> String {
 async fn publish_pathway(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Pathways, "pathway.publish", &headers).await?;
+    auth::require(&s, &c, Module::Pathways, "pathway.publish", &remote).await?;
     let Json(body) = body?;
     let base = std::path::Path::new("pathways");
     let compiled = match body.format.as_str() {
@@ -402,10 +472,10 @@ fn default_tz() -> String {
 async fn create_patient(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<PatientBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Patients, "patient.create", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "patient.create", &remote).await?;
     let Json(b) = body?;
     if b.id.is_empty()
         || b.id.len() > 64
@@ -459,7 +529,7 @@ async fn create_patient(
         &format!("patient/{}", b.id),
         std::slice::from_ref(&b.id),
         "ok",
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -470,10 +540,10 @@ async fn create_patient(
 async fn get_patient(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "patient.read", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "patient.read", &remote).await?;
     let sql = format!(
         "SELECT p.id, p.institution_id, p.birth_date, p.sex, p.tz FROM patients p WHERE p.id = $1 AND {}",
         queries::visible_patient(2)
@@ -497,7 +567,7 @@ async fn get_patient(
             &format!("patient/{id}"),
             &[],
             "not_found",
-            &remote(&headers),
+            &remote,
             s.now(),
         )
         .await?;
@@ -519,7 +589,7 @@ async fn get_patient(
         &format!("patient/{id}"),
         std::slice::from_ref(&id),
         "ok",
-        &remote(&headers),
+        &remote,
         s.now(),
     )
     .await?;
@@ -540,10 +610,10 @@ struct EnrolBody {
 async fn enrol(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<EnrolBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.create", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.create", &remote).await?;
     let Json(b) = body?;
     if !queries::patient_visible(&s.pool, &c, &b.patient_id).await? {
         return Err(ApiError::NotFound(format!("patient {}", b.patient_id)));
@@ -568,7 +638,7 @@ async fn enrol(
         &format!("enrolment/{id}"),
         std::slice::from_ref(&b.patient_id),
         "ok",
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -582,12 +652,12 @@ async fn enrol(
 async fn timeline(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.timeline", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.timeline", &remote).await?;
     Ok(Json(
-        queries::timeline(&s.pool, &c, id, &remote(&headers), s.now()).await?,
+        queries::timeline(&s.pool, &c, id, &remote, s.now()).await?,
     ))
 }
 
@@ -601,11 +671,11 @@ struct EventBody {
 async fn post_event(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
     body: Result<Json<EventBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.event", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.event", &remote).await?;
     let Json(b) = body?;
     if b.name.is_empty()
         || b.name.len() > 96
@@ -631,7 +701,7 @@ async fn post_event(
             "an event cannot happen in the future".into(),
         ));
     }
-    queries::event_scoped(&s.pool, &c, id, &b.name, at, &remote(&headers), now).await?;
+    queries::event_scoped(&s.pool, &c, id, &b.name, at, &remote, now).await?;
     let programs = s.programs();
     let w = scheduler::advance(&s.pool, &programs, id, now).await?;
     Ok(Json(
@@ -648,28 +718,27 @@ struct ReasonBody {
 async fn withdraw(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
     body: Result<Json<ReasonBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.withdraw", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.withdraw", &remote).await?;
     let Json(b) = body?;
     if b.reason.trim().is_empty() {
         return Err(ApiError::BadRequest("a withdrawal needs a reason".into()));
     }
-    queries::withdraw_scoped(&s.pool, &c, id, &b.reason, &remote(&headers), s.now()).await?;
+    queries::withdraw_scoped(&s.pool, &c, id, &b.reason, &remote, s.now()).await?;
     Ok(Json(json!({"enrolment_id": id, "status": "withdrawn"})))
 }
 
 async fn scale_pushes(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "scale_push.list", &headers).await?;
-    let pushes =
-        store::scales::enrolment_pushes(&s.pool, &c, id, &remote(&headers), s.now()).await?;
+    auth::require(&s, &c, Module::Patients, "scale_push.list", &remote).await?;
+    let pushes = store::scales::enrolment_pushes(&s.pool, &c, id, &remote, s.now()).await?;
     Ok(Json(json!({"enrolment_id": id, "scale_pushes": pushes})))
 }
 
@@ -686,11 +755,11 @@ const MAX_ANSWERS: usize = 200;
 async fn answer_scale_push(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
     body: Result<Json<AnswerBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Patients, "scale_push.answer", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "scale_push.answer", &remote).await?;
     let Json(b) = body?;
     if b.answers.len() > MAX_ANSWERS {
         return Err(ApiError::BadRequest(format!(
@@ -716,7 +785,7 @@ async fn answer_scale_push(
         id,
         &b.answers,
         answered_at,
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -732,10 +801,10 @@ async fn answer_scale_push(
 async fn post_observations(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<Vec<Reading>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Observations, "observations.post", &headers).await?;
+    auth::require(&s, &c, Module::Observations, "observations.post", &remote).await?;
     let Json(readings) = body?;
     if readings.len() > 1_000 {
         return Err(ApiError::BadRequest(
@@ -761,7 +830,7 @@ async fn post_observations(
         "observations",
         &patients,
         "ok",
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -803,10 +872,10 @@ fn instant(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
 async fn task_queue(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     q: Result<Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<QueuePage>, ApiError> {
-    auth::require(&s, &c, Module::Queue, "queue.read", &headers).await?;
+    auth::require(&s, &c, Module::Queue, "queue.read", &remote).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -866,7 +935,7 @@ async fn task_queue(
         "queues/tasks",
         &patients,
         "ok",
-        &remote(&headers),
+        &remote,
         s.now(),
     )
     .await?;
@@ -906,11 +975,11 @@ pub const OUTCOMES: &[&str] = &[
 async fn task_action(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path((id, action)): Path<(i64, String)>,
     body: Option<Json<TaskBody>>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Queue, "task.act", &headers).await?;
+    auth::require(&s, &c, Module::Queue, "task.act", &remote).await?;
     let b = body.map(|Json(b)| b).unwrap_or_default();
     let now = s.now();
     let act = match action.as_str() {
@@ -968,7 +1037,7 @@ async fn task_action(
         }
     };
     let completing = matches!(act, TaskAction::Complete { .. });
-    let out = queries::act_on_task(&s.pool, &c, id, act, &remote(&headers), now).await?;
+    let out = queries::act_on_task(&s.pool, &c, id, act, &remote, now).await?;
     if completing && let Some(e) = out["enrolment_id"].as_i64() {
         let programs = s.programs();
         scheduler::advance(&s.pool, &programs, e, now).await?;
@@ -985,10 +1054,10 @@ struct ReferralQuery {
 async fn list_referrals(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     q: Result<Query<ReferralQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Referrals, "referral.list", &headers).await?;
+    auth::require(&s, &c, Module::Referrals, "referral.list", &remote).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let rows = queries::referrals(&s.pool, &c, q.status.as_deref()).await?;
     let patients: Vec<String> = rows
@@ -1003,7 +1072,7 @@ async fn list_referrals(
         "referrals",
         &patients,
         "ok",
-        &remote(&headers),
+        &remote,
         s.now(),
     )
     .await?;
@@ -1019,11 +1088,11 @@ struct DecisionBody {
 async fn decide_referral(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path((id, decision)): Path<(i64, String)>,
     body: Option<Json<DecisionBody>>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Referrals, "referral.decide", &headers).await?;
+    auth::require(&s, &c, Module::Referrals, "referral.decide", &remote).await?;
     if !matches!(decision.as_str(), "accept" | "reject" | "arrive") {
         return Err(ApiError::NotFound(format!(
             "no referral action `{decision}`; use accept, reject or arrive"
@@ -1037,7 +1106,7 @@ async fn decide_referral(
         id,
         &decision,
         b.reason.as_deref(),
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -1073,10 +1142,10 @@ fn date_start(name: &str, d: &str) -> Result<i64, ApiError> {
 async fn kpis(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     q: Result<Query<KpiQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Kpis, "kpi.read", &headers).await?;
+    auth::require(&s, &c, Module::Kpis, "kpi.read", &remote).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let now = s.now().as_second();
     let to =
@@ -1127,13 +1196,29 @@ async fn kpis(
 async fn verify_audit(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Audit, "audit.verify", &headers).await?;
-    match queries::verify_audit(&s.pool).await? {
-        Ok(n) => Ok(Json(json!({"valid": true, "entries": n}))),
-        Err(why) => Ok(Json(json!({"valid": false, "problem": why}))),
-    }
+    auth::require(&s, &c, Module::Audit, "audit.verify", &remote).await?;
+    let checkpoints = match s.audit_checkpoints.as_deref() {
+        Some(path) => match carepath_engine::audit::read_checkpoints(path) {
+            Ok(c) => c,
+            Err(why) => {
+                return Ok(Json(
+                    json!({"valid": false, "entries": 0, "checkpoints": 0, "problem": why, "broken_id": null}),
+                ));
+            }
+        },
+        None => Vec::new(),
+    };
+    let v = queries::verify_audit(&s.pool, &checkpoints).await?;
+    Ok(Json(json!({
+        "valid": v.intact(),
+        "entries": v.rows,
+        "legacy_entries": v.legacy_rows,
+        "checkpoints": v.checkpoints,
+        "problem": v.broken.as_ref().map(|b| b.to_string()),
+        "broken_id": v.broken.as_ref().and_then(|b| b.id),
+    })))
 }
 
 /// The permission table, for documentation and tests: role → modules.
