@@ -724,3 +724,66 @@ fn cli_verify_exits_one_on_tampering() {
         rt.block_on(pool.close());
     }
 }
+
+/// Served as `carepath serve` serves it (with the socket's address), the API audits the peer's
+/// address and ignores `X-Forwarded-For`, unless the peer is a trusted proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audited_address_is_the_peer_unless_a_trusted_proxy_forwarded() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let b = support::sqlite();
+    let pool = Pool::connect(&b.url).await.expect("connect");
+    store::migrate(&pool).await.expect("migrate");
+    let mut tx = pool.begin().await.expect("begin");
+    store::insert_institution(&mut tx, "lead", "Lead", "hospital", None)
+        .await
+        .expect("institution");
+    store::insert_staff(
+        &mut tx,
+        "lead.admin",
+        "lead",
+        "Admin",
+        &["admin"],
+        Some(queries::token_hash("tok-remote")),
+    )
+    .await
+    .expect("staff");
+    tx.commit().await.expect("commit");
+    for trusted in [vec![], vec!["127.0.0.1".parse().expect("ip")]] {
+        let state = carepath_admin_api::AppState::new(pool.clone(), Default::default())
+            .with_trusted_proxies(trusted);
+        let app = carepath_admin_api::router(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(
+            b"GET /audit/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-remote\r\nX-Forwarded-For: 6.6.6.6, 198.51.100.9\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        server.abort();
+    }
+    let remotes = support::rows(
+        &pool,
+        "SELECT remote FROM audit_log WHERE outcome = 'denied' ORDER BY id",
+        1,
+    )
+    .await;
+    assert_eq!(remotes, vec!["127.0.0.1", "198.51.100.9"]);
+    let v = audit::verify(&pool, &audit::key(), &[])
+        .await
+        .expect("verify");
+    assert!(v.intact(), "{v:?}");
+    pool.close().await;
+}

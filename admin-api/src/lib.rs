@@ -1228,3 +1228,56 @@ pub fn permission_table() -> BTreeMap<&'static str, Vec<&'static str>> {
         .map(|(r, ms)| (*r, ms.iter().map(|m| m.as_str()).collect()))
         .collect()
 }
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn the_peer_is_recorded_unless_it_is_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.2".parse().expect("ip");
+        let client: IpAddr = "203.0.113.7".parse().expect("ip");
+        // No socket address (in-process): unknown, whatever the header says.
+        assert_eq!(client_address(None, &xff("1.2.3.4"), &[proxy]), "unknown");
+        // An untrusted peer: its own address; the header is ignored.
+        assert_eq!(
+            client_address(Some(client), &xff("1.2.3.4"), &[proxy]),
+            "203.0.113.7"
+        );
+        // A trusted proxy: the rightmost entry that is not a trusted proxy; the client's own
+        // claims further left are ignored.
+        assert_eq!(
+            client_address(Some(proxy), &xff("6.6.6.6, 198.51.100.9"), &[proxy]),
+            "198.51.100.9"
+        );
+        assert_eq!(
+            client_address(
+                Some(proxy),
+                &xff("6.6.6.6, 198.51.100.9, 10.0.0.2"),
+                &[proxy]
+            ),
+            "198.51.100.9"
+        );
+        // A trusted proxy that forwarded nothing: the proxy itself.
+        assert_eq!(
+            client_address(Some(proxy), &HeaderMap::new(), &[proxy]),
+            "10.0.0.2"
+        );
+        // IPv4 peers seen through an IPv6 socket are written as IPv4.
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().expect("ip");
+        assert_eq!(
+            client_address(Some(mapped), &xff("198.51.100.9"), &[proxy]),
+            "198.51.100.9"
+        );
+        // Garbage from a trusted proxy is marked and cut short.
+        assert!(
+            client_address(Some(proxy), &xff(&"x".repeat(200)), &[proxy]).starts_with("unparsed:")
+        );
+    }
+}
