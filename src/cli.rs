@@ -3,6 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::audit::AuditArgs;
+
 use anyhow::Context;
 use carepath_dsl as dsl;
 use carepath_engine::{Programs, scheduler, seed, store};
@@ -28,7 +30,7 @@ impl DbArgs {
 }
 
 /// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(s), Some(a)) if a > s => format!("{}://***{}", &url[..s], &url[a..]),
         _ => url.to_string(),
@@ -129,6 +131,8 @@ enum Command {
         batch_size: i64,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// A fresh demo database: the real pathways, an alliance with staff of every role (tokens
     /// printed), a synthetic cohort and a scheduler pass; then serves the admin API.
@@ -144,6 +148,16 @@ enum Command {
         /// Set everything up, print it, and exit instead of serving.
         #[arg(long)]
         no_serve: bool,
+        /// A reverse proxy whose `X-Forwarded-For` is believed (repeatable); requests from any
+        /// other peer are audited with the peer's own address.
+        #[arg(
+            long = "trusted-proxy",
+            env = "CAREPATH_TRUSTED_PROXIES",
+            value_delimiter = ','
+        )]
+        trusted_proxy: Vec<std::net::IpAddr>,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// Serve the admin API, run the scheduler pass by cron in the hospital's time zone, and sweep
     /// for enrolments made due by events every few seconds.
@@ -165,6 +179,16 @@ enum Command {
         /// Deliver due follow-ups on every sweep with this channel configuration.
         #[arg(long)]
         delivery_config: Option<PathBuf>,
+        /// A reverse proxy whose `X-Forwarded-For` is believed (repeatable); requests from any
+        /// other peer are audited with the peer's own address.
+        #[arg(
+            long = "trusted-proxy",
+            env = "CAREPATH_TRUSTED_PROXIES",
+            value_delimiter = ','
+        )]
+        trusted_proxy: Vec<std::net::IpAddr>,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// Run pathway tests (`*.test.yaml`) on the real step; fails on any failure or uncovered state.
     Test {
@@ -246,6 +270,13 @@ enum Command {
         /// Count work as missed only if it fell due before this instant (default: now).
         #[arg(long)]
         as_of: Option<String>,
+        #[command(flatten)]
+        audit: AuditArgs,
+    },
+    /// Verify the audit record, or checkpoint it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Print a pathway's state graph as DOT or Mermaid.
     Graph {
@@ -277,6 +308,27 @@ enum Command {
         /// Worker threads; the output is the same for any number (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the keyed chain and that every checkpointed prefix is still there; print rows and
+    /// checkpoints checked and the first broken row. Exit 0 when intact, 1 when tampered with.
+    Verify {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append a signed checkpoint of the record as it stands to the checkpoint file.
+    Checkpoint {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
 }
 
@@ -350,8 +402,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             batch_size,
             db,
+            audit,
         } => {
             let pool = db.open().await?;
+            let audit = audit.install(&pool, &db.url).await?;
             let programs = store::load_programs(&pool).await?;
             let now = as_of(&at)?;
             let started = std::time::Instant::now();
@@ -365,6 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
+            audit.checkpoint(&pool).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -382,8 +437,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pathways,
             addr,
             no_serve,
+            trusted_proxy,
+            audit,
         } => {
-            let pool = demo(patients, &db, &pathways).await?;
+            let (pool, audit) = demo(patients, &db, &pathways, &audit).await?;
             if no_serve {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -396,6 +453,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "Asia/Shanghai",
                 30,
                 None,
+                Access {
+                    audit,
+                    trusted_proxies: trusted_proxy,
+                },
             )
             .await
         }
@@ -407,18 +468,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sweep_seconds,
             pathways,
             delivery_config,
+            trusted_proxy,
+            audit,
         } => {
             let delivery = delivery_config
                 .as_deref()
                 .map(carepath_engine::delivery::DeliveryConfig::load)
                 .transpose()?;
             let pool = db.open().await?;
+            let audit = audit.install(&pool, &db.url).await?;
             let programs = if pathways.is_dir() {
                 publish_dir(&pool, &pathways, Timestamp::now()).await?
             } else {
                 store::load_programs(&pool).await?
             };
-            serve(pool, programs, &addr, &cron, &tz, sweep_seconds, delivery).await
+            serve(
+                pool,
+                programs,
+                &addr,
+                &cron,
+                &tz,
+                sweep_seconds,
+                delivery,
+                Access {
+                    audit,
+                    trusted_proxies: trusted_proxy,
+                },
+            )
+            .await
         }
         Command::Bench {
             enrolments,
@@ -479,6 +556,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             tz,
             as_of: at,
+            audit,
         } => {
             let opts = carepath_engine::report::Options {
                 month: carepath_engine::report::parse_month(&month).map_err(anyhow::Error::msg)?,
@@ -489,7 +567,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let pool = db.open().await?;
             let programs = store::load_programs(&pool).await?;
-            let report = carepath_engine::report::monthly(&pool, &programs, &opts).await?;
+            let audit = audit.install(&pool, &db.url).await?;
+            let mut report = carepath_engine::report::monthly(&pool, &programs, &opts).await?;
+            // The report carries a fresh checkpoint: a signed count and head that leave the
+            // building with it.
+            report.audit_checkpoint = Some(audit.checkpoint(&pool).await?);
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             for (ext, text) in [
@@ -503,6 +585,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { db, audit, json } => {
+                crate::audit::verify(&db.url, &audit, json).await
+            }
+            AuditCommand::Checkpoint { db, audit } => {
+                let pool = db.open().await?;
+                let audit = audit.install(&pool, &db.url).await?;
+                let cp = audit.checkpoint(&pool).await?;
+                println!(
+                    "checkpoint: {} row(s), last row {}, head {} -> {}",
+                    cp.count,
+                    cp.last_id,
+                    cp.head,
+                    audit.checkpoints.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Test { paths, no_coverage } => pathway_tests(&paths, !no_coverage),
         Command::Simulate {
             pathways,
@@ -606,16 +706,24 @@ fn print_summary(s: &scheduler::PassSummary, took: std::time::Duration) {
     );
 }
 
-async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::Result<store::Pool> {
+async fn demo(
+    patients: u64,
+    url: &str,
+    pathways: &std::path::Path,
+    audit: &AuditArgs,
+) -> anyhow::Result<(store::Pool, crate::audit::Audit)> {
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{path}{suffix}"));
     }
+    // A fresh record starts a fresh checkpoint file (the key is kept).
+    let _ = std::fs::remove_file(audit.checkpoints_path(url));
     let pool = DbArgs {
         url: url.to_string(),
     }
     .open()
     .await?;
+    let audit = audit.install(&pool, url).await?;
     let now = Timestamp::now();
     let programs = publish_dir(&pool, pathways, now).await?;
     println!("published {} pathway(s):", programs.latest().len());
@@ -664,7 +772,14 @@ async fn demo(patients: u64, url: &str, pathways: &std::path::Path) -> anyhow::R
         );
         println!("      curl -H 'Authorization: Bearer {token}' http://127.0.0.1:8080/kpis");
     }
-    Ok(pool)
+    audit.checkpoint(&pool).await?;
+    Ok((pool, audit))
+}
+
+/// Who the server believes about client addresses, and where the audit's checkpoints go.
+struct Access {
+    audit: crate::audit::Audit,
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Runs the admin API, the scheduler and (when configured) the dispatcher until interrupted.
@@ -677,13 +792,17 @@ async fn serve(
     tz: &str,
     sweep_seconds: u64,
     delivery: Option<carepath_engine::delivery::DeliveryConfig>,
+    access: Access,
 ) -> anyhow::Result<ExitCode> {
     let schedule: croner::Cron = cron
         .parse()
         .with_context(|| format!("`{cron}` is not a 5-field cron expression"))?;
     let zone =
         jiff::tz::TimeZone::get(tz).with_context(|| format!("`{tz}` is not an IANA time zone"))?;
-    let state = carepath_admin_api::AppState::new(pool.clone(), programs);
+    let audit = access.audit;
+    let state = carepath_admin_api::AppState::new(pool.clone(), programs)
+        .with_audit_checkpoints(audit.checkpoints.clone())
+        .with_trusted_proxies(access.trusted_proxies.clone());
     let shared = state.programs.clone();
     let app = carepath_admin_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -692,7 +811,25 @@ async fn serve(
     println!(
         "serving the admin API on http://{addr} (OpenAPI at /openapi.json); full pass at `{cron}` {tz}; sweeping every {sweep_seconds}s"
     );
+    println!(
+        "audit checkpoints: {}; trusted proxies: {}",
+        audit.checkpoints.display(),
+        if access.trusted_proxies.is_empty() {
+            "none".to_string()
+        } else {
+            access
+                .trusted_proxies
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
     let scheduler = tokio::spawn(async move {
+        let mut last_checkpoint = None;
+        audit
+            .checkpoint_if_changed(&pool, &mut last_checkpoint)
+            .await;
         let mut next_full = schedule
             .find_next_occurrence(&Timestamp::now().to_zoned(zone.clone()), false)
             .ok();
@@ -733,13 +870,21 @@ async fn serve(
                     .find_next_occurrence(&now.to_zoned(zone.clone()), false)
                     .ok();
             }
+            // Every pass ends with a checkpoint when the record grew: truncation is then detected
+            // back to the last pass.
+            audit
+                .checkpoint_if_changed(&pool, &mut last_checkpoint)
+                .await;
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     scheduler.abort();
     Ok(ExitCode::SUCCESS)
 }

@@ -351,8 +351,27 @@ pub fn real_pathways() -> Option<PathBuf> {
 /// A `carepath` command that ignores the caller's `CAREPATH_DB` and logs warnings only.
 pub fn carepath() -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.env_remove("CAREPATH_DB").env("CAREPATH_LOG", "warn");
+    cmd.env_remove("CAREPATH_DB")
+        .env_remove("CAREPATH_AUDIT_KEY")
+        .env_remove("CAREPATH_AUDIT_KEY_FILE")
+        .env_remove("CAREPATH_AUDIT_CHECKPOINTS")
+        .env_remove("CAREPATH_TRUSTED_PROXIES")
+        // Audit keys and checkpoints of PostgreSQL databases (SQLite ones sit beside the file).
+        .env("CAREPATH_DATA_DIR", audit_data_dir())
+        .env("CAREPATH_LOG", "warn");
     cmd
+}
+
+/// Where the binary keeps the audit key and checkpoints of test PostgreSQL databases: one folder
+/// per test process, kept out of the working tree.
+pub fn audit_data_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("carepath-e2e-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("cannot create the audit data folder");
+        d
+    })
+    .clone()
 }
 
 /// Runs `carepath ARGS`, asserts success, returns stdout.

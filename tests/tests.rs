@@ -6,6 +6,7 @@
 mod support;
 
 mod api_queue;
+mod audit;
 mod bench;
 mod delivery;
 mod engine_exactly_once;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use carepath_engine::store::queries::{self, Caller};
@@ -143,7 +143,11 @@ pub async fn audit_outcomes(
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
-    let remote = crate::remote(req.headers());
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let remote = crate::client_address(peer, req.headers(), &state.trusted_proxies);
     let res = next.run(req).await;
     let status = res.status();
     if res.extensions().get::<Audited>().is_some() {
@@ -218,7 +222,7 @@ pub async fn require(
     c: &Caller,
     module: Module,
     action: &str,
-    headers: &HeaderMap,
+    remote: &str,
 ) -> Result<(), ApiError> {
     if allowed(&c.roles, module) {
         return Ok(());
@@ -231,7 +235,7 @@ pub async fn require(
         module.as_str(),
         &[],
         "denied",
-        &crate::remote(headers),
+        remote,
         state.now(),
     )
     .await?;

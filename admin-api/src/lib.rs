@@ -11,11 +11,13 @@ mod error;
 mod openapi;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -59,6 +61,11 @@ pub struct AppState {
     /// How uploaded pathways are compiled: off the async workers, a few at a time, time-limited,
     /// their fragments read only from inside one folder.
     pub uploads: Uploads,
+    /// The signed audit checkpoints `GET /audit/verify` checks the record against (none: the
+    /// chain alone is checked).
+    pub audit_checkpoints: Option<Arc<std::path::PathBuf>>,
+    /// Proxies whose `X-Forwarded-For` is believed (see [`Remote`]).
+    pub trusted_proxies: Arc<Vec<IpAddr>>,
 }
 
 /// The limits of compiling uploaded pathways.
@@ -94,7 +101,21 @@ impl AppState {
             metrics: Arc::default(),
             scales: Scales::builtin(),
             uploads: Uploads::default(),
+            audit_checkpoints: None,
+            trusted_proxies: Arc::default(),
         }
+    }
+
+    /// Verifies the audit record against the checkpoints in `path` too.
+    pub fn with_audit_checkpoints(mut self, path: std::path::PathBuf) -> AppState {
+        self.audit_checkpoints = Some(Arc::new(path));
+        self
+    }
+
+    /// Believes `X-Forwarded-For` from these peers (reverse proxies in front of the API).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> AppState {
+        self.trusted_proxies = Arc::new(proxies);
+        self
     }
 
     fn now(&self) -> Timestamp {
@@ -206,12 +227,61 @@ async fn count(
     res
 }
 
-fn remote(headers: &HeaderMap) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(64).collect())
-        .unwrap_or_else(|| "direct".into())
+/// Where a request came from, as the audit records it: the socket peer's address, unless the peer
+/// is a trusted proxy, in which case the rightmost `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (entries further left are whatever the client claimed, and are ignored). Without a
+/// socket address (a router driven in-process, as tests do) it is `unknown`.
+pub struct Remote(pub String);
+
+impl FromRequestParts<AppState> for Remote {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Remote(client_address(
+            peer,
+            &parts.headers,
+            &state.trusted_proxies,
+        )))
+    }
+}
+
+/// See [`Remote`].
+pub fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpAddr]) -> String {
+    let Some(peer) = peer else {
+        return "unknown".into();
+    };
+    let peer = peer.to_canonical();
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    for entry in forwarded.iter().rev() {
+        let ip = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()));
+        match ip {
+            Some(ip) if trusted.contains(&ip.to_canonical()) => continue,
+            Some(ip) => return ip.to_canonical().to_string(),
+            // Not an address: the proxy did not write it; record it, marked and cut short.
+            None => return format!("unparsed:{}", entry.chars().take(48).collect::<String>()),
+        }
+    }
+    peer.to_string()
 }
 
 async fn ready(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -316,10 +386,10 @@ fn yaml() -> String {
 async fn publish_pathway(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Pathways, "pathway.publish", &headers).await?;
+    auth::require(&s, &c, Module::Pathways, "pathway.publish", &remote).await?;
     let Json(body) = body?;
     let file = match body.format.as_str() {
         "yaml" => "upload.yaml",
@@ -483,10 +553,10 @@ fn default_tz() -> String {
 async fn create_patient(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<PatientBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Patients, "patient.create", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "patient.create", &remote).await?;
     let Json(b) = body?;
     if b.id.is_empty()
         || b.id.len() > 64
@@ -540,7 +610,7 @@ async fn create_patient(
         &format!("patient/{}", b.id),
         std::slice::from_ref(&b.id),
         "ok",
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -551,10 +621,10 @@ async fn create_patient(
 async fn get_patient(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "patient.read", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "patient.read", &remote).await?;
     let sql = format!(
         "SELECT p.id, p.institution_id, p.birth_date, p.sex, p.tz FROM patients p WHERE p.id = $1 AND {}",
         queries::visible_patient(2)
@@ -578,7 +648,7 @@ async fn get_patient(
             &format!("patient/{id}"),
             &[],
             "not_found",
-            &remote(&headers),
+            &remote,
             s.now(),
         )
         .await?;
@@ -600,7 +670,7 @@ async fn get_patient(
         &format!("patient/{id}"),
         std::slice::from_ref(&id),
         "ok",
-        &remote(&headers),
+        &remote,
         s.now(),
     )
     .await?;
@@ -621,10 +691,10 @@ struct EnrolBody {
 async fn enrol(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<EnrolBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.create", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.create", &remote).await?;
     let Json(b) = body?;
     if !queries::patient_visible(&s.pool, &c, &b.patient_id).await? {
         return Err(ApiError::NotFound(format!("patient {}", b.patient_id)));
@@ -649,7 +719,7 @@ async fn enrol(
         &format!("enrolment/{id}"),
         std::slice::from_ref(&b.patient_id),
         "ok",
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -663,12 +733,12 @@ async fn enrol(
 async fn timeline(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.timeline", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.timeline", &remote).await?;
     Ok(Json(
-        queries::timeline(&s.pool, &c, id, &remote(&headers), s.now()).await?,
+        queries::timeline(&s.pool, &c, id, &remote, s.now()).await?,
     ))
 }
 
@@ -682,11 +752,11 @@ struct EventBody {
 async fn post_event(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
     body: Result<Json<EventBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.event", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.event", &remote).await?;
     let Json(b) = body?;
     if b.name.is_empty()
         || b.name.len() > 96
@@ -712,7 +782,7 @@ async fn post_event(
             "an event cannot happen in the future".into(),
         ));
     }
-    queries::event_scoped(&s.pool, &c, id, &b.name, at, &remote(&headers), now).await?;
+    queries::event_scoped(&s.pool, &c, id, &b.name, at, &remote, now).await?;
     let programs = s.programs();
     let w = scheduler::advance(&s.pool, &programs, id, now).await?;
     Ok(Json(
@@ -729,28 +799,27 @@ struct ReasonBody {
 async fn withdraw(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
     body: Result<Json<ReasonBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "enrolment.withdraw", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "enrolment.withdraw", &remote).await?;
     let Json(b) = body?;
     if b.reason.trim().is_empty() {
         return Err(ApiError::BadRequest("a withdrawal needs a reason".into()));
     }
-    queries::withdraw_scoped(&s.pool, &c, id, &b.reason, &remote(&headers), s.now()).await?;
+    queries::withdraw_scoped(&s.pool, &c, id, &b.reason, &remote, s.now()).await?;
     Ok(Json(json!({"enrolment_id": id, "status": "withdrawn"})))
 }
 
 async fn scale_pushes(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Patients, "scale_push.list", &headers).await?;
-    let pushes =
-        store::scales::enrolment_pushes(&s.pool, &c, id, &remote(&headers), s.now()).await?;
+    auth::require(&s, &c, Module::Patients, "scale_push.list", &remote).await?;
+    let pushes = store::scales::enrolment_pushes(&s.pool, &c, id, &remote, s.now()).await?;
     Ok(Json(json!({"enrolment_id": id, "scale_pushes": pushes})))
 }
 
@@ -767,11 +836,11 @@ const MAX_ANSWERS: usize = 200;
 async fn answer_scale_push(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path(id): Path<i64>,
     body: Result<Json<AnswerBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth::require(&s, &c, Module::Patients, "scale_push.answer", &headers).await?;
+    auth::require(&s, &c, Module::Patients, "scale_push.answer", &remote).await?;
     let Json(b) = body?;
     if b.answers.len() > MAX_ANSWERS {
         return Err(ApiError::BadRequest(format!(
@@ -797,7 +866,7 @@ async fn answer_scale_push(
         id,
         &b.answers,
         answered_at,
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -813,10 +882,10 @@ async fn answer_scale_push(
 async fn post_observations(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     body: Result<Json<Vec<Reading>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Observations, "observations.post", &headers).await?;
+    auth::require(&s, &c, Module::Observations, "observations.post", &remote).await?;
     let Json(readings) = body?;
     if readings.len() > 1_000 {
         return Err(ApiError::BadRequest(
@@ -842,7 +911,7 @@ async fn post_observations(
         "observations",
         &patients,
         "ok",
-        &remote(&headers),
+        &remote,
         now,
     )
     .await?;
@@ -884,10 +953,10 @@ fn instant(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
 async fn task_queue(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     q: Result<Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<QueuePage>, ApiError> {
-    auth::require(&s, &c, Module::Queue, "queue.read", &headers).await?;
+    auth::require(&s, &c, Module::Queue, "queue.read", &remote).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -947,7 +1016,7 @@ async fn task_queue(
         "queues/tasks",
         &patients,
         "ok",
-        &remote(&headers),
+        &remote,
         s.now(),
     )
     .await?;
@@ -973,11 +1042,11 @@ struct TaskBody {
 async fn task_action(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path((id, action)): Path<(i64, String)>,
     body: Option<Json<TaskBody>>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Queue, "task.act", &headers).await?;
+    auth::require(&s, &c, Module::Queue, "task.act", &remote).await?;
     let b = body.map(|Json(b)| b).unwrap_or_default();
     let now = s.now();
     let act = match action.as_str() {
@@ -1029,7 +1098,7 @@ async fn task_action(
     };
     let completing = matches!(act, TaskAction::Complete { .. });
     let programs = s.programs();
-    let out = queries::act_on_task(&s.pool, &programs, &c, id, act, &remote(&headers), now)
+    let out = queries::act_on_task(&s.pool, &programs, &c, id, act, &remote, now)
         .await
         .map_err(ApiError::refused_by_store)?;
     if completing && let Some(e) = out["enrolment_id"].as_i64() {
@@ -1047,10 +1116,10 @@ struct ReferralQuery {
 async fn list_referrals(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     q: Result<Query<ReferralQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Referrals, "referral.list", &headers).await?;
+    auth::require(&s, &c, Module::Referrals, "referral.list", &remote).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let rows = queries::referrals(&s.pool, &c, q.status.as_deref()).await?;
     let patients: Vec<String> = rows
@@ -1065,7 +1134,7 @@ async fn list_referrals(
         "referrals",
         &patients,
         "ok",
-        &remote(&headers),
+        &remote,
         s.now(),
     )
     .await?;
@@ -1081,11 +1150,11 @@ struct DecisionBody {
 async fn decide_referral(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     Path((id, decision)): Path<(i64, String)>,
     body: Option<Json<DecisionBody>>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Referrals, "referral.decide", &headers).await?;
+    auth::require(&s, &c, Module::Referrals, "referral.decide", &remote).await?;
     if !matches!(decision.as_str(), "accept" | "reject" | "arrive") {
         return Err(ApiError::NotFound(format!(
             "no referral action `{decision}`; use accept, reject or arrive"
@@ -1099,7 +1168,7 @@ async fn decide_referral(
         id,
         &decision,
         b.reason.as_deref(),
-        &remote(&headers),
+        &remote,
         now,
     )
     .await
@@ -1136,10 +1205,10 @@ fn date_start(name: &str, d: &str) -> Result<i64, ApiError> {
 async fn kpis(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
     q: Result<Query<KpiQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Kpis, "kpi.read", &headers).await?;
+    auth::require(&s, &c, Module::Kpis, "kpi.read", &remote).await?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let now = s.now().as_second();
     let to =
@@ -1190,13 +1259,29 @@ async fn kpis(
 async fn verify_audit(
     State(s): State<AppState>,
     Auth(c): Auth,
-    headers: HeaderMap,
+    Remote(remote): Remote,
 ) -> Result<Json<Value>, ApiError> {
-    auth::require(&s, &c, Module::Audit, "audit.verify", &headers).await?;
-    match queries::verify_audit(&s.pool).await? {
-        Ok(n) => Ok(Json(json!({"valid": true, "entries": n}))),
-        Err(why) => Ok(Json(json!({"valid": false, "problem": why}))),
-    }
+    auth::require(&s, &c, Module::Audit, "audit.verify", &remote).await?;
+    let checkpoints = match s.audit_checkpoints.as_deref() {
+        Some(path) => match carepath_engine::audit::read_checkpoints(path) {
+            Ok(c) => c,
+            Err(why) => {
+                return Ok(Json(
+                    json!({"valid": false, "entries": 0, "checkpoints": 0, "problem": why, "broken_id": null}),
+                ));
+            }
+        },
+        None => Vec::new(),
+    };
+    let v = queries::verify_audit(&s.pool, &checkpoints).await?;
+    Ok(Json(json!({
+        "valid": v.intact(),
+        "entries": v.rows,
+        "legacy_entries": v.legacy_rows,
+        "checkpoints": v.checkpoints,
+        "problem": v.broken.as_ref().map(|b| b.to_string()),
+        "broken_id": v.broken.as_ref().and_then(|b| b.id),
+    })))
 }
 
 /// The permission table, for documentation and tests: role → modules.
@@ -1205,4 +1290,57 @@ pub fn permission_table() -> BTreeMap<&'static str, Vec<&'static str>> {
         .iter()
         .map(|(r, ms)| (*r, ms.iter().map(|m| m.as_str()).collect()))
         .collect()
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn the_peer_is_recorded_unless_it_is_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.2".parse().expect("ip");
+        let client: IpAddr = "203.0.113.7".parse().expect("ip");
+        // No socket address (in-process): unknown, whatever the header says.
+        assert_eq!(client_address(None, &xff("1.2.3.4"), &[proxy]), "unknown");
+        // An untrusted peer: its own address; the header is ignored.
+        assert_eq!(
+            client_address(Some(client), &xff("1.2.3.4"), &[proxy]),
+            "203.0.113.7"
+        );
+        // A trusted proxy: the rightmost entry that is not a trusted proxy; the client's own
+        // claims further left are ignored.
+        assert_eq!(
+            client_address(Some(proxy), &xff("6.6.6.6, 198.51.100.9"), &[proxy]),
+            "198.51.100.9"
+        );
+        assert_eq!(
+            client_address(
+                Some(proxy),
+                &xff("6.6.6.6, 198.51.100.9, 10.0.0.2"),
+                &[proxy]
+            ),
+            "198.51.100.9"
+        );
+        // A trusted proxy that forwarded nothing: the proxy itself.
+        assert_eq!(
+            client_address(Some(proxy), &HeaderMap::new(), &[proxy]),
+            "10.0.0.2"
+        );
+        // IPv4 peers seen through an IPv6 socket are written as IPv4.
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().expect("ip");
+        assert_eq!(
+            client_address(Some(mapped), &xff("198.51.100.9"), &[proxy]),
+            "198.51.100.9"
+        );
+        // Garbage from a trusted proxy is marked and cut short.
+        assert!(
+            client_address(Some(proxy), &xff(&"x".repeat(200)), &[proxy]).starts_with("unparsed:")
+        );
+    }
 }

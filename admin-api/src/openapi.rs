@@ -225,7 +225,7 @@ const ROUTES: &[Route] = &[
         "get",
         "/audit/verify",
         "audit",
-        "Verify the audit record's hash chain",
+        "Verify the audit record's keyed hash chain and its signed checkpoints",
         &[],
         None,
     ),

@@ -3,6 +3,7 @@
 //! Architecture invariants: `step` reads no clock, draws no randomness and does no I/O; only
 //! `store` holds SQL; the scheduler is the only caller that decides *when* to step.
 
+pub mod audit;
 pub mod crypto;
 pub mod delivery;
 pub mod facts;

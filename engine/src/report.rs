@@ -65,6 +65,10 @@ pub struct MonthlyReport {
     /// Due work counts up to here.
     pub as_of: String,
     pub institutions: Vec<InstitutionReport>,
+    /// A signed checkpoint of the audit record taken when the report was written (count, last
+    /// row id, head hash, when, signature), so each report carries a copy of it away from the
+    /// database; `carepath report` fills it in.
+    pub audit_checkpoint: Option<crate::audit::Checkpoint>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -265,6 +269,7 @@ pub async fn monthly(pool: &Pool, programs: &Programs, opts: &Options) -> Result
         to_s: period.to,
         as_of: opts.as_of.to_string(),
         institutions: out,
+        audit_checkpoint: None,
     })
 }
 

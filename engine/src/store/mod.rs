@@ -66,6 +66,11 @@ const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "due_order",
         include_str!("../../../migrations/sqlite/0007_due_order.sql"),
     ),
+    (
+        9,
+        "audit_keyed_chain",
+        include_str!("../../../migrations/sqlite/0009_audit_keyed_chain.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -102,6 +107,11 @@ const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         7,
         "due_order",
         include_str!("../../../migrations/postgres/0007_due_order.sql"),
+    ),
+    (
+        9,
+        "audit_keyed_chain",
+        include_str!("../../../migrations/postgres/0009_audit_keyed_chain.sql"),
     ),
 ];
 

@@ -121,17 +121,19 @@ pub async fn audit(
     append_audit(tx, std::slice::from_ref(&entry)).await
 }
 
-/// Rows per INSERT when appending several entries (10 parameters each).
+/// Rows per INSERT when appending several entries (11 parameters each).
 const AUDIT_ROWS_PER_INSERT: usize = 100;
 
-/// Appends entries in their order, each chained by hash to the one before, inside `tx`. Every
-/// appender reads the last hash under a lock held to the end of its transaction (the advisory lock
-/// on PostgreSQL, the write lock of `BEGIN IMMEDIATE` on SQLite), so the chain stays linear. The
-/// rows of one multi-row INSERT take ascending ids in VALUES order, which is the chain's order.
+/// Appends entries in their order, each chained to the one before by its keyed hash (see
+/// [`crate::audit`]), inside `tx`, under the process's audit key. Every appender reads the last
+/// hash under a lock held to the end of its transaction (the advisory lock on PostgreSQL, the write
+/// lock of `BEGIN IMMEDIATE` on SQLite), so the chain stays linear. The rows of one multi-row
+/// INSERT take ascending ids in VALUES order, which is the chain's order.
 pub async fn append_audit(tx: &mut Tx, entries: &[AuditEntry]) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
+    let key = crate::audit::key();
     if tx.is_postgres() {
         tx.exec("SELECT pg_advisory_xact_lock(7361)", vec![])
             .await?;
@@ -143,28 +145,30 @@ pub async fn append_audit(tx: &mut Tx, entries: &[AuditEntry]) -> Result<()> {
         )
         .await?
         .map(|r| r.text(0))
-        .unwrap_or_else(|| "genesis".into());
+        .unwrap_or_else(|| crate::audit::GENESIS.into());
     for chunk in entries.chunks(AUDIT_ROWS_PER_INSERT) {
         let mut sql = String::from(
-            "INSERT INTO audit_log (at, actor, institution_id, action, target, patients, outcome, remote, prev_hash, hash) VALUES ",
+            "INSERT INTO audit_log (at, actor, institution_id, action, target, patients, outcome, remote, prev_hash, hash, scheme) VALUES ",
         );
-        let mut a = Vec::with_capacity(chunk.len() * 10);
+        let mut a = Vec::with_capacity(chunk.len() * 11);
         for (i, e) in chunk.iter().enumerate() {
             let patients = serde_json::to_string(&e.patients).unwrap_or_default();
-            let hash = chain_hash(
+            let hash = crate::audit::keyed_hash(
+                &key,
                 &prev,
                 e.at.as_second(),
                 &e.actor,
-                e.institution.as_deref().unwrap_or(""),
+                e.institution.as_deref(),
                 &e.action,
                 &e.target,
                 &patients,
                 &e.outcome,
+                Some(&e.remote),
             );
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("({})", placeholders(a.len() + 1, 10)));
+            sql.push_str(&format!("({})", placeholders(a.len() + 1, 11)));
             a.extend(args![
                 e.at.as_second(),
                 &e.actor,
@@ -175,7 +179,8 @@ pub async fn append_audit(tx: &mut Tx, entries: &[AuditEntry]) -> Result<()> {
                 &e.outcome,
                 &e.remote,
                 prev,
-                &hash
+                &hash,
+                crate::audit::SCHEME_KEYED
             ]);
             prev = hash;
         }
@@ -248,64 +253,13 @@ async fn write_audit_batches(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn chain_hash(
-    prev: &str,
-    at: i64,
-    actor: &str,
-    inst: &str,
-    action: &str,
-    target: &str,
-    patients: &str,
-    outcome: &str,
-) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        prev,
-        &at.to_string(),
-        actor,
-        inst,
-        action,
-        target,
-        patients,
-        outcome,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0u8]);
-    }
-    hex::encode(h.finalize())
-}
-
-/// Checks the audit chain end to end; returns the number of entries, or the first broken one.
-pub async fn verify_audit(pool: &Pool) -> Result<std::result::Result<u64, String>> {
-    let rows = pool.fetch("SELECT id, at, actor, institution_id, action, target, patients, outcome, prev_hash, hash FROM audit_log ORDER BY id", vec![]).await?;
-    let mut prev = "genesis".to_string();
-    for r in &rows {
-        if r.text(8) != prev {
-            return Ok(Err(format!(
-                "entry {} does not follow the entry before it",
-                r.i64(0)
-            )));
-        }
-        let h = chain_hash(
-            &prev,
-            r.i64(1),
-            &r.text(2),
-            &r.text(3),
-            &r.text(4),
-            &r.text(5),
-            &r.text(6),
-            &r.text(7),
-        );
-        if h != r.text(9) {
-            return Ok(Err(format!(
-                "entry {} was altered (hash mismatch)",
-                r.i64(0)
-            )));
-        }
-        prev = h;
-    }
-    Ok(Ok(rows.len() as u64))
+/// Checks the audit record against the process's key and `checkpoints` (see
+/// [`crate::audit::verify`]).
+pub async fn verify_audit(
+    pool: &Pool,
+    checkpoints: &[crate::audit::Checkpoint],
+) -> Result<crate::audit::Verification> {
+    crate::audit::verify(pool, &crate::audit::key(), checkpoints).await
 }
 
 /// A page of the caller's institution's task queue.
