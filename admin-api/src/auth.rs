@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use carepath_engine::store::queries::{self, Caller};
@@ -30,6 +30,8 @@ pub enum Module {
     Pathways,
     /// Verifying the audit record.
     Audit,
+    /// Reading published pathways and their graphs.
+    Catalog,
 }
 
 impl Module {
@@ -42,6 +44,7 @@ impl Module {
             Module::Kpis => "kpis",
             Module::Pathways => "pathways",
             Module::Audit => "audit",
+            Module::Catalog => "catalog",
         }
     }
 }
@@ -53,27 +56,31 @@ use Module::*;
 pub const ROLE_MODULES: &[(&str, &[Module])] = &[
     (
         "case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis],
+        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
     ),
     (
         "hospital_case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis],
+        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
     ),
     (
         "clinic_case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis],
+        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
     ),
-    ("ward_nurse", &[Queue, Patients, Observations]),
-    ("nurse", &[Queue, Patients, Observations]),
-    ("midwife", &[Queue, Patients, Observations]),
-    ("doctor", &[Queue, Patients, Observations, Referrals]),
-    ("rehab_therapist", &[Queue, Patients]),
-    ("dietitian", &[Queue, Patients]),
-    ("pharmacist", &[Queue, Patients]),
-    ("head_nurse", &[Queue, Patients, Kpis]),
-    ("referral_coordinator", &[Queue, Referrals, Kpis]),
-    ("admin", &[Kpis]),
-    ("informaticist", &[Pathways]),
+    ("ward_nurse", &[Queue, Patients, Observations, Catalog]),
+    ("nurse", &[Queue, Patients, Observations, Catalog]),
+    ("midwife", &[Queue, Patients, Observations, Catalog]),
+    (
+        "doctor",
+        &[Queue, Patients, Observations, Referrals, Catalog],
+    ),
+    ("rehab_therapist", &[Queue, Patients, Catalog]),
+    ("dietitian", &[Queue, Patients, Catalog]),
+    ("pharmacist", &[Queue, Patients, Catalog]),
+    ("head_nurse", &[Queue, Patients, Kpis, Catalog]),
+    ("referral_coordinator", &[Queue, Referrals, Kpis, Catalog]),
+    ("admin", &[Kpis, Catalog]),
+    ("informaticist", &[Pathways, Catalog]),
+    // The auditor reads only the audit; a device gateway only posts readings.
     ("auditor", &[Audit]),
     ("device_gateway", &[Observations]),
 ];
@@ -196,7 +203,12 @@ impl FromRequestParts<AppState> for Auth {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let Some(token) = header
-            .and_then(|h| h.strip_prefix("Bearer "))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            .and_then(|h| {
+                h.split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token)
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
         else {

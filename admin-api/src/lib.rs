@@ -9,6 +9,7 @@
 mod auth;
 mod error;
 mod openapi;
+mod strict_json;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -156,6 +157,9 @@ pub fn router(state: AppState) -> Router {
         .route("/kpis", get(kpis))
         .route("/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn(
+            strict_json::reject_duplicate_keys,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::audit_outcomes,
@@ -354,7 +358,12 @@ async fn metrics_text(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
-async fn list_pathways(State(s): State<AppState>, Auth(_c): Auth) -> Json<Value> {
+async fn list_pathways(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Remote(remote): Remote,
+) -> Result<Json<Value>, ApiError> {
+    auth::require(&s, &c, Module::Catalog, "pathway.list", &remote).await?;
     let programs = s.programs();
     let mut list: Vec<Value> = programs
         .by_key
@@ -368,7 +377,7 @@ async fn list_pathways(State(s): State<AppState>, Auth(_c): Auth) -> Json<Value>
     list.sort_by(|a, b| {
         (a["id"].as_str(), a["version"].as_u64()).cmp(&(b["id"].as_str(), b["version"].as_u64()))
     });
-    Json(json!({"pathways": list}))
+    Ok(Json(json!({"pathways": list})))
 }
 
 #[derive(Deserialize)]
@@ -508,10 +517,12 @@ struct GraphQuery {
 
 async fn pathway_graph(
     State(s): State<AppState>,
-    Auth(_c): Auth,
+    Auth(c): Auth,
+    Remote(remote): Remote,
     Path((id, version)): Path<(String, u32)>,
     Query(q): Query<GraphQuery>,
 ) -> Result<Response, ApiError> {
+    auth::require(&s, &c, Module::Catalog, "pathway.graph", &remote).await?;
     let programs = s.programs();
     let prog = programs
         .get(&id, version)
@@ -572,12 +583,31 @@ async fn create_patient(
             "sex must be female, male or unknown".into(),
         ));
     }
+    let now = s.now();
     if let Some(d) = &b.birth_date {
-        d.parse::<jiff::civil::Date>().map_err(|_| {
+        let date = d.parse::<jiff::civil::Date>().map_err(|_| {
             ApiError::BadRequest(format!("birth_date `{d}` is not a date (YYYY-MM-DD)"))
         })?;
+        let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+        if date < jiff::civil::date(1890, 1, 1) || date > today {
+            return Err(ApiError::BadRequest(format!(
+                "birth_date `{d}` must lie between 1890-01-01 and today"
+            )));
+        }
     }
-    let now = s.now();
+    if let Some(ch) = &b.preferred_channel
+        && !matches!(ch.as_str(), "wechat" | "sms" | "phone" | "email")
+    {
+        return Err(ApiError::BadRequest(format!(
+            "preferred_channel `{ch}` must be wechat, sms, phone or email"
+        )));
+    }
+    if jiff::tz::TimeZone::get(&b.tz).is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "tz `{}` is not an IANA time zone such as Asia/Shanghai",
+            b.tz
+        )));
+    }
     let mut tx = s.pool.begin().await?;
     if tx
         .fetch_one(

@@ -75,7 +75,7 @@ const ROUTES: &[Route] = &[
     (
         "get",
         "/pathways",
-        "any",
+        "catalog",
         "Published pathway versions",
         &[],
         None,
@@ -91,7 +91,7 @@ const ROUTES: &[Route] = &[
     (
         "get",
         "/pathways/{id}/{version}/graph",
-        "any",
+        "catalog",
         "A pathway's state graph",
         &[("format", "string")],
         None,

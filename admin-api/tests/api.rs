@@ -36,8 +36,6 @@ fn patient_visible(caller: &str, target: &str) -> bool {
 enum Scope {
     /// No token needed.
     Public,
-    /// Any valid token.
-    AnyAuth,
     /// A module, no object.
     Plain(Module),
     Patient(Module),
@@ -50,7 +48,7 @@ enum Scope {
 impl Scope {
     fn module(self) -> Option<Module> {
         match self {
-            Scope::Public | Scope::AnyAuth => None,
+            Scope::Public => None,
             Scope::Plain(m)
             | Scope::Patient(m)
             | Scope::Task(m)
@@ -90,12 +88,12 @@ fn routes() -> Vec<Route> {
         r("GET", "/ready", Scope::Public, false),
         r("GET", "/metrics", Scope::Public, false),
         r("GET", "/openapi.json", Scope::Public, false),
-        r("GET", "/pathways", Scope::AnyAuth, false),
+        r("GET", "/pathways", Scope::Plain(Catalog), false),
         r("POST", "/pathways", Scope::Plain(Pathways), false),
         r(
             "GET",
             "/pathways/{id}/{version}/graph",
-            Scope::AnyAuth,
+            Scope::Plain(Catalog),
             false,
         ),
         r("POST", "/patients", Scope::Plain(Patients), true),
@@ -890,6 +888,13 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("POST", "/observations".into(), Some(huge.clone()), Some(413)),
         ("POST", format!("/tasks/{t}/claim"), Some(huge), Some(413)),
         ("POST", "/patients".into(), Some(Vec::new()), None),
+        ("POST", "/patients".into(), Some(br#"{"id": "dup-1", "id": "dup-2"}"#.to_vec()), Some(400)),
+        ("POST", "/patients".into(), Some(br#"{"id": "ok-4", "preferred_channel": "pigeon"}"#.to_vec()), Some(400)),
+        ("POST", "/patients".into(), Some(br#"{"id": "ok-5", "birth_date": "0001-01-01"}"#.to_vec()), Some(400)),
+        ("POST", "/patients".into(), Some(br#"{"id": "ok-6", "birth_date": "9999-12-31"}"#.to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/snooze"), Some(br#"{"until": "9000-01-01T00:00:00Z", "reason": "later"}"#.to_vec()), Some(400)),
+        ("POST", format!("/tasks/{t}/complete"), Some(br#"{"outcome": "done", "outcome": "reached"}"#.to_vec()), Some(400)),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "x", "at": "2001-01-01T00:00:00Z"}"#.to_vec()), Some(400)),
         ("GET", "/patients/no-such-patient".into(), None, Some(404)),
         ("GET", "/enrolments/99999999/timeline".into(), None, Some(404)),
         ("GET", "/enrolments/abc/timeline".into(), None, None),
@@ -1030,6 +1035,33 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         .await,
         0
     );
+    // The scheme of `Authorization` is case-insensitive.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let req = Request::builder()
+            .uri("/queues/tasks")
+            .header(header::AUTHORIZATION, format!("{scheme} {cm}"))
+            .body(Body::empty())
+            .expect("request");
+        let res = ctx.app.clone().oneshot(req).await.expect("infallible");
+        assert_eq!(res.status(), StatusCode::OK, "scheme {scheme}");
+    }
+    // A reading dated in the future is refused, with its reason.
+    let later = Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(2))
+        .expect("time");
+    let body = json!([{"patient_id": fx.patient, "kind": "bp_systolic", "value": 120.0, "at": later.to_string(), "reading_id": "future-1"}]);
+    let (status, _, bytes) = ctx
+        .call(
+            "POST",
+            "/observations",
+            Some(cm),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(v["accepted"], json!(0), "{v}");
+    assert!(v.to_string().contains("in the future"), "{v}");
     // Auth failures are problems too.
     for tok in [None, Some("nope")] {
         let (status, ctype, bytes) = ctx.call("GET", "/queues/tasks", tok, None).await;

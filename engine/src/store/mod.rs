@@ -1340,7 +1340,10 @@ pub struct IngestSummary {
     pub goals: goals::GoalSweep,
 }
 
-/// Stores readings (refusing implausible ones, dropping duplicates by reading id) and evaluates
+/// How far ahead of the server's clock a device's reading may be dated.
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// Stores readings (refusing implausible ones, or dated in the future, dropping duplicates by reading id) and evaluates
 /// the alarm rules of the patients concerned, all in one transaction.
 pub async fn ingest_readings(
     pool: &Pool,
@@ -1365,6 +1368,12 @@ pub async fn ingest_readings(
                 continue;
             }
         };
+        // A device clock a little ahead is tolerated; a reading from the future is not one.
+        if r.at.as_second() > now.as_second() + MAX_CLOCK_SKEW_SECONDS {
+            out.refused
+                .push((i, format!("the reading is dated {}, in the future", r.at)));
+            continue;
+        }
         if r.reading_id.trim().is_empty() || r.reading_id.len() > 128 {
             out.refused
                 .push((i, "reading_id must be 1 to 128 characters".into()));

@@ -573,6 +573,9 @@ fn free_for(me: usize, now: usize) -> String {
 
 const ACTIVE: &str = "status IN ('open', 'claimed')";
 
+/// The furthest a task can be snoozed: a task put off longer should be cancelled or reassigned.
+pub const MAX_SNOOZE_SECONDS: i64 = 90 * 86_400;
+
 /// Acts on a task of the caller's institution, audited in the same transaction (refusals too).
 ///
 /// The caller must hold the task's role or the role its SLA escalates to; a completion's outcome
@@ -730,8 +733,11 @@ pub async fn act_on_task(
             }
         }
         TaskAction::Snooze { until, reason } => {
-            if until <= now {
-                let err = StoreError::Invalid("`until` must be in the future".into());
+            if until <= now || until.as_second() > now.as_second() + MAX_SNOOZE_SECONDS {
+                let err = StoreError::Invalid(format!(
+                    "`until` must be in the future and at most {} days ahead",
+                    MAX_SNOOZE_SECONDS / 86_400
+                ));
                 return refused.answer(tx, patients, "invalid", err).await;
             }
             let sql = format!("UPDATE tasks SET due_at = $1 WHERE id = $2 AND {ACTIVE}");
@@ -769,6 +775,7 @@ struct VisibleEnrolment {
     state: String,
     status: String,
     next_wake_at: Option<i64>,
+    enrolled_at: i64,
 }
 
 /// Looks up an enrolment for a caller: `NotFound` when it does not exist, is not visible to the
@@ -780,7 +787,7 @@ async fn visible_enrolment(
     active_only: bool,
 ) -> Result<VisibleEnrolment> {
     let sql = format!(
-        "SELECT e.patient_id, e.pathway_id, e.version, e.state, e.status, e.next_wake_at FROM enrolments e JOIN patients p ON p.id = e.patient_id \
+        "SELECT e.patient_id, e.pathway_id, e.version, e.state, e.status, e.next_wake_at, e.enrolled_at FROM enrolments e JOIN patients p ON p.id = e.patient_id \
          WHERE e.id = $1 AND {}{}",
         visible_patient(2),
         if active_only {
@@ -802,6 +809,7 @@ async fn visible_enrolment(
             state: r.text(3),
             status: r.text(4),
             next_wake_at: r.opt_i64(5),
+            enrolled_at: r.i64(6),
         }),
         None if active_only => Err(StoreError::NotFound(format!(
             "active enrolment {enrolment}"
@@ -1132,6 +1140,12 @@ pub async fn event_scoped(
     now: Timestamp,
 ) -> Result<bool> {
     let e = visible_enrolment(pool, caller, enrolment, true).await?;
+    if at.as_second() < e.enrolled_at {
+        return Err(StoreError::Invalid(format!(
+            "the event is dated {at}, before the enrolment began ({})",
+            super::ts(e.enrolled_at)
+        )));
+    }
     let mut tx = pool.begin().await?;
     let added = add_event(&mut tx, enrolment, name, at, None, None, now).await?;
     audit(
