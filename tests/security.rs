@@ -593,3 +593,38 @@ async fn of_eight_concurrent_decisions_on_a_referral_exactly_one_wins() {
         w.pool.close().await;
     }
 }
+
+/// In the demo alliance every board of the real pathways has someone allowed to work it, at every
+/// institution: roles are enforced, so a role without staff would leave its tasks undone.
+#[tokio::test]
+async fn every_board_of_the_real_pathways_has_staff_in_the_demo() {
+    let Some(dir) = support::real_pathways() else {
+        support::loud("SKIPPED: the real pathways are not beside the tests");
+        return;
+    };
+    let b = support::sqlite();
+    let (pool, programs) = support::open_store(&b.url, &dir, now()).await;
+    let staff = carepath_engine::seed::demo_staff(&pool)
+        .await
+        .expect("staff");
+    let roles: Vec<String> = programs
+        .latest()
+        .iter()
+        .flat_map(|p| {
+            p.pathway
+                .task_specs()
+                .map(|t| t.role.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(roles.len() > 10, "{roles:?}");
+    for inst in ["lead", "clinic_a", "clinic_b"] {
+        for role in &roles {
+            let worked = staff.iter().any(|(_, i, r, _)| {
+                i == inst && programs.boards_for(std::slice::from_ref(r)).contains(role)
+            });
+            assert!(worked, "nobody at {inst} may work the {role} board");
+        }
+    }
+    pool.close().await;
+}

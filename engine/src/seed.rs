@@ -230,6 +230,7 @@ pub async fn seed(
 /// hashes are stored). Returns (staff id, institution, role, token).
 pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, String)>> {
     let mut bytes = [0u8; 16 * 64];
+    // 16 bytes of randomness per token; 64 tokens are more than the roles below.
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(|e| {
@@ -238,15 +239,20 @@ pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, Stri
     let mut chunks = bytes.chunks(16);
     let mut out = Vec::new();
     let mut tx = pool.begin().await?;
+    // Every role the real pathways give tasks to has staff at every institution, so that no
+    // board is left without anyone allowed to work it.
     let lead_roles = [
         "case_manager",
         "hospital_case_manager",
+        "clinic_case_manager",
         "ward_nurse",
         "nurse",
         "doctor",
         "midwife",
         "head_nurse",
         "rehab_therapist",
+        "dietitian",
+        "pharmacist",
         "referral_coordinator",
         "admin",
         "informaticist",
@@ -256,8 +262,15 @@ pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, Stri
     let clinic_roles = [
         "clinic_case_manager",
         "case_manager",
+        "hospital_case_manager",
         "doctor",
         "nurse",
+        "ward_nurse",
+        "midwife",
+        "head_nurse",
+        "rehab_therapist",
+        "dietitian",
+        "pharmacist",
         "referral_coordinator",
         "device_gateway",
     ];
