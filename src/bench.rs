@@ -348,13 +348,6 @@ pub async fn api(
     println!("serving the admin API on http://{addr}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    crate::cli::serve_until_interrupted(listener, app).await?;
     Ok(())
 }

@@ -877,14 +877,7 @@ async fn serve(
                 .await;
         }
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    serve_until_interrupted(listener, app).await?;
     scheduler.abort();
     Ok(ExitCode::SUCCESS)
 }
@@ -955,4 +948,20 @@ fn simulate(opts: carepath_simulator::Options) -> anyhow::Result<ExitCode> {
         eprintln!("  {f}");
     }
     Ok(ExitCode::from(1))
+}
+
+/// Serves the admin API on `listener` until Ctrl-C, with each request's socket peer known (the
+/// audit records it).
+pub async fn serve_until_interrupted(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
 }

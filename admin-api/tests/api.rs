@@ -343,18 +343,8 @@ async fn setup() -> (
             continue;
         }
         for inst in ["lead", "clinic_a"] {
-            let id = format!("{inst}.{role}");
-            let tok = format!("cp_test_{inst}_{role}");
-            store::insert_staff(
-                &mut tx,
-                &id,
-                inst,
-                role,
-                &[role],
-                Some(store::queries::token_hash(&tok)),
-            )
-            .await
-            .expect("staff");
+            let (id, tok) = (format!("{inst}.{role}"), format!("cp_test_{inst}_{role}"));
+            add_staff(&mut tx, &id, inst, role, &tok).await;
             staff.push((id, inst.to_string(), role.to_string(), tok));
         }
     }
@@ -374,21 +364,34 @@ async fn setup() -> (
 
 /// A token of a staff member of `inst` holding `role` alone, created when first asked for.
 async fn staff_with_role(ctx: &Ctx, inst: &str, role: &str) -> String {
-    let id = format!("{inst}.only_{role}");
-    let tok = format!("cp_test_{inst}_only_{role}");
+    let (id, tok) = (
+        format!("{inst}.only_{role}"),
+        format!("cp_test_{inst}_only_{role}"),
+    );
     let mut tx = ctx.pool.begin().await.expect("begin");
+    add_staff(&mut tx, &id, inst, role, &tok).await;
+    tx.commit().await.expect("commit");
+    tok
+}
+
+/// A staff member holding `role` alone, signed in with `token`.
+async fn add_staff(
+    tx: &mut carepath_engine::store::Tx,
+    id: &str,
+    inst: &str,
+    role: &str,
+    token: &str,
+) {
     store::insert_staff(
-        &mut tx,
-        &id,
+        tx,
+        id,
         inst,
         role,
         &[role],
-        Some(store::queries::token_hash(&tok)),
+        Some(store::queries::token_hash(token)),
     )
     .await
     .expect("staff");
-    tx.commit().await.expect("commit");
-    tok
 }
 
 /// The roles whose staff may act on a task: its role and its SLA's escalation role.
