@@ -12,6 +12,7 @@ mod delivery;
 mod engine_exactly_once;
 mod engine_store;
 mod goals;
+mod outcome_rule;
 mod pathway_upload;
 mod report;
 mod scale_answers;

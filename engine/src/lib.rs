@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod facts;
 pub mod observations;
+pub mod outcome;
 pub mod program;
 pub mod risk;
 pub mod sandbox;

@@ -29,6 +29,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, ScaleResult};
+use crate::outcome::{self, OnLeave};
 use crate::program::Programs;
 use crate::step::{self, Enrolment, Produced, Program};
 
@@ -190,6 +191,8 @@ struct Item {
     produced: Produced,
     done: bool,
     cancelled: bool,
+    /// Stored as cancelled from the start: it never reached a board or a patient.
+    born_ended: bool,
 }
 
 /// Runs one case; returns failures (empty when it passes).
@@ -251,11 +254,12 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
                 .iter_mut()
                 .filter(|it| it.state_seq == t.left_seq && !it.done)
             {
-                if let Produced::Task { keep: false, .. } = it.produced {
+                if outcome::when_state_left(&it.produced) == OnLeave::Ends {
                     it.cancelled = true;
                 }
             }
         }
+        let left: BTreeSet<u32> = out.transitions.iter().map(|t| t.left_seq).collect();
         report.states_visited.insert(out.enrolment.state.clone());
         for a in out.actions {
             if let Produced::Risk {
@@ -269,12 +273,16 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
                     at: a.at,
                 });
             }
+            // As the store writes it: born ended when its state was already left.
+            let born_ended = left.contains(&a.state_seq)
+                && outcome::born_into_left_state(&a.action) == OnLeave::Ends;
             items.push(Item {
                 at: a.at,
                 state_seq: a.state_seq,
                 produced: a.action,
                 done: false,
-                cancelled: false,
+                cancelled: born_ended,
+                born_ended,
             });
         }
         out.enrolment
@@ -430,6 +438,14 @@ fn describe(items: &[Item], kind: &str) -> String {
             Produced::Risk { model, band, .. } => format!("{model}({band})"),
             other => other.kind().to_string(),
         })
+        .zip(items.iter().filter(|it| it.produced.kind() == kind))
+        .map(|(d, it)| {
+            if it.born_ended {
+                format!("{d} (cancelled as it was made: its state was left in the same step)")
+            } else {
+                d
+            }
+        })
         .collect();
     if list.is_empty() {
         "none".into()
@@ -456,7 +472,10 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
             e.status.as_str()
         ));
     }
-    let created: Vec<Item> = items.iter().filter(|it| it.at <= t).cloned().collect();
+    // What production would have put on a board or sent: work born ended never was (the
+    // descriptions in failures still list it, saying why).
+    let seen: Vec<Item> = items.iter().filter(|it| it.at <= t).cloned().collect();
+    let created: Vec<Item> = seen.iter().filter(|it| !it.born_ended).cloned().collect();
     if let Some(task) = &x.task {
         let found = created.iter().any(|it| match &it.produced {
             Produced::Task {
@@ -479,7 +498,7 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
         if !found {
             return Some(format!(
                 "at {at}: expected a task {task:?}; tasks created so far: {}",
-                describe(&created, "task")
+                describe(&seen, "task")
             ));
         }
     }
@@ -508,7 +527,7 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
             return Some(format!(
                 "at {at}: expected a follow-up `{}`; follow-ups so far: {}",
                 f.template,
-                describe(&created, "follow_up")
+                describe(&seen, "follow_up")
             ));
         }
     }
@@ -519,7 +538,7 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
     {
         return Some(format!(
             "at {at}: expected a push of scale `{scale}`; pushes so far: {}",
-            describe(&created, "scale_push")
+            describe(&seen, "scale_push")
         ));
     }
     if let Some(dir) = &x.referral {
@@ -530,7 +549,7 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
         if !found {
             return Some(format!(
                 "at {at}: expected a `{dir}` referral; referrals so far: {}",
-                describe(&created, "referral")
+                describe(&seen, "referral")
             ));
         }
     }
@@ -541,7 +560,7 @@ fn check(x: &Expect, e: &Enrolment, items: &[Item], t: Timestamp) -> Option<Stri
     {
         return Some(format!(
             "at {at}: expected a `{model}` risk prediction; predictions so far: {}",
-            describe(&created, "risk")
+            describe(&seen, "risk")
         ));
     }
     if let Some(vars) = &x.var {

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::db::Arg;
 use super::{DueEnrolment, Result, Tx, Written};
+use crate::outcome;
 use crate::step::{Emitted, Produced};
 
 struct Table {
@@ -134,6 +135,9 @@ impl RowBuffer {
     /// Buffers one produced action and its record entry. `stale` is the reason when the state that
     /// produced it was already left within the same step.
     pub fn action(&mut self, d: &DueEnrolment, a: &Emitted, stale: Option<&str>) {
+        // The reason it is born ended, when the one rule says a stale action of its kind ends.
+        let stale =
+            stale.filter(|_| outcome::born_into_left_state(&a.action) == outcome::OnLeave::Ends);
         let e = d.enrolment.id;
         let seq = i64::from(a.state_seq);
         let at = a.at.as_second();
@@ -151,7 +155,7 @@ impl RowBuffer {
                 keep,
                 covers_critical,
             } => {
-                let cancelled = stale.filter(|_| !keep);
+                let cancelled = stale;
                 if let (Some(scale), None) = (covers_critical, cancelled) {
                     self.covers.push(Cover {
                         key: a.key.clone(),
@@ -299,7 +303,7 @@ impl RowBuffer {
                     AlarmScope::State => "state",
                     AlarmScope::Enrolment => "enrolment",
                 };
-                let active = !(stale.is_some() && alarm.scope == AlarmScope::State);
+                let active = stale.is_none();
                 self.push(
                     "alarm_rules",
                     vec![

@@ -1,0 +1,135 @@
+//! One rule for what leaving a state ends, seen from both sides: what `carepath test` reports and
+//! what the store writes for the same pathway must agree. Work created in a state that the same
+//! step leaves is stored as cancelled; a test expecting it fails and says why.
+
+use std::process::Output;
+
+use carepath_engine::store;
+
+use crate::support::{self, rows};
+
+/// `screen` pushes a scale, schedules a message and opens a task, then leaves at once when
+/// `skip_screen` is set: all three are born ended. `wait` keeps them.
+const PASS_THROUGH: &str = r#"pathway: pass_through
+version: 1
+title: { zh: 直接通过（测试）, en: Pass-through (test) }
+owner_role: case_manager
+roles: [case_manager]
+variables:
+  skip_screen: { type: bool, default: false }
+entry_points:
+  - { id: start, state: screen }
+  - { id: skip, state: screen, set: { skip_screen: true } }
+states:
+  - id: screen
+    phase: follow_up
+    on_enter:
+      - scale: { scale: phq9, due: 2d }
+      - follow_up: { channels: [sms], template: screen_reminder, after: 1d, at: "09:00" }
+      - task: { id: screen_call, role: case_manager, title: { zh: 电话, en: Call }, due: 1d }
+    transitions:
+      - when: 'skip_screen'
+        to: wait
+      - after: 14d
+        to: wait
+  - id: wait
+    phase: follow_up
+    transitions:
+      - after: 30d
+        to: done
+  - id: done
+    phase: closed
+    terminal: true
+"#;
+
+fn test_file(entry: &str) -> String {
+    format!(
+        r#"tests: pass_through.yaml
+cases:
+  - name: entered through {entry}
+    entry: {entry}
+    start: 2026-03-02T08:00:00+08:00
+    expect:
+      - {{ at: 1h, scale_push: phq9 }}
+      - {{ at: 1h, follow_up: {{ template: screen_reminder }} }}
+      - {{ at: 1h, task: {{ id: screen_call }} }}
+"#
+    )
+}
+
+fn carepath_test(dir: &std::path::Path, entry: &str) -> Output {
+    let file = dir.join(format!("{entry}.test.yaml"));
+    std::fs::write(&file, test_file(entry)).expect("write test");
+    support::carepath()
+        .arg("test")
+        .arg(&file)
+        .output()
+        .expect("run carepath test")
+}
+
+#[tokio::test]
+async fn carepath_test_and_the_store_agree_on_work_born_into_a_left_state() {
+    let dir = support::pathway_dir(&[("pass_through.yaml", PASS_THROUGH)]);
+    // `carepath test`: the waiting entry has its work; the skipping one has none to show.
+    // (One case leaves transitions uncovered, which alone would fail the run: read the cases.)
+    let kept = carepath_test(dir.path(), "start");
+    let out = String::from_utf8_lossy(&kept.stdout);
+    assert!(out.contains("1 case(s): 0 failed"), "{out}");
+    let skipped = carepath_test(dir.path(), "skip");
+    let out = String::from_utf8_lossy(&skipped.stdout);
+    assert!(out.contains("1 case(s): 1 failed"), "{out}");
+    assert!(out.contains("cancelled as it was made"), "{out}");
+
+    // The store, for the same pathway and entries.
+    for b in support::backends() {
+        let now = support::ts("2026-03-02T00:00:00Z");
+        let (pool, programs) = support::open_store(&b.url, dir.path(), now).await;
+        for (patient, entry) in [("p-start", "start"), ("p-skip", "skip")] {
+            support::add_patient(&pool, patient, now).await;
+            store::enrol(&pool, &programs, patient, "pass_through", None, entry, now)
+                .await
+                .expect("enrol");
+        }
+        let statuses = |table: &'static str, patient: &'static str| {
+            let pool = pool.clone();
+            async move {
+                rows(
+                    &pool,
+                    &format!("SELECT status FROM {table} WHERE patient_id = '{patient}'"),
+                    1,
+                )
+                .await
+            }
+        };
+        for (table, live) in [
+            ("tasks", "open"),
+            ("follow_ups", "scheduled"),
+            ("scale_pushes", "pending"),
+        ] {
+            assert_eq!(
+                statuses(table, "p-start").await,
+                vec![live.to_string()],
+                "{} {table}",
+                b.name()
+            );
+            assert_eq!(
+                statuses(table, "p-skip").await,
+                vec!["cancelled".to_string()],
+                "{} {table}",
+                b.name()
+            );
+        }
+        // Nothing of the skipped entry waits to be sent.
+        assert_eq!(
+            support::scalar(
+                &pool,
+                "SELECT COUNT(*) FROM outbox o JOIN follow_ups f ON f.dedupe_key = o.dedupe_key WHERE f.patient_id = 'p-skip'"
+            )
+            .await,
+            0,
+            "{}",
+            b.name()
+        );
+        pool.close().await;
+    }
+}
