@@ -4,6 +4,8 @@
 
 use std::process::Output;
 
+use carepath_engine::outcome::{self, OnLeave};
+use carepath_engine::step::Produced;
 use carepath_engine::store;
 
 use crate::support::{self, rows};
@@ -29,6 +31,8 @@ states:
       - task: { id: screen_call, role: case_manager, title: { zh: 电话, en: Call }, due: 1d }
     transitions:
       - when: 'skip_screen'
+        to: wait
+      - on: leave_now
         to: wait
       - after: 14d
         to: wait
@@ -130,6 +134,83 @@ async fn carepath_test_and_the_store_agree_on_work_born_into_a_left_state() {
             "{}",
             b.name()
         );
+        // Leaving later ends what the rule says it ends, and nothing else.
+        let enrolment = support::scalar(
+            &pool,
+            "SELECT id FROM enrolments WHERE patient_id = 'p-start'",
+        )
+        .await;
+        let later = support::ts("2026-03-02T06:00:00Z");
+        let mut tx = pool.begin().await.expect("begin");
+        store::add_events(
+            &mut tx,
+            &[store::NewEvent {
+                enrolment,
+                name: "leave_now".into(),
+                at: later,
+                payload: None,
+                source_key: None,
+                created_at: later,
+            }],
+        )
+        .await
+        .expect("event");
+        tx.commit().await.expect("commit");
+        carepath_engine::scheduler::advance(&pool, &programs, enrolment, later)
+            .await
+            .expect("advance");
+        for (table, produced) in [
+            ("tasks", "task"),
+            ("follow_ups", "follow_up"),
+            ("scale_pushes", "scale_push"),
+        ] {
+            let want = match when_state_left_by_kind(produced) {
+                OnLeave::Ends => "cancelled",
+                OnLeave::Stays if table == "scale_pushes" => "pending",
+                OnLeave::Stays => "open",
+            };
+            assert_eq!(
+                statuses(table, "p-start").await,
+                vec![want.to_string()],
+                "{} {table}",
+                b.name()
+            );
+        }
         pool.close().await;
     }
+}
+
+/// The rule's word on a kind of action as this pathway makes it (the task is not kept).
+fn when_state_left_by_kind(kind: &str) -> OnLeave {
+    let t = jiff::Timestamp::UNIX_EPOCH;
+    let text = || carepath_dsl::Text {
+        zh: "甲".into(),
+        en: "a".into(),
+    };
+    let produced = match kind {
+        "task" => Produced::Task {
+            task_ref: None,
+            role: "case_manager".into(),
+            title: text(),
+            due_at: t,
+            priority: carepath_dsl::Priority::Normal,
+            sla: None,
+            keep: false,
+            covers_critical: None,
+        },
+        "follow_up" => Produced::FollowUp {
+            follow_up_ref: None,
+            channels: vec![carepath_dsl::Channel::Sms],
+            template: "screen_reminder".into(),
+            send_at: t,
+            urgent: false,
+        },
+        _ => Produced::ScalePush {
+            scale: "phq9".into(),
+            due_at: t,
+            expires_at: None,
+            reminders: vec![],
+        },
+    };
+    outcome::when_state_left(&produced)
 }
