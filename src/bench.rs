@@ -348,11 +348,7 @@ pub async fn api(
     println!("serving the admin API on http://{addr}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    carepath_admin_api::serve(listener, app, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

@@ -877,11 +877,7 @@ async fn serve(
                 .await;
         }
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    carepath_admin_api::serve(listener, app, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

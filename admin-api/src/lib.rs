@@ -9,6 +9,7 @@
 mod auth;
 mod error;
 mod openapi;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +36,7 @@ use auth::Auth;
 pub use auth::{Module, ROLE_MODULES, allowed};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
+pub use serve::{MAX_HEADER_BYTES, MAX_HEADERS, serve};
 
 /// The clock the API reads: injected, so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -172,6 +174,7 @@ pub fn router(state: AppState) -> Router {
         ))
         // Outermost, so the answers of the layers above (a body over the limit, a timeout) are
         // problem+json too.
+        .layer(axum::middleware::from_fn(serve::header_limits))
         .layer(axum::middleware::from_fn(as_problem))
         .with_state(state)
 }
