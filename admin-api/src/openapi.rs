@@ -278,7 +278,7 @@ fn ok_audit() -> Success {
 
 fn s_publish() -> Value {
     json!({"type": "object", "required": ["source"], "additionalProperties": false,
-           "properties": {"format": {"type": "string", "enum": ["yaml", "rhai"]}, "source": {"type": "string", "maxLength": 500000}}})
+           "properties": {"format": {"type": "string", "enum": ["yaml", "rhai"]}, "source": {"type": "string", "description": "the pathway's text; the whole body is at most 1 MiB"}}})
 }
 fn s_patient() -> Value {
     json!({"type": "object", "required": ["id"], "additionalProperties": false, "properties": {
@@ -299,13 +299,13 @@ fn s_reason() -> Value {
 }
 fn s_answers() -> Value {
     json!({"type": "object", "required": ["answers"], "additionalProperties": false, "properties": {
-        "answers": {"type": "object", "maxProperties": 200, "additionalProperties": {"type": "integer"},
+        "answers": {"type": "object", "maxProperties": 200, "additionalProperties": {"type": "integer", "format": "int64"},
                     "description": "The raw answer to each item of the scale, by item id (see pathways/scales/)"},
         "answered_at": {"type": "string", "format": "date-time"}}})
 }
 fn s_readings() -> Value {
     json!({"type": "array", "maxItems": 1000, "items": {"type": "object", "required": ["patient_id", "kind", "value", "at", "reading_id"], "properties": {
-        "patient_id": {"type": "string"}, "kind": {"type": "string"}, "value": {"type": "number"}, "unit": {"type": "string"},
+        "patient_id": {"type": "string"}, "kind": {"type": "string"}, "value": {"type": "number"}, "unit": {"type": "string", "nullable": true},
         "at": {"type": "string", "format": "date-time"}, "reading_id": {"type": "string"}, "source": {"type": "string"}}}})
 }
 fn s_task() -> Value {
@@ -582,12 +582,17 @@ pub fn document() -> Value {
             params.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
         }
         for (name, ty) in *query {
-            let schema = if *name == "limit" {
-                json!({"type": "integer", "minimum": 1, "maximum": crate::MAX_PAGE})
-            } else if *name == "by" {
-                json!({"type": "string", "enum": ["pathway", "role", "staff"]})
-            } else {
-                json!({"type": ty})
+            let schema = match *name {
+                "limit" => json!({"type": "integer", "minimum": 1, "maximum": crate::MAX_PAGE}),
+                "by" => json!({"type": "string", "enum": ["pathway", "role", "staff"]}),
+                "format" => json!({"type": "string", "enum": ["dot", "mermaid"]}),
+                "due_before" | "due_after" => json!({"type": "string", "format": "date-time"}),
+                "from" | "to" => json!({"type": "string", "format": "date"}),
+                "cursor" => json!({"type": "string", "pattern": "^-?[0-9]+\\.-?[0-9]+\\.-?[0-9]+$",
+                                   "description": "the `next_cursor` of the previous page"}),
+                "status" if *path == "/queues/tasks" => json!({"type": "string",
+                    "enum": ["open", "claimed", "active", "done", "cancelled"]}),
+                _ => json!({"type": ty}),
             };
             params.push(json!({"name": name, "in": "query", "required": false, "schema": schema}));
         }
