@@ -308,10 +308,16 @@ fn s_readings() -> Value {
         "patient_id": {"type": "string"}, "kind": {"type": "string"}, "value": {"type": "number"}, "unit": {"type": "string", "nullable": true},
         "at": {"type": "string", "format": "date-time"}, "reading_id": {"type": "string"}, "source": {"type": "string"}}}})
 }
+/// The fields each action reads: `claim` its `lease_minutes` (1–480, default 30), `complete` its
+/// `outcome`, `reassign` its `assignee`, `snooze` its `until` (an instant) and `reason`; an action
+/// ignores the fields of the others, so they are checked only by the action that reads them.
 fn s_task() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {
-        "outcome": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "maxLength": 64, "description": "one of the outcomes the pathway declares for the task (its `outcomes:`), else done, reached, problem, will_visit, call_later, unreachable, wrong_number, declined, deceased, moved_away"}, "assignee": {"type": "string"}, "until": {"type": "string", "format": "date-time"},
-        "reason": {"type": "string"}, "lease_minutes": {"type": "integer", "minimum": 1, "maximum": 480}}})
+        "outcome": {"type": "string", "description": "complete: one of the outcomes the pathway declares for the task (its `outcomes:`), else done, reached, problem, will_visit, call_later, unreachable, wrong_number, declined, deceased, moved_away"},
+        "assignee": {"type": "string", "description": "reassign: the staff member who takes the task"},
+        "until": {"type": "string", "description": "snooze: an instant such as 2026-11-23T08:00:00+08:00"},
+        "reason": {"type": "string", "description": "snooze: why (required, not blank)"},
+        "lease_minutes": {"type": "integer", "description": "claim: how long the claim holds, 1 to 480 minutes (default 30)"}}})
 }
 fn s_decision() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string"}}})
@@ -608,8 +614,9 @@ pub fn document() -> Value {
             op["x-module"] = json!(module);
         }
         if let Some(schema) = body {
-            op["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": schema()}}});
+            // Task actions and referral decisions may be posted without a body.
+            let required = !matches!(*path, "/tasks/{id}/{action}" | "/referrals/{id}/{decision}");
+            op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema()}}});
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[*method] = op;
