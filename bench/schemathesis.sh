@@ -30,9 +30,18 @@
 # and schemas, schema-violating requests rejected, unsupported methods, authentication ignored,
 # use after free, resource availability) runs and must pass.
 #
-# Measured (2 cores, Schemathesis 4.32.5, defaults above): see the end of this header; the first
-# run, before the document described success bodies precisely, is in the commit history.
-#   RESULT: (filled in below)
+# Measured (2 cores shared with another build, Schemathesis 4.32.5, defaults above, 16 roles, about
+# 20 s each): status codes, content types, response headers and every response schema passed for
+# every role, success bodies included. The last run found 3 failures, all ST201 (schema-violating
+# request accepted), in 3 of 16 roles (263 to 1,134 test cases per role): `null` for the optional
+# fields of task actions (e.g. {"lease_minutes": null}) and of POST /patients (birth_date), and a
+# preferred_channel outside the documented enum, which the handler does not check. The document
+# now says those fields are nullable and describes preferred_channel instead of enumerating it;
+# a run after that change was not measured yet. Earlier runs found, and the document fixed: graph
+# `format`, KPI dates, queue instants, cursor and status without their formats; a reading's null
+# `unit`; answers beyond 64-bit integers; the source's maxLength, which only the 1 MiB body limit
+# enforces (413); task-action fields described as required by every action; and a 413 and 431
+# answered in plain text or with no body.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,8 +114,8 @@ for role in "${order[@]}"; do
     -H "Authorization: Bearer $tok" >"$out" 2>&1
   rc=$?
   set -e
-  # The summary's last lines: passed / failed / errors and the failures by check.
-  result=$(grep -E '^(Test cases:|  ❌ |Errors:)|passed|failed' "$out" | grep -vE '^\s+(✅|❌|🚫)' | tail -3 | tr -s ' ' | paste -sd ';' -)
+  # The summary: test cases generated / passed / failed, and the closing line.
+  result="$(grep -A1 '^Test cases:' "$out" | tail -1 | xargs); $(grep -E '^=+ .* in [0-9.]+s =+$' "$out" | tr -d '=' | xargs)"
   summary+=("$role: exit $rc; $result")
   if [[ $rc -ne 0 ]]; then
     failed=1

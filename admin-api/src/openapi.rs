@@ -282,9 +282,9 @@ fn s_publish() -> Value {
 }
 fn s_patient() -> Value {
     json!({"type": "object", "required": ["id"], "additionalProperties": false, "properties": {
-        "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "birth_date": {"type": "string", "format": "date"},
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "birth_date": {"type": "string", "format": "date", "nullable": true},
         "sex": {"type": "string", "enum": ["female", "male", "unknown"]}, "tz": {"type": "string"},
-        "preferred_channel": {"type": "string", "enum": ["wechat", "sms", "phone", "email"]}}})
+        "preferred_channel": {"type": "string", "nullable": true, "description": "wechat, sms, phone or email"}}})
 }
 fn s_enrol() -> Value {
     json!({"type": "object", "required": ["patient_id", "pathway", "entry"], "additionalProperties": false, "properties": {
@@ -313,14 +313,14 @@ fn s_readings() -> Value {
 /// ignores the fields of the others, so they are checked only by the action that reads them.
 fn s_task() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {
-        "outcome": {"type": "string", "description": "complete: one of the outcomes the pathway declares for the task (its `outcomes:`), else done, reached, problem, will_visit, call_later, unreachable, wrong_number, declined, deceased, moved_away"},
-        "assignee": {"type": "string", "description": "reassign: the staff member who takes the task"},
-        "until": {"type": "string", "description": "snooze: an instant such as 2026-11-23T08:00:00+08:00"},
-        "reason": {"type": "string", "description": "snooze: why (required, not blank)"},
-        "lease_minutes": {"type": "integer", "description": "claim: how long the claim holds, 1 to 480 minutes (default 30)"}}})
+        "outcome": {"type": "string", "nullable": true, "description": "complete: one of the outcomes the pathway declares for the task (its `outcomes:`), else done, reached, problem, will_visit, call_later, unreachable, wrong_number, declined, deceased, moved_away"},
+        "assignee": {"type": "string", "nullable": true, "description": "reassign: the staff member who takes the task"},
+        "until": {"type": "string", "nullable": true, "description": "snooze: an instant such as 2026-11-23T08:00:00+08:00"},
+        "reason": {"type": "string", "description": "snooz, "nullable": true,: why (required, not blank)"},
+        "lease_minutes": {"type": "integer", "nullable": true, "description": "claim: how long the claim holds, 1 to 480 minutes (default 30)"}}})
 }
 fn s_decision() -> Value {
-    json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string"}}})
+    json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string", "nullable": true}}})
 }
 
 const ROUTES: &[Route] = &[
