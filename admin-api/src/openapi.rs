@@ -316,7 +316,7 @@ fn s_task() -> Value {
         "outcome": {"type": "string", "nullable": true, "description": "complete: one of the outcomes the pathway declares for the task (its `outcomes:`), else done, reached, problem, will_visit, call_later, unreachable, wrong_number, declined, deceased, moved_away"},
         "assignee": {"type": "string", "nullable": true, "description": "reassign: the staff member who takes the task"},
         "until": {"type": "string", "nullable": true, "description": "snooze: an instant such as 2026-11-23T08:00:00+08:00"},
-        "reason": {"type": "string", "description": "snooz, "nullable": true,: why (required, not blank)"},
+        "reason": {"type": "string", "nullable": true, "description": "snooze: why (required, not blank)"},
         "lease_minutes": {"type": "integer", "nullable": true, "description": "claim: how long the claim holds, 1 to 480 minutes (default 30)"}}})
 }
 fn s_decision() -> Value {
