@@ -956,11 +956,7 @@ pub async fn serve_until_interrupted(
     listener: tokio::net::TcpListener,
     app: axum::Router,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    carepath_admin_api::serve(listener, app, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await

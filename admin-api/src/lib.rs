@@ -9,6 +9,7 @@
 mod auth;
 mod error;
 mod openapi;
+mod serve;
 mod strict_json;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,8 @@ use serde_json::{Value, json};
 use auth::Auth;
 pub use auth::{Module, ROLE_MODULES, allowed};
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
+pub use serve::{MAX_HEADER_BYTES, MAX_HEADERS, serve};
 
 /// The clock the API reads: injected, so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -164,7 +167,6 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::audit_outcomes,
         ))
-        .layer(axum::middleware::from_fn(as_problem))
         .layer(axum::middleware::from_fn(move |req, next| {
             count(metrics.clone(), req, next)
         }))
@@ -174,12 +176,17 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(15),
         ))
+        // Outermost, so the answers of the layers above (a body over the limit, a timeout) are
+        // problem+json too.
+        .layer(axum::middleware::from_fn(serve::header_limits))
+        .layer(axum::middleware::from_fn(as_problem))
         .with_state(state)
 }
 
 /// Renders every error answer as problem+json, including the framework's own rejections (a path
-/// segment that is not a number, an optional JSON body that does not parse, a body over the limit),
-/// which otherwise answer in plain text.
+/// segment that is not a number, an optional JSON body that does not parse, a body over the limit,
+/// a request that timed out, a method the route does not have), which otherwise answer in plain
+/// text or with no body at all.
 async fn as_problem(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();

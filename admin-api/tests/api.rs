@@ -149,6 +149,8 @@ struct Ctx {
     pool: Pool,
     programs: Programs,
     n: u64,
+    /// Every answer `call` received is checked against this document.
+    schema: Conformance,
 }
 
 /// Fresh objects at one institution, so that a mutating cell never depends on an earlier one.
@@ -296,8 +298,203 @@ impl Ctx {
             .expect("body")
             .to_bytes()
             .to_vec();
+        self.schema
+            .check(method, uri, status.as_u16(), ctype.as_deref(), &bytes);
         (status, ctype, bytes)
     }
+}
+
+/// Checks answers against the OpenAPI document: the status is one the operation declares, the
+/// content type one it declares for that status, and a JSON body matches its schema. Records which
+/// (method, path, status) were seen.
+struct Conformance {
+    doc: Value,
+    seen: std::sync::Mutex<std::collections::BTreeSet<(String, String, u16)>>,
+}
+
+impl Conformance {
+    fn new(doc: Value) -> Conformance {
+        Conformance {
+            doc,
+            seen: Default::default(),
+        }
+    }
+
+    /// The document's path template that `uri` matches (literal segments preferred).
+    fn template(&self, uri: &str) -> Option<String> {
+        let path = uri.split('?').next().unwrap_or(uri);
+        let segs: Vec<&str> = path.split('/').collect();
+        let paths = self.doc["paths"].as_object()?;
+        paths
+            .keys()
+            .filter_map(|t| {
+                let tsegs: Vec<&str> = t.split('/').collect();
+                if tsegs.len() != segs.len() {
+                    return None;
+                }
+                let mut literal = 0;
+                for (a, b) in tsegs.iter().zip(&segs) {
+                    if a.starts_with('{') {
+                        if b.is_empty() {
+                            return None;
+                        }
+                    } else if a == b {
+                        literal += 1;
+                    } else {
+                        return None;
+                    }
+                }
+                Some((literal, t.clone()))
+            })
+            .max()
+            .map(|(_, t)| t)
+    }
+
+    fn check(&self, method: &str, uri: &str, status: u16, ctype: Option<&str>, body: &[u8]) {
+        // Routes outside the document (the document itself, unknown paths) are not checked.
+        let Some(path) = self.template(uri) else {
+            return;
+        };
+        let method = method.to_ascii_lowercase();
+        let Some(op) = self.doc["paths"][&path].get(&method) else {
+            return;
+        };
+        let at = format!("{method} {uri} → {status}");
+        let answer = op["responses"]
+            .get(status.to_string())
+            .unwrap_or_else(|| panic!("{at}: status not in the document"));
+        let media = ctype
+            .map(|c| c.split(';').next().unwrap_or(c).trim().to_string())
+            .unwrap_or_default();
+        let content = &answer["content"];
+        let schema = content
+            .get(&media)
+            .map(|m| &m["schema"])
+            .unwrap_or_else(|| {
+                panic!("{at}: content type `{media}` not in the document ({content})")
+            });
+        if media.ends_with("json") {
+            let v: Value = serde_json::from_slice(body)
+                .unwrap_or_else(|e| panic!("{at}: body is not JSON: {e}"));
+            let mut problems = Vec::new();
+            validate(&self.doc, schema, &v, "$", &mut problems);
+            assert!(problems.is_empty(), "{at}: {problems:?}\nbody: {v}");
+        }
+        self.seen
+            .lock()
+            .expect("seen")
+            .insert((method, path, status));
+    }
+}
+
+/// A small JSON Schema (OpenAPI 3.0) subset: $ref, type, nullable, enum, required, properties,
+/// additionalProperties (as a schema or false), items, oneOf.
+fn validate(doc: &Value, schema: &Value, v: &Value, at: &str, problems: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let target = r
+            .trim_start_matches("#/")
+            .split('/')
+            .fold(doc, |node, key| &node[key]);
+        assert!(!target.is_null(), "unresolved {r}");
+        return validate(doc, target, v, at, problems);
+    }
+    if v.is_null() {
+        if schema["nullable"] != json!(true) && schema.get("type").is_some() {
+            problems.push(format!("{at}: null where {} is expected", schema["type"]));
+        }
+        return;
+    }
+    if let Some(alternatives) = schema["oneOf"].as_array() {
+        let matching = alternatives
+            .iter()
+            .filter(|alt| {
+                let mut p = Vec::new();
+                validate(doc, alt, v, at, &mut p);
+                p.is_empty()
+            })
+            .count();
+        if matching != 1 {
+            problems.push(format!("{at}: matches {matching} of oneOf"));
+        }
+    }
+    if let Some(ty) = schema["type"].as_str() {
+        let ok = match ty {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            other => panic!("schema type `{other}` not supported"),
+        };
+        if !ok {
+            problems.push(format!("{at}: {v} is not of type {ty}"));
+            return;
+        }
+    }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(v)
+    {
+        problems.push(format!("{at}: {v} is not one of {values:?}"));
+    }
+    if let Some(obj) = v.as_object() {
+        for key in schema["required"].as_array().into_iter().flatten() {
+            let key = key.as_str().unwrap_or_default();
+            if !obj.contains_key(key) {
+                problems.push(format!("{at}: missing required `{key}`"));
+            }
+        }
+        let props = schema["properties"].as_object();
+        for (key, value) in obj {
+            match props.and_then(|p| p.get(key)) {
+                Some(sub) => validate(doc, sub, value, &format!("{at}.{key}"), problems),
+                None => match &schema["additionalProperties"] {
+                    Value::Bool(false) => problems.push(format!("{at}: unexpected `{key}`")),
+                    extra if extra.is_object() => {
+                        validate(doc, extra, value, &format!("{at}.{key}"), problems)
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Some(items), Some(list)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in list.iter().enumerate() {
+            validate(doc, items, item, &format!("{at}[{i}]"), problems);
+        }
+    }
+}
+
+#[test]
+fn the_validator_catches_drift() {
+    let doc = json!({"components": {"schemas": {"P": {"type": "object", "required": ["a"], "properties": {
+        "a": {"type": "integer"}, "b": {"type": "string", "nullable": true, "enum": ["x", null]},
+        "c": {"type": "array", "items": {"type": "number"}}}}}}});
+    let schema = json!({"$ref": "#/components/schemas/P"});
+    let check = |v: Value| {
+        let mut p = Vec::new();
+        validate(&doc, &schema, &v, "$", &mut p);
+        p
+    };
+    assert!(check(json!({"a": 1, "b": null, "c": [1, 2.5]})).is_empty());
+    assert!(!check(json!({"b": "x"})).is_empty(), "missing a");
+    assert!(
+        !check(json!({"a": "1"})).is_empty(),
+        "a string for an integer"
+    );
+    assert!(
+        !check(json!({"a": 1.5})).is_empty(),
+        "a fraction for an integer"
+    );
+    assert!(
+        !check(json!({"a": 1, "b": "y"})).is_empty(),
+        "outside the enum"
+    );
+    assert!(!check(json!({"a": 1, "c": ["1"]})).is_empty(), "a bad item");
+    assert!(
+        !check(json!({"a": null})).is_empty(),
+        "null where not nullable"
+    );
 }
 
 fn probe_pathway(version: u64) -> String {
@@ -355,6 +552,7 @@ async fn setup() -> (
         pool,
         programs,
         n: 0,
+        schema: Conformance::new(carepath_admin_api::openapi_document()),
     };
     // Baseline patients with enrolments (and so tasks) at the lead and at clinic_a.
     ctx.fixture("lead").await;
@@ -709,6 +907,30 @@ async fn permission_matrix_audit_malformed_and_alarm() {
     alarm(&mut ctx, &staff).await;
     scale_answers(&mut ctx, &staff).await;
     kpis(&mut ctx, &staff).await;
+
+    // Every answer above was checked against the document (in `call`); every operation's success
+    // answer was among them, so no success schema goes unchecked.
+    let seen = ctx.schema.seen.lock().expect("seen").clone();
+    let doc = &ctx.schema.doc;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("ops") {
+            let success = op["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .filter_map(|s| s.parse::<u16>().ok())
+                .find(|s| (200..300).contains(s))
+                .expect("a success answer");
+            assert!(
+                seen.contains(&(method.clone(), path.clone(), success)),
+                "no {success} answer of {method} {path} was checked against its schema"
+            );
+        }
+    }
+    println!(
+        "checked {} (operation, status) pairs against the document",
+        seen.len()
+    );
 }
 
 /// Sums the `tasks` counts of breakdown rows.
