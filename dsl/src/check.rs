@@ -404,7 +404,7 @@ fn indicator_checks(p: &Pathway, map: &SourceMap, sink: &mut Sink<'_>) {
 
 fn graph_checks(
     p: &Pathway,
-    _map: &SourceMap,
+    map: &SourceMap,
     index: &HashMap<&str, usize>,
     sink: &mut Sink<'_>,
     state_loc: &dyn Fn(usize) -> Loc,
@@ -412,16 +412,26 @@ fn graph_checks(
     let n = p.states.len();
     let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(n, n * 2);
     let nodes: Vec<_> = (0..n).map(|i| g.add_node(i)).collect();
-    let mut imm: DiGraph<usize, bool> = DiGraph::with_capacity(n, n);
-    let imm_nodes: Vec<_> = (0..n).map(|i| imm.add_node(i)).collect();
+    // Transitions taken without waiting: no trigger, or a wait of zero.
+    let mut imm: Vec<ImmEdge> = Vec::new();
     for (si, s) in p.states.iter().enumerate() {
-        for t in &s.transitions {
+        for (k, t) in s.transitions.iter().enumerate() {
             let Some(&ti) = index.get(t.to.as_str()) else {
                 continue;
             };
             g.add_edge(nodes[si], nodes[ti], ());
-            if t.trigger == Trigger::Immediate {
-                imm.add_edge(imm_nodes[si], imm_nodes[ti], t.guard.is_some());
+            let no_wait = match &t.trigger {
+                Trigger::Immediate => true,
+                Trigger::After { after, at: None } => after.nominal_seconds() == 0,
+                _ => false,
+            };
+            if no_wait {
+                imm.push(ImmEdge {
+                    from: si,
+                    to: ti,
+                    transition: k,
+                    guarded: t.guard.is_some(),
+                });
             }
         }
     }
@@ -494,42 +504,114 @@ fn graph_checks(
         }
     }
 
-    // Cycles of immediate transitions.
-    for scc in tarjan_scc(&imm) {
-        let members: HashSet<_> = scc.iter().copied().collect();
-        let cyclic = scc.len() > 1 || imm.find_edge(scc[0], scc[0]).is_some();
-        if !cyclic {
+    // Cycles of transitions with no wait: an unguarded one is an error wherever it lies; a cycle
+    // that needs guards to hold together is a warning, unless an unguarded cycle was already
+    // reported among its states.
+    let unguarded: Vec<&ImmEdge> = imm.iter().filter(|e| !e.guarded).collect();
+    let all: Vec<&ImmEdge> = imm.iter().collect();
+    let mut reported: HashSet<usize> = HashSet::new();
+    for (edges, code) in [
+        (&unguarded, Code::ImmediateCycle),
+        (&all, Code::GuardedImmediateCycle),
+    ] {
+        for cycle in no_wait_cycles(n, edges) {
+            if code == Code::GuardedImmediateCycle
+                && cycle.iter().any(|e| reported.contains(&e.from))
+            {
+                continue;
+            }
+            reported.extend(cycle.iter().map(|e| e.from));
+            let mut names: Vec<&str> = cycle.iter().map(|e| p.states[e.from].id.as_str()).collect();
+            names.push(p.states[cycle[0].from].id.as_str());
+            let first = cycle[0];
+            let loc = map
+                .transitions
+                .get(first.from)
+                .and_then(|v| v.get(first.transition))
+                .cloned()
+                .unwrap_or_else(|| state_loc(first.from));
+            let msg = if code == Code::ImmediateCycle {
+                format!(
+                    "states {} form a cycle of transitions with no wait: entering any of them loops forever",
+                    names.join(" → ")
+                )
+            } else {
+                format!(
+                    "states {} are joined by transitions with no wait; if their guards hold together they spin",
+                    names.join(" → ")
+                )
+            };
+            sink.at(
+                code,
+                &loc,
+                msg,
+                "give one of these transitions an event (`on:`) or a wait longer than zero (`after:`/`at:`)",
+            );
+        }
+    }
+}
+
+/// A transition taken without waiting, from state `from` (its `transition`-th) to state `to`.
+struct ImmEdge {
+    from: usize,
+    to: usize,
+    transition: usize,
+    guarded: bool,
+}
+
+/// One cycle per strongly connected group of `edges` that has one, as the edges in the order they
+/// are taken, starting at the group's first state.
+fn no_wait_cycles<'e>(n: usize, edges: &[&'e ImmEdge]) -> Vec<Vec<&'e ImmEdge>> {
+    let mut g: DiGraph<usize, usize> = DiGraph::with_capacity(n, edges.len());
+    let nodes: Vec<_> = (0..n).map(|i| g.add_node(i)).collect();
+    for (k, e) in edges.iter().enumerate() {
+        g.add_edge(nodes[e.from], nodes[e.to], k);
+    }
+    let mut out = Vec::new();
+    for scc in tarjan_scc(&g) {
+        let members: HashSet<usize> = scc.iter().map(|ni| g[*ni]).collect();
+        let start = *members.iter().min().unwrap_or(&0);
+        let inside: Vec<&&ImmEdge> = edges
+            .iter()
+            .filter(|e| members.contains(&e.from) && members.contains(&e.to))
+            .collect();
+        if inside.is_empty() {
             continue;
         }
-        let guarded = imm.edge_indices().any(|e| {
-            let (a, b) = imm.edge_endpoints(e).unwrap_or((scc[0], scc[0]));
-            members.contains(&a) && members.contains(&b) && imm[e]
-        });
-        let mut ids: Vec<usize> = scc.iter().map(|ni| imm[*ni]).collect();
-        ids.sort_unstable();
-        let names: Vec<&str> = ids.iter().map(|&i| p.states[i].id.as_str()).collect();
-        let (code, msg) = if guarded {
-            (
-                Code::GuardedImmediateCycle,
-                format!(
-                    "states {} are joined by immediate transitions with no wait; if their guards hold together they spin",
-                    names.join(" → ")
-                ),
-            )
-        } else {
-            (
-                Code::ImmediateCycle,
-                format!(
-                    "states {} form a cycle of immediate transitions with no wait",
-                    names.join(" → ")
-                ),
-            )
+        // Breadth-first from `start` back to itself inside the group: the shortest cycle.
+        let mut via: HashMap<usize, &ImmEdge> = HashMap::new();
+        let mut queue: VecDeque<usize> = VecDeque::from([start]);
+        let mut closing: Option<&ImmEdge> = None;
+        while let Some(at) = queue.pop_front() {
+            for e in inside.iter().filter(|e| e.from == at) {
+                if e.to == start {
+                    closing = Some(e);
+                    break;
+                }
+                if !via.contains_key(&e.to) {
+                    via.insert(e.to, e);
+                    queue.push_back(e.to);
+                }
+            }
+            if closing.is_some() {
+                break;
+            }
+        }
+        let Some(last) = closing else {
+            continue;
         };
-        sink.at(
-            code,
-            &state_loc(ids[0]),
-            msg,
-            "give one of these transitions an event (`on:`) or a wait (`after:`/`at:`)",
-        );
+        let mut cycle = vec![last];
+        let mut at = last.from;
+        while at != start {
+            let Some(e) = via.get(&at) else {
+                break;
+            };
+            cycle.push(e);
+            at = e.from;
+        }
+        cycle.reverse();
+        out.push(cycle);
     }
+    out.sort_by_key(|c| c[0].from);
+    out
 }
