@@ -588,8 +588,8 @@ fn no_wait_cycles<'e>(n: usize, edges: &[&'e ImmEdge]) -> Vec<Vec<&'e ImmEdge>> 
                     closing = Some(e);
                     break;
                 }
-                if !via.contains_key(&e.to) {
-                    via.insert(e.to, e);
+                if let std::collections::hash_map::Entry::Vacant(slot) = via.entry(e.to) {
+                    slot.insert(e);
                     queue.push_back(e.to);
                 }
             }
