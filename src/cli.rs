@@ -148,14 +148,8 @@ enum Command {
         /// Set everything up, print it, and exit instead of serving.
         #[arg(long)]
         no_serve: bool,
-        /// A reverse proxy whose `X-Forwarded-For` is believed (repeatable); requests from any
-        /// other peer are audited with the peer's own address.
-        #[arg(
-            long = "trusted-proxy",
-            env = "CAREPATH_TRUSTED_PROXIES",
-            value_delimiter = ','
-        )]
-        trusted_proxy: Vec<std::net::IpAddr>,
+        #[command(flatten)]
+        proxies: ProxyArgs,
         #[command(flatten)]
         audit: AuditArgs,
     },
@@ -179,14 +173,8 @@ enum Command {
         /// Deliver due follow-ups on every sweep with this channel configuration.
         #[arg(long)]
         delivery_config: Option<PathBuf>,
-        /// A reverse proxy whose `X-Forwarded-For` is believed (repeatable); requests from any
-        /// other peer are audited with the peer's own address.
-        #[arg(
-            long = "trusted-proxy",
-            env = "CAREPATH_TRUSTED_PROXIES",
-            value_delimiter = ','
-        )]
-        trusted_proxy: Vec<std::net::IpAddr>,
+        #[command(flatten)]
+        proxies: ProxyArgs,
         #[command(flatten)]
         audit: AuditArgs,
     },
@@ -437,7 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pathways,
             addr,
             no_serve,
-            trusted_proxy,
+            proxies,
             audit,
         } => {
             let (pool, audit) = demo(patients, &db, &pathways, &audit).await?;
@@ -455,7 +443,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None,
                 Access {
                     audit,
-                    trusted_proxies: trusted_proxy,
+                    trusted_proxies: proxies.trusted_proxy,
                 },
             )
             .await
@@ -468,7 +456,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sweep_seconds,
             pathways,
             delivery_config,
-            trusted_proxy,
+            proxies,
             audit,
         } => {
             let delivery = delivery_config
@@ -492,7 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 delivery,
                 Access {
                     audit,
-                    trusted_proxies: trusted_proxy,
+                    trusted_proxies: proxies.trusted_proxy,
                 },
             )
             .await
@@ -960,4 +948,17 @@ pub async fn serve_until_interrupted(
         let _ = tokio::signal::ctrl_c().await;
     })
     .await
+}
+
+/// Which peers' `X-Forwarded-For` the audit believes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// A reverse proxy whose `X-Forwarded-For` is believed (repeatable); requests from any other
+    /// peer are audited with the peer's own address.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CAREPATH_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxy: Vec<std::net::IpAddr>,
 }

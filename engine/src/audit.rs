@@ -609,21 +609,7 @@ pub async fn verify(
     key: &AuditKey,
     checkpoints: &[Checkpoint],
 ) -> Result<Verification> {
-    let mut v = Verifier::new(key, checkpoints);
-    let mut after = i64::MIN;
-    loop {
-        let rows = pool.fetch(&page_sql(), args![after]).await?;
-        for r in &rows {
-            let row = AuditRow::from_row(r);
-            after = row.id;
-            if !v.feed(&row) {
-                return Ok(v.finish());
-            }
-        }
-        if (rows.len() as i64) < PAGE {
-            return Ok(v.finish());
-        }
-    }
+    verify_from(Reader::Pool(pool), key, checkpoints).await
 }
 
 /// [`verify`] inside a transaction (which sees its own uncommitted changes).
@@ -632,10 +618,34 @@ pub async fn verify_tx(
     key: &AuditKey,
     checkpoints: &[Checkpoint],
 ) -> Result<Verification> {
+    verify_from(Reader::Tx(tx), key, checkpoints).await
+}
+
+/// Where the record is read from: pooled connections, or one transaction.
+enum Reader<'a> {
+    Pool(&'a Pool),
+    Tx(&'a mut Tx),
+}
+
+impl Reader<'_> {
+    /// The page of rows after id `after`, in id order.
+    async fn page(&mut self, after: i64) -> Result<Vec<Row>> {
+        Ok(match self {
+            Reader::Pool(p) => p.fetch(&page_sql(), args![after]).await?,
+            Reader::Tx(t) => t.fetch(&page_sql(), args![after]).await?,
+        })
+    }
+}
+
+async fn verify_from(
+    mut reader: Reader<'_>,
+    key: &AuditKey,
+    checkpoints: &[Checkpoint],
+) -> Result<Verification> {
     let mut v = Verifier::new(key, checkpoints);
     let mut after = i64::MIN;
     loop {
-        let rows = tx.fetch(&page_sql(), args![after]).await?;
+        let rows = reader.page(after).await?;
         for r in &rows {
             let row = AuditRow::from_row(r);
             after = row.id;
