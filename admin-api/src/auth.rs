@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use carepath_engine::store::queries::{self, Caller};
@@ -155,12 +155,25 @@ pub async fn audit_outcomes(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     let remote = crate::client_address(peer, req.headers(), &state.trusted_proxies);
+    let token = bearer(req.headers()).map(str::to_string);
     let res = next.run(req).await;
     let status = res.status();
     if res.extensions().get::<Audited>().is_some() {
         return res;
     }
-    let Some(c) = slot.take() else {
+    // A request refused before its handler ran (a body repeating a key, a body too large) still
+    // names its caller when it carries a valid token.
+    let caller = match (slot.take(), token) {
+        (Some(c), _) => Some(c),
+        (None, Some(t)) if status.is_client_error() && status != StatusCode::UNAUTHORIZED => {
+            queries::caller_for_token(&state.pool, &t)
+                .await
+                .ok()
+                .flatten()
+        }
+        _ => None,
+    };
+    let Some(c) = caller else {
         return res;
     };
     let configuration = route.as_deref().is_some_and(|r| CONFIGURATION.contains(&r));
@@ -198,20 +211,7 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let Some(token) = header
-            // The scheme is case-insensitive (RFC 9110 §11.1).
-            .and_then(|h| {
-                h.split_once(' ')
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, token)| token)
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-        else {
+        let Some(token) = bearer(&parts.headers) else {
             return Err(ApiError::Unauthorized(
                 "send `Authorization: Bearer <token>`".into(),
             ));
@@ -226,6 +226,21 @@ impl FromRequestParts<AppState> for Auth {
             None => Err(ApiError::Unauthorized("the token is not valid".into())),
         }
     }
+}
+
+/// The bearer token of `Authorization`, if it has one of a plausible length. The scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| {
+            h.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token)
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
 }
 
 /// Refuses (403, audited) a caller whose roles do not grant `module`.

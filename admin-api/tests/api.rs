@@ -1260,6 +1260,27 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         .await,
         0
     );
+    // A body refused before its handler runs is still audited, under its caller.
+    let before = scalar(
+        &ctx.pool,
+        "SELECT COUNT(*) FROM audit_log WHERE outcome = 'invalid' AND actor = 'lead.case_manager'",
+    )
+    .await;
+    let (status, _, _) = ctx
+        .call(
+            "POST",
+            "/patients",
+            Some(cm),
+            Some(br#"{"id": "twice", "id": "again"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let after = scalar(
+        &ctx.pool,
+        "SELECT COUNT(*) FROM audit_log WHERE outcome = 'invalid' AND actor = 'lead.case_manager'",
+    )
+    .await;
+    assert_eq!(after, before + 1);
     // The scheme of `Authorization` is case-insensitive.
     for scheme in ["bearer", "BEARER", "Bearer"] {
         let req = Request::builder()
