@@ -143,24 +143,28 @@ fn hex64(rng: &mut Rng) -> String {
     (0..4).map(|_| format!("{:016x}", rng.next())).collect()
 }
 
+/// Every column of `r` but its id, in the order of the statements below.
+fn columns(r: &AuditRow) -> Vec<Arg> {
+    vec![
+        Arg::I(r.at),
+        Arg::T(r.actor.clone()),
+        Arg::OptT(r.institution.clone()),
+        Arg::T(r.action.clone()),
+        Arg::T(r.target.clone()),
+        Arg::T(r.patients.clone()),
+        Arg::T(r.outcome.clone()),
+        Arg::OptT(r.remote.clone()),
+        Arg::T(r.prev_hash.clone()),
+        Arg::T(r.hash.clone()),
+        Arg::I(r.scheme),
+    ]
+}
+
 /// Inserts `row` as it stands (its id included).
 async fn insert_row(tx: &mut Tx, r: &AuditRow) {
     tx.exec(
         "INSERT INTO audit_log (id, at, actor, institution_id, action, target, patients, outcome, remote, prev_hash, hash, scheme) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        vec![
-            Arg::I(r.id),
-            Arg::I(r.at),
-            Arg::T(r.actor.clone()),
-            Arg::OptT(r.institution.clone()),
-            Arg::T(r.action.clone()),
-            Arg::T(r.target.clone()),
-            Arg::T(r.patients.clone()),
-            Arg::T(r.outcome.clone()),
-            Arg::OptT(r.remote.clone()),
-            Arg::T(r.prev_hash.clone()),
-            Arg::T(r.hash.clone()),
-            Arg::I(r.scheme),
-        ],
+        [vec![Arg::I(r.id)], columns(r)].concat(),
     )
     .await
     .expect("insert row");
@@ -296,20 +300,7 @@ async fn overwrite(tx: &mut Tx, r: &AuditRow) {
     let n = tx
         .exec(
             "UPDATE audit_log SET at = $1, actor = $2, institution_id = $3, action = $4, target = $5, patients = $6, outcome = $7, remote = $8, prev_hash = $9, hash = $10, scheme = $11 WHERE id = $12",
-            vec![
-                Arg::I(r.at),
-                Arg::T(r.actor.clone()),
-                Arg::OptT(r.institution.clone()),
-                Arg::T(r.action.clone()),
-                Arg::T(r.target.clone()),
-                Arg::T(r.patients.clone()),
-                Arg::T(r.outcome.clone()),
-                Arg::OptT(r.remote.clone()),
-                Arg::T(r.prev_hash.clone()),
-                Arg::T(r.hash.clone()),
-                Arg::I(r.scheme),
-                Arg::I(r.id),
-            ],
+            [columns(r), vec![Arg::I(r.id)]].concat(),
         )
         .await
         .expect("update");
