@@ -8,6 +8,7 @@ mod support;
 mod api_queue;
 mod audit;
 mod bench;
+mod crate_graph;
 mod delivery;
 mod engine_exactly_once;
 mod engine_store;

@@ -1,27 +1,22 @@
-//! carepath's engine: the pure step, the Rhai sandbox, storage, the scheduler.
+//! carepath's runtime: the scheduler (who is due, passes, catch-up), delivery of follow-ups over
+//! SMS, WeChat, e-mail and phone, synthetic seeding and the monthly operations report.
 //!
-//! Architecture invariants: `step` reads no clock, draws no randomness and does no I/O; only
-//! `store` holds SQL; the scheduler is the only caller that decides *when* to step.
+//! The clinical rules are in `carepath_core` and all SQL in `carepath_store`; both are re-exported
+//! here under their old paths (`carepath_engine::step`, `carepath_engine::store`) for callers
+//! that use the runtime. Architecture invariant: this crate runs no SQL of its own (it does not
+//! depend on sqlx); the scheduler is the only caller that decides *when* to step.
 
-pub mod audit;
-pub mod crypto;
+pub use carepath_core::{
+    Emitted, Enrolment, Outcome, PatientFacts, PendingEvent, Produced, Program, Programs, Status,
+    StepError, enrol,
+};
+pub use carepath_core::{
+    facts, observations, outcome, pathway_test, program, risk, sandbox, scales, step, svg, time,
+};
+pub use carepath_store as store;
+pub use carepath_store::{audit, crypto};
+
 pub mod delivery;
-pub mod facts;
-pub mod observations;
-pub mod outcome;
-pub mod program;
-pub mod risk;
-pub mod sandbox;
-pub mod scales;
-pub mod step;
-pub mod svg;
-pub mod time;
-
-pub use facts::{PatientFacts, PendingEvent};
-pub use program::Programs;
-pub use step::{Emitted, Enrolment, Outcome, Produced, Program, Status, StepError, enrol, step};
-pub mod pathway_test;
 pub mod report;
 pub mod scheduler;
 pub mod seed;
-pub mod store;

@@ -282,8 +282,11 @@ pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, Stri
         for role in roles {
             let token = format!("cp_{}", hex::encode(chunks.next().unwrap_or(&[0u8; 16])));
             let id = format!("{inst}.{role}");
-            tx.exec("DELETE FROM staff WHERE id = $1", crate::args![&id])
-                .await?;
+            tx.exec(
+                "DELETE FROM staff WHERE id = $1",
+                carepath_store::args![&id],
+            )
+            .await?;
             store::insert_staff(
                 &mut tx,
                 &id,

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Pool, Result, StoreError, Tx, add_event};
 use crate::args;
-use crate::store::db::{Arg, placeholders};
+use crate::db::{Arg, placeholders};
 
 /// Who is calling: resolved from a token.
 #[derive(Debug, Clone, Serialize)]

@@ -134,7 +134,7 @@ impl Column {
 /// Builds an argument list: `args![a, b, c]`.
 #[macro_export]
 macro_rules! args {
-    ($($x:expr),* $(,)?) => { vec![$($crate::store::db::Arg::from($x)),*] };
+    ($($x:expr),* $(,)?) => { vec![$($crate::db::Arg::from($x)),*] };
 }
 
 #[derive(Clone, Debug)]

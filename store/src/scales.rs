@@ -26,7 +26,7 @@ use super::{
     Arg, NewEvent, Pool, Result, Row, RowBuffer, StoreError, Tx, add_event, add_events, ts,
 };
 use crate::args;
-use crate::scales::{Scales, Text};
+use carepath_core::scales::{Scales, Text};
 
 /// The follow-up template of a reminder to answer a scale.
 pub const REMINDER_TEMPLATE: &str = "scale_reminder";

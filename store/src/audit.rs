@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::args;
-use crate::store::{Pool, Result, Row, Tx};
+use crate::{Pool, Result, Row, Tx};
 
 /// Rows chained by plain SHA-256 (before migration 0009): the chain detects accidents, not
 /// forgery.
@@ -485,7 +485,7 @@ impl<'k> Verifier<'k> {
                     reason: format!(
                         "checkpoint {} (taken at {}) does not carry a valid signature under this key",
                         i + 1,
-                        crate::store::ts(cp.at)
+                        crate::ts(cp.at)
                     ),
                 });
                 break;
@@ -523,7 +523,7 @@ impl<'k> Verifier<'k> {
             if cp.last_id != id || cp.head != hash {
                 let reason = format!(
                     "the checkpoint of {} counted {} rows ending with row {}; row {} here is not that row",
-                    crate::store::ts(cp.at),
+                    crate::ts(cp.at),
                     cp.count,
                     cp.last_id,
                     self.out.rows
@@ -586,7 +586,7 @@ impl<'k> Verifier<'k> {
             let reason = format!(
                 "the record holds {} rows but the checkpoint of {} counted {} ending with row {}: rows were removed",
                 self.out.rows,
-                crate::store::ts(cp.at),
+                crate::ts(cp.at),
                 cp.count,
                 cp.last_id,
             );
@@ -672,7 +672,7 @@ pub async fn seal_legacy(pool: &Pool, at: Timestamp) -> Result<bool> {
         return Ok(false);
     }
     let mut tx = pool.begin().await?;
-    crate::store::queries::audit(
+    crate::queries::audit(
         &mut tx,
         "carepath",
         None,

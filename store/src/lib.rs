@@ -1,4 +1,4 @@
-//! Storage: the only module that holds SQL.
+//! Storage: the only crate that holds SQL (a tidy test in `tests/` fails on SQL anywhere else).
 //!
 //! One step's results commit in one transaction with the enrolment's new state, guarded by a
 //! `row_version` check; every produced row has a unique dedupe key written with
@@ -6,7 +6,9 @@
 //! nothing) and a rerun duplicates nothing (the keys are derived from the enrolment's state-entry
 //! sequence, which the committed state already moved past).
 
+pub mod audit;
 pub mod bulk;
+pub mod crypto;
 pub mod db;
 pub mod goals;
 pub mod indicators;
@@ -25,94 +27,95 @@ use serde_json::json;
 pub use db::{Arg, DbError, Pool, Row, Tx};
 pub use writer::RowBuffer;
 
-use crate::args;
+// The core's modules, so that paths in this crate read as they do in the core.
 use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult};
-use crate::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
 use crate::program::{Programs, Source};
-use crate::step::{self, Emitted, Enrolment, Outcome, Status, StepError, Taken};
+use carepath_core::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
+use carepath_core::step::{self, Emitted, Enrolment, Outcome, Status, StepError, Taken};
+use carepath_core::{facts, observations, program, sandbox, time};
 
 const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
     (
         1,
         "init",
-        include_str!("../../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../migrations/sqlite/0001_init.sql"),
     ),
     (
         2,
         "outbox_follow_up_index",
-        include_str!("../../../migrations/sqlite/0002_outbox_follow_up_index.sql"),
+        include_str!("../../migrations/sqlite/0002_outbox_follow_up_index.sql"),
     ),
     (
         3,
         "delivery",
-        include_str!("../../../migrations/sqlite/0003_delivery.sql"),
+        include_str!("../../migrations/sqlite/0003_delivery.sql"),
     ),
     (
         4,
         "task_queue_order",
-        include_str!("../../../migrations/sqlite/0004_task_queue_order.sql"),
+        include_str!("../../migrations/sqlite/0004_task_queue_order.sql"),
     ),
     (
         5,
         "goal_status",
-        include_str!("../../../migrations/sqlite/0005_goal_status.sql"),
+        include_str!("../../migrations/sqlite/0005_goal_status.sql"),
     ),
     (
         6,
         "scale_answers",
-        include_str!("../../../migrations/sqlite/0006_scale_answers.sql"),
+        include_str!("../../migrations/sqlite/0006_scale_answers.sql"),
     ),
     (
         7,
         "due_order",
-        include_str!("../../../migrations/sqlite/0007_due_order.sql"),
+        include_str!("../../migrations/sqlite/0007_due_order.sql"),
     ),
     (
         9,
         "audit_keyed_chain",
-        include_str!("../../../migrations/sqlite/0009_audit_keyed_chain.sql"),
+        include_str!("../../migrations/sqlite/0009_audit_keyed_chain.sql"),
     ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
     (
         1,
         "init",
-        include_str!("../../../migrations/postgres/0001_init.sql"),
+        include_str!("../../migrations/postgres/0001_init.sql"),
     ),
     (
         2,
         "outbox_follow_up_index",
-        include_str!("../../../migrations/postgres/0002_outbox_follow_up_index.sql"),
+        include_str!("../../migrations/postgres/0002_outbox_follow_up_index.sql"),
     ),
     (
         3,
         "delivery",
-        include_str!("../../../migrations/postgres/0003_delivery.sql"),
+        include_str!("../../migrations/postgres/0003_delivery.sql"),
     ),
     (
         4,
         "task_queue_order",
-        include_str!("../../../migrations/postgres/0004_task_queue_order.sql"),
+        include_str!("../../migrations/postgres/0004_task_queue_order.sql"),
     ),
     (
         5,
         "goal_status",
-        include_str!("../../../migrations/postgres/0005_goal_status.sql"),
+        include_str!("../../migrations/postgres/0005_goal_status.sql"),
     ),
     (
         6,
         "scale_answers",
-        include_str!("../../../migrations/postgres/0006_scale_answers.sql"),
+        include_str!("../../migrations/postgres/0006_scale_answers.sql"),
     ),
     (
         7,
         "due_order",
-        include_str!("../../../migrations/postgres/0007_due_order.sql"),
+        include_str!("../../migrations/postgres/0007_due_order.sql"),
     ),
     (
         9,
         "audit_keyed_chain",
-        include_str!("../../../migrations/postgres/0009_audit_keyed_chain.sql"),
+        include_str!("../../migrations/postgres/0009_audit_keyed_chain.sql"),
     ),
 ];
 

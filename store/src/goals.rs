@@ -273,7 +273,7 @@ pub async fn create_for_enrolments(
 ) -> Result<()> {
     const PER_ROW: usize = 6;
     for part in goals.chunks(MAX_PARAMS / PER_ROW) {
-        let a: Vec<crate::store::Arg> = part
+        let a: Vec<crate::Arg> = part
             .iter()
             .flat_map(|(enrolment, g, at)| {
                 args![
@@ -290,7 +290,7 @@ pub async fn create_for_enrolments(
             &format!(
                 "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at) VALUES {} \
                  ON CONFLICT (dedupe_key) DO NOTHING",
-                crate::store::values_list_from(1, part.len(), PER_ROW)
+                crate::values_list_from(1, part.len(), PER_ROW)
             ),
             a,
         )
