@@ -5,6 +5,8 @@
 //! network client (the crate graph holds it); `step` reads no clock, draws no randomness and does
 //! no I/O. Every clinical rule the store, the simulator and `carepath test` share lives here once.
 
+#![forbid(unsafe_code)]
+
 pub mod facts;
 pub mod observations;
 pub mod outcome;

@@ -35,12 +35,8 @@ const VALUE_LIMIT: i64 = 1_000_000;
 const EPS: f64 = 1e-9;
 
 /// A text in Chinese and English.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Text {
-    pub zh: String,
-    pub en: String,
-}
+/// Bilingual text: the model's own type, so scale and pathway texts are one kind of value.
+pub use carepath_dsl::Text;
 
 /// One scale definition, as written in `pathways/scales/<id>.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

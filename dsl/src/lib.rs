@@ -5,6 +5,8 @@
 //! file. `compile_*` returns the model whenever one could be built, and `Compiled::is_ok` says
 //! whether it is fit to run (no errors; warnings allowed).
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 mod check;
 pub mod counter;

@@ -6,6 +6,8 @@
 //! that use the runtime. Architecture invariant: this crate runs no SQL of its own (it does not
 //! depend on sqlx); the scheduler is the only caller that decides *when* to step.
 
+#![forbid(unsafe_code)]
+
 pub use carepath_core::{
     Emitted, Enrolment, Outcome, PatientFacts, PendingEvent, Produced, Program, Programs, Status,
     StepError, enrol,

@@ -27,96 +27,42 @@ use serde_json::json;
 pub use db::{Arg, DbError, Pool, Row, Tx};
 pub use writer::RowBuffer;
 
-// The core's modules, so that paths in this crate read as they do in the core.
 use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult};
 use crate::program::{Programs, Source};
 use carepath_core::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
 use carepath_core::step::{self, Emitted, Enrolment, Outcome, Status, StepError, Taken};
+// The core's modules, so that paths in this crate read as they do in the core.
 use carepath_core::{facts, observations, program, sandbox, time};
 
-const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    ),
-    (
-        2,
-        "outbox_follow_up_index",
-        include_str!("../../migrations/sqlite/0002_outbox_follow_up_index.sql"),
-    ),
-    (
-        3,
-        "delivery",
-        include_str!("../../migrations/sqlite/0003_delivery.sql"),
-    ),
-    (
-        4,
-        "task_queue_order",
-        include_str!("../../migrations/sqlite/0004_task_queue_order.sql"),
-    ),
-    (
-        5,
-        "goal_status",
-        include_str!("../../migrations/sqlite/0005_goal_status.sql"),
-    ),
-    (
-        6,
-        "scale_answers",
-        include_str!("../../migrations/sqlite/0006_scale_answers.sql"),
-    ),
-    (
-        7,
-        "due_order",
-        include_str!("../../migrations/sqlite/0007_due_order.sql"),
-    ),
-    (
-        9,
-        "audit_keyed_chain",
-        include_str!("../../migrations/sqlite/0009_audit_keyed_chain.sql"),
-    ),
-];
-const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "outbox_follow_up_index",
-        include_str!("../../migrations/postgres/0002_outbox_follow_up_index.sql"),
-    ),
-    (
-        3,
-        "delivery",
-        include_str!("../../migrations/postgres/0003_delivery.sql"),
-    ),
-    (
-        4,
-        "task_queue_order",
-        include_str!("../../migrations/postgres/0004_task_queue_order.sql"),
-    ),
-    (
-        5,
-        "goal_status",
-        include_str!("../../migrations/postgres/0005_goal_status.sql"),
-    ),
-    (
-        6,
-        "scale_answers",
-        include_str!("../../migrations/postgres/0006_scale_answers.sql"),
-    ),
-    (
-        7,
-        "due_order",
-        include_str!("../../migrations/postgres/0007_due_order.sql"),
-    ),
-    (
-        9,
-        "audit_keyed_chain",
-        include_str!("../../migrations/postgres/0009_audit_keyed_chain.sql"),
-    ),
+/// One schema version: the same number and name on both databases, each with its own SQL.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+macro_rules! migration {
+    ($version:expr, $file:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sqlite: include_str!(concat!("../../migrations/sqlite/", $file, ".sql")),
+            postgres: include_str!(concat!("../../migrations/postgres/", $file, ".sql")),
+        }
+    };
+}
+
+/// Every schema version, in order (a number with no file was never released).
+const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_init", "init"),
+    migration!(2, "0002_outbox_follow_up_index", "outbox_follow_up_index"),
+    migration!(3, "0003_delivery", "delivery"),
+    migration!(4, "0004_task_queue_order", "task_queue_order"),
+    migration!(5, "0005_goal_status", "goal_status"),
+    migration!(6, "0006_scale_answers", "scale_answers"),
+    migration!(7, "0007_due_order", "due_order"),
+    migration!(9, "0009_audit_keyed_chain", "audit_keyed_chain"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -160,13 +106,14 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i64>> {
         .iter()
         .map(|r| r.i64(0))
         .collect();
-    let list = if pool.is_postgres() {
-        MIGRATIONS_POSTGRES
-    } else {
-        MIGRATIONS_SQLITE
-    };
     let mut done = Vec::new();
-    for (version, name, sql) in list {
+    for m in MIGRATIONS {
+        let (version, name) = (&m.version, &m.name);
+        let sql = if pool.is_postgres() {
+            m.postgres
+        } else {
+            m.sqlite
+        };
         if applied.contains(version) {
             continue;
         }
