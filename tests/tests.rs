@@ -17,3 +17,4 @@ mod pathway_upload;
 mod report;
 mod scale_answers;
 mod security;
+mod tidy;
