@@ -5,6 +5,7 @@
 
 mod support;
 
+mod api;
 mod api_queue;
 mod audit;
 mod bench;
