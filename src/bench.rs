@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use carepath_engine::{Programs, scheduler, seed, store};
+use carepath_engine::store::{self, stats};
+use carepath_engine::{Programs, scheduler, seed};
 use jiff::Timestamp;
 
 pub fn peak_rss_mib() -> f64 {
@@ -21,136 +22,6 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-const WRITTEN_TABLES: [&str; 8] = [
-    "tasks",
-    "follow_ups",
-    "outbox",
-    "scale_pushes",
-    "risk_predictions",
-    "referrals",
-    "alarm_rules",
-    "record",
-];
-
-/// Rows in each of [`WRITTEN_TABLES`], in that order.
-async fn table_rows(pool: &store::Pool) -> anyhow::Result<Vec<i64>> {
-    let mut counts = Vec::with_capacity(WRITTEN_TABLES.len());
-    for t in WRITTEN_TABLES {
-        counts.push(
-            pool.fetch(&format!("SELECT COUNT(*) FROM {t}"), vec![])
-                .await?
-                .first()
-                .map(|r| r.i64(0))
-                .unwrap_or(0),
-        );
-    }
-    Ok(counts)
-}
-
-/// Rows per transaction and per statement when the ceiling copies rows.
-const CEILING_TX_ROWS: i64 = 5_000;
-const CEILING_STATEMENT_ROWS: i64 = 500;
-
-/// Creates `bench_ceiling_<table>`: an empty table with the columns, constraints and indexes of
-/// `table` (triggers aside: they guard updates and deletes, which the ceiling does not do).
-async fn clone_table(pool: &store::Pool, table: &str) -> anyhow::Result<String> {
-    let copy = format!("bench_ceiling_{table}");
-    pool.exec(&format!("DROP TABLE IF EXISTS {copy}"), vec![])
-        .await?;
-    if pool.is_postgres() {
-        pool.exec(
-            &format!(
-                "CREATE TABLE {copy} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
-            ),
-            vec![],
-        )
-        .await?;
-        return Ok(copy);
-    }
-    let schema = pool
-        .fetch(
-            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = $1 AND type IN ('table', 'index') AND sql IS NOT NULL ORDER BY type DESC",
-            vec![store::Arg::T(table.into())],
-        )
-        .await?;
-    for r in schema {
-        let (kind, name, sql) = (r.text(0), r.text(1), r.text(2));
-        let sql = if kind == "table" {
-            sql.replacen(
-                &format!("CREATE TABLE {table}"),
-                &format!("CREATE TABLE {copy}"),
-                1,
-            )
-        } else {
-            sql.replacen(
-                &format!("INDEX {name} ON {table} "),
-                &format!("INDEX bench_ceiling_{name} ON {copy} "),
-                1,
-            )
-        };
-        anyhow::ensure!(
-            sql.contains(&copy),
-            "cannot copy the schema of {table}: unexpected {kind} statement {sql}"
-        );
-        pool.exec(&sql, vec![]).await?;
-    }
-    Ok(copy)
-}
-
-/// The database's ceiling for the rows the passes wrote: about `n` of them, taken from each table in
-/// the proportion the passes wrote to it, copied by the database itself (`INSERT … SELECT`, no
-/// client work at all) into empty tables with the same columns and indexes, `CEILING_STATEMENT_ROWS`
-/// per statement and `CEILING_TX_ROWS` per transaction. Rows per second.
-async fn insert_ceiling(pool: &store::Pool, written: &[i64], n: i64) -> anyhow::Result<f64> {
-    let total: i64 = written.iter().sum::<i64>().max(1);
-    let mut plan = Vec::new();
-    for (table, &w) in WRITTEN_TABLES.iter().zip(written) {
-        let take = n * w / total;
-        if take == 0 {
-            continue;
-        }
-        let copy = clone_table(pool, table).await?;
-        let bounds = pool
-            .fetch(
-                &format!("SELECT MIN(id), MAX(id) FROM (SELECT id FROM {table} ORDER BY id DESC LIMIT $1) AS newest"),
-                vec![store::Arg::I(take)],
-            )
-            .await?;
-        let (lo, hi) = bounds
-            .first()
-            .map(|r| (r.opt_i64(0).unwrap_or(0), r.opt_i64(1).unwrap_or(-1)))
-            .unwrap_or((0, -1));
-        plan.push((*table, copy, lo, hi));
-    }
-    let mut copied = 0u64;
-    let started = Instant::now();
-    for (table, copy, lo, hi) in &plan {
-        let mut from = *lo;
-        while from <= *hi {
-            let mut tx = pool.begin().await?;
-            let tx_end = (from + CEILING_TX_ROWS).min(hi + 1);
-            while from < tx_end {
-                let to = (from + CEILING_STATEMENT_ROWS).min(tx_end);
-                copied += tx
-                    .exec(
-                        &format!(
-                            "INSERT INTO {copy} SELECT * FROM {table} WHERE id >= $1 AND id < $2"
-                        ),
-                        vec![store::Arg::I(from), store::Arg::I(to)],
-                    )
-                    .await?;
-                from = to;
-            }
-            tx.commit().await?;
-        }
-    }
-    let rate = copied as f64 / started.elapsed().as_secs_f64();
-    for (_, copy, _, _) in &plan {
-        pool.exec(&format!("DROP TABLE {copy}"), vec![]).await?;
-    }
-    Ok(rate)
-}
-
 pub async fn run(
     url: &str,
     enrolments: u64,
@@ -161,12 +32,7 @@ pub async fn run(
         .await
         .context("cannot open the benchmark database")?;
     store::migrate(&pool).await?;
-    let existing = pool
-        .fetch("SELECT COUNT(*) FROM enrolments", vec![])
-        .await?
-        .first()
-        .map(|r| r.i64(0))
-        .unwrap_or(0);
+    let existing = stats::enrolment_count(&pool).await?;
     if existing > 0 {
         anyhow::bail!(
             "the benchmark needs an empty database; {url} already holds {existing} enrolment(s)"
@@ -185,7 +51,7 @@ pub async fn run(
     // The first pass catches every enrolment up on months of seeded history; the second is an
     // ordinary nightly pass a day later. Both are measured.
     let mut passes = Vec::new();
-    let mut written_by_table = vec![0; WRITTEN_TABLES.len()];
+    let mut written_by_table = vec![0; stats::WRITTEN_TABLES.len()];
     let mut analyze_seconds = None;
     for (name, hours) in [("catch_up", 8), ("nightly", 32)] {
         if name == "nightly" && pool.is_postgres() {
@@ -194,10 +60,10 @@ pub async fn run(
             // timed pass, so the nightly figure is that server's and not one planning from stale
             // statistics.
             let started = Instant::now();
-            pool.exec("ANALYZE", vec![]).await?;
+            stats::analyze(&pool).await?;
             analyze_seconds = Some(started.elapsed().as_secs_f64());
         }
-        let before = table_rows(&pool).await?;
+        let before = stats::written_table_rows(&pool).await?;
         let at = t0.checked_add(jiff::Span::new().hours(hours))?;
         let started = Instant::now();
         let pass = scheduler::run_pass(
@@ -211,7 +77,7 @@ pub async fn run(
         )
         .await?;
         let secs = started.elapsed().as_secs_f64();
-        let after = table_rows(&pool).await?;
+        let after = stats::written_table_rows(&pool).await?;
         let mut written = 0;
         for (i, (a, b)) in after.iter().zip(&before).enumerate() {
             written_by_table[i] += a - b;
@@ -235,7 +101,7 @@ pub async fn run(
         }));
     }
     let total_written: i64 = written_by_table.iter().sum();
-    let ceiling = insert_ceiling(
+    let ceiling = stats::insert_ceiling(
         &pool,
         &written_by_table,
         total_written.clamp(10_000, 200_000),
@@ -276,19 +142,7 @@ pub async fn api(
     let started = Instant::now();
     store::migrate(&pool).await?;
     let migrate_secs = started.elapsed().as_secs_f64();
-    let count = |sql: &'static str| {
-        let pool = pool.clone();
-        async move {
-            anyhow::Ok(
-                pool.fetch(sql, vec![])
-                    .await?
-                    .first()
-                    .map(|r| r.i64(0))
-                    .unwrap_or(0),
-            )
-        }
-    };
-    let enrolments = count("SELECT COUNT(*) FROM enrolments").await?;
+    let enrolments = stats::enrolment_count(&pool).await?;
     if reuse {
         if enrolments == 0 {
             anyhow::bail!("--reuse needs a database built by an earlier `carepath bench-api`");
@@ -325,7 +179,7 @@ pub async fn api(
             started.elapsed().as_secs_f64()
         );
     }
-    let open = count("SELECT COUNT(*) FROM tasks WHERE status = 'open'").await?;
+    let open = stats::open_task_count(&pool).await?;
     println!("open tasks: {open}");
     let tokens = seed::demo_staff(&pool).await?;
     for (_, inst, role, token) in &tokens {

@@ -730,20 +730,11 @@ async fn demo(
     let pass =
         scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions::default()).await?;
     print_summary(&pass, started.elapsed());
-    let rows = pool
-        .fetch(
-            "SELECT institution_id, role, COUNT(*), COUNT(CASE WHEN due_at < $1 THEN 1 END) FROM tasks WHERE status = 'open' GROUP BY institution_id, role ORDER BY institution_id, role",
-            vec![store::Arg::I(now.as_second())],
-        )
-        .await?;
     println!("open task queues (institution, role: open / overdue):");
-    for r in rows {
+    for b in store::stats::open_boards(&pool, now).await? {
         println!(
             "  {:<10} {:<22} {:>5} / {}",
-            r.text(0),
-            r.text(1),
-            r.i64(2),
-            r.i64(3)
+            b.institution_id, b.role, b.open, b.overdue
         );
     }
     let tokens = seed::demo_staff(&pool).await?;

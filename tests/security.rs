@@ -188,7 +188,7 @@ impl World {
             .await
             .expect("list")
             .iter()
-            .filter_map(|r| r["id"].as_i64())
+            .map(|r| r.id)
             .collect()
     }
 

@@ -477,10 +477,15 @@ pub async fn open_store(url: &str, dir: &Path, now: Timestamp) -> (Pool, Program
 }
 
 pub async fn add_patient(pool: &Pool, id: &str, now: Timestamp) {
+    add_patient_at(pool, id, "lead", now).await
+}
+
+/// A patient of `institution`.
+pub async fn add_patient_at(pool: &Pool, id: &str, institution: &str, now: Timestamp) {
     let mut tx = pool.begin().await.expect("begin");
     let p = NewPatient {
         id: id.to_string(),
-        institution_id: "lead".into(),
+        institution_id: institution.into(),
         birth_date: Some("1950-05-01".into()),
         sex: "female".into(),
         tz: "Asia/Shanghai".into(),

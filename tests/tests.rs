@@ -5,6 +5,7 @@
 
 mod support;
 
+mod api;
 mod api_queue;
 mod audit;
 mod bench;
@@ -18,3 +19,4 @@ mod pathway_upload;
 mod report;
 mod scale_answers;
 mod security;
+mod tidy;

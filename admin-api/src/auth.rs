@@ -1,5 +1,6 @@
 //! Authentication (bearer tokens stored as SHA-256 hashes, bound to a staff member with roles and
-//! an institution) and module permissions per role. Data scoping by institution happens in the
+//! an institution) and module permissions per role, checked once for every route by the [`Call`]
+//! extractor with the module the route table names. Data scoping by institution happens in the
 //! store's queries; a denied attempt is audited.
 
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use carepath_engine::store::queries::{self, Caller};
+use jiff::Timestamp;
 
 use crate::error::Audited;
+use crate::routes::{Record, Route};
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +96,7 @@ pub fn allowed(roles: &[String], module: Module) -> bool {
     })
 }
 
-/// The authenticated caller.
-pub struct Auth(pub Caller);
-
-/// Where the `Auth` extractor leaves the caller for [`audit_outcomes`], which reads it once the
+/// Where the [`Call`] extractor leaves the caller for [`audit_outcomes`], which reads it once the
 /// handler has answered.
 #[derive(Clone, Default)]
 pub struct CallerSlot(Arc<Mutex<Option<Caller>>>);
@@ -112,15 +112,6 @@ impl CallerSlot {
         self.0.lock().ok().and_then(|mut s| s.take())
     }
 }
-
-/// Routes whose successful answers no handler or store call audits: configuration and
-/// indicator reads and pathway publication. Every other route audits its own success.
-const CONFIGURATION: &[&str] = &[
-    "/pathways",
-    "/pathways/{id}/{version}/graph",
-    "/kpis",
-    "/audit/verify",
-];
 
 /// The audit record's word for how a request ended.
 fn outcome(status: StatusCode) -> &'static str {
@@ -150,11 +141,7 @@ pub async fn audit_outcomes(
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let remote = crate::client_address(peer, req.headers(), &state.trusted_proxies);
+    let remote = crate::request_remote(req.extensions(), req.headers(), &state.trusted_proxies);
     let token = bearer(req.headers()).map(str::to_string);
     let res = next.run(req).await;
     let status = res.status();
@@ -176,7 +163,11 @@ pub async fn audit_outcomes(
     let Some(c) = caller else {
         return res;
     };
-    let configuration = route.as_deref().is_some_and(|r| CONFIGURATION.contains(&r));
+    // Served requests of routes whose store does not audit them are recorded here.
+    let configuration = route
+        .as_deref()
+        .and_then(|r| crate::routes::find(&method, r))
+        .is_some_and(|r| r.record == Record::Layer);
     if status.is_success() && !configuration {
         return res;
     }
@@ -204,27 +195,84 @@ pub async fn audit_outcomes(
     }
 }
 
-impl FromRequestParts<AppState> for Auth {
+/// An authenticated request its caller's roles allow: who calls, from where (see
+/// [`crate::client_address`]), the time the API reads for it, and the action a refusal is audited
+/// under. Extracting it answers 401 without a valid token and 403 (audited) when the caller's roles
+/// do not grant the module the route table names for the route.
+pub struct Call {
+    pub caller: Caller,
+    pub remote: String,
+    pub now: Timestamp,
+    pub action: &'static str,
+}
+
+impl FromRequestParts<AppState> for Call {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let Some(route) = parts.extensions.get::<&'static Route>().copied() else {
+            return Err(ApiError::Internal(
+                "a handler that needs a caller is served outside the route table".into(),
+            ));
+        };
         let Some(token) = bearer(&parts.headers) else {
             return Err(ApiError::Unauthorized(
                 "send `Authorization: Bearer <token>`".into(),
             ));
         };
-        match queries::caller_for_token(&state.pool, token).await? {
-            Some(c) => {
-                if let Some(slot) = parts.extensions.get::<CallerSlot>() {
-                    slot.set(&c);
-                }
-                Ok(Auth(c))
-            }
-            None => Err(ApiError::Unauthorized("the token is not valid".into())),
+        let Some(caller) = queries::caller_for_token(&state.pool, token).await? else {
+            return Err(ApiError::Unauthorized("the token is not valid".into()));
+        };
+        if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+            slot.set(&caller);
         }
+        let call = Call {
+            remote: crate::request_remote(
+                &parts.extensions,
+                &parts.headers,
+                &state.trusted_proxies,
+            ),
+            now: state.now(),
+            action: route.action,
+            caller,
+        };
+        match route.module {
+            Some(module) if !allowed(&call.caller.roles, module) => {
+                Err(call.refuse(state, module).await)
+            }
+            _ => Ok(call),
+        }
+    }
+}
+
+impl Call {
+    /// Audits the refusal of a caller whose roles do not grant `module`, and says why.
+    async fn refuse(&self, state: &AppState, module: Module) -> ApiError {
+        let c = &self.caller;
+        let written = queries::audit_alone(
+            &state.audit,
+            &c.staff_id,
+            Some(&c.institution_id),
+            self.action,
+            module.as_str(),
+            &[],
+            "denied",
+            &self.remote,
+            self.now,
+        )
+        .await;
+        if let Err(e) = written {
+            return e.into();
+        }
+        ApiError::Forbidden(format!(
+            "your role(s) {} do not grant the {} module",
+            c.roles.join(", "),
+            module.as_str()
+        ))
+        .audited()
     }
 }
 
@@ -241,35 +289,4 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         })
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 256)
-}
-
-/// Refuses (403, audited) a caller whose roles do not grant `module`.
-pub async fn require(
-    state: &AppState,
-    c: &Caller,
-    module: Module,
-    action: &str,
-    remote: &str,
-) -> Result<(), ApiError> {
-    if allowed(&c.roles, module) {
-        return Ok(());
-    }
-    queries::audit_alone(
-        &state.audit,
-        &c.staff_id,
-        Some(&c.institution_id),
-        action,
-        module.as_str(),
-        &[],
-        "denied",
-        remote,
-        state.now(),
-    )
-    .await?;
-    Err(ApiError::Forbidden(format!(
-        "your role(s) {} do not grant the {} module",
-        c.roles.join(", "),
-        module.as_str()
-    ))
-    .audited())
 }

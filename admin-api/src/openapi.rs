@@ -1,21 +1,13 @@
-//! The OpenAPI 3 document, built from the route table below: one entry per route with its module,
-//! parameters and body schema. `router()` serves exactly these routes.
+//! The OpenAPI 3 document, built from the route table ([`crate::routes::ROUTES`]): one operation
+//! per route with its module, parameters, body schema and a response schema for every status;
+//! the schemas each route's entry names are here.
 
 use serde_json::{Value, json};
 
-/// (method, path, module or "" for public, summary, query parameters, body schema, success answer)
-type Route = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-    Option<fn() -> Value>,
-    fn() -> Success,
-);
+use crate::routes::ROUTES;
 
 /// The success status of an operation and its response object (description and content).
-type Success = (u16, Value);
+pub(crate) type Success = (u16, Value);
 
 fn json_ok(status: u16, description: &str, schema: Value) -> Success {
     (
@@ -72,27 +64,27 @@ fn diagnostic() -> Value {
     )
 }
 
-fn ok_health() -> Success {
+pub(crate) fn ok_health() -> Success {
     json_ok(
         200,
         "Alive",
         obj(json!({"status": {"type": "string", "enum": ["ok"]}})),
     )
 }
-fn ok_ready() -> Success {
+pub(crate) fn ok_ready() -> Success {
     json_ok(
         200,
         "The database answers",
         obj(json!({"status": {"type": "string", "enum": ["ready"]}, "backend": string()})),
     )
 }
-fn ok_metrics() -> Success {
+pub(crate) fn ok_metrics() -> Success {
     (
         200,
         json!({"description": "Prometheus text exposition", "content": {"text/plain": {"schema": string()}}}),
     )
 }
-fn ok_pathways() -> Success {
+pub(crate) fn ok_pathways() -> Success {
     let pathway = obj(
         json!({"id": string(), "version": int(), "title": text(), "owner_role": string(),
                              "entry_points": array(string()), "states": int()}),
@@ -103,24 +95,24 @@ fn ok_pathways() -> Success {
         obj(json!({"pathways": array(pathway)})),
     )
 }
-fn ok_published() -> Success {
+pub(crate) fn ok_published() -> Success {
     json_ok(
         201,
         "Published; with the compiler's warnings",
         obj(json!({"id": string(), "version": int(), "warnings": array(diagnostic())})),
     )
 }
-fn ok_graph() -> Success {
+pub(crate) fn ok_graph() -> Success {
     (
         200,
         json!({"description": "The state graph: Graphviz dot (default) or Mermaid", "content": {
         "text/vnd.graphviz": {"schema": string()}, "text/plain": {"schema": string()}}}),
     )
 }
-fn ok_patient_created() -> Success {
+pub(crate) fn ok_patient_created() -> Success {
     json_ok(201, "Registered", obj(json!({"id": string()})))
 }
-fn ok_patient() -> Success {
+pub(crate) fn ok_patient() -> Success {
     let enrolment = obj(
         json!({"id": int(), "pathway": string(), "version": int(), "state": string(), "status": string(), "institution_id": string()}),
     );
@@ -133,14 +125,14 @@ fn ok_patient() -> Success {
         ),
     )
 }
-fn ok_enrolled() -> Success {
+pub(crate) fn ok_enrolled() -> Success {
     json_ok(
         201,
         "Enrolled; the actions the entry step wrote",
         obj(json!({"id": int(), "actions": action_counts()})),
     )
 }
-fn ok_timeline() -> Success {
+pub(crate) fn ok_timeline() -> Success {
     let entry = json!({"type": "object", "required": ["at", "kind", "detail"], "properties": {"at": instant(), "kind": string(), "detail": {"nullable": true}}});
     json_ok(
         200,
@@ -151,21 +143,21 @@ fn ok_timeline() -> Success {
         ),
     )
 }
-fn ok_event() -> Success {
+pub(crate) fn ok_event() -> Success {
     json_ok(
         200,
         "Recorded; what the enrolment did at once",
         obj(json!({"enrolment_id": int(), "transitions": int(), "actions": action_counts()})),
     )
 }
-fn ok_withdrawn() -> Success {
+pub(crate) fn ok_withdrawn() -> Success {
     json_ok(
         200,
         "Withdrawn",
         obj(json!({"enrolment_id": int(), "status": {"type": "string", "enum": ["withdrawn"]}})),
     )
 }
-fn ok_scale_pushes() -> Success {
+pub(crate) fn ok_scale_pushes() -> Success {
     let push = obj(
         json!({"id": int(), "enrolment_id": int(), "patient_id": string(), "scale": string(), "status": string(),
         "state_seq": int(), "due_at": instant(), "expires_at": nullable(instant()), "reminders": array(instant()), "reminders_sent": int(),
@@ -177,7 +169,7 @@ fn ok_scale_pushes() -> Success {
         obj(json!({"enrolment_id": int(), "scale_pushes": array(push)})),
     )
 }
-fn ok_answered() -> Success {
+pub(crate) fn ok_answered() -> Success {
     let critical = obj(
         json!({"item": string(), "number": int(), "value": int(), "action": string(), "role": string(),
         "text": text(), "task_id": nullable(int())}),
@@ -191,7 +183,7 @@ fn ok_answered() -> Success {
         "transitions": int(), "actions": action_counts()})),
     )
 }
-fn ok_observations() -> Success {
+pub(crate) fn ok_observations() -> Success {
     json_ok(
         200,
         "What became of the batch",
@@ -199,7 +191,7 @@ fn ok_observations() -> Success {
         "refused": array(obj(json!({"index": int(), "reason": string()}))), "alarm_tasks": array(int()), "alarms_resolved": int()})),
     )
 }
-fn ok_queue() -> Success {
+pub(crate) fn ok_queue() -> Success {
     let task = obj(
         json!({"id": int(), "enrolment_id": int(), "patient_id": string(), "role": string(), "title": text(),
         "priority": string(), "priority_rank": int(), "status": string(), "due_at": instant(), "due_at_s": int(),
@@ -211,7 +203,7 @@ fn ok_queue() -> Success {
         obj(json!({"tasks": array(task), "next_cursor": nullable(string())})),
     )
 }
-fn ok_task() -> Success {
+pub(crate) fn ok_task() -> Success {
     json_ok(
         200,
         "Done",
@@ -219,7 +211,7 @@ fn ok_task() -> Success {
         "action": {"type": "string", "enum": ["task.claim", "task.complete", "task.reassign", "task.snooze"]}})),
     )
 }
-fn ok_referrals() -> Success {
+pub(crate) fn ok_referrals() -> Success {
     let referral = obj(
         json!({"id": int(), "enrolment_id": int(), "patient_id": string(), "direction": string(), "to_kind": string(),
         "from_institution": string(), "to_institution": nullable(string()), "status": string(), "requested_at": instant(),
@@ -231,7 +223,7 @@ fn ok_referrals() -> Success {
         obj(json!({"referrals": array(referral)})),
     )
 }
-fn ok_decision() -> Success {
+pub(crate) fn ok_decision() -> Success {
     json_ok(
         200,
         "Decided",
@@ -239,7 +231,7 @@ fn ok_decision() -> Success {
         "status": {"type": "string", "enum": ["accepted", "rejected", "arrived"]}})),
     )
 }
-fn ok_kpis() -> Success {
+pub(crate) fn ok_kpis() -> Success {
     let object = json!({"type": "object"});
     let breakdown = obj(
         json!({"by": {"type": "string", "enum": ["pathway", "role", "staff"]}, "rows": array(object.clone())}),
@@ -265,7 +257,7 @@ fn ok_kpis() -> Success {
         schema,
     )
 }
-fn ok_audit() -> Success {
+pub(crate) fn ok_audit() -> Success {
     json_ok(
         200,
         "Whether the record is intact; `problem` and `broken_id` say where it is not",
@@ -276,34 +268,34 @@ fn ok_audit() -> Success {
     )
 }
 
-fn s_publish() -> Value {
+pub(crate) fn s_publish() -> Value {
     json!({"type": "object", "required": ["source"], "additionalProperties": false,
            "properties": {"format": {"type": "string", "enum": ["yaml", "rhai"]}, "source": {"type": "string", "description": "the pathway's text; the whole body is at most 1 MiB"}}})
 }
-fn s_patient() -> Value {
+pub(crate) fn s_patient() -> Value {
     json!({"type": "object", "required": ["id"], "additionalProperties": false, "properties": {
         "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "birth_date": {"type": "string", "format": "date", "nullable": true},
         "sex": {"type": "string", "enum": ["female", "male", "unknown"]}, "tz": {"type": "string"},
         "preferred_channel": {"type": "string", "nullable": true, "enum": ["wechat", "sms", "phone", "email", null]}}})
 }
-fn s_enrol() -> Value {
+pub(crate) fn s_enrol() -> Value {
     json!({"type": "object", "required": ["patient_id", "pathway", "entry"], "additionalProperties": false, "properties": {
         "patient_id": {"type": "string"}, "pathway": {"type": "string"}, "version": {"type": "integer", "minimum": 1}, "entry": {"type": "string"}}})
 }
-fn s_event() -> Value {
+pub(crate) fn s_event() -> Value {
     json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
         "name": {"type": "string", "pattern": "^[a-z0-9_:.-]{1,96}$"}, "at": {"type": "string", "format": "date-time"}}})
 }
-fn s_reason() -> Value {
+pub(crate) fn s_reason() -> Value {
     json!({"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": "string", "minLength": 1}}})
 }
-fn s_answers() -> Value {
+pub(crate) fn s_answers() -> Value {
     json!({"type": "object", "required": ["answers"], "additionalProperties": false, "properties": {
         "answers": {"type": "object", "maxProperties": 200, "additionalProperties": {"type": "integer", "format": "int64"},
                     "description": "The raw answer to each item of the scale, by item id (see pathways/scales/)"},
         "answered_at": {"type": "string", "format": "date-time"}}})
 }
-fn s_readings() -> Value {
+pub(crate) fn s_readings() -> Value {
     json!({"type": "array", "maxItems": 1000, "items": {"type": "object", "required": ["patient_id", "kind", "value", "at", "reading_id"], "properties": {
         "patient_id": {"type": "string"}, "kind": {"type": "string"}, "value": {"type": "number"}, "unit": {"type": "string", "nullable": true},
         "at": {"type": "string", "format": "date-time"}, "reading_id": {"type": "string"}, "source": {"type": "string"}}}})
@@ -311,7 +303,7 @@ fn s_readings() -> Value {
 /// The fields each action reads: `claim` its `lease_minutes` (1–480, default 30), `complete` its
 /// `outcome`, `reassign` its `assignee`, `snooze` its `until` (an instant) and `reason`; an action
 /// ignores the fields of the others, so they are checked only by the action that reads them.
-fn s_task() -> Value {
+pub(crate) fn s_task() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {
         "outcome": {"type": "string", "nullable": true, "description": "complete: one of the outcomes the pathway declares for the task (its `outcomes:`), else done, reached, problem, will_visit, call_later, unreachable, wrong_number, declined, deceased, moved_away"},
         "assignee": {"type": "string", "nullable": true, "description": "reassign: the staff member who takes the task"},
@@ -319,206 +311,9 @@ fn s_task() -> Value {
         "reason": {"type": "string", "nullable": true, "description": "snooze: why (required, not blank)"},
         "lease_minutes": {"type": "integer", "nullable": true, "description": "claim: how long the claim holds, 1 to 480 minutes (default 30)"}}})
 }
-fn s_decision() -> Value {
+pub(crate) fn s_decision() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string", "nullable": true}}})
 }
-
-const ROUTES: &[Route] = &[
-    ("get", "/health", "", "Liveness", &[], None, ok_health),
-    (
-        "get",
-        "/ready",
-        "",
-        "Readiness: the database answers",
-        &[],
-        None,
-        ok_ready,
-    ),
-    (
-        "get",
-        "/metrics",
-        "",
-        "Prometheus metrics: request latency, scheduler lag, due backlog, outbox backlog",
-        &[],
-        None,
-        ok_metrics,
-    ),
-    (
-        "get",
-        "/pathways",
-        "catalog",
-        "Published pathway versions",
-        &[],
-        None,
-        ok_pathways,
-    ),
-    (
-        "post",
-        "/pathways",
-        "pathways",
-        "Upload, validate and publish a pathway version",
-        &[],
-        Some(s_publish),
-        ok_published,
-    ),
-    (
-        "get",
-        "/pathways/{id}/{version}/graph",
-        "catalog",
-        "A pathway's state graph",
-        &[("format", "string")],
-        None,
-        ok_graph,
-    ),
-    (
-        "post",
-        "/patients",
-        "patients",
-        "Register a patient (pseudonymous id) in the caller's institution",
-        &[],
-        Some(s_patient),
-        ok_patient_created,
-    ),
-    (
-        "get",
-        "/patients/{id}",
-        "patients",
-        "A patient and their enrolments",
-        &[],
-        None,
-        ok_patient,
-    ),
-    (
-        "post",
-        "/enrolments",
-        "patients",
-        "Enrol a patient at a pathway's entry point",
-        &[],
-        Some(s_enrol),
-        ok_enrolled,
-    ),
-    (
-        "get",
-        "/enrolments/{id}/timeline",
-        "patients",
-        "Everything that happened in an enrolment, with the trace behind each step",
-        &[],
-        None,
-        ok_timeline,
-    ),
-    (
-        "post",
-        "/enrolments/{id}/events",
-        "patients",
-        "Record an event (e.g. discharged); the enrolment advances at once",
-        &[],
-        Some(s_event),
-        ok_event,
-    ),
-    (
-        "post",
-        "/enrolments/{id}/withdraw",
-        "patients",
-        "Withdraw an enrolment: open work is cancelled",
-        &[],
-        Some(s_reason),
-        ok_withdrawn,
-    ),
-    (
-        "get",
-        "/enrolments/{id}/scale-pushes",
-        "patients",
-        "An enrolment's scale pushes: status, due, expiry, reminders, and the score once answered",
-        &[],
-        None,
-        ok_scale_pushes,
-    ),
-    (
-        "post",
-        "/scale-pushes/{id}/answers",
-        "patients",
-        "Answer a pending scale push: scored and banded; critical items raise an urgent task; the enrolment advances at once",
-        &[],
-        Some(s_answers),
-        ok_answered,
-    ),
-    (
-        "post",
-        "/observations",
-        "observations",
-        "Post readings in a batch; alarm rules are evaluated at once",
-        &[],
-        Some(s_readings),
-        ok_observations,
-    ),
-    (
-        "get",
-        "/queues/tasks",
-        "queue",
-        "The caller's institution's task board, by priority then due time",
-        &[
-            ("role", "string"),
-            ("status", "string"),
-            ("assignee", "string"),
-            ("due_before", "string"),
-            ("due_after", "string"),
-            ("cursor", "string"),
-            ("limit", "integer"),
-        ],
-        None,
-        ok_queue,
-    ),
-    (
-        "post",
-        "/tasks/{id}/{action}",
-        "queue",
-        "claim | complete | reassign | snooze a task",
-        &[],
-        Some(s_task),
-        ok_task,
-    ),
-    (
-        "get",
-        "/referrals",
-        "referrals",
-        "Referrals sent by or addressed to the caller's institution",
-        &[("status", "string")],
-        None,
-        ok_referrals,
-    ),
-    (
-        "post",
-        "/referrals/{id}/{decision}",
-        "referrals",
-        "accept | reject | arrive",
-        &[],
-        Some(s_decision),
-        ok_decision,
-    ),
-    (
-        "get",
-        "/kpis",
-        "kpis",
-        "Indicators for the caller's institution over a period: built-in ones, broken down by pathway, role or staff member, and those the pathways declare",
-        &[
-            ("from", "string"),
-            ("to", "string"),
-            ("by", "string"),
-            ("pathway", "string"),
-        ],
-        None,
-        ok_kpis,
-    ),
-    (
-        "get",
-        "/audit/verify",
-        "audit",
-        "Verify the audit record's keyed hash chain and its signed checkpoints",
-        &[],
-        None,
-        ok_audit,
-    ),
-];
 
 /// The shared error body (RFC 9457); a pathway that does not compile adds its `diagnostics`.
 fn problem_schema() -> Value {
@@ -532,7 +327,7 @@ fn problem(description: &str) -> Value {
 }
 
 /// The error statuses an operation can answer, with what each means.
-fn errors(method: &str, path: &str, module: &str) -> Vec<(u16, &'static str)> {
+fn errors(method: &str, path: &str, authenticated: bool) -> Vec<(u16, &'static str)> {
     let mut out = vec![
         (
             400,
@@ -547,7 +342,7 @@ fn errors(method: &str, path: &str, module: &str) -> Vec<(u16, &'static str)> {
         (431, "The request's header fields are too large"),
         (500, "The server could not complete the request"),
     ];
-    if !module.is_empty() {
+    if authenticated {
         out.push((401, "No valid bearer token"));
         out.push((403, "The caller's role may not use this module"));
     }
@@ -569,7 +364,9 @@ fn errors(method: &str, path: &str, module: &str) -> Vec<(u16, &'static str)> {
 
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
-    for (method, path, module, summary, query, body, success) in ROUTES {
+    for route in ROUTES {
+        let Some(d) = &route.doc else { continue };
+        let (method, path) = (route.method.as_str(), route.path);
         let mut params: Vec<Value> = Vec::new();
         for seg in path.split('/').filter(|s| s.starts_with('{')) {
             let name = seg.trim_matches(|c| c == '{' || c == '}');
@@ -587,7 +384,7 @@ pub fn document() -> Value {
             };
             params.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
         }
-        for (name, ty) in *query {
+        for (name, ty) in d.query {
             let schema = match *name {
                 "limit" => json!({"type": "integer", "minimum": 1, "maximum": crate::MAX_PAGE}),
                 "by" => json!({"type": "string", "enum": ["pathway", "role", "staff"]}),
@@ -596,30 +393,30 @@ pub fn document() -> Value {
                 "from" | "to" => json!({"type": "string", "format": "date"}),
                 "cursor" => json!({"type": "string", "pattern": "^-?[0-9]+\\.-?[0-9]+\\.-?[0-9]+$",
                                    "description": "the `next_cursor` of the previous page"}),
-                "status" if *path == "/queues/tasks" => json!({"type": "string",
+                "status" if path == "/queues/tasks" => json!({"type": "string",
                     "enum": ["open", "claimed", "active", "done", "cancelled"]}),
                 _ => json!({"type": ty}),
             };
             params.push(json!({"name": name, "in": "query", "required": false, "schema": schema}));
         }
         let mut responses = serde_json::Map::new();
-        let (status, answer) = success();
+        let (status, answer) = (d.success)();
         responses.insert(status.to_string(), answer);
-        for (status, description) in errors(method, path, module) {
+        for (status, description) in errors(method, path, route.module.is_some()) {
             responses.insert(status.to_string(), problem(description));
         }
-        let mut op = json!({"summary": summary, "parameters": params, "responses": responses});
-        if !module.is_empty() {
+        let mut op = json!({"summary": d.summary, "parameters": params, "responses": responses});
+        if let Some(module) = route.module {
             op["security"] = json!([{"bearer": []}]);
-            op["x-module"] = json!(module);
+            op["x-module"] = json!(module.as_str());
         }
-        if let Some(schema) = body {
+        if let Some(schema) = d.body {
             // Task actions and referral decisions may be posted without a body.
-            let required = !matches!(*path, "/tasks/{id}/{action}" | "/referrals/{id}/{decision}");
+            let required = !matches!(path, "/tasks/{id}/{action}" | "/referrals/{id}/{decision}");
             op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema()}}});
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
+        entry[method] = op;
     }
     json!({
         "openapi": "3.0.3",

@@ -94,12 +94,7 @@ pub async fn seed(
             "no pathways are loaded; publish pathways first".into(),
         ));
     }
-    let existing = pool
-        .fetch("SELECT COUNT(*) FROM patients", vec![])
-        .await?
-        .first()
-        .map(|r| r.i64(0))
-        .unwrap_or(0) as u64;
+    let existing = store::stats::patient_count(pool).await? as u64;
     let mut summary = SeedSummary::default();
     let mut written = Written::default();
     let chunk = 1_000u64;
@@ -219,9 +214,7 @@ pub async fn seed(
     // Like any bulk load: PostgreSQL plans from table statistics, and until they are gathered
     // (by autovacuum, if it runs) the pass's per-batch reads of tasks and goals for a list of
     // enrolments are planned as scans of the whole table.
-    if pool.is_postgres() {
-        pool.exec("ANALYZE", vec![]).await?;
-    }
+    store::stats::analyze(pool).await?;
     summary.actions = written.actions();
     Ok(summary)
 }
@@ -282,12 +275,7 @@ pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, Stri
         for role in roles {
             let token = format!("cp_{}", hex::encode(chunks.next().unwrap_or(&[0u8; 16])));
             let id = format!("{inst}.{role}");
-            tx.exec(
-                "DELETE FROM staff WHERE id = $1",
-                carepath_store::args![&id],
-            )
-            .await?;
-            store::insert_staff(
+            store::replace_staff(
                 &mut tx,
                 &id,
                 inst,

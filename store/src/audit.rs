@@ -25,7 +25,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::args;
+use crate::audit_log::{self, Reader};
 use crate::{Pool, Result, Row, Tx};
 
 /// Rows chained by plain SHA-256 (before migration 0009): the chain detects accidents, not
@@ -353,27 +353,13 @@ fn checkpoint_sig(key: &AuditKey, count: u64, last_id: i64, head: &str, at: i64)
 
 /// The newest row's id and hash, if any.
 pub async fn head(pool: &Pool) -> Result<Option<(i64, String)>> {
-    Ok(pool
-        .fetch(
-            "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1",
-            vec![],
-        )
-        .await?
-        .first()
-        .map(|r| (r.i64(0), r.text(1))))
+    audit_log::head(pool).await
 }
 
 /// A checkpoint of the record as it stands, signed with `key`.
 pub async fn take_checkpoint(pool: &Pool, key: &AuditKey, at: Timestamp) -> Result<Checkpoint> {
-    // One statement, so the count, the id and the hash come from one snapshot.
-    let rows = pool
-        .fetch(
-            "SELECT a.id, a.hash, (SELECT COUNT(*) FROM audit_log b WHERE b.id <= a.id) FROM audit_log a ORDER BY a.id DESC LIMIT 1",
-            vec![],
-        )
-        .await?;
-    Ok(match rows.first() {
-        Some(r) => Checkpoint::signed(key, r.i64(2) as u64, r.i64(0), &r.text(1), at.as_second()),
+    Ok(match audit_log::counted_head(pool).await? {
+        Some(h) => Checkpoint::signed(key, h.count, h.id, &h.hash, at.as_second()),
         None => Checkpoint::signed(key, 0, 0, GENESIS, at.as_second()),
     })
 }
@@ -599,10 +585,6 @@ impl<'k> Verifier<'k> {
 /// Rows read per query while verifying.
 const PAGE: i64 = 5000;
 
-fn page_sql() -> String {
-    format!("SELECT {ROW_COLUMNS} FROM audit_log WHERE id > $1 ORDER BY id LIMIT {PAGE}")
-}
-
 /// Verifies the whole record in `pool` against `key` and `checkpoints`.
 pub async fn verify(
     pool: &Pool,
@@ -621,22 +603,6 @@ pub async fn verify_tx(
     verify_from(Reader::Tx(tx), key, checkpoints).await
 }
 
-/// Where the record is read from: pooled connections, or one transaction.
-enum Reader<'a> {
-    Pool(&'a Pool),
-    Tx(&'a mut Tx),
-}
-
-impl Reader<'_> {
-    /// The page of rows after id `after`, in id order.
-    async fn page(&mut self, after: i64) -> Result<Vec<Row>> {
-        Ok(match self {
-            Reader::Pool(p) => p.fetch(&page_sql(), args![after]).await?,
-            Reader::Tx(t) => t.fetch(&page_sql(), args![after]).await?,
-        })
-    }
-}
-
 async fn verify_from(
     mut reader: Reader<'_>,
     key: &AuditKey,
@@ -645,11 +611,10 @@ async fn verify_from(
     let mut v = Verifier::new(key, checkpoints);
     let mut after = i64::MIN;
     loop {
-        let rows = reader.page(after).await?;
-        for r in &rows {
-            let row = AuditRow::from_row(r);
+        let rows = reader.page(after, PAGE).await?;
+        for row in &rows {
             after = row.id;
-            if !v.feed(&row) {
+            if !v.feed(row) {
                 return Ok(v.finish());
             }
         }
@@ -662,13 +627,7 @@ async fn verify_from(
 /// After a key is installed: when the newest row is still unkeyed (a record written before the
 /// keyed scheme), appends a keyed row that seals the legacy prefix. Returns whether it did.
 pub async fn seal_legacy(pool: &Pool, at: Timestamp) -> Result<bool> {
-    let last = pool
-        .fetch(
-            "SELECT scheme FROM audit_log ORDER BY id DESC LIMIT 1",
-            vec![],
-        )
-        .await?;
-    if last.first().is_none_or(|r| r.i64(0) != SCHEME_LEGACY) {
+    if audit_log::newest_scheme(pool).await? != Some(SCHEME_LEGACY) {
         return Ok(false);
     }
     let mut tx = pool.begin().await?;

@@ -7,15 +7,18 @@
 //! sequence, which the committed state already moved past).
 
 pub mod audit;
+pub mod audit_log;
 pub mod bulk;
 pub mod crypto;
 pub mod db;
 pub mod goals;
 pub mod indicators;
 pub mod outbox;
+pub mod patients;
 pub mod queries;
 pub mod scales;
 mod sqlite_tx;
+pub mod stats;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -228,6 +231,20 @@ pub async fn insert_staff(
     )
     .await?;
     Ok(())
+}
+
+/// Inserts a staff member, replacing whoever held the id before (their token stops working).
+pub async fn replace_staff(
+    tx: &mut Tx,
+    id: &str,
+    institution: &str,
+    name: &str,
+    roles: &[&str],
+    token_hash: Option<String>,
+) -> Result<()> {
+    tx.exec("DELETE FROM staff WHERE id = $1", args![id])
+        .await?;
+    insert_staff(tx, id, institution, name, roles, token_hash).await
 }
 
 pub async fn insert_patient(tx: &mut Tx, p: &NewPatient, now: Timestamp) -> Result<()> {
@@ -1413,9 +1430,21 @@ pub async fn ingest_readings(
     visible: &std::collections::HashSet<String>,
     now: Timestamp,
 ) -> Result<IngestSummary> {
+    let mut tx = pool.begin().await?;
+    let out = ingest_readings_tx(&mut tx, readings, visible, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`ingest_readings`] inside the caller's transaction.
+pub async fn ingest_readings_tx(
+    tx: &mut Tx,
+    readings: &[crate::observations::Reading],
+    visible: &std::collections::HashSet<String>,
+    now: Timestamp,
+) -> Result<IngestSummary> {
     use crate::observations::{GroupedReading, normalise, rule_holds};
     let mut out = IngestSummary::default();
-    let mut tx = pool.begin().await?;
     let mut patients: Vec<String> = Vec::new();
     for (i, r) in readings.iter().enumerate() {
         if !visible.contains(&r.patient_id) {
@@ -1559,7 +1588,7 @@ pub async fn ingest_readings(
                 )
                 .await?;
                 add_event(
-                    &mut tx,
+                    tx,
                     enrolment,
                     &format!("alarm:{}", spec.id),
                     now,
@@ -1585,8 +1614,7 @@ pub async fn ingest_readings(
         }
     }
     // Care-plan goals read the same readings: their status follows at once.
-    out.goals = goals::evaluate_for_patients(&mut tx, &patients, now).await?;
-    tx.commit().await?;
+    out.goals = goals::evaluate_for_patients(tx, &patients, now).await?;
     Ok(out)
 }
 

@@ -409,6 +409,35 @@ pub async fn queue(
         .collect())
 }
 
+/// [`queue`] for a request: the page is audited (with the patients it shows) before it is returned.
+pub async fn read_queue(
+    pool: &Pool,
+    audit: &AuditAppender,
+    programs: &crate::program::Programs,
+    caller: &Caller,
+    f: &QueueFilter,
+    remote: &str,
+    now: Timestamp,
+) -> Result<Vec<QueueTask>> {
+    let tasks = queue(pool, programs, caller, f).await?;
+    let patients: std::collections::BTreeSet<&String> =
+        tasks.iter().map(|t| &t.patient_id).collect();
+    let patients: Vec<String> = patients.into_iter().cloned().collect();
+    audit
+        .append(AuditEntry::new(
+            &caller.staff_id,
+            Some(&caller.institution_id),
+            "queue.read",
+            "queues/tasks",
+            &patients,
+            "ok",
+            remote,
+            now,
+        ))
+        .await?;
+    Ok(tasks)
+}
+
 /// A task as a queue lists it. Serialised straight to the response: the hottest read of the API
 /// builds no intermediate JSON tree.
 #[derive(Debug, Clone, Serialize)]
@@ -589,7 +618,7 @@ pub async fn act_on_task(
     action: TaskAction<'_>,
     remote: &str,
     now: Timestamp,
-) -> Result<Value> {
+) -> Result<TaskActed> {
     let name = action.name();
     let target = format!("task/{task}");
     let mut tx = pool.begin().await?;
@@ -764,7 +793,20 @@ pub async fn act_on_task(
     )
     .await?;
     tx.commit().await?;
-    Ok(json!({"task": task, "action": name, "enrolment_id": t.enrolment}))
+    Ok(TaskActed {
+        task,
+        action: name,
+        enrolment_id: t.enrolment,
+    })
+}
+
+/// What an action on a task did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TaskActed {
+    pub task: i64,
+    /// `task.claim`, `task.complete`, `task.reassign` or `task.snooze`.
+    pub action: &'static str,
+    pub enrolment_id: i64,
 }
 
 /// An enrolment whose patient the caller's institution may see.
@@ -825,7 +867,7 @@ pub async fn timeline(
     enrolment: i64,
     remote: &str,
     now: Timestamp,
-) -> Result<Value> {
+) -> Result<Timeline> {
     let e = visible_enrolment(pool, caller, enrolment, false).await?;
     let rows = pool
         .fetch(
@@ -833,9 +875,13 @@ pub async fn timeline(
             args![enrolment],
         )
         .await?;
-    let entries: Vec<Value> = rows
+    let entries: Vec<TimelineEntry> = rows
         .iter()
-        .map(|r| json!({"at": super::ts(r.i64(0)).to_string(), "kind": r.text(1), "detail": serde_json::from_str::<Value>(&r.text(2)).unwrap_or(Value::Null)}))
+        .map(|r| TimelineEntry {
+            at: super::ts(r.i64(0)).to_string(),
+            kind: r.text(1),
+            detail: serde_json::from_str::<Value>(&r.text(2)).unwrap_or(Value::Null),
+        })
         .collect();
     // Audit before returning the data: a read that cannot be audited is not served.
     let mut tx = pool.begin().await?;
@@ -852,10 +898,37 @@ pub async fn timeline(
     )
     .await?;
     tx.commit().await?;
-    Ok(json!({
-        "enrolment_id": enrolment, "patient_id": e.patient_id, "pathway": e.pathway_id, "version": e.version, "state": e.state,
-        "status": e.status, "next_wake_at": e.next_wake_at.map(|t| super::ts(t).to_string()), "entries": entries,
-    }))
+    Ok(Timeline {
+        enrolment_id: enrolment,
+        patient_id: e.patient_id,
+        pathway: e.pathway_id,
+        version: e.version,
+        state: e.state,
+        status: e.status,
+        next_wake_at: e.next_wake_at.map(|t| super::ts(t).to_string()),
+        entries,
+    })
+}
+
+/// An enrolment and every record entry, oldest first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Timeline {
+    pub enrolment_id: i64,
+    pub patient_id: String,
+    pub pathway: String,
+    pub version: i64,
+    pub state: String,
+    pub status: String,
+    pub next_wake_at: Option<String>,
+    pub entries: Vec<TimelineEntry>,
+}
+
+/// One record entry of a [`Timeline`]; `detail` is what was recorded, as recorded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimelineEntry {
+    pub at: String,
+    pub kind: String,
+    pub detail: Value,
 }
 
 /// SQL condition on referral `r`: institution `$n` may decide it. A referral named to an
@@ -881,7 +954,7 @@ pub async fn decide_referral(
     reason: Option<&str>,
     remote: &str,
     now: Timestamp,
-) -> Result<Value> {
+) -> Result<Decided> {
     let action = format!("referral.{decision}");
     let target = format!("referral/{referral}");
     let refused = Refusal {
@@ -1010,12 +1083,29 @@ pub async fn decide_referral(
     )
     .await?;
     tx.commit().await?;
-    Ok(json!({"referral": referral, "status": new_status, "enrolment_id": enrolment}))
+    Ok(Decided {
+        referral,
+        status: new_status,
+        enrolment_id: enrolment,
+    })
+}
+
+/// What a referral decision did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Decided {
+    pub referral: i64,
+    /// `accepted`, `rejected` or `arrived`.
+    pub status: &'static str,
+    pub enrolment_id: i64,
 }
 
 /// Referrals sent by the caller's institution, received by it, or open and addressed to it
 /// (see [`referral_addressed`]); nothing of another alliance.
-pub async fn referrals(pool: &Pool, caller: &Caller, status: Option<&str>) -> Result<Vec<Value>> {
+pub async fn referrals(
+    pool: &Pool,
+    caller: &Caller,
+    status: Option<&str>,
+) -> Result<Vec<ReferralView>> {
     let sql = format!(
         "SELECT r.id, r.enrolment_id, r.patient_id, r.direction, r.to_kind, r.from_institution, r.to_institution, r.status, r.requested_at, r.accept_by, r.reason \
          FROM referrals r WHERE (r.from_institution = $1 OR r.to_institution = $1 OR (r.status = 'requested' AND {})) \
@@ -1027,13 +1117,100 @@ pub async fn referrals(pool: &Pool, caller: &Caller, status: Option<&str>) -> Re
         .await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            json!({"id": r.i64(0), "enrolment_id": r.i64(1), "patient_id": r.text(2), "direction": r.text(3), "to_kind": r.text(4),
-                   "from_institution": r.text(5), "to_institution": r.opt_text(6), "status": r.text(7),
-                   "requested_at": super::ts(r.i64(8)).to_string(), "accept_by": super::ts(r.i64(9)).to_string(),
-                   "reason": r.opt_text(10).and_then(|s| serde_json::from_str::<Value>(&s).ok())})
+        .map(|r| ReferralView {
+            id: r.i64(0),
+            enrolment_id: r.i64(1),
+            patient_id: r.text(2),
+            direction: r.text(3),
+            to_kind: r.text(4),
+            from_institution: r.text(5),
+            to_institution: r.opt_text(6),
+            status: r.text(7),
+            requested_at: super::ts(r.i64(8)).to_string(),
+            accept_by: super::ts(r.i64(9)).to_string(),
+            reason: r
+                .opt_text(10)
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok()),
         })
         .collect())
+}
+
+/// A referral as the API lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReferralView {
+    pub id: i64,
+    pub enrolment_id: i64,
+    pub patient_id: String,
+    pub direction: String,
+    pub to_kind: String,
+    pub from_institution: String,
+    pub to_institution: Option<String>,
+    pub status: String,
+    pub requested_at: String,
+    pub accept_by: String,
+    /// Why it was requested, as the pathway recorded it.
+    pub reason: Option<Value>,
+}
+
+/// [`referrals`] for a request: audited (with the patients listed) before they are returned.
+pub async fn list_referrals(
+    pool: &Pool,
+    audit: &AuditAppender,
+    caller: &Caller,
+    status: Option<&str>,
+    remote: &str,
+    now: Timestamp,
+) -> Result<Vec<ReferralView>> {
+    let rows = referrals(pool, caller, status).await?;
+    let patients: Vec<String> = rows.iter().map(|r| r.patient_id.clone()).collect();
+    audit
+        .append(AuditEntry::new(
+            &caller.staff_id,
+            Some(&caller.institution_id),
+            "referral.list",
+            "referrals",
+            &patients,
+            "ok",
+            remote,
+            now,
+        ))
+        .await?;
+    Ok(rows)
+}
+
+/// Stores readings for the patients visible to the caller (the others' are refused, not
+/// revealed) and audits the batch with those patients in the same transaction.
+pub async fn ingest_visible(
+    pool: &Pool,
+    caller: &Caller,
+    readings: &[crate::observations::Reading],
+    remote: &str,
+    now: Timestamp,
+) -> Result<super::IngestSummary> {
+    let mut visible = std::collections::HashSet::new();
+    for r in readings {
+        if !visible.contains(&r.patient_id) && patient_visible(pool, caller, &r.patient_id).await? {
+            visible.insert(r.patient_id.clone());
+        }
+    }
+    let mut tx = pool.begin().await?;
+    let summary = super::ingest_readings_tx(&mut tx, readings, &visible, now).await?;
+    let mut patients: Vec<String> = visible.into_iter().collect();
+    patients.sort();
+    audit(
+        &mut tx,
+        &caller.staff_id,
+        Some(&caller.institution_id),
+        "observations.post",
+        "observations",
+        &patients,
+        "ok",
+        remote,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(summary)
 }
 
 /// Escalates overdue tasks whose SLA names a supervisor role, and upward referrals not accepted in

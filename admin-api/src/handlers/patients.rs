@@ -1,0 +1,306 @@
+//! Patients and their enrolments: registering and reading patients, enrolling, the timeline,
+//! events, withdrawal, scale pushes and their answers.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use carepath_engine::scheduler;
+use carepath_engine::store::patients::{self, PatientView};
+use carepath_engine::store::queries::{self, Timeline};
+use carepath_engine::store::scales::{self, Answered, PushView};
+use carepath_engine::store::{NewEnrolment, NewPatient};
+use serde::{Deserialize, Serialize};
+
+use super::{Body, instant};
+use crate::{ApiError, AppState, Call};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatientBody {
+    id: String,
+    birth_date: Option<String>,
+    #[serde(default = "unknown")]
+    sex: String,
+    #[serde(default = "default_tz")]
+    tz: String,
+    preferred_channel: Option<String>,
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+fn default_tz() -> String {
+    "Asia/Shanghai".into()
+}
+
+#[derive(Serialize)]
+pub(crate) struct Registered {
+    id: String,
+}
+
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    call: Call,
+    Body(b): Body<PatientBody>,
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
+    if b.id.is_empty()
+        || b.id.len() > 64
+        || !b
+            .id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        return Err(ApiError::BadRequest("patient id must be 1–64 characters of letters, digits, - and _ (a pseudonymous id, never a name or ID number)".into()));
+    }
+    if !matches!(b.sex.as_str(), "female" | "male" | "unknown") {
+        return Err(ApiError::BadRequest(
+            "sex must be female, male or unknown".into(),
+        ));
+    }
+    let now = call.now;
+    if let Some(d) = &b.birth_date {
+        let date = d.parse::<jiff::civil::Date>().map_err(|_| {
+            ApiError::BadRequest(format!("birth_date `{d}` is not a date (YYYY-MM-DD)"))
+        })?;
+        let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+        if date < jiff::civil::date(1890, 1, 1) || date > today {
+            return Err(ApiError::BadRequest(format!(
+                "birth_date `{d}` must lie between 1890-01-01 and today"
+            )));
+        }
+    }
+    if let Some(ch) = &b.preferred_channel
+        && !matches!(ch.as_str(), "wechat" | "sms" | "phone" | "email")
+    {
+        return Err(ApiError::BadRequest(format!(
+            "preferred_channel `{ch}` must be wechat, sms, phone or email"
+        )));
+    }
+    if jiff::tz::TimeZone::get(&b.tz).is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "tz `{}` is not an IANA time zone such as Asia/Shanghai",
+            b.tz
+        )));
+    }
+    let p = NewPatient {
+        id: b.id,
+        institution_id: call.caller.institution_id.clone(),
+        birth_date: b.birth_date,
+        sex: b.sex,
+        tz: b.tz,
+        contact_enc: None,
+        preferred_channel: b.preferred_channel,
+    };
+    patients::register(&s.pool, &call.caller, &p, &call.remote, now).await?;
+    Ok((StatusCode::CREATED, Json(Registered { id: p.id })))
+}
+
+pub(crate) async fn read(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Json<PatientView>, ApiError> {
+    let patient =
+        patients::read(&s.pool, &s.audit, &call.caller, &id, &call.remote, call.now).await?;
+    Ok(Json(patient))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrolBody {
+    patient_id: String,
+    pathway: String,
+    version: Option<u32>,
+    entry: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Enrolled {
+    id: i64,
+    /// The actions the entry step wrote, by kind.
+    actions: BTreeMap<String, u64>,
+}
+
+pub(crate) async fn enrol(
+    State(s): State<AppState>,
+    call: Call,
+    Body(b): Body<EnrolBody>,
+) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
+    let new = NewEnrolment {
+        patient_id: b.patient_id,
+        pathway_id: b.pathway,
+        version: b.version,
+        entry: b.entry,
+        at: call.now,
+    };
+    let (id, written) =
+        patients::enrol(&s.pool, &s.programs(), &call.caller, &new, &call.remote).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Enrolled {
+            id,
+            actions: written.by_kind,
+        }),
+    ))
+}
+
+pub(crate) async fn timeline(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    call: Call,
+) -> Result<Json<Timeline>, ApiError> {
+    let t = queries::timeline(&s.pool, &call.caller, id, &call.remote, call.now).await?;
+    Ok(Json(t))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventBody {
+    name: String,
+    at: Option<String>,
+}
+
+/// What an enrolment did at once after an event or an answer.
+#[derive(Serialize)]
+pub(crate) struct Advanced {
+    enrolment_id: i64,
+    transitions: u64,
+    actions: BTreeMap<String, u64>,
+}
+
+pub(crate) async fn event(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    call: Call,
+    Body(b): Body<EventBody>,
+) -> Result<Json<Advanced>, ApiError> {
+    if b.name.is_empty()
+        || b.name.len() > 96
+        || !b.name.chars().all(|ch| {
+            ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '_' | ':' | '.' | '-')
+        })
+    {
+        return Err(ApiError::BadRequest(
+            "event names are lower case, e.g. `discharged`".into(),
+        ));
+    }
+    let now = call.now;
+    let at = instant("at", b.at.as_deref())?.unwrap_or(now);
+    if at > now {
+        return Err(ApiError::BadRequest(
+            "an event cannot happen in the future".into(),
+        ));
+    }
+    let c = &call.caller;
+    queries::event_scoped(&s.pool, c, id, &b.name, at, &call.remote, now).await?;
+    let w = scheduler::advance(&s.pool, &s.programs(), id, now).await?;
+    Ok(Json(Advanced {
+        enrolment_id: id,
+        transitions: w.transitions,
+        actions: w.by_kind,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReasonBody {
+    reason: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Withdrawn {
+    enrolment_id: i64,
+    status: &'static str,
+}
+
+pub(crate) async fn withdraw(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    call: Call,
+    Body(b): Body<ReasonBody>,
+) -> Result<Json<Withdrawn>, ApiError> {
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::BadRequest("a withdrawal needs a reason".into()));
+    }
+    let c = &call.caller;
+    queries::withdraw_scoped(&s.pool, c, id, &b.reason, &call.remote, call.now).await?;
+    Ok(Json(Withdrawn {
+        enrolment_id: id,
+        status: "withdrawn",
+    }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct Pushes {
+    enrolment_id: i64,
+    scale_pushes: Vec<PushView>,
+}
+
+pub(crate) async fn scale_pushes(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    call: Call,
+) -> Result<Json<Pushes>, ApiError> {
+    let pushes =
+        scales::enrolment_pushes(&s.pool, &call.caller, id, &call.remote, call.now).await?;
+    Ok(Json(Pushes {
+        enrolment_id: id,
+        scale_pushes: pushes,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnswerBody {
+    answers: BTreeMap<String, i64>,
+    answered_at: Option<String>,
+}
+
+/// More answers than any scale has items is refused before scoring.
+const MAX_ANSWERS: usize = 200;
+
+/// A scored answer and what the enrolment did at once.
+#[derive(Serialize)]
+pub(crate) struct AnswerOutcome {
+    #[serde(flatten)]
+    answered: Answered,
+    transitions: u64,
+    actions: BTreeMap<String, u64>,
+}
+
+pub(crate) async fn answer(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    call: Call,
+    Body(b): Body<AnswerBody>,
+) -> Result<(StatusCode, Json<AnswerOutcome>), ApiError> {
+    if b.answers.len() > MAX_ANSWERS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_ANSWERS} answers per scale"
+        )));
+    }
+    let answered_at = instant("answered_at", b.answered_at.as_deref())?;
+    let answered = scales::answer_push(
+        &s.pool,
+        s.scales,
+        &call.caller,
+        id,
+        &b.answers,
+        answered_at,
+        &call.remote,
+        call.now,
+    )
+    .await?;
+    // The answer is committed; the enrolment steps now so a guard on the new score acts at once.
+    let w = scheduler::advance(&s.pool, &s.programs(), answered.enrolment_id, call.now).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AnswerOutcome {
+            answered,
+            transitions: w.transitions,
+            actions: w.by_kind,
+        }),
+    ))
+}
