@@ -7,6 +7,7 @@ pub mod audit;
 pub mod crypto;
 pub mod delivery;
 pub mod facts;
+pub mod indicators;
 pub mod observations;
 pub mod outcome;
 pub mod program;

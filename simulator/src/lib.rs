@@ -336,9 +336,9 @@ expect:
         assert_eq!(p.errors, 0);
         assert!(p.completed > 200, "{}", sim.report.text());
         let i = &p.indicators;
-        assert!(i.follow_ups_sent > 0 && i.calls_due > 0 && i.scales_pushed > 0);
+        assert!(i.follow_ups_sent > 0 && i.counts.follow_up_due > 0 && i.counts.scales_pushed > 0);
         assert!(i.referrals_down > 0 && i.alarms > 0);
-        assert!(i.average_length_of_stay_days.is_some());
+        assert!(i.value("average_length_of_stay_days").is_some());
         assert!(!sim.report.referral_flows.is_empty());
         // Every task created is accounted for: done, cancelled or still open.
         for r in &sim.report.roles {
@@ -393,7 +393,7 @@ staff: { capacity: { case_manager: 1, default: 50 } }
 institutions: { lead: { share: 1 } }
 expect:
   - max_backlog: { role: case_manager, at_most: 5 }
-  - on_time_rate >= 0.99
+  - on_time_task_rate >= 0.99
 "#,
         )
         .unwrap();

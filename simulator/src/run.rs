@@ -20,6 +20,7 @@ use carepath_dsl::{
 use carepath_engine::facts::{
     FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult,
 };
+use carepath_engine::indicators;
 use carepath_engine::step::{self, Enrolment, Outcome, Produced, Program, Status};
 use jiff::Timestamp;
 use serde_json::Value;
@@ -155,7 +156,9 @@ pub struct PathwayInfo {
     pub indicators: Vec<IndicatorModel>,
     alarms: Vec<AlarmModel>,
     pub task_ids: Vec<String>,
-    task_calls: Vec<bool>,
+    /// Per task id: a follow-up call as the indicators count it
+    /// (`carepath_engine::indicators::is_follow_up_call`).
+    follow_up_calls: Vec<bool>,
     outcomes: Vec<(Vec<String>, Vec<f64>)>,
     /// Per task id: probability staff never do it, and the delay before it can be done.
     task_behaviour: Vec<(f64, Option<Dist>)>,
@@ -486,6 +489,10 @@ fn analyse(
         }
     }
 
+    let follow_up_calls = task_ids
+        .iter()
+        .map(|id| indicators::is_follow_up_call(id))
+        .collect();
     // Task outcomes and which tasks are calls.
     let calls: Option<&Vec<String>> = sc.tasks.calls.as_ref();
     let task_calls: Vec<bool> = task_ids
@@ -758,7 +765,7 @@ fn analyse(
         indicators,
         alarms,
         task_ids,
-        task_calls,
+        follow_up_calls,
         outcomes,
         task_behaviour,
         missed_default,
@@ -820,7 +827,6 @@ pub struct Setup {
     scales: Vec<ScaleModel>,
     response: [f64; 4],
     referral: [ReferralModel; 2],
-    reached: Vec<String>,
     /// Tasks per day for each queue (institution × role).
     pub capacity: Vec<u32>,
     pub total_states: usize,
@@ -1112,11 +1118,6 @@ impl Setup {
             referral_model(sc.referrals.up.as_ref(), true)?,
             referral_model(sc.referrals.down.as_ref(), false)?,
         ];
-        let reached = sc
-            .tasks
-            .reached
-            .clone()
-            .unwrap_or_else(|| vec!["reached".into(), "problem".into(), "done".into()]);
 
         Ok(Setup {
             total_states: state_off,
@@ -1143,7 +1144,6 @@ impl Setup {
             scales,
             response,
             referral,
-            reached,
             capacity,
             warnings,
         })
@@ -1283,12 +1283,15 @@ pub struct PathTally {
     pub follow_ups_sent: u64,
     pub follow_ups_responded: u64,
     pub follow_ups_cancelled: u64,
-    pub calls_due: u64,
-    pub calls_reached: u64,
+    /// Patients with a follow-up call due, and those a call reached (`follow_up_rate`).
+    pub follow_up_due: u64,
+    pub followed_up: u64,
     pub tasks_created: u64,
     pub tasks_done: u64,
+    /// Tasks due before the horizon and not cancelled; of those, done by their due time, and not.
     pub tasks_due: u64,
     pub tasks_on_time: u64,
+    pub tasks_overdue: u64,
     pub tasks_cancelled: u64,
     pub scales_pushed: u64,
     pub scales_answered: u64,
@@ -1376,12 +1379,13 @@ impl Tally {
             a.follow_ups_sent += b.follow_ups_sent;
             a.follow_ups_responded += b.follow_ups_responded;
             a.follow_ups_cancelled += b.follow_ups_cancelled;
-            a.calls_due += b.calls_due;
-            a.calls_reached += b.calls_reached;
+            a.follow_up_due += b.follow_up_due;
+            a.followed_up += b.followed_up;
             a.tasks_created += b.tasks_created;
             a.tasks_done += b.tasks_done;
             a.tasks_due += b.tasks_due;
             a.tasks_on_time += b.tasks_on_time;
+            a.tasks_overdue += b.tasks_overdue;
             a.tasks_cancelled += b.tasks_cancelled;
             a.scales_pushed += b.scales_pushed;
             a.scales_answered += b.scales_answered;
@@ -1441,7 +1445,6 @@ enum Item {
     Life(u16),
     ScaleAnswer {
         scale: u8,
-        counted: bool,
     },
     /// An unanswered push reaching its expiry, as the scheduler's sweep raises it.
     ScaleExpired {
@@ -1518,6 +1521,9 @@ struct Patient {
     enrol_at: i64,
     life: Life,
     dead: bool,
+    /// A follow-up call fell due; one reached the patient (each counted once per patient).
+    follow_up_due: bool,
+    followed_up: bool,
     enrolment: Option<Enrolment>,
     state: usize,
     facts: PatientFacts,
@@ -1611,6 +1617,8 @@ impl Patient {
             enrol_at,
             life: Life::Waiting,
             dead: false,
+            follow_up_due: false,
+            followed_up: false,
             enrolment: None,
             state: 0,
             facts,
@@ -1773,15 +1781,13 @@ impl Patient {
                 self.queue_task(cx, no, t);
                 false
             }
-            Item::ScaleAnswer { scale, counted } => {
+            Item::ScaleAnswer { scale } => {
                 if self.dead {
                     return false;
                 }
                 let m = &s.scales[usize::from(scale)];
                 let (score, items) = m.answer(&mut self.rng);
-                if counted {
-                    cx.tally.path[self.prog].scales_answered += 1;
-                }
+                cx.tally.path[self.prog].scales_answered += 1;
                 if info.guard_scales.contains(&usize::from(scale)) {
                     self.facts.scales.retain(|x| x.scale != m.name);
                     self.facts.scales.push(ScaleResult {
@@ -2180,38 +2186,43 @@ impl Patient {
     }
 
     /// Closes a task in the tallies: done (with whether a call reached the patient), cancelled,
-    /// or still open when the run ends.
-    fn close_task(&self, cx: &mut Cx, task: &OpenTask, done: Option<bool>, at: i64) {
+    /// or still open when the run ends. As the store counts a period ending at the horizon: a
+    /// task is due when its due time is before the horizon and it was not cancelled.
+    fn close_task(&mut self, cx: &mut Cx, task: &OpenTask, done: Option<bool>, at: i64) {
         cx.closed.push((self.idx, task.no));
         let info = &cx.s.infos[self.prog];
-        let call = task.ref_ix != NO_REF && info.task_calls[usize::from(task.ref_ix)];
+        let call = task.ref_ix != NO_REF && info.follow_up_calls[usize::from(task.ref_ix)];
         let r = &mut cx.tally.roles[usize::from(task.role)];
         let p = &mut cx.tally.path[self.prog];
-        let was_due = match done {
-            Some(_) => true,
-            None => at >= task.due,
-        };
-        if was_due {
+        let cancelled = done.is_none() && at < cx.horizon;
+        if !cancelled && task.due < cx.horizon {
+            let on_time = done.is_some() && at <= task.due;
             r.due += 1;
             p.tasks_due += 1;
-            if call {
-                p.calls_due += 1;
+            if on_time {
+                r.on_time += 1;
+                p.tasks_on_time += 1;
+            } else {
+                p.tasks_overdue += 1;
             }
-            if task.escalate_after.is_some_and(|e| at > task.due + e) {
-                r.escalated += 1;
+            if call && !self.follow_up_due {
+                self.follow_up_due = true;
+                p.follow_up_due += 1;
+            }
+            if call && done == Some(true) && !self.followed_up {
+                self.followed_up = true;
+                p.followed_up += 1;
             }
         }
+        if (done.is_some() || at >= task.due)
+            && task.escalate_after.is_some_and(|e| at > task.due + e)
+        {
+            r.escalated += 1;
+        }
         match done {
-            Some(reached) => {
+            Some(_) => {
                 r.done += 1;
                 p.tasks_done += 1;
-                if at <= task.due {
-                    r.on_time += 1;
-                    p.tasks_on_time += 1;
-                }
-                if call && reached {
-                    p.calls_reached += 1;
-                }
                 let day = cx.s.day_of(at);
                 cx.tally.done_by_day[day * cx.s.roles.len() + usize::from(task.role)] += 1;
             }
@@ -2244,7 +2255,7 @@ impl Patient {
         if self.dead && names.iter().any(|n| n == "unreachable") {
             outcome = "unreachable".into();
         }
-        let reached = cx.s.reached.contains(&outcome);
+        let reached = indicators::reached(Some(&outcome));
         self.close_task(cx, &task, Some(reached), t);
         if self.life != Life::Active {
             return false;
@@ -2389,10 +2400,8 @@ impl Patient {
                     let Some(ix) = scale_index(&scale) else {
                         continue;
                     };
-                    let counted = due_at.as_second() <= cx.horizon;
-                    if counted {
-                        cx.tally.path[self.prog].scales_pushed += 1;
-                    }
+                    // Counted when pushed, as the store counts pushes created in a period.
+                    cx.tally.path[self.prog].scales_pushed += 1;
                     let m = &s.scales[ix];
                     let mut answered = false;
                     if !self.dead && self.rng.chance(m.answer) {
@@ -2404,10 +2413,7 @@ impl Patient {
                             answered = true;
                             self.schedule(
                                 at + delay,
-                                Item::ScaleAnswer {
-                                    scale: ix as u8,
-                                    counted,
-                                },
+                                Item::ScaleAnswer { scale: ix as u8 },
                                 cx.horizon,
                             );
                         }

@@ -178,8 +178,6 @@ pub struct ScoreSpec {
 pub struct TasksSpec {
     /// Task ids that are follow-up calls (default: ids ending in `_call`).
     pub calls: Option<Vec<String>>,
-    /// Outcomes that count a call as reached (default: reached, problem, done).
-    pub reached: Option<Vec<String>>,
     /// Outcome weights per task id; `default_call` and `default` apply to the rest.
     #[serde(default)]
     pub outcomes: BTreeMap<String, BTreeMap<String, f64>>,
@@ -604,7 +602,7 @@ events:
   - { event: discharged, after: admitted, delay: { normal: [6d, 2d], min: 1d } }
 expect:
   - follow_up_rate >= 0.9
-  - on_time_rate >= 85%
+  - on_time_task_rate >= 85%
   - stroke.average_length_of_stay_days <= 7
   - every_state_visited: true
   - every_transition_taken: { except: [rehabilitation#1] }
@@ -617,8 +615,8 @@ expect:
         assert_eq!(
             e[1],
             Expectation::Metric {
-                text: "on_time_rate >= 85%".into(),
-                metric: "on_time_rate".into(),
+                text: "on_time_task_rate >= 85%".into(),
+                metric: "on_time_task_rate".into(),
                 cmp: Cmp::Ge,
                 value: 0.85
             }
