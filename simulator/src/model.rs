@@ -1,0 +1,747 @@
+//! What the simulator needs to know about a pathway: its states and transitions, the life events
+//! its patients can have, its tasks, alarms, goals and indicators, and which facts its guards read.
+//!
+//! The analysis runs once per pathway before the run; patients then read the result by index, so
+//! nothing in the hot loop looks a name up in a map.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use carepath_dsl::{Action, GoalMeasure, Phase, Trigger, VarType, VarValue, catalog};
+use carepath_engine::step::Program;
+use serde_json::Value;
+
+use crate::cohort::{self, Dist, Unit};
+use crate::expr::{self, Cond};
+use crate::scenario::Scenario;
+
+const YEAR: f64 = 365.25 * 86_400.0;
+/// A task with no id: nothing reads its outcome.
+pub(crate) const NO_REF: u16 = u16::MAX;
+
+pub(crate) fn kind_index(kind: &str) -> Option<usize> {
+    catalog::OBSERVATIONS.iter().position(|(k, _)| *k == kind)
+}
+
+pub(crate) fn scale_index(scale: &str) -> Option<usize> {
+    catalog::SCALES.iter().position(|s| *s == scale)
+}
+
+// ---- what the simulator reads from a pathway ---------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub(crate) enum Anchor {
+    /// At enrolment, at any entry point or at one.
+    Enrolled(Option<usize>),
+    /// After another event (by index into `PathwayInfo::events`).
+    Event(u16),
+    /// On entering a state that listens for the event.
+    State,
+    /// A constant hazard from enrolment, per second.
+    Hazard(f64),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    pub(crate) event: u16,
+    pub(crate) anchor: Anchor,
+    pub(crate) probability: f64,
+    pub(crate) delay: Dist,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TaskModel {
+    pub(crate) ref_ix: u16,
+    pub(crate) role: u16,
+    pub(crate) due: i64,
+    pub(crate) prio: u8,
+    pub(crate) escalate_after: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AlarmModel {
+    pub(crate) id: String,
+    pub(crate) cond: Option<Cond>,
+    /// Observation kinds the rule reads, as a bit set: other readings do not touch it.
+    pub(crate) kinds: u32,
+    pub(crate) count: usize,
+    pub(crate) within: i64,
+    pub(crate) task: TaskModel,
+}
+
+#[derive(Debug, Clone)]
+pub struct GoalModel {
+    pub id: String,
+    pub(crate) kind: usize,
+    /// Share-of-readings goals: the reading rule and the share.
+    pub(crate) share: Option<(Option<Cond>, f64)>,
+    /// Days-logged goals: the number of days.
+    pub(crate) days: Option<u32>,
+    pub(crate) over: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct IndicatorModel {
+    pub id: String,
+    pub title: String,
+    pub numerator: String,
+    pub denominator: String,
+    pub target: Option<f64>,
+    /// The goal counted by a `goal_met:<goal>` numerator, if the simulator can compute it.
+    pub goal: Option<usize>,
+}
+
+/// Everything the simulator derives from one pathway.
+pub struct PathwayInfo {
+    pub id: String,
+    pub states: Vec<String>,
+    pub terminal: Vec<bool>,
+    pub(crate) state_ix: HashMap<String, u16>,
+    /// Index of the pathway's first state in the run's flat list of states.
+    pub state_off: usize,
+    /// Index of each state's first transition in the run's flat list of transitions.
+    pub t_off: Vec<usize>,
+    pub n_transitions: usize,
+    /// Life events the patients of this pathway can have, by index.
+    pub events: Vec<String>,
+    /// Every event a transition of the pathway listens for.
+    pub listened: BTreeSet<String>,
+    pub(crate) guard_events: BTreeSet<String>,
+    pub(crate) guard_scales: BTreeSet<usize>,
+    /// Risk models and task outcomes that guards read: only these are kept in the facts, which
+    /// the step copies every time.
+    pub(crate) guard_risks: BTreeSet<String>,
+    pub(crate) outcome_read: Vec<bool>,
+    /// Per observation kind: how far back guards read it (`Some(0)`: only the latest reading).
+    pub(crate) guard_obs: Vec<Option<i64>>,
+    pub(crate) goal_obs: Vec<Option<i64>>,
+    /// Readings taken together (blood pressure is one reading of two values).
+    pub(crate) groups: Vec<Vec<usize>>,
+    pub(crate) uses_goal_met: bool,
+    pub goals: Vec<GoalModel>,
+    pub indicators: Vec<IndicatorModel>,
+    pub(crate) alarms: Vec<AlarmModel>,
+    pub task_ids: Vec<String>,
+    pub(crate) task_calls: Vec<bool>,
+    pub(crate) outcomes: Vec<(Vec<String>, Vec<f64>)>,
+    /// Per task id: probability staff never do it, and the delay before it can be done.
+    pub(crate) task_behaviour: Vec<(f64, Option<Dist>)>,
+    pub(crate) missed_default: f64,
+    pub(crate) entry_weights: Vec<f64>,
+    pub(crate) entry_admitted: Vec<bool>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) state_listens: Vec<Vec<u16>>,
+    pub(crate) age: Dist,
+    pub(crate) female: f64,
+    /// Per observation kind: a shift of the default baseline for this pathway's population.
+    pub(crate) obs_shift: Vec<f64>,
+    pub(crate) variables: Vec<(String, VarType, Dist)>,
+    pub(crate) charlson_default: Option<i64>,
+    /// The pathway listens for `discharged`, so a length of stay means something.
+    pub tracks_stay: bool,
+}
+
+impl PathwayInfo {
+    pub(crate) fn state(&self, id: &str) -> usize {
+        self.state_ix.get(id).map_or(0, |i| usize::from(*i))
+    }
+
+    pub(crate) fn event_ix(&self, name: &str) -> Option<u16> {
+        self.events.iter().position(|e| e == name).map(|i| i as u16)
+    }
+}
+
+pub(crate) fn seconds_of(d: carepath_dsl::Duration) -> i64 {
+    d.nominal_seconds()
+}
+
+pub(crate) fn dist(v: &Value, unit: Unit, what: &str) -> Result<Dist, String> {
+    Dist::from_json(v, unit, what)
+}
+
+fn default_rules(event: &str) -> Vec<(Option<&'static str>, f64, Dist)> {
+    let d = |a: f64, b: f64| Dist::Uniform(a * 86_400.0, b * 86_400.0);
+    match event {
+        // Relative to enrolment at an entry point that is not already an admission.
+        "admitted" => vec![(Some("enrolled"), 0.93, d(2.0, 21.0))],
+        "discharged" => vec![
+            (
+                Some("admitted"),
+                1.0,
+                Dist::Normal {
+                    mean: 6.0 * 86_400.0,
+                    sd: 2.0 * 86_400.0,
+                    min: 86_400.0,
+                    max: 30.0 * 86_400.0,
+                },
+            ),
+            (
+                Some("readmitted"),
+                1.0,
+                Dist::Normal {
+                    mean: 5.0 * 86_400.0,
+                    sd: 2.0 * 86_400.0,
+                    min: 86_400.0,
+                    max: 30.0 * 86_400.0,
+                },
+            ),
+            (Some("delivered"), 1.0, d(1.0, 4.0)),
+        ],
+        "readmitted" => vec![(Some("discharged"), 0.08, d(3.0, 30.0))],
+        "delivered" => vec![(Some("enrolled"), 0.97, d(14.0, 210.0))],
+        "died" => vec![(None, 0.03, Dist::Fixed(0.0))],
+        _ => vec![(
+            Some("state"),
+            0.2,
+            Dist::Uniform(6.0 * 3_600.0, 5.0 * 86_400.0),
+        )],
+    }
+}
+
+fn is_life_event(name: &str) -> bool {
+    !(name.starts_with("task_done:")
+        || name.starts_with("scale_answered:")
+        || name.starts_with("alarm:")
+        || name.starts_with("referral_"))
+}
+
+fn default_outcomes(call: bool, found: &BTreeSet<String>) -> (Vec<String>, Vec<f64>) {
+    let primary = if call { "reached" } else { "done" };
+    let others: Vec<&String> = found.iter().filter(|v| *v != primary).collect();
+    let each = 0.05;
+    let mut names = vec![primary.to_string()];
+    let mut weights = vec![(1.0 - each * others.len() as f64).max(0.4)];
+    for o in others {
+        names.push(o.clone());
+        weights.push(each);
+    }
+    (names, weights)
+}
+
+pub(crate) fn analyse(
+    prog: &Program,
+    sc: &Scenario,
+    roles: &[String],
+    state_off: usize,
+    t_base: usize,
+    warnings: &mut Vec<String>,
+) -> Result<PathwayInfo, String> {
+    let p = &prog.pathway;
+    let exprs: Vec<&str> = carepath_engine::sandbox::expressions(p)
+        .into_iter()
+        .map(|e| e.0.as_str())
+        .collect();
+    let mut guard_events = BTreeSet::new();
+    let mut guard_scales = BTreeSet::new();
+    let mut guard_obs: Vec<Option<i64>> = vec![None; catalog::OBSERVATIONS.len()];
+    let mut found_outcomes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut guard_risks = BTreeSet::new();
+    let mut guard_outcomes = BTreeSet::new();
+    let mut uses_goal_met = false;
+    for e in &exprs {
+        for f in ["days_since", "hours_since", "event_count"] {
+            for args in expr::calls(e, f) {
+                if let Some(ev) = args.first() {
+                    guard_events.insert(ev.clone());
+                }
+            }
+        }
+        for f in ["score", "band", "item"] {
+            for args in expr::calls(e, f) {
+                if let Some(s) = args.first().and_then(|s| scale_index(s)) {
+                    guard_scales.insert(s);
+                }
+            }
+        }
+        for f in ["latest", "mean", "min", "max", "count"] {
+            for args in expr::calls(e, f) {
+                let Some(k) = args.first().and_then(|k| kind_index(k)) else {
+                    continue;
+                };
+                let window = args
+                    .get(1)
+                    .and_then(|w| cohort::parse_seconds(w).ok())
+                    .map_or(0, |s| s as i64);
+                let slot = &mut guard_obs[k];
+                *slot = Some(slot.unwrap_or(0).max(window));
+            }
+        }
+        uses_goal_met |= e.contains("goal_met(");
+        for f in ["risk", "risk_band"] {
+            for args in expr::calls(e, f) {
+                guard_risks.extend(args.first().cloned());
+            }
+        }
+        for args in expr::calls(e, "outcome") {
+            guard_outcomes.extend(args.first().cloned());
+        }
+        for (task, value) in expr::outcome_values(e) {
+            found_outcomes.entry(task).or_default().insert(value);
+        }
+    }
+
+    // States, transitions and the events they listen for.
+    let mut state_ix = HashMap::new();
+    let mut t_off = Vec::new();
+    let mut n_transitions = 0;
+    let mut listened = BTreeSet::new();
+    for (i, s) in p.states.iter().enumerate() {
+        state_ix.insert(s.id.clone(), i as u16);
+        t_off.push(t_base + n_transitions);
+        n_transitions += s.transitions.len();
+        for t in &s.transitions {
+            if let Trigger::Event(name) = &t.trigger {
+                listened.insert(name.clone());
+            }
+        }
+    }
+
+    // Tasks, alarms and goals.
+    let role_ix = |r: &str| roles.iter().position(|x| x == r).unwrap_or(0) as u16;
+    let mut task_ids: Vec<String> = Vec::new();
+    let add_task_id = |id: &Option<String>, task_ids: &mut Vec<String>| -> u16 {
+        match id {
+            Some(id) => match task_ids.iter().position(|t| t == id) {
+                Some(i) => i as u16,
+                None => {
+                    task_ids.push(id.clone());
+                    (task_ids.len() - 1) as u16
+                }
+            },
+            None => NO_REF,
+        }
+    };
+    let slot = |name: &str| kind_index(name);
+    let mut alarms = Vec::new();
+    let mut goals_src: Vec<carepath_dsl::Goal> = p.goals.clone();
+    for (_, a) in p.actions() {
+        match a {
+            Action::Task(t) => {
+                add_task_id(&t.id, &mut task_ids);
+            }
+            Action::Alarm(a) => {
+                let cond = match Cond::compile(&a.when.0, &slot) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        warnings.push(format!(
+                            "{}: alarm `{}`: condition `{}` is outside what the simulator evaluates ({e}); it never fires",
+                            p.id, a.id, a.when.0
+                        ));
+                        None
+                    }
+                };
+                let ref_ix = add_task_id(&a.task.id, &mut task_ids);
+                let kinds = cond
+                    .as_ref()
+                    .map_or(0, |c| c.slots().iter().fold(0u32, |m, k| m | (1 << k)));
+                alarms.push(AlarmModel {
+                    id: a.id.clone(),
+                    cond,
+                    kinds,
+                    count: a.count.max(1) as usize,
+                    within: seconds_of(a.within),
+                    task: TaskModel {
+                        ref_ix,
+                        role: role_ix(&a.task.role),
+                        due: seconds_of(a.task.due),
+                        prio: 3 - a.task.priority as u8,
+                        escalate_after: a
+                            .task
+                            .sla
+                            .as_ref()
+                            .and_then(|s| s.escalate_after)
+                            .map(seconds_of),
+                    },
+                });
+            }
+            Action::Goal(g) if !goals_src.iter().any(|x| x.id == g.id) => {
+                goals_src.push(g.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut goal_obs: Vec<Option<i64>> = vec![None; catalog::OBSERVATIONS.len()];
+    let mut goals = Vec::new();
+    for g in &goals_src {
+        let Some(kind) = kind_index(&g.observation) else {
+            continue;
+        };
+        let (share, days, over) = match &g.measure {
+            GoalMeasure::ShareOfReadings {
+                reading,
+                at_least,
+                over,
+            } => {
+                let cond = Cond::compile(&reading.0, &|n| (n == "value").then_some(0));
+                if let Err(e) = &cond {
+                    warnings.push(format!(
+                        "{}: goal `{}`: reading rule `{}` is outside what the simulator evaluates ({e}); the goal is never met",
+                        p.id, g.id, reading.0
+                    ));
+                }
+                (Some((cond.ok(), *at_least)), None, seconds_of(*over))
+            }
+            GoalMeasure::DaysLogged { days, over } => (None, Some(*days), seconds_of(*over)),
+        };
+        let w = &mut goal_obs[kind];
+        *w = Some(w.unwrap_or(0).max(over));
+        goals.push(GoalModel {
+            id: g.id.clone(),
+            kind,
+            share,
+            days,
+            over,
+        });
+    }
+    let indicators = p
+        .indicators
+        .iter()
+        .map(|i| IndicatorModel {
+            id: i.id.clone(),
+            title: i.title.en.clone(),
+            numerator: i.numerator.clone(),
+            denominator: i.denominator.clone(),
+            target: i.target,
+            goal: i
+                .numerator
+                .strip_prefix("goal_met:")
+                .and_then(|g| goals.iter().position(|x: &GoalModel| x.id == g)),
+        })
+        .collect();
+
+    // Device readings: what guards, goals and alarms read, and what the scenario asks for.
+    let mut needed: BTreeSet<usize> = BTreeSet::new();
+    for (k, w) in guard_obs.iter().enumerate() {
+        if w.is_some() || goal_obs[k].is_some() {
+            needed.insert(k);
+        }
+    }
+    for a in &alarms {
+        for n in expr::names(
+            &p.actions()
+                .find_map(|(_, x)| match x {
+                    Action::Alarm(s) if s.id == a.id => Some(s.when.0.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        ) {
+            if let Some(k) = kind_index(&n) {
+                needed.insert(k);
+            }
+        }
+    }
+    for (k, o) in &sc.observations {
+        if let Some(i) = kind_index(k) {
+            if o.per_day.is_none_or(|d| d > 0.0) {
+                needed.insert(i);
+            } else {
+                needed.remove(&i);
+            }
+        }
+    }
+    let (sys, dia) = (
+        kind_index("bp_systolic").unwrap_or(0),
+        kind_index("bp_diastolic").unwrap_or(1),
+    );
+    let mut groups = Vec::new();
+    if needed.contains(&sys) || needed.contains(&dia) {
+        groups.push(vec![sys, dia]);
+    }
+    for k in &needed {
+        if *k != sys && *k != dia {
+            groups.push(vec![*k]);
+        }
+    }
+
+    // Task outcomes and which tasks are calls.
+    let calls: Option<&Vec<String>> = sc.tasks.calls.as_ref();
+    let task_calls: Vec<bool> = task_ids
+        .iter()
+        .map(|id| calls.map_or(id.ends_with("_call"), |c| c.contains(id)))
+        .collect();
+    let mut outcomes = Vec::new();
+    for (i, id) in task_ids.iter().enumerate() {
+        let over = sc.tasks.outcomes.get(id).or_else(|| {
+            sc.tasks.outcomes.get(if task_calls[i] {
+                "default_call"
+            } else {
+                "default"
+            })
+        });
+        outcomes.push(match over {
+            Some(m) => (m.keys().cloned().collect(), m.values().copied().collect()),
+            None => default_outcomes(
+                task_calls[i],
+                found_outcomes.get(id).unwrap_or(&BTreeSet::new()),
+            ),
+        });
+    }
+
+    // Tasks staff miss, and tasks that wait for the patient.
+    let missed_of = |id: Option<&str>| -> Result<f64, String> {
+        match &sc.tasks.missed {
+            None => Ok(0.0),
+            Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(0.0)),
+            Some(Value::Object(m)) => {
+                let v = id.and_then(|id| m.get(id)).or_else(|| m.get("default"));
+                match v {
+                    None => Ok(0.0),
+                    Some(x) => x
+                        .as_f64()
+                        .ok_or_else(|| format!("tasks.missed: {x} is not a probability")),
+                }
+            }
+            Some(other) => Err(format!(
+                "tasks.missed: write a probability or {{ <task id>: p, default: p }}, found {other}"
+            )),
+        }
+    };
+    let missed_default = missed_of(None)?;
+    let outcome_read: Vec<bool> = task_ids
+        .iter()
+        .map(|id| guard_outcomes.contains(id))
+        .collect();
+    let mut task_behaviour = Vec::new();
+    for id in &task_ids {
+        let ready = match sc.tasks.ready_after.get(id) {
+            Some(v) => Some(dist(v, Unit::Seconds, &format!("tasks.ready_after.{id}"))?),
+            None => None,
+        };
+        task_behaviour.push((missed_of(Some(id))?, ready));
+    }
+
+    // Entry points.
+    let entry_weights: Vec<f64> = if p
+        .entry_points
+        .iter()
+        .any(|e| sc.patients.entry.contains_key(&e.id))
+    {
+        p.entry_points
+            .iter()
+            .map(|e| sc.patients.entry.get(&e.id).copied().unwrap_or(0.0))
+            .collect()
+    } else {
+        vec![1.0; p.entry_points.len()]
+    };
+    let entry_admitted: Vec<bool> = p
+        .entry_points
+        .iter()
+        .map(|e| {
+            p.state(&e.state).is_some_and(|s| {
+                matches!(
+                    s.phase,
+                    Phase::AdmissionAssessment | Phase::InHospital | Phase::DischargePreparation
+                )
+            })
+        })
+        .collect();
+
+    // Life events: those the pathway listens for or its guards read.
+    let mut events: Vec<String> = vec!["admitted".into()];
+    for e in listened.iter().chain(guard_events.iter()) {
+        if is_life_event(e) && !events.contains(e) {
+            events.push(e.clone());
+        }
+    }
+    let life: Vec<String> = events
+        .iter()
+        .filter(|e| listened.contains(*e) || guard_events.contains(*e))
+        .cloned()
+        .collect();
+    let mut rules = Vec::new();
+    for ev in &life {
+        let own: Vec<&crate::scenario::EventRule> =
+            sc.events.iter().filter(|r| &r.event == ev).collect();
+        let specs: Vec<(Option<String>, f64, Dist, Option<f64>)> = if own.is_empty() {
+            default_rules(ev)
+                .into_iter()
+                .map(|(a, prob, d)| {
+                    if a.is_none() {
+                        (None, 1.0, d, Some(prob))
+                    } else {
+                        (a.map(str::to_string), prob, d, None)
+                    }
+                })
+                .collect()
+        } else {
+            let mut v = Vec::new();
+            for r in own {
+                let what = format!("events: {}", r.event);
+                let delay = match &r.delay {
+                    Some(d) => dist(d, Unit::Seconds, &what)?,
+                    None => Dist::Fixed(0.0),
+                };
+                if r.rate_per_year.is_none() && r.after.is_none() {
+                    return Err(format!(
+                        "{what}: give `after` (enrolled, enrolled:<entry>, an event or state) or `rate_per_year`"
+                    ));
+                }
+                v.push((
+                    r.after.clone(),
+                    r.probability.unwrap_or(1.0),
+                    delay,
+                    r.rate_per_year,
+                ));
+            }
+            v
+        };
+        let event = events.iter().position(|e| e == ev).unwrap_or(0) as u16;
+        for (after, probability, delay, rate) in specs {
+            let anchors: Vec<Anchor> = match (rate, after.as_deref()) {
+                (Some(r), _) if r > 0.0 => vec![Anchor::Hazard(r / YEAR)],
+                (Some(_), _) => continue,
+                (None, Some("enrolled")) if ev == "admitted" && own_default(sc, ev) => p
+                    .entry_points
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !entry_admitted[*i])
+                    .map(|(i, _)| Anchor::Enrolled(Some(i)))
+                    .collect(),
+                (None, Some("enrolled")) => vec![Anchor::Enrolled(None)],
+                (None, Some("state")) => vec![Anchor::State],
+                (None, Some(a)) if a.starts_with("enrolled:") => {
+                    let entry = &a["enrolled:".len()..];
+                    match p.entry_points.iter().position(|e| e.id == entry) {
+                        Some(i) => vec![Anchor::Enrolled(Some(i))],
+                        None => continue,
+                    }
+                }
+                (None, Some(a)) => {
+                    let ix = match events.iter().position(|e| e == a) {
+                        Some(i) => i,
+                        None => {
+                            events.push(a.to_string());
+                            events.len() - 1
+                        }
+                    };
+                    vec![Anchor::Event(ix as u16)]
+                }
+                (None, None) => continue,
+            };
+            for anchor in anchors {
+                rules.push(Rule {
+                    event,
+                    anchor,
+                    probability,
+                    delay: delay.clone(),
+                });
+            }
+        }
+    }
+    let state_listens: Vec<Vec<u16>> = p
+        .states
+        .iter()
+        .map(|s| {
+            s.transitions
+                .iter()
+                .filter_map(|t| match &t.trigger {
+                    Trigger::Event(n) => events.iter().position(|e| e == n).map(|i| i as u16),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+
+    // Who the patients are.
+    let female_only =
+        p.id.contains("pregnan") || p.id.contains("breast") || p.id.contains("obstet");
+    let age = match &sc.patients.age {
+        Some(v) => dist(v, Unit::Plain, "patients.age")?,
+        None if p.id.contains("pregnan") || p.id.contains("obstet") => Dist::Normal {
+            mean: 30.0,
+            sd: 4.5,
+            min: 18.0,
+            max: 48.0,
+        },
+        None => Dist::Normal {
+            mean: 62.0,
+            sd: 13.0,
+            min: 18.0,
+            max: 95.0,
+        },
+    };
+    let female = sc
+        .patients
+        .female
+        .unwrap_or(if female_only { 1.0 } else { 0.5 });
+    // Pregnant women have lower blood pressure than the default chronic-disease population.
+    let mut obs_shift = vec![0.0; catalog::OBSERVATIONS.len()];
+    if p.id.contains("pregnan") || p.id.contains("obstet") {
+        for (kind, shift) in [("bp_systolic", -30.0), ("bp_diastolic", -16.0)] {
+            if !sc.observations.contains_key(kind) {
+                obs_shift[kind_index(kind).unwrap_or(0)] = shift;
+            }
+        }
+    }
+    let mut variables = Vec::new();
+    for v in &p.variables {
+        if let Some(d) = sc.patients.variables.get(&v.name) {
+            let unit = Unit::Plain;
+            let d = match v.ty {
+                VarType::Number | VarType::Integer | VarType::Bool => {
+                    dist(d, unit, &format!("patients.variables.{}", v.name))?
+                }
+                VarType::Text => {
+                    return Err(format!(
+                        "patients.variables.{}: text variables are set by entry points, not drawn",
+                        v.name
+                    ));
+                }
+            };
+            variables.push((v.name.clone(), v.ty, d));
+        } else if v.name == "ed_visits" && v.ty != VarType::Text {
+            variables.push((v.name.clone(), v.ty, Dist::Poisson(0.3)));
+        }
+    }
+    let charlson_default = p
+        .variables
+        .iter()
+        .find(|v| v.name == "charlson" && !sc.patients.variables.contains_key("charlson"))
+        .map(|v| match v.default {
+            VarValue::Integer(i) => i,
+            VarValue::Number(n) => n as i64,
+            _ => 0,
+        });
+
+    Ok(PathwayInfo {
+        id: p.id.clone(),
+        states: p.states.iter().map(|s| s.id.clone()).collect(),
+        terminal: p.states.iter().map(|s| s.terminal).collect(),
+        state_ix,
+        state_off,
+        t_off,
+        n_transitions,
+        events,
+        listened: listened.clone(),
+        guard_events,
+        guard_scales,
+        guard_risks,
+        outcome_read,
+        guard_obs,
+        goal_obs,
+        groups,
+        uses_goal_met,
+        goals,
+        indicators,
+        alarms,
+        task_ids,
+        task_calls,
+        outcomes,
+        task_behaviour,
+        missed_default,
+        entry_weights,
+        entry_admitted,
+        rules,
+        state_listens,
+        age,
+        female,
+        obs_shift,
+        variables,
+        charlson_default,
+        tracks_stay: listened.contains("discharged"),
+    })
+}
+
+/// Whether `event` takes the built-in rules (the scenario gives none).
+fn own_default(sc: &Scenario, event: &str) -> bool {
+    !sc.events.iter().any(|r| r.event == event)
+}
