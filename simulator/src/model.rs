@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use carepath_dsl::{Action, GoalMeasure, Phase, Trigger, VarType, VarValue, catalog};
+use carepath_dsl::{Action, GoalMeasure, Pathway, Phase, Trigger, VarType, VarValue, catalog};
 use carepath_engine::step::Program;
 use serde_json::Value;
 
-use crate::cohort::{self, Dist, Unit};
-use crate::expr::{self, Cond};
+use crate::cohort::{Dist, Unit};
+use crate::expr::Cond;
 use crate::scenario::Scenario;
 
 const YEAR: f64 = 365.25 * 86_400.0;
@@ -217,6 +217,8 @@ fn default_outcomes(call: bool, found: &BTreeSet<String>) -> (Vec<String>, Vec<f
     (names, weights)
 }
 
+/// Analyses one pathway of the run. `state_off` and `t_base` place its states and transitions in
+/// the run's flat lists; problems the run can live with are added to `warnings`.
 pub(crate) fn analyse(
     prog: &Program,
     sc: &Scenario,
@@ -226,97 +228,168 @@ pub(crate) fn analyse(
     warnings: &mut Vec<String>,
 ) -> Result<PathwayInfo, String> {
     let p = &prog.pathway;
-    let exprs: Vec<&str> = carepath_engine::sandbox::expressions(p)
-        .into_iter()
-        .map(|e| e.0.as_str())
-        .collect();
-    let mut guard_events = BTreeSet::new();
-    let mut guard_scales = BTreeSet::new();
-    let mut guard_obs: Vec<Option<i64>> = vec![None; catalog::OBSERVATIONS.len()];
-    let mut found_outcomes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut guard_risks = BTreeSet::new();
-    let mut guard_outcomes = BTreeSet::new();
-    let mut uses_goal_met = false;
-    for e in &exprs {
-        for f in ["days_since", "hours_since", "event_count"] {
-            for args in expr::calls(e, f) {
-                if let Some(ev) = args.first() {
-                    guard_events.insert(ev.clone());
+    let reads = GuardReads::of(p);
+    let layout = Layout::of(p, t_base);
+    let (task_ids, alarms) = tasks_and_alarms(p, roles, warnings);
+    let (goals, goal_obs) = goals(p, warnings);
+    let indicators = indicators(p, &goals);
+    let groups = reading_groups(sc, &reads.observations, &goal_obs, &alarms);
+    let tasks = TaskBehaviour::of(sc, &task_ids, &reads)?;
+    let (entry_weights, entry_admitted) = entries(p, sc);
+    let life = LifeEvents::of(p, sc, &layout.listened, &reads.events, &entry_admitted)?;
+    let population = Population::of(p, sc)?;
+    Ok(PathwayInfo {
+        id: p.id.clone(),
+        states: p.states.iter().map(|s| s.id.clone()).collect(),
+        terminal: p.states.iter().map(|s| s.terminal).collect(),
+        state_ix: layout.state_ix,
+        state_off,
+        t_off: layout.t_off,
+        n_transitions: layout.n_transitions,
+        events: life.events,
+        tracks_stay: layout.listened.contains("discharged"),
+        listened: layout.listened,
+        guard_events: reads.events,
+        guard_scales: reads.scales,
+        guard_risks: reads.risks,
+        outcome_read: task_ids
+            .iter()
+            .map(|id| reads.outcomes.contains(id))
+            .collect(),
+        guard_obs: reads.observations,
+        goal_obs,
+        groups,
+        uses_goal_met: reads.goals,
+        goals,
+        indicators,
+        alarms,
+        task_ids,
+        task_calls: tasks.calls,
+        outcomes: tasks.outcomes,
+        task_behaviour: tasks.behaviour,
+        missed_default: tasks.missed_default,
+        entry_weights,
+        entry_admitted,
+        rules: life.rules,
+        state_listens: life.state_listens,
+        age: population.age,
+        female: population.female,
+        obs_shift: population.obs_shift,
+        variables: population.variables,
+        charlson_default: population.charlson_default,
+    })
+}
+
+/// What a pathway's guards and computed values read, from their syntax trees: only these facts
+/// are kept for its patients.
+struct GuardReads {
+    events: BTreeSet<String>,
+    scales: BTreeSet<usize>,
+    /// Per observation kind: how far back it is read (`Some(0)`: only the latest reading).
+    observations: Vec<Option<i64>>,
+    risks: BTreeSet<String>,
+    /// Tasks whose outcome is read.
+    outcomes: BTreeSet<String>,
+    /// Per task: the outcomes guards tell apart.
+    outcome_values: BTreeMap<String, BTreeSet<String>>,
+    /// Some guard reads whether a goal is met.
+    goals: bool,
+}
+
+impl GuardReads {
+    fn of(p: &Pathway) -> GuardReads {
+        let mut out = GuardReads {
+            events: BTreeSet::new(),
+            scales: BTreeSet::new(),
+            observations: vec![None; catalog::OBSERVATIONS.len()],
+            risks: BTreeSet::new(),
+            outcomes: BTreeSet::new(),
+            outcome_values: BTreeMap::new(),
+            goals: false,
+        };
+        for e in carepath_engine::sandbox::expressions(p) {
+            let Some(r) = carepath_dsl::reads::reads(&e.0) else {
+                continue;
+            };
+            out.events.extend(r.events);
+            out.scales
+                .extend(r.scales.iter().filter_map(|s| scale_index(s)));
+            for (kind, window) in &r.observations {
+                if let Some(k) = kind_index(kind) {
+                    let w = window.map_or(0, seconds_of);
+                    let slot = &mut out.observations[k];
+                    *slot = Some(slot.unwrap_or(0).max(w));
+                }
+            }
+            out.risks.extend(r.risks);
+            out.outcomes.extend(r.outcomes);
+            out.goals |= !r.goals.is_empty();
+            for (task, value) in r.outcome_values {
+                out.outcome_values.entry(task).or_default().insert(value);
+            }
+        }
+        out
+    }
+}
+
+/// States, transitions and the events they listen for.
+struct Layout {
+    state_ix: HashMap<String, u16>,
+    t_off: Vec<usize>,
+    n_transitions: usize,
+    listened: BTreeSet<String>,
+}
+
+impl Layout {
+    fn of(p: &Pathway, t_base: usize) -> Layout {
+        let mut out = Layout {
+            state_ix: HashMap::new(),
+            t_off: Vec::new(),
+            n_transitions: 0,
+            listened: BTreeSet::new(),
+        };
+        for (i, s) in p.states.iter().enumerate() {
+            out.state_ix.insert(s.id.clone(), i as u16);
+            out.t_off.push(t_base + out.n_transitions);
+            out.n_transitions += s.transitions.len();
+            for t in &s.transitions {
+                if let Trigger::Event(name) = &t.trigger {
+                    out.listened.insert(name.clone());
                 }
             }
         }
-        for f in ["score", "band", "item"] {
-            for args in expr::calls(e, f) {
-                if let Some(s) = args.first().and_then(|s| scale_index(s)) {
-                    guard_scales.insert(s);
-                }
-            }
-        }
-        for f in ["latest", "mean", "min", "max", "count"] {
-            for args in expr::calls(e, f) {
-                let Some(k) = args.first().and_then(|k| kind_index(k)) else {
-                    continue;
-                };
-                let window = args
-                    .get(1)
-                    .and_then(|w| cohort::parse_seconds(w).ok())
-                    .map_or(0, |s| s as i64);
-                let slot = &mut guard_obs[k];
-                *slot = Some(slot.unwrap_or(0).max(window));
-            }
-        }
-        uses_goal_met |= e.contains("goal_met(");
-        for f in ["risk", "risk_band"] {
-            for args in expr::calls(e, f) {
-                guard_risks.extend(args.first().cloned());
-            }
-        }
-        for args in expr::calls(e, "outcome") {
-            guard_outcomes.extend(args.first().cloned());
-        }
-        for (task, value) in expr::outcome_values(e) {
-            found_outcomes.entry(task).or_default().insert(value);
-        }
+        out
     }
+}
 
-    // States, transitions and the events they listen for.
-    let mut state_ix = HashMap::new();
-    let mut t_off = Vec::new();
-    let mut n_transitions = 0;
-    let mut listened = BTreeSet::new();
-    for (i, s) in p.states.iter().enumerate() {
-        state_ix.insert(s.id.clone(), i as u16);
-        t_off.push(t_base + n_transitions);
-        n_transitions += s.transitions.len();
-        for t in &s.transitions {
-            if let Trigger::Event(name) = &t.trigger {
-                listened.insert(name.clone());
+/// The index of task id `id`, added when new; tasks without an id are `NO_REF`.
+fn task_ref(id: &Option<String>, task_ids: &mut Vec<String>) -> u16 {
+    match id {
+        Some(id) => match task_ids.iter().position(|t| t == id) {
+            Some(i) => i as u16,
+            None => {
+                task_ids.push(id.clone());
+                (task_ids.len() - 1) as u16
             }
-        }
+        },
+        None => NO_REF,
     }
+}
 
-    // Tasks, alarms and goals.
+/// The pathway's task ids (in order of appearance) and its alarm rules.
+fn tasks_and_alarms(
+    p: &Pathway,
+    roles: &[String],
+    warnings: &mut Vec<String>,
+) -> (Vec<String>, Vec<AlarmModel>) {
     let role_ix = |r: &str| roles.iter().position(|x| x == r).unwrap_or(0) as u16;
-    let mut task_ids: Vec<String> = Vec::new();
-    let add_task_id = |id: &Option<String>, task_ids: &mut Vec<String>| -> u16 {
-        match id {
-            Some(id) => match task_ids.iter().position(|t| t == id) {
-                Some(i) => i as u16,
-                None => {
-                    task_ids.push(id.clone());
-                    (task_ids.len() - 1) as u16
-                }
-            },
-            None => NO_REF,
-        }
-    };
     let slot = |name: &str| kind_index(name);
+    let mut task_ids: Vec<String> = Vec::new();
     let mut alarms = Vec::new();
-    let mut goals_src: Vec<carepath_dsl::Goal> = p.goals.clone();
     for (_, a) in p.actions() {
         match a {
             Action::Task(t) => {
-                add_task_id(&t.id, &mut task_ids);
+                task_ref(&t.id, &mut task_ids);
             }
             Action::Alarm(a) => {
                 let cond = match Cond::compile(&a.when.0, &slot) {
@@ -329,7 +402,7 @@ pub(crate) fn analyse(
                         None
                     }
                 };
-                let ref_ix = add_task_id(&a.task.id, &mut task_ids);
+                let ref_ix = task_ref(&a.task.id, &mut task_ids);
                 let kinds = cond
                     .as_ref()
                     .map_or(0, |c| c.slots().iter().fold(0u32, |m, k| m | (1 << k)));
@@ -353,15 +426,26 @@ pub(crate) fn analyse(
                     },
                 });
             }
-            Action::Goal(g) if !goals_src.iter().any(|x| x.id == g.id) => {
-                goals_src.push(g.clone());
-            }
             _ => {}
+        }
+    }
+    (task_ids, alarms)
+}
+
+/// The pathway's goals (declared at its top and set by actions), and per observation kind how
+/// far back they read it.
+fn goals(p: &Pathway, warnings: &mut Vec<String>) -> (Vec<GoalModel>, Vec<Option<i64>>) {
+    let mut goals_src: Vec<&carepath_dsl::Goal> = p.goals.iter().collect();
+    for (_, a) in p.actions() {
+        if let Action::Goal(g) = a
+            && !goals_src.iter().any(|x| x.id == g.id)
+        {
+            goals_src.push(g);
         }
     }
     let mut goal_obs: Vec<Option<i64>> = vec![None; catalog::OBSERVATIONS.len()];
     let mut goals = Vec::new();
-    for g in &goals_src {
+    for g in goals_src {
         let Some(kind) = kind_index(&g.observation) else {
             continue;
         };
@@ -392,8 +476,11 @@ pub(crate) fn analyse(
             over,
         });
     }
-    let indicators = p
-        .indicators
+    (goals, goal_obs)
+}
+
+fn indicators(p: &Pathway, goals: &[GoalModel]) -> Vec<IndicatorModel> {
+    p.indicators
         .iter()
         .map(|i| IndicatorModel {
             id: i.id.clone(),
@@ -404,30 +491,27 @@ pub(crate) fn analyse(
             goal: i
                 .numerator
                 .strip_prefix("goal_met:")
-                .and_then(|g| goals.iter().position(|x: &GoalModel| x.id == g)),
+                .and_then(|g| goals.iter().position(|x| x.id == g)),
         })
-        .collect();
+        .collect()
+}
 
-    // Device readings: what guards, goals and alarms read, and what the scenario asks for.
+/// Device readings taken, grouped as they are taken together (blood pressure is one reading of
+/// two values): what guards, goals and alarms read, and what the scenario asks for.
+fn reading_groups(
+    sc: &Scenario,
+    guard_obs: &[Option<i64>],
+    goal_obs: &[Option<i64>],
+    alarms: &[AlarmModel],
+) -> Vec<Vec<usize>> {
     let mut needed: BTreeSet<usize> = BTreeSet::new();
     for (k, w) in guard_obs.iter().enumerate() {
         if w.is_some() || goal_obs[k].is_some() {
             needed.insert(k);
         }
     }
-    for a in &alarms {
-        for n in expr::names(
-            &p.actions()
-                .find_map(|(_, x)| match x {
-                    Action::Alarm(s) if s.id == a.id => Some(s.when.0.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default(),
-        ) {
-            if let Some(k) = kind_index(&n) {
-                needed.insert(k);
-            }
-        }
+    for a in alarms {
+        needed.extend((0..catalog::OBSERVATIONS.len()).filter(|k| a.kinds & (1 << k) != 0));
     }
     for (k, o) in &sc.observations {
         if let Some(i) = kind_index(k) {
@@ -451,66 +535,78 @@ pub(crate) fn analyse(
             groups.push(vec![*k]);
         }
     }
+    groups
+}
 
-    // Task outcomes and which tasks are calls.
-    let calls: Option<&Vec<String>> = sc.tasks.calls.as_ref();
-    let task_calls: Vec<bool> = task_ids
-        .iter()
-        .map(|id| calls.map_or(id.ends_with("_call"), |c| c.contains(id)))
-        .collect();
-    let mut outcomes = Vec::new();
-    for (i, id) in task_ids.iter().enumerate() {
-        let over = sc.tasks.outcomes.get(id).or_else(|| {
-            sc.tasks.outcomes.get(if task_calls[i] {
-                "default_call"
-            } else {
-                "default"
-            })
-        });
-        outcomes.push(match over {
-            Some(m) => (m.keys().cloned().collect(), m.values().copied().collect()),
-            None => default_outcomes(
-                task_calls[i],
-                found_outcomes.get(id).unwrap_or(&BTreeSet::new()),
-            ),
-        });
-    }
+/// How staff and patients handle each task: which are calls, the outcomes staff record, tasks
+/// staff miss and tasks that wait for the patient.
+struct TaskBehaviour {
+    calls: Vec<bool>,
+    outcomes: Vec<(Vec<String>, Vec<f64>)>,
+    behaviour: Vec<(f64, Option<Dist>)>,
+    missed_default: f64,
+}
 
-    // Tasks staff miss, and tasks that wait for the patient.
-    let missed_of = |id: Option<&str>| -> Result<f64, String> {
-        match &sc.tasks.missed {
-            None => Ok(0.0),
-            Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(0.0)),
-            Some(Value::Object(m)) => {
-                let v = id.and_then(|id| m.get(id)).or_else(|| m.get("default"));
-                match v {
-                    None => Ok(0.0),
-                    Some(x) => x
-                        .as_f64()
-                        .ok_or_else(|| format!("tasks.missed: {x} is not a probability")),
-                }
-            }
-            Some(other) => Err(format!(
-                "tasks.missed: write a probability or {{ <task id>: p, default: p }}, found {other}"
-            )),
+impl TaskBehaviour {
+    fn of(sc: &Scenario, task_ids: &[String], reads: &GuardReads) -> Result<TaskBehaviour, String> {
+        let calls_given: Option<&Vec<String>> = sc.tasks.calls.as_ref();
+        let calls: Vec<bool> = task_ids
+            .iter()
+            .map(|id| calls_given.map_or(id.ends_with("_call"), |c| c.contains(id)))
+            .collect();
+        let mut outcomes = Vec::new();
+        for (i, id) in task_ids.iter().enumerate() {
+            let over = sc.tasks.outcomes.get(id).or_else(|| {
+                sc.tasks
+                    .outcomes
+                    .get(if calls[i] { "default_call" } else { "default" })
+            });
+            outcomes.push(match over {
+                Some(m) => (m.keys().cloned().collect(), m.values().copied().collect()),
+                None => default_outcomes(
+                    calls[i],
+                    reads.outcome_values.get(id).unwrap_or(&BTreeSet::new()),
+                ),
+            });
         }
-    };
-    let missed_default = missed_of(None)?;
-    let outcome_read: Vec<bool> = task_ids
-        .iter()
-        .map(|id| guard_outcomes.contains(id))
-        .collect();
-    let mut task_behaviour = Vec::new();
-    for id in &task_ids {
-        let ready = match sc.tasks.ready_after.get(id) {
-            Some(v) => Some(dist(v, Unit::Seconds, &format!("tasks.ready_after.{id}"))?),
-            None => None,
+        let missed_of = |id: Option<&str>| -> Result<f64, String> {
+            match &sc.tasks.missed {
+                None => Ok(0.0),
+                Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(0.0)),
+                Some(Value::Object(m)) => {
+                    let v = id.and_then(|id| m.get(id)).or_else(|| m.get("default"));
+                    match v {
+                        None => Ok(0.0),
+                        Some(x) => x
+                            .as_f64()
+                            .ok_or_else(|| format!("tasks.missed: {x} is not a probability")),
+                    }
+                }
+                Some(other) => Err(format!(
+                    "tasks.missed: write a probability or {{ <task id>: p, default: p }}, found {other}"
+                )),
+            }
         };
-        task_behaviour.push((missed_of(Some(id))?, ready));
+        let mut behaviour = Vec::new();
+        for id in task_ids {
+            let ready = match sc.tasks.ready_after.get(id) {
+                Some(v) => Some(dist(v, Unit::Seconds, &format!("tasks.ready_after.{id}"))?),
+                None => None,
+            };
+            behaviour.push((missed_of(Some(id))?, ready));
+        }
+        Ok(TaskBehaviour {
+            calls,
+            outcomes,
+            behaviour,
+            missed_default: missed_of(None)?,
+        })
     }
+}
 
-    // Entry points.
-    let entry_weights: Vec<f64> = if p
+/// Weights of the entry points, and which of them admit the patient to hospital.
+fn entries(p: &Pathway, sc: &Scenario) -> (Vec<f64>, Vec<bool>) {
+    let weights: Vec<f64> = if p
         .entry_points
         .iter()
         .any(|e| sc.patients.entry.contains_key(&e.id))
@@ -522,7 +618,7 @@ pub(crate) fn analyse(
     } else {
         vec![1.0; p.entry_points.len()]
     };
-    let entry_admitted: Vec<bool> = p
+    let admitted: Vec<bool> = p
         .entry_points
         .iter()
         .map(|e| {
@@ -534,211 +630,222 @@ pub(crate) fn analyse(
             })
         })
         .collect();
+    (weights, admitted)
+}
 
-    // Life events: those the pathway listens for or its guards read.
-    let mut events: Vec<String> = vec!["admitted".into()];
-    for e in listened.iter().chain(guard_events.iter()) {
-        if is_life_event(e) && !events.contains(e) {
-            events.push(e.clone());
-        }
-    }
-    let life: Vec<String> = events
-        .iter()
-        .filter(|e| listened.contains(*e) || guard_events.contains(*e))
-        .cloned()
-        .collect();
-    let mut rules = Vec::new();
-    for ev in &life {
-        let own: Vec<&crate::scenario::EventRule> =
-            sc.events.iter().filter(|r| &r.event == ev).collect();
-        let specs: Vec<(Option<String>, f64, Dist, Option<f64>)> = if own.is_empty() {
-            default_rules(ev)
-                .into_iter()
-                .map(|(a, prob, d)| {
-                    if a.is_none() {
-                        (None, 1.0, d, Some(prob))
-                    } else {
-                        (a.map(str::to_string), prob, d, None)
-                    }
-                })
-                .collect()
-        } else {
-            let mut v = Vec::new();
-            for r in own {
-                let what = format!("events: {}", r.event);
-                let delay = match &r.delay {
-                    Some(d) => dist(d, Unit::Seconds, &what)?,
-                    None => Dist::Fixed(0.0),
-                };
-                if r.rate_per_year.is_none() && r.after.is_none() {
-                    return Err(format!(
-                        "{what}: give `after` (enrolled, enrolled:<entry>, an event or state) or `rate_per_year`"
-                    ));
-                }
-                v.push((
-                    r.after.clone(),
-                    r.probability.unwrap_or(1.0),
-                    delay,
-                    r.rate_per_year,
-                ));
+/// Life events the patients can have (those the pathway listens for or its guards read), the
+/// rules that make them happen, and per state the events it listens for.
+struct LifeEvents {
+    events: Vec<String>,
+    rules: Vec<Rule>,
+    state_listens: Vec<Vec<u16>>,
+}
+
+impl LifeEvents {
+    fn of(
+        p: &Pathway,
+        sc: &Scenario,
+        listened: &BTreeSet<String>,
+        guard_events: &BTreeSet<String>,
+        entry_admitted: &[bool],
+    ) -> Result<LifeEvents, String> {
+        let mut events: Vec<String> = vec!["admitted".into()];
+        for e in listened.iter().chain(guard_events.iter()) {
+            if is_life_event(e) && !events.contains(e) {
+                events.push(e.clone());
             }
-            v
-        };
-        let event = events.iter().position(|e| e == ev).unwrap_or(0) as u16;
-        for (after, probability, delay, rate) in specs {
-            let anchors: Vec<Anchor> = match (rate, after.as_deref()) {
-                (Some(r), _) if r > 0.0 => vec![Anchor::Hazard(r / YEAR)],
-                (Some(_), _) => continue,
-                (None, Some("enrolled")) if ev == "admitted" && own_default(sc, ev) => p
-                    .entry_points
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !entry_admitted[*i])
-                    .map(|(i, _)| Anchor::Enrolled(Some(i)))
-                    .collect(),
-                (None, Some("enrolled")) => vec![Anchor::Enrolled(None)],
-                (None, Some("state")) => vec![Anchor::State],
-                (None, Some(a)) if a.starts_with("enrolled:") => {
-                    let entry = &a["enrolled:".len()..];
-                    match p.entry_points.iter().position(|e| e.id == entry) {
-                        Some(i) => vec![Anchor::Enrolled(Some(i))],
-                        None => continue,
-                    }
-                }
-                (None, Some(a)) => {
-                    let ix = match events.iter().position(|e| e == a) {
-                        Some(i) => i,
-                        None => {
-                            events.push(a.to_string());
-                            events.len() - 1
+        }
+        let life: Vec<String> = events
+            .iter()
+            .filter(|e| listened.contains(*e) || guard_events.contains(*e))
+            .cloned()
+            .collect();
+        let mut rules = Vec::new();
+        for ev in &life {
+            let event = events.iter().position(|e| e == ev).unwrap_or(0) as u16;
+            for (after, probability, delay, rate) in rule_specs(sc, ev)? {
+                let anchors: Vec<Anchor> = match (rate, after.as_deref()) {
+                    (Some(r), _) if r > 0.0 => vec![Anchor::Hazard(r / YEAR)],
+                    (Some(_), _) => continue,
+                    (None, Some("enrolled")) if ev == "admitted" && own_default(sc, ev) => p
+                        .entry_points
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !entry_admitted[*i])
+                        .map(|(i, _)| Anchor::Enrolled(Some(i)))
+                        .collect(),
+                    (None, Some("enrolled")) => vec![Anchor::Enrolled(None)],
+                    (None, Some("state")) => vec![Anchor::State],
+                    (None, Some(a)) if a.starts_with("enrolled:") => {
+                        let entry = &a["enrolled:".len()..];
+                        match p.entry_points.iter().position(|e| e.id == entry) {
+                            Some(i) => vec![Anchor::Enrolled(Some(i))],
+                            None => continue,
                         }
-                    };
-                    vec![Anchor::Event(ix as u16)]
+                    }
+                    (None, Some(a)) => {
+                        let ix = match events.iter().position(|e| e == a) {
+                            Some(i) => i,
+                            None => {
+                                events.push(a.to_string());
+                                events.len() - 1
+                            }
+                        };
+                        vec![Anchor::Event(ix as u16)]
+                    }
+                    (None, None) => continue,
+                };
+                for anchor in anchors {
+                    rules.push(Rule {
+                        event,
+                        anchor,
+                        probability,
+                        delay: delay.clone(),
+                    });
                 }
-                (None, None) => continue,
-            };
-            for anchor in anchors {
-                rules.push(Rule {
-                    event,
-                    anchor,
-                    probability,
-                    delay: delay.clone(),
-                });
             }
         }
-    }
-    let state_listens: Vec<Vec<u16>> = p
-        .states
-        .iter()
-        .map(|s| {
-            s.transitions
-                .iter()
-                .filter_map(|t| match &t.trigger {
-                    Trigger::Event(n) => events.iter().position(|e| e == n).map(|i| i as u16),
-                    _ => None,
-                })
-                .collect()
+        let state_listens: Vec<Vec<u16>> = p
+            .states
+            .iter()
+            .map(|s| {
+                s.transitions
+                    .iter()
+                    .filter_map(|t| match &t.trigger {
+                        Trigger::Event(n) => events.iter().position(|e| e == n).map(|i| i as u16),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(LifeEvents {
+            events,
+            rules,
+            state_listens,
         })
-        .collect();
+    }
+}
 
-    // Who the patients are.
-    let female_only =
-        p.id.contains("pregnan") || p.id.contains("breast") || p.id.contains("obstet");
-    let age = match &sc.patients.age {
-        Some(v) => dist(v, Unit::Plain, "patients.age")?,
-        None if p.id.contains("pregnan") || p.id.contains("obstet") => Dist::Normal {
-            mean: 30.0,
-            sd: 4.5,
-            min: 18.0,
-            max: 48.0,
-        },
-        None => Dist::Normal {
-            mean: 62.0,
-            sd: 13.0,
-            min: 18.0,
-            max: 95.0,
-        },
-    };
-    let female = sc
-        .patients
-        .female
-        .unwrap_or(if female_only { 1.0 } else { 0.5 });
-    // Pregnant women have lower blood pressure than the default chronic-disease population.
-    let mut obs_shift = vec![0.0; catalog::OBSERVATIONS.len()];
-    if p.id.contains("pregnan") || p.id.contains("obstet") {
-        for (kind, shift) in [("bp_systolic", -30.0), ("bp_diastolic", -16.0)] {
-            if !sc.observations.contains_key(kind) {
-                obs_shift[kind_index(kind).unwrap_or(0)] = shift;
+/// The rules for life event `ev`: the scenario's, or the built-in ones — each as (after,
+/// probability, delay, rate per year).
+#[allow(clippy::type_complexity)]
+fn rule_specs(
+    sc: &Scenario,
+    ev: &str,
+) -> Result<Vec<(Option<String>, f64, Dist, Option<f64>)>, String> {
+    let own: Vec<&crate::scenario::EventRule> =
+        sc.events.iter().filter(|r| r.event == ev).collect();
+    if own.is_empty() {
+        return Ok(default_rules(ev)
+            .into_iter()
+            .map(|(a, prob, d)| {
+                if a.is_none() {
+                    (None, 1.0, d, Some(prob))
+                } else {
+                    (a.map(str::to_string), prob, d, None)
+                }
+            })
+            .collect());
+    }
+    let mut v = Vec::new();
+    for r in own {
+        let what = format!("events: {}", r.event);
+        let delay = match &r.delay {
+            Some(d) => dist(d, Unit::Seconds, &what)?,
+            None => Dist::Fixed(0.0),
+        };
+        if r.rate_per_year.is_none() && r.after.is_none() {
+            return Err(format!(
+                "{what}: give `after` (enrolled, enrolled:<entry>, an event or state) or `rate_per_year`"
+            ));
+        }
+        v.push((
+            r.after.clone(),
+            r.probability.unwrap_or(1.0),
+            delay,
+            r.rate_per_year,
+        ));
+    }
+    Ok(v)
+}
+
+/// Who the pathway's patients are: age, sex, reading baselines and drawn variables.
+struct Population {
+    age: Dist,
+    female: f64,
+    obs_shift: Vec<f64>,
+    variables: Vec<(String, VarType, Dist)>,
+    charlson_default: Option<i64>,
+}
+
+impl Population {
+    fn of(p: &Pathway, sc: &Scenario) -> Result<Population, String> {
+        let female_only =
+            p.id.contains("pregnan") || p.id.contains("breast") || p.id.contains("obstet");
+        let age = match &sc.patients.age {
+            Some(v) => dist(v, Unit::Plain, "patients.age")?,
+            None if p.id.contains("pregnan") || p.id.contains("obstet") => Dist::Normal {
+                mean: 30.0,
+                sd: 4.5,
+                min: 18.0,
+                max: 48.0,
+            },
+            None => Dist::Normal {
+                mean: 62.0,
+                sd: 13.0,
+                min: 18.0,
+                max: 95.0,
+            },
+        };
+        let female = sc
+            .patients
+            .female
+            .unwrap_or(if female_only { 1.0 } else { 0.5 });
+        // Pregnant women have lower blood pressure than the default chronic-disease population.
+        let mut obs_shift = vec![0.0; catalog::OBSERVATIONS.len()];
+        if p.id.contains("pregnan") || p.id.contains("obstet") {
+            for (kind, shift) in [("bp_systolic", -30.0), ("bp_diastolic", -16.0)] {
+                if !sc.observations.contains_key(kind) {
+                    obs_shift[kind_index(kind).unwrap_or(0)] = shift;
+                }
             }
         }
-    }
-    let mut variables = Vec::new();
-    for v in &p.variables {
-        if let Some(d) = sc.patients.variables.get(&v.name) {
-            let unit = Unit::Plain;
-            let d = match v.ty {
-                VarType::Number | VarType::Integer | VarType::Bool => {
-                    dist(d, unit, &format!("patients.variables.{}", v.name))?
-                }
-                VarType::Text => {
-                    return Err(format!(
-                        "patients.variables.{}: text variables are set by entry points, not drawn",
-                        v.name
-                    ));
-                }
-            };
-            variables.push((v.name.clone(), v.ty, d));
-        } else if v.name == "ed_visits" && v.ty != VarType::Text {
-            variables.push((v.name.clone(), v.ty, Dist::Poisson(0.3)));
+        let mut variables = Vec::new();
+        for v in &p.variables {
+            if let Some(d) = sc.patients.variables.get(&v.name) {
+                let d = match v.ty {
+                    VarType::Number | VarType::Integer | VarType::Bool => {
+                        dist(d, Unit::Plain, &format!("patients.variables.{}", v.name))?
+                    }
+                    VarType::Text => {
+                        return Err(format!(
+                            "patients.variables.{}: text variables are set by entry points, not drawn",
+                            v.name
+                        ));
+                    }
+                };
+                variables.push((v.name.clone(), v.ty, d));
+            } else if v.name == "ed_visits" && v.ty != VarType::Text {
+                variables.push((v.name.clone(), v.ty, Dist::Poisson(0.3)));
+            }
         }
+        let charlson_default = p
+            .variables
+            .iter()
+            .find(|v| v.name == "charlson" && !sc.patients.variables.contains_key("charlson"))
+            .map(|v| match v.default {
+                VarValue::Integer(i) => i,
+                VarValue::Number(n) => n as i64,
+                _ => 0,
+            });
+        Ok(Population {
+            age,
+            female,
+            obs_shift,
+            variables,
+            charlson_default,
+        })
     }
-    let charlson_default = p
-        .variables
-        .iter()
-        .find(|v| v.name == "charlson" && !sc.patients.variables.contains_key("charlson"))
-        .map(|v| match v.default {
-            VarValue::Integer(i) => i,
-            VarValue::Number(n) => n as i64,
-            _ => 0,
-        });
-
-    Ok(PathwayInfo {
-        id: p.id.clone(),
-        states: p.states.iter().map(|s| s.id.clone()).collect(),
-        terminal: p.states.iter().map(|s| s.terminal).collect(),
-        state_ix,
-        state_off,
-        t_off,
-        n_transitions,
-        events,
-        listened: listened.clone(),
-        guard_events,
-        guard_scales,
-        guard_risks,
-        outcome_read,
-        guard_obs,
-        goal_obs,
-        groups,
-        uses_goal_met,
-        goals,
-        indicators,
-        alarms,
-        task_ids,
-        task_calls,
-        outcomes,
-        task_behaviour,
-        missed_default,
-        entry_weights,
-        entry_admitted,
-        rules,
-        state_listens,
-        age,
-        female,
-        obs_shift,
-        variables,
-        charlson_default,
-        tracks_stay: listened.contains("discharged"),
-    })
 }
 
 /// Whether `event` takes the built-in rules (the scenario gives none).
