@@ -11,10 +11,15 @@
 //! byte-identical for the same seed and inputs, whatever the number of threads.
 
 pub mod cohort;
+pub mod expect;
 pub mod expr;
+pub mod model;
+mod patient;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod setup;
+pub mod tally;
 pub use carepath_engine::svg;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -25,8 +30,9 @@ use carepath_dsl::DocKind;
 use carepath_engine::Program;
 use carepath_engine::program::{Programs, Source};
 
+pub use expect::Expectation;
 pub use report::Report;
-pub use scenario::{Expectation, Scenario};
+pub use scenario::Scenario;
 
 /// What `carepath simulate` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -136,7 +142,7 @@ pub fn run_programs(
     if n > u64::from(u32::MAX) {
         return Err("--cohort is too large".into());
     }
-    let setup = run::Setup::new(programs, scenario, n, days, seed)?;
+    let setup = setup::Setup::new(programs, scenario, n, days, seed)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -169,7 +175,7 @@ pub fn run_programs(
     let mut report = Report::build(&setup, &raw, scenario.scenario.clone());
     let mut failures = Vec::new();
     for e in scenario.expectations() {
-        let result = e.check(&report);
+        let result = report.check(&e);
         if let Err(m) = &result {
             failures.push(m.clone());
         }

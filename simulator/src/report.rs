@@ -8,24 +8,10 @@ use std::path::Path;
 use carepath_engine::indicators::{self as defs, Counts, Quantity, Values};
 use serde::Serialize;
 
-use crate::run::{PathTally, Raw, Setup};
-use crate::scenario::fmt_num;
-
-/// Metric names an expectation can compare besides the built-in indicators the simulator counts
-/// (optionally prefixed by a pathway id); `indicator.<id>` and `visits.<state>` name a declared
-/// indicator and a state's visits.
-pub const METRICS: &[&str] = &[
-    "referrals_up",
-    "referrals_down",
-    "completion_rate",
-    "enrolled",
-    "deaths",
-    "errors",
-    "alarms",
-    "tasks_created",
-    "state_coverage",
-    "transition_coverage",
-];
+use crate::expect::{Cmp, Expectation};
+use crate::run::Raw;
+use crate::setup::Setup;
+use crate::tally::PathTally;
 
 /// The counts a simulation keeps: every quantity but those of referrals received and staff on
 /// the books, which the simulator does not model.
@@ -37,19 +23,8 @@ pub fn simulated(q: Quantity) -> bool {
 }
 
 /// A built-in indicator the simulator computes, by name.
-fn is_simulated_indicator(name: &str) -> bool {
+pub fn is_simulated_indicator(name: &str) -> bool {
     defs::definition(name).is_some_and(|d| simulated(d.numerator) && simulated(d.denominator))
-}
-
-pub fn is_metric_name(name: &str) -> bool {
-    let metric = |m: &str| METRICS.contains(&m) || is_simulated_indicator(m);
-    let parts: Vec<&str> = name.split('.').collect();
-    match parts.as_slice() {
-        [m] => metric(m),
-        [a, b] => metric(b) || ((*a == "indicator" || *a == "visits") && !b.is_empty()),
-        [_, a, b] => (*a == "indicator" || *a == "visits") && !b.is_empty(),
-        _ => false,
-    }
 }
 
 fn r4(x: Option<f64>) -> Option<f64> {
@@ -1047,6 +1022,116 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Checks an expectation against the report; `Err` says what failed and by how much.
+    pub fn check(&self, e: &Expectation) -> Result<(), String> {
+        let r = self;
+        let name = e.describe();
+        match e {
+            Expectation::Metric {
+                metric, cmp, value, ..
+            } => {
+                let got = r
+                    .metric(metric)
+                    .ok_or_else(|| format!("`{name}`: the run has no value for `{metric}`"))?;
+                if got.is_nan() {
+                    return Err(format!(
+                        "`{name}`: `{metric}` could not be computed (nothing was due)"
+                    ));
+                }
+                if cmp.holds(got, *value) {
+                    return Ok(());
+                }
+                let by = (got - value).abs();
+                let how = match cmp {
+                    Cmp::Ge | Cmp::Gt => format!("{} short", fmt_num(by)),
+                    Cmp::Le | Cmp::Lt => format!("{} over", fmt_num(by)),
+                    Cmp::Eq => format!("off by {}", fmt_num(by)),
+                };
+                Err(format!("`{name}`: {metric} = {}, {how}", fmt_num(got)))
+            }
+            Expectation::EveryStateVisited { except } => {
+                let missing: Vec<String> = r
+                    .never_visited()
+                    .into_iter()
+                    .filter(|(p, s)| !except.iter().any(|e| e == s || *e == format!("{p}.{s}")))
+                    .map(|(p, s)| format!("{p}.{s}"))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`{name}`: {} state(s) never visited: {}",
+                        missing.len(),
+                        missing.join(", ")
+                    ))
+                }
+            }
+            Expectation::EveryTransitionTaken { except } => {
+                let missing: Vec<String> = r
+                    .never_taken()
+                    .into_iter()
+                    .filter(|(p, id, _)| {
+                        !except.iter().any(|e| e == id || *e == format!("{p}.{id}"))
+                    })
+                    .map(|(p, id, what)| format!("{p}.{id} ({what})"))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`{name}`: {} transition(s) never taken: {}",
+                        missing.len(),
+                        missing.join(", ")
+                    ))
+                }
+            }
+            Expectation::MaxBacklog {
+                role,
+                institution,
+                at_most,
+            }
+            | Expectation::MaxOverdue {
+                role,
+                institution,
+                at_most,
+            } => {
+                let overdue = matches!(e, Expectation::MaxOverdue { .. });
+                let what = if overdue { "overdue tasks" } else { "backlog" };
+                let (peak, day) =
+                    r.peak(role, institution.as_deref(), overdue)
+                        .ok_or_else(|| {
+                            format!(
+                                "`{name}`: no {role} work{} in this run",
+                                institution
+                                    .as_ref()
+                                    .map(|i| format!(" at {i}"))
+                                    .unwrap_or_default()
+                            )
+                        })?;
+                if peak <= *at_most {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`{name}`: the {role} {what} peaked at {peak} on day {day} ({}), {} over the limit",
+                        r.date_of(day),
+                        peak - at_most
+                    ))
+                }
+            }
+        }
+    }
+}
+
+pub fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        let s = format!("{x:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn csv(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -1060,13 +1145,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metric_names() {
-        assert!(is_metric_name("follow_up_rate"));
-        assert!(is_metric_name("stroke.follow_up_rate"));
-        assert!(is_metric_name("indicator.bp_control_rate"));
-        assert!(is_metric_name("stroke.visits.neuro_deterioration"));
-        assert!(!is_metric_name("follow_up"));
-        assert!(!is_metric_name("a.b.c.d"));
+    fn numbers_print_short() {
+        assert_eq!(fmt_num(0.8431234), "0.8431");
+        assert_eq!(fmt_num(50.0), "50");
+        assert_eq!(fmt_num(0.5), "0.5");
     }
 
     #[test]
