@@ -116,6 +116,14 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// One quantity as a whole count; `None` for a length (stay days).
+    pub fn count(&self, q: Quantity) -> Option<i64> {
+        match q {
+            Quantity::StayDays => None,
+            _ => Some(self.get(q) as i64),
+        }
+    }
+
     /// One quantity's count (lengths of stay in days).
     pub fn get(&self, q: Quantity) -> f64 {
         match q {

@@ -941,7 +941,8 @@ pub struct KpiRequest<'a> {
 /// A built-in indicator as the API shows it: value, the two counts, target.
 fn builtin_json(d: &defs::Definition, c: &Counts) -> Value {
     let value = d.value(c);
-    json!({"value": value, "numerator": c.get(d.numerator), "denominator": c.get(d.denominator),
+    let side = |q| c.count(q).map_or_else(|| json!(c.get(q)), |n| json!(n));
+    json!({"value": value, "numerator": side(d.numerator), "denominator": side(d.denominator),
            "target": d.target, "target_met": d.target_met(value)})
 }
 
