@@ -494,6 +494,14 @@ impl Rows<'_> {
             ),
             ("due", self.tasks(extra, &due).await),
             (
+                "due_on_time",
+                self.tasks(
+                    extra,
+                    &format!("{due} AND t.status = 'done' AND t.completed_at <= t.due_at"),
+                )
+                .await,
+            ),
+            (
                 "overdue",
                 self.tasks(
                     extra,
@@ -623,6 +631,27 @@ impl Rows<'_> {
             )
             .await,
         ));
+        // Follow-up calls (tasks named `…_call`) due in the month: the enrolments due one, and those
+        // with one completed with an outcome that reached the patient.
+        let calls = format!(
+            "SELECT COUNT(DISTINCT t.enrolment_id) FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
+             WHERE t.institution_id = {}{} AND t.task_ref LIKE '%!_call' ESCAPE '!' \
+             AND t.status <> 'cancelled' AND t.due_at >= {f} AND t.due_at < {t}",
+            q(self.inst),
+            self.pw()
+        );
+        out.push(("follow_ups.patients_due".into(), n(self.pool, &calls).await));
+        out.push((
+            "follow_ups.patients_followed_up".into(),
+            n(
+                self.pool,
+                &format!(
+                    "{calls} AND t.status = 'done' AND (t.outcome IS NULL OR t.outcome NOT IN \
+                     ('unreachable', 'wrong_number', 'deceased', 'moved_away'))"
+                ),
+            )
+            .await,
+        ));
         let sp = format!("s.created_at >= {f} AND s.created_at < {t} AND s.status <> 'cancelled'");
         out.push((
             "scales.pushed".into(),
@@ -731,12 +760,12 @@ async fn check_builtins(
         Some(days),
     );
     for (rate, num, den) in [
-        ("follow_up_rate", "follow_ups.sent", "follow_ups.due"),
         (
-            "on_time_task_rate",
-            "tasks.completed_on_time",
-            "tasks.completed",
+            "follow_up_rate",
+            "follow_ups.patients_followed_up",
+            "follow_ups.patients_due",
         ),
+        ("on_time_task_rate", "tasks.due_on_time", "tasks.due"),
         ("overdue_rate", "tasks.overdue", "tasks.due"),
         ("scale_completion", "scales.answered", "scales.pushed"),
         ("referral_rate", "referrals.sent", "enrolments.active"),
@@ -998,7 +1027,7 @@ async fn check_institution(c: &mut Check, pool: &Pool, j: &Value) {
                 c.float(
                     &format!("{inst} role {role} on_time_task_rate"),
                     &r["on_time_task_rate"],
-                    ratio(m["completed_on_time"], m["completed"]),
+                    ratio(m["due_on_time"], m["due"]),
                 );
             }
             None => c.yes(
@@ -1048,7 +1077,7 @@ async fn check_institution(c: &mut Check, pool: &Pool, j: &Value) {
         c.float(
             &format!("{inst} staff {label} on_time_task_rate"),
             &r["on_time_task_rate"],
-            ratio(m["completed_on_time"], m["completed"]),
+            ratio(m["due_on_time"], m["due"]),
         );
         if let Some(id) = r["staff"].as_str() {
             let roles = staff
@@ -1222,6 +1251,8 @@ async fn report_matches_the_rows(b: &Backend) {
         "counts.enrolments.new",
         "counts.enrolments.ended",
         "counts.follow_ups.sent",
+        "counts.follow_ups.patients_due",
+        "counts.follow_ups.patients_followed_up",
         "counts.scales.answered",
         "counts.referrals.upward_received",
         "counts.referrals.upward_accepted_in_time",
@@ -1297,9 +1328,10 @@ async fn report_matches_the_rows(b: &Backend) {
         for text in [
             format!("<td>{}</td>", cnt["tasks"]["created"]),
             frac(&cnt["follow_ups"]["sent"], &cnt["follow_ups"]["due"]),
+            frac(&cnt["tasks"]["due_on_time"], &cnt["tasks"]["due"]),
             frac(
-                &cnt["tasks"]["completed_on_time"],
-                &cnt["tasks"]["completed"],
+                &cnt["follow_ups"]["patients_followed_up"],
+                &cnt["follow_ups"]["patients_due"],
             ),
             frac(&cnt["tasks"]["overdue"], &cnt["tasks"]["due"]),
             frac(&cnt["scales"]["answered"], &cnt["scales"]["pushed"]),

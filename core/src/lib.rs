@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod facts;
+pub mod indicators;
 pub mod observations;
 pub mod outcome;
 pub mod pathway_test;

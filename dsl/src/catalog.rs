@@ -96,17 +96,25 @@ pub enum ArgKind {
     Scale,
     Observation,
     Duration,
+    /// An event name: the guard reads when (and how often) it happened.
+    Event,
+    /// A risk model id: the guard reads its latest result.
+    Risk,
+    /// A task id: the guard reads the outcome its last completion recorded.
+    Task,
+    /// A goal id: the guard reads whether the goal is met.
+    Goal,
 }
 
 /// Guard functions the engine provides: name and argument kinds.
 pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
     ("age", &[]),
     ("sex", &[]),
-    ("days_since", &[ArgKind::Any]),
-    ("hours_since", &[ArgKind::Any]),
+    ("days_since", &[ArgKind::Event]),
+    ("hours_since", &[ArgKind::Event]),
     ("days_in_state", &[]),
     ("hours_in_state", &[]),
-    ("event_count", &[ArgKind::Any]),
+    ("event_count", &[ArgKind::Event]),
     ("latest", &[ArgKind::Observation]),
     ("mean", &[ArgKind::Observation, ArgKind::Duration]),
     ("min", &[ArgKind::Observation, ArgKind::Duration]),
@@ -115,12 +123,12 @@ pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
     ("score", &[ArgKind::Scale]),
     ("band", &[ArgKind::Scale]),
     ("item", &[ArgKind::Scale, ArgKind::Any]),
-    ("risk", &[ArgKind::Any]),
-    ("risk_band", &[ArgKind::Any]),
+    ("risk", &[ArgKind::Risk]),
+    ("risk_band", &[ArgKind::Risk]),
     ("open_tasks", &[]),
     ("overdue_tasks", &[]),
-    ("outcome", &[ArgKind::Any]),
-    ("goal_met", &[ArgKind::Any]),
+    ("outcome", &[ArgKind::Task]),
+    ("goal_met", &[ArgKind::Goal]),
 ];
 
 /// Outcomes a task accepts when the pathway declares none: structured call and task results

@@ -73,7 +73,7 @@ pub struct OutcomeLiteral {
 }
 
 /// `outcome("task") == "value"` in either order, with `==` or `!=`.
-fn outcome_literal(name: &str, args: &[RExpr]) -> Option<(String, String, Position)> {
+pub(crate) fn outcome_literal(name: &str, args: &[RExpr]) -> Option<(String, String, Position)> {
     if !matches!(name, "==" | "!=") || args.len() != 2 {
         return None;
     }

@@ -17,17 +17,13 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use serde::Serialize;
 
+use crate::indicators::{self as defs, Counts, Definition, Unit, Values};
 use crate::program::Programs;
 use crate::store::indicators::{
-    self, Builtins, IndicatorValue, Period, Rates, Scope, StaffRow, TaskCounts,
+    self, Builtins, IndicatorValue, Period, Scope, StaffRow, TaskCounts,
 };
 use crate::store::{Pool, Result, StoreError};
 use crate::svg::{self, Bar, Doc, Series, escape, percent};
-
-/// Targets for built-in indicators that the seeds give: follow-up rate 90 % (seed 003), upward
-/// referrals at least 60 % of all referrals (seed 004).
-pub const FOLLOW_UP_TARGET: f64 = 0.9;
-pub const UPWARD_SHARE_TARGET: f64 = 0.6;
 
 /// What to report on.
 #[derive(Debug, Clone)]
@@ -82,7 +78,8 @@ pub struct InstitutionReport {
     /// Enrolments active at the end of the month per case manager.
     pub case_load_per_case_manager: Option<f64>,
     pub counts: Builtins,
-    pub rates: Rates,
+    /// Every built-in indicator by name (`crate::indicators`).
+    pub rates: Values,
     pub by_pathway: Vec<PathwayRow>,
     pub by_role: Vec<RoleRow>,
     pub by_staff: Vec<StaffReportRow>,
@@ -95,7 +92,7 @@ pub struct PathwayRow {
     pub pathway: String,
     pub title: Option<Text>,
     pub counts: Builtins,
-    pub rates: Rates,
+    pub rates: Values,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -203,7 +200,7 @@ pub async fn monthly(pool: &Pool, programs: &Programs, opts: &Options) -> Result
                     .find(|p| p.pathway.id == pathway)
                     .map(|p| p.pathway.title.clone()),
                 pathway,
-                rates: counts.rates(),
+                rates: counts.rates(0),
                 counts,
             })
             .collect();
@@ -239,12 +236,10 @@ pub async fn monthly(pool: &Pool, programs: &Programs, opts: &Options) -> Result
                 .iter()
                 .filter(|p| p.counts.enrolments.active > 0)
                 .count(),
-            case_load_per_case_manager: indicators::rate(
-                counts.enrolments.active_at_end,
-                case_managers,
-            ),
+            case_load_per_case_manager: defs::CASE_LOAD_PER_CASE_MANAGER
+                .value(&counts.counts(case_managers)),
             case_managers,
-            rates: counts.rates(),
+            rates: counts.rates(case_managers),
             counts,
             by_pathway,
             by_role,
@@ -294,6 +289,21 @@ fn opt_num(v: Option<f64>, digits: usize) -> String {
 /// `n / d (rate)`.
 fn frac(n: i64, d: i64) -> String {
     format!("{n} / {d} ({})", opt_rate(indicators::rate(n, d)))
+}
+
+/// A built-in indicator as `numerator / denominator (value)`, in its unit.
+fn builtin_cell(d: &Definition, c: &Counts) -> String {
+    let (n, den) = d.sides(c);
+    let value = d.value(c);
+    match d.unit {
+        Unit::Ratio => format!("{n} / {den} ({})", opt_rate(value)),
+        Unit::Days | Unit::PerStaff => format!("{} ({n:.1} / {den})", opt_num(value, 2)),
+    }
+}
+
+/// `中文 English`.
+fn builtin_label(d: &Definition) -> String {
+    format!("{} {}", d.title_en, d.title_zh)
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:24px auto;max-width:1100px;color:#222}\
@@ -378,90 +388,42 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
             c.enrolments.active_at_end.to_string(),
         ),
         (
-            "Follow-ups sent / due 随访率",
+            "Follow-up messages sent / due 随访消息",
             frac(c.follow_ups.sent, c.follow_ups.due),
         ),
         ("Tasks created", c.tasks.created.to_string()),
         (
-            "Tasks completed on time / completed 按时完成率",
-            frac(c.tasks.completed_on_time, c.tasks.completed),
-        ),
-        (
-            "Tasks overdue / due 超时",
-            frac(c.tasks.overdue, c.tasks.due),
-        ),
-        (
-            "Scales answered / pushed 量表完成率",
-            frac(c.scales.answered, c.scales.pushed),
+            "Tasks completed (on time) 完成",
+            format!("{} ({})", c.tasks.completed, c.tasks.completed_on_time),
         ),
         (
             "Referrals sent (up / down) 转诊",
             format!(
-                "{} ({} / {}); rate per active enrolment {}",
-                c.referrals.sent,
-                c.referrals.sent_up,
-                c.referrals.sent_down,
-                opt_rate(r.referral_rate)
-            ),
-        ),
-        (
-            "Upward referrals received, accepted in time / received 24小时接收率",
-            frac(
-                c.referrals.upward_accepted_in_time,
-                c.referrals.upward_received,
+                "{} ({} / {})",
+                c.referrals.sent, c.referrals.sent_up, c.referrals.sent_down
             ),
         ),
         ("Alarms raised 预警", c.alarms.to_string()),
-        (
-            "Average length of stay, days 平均住院日",
-            format!(
-                "{} ({} stays)",
-                opt_num(r.average_length_of_stay_days, 2),
-                c.stays.stays
-            ),
-        ),
-        (
-            "Case load per case manager 个案管理师人均在管",
-            format!(
-                "{} ({} case managers)",
-                opt_num(inst.case_load_per_case_manager, 1),
-                inst.case_managers
-            ),
-        ),
     ];
     for (k, v) in lines {
         row(h, &[k.to_string(), v]);
     }
+    let counts = c.counts(inst.case_managers);
+    for d in defs::BUILTIN {
+        row(h, &[builtin_label(d), builtin_cell(d, &counts)]);
+    }
     h.push_str("</table>\n");
 
     // Rates against targets, built-in and declared.
-    let mut bars = vec![
-        Bar {
-            label: "Follow-up rate 随访率".into(),
-            value: r.follow_up_rate,
-            target: Some(FOLLOW_UP_TARGET),
-        },
-        Bar {
-            label: "On-time task rate 任务按时完成率".into(),
-            value: r.on_time_task_rate,
-            target: None,
-        },
-        Bar {
-            label: "Scale completion 量表完成率".into(),
-            value: r.scale_completion,
-            target: None,
-        },
-        Bar {
-            label: "Upward share of referrals 上转占比".into(),
-            value: r.upward_share,
-            target: Some(UPWARD_SHARE_TARGET),
-        },
-        Bar {
-            label: "Upward accepted in time 上转按时接收".into(),
-            value: r.upward_accepted_in_time_rate,
-            target: None,
-        },
-    ];
+    let mut bars: Vec<Bar> = defs::BUILTIN
+        .iter()
+        .filter(|d| d.unit == Unit::Ratio)
+        .map(|d| Bar {
+            label: builtin_label(d),
+            value: r.get(d.name),
+            target: d.target,
+        })
+        .collect();
     for i in &inst.indicators {
         bars.push(Bar {
             label: format!("{} {} ({})", i.title.zh, i.title.en, i.pathway),
@@ -522,8 +484,9 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
             "new",
             "active",
             "ended",
-            "follow-ups sent / due",
-            "tasks on time / completed",
+            "follow-up messages sent / due",
+            "followed up / due a follow-up 随访率",
+            "tasks on time / due",
             "overdue / due",
             "scales answered / pushed",
             "referrals up / down",
@@ -533,6 +496,7 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
     );
     for p in &inst.by_pathway {
         let c = &p.counts;
+        let counts = c.counts(0);
         let name = match &p.title {
             Some(t) => format!("{} {}", p.pathway, t.zh),
             None => p.pathway.clone(),
@@ -545,12 +509,13 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
                 c.enrolments.active.to_string(),
                 c.enrolments.ended.to_string(),
                 frac(c.follow_ups.sent, c.follow_ups.due),
-                frac(c.tasks.completed_on_time, c.tasks.completed),
-                frac(c.tasks.overdue, c.tasks.due),
-                frac(c.scales.answered, c.scales.pushed),
+                builtin_cell(&defs::FOLLOW_UP_RATE, &counts),
+                builtin_cell(&defs::ON_TIME_TASK_RATE, &counts),
+                builtin_cell(&defs::OVERDUE_RATE, &counts),
+                builtin_cell(&defs::SCALE_COMPLETION, &counts),
                 format!("{} / {}", c.referrals.sent_up, c.referrals.sent_down),
                 c.alarms.to_string(),
-                opt_num(p.rates.average_length_of_stay_days, 2),
+                opt_num(p.rates.get(defs::AVERAGE_LENGTH_OF_STAY_DAYS.name), 2),
             ],
         );
     }
@@ -563,7 +528,7 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
             "role",
             "created",
             "completed",
-            "on time",
+            "due on time",
             "on-time rate",
             "due",
             "overdue",
@@ -577,7 +542,7 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
                 r.role.clone(),
                 t.created.to_string(),
                 t.completed.to_string(),
-                t.completed_on_time.to_string(),
+                t.due_on_time.to_string(),
                 opt_rate(r.on_time_task_rate),
                 t.due.to_string(),
                 t.overdue.to_string(),
@@ -593,7 +558,7 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
             "staff",
             "roles",
             "completed",
-            "on time",
+            "due on time",
             "on-time rate",
             "due",
             "overdue",
@@ -613,7 +578,7 @@ fn institution_html(h: &mut String, inst: &InstitutionReport, tz: &TimeZone) {
                 who,
                 s.row.roles.join(", "),
                 t.completed.to_string(),
-                t.completed_on_time.to_string(),
+                t.due_on_time.to_string(),
                 opt_rate(s.on_time_task_rate),
                 t.due.to_string(),
                 t.overdue.to_string(),

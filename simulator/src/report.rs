@@ -5,42 +5,26 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use carepath_engine::indicators::{self as defs, Counts, Quantity, Values};
 use serde::Serialize;
 
-use crate::run::{PathTally, Raw, Setup};
-use crate::scenario::fmt_num;
+use crate::expect::{Cmp, Expectation};
+use crate::run::Raw;
+use crate::setup::Setup;
+use crate::tally::PathTally;
 
-/// Metric names an expectation can compare (optionally prefixed by a pathway id); `indicator.<id>`
-/// and `visits.<state>` name a declared indicator and a state's visits.
-pub const METRICS: &[&str] = &[
-    "follow_up_rate",
-    "on_time_rate",
-    "scale_completion_rate",
-    "referrals_up",
-    "referrals_down",
-    "average_length_of_stay_days",
-    "completion_rate",
-    "enrolled",
-    "deaths",
-    "errors",
-    "alarms",
-    "tasks_created",
-    "state_coverage",
-    "transition_coverage",
-];
-
-pub fn is_metric_name(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('.').collect();
-    match parts.as_slice() {
-        [m] => METRICS.contains(m),
-        [a, b] => METRICS.contains(b) || ((*a == "indicator" || *a == "visits") && !b.is_empty()),
-        [_, a, b] => (*a == "indicator" || *a == "visits") && !b.is_empty(),
-        _ => false,
-    }
+/// The counts a simulation keeps: every quantity but those of referrals received and staff on
+/// the books, which the simulator does not model.
+pub fn simulated(q: Quantity) -> bool {
+    !matches!(
+        q,
+        Quantity::UpwardReceived | Quantity::UpwardAcceptedInTime | Quantity::CaseManagers
+    )
 }
 
-fn rate(num: u64, den: u64) -> Option<f64> {
-    (den > 0).then(|| num as f64 / den as f64)
+/// A built-in indicator the simulator computes, by name.
+pub fn is_simulated_indicator(name: &str) -> bool {
+    defs::definition(name).is_some_and(|d| simulated(d.numerator) && simulated(d.denominator))
 }
 
 fn r4(x: Option<f64>) -> Option<f64> {
@@ -49,69 +33,68 @@ fn r4(x: Option<f64>) -> Option<f64> {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Indicators {
-    /// Follow-ups the patient responded to, plus calls that reached the patient, over those due.
-    pub follow_up_rate: Option<f64>,
+    /// The built-in indicators the simulator counts, by name, with the formulas of
+    /// `carepath_engine::indicators` (the ones `GET /kpis` and the monthly report use).
+    pub values: Values,
+    /// What they divide; the counts of referrals received and of staff stay zero.
+    pub counts: Counts,
+    /// Follow-up messages sent, those the patient responded to, and those cancelled before
+    /// sending. A message is not a follow-up done, so none of these is in `follow_up_rate`.
     pub follow_ups_sent: u64,
     pub follow_ups_responded: u64,
     pub follow_ups_cancelled: u64,
-    pub calls_due: u64,
-    pub calls_reached: u64,
-    /// Tasks done by their due time over tasks that fell due.
-    pub on_time_rate: Option<f64>,
     pub tasks_created: u64,
     pub tasks_done: u64,
-    pub tasks_due: u64,
-    pub tasks_on_time: u64,
     pub tasks_cancelled: u64,
-    pub scale_completion_rate: Option<f64>,
-    pub scales_pushed: u64,
-    pub scales_answered: u64,
     pub referrals_up: u64,
     pub referrals_down: u64,
-    /// Admission (or delivery) to discharge, for pathways that listen for `discharged`.
-    pub average_length_of_stay_days: Option<f64>,
-    pub stays: u64,
     pub alarms: u64,
     pub device_readings: u64,
     pub steps: u64,
 }
 
 impl Indicators {
-    fn from_tallies<'a>(ts: impl Iterator<Item = (&'a PathTally, bool)>) -> Indicators {
+    /// From each pathway's tallies, whether it tracks hospital stays, and its enrolments active
+    /// at the end.
+    fn from_tallies<'a>(ts: impl Iterator<Item = (&'a PathTally, bool, u64)>) -> Indicators {
         let mut i = Indicators::default();
-        let mut stay_seconds = 0i64;
-        for (t, stays) in ts {
+        let c = &mut i.counts;
+        let n = |x: u64| x as i64;
+        for (t, stays, active_at_end) in ts {
+            c.follow_up_due += n(t.follow_up_due);
+            c.followed_up += n(t.followed_up);
+            c.tasks_due += n(t.tasks_due);
+            c.tasks_on_time += n(t.tasks_on_time);
+            c.tasks_overdue += n(t.tasks_overdue);
+            c.scales_pushed += n(t.scales_pushed);
+            c.scales_answered += n(t.scales_answered);
+            c.enrolments_active += n(t.enrolled);
+            c.enrolments_active_at_end += n(active_at_end);
+            c.referrals_sent += n(t.referrals_up + t.referrals_down);
+            c.referrals_up += n(t.referrals_up);
+            if stays {
+                c.stays += n(t.stays);
+                c.stay_seconds += t.stay_seconds;
+            }
             i.follow_ups_sent += t.follow_ups_sent;
             i.follow_ups_responded += t.follow_ups_responded;
             i.follow_ups_cancelled += t.follow_ups_cancelled;
-            i.calls_due += t.calls_due;
-            i.calls_reached += t.calls_reached;
             i.tasks_created += t.tasks_created;
             i.tasks_done += t.tasks_done;
-            i.tasks_due += t.tasks_due;
-            i.tasks_on_time += t.tasks_on_time;
             i.tasks_cancelled += t.tasks_cancelled;
-            i.scales_pushed += t.scales_pushed;
-            i.scales_answered += t.scales_answered;
             i.referrals_up += t.referrals_up;
             i.referrals_down += t.referrals_down;
             i.alarms += t.alarms;
             i.device_readings += t.readings;
             i.steps += t.steps;
-            if stays {
-                i.stays += t.stays;
-                stay_seconds += t.stay_seconds;
-            }
         }
-        i.follow_up_rate = r4(rate(
-            i.follow_ups_responded + i.calls_reached,
-            i.follow_ups_sent + i.calls_due,
-        ));
-        i.on_time_rate = r4(rate(i.tasks_on_time, i.tasks_due));
-        i.scale_completion_rate = r4(rate(i.scales_answered, i.scales_pushed));
-        i.average_length_of_stay_days =
-            r4((i.stays > 0).then(|| stay_seconds as f64 / i.stays as f64 / 86_400.0));
+        i.values = Values::of_counted(&i.counts, simulated);
         i
+    }
+
+    /// A built-in indicator's value by name.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.values.get(name)
     }
 }
 
@@ -187,7 +170,7 @@ pub struct RoleReport {
     pub done: u64,
     pub due: u64,
     pub on_time: u64,
-    pub on_time_rate: Option<f64>,
+    pub on_time_task_rate: Option<f64>,
     pub cancelled: u64,
     pub escalated: u64,
     pub open_at_end: u64,
@@ -342,7 +325,7 @@ impl Report {
                 .enumerate()
                 .map(|(i, ind)| {
                     let (met, of) = (pt.indicator_met[i], pt.indicator_of[i]);
-                    let value = r4(rate(met, of));
+                    let value = r4(defs::ratio(met as i64, of as i64));
                     let note = match ind.goal {
                         None => Some(format!(
                             "numerator `{}` is not computed by the simulator",
@@ -376,7 +359,11 @@ impl Report {
                 active_at_end,
                 died: pt.died,
                 errors: pt.errors,
-                indicators: Indicators::from_tallies(std::iter::once((pt, info.tracks_stay))),
+                indicators: Indicators::from_tallies(std::iter::once((
+                    pt,
+                    info.tracks_stay,
+                    active_at_end,
+                ))),
                 declared_indicators,
                 coverage: Coverage {
                     states_visited: n_states - never_visited.len(),
@@ -392,8 +379,13 @@ impl Report {
                 occupancy,
             });
         }
-        let totals =
-            Indicators::from_tallies(t.path.iter().zip(&s.infos).map(|(p, i)| (p, i.tracks_stay)));
+        let totals = Indicators::from_tallies(
+            t.path
+                .iter()
+                .zip(&s.infos)
+                .zip(&pathways)
+                .map(|((p, i), r)| (p, i.tracks_stay, r.active_at_end)),
+        );
 
         // Workload per role (summed over institutions) and per queue.
         let nr = s.roles.len();
@@ -444,7 +436,11 @@ impl Report {
                     done: rt.done,
                     due: rt.due,
                     on_time: rt.on_time,
-                    on_time_rate: r4(rate(rt.on_time, rt.due)),
+                    on_time_task_rate: defs::ON_TIME_TASK_RATE.value(&Counts {
+                        tasks_due: rt.due as i64,
+                        tasks_on_time: rt.on_time as i64,
+                        ..Counts::default()
+                    }),
                     cancelled: rt.cancelled,
                     escalated: rt.escalated,
                     open_at_end: rt.open_at_end,
@@ -607,12 +603,9 @@ impl Report {
             |f: &dyn Fn(&PathwayReport) -> u64| pathways.iter().map(|p| f(p)).sum::<u64>() as f64;
         let nan = |x: Option<f64>| x.unwrap_or(f64::NAN);
         Some(match rest {
-            ["follow_up_rate"] => nan(ind.follow_up_rate),
-            ["on_time_rate"] => nan(ind.on_time_rate),
-            ["scale_completion_rate"] => nan(ind.scale_completion_rate),
+            [name] if ind.values.has(name) => nan(ind.value(name)),
             ["referrals_up"] => ind.referrals_up as f64,
             ["referrals_down"] => ind.referrals_down as f64,
-            ["average_length_of_stay_days"] => nan(ind.average_length_of_stay_days),
             ["alarms"] => ind.alarms as f64,
             ["tasks_created"] => ind.tasks_created as f64,
             ["enrolled"] => sum(&|p| p.enrolled),
@@ -682,28 +675,29 @@ impl Report {
                 "\n{} v{}: {} enrolled, {} completed, {} active at the end, {} died, {} error(s)",
                 p.id, p.version, p.enrolled, p.completed, p.active_at_end, p.died, p.errors
             );
+            let c = &i.counts;
             let _ = writeln!(
                 o,
-                "  follow-up rate {} ({} of {} follow-ups answered, {} of {} calls reached)",
-                pct(i.follow_up_rate),
+                "  follow-up rate {} ({} of {} patients due a call followed up; {} of {} messages answered)",
+                pct(i.value(defs::FOLLOW_UP_RATE.name)),
+                c.followed_up,
+                c.follow_up_due,
                 i.follow_ups_responded,
-                i.follow_ups_sent,
-                i.calls_reached,
-                i.calls_due
+                i.follow_ups_sent
             );
             let _ = writeln!(
                 o,
                 "  on-time tasks {} ({} of {} due)   scale completion {} ({} of {})",
-                pct(i.on_time_rate),
-                i.tasks_on_time,
-                i.tasks_due,
-                pct(i.scale_completion_rate),
-                i.scales_answered,
-                i.scales_pushed
+                pct(i.value(defs::ON_TIME_TASK_RATE.name)),
+                c.tasks_on_time,
+                c.tasks_due,
+                pct(i.value(defs::SCALE_COMPLETION.name)),
+                c.scales_answered,
+                c.scales_pushed
             );
             let los = i
-                .average_length_of_stay_days
-                .map(|d| format!("   average length of stay {d:.2} d ({} stays)", i.stays))
+                .value(defs::AVERAGE_LENGTH_OF_STAY_DAYS.name)
+                .map(|d| format!("   average length of stay {d:.2} d ({} stays)", c.stays))
                 .unwrap_or_default();
             let _ = writeln!(
                 o,
@@ -748,7 +742,7 @@ impl Report {
                 r.capacity_per_day,
                 r.created,
                 r.done,
-                pct(r.on_time_rate),
+                pct(r.on_time_task_rate),
                 r.peak_backlog,
                 r.peak_overdue
             );
@@ -826,35 +820,22 @@ impl Report {
         let mut o = String::from("pathway,indicator,value,numerator,denominator,target\n");
         let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_default();
         let mut rows = |who: &str, i: &Indicators| {
-            let _ = writeln!(
-                o,
-                "{who},follow_up_rate,{},{},{},",
-                f(i.follow_up_rate),
-                i.follow_ups_responded + i.calls_reached,
-                i.follow_ups_sent + i.calls_due
-            );
-            let _ = writeln!(
-                o,
-                "{who},on_time_rate,{},{},{},",
-                f(i.on_time_rate),
-                i.tasks_on_time,
-                i.tasks_due
-            );
-            let _ = writeln!(
-                o,
-                "{who},scale_completion_rate,{},{},{},",
-                f(i.scale_completion_rate),
-                i.scales_answered,
-                i.scales_pushed
-            );
+            for (name, value) in i.values.iter() {
+                let Some(d) = defs::definition(name) else {
+                    continue;
+                };
+                let (num, den) = d.sides(&i.counts);
+                let _ = writeln!(
+                    o,
+                    "{who},{name},{},{},{},{}",
+                    f(value),
+                    fmt_num(num),
+                    fmt_num(den),
+                    f(d.target)
+                );
+            }
             let _ = writeln!(o, "{who},referrals_up,{},,,", i.referrals_up);
             let _ = writeln!(o, "{who},referrals_down,{},,,", i.referrals_down);
-            let _ = writeln!(
-                o,
-                "{who},average_length_of_stay_days,{},,{},",
-                f(i.average_length_of_stay_days),
-                i.stays
-            );
         };
         rows("all", &self.totals);
         for p in &self.pathways {
@@ -1041,6 +1022,116 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Checks an expectation against the report; `Err` says what failed and by how much.
+    pub fn check(&self, e: &Expectation) -> Result<(), String> {
+        let r = self;
+        let name = e.describe();
+        match e {
+            Expectation::Metric {
+                metric, cmp, value, ..
+            } => {
+                let got = r
+                    .metric(metric)
+                    .ok_or_else(|| format!("`{name}`: the run has no value for `{metric}`"))?;
+                if got.is_nan() {
+                    return Err(format!(
+                        "`{name}`: `{metric}` could not be computed (nothing was due)"
+                    ));
+                }
+                if cmp.holds(got, *value) {
+                    return Ok(());
+                }
+                let by = (got - value).abs();
+                let how = match cmp {
+                    Cmp::Ge | Cmp::Gt => format!("{} short", fmt_num(by)),
+                    Cmp::Le | Cmp::Lt => format!("{} over", fmt_num(by)),
+                    Cmp::Eq => format!("off by {}", fmt_num(by)),
+                };
+                Err(format!("`{name}`: {metric} = {}, {how}", fmt_num(got)))
+            }
+            Expectation::EveryStateVisited { except } => {
+                let missing: Vec<String> = r
+                    .never_visited()
+                    .into_iter()
+                    .filter(|(p, s)| !except.iter().any(|e| e == s || *e == format!("{p}.{s}")))
+                    .map(|(p, s)| format!("{p}.{s}"))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`{name}`: {} state(s) never visited: {}",
+                        missing.len(),
+                        missing.join(", ")
+                    ))
+                }
+            }
+            Expectation::EveryTransitionTaken { except } => {
+                let missing: Vec<String> = r
+                    .never_taken()
+                    .into_iter()
+                    .filter(|(p, id, _)| {
+                        !except.iter().any(|e| e == id || *e == format!("{p}.{id}"))
+                    })
+                    .map(|(p, id, what)| format!("{p}.{id} ({what})"))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`{name}`: {} transition(s) never taken: {}",
+                        missing.len(),
+                        missing.join(", ")
+                    ))
+                }
+            }
+            Expectation::MaxBacklog {
+                role,
+                institution,
+                at_most,
+            }
+            | Expectation::MaxOverdue {
+                role,
+                institution,
+                at_most,
+            } => {
+                let overdue = matches!(e, Expectation::MaxOverdue { .. });
+                let what = if overdue { "overdue tasks" } else { "backlog" };
+                let (peak, day) =
+                    r.peak(role, institution.as_deref(), overdue)
+                        .ok_or_else(|| {
+                            format!(
+                                "`{name}`: no {role} work{} in this run",
+                                institution
+                                    .as_ref()
+                                    .map(|i| format!(" at {i}"))
+                                    .unwrap_or_default()
+                            )
+                        })?;
+                if peak <= *at_most {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`{name}`: the {role} {what} peaked at {peak} on day {day} ({}), {} over the limit",
+                        r.date_of(day),
+                        peak - at_most
+                    ))
+                }
+            }
+        }
+    }
+}
+
+pub fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        let s = format!("{x:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn csv(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -1054,13 +1145,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metric_names() {
-        assert!(is_metric_name("follow_up_rate"));
-        assert!(is_metric_name("stroke.follow_up_rate"));
-        assert!(is_metric_name("indicator.bp_control_rate"));
-        assert!(is_metric_name("stroke.visits.neuro_deterioration"));
-        assert!(!is_metric_name("follow_up"));
-        assert!(!is_metric_name("a.b.c.d"));
+    fn numbers_print_short() {
+        assert_eq!(fmt_num(0.8431234), "0.8431");
+        assert_eq!(fmt_num(50.0), "50");
+        assert_eq!(fmt_num(0.5), "0.5");
     }
 
     #[test]

@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::expect::Expectation;
+
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
@@ -178,8 +180,6 @@ pub struct ScoreSpec {
 pub struct TasksSpec {
     /// Task ids that are follow-up calls (default: ids ending in `_call`).
     pub calls: Option<Vec<String>>,
-    /// Outcomes that count a call as reached (default: reached, problem, done).
-    pub reached: Option<Vec<String>>,
     /// Outcome weights per task id; `default_call` and `default` apply to the rest.
     #[serde(default)]
     pub outcomes: BTreeMap<String, BTreeMap<String, f64>>,
@@ -257,337 +257,10 @@ impl Scenario {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cmp {
-    Ge,
-    Gt,
-    Le,
-    Lt,
-    Eq,
-}
-
-impl Cmp {
-    fn holds(self, got: f64, want: f64) -> bool {
-        match self {
-            Cmp::Ge => got >= want,
-            Cmp::Gt => got > want,
-            Cmp::Le => got <= want,
-            Cmp::Lt => got < want,
-            Cmp::Eq => (got - want).abs() < 1e-9,
-        }
-    }
-}
-
-/// What a scenario says the run must show.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Expectation {
-    /// `follow_up_rate >= 0.9`; the metric may be prefixed by a pathway id (`stroke.follow_up_rate`).
-    Metric {
-        text: String,
-        metric: String,
-        cmp: Cmp,
-        value: f64,
-    },
-    EveryStateVisited {
-        except: Vec<String>,
-    },
-    EveryTransitionTaken {
-        except: Vec<String>,
-    },
-    MaxBacklog {
-        role: String,
-        institution: Option<String>,
-        at_most: u64,
-    },
-    MaxOverdue {
-        role: String,
-        institution: Option<String>,
-        at_most: u64,
-    },
-}
-
-fn except_list(v: &Value, key: &str) -> Result<Option<Vec<String>>, String> {
-    match v {
-        Value::Bool(true) => Ok(Some(Vec::new())),
-        Value::Bool(false) => Ok(None),
-        Value::Object(m) => {
-            let mut out = Vec::new();
-            for (k, x) in m {
-                match (k.as_str(), x) {
-                    ("except", Value::Array(items)) => {
-                        for i in items {
-                            out.push(
-                                i.as_str()
-                                    .ok_or_else(|| format!("`{key}.except` lists names"))?
-                                    .to_string(),
-                            );
-                        }
-                    }
-                    _ => return Err(format!("`{key}` takes true or {{ except: [...] }}")),
-                }
-            }
-            Ok(Some(out))
-        }
-        _ => Err(format!("`{key}` takes true or {{ except: [...] }}")),
-    }
-}
-
-impl Expectation {
-    pub fn parse(v: &Value) -> Result<Expectation, String> {
-        match v {
-            Value::String(s) => {
-                let ops = [
-                    (">=", Cmp::Ge),
-                    ("<=", Cmp::Le),
-                    ("==", Cmp::Eq),
-                    (">", Cmp::Gt),
-                    ("<", Cmp::Lt),
-                ];
-                let (at, op, cmp) = ops
-                    .iter()
-                    .filter_map(|(o, c)| s.find(o).map(|i| (i, *o, *c)))
-                    .min_by_key(|(i, o, _)| (*i, std::cmp::Reverse(o.len())))
-                    .ok_or_else(|| {
-                        format!("`{s}`: write a metric, a comparison and a number, e.g. `follow_up_rate >= 0.9`")
-                    })?;
-                let metric = s[..at].trim().to_string();
-                let value_text = s[at + op.len()..].trim();
-                let value = value_text
-                    .trim_end_matches('%')
-                    .parse::<f64>()
-                    .map_err(|_| format!("`{s}`: `{value_text}` is not a number"))?;
-                let value = if value_text.ends_with('%') {
-                    value / 100.0
-                } else {
-                    value
-                };
-                if metric.is_empty() {
-                    return Err(format!("`{s}`: the metric is missing"));
-                }
-                if !crate::report::is_metric_name(&metric) {
-                    return Err(format!(
-                        "`{s}`: unknown metric `{metric}`; metrics: {}",
-                        crate::report::METRICS.join(", ")
-                    ));
-                }
-                Ok(Expectation::Metric {
-                    text: s.clone(),
-                    metric,
-                    cmp,
-                    value,
-                })
-            }
-            Value::Object(m) if m.len() == 1 => {
-                let (key, x) = m.iter().next().expect("one entry");
-                let limit = |x: &Value| -> Result<(String, Option<String>, u64), String> {
-                    let Value::Object(f) = x else {
-                        return Err(format!("`{key}` takes {{ role: ..., at_most: n }}"));
-                    };
-                    for k in f.keys() {
-                        if !["role", "institution", "at_most"].contains(&k.as_str()) {
-                            return Err(format!("`{key}`: unknown key `{k}`"));
-                        }
-                    }
-                    let role = f
-                        .get("role")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| format!("`{key}` needs a `role`"))?;
-                    let at_most = f
-                        .get("at_most")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| format!("`{key}` needs `at_most`, a whole number"))?;
-                    let institution = f
-                        .get("institution")
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
-                    Ok((role.to_string(), institution, at_most))
-                };
-                match key.as_str() {
-                    "every_state_visited" => Ok(Expectation::EveryStateVisited {
-                        except: except_list(x, key)?
-                            .ok_or("`every_state_visited: false` expects nothing; leave it out")?,
-                    }),
-                    "every_transition_taken" => Ok(Expectation::EveryTransitionTaken {
-                        except: except_list(x, key)?.ok_or(
-                            "`every_transition_taken: false` expects nothing; leave it out",
-                        )?,
-                    }),
-                    "max_backlog" => {
-                        let (role, institution, at_most) = limit(x)?;
-                        Ok(Expectation::MaxBacklog {
-                            role,
-                            institution,
-                            at_most,
-                        })
-                    }
-                    "max_overdue" => {
-                        let (role, institution, at_most) = limit(x)?;
-                        Ok(Expectation::MaxOverdue {
-                            role,
-                            institution,
-                            at_most,
-                        })
-                    }
-                    other => Err(format!(
-                        "unknown expectation `{other}`; use a metric comparison, every_state_visited, every_transition_taken, max_backlog or max_overdue"
-                    )),
-                }
-            }
-            other => Err(format!("cannot read the expectation {other}")),
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Expectation::Metric { text, .. } => text.clone(),
-            Expectation::EveryStateVisited { except } if except.is_empty() => {
-                "every_state_visited".into()
-            }
-            Expectation::EveryStateVisited { except } => {
-                format!("every_state_visited except {}", except.join(", "))
-            }
-            Expectation::EveryTransitionTaken { except } if except.is_empty() => {
-                "every_transition_taken".into()
-            }
-            Expectation::EveryTransitionTaken { except } => {
-                format!("every_transition_taken except {}", except.join(", "))
-            }
-            Expectation::MaxBacklog {
-                role,
-                institution,
-                at_most,
-            } => format!(
-                "max_backlog of {role}{} at most {at_most}",
-                institution
-                    .as_ref()
-                    .map(|i| format!(" at {i}"))
-                    .unwrap_or_default()
-            ),
-            Expectation::MaxOverdue {
-                role,
-                institution,
-                at_most,
-            } => format!(
-                "max_overdue of {role}{} at most {at_most}",
-                institution
-                    .as_ref()
-                    .map(|i| format!(" at {i}"))
-                    .unwrap_or_default()
-            ),
-        }
-    }
-
-    /// Checks the expectation against a report; `Err` says what failed and by how much.
-    pub fn check(&self, r: &crate::report::Report) -> Result<(), String> {
-        let name = self.describe();
-        match self {
-            Expectation::Metric {
-                metric, cmp, value, ..
-            } => {
-                let got = r
-                    .metric(metric)
-                    .ok_or_else(|| format!("`{name}`: the run has no value for `{metric}`"))?;
-                if got.is_nan() {
-                    return Err(format!(
-                        "`{name}`: `{metric}` could not be computed (nothing was due)"
-                    ));
-                }
-                if cmp.holds(got, *value) {
-                    return Ok(());
-                }
-                let by = (got - value).abs();
-                let how = match cmp {
-                    Cmp::Ge | Cmp::Gt => format!("{} short", fmt_num(by)),
-                    Cmp::Le | Cmp::Lt => format!("{} over", fmt_num(by)),
-                    Cmp::Eq => format!("off by {}", fmt_num(by)),
-                };
-                Err(format!("`{name}`: {metric} = {}, {how}", fmt_num(got)))
-            }
-            Expectation::EveryStateVisited { except } => {
-                let missing: Vec<String> = r
-                    .never_visited()
-                    .into_iter()
-                    .filter(|(p, s)| !except.iter().any(|e| e == s || *e == format!("{p}.{s}")))
-                    .map(|(p, s)| format!("{p}.{s}"))
-                    .collect();
-                if missing.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "`{name}`: {} state(s) never visited: {}",
-                        missing.len(),
-                        missing.join(", ")
-                    ))
-                }
-            }
-            Expectation::EveryTransitionTaken { except } => {
-                let missing: Vec<String> = r
-                    .never_taken()
-                    .into_iter()
-                    .filter(|(p, id, _)| {
-                        !except.iter().any(|e| e == id || *e == format!("{p}.{id}"))
-                    })
-                    .map(|(p, id, what)| format!("{p}.{id} ({what})"))
-                    .collect();
-                if missing.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "`{name}`: {} transition(s) never taken: {}",
-                        missing.len(),
-                        missing.join(", ")
-                    ))
-                }
-            }
-            Expectation::MaxBacklog {
-                role,
-                institution,
-                at_most,
-            }
-            | Expectation::MaxOverdue {
-                role,
-                institution,
-                at_most,
-            } => {
-                let overdue = matches!(self, Expectation::MaxOverdue { .. });
-                let what = if overdue { "overdue tasks" } else { "backlog" };
-                let (peak, day) =
-                    r.peak(role, institution.as_deref(), overdue)
-                        .ok_or_else(|| {
-                            format!(
-                                "`{name}`: no {role} work{} in this run",
-                                institution
-                                    .as_ref()
-                                    .map(|i| format!(" at {i}"))
-                                    .unwrap_or_default()
-                            )
-                        })?;
-                if peak <= *at_most {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "`{name}`: the {role} {what} peaked at {peak} on day {day} ({}), {} over the limit",
-                        r.date_of(day),
-                        peak - at_most
-                    ))
-                }
-            }
-        }
-    }
-}
-
-pub fn fmt_num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        format!("{x:.0}")
-    } else {
-        let s = format!("{x:.4}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::expect::Cmp;
 
     #[test]
     fn reads_a_scenario_with_expectations() {
@@ -604,7 +277,7 @@ events:
   - { event: discharged, after: admitted, delay: { normal: [6d, 2d], min: 1d } }
 expect:
   - follow_up_rate >= 0.9
-  - on_time_rate >= 85%
+  - on_time_task_rate >= 85%
   - stroke.average_length_of_stay_days <= 7
   - every_state_visited: true
   - every_transition_taken: { except: [rehabilitation#1] }
@@ -617,8 +290,8 @@ expect:
         assert_eq!(
             e[1],
             Expectation::Metric {
-                text: "on_time_rate >= 85%".into(),
-                metric: "on_time_rate".into(),
+                text: "on_time_task_rate >= 85%".into(),
+                metric: "on_time_task_rate".into(),
                 cmp: Cmp::Ge,
                 value: 0.85
             }
@@ -650,12 +323,5 @@ expect:
         assert!(err.contains("at_most"), "{err}");
         let err = Scenario::parse("t.yaml", b"expect: [follow_up_rate >= high]\n").unwrap_err();
         assert!(err.contains("not a number"), "{err}");
-    }
-
-    #[test]
-    fn numbers_print_short() {
-        assert_eq!(fmt_num(0.8431234), "0.8431");
-        assert_eq!(fmt_num(50.0), "50");
-        assert_eq!(fmt_num(0.5), "0.5");
     }
 }

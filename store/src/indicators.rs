@@ -6,7 +6,10 @@
 //! up to `as_of` (a follow-up due tomorrow is not yet missed); the caller passes `as_of`, so
 //! reports and tests can fix it. Each family of counts is one grouped query whose grouping key is
 //! the breakdown (none, pathway, role, staff member), so a total and its breakdown rows are
-//! computed by the same SQL and always add up. Rates are derived from the counts, never stored.
+//! computed by the same SQL and always add up. Rates are derived from the counts, never stored,
+//! through the definitions of `carepath_core::indicators` (which counts each built-in indicator divides,
+//! which tasks are follow-up calls and which call outcomes reached the patient); this module only
+//! counts.
 //! Rows belong to an institution by the institution column of their own table (a task moves with
 //! an accepted referral; a follow-up stays where it was sent from).
 
@@ -19,6 +22,7 @@ use serde_json::{Value, json};
 
 use super::db::Arg;
 use super::{Pool, Result, Row};
+use carepath_core::indicators::{self as defs, Counts, Values};
 
 /// The roles whose holders carry a case load.
 pub const CASE_MANAGER_ROLES: &[&str] = &[
@@ -109,10 +113,7 @@ impl Key {
 /// Rows grouped by key; `None` is a NULL key (an unassigned task).
 type Grouped<T> = BTreeMap<Option<String>, T>;
 
-/// `n / d`, or `None` when nothing was counted.
-pub fn rate(n: i64, d: i64) -> Option<f64> {
-    (d > 0).then(|| n as f64 / d as f64)
-}
+pub use carepath_core::indicators::ratio as rate;
 
 /// Appends the pathway condition when the scope names one; returns the SQL fragment.
 fn pathway_filter(scope: &Scope<'_>, args: &mut Vec<Arg>) -> String {
@@ -149,6 +150,8 @@ pub struct TaskCounts {
     pub completed_on_time: i64,
     /// Tasks due in the period (up to `as_of`), not cancelled.
     pub due: i64,
+    /// Of those, completed by their due time.
+    pub due_on_time: i64,
     /// Of those, not completed by their due time (completed late, or still open).
     pub overdue: i64,
     /// Distinct enrolments among the tasks completed or due in the period: the case load served.
@@ -156,8 +159,19 @@ pub struct TaskCounts {
 }
 
 impl TaskCounts {
+    /// The task counts the built-in indicators divide.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            tasks_due: self.due,
+            tasks_on_time: self.due_on_time,
+            tasks_overdue: self.overdue,
+            ..Counts::default()
+        }
+    }
+
+    /// `on_time_task_rate` of these tasks.
     pub fn on_time_rate(&self) -> Option<f64> {
-        rate(self.completed_on_time, self.completed)
+        defs::ON_TIME_TASK_RATE.value(&self.counts())
     }
 }
 
@@ -182,6 +196,7 @@ async fn task_counts(
          COUNT(CASE WHEN {done} THEN 1 END), \
          COUNT(CASE WHEN {done} AND t.completed_at <= t.due_at THEN 1 END), \
          COUNT(CASE WHEN {due} THEN 1 END), \
+         COUNT(CASE WHEN {due} AND t.status = 'done' AND t.completed_at <= t.due_at THEN 1 END), \
          COUNT(CASE WHEN {due} AND (t.completed_at IS NULL OR t.completed_at > t.due_at) THEN 1 END), \
          COUNT(DISTINCT CASE WHEN ({done}) OR ({due}) THEN t.enrolment_id END) \
          FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
@@ -195,8 +210,9 @@ async fn task_counts(
         completed: r.i64(2),
         completed_on_time: r.i64(3),
         due: r.i64(4),
-        overdue: r.i64(5),
-        enrolments: r.i64(6),
+        due_on_time: r.i64(5),
+        overdue: r.i64(6),
+        enrolments: r.i64(7),
     })
     .await
 }
@@ -249,10 +265,17 @@ async fn enrolment_counts(
     .await
 }
 
-/// Follow-ups due in the period (up to `as_of`), not cancelled, and how many were sent.
+/// Follow-ups in the period: the enrolments due a follow-up call and those followed up (the
+/// `follow_up_rate`), and the follow-up messages due (up to `as_of`, not cancelled) and sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct FollowUpCounts {
+    /// Enrolments with a follow-up call due in the period (up to `as_of`), not cancelled.
+    pub patients_due: i64,
+    /// Of those, enrolments with such a call completed with an outcome that reached the patient.
+    pub patients_followed_up: i64,
+    /// Follow-up messages due in the period (up to `as_of`), not cancelled.
     pub due: i64,
+    /// Of those, messages sent.
     pub sent: i64,
 }
 
@@ -271,11 +294,35 @@ async fn follow_up_counts(
         k = key.expr(),
         g = key.group_by(),
     );
-    grouped(pool, &sql, args, |r| FollowUpCounts {
+    let mut out = grouped(pool, &sql, args.clone(), |r| FollowUpCounts {
         due: r.i64(1),
         sent: r.i64(2),
+        ..Default::default()
     })
-    .await
+    .await?;
+    // A follow-up call is a task named `…_call` (`defs::is_follow_up_call`); `!` escapes the
+    // underscore, which LIKE reads as any character.
+    let call = format!("%{}", defs::FOLLOW_UP_CALL_SUFFIX.replace('_', "!_"));
+    args.push(call.into());
+    let like = args.len();
+    let first_outcome = args.len() + 1;
+    args.extend(defs::NOT_REACHED.iter().map(|o| Arg::from(*o)));
+    let not_reached = super::db::placeholders(first_outcome, defs::NOT_REACHED.len());
+    let sql = format!(
+        "SELECT {k}, COUNT(DISTINCT t.enrolment_id), \
+         COUNT(DISTINCT CASE WHEN t.status = 'done' AND (t.outcome IS NULL OR t.outcome NOT IN ({not_reached})) THEN t.enrolment_id END) \
+         FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
+         WHERE t.institution_id = $1 AND t.due_at >= $2 AND t.due_at < $3 AND t.status <> 'cancelled' \
+         AND t.task_ref LIKE ${like} ESCAPE '!'{filter}{g}",
+        k = key.expr(),
+        g = key.group_by(),
+    );
+    for (k, (due, done)) in grouped(pool, &sql, args, |r| (r.i64(1), r.i64(2))).await? {
+        let c = out.entry(k).or_default();
+        c.patients_due = due;
+        c.patients_followed_up = done;
+    }
+    Ok(out)
 }
 
 /// Scales pushed in the period, not cancelled, and how many of them were answered.
@@ -382,13 +429,10 @@ async fn alarm_counts(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct StayCounts {
     pub stays: i64,
+    /// Their total length, exact.
+    pub total_seconds: i64,
+    /// The same in days.
     pub total_days: f64,
-}
-
-impl StayCounts {
-    pub fn average_days(&self) -> Option<f64> {
-        (self.stays > 0).then(|| self.total_days / self.stays as f64)
-    }
 }
 
 async fn stay_counts(
@@ -412,7 +456,8 @@ async fn stay_counts(
         };
         let c = out.entry(r.opt_text(0)).or_default();
         c.stays += 1;
-        c.total_days += (r.i64(1) - admitted) as f64 / 86_400.0;
+        c.total_seconds += r.i64(1) - admitted;
+        c.total_days = c.total_seconds as f64 / 86_400.0;
     }
     Ok(out)
 }
@@ -460,36 +505,31 @@ pub struct Builtins {
     pub stays: StayCounts,
 }
 
-/// The rates derived from [`Builtins`], as the report and the API show them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Rates {
-    pub follow_up_rate: Option<f64>,
-    pub on_time_task_rate: Option<f64>,
-    pub overdue_rate: Option<f64>,
-    pub scale_completion: Option<f64>,
-    /// Referrals sent per enrolment active in the period.
-    pub referral_rate: Option<f64>,
-    /// Upward referrals among those sent.
-    pub upward_share: Option<f64>,
-    pub upward_accepted_in_time_rate: Option<f64>,
-    pub average_length_of_stay_days: Option<f64>,
-}
-
 impl Builtins {
-    pub fn rates(&self) -> Rates {
-        Rates {
-            follow_up_rate: rate(self.follow_ups.sent, self.follow_ups.due),
-            on_time_task_rate: self.tasks.on_time_rate(),
-            overdue_rate: rate(self.tasks.overdue, self.tasks.due),
-            scale_completion: rate(self.scales.answered, self.scales.pushed),
-            referral_rate: rate(self.referrals.sent, self.enrolments.active),
-            upward_share: rate(self.referrals.sent_up, self.referrals.sent),
-            upward_accepted_in_time_rate: rate(
-                self.referrals.upward_accepted_in_time,
-                self.referrals.upward_received,
-            ),
-            average_length_of_stay_days: self.stays.average_days(),
+    /// The counts the built-in indicators divide; `case_managers` is the institution's (0 for a
+    /// share of it, such as one pathway's).
+    pub fn counts(&self, case_managers: i64) -> Counts {
+        Counts {
+            follow_up_due: self.follow_ups.patients_due,
+            followed_up: self.follow_ups.patients_followed_up,
+            scales_pushed: self.scales.pushed,
+            scales_answered: self.scales.answered,
+            enrolments_active: self.enrolments.active,
+            enrolments_active_at_end: self.enrolments.active_at_end,
+            referrals_sent: self.referrals.sent,
+            referrals_up: self.referrals.sent_up,
+            upward_received: self.referrals.upward_received,
+            upward_accepted_in_time: self.referrals.upward_accepted_in_time,
+            stays: self.stays.stays,
+            stay_seconds: self.stays.total_seconds,
+            case_managers,
+            ..self.tasks.counts()
         }
+    }
+
+    /// Every built-in indicator's value, as the report and the API show them.
+    pub fn rates(&self, case_managers: i64) -> Values {
+        Values::of(&self.counts(case_managers))
     }
 }
 
@@ -898,8 +938,12 @@ pub struct KpiRequest<'a> {
     pub by: Option<By>,
 }
 
-fn ratio_json(n: i64, d: i64) -> Value {
-    json!({"value": rate(n, d), "numerator": n, "denominator": d})
+/// A built-in indicator as the API shows it: value, the two counts, target.
+fn builtin_json(d: &defs::Definition, c: &Counts) -> Value {
+    let value = d.value(c);
+    let side = |q| c.count(q).map_or_else(|| json!(c.get(q)), |n| json!(n));
+    json!({"value": value, "numerator": side(d.numerator), "denominator": side(d.denominator),
+           "target": d.target, "target_met": d.target_met(value)})
 }
 
 fn builtins_json(b: &Builtins) -> Value {
@@ -911,7 +955,7 @@ fn builtins_json(b: &Builtins) -> Value {
         "referrals": b.referrals,
         "alarms": b.alarms,
         "stays": b.stays,
-        "rates": b.rates(),
+        "rates": b.rates(0),
     })
 }
 
@@ -923,23 +967,29 @@ pub async fn kpis(pool: &Pool, pathways: &[&Pathway], req: &KpiRequest<'_>) -> R
     let b = builtins(pool, scope, p).await?;
     let (open, overdue_now) = open_tasks(pool, scope, p.as_of).await?;
     let managers = case_managers(pool, scope.institution).await?;
-    let r = b.rates();
+    let c = b.counts(managers);
+    let builtin: serde_json::Map<String, Value> = defs::BUILTIN
+        .iter()
+        .map(|d| (d.name.to_string(), builtin_json(d, &c)))
+        .collect();
+    // The keys before `builtin` are the API's older names for the same values.
     let mut out = json!({
         "institution": scope.institution,
         "pathway": scope.pathway,
         "from": super::ts(p.from).to_string(), "to": super::ts(p.to).to_string(),
-        "follow_up_rate": ratio_json(b.follow_ups.sent, b.follow_ups.due),
-        "on_time_task_rate": ratio_json(b.tasks.completed_on_time, b.tasks.completed),
+        "follow_up_rate": builtin[defs::FOLLOW_UP_RATE.name],
+        "on_time_task_rate": builtin[defs::ON_TIME_TASK_RATE.name],
         "overdue_tasks": overdue_now, "open_tasks": open,
-        "scale_completion": ratio_json(b.scales.answered, b.scales.pushed),
+        "scale_completion": builtin[defs::SCALE_COMPLETION.name],
         "referrals": {"total": b.referrals.sent, "up": b.referrals.sent_up, "down": b.referrals.sent_down,
-                      "rate": r.referral_rate, "up_share": r.upward_share},
-        "upward_accepted_within_24h": ratio_json(b.referrals.upward_accepted_in_time, b.referrals.upward_received),
-        "case_load_per_case_manager": rate(b.enrolments.active_at_end, managers),
+                      "rate": defs::REFERRAL_RATE.value(&c), "up_share": defs::UPWARD_SHARE.value(&c)},
+        "upward_accepted_within_24h": builtin[defs::UPWARD_ACCEPTED_IN_TIME_RATE.name],
+        "case_load_per_case_manager": defs::CASE_LOAD_PER_CASE_MANAGER.value(&c),
         "case_managers": managers,
         "active_enrolments": b.enrolments.active_at_end, "enrolments_in_period": b.enrolments.active,
-        "average_length_of_stay_days": r.average_length_of_stay_days,
+        "average_length_of_stay_days": defs::AVERAGE_LENGTH_OF_STAY_DAYS.value(&c),
         "alarms": b.alarms,
+        "builtin": builtin,
         "counts": builtins_json(&b),
     });
     if let Some(by) = req.by {

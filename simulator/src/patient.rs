@@ -1,0 +1,1238 @@
+//! One patient's life: an agenda of what happens when (enrolment, life events, answers, follow-ups,
+//! referral answers, tasks becoming ready), device readings drawn lazily from their own generator,
+//! and the pure step applied whenever something reaches the pathway.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use carepath_dsl::{AlarmScope, Channel, Direction, VarType, VarValue, catalog};
+use carepath_engine::facts::{
+    FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult,
+};
+use carepath_engine::step::{self, Enrolment, Outcome, Produced, Status};
+use jiff::Timestamp;
+
+use crate::cohort::{self, Draw, ObsModel, Profile, SplitMix};
+use crate::model::{Anchor, GoalModel, NO_REF, PathwayInfo, TaskModel, scale_index, seconds_of};
+use crate::setup::{DAY, Setup};
+use crate::tally::Tally;
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+const CHANNELS: [Channel; 4] = [
+    Channel::Wechat,
+    Channel::Sms,
+    Channel::Phone,
+    Channel::Email,
+];
+
+fn channel_index(c: Channel) -> usize {
+    CHANNELS.iter().position(|x| *x == c).unwrap_or(1)
+}
+
+// ---- patients ----------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Life {
+    Waiting,
+    Active,
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Enrol,
+    Life(u16),
+    ScaleAnswer {
+        scale: u8,
+    },
+    /// An unanswered push reaching its expiry, as the scheduler's sweep raises it.
+    ScaleExpired {
+        scale: u8,
+    },
+    FollowUp(u32),
+    Referral {
+        what: u8,
+        flow: u32,
+    },
+    TaskReady(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Agenda {
+    at: i64,
+    order: u32,
+    item: Item,
+}
+
+impl PartialEq for Agenda {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Agenda {}
+impl PartialOrd for Agenda {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Agenda {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct OpenTask {
+    no: u32,
+    ref_ix: u16,
+    role: u16,
+    prio: u8,
+    keep: bool,
+    state_seq: u32,
+    due: i64,
+    escalate_after: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct FollowUpSlot {
+    id: u32,
+    state_seq: u32,
+    channels: Vec<Channel>,
+}
+
+#[derive(Debug, Clone)]
+struct Armed {
+    alarm: u16,
+    scope: AlarmScope,
+    state_seq: u32,
+    matches: Vec<i64>,
+    on: bool,
+}
+
+/// A queue entry: smaller is more urgent (priority, due, created, patient, task number).
+pub type Key = (u8, i64, i64, u32, u32);
+
+pub(crate) struct Patient {
+    idx: u32,
+    pub(crate) prog: usize,
+    rng: SplitMix,
+    profile: Profile,
+    enrol_at: i64,
+    pub(crate) life: Life,
+    dead: bool,
+    /// A follow-up call fell due; one reached the patient (each counted once per patient).
+    follow_up_due: bool,
+    followed_up: bool,
+    enrolment: Option<Enrolment>,
+    pub(crate) state: usize,
+    facts: PatientFacts,
+    pending: Vec<PendingEvent>,
+    seq: i64,
+    agenda: BinaryHeap<Reverse<Agenda>>,
+    order: u32,
+    wake: i64,
+    tasks: Vec<OpenTask>,
+    next_task: u32,
+    follow_ups: Vec<FollowUpSlot>,
+    next_follow_up: u32,
+    alarms: Vec<Armed>,
+    /// Per observation kind: baseline and drift per second (or probability of a 1).
+    levels: Vec<(f64, f64)>,
+    /// Device readings draw from their own generator, so they can be taken late or looked ahead.
+    obs_rng: SplitMix,
+    /// The next reading slot of each reading group.
+    cursor: Vec<i64>,
+    /// When an armed alarm would next fire (or the look-ahead ends).
+    alarm_due: i64,
+    alarms_changed: bool,
+    obs_trim_at: usize,
+    goal_trim_at: usize,
+    goal_log: Vec<(u8, f32, i64)>,
+    pub(crate) inbox: Vec<(i64, u32)>,
+    in_hospital_since: Option<i64>,
+    ended_at: Option<i64>,
+}
+
+/// What a chunk hands back after a tick: new tasks for the queues.
+pub(crate) type NewTasks = Vec<(u32, Key)>;
+
+pub(crate) struct Cx<'a> {
+    pub(crate) s: &'a Setup,
+    pub(crate) tally: &'a mut Tally,
+    pub(crate) new_tasks: &'a mut NewTasks,
+    /// Tasks done or cancelled, as (patient, task number): they leave the staff queues.
+    pub(crate) closed: &'a mut Vec<(u32, u32)>,
+    pub(crate) horizon: i64,
+}
+
+impl Patient {
+    pub(crate) fn new(s: &Setup, idx: u32) -> Patient {
+        let mut rng = SplitMix::new(cohort::patient_seed(s.seed, u64::from(idx)));
+        let prog = rng.weighted(&s.mix);
+        let info = &s.infos[prog];
+        let profile = s
+            .cohort
+            .profile(&mut rng, &info.age, info.female, &info.entry_weights);
+        let day = (rng.unit_f() * s.arrivals_days).floor() as usize;
+        let day = day.min(s.days as usize - 1);
+        let enrol_at = s.day_starts[day]
+            + s.work_start
+            + (rng.unit_f() * (s.work_end - s.work_start) as f64) as i64;
+        let mut levels = vec![(0.0, 0.0); catalog::OBSERVATIONS.len()];
+        for group in &info.groups {
+            for k in group {
+                let m = &s.obs[*k];
+                let shift: f64 = profile
+                    .comorbidities
+                    .iter()
+                    .filter_map(|c| s.cohort.comorbidities[usize::from(*c)].shift.get(m.kind))
+                    .sum();
+                levels[*k] = match m.probability {
+                    Some(p) => ((p + 0.1 * rng.normal()).clamp(0.0, 1.0), 0.0),
+                    None => (
+                        m.mean + info.obs_shift[*k] + shift + m.sd * rng.normal(),
+                        m.trend_per_month * rng.uniform(0.5, 1.5) / (30.0 * 86_400.0),
+                    ),
+                };
+            }
+        }
+        let birth_year = i64::from(s.start_date.year()) - i64::from(profile.age);
+        let birth_date = jiff::civil::Date::new(
+            birth_year.clamp(1800, 2200) as i16,
+            1 + rng.below(12) as i8,
+            1 + rng.below(28) as i8,
+        )
+        .ok();
+        let facts = PatientFacts {
+            birth_date,
+            sex: profile.sex.to_string(),
+            ..Default::default()
+        };
+        let mut p = Patient {
+            idx,
+            prog,
+            rng,
+            profile,
+            enrol_at,
+            life: Life::Waiting,
+            dead: false,
+            follow_up_due: false,
+            followed_up: false,
+            enrolment: None,
+            state: 0,
+            facts,
+            pending: Vec::new(),
+            seq: 0,
+            agenda: BinaryHeap::new(),
+            order: 0,
+            wake: i64::MAX,
+            tasks: Vec::new(),
+            next_task: 0,
+            follow_ups: Vec::new(),
+            next_follow_up: 0,
+            alarms: Vec::new(),
+            levels,
+            obs_rng: SplitMix::new(cohort::mix64(
+                cohort::patient_seed(s.seed, u64::from(idx)) ^ 0x0B5E_7A71_0D5E_ED01,
+            )),
+            cursor: Vec::new(),
+            alarm_due: i64::MAX,
+            alarms_changed: false,
+            obs_trim_at: 8,
+            goal_trim_at: 16,
+            goal_log: Vec::new(),
+            inbox: Vec::new(),
+            in_hospital_since: None,
+            ended_at: None,
+        };
+        p.schedule(enrol_at, Item::Enrol, i64::MAX);
+        p
+    }
+
+    fn schedule(&mut self, at: i64, item: Item, horizon: i64) {
+        if at > horizon {
+            return;
+        }
+        self.order += 1;
+        self.agenda.push(Reverse(Agenda {
+            at,
+            order: self.order,
+            item,
+        }));
+    }
+
+    /// The next time something other than a device reading happens.
+    fn next_other(&self) -> i64 {
+        let mut t = self.agenda.peek().map_or(i64::MAX, |Reverse(a)| a.at);
+        for (at, _) in &self.inbox {
+            t = t.min(*at);
+        }
+        if self.life == Life::Active {
+            t = t.min(self.wake);
+        }
+        t
+    }
+
+    /// The next time the patient must be visited.
+    pub(crate) fn next_at(&self) -> i64 {
+        let t = self.next_other();
+        if self.life == Life::Active {
+            t.min(self.alarm_due)
+        } else {
+            t
+        }
+    }
+
+    /// Lives up to `to`: everything that happens, in time order, stepping when the pathway must see it.
+    pub(crate) fn advance(&mut self, cx: &mut Cx, to: i64) {
+        loop {
+            let t = self.next_other();
+            // Readings up to the next happening first; one that fires an alarm is acted on at once.
+            if let Some((at, step)) = self.catch_up(cx, t.min(to)) {
+                if step && self.life == Life::Active {
+                    self.step(cx, at);
+                    if self.life == Life::Active && self.wake <= at {
+                        self.wake = at + 60;
+                    }
+                }
+                continue;
+            }
+            if t > to {
+                break;
+            }
+            let mut need_step = self.life == Life::Active && self.wake <= t;
+            while let Some(Reverse(a)) = self.agenda.peek().copied() {
+                if a.at != t {
+                    break;
+                }
+                self.agenda.pop();
+                need_step |= self.happen(cx, a.item, t);
+            }
+            while let Some(i) = self.inbox.iter().position(|(at, _)| *at == t) {
+                let (_, no) = self.inbox.swap_remove(i);
+                need_step |= self.complete(cx, no, t);
+            }
+            if need_step && self.life == Life::Active {
+                self.step(cx, t);
+                if self.life == Life::Active && self.wake <= t {
+                    self.wake = t + 60;
+                }
+            }
+        }
+        if self.alarms_changed || self.alarm_due <= to {
+            self.predict_alarm(cx.s, to);
+        }
+    }
+
+    fn push_event(&mut self, info: &PathwayInfo, name: String, t: i64) -> bool {
+        if info.guard_events.contains(&name) {
+            self.facts.events.push(FactEvent {
+                name: name.clone(),
+                at: ts(t),
+            });
+        }
+        let listened = info.listened.contains(&name);
+        self.seq += 1;
+        self.pending.push(PendingEvent {
+            seq: self.seq,
+            name,
+            at: ts(t),
+        });
+        listened
+    }
+
+    /// Handles one agenda item at `t`; true when the pathway must be stepped.
+    fn happen(&mut self, cx: &mut Cx, item: Item, t: i64) -> bool {
+        let s = cx.s;
+        let info = &s.infos[self.prog];
+        match item {
+            Item::Enrol => {
+                self.enrol(cx, t);
+                false
+            }
+            Item::Life(ev) => {
+                if self.dead || self.life != Life::Active {
+                    return false;
+                }
+                let name = info.events[usize::from(ev)].clone();
+                match name.as_str() {
+                    "died" => {
+                        self.dead = true;
+                        cx.tally.path[self.prog].died += 1;
+                    }
+                    "admitted" | "readmitted" | "delivered" => {
+                        self.in_hospital_since.get_or_insert(t);
+                    }
+                    "discharged" => {
+                        if let Some(since) = self.in_hospital_since.take() {
+                            let p = &mut cx.tally.path[self.prog];
+                            p.stays += 1;
+                            p.stay_seconds += t - since;
+                        }
+                    }
+                    _ => {}
+                }
+                let step = self.push_event(info, name, t);
+                self.fire_rules(cx, Hit::Event(ev), t);
+                step
+            }
+            Item::TaskReady(no) => {
+                self.queue_task(cx, no, t);
+                false
+            }
+            Item::ScaleAnswer { scale } => {
+                if self.dead {
+                    return false;
+                }
+                let m = &s.scales[usize::from(scale)];
+                let (score, items) = m.answer(&mut self.rng);
+                cx.tally.path[self.prog].scales_answered += 1;
+                if info.guard_scales.contains(&usize::from(scale)) {
+                    self.facts.scales.retain(|x| x.scale != m.name);
+                    self.facts.scales.push(ScaleResult {
+                        scale: m.name.to_string(),
+                        score,
+                        band: String::new(),
+                        items,
+                        at: ts(t),
+                    });
+                }
+                self.push_event(info, format!("scale_answered:{}", m.name), t)
+            }
+            Item::ScaleExpired { scale } => {
+                if self.dead {
+                    return false;
+                }
+                let name = &s.scales[usize::from(scale)].name;
+                self.push_event(info, format!("scale_expired:{name}"), t)
+            }
+            Item::FollowUp(id) => {
+                let Some(i) = self.follow_ups.iter().position(|f| f.id == id) else {
+                    return false;
+                };
+                let f = self.follow_ups.swap_remove(i);
+                let p = &mut cx.tally.path[self.prog];
+                p.follow_ups_sent += 1;
+                if !self.dead {
+                    for ch in &f.channels {
+                        if self.rng.chance(s.response[channel_index(*ch)]) {
+                            p.follow_ups_responded += 1;
+                            break;
+                        }
+                    }
+                }
+                false
+            }
+            Item::Referral { what, flow } => {
+                if self.dead || self.life != Life::Active {
+                    return false;
+                }
+                let f = &mut cx.tally.flows[flow as usize];
+                let name = match what {
+                    0 => {
+                        f.accepted += 1;
+                        "referral_accepted"
+                    }
+                    1 => {
+                        f.rejected += 1;
+                        "referral_rejected"
+                    }
+                    _ => {
+                        f.arrived += 1;
+                        "referral_arrived"
+                    }
+                };
+                self.push_event(info, name.to_string(), t)
+            }
+        }
+    }
+
+    fn enrol(&mut self, cx: &mut Cx, t: i64) {
+        let s = cx.s;
+        let info = &s.infos[self.prog];
+        let prog = &s.programs[self.prog];
+        let entry = self.profile.entry.min(prog.pathway.entry_points.len() - 1);
+        let admitted = info.entry_admitted[entry];
+        if admitted {
+            self.in_hospital_since = Some(t);
+            self.push_event(info, "admitted".into(), t);
+        }
+        let entry_id = prog.pathway.entry_points[entry].id.clone();
+        let entry_state = info.state(&prog.pathway.entry_points[entry].state);
+        let out = step::enrol(
+            prog,
+            i64::from(self.idx) + 1,
+            &entry_id,
+            &s.tz,
+            &self.facts,
+            &self.pending,
+            ts(t),
+        );
+        cx.tally.path[self.prog].enrolled += 1;
+        cx.tally.path[self.prog].steps += 1;
+        self.life = Life::Active;
+        cx.tally.visits[info.state_off + entry_state] += 1;
+        self.fire_rules(cx, Hit::State(entry_state), t);
+        match out {
+            Ok(o) => {
+                // Variables drawn for the patient (comorbidity index and the like).
+                let mut o = o;
+                if let Some(base) = info.charlson_default {
+                    o.enrolment.vars.insert(
+                        "charlson".into(),
+                        VarValue::Integer(base + self.profile.charlson),
+                    );
+                }
+                for (name, ty, d) in &info.variables {
+                    let x = d.sample(&mut self.rng);
+                    let v = match ty {
+                        VarType::Integer => VarValue::Integer(x.round() as i64),
+                        VarType::Bool => VarValue::Bool(x != 0.0),
+                        _ => VarValue::Number(x),
+                    };
+                    o.enrolment.vars.insert(name.clone(), v);
+                }
+                self.apply(cx, o, t);
+            }
+            Err(e) => {
+                self.fail(cx, e.to_string(), t);
+                return;
+            }
+        }
+        let ev_admitted = info.event_ix("admitted").unwrap_or(0);
+        self.fire_rules(cx, Hit::Enrolled(entry), t);
+        if admitted {
+            self.fire_rules(cx, Hit::Event(ev_admitted), t);
+        }
+        // Device readings from the first slot after enrolment.
+        self.cursor = info
+            .groups
+            .iter()
+            .map(|group| {
+                let m = &s.obs[group[0]];
+                let interval = reading_interval(m);
+                let mut at = s.day_starts[s.day_of(t)] + m.at;
+                while at <= t {
+                    at += interval;
+                }
+                if at > cx.horizon { i64::MAX } else { at }
+            })
+            .collect();
+        self.alarms_changed = true;
+    }
+
+    fn fire_rules(&mut self, cx: &mut Cx, hit: Hit, t: i64) {
+        let info = &cx.s.infos[self.prog];
+        for r in &info.rules {
+            let matched = match (&r.anchor, hit) {
+                (Anchor::Enrolled(None), Hit::Enrolled(_)) => true,
+                (Anchor::Enrolled(Some(e)), Hit::Enrolled(x)) => *e == x,
+                (Anchor::Hazard(_), Hit::Enrolled(_)) => true,
+                (Anchor::Event(e), Hit::Event(x)) => *e == x,
+                (Anchor::State, Hit::State(s)) => info.state_listens[s].contains(&r.event),
+                _ => false,
+            };
+            if !matched {
+                continue;
+            }
+            let delay = match r.anchor {
+                Anchor::Hazard(rate) => self.rng.exponential(1.0 / rate),
+                _ => {
+                    if !self.rng.chance(r.probability) {
+                        continue;
+                    }
+                    r.delay.sample(&mut self.rng)
+                }
+            };
+            self.schedule(t + delay.max(0.0) as i64, Item::Life(r.event), cx.horizon);
+        }
+    }
+
+    /// Takes the device readings due up to `to`, in time order. Readings are pure data drawn from
+    /// their own generator, so they are only taken when the patient is visited anyway — except
+    /// that a reading which fires an alarm stops the catch-up: `Some((time, step needed))`.
+    fn catch_up(&mut self, cx: &mut Cx, to: i64) -> Option<(i64, bool)> {
+        if self.life != Life::Active || self.dead {
+            return None;
+        }
+        let s = cx.s;
+        let info = &s.infos[self.prog];
+        while let Some((t, g)) = next_slot(&self.cursor) {
+            if t > to {
+                break;
+            }
+            let next = t + reading_interval(&s.obs[info.groups[g][0]]);
+            self.cursor[g] = if next > cx.horizon { i64::MAX } else { next };
+            let mut values = [f64::NAN; 16];
+            let taken = draw_reading(
+                s,
+                info,
+                &self.levels,
+                self.profile.adherence,
+                self.enrol_at,
+                &mut self.obs_rng,
+                g,
+                t,
+                &mut values,
+            );
+            if !taken {
+                continue;
+            }
+            cx.tally.path[self.prog].readings += 1;
+            for k in &info.groups[g] {
+                self.record(info, *k, values[*k], t);
+            }
+            let fired = update_alarms(
+                info,
+                self.alarms
+                    .iter_mut()
+                    .map(|a| (a.alarm, &mut a.matches, &mut a.on)),
+                &values,
+                t,
+            );
+            if fired.is_empty() {
+                continue;
+            }
+            self.alarms_changed = true;
+            let mut step = false;
+            for alarm in fired {
+                let model = &info.alarms[usize::from(alarm)];
+                cx.tally.path[self.prog].alarms += 1;
+                step |= self.push_event(info, format!("alarm:{}", model.id), t);
+                let task = model.task.clone();
+                self.create_task(cx, &task, t + task.due, false, 0, t);
+            }
+            return Some((t, step));
+        }
+        None
+    }
+
+    /// Looks ahead over the coming readings (with copies of the generator and the alarm state) for
+    /// the first that would fire an alarm, so the patient is visited then and not every day.
+    fn predict_alarm(&mut self, s: &Setup, from: i64) {
+        self.alarms_changed = false;
+        self.alarm_due = i64::MAX;
+        let info = &s.infos[self.prog];
+        if self.life != Life::Active
+            || self.dead
+            || !self
+                .alarms
+                .iter()
+                .any(|a| info.alarms[usize::from(a.alarm)].cond.is_some())
+        {
+            return;
+        }
+        let limit = from + LOOKAHEAD;
+        let mut rng = self.obs_rng.clone();
+        let mut cursor = self.cursor.clone();
+        let mut state: Vec<(u16, Vec<i64>, bool)> = self
+            .alarms
+            .iter()
+            .map(|a| (a.alarm, a.matches.clone(), a.on))
+            .collect();
+        while let Some((t, g)) = next_slot(&cursor) {
+            if t > limit {
+                self.alarm_due = limit;
+                return;
+            }
+            cursor[g] = t + reading_interval(&s.obs[info.groups[g][0]]);
+            let mut values = [f64::NAN; 16];
+            if !draw_reading(
+                s,
+                info,
+                &self.levels,
+                self.profile.adherence,
+                self.enrol_at,
+                &mut rng,
+                g,
+                t,
+                &mut values,
+            ) {
+                continue;
+            }
+            let fired = update_alarms(
+                info,
+                state.iter_mut().map(|(a, m, on)| (*a, m, on)),
+                &values,
+                t,
+            );
+            if !fired.is_empty() {
+                self.alarm_due = t;
+                return;
+            }
+        }
+    }
+
+    fn record(&mut self, info: &PathwayInfo, k: usize, v: f64, t: i64) {
+        if info.guard_obs[k].is_some() {
+            self.facts.observations.push(Observation {
+                kind: catalog::OBSERVATIONS[k].0.to_string(),
+                value: v,
+                at: ts(t),
+            });
+            // Old readings are dropped now and then (guards read their own windows anyway); the
+            // newest of each kind always stays, for `latest`.
+            if self.facts.observations.len() > self.obs_trim_at {
+                let kinds: Vec<(&str, i64)> = info
+                    .guard_obs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, w)| w.map(|w| (catalog::OBSERVATIONS[k].0, w)))
+                    .collect();
+                let mut latest = vec![i64::MIN; kinds.len()];
+                for o in &self.facts.observations {
+                    if let Some(i) = kinds.iter().position(|(n, _)| *n == o.kind) {
+                        latest[i] = latest[i].max(o.at.as_second());
+                    }
+                }
+                self.facts.observations.retain(|o| {
+                    match kinds.iter().position(|(n, _)| *n == o.kind) {
+                        Some(i) => {
+                            let at = o.at.as_second();
+                            at == latest[i] || at > t - kinds[i].1
+                        }
+                        None => true,
+                    }
+                });
+                self.obs_trim_at = self.facts.observations.len() + 8;
+            }
+        }
+        if info.goal_obs[k].is_some() {
+            self.goal_log.push((k as u8, v as f32, t));
+            if self.goal_log.len() > self.goal_trim_at {
+                self.goal_log.retain(|(kind, _, at)| {
+                    *at > t - info.goal_obs[usize::from(*kind)].unwrap_or(0)
+                });
+                self.goal_trim_at = self.goal_log.len() + 16;
+            }
+        }
+    }
+
+    fn goal_met(&self, s: &Setup, g: &GoalModel, t: i64) -> bool {
+        let since = t - g.over;
+        let readings = self
+            .goal_log
+            .iter()
+            .filter(|(k, _, at)| usize::from(*k) == g.kind && *at > since && *at <= t);
+        if let Some((cond, at_least)) = &g.share {
+            let Some(cond) = cond else { return false };
+            let (mut n, mut hit) = (0u32, 0u32);
+            for (_, v, _) in readings {
+                n += 1;
+                if cond.holds(&[f64::from(*v)]) {
+                    hit += 1;
+                }
+            }
+            n > 0 && f64::from(hit) / f64::from(n) >= *at_least
+        } else {
+            let mut days: Vec<usize> = readings.map(|(_, _, at)| s.day_of(*at)).collect();
+            days.dedup();
+            days.len() as u32 >= g.days.unwrap_or(1)
+        }
+    }
+
+    fn create_task(
+        &mut self,
+        cx: &mut Cx,
+        m: &TaskModel,
+        due: i64,
+        keep: bool,
+        state_seq: u32,
+        t: i64,
+    ) {
+        let no = self.next_task;
+        self.next_task += 1;
+        self.tasks.push(OpenTask {
+            no,
+            ref_ix: m.ref_ix,
+            role: m.role,
+            prio: m.prio,
+            keep,
+            state_seq,
+            due,
+            escalate_after: m.escalate_after,
+        });
+        let role = usize::from(m.role);
+        cx.tally.roles[role].created += 1;
+        cx.tally.path[self.prog].tasks_created += 1;
+        let day = cx.s.day_of(t);
+        cx.tally.created_by_day[day * cx.s.roles.len() + role] += 1;
+        // Some tasks are never done; some cannot be done until the patient comes in.
+        let info = &cx.s.infos[self.prog];
+        let (missed, ready) = match info.task_behaviour.get(usize::from(m.ref_ix)) {
+            Some((missed, ready)) => (*missed, ready.as_ref()),
+            None => (info.missed_default, None),
+        };
+        if missed > 0.0 && self.rng.chance(missed) {
+            return;
+        }
+        match ready {
+            Some(d) => {
+                let at = t + d.sample(&mut self.rng).max(0.0) as i64;
+                self.schedule(at, Item::TaskReady(no), cx.horizon);
+            }
+            None => self.queue_task(cx, no, t),
+        }
+    }
+
+    /// Puts an open task in its staff queue.
+    fn queue_task(&mut self, cx: &mut Cx, no: u32, t: i64) {
+        let Some(k) = self.tasks.iter().find(|k| k.no == no) else {
+            return;
+        };
+        let q = cx.s.queue(self.profile.institution, k.role) as u32;
+        cx.new_tasks.push((q, (k.prio, k.due, t, self.idx, no)));
+    }
+
+    /// Closes a task in the tallies: done (with whether a call reached the patient), cancelled,
+    /// or still open when the run ends. As the store counts a period ending at the horizon: a
+    /// task is due when its due time is before the horizon and it was not cancelled.
+    fn close_task(&mut self, cx: &mut Cx, task: &OpenTask, done: Option<bool>, at: i64) {
+        cx.closed.push((self.idx, task.no));
+        let info = &cx.s.infos[self.prog];
+        let call = task.ref_ix != NO_REF && info.follow_up_calls[usize::from(task.ref_ix)];
+        let r = &mut cx.tally.roles[usize::from(task.role)];
+        let p = &mut cx.tally.path[self.prog];
+        let cancelled = done.is_none() && at < cx.horizon;
+        if !cancelled && task.due < cx.horizon {
+            let on_time = done.is_some() && at <= task.due;
+            r.due += 1;
+            p.tasks_due += 1;
+            if on_time {
+                r.on_time += 1;
+                p.tasks_on_time += 1;
+            } else {
+                p.tasks_overdue += 1;
+            }
+            if call && !self.follow_up_due {
+                self.follow_up_due = true;
+                p.follow_up_due += 1;
+            }
+            if call && done == Some(true) && !self.followed_up {
+                self.followed_up = true;
+                p.followed_up += 1;
+            }
+        }
+        if (done.is_some() || at >= task.due)
+            && task.escalate_after.is_some_and(|e| at > task.due + e)
+        {
+            r.escalated += 1;
+        }
+        match done {
+            Some(_) => {
+                r.done += 1;
+                p.tasks_done += 1;
+                let day = cx.s.day_of(at);
+                cx.tally.done_by_day[day * cx.s.roles.len() + usize::from(task.role)] += 1;
+            }
+            None if at >= cx.horizon => {
+                r.open_at_end += 1;
+                if task.due <= at {
+                    r.overdue_at_end += 1;
+                }
+            }
+            None => {
+                r.cancelled += 1;
+                p.tasks_cancelled += 1;
+            }
+        }
+    }
+
+    /// Staff completed task `no` at `t`.
+    fn complete(&mut self, cx: &mut Cx, no: u32, t: i64) -> bool {
+        let Some(i) = self.tasks.iter().position(|k| k.no == no) else {
+            return false;
+        };
+        let task = self.tasks.swap_remove(i);
+        let info = &cx.s.infos[self.prog];
+        if task.ref_ix == NO_REF {
+            self.close_task(cx, &task, Some(false), t);
+            return false;
+        }
+        let (names, weights) = &info.outcomes[usize::from(task.ref_ix)];
+        let mut outcome = names[self.rng.weighted(weights)].clone();
+        if self.dead && names.iter().any(|n| n == "unreachable") {
+            outcome = "unreachable".into();
+        }
+        let reached = carepath_engine::indicators::reached(Some(&outcome));
+        self.close_task(cx, &task, Some(reached), t);
+        if self.life != Life::Active {
+            return false;
+        }
+        let id = &info.task_ids[usize::from(task.ref_ix)];
+        if info.outcome_read[usize::from(task.ref_ix)] {
+            match self.facts.outcomes.iter_mut().find(|(k, _)| k == id) {
+                Some(slot) => slot.1 = outcome,
+                None => self.facts.outcomes.push((id.clone(), outcome)),
+            }
+        }
+        self.push_event(info, format!("task_done:{id}"), t)
+    }
+
+    fn step(&mut self, cx: &mut Cx, t: i64) {
+        let s = cx.s;
+        let info = &s.infos[self.prog];
+        self.facts.open_tasks = self.tasks.len() as i64;
+        self.facts.overdue_tasks = self.tasks.iter().filter(|k| k.due < t).count() as i64;
+        if info.uses_goal_met {
+            self.facts.goals_met = info
+                .goals
+                .iter()
+                .filter(|g| self.goal_met(s, g, t))
+                .map(|g| g.id.clone())
+                .collect();
+        }
+        let Some(e) = &self.enrolment else { return };
+        cx.tally.path[self.prog].steps += 1;
+        match step::step(&s.programs[self.prog], e, &self.facts, &self.pending, ts(t)) {
+            Ok(o) => self.apply(cx, o, t),
+            Err(err) => self.fail(cx, err.to_string(), t),
+        }
+    }
+
+    fn fail(&mut self, cx: &mut Cx, message: String, t: i64) {
+        cx.tally.path[self.prog].errors += 1;
+        cx.tally.errors.push((self.idx, message));
+        self.end(cx, t);
+    }
+
+    /// The enrolment ended: open work is cancelled (kept tasks stay), nothing more is sent.
+    fn end(&mut self, cx: &mut Cx, t: i64) {
+        self.life = Life::Ended;
+        self.ended_at = Some(t);
+        let mut i = 0;
+        while i < self.tasks.len() {
+            if self.tasks[i].keep {
+                i += 1;
+            } else {
+                let task = self.tasks.swap_remove(i);
+                self.close_task(cx, &task, None, t);
+            }
+        }
+        cx.tally.path[self.prog].follow_ups_cancelled += self.follow_ups.len() as u64;
+        self.follow_ups.clear();
+        self.alarms.clear();
+        self.alarms_changed = true;
+        self.alarm_due = i64::MAX;
+        self.pending.clear();
+        self.facts.observations.clear();
+        self.facts.events.clear();
+    }
+
+    fn cancel_state_work(&mut self, cx: &mut Cx, seq: u32, at: i64) {
+        let mut i = 0;
+        while i < self.tasks.len() {
+            if self.tasks[i].state_seq == seq && !self.tasks[i].keep {
+                let task = self.tasks.swap_remove(i);
+                self.close_task(cx, &task, None, at);
+            } else {
+                i += 1;
+            }
+        }
+        let before = self.follow_ups.len();
+        self.follow_ups.retain(|f| f.state_seq != seq);
+        cx.tally.path[self.prog].follow_ups_cancelled += (before - self.follow_ups.len()) as u64;
+        let armed = self.alarms.len();
+        self.alarms
+            .retain(|a| !(a.scope == AlarmScope::State && a.state_seq == seq));
+        self.alarms_changed |= armed != self.alarms.len();
+    }
+
+    fn apply(&mut self, cx: &mut Cx, o: Outcome, t: i64) {
+        let s = cx.s;
+        let info = &s.infos[self.prog];
+        for tr in &o.transitions {
+            let from = info.state(&tr.from);
+            let to = info.state(&tr.to);
+            if let Some(slot) = cx.tally.taken.get_mut(info.t_off[from] + tr.index) {
+                *slot += 1;
+            }
+            cx.tally.visits[info.state_off + to] += 1;
+            self.cancel_state_work(cx, tr.left_seq, tr.at.as_second());
+            self.fire_rules(cx, Hit::State(to), t);
+        }
+        self.state = info.state(&o.enrolment.state);
+        for a in o.actions {
+            let at = a.at.as_second().max(t);
+            match a.action {
+                Produced::Task {
+                    task_ref,
+                    role,
+                    due_at,
+                    priority,
+                    sla,
+                    keep,
+                    ..
+                } => {
+                    let m = TaskModel {
+                        ref_ix: task_ref
+                            .and_then(|r| info.task_ids.iter().position(|x| *x == r))
+                            .map_or(NO_REF, |i| i as u16),
+                        role: s.roles.iter().position(|r| *r == role).unwrap_or(0) as u16,
+                        due: 0,
+                        prio: 3 - priority as u8,
+                        escalate_after: sla.and_then(|x| x.escalate_after).map(seconds_of),
+                    };
+                    self.create_task(cx, &m, due_at.as_second(), keep, a.state_seq, at);
+                }
+                Produced::FollowUp {
+                    channels, send_at, ..
+                } => {
+                    let send = send_at.as_second().max(at);
+                    if send <= cx.horizon {
+                        self.next_follow_up += 1;
+                        let id = self.next_follow_up;
+                        self.follow_ups.push(FollowUpSlot {
+                            id,
+                            state_seq: a.state_seq,
+                            channels,
+                        });
+                        self.schedule(send, Item::FollowUp(id), cx.horizon);
+                    }
+                }
+                Produced::ScalePush {
+                    scale,
+                    due_at,
+                    expires_at,
+                    ..
+                } => {
+                    let Some(ix) = scale_index(&scale) else {
+                        continue;
+                    };
+                    // Counted when pushed, as the store counts pushes created in a period.
+                    cx.tally.path[self.prog].scales_pushed += 1;
+                    let m = &s.scales[ix];
+                    let mut answered = false;
+                    if !self.dead && self.rng.chance(m.answer) {
+                        let delay = m.delay.sample(&mut self.rng).max(60.0) as i64;
+                        let cutoff = expires_at
+                            .map(|e| e.as_second())
+                            .unwrap_or(due_at.as_second() + 7 * DAY);
+                        if at + delay <= cutoff {
+                            answered = true;
+                            self.schedule(
+                                at + delay,
+                                Item::ScaleAnswer { scale: ix as u8 },
+                                cx.horizon,
+                            );
+                        }
+                    }
+                    if let (false, Some(expires)) = (answered, expires_at) {
+                        self.schedule(
+                            expires.as_second(),
+                            Item::ScaleExpired { scale: ix as u8 },
+                            cx.horizon,
+                        );
+                    }
+                }
+                Produced::Risk {
+                    model, score, band, ..
+                } => {
+                    if !info.guard_risks.contains(&model) {
+                        continue;
+                    }
+                    self.facts.risks.retain(|r| r.model != model);
+                    self.facts.risks.push(RiskResult {
+                        model,
+                        score,
+                        band,
+                        at: ts(at),
+                    });
+                }
+                Produced::AlarmArmed { alarm } => {
+                    if let Some(i) = info.alarms.iter().position(|x| x.id == alarm.id) {
+                        self.alarms_changed = true;
+                        self.alarms.retain(|x| usize::from(x.alarm) != i);
+                        self.alarms.push(Armed {
+                            alarm: i as u16,
+                            scope: alarm.scope,
+                            state_seq: a.state_seq,
+                            matches: Vec::new(),
+                            on: false,
+                        });
+                    }
+                }
+                Produced::Referral { direction, to, .. } => {
+                    let p = &mut cx.tally.path[self.prog];
+                    match direction {
+                        Direction::Up => p.referrals_up += 1,
+                        Direction::Down => p.referrals_down += 1,
+                    }
+                    let flow = s.flow(self.prog, direction, self.profile.institution, to);
+                    cx.tally.flows[flow].count += 1;
+                    let m = &s.referral[usize::from(direction == Direction::Down)];
+                    let r = self.rng.unit_f();
+                    let delay = m.delay.sample(&mut self.rng).max(60.0) as i64;
+                    if r < m.accepted {
+                        self.schedule(
+                            at + delay,
+                            Item::Referral {
+                                what: 0,
+                                flow: flow as u32,
+                            },
+                            cx.horizon,
+                        );
+                        if self.rng.chance(m.arrived) {
+                            let more = m.arrive_delay.sample(&mut self.rng).max(60.0) as i64;
+                            self.schedule(
+                                at + delay + more,
+                                Item::Referral {
+                                    what: 2,
+                                    flow: flow as u32,
+                                },
+                                cx.horizon,
+                            );
+                        }
+                    } else if r < m.accepted + m.rejected {
+                        self.schedule(
+                            at + delay,
+                            Item::Referral {
+                                what: 1,
+                                flow: flow as u32,
+                            },
+                            cx.horizon,
+                        );
+                    }
+                }
+                Produced::GoalSet { .. } | Produced::Note { .. } => {}
+            }
+        }
+        let status = o.enrolment.status;
+        let last = o.enrolment.last_event_seq;
+        self.wake = o.next_wake.map_or(i64::MAX, |w| w.as_second());
+        self.enrolment = Some(o.enrolment);
+        self.pending.retain(|p| p.seq > last);
+        if status != Status::Active {
+            cx.tally.path[self.prog].completed += u64::from(status == Status::Completed);
+            cx.tally.ended_in[info.state_off + self.state] += 1;
+            self.end(cx, t);
+        }
+    }
+
+    /// At the end of the run: open work, goals for the pathway's indicators.
+    pub(crate) fn finish(&mut self, cx: &mut Cx) {
+        let h = cx.horizon;
+        // Readings nobody needed yet, for the indicators.
+        while self.catch_up(cx, h).is_some() {}
+        for task in std::mem::take(&mut self.tasks) {
+            self.close_task(cx, &task, None, h);
+        }
+        if self.life == Life::Waiting {
+            return;
+        }
+        let info = &cx.s.infos[self.prog];
+        let at = self.ended_at.unwrap_or(h);
+        for (i, ind) in info.indicators.iter().enumerate() {
+            let Some(g) = ind.goal else { continue };
+            cx.tally.path[self.prog].indicator_of[i] += 1;
+            if self.goal_met(cx.s, &info.goals[g], at) {
+                cx.tally.path[self.prog].indicator_met[i] += 1;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Hit {
+    Enrolled(usize),
+    Event(u16),
+    State(usize),
+}
+
+/// How far ahead a patient with armed alarms looks for the next alarm.
+const LOOKAHEAD: i64 = 28 * DAY;
+
+/// The earliest reading slot: (time, group), the lower group first on a tie.
+fn next_slot(cursor: &[i64]) -> Option<(i64, usize)> {
+    let mut best: Option<(i64, usize)> = None;
+    for (g, t) in cursor.iter().enumerate() {
+        if *t != i64::MAX && best.is_none_or(|(b, _)| *t < b) {
+            best = Some((*t, g));
+        }
+    }
+    best
+}
+
+/// One reading of group `g` at `t`, drawn from `rng` into `values`; false when the patient does
+/// not take it.
+#[allow(clippy::too_many_arguments)]
+fn draw_reading(
+    s: &Setup,
+    info: &PathwayInfo,
+    levels: &[(f64, f64)],
+    adherence: f64,
+    enrol_at: i64,
+    rng: &mut SplitMix,
+    g: usize,
+    t: i64,
+    values: &mut [f64; 16],
+) -> bool {
+    let group = &info.groups[g];
+    let m0 = &s.obs[group[0]];
+    if !rng.chance(adherence * m0.per_day.min(1.0)) {
+        return false;
+    }
+    // Values read together are correlated (systolic and diastolic pressure).
+    let (shared, own) = rng.normal_pair();
+    for (j, k) in group.iter().enumerate() {
+        let m = &s.obs[*k];
+        let (base, drift) = levels[*k];
+        values[*k] = match m.probability {
+            Some(_) => f64::from(u8::from(rng.chance(base))),
+            None => {
+                let z = if j == 0 {
+                    shared
+                } else {
+                    0.6 * shared + 0.8 * own
+                };
+                let level = base + drift * (t - enrol_at) as f64;
+                let v = (level + m.noise * z).clamp(m.min, m.max);
+                if m.round { v.round() } else { v }
+            }
+        };
+    }
+    true
+}
+
+/// Feeds a reading to alarm rules; returns those that turned from false to true.
+fn update_alarms<'a>(
+    info: &PathwayInfo,
+    alarms: impl Iterator<Item = (u16, &'a mut Vec<i64>, &'a mut bool)>,
+    values: &[f64; 16],
+    t: i64,
+) -> Vec<u16> {
+    let mut fired = Vec::new();
+    let read = values
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (k, v)| if v.is_nan() { m } else { m | (1 << k) });
+    for (alarm, matches, on) in alarms {
+        let model = &info.alarms[usize::from(alarm)];
+        let Some(cond) = &model.cond else { continue };
+        if model.kinds & read == 0 {
+            continue;
+        }
+        if cond.holds(values) {
+            matches.push(t);
+        }
+        let since = t - model.within;
+        matches.retain(|x| *x > since);
+        let now_on = matches.len() >= model.count;
+        if now_on && !*on {
+            fired.push(alarm);
+        }
+        *on = now_on;
+    }
+    fired
+}
+
+fn reading_interval(m: &ObsModel) -> i64 {
+    if m.per_day > 1.0 {
+        (DAY as f64 / m.per_day.round()).max(60.0) as i64
+    } else {
+        DAY
+    }
+}
