@@ -419,4 +419,63 @@ expect:
         );
         assert!(sim.failures[1].contains("short"), "{}", sim.failures[1]);
     }
+
+    /// A pathway that branches on the EPDS band, and a cohort whose answers fall in every band,
+    /// some with thoughts of self-harm.
+    const BANDS: &str = r#"
+pathway: bands
+version: 1
+title: { zh: 分, en: Bands }
+owner_role: case_manager
+roles: [case_manager]
+entry_points:
+  - { id: home, state: screen }
+states:
+  - id: screen
+    phase: follow_up
+    on_enter:
+      - scale: { scale: epds, due: 1d, expires: 7d }
+    transitions:
+      - on: scale_answered:epds
+        when: 'band("epds") == "probable"'
+        to: probable
+      - on: scale_answered:epds
+        to: settled
+      - after: 10d
+        to: settled
+  - id: probable
+    phase: follow_up
+    transitions:
+      - after: 1d
+        to: settled
+  - { id: settled, phase: closed, terminal: true }
+"#;
+
+    #[test]
+    fn simulated_answers_have_their_band_and_critical_items_raise_the_urgent_task() {
+        let sc = Scenario::parse(
+            "t.yaml",
+            br#"
+scales: { epds: { answer: 1.0, score: { mean: 12, sd: 6 }, items: { "10": 0.2 } } }
+staff: { capacity: { default: 50 } }
+"#,
+        )
+        .unwrap();
+        let opts = Options {
+            cohort: Some(200),
+            days: Some(30),
+            threads: 1,
+            ..Default::default()
+        };
+        let sim = run_programs(vec![program(BANDS)], &sc, &opts).unwrap();
+        assert!(
+            sim.report.never_visited().is_empty(),
+            "{}",
+            sim.report.text()
+        );
+        // EPDS item 10 answered above 0 raises an urgent task for the doctor, as the store does.
+        let doctor = sim.report.roles.iter().find(|r| r.role == "doctor");
+        let created = doctor.map_or(0, |r| r.created);
+        assert!((20..=70).contains(&created), "{}", sim.report.text());
+    }
 }

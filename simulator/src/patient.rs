@@ -6,9 +6,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use carepath_dsl::{AlarmScope, Channel, Direction, VarType, VarValue, catalog};
-use carepath_engine::facts::{
-    FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult,
-};
+use carepath_engine::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult};
+use carepath_engine::scales::Scored;
 use carepath_engine::step::{self, Enrolment, Outcome, Produced, Status};
 use jiff::Timestamp;
 
@@ -384,19 +383,16 @@ impl Patient {
                     return false;
                 }
                 let m = &s.scales[usize::from(scale)];
-                let (score, items) = m.answer(&mut self.rng);
+                let scored = m.answer(&mut self.rng);
                 if counted {
                     cx.tally.path[self.prog].scales_answered += 1;
                 }
-                if info.guard_scales.contains(&usize::from(scale)) {
-                    self.facts.scales.retain(|x| x.scale != m.name);
-                    self.facts.scales.push(ScaleResult {
-                        scale: m.name.to_string(),
-                        score,
-                        band: String::new(),
-                        items,
-                        at: ts(t),
-                    });
+                if let Some(scored) = scored {
+                    self.raise_critical(cx, usize::from(scale), &scored, t);
+                    if info.guard_scales.contains(&usize::from(scale)) {
+                        self.facts.scales.retain(|x| x.scale != m.name);
+                        self.facts.scales.push(scored.into_result(ts(t)));
+                    }
                 }
                 self.push_event(info, format!("scale_answered:{}", m.name), t)
             }
@@ -444,6 +440,48 @@ impl Patient {
                     }
                 };
                 self.push_event(info, name.to_string(), t)
+            }
+        }
+    }
+
+    /// Each critical item answered above its threshold raises an urgent task, kept whatever state
+    /// the patient moves to, as the store raises it when the questionnaire is answered.
+    fn raise_critical(&mut self, cx: &mut Cx, scale: usize, scored: &Scored, t: i64) {
+        let Some(state_seq) = self.enrolment.as_ref().map(|e| e.state_seq) else {
+            return;
+        };
+        let info = &cx.s.infos[self.prog];
+        for hit in &scored.critical {
+            let Some(c) = info
+                .critical
+                .iter()
+                .find(|c| c.scale == scale && c.item == hit.item)
+            else {
+                continue;
+            };
+            let task = c.task.clone();
+            self.create_task(cx, &task, t + task.due, true, state_seq, t);
+        }
+    }
+
+    /// A task that `covers_critical` a scale takes over the open tasks its critical items raised:
+    /// they are cancelled.
+    fn cover_critical(&mut self, cx: &mut Cx, scale: &str, at: i64) {
+        let info = &cx.s.infos[self.prog];
+        let Some(ix) = scale_index(scale) else { return };
+        let covered: Vec<u16> = info
+            .critical
+            .iter()
+            .filter(|c| c.scale == ix)
+            .map(|c| c.task.ref_ix)
+            .collect();
+        let mut i = 0;
+        while i < self.tasks.len() {
+            if covered.contains(&self.tasks[i].ref_ix) {
+                let task = self.tasks.swap_remove(i);
+                self.close_task(cx, &task, None, at);
+            } else {
+                i += 1;
             }
         }
     }
@@ -958,8 +996,12 @@ impl Patient {
                     priority,
                     sla,
                     keep,
+                    covers_critical,
                     ..
                 } => {
+                    if let Some(scale) = &covers_critical {
+                        self.cover_critical(cx, scale, at);
+                    }
                     let m = TaskModel {
                         ref_ix: task_ref
                             .and_then(|r| info.task_ids.iter().position(|x| *x == r))
