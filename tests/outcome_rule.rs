@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use carepath_engine::outcome::{self, OnLeave};
+use carepath_engine::outcome::{self, Cause, Work};
 use carepath_engine::step::Produced;
 use carepath_engine::store;
 
@@ -164,10 +164,10 @@ async fn carepath_test_and_the_store_agree_on_work_born_into_a_left_state() {
             ("follow_ups", "follow_up"),
             ("scale_pushes", "scale_push"),
         ] {
-            let want = match when_state_left_by_kind(produced) {
-                OnLeave::Ends => "cancelled",
-                OnLeave::Stays if table == "scale_pushes" => "pending",
-                OnLeave::Stays => "open",
+            let want = match ends_on_leaving(produced) {
+                true => "cancelled",
+                false if table == "scale_pushes" => "pending",
+                false => "open",
             };
             assert_eq!(
                 statuses(table, "p-start").await,
@@ -181,7 +181,7 @@ async fn carepath_test_and_the_store_agree_on_work_born_into_a_left_state() {
 }
 
 /// The rule's word on a kind of action as this pathway makes it (the task is not kept).
-fn when_state_left_by_kind(kind: &str) -> OnLeave {
+fn ends_on_leaving(kind: &str) -> bool {
     let t = jiff::Timestamp::UNIX_EPOCH;
     let text = || carepath_dsl::Text {
         zh: "甲".into(),
@@ -212,5 +212,5 @@ fn when_state_left_by_kind(kind: &str) -> OnLeave {
             reminders: vec![],
         },
     };
-    outcome::when_state_left(&produced)
+    outcome::ends(Work::of(&produced), Cause::StateLeft)
 }

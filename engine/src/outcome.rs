@@ -1,48 +1,154 @@
-//! What a step's outcome does to the work a patient already has: the one rule the store, the
-//! scheduler and `carepath test` apply, so that what an author's test shows is what production
-//! stores.
+//! What a step's outcome does to the work a patient already has: the one policy the store, the
+//! simulator and `carepath test` apply, so that what an author's test shows, what a simulation
+//! counts and what production stores cannot drift apart.
 //!
-//! Leaving a state ends the work it created: open tasks (unless `keep`), scheduled follow-ups with
-//! their pending messages, and state-scoped alarm rules. Work created in a state that the same step
-//! has already left (a catch-up, an immediate transition) is born ended: it is stored as
-//! cancelled, and sends nothing. A scale push is the exception on the later path: once sent, a
-//! questionnaire stays answerable until it is answered or expires, whatever state the patient is in;
-//! but a push born into a state already left is never sent.
+//! The policy is a table ([`ends`]) and a driver ([`apply`]) that walks an outcome and pushes each
+//! decision into an [`OutcomeSink`]: the store's row buffer, the simulator's patient and the test
+//! runner each implement the sink in their own medium, and none of them decides a rule itself.
+//!
+//! - Leaving a state ends the work it created: open tasks (unless `keep`), scheduled follow-ups
+//!   with their pending messages, and state-scoped alarm rules. A scale push outlives its state:
+//!   once sent, a questionnaire stays answerable until it is answered or expires.
+//! - Work created in a state that the same step has already left (a catch-up, an immediate
+//!   transition) is born ended: stored as cancelled, never sent — scale pushes included, since a
+//!   push that was never sent cannot have been seen.
+//! - An enrolment that ends (its pathway reached a terminal state) ends the open work of every
+//!   earlier state and its enrolment-scoped alarms too; the terminal state's own actions are its
+//!   closing work and are created live.
+//! - A risk result joins the patient's facts; guards read the latest one as of their instant.
+
+use std::fmt;
 
 use carepath_dsl::AlarmScope;
 
-use crate::step::Produced;
+use crate::facts::RiskResult;
+use crate::step::{Emitted, Outcome, Produced, Status, Taken};
 
-/// What becomes of a produced action whose state has been left.
+/// Stored work, by what decides whether it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnLeave {
-    /// It outlives its state (kept tasks, enrolment alarms, records and facts).
-    Stays,
-    /// It is cancelled (open work) or disarmed (alarm rules).
-    Ends,
+pub enum Work {
+    Task {
+        keep: bool,
+    },
+    FollowUp,
+    ScalePush,
+    Alarm(AlarmScope),
+    /// Risk predictions, referrals, goals and notes: facts and records, never cancelled.
+    Record,
 }
 
-/// An action created in a state the same step has already left.
-pub fn born_into_left_state(action: &Produced) -> OnLeave {
-    match action {
-        Produced::ScalePush { .. } => OnLeave::Ends,
-        other => when_state_left(other),
+impl Work {
+    /// The kind of work a produced action is.
+    pub fn of(action: &Produced) -> Work {
+        match action {
+            Produced::Task { keep, .. } => Work::Task { keep: *keep },
+            Produced::FollowUp { .. } => Work::FollowUp,
+            Produced::ScalePush { .. } => Work::ScalePush,
+            Produced::AlarmArmed { alarm } => Work::Alarm(alarm.scope),
+            Produced::Risk { .. }
+            | Produced::Referral { .. }
+            | Produced::GoalSet { .. }
+            | Produced::Note { .. } => Work::Record,
+        }
     }
 }
 
-/// An action of a state that a later step leaves.
-pub fn when_state_left(action: &Produced) -> OnLeave {
-    match action {
-        Produced::Task { keep, .. } if !keep => OnLeave::Ends,
-        Produced::FollowUp { .. } => OnLeave::Ends,
-        Produced::AlarmArmed { alarm } if alarm.scope == AlarmScope::State => OnLeave::Ends,
-        Produced::Task { .. }
-        | Produced::AlarmArmed { .. }
-        | Produced::ScalePush { .. }
-        | Produced::Risk { .. }
-        | Produced::Referral { .. }
-        | Produced::GoalSet { .. }
-        | Produced::Note { .. } => OnLeave::Stays,
+/// Why work may end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A later step left the state that created it.
+    StateLeft,
+    /// It was created in a state the same step had already left.
+    BornIntoLeftState,
+    /// The enrolment ended.
+    EnrolmentEnded,
+}
+
+/// The policy: whether `work` ends for `cause`.
+pub fn ends(work: Work, cause: Cause) -> bool {
+    match work {
+        Work::Task { keep } => !keep,
+        Work::FollowUp | Work::Alarm(AlarmScope::State) => true,
+        Work::ScalePush => cause == Cause::BornIntoLeftState,
+        Work::Alarm(AlarmScope::Enrolment) => cause == Cause::EnrolmentEnded,
+        Work::Record => false,
+    }
+}
+
+/// Whose stored work an ending concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The work of one state entry (its state-entry sequence).
+    Entry(u32),
+    /// The work of every state entry of the enrolment.
+    Every,
+}
+
+/// What made work end, for the record and the cancellation reason.
+#[derive(Debug, Clone, Copy)]
+pub enum Because<'a> {
+    Left(&'a Taken),
+    Ended(Status),
+}
+
+impl fmt::Display for Because<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Because::Left(t) => write!(f, "left `{}` for `{}` ({})", t.from, t.to, t.because),
+            Because::Ended(status) => write!(f, "enrolment {}", status.as_str()),
+        }
+    }
+}
+
+/// Where an outcome is applied. The policy decides; the sink only carries out.
+pub trait OutcomeSink {
+    /// A transition was taken, in order.
+    fn transition(&mut self, taken: &Taken);
+    /// Work stored by earlier steps, within `scope`, ends now when [`ends`]`(kind, cause)` holds
+    /// for its kind; the sink tests each kind it holds against the policy.
+    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>);
+    /// A produced action, created live (`ended == None`) or born ended (`Some`: why).
+    fn action(&mut self, action: &Emitted, ended: Option<Because<'_>>);
+    /// A risk result joins the patient's facts (guards read the latest as of their instant).
+    fn risk(&mut self, _result: RiskResult) {}
+}
+
+/// Applies one outcome to `sink`: first the transitions (the state the step began in ends its
+/// stored work), then the end of the enrolment (earlier work of every state ends), then the
+/// actions in order (born ended when their state was left within this step).
+pub fn apply(outcome: &Outcome, sink: &mut impl OutcomeSink) {
+    for (i, t) in outcome.transitions.iter().enumerate() {
+        // Only the state the step began in can hold work from earlier steps; states entered
+        // within this step hold only this step's actions, which are born ended below.
+        if i == 0 {
+            sink.end_work(Scope::Entry(t.left_seq), Cause::StateLeft, Because::Left(t));
+        }
+        sink.transition(t);
+    }
+    let status = outcome.enrolment.status;
+    if status != Status::Active {
+        sink.end_work(Scope::Every, Cause::EnrolmentEnded, Because::Ended(status));
+    }
+    for a in &outcome.actions {
+        let left = outcome
+            .transitions
+            .iter()
+            .find(|t| t.left_seq == a.state_seq);
+        let ended = left
+            .filter(|_| ends(Work::of(&a.action), Cause::BornIntoLeftState))
+            .map(Because::Left);
+        sink.action(a, ended);
+        if let Produced::Risk {
+            model, score, band, ..
+        } = &a.action
+        {
+            sink.risk(RiskResult {
+                model: model.clone(),
+                score: *score,
+                band: band.clone(),
+                at: a.at,
+            });
+        }
     }
 }
 
@@ -69,23 +175,116 @@ mod tests {
 
     #[test]
     fn leaving_ends_open_work_and_a_kept_task_stays() {
-        assert_eq!(when_state_left(&task(false)), OnLeave::Ends);
-        assert_eq!(when_state_left(&task(true)), OnLeave::Stays);
-        assert_eq!(born_into_left_state(&task(true)), OnLeave::Stays);
+        use Cause::*;
+        for cause in [StateLeft, BornIntoLeftState, EnrolmentEnded] {
+            assert!(ends(Work::of(&task(false)), cause));
+            assert!(!ends(Work::of(&task(true)), cause));
+            assert!(ends(Work::FollowUp, cause));
+            assert!(ends(Work::Alarm(AlarmScope::State), cause));
+            assert!(!ends(Work::Record, cause));
+        }
+        assert!(!ends(Work::ScalePush, StateLeft));
+        assert!(ends(Work::ScalePush, BornIntoLeftState));
+        assert!(!ends(Work::ScalePush, EnrolmentEnded));
+        assert!(!ends(Work::Alarm(AlarmScope::Enrolment), StateLeft));
+        assert!(ends(Work::Alarm(AlarmScope::Enrolment), EnrolmentEnded));
+    }
+
+    /// Records what the policy pushes, in order.
+    #[derive(Default)]
+    struct Log(Vec<String>);
+
+    impl OutcomeSink for Log {
+        fn transition(&mut self, t: &Taken) {
+            self.0.push(format!("transition {}->{}", t.from, t.to));
+        }
+        fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
+            self.0.push(format!("end {scope:?} {cause:?} {because}"));
+        }
+        fn action(&mut self, a: &Emitted, ended: Option<Because<'_>>) {
+            self.0
+                .push(format!("{} {} {}", a.key, a.action.kind(), ended.is_some()));
+        }
+        fn risk(&mut self, r: RiskResult) {
+            self.0.push(format!("risk {}", r.model));
+        }
+    }
+
+    fn taken(from: &str, to: &str, left_seq: u32) -> Taken {
+        Taken {
+            from: from.into(),
+            to: to.into(),
+            at: Timestamp::UNIX_EPOCH,
+            because: "after 1d".into(),
+            index: 0,
+            left_seq,
+        }
+    }
+
+    fn emitted(seq: u32, i: usize, action: Produced) -> Emitted {
+        Emitted {
+            key: format!("e1:{seq}:{i}"),
+            state: String::new(),
+            state_seq: seq,
+            at: Timestamp::UNIX_EPOCH,
+            action,
+        }
+    }
+
+    #[test]
+    fn a_catch_up_ends_the_old_state_once_and_bears_passed_work_ended() {
         let push = Produced::ScalePush {
             scale: "epds".into(),
             due_at: Timestamp::UNIX_EPOCH,
             expires_at: None,
             reminders: vec![],
         };
-        assert_eq!(when_state_left(&push), OnLeave::Stays);
-        assert_eq!(born_into_left_state(&push), OnLeave::Ends);
-        let note = Produced::Note {
-            text: carepath_dsl::Text {
-                zh: "记".into(),
-                en: "n".into(),
-            },
+        let risk = Produced::Risk {
+            model: "lace".into(),
+            score: 9.0,
+            band: "moderate".into(),
+            contributions: Default::default(),
         };
-        assert_eq!(born_into_left_state(&note), OnLeave::Stays);
+        let outcome = Outcome {
+            enrolment: crate::step::Enrolment {
+                id: 1,
+                pathway_id: "p".into(),
+                version: 1,
+                state: "c".into(),
+                state_seq: 3,
+                entered_at: Timestamp::UNIX_EPOCH,
+                vars: Default::default(),
+                last_event_seq: 0,
+                status: Status::Completed,
+                tz: "UTC".into(),
+            },
+            transitions: vec![taken("a", "b", 1), taken("b", "c", 2)],
+            actions: vec![
+                emitted(2, 0, push.clone()),
+                emitted(2, 1, task(true)),
+                emitted(2, 2, risk),
+                emitted(3, 0, push),
+                emitted(3, 1, task(false)),
+            ],
+            next_wake: None,
+            trace: vec![],
+        };
+        let mut log = Log::default();
+        apply(&outcome, &mut log);
+        assert_eq!(
+            log.0,
+            [
+                "end Entry(1) StateLeft left `a` for `b` (after 1d)",
+                "transition a->b",
+                "transition b->c",
+                "end Every EnrolmentEnded enrolment completed",
+                "e1:2:0 scale_push true",
+                "e1:2:1 task false",
+                "e1:2:2 risk false",
+                "risk lace",
+                "e1:3:0 scale_push false",
+                "e1:3:1 task false",
+            ]
+        );
     }
 }

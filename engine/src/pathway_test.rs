@@ -29,7 +29,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, ScaleResult};
-use crate::outcome::{self, OnLeave};
+use crate::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
 use crate::program::Programs;
 use crate::step::{self, Enrolment, Produced, Program};
 
@@ -195,6 +195,43 @@ struct Item {
     born_ended: bool,
 }
 
+/// The test runner's side of [`outcome::apply`]: what it shows is what the store writes.
+struct TestSink<'a> {
+    items: &'a mut Vec<Item>,
+    risks: &'a mut Vec<crate::facts::RiskResult>,
+}
+
+impl OutcomeSink for TestSink<'_> {
+    fn transition(&mut self, _: &step::Taken) {}
+
+    fn end_work(&mut self, scope: Scope, cause: Cause, _: Because<'_>) {
+        for it in self.items.iter_mut().filter(|it| !it.done && !it.cancelled) {
+            let in_scope = match scope {
+                Scope::Entry(seq) => it.state_seq == seq,
+                Scope::Every => true,
+            };
+            if in_scope && outcome::ends(Work::of(&it.produced), cause) {
+                it.cancelled = true;
+            }
+        }
+    }
+
+    fn action(&mut self, a: &step::Emitted, ended: Option<Because<'_>>) {
+        self.items.push(Item {
+            at: a.at,
+            state_seq: a.state_seq,
+            produced: a.action.clone(),
+            done: false,
+            cancelled: ended.is_some(),
+            born_ended: ended.is_some(),
+        });
+    }
+
+    fn risk(&mut self, r: crate::facts::RiskResult) {
+        self.risks.push(r);
+    }
+}
+
 /// Runs one case; returns failures (empty when it passes).
 fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
     let mut fails = Vec::new();
@@ -250,41 +287,9 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
             report.transitions_taken.insert((t.from.clone(), t.index));
             report.states_visited.insert(t.from.clone());
             report.states_visited.insert(t.to.clone());
-            for it in items
-                .iter_mut()
-                .filter(|it| it.state_seq == t.left_seq && !it.done)
-            {
-                if outcome::when_state_left(&it.produced) == OnLeave::Ends {
-                    it.cancelled = true;
-                }
-            }
         }
-        let left: BTreeSet<u32> = out.transitions.iter().map(|t| t.left_seq).collect();
         report.states_visited.insert(out.enrolment.state.clone());
-        for a in out.actions {
-            if let Produced::Risk {
-                model, score, band, ..
-            } = &a.action
-            {
-                risks.push(crate::facts::RiskResult {
-                    model: model.clone(),
-                    score: *score,
-                    band: band.clone(),
-                    at: a.at,
-                });
-            }
-            // As the store writes it: born ended when its state was already left.
-            let born_ended = left.contains(&a.state_seq)
-                && outcome::born_into_left_state(&a.action) == OnLeave::Ends;
-            items.push(Item {
-                at: a.at,
-                state_seq: a.state_seq,
-                produced: a.action,
-                done: false,
-                cancelled: born_ended,
-                born_ended,
-            });
-        }
+        outcome::apply(&out, &mut TestSink { items, risks });
         out.enrolment
     };
 

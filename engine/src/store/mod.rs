@@ -18,7 +18,7 @@ mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use carepath_dsl::VarValue;
+use carepath_dsl::{AlarmScope, VarValue};
 use jiff::Timestamp;
 use serde_json::json;
 
@@ -27,8 +27,9 @@ pub use writer::RowBuffer;
 
 use crate::args;
 use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult};
+use crate::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
 use crate::program::{Programs, Source};
-use crate::step::{self, Enrolment, Outcome, Status, StepError};
+use crate::step::{self, Emitted, Enrolment, Outcome, Status, StepError, Taken};
 
 const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -545,6 +546,9 @@ pub async fn load_facts(
 /// What committing one outcome added, by kind.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Written {
+    /// The enrolment it was written for.
+    #[serde(skip)]
+    pub enrolment: i64,
     pub transitions: u64,
     pub by_kind: BTreeMap<String, u64>,
     pub cancelled_tasks: u64,
@@ -601,27 +605,7 @@ pub async fn apply_outcomes_at(
     batch: &[(&DueEnrolment, &Outcome, Timestamp)],
 ) -> Result<Vec<Option<Written>>> {
     let updated = update_enrolments(tx, batch).await?;
-    // Work already stored for the state an enrolment was in goes away when it leaves it.
-    let mut leaving: Vec<(i64, i64, String)> = Vec::new();
-    for (d, outcome, _) in batch {
-        let e = &outcome.enrolment;
-        if !updated.contains(&d.enrolment.id) {
-            continue;
-        }
-        if e.status == Status::Completed {
-            leaving.push((e.id, -1, "enrolment completed".to_string()));
-        } else if let Some(first) = outcome.transitions.first() {
-            leaving.push((
-                e.id,
-                i64::from(first.left_seq),
-                format!(
-                    "left `{}` for `{}` ({})",
-                    first.from, first.to, first.because
-                ),
-            ));
-        }
-    }
-    let cancelled = cancel_work_of(tx, &leaving).await?;
+    let mut endings: Vec<Ending> = Vec::new();
     let mut out = Vec::with_capacity(batch.len());
     for (d, outcome, now) in batch {
         let e = &outcome.enrolment;
@@ -629,26 +613,17 @@ pub async fn apply_outcomes_at(
             out.push(None);
             continue;
         }
-        let mut w = Written {
-            cancelled_tasks: cancelled.get(&e.id).copied().unwrap_or(0),
-            ..Default::default()
+        let mut sink = StoreSink {
+            d,
+            buf: &mut *buf,
+            endings: &mut endings,
+            written: Written {
+                enrolment: d.enrolment.id,
+                ..Default::default()
+            },
         };
-        let mut left: HashMap<u32, String> = HashMap::new();
-        for t in &outcome.transitions {
-            w.transitions += 1;
-            left.insert(
-                t.left_seq,
-                format!("left `{}` for `{}` ({})", t.from, t.to, t.because),
-            );
-            buf.record(
-                Some(format!("e{}:{}:t", e.id, t.left_seq)),
-                &d.patient_id,
-                e.id,
-                t.at.as_second(),
-                "transition",
-                json!({"from": t.from, "to": t.to, "because": t.because}).to_string(),
-            );
-        }
+        outcome::apply(outcome, &mut sink);
+        let written = sink.written;
         if !outcome.trace.is_empty()
             && (!outcome.transitions.is_empty() || !outcome.actions.is_empty())
         {
@@ -661,13 +636,63 @@ pub async fn apply_outcomes_at(
                 json!(outcome.trace).to_string(),
             );
         }
-        for a in &outcome.actions {
-            // Actions of a state entered and left within this step are recorded as already stale.
-            buf.action(d, a, left.get(&a.state_seq).map(String::as_str));
-        }
-        out.push(Some(w));
+        out.push(Some(written));
+    }
+    // Work already stored goes away as the policy says; the new rows are still in `buf`.
+    let cancelled = cancel_work_of(tx, &endings).await?;
+    for w in out.iter_mut().flatten() {
+        w.cancelled_tasks = cancelled.get(&w.enrolment).copied().unwrap_or(0);
     }
     Ok(out)
+}
+
+/// Stored work of one enrolment that ends: `seq` is a state entry, or `-1` for every entry.
+struct Ending {
+    enrolment: i64,
+    seq: i64,
+    cause: Cause,
+    reason: String,
+}
+
+/// The store's side of [`outcome::apply`]: rows into the buffer, endings into one statement per
+/// kind of work for the whole batch.
+struct StoreSink<'a> {
+    d: &'a DueEnrolment,
+    buf: &'a mut RowBuffer,
+    endings: &'a mut Vec<Ending>,
+    written: Written,
+}
+
+impl OutcomeSink for StoreSink<'_> {
+    fn transition(&mut self, t: &Taken) {
+        let e = self.d.enrolment.id;
+        self.written.transitions += 1;
+        self.buf.record(
+            Some(format!("e{e}:{}:t", t.left_seq)),
+            &self.d.patient_id,
+            e,
+            t.at.as_second(),
+            "transition",
+            json!({"from": t.from, "to": t.to, "because": t.because}).to_string(),
+        );
+    }
+
+    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
+        self.endings.push(Ending {
+            enrolment: self.d.enrolment.id,
+            seq: match scope {
+                Scope::Entry(seq) => i64::from(seq),
+                Scope::Every => -1,
+            },
+            cause,
+            reason: because.to_string(),
+        });
+    }
+
+    fn action(&mut self, a: &Emitted, ended: Option<Because<'_>>) {
+        let reason = ended.map(|b| b.to_string());
+        self.buf.action(self.d, a, reason.as_deref());
+    }
 }
 
 /// `n` rows of `per_row` placeholders numbered from `$first`: `($1, $2), ($3, $4)`.
@@ -732,83 +757,170 @@ async fn update_enrolments(
     Ok(updated)
 }
 
-/// Cancels the open work of each `(enrolment, state entry, reason)` (`-1`: every state entry, and
-/// the enrolment-scoped alarms too); returns the tasks cancelled per enrolment.
-async fn cancel_work_of(tx: &mut Tx, leaving: &[(i64, i64, String)]) -> Result<HashMap<i64, u64>> {
+/// The kinds of stored work one statement each can end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kinds {
+    tasks: (bool, bool),
+    follow_ups: bool,
+    scale_pushes: bool,
+    alarms: (bool, bool),
+}
+
+impl Kinds {
+    /// What the policy ends for `cause`.
+    fn ended_by(cause: Cause) -> Kinds {
+        let ends = |w| outcome::ends(w, cause);
+        Kinds {
+            tasks: (
+                ends(Work::Task { keep: false }),
+                ends(Work::Task { keep: true }),
+            ),
+            follow_ups: ends(Work::FollowUp),
+            scale_pushes: ends(Work::ScalePush),
+            alarms: (
+                ends(Work::Alarm(AlarmScope::State)),
+                ends(Work::Alarm(AlarmScope::Enrolment)),
+            ),
+        }
+    }
+}
+
+/// Ends the stored work of each ending, kind by kind as the policy says for its cause; returns
+/// the tasks cancelled per enrolment.
+async fn cancel_work_of(tx: &mut Tx, endings: &[Ending]) -> Result<HashMap<i64, u64>> {
     let mut cancelled: HashMap<i64, u64> = HashMap::new();
-    for part in leaving.chunks(writer::MAX_PARAMS / 4) {
+    for cause in [
+        Cause::StateLeft,
+        Cause::EnrolmentEnded,
+        Cause::BornIntoLeftState,
+    ] {
+        let of_cause: Vec<&Ending> = endings.iter().filter(|x| x.cause == cause).collect();
+        if !of_cause.is_empty() {
+            cancel_kinds(tx, Kinds::ended_by(cause), &of_cause, &mut cancelled).await?;
+        }
+    }
+    Ok(cancelled)
+}
+
+/// Ends the stored `kinds` of work of each ending (`seq = -1`: of every state entry).
+async fn cancel_kinds(
+    tx: &mut Tx,
+    kinds: Kinds,
+    endings: &[&Ending],
+    cancelled: &mut HashMap<i64, u64>,
+) -> Result<()> {
+    for part in endings.chunks(writer::MAX_PARAMS / 4) {
         // The explicit id list keeps each update on its table's `enrolment_id` index (PostgreSQL
         // otherwise hashes the VALUES list against a scan of the whole table).
-        let ids: Vec<Arg> = part.iter().map(|(e, _, _)| Arg::I(*e)).collect();
+        let ids: Vec<Arg> = part.iter().map(|x| Arg::I(x.enrolment)).collect();
         let mut with_reason: Vec<Arg> = part
             .iter()
-            .flat_map(|(e, s, r)| args![*e, *s, r.as_str()])
+            .flat_map(|x| args![x.enrolment, x.seq, x.reason.as_str()])
             .collect();
         with_reason.extend(ids.iter().cloned());
-        let mut without: Vec<Arg> = part.iter().flat_map(|(e, s, _)| args![*e, *s]).collect();
+        let mut without: Vec<Arg> = part
+            .iter()
+            .flat_map(|x| args![x.enrolment, x.seq])
+            .collect();
         without.extend(ids.iter().cloned());
         let v3 = values_list(part.len(), 3);
         let v2 = values_list(part.len(), 2);
         let in3 = db::placeholders(3 * part.len() + 1, part.len());
         let in2 = db::placeholders(2 * part.len() + 1, part.len());
-        for r in tx
-            .fetch(
-                &format!(
-                    "UPDATE tasks SET status = 'cancelled', cancel_reason = v.column3 FROM (VALUES {v3}) AS v \
-                     WHERE tasks.enrolment_id IN ({in3}) AND tasks.enrolment_id = v.column1 AND (v.column2 < 0 OR tasks.state_seq = v.column2) \
-                     AND tasks.status IN ('open', 'claimed') AND tasks.keep = 0 RETURNING tasks.enrolment_id"
-                ),
-                with_reason,
-            )
-            .await?
-        {
-            *cancelled.entry(r.i64(0)).or_default() += 1;
+        let keep = match kinds.tasks {
+            (true, true) => Some(""),
+            (true, false) => Some(" AND tasks.keep = 0"),
+            (false, true) => Some(" AND tasks.keep = 1"),
+            (false, false) => None,
+        };
+        if let Some(keep) = keep {
+            for r in tx
+                .fetch(
+                    &format!(
+                        "UPDATE tasks SET status = 'cancelled', cancel_reason = v.column3 FROM (VALUES {v3}) AS v \
+                         WHERE tasks.enrolment_id IN ({in3}) AND tasks.enrolment_id = v.column1 AND (v.column2 < 0 OR tasks.state_seq = v.column2) \
+                         AND tasks.status IN ('open', 'claimed'){keep} RETURNING tasks.enrolment_id"
+                    ),
+                    with_reason,
+                )
+                .await?
+            {
+                *cancelled.entry(r.i64(0)).or_default() += 1;
+            }
         }
-        // The follow-ups first, then their pending messages by id: an explicit list keeps the
-        // outbox update on its `follow_up_id` index whatever the planner thinks of the join.
-        let follow_ups: Vec<Arg> = tx
-            .fetch(
+        if kinds.follow_ups {
+            // The follow-ups first, then their pending messages by id: an explicit list keeps
+            // the outbox update on its `follow_up_id` index whatever the planner thinks of the join.
+            let follow_ups: Vec<Arg> = tx
+                .fetch(
+                    &format!(
+                        "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v2}) AS v \
+                         WHERE follow_ups.enrolment_id IN ({in2}) AND follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
+                         AND follow_ups.status = 'scheduled' RETURNING follow_ups.id"
+                    ),
+                    without.clone(),
+                )
+                .await?
+                .iter()
+                .map(|r| Arg::I(r.i64(0)))
+                .collect();
+            for ids in follow_ups.chunks(writer::MAX_PARAMS) {
+                tx.exec(
+                    &format!(
+                        "UPDATE outbox SET status = 'cancelled' WHERE follow_up_id IN ({}) AND status = 'pending'",
+                        db::placeholders(1, ids.len())
+                    ),
+                    ids.to_vec(),
+                )
+                .await?;
+            }
+        }
+        if kinds.scale_pushes {
+            tx.exec(
                 &format!(
-                    "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v2}) AS v \
-                     WHERE follow_ups.enrolment_id IN ({in2}) AND follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
-                     AND follow_ups.status = 'scheduled' RETURNING follow_ups.id"
+                    "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL FROM (VALUES {v2}) AS v \
+                     WHERE scale_pushes.enrolment_id IN ({in2}) AND scale_pushes.enrolment_id = v.column1 AND (v.column2 < 0 OR scale_pushes.state_seq = v.column2) \
+                     AND scale_pushes.status = 'pending'"
                 ),
                 without.clone(),
             )
-            .await?
-            .iter()
-            .map(|r| Arg::I(r.i64(0)))
-            .collect();
-        for ids in follow_ups.chunks(writer::MAX_PARAMS) {
+            .await?;
+        }
+        let scopes = match kinds.alarms {
+            (true, true) => Some("'state', 'enrolment'"),
+            (true, false) => Some("'state'"),
+            (false, true) => Some("'enrolment'"),
+            (false, false) => None,
+        };
+        if let Some(scopes) = scopes {
             tx.exec(
                 &format!(
-                    "UPDATE outbox SET status = 'cancelled' WHERE follow_up_id IN ({}) AND status = 'pending'",
-                    db::placeholders(1, ids.len())
+                    "UPDATE alarm_rules SET active = 0 FROM (VALUES {v2}) AS v \
+                     WHERE alarm_rules.enrolment_id IN ({in2}) AND alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR alarm_rules.state_seq = v.column2) \
+                     AND alarm_rules.scope IN ({scopes}) AND alarm_rules.active = 1"
                 ),
-                ids.to_vec(),
+                without,
             )
             .await?;
         }
-        // When the whole enrolment ends, enrolment-scoped alarms end with it.
-        tx.exec(
-            &format!(
-                "UPDATE alarm_rules SET active = 0 FROM (VALUES {v2}) AS v \
-                 WHERE alarm_rules.enrolment_id IN ({in2}) AND alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR (alarm_rules.state_seq = v.column2 AND alarm_rules.scope = 'state')) \
-                 AND alarm_rules.active = 1"
-            ),
-            without,
-        )
-        .await?;
     }
-    Ok(cancelled)
+    Ok(())
 }
 
 /// Cancels open work from one state entry (`seq`), or from every state entry with `seq = -1`.
 pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &str) -> Result<u64> {
-    Ok(cancel_work_of(tx, &[(enrolment, seq, reason.to_string())])
-        .await?
-        .values()
-        .sum())
+    let cause = if seq < 0 {
+        Cause::EnrolmentEnded
+    } else {
+        Cause::StateLeft
+    };
+    let ending = Ending {
+        enrolment,
+        seq,
+        cause,
+        reason: reason.to_string(),
+    };
+    Ok(cancel_work_of(tx, &[ending]).await?.values().sum())
 }
 
 /// Marks an enrolment in error and raises an alarm task for the pathway's owner role.

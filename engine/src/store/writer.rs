@@ -12,7 +12,6 @@ use serde_json::json;
 
 use super::db::Arg;
 use super::{DueEnrolment, Result, Tx, Written};
-use crate::outcome;
 use crate::step::{Emitted, Produced};
 
 struct Table {
@@ -132,12 +131,9 @@ impl RowBuffer {
         );
     }
 
-    /// Buffers one produced action and its record entry. `stale` is the reason when the state that
-    /// produced it was already left within the same step.
+    /// Buffers one produced action and its record entry. `stale` is the reason when the policy
+    /// (`outcome::apply`) says it is born ended.
     pub fn action(&mut self, d: &DueEnrolment, a: &Emitted, stale: Option<&str>) {
-        // The reason it is born ended, when the one rule says a stale action of its kind ends.
-        let stale =
-            stale.filter(|_| outcome::born_into_left_state(&a.action) == outcome::OnLeave::Ends);
         let e = d.enrolment.id;
         let seq = i64::from(a.state_seq);
         let at = a.at.as_second();
