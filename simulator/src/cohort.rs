@@ -481,12 +481,12 @@ pub fn scale_default(name: &'static str) -> Option<ScaleModel> {
         sd,
         min: lo,
         max: hi,
-        // EPDS item 10 (thoughts of self-harm) is rare and independent of the total.
-        forced_items: if name == "epds" {
-            vec![(10, 0.03)]
-        } else {
-            Vec::new()
-        },
+        // Critical items (thoughts of self-harm) are rare and independent of the total.
+        forced_items: def
+            .critical
+            .iter()
+            .filter_map(|c| Some((def.item_number(&c.item)?, 0.03)))
+            .collect(),
     })
 }
 
