@@ -527,11 +527,10 @@ impl ScaleModel {
         for (k, ladder) in ladders.iter().enumerate() {
             let top = ladder.len().saturating_sub(1);
             match self.forced_items.iter().find(|(n, _)| *n == k + 1) {
-                Some((_, p)) => {
-                    if top > 0 && rng.chance(*p) {
-                        steps[k] = 1 + rng.below(top as u64) as usize;
-                    }
+                Some((_, p)) if top > 0 && rng.chance(*p) => {
+                    steps[k] = 1 + rng.below(top as u64) as usize;
                 }
+                Some(_) => {}
                 None if top > 0 => free.push(k),
                 None => {}
             }
