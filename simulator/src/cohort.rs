@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use carepath_engine::scales::{Item as ScaleItem, ScaleDef, Scales, Scored};
 pub use carepath_engine::seed::SplitMix;
 use serde_json::Value;
 
@@ -428,44 +429,49 @@ pub fn observation_default(kind: &'static str) -> ObsModel {
     }
 }
 
-/// How patients answer one assessment scale.
+/// How patients answer one assessment scale. What the scale is — its items, their answers, its
+/// scoring, bands and critical items — is the engine's definition; only how this population
+/// answers (how often, how late, around which score) is the simulator's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaleModel {
     pub name: &'static str,
+    pub def: &'static ScaleDef,
     pub answer: f64,
     pub delay: Dist,
     pub mean: f64,
     pub sd: f64,
+    /// The range totals are drawn in: the scale's own, unless the scenario narrows it.
     pub min: f64,
     pub max: f64,
-    /// Scores are multiples of this.
-    pub step: f64,
-    pub items: usize,
-    pub item_max: i64,
     /// (1-based item, probability of a positive answer), drawn independently of the total.
     pub forced_items: Vec<(usize, f64)>,
 }
 
-/// Defaults for every scale of the catalogue: range, a typical score and the item structure.
-pub fn scale_default(name: &'static str) -> ScaleModel {
-    let (min, max, step, mean, sd, items, item_max): (f64, f64, f64, f64, f64, usize, i64) =
-        match name {
-            "phq9" => (0.0, 27.0, 1.0, 6.0, 5.0, 9, 3),
-            "gad7" => (0.0, 21.0, 1.0, 5.0, 4.0, 7, 3),
-            "epds" => (0.0, 30.0, 1.0, 7.0, 5.0, 10, 3),
-            "barthel" => (0.0, 100.0, 5.0, 60.0, 25.0, 10, 15),
-            "mrs" => (0.0, 6.0, 1.0, 2.0, 1.3, 0, 0),
-            "nrs" => (0.0, 10.0, 1.0, 3.0, 2.0, 0, 0),
-            "who5" => (0.0, 25.0, 1.0, 15.0, 5.0, 5, 5),
-            "cat" => (0.0, 40.0, 1.0, 15.0, 8.0, 8, 5),
-            "qol_breast" => (0.0, 100.0, 1.0, 78.0, 12.0, 0, 0),
-            "satisfaction" => (0.0, 100.0, 1.0, 90.0, 8.0, 0, 0),
-            "mrc_strength" => (0.0, 5.0, 1.0, 3.5, 1.0, 0, 0),
-            "morisky8" => (0.0, 8.0, 1.0, 6.3, 1.4, 8, 1),
-            _ => (0.0, 100.0, 1.0, 50.0, 20.0, 0, 0),
-        };
-    ScaleModel {
+/// Defaults for every scale of the catalogue: a typical score for an adult chronic-disease
+/// population; `None` when the engine has no definition of the scale.
+pub fn scale_default(name: &'static str) -> Option<ScaleModel> {
+    let def = Scales::builtin().get(name)?;
+    let (lo, hi) = def
+        .score_range()
+        .unwrap_or((def.scoring.min, def.scoring.max));
+    let (mean, sd) = match name {
+        "phq9" => (6.0, 5.0),
+        "gad7" => (5.0, 4.0),
+        "epds" => (7.0, 5.0),
+        "barthel" => (60.0, 25.0),
+        "mrs" => (2.0, 1.3),
+        "nrs" => (3.0, 2.0),
+        "who5" => (15.0, 5.0),
+        "cat" => (15.0, 8.0),
+        "qol_breast" => (78.0, 12.0),
+        "satisfaction" => (90.0, 8.0),
+        "mrc_strength" => (3.5, 1.0),
+        "morisky8" => (6.3, 1.4),
+        _ => ((lo + hi) / 2.0, (hi - lo) / 5.0),
+    };
+    Some(ScaleModel {
         name,
+        def,
         answer: 0.8,
         delay: Dist::Exponential {
             mean: 14.0 * 3_600.0,
@@ -473,51 +479,87 @@ pub fn scale_default(name: &'static str) -> ScaleModel {
         },
         mean,
         sd,
-        min,
-        max,
-        step,
-        items,
-        item_max,
-        // EPDS item 10 (thoughts of self-harm) is rare and independent of the total.
-        forced_items: if name == "epds" {
-            vec![(10, 0.03)]
-        } else {
-            Vec::new()
-        },
+        min: lo,
+        max: hi,
+        // Critical items (thoughts of self-harm) are rare and independent of the total.
+        forced_items: def
+            .critical
+            .iter()
+            .filter_map(|c| Some((def.item_number(&c.item)?, 0.03)))
+            .collect(),
+    })
+}
+
+/// The answers an item allows, lowest first.
+fn allowed(item: &ScaleItem) -> Vec<i64> {
+    if item.options.is_empty() {
+        (item.min.unwrap_or(0)..=item.max.unwrap_or(0)).collect()
+    } else {
+        let mut v: Vec<i64> = item.options.iter().map(|o| o.value).collect();
+        v.sort_unstable();
+        v
     }
 }
 
 impl ScaleModel {
-    /// A total score and item answers.
-    pub fn answer(&self, rng: &mut SplitMix) -> (f64, Vec<i64>) {
-        let raw = (self.mean + self.sd * rng.normal()).clamp(self.min, self.max);
-        let score = ((raw / self.step).round() * self.step).clamp(self.min, self.max);
-        if self.items == 0 {
-            return (score, Vec::new());
-        }
-        let mut items = vec![0i64; self.items];
-        let mut free: Vec<usize> = (0..self.items).collect();
-        for (item, p) in &self.forced_items {
-            if let Some(slot) = item.checked_sub(1).filter(|i| *i < self.items) {
-                if rng.chance(*p) {
-                    items[slot] = 1 + rng.below(self.item_max.max(1) as u64) as i64;
+    /// A completed questionnaire, scored by the scale's definition: the total is drawn around the
+    /// population's mean and spread over the items, forced items answered on their own.
+    /// `None` only if the scale's definition refuses answers within its own items.
+    pub fn answer(&self, rng: &mut SplitMix) -> Option<Scored> {
+        let def = self.def;
+        let (lo, hi) = def.score_range().unwrap_or((self.min, self.max));
+        let target = (self.mean + self.sd * rng.normal()).clamp(self.min, self.max);
+        // Each item's answers from its lowest score to its highest (reverse-scored items score
+        // highest at their lowest answer); an answer is a number of steps up that ladder.
+        let ladders: Vec<Vec<i64>> = def
+            .items
+            .iter()
+            .map(|item| {
+                let mut values = allowed(item);
+                if def.scoring.reverse.contains(&item.id) {
+                    values.reverse();
                 }
-                free.retain(|i| *i != slot);
+                values
+            })
+            .collect();
+        let mut steps = vec![0usize; ladders.len()];
+        let mut free = Vec::new();
+        for (k, ladder) in ladders.iter().enumerate() {
+            let top = ladder.len().saturating_sub(1);
+            match self.forced_items.iter().find(|(n, _)| *n == k + 1) {
+                Some((_, p)) if top > 0 && rng.chance(*p) => {
+                    steps[k] = 1 + rng.below(top as u64) as usize;
+                }
+                Some(_) => {}
+                None if top > 0 => free.push(k),
+                None => {}
             }
         }
-        // Spread the rest of the total over the other items.
-        let mut left = ((score - items.iter().sum::<i64>() as f64) / self.step).max(0.0) as i64;
-        let per_unit = self.step.max(1.0) as i64;
+        // The total's share of the range, in steps, spread at random over the other items.
+        let total: usize = ladders.iter().map(|l| l.len().saturating_sub(1)).sum();
+        let share = if hi > lo {
+            ((target - lo) / (hi - lo)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let mut left = (share * total as f64).round() as i64 - steps.iter().sum::<usize>() as i64;
         while left > 0 && !free.is_empty() {
-            let k = rng.below(free.len() as u64) as usize;
-            let i = free[k];
-            items[i] += per_unit.min(self.item_max);
-            if items[i] >= self.item_max {
-                free.swap_remove(k);
+            let j = rng.below(free.len() as u64) as usize;
+            let k = free[j];
+            steps[k] += 1;
+            if steps[k] + 1 >= ladders[k].len() {
+                free.swap_remove(j);
             }
             left -= 1;
         }
-        (score, items)
+        let answers: BTreeMap<String, i64> = def
+            .items
+            .iter()
+            .zip(&ladders)
+            .zip(&steps)
+            .filter_map(|((item, ladder), s)| Some((item.id.clone(), *ladder.get(*s)?)))
+            .collect();
+        def.score(&answers).ok()
     }
 }
 
@@ -582,22 +624,32 @@ mod tests {
     }
 
     #[test]
-    fn scale_answers_stay_in_range_and_force_items() {
+    fn scale_answers_are_scored_by_the_scale_and_force_items() {
         let mut rng = SplitMix::new(11);
-        let mut m = scale_default("epds");
+        let mut m = scale_default("epds").expect("epds is defined");
         m.forced_items = vec![(10, 1.0)];
         for _ in 0..500 {
-            let (score, items) = m.answer(&mut rng);
-            assert!((0.0..=30.0).contains(&score));
-            assert_eq!(items.len(), 10);
-            assert!(items[9] > 0);
-            assert!(items.iter().all(|i| (0..=3).contains(i)));
+            let s = m.answer(&mut rng).expect("scored");
+            assert!((0.0..=30.0).contains(&s.score));
+            assert_eq!(s.items.len(), 10);
+            assert!(s.items[9] > 0);
+            assert!(!s.band.is_empty());
+            // Item 10 above zero is the scale's critical rule.
+            assert!(s.critical.iter().any(|c| c.number == 10), "{s:?}");
         }
-        let b = scale_default("barthel");
+        let b = scale_default("barthel").expect("barthel is defined");
         for _ in 0..100 {
-            let (score, _) = b.answer(&mut rng);
-            assert_eq!(score % 5.0, 0.0);
+            let s = b.answer(&mut rng).expect("scored");
+            assert_eq!(s.score % 5.0, 0.0);
         }
+        let mut mean = scale_default("phq9").expect("phq9 is defined");
+        mean.sd = 0.0;
+        let n = 2_000;
+        let avg = (0..n)
+            .map(|_| mean.answer(&mut rng).expect("scored").score)
+            .sum::<f64>()
+            / f64::from(n);
+        assert!((avg - 6.0).abs() < 0.5, "{avg}");
     }
 
     #[test]

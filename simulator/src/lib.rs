@@ -419,4 +419,129 @@ expect:
         );
         assert!(sim.failures[1].contains("short"), "{}", sim.failures[1]);
     }
+
+    /// A pathway that branches on the EPDS band, and a cohort whose answers fall in every band,
+    /// some with thoughts of self-harm.
+    const BANDS: &str = r#"
+pathway: bands
+version: 1
+title: { zh: 分, en: Bands }
+owner_role: case_manager
+roles: [case_manager]
+entry_points:
+  - { id: home, state: screen }
+states:
+  - id: screen
+    phase: follow_up
+    on_enter:
+      - scale: { scale: epds, due: 1d, expires: 7d }
+    transitions:
+      - on: scale_answered:epds
+        when: 'band("epds") == "probable"'
+        to: probable
+      - on: scale_answered:epds
+        to: settled
+      - after: 10d
+        to: settled
+  - id: probable
+    phase: follow_up
+    transitions:
+      - after: 1d
+        to: settled
+  - { id: settled, phase: closed, terminal: true }
+"#;
+
+    #[test]
+    fn simulated_answers_have_their_band_and_critical_items_raise_the_urgent_task() {
+        let sc = Scenario::parse(
+            "t.yaml",
+            br#"
+scales: { epds: { answer: 1.0, score: { mean: 12, sd: 6 }, items: { "10": 0.2 } } }
+staff: { capacity: { default: 50 } }
+"#,
+        )
+        .unwrap();
+        let opts = Options {
+            cohort: Some(200),
+            days: Some(30),
+            threads: 1,
+            ..Default::default()
+        };
+        let sim = run_programs(vec![program(BANDS)], &sc, &opts).unwrap();
+        assert!(
+            sim.report.never_visited().is_empty(),
+            "{}",
+            sim.report.text()
+        );
+        // EPDS item 10 answered above 0 raises an urgent task for the doctor, as the store does.
+        let doctor = sim.report.roles.iter().find(|r| r.role == "doctor");
+        let created = doctor.map_or(0, |r| r.created);
+        assert!((20..=70).contains(&created), "{}", sim.report.text());
+    }
+
+    /// `screen` makes a task, a message and a questionnaire, then is left at once by patients
+    /// entering through `skip` (the same pathway `tests/outcome_rule.rs` runs through the store).
+    const PASS_THROUGH: &str = r#"
+pathway: pass_through
+version: 1
+title: { zh: 直接通过, en: Pass-through }
+owner_role: case_manager
+roles: [case_manager]
+variables:
+  skip_screen: { type: bool, default: false }
+entry_points:
+  - { id: start, state: screen }
+  - { id: skip, state: screen, set: { skip_screen: true } }
+states:
+  - id: screen
+    phase: follow_up
+    on_enter:
+      - scale: { scale: phq9, due: 2d }
+      - follow_up: { channels: [sms], template: screen_reminder, after: 1d, at: "09:00" }
+      - task: { id: screen_call, role: case_manager, title: { zh: 电话, en: Call }, due: 1d }
+    transitions:
+      - when: 'skip_screen'
+        to: wait
+      - after: 14d
+        to: wait
+  - id: wait
+    phase: follow_up
+    transitions:
+      - after: 30d
+        to: done
+  - { id: done, phase: closed, terminal: true }
+"#;
+
+    fn pass_through(entry: &str) -> report::Indicators {
+        let sc = Scenario::parse(
+            "t.yaml",
+            format!("patients: {{ entry: {{ {entry}: 1 }} }}\nstaff: {{ capacity: {{ default: 100 }} }}\n").as_bytes(),
+        )
+        .unwrap();
+        let opts = Options {
+            cohort: Some(50),
+            days: Some(60),
+            threads: 1,
+            ..Default::default()
+        };
+        let sim = run_programs(vec![program(PASS_THROUGH)], &sc, &opts).unwrap();
+        sim.report.pathways[0].indicators.clone()
+    }
+
+    #[test]
+    fn work_born_into_a_state_already_left_is_cancelled_as_the_store_cancels_it() {
+        let skipped = pass_through("skip");
+        assert_eq!(skipped.tasks_created, 50);
+        assert_eq!(skipped.tasks_cancelled, 50);
+        assert_eq!(skipped.tasks_done, 0);
+        assert_eq!(skipped.follow_ups_sent, 0);
+        assert_eq!(skipped.follow_ups_cancelled, 50);
+        assert_eq!(skipped.scales_pushed, 0);
+        let kept = pass_through("start");
+        // Screening calls, and the urgent tasks of PHQ-9 answers with thoughts of self-harm.
+        assert!((50..=55).contains(&kept.tasks_created), "{kept:?}");
+        assert_eq!(kept.tasks_cancelled, 0);
+        assert_eq!(kept.follow_ups_sent, 50);
+        assert_eq!(kept.scales_pushed, 50);
+    }
 }

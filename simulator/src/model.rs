@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use carepath_dsl::{Action, GoalMeasure, Pathway, Phase, Trigger, VarType, VarValue, catalog};
+use carepath_dsl::{
+    Action, GoalMeasure, Pathway, Phase, Priority, Trigger, VarType, VarValue, catalog,
+};
+use carepath_engine::scales::Scales;
 use carepath_engine::step::Program;
 use serde_json::Value;
 
@@ -55,6 +58,15 @@ pub(crate) struct TaskModel {
     pub(crate) due: i64,
     pub(crate) prio: u8,
     pub(crate) escalate_after: Option<i64>,
+}
+
+/// A critical item of a scale the pathway pushes: answered above its threshold, it raises an urgent
+/// task, as the store does when a questionnaire is answered.
+#[derive(Debug, Clone)]
+pub(crate) struct CriticalModel {
+    pub(crate) scale: usize,
+    pub(crate) item: String,
+    pub(crate) task: TaskModel,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +132,8 @@ pub struct PathwayInfo {
     pub goals: Vec<GoalModel>,
     pub indicators: Vec<IndicatorModel>,
     pub(crate) alarms: Vec<AlarmModel>,
+    /// The urgent tasks the critical items of the scales it pushes raise.
+    pub(crate) critical: Vec<CriticalModel>,
     pub task_ids: Vec<String>,
     /// Per task id: a follow-up call as the indicators count it
     /// (`carepath_engine::indicators::is_follow_up_call`).
@@ -232,7 +246,8 @@ pub(crate) fn analyse(
     let p = &prog.pathway;
     let reads = GuardReads::of(p);
     let layout = Layout::of(p, t_base);
-    let (task_ids, alarms) = tasks_and_alarms(p, roles, warnings);
+    let (mut task_ids, alarms) = tasks_and_alarms(p, roles, warnings);
+    let critical = critical_items(p, roles, &mut task_ids);
     let (goals, goal_obs) = goals(p, warnings);
     let indicators = indicators(p, &goals);
     let groups = reading_groups(sc, &reads.observations, &goal_obs, &alarms);
@@ -269,6 +284,7 @@ pub(crate) fn analyse(
             .iter()
             .map(|id| carepath_engine::indicators::is_follow_up_call(id))
             .collect(),
+        critical,
         task_ids,
         outcomes: tasks.outcomes,
         task_behaviour: tasks.behaviour,
@@ -435,6 +451,38 @@ fn tasks_and_alarms(
         }
     }
     (task_ids, alarms)
+}
+
+/// The critical items of every scale the pathway pushes; their tasks' ids
+/// (`critical_<scale>_<item>`, as the store names them) join `task_ids`.
+fn critical_items(p: &Pathway, roles: &[String], task_ids: &mut Vec<String>) -> Vec<CriticalModel> {
+    let mut pushed: BTreeSet<&str> = BTreeSet::new();
+    for (_, a) in p.actions() {
+        if let Action::Scale(push) = a {
+            pushed.insert(&push.scale);
+        }
+    }
+    let mut out = Vec::new();
+    for name in pushed {
+        let (Some(scale), Some(def)) = (scale_index(name), Scales::builtin().get(name)) else {
+            continue;
+        };
+        for rule in &def.critical {
+            let id = format!("critical_{name}_{}", rule.item);
+            out.push(CriticalModel {
+                scale,
+                item: rule.item.clone(),
+                task: TaskModel {
+                    ref_ix: task_ref(&Some(id), task_ids),
+                    role: roles.iter().position(|x| *x == rule.role).unwrap_or(0) as u16,
+                    due: seconds_of(rule.due()),
+                    prio: 3 - Priority::Urgent as u8,
+                    escalate_after: rule.sla().and_then(|s| s.escalate_after).map(seconds_of),
+                },
+            });
+        }
+    }
+    out
 }
 
 /// The pathway's goals (declared at its top and set by actions), and per observation kind how

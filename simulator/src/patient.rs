@@ -6,10 +6,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use carepath_dsl::{AlarmScope, Channel, Direction, VarType, VarValue, catalog};
-use carepath_engine::facts::{
-    FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult,
-};
-use carepath_engine::step::{self, Enrolment, Outcome, Produced, Status};
+use carepath_engine::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult};
+use carepath_engine::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
+use carepath_engine::scales::Scored;
+use carepath_engine::step::{self, Emitted, Enrolment, Outcome, Produced, Status, Taken};
 use jiff::Timestamp;
 
 use crate::cohort::{self, Draw, ObsModel, Profile, SplitMix};
@@ -388,17 +388,14 @@ impl Patient {
                     return false;
                 }
                 let m = &s.scales[usize::from(scale)];
-                let (score, items) = m.answer(&mut self.rng);
+                let scored = m.answer(&mut self.rng);
                 cx.tally.path[self.prog].scales_answered += 1;
-                if info.guard_scales.contains(&usize::from(scale)) {
-                    self.facts.scales.retain(|x| x.scale != m.name);
-                    self.facts.scales.push(ScaleResult {
-                        scale: m.name.to_string(),
-                        score,
-                        band: String::new(),
-                        items,
-                        at: ts(t),
-                    });
+                if let Some(scored) = scored {
+                    self.raise_critical(cx, usize::from(scale), &scored, t);
+                    if info.guard_scales.contains(&usize::from(scale)) {
+                        self.facts.scales.retain(|x| x.scale != m.name);
+                        self.facts.scales.push(scored.into_result(ts(t)));
+                    }
                 }
                 self.push_event(info, format!("scale_answered:{}", m.name), t)
             }
@@ -446,6 +443,48 @@ impl Patient {
                     }
                 };
                 self.push_event(info, name.to_string(), t)
+            }
+        }
+    }
+
+    /// Each critical item answered above its threshold raises an urgent task, kept whatever state
+    /// the patient moves to, as the store raises it when the questionnaire is answered.
+    fn raise_critical(&mut self, cx: &mut Cx, scale: usize, scored: &Scored, t: i64) {
+        let Some(state_seq) = self.enrolment.as_ref().map(|e| e.state_seq) else {
+            return;
+        };
+        let info = &cx.s.infos[self.prog];
+        for hit in &scored.critical {
+            let Some(c) = info
+                .critical
+                .iter()
+                .find(|c| c.scale == scale && c.item == hit.item)
+            else {
+                continue;
+            };
+            let task = c.task.clone();
+            self.create_task(cx, &task, t + task.due, true, state_seq, t);
+        }
+    }
+
+    /// A task that `covers_critical` a scale takes over the open tasks its critical items raised:
+    /// they are cancelled.
+    fn cover_critical(&mut self, cx: &mut Cx, scale: &str, at: i64) {
+        let info = &cx.s.infos[self.prog];
+        let Some(ix) = scale_index(scale) else { return };
+        let covered: Vec<u16> = info
+            .critical
+            .iter()
+            .filter(|c| c.scale == ix)
+            .map(|c| c.task.ref_ix)
+            .collect();
+        let mut i = 0;
+        while i < self.tasks.len() {
+            if covered.contains(&self.tasks[i].ref_ix) {
+                let task = self.tasks.swap_remove(i);
+                self.close_task(cx, &task, None, at);
+            } else {
+                i += 1;
             }
         }
     }
@@ -896,25 +935,15 @@ impl Patient {
     fn fail(&mut self, cx: &mut Cx, message: String, t: i64) {
         cx.tally.path[self.prog].errors += 1;
         cx.tally.errors.push((self.idx, message));
-        self.end(cx, t);
+        self.end_work(cx, Scope::Every, Cause::EnrolmentEnded, t);
+        self.end(t);
     }
 
-    /// The enrolment ended: open work is cancelled (kept tasks stay), nothing more is sent.
-    fn end(&mut self, cx: &mut Cx, t: i64) {
+    /// The enrolment ended (its work has been ended by the outcome policy): nothing more happens
+    /// to it.
+    fn end(&mut self, t: i64) {
         self.life = Life::Ended;
         self.ended_at = Some(t);
-        let mut i = 0;
-        while i < self.tasks.len() {
-            if self.tasks[i].keep {
-                i += 1;
-            } else {
-                let task = self.tasks.swap_remove(i);
-                self.close_task(cx, &task, None, t);
-            }
-        }
-        cx.tally.path[self.prog].follow_ups_cancelled += self.follow_ups.len() as u64;
-        self.follow_ups.clear();
-        self.alarms.clear();
         self.alarms_changed = true;
         self.alarm_due = i64::MAX;
         self.pending.clear();
@@ -922,10 +951,16 @@ impl Patient {
         self.facts.events.clear();
     }
 
-    fn cancel_state_work(&mut self, cx: &mut Cx, seq: u32, at: i64) {
+    /// Ends the open work in `scope` that the outcome policy says `cause` ends.
+    fn end_work(&mut self, cx: &mut Cx, scope: Scope, cause: Cause, at: i64) {
+        let within = |seq: u32| match scope {
+            Scope::Entry(s) => s == seq,
+            Scope::Every => true,
+        };
         let mut i = 0;
         while i < self.tasks.len() {
-            if self.tasks[i].state_seq == seq && !self.tasks[i].keep {
+            let task = &self.tasks[i];
+            if within(task.state_seq) && outcome::ends(Work::Task { keep: task.keep }, cause) {
                 let task = self.tasks.swap_remove(i);
                 self.close_task(cx, &task, None, at);
             } else {
@@ -933,173 +968,41 @@ impl Patient {
             }
         }
         let before = self.follow_ups.len();
-        self.follow_ups.retain(|f| f.state_seq != seq);
+        self.follow_ups
+            .retain(|f| !(within(f.state_seq) && outcome::ends(Work::FollowUp, cause)));
         cx.tally.path[self.prog].follow_ups_cancelled += (before - self.follow_ups.len()) as u64;
         let armed = self.alarms.len();
         self.alarms
-            .retain(|a| !(a.scope == AlarmScope::State && a.state_seq == seq));
+            .retain(|a| !(within(a.state_seq) && outcome::ends(Work::Alarm(a.scope), cause)));
         self.alarms_changed |= armed != self.alarms.len();
     }
 
+    /// A task the step made in a state it had already left: stored as cancelled, so counted as
+    /// made and cancelled, and never queued.
+    fn born_cancelled(&self, cx: &mut Cx, role: u16, at: i64) {
+        let role = usize::from(role);
+        cx.tally.roles[role].created += 1;
+        cx.tally.roles[role].cancelled += 1;
+        let p = &mut cx.tally.path[self.prog];
+        p.tasks_created += 1;
+        p.tasks_cancelled += 1;
+        let day = cx.s.day_of(at);
+        cx.tally.created_by_day[day * cx.s.roles.len() + role] += 1;
+    }
+
+    /// Applies a step's outcome through the engine's outcome policy, then takes on the
+    /// enrolment it returns.
     fn apply(&mut self, cx: &mut Cx, o: Outcome, t: i64) {
-        let s = cx.s;
-        let info = &s.infos[self.prog];
-        for tr in &o.transitions {
-            let from = info.state(&tr.from);
-            let to = info.state(&tr.to);
-            if let Some(slot) = cx.tally.taken.get_mut(info.t_off[from] + tr.index) {
-                *slot += 1;
-            }
-            cx.tally.visits[info.state_off + to] += 1;
-            self.cancel_state_work(cx, tr.left_seq, tr.at.as_second());
-            self.fire_rules(cx, Hit::State(to), t);
-        }
+        outcome::apply(
+            &o,
+            &mut Applying {
+                patient: self,
+                cx,
+                t,
+            },
+        );
+        let info = &cx.s.infos[self.prog];
         self.state = info.state(&o.enrolment.state);
-        for a in o.actions {
-            let at = a.at.as_second().max(t);
-            match a.action {
-                Produced::Task {
-                    task_ref,
-                    role,
-                    due_at,
-                    priority,
-                    sla,
-                    keep,
-                    ..
-                } => {
-                    let m = TaskModel {
-                        ref_ix: task_ref
-                            .and_then(|r| info.task_ids.iter().position(|x| *x == r))
-                            .map_or(NO_REF, |i| i as u16),
-                        role: s.roles.iter().position(|r| *r == role).unwrap_or(0) as u16,
-                        due: 0,
-                        prio: 3 - priority as u8,
-                        escalate_after: sla.and_then(|x| x.escalate_after).map(seconds_of),
-                    };
-                    self.create_task(cx, &m, due_at.as_second(), keep, a.state_seq, at);
-                }
-                Produced::FollowUp {
-                    channels, send_at, ..
-                } => {
-                    let send = send_at.as_second().max(at);
-                    if send <= cx.horizon {
-                        self.next_follow_up += 1;
-                        let id = self.next_follow_up;
-                        self.follow_ups.push(FollowUpSlot {
-                            id,
-                            state_seq: a.state_seq,
-                            channels,
-                        });
-                        self.schedule(send, Item::FollowUp(id), cx.horizon);
-                    }
-                }
-                Produced::ScalePush {
-                    scale,
-                    due_at,
-                    expires_at,
-                    ..
-                } => {
-                    let Some(ix) = scale_index(&scale) else {
-                        continue;
-                    };
-                    // Counted when pushed, as the store counts pushes created in a period.
-                    cx.tally.path[self.prog].scales_pushed += 1;
-                    let m = &s.scales[ix];
-                    let mut answered = false;
-                    if !self.dead && self.rng.chance(m.answer) {
-                        let delay = m.delay.sample(&mut self.rng).max(60.0) as i64;
-                        let cutoff = expires_at
-                            .map(|e| e.as_second())
-                            .unwrap_or(due_at.as_second() + 7 * DAY);
-                        if at + delay <= cutoff {
-                            answered = true;
-                            self.schedule(
-                                at + delay,
-                                Item::ScaleAnswer { scale: ix as u8 },
-                                cx.horizon,
-                            );
-                        }
-                    }
-                    if let (false, Some(expires)) = (answered, expires_at) {
-                        self.schedule(
-                            expires.as_second(),
-                            Item::ScaleExpired { scale: ix as u8 },
-                            cx.horizon,
-                        );
-                    }
-                }
-                Produced::Risk {
-                    model, score, band, ..
-                } => {
-                    if !info.guard_risks.contains(&model) {
-                        continue;
-                    }
-                    self.facts.risks.retain(|r| r.model != model);
-                    self.facts.risks.push(RiskResult {
-                        model,
-                        score,
-                        band,
-                        at: ts(at),
-                    });
-                }
-                Produced::AlarmArmed { alarm } => {
-                    if let Some(i) = info.alarms.iter().position(|x| x.id == alarm.id) {
-                        self.alarms_changed = true;
-                        self.alarms.retain(|x| usize::from(x.alarm) != i);
-                        self.alarms.push(Armed {
-                            alarm: i as u16,
-                            scope: alarm.scope,
-                            state_seq: a.state_seq,
-                            matches: Vec::new(),
-                            on: false,
-                        });
-                    }
-                }
-                Produced::Referral { direction, to, .. } => {
-                    let p = &mut cx.tally.path[self.prog];
-                    match direction {
-                        Direction::Up => p.referrals_up += 1,
-                        Direction::Down => p.referrals_down += 1,
-                    }
-                    let flow = s.flow(self.prog, direction, self.profile.institution, to);
-                    cx.tally.flows[flow].count += 1;
-                    let m = &s.referral[usize::from(direction == Direction::Down)];
-                    let r = self.rng.unit_f();
-                    let delay = m.delay.sample(&mut self.rng).max(60.0) as i64;
-                    if r < m.accepted {
-                        self.schedule(
-                            at + delay,
-                            Item::Referral {
-                                what: 0,
-                                flow: flow as u32,
-                            },
-                            cx.horizon,
-                        );
-                        if self.rng.chance(m.arrived) {
-                            let more = m.arrive_delay.sample(&mut self.rng).max(60.0) as i64;
-                            self.schedule(
-                                at + delay + more,
-                                Item::Referral {
-                                    what: 2,
-                                    flow: flow as u32,
-                                },
-                                cx.horizon,
-                            );
-                        }
-                    } else if r < m.accepted + m.rejected {
-                        self.schedule(
-                            at + delay,
-                            Item::Referral {
-                                what: 1,
-                                flow: flow as u32,
-                            },
-                            cx.horizon,
-                        );
-                    }
-                }
-                Produced::GoalSet { .. } | Produced::Note { .. } => {}
-            }
-        }
         let status = o.enrolment.status;
         let last = o.enrolment.last_event_seq;
         self.wake = o.next_wake.map_or(i64::MAX, |w| w.as_second());
@@ -1108,7 +1011,158 @@ impl Patient {
         if status != Status::Active {
             cx.tally.path[self.prog].completed += u64::from(status == Status::Completed);
             cx.tally.ended_in[info.state_off + self.state] += 1;
-            self.end(cx, t);
+            self.end(t);
+        }
+    }
+
+    /// One action of a step; `ended` when it was made in a state the step had already left.
+    fn action(&mut self, cx: &mut Cx, a: &Emitted, ended: bool, t: i64) {
+        let s = cx.s;
+        let info = &s.infos[self.prog];
+        let at = a.at.as_second().max(t);
+        match &a.action {
+            Produced::Task {
+                task_ref,
+                role,
+                due_at,
+                priority,
+                sla,
+                keep,
+                covers_critical,
+                ..
+            } => {
+                let role = s.roles.iter().position(|r| r == role).unwrap_or(0) as u16;
+                if ended {
+                    self.born_cancelled(cx, role, at);
+                    return;
+                }
+                if let Some(scale) = covers_critical {
+                    self.cover_critical(cx, scale, at);
+                }
+                let m = TaskModel {
+                    ref_ix: task_ref
+                        .as_ref()
+                        .and_then(|r| info.task_ids.iter().position(|x| x == r))
+                        .map_or(NO_REF, |i| i as u16),
+                    role,
+                    due: 0,
+                    prio: 3 - *priority as u8,
+                    escalate_after: sla.as_ref().and_then(|x| x.escalate_after).map(seconds_of),
+                };
+                self.create_task(cx, &m, due_at.as_second(), *keep, a.state_seq, at);
+            }
+            Produced::FollowUp {
+                channels, send_at, ..
+            } => {
+                let send = send_at.as_second().max(at);
+                if ended {
+                    cx.tally.path[self.prog].follow_ups_cancelled += u64::from(send <= cx.horizon);
+                } else if send <= cx.horizon {
+                    self.next_follow_up += 1;
+                    let id = self.next_follow_up;
+                    self.follow_ups.push(FollowUpSlot {
+                        id,
+                        state_seq: a.state_seq,
+                        channels: channels.clone(),
+                    });
+                    self.schedule(send, Item::FollowUp(id), cx.horizon);
+                }
+            }
+            Produced::ScalePush {
+                scale,
+                due_at,
+                expires_at,
+                ..
+            } => {
+                let Some(ix) = scale_index(scale).filter(|_| !ended) else {
+                    return;
+                };
+                // Counted when pushed, as the store counts pushes created in a period.
+                cx.tally.path[self.prog].scales_pushed += 1;
+                let m = &s.scales[ix];
+                let mut answered = false;
+                if !self.dead && self.rng.chance(m.answer) {
+                    let delay = m.delay.sample(&mut self.rng).max(60.0) as i64;
+                    let cutoff = expires_at
+                        .map(|e| e.as_second())
+                        .unwrap_or(due_at.as_second() + 7 * DAY);
+                    if at + delay <= cutoff {
+                        answered = true;
+                        self.schedule(
+                            at + delay,
+                            Item::ScaleAnswer { scale: ix as u8 },
+                            cx.horizon,
+                        );
+                    }
+                }
+                if let (false, Some(expires)) = (answered, expires_at) {
+                    self.schedule(
+                        expires.as_second(),
+                        Item::ScaleExpired { scale: ix as u8 },
+                        cx.horizon,
+                    );
+                }
+            }
+            Produced::AlarmArmed { alarm } => {
+                if ended {
+                    return;
+                }
+                if let Some(i) = info.alarms.iter().position(|x| x.id == alarm.id) {
+                    self.alarms_changed = true;
+                    self.alarms.retain(|x| usize::from(x.alarm) != i);
+                    self.alarms.push(Armed {
+                        alarm: i as u16,
+                        scope: alarm.scope,
+                        state_seq: a.state_seq,
+                        matches: Vec::new(),
+                        on: false,
+                    });
+                }
+            }
+            Produced::Referral { direction, to, .. } => {
+                let p = &mut cx.tally.path[self.prog];
+                let (direction, to) = (*direction, *to);
+                match direction {
+                    Direction::Up => p.referrals_up += 1,
+                    Direction::Down => p.referrals_down += 1,
+                }
+                let flow = s.flow(self.prog, direction, self.profile.institution, to);
+                cx.tally.flows[flow].count += 1;
+                let m = &s.referral[usize::from(direction == Direction::Down)];
+                let r = self.rng.unit_f();
+                let delay = m.delay.sample(&mut self.rng).max(60.0) as i64;
+                if r < m.accepted {
+                    self.schedule(
+                        at + delay,
+                        Item::Referral {
+                            what: 0,
+                            flow: flow as u32,
+                        },
+                        cx.horizon,
+                    );
+                    if self.rng.chance(m.arrived) {
+                        let more = m.arrive_delay.sample(&mut self.rng).max(60.0) as i64;
+                        self.schedule(
+                            at + delay + more,
+                            Item::Referral {
+                                what: 2,
+                                flow: flow as u32,
+                            },
+                            cx.horizon,
+                        );
+                    }
+                } else if r < m.accepted + m.rejected {
+                    self.schedule(
+                        at + delay,
+                        Item::Referral {
+                            what: 1,
+                            flow: flow as u32,
+                        },
+                        cx.horizon,
+                    );
+                }
+            }
+            Produced::Risk { .. } | Produced::GoalSet { .. } | Produced::Note { .. } => {}
         }
     }
 
@@ -1131,6 +1185,48 @@ impl Patient {
             if self.goal_met(cx.s, &info.goals[g], at) {
                 cx.tally.path[self.prog].indicator_met[i] += 1;
             }
+        }
+    }
+}
+
+/// A patient taking a step's outcome: the engine's policy decides what ends, the patient carries
+/// it out.
+struct Applying<'p, 'c, 's> {
+    patient: &'p mut Patient,
+    cx: &'c mut Cx<'s>,
+    t: i64,
+}
+
+impl OutcomeSink for Applying<'_, '_, '_> {
+    fn transition(&mut self, taken: &Taken) {
+        let info = &self.cx.s.infos[self.patient.prog];
+        let from = info.state(&taken.from);
+        let to = info.state(&taken.to);
+        if let Some(slot) = self.cx.tally.taken.get_mut(info.t_off[from] + taken.index) {
+            *slot += 1;
+        }
+        self.cx.tally.visits[info.state_off + to] += 1;
+        self.patient.fire_rules(self.cx, Hit::State(to), self.t);
+    }
+
+    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
+        let at = match because {
+            Because::Left(taken) => taken.at.as_second(),
+            Because::Ended(_) => self.t,
+        };
+        self.patient.end_work(self.cx, scope, cause, at);
+    }
+
+    fn action(&mut self, action: &Emitted, ended: Option<Because<'_>>) {
+        self.patient
+            .action(self.cx, action, ended.is_some(), self.t);
+    }
+
+    fn risk(&mut self, result: RiskResult) {
+        let p = &mut *self.patient;
+        if self.cx.s.infos[p.prog].guard_risks.contains(&result.model) {
+            p.facts.risks.retain(|r| r.model != result.model);
+            p.facts.risks.push(result);
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use carepath_dsl::{Action, Direction, InstitutionKind, catalog};
+use carepath_engine::scales::Scales;
 use carepath_engine::step::Program;
 use serde_json::Value;
 
@@ -84,12 +85,7 @@ impl Setup {
             return Err("--days must be at least 1".into());
         }
         let mut warnings = Vec::new();
-        let roles: Vec<String> = programs
-            .iter()
-            .flat_map(|p| p.pathway.roles.iter().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let roles = roles_of(&programs);
         check_names(sc, &programs)?;
 
         let mut infos = Vec::new();
@@ -266,8 +262,10 @@ impl Setup {
         }
         let mut scales: Vec<ScaleModel> = catalog::SCALES
             .iter()
-            .map(|s| cohort::scale_default(s))
-            .collect();
+            .map(|s| {
+                cohort::scale_default(s).ok_or_else(|| format!("scale `{s}` has no definition"))
+            })
+            .collect::<Result<_, _>>()?;
         let default_scale = sc.scales.get("default");
         for (i, m) in scales.iter_mut().enumerate() {
             for spec in [default_scale, sc.scales.get(catalog::SCALES[i])]
@@ -427,6 +425,23 @@ impl Setup {
         };
         (rest / 2, dir, inst, InstitutionKind::ALL[k].1)
     }
+}
+
+/// The roles with work in the run: the pathways' own, and those the critical items of the scales
+/// they push call on.
+fn roles_of(programs: &[Arc<Program>]) -> Vec<String> {
+    let mut roles: BTreeSet<String> = BTreeSet::new();
+    for p in programs {
+        roles.extend(p.pathway.roles.iter().cloned());
+        for (_, a) in p.pathway.actions() {
+            if let Action::Scale(push) = a
+                && let Some(def) = Scales::builtin().get(&push.scale)
+            {
+                roles.extend(def.critical.iter().map(|c| c.role.clone()));
+            }
+        }
+    }
+    roles.into_iter().collect()
 }
 
 /// Names in the scenario must exist, so a typo is an error rather than a silent default.
