@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use carepath_engine::outcome::{self, Cause, Work};
+use carepath_engine::outcome::{self, Cause};
 use carepath_engine::step::Produced;
 use carepath_engine::store;
 
@@ -212,5 +212,5 @@ fn ends_on_leaving(kind: &str) -> bool {
             reminders: vec![],
         },
     };
-    outcome::ends(Work::of(&produced), Cause::StateLeft)
+    outcome::ends(outcome::work_of(&produced), Cause::StateLeft)
 }

@@ -2,7 +2,7 @@
 //! simulator and `carepath test` apply, so that what an author's test shows, what a simulation
 //! counts and what production stores cannot drift apart.
 //!
-//! The policy is a table ([`ends`]) and a driver ([`apply`]) that walks an outcome and pushes each
+//! The policy is a table ([`ends`], kept in the model crate so the validator reads it too) and a driver ([`apply`]) that walks an outcome and pushes each
 //! decision into an [`OutcomeSink`]: the store's row buffer, the simulator's patient and the test
 //! runner each implement the sink in their own medium, and none of them decides a rule itself.
 //!
@@ -19,59 +19,22 @@
 
 use std::fmt;
 
-use carepath_dsl::AlarmScope;
-
 use crate::facts::RiskResult;
 use crate::step::{Emitted, Outcome, Produced, Status, Taken};
 
-/// Stored work, by what decides whether it ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Work {
-    Task {
-        keep: bool,
-    },
-    FollowUp,
-    ScalePush,
-    Alarm(AlarmScope),
-    /// Risk predictions, referrals, goals and notes: facts and records, never cancelled.
-    Record,
-}
+pub use carepath_dsl::policy::{Cause, Work, ends};
 
-impl Work {
-    /// The kind of work a produced action is.
-    pub fn of(action: &Produced) -> Work {
-        match action {
-            Produced::Task { keep, .. } => Work::Task { keep: *keep },
-            Produced::FollowUp { .. } => Work::FollowUp,
-            Produced::ScalePush { .. } => Work::ScalePush,
-            Produced::AlarmArmed { alarm } => Work::Alarm(alarm.scope),
-            Produced::Risk { .. }
-            | Produced::Referral { .. }
-            | Produced::GoalSet { .. }
-            | Produced::Note { .. } => Work::Record,
-        }
-    }
-}
-
-/// Why work may end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// A later step left the state that created it.
-    StateLeft,
-    /// It was created in a state the same step had already left.
-    BornIntoLeftState,
-    /// The enrolment ended.
-    EnrolmentEnded,
-}
-
-/// The policy: whether `work` ends for `cause`.
-pub fn ends(work: Work, cause: Cause) -> bool {
-    match work {
-        Work::Task { keep } => !keep,
-        Work::FollowUp | Work::Alarm(AlarmScope::State) => true,
-        Work::ScalePush => cause == Cause::BornIntoLeftState,
-        Work::Alarm(AlarmScope::Enrolment) => cause == Cause::EnrolmentEnded,
-        Work::Record => false,
+/// The kind of work a produced action is.
+pub fn work_of(action: &Produced) -> Work {
+    match action {
+        Produced::Task { keep, .. } => Work::Task { keep: *keep },
+        Produced::FollowUp { .. } => Work::FollowUp,
+        Produced::ScalePush { .. } => Work::ScalePush,
+        Produced::AlarmArmed { alarm } => Work::Alarm(alarm.scope),
+        Produced::Risk { .. }
+        | Produced::Referral { .. }
+        | Produced::GoalSet { .. }
+        | Produced::Note { .. } => Work::Record,
     }
 }
 
@@ -135,7 +98,7 @@ pub fn apply(outcome: &Outcome, sink: &mut impl OutcomeSink) {
             .iter()
             .find(|t| t.left_seq == a.state_seq);
         let ended = left
-            .filter(|_| ends(Work::of(&a.action), Cause::BornIntoLeftState))
+            .filter(|_| ends(work_of(&a.action), Cause::BornIntoLeftState))
             .map(Because::Left);
         sink.action(a, ended);
         if let Produced::Risk {
@@ -155,6 +118,7 @@ pub fn apply(outcome: &Outcome, sink: &mut impl OutcomeSink) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use carepath_dsl::AlarmScope;
     use jiff::Timestamp;
 
     fn task(keep: bool) -> Produced {
@@ -177,8 +141,8 @@ mod tests {
     fn leaving_ends_open_work_and_a_kept_task_stays() {
         use Cause::*;
         for cause in [StateLeft, BornIntoLeftState, EnrolmentEnded] {
-            assert!(ends(Work::of(&task(false)), cause));
-            assert!(!ends(Work::of(&task(true)), cause));
+            assert!(ends(work_of(&task(false)), cause));
+            assert!(!ends(work_of(&task(true)), cause));
             assert!(ends(Work::FollowUp, cause));
             assert!(ends(Work::Alarm(AlarmScope::State), cause));
             assert!(!ends(Work::Record, cause));

@@ -29,7 +29,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, ScaleResult};
-use crate::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
+use crate::outcome::{self, Because, Cause, OutcomeSink, Scope};
 use crate::program::Programs;
 use crate::step::{self, Enrolment, Produced, Program};
 
@@ -210,7 +210,7 @@ impl OutcomeSink for TestSink<'_> {
                 Scope::Entry(seq) => it.state_seq == seq,
                 Scope::Every => true,
             };
-            if in_scope && outcome::ends(Work::of(&it.produced), cause) {
+            if in_scope && outcome::ends(outcome::work_of(&it.produced), cause) {
                 it.cancelled = true;
             }
         }

@@ -240,6 +240,45 @@ pub(crate) fn check_pathway(
         }
     }
 
+    // Work made in a state that is always left in the step that enters it.
+    for (si, s) in p.states.iter().enumerate() {
+        let Some(ti) = s
+            .transitions
+            .iter()
+            .position(|t| t.trigger == Trigger::Immediate && t.guard.is_none())
+        else {
+            continue;
+        };
+        let mut lost: Vec<&str> = Vec::new();
+        for a in &s.on_enter {
+            let work = crate::policy::Work::of_action(a);
+            if work.is_some_and(|w| crate::policy::ends(w, crate::policy::Cause::BornIntoLeftState))
+                && !lost.contains(&a.kind())
+            {
+                lost.push(a.kind());
+            }
+        }
+        if lost.is_empty() {
+            continue;
+        }
+        let loc = map
+            .transitions
+            .get(si)
+            .and_then(|v| v.get(ti))
+            .cloned()
+            .unwrap_or_else(|| state_loc(si));
+        sink.at(
+            Code::WorkBornEnded,
+            &loc,
+            format!(
+                "`{}` is always left in the step that enters it, so its {} actions are cancelled as they are made and never reach anyone",
+                s.id,
+                lost.join(", ")
+            ),
+            "give this transition a wait or a guard, move the actions to the state it leads to, or mark a task `keep: true`",
+        );
+    }
+
     indicator_checks(p, map, &mut sink);
     graph_checks(p, map, &index, &mut sink, &state_loc);
 }

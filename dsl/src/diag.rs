@@ -56,6 +56,7 @@ pub enum Code {
     ShadowedTransition,
     UnusedVariable,
     GuardedImmediateCycle,
+    WorkBornEnded,
 }
 
 impl Code {
@@ -88,6 +89,7 @@ impl Code {
             Code::ShadowedTransition => "W002",
             Code::UnusedVariable => "W003",
             Code::GuardedImmediateCycle => "W004",
+            Code::WorkBornEnded => "W005",
         }
     }
 

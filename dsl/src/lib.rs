@@ -15,6 +15,7 @@ pub mod expr;
 pub mod graph;
 pub mod lower;
 pub mod model;
+pub mod policy;
 pub mod reads;
 pub mod rhai_front;
 pub mod yaml;

@@ -1,0 +1,61 @@
+//! The outcome policy's table: which work a patient has ends, and why. It is written once, here in
+//! the model crate, because two layers read it: the validator, to warn where a pathway's work can
+//! never reach anyone, and the core's `outcome::apply`, which the store, the simulator and
+//! `carepath test` carry out.
+
+use crate::model::{Action, AlarmScope};
+
+/// Work a pathway creates, by what decides whether it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    Task {
+        keep: bool,
+    },
+    FollowUp,
+    ScalePush,
+    Alarm(AlarmScope),
+    /// Risk predictions, referrals, goals and notes: facts and records, never cancelled.
+    Record,
+}
+
+impl Work {
+    /// The work an action of the model creates (`None` for assignments, which create none).
+    pub fn of_action(action: &Action) -> Option<Work> {
+        Some(match action {
+            Action::Task(t) => Work::Task { keep: t.keep },
+            Action::FollowUp(_) => Work::FollowUp,
+            Action::Scale(_) => Work::ScalePush,
+            Action::Alarm(a) => Work::Alarm(a.scope),
+            Action::Risk(_) | Action::Referral(_) | Action::Goal(_) | Action::Note(_) => {
+                Work::Record
+            }
+            Action::Set(_) => return None,
+        })
+    }
+}
+
+/// Why work may end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A later step left the state that created it.
+    StateLeft,
+    /// It was created in a state the same step had already left.
+    BornIntoLeftState,
+    /// The enrolment ended.
+    EnrolmentEnded,
+}
+
+/// The policy: whether `work` ends for `cause`.
+///
+/// Leaving a state ends its open tasks (unless `keep`), scheduled follow-ups and state alarms; a
+/// scale push, once sent, stays answerable, but one born into a state already left was never
+/// sent; enrolment alarms end with the enrolment; records never end.
+pub fn ends(work: Work, cause: Cause) -> bool {
+    match work {
+        Work::Task { keep } => !keep,
+        Work::FollowUp | Work::Alarm(AlarmScope::State) => true,
+        Work::ScalePush => cause == Cause::BornIntoLeftState,
+        Work::Alarm(AlarmScope::Enrolment) => cause == Cause::EnrolmentEnded,
+        Work::Record => false,
+    }
+}
