@@ -541,10 +541,14 @@ fn indicators(p: &Pathway, goals: &[GoalModel]) -> Vec<IndicatorModel> {
             numerator: i.numerator.clone(),
             denominator: i.denominator.clone(),
             target: i.target,
-            goal: i
-                .numerator
-                .strip_prefix("goal_met:")
-                .and_then(|g| goals.iter().position(|x| x.id == g)),
+            // The validator has parsed every counter with the same grammar; one that does not
+            // parse here counts nothing.
+            goal: match carepath_dsl::counter::Counter::parse(&i.numerator) {
+                Ok(carepath_dsl::counter::Counter::GoalMet(g)) => {
+                    goals.iter().position(|x| x.id == g)
+                }
+                _ => None,
+            },
         })
         .collect()
 }

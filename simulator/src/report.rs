@@ -331,10 +331,15 @@ impl Report {
                             "numerator `{}` is not computed by the simulator",
                             ind.numerator
                         )),
-                        Some(_) if ind.denominator != "enrolled" => Some(format!(
-                            "denominator `{}` is read as enrolled",
-                            ind.denominator
-                        )),
+                        Some(_)
+                            if carepath_dsl::counter::Counter::parse(&ind.denominator)
+                                != Ok(carepath_dsl::counter::Counter::Enrolled) =>
+                        {
+                            Some(format!(
+                                "denominator `{}` is read as enrolled",
+                                ind.denominator
+                            ))
+                        }
                         Some(_) => None,
                     };
                     DeclaredIndicator {
