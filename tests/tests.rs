@@ -18,5 +18,6 @@ mod outcome_rule;
 mod pathway_upload;
 mod report;
 mod scale_answers;
+mod scenarios;
 mod security;
 mod tidy;
