@@ -19,4 +19,5 @@ mod pathway_upload;
 mod report;
 mod scale_answers;
 mod security;
+mod sim_kpis;
 mod tidy;
