@@ -40,7 +40,10 @@ fn simulated_indicators_equal_kpis_over_the_same_events() {
         ("follow_up_due", sim.counts.follow_up_due),
         ("scales_pushed", sim.counts.scales_pushed),
         ("stays", sim.counts.stays),
-        ("enrolments_active_at_end", sim.counts.enrolments_active_at_end),
+        (
+            "enrolments_active_at_end",
+            sim.counts.enrolments_active_at_end,
+        ),
     ] {
         assert!(n > 0, "the simulation counted no {q}: {:?}", sim.counts);
     }
@@ -49,9 +52,8 @@ fn simulated_indicators_equal_kpis_over_the_same_events() {
         to: s.horizon(),
         as_of: s.horizon(),
     };
-    let pathways_dir = support::real_pathways().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("pathways")
-    });
+    let pathways_dir = support::real_pathways()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("pathways"));
     support::runtime().block_on(async {
         for b in backends() {
             let now = Timestamp::from_second(period.from).expect("start");
@@ -60,8 +62,7 @@ fn simulated_indicators_equal_kpis_over_the_same_events() {
                 .await
                 .expect("write the cohort");
             let latest = programs.latest();
-            let pathways: Vec<&carepath_dsl::Pathway> =
-                latest.iter().map(|p| &p.pathway).collect();
+            let pathways: Vec<&carepath_dsl::Pathway> = latest.iter().map(|p| &p.pathway).collect();
             let req = indicators::KpiRequest {
                 scope: indicators::Scope {
                     institution: &institution,

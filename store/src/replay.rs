@@ -160,7 +160,9 @@ pub async fn write(pool: &Pool, c: &Cohort, tz: &str, now: Timestamp) -> Result<
         let Some(&enrolment) = ids.get(&t.patient) else {
             continue;
         };
-        let completed = (t.status == TaskStatus::Done).then_some(t.closed_at).flatten();
+        let completed = (t.status == TaskStatus::Done)
+            .then_some(t.closed_at)
+            .flatten();
         tx.exec(
             "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, \
              title_zh, title_en, priority, status, due_at, created_at, outcome, completed_at) \
