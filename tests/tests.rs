@@ -20,4 +20,5 @@ mod report;
 mod scale_answers;
 mod scenarios;
 mod security;
+mod sim_kpis;
 mod tidy;

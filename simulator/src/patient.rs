@@ -10,6 +10,7 @@ use carepath_engine::facts::{FactEvent, Observation, PatientFacts, PendingEvent,
 use carepath_engine::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
 use carepath_engine::scales::Scored;
 use carepath_engine::step::{self, Emitted, Enrolment, Outcome, Produced, Status, Taken};
+use carepath_engine::store::replay;
 use jiff::Timestamp;
 
 use crate::cohort::{self, Draw, ObsModel, Profile, SplitMix};
@@ -92,6 +93,7 @@ struct OpenTask {
     prio: u8,
     keep: bool,
     state_seq: u32,
+    created: i64,
     due: i64,
     escalate_after: Option<i64>,
 }
@@ -358,6 +360,7 @@ impl Patient {
                     return false;
                 }
                 let name = info.events[usize::from(ev)].clone();
+                self.export_event(cx, &name, t);
                 match name.as_str() {
                     "died" => {
                         self.dead = true;
@@ -390,6 +393,14 @@ impl Patient {
                 let m = &s.scales[usize::from(scale)];
                 let scored = m.answer(&mut self.rng);
                 cx.tally.path[self.prog].scales_answered += 1;
+                if s.export {
+                    let c = &mut cx.tally.cohort;
+                    if let Some(push) = c.scale_pushes.iter_mut().rev().find(|x| {
+                        x.patient == self.idx && x.scale == m.name && x.answered_at.is_none()
+                    }) {
+                        push.answered_at = Some(t);
+                    }
+                }
                 if let Some(scored) = scored {
                     self.raise_critical(cx, usize::from(scale), &scored, t);
                     if info.guard_scales.contains(&usize::from(scale)) {
@@ -497,6 +508,7 @@ impl Patient {
         let admitted = info.entry_admitted[entry];
         if admitted {
             self.in_hospital_since = Some(t);
+            self.export_event(cx, "admitted", t);
             self.push_event(info, "admitted".into(), t);
         }
         let entry_id = prog.pathway.entry_points[entry].id.clone();
@@ -791,6 +803,7 @@ impl Patient {
             prio: m.prio,
             keep,
             state_seq,
+            created: t,
             due,
             escalate_after: m.escalate_after,
         });
@@ -830,8 +843,39 @@ impl Patient {
     /// or still open when the run ends. As the store counts a period ending at the horizon: a
     /// task is due when its due time is before the horizon and it was not cancelled.
     fn close_task(&mut self, cx: &mut Cx, task: &OpenTask, done: Option<bool>, at: i64) {
+        self.close_task_with(cx, task, done, None, at);
+    }
+
+    /// [`Patient::close_task`], with the outcome staff recorded when the task was done.
+    fn close_task_with(
+        &mut self,
+        cx: &mut Cx,
+        task: &OpenTask,
+        done: Option<bool>,
+        outcome: Option<&str>,
+        at: i64,
+    ) {
         cx.closed.push((self.idx, task.no));
         let info = &cx.s.infos[self.prog];
+        if cx.s.export {
+            let status = match done {
+                Some(_) => replay::TaskStatus::Done,
+                None if at >= cx.horizon => replay::TaskStatus::Open,
+                None => replay::TaskStatus::Cancelled,
+            };
+            cx.tally.cohort.tasks.push(replay::Task {
+                patient: self.idx,
+                institution: cx.s.institutions[self.profile.institution].id.clone(),
+                task_ref: (task.ref_ix != NO_REF)
+                    .then(|| info.task_ids[usize::from(task.ref_ix)].clone()),
+                role: cx.s.roles[usize::from(task.role)].clone(),
+                created_at: task.created,
+                due_at: task.due,
+                status,
+                closed_at: (status != replay::TaskStatus::Open).then_some(at),
+                outcome: outcome.map(str::to_string),
+            });
+        }
         let call = task.ref_ix != NO_REF && info.follow_up_calls[usize::from(task.ref_ix)];
         let r = &mut cx.tally.roles[usize::from(task.role)];
         let p = &mut cx.tally.path[self.prog];
@@ -897,7 +941,7 @@ impl Patient {
             outcome = "unreachable".into();
         }
         let reached = carepath_engine::indicators::reached(Some(&outcome));
-        self.close_task(cx, &task, Some(reached), t);
+        self.close_task_with(cx, &task, Some(reached), Some(&outcome), t);
         if self.life != Life::Active {
             return false;
         }
@@ -1079,6 +1123,16 @@ impl Patient {
                 };
                 // Counted when pushed, as the store counts pushes created in a period.
                 cx.tally.path[self.prog].scales_pushed += 1;
+                if s.export {
+                    cx.tally.cohort.scale_pushes.push(replay::ScalePush {
+                        patient: self.idx,
+                        institution: s.institutions[self.profile.institution].id.clone(),
+                        scale: scale.to_string(),
+                        created_at: at,
+                        due_at: due_at.as_second(),
+                        answered_at: None,
+                    });
+                }
                 let m = &s.scales[ix];
                 let mut answered = false;
                 if !self.dead && self.rng.chance(m.answer) {
@@ -1125,6 +1179,19 @@ impl Patient {
                 match direction {
                     Direction::Up => p.referrals_up += 1,
                     Direction::Down => p.referrals_down += 1,
+                }
+                if s.export {
+                    cx.tally.cohort.referrals.push(replay::Referral {
+                        patient: self.idx,
+                        direction: match direction {
+                            Direction::Up => "up",
+                            Direction::Down => "down",
+                        }
+                        .into(),
+                        from_institution: s.institutions[self.profile.institution].id.clone(),
+                        to_kind: to.as_str().into(),
+                        requested_at: at,
+                    });
                 }
                 let flow = s.flow(self.prog, direction, self.profile.institution, to);
                 cx.tally.flows[flow].count += 1;
@@ -1177,6 +1244,9 @@ impl Patient {
         if self.life == Life::Waiting {
             return;
         }
+        if cx.s.export {
+            self.export_enrolment(cx);
+        }
         let info = &cx.s.infos[self.prog];
         let at = self.ended_at.unwrap_or(h);
         for (i, ind) in info.indicators.iter().enumerate() {
@@ -1186,6 +1256,45 @@ impl Patient {
                 cx.tally.path[self.prog].indicator_met[i] += 1;
             }
         }
+    }
+}
+
+impl Patient {
+    /// An event of the enrolment, for the exported cohort.
+    fn export_event(&self, cx: &mut Cx, name: &str, at: i64) {
+        if cx.s.export {
+            cx.tally.cohort.events.push(replay::Event {
+                patient: self.idx,
+                name: name.to_string(),
+                at,
+            });
+        }
+    }
+
+    /// The enrolment as it stands at the end of the run, for the exported cohort.
+    fn export_enrolment(&self, cx: &mut Cx) {
+        let s = cx.s;
+        let pathway = &s.programs[self.prog].pathway;
+        let entry = &pathway.entry_points[self.profile.entry.min(pathway.entry_points.len() - 1)];
+        let status = match (self.ended_at, self.enrolment.as_ref().map(|e| e.status)) {
+            (None, _) => Status::Active.as_str(),
+            (Some(_), Some(st)) if st != Status::Active => st.as_str(),
+            (Some(_), _) => Status::Error.as_str(),
+        };
+        cx.tally.cohort.enrolments.push(replay::Enrolment {
+            patient: self.idx,
+            institution: s.institutions[self.profile.institution].id.clone(),
+            pathway: pathway.id.clone(),
+            version: i64::from(pathway.version),
+            entry_point: entry.id.clone(),
+            state: self
+                .enrolment
+                .as_ref()
+                .map_or_else(|| entry.state.clone(), |e| e.state.clone()),
+            enrolled_at: self.enrol_at,
+            ended_at: self.ended_at,
+            status: status.to_string(),
+        });
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Setup {
     pub total_states: usize,
     pub total_transitions: usize,
     pub warnings: Vec<String>,
+    /// Keep the records of what the cohort did (`Tally::cohort`), for loading into a store. Off
+    /// by default: a run that does not ask pays nothing.
+    pub export: bool,
 }
 
 fn parse_hhmm(s: &str) -> Result<i64, String> {
@@ -374,6 +377,7 @@ impl Setup {
             referral,
             capacity,
             warnings,
+            export: false,
         })
     }
 

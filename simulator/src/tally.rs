@@ -1,6 +1,8 @@
 //! The run's counts. Every count is a whole number kept per chunk of patients and summed at the
 //! end, so the totals do not depend on how patients were split between threads.
 
+use carepath_engine::store::replay::Cohort;
+
 use crate::setup::Setup;
 
 // ---- tallies -----------------------------------------------------------------------------------
@@ -73,6 +75,8 @@ pub struct Tally {
     pub flows: Vec<FlowTally>,
     /// (patient index, message), sorted at the end.
     pub errors: Vec<(u32, String)>,
+    /// What the cohort did, as store rows would record it; filled only when `Setup::export`.
+    pub cohort: Cohort,
 }
 
 impl Tally {
@@ -97,6 +101,7 @@ impl Tally {
             occupancy: vec![0; days * s.total_states],
             flows: vec![FlowTally::default(); s.n_flows()],
             errors: Vec::new(),
+            cohort: Cohort::default(),
         }
     }
 
@@ -158,5 +163,6 @@ impl Tally {
             a.arrived += b.arrived;
         }
         self.errors.extend(o.errors.iter().cloned());
+        self.cohort.extend(&o.cohort);
     }
 }

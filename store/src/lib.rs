@@ -16,6 +16,7 @@ pub mod indicators;
 pub mod outbox;
 pub mod patients;
 pub mod queries;
+pub mod replay;
 pub mod scales;
 mod sqlite_tx;
 pub mod stats;
