@@ -7,6 +7,7 @@
 
 pub mod catalog;
 mod check;
+pub mod condition;
 pub mod counter;
 pub mod diag;
 pub mod expr;
@@ -16,6 +17,8 @@ pub mod model;
 pub mod rhai_front;
 pub mod yaml;
 
+#[cfg(test)]
+mod condition_test;
 #[cfg(test)]
 mod fixtures_test;
 #[cfg(test)]
