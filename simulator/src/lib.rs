@@ -11,7 +11,6 @@
 //! byte-identical for the same seed and inputs, whatever the number of threads.
 
 pub mod cohort;
-pub mod expr;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -13,6 +13,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
+use carepath_dsl::condition::Condition as Cond;
+use carepath_dsl::expr;
 use carepath_dsl::{
     Action, AlarmScope, Channel, Direction, GoalMeasure, InstitutionKind, Phase, Trigger, VarType,
     VarValue, catalog,
@@ -27,7 +29,6 @@ use serde_json::Value;
 use crate::cohort::{
     self, CohortSpec, Comorbidity, Dist, Draw, ObsModel, Profile, ScaleModel, SplitMix, Unit,
 };
-use crate::expr::{self, Cond};
 use crate::scenario::Scenario;
 
 pub const DAY: i64 = 86_400;
@@ -344,7 +345,6 @@ fn analyse(
             None => NO_REF,
         }
     };
-    let slot = |name: &str| kind_index(name);
     let mut alarms = Vec::new();
     let mut goals_src: Vec<carepath_dsl::Goal> = p.goals.clone();
     for (_, a) in p.actions() {
@@ -353,7 +353,7 @@ fn analyse(
                 add_task_id(&t.id, &mut task_ids);
             }
             Action::Alarm(a) => {
-                let cond = match Cond::compile(&a.when.0, &slot) {
+                let cond = match Cond::alarm(&a.when.0) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         warnings.push(format!(
@@ -405,7 +405,7 @@ fn analyse(
                 at_least,
                 over,
             } => {
-                let cond = Cond::compile(&reading.0, &|n| (n == "value").then_some(0));
+                let cond = Cond::goal_reading(&reading.0);
                 if let Err(e) = &cond {
                     warnings.push(format!(
                         "{}: goal `{}`: reading rule `{}` is outside what the simulator evaluates ({e}); the goal is never met",
@@ -450,18 +450,7 @@ fn analyse(
         }
     }
     for a in &alarms {
-        for n in expr::names(
-            &p.actions()
-                .find_map(|(_, x)| match x {
-                    Action::Alarm(s) if s.id == a.id => Some(s.when.0.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default(),
-        ) {
-            if let Some(k) = kind_index(&n) {
-                needed.insert(k);
-            }
-        }
+        needed.extend(a.cond.iter().flat_map(|c| c.slots()));
     }
     for (k, o) in &sc.observations {
         if let Some(i) = kind_index(k) {

@@ -1351,7 +1351,7 @@ pub async fn ingest_readings(
     visible: &std::collections::HashSet<String>,
     now: Timestamp,
 ) -> Result<IngestSummary> {
-    use crate::observations::{GroupedReading, normalise, rule_holds};
+    use crate::observations::{ConditionCache, GroupedReading, normalise, rule_holds};
     let mut out = IngestSummary::default();
     let mut tx = pool.begin().await?;
     let mut patients: Vec<String> = Vec::new();
@@ -1403,7 +1403,7 @@ pub async fn ingest_readings(
             }
         }
     }
-    let engine = crate::sandbox::engine();
+    let mut conditions = ConditionCache::new(carepath_dsl::condition::ConditionKind::Alarm);
     for patient in &patients {
         // Guards that read observations react now, not at the next nightly pass.
         let enrolments = tx
@@ -1435,7 +1435,7 @@ pub async fn ingest_readings(
         for r in rows {
             let g = grouped.entry(r.text(0)).or_default();
             g.at = g.at.max(r.i64(3));
-            g.values.insert(r.text(1), r.f64(2));
+            g.set(&r.text(1), r.f64(2));
         }
         let readings: Vec<GroupedReading> = grouped.into_values().collect();
         for rule_row in rules {
@@ -1445,8 +1445,8 @@ pub async fn ingest_readings(
             else {
                 continue;
             };
-            let holds = match rule_holds(&engine, &spec, &readings, now) {
-                Ok(h) => h,
+            let holds = match conditions.get(&spec.when.0) {
+                Ok(when) => rule_holds(&spec, when, &readings, now),
                 Err(e) => {
                     tracing::warn!(enrolment, alarm = %spec.id, "alarm rule failed: {e}");
                     continue;
