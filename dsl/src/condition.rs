@@ -172,9 +172,9 @@ pub struct Condition {
 impl Condition {
     /// Compiles `src` reading `names`: a name's slot is its index in `names`.
     pub fn compile(src: &str, names: &[&str]) -> Result<Condition, ConditionError> {
-        let ast = ExprChecker::new()
-            .parse(src, names)
-            .map_err(|e| ConditionError::at(e.1, format!("the condition does not parse: {}", e.0)))?;
+        let ast = ExprChecker::new().parse(src, names).map_err(|e| {
+            ConditionError::at(e.1, format!("the condition does not parse: {}", e.0))
+        })?;
         lower(&ast, names)
     }
 
@@ -191,10 +191,9 @@ impl Condition {
     /// Whether the condition holds for these slot values (NaN, or a slot past the end, is missing).
     pub fn holds(&self, values: &[f64]) -> bool {
         match &self.dnf {
-            Some(terms) => terms.iter().any(|t| {
-                t.iter()
-                    .all(|(i, cmp, c)| cmp.test(slot(values, *i), *c))
-            }),
+            Some(terms) => terms
+                .iter()
+                .any(|t| t.iter().all(|(i, cmp, c)| cmp.test(slot(values, *i), *c))),
             None => test(&self.root, values),
         }
     }
@@ -292,7 +291,12 @@ fn num(n: &Num, v: &[f64]) -> f64 {
 pub(crate) fn lower(ast: &AST, names: &[&str]) -> Result<Condition, ConditionError> {
     let expr = match ast.statements() {
         [Stmt::Expr(e)] => e.as_ref(),
-        [] => return Err(ConditionError::at(Position::START, "the condition is empty")),
+        [] => {
+            return Err(ConditionError::at(
+                Position::START,
+                "the condition is empty",
+            ));
+        }
         [s, ..] => {
             return Err(ConditionError::at(
                 s.position(),
@@ -359,7 +363,9 @@ impl Lowering<'_> {
                     }
                 }
             }
-            RExpr::FnCall(f, _) if f.is_operator_call() => self.operator(f.name.as_str(), &f.args, e)?,
+            RExpr::FnCall(f, _) if f.is_operator_call() => {
+                self.operator(f.name.as_str(), &f.args, e)?
+            }
             RExpr::FnCall(f, pos) => self.call(f.name.as_str(), &f.args, *pos)?,
             RExpr::StringConstant(..) | RExpr::InterpolatedString(..) | RExpr::CharConstant(..) => {
                 return bad("text is not allowed in a reading condition");
@@ -491,7 +497,11 @@ fn dnf(t: &Test) -> Option<Vec<Vec<Literal>>> {
                 }
                 out = out
                     .iter()
-                    .flat_map(|a| terms.iter().map(move |b| a.iter().chain(b).copied().collect()))
+                    .flat_map(|a| {
+                        terms
+                            .iter()
+                            .map(move |b| a.iter().chain(b).copied().collect())
+                    })
                     .collect();
             }
             Some(out)
@@ -530,7 +540,10 @@ mod tests {
         assert!(!compile("value != 3").holds(&[0.0, 0.0, f64::NAN]));
         assert!(compile("is_nan(value) || value > 1").holds(&[]));
         assert!(compile("7 / 2 == 3.5").holds(&[]));
-        assert!(compile("bp_systolic - bp_diastolic * 2 > 0 || value == 1 && false").holds(&[201.0, 100.0]));
+        assert!(
+            compile("bp_systolic - bp_diastolic * 2 > 0 || value == 1 && false")
+                .holds(&[201.0, 100.0])
+        );
     }
 
     #[test]
@@ -542,7 +555,18 @@ mod tests {
             "value == 1 || value < 0.5",
         ];
         let samples = [
-            f64::NAN, 0.0, 1.0, 3.0, 4.4, 5.0, 7.0, 90.0, 95.0, 110.0, 140.0, 185.0,
+            f64::NAN,
+            0.0,
+            1.0,
+            3.0,
+            4.4,
+            5.0,
+            7.0,
+            90.0,
+            95.0,
+            110.0,
+            140.0,
+            185.0,
         ];
         for src in srcs {
             let c = compile(src);
@@ -573,12 +597,20 @@ mod tests {
         assert_eq!(e.col, 14);
         assert_eq!(err("value < \"140\"").col, 9);
         assert!(err("value.abs() < 1").message.contains("method"));
-        assert!(err("(value > 1) + 1 > 0").message.contains("condition where a number"));
+        assert!(
+            err("(value > 1) + 1 > 0")
+                .message
+                .contains("condition where a number")
+        );
         assert!(err("value & 1").message.contains("`&`"));
         assert!(err("heart_rate > 1").message.contains("heart_rate"));
         assert!(err("(value > 1").message.contains("does not parse"));
         assert!(err("").message.contains("does not parse") || err("").message.contains("empty"));
-        assert!(err("min(\"bp_systolic\", \"7d\") < 1").message.contains("history"));
+        assert!(
+            err("min(\"bp_systolic\", \"7d\") < 1")
+                .message
+                .contains("history")
+        );
         assert!(err("abs(1, 2) < 1").message.contains("takes 1 argument"));
     }
 }

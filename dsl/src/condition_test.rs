@@ -325,8 +325,14 @@ fn pathway_with(kind: ConditionKind, condition: &str) -> crate::Compiled {
 fn the_reference_follows_the_documented_missing_value_rules() {
     let engine = reference();
     let nan = [f64::NAN, 1.0, 1.0];
-    assert_eq!(reference_holds(&engine, "bp_systolic != 1", &nan), Ok(false));
-    assert_eq!(reference_holds(&engine, "1.0 != bp_systolic", &nan), Ok(false));
+    assert_eq!(
+        reference_holds(&engine, "bp_systolic != 1", &nan),
+        Ok(false)
+    );
+    assert_eq!(
+        reference_holds(&engine, "1.0 != bp_systolic", &nan),
+        Ok(false)
+    );
     assert_eq!(
         reference_holds(&engine, "is_nan(max(bp_systolic, 1.0))", &nan),
         Ok(true)
@@ -335,8 +341,14 @@ fn the_reference_follows_the_documented_missing_value_rules() {
         reference_holds(&engine, "is_nan(min(2, bp_systolic))", &nan),
         Ok(true)
     );
-    assert_eq!(reference_holds(&engine, "bp_diastolic != 2", &nan), Ok(true));
-    assert_eq!(reference_holds(&engine, "bp_systolic >= 0.0", &nan), Ok(false));
+    assert_eq!(
+        reference_holds(&engine, "bp_diastolic != 2", &nan),
+        Ok(true)
+    );
+    assert_eq!(
+        reference_holds(&engine, "bp_systolic >= 0.0", &nan),
+        Ok(false)
+    );
     assert_eq!(reference_holds(&engine, "0.1 + 0.2 > 0.3", &nan), Ok(true));
 }
 
@@ -345,7 +357,10 @@ fn a_condition_the_evaluator_cannot_run_is_a_validation_error() {
     for (kind, text) in [
         (ConditionKind::Alarm, "latest(\"bp_systolic\") >= 140"),
         (ConditionKind::Alarm, "bp_systolic"),
-        (ConditionKind::Alarm, "bp_systolic >= 140 & bp_diastolic >= 90"),
+        (
+            ConditionKind::Alarm,
+            "bp_systolic >= 140 & bp_diastolic >= 90",
+        ),
         (ConditionKind::GoalReading, "value.abs() < 140"),
         (ConditionKind::GoalReading, "to_float(value) < 140"),
         (ConditionKind::GoalReading, "value < \"140\""),
@@ -353,7 +368,12 @@ fn a_condition_the_evaluator_cannot_run_is_a_validation_error() {
         assert!(Condition::compile(text, &kind.names()).is_err(), "{text}");
         let compiled = pathway_with(kind, text);
         let codes: Vec<Code> = compiled.diagnostics.iter().map(|d| d.code).collect();
-        assert_eq!(codes, vec![Code::UnsupportedCondition], "{text}: {:?}", compiled.diagnostics);
+        assert_eq!(
+            codes,
+            vec![Code::UnsupportedCondition],
+            "{text}: {:?}",
+            compiled.diagnostics
+        );
         let d = &compiled.diagnostics[0];
         assert!(d.hint.contains("abs, min, max"), "{}", d.hint);
         assert_eq!(d.pos.line, 12, "{d}");

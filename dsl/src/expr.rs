@@ -29,7 +29,10 @@ pub struct Site {
 
 impl Site {
     fn locate(&self, p: Position) -> Pos {
-        self.place(p.line().unwrap_or(1) as u32, p.position().unwrap_or(1) as u32)
+        self.place(
+            p.line().unwrap_or(1) as u32,
+            p.position().unwrap_or(1) as u32,
+        )
     }
 
     /// The place in the file of a 1-based line and column inside the expression.
@@ -486,7 +489,10 @@ mod tests {
             outcome_values(g),
             vec![("quarterly_visit".to_string(), "uncontrolled".to_string())]
         );
-        assert_eq!(calls(r#"item("epds", 10) > 0"#, "item"), vec![vec!["epds", "10"]]);
+        assert_eq!(
+            calls(r#"item("epds", 10) > 0"#, "item"),
+            vec![vec!["epds", "10"]]
+        );
         assert!(calls("count(", "count").is_empty());
     }
 

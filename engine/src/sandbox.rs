@@ -78,12 +78,12 @@ pub struct CompiledGoal {
 impl CompiledGoal {
     pub fn compile(spec: Goal) -> Result<CompiledGoal, EvalError> {
         let reading = match &spec.measure {
-            carepath_dsl::GoalMeasure::ShareOfReadings { reading, .. } => Some(
-                Condition::goal_reading(&reading.0).map_err(|e| EvalError {
+            carepath_dsl::GoalMeasure::ShareOfReadings { reading, .. } => {
+                Some(Condition::goal_reading(&reading.0).map_err(|e| EvalError {
                     expr: reading.0.clone(),
                     message: e.to_string(),
-                })?,
-            ),
+                })?)
+            }
             carepath_dsl::GoalMeasure::DaysLogged { .. } => None,
         };
         Ok(CompiledGoal { spec, reading })
