@@ -13,24 +13,12 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use rhai::packages::{ArithmeticPackage, BasicMathPackage, LogicPackage, Package};
 use rhai::{Dynamic, Engine, Scope};
 
 use crate::condition::{Condition, ConditionKind};
+use crate::props_test::config;
 use crate::{Code, FsLoader, compile_yaml};
-
-fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// The names the generated conditions read (alarm slots 0, 1 and 4).
 const NAMES: [&str; 3] = ["bp_systolic", "bp_diastolic", "heart_rate"];
