@@ -3,13 +3,15 @@
 //! A reading is refused when it is implausible (a systolic of 900 is a device fault, not a
 //! crisis), deduplicated by the device's reading id, and may arrive out of order: windows are
 //! computed from reading times, not arrival times. Alarm rules fire when their condition turns from
-//! false to true (one episode, one urgent task) and re-arm when it turns false again.
+//! false to true (one episode, one urgent task) and re-arm when it turns false again. Their
+//! conditions are compiled by `carepath_dsl::condition`, the evaluator the validator checks them
+//! against and the simulator runs, once per distinct text (`ConditionCache`), not per reading.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use carepath_dsl::AlarmSpec;
+use carepath_dsl::condition::{Condition, ConditionError, ConditionKind};
 use jiff::Timestamp;
-use rhai::{Dynamic, Engine, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Plausible range and unit of each observation kind.
@@ -93,49 +95,68 @@ fn canonical_unit(kind: &str) -> Option<&'static str> {
         .map(|(_, u)| *u)
 }
 
-/// A past reading: the values of every kind recorded under one reading id.
+/// A past reading: the values of every kind recorded under one reading id, in the slots of an
+/// alarm condition (`catalog::OBSERVATIONS` order; a kind not recorded is NaN).
 #[derive(Debug, Clone, Default)]
 pub struct GroupedReading {
     pub at: i64,
-    pub values: BTreeMap<String, f64>,
+    pub values: Vec<f64>,
 }
 
-/// Whether `rule` holds at `now` over the given readings (already restricted to the patient).
+impl GroupedReading {
+    /// Records `kind`'s value; a kind outside the catalogue is ignored.
+    pub fn set(&mut self, kind: &str, value: f64) {
+        let Some(i) = carepath_dsl::catalog::OBSERVATIONS
+            .iter()
+            .position(|(k, _)| *k == kind)
+        else {
+            return;
+        };
+        if self.values.len() <= i {
+            self.values.resize(i + 1, f64::NAN);
+        }
+        self.values[i] = value;
+    }
+}
+
+/// Whether `rule`, whose compiled `when` is given, holds at `now` over the given readings (already
+/// restricted to the patient): at least `count` readings in the window `(now - within, now]` match.
 pub fn rule_holds(
-    engine: &Engine,
     rule: &AlarmSpec,
+    when: &Condition,
     readings: &[GroupedReading],
     now: Timestamp,
-) -> Result<bool, String> {
-    let ast = engine
-        .compile_expression_with_scope(&reading_scope(&BTreeMap::new()), &rule.when.0)
-        .map_err(|e| format!("alarm `{}`: {e}", rule.id))?;
+) -> bool {
     let from = now.as_second() - rule.within.nominal_seconds();
-    let mut matches = 0u32;
-    for r in readings
+    let matches = readings
         .iter()
-        .filter(|r| r.at > from && r.at <= now.as_second())
-    {
-        let mut scope = reading_scope(&r.values);
-        let hit = engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
-            .map_err(|e| format!("alarm `{}`: {e}", rule.id))?;
-        if hit.as_bool().unwrap_or(false) {
-            matches += 1;
-        }
-    }
-    Ok(matches >= rule.count)
+        .filter(|r| r.at > from && r.at <= now.as_second() && when.holds(&r.values))
+        .count();
+    matches >= rule.count as usize
 }
 
-fn reading_scope(values: &BTreeMap<String, f64>) -> Scope<'static> {
-    let mut scope = Scope::new();
-    for (kind, _) in carepath_dsl::catalog::OBSERVATIONS {
-        scope.push(
-            kind.to_string(),
-            values.get(*kind).copied().unwrap_or(f64::NAN),
-        );
+/// Reading conditions of one kind compiled once per distinct text, for a batch of evaluations.
+pub struct ConditionCache {
+    kind: ConditionKind,
+    by_text: HashMap<String, Result<Condition, ConditionError>>,
+}
+
+impl ConditionCache {
+    pub fn new(kind: ConditionKind) -> ConditionCache {
+        ConditionCache {
+            kind,
+            by_text: HashMap::new(),
+        }
     }
-    scope
+
+    /// The compiled form of `text`, or why it is not a reading condition.
+    pub fn get(&mut self, text: &str) -> Result<&Condition, &ConditionError> {
+        let kind = self.kind;
+        self.by_text
+            .entry(text.to_string())
+            .or_insert_with(|| Condition::compile(text, &kind.names()))
+            .as_ref()
+    }
 }
 
 #[cfg(test)]
@@ -161,7 +182,6 @@ mod tests {
 
     #[test]
     fn window_rules_count_matching_readings() {
-        let engine = crate::sandbox::engine();
         let rule: AlarmSpec = serde_json::from_value(serde_json::json!({
             "id": "bp_high", "when": "bp_systolic >= 140 || bp_diastolic >= 90", "count": 3,
             "within": {"amount": 7, "unit": "days"}, "scope": "enrolment",
@@ -169,27 +189,34 @@ mod tests {
         }))
         .unwrap();
         let now: Timestamp = "2026-05-10T00:00:00Z".parse().unwrap();
-        let reading = |days_ago: i64, sys: f64, dia: f64| GroupedReading {
-            at: now.as_second() - days_ago * 86_400,
-            values: BTreeMap::from([("bp_systolic".into(), sys), ("bp_diastolic".into(), dia)]),
+        let reading = |days_ago: i64, sys: f64, dia: f64| {
+            let mut r = GroupedReading {
+                at: now.as_second() - days_ago * 86_400,
+                values: Vec::new(),
+            };
+            r.set("bp_systolic", sys);
+            r.set("bp_diastolic", dia);
+            r
         };
+        let mut cache = ConditionCache::new(ConditionKind::Alarm);
+        let when = cache.get(&rule.when.0).unwrap().clone();
         let two = vec![
             reading(1, 150.0, 80.0),
             reading(2, 130.0, 95.0),
             reading(3, 120.0, 80.0),
         ];
-        assert!(!rule_holds(&engine, &rule, &two, now).unwrap());
+        assert!(!rule_holds(&rule, &when, &two, now));
         let three = vec![
             reading(1, 150.0, 80.0),
             reading(2, 130.0, 95.0),
             reading(6, 141.0, 70.0),
         ];
-        assert!(rule_holds(&engine, &rule, &three, now).unwrap());
+        assert!(rule_holds(&rule, &when, &three, now));
         let old = vec![
             reading(1, 150.0, 80.0),
             reading(2, 130.0, 95.0),
             reading(8, 141.0, 70.0),
         ];
-        assert!(!rule_holds(&engine, &rule, &old, now).unwrap());
+        assert!(!rule_holds(&rule, &when, &old, now));
     }
 }

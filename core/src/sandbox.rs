@@ -10,7 +10,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use carepath_dsl::{Duration, Expr, Pathway, RiskModel, VarType, VarValue};
+use carepath_dsl::condition::Condition;
+use carepath_dsl::{Duration, Expr, Goal, Pathway, RiskModel, VarType, VarValue};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use rhai::packages::{ArithmeticPackage, BasicMathPackage, LogicPackage, Package};
@@ -22,19 +23,13 @@ use crate::facts::PatientFacts;
 pub struct EvalContext {
     pub facts: PatientFacts,
     /// The pathway's care-plan goals, which `goal_met` evaluates from the facts.
-    pub goals: Vec<carepath_dsl::Goal>,
+    pub goals: Arc<[CompiledGoal]>,
     pub now: Timestamp,
     pub entered_at: Timestamp,
     pub tz: TimeZone,
 }
 
 thread_local! {
-    /// The engine that evaluates goals' per-reading expressions, with their compiled forms.
-    static READING_ENGINE: (Engine, RefCell<HashMap<String, AST>>) = {
-        let mut engine = Engine::new_raw();
-        engine.set_max_operations(10_000);
-        (engine, RefCell::new(HashMap::new()))
-    };
     static CONTEXT: RefCell<Option<EvalContext>> = const { RefCell::new(None) };
     static CALLS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -73,9 +68,31 @@ fn aggregate(kind: &str, w: &str, f: impl Fn(&[f64]) -> f64) -> f64 {
     )
 }
 
+/// A care-plan goal with its reading condition compiled (share-of-readings goals only).
+#[derive(Debug, Clone)]
+pub struct CompiledGoal {
+    pub spec: Goal,
+    pub reading: Option<Condition>,
+}
+
+impl CompiledGoal {
+    pub fn compile(spec: Goal) -> Result<CompiledGoal, EvalError> {
+        let reading = match &spec.measure {
+            carepath_dsl::GoalMeasure::ShareOfReadings { reading, .. } => {
+                Some(Condition::goal_reading(&reading.0).map_err(|e| EvalError {
+                    expr: reading.0.clone(),
+                    message: e.to_string(),
+                })?)
+            }
+            carepath_dsl::GoalMeasure::DaysLogged { .. } => None,
+        };
+        Ok(CompiledGoal { spec, reading })
+    }
+}
+
 /// Whether a care-plan goal is met now, from the observations in its window.
-pub fn goal_holds(goal: &carepath_dsl::Goal, c: &EvalContext) -> bool {
-    measure_goal(goal, &c.facts, c.now, &c.tz).met
+pub fn goal_holds(goal: &CompiledGoal, c: &EvalContext) -> bool {
+    measure_goal(&goal.spec, goal.reading.as_ref(), &c.facts, c.now, &c.tz).met
 }
 
 /// One evaluation of a care-plan goal: whether it is met, the measured value (the share of
@@ -87,10 +104,12 @@ pub struct GoalReading {
     pub readings: usize,
 }
 
-/// Evaluates a care-plan goal at `now` from the observations in its window. No readings in the
-/// window means the goal is not met and has no value.
+/// Evaluates a care-plan goal at `now` from the observations in its window; `reading` is the
+/// goal's reading condition compiled (`Condition::goal_reading`). No readings in the window, or a
+/// share-of-readings goal without its compiled condition, means the goal is not met and has no value.
 pub fn measure_goal(
-    goal: &carepath_dsl::Goal,
+    goal: &Goal,
+    reading: Option<&Condition>,
     facts: &PatientFacts,
     now: Timestamp,
     tz: &TimeZone,
@@ -101,11 +120,7 @@ pub fn measure_goal(
             .unwrap_or(Timestamp::UNIX_EPOCH)
     };
     match &goal.measure {
-        GoalMeasure::ShareOfReadings {
-            reading,
-            at_least,
-            over,
-        } => {
+        GoalMeasure::ShareOfReadings { at_least, over, .. } => {
             let values: Vec<f64> = facts
                 .observations_in(&goal.observation, from_of(over), now)
                 .collect();
@@ -114,36 +129,10 @@ pub fn measure_goal(
                 value: None,
                 readings: values.len(),
             };
-            if values.is_empty() {
-                return none;
-            }
-            let Some(hits) = READING_ENGINE.with(|(engine, cache)| {
-                let mut cache = cache.borrow_mut();
-                if !cache.contains_key(&reading.0) {
-                    let ast = engine
-                        .compile_expression_with_scope(&Scope::new(), &reading.0)
-                        .ok()?;
-                    if cache.len() >= 256 {
-                        cache.clear();
-                    }
-                    cache.insert(reading.0.clone(), ast);
-                }
-                let ast = cache.get(&reading.0)?;
-                Some(
-                    values
-                        .iter()
-                        .filter(|v| {
-                            let mut scope = Scope::new();
-                            scope.push("value", **v);
-                            engine
-                                .eval_ast_with_scope::<bool>(&mut scope, ast)
-                                .unwrap_or(false)
-                        })
-                        .count(),
-                )
-            }) else {
+            let Some(reading) = reading.filter(|_| !values.is_empty()) else {
                 return none;
             };
+            let hits = values.iter().filter(|v| reading.holds(&[**v])).count();
             let share = hits as f64 / values.len() as f64;
             GoalReading {
                 met: share >= *at_least,
@@ -371,7 +360,7 @@ fn register_facts(e: &mut Engine) {
                 c.facts.goals_met.iter().any(|g| g == goal)
                     || c.goals
                         .iter()
-                        .find(|g| g.id == goal)
+                        .find(|g| g.spec.id == goal)
                         .is_some_and(|g| goal_holds(g, c))
             },
             false,
@@ -419,6 +408,8 @@ pub struct CompiledExprs {
     engine: Arc<Engine>,
     asts: HashMap<String, AST>,
     vars: Vec<(String, VarType)>,
+    /// Every care-plan goal of the pathway (top-level ones and those set by actions).
+    goals: Arc<[CompiledGoal]>,
 }
 
 impl CompiledExprs {
@@ -444,7 +435,26 @@ impl CompiledExprs {
                 })?;
             asts.insert(expr.0.clone(), ast);
         }
-        Ok(CompiledExprs { engine, asts, vars })
+        let goals = p
+            .goals
+            .iter()
+            .chain(p.actions().filter_map(|(_, a)| match a {
+                carepath_dsl::Action::Goal(g) => Some(g),
+                _ => None,
+            }))
+            .map(|g| CompiledGoal::compile(g.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(CompiledExprs {
+            engine,
+            asts,
+            vars,
+            goals,
+        })
+    }
+
+    /// The pathway's care-plan goals, compiled.
+    pub fn goals(&self) -> Arc<[CompiledGoal]> {
+        self.goals.clone()
     }
 
     fn scope(&self, vars: &BTreeMap<String, VarValue>) -> Scope<'static> {
@@ -578,7 +588,7 @@ pub fn with_context<T>(ctx: EvalContext, f: impl FnOnce() -> T) -> T {
 
 /// Every expression in a pathway, for compiling once.
 pub fn expressions(p: &Pathway) -> Vec<&Expr> {
-    use carepath_dsl::{Action, GoalMeasure};
+    use carepath_dsl::Action;
     let mut out = Vec::new();
     for s in &p.states {
         for t in &s.transitions {
@@ -592,11 +602,7 @@ pub fn expressions(p: &Pathway) -> Vec<&Expr> {
                     RiskModel::Logistic { terms, .. } => out.extend(terms.iter().map(|t| &t.expr)),
                     RiskModel::Lace => {}
                 },
-                Action::Goal(g) => {
-                    if let GoalMeasure::ShareOfReadings { reading, .. } = &g.measure {
-                        let _ = reading; // evaluated per reading by the goal evaluator, not here
-                    }
-                }
+                // A goal's reading condition is a reading condition, compiled with the goals.
                 _ => {}
             }
         }
@@ -632,7 +638,7 @@ mod tests {
         });
         EvalContext {
             facts,
-            goals: Vec::new(),
+            goals: Arc::from([]),
             now,
             entered_at: "2026-01-01T00:00:00Z".parse().unwrap(),
             tz: TimeZone::UTC,

@@ -532,16 +532,6 @@ impl Run<'_> {
     }
 }
 
-/// Every care-plan goal of the pathway: top-level ones and those set by actions.
-fn goals_of(p: &Pathway) -> Vec<Goal> {
-    let mut goals = p.goals.clone();
-    goals.extend(p.actions().filter_map(|(_, a)| match a {
-        Action::Goal(g) => Some(g.clone()),
-        _ => None,
-    }));
-    goals
-}
-
 fn zone_of(e: &Enrolment) -> TimeZone {
     time::zone(&e.tz)
 }
@@ -558,7 +548,7 @@ pub fn step(
     let tz = zone_of(enrolment);
     let ctx = EvalContext {
         facts: facts.clone(),
-        goals: goals_of(&prog.pathway),
+        goals: prog.exprs.goals(),
         now,
         entered_at: enrolment.entered_at,
         tz: tz.clone(),
@@ -635,7 +625,7 @@ pub fn enrol(
     let tzz = zone_of(&e);
     let ctx = EvalContext {
         facts: facts.clone(),
-        goals: goals_of(p),
+        goals: prog.exprs.goals(),
         now,
         entered_at: now,
         tz: tzz.clone(),

@@ -5,9 +5,13 @@
 //! observation kind or window they name. Errors are placed inside the pathway file by offsetting
 //! Rhai's position within the expression by the expression's own position in the file.
 
-use rhai::{ASTNode, Engine, Expr as RExpr, OptimizationLevel, ParseErrorType, Position, Scope};
+use rhai::{
+    AST, ASTNode, Engine, Expr as RExpr, OptimizationLevel, ParseError, ParseErrorType, Position,
+    Scope,
+};
 
 use crate::catalog::{self, ArgKind};
+use crate::condition::{self, ConditionKind};
 use crate::diag::{Code, Diagnostic, Pos, suggest};
 use crate::model::Duration;
 
@@ -25,11 +29,18 @@ pub struct Site {
 
 impl Site {
     fn locate(&self, p: Position) -> Pos {
+        self.place(
+            p.line().unwrap_or(1) as u32,
+            p.position().unwrap_or(1) as u32,
+        )
+    }
+
+    /// The place in the file of a 1-based line and column inside the expression.
+    fn place(&self, line: u32, col: u32) -> Pos {
         if !self.exact {
             return self.pos;
         }
-        let line = p.line().unwrap_or(1) as u32;
-        let col = p.position().unwrap_or(1) as u32;
+        let col = col.max(1);
         if line <= 1 {
             Pos {
                 line: self.pos.line,
@@ -53,6 +64,18 @@ pub enum Purpose {
     Reading,
     /// A goal's per-reading condition: `value` is the variable.
     GoalReading,
+}
+
+impl Purpose {
+    /// The reading condition this expression is, if it is one: it must then be in the language
+    /// `condition` compiles.
+    fn condition(self) -> Option<ConditionKind> {
+        match self {
+            Purpose::Reading => Some(ConditionKind::Alarm),
+            Purpose::GoalReading => Some(ConditionKind::GoalReading),
+            Purpose::Guard | Purpose::Value => None,
+        }
+    }
 }
 
 /// The result of checking one expression.
@@ -97,6 +120,64 @@ pub(crate) fn outcome_literal(name: &str, args: &[RExpr]) -> Option<(String, Str
     Some((task, value, pos))
 }
 
+/// An expression's syntax tree, for reading what it calls; `None` when it does not parse. Names
+/// are not checked here (the validator does that), so any variable is accepted.
+fn syntax_tree(src: &str) -> Option<AST> {
+    let mut engine = Engine::new_raw();
+    engine.set_optimization_level(OptimizationLevel::None);
+    engine.set_max_expr_depths(32, 16);
+    engine.set_max_string_size(4_096);
+    engine.compile_expression(src).ok()
+}
+
+/// The literal arguments of every call to the function `func` in an expression, in order:
+/// `calls("mean(\"bp_systolic\", \"7d\") > 140", "mean")` is `[["bp_systolic", "7d"]]`. Text is
+/// given as written, numbers as digits, and any other argument as `""`.
+pub fn calls(src: &str, func: &str) -> Vec<Vec<String>> {
+    let Some(ast) = syntax_tree(src) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        if let Some(ASTNode::Expr(RExpr::FnCall(f, _))) = path.last()
+            && !f.is_operator_call()
+            && f.name.as_str() == func
+        {
+            out.push(
+                f.args
+                    .iter()
+                    .map(|a| match a {
+                        RExpr::StringConstant(s, _) => s.to_string(),
+                        RExpr::IntegerConstant(i, _) => i.to_string(),
+                        RExpr::FloatConstant(x, _) => x.to_string(),
+                        _ => String::new(),
+                    })
+                    .collect(),
+            );
+        }
+        true
+    });
+    out
+}
+
+/// Every `outcome("task") == "value"` (or `!=`, either order) in an expression: `(task, value)`.
+pub fn outcome_values(src: &str) -> Vec<(String, String)> {
+    let Some(ast) = syntax_tree(src) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        if let Some(ASTNode::Expr(RExpr::FnCall(f, _))) = path.last()
+            && f.is_operator_call()
+            && let Some((task, value, _)) = outcome_literal(f.name.as_str(), &f.args)
+        {
+            out.push((task, value));
+        }
+        true
+    });
+    out
+}
+
 pub struct ExprChecker {
     engine: Engine,
 }
@@ -117,6 +198,16 @@ impl ExprChecker {
         ExprChecker { engine }
     }
 
+    /// Parses `src` as one expression that may read `names`: how every expression of a pathway,
+    /// reading conditions included, is parsed.
+    pub fn parse(&self, src: &str, names: &[&str]) -> Result<AST, ParseError> {
+        let mut scope = Scope::new();
+        for name in names {
+            scope.push_dynamic(*name, rhai::Dynamic::UNIT);
+        }
+        self.engine.compile_expression_with_scope(&scope, src)
+    }
+
     /// Checks `src`; problems are appended to `diags`. Returns what the expression reads.
     pub fn check(
         &self,
@@ -126,18 +217,10 @@ impl ExprChecker {
         site: &Site,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<Checked> {
-        let mut scope = Scope::new();
-        let names: Vec<String> = match purpose {
-            Purpose::Reading => catalog::observation_names()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            Purpose::GoalReading => vec!["value".to_string()],
-            Purpose::Guard | Purpose::Value => variables.to_vec(),
+        let names: Vec<&str> = match purpose.condition() {
+            Some(kind) => kind.names(),
+            None => variables.iter().map(String::as_str).collect(),
         };
-        for name in &names {
-            scope.push_dynamic(name.clone(), rhai::Dynamic::UNIT);
-        }
         if src.trim().is_empty() {
             diags.push(Diagnostic::error(
                 Code::ExprSyntax,
@@ -148,18 +231,18 @@ impl ExprChecker {
             ));
             return None;
         }
-        let ast = match self.engine.compile_expression_with_scope(&scope, src) {
+        let ast = match self.parse(src, &names) {
             Ok(ast) => ast,
             Err(err) => {
                 let pos = site.locate(err.1);
                 let (code, hint) = match err.0.as_ref() {
                     ParseErrorType::VariableUndefined(name) => {
-                        let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let known = &names;
                         let hint = match purpose {
-                            Purpose::Reading => format!("in an alarm condition the variables are observation kinds; {}", suggest(name, &known)),
+                            Purpose::Reading => format!("in an alarm condition the variables are observation kinds; {}", suggest(name, known)),
                             Purpose::GoalReading => "in a goal's reading condition the reading is `value`".to_string(),
                             _ if known.is_empty() => "declare it under `variables:`, or call a guard function such as `latest(\"bp_systolic\")`".to_string(),
-                            _ => format!("declare it under `variables:`; {}", suggest(name, &known)),
+                            _ => format!("declare it under `variables:`; {}", suggest(name, known)),
                         };
                         (Code::UnknownVariable, hint)
                     }
@@ -175,6 +258,26 @@ impl ExprChecker {
                 return None;
             }
         };
+
+        if let Some(kind) = purpose.condition() {
+            return match condition::lower(&ast, &names) {
+                Ok(c) => Some(Checked {
+                    variables: c.slots().iter().map(|i| names[*i].to_string()).collect(),
+                    constant: c.slots().is_empty(),
+                    outcome_literals: Vec::new(),
+                }),
+                Err(e) => {
+                    diags.push(Diagnostic::error(
+                        Code::UnsupportedCondition,
+                        &site.file,
+                        site.place(e.line, e.col),
+                        format!("{}: {}", kind.describe(), e.message),
+                        condition::ALLOWED,
+                    ));
+                    None
+                }
+            };
+        }
 
         let mut checked = Checked::default();
         let mut calls = 0usize;
@@ -373,6 +476,24 @@ mod tests {
                 ("visit".to_string(), "stable".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn calls_and_outcomes_are_read_from_the_syntax_tree() {
+        let g = r#"outcome("quarterly_visit") == "uncontrolled" || (count("bp_systolic", "28d") > 0 && !goal_met("bp_controlled"))"#;
+        assert_eq!(calls(g, "count"), vec![vec!["bp_systolic", "28d"]]);
+        assert_eq!(calls(g, "goal_met"), vec![vec!["bp_controlled"]]);
+        assert!(calls("discount(1) > 0", "count").is_empty());
+        assert!(calls(r#"x == "count(\"bp_systolic\", \"1d\")""#, "count").is_empty());
+        assert_eq!(
+            outcome_values(g),
+            vec![("quarterly_visit".to_string(), "uncontrolled".to_string())]
+        );
+        assert_eq!(
+            calls(r#"item("epds", 10) > 0"#, "item"),
+            vec![vec!["epds", "10"]]
+        );
+        assert!(calls("count(", "count").is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod catalog;
 mod check;
+pub mod condition;
 pub mod counter;
 pub mod diag;
 pub mod expr;
@@ -20,6 +21,8 @@ pub mod reads;
 pub mod rhai_front;
 pub mod yaml;
 
+#[cfg(test)]
+mod condition_test;
 #[cfg(test)]
 mod fixtures_test;
 #[cfg(test)]

@@ -10,7 +10,7 @@ use proptest::test_runner::Config;
 
 use crate::{Compiled, FsLoader, compile_rhai, compile_yaml};
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -12,7 +12,6 @@
 
 pub mod cohort;
 pub mod expect;
-pub mod expr;
 pub mod model;
 mod patient;
 pub mod report;

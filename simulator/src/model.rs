@@ -14,7 +14,7 @@ use carepath_engine::step::Program;
 use serde_json::Value;
 
 use crate::cohort::{Dist, Unit};
-use crate::expr::Cond;
+use carepath_dsl::condition::Condition as Cond;
 use crate::scenario::Scenario;
 
 const YEAR: f64 = 365.25 * 86_400.0;
@@ -404,7 +404,6 @@ fn tasks_and_alarms(
     warnings: &mut Vec<String>,
 ) -> (Vec<String>, Vec<AlarmModel>) {
     let role_ix = |r: &str| roles.iter().position(|x| x == r).unwrap_or(0) as u16;
-    let slot = |name: &str| kind_index(name);
     let mut task_ids: Vec<String> = Vec::new();
     let mut alarms = Vec::new();
     for (_, a) in p.actions() {
@@ -413,7 +412,7 @@ fn tasks_and_alarms(
                 task_ref(&t.id, &mut task_ids);
             }
             Action::Alarm(a) => {
-                let cond = match Cond::compile(&a.when.0, &slot) {
+                let cond = match Cond::alarm(&a.when.0) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         warnings.push(format!(
@@ -508,7 +507,7 @@ fn goals(p: &Pathway, warnings: &mut Vec<String>) -> (Vec<GoalModel>, Vec<Option
                 at_least,
                 over,
             } => {
-                let cond = Cond::compile(&reading.0, &|n| (n == "value").then_some(0));
+                let cond = Cond::goal_reading(&reading.0);
                 if let Err(e) = &cond {
                     warnings.push(format!(
                         "{}: goal `{}`: reading rule `{}` is outside what the simulator evaluates ({e}); the goal is never met",

@@ -17,6 +17,7 @@ use super::writer::MAX_PARAMS;
 use super::{Pool, Result, ts, values_list_from};
 use crate::args;
 use crate::facts::{Observation, PatientFacts};
+use crate::observations::ConditionCache;
 use crate::sandbox::measure_goal;
 
 /// How often a goal is evaluated when no reading arrives for its patient.
@@ -170,6 +171,7 @@ async fn evaluate_rows(tx: &mut Tx, rows: &[Row], now: Timestamp) -> Result<Goal
         }
     }
     let empty = PatientFacts::default();
+    let mut conditions = ConditionCache::new(carepath_dsl::condition::ConditionKind::GoalReading);
     let (mut ended, mut updates, mut changes) = (Vec::new(), Vec::new(), Vec::new());
     for g in &goals {
         let (Some(goal), true) = (&g.spec, g.active) else {
@@ -178,7 +180,15 @@ async fn evaluate_rows(tx: &mut Tx, rows: &[Row], now: Timestamp) -> Result<Goal
             continue;
         };
         let tz = TimeZone::get(&g.tz).unwrap_or(TimeZone::UTC);
-        let reading = measure_goal(goal, facts.get(&g.patient).unwrap_or(&empty), now, &tz);
+        // A reading condition this evaluator cannot run (stored before it was validated) is never met.
+        let condition = match &goal.measure {
+            carepath_dsl::GoalMeasure::ShareOfReadings { reading, .. } => {
+                conditions.get(&reading.0).ok()
+            }
+            carepath_dsl::GoalMeasure::DaysLogged { .. } => None,
+        };
+        let patient_facts = facts.get(&g.patient).unwrap_or(&empty);
+        let reading = measure_goal(goal, condition, patient_facts, now, &tz);
         let met = i64::from(reading.met);
         updates.extend(args![g.id, met, reading.value]);
         sweep.evaluated += 1;

@@ -1444,7 +1444,7 @@ pub async fn ingest_readings_tx(
     visible: &std::collections::HashSet<String>,
     now: Timestamp,
 ) -> Result<IngestSummary> {
-    use crate::observations::{GroupedReading, normalise, rule_holds};
+    use crate::observations::{ConditionCache, GroupedReading, normalise, rule_holds};
     let mut out = IngestSummary::default();
     let mut patients: Vec<String> = Vec::new();
     for (i, r) in readings.iter().enumerate() {
@@ -1495,7 +1495,7 @@ pub async fn ingest_readings_tx(
             }
         }
     }
-    let engine = crate::sandbox::engine();
+    let mut conditions = ConditionCache::new(carepath_dsl::condition::ConditionKind::Alarm);
     for patient in &patients {
         // Guards that read observations react now, not at the next nightly pass.
         let enrolments = tx
@@ -1527,7 +1527,7 @@ pub async fn ingest_readings_tx(
         for r in rows {
             let g = grouped.entry(r.text(0)).or_default();
             g.at = g.at.max(r.i64(3));
-            g.values.insert(r.text(1), r.f64(2));
+            g.set(&r.text(1), r.f64(2));
         }
         let readings: Vec<GroupedReading> = grouped.into_values().collect();
         for rule_row in rules {
@@ -1537,8 +1537,8 @@ pub async fn ingest_readings_tx(
             else {
                 continue;
             };
-            let holds = match rule_holds(&engine, &spec, &readings, now) {
-                Ok(h) => h,
+            let holds = match conditions.get(&spec.when.0) {
+                Ok(when) => rule_holds(&spec, when, &readings, now),
                 Err(e) => {
                     tracing::warn!(enrolment, alarm = %spec.id, "alarm rule failed: {e}");
                     continue;
