@@ -349,11 +349,15 @@ fn play(prog: &Program, case: &Case, report: &mut Report) -> (Vec<String>, Vec<I
 
     for (t, i, is_expect) in points {
         // Timers due by now fire before what happens now, as the scheduler would have run them.
-        match step::step(prog, &enrolment, &facts, &pending, t) {
-            Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
-            Err(e) => {
-                fails.push(format!("step failed: {e}"));
-                return (fails, items);
+        // An enrolment that has ended is never stepped again (the scheduler skips it), so its
+        // terminal state's closing work stays as it was made.
+        if enrolment.status == step::Status::Active {
+            match step::step(prog, &enrolment, &facts, &pending, t) {
+                Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
+                Err(e) => {
+                    fails.push(format!("step failed: {e}"));
+                    return (fails, items);
+                }
             }
         }
         if !is_expect {
@@ -452,11 +456,13 @@ fn play(prog: &Program, case: &Case, report: &mut Report) -> (Vec<String>, Vec<I
                     && !it.cancelled
             })
             .count() as i64;
-        match step::step(prog, &enrolment, &facts, &pending, t) {
-            Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
-            Err(e) => {
-                fails.push(format!("step failed: {e}"));
-                return (fails, items);
+        if enrolment.status == step::Status::Active {
+            match step::step(prog, &enrolment, &facts, &pending, t) {
+                Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
+                Err(e) => {
+                    fails.push(format!("step failed: {e}"));
+                    return (fails, items);
+                }
             }
         }
         if is_expect && let Some(f) = check(&case.expect[i], &enrolment, &items, t) {
