@@ -214,7 +214,12 @@ pub fn replay(
         .entry_points
         .iter()
         .position(|e| e.id == entry)
-        .ok_or_else(|| format!("pathway `{}` has no entry point `{entry}`", program.pathway.id))?;
+        .ok_or_else(|| {
+            format!(
+                "pathway `{}` has no entry point `{entry}`",
+                program.pathway.id
+            )
+        })?;
     let last = points.iter().map(|(t, _)| *t).max().unwrap_or(start);
     // A run from the day before `start` long enough that nothing made falls past its end.
     let days = u32::try_from((last.as_second() - start.as_second()) / setup::DAY + 400)
