@@ -248,7 +248,7 @@ async fn by_store(
         .await
         .expect("enrol");
     let mut seen: BTreeMap<String, (&'static str, Fate, i64)> = BTreeMap::new();
-    let mut look = async |seen: &mut BTreeMap<String, (&'static str, Fate, i64)>| {
+    let look = async |seen: &mut BTreeMap<String, (&'static str, Fate, i64)>| {
         for (key, (kind, live, due)) in stored(pool, enrolment).await {
             let e = seen.entry(key).or_insert((
                 kind,

@@ -578,12 +578,12 @@ states:
         assert_eq!(skipped.tasks_done, 0);
         assert_eq!(skipped.follow_ups_sent, 0);
         assert_eq!(skipped.follow_ups_cancelled, 50);
-        assert_eq!(skipped.scales_pushed, 0);
+        assert_eq!(skipped.counts.scales_pushed, 0);
         let kept = pass_through("start");
         // Screening calls, and the urgent tasks of PHQ-9 answers with thoughts of self-harm.
         assert!((50..=55).contains(&kept.tasks_created), "{kept:?}");
         assert_eq!(kept.tasks_cancelled, 0);
         assert_eq!(kept.follow_ups_sent, 50);
-        assert_eq!(kept.scales_pushed, 50);
+        assert_eq!(kept.counts.scales_pushed, 50);
     }
 }
