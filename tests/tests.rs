@@ -15,6 +15,7 @@ mod engine_exactly_once;
 mod engine_store;
 mod goals;
 mod outcome_rule;
+mod outcome_three_ways;
 mod pathway_upload;
 mod report;
 mod scale_answers;

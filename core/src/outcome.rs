@@ -76,6 +76,48 @@ pub trait OutcomeSink {
     fn risk(&mut self, _result: RiskResult) {}
 }
 
+/// What became of one piece of a patient's work (a task, a follow-up or a scale push), as a sink
+/// carried the policy out: so the store, the simulator and `carepath test` can be compared item
+/// by item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    /// The action's key (`e{enrolment}:{state-entry sequence}:{action index}`).
+    pub key: String,
+    /// `task`, `follow_up` or `scale_push`.
+    pub kind: &'static str,
+    /// When it is due (a follow-up: when it is to be sent).
+    pub due_at: jiff::Timestamp,
+    pub fate: Fate,
+}
+
+/// How work ended, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fate {
+    /// Created live and still open.
+    Live,
+    /// Created already cancelled: its state was left within the step that made it.
+    BornEnded,
+    /// Created live and ended by a later step.
+    EndedLater,
+}
+
+impl Made {
+    /// The record of an emitted task, follow-up or scale push; `None` for other actions.
+    pub fn of(a: &Emitted, fate: Fate) -> Option<Made> {
+        let due_at = match &a.action {
+            Produced::Task { due_at, .. } | Produced::ScalePush { due_at, .. } => *due_at,
+            Produced::FollowUp { send_at, .. } => *send_at,
+            _ => return None,
+        };
+        Some(Made {
+            key: a.key.clone(),
+            kind: a.action.kind(),
+            due_at,
+            fate,
+        })
+    }
+}
+
 /// Applies one outcome to `sink`: first the transitions (the state the step began in ends its
 /// stored work), then the end of the enrolment (earlier work of every state ends), then the
 /// actions in order (born ended when their state was left within this step).

@@ -187,6 +187,8 @@ fn offset(start: Timestamp, s: &str, tz: &jiff::tz::TimeZone) -> Result<Timestam
 #[derive(Debug, Clone)]
 struct Item {
     at: Timestamp,
+    /// The action's key: enrolment, state-entry sequence, action index.
+    key: String,
     state_seq: u32,
     produced: Produced,
     done: bool,
@@ -219,6 +221,7 @@ impl OutcomeSink for TestSink<'_> {
     fn action(&mut self, a: &step::Emitted, ended: Option<Because<'_>>) {
         self.items.push(Item {
             at: a.at,
+            key: a.key.clone(),
             state_seq: a.state_seq,
             produced: a.action.clone(),
             done: false,
@@ -234,15 +237,46 @@ impl OutcomeSink for TestSink<'_> {
 
 /// Runs one case; returns failures (empty when it passes).
 fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
+    play(prog, case, report).0
+}
+
+/// The tasks, follow-ups and scale pushes one case made, and what became of each, or why the
+/// case could not be played. Expectations are checked along the way but not reported here.
+pub fn work_of_case(prog: &Program, case: &Case) -> Result<Vec<outcome::Made>, Vec<String>> {
+    let (fails, items) = play(prog, case, &mut Report::default());
+    if let Some(broken) = fails.iter().find(|f| !f.starts_with("at ")) {
+        return Err(vec![broken.clone()]);
+    }
+    Ok(items
+        .iter()
+        .filter_map(|it| {
+            let fate = match (it.born_ended, it.cancelled) {
+                (true, _) => outcome::Fate::BornEnded,
+                (false, true) => outcome::Fate::EndedLater,
+                (false, false) => outcome::Fate::Live,
+            };
+            let emitted = step::Emitted {
+                key: it.key.clone(),
+                state: String::new(),
+                state_seq: it.state_seq,
+                at: it.at,
+                action: it.produced.clone(),
+            };
+            outcome::Made::of(&emitted, fate)
+        })
+        .collect())
+}
+
+/// Plays one case on the pure step: its failures, and every item it made.
+fn play(prog: &Program, case: &Case, report: &mut Report) -> (Vec<String>, Vec<Item>) {
     let mut fails = Vec::new();
     let tz = crate::time::zone(&case.patient.tz);
     let start = match &case.start {
         Some(s) => match s.parse::<Timestamp>() {
             Ok(t) => t,
             Err(e) => {
-                return vec![format!(
-                    "`start: {s}` is not an instant with an offset: {e}"
-                )];
+                let fail = format!("`start: {s}` is not an instant with an offset: {e}");
+                return (vec![fail], Vec::new());
             }
         },
         None => "2026-03-02T00:00:00Z"
@@ -263,7 +297,7 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
         }
     }
     if !fails.is_empty() {
-        return fails;
+        return (fails, Vec::new());
     }
     // Givens before expectations at the same instant.
     points.sort_by_key(|(t, i, is_expect)| (*t, *is_expect, *i));
@@ -296,7 +330,10 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
     let mut enrolment =
         match step::enrol(prog, 1, &case.entry, &case.patient.tz, &facts, &[], start) {
             Ok(out) => record(out, &mut items, report, &mut facts.risks),
-            Err(e) => return vec![format!("enrolling at `{}` failed: {e}", case.entry)],
+            Err(e) => {
+                let fail = format!("enrolling at `{}` failed: {e}", case.entry);
+                return (vec![fail], items);
+            }
         };
     for (name, value) in &case.vars {
         let v = match value {
@@ -312,11 +349,15 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
 
     for (t, i, is_expect) in points {
         // Timers due by now fire before what happens now, as the scheduler would have run them.
-        match step::step(prog, &enrolment, &facts, &pending, t) {
-            Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
-            Err(e) => {
-                fails.push(format!("step failed: {e}"));
-                return fails;
+        // An enrolment that has ended is never stepped again (the scheduler skips it), so its
+        // terminal state's closing work stays as it was made.
+        if enrolment.status == step::Status::Active {
+            match step::step(prog, &enrolment, &facts, &pending, t) {
+                Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
+                Err(e) => {
+                    fails.push(format!("step failed: {e}"));
+                    return (fails, items);
+                }
             }
         }
         if !is_expect {
@@ -415,18 +456,20 @@ fn run_case(prog: &Program, case: &Case, report: &mut Report) -> Vec<String> {
                     && !it.cancelled
             })
             .count() as i64;
-        match step::step(prog, &enrolment, &facts, &pending, t) {
-            Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
-            Err(e) => {
-                fails.push(format!("step failed: {e}"));
-                return fails;
+        if enrolment.status == step::Status::Active {
+            match step::step(prog, &enrolment, &facts, &pending, t) {
+                Ok(out) => enrolment = record(out, &mut items, report, &mut facts.risks),
+                Err(e) => {
+                    fails.push(format!("step failed: {e}"));
+                    return (fails, items);
+                }
             }
         }
         if is_expect && let Some(f) = check(&case.expect[i], &enrolment, &items, t) {
             fails.push(f);
         }
     }
-    fails
+    (fails, items)
 }
 
 fn describe(items: &[Item], kind: &str) -> String {

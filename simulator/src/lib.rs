@@ -195,6 +195,48 @@ pub fn run_programs(
     })
 }
 
+/// Replays one patient through `program` as the simulator lives it, with fixed inputs: enrolled
+/// through `entry` at `start`, then stepped at each point (before and after the point's event
+/// arrives, when it has one), and nothing else happening to them. Returns every task, follow-up
+/// and scale push the patient made (the patient lives in `tz`) and what became of each — what the outcome policy, carried
+/// out by the simulator's patient, decided — so it can be compared with the store and
+/// `carepath test`.
+pub fn replay(
+    program: Arc<Program>,
+    entry: &str,
+    tz: &str,
+    start: jiff::Timestamp,
+    points: &[(jiff::Timestamp, Option<String>)],
+) -> Result<Vec<carepath_engine::outcome::Made>, String> {
+    let entry_ix = program
+        .pathway
+        .entry_points
+        .iter()
+        .position(|e| e.id == entry)
+        .ok_or_else(|| {
+            format!(
+                "pathway `{}` has no entry point `{entry}`",
+                program.pathway.id
+            )
+        })?;
+    let last = points.iter().map(|(t, _)| *t).max().unwrap_or(start);
+    // A run from the day before `start` long enough that nothing made falls past its end.
+    let days = u32::try_from((last.as_second() - start.as_second()) / setup::DAY + 400)
+        .map_err(|_| "the points end before they start".to_string())?;
+    let zone = jiff::tz::TimeZone::get(tz).map_err(|e| format!("tz: `{tz}`: {e}"))?;
+    let first = start.to_zoned(zone).date().yesterday();
+    let scenario = Scenario {
+        start: Some(first.map_err(|e| e.to_string())?.to_string()),
+        tz: Some(tz.into()),
+        ..Scenario::default()
+    };
+    let setup = setup::Setup::new(vec![program], &scenario, 1, days, 1)?;
+    let at = |t: jiff::Timestamp| t.as_second();
+    let points: Vec<(i64, Option<String>)> =
+        points.iter().map(|(t, e)| (at(*t), e.clone())).collect();
+    patient::replay(&setup, entry_ix, at(start), &points)
+}
+
 /// The peak resident set of this process so far (VmHWM), in MiB; NaN where /proc is missing.
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 
 use carepath_dsl::{AlarmScope, Channel, Direction, VarType, VarValue, catalog};
 use carepath_engine::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult};
-use carepath_engine::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
+use carepath_engine::outcome::{self, Because, Cause, Fate, Made, OutcomeSink, Scope, Work};
 use carepath_engine::scales::Scored;
 use carepath_engine::step::{self, Emitted, Enrolment, Outcome, Produced, Status, Taken};
 use carepath_engine::store::replay;
@@ -168,6 +168,80 @@ pub(crate) struct Cx<'a> {
     /// Tasks done or cancelled, as (patient, task number): they leave the staff queues.
     pub(crate) closed: &'a mut Vec<(u32, u32)>,
     pub(crate) horizon: i64,
+    /// Set when replaying one patient: every task, follow-up and scale push it makes, and what
+    /// becomes of each.
+    pub(crate) journal: Option<&'a mut Journal>,
+}
+
+/// What a replayed patient made, by the numbers the patient knows its open work by.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    pub(crate) made: Vec<Made>,
+    tasks: Vec<(u32, usize)>,
+    follow_ups: Vec<(u32, usize)>,
+}
+
+impl Journal {
+    fn made(cx: &mut Cx, a: &Emitted, fate: Fate, open: Option<(bool, u32)>) {
+        let Some(j) = cx.journal.as_deref_mut() else {
+            return;
+        };
+        let Some(m) = Made::of(a, fate) else { return };
+        match open {
+            Some((true, no)) => j.tasks.push((no, j.made.len())),
+            Some((false, id)) => j.follow_ups.push((id, j.made.len())),
+            None => {}
+        }
+        j.made.push(m);
+    }
+
+    fn ended(&mut self, task: bool, no: u32) {
+        let list = if task { &self.tasks } else { &self.follow_ups };
+        if let Some((_, i)) = list.iter().find(|(n, _)| *n == no) {
+            self.made[*i].fate = Fate::EndedLater;
+        }
+    }
+}
+
+/// Replays one patient of a one-pathway run: enrolled through entry point `entry` at `start`,
+/// then stepped at each point in time order, before and after the point's event (if any)
+/// arrives. Nothing else happens to them: no readings, answers, life events or staff.
+pub(crate) fn replay(
+    s: &Setup,
+    entry: usize,
+    start: i64,
+    points: &[(i64, Option<String>)],
+) -> Result<Vec<Made>, String> {
+    let mut p = Patient::new(s, 0);
+    p.profile.entry = entry;
+    p.enrol_at = start;
+    p.agenda.clear();
+    let mut tally = Tally::new(s);
+    let (mut new_tasks, mut closed, mut journal) = (Vec::new(), Vec::new(), Journal::default());
+    let mut cx = Cx {
+        s,
+        tally: &mut tally,
+        new_tasks: &mut new_tasks,
+        closed: &mut closed,
+        horizon: s.horizon(),
+        journal: Some(&mut journal),
+    };
+    p.enrol(&mut cx, start);
+    for (t, event) in points {
+        if p.life == Life::Active {
+            p.step(&mut cx, *t);
+        }
+        if let Some(name) = event {
+            p.push_event(&s.infos[p.prog], name.clone(), *t);
+        }
+        if p.life == Life::Active {
+            p.step(&mut cx, *t);
+        }
+    }
+    match tally.errors.first() {
+        Some((_, e)) => Err(e.clone()),
+        None => Ok(journal.made),
+    }
 }
 
 impl Patient {
@@ -1006,14 +1080,23 @@ impl Patient {
             let task = &self.tasks[i];
             if within(task.state_seq) && outcome::ends(Work::Task { keep: task.keep }, cause) {
                 let task = self.tasks.swap_remove(i);
+                if let Some(j) = cx.journal.as_deref_mut() {
+                    j.ended(true, task.no);
+                }
                 self.close_task(cx, &task, None, at);
             } else {
                 i += 1;
             }
         }
         let before = self.follow_ups.len();
-        self.follow_ups
-            .retain(|f| !(within(f.state_seq) && outcome::ends(Work::FollowUp, cause)));
+        let journal = &mut cx.journal;
+        self.follow_ups.retain(|f| {
+            let ends = within(f.state_seq) && outcome::ends(Work::FollowUp, cause);
+            if let (true, Some(j)) = (ends, journal.as_deref_mut()) {
+                j.ended(false, f.id);
+            }
+            !ends
+        });
         cx.tally.path[self.prog].follow_ups_cancelled += (before - self.follow_ups.len()) as u64;
         let armed = self.alarms.len();
         self.alarms
@@ -1077,6 +1160,7 @@ impl Patient {
             } => {
                 let role = s.roles.iter().position(|r| r == role).unwrap_or(0) as u16;
                 if ended {
+                    Journal::made(cx, a, Fate::BornEnded, None);
                     self.born_cancelled(cx, role, at);
                     return;
                 }
@@ -1093,6 +1177,7 @@ impl Patient {
                     prio: 3 - *priority as u8,
                     escalate_after: sla.as_ref().and_then(|x| x.escalate_after).map(seconds_of),
                 };
+                Journal::made(cx, a, Fate::Live, Some((true, self.next_task)));
                 self.create_task(cx, &m, due_at.as_second(), *keep, a.state_seq, at);
             }
             Produced::FollowUp {
@@ -1100,10 +1185,12 @@ impl Patient {
             } => {
                 let send = send_at.as_second().max(at);
                 if ended {
+                    Journal::made(cx, a, Fate::BornEnded, None);
                     cx.tally.path[self.prog].follow_ups_cancelled += u64::from(send <= cx.horizon);
                 } else if send <= cx.horizon {
                     self.next_follow_up += 1;
                     let id = self.next_follow_up;
+                    Journal::made(cx, a, Fate::Live, Some((false, id)));
                     self.follow_ups.push(FollowUpSlot {
                         id,
                         state_seq: a.state_seq,
@@ -1118,6 +1205,8 @@ impl Patient {
                 expires_at,
                 ..
             } => {
+                let fate = if ended { Fate::BornEnded } else { Fate::Live };
+                Journal::made(cx, a, fate, None);
                 let Some(ix) = scale_index(scale).filter(|_| !ended) else {
                     return;
                 };

@@ -133,6 +133,7 @@ fn live_chunk(
         new_tasks: &mut out.new_tasks,
         closed: &mut out.closed,
         horizon: s.horizon(),
+        journal: None,
     };
     for (p, clock) in patients.iter_mut().zip(clocks.iter_mut()) {
         if clock.next <= to {
@@ -196,6 +197,7 @@ fn worker(
                     new_tasks: &mut out.new_tasks,
                     closed: &mut out.closed,
                     horizon: s.horizon(),
+                    journal: None,
                 };
                 for p in patients.iter_mut() {
                     p.finish(&mut cx);
