@@ -14,8 +14,8 @@ use carepath_engine::step::Program;
 use serde_json::Value;
 
 use crate::cohort::{Dist, Unit};
-use carepath_dsl::condition::Condition as Cond;
 use crate::scenario::Scenario;
+use carepath_dsl::condition::Condition as Cond;
 
 const YEAR: f64 = 365.25 * 86_400.0;
 /// A task with no id: nothing reads its outcome.
