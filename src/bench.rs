@@ -9,19 +9,6 @@ use carepath_engine::store::{self, stats};
 use carepath_engine::{Programs, scheduler, seed};
 use jiff::Timestamp;
 
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 pub async fn run(
     url: &str,
     enrolments: u64,
@@ -118,7 +105,7 @@ pub async fn run(
         "analyze_before_nightly_seconds": analyze_seconds,
         "passes": passes,
         "insert_ceiling_rows_per_second": ceiling,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": carepath_simulator::peak_rss_mib(),
     });
     pool.close().await;
     Ok(out)

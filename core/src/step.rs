@@ -500,6 +500,18 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// What the run did, and when the enrolment next needs a step.
+    fn into_outcome(self, pending: &[PendingEvent]) -> Outcome {
+        let next_wake = self.next_wake(pending);
+        Outcome {
+            enrolment: self.e,
+            transitions: self.taken,
+            actions: self.out,
+            next_wake,
+            trace: self.trace,
+        }
+    }
+
     fn next_wake(&self, pending: &[PendingEvent]) -> Option<Timestamp> {
         if self.e.status != Status::Active {
             return None;
@@ -566,14 +578,7 @@ pub fn step(
         if run.e.status == Status::Active {
             run.advance(pending)?;
         }
-        let next_wake = run.next_wake(pending);
-        Ok(Outcome {
-            enrolment: run.e,
-            transitions: run.taken,
-            actions: run.out,
-            next_wake,
-            trace: run.trace,
-        })
+        Ok(run.into_outcome(pending))
     })
 }
 
@@ -644,13 +649,6 @@ pub fn enrol(
         };
         run.enter(idx, now)?;
         run.advance(pending)?;
-        let next_wake = run.next_wake(pending);
-        Ok(Outcome {
-            enrolment: run.e,
-            transitions: run.taken,
-            actions: run.out,
-            next_wake,
-            trace: run.trace,
-        })
+        Ok(run.into_outcome(pending))
     })
 }

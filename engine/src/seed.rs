@@ -275,7 +275,8 @@ pub async fn demo_staff(pool: &Pool) -> Result<Vec<(String, String, String, Stri
         for role in roles {
             let token = format!("cp_{}", hex::encode(chunks.next().unwrap_or(&[0u8; 16])));
             let id = format!("{inst}.{role}");
-            store::replace_staff(
+            store::remove_staff(&mut tx, &id).await?;
+            store::insert_staff(
                 &mut tx,
                 &id,
                 inst,

@@ -118,6 +118,20 @@ struct TickOut {
     closed: Vec<(u32, u32)>,
 }
 
+impl TickOut {
+    /// The context patients act in during a run: what they make and close lands here.
+    fn cx<'a>(&'a mut self, s: &'a Setup, tally: &'a mut Tally) -> Cx<'a> {
+        Cx {
+            s,
+            tally,
+            new_tasks: &mut self.new_tasks,
+            closed: &mut self.closed,
+            horizon: s.horizon(),
+            journal: None,
+        }
+    }
+}
+
 fn live_chunk(
     s: &Setup,
     patients: &mut [Patient],
@@ -127,14 +141,7 @@ fn live_chunk(
     day_end: Option<usize>,
 ) -> TickOut {
     let mut out = TickOut::default();
-    let mut cx = Cx {
-        s,
-        tally,
-        new_tasks: &mut out.new_tasks,
-        closed: &mut out.closed,
-        horizon: s.horizon(),
-        journal: None,
-    };
+    let mut cx = out.cx(s, tally);
     for (p, clock) in patients.iter_mut().zip(clocks.iter_mut()) {
         if clock.next <= to {
             p.advance(&mut cx, to);
@@ -191,14 +198,7 @@ fn worker(
             }
             Cmd::Finish => {
                 let mut out = TickOut::default();
-                let mut cx = Cx {
-                    s,
-                    tally,
-                    new_tasks: &mut out.new_tasks,
-                    closed: &mut out.closed,
-                    horizon: s.horizon(),
-                    journal: None,
-                };
+                let mut cx = out.cx(s, tally);
                 for p in patients.iter_mut() {
                     p.finish(&mut cx);
                 }

@@ -76,6 +76,29 @@ fn series(pool: &Pool) -> (&'static str, &'static str) {
 /// roles, and due dates from two weeks overdue to a month ahead of `as_of`. Needs a database with
 /// no enrolments yet and the alliance's institutions in place. `progress` is told the rows written
 /// so far after each transaction.
+/// Runs `sql` (binding the first and last id of a chunk, and `now`) over the ids `[from, to)` in
+/// chunks of [`CHUNK`], one transaction each, reporting the rows written so far.
+async fn in_chunks(
+    pool: &Pool,
+    sql: &str,
+    (from, to): (i64, i64),
+    now: i64,
+    written: &mut u64,
+    progress: &mut impl FnMut(u64),
+) -> Result<()> {
+    let mut first = from;
+    while first < to {
+        let last = (first + CHUNK as i64).min(to) - 1;
+        let mut tx = pool.begin().await?;
+        tx.exec(sql, args![first, last, now]).await?;
+        tx.commit().await?;
+        *written += (last - first + 1) as u64;
+        progress(*written);
+        first = last + 1;
+    }
+    Ok(())
+}
+
 pub async fn synthetic_queue(
     pool: &Pool,
     templates: &[TaskTemplate],
@@ -151,16 +174,8 @@ pub async fn synthetic_queue(
         idx = pathway_index("t", groups.len()),
     );
     for sql in [&patients_sql, &enrolments_sql] {
-        let mut first = 1;
-        while first <= enrolments as i64 {
-            let last = (first + CHUNK as i64 - 1).min(enrolments as i64);
-            let mut tx = pool.begin().await?;
-            tx.exec(sql, args![first, last, now]).await?;
-            tx.commit().await?;
-            written += (last - first + 1) as u64;
-            progress(written);
-            first = last + 1;
-        }
+        let ids = (1, enrolments as i64 + 1);
+        in_chunks(pool, sql, ids, now, &mut written, &mut progress).await?;
     }
     if pool.is_postgres() {
         pool.exec(
@@ -195,17 +210,8 @@ pub async fn synthetic_queue(
         ),
     );
     for (sql, start, count) in [(&open_sql, 0, open), (&closed_sql, open, closed)] {
-        let end = (start + count) as i64;
-        let mut first = start as i64;
-        while first < end {
-            let last = (first + CHUNK as i64).min(end) - 1;
-            let mut tx = pool.begin().await?;
-            tx.exec(sql, args![first, last, now]).await?;
-            tx.commit().await?;
-            written += (last - first + 1) as u64;
-            progress(written);
-            first = last + 1;
-        }
+        let ids = (start as i64, (start + count) as i64);
+        in_chunks(pool, sql, ids, now, &mut written, &mut progress).await?;
     }
     pool.exec("DROP TABLE bulk_task_templates", vec![]).await?;
     // Fresh statistics, as after any bulk load, so the planner sees the new table sizes; on

@@ -234,18 +234,11 @@ pub async fn insert_staff(
     Ok(())
 }
 
-/// Inserts a staff member, replacing whoever held the id before (their token stops working).
-pub async fn replace_staff(
-    tx: &mut Tx,
-    id: &str,
-    institution: &str,
-    name: &str,
-    roles: &[&str],
-    token_hash: Option<String>,
-) -> Result<()> {
+/// Removes a staff member (their token stops working); seeding replaces staff this way.
+pub async fn remove_staff(tx: &mut Tx, id: &str) -> Result<()> {
     tx.exec("DELETE FROM staff WHERE id = $1", args![id])
         .await?;
-    insert_staff(tx, id, institution, name, roles, token_hash).await
+    Ok(())
 }
 
 pub async fn insert_patient(tx: &mut Tx, p: &NewPatient, now: Timestamp) -> Result<()> {
