@@ -21,7 +21,7 @@ use jiff::Timestamp;
 
 /// Where the audit key and checkpoints are.
 #[derive(clap::Args, Clone, Default)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// The audit key file (64 hexadecimal digits). `CAREPATH_AUDIT_KEY` holding the key itself
     /// takes precedence.
     #[arg(
@@ -89,7 +89,7 @@ impl AuditArgs {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from("."))
     }
 
-    pub fn key_path(&self, url: &str) -> PathBuf {
+    pub(crate) fn key_path(&self, url: &str) -> PathBuf {
         if let Some(p) = &self.key_file {
             return p.clone();
         }
@@ -99,7 +99,7 @@ impl AuditArgs {
         }
     }
 
-    pub fn checkpoints_path(&self, url: &str) -> PathBuf {
+    pub(crate) fn checkpoints_path(&self, url: &str) -> PathBuf {
         if let Some(p) = &self.checkpoints {
             return p.clone();
         }
@@ -117,7 +117,7 @@ impl AuditArgs {
     }
 
     /// The key, from the environment or its file; with `create`, a missing default file is made.
-    pub fn key(&self, url: &str, create: bool) -> anyhow::Result<AuditKey> {
+    pub(crate) fn key(&self, url: &str, create: bool) -> anyhow::Result<AuditKey> {
         if let Ok(hex) = std::env::var("CAREPATH_AUDIT_KEY") {
             return AuditKey::from_hex(&hex)
                 .map_err(|e| anyhow::anyhow!("CAREPATH_AUDIT_KEY: {e}"));
@@ -144,7 +144,7 @@ impl AuditArgs {
 
     /// Installs the key for this process's audit rows, seals an unkeyed (pre-0009) record with
     /// a keyed row, and returns where checkpoints go.
-    pub async fn install(&self, pool: &store::Pool, url: &str) -> anyhow::Result<Audit> {
+    pub(crate) async fn install(&self, pool: &store::Pool, url: &str) -> anyhow::Result<Audit> {
         let key = self.key(url, true)?;
         audit::install(key.clone());
         if audit::seal_legacy(pool, Timestamp::now()).await? {
@@ -159,14 +159,14 @@ impl AuditArgs {
 
 /// The installed key and the checkpoint file.
 #[derive(Clone)]
-pub struct Audit {
+pub(crate) struct Audit {
     pub key: Arc<AuditKey>,
     pub checkpoints: PathBuf,
 }
 
 impl Audit {
     /// Appends a checkpoint of the record as it stands.
-    pub async fn checkpoint(&self, pool: &store::Pool) -> anyhow::Result<Checkpoint> {
+    pub(crate) async fn checkpoint(&self, pool: &store::Pool) -> anyhow::Result<Checkpoint> {
         audit::write_checkpoint(pool, &self.key, &self.checkpoints, Timestamp::now())
             .await
             .map_err(anyhow::Error::msg)
@@ -175,7 +175,11 @@ impl Audit {
     /// Appends a checkpoint when the record's newest row differs from `last`'s; keeps the newest
     /// checkpoint in `last`. Errors are logged: a missed checkpoint only widens the window in
     /// which a truncation goes unnoticed.
-    pub async fn checkpoint_if_changed(&self, pool: &store::Pool, last: &mut Option<Checkpoint>) {
+    pub(crate) async fn checkpoint_if_changed(
+        &self,
+        pool: &store::Pool,
+        last: &mut Option<Checkpoint>,
+    ) {
         let head = match audit::head(pool).await {
             Ok(h) => h,
             Err(e) => {
@@ -198,7 +202,7 @@ impl Audit {
 }
 
 /// `carepath audit verify`: prints what was checked; exit 0 when intact, 1 when not.
-pub async fn verify(url: &str, args: &AuditArgs, json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn verify(url: &str, args: &AuditArgs, json: bool) -> anyhow::Result<ExitCode> {
     let key = args.key(url, false)?;
     let path = args.checkpoints_path(url);
     let pool = store::Pool::connect(url)

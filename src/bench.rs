@@ -9,7 +9,7 @@ use carepath_engine::store::{self, stats};
 use carepath_engine::{Programs, scheduler, seed};
 use jiff::Timestamp;
 
-pub async fn run(
+pub(crate) async fn run(
     url: &str,
     enrolments: u64,
     pathways: &std::path::Path,
@@ -115,7 +115,7 @@ pub async fn run(
 /// unless `reuse`), fresh staff tokens printed as `token INSTITUTION ROLE TOKEN` for every role that
 /// reads task queues, then the admin API alone (no scheduler), for a load generator in another
 /// process (`bench/queue-pull.sh`).
-pub async fn api(
+pub(crate) async fn api(
     url: &str,
     tasks: u64,
     pathways: &std::path::Path,

@@ -320,7 +320,7 @@ enum AuditCommand {
     },
 }
 
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -931,7 +931,7 @@ fn simulate(opts: carepath_simulator::Options) -> anyhow::Result<ExitCode> {
 
 /// Serves the admin API on `listener` until Ctrl-C, with each request's socket peer known (the
 /// audit records it).
-pub async fn serve_until_interrupted(
+pub(crate) async fn serve_until_interrupted(
     listener: tokio::net::TcpListener,
     app: axum::Router,
 ) -> std::io::Result<()> {
@@ -943,7 +943,7 @@ pub async fn serve_until_interrupted(
 
 /// Which peers' `X-Forwarded-For` the audit believes.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ProxyArgs {
+pub(crate) struct ProxyArgs {
     /// A reverse proxy whose `X-Forwarded-For` is believed (repeatable); requests from any other
     /// peer are audited with the peer's own address.
     #[arg(

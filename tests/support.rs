@@ -13,14 +13,14 @@ use carepath_engine::store::{self, NewPatient, Pool};
 use jiff::Timestamp;
 
 /// The binary under test, as built by cargo for this test run.
-pub const BIN: &str = env!("CARGO_BIN_EXE_carepath");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_carepath");
 
 /// Prints past the test harness's output capture, so a skip is seen even when the test passes.
-pub fn loud(msg: &str) {
+pub(crate) fn loud(msg: &str) {
     let _ = writeln!(std::io::stderr(), "\n********** {msg} **********\n");
 }
 
-pub fn tempdir() -> tempfile::TempDir {
+pub(crate) fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("carepath-e2e-")
         .tempdir()
@@ -28,7 +28,7 @@ pub fn tempdir() -> tempfile::TempDir {
 }
 
 /// A small runtime for synchronous tests that look into a database.
-pub fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,7 +45,7 @@ fn on_own_runtime<T: Send + 'static>(
         .expect("helper thread panicked")
 }
 
-pub fn ts(s: &str) -> Timestamp {
+pub(crate) fn ts(s: &str) -> Timestamp {
     s.parse().expect("a valid instant")
 }
 
@@ -53,13 +53,13 @@ pub fn ts(s: &str) -> Timestamp {
 // Backends
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Sqlite,
     Postgres,
 }
 
 /// One fresh, empty database. PostgreSQL databases are dropped (best effort) when this is dropped.
-pub struct Backend {
+pub(crate) struct Backend {
     pub kind: Kind,
     pub url: String,
     /// The SQLite file (SQLite only).
@@ -69,7 +69,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self.kind {
             Kind::Sqlite => "sqlite",
             Kind::Postgres => "postgres",
@@ -103,7 +103,7 @@ impl Drop for PgDatabase {
 }
 
 /// A fresh SQLite database in its own temporary folder.
-pub fn sqlite() -> Backend {
+pub(crate) fn sqlite() -> Backend {
     let dir = tempdir();
     let path = dir.path().join("carepath.db");
     Backend {
@@ -133,7 +133,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh PostgreSQL database on the server `DATABASE_URL` points at, or `None` (with a loud
 /// message) when it is not set.
-pub fn postgres() -> Option<Backend> {
+pub(crate) fn postgres() -> Option<Backend> {
     let Ok(admin_url) = std::env::var("DATABASE_URL") else {
         loud(
             "SKIPPED: PostgreSQL conformance tests need DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test); only SQLite was tested",
@@ -170,7 +170,7 @@ pub fn postgres() -> Option<Backend> {
 }
 
 /// A fresh database of one kind: SQLite always, PostgreSQL when configured.
-pub fn backend(kind: Kind) -> Option<Backend> {
+pub(crate) fn backend(kind: Kind) -> Option<Backend> {
     match kind {
         Kind::Sqlite => Some(sqlite()),
         Kind::Postgres => postgres(),
@@ -178,7 +178,7 @@ pub fn backend(kind: Kind) -> Option<Backend> {
 }
 
 /// Every backend to run a conformance test against: SQLite always, PostgreSQL when configured.
-pub fn backends() -> Vec<Backend> {
+pub(crate) fn backends() -> Vec<Backend> {
     let mut all = vec![sqlite()];
     all.extend(postgres());
     all
@@ -189,7 +189,7 @@ pub fn backends() -> Vec<Backend> {
 
 /// The wound-care pathway: an entry point, a follow-up, tasks, an event transition, a timeout
 /// and a terminal state.
-pub const WOUND_CARE: &str = r#"pathway: wound_care
+pub(crate) const WOUND_CARE: &str = r#"pathway: wound_care
 version: 1
 title: { zh: 术后伤口随访, en: Post-operative wound follow-up }
 owner_role: case_manager
@@ -223,7 +223,7 @@ states:
 
 /// A richer pathway so every kind of row is produced: risk, scale push, kept task, note, alarms
 /// (state and enrolment scope), referral, urgent follow-up, guards, variables, a loop.
-pub const HEART_CHECK: &str = r#"pathway: heart_check
+pub(crate) const HEART_CHECK: &str = r#"pathway: heart_check
 version: 1
 title: { zh: 心衰随访（测试）, en: Heart failure follow-up (test) }
 owner_role: case_manager
@@ -308,7 +308,7 @@ states:
 "#;
 
 /// Writes `files` (name, text) into a new temporary folder.
-pub fn pathway_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+pub(crate) fn pathway_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempdir();
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).expect("cannot write a test pathway");
@@ -317,7 +317,7 @@ pub fn pathway_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// The test pathways (wound care and heart check) in a temporary folder.
-pub fn test_pathways() -> tempfile::TempDir {
+pub(crate) fn test_pathways() -> tempfile::TempDir {
     pathway_dir(&[
         ("wound_care.yaml", WOUND_CARE),
         ("heart_check.yaml", HEART_CHECK),
@@ -326,7 +326,7 @@ pub fn test_pathways() -> tempfile::TempDir {
 
 /// The repository's real pathways, when `carepath validate pathways/` passes; otherwise `None`,
 /// with a loud message.
-pub fn real_pathways() -> Option<PathBuf> {
+pub(crate) fn real_pathways() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pathways");
     let out = Command::new(BIN)
         .arg("validate")
@@ -349,7 +349,7 @@ pub fn real_pathways() -> Option<PathBuf> {
 // The binary
 
 /// A `carepath` command that ignores the caller's `CAREPATH_DB` and logs warnings only.
-pub fn carepath() -> Command {
+pub(crate) fn carepath() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("CAREPATH_DB")
         .env_remove("CAREPATH_AUDIT_KEY")
@@ -364,7 +364,7 @@ pub fn carepath() -> Command {
 
 /// Where the binary keeps the audit key and checkpoints of test PostgreSQL databases: one folder
 /// per test process, kept out of the working tree.
-pub fn audit_data_dir() -> PathBuf {
+pub(crate) fn audit_data_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let d = std::env::temp_dir().join(format!("carepath-e2e-audit-{}", std::process::id()));
@@ -375,7 +375,7 @@ pub fn audit_data_dir() -> PathBuf {
 }
 
 /// Runs `carepath ARGS`, asserts success, returns stdout.
-pub fn carepath_ok(args: &[&str]) -> String {
+pub(crate) fn carepath_ok(args: &[&str]) -> String {
     let out: Output = carepath().args(args).output().expect("cannot run carepath");
     assert!(
         out.status.success(),
@@ -389,7 +389,7 @@ pub fn carepath_ok(args: &[&str]) -> String {
 }
 
 /// `carepath seed`; returns its JSON summary.
-pub fn cli_seed(
+pub(crate) fn cli_seed(
     url: &str,
     pathways: &Path,
     patients: u64,
@@ -418,7 +418,7 @@ pub fn cli_seed(
 }
 
 /// `carepath run --as-of T --json --batch-size N`; returns its JSON summary.
-pub fn cli_run(url: &str, as_of: &str, batch_size: i64) -> serde_json::Value {
+pub(crate) fn cli_run(url: &str, as_of: &str, batch_size: i64) -> serde_json::Value {
     let b = batch_size.to_string();
     let out = carepath_ok(&[
         "run",
@@ -433,21 +433,21 @@ pub fn cli_run(url: &str, as_of: &str, batch_size: i64) -> serde_json::Value {
     parse_summary(&out)
 }
 
-pub fn parse_summary(out: &str) -> serde_json::Value {
+pub(crate) fn parse_summary(out: &str) -> serde_json::Value {
     let v: serde_json::Value =
         serde_json::from_str(out).unwrap_or_else(|e| panic!("run printed no JSON ({e}): {out}"));
     assert_eq!(v["errors"], 0, "the pass reported errors: {v}");
     v
 }
 
-pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+pub(crate) fn num(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("`{key}` missing from {v}"))
 }
 
 /// Copies a SQLite database that no process has open: the file and its `-wal` and `-shm`.
-pub fn copy_sqlite(from: &Path, to: &Path) {
+pub(crate) fn copy_sqlite(from: &Path, to: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let src = PathBuf::from(format!("{}{suffix}", from.display()));
         if src.exists() {
@@ -462,7 +462,7 @@ pub fn copy_sqlite(from: &Path, to: &Path) {
 
 /// Connects, migrates, publishes the pathways in `dir`, loads every published program and creates
 /// the demo alliance.
-pub async fn open_store(url: &str, dir: &Path, now: Timestamp) -> (Pool, Programs) {
+pub(crate) async fn open_store(url: &str, dir: &Path, now: Timestamp) -> (Pool, Programs) {
     let pool = Pool::connect(url).await.expect("connect");
     store::migrate(&pool).await.expect("migrate");
     let programs = Programs::load_dir(dir).expect("the test pathways load");
@@ -476,12 +476,12 @@ pub async fn open_store(url: &str, dir: &Path, now: Timestamp) -> (Pool, Program
     (pool, programs)
 }
 
-pub async fn add_patient(pool: &Pool, id: &str, now: Timestamp) {
+pub(crate) async fn add_patient(pool: &Pool, id: &str, now: Timestamp) {
     add_patient_at(pool, id, "lead", now).await
 }
 
 /// A patient of `institution`.
-pub async fn add_patient_at(pool: &Pool, id: &str, institution: &str, now: Timestamp) {
+pub(crate) async fn add_patient_at(pool: &Pool, id: &str, institution: &str, now: Timestamp) {
     let mut tx = pool.begin().await.expect("begin");
     let p = NewPatient {
         id: id.to_string(),
@@ -498,7 +498,7 @@ pub async fn add_patient_at(pool: &Pool, id: &str, institution: &str, now: Times
     tx.commit().await.expect("commit");
 }
 
-pub async fn scalar(pool: &Pool, sql: &str) -> i64 {
+pub(crate) async fn scalar(pool: &Pool, sql: &str) -> i64 {
     pool.fetch(sql, vec![])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -507,12 +507,12 @@ pub async fn scalar(pool: &Pool, sql: &str) -> i64 {
         .unwrap_or(0)
 }
 
-pub async fn count(pool: &Pool, table: &str) -> i64 {
+pub(crate) async fn count(pool: &Pool, table: &str) -> i64 {
     scalar(pool, &format!("SELECT COUNT(*) FROM {table}")).await
 }
 
 /// The text columns of every row `sql` returns, each row joined with `|` (NULL as `∅`), sorted.
-pub async fn rows(pool: &Pool, sql: &str, columns: usize) -> Vec<String> {
+pub(crate) async fn rows(pool: &Pool, sql: &str, columns: usize) -> Vec<String> {
     let mut out: Vec<String> = pool
         .fetch(sql, vec![])
         .await
@@ -531,7 +531,7 @@ pub async fn rows(pool: &Pool, sql: &str, columns: usize) -> Vec<String> {
 
 /// What a snapshot holds of each table (every column as text, in a stable order; the first is the
 /// dedupe key). Surrogate ids are left out, except the enrolment id, which dedupe keys embed.
-pub const SNAPSHOT: &[(&str, &[&str])] = &[
+pub(crate) const SNAPSHOT: &[(&str, &[&str])] = &[
     (
         "enrolments",
         &[
@@ -627,9 +627,9 @@ pub const SNAPSHOT: &[(&str, &[&str])] = &[
     ("goal_status", &["dedupe_key", "goal_id", "met", "readings"]),
 ];
 
-pub type Snapshot = BTreeMap<&'static str, Vec<String>>;
+pub(crate) type Snapshot = BTreeMap<&'static str, Vec<String>>;
 
-pub async fn snapshot(pool: &Pool) -> Snapshot {
+pub(crate) async fn snapshot(pool: &Pool) -> Snapshot {
     let mut out = Snapshot::new();
     for (table, cols) in SNAPSHOT {
         let select: Vec<String> = cols.iter().map(|c| format!("CAST({c} AS TEXT)")).collect();
@@ -647,7 +647,7 @@ pub async fn snapshot(pool: &Pool) -> Snapshot {
 }
 
 /// Opens `url`, takes a snapshot, closes (for synchronous tests).
-pub fn snapshot_of(url: &str) -> Snapshot {
+pub(crate) fn snapshot_of(url: &str) -> Snapshot {
     let url = url.to_string();
     on_own_runtime(async move {
         let pool = Pool::connect(&url).await.expect("connect");
@@ -658,7 +658,7 @@ pub fn snapshot_of(url: &str) -> Snapshot {
 }
 
 /// One number from `url` (for synchronous tests).
-pub fn scalar_of(url: &str, sql: &str) -> i64 {
+pub(crate) fn scalar_of(url: &str, sql: &str) -> i64 {
     let (url, sql) = (url.to_string(), sql.to_string());
     on_own_runtime(async move {
         let pool = Pool::connect(&url).await.expect("connect");
@@ -669,12 +669,12 @@ pub fn scalar_of(url: &str, sql: &str) -> i64 {
 }
 
 /// Row counts per snapshot table.
-pub fn counts(s: &Snapshot) -> BTreeMap<&'static str, usize> {
+pub(crate) fn counts(s: &Snapshot) -> BTreeMap<&'static str, usize> {
     s.iter().map(|(t, rows)| (*t, rows.len())).collect()
 }
 
 /// Asserts that no dedupe key occurs twice in any table of `s` (a table's first column).
-pub fn assert_no_duplicate_keys(label: &str, s: &Snapshot) {
+pub(crate) fn assert_no_duplicate_keys(label: &str, s: &Snapshot) {
     for (table, rows) in s {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for r in rows {
@@ -692,7 +692,7 @@ pub fn assert_no_duplicate_keys(label: &str, s: &Snapshot) {
 }
 
 /// Asserts two snapshots hold exactly the same rows, table by table, naming the first differences.
-pub fn assert_same(a_label: &str, a: &Snapshot, b_label: &str, b: &Snapshot) {
+pub(crate) fn assert_same(a_label: &str, a: &Snapshot, b_label: &str, b: &Snapshot) {
     assert_no_duplicate_keys(a_label, a);
     assert_no_duplicate_keys(b_label, b);
     let mut problems = Vec::new();
@@ -733,7 +733,7 @@ pub fn assert_same(a_label: &str, a: &Snapshot, b_label: &str, b: &Snapshot) {
 }
 
 /// A seedable source of random numbers for kill points: `CAREPATH_TEST_SEED` or the clock.
-pub fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     std::env::var("CAREPATH_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -99,7 +99,7 @@ pub fn allowed(roles: &[String], module: Module) -> bool {
 /// Where the [`Call`] extractor leaves the caller for [`audit_outcomes`], which reads it once the
 /// handler has answered.
 #[derive(Clone, Default)]
-pub struct CallerSlot(Arc<Mutex<Option<Caller>>>);
+pub(crate) struct CallerSlot(Arc<Mutex<Option<Caller>>>);
 
 impl CallerSlot {
     fn set(&self, c: &Caller) {
@@ -128,7 +128,7 @@ fn outcome(status: StatusCode) -> &'static str {
 /// Audits what the handlers do not: every authenticated request that was refused or failed
 /// (unless its refusal is already in the record) and every access to configuration, allowed or
 /// not. Unauthenticated requests (401) name no one and are counted in the metrics only.
-pub async fn audit_outcomes(
+pub(crate) async fn audit_outcomes(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,

@@ -26,7 +26,7 @@ pub enum ApiError {
 
 /// Marks a response whose outcome is already audited.
 #[derive(Debug, Clone, Copy)]
-pub struct Audited;
+pub(crate) struct Audited;
 
 impl ApiError {
     /// This error as already audited.
@@ -82,7 +82,7 @@ impl IntoResponse for ApiError {
 }
 
 /// An RFC 9457 problem+json response.
-pub fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     {
         let body = json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail});
         let mut res = (status, Json(body)).into_response();

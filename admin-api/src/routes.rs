@@ -398,7 +398,7 @@ pub static ROUTES: &[Route] = &[
 ];
 
 /// The route `path` (a matched template) answers for `method`, if any.
-pub fn find(method: &axum::http::Method, path: &str) -> Option<&'static Route> {
+pub(crate) fn find(method: &axum::http::Method, path: &str) -> Option<&'static Route> {
     ROUTES
         .iter()
         .find(|r| r.path == path && r.method.as_str().eq_ignore_ascii_case(method.as_str()))

@@ -26,7 +26,10 @@ const HYPER_MAX_BUF: usize = 1024 * 1024;
 
 /// Answers 431 problem+json when a request has more header fields, or more header bytes, than the
 /// API keeps.
-pub async fn header_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn header_limits(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let headers = req.headers();
     let bytes: usize = headers
         .iter()

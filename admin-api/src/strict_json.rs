@@ -16,7 +16,7 @@ use crate::{ApiError, MAX_BODY};
 
 /// Reads a JSON request body once, refuses it (400) when an object in it repeats a key, and hands
 /// the same bytes on. Bodies that do not parse are left to the handler, which says why.
-pub async fn reject_duplicate_keys(req: Request, next: Next) -> Response {
+pub(crate) async fn reject_duplicate_keys(req: Request, next: Next) -> Response {
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -44,7 +44,7 @@ pub async fn reject_duplicate_keys(req: Request, next: Next) -> Response {
 }
 
 /// The first key some object of `bytes` repeats; `None` when there is none or it is not JSON.
-pub fn duplicate_key(bytes: &[u8]) -> Option<String> {
+pub(crate) fn duplicate_key(bytes: &[u8]) -> Option<String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match Unique.deserialize(&mut de) {
         Err(e) if e.classify() == serde_json::error::Category::Data => Some(

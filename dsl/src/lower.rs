@@ -326,7 +326,7 @@ const ACTION_KINDS: &[&str] = &[
 ];
 
 impl<'a> Lowerer<'a> {
-    pub fn new(
+    pub(crate) fn new(
         file: &str,
         base_dir: PathBuf,
         loader: &'a dyn Loader,
@@ -671,7 +671,7 @@ impl<'a> Lowerer<'a> {
 
     // ---- the pathway -----------------------------------------------------------------------
 
-    pub fn pathway(&mut self, root: &Node) -> Option<Pathway> {
+    pub(crate) fn pathway(&mut self, root: &Node) -> Option<Pathway> {
         self.map.root = Some(self.loc(root.pos));
         if !matches!(root.value, Value::Map(_)) {
             self.err(
@@ -1843,7 +1843,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Lowers a fragment file's states into `states`; returns its declared exits.
-    pub fn fragment_states(
+    pub(crate) fn fragment_states(
         &mut self,
         root: &Node,
         prefix: &str,

@@ -261,7 +261,7 @@ pub(crate) mod tests {
 
     /// A small pathway using tasks with outcomes, follow-ups, a scale, an alarm, a referral and
     /// life events.
-    pub const TINY: &str = r#"
+    pub(crate) const TINY: &str = r#"
 pathway: tiny
 version: 1
 title: { zh: 小, en: Tiny }
@@ -322,7 +322,7 @@ states:
   - { id: closed, phase: closed, terminal: true }
 "#;
 
-    pub fn program(src: &str) -> Arc<Program> {
+    pub(crate) fn program(src: &str) -> Arc<Program> {
         let compiled = carepath_dsl::compile_yaml(
             "tiny.yaml",
             src.as_bytes(),

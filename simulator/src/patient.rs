@@ -115,7 +115,7 @@ struct Armed {
 }
 
 /// A queue entry: smaller is more urgent (priority, due, created, patient, task number).
-pub type Key = (u8, i64, i64, u32, u32);
+pub(crate) type Key = (u8, i64, i64, u32, u32);
 
 pub(crate) struct Patient {
     idx: u32,
