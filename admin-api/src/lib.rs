@@ -7,6 +7,8 @@
 //! OpenAPI document, so none of them can drift. Every read or write of patient data is audited in
 //! the store, in the same transaction as a write and before a read is returned.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod error;
 mod handlers;

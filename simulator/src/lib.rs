@@ -10,6 +10,8 @@
 //! queues are ordered totally; every count is a whole number summed per chunk. The output is
 //! byte-identical for the same seed and inputs, whatever the number of threads.
 
+#![forbid(unsafe_code)]
+
 pub mod cohort;
 pub mod expect;
 pub mod model;
