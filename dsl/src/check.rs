@@ -44,6 +44,14 @@ pub(crate) fn check_pathway(
             .cloned()
             .unwrap_or_else(|| fallback.clone())
     };
+    // Where transition `ti` of state `si` was written (its state, failing that).
+    let transition_loc = |si: usize, ti: usize| {
+        map.transitions
+            .get(si)
+            .and_then(|v| v.get(ti))
+            .cloned()
+            .unwrap_or_else(|| state_loc(si))
+    };
 
     // Duplicate ids.
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -138,12 +146,7 @@ pub(crate) fn check_pathway(
     for (si, s) in p.states.iter().enumerate() {
         for (ti, t) in s.transitions.iter().enumerate() {
             if !index.contains_key(t.to.as_str()) {
-                let loc = map
-                    .transitions
-                    .get(si)
-                    .and_then(|v| v.get(ti))
-                    .cloned()
-                    .unwrap_or_else(|| state_loc(si));
+                let loc = transition_loc(si, ti);
                 sink.at(
                     Code::UnknownState,
                     &loc,
@@ -217,12 +220,7 @@ pub(crate) fn check_pathway(
         let mut always = false;
         let mut events: HashSet<&str> = HashSet::new();
         for (ti, t) in s.transitions.iter().enumerate() {
-            let loc = map
-                .transitions
-                .get(si)
-                .and_then(|v| v.get(ti))
-                .cloned()
-                .unwrap_or_else(|| state_loc(si));
+            let loc = transition_loc(si, ti);
             let shadowed =
                 always || matches!(&t.trigger, Trigger::Event(e) if events.contains(e.as_str()));
             if shadowed {
@@ -261,12 +259,7 @@ pub(crate) fn check_pathway(
         if lost.is_empty() {
             continue;
         }
-        let loc = map
-            .transitions
-            .get(si)
-            .and_then(|v| v.get(ti))
-            .cloned()
-            .unwrap_or_else(|| state_loc(si));
+        let loc = transition_loc(si, ti);
         sink.at(
             Code::WorkBornEnded,
             &loc,
