@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::queries::{AuditAppender, AuditEntry, Caller, audit, patient_visible, visible_patient};
+use super::queries::{AuditAppender, AuditEntry, Caller, patient_visible, visible_patient};
 use super::{
     NewEnrolment, NewPatient, Pool, Result, StoreError, Written, enrol_tx, insert_patient,
 };
@@ -31,18 +31,16 @@ pub async fn register(
         )));
     }
     insert_patient(&mut tx, p, now).await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "patient.create",
-        &format!("patient/{}", p.id),
-        std::slice::from_ref(&p.id),
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "patient.create",
+            &format!("patient/{}", p.id),
+            std::slice::from_ref(&p.id),
+            remote,
+            now,
+        )
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -150,18 +148,16 @@ pub async fn enrol(
         new.at,
     )
     .await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "enrolment.create",
-        &format!("enrolment/{id}"),
-        std::slice::from_ref(&new.patient_id),
-        "ok",
-        remote,
-        new.at,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "enrolment.create",
+            &format!("enrolment/{id}"),
+            std::slice::from_ref(&new.patient_id),
+            remote,
+            new.at,
+        )
+        .await?;
     tx.commit().await?;
     Ok((id, written))
 }

@@ -17,6 +17,32 @@ pub struct Caller {
     pub roles: Vec<String>,
 }
 
+impl Caller {
+    /// Appends the audit entry of this caller's successful `action` on `target` (see [`audit`]).
+    pub async fn audit_ok(
+        &self,
+        tx: &mut Tx,
+        action: &str,
+        target: &str,
+        patients: &[String],
+        remote: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        audit(
+            tx,
+            &self.staff_id,
+            Some(&self.institution_id),
+            action,
+            target,
+            patients,
+            "ok",
+            remote,
+            now,
+        )
+        .await
+    }
+}
+
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -780,18 +806,9 @@ pub async fn act_on_task(
             .await?;
         }
     }
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        name,
-        &target,
-        &patients,
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(&mut tx, name, &target, &patients, remote, now)
+        .await?;
     tx.commit().await?;
     Ok(TaskActed {
         task,
@@ -885,18 +902,16 @@ pub async fn timeline(
         .collect();
     // Audit before returning the data: a read that cannot be audited is not served.
     let mut tx = pool.begin().await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "enrolment.timeline",
-        &format!("enrolment/{enrolment}"),
-        std::slice::from_ref(&e.patient_id),
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "enrolment.timeline",
+            &format!("enrolment/{enrolment}"),
+            std::slice::from_ref(&e.patient_id),
+            remote,
+            now,
+        )
+        .await?;
     tx.commit().await?;
     Ok(Timeline {
         enrolment_id: enrolment,
@@ -1070,18 +1085,9 @@ pub async fn decide_referral(
         args![&patient, enrolment, now.as_second(), event, json!({"referral": referral, "by": caller.staff_id, "reason": reason}).to_string()],
     )
     .await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        &action,
-        &target,
-        &patients,
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(&mut tx, &action, &target, &patients, remote, now)
+        .await?;
     tx.commit().await?;
     Ok(Decided {
         referral,
@@ -1197,18 +1203,16 @@ pub async fn ingest_visible(
     let summary = super::ingest_readings_tx(&mut tx, readings, &visible, now).await?;
     let mut patients: Vec<String> = visible.into_iter().collect();
     patients.sort();
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "observations.post",
-        "observations",
-        &patients,
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "observations.post",
+            "observations",
+            &patients,
+            remote,
+            now,
+        )
+        .await?;
     tx.commit().await?;
     Ok(summary)
 }
@@ -1290,18 +1294,16 @@ pub async fn withdraw_scoped(
     let e = visible_enrolment(pool, caller, enrolment, false).await?;
     let mut tx = pool.begin().await?;
     super::withdraw_tx(&mut tx, enrolment, reason, Some(&caller.staff_id), now).await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "enrolment.withdraw",
-        &format!("enrolment/{enrolment}"),
-        &[e.patient_id],
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "enrolment.withdraw",
+            &format!("enrolment/{enrolment}"),
+            &[e.patient_id],
+            remote,
+            now,
+        )
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -1325,18 +1327,16 @@ pub async fn event_scoped(
     }
     let mut tx = pool.begin().await?;
     let added = add_event(&mut tx, enrolment, name, at, None, None, now).await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "enrolment.event",
-        &format!("enrolment/{enrolment}"),
-        &[e.patient_id],
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "enrolment.event",
+            &format!("enrolment/{enrolment}"),
+            &[e.patient_id],
+            remote,
+            now,
+        )
+        .await?;
     tx.commit().await?;
     Ok(added)
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::db::placeholders;
-use super::queries::{Caller, audit, visible_patient};
+use super::queries::{Caller, visible_patient};
 use super::writer::MAX_PARAMS;
 use super::{
     Arg, NewEvent, Pool, Result, Row, RowBuffer, StoreError, Tx, add_event, add_events, ts,
@@ -103,18 +103,16 @@ pub async fn enrolment_pushes(
         })
         .collect();
     let mut tx = pool.begin().await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "scale_push.list",
-        &format!("enrolment/{enrolment}"),
-        &[owner.text(0)],
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "scale_push.list",
+            &format!("enrolment/{enrolment}"),
+            &[owner.text(0)],
+            remote,
+            now,
+        )
+        .await?;
     tx.commit().await?;
     Ok(list)
 }
@@ -325,18 +323,16 @@ pub async fn answer_push(
         args![&key, &patient, enrolment, at.as_second(), json!({"push": push, "scale": scale, "score": scored.score, "band": scored.band, "critical": critical.len(), "by": caller.staff_id}).to_string()],
     )
     .await?;
-    audit(
-        &mut tx,
-        &caller.staff_id,
-        Some(&caller.institution_id),
-        "scale_push.answer",
-        &format!("scale-push/{push}"),
-        std::slice::from_ref(&patient),
-        "ok",
-        remote,
-        now,
-    )
-    .await?;
+    caller
+        .audit_ok(
+            &mut tx,
+            "scale_push.answer",
+            &format!("scale-push/{push}"),
+            std::slice::from_ref(&patient),
+            remote,
+            now,
+        )
+        .await?;
     tx.commit().await?;
     Ok(Answered {
         push_id: push,
