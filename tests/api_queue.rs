@@ -185,14 +185,16 @@ async fn concurrent_read_audits_keep_one_chain() {
         let mut tx = pool.begin().await.expect("begin");
         queries::audit(
             &mut tx,
-            "lead.doctor",
-            Some("lead"),
-            "task.claim",
-            "task/1",
-            &[],
-            "ok",
-            "direct",
-            now,
+            &AuditEntry::new(
+                "lead.doctor",
+                Some("lead"),
+                "task.claim",
+                "task/1",
+                &[],
+                "ok",
+                "direct",
+                now,
+            ),
         )
         .await
         .expect("audit in a transaction");

@@ -172,18 +172,19 @@ pub(crate) async fn audit_outcomes(
         return res;
     }
     let action = format!("{method} {}", route.as_deref().unwrap_or("(no route)"));
-    let written = queries::audit_alone(
-        &state.audit,
-        &c.staff_id,
-        Some(&c.institution_id),
-        &action,
-        &path.chars().take(200).collect::<String>(),
-        &[],
-        outcome(status),
-        &remote,
-        state.now(),
-    )
-    .await;
+    let written = state
+        .audit
+        .append(queries::AuditEntry::new(
+            &c.staff_id,
+            Some(&c.institution_id),
+            &action,
+            &path.chars().take(200).collect::<String>(),
+            &[],
+            outcome(status),
+            &remote,
+            state.now(),
+        ))
+        .await;
     match written {
         Ok(()) => res,
         // What cannot be audited is not served.
@@ -252,18 +253,19 @@ impl Call {
     /// Audits the refusal of a caller whose roles do not grant `module`, and says why.
     async fn refuse(&self, state: &AppState, module: Module) -> ApiError {
         let c = &self.caller;
-        let written = queries::audit_alone(
-            &state.audit,
-            &c.staff_id,
-            Some(&c.institution_id),
-            self.action,
-            module.as_str(),
-            &[],
-            "denied",
-            &self.remote,
-            self.now,
-        )
-        .await;
+        let written = state
+            .audit
+            .append(queries::AuditEntry::new(
+                &c.staff_id,
+                Some(&c.institution_id),
+                self.action,
+                module.as_str(),
+                &[],
+                "denied",
+                &self.remote,
+                self.now,
+            ))
+            .await;
         if let Err(e) = written {
             return e.into();
         }

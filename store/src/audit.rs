@@ -633,14 +633,16 @@ pub async fn seal_legacy(pool: &Pool, at: Timestamp) -> Result<bool> {
     let mut tx = pool.begin().await?;
     crate::queries::audit(
         &mut tx,
-        "carepath",
-        None,
-        "audit.keyed_chain_start",
-        "audit_log",
-        &[],
-        "ok",
-        "local",
-        at,
+        &crate::queries::AuditEntry::new(
+            "carepath",
+            None,
+            "audit.keyed_chain_start",
+            "audit_log",
+            &[],
+            "ok",
+            "local",
+            at,
+        ),
     )
     .await?;
     tx.commit().await?;

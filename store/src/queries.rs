@@ -30,14 +30,16 @@ impl Caller {
     ) -> Result<()> {
         audit(
             tx,
-            &self.staff_id,
-            Some(&self.institution_id),
-            action,
-            target,
-            patients,
-            "ok",
-            remote,
-            now,
+            &AuditEntry::new(
+                &self.staff_id,
+                Some(&self.institution_id),
+                action,
+                target,
+                patients,
+                "ok",
+                remote,
+                now,
+            ),
         )
         .await
     }
@@ -122,29 +124,8 @@ impl AuditEntry {
 
 /// Appends one audit entry, chained to the previous one by hash. Runs inside the caller's
 /// transaction, so a write and its audit entry commit together.
-#[allow(clippy::too_many_arguments)]
-pub async fn audit(
-    tx: &mut Tx,
-    caller: &str,
-    institution: Option<&str>,
-    action: &str,
-    target: &str,
-    patients: &[String],
-    outcome: &str,
-    remote: &str,
-    now: Timestamp,
-) -> Result<()> {
-    let entry = AuditEntry::new(
-        caller,
-        institution,
-        action,
-        target,
-        patients,
-        outcome,
-        remote,
-        now,
-    );
-    append_audit(tx, std::slice::from_ref(&entry)).await
+pub async fn audit(tx: &mut Tx, entry: &AuditEntry) -> Result<()> {
+    append_audit(tx, std::slice::from_ref(entry)).await
 }
 
 /// Rows per INSERT when appending several entries (11 parameters each).
@@ -602,14 +583,16 @@ impl Refusal<'_> {
     ) -> Result<T> {
         audit(
             &mut tx,
-            &self.caller.staff_id,
-            Some(&self.caller.institution_id),
-            self.action,
-            self.target,
-            &patients,
-            outcome,
-            self.remote,
-            self.now,
+            &AuditEntry::new(
+                &self.caller.staff_id,
+                Some(&self.caller.institution_id),
+                self.action,
+                self.target,
+                &patients,
+                outcome,
+                self.remote,
+                self.now,
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -1339,32 +1322,4 @@ pub async fn event_scoped(
         .await?;
     tx.commit().await?;
     Ok(added)
-}
-
-/// Writes an audit entry on its own (denied attempts, reads without a transaction) through the
-/// shared writer.
-#[allow(clippy::too_many_arguments)]
-pub async fn audit_alone(
-    audit: &AuditAppender,
-    actor: &str,
-    institution: Option<&str>,
-    action: &str,
-    target: &str,
-    patients: &[String],
-    outcome: &str,
-    remote: &str,
-    now: Timestamp,
-) -> Result<()> {
-    audit
-        .append(AuditEntry::new(
-            actor,
-            institution,
-            action,
-            target,
-            patients,
-            outcome,
-            remote,
-            now,
-        ))
-        .await
 }
