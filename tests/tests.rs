@@ -9,6 +9,7 @@ mod api;
 mod api_queue;
 mod audit;
 mod bench;
+mod catch_up;
 mod crate_graph;
 mod delivery;
 mod engine_exactly_once;

@@ -19,10 +19,12 @@
 
 use std::fmt;
 
+use jiff::Timestamp;
+
 use crate::facts::RiskResult;
 use crate::step::{Emitted, Outcome, Produced, Status, Taken};
 
-pub use carepath_dsl::policy::{Cause, Work, ends};
+pub use carepath_dsl::policy::{Cause, Work, ends, outlives_once_due};
 
 /// The kind of work a produced action is.
 pub fn work_of(action: &Produced) -> Work {
@@ -51,14 +53,40 @@ pub enum Scope {
 #[derive(Debug, Clone, Copy)]
 pub enum Because<'a> {
     Left(&'a Taken),
-    Ended(Status),
+    /// The enrolment ended with this status at this instant.
+    Ended(Status, Timestamp),
+}
+
+impl Because<'_> {
+    /// The instant the work ends.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Because::Left(t) => t.at,
+            Because::Ended(_, at) => *at,
+        }
+    }
+}
+
+/// The policy at an instant: whether `work` due at `due` ends for `cause` at `at` (see
+/// [`carepath_dsl::policy::ends_at`]). Every sink tests its stored work with this.
+pub fn ends_at(work: Work, cause: Cause, due: Timestamp, at: Timestamp) -> bool {
+    carepath_dsl::policy::ends_at(work, cause, due.as_second(), at.as_second())
+}
+
+/// When a piece of produced work is due (a follow-up: when it is to be sent).
+pub fn due_of(action: &Produced) -> Option<Timestamp> {
+    match action {
+        Produced::Task { due_at, .. } | Produced::ScalePush { due_at, .. } => Some(*due_at),
+        Produced::FollowUp { send_at, .. } => Some(*send_at),
+        _ => None,
+    }
 }
 
 impl fmt::Display for Because<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Because::Left(t) => write!(f, "left `{}` for `{}` ({})", t.from, t.to, t.because),
-            Because::Ended(status) => write!(f, "enrolment {}", status.as_str()),
+            Because::Ended(status, _) => write!(f, "enrolment {}", status.as_str()),
         }
     }
 }
@@ -104,11 +132,7 @@ pub enum Fate {
 impl Made {
     /// The record of an emitted task, follow-up or scale push; `None` for other actions.
     pub fn of(a: &Emitted, fate: Fate) -> Option<Made> {
-        let due_at = match &a.action {
-            Produced::Task { due_at, .. } | Produced::ScalePush { due_at, .. } => *due_at,
-            Produced::FollowUp { send_at, .. } => *send_at,
-            _ => return None,
-        };
+        let due_at = due_of(&a.action)?;
         Some(Made {
             key: a.key.clone(),
             kind: a.action.kind(),
@@ -132,15 +156,37 @@ pub fn apply(outcome: &Outcome, sink: &mut impl OutcomeSink) {
     }
     let status = outcome.enrolment.status;
     if status != Status::Active {
-        sink.end_work(Scope::Every, Cause::EnrolmentEnded, Because::Ended(status));
+        let at = outcome
+            .transitions
+            .last()
+            .map_or(outcome.enrolment.checked_at, |t| t.at);
+        sink.end_work(
+            Scope::Every,
+            Cause::EnrolmentEnded,
+            Because::Ended(status, at),
+        );
     }
     for a in &outcome.actions {
         let left = outcome
             .transitions
             .iter()
             .find(|t| t.left_seq == a.state_seq);
+        // Left at the instant it was made, it never existed; left later (in this same step, a
+        // catch-up), it ends exactly as if a later step had seen the state left.
         let ended = left
-            .filter(|_| ends(work_of(&a.action), Cause::BornIntoLeftState))
+            .filter(|t| {
+                let cause = if t.at == a.at {
+                    Cause::BornIntoLeftState
+                } else {
+                    Cause::StateLeft
+                };
+                ends_at(
+                    work_of(&a.action),
+                    cause,
+                    due_of(&a.action).unwrap_or(a.at),
+                    t.at,
+                )
+            })
             .map(Because::Left);
         sink.action(a, ended);
         if let Produced::Risk {
@@ -263,6 +309,7 @@ mod tests {
                 last_event_seq: 0,
                 status: Status::Completed,
                 tz: "UTC".into(),
+                checked_at: Timestamp::UNIX_EPOCH,
             },
             transitions: vec![taken("a", "b", 1), taken("b", "c", 2)],
             actions: vec![

@@ -206,13 +206,16 @@ struct TestSink<'a> {
 impl OutcomeSink for TestSink<'_> {
     fn transition(&mut self, _: &step::Taken) {}
 
-    fn end_work(&mut self, scope: Scope, cause: Cause, _: Because<'_>) {
+    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
         for it in self.items.iter_mut().filter(|it| !it.done && !it.cancelled) {
             let in_scope = match scope {
                 Scope::Entry(seq) => it.state_seq == seq,
                 Scope::Every => true,
             };
-            if in_scope && outcome::ends(outcome::work_of(&it.produced), cause) {
+            let due = outcome::due_of(&it.produced).unwrap_or(it.at);
+            if in_scope
+                && outcome::ends_at(outcome::work_of(&it.produced), cause, due, because.at())
+            {
                 it.cancelled = true;
             }
         }

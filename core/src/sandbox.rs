@@ -573,6 +573,20 @@ pub fn set_entered_at(at: Timestamp) {
     });
 }
 
+/// Moves the context's clock to the instant being evaluated: guards read the facts as of it.
+pub fn set_now(at: Timestamp) {
+    CONTEXT.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.now = at;
+        }
+    });
+}
+
+/// Reads the installed facts (`None` outside a step).
+pub fn with_facts<T>(f: impl FnOnce(&PatientFacts) -> T) -> Option<T> {
+    CONTEXT.with(|c| c.borrow().as_ref().map(|ctx| f(&ctx.facts)))
+}
+
 /// Runs `f` with `ctx` installed for the fact functions; the context is removed afterwards.
 pub fn with_context<T>(ctx: EvalContext, f: impl FnOnce() -> T) -> T {
     struct Reset;

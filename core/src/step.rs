@@ -20,10 +20,28 @@ use crate::facts::{PatientFacts, PendingEvent};
 use crate::sandbox::{CompiledExprs, EvalContext, with_context};
 use crate::time;
 
-/// A faulty pathway cannot spin: one step takes at most this many transitions.
-pub const MAX_TRANSITIONS_PER_STEP: usize = 64;
+/// A faulty pathway cannot spin: at most this many transitions are taken at one instant. A
+/// catch-up of any length is not bounded: it takes what each instant takes, in order.
+pub const MAX_TRANSITIONS_PER_INSTANT: usize = 64;
 
-/// How often a state whose transitions depend on conditions is re-checked without an event.
+/// Where a walk over check instants begins.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// At this instant, inclusive (a state was just entered at it).
+    At(Timestamp),
+    /// At the first check instant after this one (everything up to it has been evaluated).
+    After(Timestamp),
+}
+
+/// What evaluating a state at one instant did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Did {
+    Moved,
+    Consumed,
+    Nothing,
+}
+
+/// How often a state whose transitions depend on conditions is re-checked, counted from its entry.
 const RECHECK_SECONDS: i64 = 86_400;
 
 /// A pathway version ready to run.
@@ -75,6 +93,9 @@ pub struct Enrolment {
     pub last_event_seq: i64,
     pub tz: String,
     pub status: Status,
+    /// Every check instant up to this one has been evaluated; the next step resumes after it.
+    #[serde(default)]
+    pub checked_at: Timestamp,
 }
 
 /// What one action of a state produced.
@@ -369,9 +390,6 @@ impl Run<'_> {
         at: Timestamp,
         because: String,
     ) -> Result<(), StepError> {
-        if self.taken.len() >= MAX_TRANSITIONS_PER_STEP {
-            return Err(self.fail(None, format!("more than {MAX_TRANSITIONS_PER_STEP} transitions in one step; the pathway loops without waiting")));
-        }
         let idx = self
             .prog
             .pathway
@@ -401,103 +419,196 @@ impl Run<'_> {
         }
     }
 
-    fn advance(&mut self, pending: &[PendingEvent]) -> Result<(), StepError> {
-        let start_seq = self.e.last_event_seq;
-        let mut events = pending.iter().filter(|ev| ev.seq > start_seq).peekable();
-        loop {
-            if self.e.status != Status::Active {
-                break;
+    /// Whether the current state has a transition that waits on a condition at `t`: a guarded
+    /// immediate transition, or a guarded timer whose time has come. Such a state is evaluated
+    /// again at every fact's instant and every [`RECHECK_SECONDS`] after its entry.
+    fn polls(&self, state: &carepath_dsl::State, t: Timestamp) -> bool {
+        state.transitions.iter().any(|tr| match &tr.trigger {
+            Trigger::Immediate => tr.guard.is_some(),
+            trigger => tr.guard.is_some() && self.fire_time(trigger).is_some_and(|at| at <= t),
+        })
+    }
+
+    /// The first check instant of the current state after `t`: the next timer, the next pending
+    /// event, and, while the state waits on a condition, the next recorded fact and the next daily
+    /// re-check counted from the state's entry. A function of the pathway and the patient's
+    /// history only, never of when passes run: this is what makes a catch-up exact.
+    fn next_instant(
+        &self,
+        state: &carepath_dsl::State,
+        t: Timestamp,
+        events: &[PendingEvent],
+    ) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut consider = |c: Timestamp| {
+            if c > t && next.is_none_or(|n| c < n) {
+                next = Some(c);
             }
+        };
+        for tr in &state.transitions {
+            if let Some(at) = self.fire_time(&tr.trigger) {
+                consider(at);
+            }
+        }
+        if let Some(ev) = events.iter().filter(|ev| ev.at > t).map(|ev| ev.at).min() {
+            consider(ev);
+        }
+        // A timer not yet due starts polling at its fire time, which is already a candidate.
+        if self.polls(state, t) {
+            let entered = self.e.entered_at.as_second();
+            let k = (t.as_second() - entered).div_euclid(RECHECK_SECONDS) + 1;
+            if let Ok(c) = Timestamp::from_second(entered + k * RECHECK_SECONDS) {
+                consider(c);
+            }
+            if let Some(c) = self.facts_after(t) {
+                consider(c);
+            }
+        }
+        next
+    }
+
+    /// The instant of the first recorded fact (reading, answer, event) after `t`.
+    fn facts_after(&self, t: Timestamp) -> Option<Timestamp> {
+        crate::sandbox::with_facts(|f| {
+            let obs = f.observations.partition_point(|o| o.at <= t);
+            let sc = f.scales.partition_point(|s| s.at <= t);
+            let ev = f.events.partition_point(|e| e.at <= t);
+            [
+                f.observations.get(obs).map(|o| o.at),
+                f.scales.get(sc).map(|s| s.at),
+                f.events.get(ev).map(|e| e.at),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+        })
+        .flatten()
+    }
+
+    /// Walks the check instants from `start` up to `now`, in order. At each instant, with the
+    /// facts as of that instant: the immediate and conditional transitions in written order, then
+    /// the timers that have come due (earliest first), then the events of that instant (in the
+    /// order recorded). Each transition enters the next state at the same instant, which is then
+    /// evaluated in turn; at most [`MAX_TRANSITIONS_PER_INSTANT`] transitions are taken at one instant.
+    fn advance(&mut self, pending: &[PendingEvent], start: Start) -> Result<(), StepError> {
+        let mut events: Vec<PendingEvent> = pending
+            .iter()
+            .filter(|ev| ev.seq > self.e.last_event_seq)
+            .cloned()
+            .collect();
+        events.sort_by_key(|ev| ev.seq);
+        let first = match start {
+            Start::At(t) => Some(t),
+            // An event recorded late (at or before the instant already reached) is taken at once.
+            Start::After(t) if events.iter().any(|ev| ev.at <= t) => Some(t),
+            Start::After(t) => self
+                .prog
+                .pathway
+                .state(&self.e.state)
+                .and_then(|state| self.next_instant(state, t, &events)),
+        };
+        let mut t = first.unwrap_or(Timestamp::MAX);
+        let mut at_instant = 0usize;
+        while t <= self.now && self.e.status == Status::Active {
+            crate::sandbox::set_now(t);
             let idx = self
                 .prog
                 .pathway
                 .state_index(&self.e.state)
                 .ok_or_else(|| self.fail(None, "enrolment is in an unknown state".into()))?;
             let state = &self.prog.pathway.states[idx];
-            let cursor = self.e.entered_at;
-
-            // 1. Immediate and conditional transitions, in written order.
-            let mut moved = false;
-            for (i, t) in state.transitions.iter().enumerate() {
-                if t.trigger == Trigger::Immediate
-                    && self.guard_holds(t.guard.as_ref(), "condition")?
-                {
-                    let because = t
-                        .guard
-                        .as_ref()
-                        .map(|g| format!("when {}", g.0))
-                        .unwrap_or_else(|| "immediately".into());
-                    let at = if t.guard.is_some() {
-                        self.now.max(cursor)
-                    } else {
-                        cursor
-                    };
-                    self.take(i, &t.to, at, because)?;
-                    moved = true;
-                    break;
+            let did = self.at_instant(state, t, &mut events)?;
+            if did == Did::Moved {
+                at_instant += 1;
+                if at_instant > MAX_TRANSITIONS_PER_INSTANT {
+                    return Err(self.fail(
+                        None,
+                        format!(
+                            "more than {MAX_TRANSITIONS_PER_INSTANT} transitions at {t}; the pathway loops without waiting"
+                        ),
+                    ));
                 }
             }
-            if moved {
+            if did != Did::Nothing {
                 continue;
             }
-
-            // 2. The earliest timed transition that is due and whose guard holds.
-            let mut timed: Vec<(Timestamp, usize)> = state
-                .transitions
-                .iter()
-                .enumerate()
-                .filter_map(|(i, t)| {
-                    self.fire_time(&t.trigger)
-                        .filter(|at| *at <= self.now)
-                        .map(|at| (at, i))
-                })
-                .collect();
-            timed.sort();
-            let mut due: Option<(Timestamp, usize)> = None;
-            for (at, i) in timed {
-                let t = &state.transitions[i];
-                if self.guard_holds(t.guard.as_ref(), &t.trigger.describe())? {
-                    due = Some((at, i));
-                    break;
+            match self.next_instant(state, t, &events) {
+                Some(n) => {
+                    t = n;
+                    at_instant = 0;
                 }
-            }
-
-            // 3. The next pending event, if it happened before that.
-            let next_event = events.peek().filter(|ev| ev.at <= self.now).cloned();
-            match (due, next_event) {
-                (Some((at, i)), ev) if ev.as_ref().is_none_or(|ev| at <= ev.at) => {
-                    let t = &state.transitions[i];
-                    self.take(i, &t.to, at, t.trigger.describe())?;
-                }
-                (_, Some(ev)) => {
-                    events.next();
-                    self.e.last_event_seq = ev.seq;
-                    let at = ev.at.max(cursor);
-                    let mut matched = None;
-                    for (i, t) in state.transitions.iter().enumerate() {
-                        if matches!(&t.trigger, Trigger::Event(name) if *name == ev.name)
-                            && self.guard_holds(t.guard.as_ref(), &format!("on {}", ev.name))?
-                        {
-                            matched = Some((i, t.to.clone()));
-                            break;
-                        }
-                    }
-                    match matched {
-                        Some((i, to)) => self.take(i, &to, at, format!("on {}", ev.name))?,
-                        None => self.trace.push(format!(
-                            "event `{}` does not move `{}`",
-                            ev.name, self.e.state
-                        )),
-                    }
-                }
-                _ => break,
+                None => break,
             }
         }
         // Events that arrived for a closed enrolment are consumed too.
-        for ev in events.filter(|ev| ev.at <= self.now) {
-            self.e.last_event_seq = ev.seq;
+        for ev in events.iter().filter(|ev| ev.at <= self.now) {
+            self.e.last_event_seq = self.e.last_event_seq.max(ev.seq);
         }
+        self.e.checked_at = self.e.checked_at.max(self.now);
+        crate::sandbox::set_now(self.now);
         Ok(())
+    }
+
+    /// Evaluates the current state at instant `t`: whether it took a transition or consumed an
+    /// event (either way the state is evaluated again at `t`) or has nothing more to do at `t`.
+    fn at_instant(
+        &mut self,
+        state: &carepath_dsl::State,
+        t: Timestamp,
+        events: &mut Vec<PendingEvent>,
+    ) -> Result<Did, StepError> {
+        // 1. Immediate and conditional transitions, in written order.
+        for (i, tr) in state.transitions.iter().enumerate() {
+            if tr.trigger == Trigger::Immediate
+                && self.guard_holds(tr.guard.as_ref(), "condition")?
+            {
+                let because = tr
+                    .guard
+                    .as_ref()
+                    .map(|g| format!("when {}", g.0))
+                    .unwrap_or_else(|| "immediately".into());
+                self.take(i, &tr.to, t, because)?;
+                return Ok(Did::Moved);
+            }
+        }
+        // 2. Timers that have come due, earliest first; a guarded one waits for its guard.
+        let mut timed: Vec<(Timestamp, usize)> = state
+            .transitions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, tr)| {
+                self.fire_time(&tr.trigger)
+                    .filter(|at| *at <= t)
+                    .map(|at| (at, i))
+            })
+            .collect();
+        timed.sort();
+        for (_, i) in timed {
+            let tr = &state.transitions[i];
+            if self.guard_holds(tr.guard.as_ref(), &tr.trigger.describe())? {
+                self.take(i, &tr.to, t, tr.trigger.describe())?;
+                return Ok(Did::Moved);
+            }
+        }
+        // 3. The first event recorded at or before `t`.
+        let Some(pos) = events.iter().position(|ev| ev.at <= t) else {
+            return Ok(Did::Nothing);
+        };
+        let ev = events.remove(pos);
+        self.e.last_event_seq = self.e.last_event_seq.max(ev.seq);
+        for (i, tr) in state.transitions.iter().enumerate() {
+            if matches!(&tr.trigger, Trigger::Event(name) if *name == ev.name)
+                && self.guard_holds(tr.guard.as_ref(), &format!("on {}", ev.name))?
+            {
+                self.take(i, &tr.to, t, format!("on {}", ev.name))?;
+                return Ok(Did::Moved);
+            }
+        }
+        self.trace.push(format!(
+            "event `{}` does not move `{}`",
+            ev.name, self.e.state
+        ));
+        Ok(Did::Consumed)
     }
 
     /// What the run did, and when the enrolment next needs a step.
@@ -512,35 +623,18 @@ impl Run<'_> {
         }
     }
 
+    /// The next check instant after `now`.
     fn next_wake(&self, pending: &[PendingEvent]) -> Option<Timestamp> {
         if self.e.status != Status::Active {
             return None;
         }
         let state = self.prog.pathway.state(&self.e.state)?;
-        let recheck = Timestamp::from_second(self.now.as_second() + RECHECK_SECONDS).ok();
-        let mut wake: Option<Timestamp> = None;
-        let mut consider = |t: Option<Timestamp>| {
-            if let Some(t) = t {
-                wake = Some(wake.map_or(t, |w| w.min(t)));
-            }
-        };
-        for t in &state.transitions {
-            match self.fire_time(&t.trigger) {
-                Some(at) if at > self.now => consider(Some(at)),
-                // A due timed transition whose guard did not hold, or a condition: check again later.
-                Some(_) => consider(recheck),
-                None if t.trigger == Trigger::Immediate => consider(recheck),
-                None => {}
-            }
-        }
-        consider(
-            pending
-                .iter()
-                .filter(|ev| ev.seq > self.e.last_event_seq && ev.at > self.now)
-                .map(|ev| ev.at)
-                .min(),
-        );
-        wake
+        let waiting: Vec<PendingEvent> = pending
+            .iter()
+            .filter(|ev| ev.seq > self.e.last_event_seq)
+            .cloned()
+            .collect();
+        self.next_instant(state, self.now, &waiting)
     }
 }
 
@@ -576,7 +670,8 @@ pub fn step(
             trace: Vec::new(),
         };
         if run.e.status == Status::Active {
-            run.advance(pending)?;
+            let resume = run.e.checked_at.max(run.e.entered_at);
+            run.advance(pending, Start::After(resume))?;
         }
         Ok(run.into_outcome(pending))
     })
@@ -626,6 +721,7 @@ pub fn enrol(
         last_event_seq: 0,
         tz: tz.to_string(),
         status: Status::Active,
+        checked_at: now,
     };
     let tzz = zone_of(&e);
     let ctx = EvalContext {
@@ -648,7 +744,7 @@ pub fn enrol(
             trace: vec![format!("{now}: enrolled at entry point `{entry}`")],
         };
         run.enter(idx, now)?;
-        run.advance(pending)?;
+        run.advance(pending, Start::At(now))?;
         Ok(run.into_outcome(pending))
     })
 }

@@ -59,3 +59,17 @@ pub fn ends(work: Work, cause: Cause) -> bool {
         Work::Record => false,
     }
 }
+
+/// Whether `work` that has come due by the instant it would end outlives the ending: a follow-up
+/// whose send time has passed is delivered, whichever pass notices the ending; work born into a
+/// state left at the instant it was made never existed and ends whatever its due.
+pub fn outlives_once_due(work: Work, cause: Cause) -> bool {
+    work == Work::FollowUp && cause != Cause::BornIntoLeftState
+}
+
+/// The policy at an instant: whether `work` due at `due` (seconds) ends for `cause` at `at`.
+/// Being a function of instants only, it gives the same answer whether the ending is seen by the
+/// pass that made the work or by a later one.
+pub fn ends_at(work: Work, cause: Cause, due: i64, at: i64) -> bool {
+    ends(work, cause) && !(outlives_once_due(work, cause) && due <= at)
+}

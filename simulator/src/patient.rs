@@ -102,6 +102,7 @@ struct OpenTask {
 struct FollowUpSlot {
     id: u32,
     state_seq: u32,
+    send_at: i64,
     channels: Vec<Channel>,
 }
 
@@ -1091,7 +1092,8 @@ impl Patient {
         let before = self.follow_ups.len();
         let journal = &mut cx.journal;
         self.follow_ups.retain(|f| {
-            let ends = within(f.state_seq) && outcome::ends(Work::FollowUp, cause);
+            let ends = within(f.state_seq)
+                && carepath_dsl::policy::ends_at(Work::FollowUp, cause, f.send_at, at);
             if let (true, Some(j)) = (ends, journal.as_deref_mut()) {
                 j.ended(false, f.id);
             }
@@ -1194,6 +1196,7 @@ impl Patient {
                     self.follow_ups.push(FollowUpSlot {
                         id,
                         state_seq: a.state_seq,
+                        send_at: send_at.as_second(),
                         channels: channels.clone(),
                     });
                     self.schedule(send, Item::FollowUp(id), cx.horizon);
@@ -1408,10 +1411,7 @@ impl OutcomeSink for Applying<'_, '_, '_> {
     }
 
     fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
-        let at = match because {
-            Because::Left(taken) => taken.at.as_second(),
-            Because::Ended(_) => self.t,
-        };
+        let at = because.at().as_second();
         self.patient.end_work(self.cx, scope, cause, at);
     }
 

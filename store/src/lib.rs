@@ -67,6 +67,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_scale_answers", "scale_answers"),
     migration!(7, "0007_due_order", "due_order"),
     migration!(9, "0009_audit_keyed_chain", "audit_keyed_chain"),
+    migration!(10, "0010_checked_at", "checked_at"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -312,10 +313,11 @@ pub fn vars_from_json(text: &str) -> BTreeMap<String, VarValue> {
         .collect()
 }
 
-const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex";
+const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex, e.checked_at";
 
 fn due_from_row(r: &Row) -> DueEnrolment {
     let vars = vars_from_json(&r.text(8));
+    let entered_at = ts(r.i64(7));
     DueEnrolment {
         enrolment: Enrolment {
             id: r.i64(0),
@@ -323,11 +325,12 @@ fn due_from_row(r: &Row) -> DueEnrolment {
             version: r.i64(4) as u32,
             state: r.text(5),
             state_seq: r.i64(6) as u32,
-            entered_at: ts(r.i64(7)),
+            entered_at,
             vars,
             last_event_seq: r.i64(9),
             tz: r.text(12),
             status: Status::parse(&r.text(10)),
+            checked_at: r.opt_i64(15).map_or(entered_at, ts),
         },
         patient_id: r.text(1),
         institution_id: r.text(2),
@@ -613,6 +616,8 @@ struct Ending {
     seq: i64,
     cause: Cause,
     reason: String,
+    /// The instant the work ends (seconds): work that had come due by then may outlive it.
+    at: i64,
 }
 
 /// The store's side of [`outcome::apply`]: rows into the buffer, endings into one statement per
@@ -647,6 +652,7 @@ impl OutcomeSink for StoreSink<'_> {
             },
             cause,
             reason: because.to_string(),
+            at: because.at().as_second(),
         });
     }
 
@@ -686,7 +692,7 @@ async fn update_enrolments(
     tx: &mut Tx,
     batch: &[(&DueEnrolment, &Outcome, Timestamp)],
 ) -> Result<HashSet<i64>> {
-    const PER_ROW: usize = 10;
+    const PER_ROW: usize = 11;
     let mut updated = HashSet::new();
     for part in batch.chunks(writer::MAX_PARAMS / PER_ROW) {
         let mut a = Vec::with_capacity(part.len() * PER_ROW);
@@ -703,13 +709,14 @@ async fn update_enrolments(
                 e.last_event_seq,
                 e.status.as_str(),
                 outcome.next_wake.map(|t| t.as_second()),
-                ended
+                ended,
+                e.checked_at.as_second()
             ]);
         }
         let sql = format!(
             "UPDATE enrolments SET state = v.column3, state_seq = v.column4, entered_at = v.column5, vars = v.column6, \
              last_event_seq = v.column7, status = v.column8, next_wake_at = v.column9, row_version = enrolments.row_version + 1, \
-             ended_at = COALESCE(enrolments.ended_at, v.column10) \
+             ended_at = COALESCE(enrolments.ended_at, v.column10), checked_at = v.column11 \
              FROM (VALUES {}) AS v WHERE enrolments.id = v.column1 AND enrolments.row_version = v.column2 RETURNING enrolments.id",
             values_list(part.len(), PER_ROW)
         );
@@ -723,6 +730,8 @@ async fn update_enrolments(
 struct Kinds {
     tasks: (bool, bool),
     follow_ups: bool,
+    /// Follow-ups whose send time has passed by the ending outlive it.
+    follow_ups_outlive_due: bool,
     scale_pushes: bool,
     alarms: (bool, bool),
 }
@@ -737,6 +746,7 @@ impl Kinds {
                 ends(Work::Task { keep: true }),
             ),
             follow_ups: ends(Work::FollowUp),
+            follow_ups_outlive_due: outcome::outlives_once_due(Work::FollowUp, cause),
             scale_pushes: ends(Work::ScalePush),
             alarms: (
                 ends(Work::Alarm(AlarmScope::State)),
@@ -779,15 +789,13 @@ async fn cancel_kinds(
             .flat_map(|x| args![x.enrolment, x.seq, x.reason.as_str()])
             .collect();
         with_reason.extend(ids.iter().cloned());
-        let mut without: Vec<Arg> = part
+        let mut with_at: Vec<Arg> = part
             .iter()
-            .flat_map(|x| args![x.enrolment, x.seq])
+            .flat_map(|x| args![x.enrolment, x.seq, x.at])
             .collect();
-        without.extend(ids.iter().cloned());
+        with_at.extend(ids.iter().cloned());
         let v3 = values_list(part.len(), 3);
-        let v2 = values_list(part.len(), 2);
         let in3 = db::placeholders(3 * part.len() + 1, part.len());
-        let in2 = db::placeholders(2 * part.len() + 1, part.len());
         let keep = match kinds.tasks {
             (true, true) => Some(""),
             (true, false) => Some(" AND tasks.keep = 0"),
@@ -810,16 +818,21 @@ async fn cancel_kinds(
             }
         }
         if kinds.follow_ups {
+            let due = if kinds.follow_ups_outlive_due {
+                " AND follow_ups.send_at > v.column3"
+            } else {
+                ""
+            };
             // The follow-ups first, then their pending messages by id: an explicit list keeps
             // the outbox update on its `follow_up_id` index whatever the planner thinks of the join.
             let follow_ups: Vec<Arg> = tx
                 .fetch(
                     &format!(
-                        "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v2}) AS v \
-                         WHERE follow_ups.enrolment_id IN ({in2}) AND follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
-                         AND follow_ups.status = 'scheduled' RETURNING follow_ups.id"
+                        "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v3}) AS v \
+                         WHERE follow_ups.enrolment_id IN ({in3}) AND follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
+                         AND follow_ups.status = 'scheduled'{due} RETURNING follow_ups.id"
                     ),
-                    without.clone(),
+                    with_at.clone(),
                 )
                 .await?
                 .iter()
@@ -839,11 +852,11 @@ async fn cancel_kinds(
         if kinds.scale_pushes {
             tx.exec(
                 &format!(
-                    "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL FROM (VALUES {v2}) AS v \
-                     WHERE scale_pushes.enrolment_id IN ({in2}) AND scale_pushes.enrolment_id = v.column1 AND (v.column2 < 0 OR scale_pushes.state_seq = v.column2) \
+                    "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL FROM (VALUES {v3}) AS v \
+                     WHERE scale_pushes.enrolment_id IN ({in3}) AND scale_pushes.enrolment_id = v.column1 AND (v.column2 < 0 OR scale_pushes.state_seq = v.column2) \
                      AND scale_pushes.status = 'pending'"
                 ),
-                without.clone(),
+                with_at.clone(),
             )
             .await?;
         }
@@ -856,11 +869,11 @@ async fn cancel_kinds(
         if let Some(scopes) = scopes {
             tx.exec(
                 &format!(
-                    "UPDATE alarm_rules SET active = 0 FROM (VALUES {v2}) AS v \
-                     WHERE alarm_rules.enrolment_id IN ({in2}) AND alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR alarm_rules.state_seq = v.column2) \
+                    "UPDATE alarm_rules SET active = 0 FROM (VALUES {v3}) AS v \
+                     WHERE alarm_rules.enrolment_id IN ({in3}) AND alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR alarm_rules.state_seq = v.column2) \
                      AND alarm_rules.scope IN ({scopes}) AND alarm_rules.active = 1"
                 ),
-                without,
+                with_at,
             )
             .await?;
         }
@@ -869,7 +882,13 @@ async fn cancel_kinds(
 }
 
 /// Cancels open work from one state entry (`seq`), or from every state entry with `seq = -1`.
-pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &str) -> Result<u64> {
+pub async fn cancel_state_work(
+    tx: &mut Tx,
+    enrolment: i64,
+    seq: i64,
+    reason: &str,
+    at: Timestamp,
+) -> Result<u64> {
     let cause = if seq < 0 {
         Cause::EnrolmentEnded
     } else {
@@ -880,6 +899,7 @@ pub async fn cancel_state_work(tx: &mut Tx, enrolment: i64, seq: i64, reason: &s
         seq,
         cause,
         reason: reason.to_string(),
+        at: at.as_second(),
     };
     Ok(cancel_work_of(tx, &[ending]).await?.values().sum())
 }
@@ -1259,7 +1279,16 @@ pub async fn withdraw_tx(
         args![now.as_second(), enrolment],
     )
     .await?;
-    cancel_state_work(tx, enrolment, -1, &format!("withdrawn: {reason}")).await?;
+    // Withdrawal ends work whatever its due: nothing further reaches the patient, not even a
+    // follow-up whose send time has passed but that has not gone out.
+    cancel_state_work(
+        tx,
+        enrolment,
+        -1,
+        &format!("withdrawn: {reason}"),
+        Timestamp::MIN,
+    )
+    .await?;
     // `keep` lets a task outlive its state, not the enrolment: withdrawal cancels kept tasks too.
     tx.exec(
         "UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')",
