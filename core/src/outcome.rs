@@ -8,10 +8,13 @@
 //!
 //! - Leaving a state ends the work it created: open tasks (unless `keep`), scheduled follow-ups
 //!   with their pending messages, and state-scoped alarm rules. A scale push outlives its state:
-//!   once sent, a questionnaire stays answerable until it is answered or expires.
-//! - Work created in a state that the same step has already left (a catch-up, an immediate
-//!   transition) is born ended: stored as cancelled, never sent — scale pushes included, since a
-//!   push that was never sent cannot have been seen.
+//!   once sent, a questionnaire stays answerable until it is answered or expires. A follow-up
+//!   whose send time had come by the instant its state was left outlives the leaving.
+//! - Work created in a state left at the instant it was created (an immediate transition) is born
+//!   ended: stored as cancelled, never sent — scale pushes included, since a push that was never
+//!   sent cannot have been seen. Work created in a state left at a later instant of the same step
+//!   (a catch-up) ends exactly as a later step would have ended it: every rule is a function of
+//!   instants, never of which pass sees them.
 //! - An enrolment that ends (its pathway reached a terminal state) ends the open work of every
 //!   earlier state and its enrolment-scoped alarms too; the terminal state's own actions are its
 //!   closing work and are created live.

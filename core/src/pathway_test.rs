@@ -492,7 +492,9 @@ fn describe(items: &[Item], kind: &str) -> String {
         .zip(items.iter().filter(|it| it.produced.kind() == kind))
         .map(|(d, it)| {
             if it.born_ended {
-                format!("{d} (cancelled as it was made: its state was left in the same step)")
+                format!(
+                    "{d} (cancelled as it was made: its state was left at the instant it was made)"
+                )
             } else {
                 d
             }

@@ -24,15 +24,6 @@ use crate::time;
 /// catch-up of any length is not bounded: it takes what each instant takes, in order.
 pub const MAX_TRANSITIONS_PER_INSTANT: usize = 64;
 
-/// Where a walk over check instants begins.
-#[derive(Debug, Clone, Copy)]
-enum Start {
-    /// At this instant, inclusive (a state was just entered at it).
-    At(Timestamp),
-    /// At the first check instant after this one (everything up to it has been evaluated).
-    After(Timestamp),
-}
-
 /// What evaluating a state at one instant did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Did {
@@ -490,24 +481,20 @@ impl Run<'_> {
     /// the timers that have come due (earliest first), then the events of that instant (in the
     /// order recorded). Each transition enters the next state at the same instant, which is then
     /// evaluated in turn; at most [`MAX_TRANSITIONS_PER_INSTANT`] transitions are taken at one instant.
-    fn advance(&mut self, pending: &[PendingEvent], start: Start) -> Result<(), StepError> {
+    ///
+    /// The walk begins at `start` inclusive: a step resumes at the instant the previous one
+    /// reached, which it evaluates again. With facts recorded as they happen nothing has changed
+    /// as of that instant and it takes nothing; a reading or event recorded late (its instant at
+    /// or before the one reached) takes effect there, at once, instead of waiting for the next
+    /// check instant.
+    fn advance(&mut self, pending: &[PendingEvent], start: Timestamp) -> Result<(), StepError> {
         let mut events: Vec<PendingEvent> = pending
             .iter()
             .filter(|ev| ev.seq > self.e.last_event_seq)
             .cloned()
             .collect();
         events.sort_by_key(|ev| ev.seq);
-        let first = match start {
-            Start::At(t) => Some(t),
-            // An event recorded late (at or before the instant already reached) is taken at once.
-            Start::After(t) if events.iter().any(|ev| ev.at <= t) => Some(t),
-            Start::After(t) => self
-                .prog
-                .pathway
-                .state(&self.e.state)
-                .and_then(|state| self.next_instant(state, t, &events)),
-        };
-        let mut t = first.unwrap_or(Timestamp::MAX);
+        let mut t = start;
         let mut at_instant = 0usize;
         while t <= self.now && self.e.status == Status::Active {
             crate::sandbox::set_now(t);
@@ -671,7 +658,7 @@ pub fn step(
         };
         if run.e.status == Status::Active {
             let resume = run.e.checked_at.max(run.e.entered_at);
-            run.advance(pending, Start::After(resume))?;
+            run.advance(pending, resume)?;
         }
         Ok(run.into_outcome(pending))
     })
@@ -744,7 +731,140 @@ pub fn enrol(
             trace: vec![format!("{now}: enrolled at entry point `{entry}`")],
         };
         run.enter(idx, now)?;
-        run.advance(pending, Start::At(now))?;
+        run.advance(pending, now)?;
         Ok(run.into_outcome(pending))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::Observation;
+    use std::path::Path;
+
+    fn program(yaml: &str) -> Program {
+        let compiled = carepath_dsl::compile_yaml(
+            "t.yaml",
+            yaml.as_bytes(),
+            Path::new("."),
+            &carepath_dsl::FsLoader,
+        );
+        let pathway = crate::program::into_pathway(compiled).expect("valid");
+        let mut programs = crate::program::Programs::default();
+        let source = crate::program::Source::new("t.yaml", yaml.into(), &pathway);
+        let prog = programs.insert(pathway, source).expect("compiles");
+        let key = (prog.pathway.id.clone(), prog.pathway.version);
+        drop(prog);
+        let prog = programs.by_key.remove(&key).expect("inserted");
+        std::sync::Arc::try_unwrap(prog).unwrap_or_else(|_| panic!("one owner"))
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("instant")
+    }
+
+    fn days(t: Timestamp, d: i64) -> Timestamp {
+        Timestamp::from_second(t.as_second() + d * 86_400).expect("instant")
+    }
+
+    const HEAD: &str =
+        "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n";
+
+    /// A daily loop through two states for a year: 730 transitions in one catch-up, never more
+    /// than two at one instant.
+    #[test]
+    fn a_year_of_catch_up_is_not_bounded_but_each_instant_is() {
+        let prog = program(&format!(
+            "{HEAD}entry_points:\n  - {{ id: start, state: a }}\nstates:\n\
+             \x20 - id: a\n    phase: follow_up\n    transitions:\n      - {{ after: 12h, to: b }}\n\
+             \x20 - id: b\n    phase: follow_up\n    transitions:\n      - {{ after: 12h, to: a }}\n      - {{ on: died, to: end }}\n\
+             \x20 - id: end\n    phase: closed\n    terminal: true\n"
+        ));
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let facts = PatientFacts::default();
+        let out = enrol(&prog, 1, "start", "UTC", &facts, &[], t0).expect("enrols");
+        let year = step(&prog, &out.enrolment, &facts, &[], days(t0, 365)).expect("catches up");
+        assert_eq!(year.transitions.len(), 730);
+        assert_eq!(year.enrolment.checked_at, days(t0, 365));
+        assert_eq!(
+            year.next_wake,
+            Some(days(t0, 365) + jiff::SignedDuration::from_hours(12))
+        );
+    }
+
+    /// The guard is evaluated at each reading's instant with the readings as of then: a high
+    /// reading on day 3 that a normal one replaced on day 5 still moves the patient on day 3, when
+    /// the only pass runs on day 10.
+    #[test]
+    fn a_condition_is_taken_at_the_instant_it_held() {
+        let prog = program(&format!(
+            "{HEAD}entry_points:\n  - {{ id: start, state: watch }}\nstates:\n\
+             \x20 - id: watch\n    phase: follow_up\n    transitions:\n      - {{ when: 'latest(\"bp_systolic\") >= 160', to: high }}\n\
+             \x20 - id: high\n    phase: follow_up\n    on_enter:\n      - task: {{ role: nurse, title: {{ zh: 复查, en: Review }}, due: 1d }}\n    transitions:\n      - {{ on: died, to: end }}\n\
+             \x20 - id: end\n    phase: closed\n    terminal: true\n"
+        ));
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let reading = |d: i64, v: f64| Observation {
+            kind: "bp_systolic".into(),
+            value: v,
+            at: days(t0, d) + jiff::SignedDuration::from_hours(3),
+        };
+        let facts = PatientFacts {
+            observations: vec![reading(1, 130.0), reading(3, 172.0), reading(5, 128.0)],
+            ..Default::default()
+        };
+        let out =
+            enrol(&prog, 1, "start", "UTC", &PatientFacts::default(), &[], t0).expect("enrols");
+        let late = step(&prog, &out.enrolment, &facts, &[], days(t0, 10)).expect("steps");
+        assert_eq!(late.enrolment.state, "high");
+        assert_eq!(late.transitions[0].at, reading(3, 0.0).at);
+        let Produced::Task { due_at, .. } = &late.actions[0].action else {
+            panic!("a task")
+        };
+        assert_eq!(*due_at, days(reading(3, 0.0).at, 1));
+        // Stepped every night instead, the same transition at the same instant.
+        let mut e = out.enrolment;
+        let mut taken = Vec::new();
+        for d in 1..=10 {
+            let o = step(&prog, &e, &facts, &[], days(t0, d)).expect("steps");
+            taken.extend(o.transitions);
+            e = o.enrolment;
+        }
+        assert_eq!(taken, late.transitions);
+    }
+
+    /// A reading recorded after the engine already reached its instant takes effect at once, at
+    /// the instant reached, not at the next daily re-check.
+    #[test]
+    fn a_late_reading_takes_effect_at_the_instant_reached() {
+        let prog = program(&format!(
+            "{HEAD}entry_points:\n  - {{ id: start, state: watch }}\nstates:\n\
+             \x20 - id: watch\n    phase: follow_up\n    transitions:\n      - {{ when: 'latest(\"bp_systolic\") >= 160', to: high }}\n\
+             \x20 - id: high\n    phase: closed\n    terminal: true\n"
+        ));
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let out =
+            enrol(&prog, 1, "start", "UTC", &PatientFacts::default(), &[], t0).expect("enrols");
+        let reached = days(t0, 2);
+        let e = step(
+            &prog,
+            &out.enrolment,
+            &PatientFacts::default(),
+            &[],
+            reached,
+        )
+        .expect("steps")
+        .enrolment;
+        let facts = PatientFacts {
+            observations: vec![Observation {
+                kind: "bp_systolic".into(),
+                value: 181.0,
+                at: days(t0, 1),
+            }],
+            ..Default::default()
+        };
+        let o = step(&prog, &e, &facts, &[], reached).expect("steps");
+        assert_eq!(o.enrolment.state, "high");
+        assert_eq!(o.transitions[0].at, reached);
+    }
 }

@@ -39,7 +39,7 @@ impl Work {
 pub enum Cause {
     /// A later step left the state that created it.
     StateLeft,
-    /// It was created in a state the same step had already left.
+    /// It was created in a state left at the instant it was created.
     BornIntoLeftState,
     /// The enrolment ended.
     EnrolmentEnded,
