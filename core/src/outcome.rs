@@ -312,6 +312,7 @@ mod tests {
                 last_event_seq: 0,
                 status: Status::Completed,
                 tz: "UTC".into(),
+                enrolled_at: Timestamp::UNIX_EPOCH,
                 checked_at: Timestamp::UNIX_EPOCH,
             },
             transitions: vec![taken("a", "b", 1), taken("b", "c", 2)],

@@ -26,6 +26,10 @@ pub struct EvalContext {
     pub goals: Arc<[CompiledGoal]>,
     pub now: Timestamp,
     pub entered_at: Timestamp,
+    /// When the enrolment began.
+    pub enrolled_at: Timestamp,
+    /// Occurrences of the current state's schedules so far, by schedule id.
+    pub occurrences: std::collections::BTreeMap<String, u32>,
     pub tz: TimeZone,
 }
 
@@ -204,6 +208,19 @@ fn register_facts(e: &mut Engine) {
             f64::NAN,
         );
         log(format!("hours_since({ev:?}) = {v:.2}"));
+        v
+    });
+    e.register_fn("days_since_enrolment", || -> f64 {
+        let v = with_ctx(|c| since(c, Some(c.enrolled_at), 86_400.0), f64::NAN);
+        log(format!("days_since_enrolment() = {v:.2}"));
+        v
+    });
+    e.register_fn("occurrence", |schedule: &str| -> i64 {
+        let v = with_ctx(
+            |c| i64::from(c.occurrences.get(schedule).copied().unwrap_or(0)),
+            0,
+        );
+        log(format!("occurrence({schedule:?}) = {v}"));
         v
     });
     e.register_fn("days_in_state", || -> f64 {
@@ -573,6 +590,15 @@ pub fn set_entered_at(at: Timestamp) {
     });
 }
 
+/// Tells guards how many occurrences of each schedule of the current state have come.
+pub fn set_occurrences(counts: std::collections::BTreeMap<String, u32>) {
+    CONTEXT.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.occurrences = counts;
+        }
+    });
+}
+
 /// Moves the context's clock to the instant being evaluated: guards read the facts as of it.
 pub fn set_now(at: Timestamp) {
     CONTEXT.with(|c| {
@@ -608,7 +634,7 @@ pub fn expressions(p: &Pathway) -> Vec<&Expr> {
         for t in &s.transitions {
             out.extend(t.guard.iter());
         }
-        for a in &s.on_enter {
+        for a in s.actions() {
             match a {
                 Action::Set(assignments) => out.extend(assignments.iter().map(|(_, e)| e)),
                 Action::Risk(r) => match &r.model {
@@ -655,6 +681,8 @@ mod tests {
             goals: Arc::from([]),
             now,
             entered_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            enrolled_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            occurrences: Default::default(),
             tz: TimeZone::UTC,
         }
     }

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use carepath_dsl::{
-    Action, AlarmSpec, Channel, Direction, Goal, InstitutionKind, Pathway, Priority, RiskModel,
-    Sla, Text, Trigger, VarValue,
+    Action, AlarmSpec, Anchor, Channel, Direction, Goal, InstitutionKind, Missed, Pathway,
+    Priority, RiskModel, Schedule, Sla, Text, TimeSpec, Trigger, Until, VarValue,
 };
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -84,6 +84,9 @@ pub struct Enrolment {
     pub last_event_seq: i64,
     pub tz: String,
     pub status: Status,
+    /// When the enrolment began (the `enrolment` anchor).
+    #[serde(default)]
+    pub enrolled_at: Timestamp,
     /// Every check instant up to this one has been evaluated; the next step resumes after it.
     #[serde(default)]
     pub checked_at: Timestamp,
@@ -205,6 +208,10 @@ struct Run<'a> {
     out: Vec<Emitted>,
     taken: Vec<Taken>,
     trace: Vec<String>,
+    /// Occurrences of the current state's schedules up to this instant have been handled.
+    occurrences_done: Timestamp,
+    /// Missed occurrences held back by `missed: latest`: (schedule index, number, instant).
+    deferred: Vec<(usize, u32, Timestamp)>,
 }
 
 impl Run<'_> {
@@ -246,96 +253,21 @@ impl Run<'_> {
         self.e.state = state.id.clone();
         self.e.state_seq += 1;
         self.e.entered_at = at;
+        // Occurrences of the new state's schedules from this instant on are still to be made.
+        self.occurrences_done = Timestamp::from_second(at.as_second() - 1).unwrap_or(at);
         crate::sandbox::set_entered_at(at);
         let seq = self.e.state_seq;
         for (i, action) in state.on_enter.iter().enumerate() {
             let key = format!("e{}:{}:{}", self.e.id, seq, i);
-            let produced = match action {
-                Action::Task(t) => Produced::Task {
-                    task_ref: t.id.clone(),
-                    role: t.role.clone(),
-                    title: t.title.clone(),
-                    due_at: time::add(at, t.due, &self.tz),
-                    priority: t.priority,
-                    sla: t.sla.clone(),
-                    keep: t.keep,
-                    covers_critical: t.covers_critical.clone(),
-                },
-                Action::FollowUp(f) => Produced::FollowUp {
-                    follow_up_ref: f.id.clone(),
-                    channels: f.channels.clone(),
-                    template: f.template.clone(),
-                    send_at: time::schedule(at, f.after, f.at, &self.tz),
-                    urgent: f.urgent,
-                },
-                Action::Scale(s) => Produced::ScalePush {
-                    scale: s.scale.clone(),
-                    due_at: time::add(at, s.due, &self.tz),
-                    expires_at: s.expires.map(|d| time::add(at, d, &self.tz)),
-                    reminders: s
-                        .reminders
-                        .iter()
-                        .map(|d| time::add(at, *d, &self.tz))
-                        .collect(),
-                },
-                Action::Risk(r) => {
-                    let (score, contributions) = self.risk_score(&r.model)?;
-                    let band = r
-                        .bands
-                        .iter()
-                        .rev()
-                        .find(|(_, lower)| score >= *lower)
-                        .map(|(b, _)| b.clone())
-                        .unwrap_or_default();
-                    self.trace
-                        .push(format!("risk `{}` = {score:.3} ({band})", r.id));
-                    // Later guards and `set` values of this same step read the new prediction.
-                    crate::sandbox::push_risk(crate::facts::RiskResult {
-                        model: r.id.clone(),
-                        score,
-                        band: band.clone(),
-                        at,
-                    });
-                    Produced::Risk {
-                        model: r.id.clone(),
-                        score,
-                        band,
-                        contributions,
-                    }
-                }
-                Action::Alarm(a) => Produced::AlarmArmed { alarm: a.clone() },
-                Action::Referral(r) => Produced::Referral {
-                    direction: r.direction,
-                    to: r.to,
-                    reason: r.reason.clone(),
-                    accept_by: time::add(at, r.accept_within, &self.tz),
-                },
-                Action::Goal(g) => Produced::GoalSet { goal: g.clone() },
-                Action::Note(t) => Produced::Note { text: t.clone() },
-                Action::Set(assignments) => {
-                    for (name, expr) in assignments {
-                        let ty = p
-                            .variable(name)
-                            .map(|v| v.ty)
-                            .unwrap_or(carepath_dsl::VarType::Number);
-                        let value = self
-                            .prog
-                            .exprs
-                            .eval_var(expr, ty, &self.e.vars)
-                            .map_err(|err| self.fail(Some(&expr.0), err.message))?;
-                        self.trace.push(format!("set {name} = {value:?}"));
-                        self.e.vars.insert(name.clone(), value);
-                    }
-                    continue;
-                }
-            };
-            self.out.push(Emitted {
-                key,
-                state: state.id.clone(),
-                state_seq: seq,
-                at,
-                action: produced,
-            });
+            if let Some(produced) = self.make(action, at)? {
+                self.out.push(Emitted {
+                    key,
+                    state: state.id.clone(),
+                    state_seq: seq,
+                    at,
+                    action: produced,
+                });
+            }
         }
         if state.terminal {
             self.e.status = Status::Completed;
@@ -343,6 +275,333 @@ impl Run<'_> {
                 .push(format!("enrolment completed in `{}`", state.id));
         }
         Ok(())
+    }
+
+    /// What one action makes at `at` (`None` for an assignment, which is applied at once).
+    fn make(&mut self, action: &Action, at: Timestamp) -> Result<Option<Produced>, StepError> {
+        let p = &self.prog.pathway;
+        let produced = match action {
+            Action::Task(t) => Produced::Task {
+                task_ref: t.id.clone(),
+                role: t.role.clone(),
+                title: t.title.clone(),
+                due_at: match &t.due_at {
+                    Some(spec) => self.time_of(spec, at, at),
+                    None => time::add(at, t.due, &self.tz),
+                },
+                priority: t.priority,
+                sla: t.sla.clone(),
+                keep: t.keep,
+                covers_critical: t.covers_critical.clone(),
+            },
+            Action::FollowUp(f) => Produced::FollowUp {
+                follow_up_ref: f.id.clone(),
+                channels: f.channels.clone(),
+                template: f.template.clone(),
+                send_at: self.time_of(
+                    &carepath_dsl::TimeSpec {
+                        after: f.after,
+                        at: f.at,
+                        from: f.from.clone(),
+                    },
+                    at,
+                    at,
+                ),
+                urgent: f.urgent,
+            },
+            Action::Scale(s) => Produced::ScalePush {
+                scale: s.scale.clone(),
+                due_at: time::add(at, s.due, &self.tz),
+                expires_at: s.expires.map(|d| time::add(at, d, &self.tz)),
+                reminders: s
+                    .reminders
+                    .iter()
+                    .map(|d| time::add(at, *d, &self.tz))
+                    .collect(),
+            },
+            Action::Risk(r) => {
+                let (score, contributions) = self.risk_score(&r.model)?;
+                let band = r
+                    .bands
+                    .iter()
+                    .rev()
+                    .find(|(_, lower)| score >= *lower)
+                    .map(|(b, _)| b.clone())
+                    .unwrap_or_default();
+                self.trace
+                    .push(format!("risk `{}` = {score:.3} ({band})", r.id));
+                // Later guards and `set` values of this same step read the new prediction.
+                crate::sandbox::push_risk(crate::facts::RiskResult {
+                    model: r.id.clone(),
+                    score,
+                    band: band.clone(),
+                    at,
+                });
+                Produced::Risk {
+                    model: r.id.clone(),
+                    score,
+                    band,
+                    contributions,
+                }
+            }
+            Action::Alarm(a) => Produced::AlarmArmed { alarm: a.clone() },
+            Action::Referral(r) => Produced::Referral {
+                direction: r.direction,
+                to: r.to,
+                reason: r.reason.clone(),
+                accept_by: time::add(at, r.accept_within, &self.tz),
+            },
+            Action::Goal(g) => Produced::GoalSet { goal: g.clone() },
+            Action::Note(t) => Produced::Note { text: t.clone() },
+            Action::Set(assignments) => {
+                for (name, expr) in assignments {
+                    let ty = p
+                        .variable(name)
+                        .map(|v| v.ty)
+                        .unwrap_or(carepath_dsl::VarType::Number);
+                    let value = self
+                        .prog
+                        .exprs
+                        .eval_var(expr, ty, &self.e.vars)
+                        .map_err(|err| self.fail(Some(&expr.0), err.message))?;
+                    self.trace.push(format!("set {name} = {value:?}"));
+                    self.e.vars.insert(name.clone(), value);
+                }
+                return Ok(None);
+            }
+        };
+        Ok(Some(produced))
+    }
+
+    /// The instant an anchor stands for at instant `t`, for work made at `made`: the state's
+    /// entry, the enrolment's start, or the latest occurrence of the event at or before `t`
+    /// (`None` while it has not happened).
+    fn anchor_at(&self, anchor: &Anchor, t: Timestamp) -> Option<Timestamp> {
+        match anchor {
+            Anchor::State => Some(self.e.entered_at),
+            Anchor::Enrolment => Some(self.e.enrolled_at),
+            Anchor::Event(name) => crate::sandbox::with_facts(|f| f.last_event(name, t)).flatten(),
+        }
+    }
+
+    /// When a time written from an anchor falls, for work made at `made`. An event that has not
+    /// happened yet counts from `fallback` (the instant the work is made), as the trace says.
+    fn time_of(&mut self, spec: &TimeSpec, made: Timestamp, fallback: Timestamp) -> Timestamp {
+        let base = match self.anchor_at(&spec.from, made) {
+            Some(b) => b,
+            None => {
+                self.trace.push(format!(
+                    "{} has not happened by {made}: counted from {fallback}",
+                    spec.from.describe()
+                ));
+                fallback
+            }
+        };
+        time::schedule(base, spec.after, spec.at, &self.tz)
+    }
+
+    /// The instant of occurrence `n` (1-based) of `sc` as seen at instant `t`, if it exists:
+    /// within `count` and `until`, and not before the state's entry.
+    fn occurrence_at(&self, sc: &Schedule, n: u32, t: Timestamp) -> Option<Timestamp> {
+        if n == 0 || sc.count.is_some_and(|c| n > c) {
+            return None;
+        }
+        let base = match &sc.first.from {
+            // An event anchor is the first time it happens in the state.
+            Anchor::Event(name) => crate::sandbox::with_facts(|f| {
+                f.events
+                    .iter()
+                    .find(|e| e.name == *name && e.at >= self.e.entered_at && e.at <= t)
+                    .map(|e| e.at)
+            })
+            .flatten()?,
+            other => self.anchor_at(other, t)?,
+        };
+        let first = time::schedule(base, sc.first.after, sc.first.at, &self.tz);
+        let every = carepath_dsl::Duration {
+            amount: sc.every.amount.checked_mul(n - 1)?,
+            unit: sc.every.unit,
+        };
+        let at = time::add(first, every, &self.tz);
+        if at < self.e.entered_at {
+            return None;
+        }
+        match &sc.until {
+            Some(Until::At(spec)) => {
+                let end = self.anchor_at(&spec.from, t)?;
+                (at <= time::schedule(end, spec.after, spec.at, &self.tz)).then_some(at)
+            }
+            Some(Until::Event(name)) => {
+                let stopped = crate::sandbox::with_facts(|f| {
+                    f.events
+                        .iter()
+                        .any(|e| e.name == *name && e.at >= self.e.entered_at && e.at <= at.min(t))
+                })
+                .unwrap_or(false);
+                (!stopped).then_some(at)
+            }
+            None => Some(at),
+        }
+    }
+
+    /// The first occurrence of `sc` strictly after `after`, as seen at `t`: its number and instant.
+    fn occurrence_after(
+        &self,
+        sc: &Schedule,
+        after: Timestamp,
+        t: Timestamp,
+    ) -> Option<(u32, Timestamp)> {
+        let first = self.occurrence_at(sc, 1, t)?;
+        if first > after {
+            return Some((1, first));
+        }
+        // Jump near it by the nominal period, then walk.
+        let period = sc.every.nominal_seconds().max(1);
+        let guess = ((after.as_second() - first.as_second()) / period).max(0) as u32;
+        let mut n = guess.saturating_sub(1).max(1);
+        loop {
+            let at = self.occurrence_at(sc, n, t)?;
+            if at > after {
+                return Some((n, at));
+            }
+            n = n.checked_add(1)?;
+        }
+    }
+
+    /// How many occurrences of the schedule have come by `t` in the current state entry.
+    fn occurrences_by(&self, sc: &Schedule, t: Timestamp) -> u32 {
+        let before = Timestamp::from_second(self.e.entered_at.as_second() - 1).unwrap_or(t);
+        let mut count = 0;
+        let mut cursor = before;
+        while let Some((n, at)) = self.occurrence_after(sc, cursor, t) {
+            if at > t {
+                break;
+            }
+            count = n;
+            cursor = at;
+        }
+        count
+    }
+
+    /// Makes the occurrences of the current state's schedules that have come by `t`, applying
+    /// each schedule's missed-occurrence policy; whether anything was made or recorded.
+    fn occur(&mut self, state: &carepath_dsl::State, t: Timestamp) -> Result<bool, StepError> {
+        let mut any = false;
+        for (k, sc) in state.schedules.iter().enumerate() {
+            let mut cursor = self.occurrences_done;
+            while let Some((n, at)) = self.occurrence_after(sc, cursor, t) {
+                if at > t {
+                    break;
+                }
+                cursor = at;
+                any = true;
+                let missed = self.now.as_second() - at.as_second() > sc.grace.nominal_seconds();
+                match (missed, sc.missed) {
+                    (false, _) | (true, Missed::All) => {
+                        self.flush_deferred(k)?;
+                        self.occurrence(k, n, at)?;
+                    }
+                    (true, Missed::Skip) => self.skipped(k, n, at, "missed: skip"),
+                    (true, Missed::Latest) => {
+                        if let Some(i) = self.deferred.iter().position(|d| d.0 == k) {
+                            let (_, pn, pat) = self.deferred.remove(i);
+                            self.skipped(k, pn, pat, "missed: latest, a later one was missed too");
+                        }
+                        self.deferred.push((k, n, at));
+                    }
+                }
+            }
+        }
+        self.occurrences_done = self.occurrences_done.max(t);
+        self.publish_occurrences(state, t);
+        Ok(any)
+    }
+
+    /// Makes the occurrence held back for schedule `k` (or for every schedule with `None`).
+    fn flush_deferred(&mut self, k: usize) -> Result<(), StepError> {
+        while let Some(i) = self.deferred.iter().position(|d| d.0 == k) {
+            let (k, n, at) = self.deferred.remove(i);
+            self.occurrence(k, n, at)?;
+        }
+        Ok(())
+    }
+
+    fn flush_all_deferred(&mut self) -> Result<(), StepError> {
+        while let Some((k, n, at)) = self.deferred.first().copied() {
+            self.deferred.remove(0);
+            self.occurrence(k, n, at)?;
+        }
+        Ok(())
+    }
+
+    /// The current state's schedule `k`.
+    fn schedule(&self, k: usize) -> Option<&Schedule> {
+        self.prog
+            .pathway
+            .state(&self.e.state)
+            .and_then(|s| s.schedules.get(k))
+    }
+
+    /// Makes occurrence `n` of schedule `k` of the current state, at `at`.
+    fn occurrence(&mut self, k: usize, n: u32, at: Timestamp) -> Result<(), StepError> {
+        let prog = self.prog;
+        let Some(sc) = prog
+            .pathway
+            .state(&self.e.state)
+            .and_then(|s| s.schedules.get(k))
+        else {
+            return Ok(());
+        };
+        let seq = self.e.state_seq;
+        self.trace
+            .push(format!("{at}: occurrence {n} of schedule `{}`", sc.id));
+        for (i, action) in sc.actions.iter().enumerate() {
+            if let Some(produced) = self.make(action, at)? {
+                self.out.push(Emitted {
+                    key: format!("e{}:{}:{}#{n}:{i}", self.e.id, seq, sc.id),
+                    state: self.e.state.clone(),
+                    state_seq: seq,
+                    at,
+                    action: produced,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that occurrence `n` of schedule `k` was not made, and why, in the patient's record.
+    fn skipped(&mut self, k: usize, n: u32, at: Timestamp, why: &str) {
+        let Some(id) = self.schedule(k).map(|sc| sc.id.clone()) else {
+            return;
+        };
+        let seq = self.e.state_seq;
+        self.trace.push(format!(
+            "{at}: occurrence {n} of schedule `{id}` skipped ({why})"
+        ));
+        self.out.push(Emitted {
+            key: format!("e{}:{}:{id}#{n}:skipped", self.e.id, seq),
+            state: self.e.state.clone(),
+            state_seq: seq,
+            at,
+            action: Produced::Note {
+                text: carepath_dsl::Text {
+                    zh: format!("计划`{id}`第{n}次（{at}）未执行：停机期间错过（{why}）"),
+                    en: format!(
+                        "occurrence {n} of schedule `{id}` due {at} not made: missed while the engine was not running ({why})"
+                    ),
+                },
+            },
+        });
+    }
+
+    /// Tells guards how many occurrences of each schedule of `state` have come by `t`.
+    fn publish_occurrences(&self, state: &carepath_dsl::State, t: Timestamp) {
+        let counts = state
+            .schedules
+            .iter()
+            .map(|sc| (sc.id.clone(), self.occurrences_by(sc, t)))
+            .collect();
+        crate::sandbox::set_occurrences(counts);
     }
 
     fn risk_score(&mut self, model: &RiskModel) -> Result<(f64, Vec<(String, f64)>), StepError> {
@@ -386,6 +645,8 @@ impl Run<'_> {
             .pathway
             .state_index(to)
             .ok_or_else(|| self.fail(None, format!("transition to unknown state `{to}`")))?;
+        // A missed occurrence held back as the latest is made before its state is left.
+        self.flush_all_deferred()?;
         self.trace
             .push(format!("{}: `{}` → `{to}` ({because})", at, self.e.state));
         self.taken.push(Taken {
@@ -443,6 +704,11 @@ impl Run<'_> {
         }
         if let Some(ev) = events.iter().filter(|ev| ev.at > t).map(|ev| ev.at).min() {
             consider(ev);
+        }
+        for sc in &state.schedules {
+            if let Some((_, at)) = self.occurrence_after(sc, t, t) {
+                consider(at);
+            }
         }
         // A timer not yet due starts polling at its fire time, which is already a candidate.
         if self.polls(state, t) {
@@ -527,6 +793,7 @@ impl Run<'_> {
                 None => break,
             }
         }
+        self.flush_all_deferred()?;
         // Events that arrived for a closed enrolment are consumed too.
         for ev in events.iter().filter(|ev| ev.at <= self.now) {
             self.e.last_event_seq = self.e.last_event_seq.max(ev.seq);
@@ -579,7 +846,12 @@ impl Run<'_> {
         }
         // 3. The first event recorded at or before `t`.
         let Some(pos) = events.iter().position(|ev| ev.at <= t) else {
-            return Ok(Did::Nothing);
+            // 4. The state holds at `t`: its schedules' occurrences that have come.
+            return Ok(if self.occur(state, t)? {
+                Did::Consumed
+            } else {
+                Did::Nothing
+            });
         };
         let ev = events.remove(pos);
         self.e.last_event_seq = self.e.last_event_seq.max(ev.seq);
@@ -644,6 +916,8 @@ pub fn step(
         goals: prog.exprs.goals(),
         now,
         entered_at: enrolment.entered_at,
+        enrolled_at: enrolment.enrolled_at,
+        occurrences: Default::default(),
         tz: tz.clone(),
     };
     with_context(ctx, || {
@@ -655,6 +929,8 @@ pub fn step(
             out: Vec::new(),
             taken: Vec::new(),
             trace: Vec::new(),
+            occurrences_done: enrolment.checked_at,
+            deferred: Vec::new(),
         };
         if run.e.status == Status::Active {
             let resume = run.e.checked_at.max(run.e.entered_at);
@@ -708,6 +984,7 @@ pub fn enrol(
         last_event_seq: 0,
         tz: tz.to_string(),
         status: Status::Active,
+        enrolled_at: now,
         checked_at: now,
     };
     let tzz = zone_of(&e);
@@ -716,6 +993,8 @@ pub fn enrol(
         goals: prog.exprs.goals(),
         now,
         entered_at: now,
+        enrolled_at: now,
+        occurrences: Default::default(),
         tz: tzz.clone(),
     };
     with_context(ctx, || {
@@ -729,6 +1008,8 @@ pub fn enrol(
             out: Vec::new(),
             taken: Vec::new(),
             trace: vec![format!("{now}: enrolled at entry point `{entry}`")],
+            occurrences_done: now,
+            deferred: Vec::new(),
         };
         run.enter(idx, now)?;
         run.advance(pending, now)?;
@@ -866,5 +1147,164 @@ mod tests {
         let o = step(&prog, &e, &facts, &[], reached).expect("steps");
         assert_eq!(o.enrolment.state, "high");
         assert_eq!(o.transitions[0].at, reached);
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use crate::facts::FactEvent;
+    use std::path::Path;
+
+    fn program(yaml: &str) -> Program {
+        let compiled = carepath_dsl::compile_yaml(
+            "t.yaml",
+            yaml.as_bytes(),
+            Path::new("."),
+            &carepath_dsl::FsLoader,
+        );
+        let pathway = crate::program::into_pathway(compiled).expect("valid");
+        let exprs = crate::sandbox::CompiledExprs::compile(
+            std::sync::Arc::new(crate::sandbox::engine()),
+            &pathway,
+        )
+        .expect("compiles");
+        Program { pathway, exprs }
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("instant")
+    }
+
+    fn days(t: Timestamp, d: i64) -> Timestamp {
+        Timestamp::from_second(t.as_second() + d * 86_400).expect("instant")
+    }
+
+    /// A follow-up plan: a questionnaire on day 7 after enrolment at 09:00 and every 30 days,
+    /// 12 times; a call on day 2 after discharge at 18:00; the state ends on day 400.
+    fn plan(missed: &str) -> Program {
+        program(&format!(
+            "pathway: t\nversion: 1\ntitle: {{ zh: 测, en: T }}\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - {{ id: start, state: home }}\nstates:\n\
+             \x20 - id: home\n    phase: follow_up\n\
+             \x20   on_enter:\n      - task: {{ id: day2_call, role: nurse, title: {{ zh: 电话, en: Call }}, due: {{ after: 2d, at: \"18:00\", from: discharged }} }}\n\
+             \x20   schedules:\n      - id: monthly\n        first: {{ after: 7d, at: \"09:00\", from: enrolment }}\n        every: 30d\n        count: 12\n        missed: {missed}\n\
+             \x20       actions:\n          - scale: {{ scale: phq9, due: 3d }}\n          - task: {{ id: review, role: nurse, title: {{ zh: 复核, en: Review }}, due: 5d }}\n\
+             \x20   transitions:\n      - {{ after: 400d, to: end }}\n      - {{ when: 'occurrence(\"monthly\") >= 12', to: done }}\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n\
+             \x20 - id: end\n    phase: closed\n    terminal: true\n"
+        ))
+    }
+
+    fn run(
+        prog: &Program,
+        facts: &PatientFacts,
+        passes: &[Timestamp],
+    ) -> (Vec<Emitted>, Vec<Taken>) {
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let out = enrol(prog, 1, "start", "Asia/Shanghai", facts, &[], t0).expect("enrols");
+        let mut actions = out.actions;
+        let mut taken = out.transitions;
+        let mut e = out.enrolment;
+        for p in passes {
+            let o = step(prog, &e, facts, &[], *p).expect("steps");
+            actions.extend(o.actions);
+            taken.extend(o.transitions);
+            e = o.enrolment;
+        }
+        (actions, taken)
+    }
+
+    #[test]
+    fn occurrences_come_on_their_days_with_numbered_keys_and_stop_at_the_count() {
+        let prog = plan("all");
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let facts = PatientFacts {
+            events: vec![FactEvent {
+                name: "discharged".into(),
+                at: t0,
+            }],
+            ..Default::default()
+        };
+        let nightly: Vec<Timestamp> = (1..=400).map(|d| days(t0, d)).collect();
+        let (actions, taken) = run(&prog, &facts, &nightly);
+        let pushes: Vec<&Emitted> = actions
+            .iter()
+            .filter(|a| matches!(a.action, Produced::ScalePush { .. }))
+            .collect();
+        assert_eq!(pushes.len(), 12);
+        // Day 7 after enrolment at 09:00 in Shanghai (01:00 UTC is 09:00 local), then every 30 days.
+        assert_eq!(pushes[0].at, ts("2026-03-09T01:00:00Z"));
+        assert_eq!(pushes[1].at, ts("2026-04-08T01:00:00Z"));
+        assert_eq!(pushes[0].key, "e1:1:monthly#1:0");
+        assert_eq!(pushes[11].key, "e1:1:monthly#12:0");
+        // The twelfth occurrence ends the plan at its own instant.
+        assert_eq!(
+            taken.last().map(|t| (t.to.as_str(), t.at)),
+            Some(("done", pushes[11].at))
+        );
+        // The day-2 call is due at 18:00 local two days after discharge.
+        let call = actions
+            .iter()
+            .find_map(|a| match &a.action {
+                Produced::Task {
+                    task_ref: Some(r),
+                    due_at,
+                    ..
+                } if r == "day2_call" => Some(*due_at),
+                _ => None,
+            })
+            .expect("the call");
+        assert_eq!(call, ts("2026-03-04T10:00:00Z"));
+        // One catch-up pass after 400 days makes exactly the same.
+        let (once, once_taken) = run(&prog, &facts, &[days(t0, 400)]);
+        assert_eq!(once, actions);
+        assert_eq!(once_taken, taken);
+    }
+
+    #[test]
+    fn missed_occurrences_follow_the_policy_and_are_recorded() {
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let facts = PatientFacts::default();
+        // Down from day 1 to day 100: occurrences on days 7, 37, 67 and 97 are missed.
+        let passes = [days(t0, 1), days(t0, 100)];
+        let kinds = |prog: &Program| {
+            let (actions, _) = run(prog, &facts, &passes);
+            actions
+                .iter()
+                .map(|a| a.key.clone())
+                .filter(|k| k.contains('#'))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(&plan("all")),
+            [1, 2, 3, 4]
+                .iter()
+                .flat_map(|n| [format!("e1:1:monthly#{n}:0"), format!("e1:1:monthly#{n}:1")])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            kinds(&plan("latest")),
+            vec![
+                "e1:1:monthly#1:skipped",
+                "e1:1:monthly#2:skipped",
+                "e1:1:monthly#3:skipped",
+                "e1:1:monthly#4:0",
+                "e1:1:monthly#4:1"
+            ]
+        );
+        assert_eq!(
+            kinds(&plan("skip")),
+            vec![
+                "e1:1:monthly#1:skipped",
+                "e1:1:monthly#2:skipped",
+                "e1:1:monthly#3:skipped",
+                "e1:1:monthly#4:skipped"
+            ]
+        );
+        // Within the grace (a pass the next night), nothing counts as missed.
+        let nightly: Vec<Timestamp> = (1..=100).map(|d| days(t0, d)).collect();
+        let (actions, _) = run(&plan("skip"), &facts, &nightly);
+        assert!(!actions.iter().any(|a| a.key.ends_with(":skipped")));
     }
 }

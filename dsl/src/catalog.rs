@@ -113,6 +113,8 @@ pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
     ("days_since", &[ArgKind::Event]),
     ("hours_since", &[ArgKind::Event]),
     ("days_in_state", &[]),
+    ("days_since_enrolment", &[]),
+    ("occurrence", &[ArgKind::Any]),
     ("hours_in_state", &[]),
     ("event_count", &[ArgKind::Event]),
     ("latest", &[ArgKind::Observation]),

@@ -243,7 +243,13 @@ const STATE_KEYS: &[&str] = &[
     "terminal",
     "on_enter",
     "transitions",
+    "schedules",
 ];
+const SCHEDULE_KEYS: &[&str] = &[
+    "id", "first", "every", "until", "count", "missed", "grace", "actions",
+];
+/// Actions a schedule's occurrence may make: work and records, not state changes.
+const OCCURRENCE_ACTIONS: &[&str] = &["task", "follow_up", "scale", "note", "risk"];
 const TRANSITION_KEYS: &[&str] = &["to", "on", "after", "at", "when", "label"];
 /// Words Rhai reserves, which therefore cannot name a variable.
 const RESERVED: &[&str] = &[
@@ -975,6 +981,30 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
+        let mut schedules: Vec<Schedule> = Vec::new();
+        if let Some(n) = Self::opt(&f, "schedules") {
+            for item in self.list(n, "schedules") {
+                if let Some(sc) = self.schedule(item) {
+                    if schedules.iter().any(|o| o.id == sc.id) {
+                        self.err(
+                            Code::DuplicateId,
+                            item.pos,
+                            format!("schedule `{}` is declared twice in this state", sc.id),
+                            "give each schedule of a state its own id",
+                        );
+                    }
+                    schedules.push(sc);
+                }
+            }
+            if terminal && !schedules.is_empty() {
+                self.err(
+                    Code::InvalidValue,
+                    n.pos,
+                    "a terminal state cannot have schedules: the enrolment ends when it is entered",
+                    "move the schedule to the state before it",
+                );
+            }
+        }
         let mut transitions = Vec::new();
         let mut trans_locs = Vec::new();
         if let Some(n) = Self::opt(&f, "transitions") {
@@ -1000,6 +1030,142 @@ impl<'a> Lowerer<'a> {
             terminal,
             on_enter,
             transitions,
+            schedules,
+        })
+    }
+
+    /// `state` (the default), `enrolment`, or an event name.
+    fn anchor(&mut self, node: &Node) -> Option<Anchor> {
+        let s = self.string(node, "an anchor")?;
+        match s.as_str() {
+            "state" => Some(Anchor::State),
+            "enrolment" => Some(Anchor::Enrolment),
+            _ => self.event_name(node).map(Anchor::Event),
+        }
+    }
+
+    /// A time from an anchor: `{ after: 2d, at: "18:00", from: discharged }`; a plain duration
+    /// is `after` from `default`.
+    fn time_spec(&mut self, node: &Node, what: &str) -> Option<TimeSpec> {
+        if let Value::Map(_) = node.value {
+            let f = self.fields(node, what, &["after", "at", "from"])?;
+            let after = Self::opt(&f, "after")
+                .and_then(|n| self.duration(n))
+                .unwrap_or(Duration::ZERO);
+            let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
+            let from = match Self::opt(&f, "from") {
+                Some(n) => self.anchor(n)?,
+                None => Anchor::State,
+            };
+            return Some(TimeSpec { after, at, from });
+        }
+        let after = self.duration(node)?;
+        Some(TimeSpec {
+            after,
+            at: None,
+            from: Anchor::State,
+        })
+    }
+
+    fn schedule(&mut self, node: &Node) -> Option<Schedule> {
+        let f = self.fields(node, "a schedule", SCHEDULE_KEYS)?;
+        let id = self
+            .req(&f, "id", node, "the schedule")
+            .and_then(|n| self.ident(n, "schedule id"));
+        let first = match Self::opt(&f, "first") {
+            Some(n) => self.time_spec(n, "the first occurrence"),
+            None => Some(TimeSpec {
+                after: Duration::ZERO,
+                at: None,
+                from: Anchor::State,
+            }),
+        };
+        let every = self.req(&f, "every", node, "the schedule").and_then(|n| {
+            let d = self.duration(n)?;
+            if d.nominal_seconds() == 0 {
+                self.err(
+                    Code::BadDuration,
+                    n.pos,
+                    "a schedule repeats every zero time",
+                    "give a period such as `every: 30d`",
+                );
+                return None;
+            }
+            Some(d)
+        });
+        let until = match Self::opt(&f, "until") {
+            Some(n) => match &n.value {
+                Value::Map(entries) if entries.iter().any(|(k, _)| k.as_str() == Some("event")) => {
+                    let u = self.fields(n, "`until`", &["event"])?;
+                    Self::opt(&u, "event")
+                        .and_then(|e| self.event_name(e))
+                        .map(Until::Event)
+                }
+                _ => self.time_spec(n, "`until`").map(Until::At),
+            },
+            None => None,
+        };
+        let count = Self::opt(&f, "count").and_then(|n| {
+            let c = self.uint(n, "count")?;
+            if c == 0 {
+                self.err(
+                    Code::InvalidValue,
+                    n.pos,
+                    "a schedule with `count: 0` never occurs",
+                    "remove the schedule, or count at least 1",
+                );
+                return None;
+            }
+            Some(c)
+        });
+        let missed = Self::opt(&f, "missed")
+            .and_then(|n| self.choice(n, "missed", &Missed::ALL))
+            .unwrap_or_default();
+        let grace = Self::opt(&f, "grace")
+            .and_then(|n| self.duration(n))
+            .unwrap_or(Schedule::GRACE);
+        let mut actions = Vec::new();
+        if let Some(n) = self.req(&f, "actions", node, "the schedule") {
+            for item in self.list(n, "actions") {
+                if let Value::Map(entries) = &item.value
+                    && let [(k, _)] = entries.as_slice()
+                    && let Some(kind) = k.as_str()
+                    && !OCCURRENCE_ACTIONS.contains(&kind)
+                    && ACTION_KINDS.contains(&kind)
+                {
+                    self.err(
+                        Code::InvalidValue,
+                        k.pos,
+                        format!("a schedule's occurrence cannot make a `{kind}` action"),
+                        format!(
+                            "an occurrence makes {}; put `{kind}` in `on_enter`",
+                            OCCURRENCE_ACTIONS.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+                if let Some(a) = self.action(item) {
+                    actions.push(a);
+                }
+            }
+            if actions.is_empty() && matches!(n.value, Value::Seq(ref v) if v.is_empty()) {
+                self.err(
+                    Code::MissingKey,
+                    n.pos,
+                    "a schedule makes at least one action",
+                    "e.g. actions: [{ scale: { scale: phq9, due: 3d } }]",
+                );
+            }
+        }
+        Some(Schedule {
+            id: id?,
+            first: first?,
+            every: every?,
+            until,
+            count,
+            missed,
+            grace,
+            actions,
         })
     }
 
@@ -1140,9 +1306,15 @@ impl<'a> Lowerer<'a> {
         let title = self
             .req(&f, "title", node, "the task")
             .and_then(|n| self.text(n, "title"));
-        let due = self
-            .req(&f, "due", node, "the task")
-            .and_then(|n| self.duration(n));
+        let due_node = self.req(&f, "due", node, "the task");
+        let (due, due_at) = match due_node {
+            Some(n) if matches!(n.value, Value::Map(_)) => match self.time_spec(n, "a due time") {
+                Some(spec) => (Some(spec.after), Some(spec)),
+                None => (None, None),
+            },
+            Some(n) => (self.duration(n), None),
+            None => (None, None),
+        };
         let priority = Self::opt(&f, "priority")
             .and_then(|n| self.choice(n, "priority", &Priority::ALL))
             .unwrap_or(Priority::Normal);
@@ -1188,6 +1360,7 @@ impl<'a> Lowerer<'a> {
             role: role?,
             title: title?,
             due: due?,
+            due_at,
             priority,
             sla,
             keep,
@@ -1295,7 +1468,9 @@ impl<'a> Lowerer<'a> {
         let f = self.fields(
             node,
             "a follow-up",
-            &["id", "channels", "template", "after", "at", "urgent"],
+            &[
+                "id", "channels", "template", "after", "at", "from", "urgent",
+            ],
         )?;
         let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
         let mut channels = Vec::new();
@@ -1333,6 +1508,10 @@ impl<'a> Lowerer<'a> {
             .and_then(|n| self.duration(n))
             .unwrap_or(Duration::ZERO);
         let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
+        let from = match Self::opt(&f, "from") {
+            Some(n) => self.anchor(n).unwrap_or_default(),
+            None => Anchor::State,
+        };
         let urgent = Self::opt(&f, "urgent")
             .and_then(|n| self.boolean(n, "urgent"))
             .unwrap_or(false);
@@ -1342,6 +1521,7 @@ impl<'a> Lowerer<'a> {
             template: template?,
             after,
             at,
+            from,
             urgent,
         })
     }

@@ -57,11 +57,11 @@ impl Pathway {
         self.variables.iter().find(|v| v.name == name)
     }
 
-    /// Every action of every state, with the state it belongs to.
+    /// Every action of every state (on entry and in its schedules), with the state it belongs to.
     pub fn actions(&self) -> impl Iterator<Item = (&State, &Action)> {
         self.states
             .iter()
-            .flat_map(|s| s.on_enter.iter().map(move |a| (s, a)))
+            .flat_map(|s| s.actions().map(move |a| (s, a)))
     }
 
     /// Every task the pathway can create: its own tasks and its alarms' tasks.
@@ -187,6 +187,118 @@ pub struct State {
     pub terminal: bool,
     pub on_enter: Vec<Action>,
     pub transitions: Vec<Transition>,
+    /// Repeating occurrences while the state holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
+}
+
+impl State {
+    /// The state's actions: on entry, then each schedule's.
+    pub fn actions(&self) -> impl Iterator<Item = &Action> {
+        self.on_enter
+            .iter()
+            .chain(self.schedules.iter().flat_map(|s| s.actions.iter()))
+    }
+}
+
+/// What a time is counted from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anchor {
+    /// The entry into the state that makes the work (the default).
+    #[default]
+    State,
+    /// The start of the enrolment.
+    Enrolment,
+    /// An event of the enrolment (see each use for which occurrence).
+    Event(String),
+}
+
+impl Anchor {
+    pub fn describe(&self) -> String {
+        match self {
+            Anchor::State => "entering the state".into(),
+            Anchor::Enrolment => "enrolment".into(),
+            Anchor::Event(e) => format!("`{e}`"),
+        }
+    }
+}
+
+/// A point in time: `after` from an anchor, optionally at a local time of day on the day reached
+/// ("day 2 at 18:00 after discharge" is `{ after: 2d, at: "18:00", from: discharged }`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeSpec {
+    pub after: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<LocalTime>,
+    #[serde(default)]
+    pub from: Anchor,
+}
+
+/// What a schedule does with occurrences whose instant passed while the engine was not running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// Every missed occurrence is made, late, with its own due times.
+    #[default]
+    All,
+    /// Only the latest missed occurrence is made; the earlier ones are recorded as skipped.
+    Latest,
+    /// No missed occurrence is made; each is recorded as skipped.
+    Skip,
+}
+
+impl Missed {
+    pub const ALL: [(&'static str, Missed); 3] = [
+        ("all", Missed::All),
+        ("latest", Missed::Latest),
+        ("skip", Missed::Skip),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Missed::All => "all",
+            Missed::Latest => "latest",
+            Missed::Skip => "skip",
+        }
+    }
+}
+
+/// When a schedule's occurrences stop (besides leaving the state and `count`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Until {
+    /// No occurrence after this time.
+    At(TimeSpec),
+    /// No occurrence at or after the first time this event happens in the state.
+    Event(String),
+}
+
+/// A repeating occurrence attached to a state: first at `first`, then every `every`, until
+/// `until` or `count`, and never once the state is left. Each occurrence makes `actions`, their
+/// times counted from the occurrence and their keys carrying its number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub id: String,
+    pub first: TimeSpec,
+    pub every: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Until>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub missed: Missed,
+    /// How late an occurrence may be made before it counts as missed.
+    pub grace: Duration,
+    pub actions: Vec<Action>,
+}
+
+impl Schedule {
+    /// The default lateness an occurrence tolerates before it counts as missed: one nightly pass.
+    pub const GRACE: Duration = Duration {
+        amount: 24,
+        unit: DurationUnit::Hours,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,6 +363,9 @@ pub struct TaskSpec {
     pub role: String,
     pub title: Text,
     pub due: Duration,
+    /// A due time counted from an anchor other than the state's entry, or at a time of day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<TimeSpec>,
     pub priority: Priority,
     pub sla: Option<Sla>,
     /// Keep the task open when the patient leaves the state.
@@ -316,7 +431,14 @@ pub struct FollowUpSpec {
     pub template: String,
     pub after: Duration,
     pub at: Option<LocalTime>,
+    /// What `after` is counted from.
+    #[serde(default, skip_serializing_if = "is_state_anchor")]
+    pub from: Anchor,
     pub urgent: bool,
+}
+
+fn is_state_anchor(a: &Anchor) -> bool {
+    *a == Anchor::State
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -133,6 +133,11 @@ pub fn builder_engine() -> Engine {
     e.register_fn("transition", |s: &mut Map, t: Map| {
         push(s, "transitions", Dynamic::from_map(t))
     });
+    // `s.schedule(#{ id: "monthly", first: #{ after: "7d", from: "enrolment" }, every: "30d",
+    // actions: [scale("phq9", "3d")] })`: the same keys as a YAML schedule.
+    e.register_fn("schedule", |s: &mut Map, sc: Map| {
+        push(s, "schedules", Dynamic::from_map(sc))
+    });
 
     e.register_fn(
         "task",

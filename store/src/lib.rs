@@ -313,7 +313,7 @@ pub fn vars_from_json(text: &str) -> BTreeMap<String, VarValue> {
         .collect()
 }
 
-const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex, e.checked_at";
+const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex, e.checked_at, e.enrolled_at";
 
 fn due_from_row(r: &Row) -> DueEnrolment {
     let vars = vars_from_json(&r.text(8));
@@ -331,6 +331,7 @@ fn due_from_row(r: &Row) -> DueEnrolment {
             tz: r.text(12),
             status: Status::parse(&r.text(10)),
             checked_at: r.opt_i64(15).map_or(entered_at, ts),
+            enrolled_at: ts(r.i64(16)),
         },
         patient_id: r.text(1),
         institution_id: r.text(2),
