@@ -247,6 +247,7 @@ impl Run<'_> {
         self.e.state_seq += 1;
         self.e.entered_at = at;
         crate::sandbox::set_entered_at(at);
+        time::check_state(state, at, &self.tz).map_err(|e| self.fail(None, e.to_string()))?;
         let seq = self.e.state_seq;
         for (i, action) in state.on_enter.iter().enumerate() {
             let key = format!("e{}:{}:{}", self.e.id, seq, i);
