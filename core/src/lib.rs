@@ -20,6 +20,8 @@ pub mod scales;
 pub mod step;
 pub mod svg;
 pub mod time;
+#[cfg(test)]
+mod working_days_test;
 
 pub use facts::{PatientFacts, PendingEvent};
 pub use program::Programs;

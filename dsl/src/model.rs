@@ -612,6 +612,12 @@ impl Duration {
                 ));
             }
             other if other.starts_with('.') => {
+                let unit = other.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+                if matches!(unit.trim(), "wd" | "working day" | "working days") {
+                    return Err(format!(
+                        "`{s}` is fractional; working days are counted whole, e.g. `2 working days`"
+                    ));
+                }
                 return Err(format!(
                     "`{s}` is fractional; use a smaller unit, e.g. `36h` instead of `1.5d`"
                 ));
@@ -721,7 +727,8 @@ mod tests {
         assert!(refused.contains("only a task's `due`"), "{refused}");
         for (bad, says) in [
             ("0 working days", "`0m`"),
-            ("1.5 working days", "fractional"),
+            ("1.5 working days", "counted whole"),
+            ("1.5d", "`36h` instead of `1.5d`"),
             ("2 workdays", "`2 working days` or `2wd`"),
             ("2 Working Days", "not a duration unit"),
             ("working days", "no number"),
