@@ -7,7 +7,7 @@ use crate::audit::AuditArgs;
 
 use anyhow::Context;
 use carepath_dsl as dsl;
-use carepath_engine::{Programs, scheduler, seed, store};
+use carepath_engine::{Programs, calendar, scheduler, seed, store};
 use jiff::Timestamp;
 
 /// Where the database is: `--db`, else `CAREPATH_DB`, else a SQLite file in the working folder.
@@ -266,6 +266,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The calendars working days count in: the national years shipped and their sources, and
+    /// institutions' own closures, working days and hours.
+    Calendar {
+        #[command(subcommand)]
+        command: CalendarCommand,
+    },
     /// Print a pathway's state graph as DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -296,6 +302,20 @@ enum Command {
         /// Worker threads; the output is the same for any number (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum CalendarCommand {
+    /// Print each year of the national calendar with its source; a provisional year (statutory
+    /// holidays only, no notice yet) says so.
+    Show,
+    /// Load institutions' own calendars from a YAML file (see config/calendar.example.yaml); each
+    /// institution named in the file has its days and hours replaced, the others are untouched.
+    Load {
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -392,6 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             audit,
         } => {
+            report_calendar()?;
             let pool = db.open().await?;
             let audit = audit.install(&pool, &db.url).await?;
             let programs = store::load_programs(&pool).await?;
@@ -463,6 +484,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(carepath_engine::delivery::DeliveryConfig::load)
                 .transpose()?;
+            report_calendar()?;
             let pool = db.open().await?;
             let audit = audit.install(&pool, &db.url).await?;
             let programs = if pathways.is_dir() {
@@ -591,6 +613,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Calendar { command } => match command {
+            CalendarCommand::Show => {
+                for source in calendar::Calendar::national()?.sources() {
+                    println!("{source}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            CalendarCommand::Load { file, db } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let all = calendar::Overrides::from_yaml(&file.display().to_string(), &text)?;
+                let pool = db.open().await?;
+                let mut tx = pool.begin().await?;
+                for (institution, overrides) in &all {
+                    store::calendars::replace(&mut tx, institution, overrides).await?;
+                }
+                tx.commit().await?;
+                for (institution, o) in &all {
+                    let closed = o.days.values().filter(|d| !d.working).count();
+                    let hours = o.hours.map_or("all day".to_string(), |h| h.to_string());
+                    println!(
+                        "{institution}: {closed} closure(s), {} extra working day(s), hours {hours}",
+                        o.days.len() - closed
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Test { paths, no_coverage } => pathway_tests(&paths, !no_coverage),
         Command::Simulate {
             pathways,
@@ -670,6 +720,18 @@ fn validate(paths: &[PathBuf], format: OutputFormat) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Loads the national calendar of working days before the scheduler runs, and warns about each
+/// year whose dates are provisional (no State Council notice recorded).
+fn report_calendar() -> anyhow::Result<()> {
+    let national = calendar::Calendar::national().context("the national working-day calendar")?;
+    for source in national.sources() {
+        if source.status == calendar::Status::Provisional {
+            tracing::warn!("working-day calendar {source}");
+        }
+    }
+    Ok(())
 }
 
 fn print_summary(s: &scheduler::PassSummary, took: std::time::Duration) {

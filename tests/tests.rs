@@ -24,3 +24,4 @@ mod scenarios;
 mod security;
 mod sim_kpis;
 mod tidy;
+mod working_days;

@@ -1,5 +1,5 @@
 //! carepath's pure clinical core: the step, the outcome policy, what a guard can read, calendar
-//! time in the patient's zone, risk models, observation rules and scale scoring.
+//! time in the patient's zone, working days, risk models, observation rules and scale scoring.
 //!
 //! Architecture invariants: this crate depends on no database driver, no async runtime and no
 //! network client (the crate graph holds it); `step` reads no clock, draws no randomness and does
@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calendar;
 pub mod facts;
 pub mod indicators;
 pub mod observations;
@@ -19,6 +20,8 @@ pub mod scales;
 pub mod step;
 pub mod svg;
 pub mod time;
+#[cfg(test)]
+mod working_days_test;
 
 pub use facts::{PatientFacts, PendingEvent};
 pub use program::Programs;

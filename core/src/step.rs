@@ -256,6 +256,7 @@ impl Run<'_> {
         // Occurrences of the new state's schedules from this instant on are still to be made.
         self.occurrences_done = Timestamp::from_second(at.as_second() - 1).unwrap_or(at);
         crate::sandbox::set_entered_at(at);
+        time::check_state(state, at, &self.tz).map_err(|e| self.fail(None, e.to_string()))?;
         let seq = self.e.state_seq;
         for (i, action) in state.on_enter.iter().enumerate() {
             let key = format!("e{}:{}:{}", self.e.id, seq, i);

@@ -1,22 +1,66 @@
-//! Pathway time: instants are UTC, days are calendar days in the patient's time zone.
+//! Pathway time: instants are UTC, days are calendar days in the patient's time zone, working days
+//! are counted in a calendar of working days ([`crate::calendar`]).
 //!
 //! DST policy (tested below): a local time that a spring-forward gap skips fires once, shifted
 //! forward by the length of the gap (02:30 → 03:30); a local time repeated by a fall-back fold fires
 //! once, at its first occurrence. Both come from jiff's `compatible` disambiguation.
+//!
+//! Working days count in the national calendar unless the caller runs the arithmetic inside
+//! [`with_calendar`] with an institution's calendar. The calendar is scoped rather than passed so
+//! that `add` and `schedule` keep the signatures the step and its callers share; the scope is set
+//! by whoever knows the institution (the store's scheduler) and never outlives the call.
 
-use carepath_dsl::{Duration, LocalTime};
+use std::cell::RefCell;
+
+use carepath_dsl::{Action, Duration, LocalTime, State, Trigger};
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
+
+use crate::calendar::{Calendar, CalendarError};
+
+thread_local! {
+    static SCOPED: RefCell<Option<Calendar>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with working days counted in `calendar` (an institution's); the previous calendar is
+/// back in force when it returns.
+pub fn with_calendar<T>(calendar: &Calendar, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Calendar>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SCOPED.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let previous = SCOPED.with(|c| c.replace(Some(calendar.clone())));
+    let _restore = Restore(previous);
+    f()
+}
+
+/// `f` on the calendar in scope: the one [`with_calendar`] set, else the national calendar.
+fn in_calendar<R>(
+    f: impl FnOnce(&Calendar) -> Result<R, CalendarError>,
+) -> Result<R, CalendarError> {
+    SCOPED.with(|c| match c.borrow().as_ref() {
+        Some(cal) => f(cal),
+        None => f(Calendar::national()?),
+    })
+}
 
 /// Resolves an IANA zone name, falling back to UTC for an unknown name (reported by the caller).
 pub fn zone(name: &str) -> TimeZone {
     TimeZone::get(name).unwrap_or(TimeZone::UTC)
 }
 
-/// `at` plus `d`: minutes and hours as elapsed time, days and weeks as calendar days in `tz`.
-pub fn add(at: Timestamp, d: Duration, tz: &TimeZone) -> Timestamp {
-    match d.calendar_days() {
+/// `at` plus `d`: minutes and hours as elapsed time, days and weeks as calendar days in `tz`,
+/// working days as [`Calendar::add_working_days`] counts them. A count of working days the
+/// calendar cannot make (a year with no calendar) is an error naming the year.
+pub fn try_add(at: Timestamp, d: Duration, tz: &TimeZone) -> Result<Timestamp, CalendarError> {
+    if let Some(n) = d.in_working_days() {
+        return in_calendar(|c| c.add_working_days(at, n, tz));
+    }
+    Ok(match d.calendar_days() {
         Some(days) => {
             let z = at.to_zoned(tz.clone());
             z.checked_add(Span::new().days(i64::from(days)))
@@ -26,7 +70,14 @@ pub fn add(at: Timestamp, d: Duration, tz: &TimeZone) -> Timestamp {
         None => at
             .checked_add(Span::new().seconds(d.nominal_seconds()))
             .unwrap_or(at),
-    }
+    })
+}
+
+/// [`try_add`] for callers that cannot fail: a count of working days the calendar cannot make
+/// gives `at` itself. The step never meets that case, because it checks every working-day
+/// deadline of a state as it enters it ([`check_state`]) and fails there, naming the year.
+pub fn add(at: Timestamp, d: Duration, tz: &TimeZone) -> Timestamp {
+    try_add(at, d, tz).unwrap_or(at)
 }
 
 fn local(date: jiff::civil::Date, t: LocalTime, tz: &TimeZone) -> Timestamp {
@@ -53,8 +104,57 @@ pub fn next_local_time(after: Timestamp, t: LocalTime, tz: &TimeZone) -> Timesta
 
 /// When something written as `after` (+ optional `at`) from `start` happens.
 /// With `at` and a day-based `after`, it is `at` on the n-th calendar day after `start`'s date;
-/// otherwise it is the first `at` at or after `start + after`.
+/// with `at` and working days, `at` on the n-th working day after `start`'s date; otherwise it
+/// is the first `at` at or after `start + after`.
+pub fn try_schedule(
+    start: Timestamp,
+    after: Duration,
+    at: Option<LocalTime>,
+    tz: &TimeZone,
+) -> Result<Timestamp, CalendarError> {
+    match (at, after.in_working_days()) {
+        (Some(t), Some(n)) => in_calendar(|c| c.working_day_at(start, n, t, tz)),
+        (None, _) => try_add(start, after, tz),
+        (Some(_), None) => Ok(schedule_in_days(start, after, at, tz)),
+    }
+}
+
+/// [`try_schedule`] for callers that cannot fail; as with [`add`], a count of working days the
+/// calendar cannot make gives `start`, which the step never meets ([`check_state`]).
 pub fn schedule(
+    start: Timestamp,
+    after: Duration,
+    at: Option<LocalTime>,
+    tz: &TimeZone,
+) -> Timestamp {
+    try_schedule(start, after, at, tz).unwrap_or(start)
+}
+
+/// Counts every working-day deadline of `state` entered at `at` (its tasks' due times, its
+/// follow-ups' and its timed transitions'). The step calls it as it enters a state, so a deadline
+/// the calendar cannot count fails that step with the year named, before anything is made.
+pub fn check_state(state: &State, at: Timestamp, tz: &TimeZone) -> Result<(), CalendarError> {
+    for action in &state.on_enter {
+        match action {
+            Action::Task(t) => {
+                try_add(at, t.due, tz)?;
+            }
+            Action::FollowUp(f) => {
+                try_schedule(at, f.after, f.at, tz)?;
+            }
+            _ => {}
+        }
+    }
+    for t in &state.transitions {
+        if let Trigger::After { after, at: when } = &t.trigger {
+            try_schedule(at, *after, *when, tz)?;
+        }
+    }
+    Ok(())
+}
+
+/// `schedule` for minutes, hours, days and weeks, which cannot fail.
+fn schedule_in_days(
     start: Timestamp,
     after: Duration,
     at: Option<LocalTime>,
@@ -182,6 +282,78 @@ mod tests {
                 t = next;
             }
         }
+    }
+
+    #[test]
+    fn working_days_count_in_the_national_calendar_by_default() {
+        let tz = zone("Asia/Shanghai");
+        // Friday 30 January 2026, 16:00 local: 2 working days is Tuesday 3 February, 16:00.
+        let start = ts("2026-01-30T08:00:00Z");
+        let two = Duration::working_days(2);
+        assert_eq!(add(start, two, &tz), ts("2026-02-03T08:00:00Z"));
+        // With a time of day: 09:00 on the second working day.
+        let nine = Some(LocalTime { hour: 9, minute: 0 });
+        assert_eq!(schedule(start, two, nine, &tz), ts("2026-02-03T01:00:00Z"));
+        // Before Spring Festival 2026: Friday 13 Feb → Saturday 14th (worked), then 24 February.
+        let before = ts("2026-02-13T02:00:00Z");
+        assert_eq!(add(before, two, &tz), ts("2026-02-24T02:00:00Z"));
+    }
+
+    #[test]
+    fn an_institution_calendar_is_used_inside_its_scope_only() {
+        use crate::calendar::{Day, Overrides};
+        let tz = zone("Asia/Shanghai");
+        let start = ts("2026-01-30T08:00:00Z"); // Friday
+        let mut days = std::collections::BTreeMap::new();
+        days.insert(
+            jiff::civil::date(2026, 2, 2),
+            Day {
+                working: false,
+                reason: None,
+            },
+        );
+        let closed_monday = Calendar::national()
+            .unwrap()
+            .with_overrides(Overrides { days, hours: None });
+        let one = Duration::working_days(1);
+        let inside = with_calendar(&closed_monday, || add(start, one, &tz));
+        assert_eq!(inside, ts("2026-02-03T08:00:00Z"));
+        assert_eq!(add(start, one, &tz), ts("2026-02-02T08:00:00Z"));
+    }
+
+    #[test]
+    fn a_deadline_in_a_year_without_calendar_fails_the_state_check() {
+        let tz = zone("Asia/Shanghai");
+        let start = ts("2027-12-30T02:00:00Z");
+        let five = Duration::working_days(5);
+        let err = try_add(start, five, &tz).unwrap_err();
+        assert!(err.to_string().contains("2028"), "{err}");
+        assert!(try_schedule(start, five, None, &tz).is_err());
+        let state = |trigger| State {
+            id: "s".into(),
+            phase: carepath_dsl::Phase::FollowUp,
+            title: None,
+            terminal: false,
+            on_enter: vec![],
+            schedules: vec![],
+            transitions: vec![carepath_dsl::Transition {
+                to: "t".into(),
+                trigger,
+                guard: None,
+                label: None,
+            }],
+        };
+        let timer = state(Trigger::After {
+            after: five,
+            at: None,
+        });
+        assert!(check_state(&timer, start, &tz).is_err());
+        assert!(check_state(&timer, ts("2026-06-01T02:00:00Z"), &tz).is_ok());
+        let calendar_days = state(Trigger::After {
+            after: Duration::days(5),
+            at: None,
+        });
+        assert!(check_state(&calendar_days, start, &tz).is_ok());
     }
 
     #[test]

@@ -289,6 +289,38 @@ mod twin_tests {
     }
 
     #[test]
+    fn working_days_read_the_same_in_yaml_and_rhai() {
+        let good = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good");
+        let yaml = super::compile_file(&good.join("working_days.yaml"))
+            .into_pathway()
+            .expect("yaml model");
+        let rhai = super::compile_file(&good.join("working_days_script.rhai"))
+            .into_pathway()
+            .expect("rhai model");
+        assert_eq!(yaml.states, rhai.states);
+        let first = &yaml.states[0];
+        let crate::Action::Task(call) = &first.on_enter[0] else {
+            panic!("the first action is the call task");
+        };
+        assert_eq!(call.due, crate::Duration::working_days(2));
+        let crate::Action::FollowUp(message) = &first.on_enter[1] else {
+            panic!("the second action is the message");
+        };
+        assert_eq!(message.after, crate::Duration::working_days(1));
+        assert_eq!(
+            first.transitions[1].trigger,
+            crate::Trigger::After {
+                after: crate::Duration::working_days(5),
+                at: None
+            }
+        );
+        assert_eq!(
+            first.transitions[1].trigger.describe(),
+            "after 5 working days"
+        );
+    }
+
+    #[test]
     fn a_changed_twin_is_no_longer_equal() {
         let yaml = super::compile_file(&twins().join("wound_care.yaml"))
             .pathway

@@ -212,6 +212,14 @@ pub(crate) struct Lowerer<'a> {
     pub exact_exprs: bool,
 }
 
+/// Whether a task's `due` may be written in working days: a pathway's own tasks may, an alarm's
+/// task may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    MayCountWorkingDays,
+    Elapsed,
+}
+
 #[derive(Clone)]
 struct FragmentCtx {
     prefix: String,
@@ -609,11 +617,46 @@ impl<'a> Lowerer<'a> {
         match Duration::parse(&s) {
             Ok(d) => Some(d),
             Err(e) => {
+                let hint = if Duration::parse_deadline(&s).is_ok() {
+                    "write this one in `m`, `h`, `d` or `w`"
+                } else {
+                    "durations are written `30m`, `24h`, `7d` or `6w`"
+                };
+                self.err(Code::BadDuration, node.pos, e, hint);
+                None
+            }
+        }
+    }
+
+    /// An alarm's task is raised when a reading arrives, outside the step and its calendar of
+    /// working days, so its due time is elapsed or calendar time.
+    fn alarm_task_due(&mut self, node: &Node) -> Option<Duration> {
+        if let Some(s) = node.as_str()
+            && Duration::parse_deadline(s).is_ok_and(|d| d.in_working_days().is_some())
+        {
+            self.err(
+                Code::BadDuration,
+                node.pos,
+                format!("an alarm's task cannot be due in working days (`{s}`)"),
+                "an alarm raises its task at once, whatever the day: write e.g. `due: 2h`",
+            );
+            return None;
+        }
+        self.duration(node)
+    }
+
+    /// A task's due time, a follow-up's or a transition's wait: a duration that may also be
+    /// written in working days.
+    fn deadline(&mut self, node: &Node) -> Option<Duration> {
+        let s = self.string(node, "a duration")?;
+        match Duration::parse_deadline(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
                 self.err(
                     Code::BadDuration,
                     node.pos,
                     e,
-                    "durations are written `30m`, `24h`, `7d` or `6w`",
+                    "durations are written `30m`, `24h`, `7d`, `6w` or `2 working days`",
                 );
                 None
             }
@@ -1050,7 +1093,7 @@ impl<'a> Lowerer<'a> {
         if let Value::Map(_) = node.value {
             let f = self.fields(node, what, &["after", "at", "from"])?;
             let after = Self::opt(&f, "after")
-                .and_then(|n| self.duration(n))
+                .and_then(|n| self.deadline(n))
                 .unwrap_or(Duration::ZERO);
             let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
             let from = match Self::opt(&f, "from") {
@@ -1059,7 +1102,7 @@ impl<'a> Lowerer<'a> {
             };
             return Some(TimeSpec { after, at, from });
         }
-        let after = self.duration(node)?;
+        let after = self.deadline(node)?;
         Some(TimeSpec {
             after,
             at: None,
@@ -1081,7 +1124,7 @@ impl<'a> Lowerer<'a> {
             }),
         };
         let every = self.req(&f, "every", node, "the schedule").and_then(|n| {
-            let d = self.duration(n)?;
+            let d = self.deadline(n)?;
             if d.nominal_seconds() == 0 {
                 self.err(
                     Code::BadDuration,
@@ -1193,7 +1236,7 @@ impl<'a> Lowerer<'a> {
             };
         }
         let on = Self::opt(&f, "on").and_then(|n| self.event_name(n));
-        let after = Self::opt(&f, "after").and_then(|n| self.duration(n));
+        let after = Self::opt(&f, "after").and_then(|n| self.deadline(n));
         let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
         if on.is_some() && (after.is_some() || at.is_some()) {
             self.err(
@@ -1262,7 +1305,7 @@ impl<'a> Lowerer<'a> {
         let (k, v) = &entries[0];
         let kind = k.as_str().unwrap_or("");
         match kind {
-            "task" => self.task(v).map(Action::Task),
+            "task" => self.task(v, Due::MayCountWorkingDays).map(Action::Task),
             "follow_up" => self.follow_up(v).map(Action::FollowUp),
             "scale" => self.scale_push(v).map(Action::Scale),
             "risk" => self.risk(v).map(Action::Risk),
@@ -1283,7 +1326,7 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn task(&mut self, node: &Node) -> Option<TaskSpec> {
+    fn task(&mut self, node: &Node, kind: Due) -> Option<TaskSpec> {
         let f = self.fields(
             node,
             "a task",
@@ -1308,11 +1351,19 @@ impl<'a> Lowerer<'a> {
             .and_then(|n| self.text(n, "title"));
         let due_node = self.req(&f, "due", node, "the task");
         let (due, due_at) = match due_node {
-            Some(n) if matches!(n.value, Value::Map(_)) => match self.time_spec(n, "a due time") {
-                Some(spec) => (Some(spec.after), Some(spec)),
-                None => (None, None),
-            },
-            Some(n) => (self.duration(n), None),
+            Some(n) if matches!(n.value, Value::Map(_)) && kind == Due::MayCountWorkingDays => {
+                match self.time_spec(n, "a due time") {
+                    Some(spec) => (Some(spec.after), Some(spec)),
+                    None => (None, None),
+                }
+            }
+            Some(n) => (
+                match kind {
+                    Due::MayCountWorkingDays => self.deadline(n),
+                    Due::Elapsed => self.alarm_task_due(n),
+                },
+                None,
+            ),
             None => (None, None),
         };
         let priority = Self::opt(&f, "priority")
@@ -1505,7 +1556,7 @@ impl<'a> Lowerer<'a> {
             .req(&f, "template", node, "the follow-up")
             .and_then(|n| self.ident(n, "template id"));
         let after = Self::opt(&f, "after")
-            .and_then(|n| self.duration(n))
+            .and_then(|n| self.deadline(n))
             .unwrap_or(Duration::ZERO);
         let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
         let from = match Self::opt(&f, "from") {
@@ -1733,7 +1784,7 @@ impl<'a> Lowerer<'a> {
             .unwrap_or(AlarmScope::State);
         let task = self
             .req(&f, "task", node, "the alarm rule")
-            .and_then(|n| self.task(n));
+            .and_then(|n| self.task(n, Due::Elapsed));
         Some(AlarmSpec {
             id: id?,
             when: when?,

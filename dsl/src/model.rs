@@ -621,10 +621,13 @@ pub enum DurationUnit {
     Hours,
     Days,
     Weeks,
+    /// Working days of the institution's calendar (the national one with its own closures).
+    WorkingDays,
 }
 
-/// A duration as people write it. Days and weeks are calendar days in the patient's time zone, so
-/// the unit is kept rather than flattened to seconds.
+/// A duration as people write it. Days and weeks are calendar days in the patient's time zone,
+/// working days are counted in a calendar of working days, so the unit is kept rather than
+/// flattened to seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Duration {
     pub amount: u32,
@@ -658,6 +661,13 @@ impl Duration {
         }
     }
 
+    pub fn working_days(amount: u32) -> Duration {
+        Duration {
+            amount,
+            unit: DurationUnit::WorkingDays,
+        }
+    }
+
     /// Whole calendar days, if the duration is written in days or weeks.
     pub fn calendar_days(&self) -> Option<u32> {
         match self.unit {
@@ -667,18 +677,38 @@ impl Duration {
         }
     }
 
-    /// The nominal length in seconds (a day counted as 24 hours).
+    /// The number of working days, if the duration is written in working days.
+    pub fn in_working_days(&self) -> Option<u32> {
+        (self.unit == DurationUnit::WorkingDays).then_some(self.amount)
+    }
+
+    /// The nominal length in seconds (a day, working or not, counted as 24 hours).
     pub fn nominal_seconds(&self) -> i64 {
         let unit = match self.unit {
             DurationUnit::Minutes => 60,
             DurationUnit::Hours => 3_600,
-            DurationUnit::Days => 86_400,
+            DurationUnit::Days | DurationUnit::WorkingDays => 86_400,
             DurationUnit::Weeks => 604_800,
         };
         i64::from(self.amount) * unit
     }
 
+    /// Reads a duration where working days have no meaning (windows, SLAs, expiries…): `30m`,
+    /// `24h`, `7d`, `6w`. Working days are refused with a message saying where they belong.
     pub fn parse(s: &str) -> Result<Duration, String> {
+        let d = Duration::parse_deadline(s)?;
+        if d.unit == DurationUnit::WorkingDays {
+            return Err(format!(
+                "`{}` counts working days, which only a task's `due`, a follow-up's `after` and a transition's `after` can use",
+                s.trim()
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Reads a duration that may also be written in working days: `2 working days`, `1 working
+    /// day` or `2wd`, besides everything [`Duration::parse`] reads.
+    pub fn parse_deadline(s: &str) -> Result<Duration, String> {
         let s = s.trim();
         if s.starts_with('-') {
             return Err(format!(
@@ -697,14 +727,26 @@ impl Duration {
             "h" => DurationUnit::Hours,
             "d" => DurationUnit::Days,
             "w" => DurationUnit::Weeks,
+            "wd" | "working day" | "working days" => DurationUnit::WorkingDays,
             "" => {
                 return Err(format!(
                     "`{s}` has no unit; write e.g. `{num}d` for days or `{num}h` for hours"
                 ));
             }
             other if other.starts_with('.') => {
+                let unit = other.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+                if matches!(unit.trim(), "wd" | "working day" | "working days") {
+                    return Err(format!(
+                        "`{s}` is fractional; working days are counted whole, e.g. `2 working days`"
+                    ));
+                }
                 return Err(format!(
                     "`{s}` is fractional; use a smaller unit, e.g. `36h` instead of `1.5d`"
+                ));
+            }
+            other if other.starts_with("work") || (other.starts_with('w') && other.len() > 1) => {
+                return Err(format!(
+                    "`{other}` is not a duration unit; working days are written `{num} working days` or `{num}wd`"
                 ));
             }
             other => {
@@ -714,6 +756,11 @@ impl Duration {
             }
         };
         let amount: u32 = num.parse().map_err(|_| format!("`{s}` is too large"))?;
+        if amount == 0 && unit == DurationUnit::WorkingDays {
+            return Err(format!(
+                "`{s}` waits for no working day; write `0m` for no wait, or at least `1 working day`"
+            ));
+        }
         if amount > 3_660 && unit != DurationUnit::Minutes && unit != DurationUnit::Hours {
             return Err(format!("`{s}` is longer than ten years"));
         }
@@ -728,6 +775,8 @@ impl fmt::Display for Duration {
             DurationUnit::Hours => "h",
             DurationUnit::Days => "d",
             DurationUnit::Weeks => "w",
+            DurationUnit::WorkingDays if self.amount == 1 => " working day",
+            DurationUnit::WorkingDays => " working days",
         };
         write!(f, "{}{u}", self.amount)
     }
@@ -773,6 +822,42 @@ mod tests {
         assert_eq!(Duration::parse("6w").unwrap().calendar_days(), Some(42));
         for bad in ["-1d", "7", "1.5d", "d", "3y", "99999999999d"] {
             assert!(Duration::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn working_days_read_where_deadlines_are_written() {
+        for (text, n) in [
+            ("2 working days", 2),
+            ("1 working day", 1),
+            ("2wd", 2),
+            (" 10  working days ", 10),
+        ] {
+            let d = Duration::parse_deadline(text).unwrap();
+            assert_eq!(d, Duration::working_days(n), "{text}");
+            assert_eq!(d.in_working_days(), Some(n));
+            assert_eq!(d.calendar_days(), None);
+            assert_eq!(Duration::parse_deadline(&d.to_string()).unwrap(), d);
+        }
+        assert_eq!(Duration::working_days(1).to_string(), "1 working day");
+        assert_eq!(Duration::working_days(3).to_string(), "3 working days");
+        assert_eq!(
+            Duration::parse_deadline("7d").unwrap(),
+            Duration::parse("7d").unwrap()
+        );
+        let refused = Duration::parse("2 working days").unwrap_err();
+        assert!(refused.contains("only a task's `due`"), "{refused}");
+        for (bad, says) in [
+            ("0 working days", "`0m`"),
+            ("1.5 working days", "counted whole"),
+            ("1.5d", "`36h` instead of `1.5d`"),
+            ("2 workdays", "`2 working days` or `2wd`"),
+            ("2 Working Days", "not a duration unit"),
+            ("working days", "no number"),
+            ("-2 working days", "negative"),
+        ] {
+            let e = Duration::parse_deadline(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 

@@ -5,6 +5,7 @@
 //! and committed together. On PostgreSQL several workers run passes at once: the claim uses
 //! `FOR UPDATE SKIP LOCKED`, and the row-version check on every enrolment update fences out a
 //! worker whose view is stale. A failing pathway marks that one enrolment in error; the pass goes on.
+//! Each enrolment is stepped in its institution's calendar of working days.
 //! Each pass opens with the scale-push sweep (reminders, expiry), so `carepath run` and the sweeps
 //! of `carepath serve` both keep pushes moving.
 
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::program::Programs;
 use crate::step;
 use crate::store::{self, Pool, Result, Written};
+use crate::time;
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct PassSummary {
@@ -129,6 +131,11 @@ async fn run_batches(
         }
         summary.batches += 1;
         let mut facts = store::load_facts(&mut tx, &batch, now).await?;
+        let calendars = store::calendars::for_institutions(
+            &mut tx,
+            batch.iter().map(|d| d.institution_id.as_str()),
+        )
+        .await?;
         let mut buf = store::RowBuffer::default();
         let mut outcomes = Vec::with_capacity(batch.len());
         for d in &batch {
@@ -146,7 +153,10 @@ async fn run_batches(
                 continue;
             };
             let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
-            match step::step(prog, &d.enrolment, &f, &pending, now) {
+            let stepped = time::with_calendar(calendars.of(&d.institution_id), || {
+                step::step(prog, &d.enrolment, &f, &pending, now)
+            });
+            match stepped {
                 Ok(outcome) => outcomes.push((d, outcome)),
                 Err(err) => {
                     tracing::warn!(enrolment = d.enrolment.id, pathway = %err.pathway, version = err.version, state = %err.state, "step failed: {}", err.message);
@@ -197,8 +207,13 @@ pub async fn advance(
         })?;
     let mut facts = store::load_facts(&mut tx, std::slice::from_ref(&d), now).await?;
     let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
+    let calendars =
+        store::calendars::for_institutions(&mut tx, [d.institution_id.as_str()]).await?;
     let mut buf = store::RowBuffer::default();
-    let mut w = match step::step(prog, &d.enrolment, &f, &pending, now) {
+    let stepped = time::with_calendar(calendars.of(&d.institution_id), || {
+        step::step(prog, &d.enrolment, &f, &pending, now)
+    });
+    let mut w = match stepped {
         Ok(outcome) => store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now)
             .await?
             .unwrap_or_default(),

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod audit_log;
 pub mod bulk;
+pub mod calendars;
 pub mod crypto;
 pub mod db;
 pub mod goals;
@@ -68,6 +69,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_due_order", "due_order"),
     migration!(9, "0009_audit_keyed_chain", "audit_keyed_chain"),
     migration!(10, "0010_checked_at", "checked_at"),
+    migration!(13, "0013_institution_calendars", "institution_calendars"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -1123,6 +1125,8 @@ pub async fn enrol_many(
     goals::create_for_enrolments(tx, &goals).await?;
     let mut outcomes = Vec::with_capacity(new.len());
     let mut buf = RowBuffer::default();
+    let institutions: Vec<String> = patients.values().map(|p| p.text(1)).collect();
+    let cals = calendars::for_institutions(tx, institutions.iter().map(String::as_str)).await?;
     for ((id, n), prog) in ids.iter().zip(new).zip(&progs) {
         let patient = &patients[&n.patient_id];
         let facts = PatientFacts {
@@ -1130,7 +1134,9 @@ pub async fn enrol_many(
             sex: patient.text(4),
             ..Default::default()
         };
-        let outcome = step::enrol(prog, *id, &n.entry, &patient.text(2), &facts, &[], n.at)?;
+        let outcome = time::with_calendar(cals.of(&patient.text(1)), || {
+            step::enrol(prog, *id, &n.entry, &patient.text(2), &facts, &[], n.at)
+        })?;
         let d = DueEnrolment {
             enrolment: outcome.enrolment.clone(),
             patient_id: n.patient_id.clone(),
