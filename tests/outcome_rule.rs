@@ -210,6 +210,7 @@ fn ends_on_leaving(kind: &str) -> bool {
             due_at: t,
             expires_at: None,
             reminders: vec![],
+            chain: vec![],
         },
     };
     outcome::ends(outcome::work_of(&produced), Cause::StateLeft)

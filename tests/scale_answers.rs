@@ -117,11 +117,24 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
+/// [`EPDS_CHECK`] with a reminder chain: an SMS with its own template at the due, a call task
+/// for the case manager two days later, a WeChat message a day after that.
+fn epds_chain() -> String {
+    EPDS_CHECK
+        .replace("pathway: epds_check", "pathway: epds_chain")
+        .replace(
+            "reminders: [2d, 1d], expires: 7d }",
+            "expires: 7d, reminders: [{ after: 0m, channels: [sms], template: epds_due }, { after: 2d, task: { role: case_manager, title: { zh: 电话提醒, en: Reminder call }, due: 1d } }, { after: 3d, channels: [wechat], template: epds_last_call }] }",
+        )
+}
+
 async fn world(b: &Backend) -> World {
     let covered = epds_covered();
+    let chain = epds_chain();
     let dir = support::pathway_dir(&[
         ("epds_check.yaml", EPDS_CHECK),
         ("epds_covered.yaml", &covered),
+        ("epds_chain.yaml", &chain),
     ]);
     let (pool, programs) = open_store(&b.url, dir.path(), at(0)).await;
     World {
@@ -728,6 +741,74 @@ async fn scale_push_expires_and_the_pathway_hears_of_it() {
         assert!(
             matches!(&r, Err(StoreError::Conflict(m)) if m.contains("expired at")),
             "{name}: {r:?}"
+        );
+    }
+}
+
+/// A reminder chain: each step at its instant over its own channel and template, or as a task;
+/// the moment the push is answered, the steps to come are cancelled and the open task with them.
+#[tokio::test]
+async fn a_reminder_chain_steps_by_channel_and_task_and_stops_at_the_answer() {
+    for b in support::backends() {
+        let w = world(&b).await;
+        let name = b.name();
+        let (_, push) = w.enrol_in("p-chain", "epds_chain").await;
+        let due = 3 * DAY;
+        let sweep = |t: i64| scales::scale_push_sweep(&w.pool, at(t));
+        assert_eq!(sweep(due - 60).await.expect("sweep").reminders, 0, "{name}");
+        assert_eq!(sweep(due).await.expect("sweep").reminders, 1, "{name}");
+        assert_eq!(
+            rows(
+                &w.pool,
+                &format!("SELECT f.template, f.channels, o.channel FROM follow_ups f JOIN outbox o ON o.follow_up_id = f.id WHERE f.dedupe_key = 'scale:{push}:reminder:1'"),
+                3,
+            )
+            .await,
+            vec!["epds_due|[\"sms\"]|sms".to_string()],
+            "{name}: the first step is the named SMS"
+        );
+        assert_eq!(
+            sweep(due + 2 * DAY).await.expect("sweep").reminders,
+            1,
+            "{name}"
+        );
+        let task = rows(
+            &w.pool,
+            &format!("SELECT role, status, CAST(due_at - created_at AS TEXT) FROM tasks WHERE dedupe_key = 'scale:{push}:reminder:2'"),
+            3,
+        )
+        .await;
+        assert_eq!(
+            task,
+            vec![format!("case_manager|open|{DAY}")],
+            "{name}: the second step is a call task"
+        );
+        // Answered: the last step never comes, and the open call task is cancelled.
+        w.answer(push, &epds(false, 0), at(due + 2 * DAY + HOUR))
+            .await
+            .expect("answer");
+        assert_eq!(
+            sweep(due + 4 * DAY).await.expect("sweep").reminders,
+            0,
+            "{name}"
+        );
+        let task = rows(
+            &w.pool,
+            &format!("SELECT status FROM tasks WHERE dedupe_key = 'scale:{push}:reminder:2'"),
+            1,
+        )
+        .await;
+        assert_eq!(task, vec!["cancelled".to_string()], "{name}");
+        assert_eq!(
+            scalar(
+                &w.pool,
+                &format!(
+                    "SELECT COUNT(*) FROM follow_ups WHERE dedupe_key = 'scale:{push}:reminder:3'"
+                )
+            )
+            .await,
+            0,
+            "{name}: no step after the answer"
         );
     }
 }

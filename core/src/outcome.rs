@@ -293,6 +293,7 @@ mod tests {
             due_at: Timestamp::UNIX_EPOCH,
             expires_at: None,
             reminders: vec![],
+            chain: vec![],
         };
         let risk = Produced::Risk {
             model: "lace".into(),

@@ -130,6 +130,9 @@ pub enum Produced {
         due_at: Timestamp,
         expires_at: Option<Timestamp>,
         reminders: Vec<Timestamp>,
+        /// The reminder chain: each step's instant and how it reaches the patient.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chain: Vec<(Timestamp, carepath_dsl::ReminderBy)>,
     },
     Risk {
         model: String,
@@ -310,16 +313,24 @@ impl Run<'_> {
                 ),
                 urgent: f.urgent,
             },
-            Action::Scale(s) => Produced::ScalePush {
-                scale: s.scale.clone(),
-                due_at: time::add(at, s.due, &self.tz),
-                expires_at: s.expires.map(|d| time::add(at, d, &self.tz)),
-                reminders: s
-                    .reminders
-                    .iter()
-                    .map(|d| time::add(at, *d, &self.tz))
-                    .collect(),
-            },
+            Action::Scale(s) => {
+                let due_at = time::add(at, s.due, &self.tz);
+                Produced::ScalePush {
+                    scale: s.scale.clone(),
+                    due_at,
+                    expires_at: s.expires.map(|d| time::add(at, d, &self.tz)),
+                    reminders: s
+                        .reminders
+                        .iter()
+                        .map(|d| time::add(at, *d, &self.tz))
+                        .collect(),
+                    chain: s
+                        .chain
+                        .iter()
+                        .map(|step| (time::add(due_at, step.after, &self.tz), step.by.clone()))
+                        .collect(),
+                }
+            }
             Action::Risk(r) => {
                 let (score, contributions) = self.risk_score(&r.model)?;
                 let band = r

@@ -1611,6 +1611,7 @@ impl<'a> Lowerer<'a> {
             "a scale push",
             &["scale", "due", "reminders", "expires"],
         )?;
+        let mut chain = Vec::new();
         let scale = self
             .req(&f, "scale", node, "the scale push")
             .and_then(|n| self.scale_name(n));
@@ -1620,7 +1621,11 @@ impl<'a> Lowerer<'a> {
         let mut reminders = Vec::new();
         if let Some(n) = Self::opt(&f, "reminders") {
             for r in self.list(n, "reminders") {
-                if let Some(d) = self.duration(r) {
+                if matches!(r.value, Value::Map(_)) {
+                    if let Some(step) = self.reminder_step(r) {
+                        chain.push(step);
+                    }
+                } else if let Some(d) = self.duration(r) {
                     reminders.push(d);
                 }
             }
@@ -1631,7 +1636,82 @@ impl<'a> Lowerer<'a> {
             due: due?,
             reminders,
             expires,
+            chain,
         })
+    }
+
+    /// `{ after: 3d, channels: [sms], template: phq_reminder }` or
+    /// `{ after: 3d, task: { role: nurse, title: …, due: 1d } }`, `after` counted from the due.
+    fn reminder_step(&mut self, node: &Node) -> Option<ReminderStep> {
+        let f = self.fields(
+            node,
+            "a reminder step",
+            &["after", "channels", "template", "task"],
+        )?;
+        let after = Self::opt(&f, "after")
+            .and_then(|n| self.duration(n))
+            .unwrap_or(Duration::ZERO);
+        let by = match Self::opt(&f, "task") {
+            Some(t) => {
+                if f.get("channels").is_some() || f.get("template").is_some() {
+                    self.err(
+                        Code::InvalidValue,
+                        node.pos,
+                        "a reminder step is a message or a task, not both",
+                        "split it into two steps",
+                    );
+                }
+                let tf = self.fields(t, "a reminder task", &["role", "title", "due"])?;
+                let role = self
+                    .req(&tf, "role", t, "the reminder task")
+                    .and_then(|n| self.role_ref(n));
+                let title = self
+                    .req(&tf, "title", t, "the reminder task")
+                    .and_then(|n| self.text(n, "title"));
+                let due = Self::opt(&tf, "due")
+                    .and_then(|n| self.duration(n))
+                    .unwrap_or(Duration::days(1));
+                ReminderBy::Task {
+                    role: role?,
+                    title: title?,
+                    due,
+                }
+            }
+            None => {
+                let mut channels = Vec::new();
+                if let Some(n) = self.req(&f, "channels", node, "the reminder step") {
+                    for c in self.list(n, "channels") {
+                        let Some(name) = self.string(c, "a channel") else {
+                            continue;
+                        };
+                        match Channel::ALL.iter().find(|(n, _)| *n == name) {
+                            Some((_, ch)) => channels.push(*ch),
+                            None => {
+                                let names: Vec<&str> =
+                                    Channel::ALL.iter().map(|(n, _)| *n).collect();
+                                self.err(
+                                    Code::UnknownChannel,
+                                    c.pos,
+                                    format!("unknown channel `{name}`"),
+                                    suggest(&name, &names),
+                                );
+                            }
+                        }
+                    }
+                }
+                let template = self
+                    .req(&f, "template", node, "the reminder step")
+                    .and_then(|n| self.ident(n, "template id"));
+                if channels.is_empty() {
+                    return None;
+                }
+                ReminderBy::Message {
+                    channels,
+                    template: template?,
+                }
+            }
+        };
+        Some(ReminderStep { after, by })
     }
 
     fn bands(&mut self, node: &Node) -> Vec<(String, f64)> {

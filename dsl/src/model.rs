@@ -445,8 +445,37 @@ fn is_state_anchor(a: &Anchor) -> bool {
 pub struct ScalePushSpec {
     pub scale: String,
     pub due: Duration,
+    /// Reminders counted from the push, each a message over the patient's preferred channel.
     pub reminders: Vec<Duration>,
     pub expires: Option<Duration>,
+    /// A reminder chain counted from the push's due time: each step a message over named
+    /// channels with a named template, or a task for a role. The steps still to come are
+    /// cancelled the moment the push is answered (or expires, or its enrolment ends).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<ReminderStep>,
+}
+
+/// One step of a scale push's reminder chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReminderStep {
+    /// After the push's due time (`0m`: at the due).
+    pub after: Duration,
+    pub by: ReminderBy,
+}
+
+/// How a reminder step reaches the patient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReminderBy {
+    Message {
+        channels: Vec<Channel>,
+        template: String,
+    },
+    Task {
+        role: String,
+        title: Text,
+        due: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -117,11 +117,58 @@ pub async fn enrolment_pushes(
     Ok(list)
 }
 
+/// One stored reminder: its instant and, for a step of a reminder chain, how it reaches the
+/// patient (none: a message over the preferred channel with the standard template).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
+struct StoredReminder {
+    at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<carepath_dsl::ReminderBy>,
+}
+
+/// A push's reminders as stored, in time order, with the first instant: plain instants
+/// (`[t1, t2]`) when there is no chain, else `[{ "at": t, "by": … }, …]`.
+pub(crate) fn stored_reminders(
+    plain: &[Timestamp],
+    chain: &[(Timestamp, carepath_dsl::ReminderBy)],
+) -> (String, Option<i64>) {
+    let mut all: Vec<StoredReminder> = plain
+        .iter()
+        .map(|t| StoredReminder {
+            at: t.as_second(),
+            by: None,
+        })
+        .chain(chain.iter().map(|(t, by)| StoredReminder {
+            at: t.as_second(),
+            by: Some(by.clone()),
+        }))
+        .collect();
+    all.sort_by_key(|r| r.at);
+    let first = all.first().map(|r| r.at);
+    let text = if chain.is_empty() {
+        serde_json::to_string(&all.iter().map(|r| r.at).collect::<Vec<_>>())
+    } else {
+        serde_json::to_string(&all)
+    };
+    (text.unwrap_or_default(), first)
+}
+
+/// The reminders of a push, in time order (unreadable text reads as none).
+fn stored(text: &str) -> Vec<StoredReminder> {
+    let mut v: Vec<StoredReminder> = match serde_json::from_str::<Vec<i64>>(text) {
+        Ok(times) => times
+            .into_iter()
+            .map(|at| StoredReminder { at, by: None })
+            .collect(),
+        Err(_) => serde_json::from_str(text).unwrap_or_default(),
+    };
+    v.sort_by_key(|r| r.at);
+    v
+}
+
 /// The reminder instants of a push, in time order (unreadable text reads as none).
 fn reminder_times(text: &str) -> Vec<i64> {
-    let mut v: Vec<i64> = serde_json::from_str(text).unwrap_or_default();
-    v.sort_unstable();
-    v
+    stored(text).into_iter().map(|r| r.at).collect()
 }
 
 /// What the sweep does with one push's reminders at one instant.
@@ -364,6 +411,17 @@ async fn cancel_reminders_of(tx: &mut Tx, pushes: &[(i64, i64)]) -> Result<()> {
     for part in pushes.chunks(MAX_PARAMS / 2) {
         let mut a: Vec<Arg> = part.iter().map(|(e, _)| Arg::I(*e)).collect();
         a.extend(part.iter().map(|(_, p)| Arg::T(format!("scale_push:{p}"))));
+        // Reminder tasks of a chain still open: the push no longer waits for an answer.
+        tx.exec(
+            &format!(
+                "UPDATE tasks SET status = 'cancelled', cancel_reason = 'scale push no longer pending' \
+                 WHERE enrolment_id IN ({}) AND task_ref IN ({}) AND status IN ('open', 'claimed')",
+                placeholders(1, part.len()),
+                placeholders(part.len() + 1, part.len())
+            ),
+            a.clone(),
+        )
+        .await?;
         let follow_ups: Vec<Arg> = tx
             .fetch(
                 &format!(
@@ -516,32 +574,64 @@ async fn remind_batch(pool: &Pool, now: Timestamp, out: &mut ScaleSweep) -> Resu
         let skipped = plan.skipped as u64;
         out.reminders_skipped += skipped;
         let key = format!("scale:{push}:reminder:{}", last + 1);
-        let mut channels: Vec<String> = REMINDER_CHANNELS.iter().map(|c| c.to_string()).collect();
-        if let Some(pref) = r.opt_text(9).filter(|c| channels.contains(c)) {
-            channels.retain(|c| *c != pref);
-            channels.insert(0, pref);
-        }
+        let steps = stored(&r.text(5));
+        let by = steps.get(last).and_then(|s| s.by.clone());
+        let detail = json!({"push": push, "scale": scale, "reminder": last + 1, "of": times.len(), "skipped": skipped});
+        let (channels, template) = match by {
+            Some(carepath_dsl::ReminderBy::Task { role, title, due }) => {
+                let due_at = crate::time::add(ts(times[last]), due, &crate::time::zone("UTC"));
+                tx.exec(
+                    "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, status, due_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, 'open', $11, $12) ON CONFLICT (dedupe_key) DO NOTHING",
+                    args![&key, enrolment, &patient, r.text(7), state_seq, format!("scale_push:{push}"), &role, &title.zh, &title.en, carepath_dsl::Priority::Normal as i64, due_at.as_second(), times[last]],
+                )
+                .await?;
+                tx.exec(
+                    "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'scale_reminder', $5) ON CONFLICT (dedupe_key) DO NOTHING",
+                    args![&key, &patient, enrolment, now.as_second(), detail.to_string()],
+                )
+                .await?;
+                out.reminders += 1;
+                continue;
+            }
+            Some(carepath_dsl::ReminderBy::Message { channels, template }) => (
+                channels
+                    .iter()
+                    .map(|c| c.as_str().to_string())
+                    .collect::<Vec<_>>(),
+                template,
+            ),
+            None => {
+                let mut channels: Vec<String> =
+                    REMINDER_CHANNELS.iter().map(|c| c.to_string()).collect();
+                if let Some(pref) = r.opt_text(9).filter(|c| channels.contains(c)) {
+                    channels.retain(|c| *c != pref);
+                    channels.insert(0, pref);
+                }
+                (channels, REMINDER_TEMPLATE.to_string())
+            }
+        };
         let channels_json = serde_json::to_string(&channels).unwrap_or_default();
         let follow_up = tx
             .fetch_one(
                 "INSERT INTO follow_ups (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, follow_up_ref, template, channels, send_at, urgent, status, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 'scheduled', $10) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                args![&key, enrolment, &patient, r.text(7), state_seq, format!("scale_push:{push}"), REMINDER_TEMPLATE, &channels_json, times[last], now.as_second()],
+                args![&key, enrolment, &patient, r.text(7), state_seq, format!("scale_push:{push}"), &template, &channels_json, times[last], now.as_second()],
             )
             .await?;
         let Some(follow_up) = follow_up.map(|f| f.i64(0)) else {
             continue;
         };
-        let payload = json!({"template": REMINDER_TEMPLATE, "channels": channels, "urgent": false, "pathway": r.text(8), "scale": scale});
+        let payload = json!({"template": template, "channels": channels, "urgent": false, "pathway": r.text(8), "scale": scale});
         tx.exec(
             "INSERT INTO outbox (dedupe_key, follow_up_id, patient_id, channel, template, payload, status, next_attempt_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) ON CONFLICT (dedupe_key) DO NOTHING",
-            args![&key, follow_up, &patient, &channels[0], REMINDER_TEMPLATE, payload.to_string(), now.as_second()],
+            args![&key, follow_up, &patient, &channels[0], &template, payload.to_string(), now.as_second()],
         )
         .await?;
         tx.exec(
             "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'scale_reminder', $5) ON CONFLICT (dedupe_key) DO NOTHING",
-            args![&key, &patient, enrolment, now.as_second(), json!({"push": push, "scale": scale, "reminder": last + 1, "of": times.len(), "skipped": skipped}).to_string()],
+            args![&key, &patient, enrolment, now.as_second(), detail.to_string()],
         )
         .await?;
         out.reminders += 1;

@@ -247,10 +247,10 @@ impl RowBuffer {
                 due_at,
                 expires_at,
                 reminders,
+                chain,
             } => {
                 // Stored in time order: the sweep sends them in that order (see `store::scales`).
-                let mut reminders: Vec<i64> = reminders.iter().map(|t| t.as_second()).collect();
-                reminders.sort_unstable();
+                let (stored, first) = crate::scales::stored_reminders(reminders, chain);
                 self.push(
                     "scale_pushes",
                     vec![
@@ -262,8 +262,8 @@ impl RowBuffer {
                         Arg::T(scale.clone()),
                         Arg::I(due_at.as_second()),
                         Arg::OptI(expires_at.map(|t| t.as_second())),
-                        Arg::T(serde_json::to_string(&reminders).unwrap_or_default()),
-                        Arg::OptI(reminders.first().copied().filter(|_| stale.is_none())),
+                        Arg::T(stored),
+                        Arg::OptI(first.filter(|_| stale.is_none())),
                         Arg::T(
                             if stale.is_some() {
                                 "cancelled"
