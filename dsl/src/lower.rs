@@ -1653,7 +1653,7 @@ impl<'a> Lowerer<'a> {
             .unwrap_or(Duration::ZERO);
         let by = match Self::opt(&f, "task") {
             Some(t) => {
-                if f.get("channels").is_some() || f.get("template").is_some() {
+                if f.contains_key("channels") || f.contains_key("template") {
                     self.err(
                         Code::InvalidValue,
                         node.pos,
