@@ -434,7 +434,10 @@ impl Run<'_> {
             amount: sc.every.amount.checked_mul(n - 1)?,
             unit: sc.every.unit,
         };
-        let at = time::add(first, every, &self.tz);
+        let mut at = time::add(first, every, &self.tz);
+        if sc.working_days {
+            at = time::on_working_day(at, &self.tz);
+        }
         if at < self.e.entered_at {
             return None;
         }
@@ -1318,5 +1321,43 @@ mod schedule_tests {
         let nightly: Vec<Timestamp> = (1..=100).map(|d| days(t0, d)).collect();
         let (actions, _) = run(&plan("skip"), &facts, &nightly);
         assert!(!actions.iter().any(|a| a.key.ends_with(":skipped")));
+    }
+
+    /// An occurrence that falls on a day off moves to the next working day at the same time:
+    /// Saturdays move to Monday; the National Day holiday (1–7 October 2026) to the 8th.
+    #[test]
+    fn working_day_schedules_skip_weekends_and_holidays() {
+        let prog = program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - { id: start, state: home }\nstates:\n\
+             \x20 - id: home\n    phase: follow_up\n\
+             \x20   schedules:\n      - id: weekly_call\n        first: { after: 5d, at: \"09:00\" }\n        every: 7d\n        working_days: true\n\
+             \x20       actions:\n          - task: { role: nurse, title: { zh: 电话, en: Call }, due: 4h }\n\
+             \x20   transitions:\n      - { after: 230d, to: end }\n\
+             \x20 - id: end\n    phase: closed\n    terminal: true\n",
+        );
+        let t0 = ts("2026-03-02T01:00:00Z"); // Monday 09:00 in Shanghai
+        let (actions, _) = run(&prog, &PatientFacts::default(), &[days(t0, 230)]);
+        let at: Vec<Timestamp> = actions.iter().map(|a| a.at).collect();
+        assert_eq!(
+            at[0],
+            ts("2026-03-09T01:00:00Z"),
+            "Saturday the 7th moves to Monday the 9th"
+        );
+        assert_eq!(at[1], ts("2026-03-16T01:00:00Z"));
+        // Saturday 3 October 2026 (National Day) moves to Thursday the 8th, the first working day.
+        assert!(at.contains(&ts("2026-10-08T01:00:00Z")), "{at:?}");
+        for a in &at {
+            let date = a
+                .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").unwrap())
+                .date();
+            assert!(
+                crate::calendar::Calendar::national()
+                    .unwrap()
+                    .is_working_day(date)
+                    .unwrap(),
+                "{date} is a working day"
+            );
+        }
     }
 }

@@ -80,6 +80,26 @@ pub fn add(at: Timestamp, d: Duration, tz: &TimeZone) -> Timestamp {
     try_add(at, d, tz).unwrap_or(at)
 }
 
+/// `at`, or — when its local date is not a working day in the calendar in scope — the same local
+/// time on the next working day. A year the calendar lacks leaves `at` as it is.
+pub fn on_working_day(at: Timestamp, tz: &TimeZone) -> Timestamp {
+    let z = at.to_zoned(tz.clone());
+    let moved = in_calendar(|c| {
+        if c.is_working_day(z.date())? {
+            return Ok(None);
+        }
+        c.nth_working_day_after(z.date(), 1).map(Some)
+    });
+    match moved {
+        Ok(Some(day)) => day
+            .to_datetime(z.time())
+            .to_zoned(tz.clone())
+            .map(|z| z.timestamp())
+            .unwrap_or(at),
+        _ => at,
+    }
+}
+
 fn local(date: jiff::civil::Date, t: LocalTime, tz: &TimeZone) -> Timestamp {
     let time = Time::new(t.hour as i8, t.minute as i8, 0, 0).unwrap_or(Time::midnight());
     date.to_datetime(time)

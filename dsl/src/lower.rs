@@ -254,7 +254,15 @@ const STATE_KEYS: &[&str] = &[
     "schedules",
 ];
 const SCHEDULE_KEYS: &[&str] = &[
-    "id", "first", "every", "until", "count", "missed", "grace", "actions",
+    "id",
+    "first",
+    "every",
+    "until",
+    "count",
+    "missed",
+    "grace",
+    "working_days",
+    "actions",
 ];
 /// Actions a schedule's occurrence may make: work and records, not state changes.
 const OCCURRENCE_ACTIONS: &[&str] = &["task", "follow_up", "scale", "note", "risk"];
@@ -1167,6 +1175,9 @@ impl<'a> Lowerer<'a> {
         let grace = Self::opt(&f, "grace")
             .and_then(|n| self.duration(n))
             .unwrap_or(Schedule::GRACE);
+        let working_days = Self::opt(&f, "working_days")
+            .and_then(|n| self.boolean(n, "working_days"))
+            .unwrap_or(false);
         let mut actions = Vec::new();
         if let Some(n) = self.req(&f, "actions", node, "the schedule") {
             for item in self.list(n, "actions") {
@@ -1208,6 +1219,7 @@ impl<'a> Lowerer<'a> {
             count,
             missed,
             grace,
+            working_days,
             actions,
         })
     }

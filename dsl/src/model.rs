@@ -290,6 +290,9 @@ pub struct Schedule {
     pub missed: Missed,
     /// How late an occurrence may be made before it counts as missed.
     pub grace: Duration,
+    /// An occurrence that falls on a day off moves to the same time on the next working day.
+    #[serde(default)]
+    pub working_days: bool,
     pub actions: Vec<Action>,
 }
 
