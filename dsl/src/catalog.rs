@@ -184,14 +184,215 @@ pub fn function_names() -> Vec<&'static str> {
         .collect()
 }
 
-/// Built-in events raised by the engine (qualified events such as `task_done:<id>` aside).
-pub const BUILTIN_EVENTS: &[&str] = &[
-    "admitted",
-    "discharged",
-    "readmitted",
-    "delivered",
-    "died",
-    "referral_accepted",
-    "referral_rejected",
-    "referral_arrived",
+/// What the part of a built-in event's name after its `:` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventQualifier {
+    /// No qualifier: the event is the plain name (`discharged`).
+    None,
+    /// A task of the pathway (`task_done:<task>`): a task id, an alarm's task, or a scale's
+    /// critical-item task (`critical_<scale>_<item>`).
+    Task,
+    /// A scale the pathway pushes (`scale_answered:<scale>`).
+    Scale,
+    /// An alarm rule of the pathway (`alarm:<alarm>`).
+    Alarm,
+}
+
+impl EventQualifier {
+    /// What the qualifier is called in messages and in the documentation's table.
+    pub fn noun(self) -> &'static str {
+        match self {
+            EventQualifier::None => "",
+            EventQualifier::Task => "task",
+            EventQualifier::Scale => "scale",
+            EventQualifier::Alarm => "alarm",
+        }
+    }
+}
+
+/// Who raises a built-in event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    /// The hospital's systems (admission, discharge, delivery, death), through
+    /// `POST /enrolments/{id}/events`.
+    Hospital,
+    /// The engine, when something happens to the patient's work: a task completed, a scale
+    /// answered or expired, an alarm fired, a referral decided.
+    Engine,
+}
+
+/// An event every pathway may use without declaring it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltinEvent {
+    /// The name, or for a qualified event the part before the `:`.
+    pub name: &'static str,
+    pub qualifier: EventQualifier,
+    pub source: EventSource,
+    /// When it arrives, for authors (the documentation's table says the same).
+    pub meaning: &'static str,
+}
+
+impl BuiltinEvent {
+    /// The name as authors write it: `discharged`, or `task_done:<task>` for a family.
+    pub fn pattern(&self) -> String {
+        match self.qualifier {
+            EventQualifier::None => self.name.to_string(),
+            q => format!("{}:<{}>", self.name, q.noun()),
+        }
+    }
+}
+
+/// The built-in events: the only table of them. The validator checks every event a pathway names
+/// against it (and the pathway's own `events:`), the admin API refuses events outside both, the
+/// simulator tells the patients' life events from the engine's by it, and a test holds the table in
+/// `docs/pathway-language.md` to it. The store raises the engine's events where the work happens
+/// (`task_done`, `scale_answered`, `scale_expired`, `alarm`, `referral_*`).
+pub const BUILTIN_EVENTS: &[BuiltinEvent] = &[
+    BuiltinEvent {
+        name: "admitted",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the patient was admitted to hospital",
+    },
+    BuiltinEvent {
+        name: "discharged",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the patient was discharged",
+    },
+    BuiltinEvent {
+        name: "readmitted",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the patient was admitted again after a discharge",
+    },
+    BuiltinEvent {
+        name: "delivered",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the patient gave birth",
+    },
+    BuiltinEvent {
+        name: "died",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the patient died",
+    },
+    BuiltinEvent {
+        name: "task_done",
+        qualifier: EventQualifier::Task,
+        source: EventSource::Engine,
+        meaning: "staff completed the task (its outcome is read with `outcome(\"<task>\")`)",
+    },
+    BuiltinEvent {
+        name: "scale_answered",
+        qualifier: EventQualifier::Scale,
+        source: EventSource::Engine,
+        meaning: "the patient answered a push of the scale",
+    },
+    BuiltinEvent {
+        name: "scale_expired",
+        qualifier: EventQualifier::Scale,
+        source: EventSource::Engine,
+        meaning: "a push of the scale expired unanswered",
+    },
+    BuiltinEvent {
+        name: "alarm",
+        qualifier: EventQualifier::Alarm,
+        source: EventSource::Engine,
+        meaning: "the alarm rule fired (its condition turned true)",
+    },
+    BuiltinEvent {
+        name: "referral_accepted",
+        qualifier: EventQualifier::None,
+        source: EventSource::Engine,
+        meaning: "the receiving institution accepted the patient's referral",
+    },
+    BuiltinEvent {
+        name: "referral_rejected",
+        qualifier: EventQualifier::None,
+        source: EventSource::Engine,
+        meaning: "the receiving institution rejected the patient's referral",
+    },
+    BuiltinEvent {
+        name: "referral_arrived",
+        qualifier: EventQualifier::None,
+        source: EventSource::Engine,
+        meaning: "the referred patient arrived at the receiving institution",
+    },
 ];
+
+/// The built-in event `name` is, with its qualifier (`task_done:day7_call` is `task_done` with
+/// `day7_call`); `None` for any other name. A family's name with no qualifier, or a plain event
+/// with one, is not built in.
+pub fn builtin_event(name: &str) -> Option<(&'static BuiltinEvent, Option<&str>)> {
+    let (head, qualifier) = match name.split_once(':') {
+        Some((head, q)) => (head, Some(q)),
+        None => (name, None),
+    };
+    let event = BUILTIN_EVENTS.iter().find(|e| e.name == head)?;
+    match (event.qualifier, qualifier) {
+        (EventQualifier::None, None) => Some((event, None)),
+        (EventQualifier::None, Some(_)) | (_, None) | (_, Some("")) => None,
+        (_, Some(q)) => Some((event, Some(q))),
+    }
+}
+
+/// Whether an event named so is the engine's own (a task completed, a scale answered or expired,
+/// an alarm, a referral decision) rather than something that happens to the patient.
+pub fn is_engine_event(name: &str) -> bool {
+    builtin_event(name).is_some_and(|(e, _)| e.source == EventSource::Engine)
+}
+
+/// Whether `name` is written as an event name: lower case letters, digits and `_ : . -`.
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 96
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | ':' | '.' | '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_events_are_told_by_name_and_qualifier() {
+        assert_eq!(
+            builtin_event("discharged").map(|(e, q)| (e.name, q)),
+            Some(("discharged", None))
+        );
+        assert_eq!(
+            builtin_event("task_done:day7_call").map(|(e, q)| (e.name, q)),
+            Some(("task_done", Some("day7_call")))
+        );
+        assert_eq!(
+            builtin_event("scale_answered:epds").map(|(e, _)| e.qualifier),
+            Some(EventQualifier::Scale)
+        );
+        for not in [
+            "task_done",
+            "task_done:",
+            "discharged:early",
+            "wound_problem_reported",
+            "alarms:x",
+        ] {
+            assert!(builtin_event(not).is_none(), "{not}");
+        }
+        assert!(is_engine_event("referral_accepted"));
+        assert!(is_engine_event("scale_expired:who5"));
+        assert!(!is_engine_event("readmitted"));
+        assert!(!is_engine_event("fall_reported"));
+    }
+
+    #[test]
+    fn event_names_are_lower_case() {
+        assert!(is_event_name("task_done:day7_call"));
+        assert!(is_event_name("lab.result-ready"));
+        for bad in ["", "Discharged", "a b", "é"] {
+            assert!(!is_event_name(bad), "{bad}");
+        }
+        assert!(!is_event_name(&"a".repeat(97)));
+    }
+}

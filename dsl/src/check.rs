@@ -12,6 +12,7 @@ use petgraph::graph::DiGraph;
 use crate::catalog;
 use crate::counter::{self, Counter, CounterError, Names};
 use crate::diag::{Code, Diagnostic, closest, suggest};
+use crate::events;
 use crate::expr::{ExprChecker, Purpose};
 use crate::lower::{Loc, SourceMap};
 use crate::model::{Action, Pathway, Trigger};
@@ -172,11 +173,20 @@ pub(crate) fn check_pathway(
     let var_names: Vec<String> = p.variables.iter().map(|v| v.name.clone()).collect();
     let mut used: HashSet<String> = HashSet::new();
     let tasks: HashMap<&str, &crate::model::TaskSpec> = p.tasks().collect();
+    // Events named in expressions (`days_since("discharged")`), checked with the transitions' own.
+    let mut event_uses: Vec<(String, Loc)> = map.event_uses.clone();
     for e in &map.exprs {
         if let Some(c) = checker.check(&e.src, e.purpose, &var_names, &e.site, sink.diags) {
             for lit in &c.outcome_literals {
                 outcome_check(&tasks, lit, &e.site.file, sink.diags);
             }
+            event_uses.extend(c.event_literals.into_iter().map(|(name, pos)| {
+                let loc = Loc {
+                    file: e.site.file.clone(),
+                    pos,
+                };
+                (name, loc)
+            }));
             if c.constant && e.purpose == Purpose::Guard {
                 sink.diags.push(Diagnostic::error(
                     Code::ConstantGuard,
@@ -272,7 +282,9 @@ pub(crate) fn check_pathway(
         );
     }
 
-    indicator_checks(p, map, &mut sink);
+    let known = events::Known::of(p);
+    let mut counted = indicator_checks(p, map, &known, &mut sink);
+    event_checks(p, map, &known, &event_uses, &mut counted, &mut sink);
     graph_checks(p, map, &index, &mut sink, &state_loc);
 }
 
@@ -326,8 +338,47 @@ fn outcome_check(
     }
 }
 
-/// Indicator counters parse, and name goals, states, tasks and scales the pathway has.
-fn indicator_checks(p: &Pathway, map: &SourceMap, sink: &mut Sink<'_>) {
+/// Every event a transition waits for or an expression reads is one the pathway has (declared, or
+/// built in and naming a task, alarm or scale of the pathway); every declared event is used by a
+/// transition, an expression or an indicator (`counted`, the events indicators count).
+fn event_checks(
+    p: &Pathway,
+    map: &SourceMap,
+    known: &events::Known<'_>,
+    uses: &[(String, Loc)],
+    counted: &mut HashSet<String>,
+    sink: &mut Sink<'_>,
+) {
+    for (name, loc) in uses {
+        if let Err(problem) = known.resolve(name) {
+            sink.at(problem.code, loc, problem.message, problem.hint);
+        }
+        counted.insert(name.clone());
+    }
+    for (e, loc) in p.events.iter().zip(&map.declared_events) {
+        if !counted.contains(&e.name) {
+            sink.at(
+                Code::UnusedEvent,
+                loc,
+                format!(
+                    "event `{}` is declared but no transition waits for it and no guard or indicator reads it",
+                    e.name
+                ),
+                "remove it from `events:`, or add a transition `on:` it",
+            );
+        }
+    }
+}
+
+/// Indicator counters parse, and name goals, states, tasks, scales and events the pathway has.
+/// Returns the events they count.
+fn indicator_checks(
+    p: &Pathway,
+    map: &SourceMap,
+    events_known: &events::Known<'_>,
+    sink: &mut Sink<'_>,
+) -> HashSet<String> {
+    let mut counted = HashSet::new();
     let mut seen: HashMap<&str, &Loc> = HashMap::new();
     for (id, loc) in &map.indicator_ids {
         if let Some(first) = seen.insert(id, loc) {
@@ -349,26 +400,8 @@ fn indicator_checks(p: &Pathway, map: &SourceMap, sink: &mut Sink<'_>) {
         }))
         .collect();
     let states: Vec<&str> = p.states.iter().map(|s| s.id.as_str()).collect();
-    let alarm_tasks: Vec<String> = p
-        .actions()
-        .filter_map(|(_, a)| match a {
-            Action::Alarm(al) => Some(
-                al.task
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| format!("alarm_{}", al.id)),
-            ),
-            _ => None,
-        })
-        .collect();
-    let tasks: Vec<&str> = p
-        .actions()
-        .filter_map(|(_, a)| match a {
-            Action::Task(t) => t.id.as_deref(),
-            _ => None,
-        })
-        .chain(alarm_tasks.iter().map(String::as_str))
-        .collect();
+    let task_refs = p.task_refs();
+    let tasks: Vec<&str> = task_refs.iter().map(String::as_str).collect();
     let known = |names: Names| -> (&str, Vec<&str>) {
         match names {
             Names::Goal => ("goal", goals.clone()),
@@ -415,7 +448,23 @@ fn indicator_checks(p: &Pathway, map: &SourceMap, sink: &mut Sink<'_>) {
             }
         };
         let (what, ids) = known(counter.names());
-        if matches!(counter.names(), Names::Event | Names::Nothing) {
+        if counter.names() == Names::Event {
+            let name = counter.id().unwrap_or_default();
+            if let Err(problem) = events_known.resolve(name) {
+                sink.at(
+                    Code::UnknownCounter,
+                    loc,
+                    format!(
+                        "`{text}` counts an event the pathway cannot receive: {}",
+                        problem.message
+                    ),
+                    problem.hint,
+                );
+            }
+            counted.insert(name.to_string());
+            continue;
+        }
+        if counter.names() == Names::Nothing {
             continue;
         }
         let id = counter.id().unwrap_or_default();
@@ -432,6 +481,7 @@ fn indicator_checks(p: &Pathway, map: &SourceMap, sink: &mut Sink<'_>) {
             );
         }
     }
+    counted
 }
 
 fn graph_checks(

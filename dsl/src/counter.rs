@@ -131,14 +131,6 @@ fn valid_id(s: &str) -> bool {
 }
 
 /// Event names may be qualified themselves (`scale_answered:phq9`, `task_done:day7_call`).
-fn valid_event(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 96
-        && s.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | ':' | '.' | '-')
-        })
-}
-
 impl Counter {
     pub fn parse(text: &str) -> Result<Counter, CounterError> {
         let text = text.trim();
@@ -153,7 +145,7 @@ impl Counter {
             (Names::Nothing, None) => String::new(),
             (Names::Nothing, Some(_)) => return Err(CounterError::UnexpectedId(kind)),
             (_, None) | (_, Some("")) => return Err(CounterError::MissingId(kind)),
-            (Names::Event, Some(id)) if valid_event(id) => id.to_string(),
+            (Names::Event, Some(id)) if crate::catalog::is_event_name(id) => id.to_string(),
             (Names::Event, Some(id)) => return Err(CounterError::BadId(kind, id.to_string())),
             (_, Some(id)) if valid_id(id) => id.to_string(),
             (_, Some(id)) => return Err(CounterError::BadId(kind, id.to_string())),

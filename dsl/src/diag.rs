@@ -53,11 +53,13 @@ pub enum Code {
     UnknownCounter,
     UnknownOutcome,
     UnsupportedCondition,
+    UnknownEvent,
     ConstantGuard,
     ShadowedTransition,
     UnusedVariable,
     GuardedImmediateCycle,
     WorkBornEnded,
+    UnusedEvent,
 }
 
 impl Code {
@@ -87,11 +89,13 @@ impl Code {
             Code::UnknownCounter => "E022",
             Code::UnknownOutcome => "E023",
             Code::UnsupportedCondition => "E024",
+            Code::UnknownEvent => "E025",
             Code::ConstantGuard => "W001",
             Code::ShadowedTransition => "W002",
             Code::UnusedVariable => "W003",
             Code::GuardedImmediateCycle => "W004",
             Code::WorkBornEnded => "W005",
+            Code::UnusedEvent => "W006",
         }
     }
 

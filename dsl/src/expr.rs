@@ -85,6 +85,9 @@ pub struct Checked {
     pub constant: bool,
     /// Every `outcome("task") == "value"` (or `!=`) comparison: task, value, and where the value is.
     pub outcome_literals: Vec<OutcomeLiteral>,
+    /// Every event named by a literal argument (`days_since("discharged")`), and where: the
+    /// validator checks the pathway has it.
+    pub event_literals: Vec<(String, Pos)>,
 }
 
 /// A task outcome a guard compares against: the validator checks the task accepts it.
@@ -265,6 +268,7 @@ impl ExprChecker {
                     variables: c.slots().iter().map(|i| names[*i].to_string()).collect(),
                     constant: c.slots().is_empty(),
                     outcome_literals: Vec::new(),
+                    event_literals: Vec::new(),
                 }),
                 Err(e) => {
                     diags.push(Diagnostic::error(
@@ -300,7 +304,9 @@ impl ExprChecker {
                 }
                 Some(ASTNode::Expr(RExpr::FnCall(f, pos))) if !f.is_operator_call() => {
                     calls += 1;
-                    self.check_call(f.name.as_str(), &f.args, site.locate(*pos), site, diags);
+                    let events =
+                        self.check_call(f.name.as_str(), &f.args, site.locate(*pos), site, diags);
+                    checked.event_literals.extend(events);
                 }
                 Some(ASTNode::Expr(RExpr::MethodCall(f, pos))) => {
                     calls += 1;
@@ -325,6 +331,7 @@ impl ExprChecker {
         Some(checked)
     }
 
+    /// Checks one call's function and literal arguments; returns the events it names, with where.
     fn check_call(
         &self,
         name: &str,
@@ -332,10 +339,11 @@ impl ExprChecker {
         at: Pos,
         site: &Site,
         diags: &mut Vec<Diagnostic>,
-    ) {
+    ) -> Vec<(String, Pos)> {
+        let mut events = Vec::new();
         let kinds = match catalog::guard_function(name, args.len()) {
             Some(kinds) => kinds,
-            None if catalog::PURE_FUNCTIONS.contains(&name) => return,
+            None if catalog::PURE_FUNCTIONS.contains(&name) => return events,
             None => {
                 let arities: Vec<usize> = catalog::GUARD_FUNCTIONS
                     .iter()
@@ -360,7 +368,7 @@ impl ExprChecker {
                     message,
                     hint,
                 ));
-                return;
+                return events;
             }
         };
         for (arg, kind) in args.iter().zip(kinds) {
@@ -398,9 +406,11 @@ impl ExprChecker {
                         ));
                     }
                 }
+                ArgKind::Event => events.push((value.to_string(), at)),
                 _ => {}
             }
         }
+        events
     }
 }
 

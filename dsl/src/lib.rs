@@ -12,6 +12,7 @@ mod check;
 pub mod condition;
 pub mod counter;
 pub mod diag;
+pub mod events;
 pub mod expr;
 pub mod graph;
 pub mod lower;
@@ -149,8 +150,24 @@ fn compile_tree(
                     }
                 }
             }
+            let mut events: Vec<(String, String, Pos)> = map
+                .event_uses
+                .iter()
+                .map(|(name, loc)| (name.clone(), loc.file.clone(), loc.pos))
+                .collect();
             for e in &map.exprs {
-                checker.check(&e.src, e.purpose, &[], &e.site, &mut diags);
+                if let Some(c) = checker.check(&e.src, e.purpose, &[], &e.site, &mut diags) {
+                    events.extend(
+                        c.event_literals
+                            .into_iter()
+                            .map(|(name, pos)| (name, e.site.file.clone(), pos)),
+                    );
+                }
+            }
+            for (name, file, pos) in events {
+                if let Err(p) = events::resolve_in_fragment(&name) {
+                    diags.push(Diagnostic::error(p.code, &file, pos, p.message, p.hint));
+                }
             }
             None
         }

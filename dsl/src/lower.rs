@@ -42,6 +42,10 @@ pub struct SourceMap {
     pub declared_roles: Vec<(String, Loc)>,
     pub action_ids: Vec<(String, Loc)>,
     pub variables: Vec<Loc>,
+    /// Per declared event (aligned with `Pathway::events`): where its name was written.
+    pub declared_events: Vec<Loc>,
+    /// Events transitions wait for (`on:`), as written, with where.
+    pub event_uses: Vec<(String, Loc)>,
     pub exprs: Vec<PendingExpr>,
     /// Assignments to variables by `set` actions: (variable, location).
     pub assignments: Vec<(String, Loc)>,
@@ -238,6 +242,7 @@ const PATHWAY_KEYS: &[&str] = &[
     "owner_role",
     "roles",
     "variables",
+    "events",
     "entry_points",
     "include",
     "states",
@@ -511,14 +516,10 @@ impl<'a> Lowerer<'a> {
         Some(s)
     }
 
+    /// An event name as written; `check` says whether the pathway has such an event.
     fn event_name(&mut self, node: &Node) -> Option<String> {
         let s = self.string(node, "an event")?;
-        let ok = !s.is_empty()
-            && s.len() <= 96
-            && s.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | ':' | '.' | '-')
-            });
-        if !ok {
+        if !catalog::is_event_name(&s) {
             self.err(
                 Code::InvalidValue,
                 node.pos,
@@ -527,18 +528,57 @@ impl<'a> Lowerer<'a> {
             );
             return None;
         }
-        if let Some((kind, qual)) = s.split_once(':')
-            && matches!(kind, "scale_answered" | "scale_expired")
-            && !catalog::SCALES.contains(&qual)
-        {
-            self.err(
-                Code::UnknownScale,
-                node.pos,
-                format!("unknown scale `{qual}` in event `{s}`"),
-                suggest(qual, catalog::SCALES),
-            );
-        }
         Some(s)
+    }
+
+    /// The pathway's own events: each a name, or `{ name, description }`.
+    fn events(&mut self, node: &Node) -> Vec<EventDecl> {
+        let mut out: Vec<EventDecl> = Vec::new();
+        for item in self.list(node, "events") {
+            let (name_node, description) = match &item.value {
+                Value::Map(_) => {
+                    let Some(f) = self.fields(item, "an event", &["name", "description"]) else {
+                        continue;
+                    };
+                    let description =
+                        Self::opt(&f, "description").and_then(|n| self.string(n, "description"));
+                    let Some(n) = self.req(&f, "name", item, "the event") else {
+                        continue;
+                    };
+                    (n, description)
+                }
+                _ => (item, None),
+            };
+            let Some(name) = self.event_name(name_node) else {
+                continue;
+            };
+            let head = name.split_once(':').map_or(name.as_str(), |(h, _)| h);
+            if let Some(b) = catalog::BUILTIN_EVENTS.iter().find(|b| b.name == head) {
+                self.err(
+                    Code::InvalidValue,
+                    name_node.pos,
+                    format!(
+                        "`{name}` is a built-in event name (`{}`); it cannot be declared",
+                        b.pattern()
+                    ),
+                    "remove it from `events:`: built-in events need no declaration, and the pathway's own events need a name of their own",
+                );
+                continue;
+            }
+            if let Some(first) = out.iter().position(|e| e.name == name) {
+                let line = self.map.declared_events[first].pos.line;
+                self.err(
+                    Code::DuplicateId,
+                    name_node.pos,
+                    format!("event `{name}` is declared twice"),
+                    format!("the first is on line {line}; keep one"),
+                );
+                continue;
+            }
+            self.map.declared_events.push(self.loc(name_node.pos));
+            out.push(EventDecl { name, description });
+        }
+        out
     }
 
     fn choice<T: Copy>(&mut self, node: &Node, what: &str, options: &[(&str, T)]) -> Option<T> {
@@ -775,6 +815,9 @@ impl<'a> Lowerer<'a> {
         let variables = Self::opt(&f, "variables")
             .map(|n| self.variables(n))
             .unwrap_or_default();
+        let events = Self::opt(&f, "events")
+            .map(|n| self.events(n))
+            .unwrap_or_default();
         let mut entry_points = Vec::new();
         if let Some(n) = self.req(&f, "entry_points", root, "the pathway") {
             for item in self.list(n, "entry_points") {
@@ -821,6 +864,7 @@ impl<'a> Lowerer<'a> {
             owner_role: owner_role?,
             roles,
             variables,
+            events,
             entry_points,
             states,
             goals,
@@ -1247,7 +1291,11 @@ impl<'a> Lowerer<'a> {
                 None => Some(format!("{}{}", ctx.prefix, target)),
             };
         }
-        let on = Self::opt(&f, "on").and_then(|n| self.event_name(n));
+        let on = Self::opt(&f, "on").and_then(|n| {
+            let e = self.event_name(n)?;
+            self.map.event_uses.push((e.clone(), self.loc(n.pos)));
+            Some(e)
+        });
         let after = Self::opt(&f, "after").and_then(|n| self.deadline(n));
         let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
         if on.is_some() && (after.is_some() || at.is_some()) {

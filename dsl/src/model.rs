@@ -34,6 +34,11 @@ pub struct Pathway {
     pub owner_role: String,
     pub roles: Vec<String>,
     pub variables: Vec<Variable>,
+    /// The pathway's own events (anything but the built-in ones), as declared under `events:`.
+    /// Versions published before events were declared have none, so an absent list reads as
+    /// empty, and an empty one is left out of the model (and its hash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventDecl>,
     pub entry_points: Vec<EntryPoint>,
     pub states: Vec<State>,
     pub goals: Vec<Goal>,
@@ -77,6 +82,60 @@ impl Pathway {
     pub fn tasks(&self) -> impl Iterator<Item = (&str, &TaskSpec)> {
         self.task_specs()
             .filter_map(|t| t.id.as_deref().map(|id| (id, t)))
+    }
+
+    /// The `task_ref` of every task the pathway can make, as the store records it and as
+    /// `task_done:<task>` names it: task ids, alarm tasks (by their id, else `alarm_<alarm>`), and
+    /// the critical-item tasks (`critical_<scale>_<item>`) of the scales it pushes.
+    pub fn task_refs(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (_, a) in self.actions() {
+            let r = match a {
+                Action::Task(t) => t.id.clone(),
+                Action::Alarm(al) => Some(
+                    al.task
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("alarm_{}", al.id)),
+                ),
+                _ => None,
+            };
+            if let Some(r) = r
+                && !out.contains(&r)
+            {
+                out.push(r);
+            }
+        }
+        for scale in self.scales_pushed() {
+            for rule in crate::catalog::CRITICAL_RULES
+                .iter()
+                .filter(|r| r.scale == scale)
+            {
+                out.push(format!("critical_{scale}_{}", rule.item));
+            }
+        }
+        out
+    }
+
+    /// The scales the pathway pushes, each once, in the order first pushed.
+    pub fn scales_pushed(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for (_, a) in self.actions() {
+            if let Action::Scale(s) = a
+                && !out.contains(&s.scale.as_str())
+            {
+                out.push(&s.scale);
+            }
+        }
+        out
+    }
+
+    /// The ids of the pathway's alarm rules.
+    pub fn alarm_ids(&self) -> impl Iterator<Item = &str> {
+        self.actions().filter_map(|(_, a)| match a {
+            Action::Alarm(al) => Some(al.id.as_str()),
+            _ => None,
+        })
     }
 
     /// The outcomes completing the task with this id accepts; tasks the pathway does not name
@@ -123,6 +182,15 @@ pub struct Variable {
     pub name: String,
     pub ty: VarType,
     pub default: VarValue,
+    pub description: Option<String>,
+}
+
+/// An event of the pathway's own, declared under `events:`: something outside the engine (a
+/// device, an app, a ward system) tells the enrolment through `POST /enrolments/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventDecl {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 

@@ -124,6 +124,23 @@ pub fn builder_engine() -> Engine {
             }
         },
     );
+    e.register_fn(
+        "event",
+        |ctx: NativeCallContext, p: &mut Map, name: &str| {
+            let ev = map(&ctx, vec![("name", name.into())]);
+            push(p, "events", Dynamic::from_map(ev));
+        },
+    );
+    e.register_fn(
+        "event",
+        |ctx: NativeCallContext, p: &mut Map, name: &str, description: &str| {
+            let ev = map(
+                &ctx,
+                vec![("name", name.into()), ("description", description.into())],
+            );
+            push(p, "events", Dynamic::from_map(ev));
+        },
+    );
     e.register_fn("add", |p: &mut Map, state: Map| {
         push(p, "states", Dynamic::from_map(state))
     });
