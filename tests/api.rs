@@ -669,7 +669,7 @@ async fn permission_matrix_on(backend: &Backend) {
                     }
                     "/enrolments/{id}/events" => (
                         format!("/enrolments/{}/events", fx.enrolment),
-                        Some(json!({"name": "matrix_probe"})),
+                        Some(json!({"name": "admitted"})),
                     ),
                     "/enrolments/{id}/withdraw" => (
                         format!("/enrolments/{}/withdraw", fx.enrolment),
@@ -848,6 +848,7 @@ async fn permission_matrix_on(backend: &Backend) {
     }
 
     malformed(&mut ctx, &staff).await;
+    events(&mut ctx, &staff).await;
     alarm(&mut ctx, &staff).await;
     scale_answers(&mut ctx, &staff).await;
     kpis(&mut ctx, &staff).await;
@@ -1063,15 +1064,17 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("POST", "/patients".into(), Some(br#"{"id": "ok-6", "birth_date": "9999-12-31"}"#.to_vec()), Some(400)),
         ("POST", format!("/tasks/{t}/snooze"), Some(br#"{"until": "9000-01-01T00:00:00Z", "reason": "later"}"#.to_vec()), Some(400)),
         ("POST", format!("/tasks/{t}/complete"), Some(br#"{"outcome": "done", "outcome": "reached"}"#.to_vec()), Some(400)),
-        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "x", "at": "2001-01-01T00:00:00Z"}"#.to_vec()), Some(400)),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "admitted", "at": "2001-01-01T00:00:00Z"}"#.to_vec()), Some(400)),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "discharge"}"#.to_vec()), Some(400)),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "matrix_probe"}"#.to_vec()), Some(400)),
         ("GET", "/patients/no-such-patient".into(), None, Some(404)),
         ("GET", "/enrolments/99999999/timeline".into(), None, Some(404)),
         ("GET", "/enrolments/abc/timeline".into(), None, None),
         ("GET", "/enrolments/99999999999999999999999/timeline".into(), None, None),
-        ("POST", "/enrolments/99999999/events".into(), Some(br#"{"name": "x"}"#.to_vec()), Some(404)),
+        ("POST", "/enrolments/99999999/events".into(), Some(br#"{"name": "admitted"}"#.to_vec()), Some(404)),
         ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "Discharged!"}"#.to_vec()), None),
-        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "x", "at": "yesterday"}"#.to_vec()), None),
-        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "x", "at": "2999-01-01T00:00:00Z"}"#.to_vec()), None),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "admitted", "at": "yesterday"}"#.to_vec()), None),
+        ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": "admitted", "at": "2999-01-01T00:00:00Z"}"#.to_vec()), None),
         ("POST", format!("/enrolments/{e}/events"), Some(br#"{"name": 7}"#.to_vec()), None),
         ("POST", format!("/enrolments/{e}/withdraw"), Some(br#"{"reason": "  "}"#.to_vec()), None),
         ("POST", format!("/enrolments/{e}/withdraw"), Some(br#"{"reason": "x", "extra": 1}"#.to_vec()), None),
@@ -1260,6 +1263,93 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         let v: Value = serde_json::from_slice(&bytes).expect("json");
         assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
+}
+
+/// A pathway with an event of its own, published through the API.
+const FALLS_PROBE: &str = r#"pathway: falls_probe
+version: 1
+title: { zh: 跌倒随访（接口测试）, en: Falls follow-up (API test) }
+owner_role: case_manager
+roles: [case_manager]
+events:
+  - { name: fall_reported, description: A fall reported through the patient app }
+entry_points:
+  - { id: start, state: home }
+states:
+  - id: home
+    phase: follow_up
+    transitions:
+      - on: fall_reported
+        to: done
+      - after: 30d
+        to: done
+  - id: done
+    phase: closed
+    terminal: true
+"#;
+
+/// The event endpoint records what the enrolment's pathway declares or has built in, and refuses
+/// any other name with the reason and the likely intended event.
+async fn events(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
+    let cm = token(staff, "lead", "case_manager");
+    let informaticist = token(staff, "lead", "informaticist");
+    let body = |v: Value| Some(v.to_string().into_bytes());
+    let (status, _, bytes) = ctx
+        .call(
+            "POST",
+            "/pathways",
+            Some(informaticist),
+            body(json!({"source": FALLS_PROBE})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
+    let patient = ctx.patient("lead").await;
+    let (status, _, bytes) = ctx
+        .call(
+            "POST",
+            "/enrolments",
+            Some(cm),
+            body(json!({"patient_id": patient, "pathway": "falls_probe", "entry": "start"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
+    let enrolment = serde_json::from_slice::<Value>(&bytes).expect("json")["id"]
+        .as_i64()
+        .expect("id");
+    let uri = format!("/enrolments/{enrolment}/events");
+    for (name, hint) in [
+        ("fall_reportd", "did you mean `fall_reported`?"),
+        ("wound_problem_reported", "declares `fall_reported`"),
+        ("task_done", "`task_done:<task>`"),
+    ] {
+        let (status, _, bytes) = ctx
+            .call("POST", &uri, Some(cm), body(json!({"name": name})))
+            .await;
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {v}");
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(&format!("event `{name}` is neither declared")) && detail.contains(hint),
+            "{name}: {detail}"
+        );
+    }
+    // A built-in event and the pathway's own are recorded; only the one it waits for moves it on.
+    for (name, transitions) in [("discharged", 0), ("fall_reported", 1)] {
+        let (status, _, bytes) = ctx
+            .call("POST", &uri, Some(cm), body(json!({"name": name})))
+            .await;
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(status, StatusCode::OK, "{name}: {v}");
+        assert_eq!(v["transitions"], json!(transitions), "{name}: {v}");
+    }
+    let stored = scalar(
+        &ctx.pool,
+        &format!(
+            "SELECT COUNT(*) FROM events WHERE enrolment_id = {enrolment} AND name IN ('fall_reportd', 'wound_problem_reported', 'task_done')"
+        ),
+    )
+    .await;
+    assert_eq!(stored, 0, "a refused event is not stored");
 }
 
 async fn alarm(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {

@@ -17,6 +17,7 @@ version: 1
 title: { zh: 直接通过（测试）, en: Pass-through (test) }
 owner_role: case_manager
 roles: [case_manager]
+events: [leave_now]
 variables:
   skip_screen: { type: bool, default: false }
 entry_points:

@@ -56,6 +56,7 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
     let id = format!("gen_{n}");
     let states = 2 + g.below(4) as usize;
     let mut y = String::new();
+    let mut waited_for: Vec<&str> = Vec::new();
     let _ = write!(
         y,
         "pathway: {id}\nversion: 1\ntitle: {{ zh: 生成, en: Generated }}\nowner_role: case_manager\n\
@@ -115,6 +116,9 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
             let ev = EVENTS[g.below(3) as usize];
             let to = g.below(states as u64);
             let _ = writeln!(y, "      - on: {ev}\n        to: s{to}");
+            if !waited_for.contains(&ev) {
+                waited_for.push(ev);
+            }
         }
         if g.chance(30) {
             let to = g.below(states as u64);
@@ -127,6 +131,10 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
             1 + g.below(5),
             i + 1
         );
+    }
+    // The pathway's own events, declared as the validator requires.
+    if !waited_for.is_empty() {
+        let _ = writeln!(y, "events: [{}]", waited_for.join(", "));
     }
     let entry = if g.chance(50) { "start" } else { "flagged" };
     let mut points: Vec<(i64, Option<&'static str>)> = (0..2 + g.below(8))

@@ -194,6 +194,7 @@ version: 1
 title: { zh: 术后伤口随访, en: Post-operative wound follow-up }
 owner_role: case_manager
 roles: [case_manager, ward_nurse]
+events: [wound_problem_reported]
 entry_points:
   - { id: discharge, state: at_home }
 states:
@@ -228,6 +229,8 @@ version: 1
 title: { zh: 心衰随访（测试）, en: Heart failure follow-up (test) }
 owner_role: case_manager
 roles: [case_manager, doctor]
+events:
+  - { name: worsened, description: The patient's condition worsened }
 variables:
   severe: { type: bool, default: false }
   entries: { type: integer, default: 0 }

@@ -236,7 +236,7 @@ pub static ROUTES: &[Route] = &[
         record: Record::Store,
         handler: |m| on(m, patients::event),
         doc: Some(Doc {
-            summary: "Record an event (e.g. discharged); the enrolment advances at once",
+            summary: "Record an event the enrolment's pathway declares under `events:`, or a built-in one (e.g. discharged); the enrolment advances at once. Any other name is refused with 400",
             query: &[],
             body: Some(doc::s_event),
             success: doc::ok_event,

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Every code the validator can produce; each must be exercised by at least one broken fixture.
-const ALL_CODES: &[&str] = &[
+pub(crate) const ALL_CODES: &[&str] = &[
     "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009", "E010", "E011", "E012",
     "E013", "E014", "E015", "E016", "E017", "E018", "E019", "E020", "E021", "E022", "E023", "E024",
     "E025", "W001", "W002", "W003", "W004", "W005", "W006",

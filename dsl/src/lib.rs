@@ -25,6 +25,8 @@ pub mod yaml;
 #[cfg(test)]
 mod condition_test;
 #[cfg(test)]
+mod docs_test;
+#[cfg(test)]
 mod fixtures_test;
 #[cfg(test)]
 mod hostile_test;

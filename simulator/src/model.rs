@@ -213,11 +213,10 @@ fn default_rules(event: &str) -> Vec<(Option<&'static str>, f64, Dist)> {
     }
 }
 
+/// Whether the patients make the event happen (admission, discharge, the pathway's own events),
+/// rather than the engine as their work goes on: the catalogue's table tells them apart.
 fn is_life_event(name: &str) -> bool {
-    !(name.starts_with("task_done:")
-        || name.starts_with("scale_answered:")
-        || name.starts_with("alarm:")
-        || name.starts_with("referral_"))
+    !carepath_dsl::catalog::is_engine_event(name)
 }
 
 fn default_outcomes(call: bool, found: &BTreeSet<String>) -> (Vec<String>, Vec<f64>) {

@@ -1291,17 +1291,43 @@ pub async fn withdraw_scoped(
     Ok(())
 }
 
-/// Records an event for an enrolment visible to the caller, audited.
+/// An event reported for an enrolment (by the hospital's systems, a device or an app).
+#[derive(Debug, Clone, Copy)]
+pub struct ReportedEvent<'a> {
+    pub enrolment: i64,
+    pub name: &'a str,
+    pub at: Timestamp,
+}
+
+/// Records an event for an enrolment visible to the caller, audited. An event the enrolment's
+/// pathway version neither declares nor has built in is refused (`Invalid`, with the reason),
+/// since no transition or guard of the pathway could ever wait for it.
 pub async fn event_scoped(
     pool: &Pool,
+    programs: &crate::program::Programs,
     caller: &Caller,
-    enrolment: i64,
-    name: &str,
-    at: Timestamp,
+    event: &ReportedEvent<'_>,
     remote: &str,
     now: Timestamp,
 ) -> Result<bool> {
+    let ReportedEvent {
+        enrolment,
+        name,
+        at,
+    } = *event;
     let e = visible_enrolment(pool, caller, enrolment, true).await?;
+    let version = u32::try_from(e.version).unwrap_or(0);
+    let refusal = match programs.get(&e.pathway_id, version) {
+        Some(program) => carepath_dsl::events::refusal(&program.pathway, name),
+        None if carepath_dsl::catalog::builtin_event(name).is_some() => None,
+        None => Some(format!(
+            "event `{name}` is not a built-in event, and pathway `{}` v{version} is not loaded to say whether it declares it",
+            e.pathway_id
+        )),
+    };
+    if let Some(reason) = refusal {
+        return Err(StoreError::Invalid(reason));
+    }
     if at.as_second() < e.enrolled_at {
         return Err(StoreError::Invalid(format!(
             "the event is dated {at}, before the enrolment began ({})",

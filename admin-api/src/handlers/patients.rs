@@ -176,12 +176,7 @@ pub(crate) async fn event(
     call: Call,
     Body(b): Body<EventBody>,
 ) -> Result<Json<Advanced>, ApiError> {
-    if b.name.is_empty()
-        || b.name.len() > 96
-        || !b.name.chars().all(|ch| {
-            ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '_' | ':' | '.' | '-')
-        })
-    {
+    if !carepath_dsl::catalog::is_event_name(&b.name) {
         return Err(ApiError::BadRequest(
             "event names are lower case, e.g. `discharged`".into(),
         ));
@@ -194,8 +189,14 @@ pub(crate) async fn event(
         ));
     }
     let c = &call.caller;
-    queries::event_scoped(&s.pool, c, id, &b.name, at, &call.remote, now).await?;
-    let w = scheduler::advance(&s.pool, &s.programs(), id, now).await?;
+    let event = queries::ReportedEvent {
+        enrolment: id,
+        name: &b.name,
+        at,
+    };
+    let programs = s.programs();
+    queries::event_scoped(&s.pool, &programs, c, &event, &call.remote, now).await?;
+    let w = scheduler::advance(&s.pool, &programs, id, now).await?;
     Ok(Json(Advanced {
         enrolment_id: id,
         transitions: w.transitions,
