@@ -1302,7 +1302,12 @@ async fn events(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
             body(json!({"source": FALLS_PROBE})),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let patient = ctx.patient("lead").await;
     let (status, _, bytes) = ctx
         .call(
@@ -1312,7 +1317,12 @@ async fn events(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
             body(json!({"patient_id": patient, "pathway": "falls_probe", "entry": "start"})),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let enrolment = serde_json::from_slice::<Value>(&bytes).expect("json")["id"]
         .as_i64()
         .expect("id");
@@ -1329,7 +1339,8 @@ async fn events(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {v}");
         let detail = v["detail"].as_str().unwrap_or_default();
         assert!(
-            detail.contains(&format!("event `{name}` is neither declared")) && detail.contains(hint),
+            detail.contains(&format!("event `{name}` is neither declared"))
+                && detail.contains(hint),
             "{name}: {detail}"
         );
     }

@@ -366,6 +366,11 @@ fn play(prog: &Program, case: &Case, report: &mut Report) -> (Vec<String>, Vec<I
         if !is_expect {
             let g = &case.given[i];
             if let Some(ev) = &g.event {
+                // The admin API records only events the pathway declares or has built in.
+                if let Some(reason) = carepath_dsl::events::refusal(&prog.pathway, ev) {
+                    fails.push(format!("at {}: {reason}", g.at));
+                    continue;
+                }
                 seq += 1;
                 facts.events.push(FactEvent {
                     name: ev.clone(),
@@ -765,4 +770,51 @@ pub fn merged_coverage(reports: &[Report]) -> BTreeMap<String, Vec<String>> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATHWAY: &str = r#"pathway: falls
+version: 1
+title: { zh: 跌倒, en: Falls }
+owner_role: case_manager
+roles: [case_manager]
+events: [fall_reported]
+entry_points: [{ id: start, state: home }]
+states:
+  - id: home
+    phase: follow_up
+    transitions:
+      - { on: fall_reported, to: done }
+      - { after: 30d, to: done }
+  - { id: done, phase: closed, terminal: true }
+"#;
+
+    fn run(given: &str) -> Report {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("falls.yaml"), PATHWAY).expect("write pathway");
+        let test = format!(
+            "tests: falls.yaml\ncases:\n  - name: a fall\n    entry: start\n    given:\n      - {{ at: 1d, event: {given} }}\n    expect:\n      - {{ at: 2d, state: done }}\n"
+        );
+        let path = dir.path().join("falls.test.yaml");
+        std::fs::write(&path, test).expect("write test");
+        run_file(&path)
+    }
+
+    #[test]
+    fn a_case_gives_only_events_the_pathway_can_receive() {
+        let declared = run("fall_reported");
+        assert!(declared.failures.is_empty(), "{:?}", declared.failures);
+        let typo = run("fall_reportd");
+        assert!(
+            typo.failures
+                .iter()
+                .any(|f| f.contains("event `fall_reportd` is neither declared")
+                    && f.contains("did you mean `fall_reported`?")),
+            "{:?}",
+            typo.failures
+        );
+    }
 }
