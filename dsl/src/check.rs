@@ -338,9 +338,10 @@ fn outcome_check(
     }
 }
 
-/// Every event a transition waits for or an expression reads is one the pathway has (declared, or
-/// built in and naming a task, alarm or scale of the pathway); every declared event is used by a
-/// transition, an expression or an indicator (`counted`, the events indicators count).
+/// Every event a transition waits for, a schedule or time counts from or ends at, or an expression
+/// reads is one the pathway has (declared, or built in and naming a task, alarm or scale of the
+/// pathway); every declared event is used by one of them or by an indicator (`counted`, the events
+/// indicators count).
 fn event_checks(
     p: &Pathway,
     map: &SourceMap,
@@ -361,7 +362,7 @@ fn event_checks(
                 Code::UnusedEvent,
                 loc,
                 format!(
-                    "event `{}` is declared but no transition waits for it and no guard or indicator reads it",
+                    "event `{}` is declared but nothing waits for it, counts from it, reads it or counts it",
                     e.name
                 ),
                 "remove it from `events:`, or add a transition `on:` it",

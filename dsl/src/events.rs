@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use crate::catalog::{self, EventQualifier};
 use crate::diag::{Code, closest};
-use crate::model::{Action, Expr, Pathway, RiskModel, Trigger};
+use crate::model::{Action, Anchor, Expr, Pathway, RiskModel, Trigger, Until};
 
 /// Why a pathway cannot have an event: the diagnostic code, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,10 +197,16 @@ pub fn refusal(p: &Pathway, name: &str) -> Option<String> {
     ))
 }
 
-/// The events a pathway's transitions wait for and its guards, `set` values and risk terms read.
+/// The events a pathway's transitions wait for, its schedules and times count from or end at, and
+/// its guards, `set` values and risk terms read.
 fn used_by(p: &Pathway) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut exprs: Vec<&Expr> = Vec::new();
+    let anchor = |a: &Anchor, out: &mut BTreeSet<String>| {
+        if let Anchor::Event(e) = a {
+            out.insert(e.clone());
+        }
+    };
     for s in &p.states {
         for t in &s.transitions {
             if let Trigger::Event(e) = &t.trigger {
@@ -208,7 +214,17 @@ fn used_by(p: &Pathway) -> BTreeSet<String> {
             }
             exprs.extend(&t.guard);
         }
-        for a in &s.on_enter {
+        for sc in &s.schedules {
+            anchor(&sc.first.from, &mut out);
+            match &sc.until {
+                Some(Until::Event(e)) => {
+                    out.insert(e.clone());
+                }
+                Some(Until::At(t)) => anchor(&t.from, &mut out),
+                None => {}
+            }
+        }
+        for a in s.actions() {
             match a {
                 Action::Set(values) => exprs.extend(values.iter().map(|(_, e)| e)),
                 Action::Risk(r) => match &r.model {
@@ -218,6 +234,12 @@ fn used_by(p: &Pathway) -> BTreeSet<String> {
                     RiskModel::Formula(e) => exprs.push(e),
                     RiskModel::Lace => {}
                 },
+                Action::Task(t) => {
+                    if let Some(d) = &t.due_at {
+                        anchor(&d.from, &mut out);
+                    }
+                }
+                Action::FollowUp(f) => anchor(&f.from, &mut out),
                 _ => {}
             }
         }

@@ -44,7 +44,8 @@ pub struct SourceMap {
     pub variables: Vec<Loc>,
     /// Per declared event (aligned with `Pathway::events`): where its name was written.
     pub declared_events: Vec<Loc>,
-    /// Events transitions wait for (`on:`), as written, with where.
+    /// Events transitions wait for (`on:`), schedules end at (`until: { event }`) and times count
+    /// from (`from:`), as written, with where.
     pub event_uses: Vec<(String, Loc)>,
     pub exprs: Vec<PendingExpr>,
     /// Assignments to variables by `set` actions: (variable, location).
@@ -516,7 +517,16 @@ impl<'a> Lowerer<'a> {
         Some(s)
     }
 
-    /// An event name as written; `check` says whether the pathway has such an event.
+    /// An event the pathway waits for or counts from (a transition's `on:`, a schedule's `until`,
+    /// an anchor's `from`), recorded with where it is written: `check` says whether the pathway
+    /// has such an event.
+    fn event_ref(&mut self, node: &Node) -> Option<String> {
+        let e = self.event_name(node)?;
+        self.map.event_uses.push((e.clone(), self.loc(node.pos)));
+        Some(e)
+    }
+
+    /// An event name as written, checked for its spelling only.
     fn event_name(&mut self, node: &Node) -> Option<String> {
         let s = self.string(node, "an event")?;
         if !catalog::is_event_name(&s) {
@@ -1135,7 +1145,7 @@ impl<'a> Lowerer<'a> {
         match s.as_str() {
             "state" => Some(Anchor::State),
             "enrolment" => Some(Anchor::Enrolment),
-            _ => self.event_name(node).map(Anchor::Event),
+            _ => self.event_ref(node).map(Anchor::Event),
         }
     }
 
@@ -1193,7 +1203,7 @@ impl<'a> Lowerer<'a> {
                 Value::Map(entries) if entries.iter().any(|(k, _)| k.as_str() == Some("event")) => {
                     let u = self.fields(n, "`until`", &["event"])?;
                     Self::opt(&u, "event")
-                        .and_then(|e| self.event_name(e))
+                        .and_then(|e| self.event_ref(e))
                         .map(Until::Event)
                 }
                 _ => self.time_spec(n, "`until`").map(Until::At),
@@ -1291,11 +1301,7 @@ impl<'a> Lowerer<'a> {
                 None => Some(format!("{}{}", ctx.prefix, target)),
             };
         }
-        let on = Self::opt(&f, "on").and_then(|n| {
-            let e = self.event_name(n)?;
-            self.map.event_uses.push((e.clone(), self.loc(n.pos)));
-            Some(e)
-        });
+        let on = Self::opt(&f, "on").and_then(|n| self.event_ref(n));
         let after = Self::opt(&f, "after").and_then(|n| self.deadline(n));
         let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
         if on.is_some() && (after.is_some() || at.is_some()) {
