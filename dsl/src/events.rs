@@ -3,10 +3,10 @@
 //! `scale_answered:<scale>` a push of the scale), and its own, declared under `events:`.
 //!
 //! One resolver serves the validator, which locates every problem in the file, and the admin API,
-//! which refuses an event no enrolment of the pathway could ever wait for. Transitions, guards
-//! (`days_since`, `hours_since`, `event_count`) and indicator counters (`event:<name>`) all name
-//! events through it, so a typo is caught where it is written rather than by a patient whose
-//! enrolment waits forever.
+//! which refuses an event no enrolment of the pathway could ever wait for. Transitions (`on:`),
+//! schedules and times (`until: { event }`, `from:`), guards (`days_since`, `hours_since`,
+//! `event_count`) and indicator counters (`event:<name>`) all name events through it, so a typo is
+//! caught where it is written rather than by a patient whose enrolment waits forever.
 
 use std::collections::BTreeSet;
 
