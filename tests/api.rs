@@ -649,7 +649,7 @@ async fn permission_matrix_on(backend: &Backend) {
                         Some(json!({"source": probe_pathway(n)})),
                     ),
                     "/pathways/{id}/{version}/graph" => {
-                        ("/pathways/hypertension/2/graph".into(), None)
+                        ("/pathways/hypertension/3/graph".into(), None)
                     }
                     "/patients" => (
                         "/patients".into(),
@@ -1119,7 +1119,7 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("POST", format!("/referrals/{}/accept", fx.referral), Some(b"{oops".to_vec()), None),
         ("GET", "/pathways/hypertension/99/graph".into(), None, Some(404)),
         ("GET", "/pathways/hypertension/x/graph".into(), None, None),
-        ("GET", "/pathways/hypertension/2/graph?format=png".into(), None, Some(400)),
+        ("GET", "/pathways/hypertension/3/graph?format=png".into(), None, Some(400)),
         ("GET", "/no/such/route".into(), None, Some(404)),
         ("POST", "/pathways".into(), Some(json!({"source": "pathway: [unclosed"}).to_string().into_bytes()), Some(422)),
         ("POST", "/pathways".into(), Some(json!({"source": probe_pathway(1).replace("    terminal: true\n", "")}).to_string().into_bytes()), Some(422)),

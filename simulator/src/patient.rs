@@ -740,11 +740,8 @@ impl Patient {
                 &values,
                 t,
             );
-            if edges.is_empty() {
-                continue;
-            }
-            self.alarms_changed = true;
             if let Some(step) = self.on_alarm_edges(cx, &edges, t) {
+                self.alarms_changed = true;
                 return Some((t, step));
             }
         }
