@@ -61,10 +61,10 @@ enum Debounce {
 #[derive(Debug, Clone, PartialEq)]
 enum Trigger {
     Readings {
-        when: Condition,
+        when: Box<Condition>,
         debounce: Debounce,
         /// `None`: cleared as soon as the raising condition no longer holds.
-        clear: Option<(Condition, RunNeed)>,
+        clear: Option<Box<(Condition, RunNeed)>>,
     },
     Silence {
         slot: usize,
@@ -183,16 +183,16 @@ impl AlarmRule {
             }
         };
         let clear = match &spec.clear {
-            Some(c) => Some((
+            Some(c) => Some(Box::new((
                 Condition::alarm(&c.when.0)?,
                 RunNeed::of(c.consecutive, c.held_for),
-            )),
+            ))),
             None => None,
         };
-        let kinds = bits(&when) | clear.as_ref().map_or(0, |(c, _)| bits(c));
+        let kinds = bits(&when) | clear.as_ref().map_or(0, |c| bits(&c.0));
         Ok(AlarmRule {
             trigger: Trigger::Readings {
-                when,
+                when: Box::new(when),
                 debounce,
                 clear,
             },
@@ -274,7 +274,8 @@ impl AlarmRule {
                 }
                 let clearing = match clear {
                     None => !raising,
-                    Some((cond, need)) => {
+                    Some(c) => {
+                        let (cond, need) = c.as_ref();
                         st.clear_run = cond.holds(values).then(|| Run::extended(st.clear_run, at));
                         need.met(st.clear_run, at)
                     }

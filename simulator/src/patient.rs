@@ -710,9 +710,7 @@ impl Patient {
                 }
                 continue;
             }
-            let Some((t, g)) = reading else {
-                return None;
-            };
+            let (t, g) = reading?;
             let next = t + reading_interval(&s.obs[info.groups[g][0]]);
             self.cursor[g] = if next > cx.horizon { i64::MAX } else { next };
             let mut values = [f64::NAN; 16];
