@@ -87,7 +87,8 @@ pub(crate) async fn judge_readings(
     now: Timestamp,
     out: &mut AlarmChanges,
 ) -> Result<()> {
-    // Concurrent batches for one patient take turns on the rules' states.
+    // Concurrent batches for one patient take turns on the rules' states (the caller has already
+    // updated the patient's enrolments: enrolment rows, then rules, as a step takes them).
     let lock = if tx.is_postgres() {
         " FOR UPDATE OF a"
     } else {
@@ -299,8 +300,10 @@ pub async fn silence_sweep(pool: &Pool, now: Timestamp) -> Result<AlarmChanges> 
     let mut rules = RuleCache::default();
     loop {
         let mut tx = pool.begin().await?;
+        // The enrolment is locked with the rule (an ingest or a step holding either is skipped):
+        // a sweep never waits on a lock, so it cannot deadlock with them.
         let lock = if tx.is_postgres() {
-            " FOR UPDATE OF a SKIP LOCKED"
+            " FOR UPDATE OF e, a SKIP LOCKED"
         } else {
             ""
         };

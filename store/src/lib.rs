@@ -801,6 +801,15 @@ async fn cancel_kinds(
         with_at.extend(ids.iter().cloned());
         let v3 = values_list(part.len(), 3);
         let in3 = db::placeholders(3 * part.len() + 1, part.len());
+        // An episode outlives the state whose rule opened it, not the enrolment. Episodes are
+        // closed before tasks are cancelled: resolving an episode locks it, then its task.
+        if kinds.alarms.1 {
+            let ended: Vec<(i64, i64, &str)> = part
+                .iter()
+                .map(|x| (x.enrolment, x.at, x.reason.as_str()))
+                .collect();
+            alarms::end_episodes(tx, &ended).await?;
+        }
         let keep = match kinds.tasks {
             (true, true) => Some(""),
             (true, false) => Some(" AND tasks.keep = 0"),
@@ -881,14 +890,6 @@ async fn cancel_kinds(
                 with_at,
             )
             .await?;
-        }
-        // An episode outlives the state whose rule opened it, not the enrolment.
-        if kinds.alarms.1 {
-            let ended: Vec<(i64, i64, &str)> = part
-                .iter()
-                .map(|x| (x.enrolment, x.at, x.reason.as_str()))
-                .collect();
-            alarms::end_episodes(tx, &ended).await?;
         }
     }
     Ok(())
