@@ -43,6 +43,8 @@ enum Scope {
     Patient(Module),
     Task(Module),
     Referral(Module),
+    /// An alarm episode: of the caller's institution, for its task's role or escalation role.
+    Alarm(Module),
     /// Observations: a batch; a reading for an invisible patient is refused, not 404.
     Obs(Module),
 }
@@ -55,13 +57,18 @@ impl Scope {
             | Scope::Patient(m)
             | Scope::Task(m)
             | Scope::Referral(m)
+            | Scope::Alarm(m)
             | Scope::Obs(m) => Some(m),
         }
     }
     fn has_object(self) -> bool {
         matches!(
             self,
-            Scope::Patient(_) | Scope::Task(_) | Scope::Referral(_) | Scope::Obs(_)
+            Scope::Patient(_)
+                | Scope::Task(_)
+                | Scope::Referral(_)
+                | Scope::Alarm(_)
+                | Scope::Obs(_)
         )
     }
 }
@@ -86,6 +93,7 @@ fn routes() -> Vec<Route> {
                 (None, _) => Scope::Public,
                 (Some(m), "/observations") => Scope::Obs(m),
                 (Some(m), "/tasks/{id}/{action}") => Scope::Task(m),
+                (Some(m), "/alarms/{id}/{action}") => Scope::Alarm(m),
                 (Some(m), "/referrals/{id}/{decision}") => Scope::Referral(m),
                 (Some(m), "/patients/{id}" | "/enrolments" | "/scale-pushes/{id}/answers") => {
                     Scope::Patient(m)
@@ -125,6 +133,8 @@ struct Fixture {
     referral: i64,
     /// A pending NRS push of the enrolment.
     scale_push: i64,
+    /// An open alarm episode of the enrolment's crisis alarm.
+    alarm: i64,
 }
 
 impl Ctx {
@@ -197,6 +207,23 @@ impl Ctx {
             .await
             .expect("insert scale push");
         let scale_push = scalar(&self.pool, "SELECT MAX(id) FROM scale_pushes").await;
+        let rule = scalar(
+            &self.pool,
+            &format!("SELECT MIN(id) FROM alarm_rules WHERE enrolment_id = {enrolment} AND alarm_id = 'bp_crisis'"),
+        )
+        .await;
+        let key = format!("matrix-alarm:{}", self.next());
+        self.pool
+            .fetch(
+                &format!(
+                    "INSERT INTO alarm_episodes (dedupe_key, rule_id, enrolment_id, patient_id, institution_id, alarm_id, role, status, opened_at, detail) \
+                     VALUES ('{key}', {rule}, {enrolment}, '{patient}', '{inst}', 'bp_crisis', 'clinic_case_manager', 'open', {now}, '{{}}')"
+                ),
+                vec![],
+            )
+            .await
+            .expect("insert alarm episode");
+        let alarm = scalar(&self.pool, "SELECT MAX(id) FROM alarm_episodes").await;
         Fixture {
             patient,
             bare_patient,
@@ -204,6 +231,7 @@ impl Ctx {
             task,
             referral,
             scale_push,
+            alarm,
         }
     }
 
@@ -549,6 +577,20 @@ async fn task_roles(pool: &carepath_engine::store::Pool, task: i64) -> Vec<Strin
     roles
 }
 
+/// The roles whose staff may act on an alarm episode: its role and its task's escalation role.
+async fn alarm_roles(pool: &carepath_engine::store::Pool, episode: i64) -> Vec<String> {
+    let rows = pool
+        .fetch(
+            "SELECT role, escalate_to FROM alarm_episodes WHERE id = $1",
+            vec![carepath_engine::store::Arg::I(episode)],
+        )
+        .await
+        .expect("alarm episode");
+    let mut roles = vec![rows[0].text(0)];
+    roles.extend(rows[0].opt_text(1));
+    roles
+}
+
 /// The status the table and the scoping rule call for.
 /// `task_roles`: the roles that may act on the fixture task of `target` (its own and its SLA's
 /// escalation role).
@@ -558,6 +600,7 @@ fn expected(
     caller: &str,
     target: &str,
     task_roles: &[String],
+    alarm_roles: &[String],
 ) -> String {
     let Some(role) = role else {
         return if route.scope == Scope::Public {
@@ -577,6 +620,8 @@ fn expected(
         Scope::Patient(_) if !patient_visible(caller, target) => "404".into(),
         Scope::Task(_) | Scope::Referral(_) if caller != target => "404".into(),
         Scope::Task(_) if !task_roles.iter().any(|r| r == role) => "403".into(),
+        Scope::Alarm(_) if caller != target => "404".into(),
+        Scope::Alarm(_) if !alarm_roles.iter().any(|r| r == role) => "403".into(),
         Scope::Obs(_) => format!(
             "200 {}",
             if patient_visible(caller, target) {
@@ -649,7 +694,7 @@ async fn permission_matrix_on(backend: &Backend) {
                         Some(json!({"source": probe_pathway(n)})),
                     ),
                     "/pathways/{id}/{version}/graph" => {
-                        ("/pathways/hypertension/2/graph".into(), None)
+                        ("/pathways/hypertension/3/graph".into(), None)
                     }
                     "/patients" => (
                         "/patients".into(),
@@ -694,6 +739,7 @@ async fn permission_matrix_on(backend: &Backend) {
                         format!("/tasks/{}/claim", fx.task),
                         Some(json!({"lease_minutes": 30})),
                     ),
+                    "/alarms/{id}/{action}" => (format!("/alarms/{}/acknowledge", fx.alarm), None),
                     "/referrals/{id}/{decision}" => (
                         format!("/referrals/{}/reject", fx.referral),
                         Some(json!({"reason": "no capacity"})),
@@ -738,6 +784,32 @@ async fn permission_matrix_on(backend: &Backend) {
                         }
                     }
                 }
+                if route.path == "/alarms" && status == StatusCode::OK {
+                    // No episode of another institution, nor for a role the caller lacks.
+                    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    for a in v["alarms"].as_array().into_iter().flatten() {
+                        let id = a["id"].as_i64().unwrap_or(-1);
+                        let owner = ctx
+                            .pool
+                            .fetch(
+                                &format!(
+                                    "SELECT institution_id FROM alarm_episodes WHERE id = {id}"
+                                ),
+                                vec![],
+                            )
+                            .await
+                            .expect("episode owner");
+                        let mine = alarm_roles(&ctx.pool, id)
+                            .await
+                            .iter()
+                            .any(|r| Some(r.as_str()) == role.as_deref());
+                        if owner.first().map(|r| r.text(0)).as_deref() != Some(inst.as_str())
+                            || !mine
+                        {
+                            got = format!("200 LEAK alarm {id}");
+                        }
+                    }
+                }
                 if route.path == "/kpis" && status == StatusCode::OK {
                     // Indicators of the caller's institution only, and only its staff.
                     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -753,7 +825,15 @@ async fn permission_matrix_on(backend: &Backend) {
                     }
                 }
                 let task_roles = task_roles(&ctx.pool, fx.task).await;
-                let want = expected(route, role.as_deref(), inst, target, &task_roles);
+                let alarm_roles = alarm_roles(&ctx.pool, fx.alarm).await;
+                let want = expected(
+                    route,
+                    role.as_deref(),
+                    inst,
+                    target,
+                    &task_roles,
+                    &alarm_roles,
+                );
                 let side = if target == inst { "own" } else { "other" };
                 if got != want {
                     mismatches.push(format!(
@@ -1122,7 +1202,7 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("POST", format!("/referrals/{}/accept", fx.referral), Some(b"{oops".to_vec()), None),
         ("GET", "/pathways/hypertension/99/graph".into(), None, Some(404)),
         ("GET", "/pathways/hypertension/x/graph".into(), None, None),
-        ("GET", "/pathways/hypertension/2/graph?format=png".into(), None, Some(400)),
+        ("GET", "/pathways/hypertension/3/graph?format=png".into(), None, Some(400)),
         ("GET", "/no/such/route".into(), None, Some(404)),
         ("POST", "/pathways".into(), Some(json!({"source": "pathway: [unclosed"}).to_string().into_bytes()), Some(422)),
         ("POST", "/pathways".into(), Some(json!({"source": probe_pathway(1).replace("    terminal: true\n", "")}).to_string().into_bytes()), Some(422)),
@@ -1418,6 +1498,35 @@ async fn alarm(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
     let urgent = urgent.unwrap_or_else(|| panic!("no bp_crisis_call task for {patient} in {q}"));
     assert_eq!(urgent["priority"], json!("urgent"));
     assert_eq!(urgent["id"], json!(alarm_task));
+    // The reading opened an episode, which the board's role lists and may acknowledge.
+    let episode = v["alarm_episodes"][0]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no alarm episode: {v}"));
+    // The matrix's fixtures hold many open episodes before it: the cursor starts after them.
+    let (status, _, bytes) = ctx
+        .call(
+            "GET",
+            &format!("/alarms?status=open&cursor={}&limit=1", episode - 1),
+            Some(&ccm),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let a: Value = serde_json::from_slice(&bytes).expect("json");
+    let listed = &a["alarms"][0];
+    assert_eq!(listed["id"], json!(episode), "{a}");
+    assert_eq!(a["next_cursor"], json!(episode.to_string()), "{a}");
+    assert_eq!(listed["alarm"], json!("bp_crisis"));
+    assert_eq!(listed["task_id"], json!(alarm_task));
+    let (status, _, _) = ctx
+        .call(
+            "POST",
+            &format!("/alarms/{episode}/acknowledge"),
+            Some(&ccm),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         q["tasks"][0]["priority"],
         json!("urgent"),

@@ -624,7 +624,18 @@ pub(crate) const SNAPSHOT: &[(&str, &[&str])] = &[
     ),
     (
         "alarm_rules",
-        &["dedupe_key", "enrolment_id", "alarm_id", "scope", "active"],
+        &[
+            "dedupe_key",
+            "enrolment_id",
+            "alarm_id",
+            "scope",
+            "active",
+            "due_at",
+        ],
+    ),
+    (
+        "alarm_episodes",
+        &["dedupe_key", "enrolment_id", "alarm_id", "status"],
     ),
     ("goals", &["dedupe_key", "enrolment_id", "goal_id", "met"]),
     ("goal_status", &["dedupe_key", "goal_id", "met", "readings"]),

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod alarms;
 mod api;
 mod api_queue;
 mod audit;

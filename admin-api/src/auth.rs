@@ -19,7 +19,8 @@ use crate::{ApiError, AppState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Module {
-    /// Task boards: read, claim, complete, reassign, snooze.
+    /// Task boards: read, claim, complete, reassign, snooze; alarm episodes: list, acknowledge,
+    /// resolve.
     Queue,
     /// Patients and enrolments: create, read, timeline, events, withdraw, scale pushes and answers.
     Patients,

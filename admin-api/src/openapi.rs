@@ -188,7 +188,7 @@ pub(crate) fn ok_observations() -> Success {
         200,
         "What became of the batch",
         obj(json!({"accepted": int(), "duplicates": int(),
-        "refused": array(obj(json!({"index": int(), "reason": string()}))), "alarm_tasks": array(int()), "alarms_resolved": int()})),
+        "refused": array(obj(json!({"index": int(), "reason": string()}))), "alarm_episodes": array(int()), "alarm_tasks": array(int()), "alarms_cleared": int()})),
     )
 }
 pub(crate) fn ok_queue() -> Success {
@@ -209,6 +209,30 @@ pub(crate) fn ok_task() -> Success {
         "Done",
         obj(json!({"task": int(), "enrolment_id": int(),
         "action": {"type": "string", "enum": ["task.claim", "task.complete", "task.reassign", "task.snooze"]}})),
+    )
+}
+pub(crate) fn ok_alarms() -> Success {
+    let statuses =
+        json!({"type": "string", "enum": ["open", "acknowledged", "resolved", "cleared", "ended"]});
+    let episode = obj(
+        json!({"id": int(), "enrolment_id": int(), "patient_id": string(), "alarm": string(), "role": string(),
+        "status": statuses, "opened_at": instant(), "detail": {"nullable": true}, "task_id": nullable(int()),
+        "acknowledged_at": nullable(instant()), "acknowledged_by": nullable(string()), "closed_at": nullable(instant()),
+        "closed_by": nullable(string()), "close_reason": nullable(string())}),
+    );
+    json_ok(
+        200,
+        "A page of alarm episodes, oldest first; `next_cursor` continues it (null on the last page)",
+        obj(json!({"alarms": array(episode), "next_cursor": nullable(string())})),
+    )
+}
+pub(crate) fn ok_alarm_act() -> Success {
+    json_ok(
+        200,
+        "Done",
+        obj(json!({"episode": int(), "enrolment_id": int(),
+        "action": {"type": "string", "enum": ["alarm.acknowledge", "alarm.resolve"]},
+        "status": {"type": "string", "enum": ["acknowledged", "resolved"]}})),
     )
 }
 pub(crate) fn ok_referrals() -> Success {
@@ -311,6 +335,11 @@ pub(crate) fn s_task() -> Value {
         "reason": {"type": "string", "nullable": true, "description": "snooze: why (required, not blank)"},
         "lease_minutes": {"type": "integer", "nullable": true, "description": "claim: how long the claim holds, 1 to 480 minutes (default 30)"}}})
 }
+/// `resolve` reads `reason` (required, not blank); `acknowledge` needs no body.
+pub(crate) fn s_alarm() -> Value {
+    json!({"type": "object", "additionalProperties": false, "properties": {
+        "reason": {"type": "string", "nullable": true, "description": "resolve: why the episode is closed (required, not blank)"}}})
+}
 pub(crate) fn s_decision() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string", "nullable": true}}})
 }
@@ -376,6 +405,9 @@ pub fn document() -> Value {
                 }
                 "id" => json!({"type": "integer", "format": "int64"}),
                 "version" => json!({"type": "integer", "minimum": 1}),
+                "action" if path.starts_with("/alarms") => {
+                    json!({"type": "string", "enum": ["acknowledge", "resolve"]})
+                }
                 "action" => {
                     json!({"type": "string", "enum": ["claim", "complete", "reassign", "snooze"]})
                 }
@@ -391,10 +423,14 @@ pub fn document() -> Value {
                 "format" => json!({"type": "string", "enum": ["dot", "mermaid"]}),
                 "due_before" | "due_after" => json!({"type": "string", "format": "date-time"}),
                 "from" | "to" => json!({"type": "string", "format": "date"}),
+                "cursor" if path == "/alarms" => json!({"type": "string", "pattern": "^[0-9]+$",
+                                   "description": "the `next_cursor` of the previous page"}),
                 "cursor" => json!({"type": "string", "pattern": "^-?[0-9]+\\.-?[0-9]+\\.-?[0-9]+$",
                                    "description": "the `next_cursor` of the previous page"}),
                 "status" if path == "/queues/tasks" => json!({"type": "string",
                     "enum": ["open", "claimed", "active", "done", "cancelled"]}),
+                "status" if path == "/alarms" => json!({"type": "string",
+                    "enum": carepath_engine::store::alarms::EPISODE_STATUSES.iter().map(|(s, _)| *s).collect::<Vec<_>>()}),
                 _ => json!({"type": ty}),
             };
             params.push(json!({"name": name, "in": "query", "required": false, "schema": schema}));
@@ -411,8 +447,11 @@ pub fn document() -> Value {
             op["x-module"] = json!(module.as_str());
         }
         if let Some(schema) = d.body {
-            // Task actions and referral decisions may be posted without a body.
-            let required = !matches!(path, "/tasks/{id}/{action}" | "/referrals/{id}/{decision}");
+            // Task and alarm actions and referral decisions may be posted without a body.
+            let required = !matches!(
+                path,
+                "/tasks/{id}/{action}" | "/referrals/{id}/{decision}" | "/alarms/{id}/{action}"
+            );
             op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema()}}});
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));

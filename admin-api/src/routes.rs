@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Module;
-use crate::handlers::{audit, catalog, kpis, observations, patients, queue, referrals, service};
+use crate::handlers::{
+    alarms, audit, catalog, kpis, observations, patients, queue, referrals, service,
+};
 use crate::openapi as doc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,6 +334,39 @@ pub static ROUTES: &[Route] = &[
             query: &[],
             body: Some(doc::s_task),
             success: doc::ok_task,
+        }),
+    },
+    Route {
+        method: Get,
+        path: "/alarms",
+        module: Some(Queue),
+        action: "alarm.list",
+        record: Record::Store,
+        handler: |m| on(m, alarms::list),
+        doc: Some(Doc {
+            summary: "Alarm episodes of the caller's institution for the caller's roles (the episode's task role or the role it escalates to), oldest first",
+            query: &[
+                ("status", "string"),
+                ("role", "string"),
+                ("cursor", "string"),
+                ("limit", "integer"),
+            ],
+            body: None,
+            success: doc::ok_alarms,
+        }),
+    },
+    Route {
+        method: Post,
+        path: "/alarms/{id}/{action}",
+        module: Some(Queue),
+        action: "alarm.act",
+        record: Record::Store,
+        handler: |m| on(m, alarms::act),
+        doc: Some(Doc {
+            summary: "acknowledge | resolve (with a reason) an alarm episode",
+            query: &[],
+            body: Some(doc::s_alarm),
+            success: doc::ok_alarm_act,
         }),
     },
     Route {

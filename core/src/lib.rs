@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alarms;
 pub mod calendar;
 pub mod facts;
 pub mod indicators;

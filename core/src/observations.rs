@@ -1,15 +1,14 @@
-//! Observations from devices and staff, and the alarm rules they can trip.
+//! Observations from devices and staff: plausibility, units, and a reading's values as reading
+//! conditions read them.
 //!
 //! A reading is refused when it is implausible (a systolic of 900 is a device fault, not a
-//! crisis), deduplicated by the device's reading id, and may arrive out of order: windows are
-//! computed from reading times, not arrival times. Alarm rules fire when their condition turns from
-//! false to true (one episode, one urgent task) and re-arm when it turns false again. Their
-//! conditions are compiled by `carepath_dsl::condition`, the evaluator the validator checks them
-//! against and the simulator runs, once per distinct text (`ConditionCache`), not per reading.
+//! crisis) and deduplicated by the device's reading id. The alarm rules readings trip are
+//! `crate::alarms`; goal conditions are compiled by `carepath_dsl::condition`, the evaluator the
+//! validator checks them against and the simulator runs, once per distinct text
+//! (`ConditionCache`), not per reading.
 
 use std::collections::HashMap;
 
-use carepath_dsl::AlarmSpec;
 use carepath_dsl::condition::{Condition, ConditionError, ConditionKind};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -119,22 +118,6 @@ impl GroupedReading {
     }
 }
 
-/// Whether `rule`, whose compiled `when` is given, holds at `now` over the given readings (already
-/// restricted to the patient): at least `count` readings in the window `(now - within, now]` match.
-pub fn rule_holds(
-    rule: &AlarmSpec,
-    when: &Condition,
-    readings: &[GroupedReading],
-    now: Timestamp,
-) -> bool {
-    let from = now.as_second() - rule.within.nominal_seconds();
-    let matches = readings
-        .iter()
-        .filter(|r| r.at > from && r.at <= now.as_second() && when.holds(&r.values))
-        .count();
-    matches >= rule.count as usize
-}
-
 /// Reading conditions of one kind compiled once per distinct text, for a batch of evaluations.
 pub struct ConditionCache {
     kind: ConditionKind,
@@ -178,45 +161,5 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown")
         );
-    }
-
-    #[test]
-    fn window_rules_count_matching_readings() {
-        let rule: AlarmSpec = serde_json::from_value(serde_json::json!({
-            "id": "bp_high", "when": "bp_systolic >= 140 || bp_diastolic >= 90", "count": 3,
-            "within": {"amount": 7, "unit": "days"}, "scope": "enrolment",
-            "task": {"id": null, "role": "case_manager", "title": {"zh": "x", "en": "x"}, "due": {"amount": 2, "unit": "hours"}, "priority": "urgent", "sla": null, "keep": false}
-        }))
-        .unwrap();
-        let now: Timestamp = "2026-05-10T00:00:00Z".parse().unwrap();
-        let reading = |days_ago: i64, sys: f64, dia: f64| {
-            let mut r = GroupedReading {
-                at: now.as_second() - days_ago * 86_400,
-                values: Vec::new(),
-            };
-            r.set("bp_systolic", sys);
-            r.set("bp_diastolic", dia);
-            r
-        };
-        let mut cache = ConditionCache::new(ConditionKind::Alarm);
-        let when = cache.get(&rule.when.0).unwrap().clone();
-        let two = vec![
-            reading(1, 150.0, 80.0),
-            reading(2, 130.0, 95.0),
-            reading(3, 120.0, 80.0),
-        ];
-        assert!(!rule_holds(&rule, &when, &two, now));
-        let three = vec![
-            reading(1, 150.0, 80.0),
-            reading(2, 130.0, 95.0),
-            reading(6, 141.0, 70.0),
-        ];
-        assert!(rule_holds(&rule, &when, &three, now));
-        let old = vec![
-            reading(1, 150.0, 80.0),
-            reading(2, 130.0, 95.0),
-            reading(8, 141.0, 70.0),
-        ];
-        assert!(!rule_holds(&rule, &when, &old, now));
     }
 }

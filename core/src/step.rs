@@ -141,7 +141,8 @@ pub enum Produced {
         contributions: Vec<(String, f64)>,
     },
     AlarmArmed {
-        alarm: AlarmSpec,
+        /// Boxed: a rule with its task is several times larger than any other action.
+        alarm: Box<AlarmSpec>,
     },
     Referral {
         direction: Direction,
@@ -356,7 +357,9 @@ impl Run<'_> {
                     contributions,
                 }
             }
-            Action::Alarm(a) => Produced::AlarmArmed { alarm: a.clone() },
+            Action::Alarm(a) => Produced::AlarmArmed {
+                alarm: Box::new(a.clone()),
+            },
             Action::Referral(r) => Produced::Referral {
                 direction: r.direction,
                 to: r.to,

@@ -295,16 +295,26 @@ mod twin_tests {
 
     #[test]
     fn a_yaml_pathway_and_its_rhai_twin_compile_to_equal_models() {
-        let yaml = super::compile_file(&twins().join("wound_care.yaml"));
-        let rhai = super::compile_file(&twins().join("wound_care.rhai"));
-        assert!(yaml.diagnostics.is_empty(), "{:?}", yaml.diagnostics);
-        assert!(rhai.diagnostics.is_empty(), "{:?}", rhai.diagnostics);
-        let (yaml, rhai) = (
-            yaml.pathway.expect("yaml model"),
-            rhai.pathway.expect("rhai model"),
-        );
-        assert!(!yaml.states.is_empty());
-        assert_eq!(yaml, rhai);
+        for name in ["wound_care", "home_monitoring"] {
+            let yaml = super::compile_file(&twins().join(format!("{name}.yaml")));
+            let rhai = super::compile_file(&twins().join(format!("{name}.rhai")));
+            assert!(
+                yaml.diagnostics.is_empty(),
+                "{name}: {:?}",
+                yaml.diagnostics
+            );
+            assert!(
+                rhai.diagnostics.is_empty(),
+                "{name}: {:?}",
+                rhai.diagnostics
+            );
+            let (yaml, rhai) = (
+                yaml.pathway.expect("yaml model"),
+                rhai.pathway.expect("rhai model"),
+            );
+            assert!(!yaml.states.is_empty());
+            assert_eq!(yaml, rhai, "{name}");
+        }
     }
 
     #[test]

@@ -1894,14 +1894,72 @@ impl<'a> Lowerer<'a> {
         let f = self.fields(
             node,
             "an alarm rule",
-            &["id", "when", "count", "within", "scope", "task"],
+            &[
+                "id",
+                "when",
+                "count",
+                "within",
+                "consecutive",
+                "for",
+                "clear",
+                "no_reading",
+                "scope",
+                "task",
+            ],
         )?;
         let id = self
             .req(&f, "id", node, "the alarm rule")
             .and_then(|n| self.action_id(n));
-        let when = self
-            .req(&f, "when", node, "the alarm rule")
-            .and_then(|n| self.expr(n, Purpose::Reading));
+        let no_reading = Self::opt(&f, "no_reading").map(|n| self.no_reading(n));
+        let when = match (&no_reading, Self::opt(&f, "when")) {
+            (None, None) => {
+                self.err(
+                    Code::MissingKey,
+                    node.pos,
+                    "the alarm rule is missing `when`",
+                    "add `when:` (a reading condition), or `no_reading: { kind: …, for: … }` for an alarm on missing readings",
+                );
+                None
+            }
+            (None, Some(n)) => self.expr(n, Purpose::Reading),
+            (Some(_), Some(_)) => {
+                self.err(
+                    Code::InvalidValue,
+                    f["when"].0.pos,
+                    "an alarm rule is raised by `when` or by `no_reading`, not both",
+                    "write two alarm rules",
+                );
+                None
+            }
+            (Some(_), None) => None,
+        };
+        if no_reading.is_some() {
+            // Silence raises it and the next reading clears it: nothing to debounce or clear by.
+            for key in ["count", "within", "consecutive", "for", "clear"] {
+                if let Some((k, _)) = f.get(key) {
+                    self.err(
+                        Code::InvalidValue,
+                        k.pos,
+                        format!("`{key}` does not apply to a no-reading alarm"),
+                        "a no-reading alarm is raised once its kind has had no reading for `no_reading.for`, and clears when the next reading arrives",
+                    );
+                }
+            }
+        }
+        let windowed = ["count", "within"].into_iter().find(|k| f.contains_key(k));
+        let run = ["consecutive", "for"]
+            .into_iter()
+            .find(|k| f.contains_key(k));
+        if let (Some(w), Some(r)) = (windowed, run)
+            && no_reading.is_none()
+        {
+            self.err(
+                Code::InvalidValue,
+                f[r].0.pos,
+                format!("`{r}` and `{w}` are two ways to debounce an alarm; use one"),
+                "count/within: that many matching readings within a window; consecutive/for: an unbroken run of matching readings",
+            );
+        }
         let count = Self::opt(&f, "count")
             .and_then(|n| self.uint(n, "count"))
             .unwrap_or(1);
@@ -1916,6 +1974,8 @@ impl<'a> Lowerer<'a> {
         let within = Self::opt(&f, "within")
             .and_then(|n| self.duration(n))
             .unwrap_or(Duration::days(1));
+        let (consecutive, held_for) = self.debounce_run(&f);
+        let clear = Self::opt(&f, "clear").and_then(|n| self.alarm_clear(n));
         let scope = Self::opt(&f, "scope")
             .and_then(|n| {
                 self.choice(
@@ -1931,13 +1991,97 @@ impl<'a> Lowerer<'a> {
         let task = self
             .req(&f, "task", node, "the alarm rule")
             .and_then(|n| self.task(n, Due::Elapsed));
+        let no_reading = match no_reading {
+            Some(n) => Some(n?),
+            None => None,
+        };
+        if no_reading.is_none() && when.is_none() {
+            return None;
+        }
         Some(AlarmSpec {
             id: id?,
-            when: when?,
+            when,
             count: count.max(1),
             within,
+            consecutive,
+            held_for,
+            clear,
+            no_reading,
             scope,
             task: task?,
+        })
+    }
+
+    /// `consecutive` and `for` of an alarm or of its `clear`: each, when given, above zero.
+    fn debounce_run(&mut self, f: &Fields<'_>) -> (Option<u32>, Option<Duration>) {
+        let consecutive = Self::opt(f, "consecutive").and_then(|n| {
+            let v = self.uint(n, "consecutive")?;
+            if v == 0 {
+                self.err(
+                    Code::InvalidValue,
+                    n.pos,
+                    "consecutive must be 1 or more",
+                    "the number of matching readings in a row, e.g. consecutive: 3",
+                );
+                return None;
+            }
+            Some(v)
+        });
+        let held_for = Self::opt(f, "for").and_then(|n| self.positive_duration(n, "for"));
+        (consecutive, held_for)
+    }
+
+    fn positive_duration(&mut self, n: &Node, what: &str) -> Option<Duration> {
+        let d = self.duration(n)?;
+        if d.nominal_seconds() == 0 {
+            self.err(
+                Code::InvalidValue,
+                n.pos,
+                format!("`{what}` must be longer than zero"),
+                "e.g. 2d",
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// An alarm's `clear`: a reading condition, or `{ when, consecutive, for }`.
+    fn alarm_clear(&mut self, node: &Node) -> Option<AlarmClear> {
+        if matches!(node.value, Value::Scalar { .. }) {
+            return Some(AlarmClear {
+                when: self.expr(node, Purpose::Reading)?,
+                consecutive: None,
+                held_for: None,
+            });
+        }
+        let f = self.fields(
+            node,
+            "an alarm's clear condition",
+            &["when", "consecutive", "for"],
+        )?;
+        let when = self
+            .req(&f, "when", node, "the clear condition")
+            .and_then(|n| self.expr(n, Purpose::Reading));
+        let (consecutive, held_for) = self.debounce_run(&f);
+        Some(AlarmClear {
+            when: when?,
+            consecutive,
+            held_for,
+        })
+    }
+
+    /// An alarm's `no_reading: { kind, for }`.
+    fn no_reading(&mut self, node: &Node) -> Option<NoReading> {
+        let f = self.fields(node, "a no-reading alarm", &["kind", "for"])?;
+        let kind = self
+            .req(&f, "kind", node, "the no-reading alarm")
+            .and_then(|n| self.observation(n));
+        let after = self
+            .req(&f, "for", node, "the no-reading alarm")
+            .and_then(|n| self.positive_duration(n, "for"));
+        Some(NoReading {
+            kind: kind?,
+            after: after?,
         })
     }
 

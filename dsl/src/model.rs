@@ -583,14 +583,51 @@ pub enum AlarmScope {
     Enrolment,
 }
 
+/// An alarm rule. It is raised either by readings (`when`, debounced by `count` within `within`,
+/// or by an unbroken run of `consecutive` readings held for `held_for`) and cleared by `clear`
+/// (or, without it, by the raising condition no longer holding); or by silence (`no_reading`),
+/// and cleared by the next reading of that kind. Fields added after the first release are left
+/// out of the serialised model when unset, so a pathway that does not use them keeps its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmSpec {
     pub id: String,
-    pub when: Expr,
+    /// The reading condition that raises the alarm; `None` for a no-reading alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Expr>,
     pub count: u32,
     pub within: Duration,
+    /// Raised only by this many matching readings in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive: Option<u32>,
+    /// Raised only once matching readings have run unbroken for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_for: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear: Option<AlarmClear>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_reading: Option<NoReading>,
     pub scope: AlarmScope,
     pub task: TaskSpec,
+}
+
+/// What clears a raised alarm (hysteresis): a reading condition of its own, debounced like the
+/// raising one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmClear {
+    pub when: Expr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_for: Option<Duration>,
+}
+
+/// A no-reading alarm: raised once the latest reading of `kind` (or the arming of the rule, if
+/// later) is `after` old.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoReading {
+    pub kind: String,
+    #[serde(rename = "for")]
+    pub after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

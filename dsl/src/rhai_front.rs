@@ -59,6 +59,14 @@ fn action(ctx: &NativeCallContext, kind: &str, body: Map) -> Map {
     map(ctx, vec![(kind, Dynamic::from_map(body))])
 }
 
+/// The task body of a `task()` action (the action itself if it is not one).
+fn task_of(raise: Map) -> Dynamic {
+    match raise.get("task") {
+        Some(t) => t.clone(),
+        None => Dynamic::from_map(raise),
+    }
+}
+
 /// A sandboxed engine with the builder API registered.
 pub fn builder_engine() -> Engine {
     let mut e = Engine::new_raw();
@@ -195,6 +203,31 @@ pub fn builder_engine() -> Engine {
             body.insert("scale".into(), scale.into());
             body.insert("due".into(), due.into());
             action(&ctx, "scale", body)
+        },
+    );
+    // An alarm's task is given as a task() action; its other keys (`count`, `consecutive`,
+    // `clear`, `scope`, …) are set on the returned map: `a.alarm.clear = "…"`.
+    e.register_fn(
+        "alarm",
+        |ctx: NativeCallContext, id: &str, when: &str, raise: Map| -> Map {
+            let mut body = Map::new();
+            body.insert("id".into(), id.into());
+            body.insert("when".into(), when.into());
+            body.insert("task".into(), task_of(raise));
+            action(&ctx, "alarm", body)
+        },
+    );
+    e.register_fn(
+        "no_reading",
+        |ctx: NativeCallContext, id: &str, kind: &str, silence: &str, raise: Map| -> Map {
+            let mut silent = Map::new();
+            silent.insert("kind".into(), kind.into());
+            silent.insert("for".into(), silence.into());
+            let mut body = Map::new();
+            body.insert("id".into(), id.into());
+            body.insert("no_reading".into(), Dynamic::from_map(silent));
+            body.insert("task".into(), task_of(raise));
+            action(&ctx, "alarm", body)
         },
     );
     e.register_fn(

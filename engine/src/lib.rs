@@ -13,8 +13,8 @@ pub use carepath_core::{
     StepError, enrol,
 };
 pub use carepath_core::{
-    calendar, facts, indicators, observations, outcome, pathway_test, program, risk, sandbox,
-    scales, step, svg, time,
+    alarms, calendar, facts, indicators, observations, outcome, pathway_test, program, risk,
+    sandbox, scales, step, svg, time,
 };
 pub use carepath_store as store;
 pub use carepath_store::{audit, crypto};

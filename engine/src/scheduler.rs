@@ -6,8 +6,9 @@
 //! `FOR UPDATE SKIP LOCKED`, and the row-version check on every enrolment update fences out a
 //! worker whose view is stale. A failing pathway marks that one enrolment in error; the pass goes on.
 //! Each enrolment is stepped in its institution's calendar of working days.
-//! Each pass opens with the scale-push sweep (reminders, expiry), so `carepath run` and the sweeps
-//! of `carepath serve` both keep pushes moving.
+//! Each pass opens with the sweeps — scale pushes (reminders, expiry) and no-reading alarms — so
+//! `carepath run` and the sweeps of `carepath serve` both keep pushes moving and notice a device
+//! that went quiet even when no reading arrives.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +39,8 @@ pub struct PassSummary {
     /// Scale reminders created and pushes expired by the sweep that opens the pass.
     pub scale_reminders: u64,
     pub scale_expired: u64,
+    /// Alarm episodes opened by the no-reading sweep (a device silent for its rule's `for`).
+    pub silence_alarms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -62,9 +65,10 @@ const MAX_SWEEP_ROUNDS: u32 = 64;
 
 /// Runs one pass over every enrolment due at `now`.
 ///
-/// The pass alternates the scale-push sweep and the batches until a sweep finds nothing: expiry
-/// events make enrolments due now, and enrolments stepped in catch-up can push scales whose
-/// reminders or expiry are already past, so a second pass at the same instant finds nothing to do.
+/// The pass alternates the sweeps (scale pushes, then no-reading alarms) and the batches until
+/// the sweeps find nothing: expiry and alarm events make enrolments due now, and enrolments
+/// stepped in catch-up can push scales whose reminders or expiry are already past, so a second
+/// pass at the same instant finds nothing to do.
 pub async fn run_pass(
     pool: &Pool,
     programs: &Programs,
@@ -85,7 +89,12 @@ pub async fn run_pass(
         let sweep = store::scales::scale_push_sweep(pool, now).await?;
         summary.scale_reminders += sweep.reminders;
         summary.scale_expired += sweep.expired;
-        if round > 0 && sweep == store::scales::ScaleSweep::default() {
+        let silent = store::alarms::silence_sweep(pool, now).await?;
+        summary.silence_alarms += silent.episodes.len() as u64;
+        if round > 0
+            && sweep == store::scales::ScaleSweep::default()
+            && silent == store::alarms::AlarmChanges::default()
+        {
             break;
         }
         let finished = run_batches(pool, programs, now, opts, &mut summary, &mut written).await?;

@@ -401,6 +401,101 @@ expect:
         assert!(sim.report.text().contains("coverage: 6/6 states visited"));
     }
 
+    /// One monitoring state: a blood-pressure rule (`{clear}` is its clear line, or nothing) and a
+    /// scale that must send a weight every three days.
+    fn monitoring(clear: &str) -> String {
+        format!(
+            r#"
+pathway: monitoring
+version: 1
+title: {{ zh: 监测, en: Monitoring }}
+owner_role: case_manager
+roles: [case_manager]
+entry_points:
+  - {{ id: home, state: home }}
+states:
+  - id: home
+    phase: follow_up
+    on_enter:
+      - alarm:
+          id: bp_high
+          when: "bp_systolic >= 140"
+          count: 2
+          within: 3d
+          {clear}
+          scope: enrolment
+          task: {{ id: bp_review, role: case_manager, title: BP review, due: 1d }}
+      - alarm:
+          id: scale_silent
+          no_reading: {{ kind: weight, for: 3d }}
+          scope: enrolment
+          task: {{ id: weigh_in_call, role: case_manager, title: Weigh-in call, due: 1d }}
+    transitions:
+      - after: 60d
+        to: closed
+  - {{ id: closed, phase: closed, terminal: true }}
+"#
+        )
+    }
+
+    /// Alarm episodes and tasks of the monitoring pathway over a cohort whose pressure hovers
+    /// around 140, taking each reading with probability `adherence`.
+    fn monitored(clear: &str, adherence: f64) -> (u64, u64) {
+        let opts = Options {
+            cohort: Some(200),
+            days: Some(60),
+            seed: Some(11),
+            threads: 2,
+            ..Default::default()
+        };
+        let sc = Scenario::parse(
+            "m.scenario.yaml",
+            format!(
+                "staff: {{ capacity: {{ default: 40 }} }}\npatients: {{ adherence: {{ mean: {adherence}, sd: 0.0 }} }}\n\
+                 observations: {{ bp_systolic: {{ mean: 140, sd: 4, noise: 8 }}, weight: {{ mean: 70, sd: 5 }} }}\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let sim = run_programs(vec![program(&monitoring(clear))], &sc, &opts).unwrap();
+        assert_eq!(sim.report.pathways[0].errors, 0, "{}", sim.report.text());
+        let tasks: u64 = sim.report.roles.iter().map(|r| r.created).sum();
+        (sim.report.pathways[0].indicators.alarms, tasks)
+    }
+
+    #[test]
+    fn a_clear_line_below_the_raising_one_stops_the_flapping() {
+        let (flapping, tasks) = monitored("", 1.0);
+        assert_eq!(flapping, tasks, "one task per episode");
+        let (held, _) = monitored(
+            r#"clear: { when: "bp_systolic < 128", consecutive: 2 }"#,
+            1.0,
+        );
+        println!("bp_high episodes: {flapping} without `clear`, {held} with it");
+        assert!(held > 0, "the rule still raises");
+        assert!(
+            held * 2 < flapping,
+            "with hysteresis {held} episodes, without {flapping}"
+        );
+    }
+
+    #[test]
+    fn a_silent_scale_raises_its_alarm_and_a_faithful_one_never_does() {
+        // Every reading taken: the scale is never silent, so only blood-pressure episodes.
+        let clear = r#"clear: { when: "bp_systolic < 100" }"#;
+        let (faithful, _) = monitored(clear, 1.0);
+        let (patchy, tasks) = monitored(clear, 0.3);
+        println!("episodes: {faithful} with every reading taken, {patchy} with one in three");
+        assert_eq!(patchy, tasks, "one task per episode");
+        // With a reading one day in three, three silent days in a row are common; the pressure
+        // rule, which never clears, raises at most once per patient either way.
+        assert!(faithful <= 200, "{faithful}");
+        assert!(
+            patchy > faithful + 100,
+            "patchy {patchy}, faithful {faithful}"
+        );
+    }
+
     #[test]
     fn outputs_are_written() {
         let dir = std::env::temp_dir().join(format!("carepath-sim-out-{}", std::process::id()));

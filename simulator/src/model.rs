@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use carepath_dsl::{
     Action, GoalMeasure, Pathway, Phase, Priority, Trigger, VarType, VarValue, catalog,
 };
+use carepath_engine::alarms::AlarmRule;
 use carepath_engine::scales::Scales;
 use carepath_engine::step::Program;
 use serde_json::Value;
@@ -69,14 +70,14 @@ pub(crate) struct CriticalModel {
     pub(crate) task: TaskModel,
 }
 
+/// An alarm rule: the core's rule machine (`carepath_core::alarms`), which the store runs too.
 #[derive(Debug, Clone)]
 pub(crate) struct AlarmModel {
     pub(crate) id: String,
-    pub(crate) cond: Option<Cond>,
+    /// `None` when the rule does not compile (the validator refuses such a pathway).
+    pub(crate) rule: Option<AlarmRule>,
     /// Observation kinds the rule reads, as a bit set: other readings do not touch it.
-    pub(crate) kinds: u32,
-    pub(crate) count: usize,
-    pub(crate) within: i64,
+    pub(crate) kinds: u64,
     pub(crate) task: TaskModel,
 }
 
@@ -411,26 +412,22 @@ fn tasks_and_alarms(
                 task_ref(&t.id, &mut task_ids);
             }
             Action::Alarm(a) => {
-                let cond = match Cond::alarm(&a.when.0) {
-                    Ok(c) => Some(c),
+                let rule = match AlarmRule::compile(a) {
+                    Ok(r) => Some(r),
                     Err(e) => {
                         warnings.push(format!(
-                            "{}: alarm `{}`: condition `{}` is outside what the simulator evaluates ({e}); it never fires",
-                            p.id, a.id, a.when.0
+                            "{}: alarm `{}` cannot run ({e}); it never fires",
+                            p.id, a.id
                         ));
                         None
                     }
                 };
                 let ref_ix = task_ref(&a.task.id, &mut task_ids);
-                let kinds = cond
-                    .as_ref()
-                    .map_or(0, |c| c.slots().iter().fold(0u32, |m, k| m | (1 << k)));
+                let kinds = rule.as_ref().map_or(0, AlarmRule::kinds);
                 alarms.push(AlarmModel {
                     id: a.id.clone(),
-                    cond,
+                    rule,
                     kinds,
-                    count: a.count.max(1) as usize,
-                    within: seconds_of(a.within),
                     task: TaskModel {
                         ref_ix,
                         role: role_ix(&a.task.role),

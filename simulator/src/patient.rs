@@ -6,6 +6,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use carepath_dsl::{AlarmScope, Channel, Direction, VarType, VarValue, catalog};
+use carepath_engine::alarms::{AlarmState, Edge};
 use carepath_engine::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult};
 use carepath_engine::outcome::{self, Because, Cause, Fate, Made, OutcomeSink, Scope, Work};
 use carepath_engine::scales::Scored;
@@ -111,8 +112,8 @@ struct Armed {
     alarm: u16,
     scope: AlarmScope,
     state_seq: u32,
-    matches: Vec<i64>,
-    on: bool,
+    /// Where the rule stands, as the core's rule machine keeps it.
+    state: AlarmState,
 }
 
 /// A queue entry: smaller is more urgent (priority, due, created, patient, task number).
@@ -142,6 +143,8 @@ pub(crate) struct Patient {
     follow_ups: Vec<FollowUpSlot>,
     next_follow_up: u32,
     alarms: Vec<Armed>,
+    /// Alarms (by index) with an open episode: one open episode per alarm, as in the store.
+    open_alarms: Vec<u16>,
     /// Per observation kind: baseline and drift per second (or probability of a 1).
     levels: Vec<(f64, f64)>,
     /// Device readings draw from their own generator, so they can be taken late or looked ahead.
@@ -311,6 +314,7 @@ impl Patient {
             follow_ups: Vec::new(),
             next_follow_up: 0,
             alarms: Vec::new(),
+            open_alarms: Vec::new(),
             levels,
             obs_rng: SplitMix::new(cohort::mix64(
                 cohort::patient_seed(s.seed, u64::from(idx)) ^ 0x0B5E_7A71_0D5E_ED01,
@@ -677,19 +681,36 @@ impl Patient {
         }
     }
 
-    /// Takes the device readings due up to `to`, in time order. Readings are pure data drawn from
-    /// their own generator, so they are only taken when the patient is visited anyway — except
-    /// that a reading which fires an alarm stops the catch-up: `Some((time, step needed))`.
+    /// Takes the device readings due up to `to`, in time order, and raises the no-reading alarms
+    /// whose silence lasts until a moment up to `to`. Readings are pure data drawn from their own
+    /// generator, so they are only taken when the patient is visited anyway — except that a
+    /// reading or a silence that opens an alarm episode stops the catch-up: `Some((time, step
+    /// needed))`.
     fn catch_up(&mut self, cx: &mut Cx, to: i64) -> Option<(i64, bool)> {
         if self.life != Life::Active || self.dead {
             return None;
         }
         let s = cx.s;
         let info = &s.infos[self.prog];
-        while let Some((t, g)) = next_slot(&self.cursor) {
-            if t > to {
-                break;
+        loop {
+            let reading = next_slot(&self.cursor).filter(|(t, _)| *t <= to);
+            // A silence lasting up to a reading is raised before the reading ends it.
+            if let Some((due, i)) =
+                silence_due(info, self.alarms.iter().map(|a| (a.alarm, &a.state)))
+                && due <= to
+                && reading.is_none_or(|(t, _)| due <= t)
+            {
+                let armed = &mut self.alarms[i];
+                let rule = info.alarms[usize::from(armed.alarm)].rule.as_ref();
+                let edge = rule.and_then(|r| r.check_silence(&mut armed.state, due));
+                let alarm = armed.alarm;
+                self.alarms_changed = true;
+                if let Some(step) = self.on_alarm_edges(cx, &[(alarm, edge)], due) {
+                    return Some((due, step));
+                }
+                continue;
             }
+            let (t, g) = reading?;
             let next = t + reading_interval(&s.obs[info.groups[g][0]]);
             self.cursor[g] = if next > cx.horizon { i64::MAX } else { next };
             let mut values = [f64::NAN; 16];
@@ -711,33 +732,51 @@ impl Patient {
             for k in &info.groups[g] {
                 self.record(info, *k, values[*k], t);
             }
-            let fired = update_alarms(
+            let edges = feed_alarms(
                 info,
-                self.alarms
-                    .iter_mut()
-                    .map(|a| (a.alarm, &mut a.matches, &mut a.on)),
+                self.alarms.iter_mut().map(|a| (a.alarm, &mut a.state)),
                 &values,
                 t,
             );
-            if fired.is_empty() {
-                continue;
+            if let Some(step) = self.on_alarm_edges(cx, &edges, t) {
+                self.alarms_changed = true;
+                return Some((t, step));
             }
-            self.alarms_changed = true;
-            let mut step = false;
-            for alarm in fired {
-                let model = &info.alarms[usize::from(alarm)];
-                cx.tally.path[self.prog].alarms += 1;
-                step |= self.push_event(info, format!("alarm:{}", model.id), t);
-                let task = model.task.clone();
-                self.create_task(cx, &task, t + task.due, false, 0, t);
-            }
-            return Some((t, step));
         }
-        None
     }
 
-    /// Looks ahead over the coming readings (with copies of the generator and the alarm state) for
-    /// the first that would fire an alarm, so the patient is visited then and not every day.
+    /// Acts on the rules' edges as the store does: a raised rule opens an episode (the event
+    /// `alarm:<id>` and the rule's task) unless one of that alarm is open; a cleared rule closes
+    /// it. `Some(step needed)` when an episode opened.
+    fn on_alarm_edges(
+        &mut self,
+        cx: &mut Cx,
+        edges: &[(u16, Option<Edge>)],
+        t: i64,
+    ) -> Option<bool> {
+        let info = &cx.s.infos[self.prog];
+        let mut opened = None;
+        for (alarm, edge) in edges {
+            match edge {
+                Some(Edge::Raised) if !self.open_alarms.contains(alarm) => {
+                    self.open_alarms.push(*alarm);
+                    let model = &info.alarms[usize::from(*alarm)];
+                    cx.tally.path[self.prog].alarms += 1;
+                    let step = self.push_event(info, format!("alarm:{}", model.id), t);
+                    opened = Some(opened.unwrap_or(false) | step);
+                    let task = model.task.clone();
+                    self.create_task(cx, &task, t + task.due, false, 0, t);
+                }
+                Some(Edge::Cleared) => self.open_alarms.retain(|a| a != alarm),
+                _ => {}
+            }
+        }
+        opened
+    }
+
+    /// Looks ahead over the coming readings (with copies of the generator and the alarm states)
+    /// for the first reading or silence that would open an alarm episode, so the patient is
+    /// visited then and not every day.
     fn predict_alarm(&mut self, s: &Setup, from: i64) {
         self.alarms_changed = false;
         self.alarm_due = i64::MAX;
@@ -747,23 +786,44 @@ impl Patient {
             || !self
                 .alarms
                 .iter()
-                .any(|a| info.alarms[usize::from(a.alarm)].cond.is_some())
+                .any(|a| info.alarms[usize::from(a.alarm)].rule.is_some())
         {
             return;
         }
         let limit = from + LOOKAHEAD;
         let mut rng = self.obs_rng.clone();
         let mut cursor = self.cursor.clone();
-        let mut state: Vec<(u16, Vec<i64>, bool)> = self
+        let mut state: Vec<(u16, AlarmState)> = self
             .alarms
             .iter()
-            .map(|a| (a.alarm, a.matches.clone(), a.on))
+            .map(|a| (a.alarm, a.state.clone()))
             .collect();
-        while let Some((t, g)) = next_slot(&cursor) {
-            if t > limit {
-                self.alarm_due = limit;
+        let mut open = self.open_alarms.clone();
+        loop {
+            let next = next_slot(&cursor).filter(|(t, _)| *t <= limit);
+            // A silence whose alarm is already open opens nothing: no visit needed for it.
+            let silent = silence_due(
+                info,
+                state
+                    .iter()
+                    .filter(|(a, _)| !open.contains(a))
+                    .map(|(a, st)| (*a, st)),
+            );
+            if let Some((due, _)) = silent
+                && due <= limit
+                && next.is_none_or(|(t, _)| due <= t)
+            {
+                self.alarm_due = due;
                 return;
             }
+            let Some((t, g)) = next else {
+                self.alarm_due = if next_slot(&cursor).is_some() {
+                    limit
+                } else {
+                    i64::MAX
+                };
+                return;
+            };
             cursor[g] = t + reading_interval(&s.obs[info.groups[g][0]]);
             let mut values = [f64::NAN; 16];
             if !draw_reading(
@@ -779,15 +839,16 @@ impl Patient {
             ) {
                 continue;
             }
-            let fired = update_alarms(
-                info,
-                state.iter_mut().map(|(a, m, on)| (*a, m, on)),
-                &values,
-                t,
-            );
-            if !fired.is_empty() {
-                self.alarm_due = t;
-                return;
+            let edges = feed_alarms(info, state.iter_mut().map(|(a, st)| (*a, st)), &values, t);
+            for (alarm, edge) in edges {
+                match edge {
+                    Some(Edge::Raised) if !open.contains(&alarm) => {
+                        self.alarm_due = t;
+                        return;
+                    }
+                    Some(Edge::Cleared) => open.retain(|a| *a != alarm),
+                    _ => {}
+                }
             }
         }
     }
@@ -1065,6 +1126,8 @@ impl Patient {
         self.ended_at = Some(t);
         self.alarms_changed = true;
         self.alarm_due = i64::MAX;
+        // The end of an enrolment ends its open alarm episodes.
+        self.open_alarms.clear();
         self.pending.clear();
         self.facts.observations.clear();
         self.facts.events.clear();
@@ -1260,8 +1323,7 @@ impl Patient {
                         alarm: i as u16,
                         scope: alarm.scope,
                         state_seq: a.state_seq,
-                        matches: Vec::new(),
-                        on: false,
+                        state: AlarmState::armed(alarm, at),
                     });
                 }
             }
@@ -1491,36 +1553,45 @@ fn draw_reading(
     true
 }
 
-/// Feeds a reading to alarm rules; returns those that turned from false to true.
-fn update_alarms<'a>(
+/// Feeds a reading to the armed rules (the core's rule machine, as the store runs it); returns
+/// the edges, by alarm.
+fn feed_alarms<'a>(
     info: &PathwayInfo,
-    alarms: impl Iterator<Item = (u16, &'a mut Vec<i64>, &'a mut bool)>,
+    alarms: impl Iterator<Item = (u16, &'a mut AlarmState)>,
     values: &[f64; 16],
     t: i64,
-) -> Vec<u16> {
-    let mut fired = Vec::new();
+) -> Vec<(u16, Option<Edge>)> {
     let read = values
         .iter()
         .enumerate()
-        .fold(0u32, |m, (k, v)| if v.is_nan() { m } else { m | (1 << k) });
-    for (alarm, matches, on) in alarms {
+        .fold(0u64, |m, (k, v)| if v.is_nan() { m } else { m | (1 << k) });
+    let mut edges = Vec::new();
+    for (alarm, st) in alarms {
         let model = &info.alarms[usize::from(alarm)];
-        let Some(cond) = &model.cond else { continue };
+        let Some(rule) = &model.rule else { continue };
         if model.kinds & read == 0 {
             continue;
         }
-        if cond.holds(values) {
-            matches.push(t);
+        if let Some(edge) = rule.feed(st, values, t) {
+            edges.push((alarm, Some(edge)));
         }
-        let since = t - model.within;
-        matches.retain(|x| *x > since);
-        let now_on = matches.len() >= model.count;
-        if now_on && !*on {
-            fired.push(alarm);
-        }
-        *on = now_on;
     }
-    fired
+    edges
+}
+
+/// The earliest moment an armed no-reading rule's silence lasts its `for`, and the rule's index
+/// among those given.
+fn silence_due<'a>(
+    info: &PathwayInfo,
+    alarms: impl Iterator<Item = (u16, &'a AlarmState)>,
+) -> Option<(i64, usize)> {
+    alarms
+        .enumerate()
+        .filter_map(|(i, (alarm, st))| {
+            let rule = info.alarms[usize::from(alarm)].rule.as_ref()?;
+            rule.silence_due(st).map(|due| (due, i))
+        })
+        .min()
 }
 
 fn reading_interval(m: &ObsModel) -> i64 {

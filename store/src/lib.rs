@@ -6,6 +6,7 @@
 //! nothing) and a rerun duplicates nothing (the keys are derived from the enrolment's state-entry
 //! sequence, which the committed state already moved past).
 
+pub mod alarms;
 pub mod audit;
 pub mod audit_log;
 pub mod bulk;
@@ -69,6 +70,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_due_order", "due_order"),
     migration!(9, "0009_audit_keyed_chain", "audit_keyed_chain"),
     migration!(10, "0010_checked_at", "checked_at"),
+    migration!(11, "0011_alarm_episodes", "alarm_episodes"),
     migration!(13, "0013_institution_calendars", "institution_calendars"),
 ];
 
@@ -799,6 +801,15 @@ async fn cancel_kinds(
         with_at.extend(ids.iter().cloned());
         let v3 = values_list(part.len(), 3);
         let in3 = db::placeholders(3 * part.len() + 1, part.len());
+        // An episode outlives the state whose rule opened it, not the enrolment. Episodes are
+        // closed before tasks are cancelled: resolving an episode locks it, then its task.
+        if kinds.alarms.1 {
+            let ended: Vec<(i64, i64, &str)> = part
+                .iter()
+                .map(|x| (x.enrolment, x.at, x.reason.as_str()))
+                .collect();
+            alarms::end_episodes(tx, &ended).await?;
+        }
         let keep = match kinds.tasks {
             (true, true) => Some(""),
             (true, false) => Some(" AND tasks.keep = 0"),
@@ -1286,6 +1297,12 @@ pub async fn withdraw_tx(
         args![now.as_second(), enrolment],
     )
     .await?;
+    // Its open alarm episodes end now, as withdrawn.
+    alarms::end_episodes(
+        tx,
+        &[(enrolment, now.as_second(), &format!("withdrawn: {reason}"))],
+    )
+    .await?;
     // Withdrawal ends work whatever its due: nothing further reaches the patient, not even a
     // follow-up whose send time has passed but that has not gone out.
     cancel_state_work(
@@ -1440,9 +1457,8 @@ pub struct IngestSummary {
     pub duplicates: u64,
     /// (index in the batch, reason)
     pub refused: Vec<(usize, String)>,
-    /// Urgent tasks raised by alarm rules that turned true.
-    pub alarm_tasks: Vec<i64>,
-    pub alarms_resolved: u64,
+    /// Alarm episodes the readings opened, with their urgent tasks, and those they cleared.
+    pub alarms: alarms::AlarmChanges,
     /// Enrolments that received an event and should be advanced now.
     pub enrolments_to_advance: Vec<i64>,
     /// Care-plan goals of these patients evaluated with the new readings.
@@ -1452,7 +1468,7 @@ pub struct IngestSummary {
 /// How far ahead of the server's clock a device's reading may be dated.
 pub const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
 
-/// Stores readings (refusing implausible ones, or dated in the future, dropping duplicates by reading id) and evaluates
+/// Stores readings (refusing implausible ones, or dated in the future, dropping duplicates by reading id) and judges
 /// the alarm rules of the patients concerned, all in one transaction.
 pub async fn ingest_readings(
     pool: &Pool,
@@ -1466,16 +1482,18 @@ pub async fn ingest_readings(
     Ok(out)
 }
 
-/// [`ingest_readings`] inside the caller's transaction.
+/// [`ingest_readings`] inside the caller's transaction. Alarm rules judge the readings that were
+/// new (a repeated reading id is not judged twice), each reading id's values together.
 pub async fn ingest_readings_tx(
     tx: &mut Tx,
     readings: &[crate::observations::Reading],
     visible: &std::collections::HashSet<String>,
     now: Timestamp,
 ) -> Result<IngestSummary> {
-    use crate::observations::{ConditionCache, GroupedReading, normalise, rule_holds};
+    use crate::observations::{GroupedReading, normalise};
     let mut out = IngestSummary::default();
-    let mut patients: Vec<String> = Vec::new();
+    // The new readings of each patient, by reading id.
+    let mut new: BTreeMap<String, BTreeMap<String, GroupedReading>> = BTreeMap::new();
     for (i, r) in readings.iter().enumerate() {
         if !visible.contains(&r.patient_id) {
             out.refused
@@ -1519,13 +1537,17 @@ pub async fn ingest_readings_tx(
             out.duplicates += 1;
         } else {
             out.accepted += 1;
-            if !patients.contains(&r.patient_id) {
-                patients.push(r.patient_id.clone());
-            }
+            let g = new
+                .entry(r.patient_id.clone())
+                .or_default()
+                .entry(r.reading_id.clone())
+                .or_default();
+            g.at = g.at.max(r.at.as_second());
+            g.set(&r.kind, value);
         }
     }
-    let mut conditions = ConditionCache::new(carepath_dsl::condition::ConditionKind::Alarm);
-    for patient in &patients {
+    let mut rules = carepath_core::alarms::RuleCache::default();
+    for (patient, by_id) in &new {
         // Guards that read observations react now, not at the next nightly pass.
         let enrolments = tx
             .fetch(
@@ -1539,111 +1561,16 @@ pub async fn ingest_readings_tx(
                 out.enrolments_to_advance.push(e.i64(0));
             }
         }
-        let rules = tx
-            .fetch(
-                "SELECT a.id, a.enrolment_id, a.spec, a.firing, e.institution_id, e.state_seq FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id \
-                 WHERE e.patient_id = $1 AND e.status = 'active' AND a.active = 1 ORDER BY a.id",
-                args![patient],
-            )
-            .await?;
-        if rules.is_empty() {
-            continue;
-        }
-        let rows = tx
-            .fetch("SELECT reading_id, kind, value, at FROM observations WHERE patient_id = $1 AND at > $2 ORDER BY at", args![patient, now.as_second() - 90 * 86_400])
-            .await?;
-        let mut grouped: BTreeMap<String, GroupedReading> = BTreeMap::new();
-        for r in rows {
-            let g = grouped.entry(r.text(0)).or_default();
-            g.at = g.at.max(r.i64(3));
-            g.set(&r.text(1), r.f64(2));
-        }
-        let readings: Vec<GroupedReading> = grouped.into_values().collect();
-        for rule_row in rules {
-            let (rule_id, enrolment, firing) =
-                (rule_row.i64(0), rule_row.i64(1), rule_row.i64(3) == 1);
-            let Ok(spec) = serde_json::from_str::<carepath_dsl::AlarmSpec>(&rule_row.text(2))
-            else {
-                continue;
-            };
-            let holds = match conditions.get(&spec.when.0) {
-                Ok(when) => rule_holds(&spec, when, &readings, now),
-                Err(e) => {
-                    tracing::warn!(enrolment, alarm = %spec.id, "alarm rule failed: {e}");
-                    continue;
-                }
-            };
-            if holds && !firing {
-                // The guarded update makes one episode raise one task, even under concurrency.
-                if tx
-                    .exec(
-                        "UPDATE alarm_rules SET firing = 1 WHERE id = $1 AND firing = 0",
-                        args![rule_id],
-                    )
-                    .await?
-                    == 0
-                {
-                    continue;
-                }
-                let tz = crate::time::zone("UTC");
-                let due = crate::time::add(now, spec.task.due, &tz);
-                let key = format!("alarm:{rule_id}:{}", now.as_second());
-                let row = tx
-                    .fetch_one(
-                        "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                        args![
-                            &key,
-                            enrolment,
-                            patient,
-                            rule_row.text(4),
-                            rule_row.i64(5),
-                            spec.task.id.clone().unwrap_or_else(|| format!("alarm_{}", spec.id)),
-                            &spec.task.role,
-                            &spec.task.title.zh,
-                            &spec.task.title.en,
-                            carepath_dsl::Priority::Urgent.max(spec.task.priority) as i64,
-                            spec.task.sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
-                            due.as_second(),
-                            now.as_second()
-                        ],
-                    )
-                    .await?;
-                if let Some(r) = row {
-                    out.alarm_tasks.push(r.i64(0));
-                }
-                tx.exec(
-                    "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'alarm', $5) ON CONFLICT (dedupe_key) DO NOTHING",
-                    args![&key, patient, enrolment, now.as_second(), serde_json::json!({"alarm": spec.id, "rule": spec.when.0}).to_string()],
-                )
-                .await?;
-                add_event(
-                    tx,
-                    enrolment,
-                    &format!("alarm:{}", spec.id),
-                    now,
-                    None,
-                    Some(key),
-                    now,
-                )
-                .await?;
-                out.enrolments_to_advance.push(enrolment);
-            } else if !holds && firing {
-                tx.exec(
-                    "UPDATE alarm_rules SET firing = 0 WHERE id = $1",
-                    args![rule_id],
-                )
-                .await?;
-                tx.exec(
-                    "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'alarm_resolved', $4)",
-                    args![patient, enrolment, now.as_second(), serde_json::json!({"alarm": spec.id}).to_string()],
-                )
-                .await?;
-                out.alarms_resolved += 1;
-            }
+        let mut grouped: Vec<GroupedReading> = by_id.values().cloned().collect();
+        alarms::judge_readings(tx, &mut rules, patient, &mut grouped, now, &mut out.alarms).await?;
+    }
+    for e in &out.alarms.enrolments {
+        if !out.enrolments_to_advance.contains(e) {
+            out.enrolments_to_advance.push(*e);
         }
     }
     // Care-plan goals read the same readings: their status follows at once.
+    let patients: Vec<String> = new.into_keys().collect();
     out.goals = goals::evaluate_for_patients(tx, &patients, now).await?;
     Ok(out)
 }

@@ -565,16 +565,16 @@ impl TaskAction<'_> {
 
 /// A refused action: audited with its outcome (`denied`, `not_found`, `conflict`, `invalid`) in
 /// the transaction that found the reason, which then commits.
-struct Refusal<'a> {
-    caller: &'a Caller,
-    action: &'a str,
-    target: &'a str,
-    remote: &'a str,
-    now: Timestamp,
+pub(crate) struct Refusal<'a> {
+    pub(crate) caller: &'a Caller,
+    pub(crate) action: &'a str,
+    pub(crate) target: &'a str,
+    pub(crate) remote: &'a str,
+    pub(crate) now: Timestamp,
 }
 
 impl Refusal<'_> {
-    async fn answer<T>(
+    pub(crate) async fn answer<T>(
         &self,
         mut tx: Tx,
         patients: Vec<String>,
@@ -1026,6 +1026,7 @@ pub async fn decide_referral(
             )
             .await?;
             tx.exec("UPDATE tasks SET institution_id = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')", args![&caller.institution_id, enrolment]).await?;
+            tx.exec("UPDATE alarm_episodes SET institution_id = $1 WHERE enrolment_id = $2 AND closed_at IS NULL", args![&caller.institution_id, enrolment]).await?;
         }
         "reject" => {
             let n = tx

@@ -56,8 +56,8 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "alarm_rules",
-        columns: "dedupe_key, enrolment_id, state_seq, alarm_id, spec, scope, active, created_at",
-        values: "(?, ?, ?, ?, ?, ?, ?, ?)",
+        columns: "dedupe_key, enrolment_id, state_seq, alarm_id, spec, scope, active, created_at, due_at",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
         kind: Some("alarm"),
     },
     Table {
@@ -300,6 +300,12 @@ impl RowBuffer {
                     AlarmScope::Enrolment => "enrolment",
                 };
                 let active = stale.is_none();
+                // A no-reading rule counts its silence from its arming.
+                let due = alarm
+                    .no_reading
+                    .as_ref()
+                    .filter(|_| active)
+                    .map(|n| at + n.after.nominal_seconds());
                 self.push(
                     "alarm_rules",
                     vec![
@@ -311,6 +317,7 @@ impl RowBuffer {
                         Arg::T(scope.into()),
                         Arg::I(i64::from(active)),
                         Arg::I(at),
+                        Arg::OptI(due),
                     ],
                 );
             }

@@ -4,6 +4,7 @@
 //!
 //! [`Call`]: crate::Call
 
+pub(crate) mod alarms;
 pub(crate) mod audit;
 pub(crate) mod catalog;
 pub(crate) mod kpis;

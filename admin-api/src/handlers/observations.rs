@@ -26,8 +26,11 @@ pub(crate) struct Ingested {
     accepted: u64,
     duplicates: u64,
     refused: Vec<RefusedReading>,
+    /// Alarm episodes the batch opened, and their urgent tasks.
+    alarm_episodes: Vec<i64>,
     alarm_tasks: Vec<i64>,
-    alarms_resolved: u64,
+    /// Open alarm episodes the batch cleared.
+    alarms_cleared: u64,
 }
 
 pub(crate) async fn post(
@@ -55,7 +58,8 @@ pub(crate) async fn post(
             .into_iter()
             .map(|(index, reason)| RefusedReading { index, reason })
             .collect(),
-        alarm_tasks: summary.alarm_tasks,
-        alarms_resolved: summary.alarms_resolved,
+        alarm_episodes: summary.alarms.episodes,
+        alarm_tasks: summary.alarms.tasks,
+        alarms_cleared: summary.alarms.cleared,
     }))
 }
