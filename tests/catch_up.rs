@@ -9,9 +9,11 @@
 //! transition in the record, tasks, follow-ups, scale pushes, referrals and risk predictions with
 //! their keys, due times and fates. Not compared, because a declared policy makes them depend on
 //! when the engine noticed: scale reminders (after downtime only the latest due reminder is sent,
-//! the earlier ones are recorded as skipped). Readings are drawn inside every pathway's alarm
-//! thresholds (alarm rules judge a reading against the rules armed when it is recorded); the test
-//! checks that no alarm fired.
+//! the earlier ones are recorded as skipped), and the tasks of alarm episodes: alarm rules judge a
+//! reading against the rules armed when it is recorded, and no-reading rules are raised by the
+//! pass's sweep (docs/pathway-language.md, "Time"). Readings are drawn inside every pathway's alarm
+//! thresholds and the test checks that no reading-judged alarm fired; no pathway routes on a
+//! no-reading alarm's event, so those cannot move a state.
 
 use std::collections::BTreeMap;
 
@@ -243,7 +245,7 @@ async fn rows_of(pool: &Pool) -> Snapshot {
         ),
         (
             "tasks",
-            "SELECT dedupe_key, state_seq, role, status, due_at, created_at, cancel_reason FROM tasks",
+            "SELECT dedupe_key, state_seq, role, status, due_at, created_at, cancel_reason FROM tasks WHERE dedupe_key NOT LIKE 'alarm:%'",
             7,
         ),
         (
@@ -268,7 +270,7 @@ async fn rows_of(pool: &Pool) -> Snapshot {
         ),
         (
             "alarm_tasks",
-            "SELECT dedupe_key FROM tasks WHERE dedupe_key LIKE 'alarm:%'",
+            "SELECT e.dedupe_key FROM alarm_episodes e JOIN alarm_rules r ON r.id = e.rule_id WHERE r.spec NOT LIKE '%no_reading%'",
             1,
         ),
         (

@@ -685,6 +685,20 @@ impl Run<'_> {
                 Some(time::schedule(self.e.entered_at, *after, *at, &self.tz))
             }
             Trigger::At(t) => Some(time::next_local_time(self.e.entered_at, *t, &self.tz)),
+            // An event anchor is the first time it happens in the state (as for schedules).
+            Trigger::Anchored(spec) => {
+                let base = match &spec.from {
+                    Anchor::Event(name) => crate::sandbox::with_facts(|f| {
+                        f.events
+                            .iter()
+                            .find(|e| e.name == *name && e.at >= self.e.entered_at)
+                            .map(|e| e.at)
+                    })
+                    .flatten()?,
+                    other => self.anchor_at(other, self.e.entered_at)?,
+                };
+                Some(time::schedule(base, spec.after, spec.at, &self.tz).max(self.e.entered_at))
+            }
             _ => None,
         }
     }

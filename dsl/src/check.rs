@@ -506,6 +506,9 @@ fn graph_checks(
             let no_wait = match &t.trigger {
                 Trigger::Immediate => true,
                 Trigger::After { after, at: None } => after.nominal_seconds() == 0,
+                // A time from the enrolment or an event may have passed when the state is
+                // entered: it does not make a cycle wait.
+                Trigger::Anchored(_) => true,
                 _ => false,
             };
             if no_wait {

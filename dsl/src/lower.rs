@@ -272,7 +272,7 @@ const SCHEDULE_KEYS: &[&str] = &[
 ];
 /// Actions a schedule's occurrence may make: work and records, not state changes.
 const OCCURRENCE_ACTIONS: &[&str] = &["task", "follow_up", "scale", "note", "risk"];
-const TRANSITION_KEYS: &[&str] = &["to", "on", "after", "at", "when", "label"];
+const TRANSITION_KEYS: &[&str] = &["to", "on", "after", "at", "from", "when", "label"];
 /// Words Rhai reserves, which therefore cannot name a variable.
 const RESERVED: &[&str] = &[
     "as",
@@ -1312,9 +1312,23 @@ impl<'a> Lowerer<'a> {
                 "split it into two transitions",
             );
         }
+        let from = Self::opt(&f, "from").and_then(|n| self.anchor(n));
+        if from.is_some() && after.is_none() {
+            self.err(
+                Code::MissingKey,
+                node.pos,
+                "`from` says what `after` counts from, and there is no `after`",
+                "e.g. `after: 365d` with `from: enrolment`",
+            );
+        }
         let trigger = match (on, after, at) {
             (Some(e), _, _) => Trigger::Event(e),
-            (None, Some(after), at) => Trigger::After { after, at },
+            (None, Some(after), at) => match from {
+                Some(from) if from != Anchor::State => {
+                    Trigger::Anchored(TimeSpec { after, at, from })
+                }
+                _ => Trigger::After { after, at },
+            },
             (None, None, Some(at)) => Trigger::At(at),
             // A trigger was written but could not be read (reported above): keep the transition as a
             // waiting one, so it neither shadows the ones after it nor joins an immediate cycle.

@@ -731,6 +731,9 @@ pub enum Trigger {
         at: Option<LocalTime>,
     },
     At(LocalTime),
+    /// At a time counted from an anchor other than the state's entry ("day 365 after
+    /// enrolment"); if that time has passed when the state is entered, at once.
+    Anchored(TimeSpec),
 }
 
 impl Trigger {
@@ -742,6 +745,10 @@ impl Trigger {
             Trigger::After { after, at: None } => format!("after {after}"),
             Trigger::After { after, at: Some(t) } => format!("after {after} at {t}"),
             Trigger::At(t) => format!("at {t}"),
+            Trigger::Anchored(spec) => match spec.at {
+                Some(t) => format!("{} after {} at {t}", spec.after, spec.from.describe()),
+                None => format!("{} after {}", spec.after, spec.from.describe()),
+            },
         }
     }
 }
