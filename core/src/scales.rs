@@ -880,6 +880,155 @@ impl ScaleDef {
     }
 }
 
+impl ScaleDef {
+    /// The answers whose scored values, in item order, are `items` (what `item(scale, n)` reads):
+    /// a reverse-scored item's answer is `reverse_max - value`.
+    pub fn answers_from_items(&self, items: &[i64]) -> Result<BTreeMap<String, i64>, String> {
+        if items.len() != self.items.len() {
+            return Err(format!(
+                "scale `{}` has {} items ({}), but {} item values were given",
+                self.scale,
+                self.items.len(),
+                self.item_ids(),
+                items.len()
+            ));
+        }
+        let mut answers = BTreeMap::new();
+        for (k, (item, scored)) in self.items.iter().zip(items).enumerate() {
+            let raw = match (self.is_reversed(&item.id), self.scoring.reverse_max) {
+                (true, Some(m)) => m.saturating_sub(*scored),
+                _ => *scored,
+            };
+            if !item.allows(raw) || self.scored(k, raw) != *scored {
+                let scored_values: Vec<String> = self
+                    .ladder(k)
+                    .iter()
+                    .map(|v| self.scored(k, *v).to_string())
+                    .collect();
+                return Err(format!(
+                    "scale `{}`: item {} (`{}`) cannot score {scored}; it scores one of {}",
+                    self.scale,
+                    k + 1,
+                    item.id,
+                    scored_values.join(", ")
+                ));
+            }
+            answers.insert(item.id.clone(), raw);
+        }
+        Ok(answers)
+    }
+
+    /// A complete set of answers that scores exactly `score`, chosen the same way every time: a
+    /// critical item is answered as low as the score allows (a total that needs it still raises
+    /// its rule, as a real answer would), and the other items are filled from the last one
+    /// backwards. An error names the nearest scores the scale can give.
+    pub fn answers_for(&self, score: f64) -> Result<BTreeMap<String, i64>, String> {
+        const SCALE: f64 = 1e6;
+        let key = |x: f64| (x * SCALE).round() as i64;
+        let n = self.items.len();
+        // What item `k` answered `raw` adds to the total the score is computed from.
+        let part = |k: usize, raw: i64| -> i64 {
+            let v = self.scored(k, raw) as f64;
+            match self.scoring.method {
+                Method::WeightedSum => key(self.weight(&self.items[k].id) * v),
+                Method::Single if k > 0 => 0,
+                _ => key(v),
+            }
+        };
+        let (lo, hi) = self.raw_total_range().unwrap_or((0, 0));
+        let to_total = |score: f64| match self.scoring.method {
+            Method::Mean => score * n as f64,
+            Method::Percent => lo as f64 + score * (hi - lo) as f64 / 100.0,
+            _ => score,
+        };
+        let to_score = |total: f64| match self.scoring.method {
+            Method::Mean => total / n.max(1) as f64,
+            Method::Percent if hi > lo => (total - lo as f64) * 100.0 / (hi - lo) as f64,
+            Method::Percent => 0.0,
+            _ => total,
+        };
+        // Totals reachable by the first k items, for every k.
+        let mut reach: Vec<BTreeSet<i64>> = vec![BTreeSet::from([0])];
+        for k in 0..n {
+            let next: BTreeSet<i64> = reach[k]
+                .iter()
+                .flat_map(|t| self.ladder(k).into_iter().map(move |raw| t + part(k, raw)))
+                .collect();
+            reach.push(next);
+        }
+        let target = key(to_total(score));
+        if !reach[n].contains(&target) {
+            let score_of = |t: &i64| to_score(*t as f64 / SCALE);
+            let below = reach[n].range(..target).next_back().map(score_of);
+            let above = reach[n].range(target..).next().map(score_of);
+            let near: Vec<String> = [below, above]
+                .into_iter()
+                .flatten()
+                .map(|s| format!("{}", (s * 1000.0).round() / 1000.0))
+                .collect();
+            return Err(format!(
+                "scale `{}` cannot score {score}; the nearest scores it can give are {}",
+                self.scale,
+                near.join(" and ")
+            ));
+        }
+        let critical: BTreeSet<&str> = self.critical.iter().map(|c| c.item.as_str()).collect();
+        let mut answers = BTreeMap::new();
+        let mut left = target;
+        for k in (0..n).rev() {
+            let mut ladder = self.ladder(k);
+            // Lowest scored value first for a critical item, highest first for the others.
+            ladder.sort_by_key(|raw| self.scored(k, *raw));
+            if !critical.contains(self.items[k].id.as_str()) {
+                ladder.reverse();
+            }
+            let raw = ladder
+                .into_iter()
+                .find(|raw| reach[k].contains(&(left - part(k, *raw))))
+                .ok_or_else(|| format!("scale `{}` cannot score {score}", self.scale))?;
+            left -= part(k, raw);
+            answers.insert(self.items[k].id.clone(), raw);
+        }
+        Ok(answers)
+    }
+
+    /// The answers item `k` (0-based) allows, lowest first.
+    fn ladder(&self, k: usize) -> Vec<i64> {
+        let item = &self.items[k];
+        let mut values: Vec<i64> = if item.options.is_empty() {
+            match (item.min, item.max) {
+                (Some(lo), Some(hi)) if lo <= hi => (lo..=hi).collect(),
+                _ => Vec::new(),
+            }
+        } else {
+            item.options.iter().map(|o| o.value).collect()
+        };
+        values.sort_unstable();
+        values.dedup();
+        values
+    }
+}
+
+impl CriticalHit {
+    /// The urgent task this hit raises when the answers are recorded at `at`: named
+    /// `critical_<scale>_<item>`, for the rule's role, due the rule's `due` after `at` in elapsed
+    /// time, kept whatever state the patient moves to, until a task of the pathway that
+    /// `covers_critical` the scale takes it over. The store and `carepath test` raise exactly this.
+    pub fn task(&self, scale: &str, at: Timestamp) -> Option<crate::step::Produced> {
+        let rule = self.rule.as_ref()?;
+        Some(crate::step::Produced::Task {
+            task_ref: Some(format!("critical_{scale}_{}", self.item)),
+            role: rule.role.clone(),
+            title: self.text.clone(),
+            due_at: crate::time::add(at, rule.due(), &jiff::tz::TimeZone::UTC),
+            priority: carepath_dsl::Priority::Urgent,
+            sla: rule.sla(),
+            keep: true,
+            covers_critical: None,
+        })
+    }
+}
+
 /// The shipped scale files, one per scale of `carepath_dsl::catalog::SCALES`.
 const BUILTIN_FILES: &[(&str, &str)] = &[
     ("phq9.yaml", include_str!("../../pathways/scales/phq9.yaml")),
