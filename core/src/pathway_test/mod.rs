@@ -259,38 +259,33 @@ pub fn load(path: &Path) -> Result<(TestFile, PathBuf), String> {
     Ok((file, pathway))
 }
 
+/// Reads a test file and compiles the pathway it names, as `carepath test` runs it.
+pub fn load_program(path: &Path) -> Result<(TestFile, std::sync::Arc<Program>), String> {
+    let (file, pathway_path) = load(path)?;
+    let compiled = carepath_dsl::compile_file(&pathway_path);
+    let pathway = crate::program::into_pathway(compiled).map_err(|e| e.to_string())?;
+    let source =
+        crate::program::Source::new(&pathway_path.display().to_string(), String::new(), &pathway);
+    let prog = Programs::default()
+        .insert(pathway, source)
+        .map_err(|e| e.to_string())?;
+    Ok((file, prog))
+}
+
 /// Runs every case of a test file against its pathway.
 pub fn run_file(path: &Path) -> Report {
     let mut report = Report {
         file: path.display().to_string(),
         ..Default::default()
     };
-    let (file, pathway_path) = match load(path) {
+    let (file, prog) = match load_program(path) {
         Ok(x) => x,
         Err(e) => {
             report.failures.push(e);
             return report;
         }
     };
-    let compiled = carepath_dsl::compile_file(&pathway_path);
-    let pathway = match crate::program::into_pathway(compiled) {
-        Ok(p) => p,
-        Err(e) => {
-            report.failures.push(e.to_string());
-            return report;
-        }
-    };
-    report.pathway = pathway.id.clone();
-    let mut programs = Programs::default();
-    let source =
-        crate::program::Source::new(&pathway_path.display().to_string(), String::new(), &pathway);
-    let prog = match programs.insert(pathway, source) {
-        Ok(p) => p,
-        Err(e) => {
-            report.failures.push(e.to_string());
-            return report;
-        }
-    };
+    report.pathway = prog.pathway.id.clone();
     for case in &file.cases {
         report.cases += 1;
         let failures = run_case(&prog, case, &mut report);

@@ -125,7 +125,8 @@ pub struct Work {
     /// referral's accept-by time.
     pub due_at: Timestamp,
     pub status: WorkStatus,
-    /// Made already cancelled: its state was left at the instant it was made.
+    /// Made already cancelled: its state was left within the step that made it (at the instant it
+    /// was made, or later in a catch-up), so it never reached a board or the patient.
     pub born_ended: bool,
     pub made_at: Timestamp,
 }
@@ -890,7 +891,7 @@ impl<'a> World<'a> {
             _ => format!("`{}`", it.name()),
         };
         let status = if it.born_ended {
-            "cancelled as it was made (its state was left at that instant)"
+            "made already cancelled (its state was left within the step that made it)"
         } else {
             it.status.as_str()
         };
