@@ -1775,4 +1775,72 @@ critical:
             }
         }
     }
+
+    /// Every score one answer set gives, `answers_for` finds answers for, and they score it.
+    #[test]
+    fn answers_for_a_score_give_that_score_on_every_scale() {
+        for d in scales().iter() {
+            for k in 0..d.items.len() {
+                let answers: BTreeMap<String, i64> = d
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(j, it)| {
+                        let ladder = d.ladder(j);
+                        let v = if j == k {
+                            ladder[ladder.len() - 1]
+                        } else {
+                            ladder[0]
+                        };
+                        (it.id.clone(), v)
+                    })
+                    .collect();
+                let want = d.score(&answers).expect("valid answers").score;
+                let found = d
+                    .answers_for(want)
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.scale));
+                let got = d.score(&found).expect("valid answers").score;
+                assert!((got - want).abs() < 1e-9, "{}: {want} gave {got}", d.scale);
+            }
+        }
+    }
+
+    #[test]
+    fn answers_for_a_score_leave_a_critical_item_low_unless_the_score_needs_it() {
+        let epds = def("epds");
+        let low = epds.score(&epds.answers_for(27.0).unwrap()).unwrap();
+        assert_eq!((low.score, low.items[9], low.critical.len()), (27.0, 0, 0));
+        let top = epds.score(&epds.answers_for(30.0).unwrap()).unwrap();
+        assert_eq!((top.items[9], top.critical.len()), (3, 1));
+        let e = def("qol_breast").answers_for(78.0).unwrap_err();
+        assert!(
+            e.contains("cannot score 78; the nearest scores it can give are 77.5 and 80"),
+            "{e}"
+        );
+        let e = def("phq9").answers_for(-1.0).unwrap_err();
+        assert!(e.contains("the nearest scores it can give are 0"), "{e}");
+    }
+
+    #[test]
+    fn answers_from_item_values_score_those_values() {
+        let epds = def("epds");
+        let items = [1, 1, 2, 1, 2, 1, 2, 2, 1, 1];
+        let answers = epds.answers_from_items(&items).unwrap();
+        // q3 is reverse scored (3 - answer).
+        assert_eq!(answers["q3"], 1);
+        let scored = epds.score(&answers).unwrap();
+        assert_eq!((scored.items.as_slice(), scored.score), (&items[..], 14.0));
+        let e = epds.answers_from_items(&[1, 2]).unwrap_err();
+        assert!(
+            e.contains("has 10 items") && e.contains("2 item values"),
+            "{e}"
+        );
+        let e = epds
+            .answers_from_items(&[1, 1, 4, 1, 2, 1, 2, 2, 1, 1])
+            .unwrap_err();
+        assert!(
+            e.contains("item 3 (`q3`) cannot score 4; it scores one of"),
+            "{e}"
+        );
+    }
 }

@@ -279,3 +279,168 @@ fn details_match(it: &Item, want: &Wanted<'_>) -> bool {
 pub(super) fn when(text: &str, t: Timestamp, w: &World<'_>) -> String {
     format!("at `{text}` ({})", local(t, &w.tz))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::pathway_test::testing::play;
+
+    /// The case's failures, each checked to name the case and the instant.
+    fn failures(given: &str, expect: &str) -> Vec<String> {
+        let played = play(given, expect);
+        assert!(played.errors.is_empty(), "{:?}", played.errors);
+        for f in &played.failures {
+            assert!(f.starts_with("case `the case`, at `"), "{f}");
+            assert!(
+                f.contains("+08:00)"),
+                "the instant on the patient's clock: {f}"
+            );
+        }
+        played.failures
+    }
+
+    fn holds(given: &str, expect: &str) {
+        let f = failures(given, expect);
+        assert!(f.is_empty(), "{f:#?}");
+    }
+
+    fn fails(given: &str, expect: &str, says: &[&str]) {
+        let f = failures(given, expect);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        for s in says {
+            assert!(f[0].contains(s), "`{s}` missing from: {}", f[0]);
+        }
+    }
+
+    #[test]
+    fn a_task_with_its_due_time_and_status() {
+        holds(
+            "  - { at: 2h, task_done: { task: call } }",
+            "  - { at: 1h, task: { id: call, role: nurse, due: 4h, status: open } }\n\
+             \x20 - { at: 1h, task: { id: call, due: 0d 13:00 } }\n\
+             \x20 - { at: 2h, task: { id: call, status: done } }\n\
+             \x20 - { at: 2h, task: { id: review, priority: high, due: 2026-03-03T11:00:00+08:00, status: open } }",
+        );
+        fails(
+            "  []",
+            "  - { at: 1h, task: { id: call, due: 5h } }",
+            &[
+                "at `1h` (2026-03-02T10:00:00+08:00)",
+                "expected a task `call` due 5h",
+                "`call` (nurse, normal) due 2026-03-02T13:00:00+08:00, open",
+            ],
+        );
+        fails(
+            "  - { at: 2h, task_done: { task: call } }",
+            "  - { at: 2h, task: { id: call, status: open } }",
+            &[
+                "expected a task `call` status open",
+                "`call` (nurse, normal) due 2026-03-02T13:00:00+08:00, done",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_follow_up_with_its_send_time_and_status() {
+        holds(
+            "  - { at: 2h, task_done: { task: call } }",
+            "  - { at: 1h, follow_up: { template: welcome, channel: wechat, due: 1d 18:00, status: open } }\n\
+             \x20 - { at: 2h, follow_up: { template: welcome, status: cancelled } }",
+        );
+        fails(
+            "  []",
+            "  - { at: 1h, follow_up: { template: welcome, due: 1d 09:00 } }",
+            &[
+                "expected a follow-up `welcome` due 1d 09:00",
+                "`welcome` (wechat, sms) due 2026-03-03T18:00:00+08:00, open",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_push_with_its_due_time_and_status() {
+        holds(
+            "  []",
+            "  - { at: 0m, scale_push: phq9 }\n\
+             \x20 - { at: 1d, scale_push: { scale: phq9, due: 2d, status: open } }\n\
+             \x20 - { at: 3d, scale_push: { scale: phq9, status: expired } }",
+        );
+        holds(
+            "  - { at: 1d, scale: { scale: phq9, score: 4 } }",
+            "  - { at: 1d, scale_push: { scale: phq9, status: done } }",
+        );
+        fails(
+            "  []",
+            "  - { at: 3d, scale_push: { scale: phq9, status: open } }",
+            &[
+                "expected a push of a scale `phq9` status open",
+                "`phq9` due 2026-03-04T09:00:00+08:00, expired",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_referral_with_its_accept_by_time_and_status() {
+        holds(
+            "  - { at: 1d, event: worse }\n\
+             \x20 - { at: 30h, referral: accept }",
+            "  - { at: 1d, referral: up }\n\
+             \x20 - { at: 1d, referral: { direction: up, to: lead_hospital, due: 2d, status: open } }\n\
+             \x20 - { at: 30h, referral: { direction: up, status: accepted } }\n\
+             \x20 - { at: 30h, state: closed }",
+        );
+        fails(
+            "  - { at: 1d, event: worse }",
+            "  - { at: 1d, referral: { direction: down } }",
+            &[
+                "expected a referral `down`",
+                "`up` to lead_hospital due 2026-03-04T09:00:00+08:00, open",
+            ],
+        );
+        let f = failures("  []", "  - { at: 1d, referral: sideways }");
+        assert!(f[0].contains("`up` or `down`"), "{f:?}");
+    }
+
+    #[test]
+    fn no_task_follow_up_push_or_referral() {
+        holds(
+            "  []",
+            "  - { at: 1d, no_task: review }\n\
+             \x20 - { at: 1d, no_follow_up: goodbye }\n\
+             \x20 - { at: 1d, no_scale_push: epds }\n\
+             \x20 - { at: 1d, no_referral: any }",
+        );
+        fails(
+            "  []",
+            "  - { at: 1h, no_task: call }",
+            &[
+                "expected no task `call`, but one was made: `call` (nurse, normal) due 2026-03-02T13:00:00+08:00, open",
+            ],
+        );
+        fails(
+            "  []",
+            "  - { at: 1h, no_follow_up: welcome }",
+            &["expected no follow up `welcome`", "`welcome` (wechat, sms)"],
+        );
+        fails(
+            "  []",
+            "  - { at: 1h, no_scale_push: phq9 }",
+            &["expected no scale push `phq9`"],
+        );
+        fails(
+            "  - { at: 1d, event: worse }",
+            "  - { at: 1d, no_referral: up }",
+            &["expected no referral `up`", "`up` to lead_hospital"],
+        );
+    }
+
+    #[test]
+    fn an_unreadable_due_or_status_is_a_failure_that_says_so() {
+        let f = failures(
+            "  []",
+            "  - { at: 1h, task: { id: call, status: finished } }",
+        );
+        assert!(f[0].contains("`finished` is not a status"), "{f:?}");
+        let f = failures("  []", "  - { at: 1h, task: { id: call, due: tomorrow } }");
+        assert!(f[0].contains("`due`") && f[0].contains("tomorrow"), "{f:?}");
+    }
+}

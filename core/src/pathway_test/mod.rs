@@ -362,6 +362,96 @@ pub fn merged_coverage(reports: &[Report]) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// A small pathway and cases written as YAML, for the runner's own tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Home with a call, a message, a questionnaire, a blood-pressure alarm and a no-weight alarm;
+    /// the call done leads to a doctor's review, `worse` to an upward referral; day 10 closes.
+    pub(crate) const PATHWAY: &str = r#"pathway: t
+version: 1
+title: { zh: 测试, en: Test }
+owner_role: nurse
+roles: [nurse, doctor]
+events: [worse]
+entry_points:
+  - { id: start, state: home }
+states:
+  - id: home
+    phase: follow_up
+    on_enter:
+      - task: { id: call, role: nurse, title: { zh: 电话, en: Call }, due: 4h }
+      - follow_up: { channels: [wechat, sms], template: welcome, after: 1d, at: "18:00" }
+      - scale: { scale: phq9, due: 2d, expires: 3d }
+      - alarm:
+          id: bp_crisis
+          when: "bp_systolic >= 180"
+          scope: enrolment
+          task: { role: nurse, title: { zh: 血压危象, en: BP crisis }, due: 30m, priority: urgent }
+      - alarm:
+          id: scale_silent
+          no_reading: { kind: weight, for: 3d }
+          task: { id: weigh_in_call, role: nurse, title: { zh: 未称体重, en: No weight }, due: 1d }
+    transitions:
+      - on: task_done:call
+        to: review
+      - on: worse
+        to: refer
+      - after: 10d
+        to: closed
+  - id: review
+    phase: follow_up
+    on_enter:
+      - task: { id: review, role: doctor, title: { zh: 复核, en: Review }, due: 1d, priority: high }
+    transitions:
+      - on: task_done:review
+        to: closed
+  - id: refer
+    phase: referral
+    on_enter:
+      - referral: { direction: up, to: lead_hospital, accept_within: 24h }
+    transitions:
+      - on: referral_accepted
+        to: closed
+      - on: referral_rejected
+        to: home
+  - id: closed
+    phase: closed
+    terminal: true
+"#;
+
+    pub(crate) fn program() -> std::sync::Arc<Program> {
+        let compiled = carepath_dsl::compile_yaml(
+            "t.yaml",
+            PATHWAY.as_bytes(),
+            Path::new("."),
+            &carepath_dsl::FsLoader,
+        );
+        let pathway = crate::program::into_pathway(compiled).expect("a valid pathway");
+        let source = crate::program::Source::new("t.yaml", PATHWAY.into(), &pathway);
+        Programs::default()
+            .insert(pathway, source)
+            .expect("compiles")
+    }
+
+    /// A case starting at 09:00 Beijing time on Monday 2 March 2026, with `given` and `expect`
+    /// written as YAML lists.
+    pub(crate) fn case(given: &str, expect: &str) -> Case {
+        let yaml = format!(
+            "name: the case\nentry: start\npatient: {{ tz: Asia/Shanghai }}\nstart: 2026-03-02T09:00:00+08:00\ngiven:\n{given}\nexpect:\n{expect}\n"
+        );
+        let root = carepath_dsl::yaml::parse("case.yaml", yaml.as_bytes(), Default::default())
+            .expect("a case in YAML");
+        serde_json::from_value(carepath_dsl::yaml::to_json(&root))
+            .unwrap_or_else(|e| panic!("not a case: {e}\n{yaml}"))
+    }
+
+    pub(crate) fn play(given: &str, expect: &str) -> Played {
+        play_case(&program(), &case(given, expect))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -923,3 +923,257 @@ impl<'a> World<'a> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pathway_test::testing::play;
+
+    fn error_of(given: &str) -> String {
+        let played = play(given, "  []");
+        assert_eq!(played.errors.len(), 1, "{:?}", played.errors);
+        let e = played.errors[0].clone();
+        assert!(e.starts_with("case `the case`, given at `"), "{e}");
+        e
+    }
+
+    fn inputs(p: &Played) -> Vec<&Input> {
+        p.steps
+            .iter()
+            .filter_map(|s| match &s.what {
+                What::Given(i) => Some(i),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn work<'p>(p: &'p Played, name: &str) -> Vec<&'p Work> {
+        p.work.iter().filter(|w| w.name == name).collect()
+    }
+
+    #[test]
+    fn events_the_engine_raises_are_refused_with_what_to_give_instead() {
+        for (event, instead) in [
+            ("task_done:call", "task_done: { task"),
+            ("scale_answered:phq9", "scale: { scale"),
+            ("alarm:bp_crisis", "observation"),
+            ("referral_accepted", "referral: accept"),
+        ] {
+            let e = error_of(&format!("  - {{ at: 1h, event: \"{event}\" }}"));
+            assert!(
+                e.contains("raised by the engine") && e.contains(instead),
+                "{e}"
+            );
+        }
+        let p = play("  - { at: 1h, event: worse }", "  []");
+        assert_eq!(
+            inputs(&p),
+            [&Input::Event {
+                name: "worse".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_given_names_one_thing() {
+        let e = error_of("  - { at: 1h, event: worse, withdraw: moved away }");
+        assert!(e.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn a_task_is_completed_only_while_open_and_by_its_key() {
+        let e = error_of("  - { at: 1h, task_done: { task: review } }");
+        assert!(
+            e.contains("task `review` cannot be completed: it is not open; tasks so far: `call`"),
+            "{e}"
+        );
+        let p = play(
+            "  - { at: 1h, task_done: { task: call, outcome: reached } }",
+            "  []",
+        );
+        assert_eq!(
+            inputs(&p),
+            [&Input::TaskDone {
+                task: "e1:1:0".into(),
+                task_ref: "call".into(),
+                outcome: "reached".into()
+            }]
+        );
+        assert_eq!(p.steps.last().map(|s| s.state.as_str()), Some("review"));
+    }
+
+    #[test]
+    fn answers_are_scored_by_the_scale_and_settle_the_newest_pending_push() {
+        let nine = |v: i64| {
+            (1..=9)
+                .map(|i| (format!("q{i}"), v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        for given in [
+            "{ scale: phq9, answers: { q1: 0, q2: 0, q3: 0, q4: 0, q5: 0, q6: 0, q7: 0, q8: 0, q9: 0 } }",
+            "{ scale: phq9, items: [0, 0, 0, 0, 0, 0, 0, 0, 0] }",
+            "{ scale: phq9, score: 0, band: minimal }",
+        ] {
+            let p = play(&format!("  - {{ at: 1d, scale: {given} }}"), "  []");
+            assert!(p.errors.is_empty(), "{given}: {:?}", p.errors);
+            assert_eq!(
+                inputs(&p),
+                [&Input::Answer {
+                    push: "e1:1:2".into(),
+                    scale: "phq9".into(),
+                    answers: nine(0)
+                }],
+                "{given}"
+            );
+            assert_eq!(work(&p, "phq9")[0].status, WorkStatus::Done);
+        }
+        for (given, says) in [
+            (
+                "{ scale: phq9, score: 28 }",
+                "cannot score 28; the nearest scores it can give are 27",
+            ),
+            (
+                "{ scale: phq9, score: 4, band: severe }",
+                "a score of 4 is in band `minimal`, not `severe`",
+            ),
+            (
+                "{ scale: phq9, items: [1, 0, 0, 0, 0, 0, 0, 0, 0], score: 2 }",
+                "the answers score 1, not 2",
+            ),
+            (
+                "{ scale: epds, score: 4 }",
+                "no push of it is pending; pushes so far: `phq9` due 2026-03-04T09:00:00+08:00, open",
+            ),
+            (
+                "{ scale: phq9 }",
+                "give its `answers`, its `items` or a `score`",
+            ),
+        ] {
+            let e = error_of(&format!("  - {{ at: 1d, scale: {given} }}"));
+            assert!(e.contains(says), "{given}: {e}");
+        }
+        // Expired at 3d: too late to answer.
+        let e = error_of("  - { at: 4d, scale: { scale: phq9, score: 3 } }");
+        assert!(
+            e.contains("`phq9` due 2026-03-04T09:00:00+08:00, expired"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_critical_item_raises_its_urgent_task_at_once() {
+        let p = play(
+            "  - { at: 1d, scale: { scale: phq9, items: [0, 0, 0, 0, 0, 0, 0, 0, 2] } }",
+            "  - { at: 1d, task: { id: critical_phq9_q9, role: doctor, priority: urgent, due: 25h, status: open } }",
+        );
+        assert!(p.errors.is_empty() && p.failures.is_empty(), "{p:#?}");
+        assert_eq!(
+            work(&p, "critical_phq9_q9")[0].key,
+            "scale:e1:1:2:critical:q9"
+        );
+    }
+
+    #[test]
+    fn a_reading_that_turns_an_alarm_true_raises_one_task_per_episode() {
+        let p = play(
+            "  - { at: 1d, observation: { bp_systolic: 185 } }\n\
+             \x20 - { at: 2d, observation: { bp_systolic: 190 } }\n\
+             \x20 - { at: 3d, observation: { bp_systolic: 130 } }\n\
+             \x20 - { at: 4d, observation: { bp_systolic: 182 } }",
+            "  - { at: 1d, task: { id: alarm_bp_crisis, priority: urgent, due: 1d 09:30, status: open } }",
+        );
+        assert!(p.errors.is_empty() && p.failures.is_empty(), "{p:#?}");
+        let alarms: Vec<&str> = work(&p, "alarm_bp_crisis")
+            .iter()
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(
+            alarms,
+            ["alarm:e1:1:3:episode:1", "alarm:e1:1:3:episode:2"],
+            "the 2d reading continues the episode; the 3d one ends it"
+        );
+        let e = error_of("  - { at: 1d, observation: { bp_systolic: 900 } }");
+        assert!(
+            e.contains("would be refused") && e.contains("plausible"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn silence_raises_a_no_reading_alarm_at_the_pass_once_per_silence() {
+        let p = play(
+            "  - { at: 4d, observation: { weight: 70 } }",
+            "  - { at: 71h, no_task: weigh_in_call }\n\
+             \x20 - { at: 3d, task: { id: weigh_in_call, due: 4d, status: open } }\n\
+             \x20 - { at: 6d, task: { id: weigh_in_call, status: open } }",
+        );
+        assert!(p.errors.is_empty() && p.failures.is_empty(), "{p:#?}");
+        // Silent from enrolment for 3 days; the reading at 4d clears it; silent again from 4d, the
+        // pass at 7d raises the second episode.
+        let p = play(
+            "  - { at: 4d, observation: { weight: 70 } }",
+            "  - { at: 7d, state: home }",
+        );
+        let keys: Vec<&str> = work(&p, "weigh_in_call")
+            .iter()
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(keys, ["alarm:e1:1:4:episode:1", "alarm:e1:1:4:episode:2"]);
+    }
+
+    #[test]
+    fn referrals_are_decided_in_order_and_an_arrival_needs_an_acceptance() {
+        let p = play(
+            "  - { at: 1d, event: worse }\n\
+             \x20 - { at: 2d, referral: reject }\n\
+             \x20 - { at: 2d, event: worse }",
+            "  - { at: 2d, state: refer }",
+        );
+        assert!(p.errors.is_empty() && p.failures.is_empty(), "{p:#?}");
+        let statuses: Vec<WorkStatus> = work(&p, "up").iter().map(|w| w.status).collect();
+        assert_eq!(statuses, [WorkStatus::Rejected, WorkStatus::Open]);
+        let e = error_of("  - { at: 1d, event: worse }\n  - { at: 2d, referral: arrive }");
+        assert!(
+            e.contains("no referral can be arrived: none is accepted"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_withdrawal_ends_all_open_work_and_nothing_is_recorded_after_it() {
+        let p = play(
+            "  - { at: 1h, withdraw: moved away }",
+            "  - { at: 1h, status: withdrawn }\n\
+             \x20 - { at: 1h, task: { id: call, status: cancelled } }\n\
+             \x20 - { at: 1h, follow_up: { template: welcome, status: cancelled } }\n\
+             \x20 - { at: 1h, scale_push: { scale: phq9, status: cancelled } }",
+        );
+        assert!(p.errors.is_empty() && p.failures.is_empty(), "{p:#?}");
+        let e = error_of("  - { at: 1h, withdraw: moved away }\n  - { at: 2h, event: worse }");
+        assert!(e.contains("the enrolment is withdrawn"), "{e}");
+        let e = error_of("  - { at: 1h, withdraw: moved away }\n  - { at: 2h, withdraw: again }");
+        assert!(e.contains("already withdrawn"), "{e}");
+    }
+
+    #[test]
+    fn the_runner_steps_at_each_instant_and_after_each_given() {
+        let p = play(
+            "  - { at: 1h, event: worse }",
+            "  - { at: 1h, state: refer }\n  - { at: 2h, state: refer }",
+        );
+        let whats: Vec<(i64, &What)> = p
+            .steps
+            .iter()
+            .map(|s| ((s.at.as_second() - p.start.as_second()) / 3600, &s.what))
+            .collect();
+        assert!(matches!(
+            whats.as_slice(),
+            [
+                (0, What::Enrolled),
+                (1, What::Pass),
+                (1, What::Given(_)),
+                (2, What::Pass)
+            ]
+        ));
+    }
+}
