@@ -452,6 +452,121 @@ states:
     }
 }
 
+/// `docs/pathway-tests.md` stays true: every key of the format is documented, every inline example
+/// reads as what its section says, and the complete example passes against its pathway.
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    const DOC: &str = include_str!("../../../docs/pathway-tests.md");
+
+    /// The keys serde accepts for `T`, from the error an unknown key gives.
+    fn keys_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let err = serde_json::from_value::<T>(serde_json::json!({ "no_such_key": 1 }))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let listed = err.split("expected").nth(1).unwrap_or_default();
+        listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+        let root = carepath_dsl::yaml::parse("doc.md", text.as_bytes(), Default::default())
+            .map_err(|d| format!("{d:?}"))?;
+        serde_json::from_value(carepath_dsl::yaml::to_json(&root)).map_err(|e| e.to_string())
+    }
+
+    /// The text of the section headed `## {title}`.
+    fn section(title: &str) -> &'static str {
+        let start = DOC
+            .find(&format!("## {title}\n"))
+            .unwrap_or_else(|| panic!("no section {title}"));
+        let rest = &DOC[start + 3..];
+        &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let mut keys = keys_of::<TestFile>();
+        keys.extend(keys_of::<Case>());
+        keys.extend(keys_of::<PatientSpec>());
+        keys.extend(keys_of::<Given>());
+        keys.extend(keys_of::<ScaleGiven>());
+        keys.extend(keys_of::<TaskDone>());
+        keys.extend(keys_of::<Expect>());
+        keys.extend(keys_of::<TaskExpect>());
+        keys.extend(keys_of::<FollowUpExpect>());
+        keys.extend(keys_of::<PushSpec>());
+        keys.extend(keys_of::<ReferralSpec>());
+        assert!(keys.len() > 40, "{keys:?}");
+        for k in keys {
+            assert!(
+                DOC.contains(&format!("`{k}`")),
+                "docs/pathway-tests.md does not mention `{k}`"
+            );
+        }
+    }
+
+    #[test]
+    fn every_inline_example_reads() {
+        let examples = |title: &str| -> Vec<&'static str> {
+            section(title)
+                .split('`')
+                .filter(|s| s.starts_with("{ at:"))
+                .collect()
+        };
+        let (givens, expects) = (examples("Givens"), examples("Expectations"));
+        assert!(
+            givens.len() >= 7 && expects.len() >= 14,
+            "{} givens, {} expectations",
+            givens.len(),
+            expects.len()
+        );
+        for g in givens {
+            yaml::<Given>(g).unwrap_or_else(|e| panic!("{g}: {e}"));
+        }
+        for x in expects {
+            yaml::<Expect>(x).unwrap_or_else(|e| panic!("{x}: {e}"));
+        }
+        for s in section("Scale answers")
+            .split('`')
+            .filter(|s| s.starts_with("scale: {"))
+        {
+            let given: Given =
+                yaml(&format!("{{ at: 1d, {s} }}")).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert!(given.scale.is_some());
+        }
+    }
+
+    #[test]
+    fn the_complete_example_passes() {
+        let text = section("A complete file");
+        let body = text
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a YAML block");
+        let file: TestFile = yaml(body).unwrap_or_else(|e| panic!("{e}"));
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pathways/twins");
+        let (_, prog) = load_program(&dir.join("wound_care.test.yaml")).expect("the twin pathway");
+        assert_eq!(file.tests, "wound_care.yaml");
+        for case in &file.cases {
+            let played = play_case(&prog, case);
+            assert!(
+                played.errors.is_empty() && played.failures.is_empty(),
+                "{:?} {:?}",
+                played.errors,
+                played.failures
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
