@@ -83,7 +83,7 @@ async fn carepath_test_and_the_store_agree_on_work_born_into_a_left_state() {
     let skipped = carepath_test(dir.path(), "skip");
     let out = String::from_utf8_lossy(&skipped.stdout);
     assert!(out.contains("1 case(s): 1 failed"), "{out}");
-    assert!(out.contains("cancelled as it was made"), "{out}");
+    assert!(out.contains("made already cancelled"), "{out}");
 
     // The store, for the same pathway and entries.
     for b in support::backends() {

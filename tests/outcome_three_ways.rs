@@ -56,7 +56,6 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
     let id = format!("gen_{n}");
     let states = 2 + g.below(4) as usize;
     let mut y = String::new();
-    let mut waited_for: Vec<&str> = Vec::new();
     let _ = write!(
         y,
         "pathway: {id}\nversion: 1\ntitle: {{ zh: 生成, en: Generated }}\nowner_role: case_manager\n\
@@ -116,9 +115,6 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
             let ev = EVENTS[g.below(3) as usize];
             let to = g.below(states as u64);
             let _ = writeln!(y, "      - on: {ev}\n        to: s{to}");
-            if !waited_for.contains(&ev) {
-                waited_for.push(ev);
-            }
         }
         if g.chance(30) {
             let to = g.below(states as u64);
@@ -132,10 +128,9 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
             i + 1
         );
     }
-    // The pathway's own events, declared as the validator requires.
-    if !waited_for.is_empty() {
-        let _ = writeln!(y, "events: [{}]", waited_for.join(", "));
-    }
+    // The pathway's own events, declared as the validator requires: every event a patient may be
+    // given, waited for or not, since production records only declared events.
+    let _ = writeln!(y, "events: [{}]", EVENTS.join(", "));
     let entry = if g.chance(50) { "start" } else { "flagged" };
     let mut points: Vec<(i64, Option<&'static str>)> = (0..2 + g.below(8))
         .map(|_| {
@@ -176,26 +171,52 @@ fn keyed(made: &[Made]) -> Work {
 }
 
 /// `carepath test`'s runner on a case with the generated inputs (points without an event are
-/// expectations that check nothing, so the runner steps there too).
+/// expectations that check nothing, so the runner steps there too). Production refuses an event
+/// for an enrolment that has ended, and so does the runner; such an event changes nothing in the
+/// store or the simulator, so there the runner is only stepped.
 fn by_carepath_test(prog: &carepath_engine::Program, case: &Generated) -> Work {
-    let mut given = Vec::new();
-    let mut expect = Vec::new();
-    for (at, ev) in &case.points {
-        match ev {
-            Some(ev) => given.push(serde_json::json!({ "at": format!("{at}h"), "event": ev })),
-            None => expect.push(serde_json::json!({ "at": format!("{at}h") })),
+    let play = |points: &[(i64, Option<&str>)]| {
+        let mut given = Vec::new();
+        let mut expect = Vec::new();
+        for (at, ev) in points {
+            match ev {
+                Some(ev) => given.push(serde_json::json!({ "at": format!("{at}h"), "event": ev })),
+                None => expect.push(serde_json::json!({ "at": format!("{at}h") })),
+            }
         }
-    }
-    let test_case: pathway_test::Case = serde_json::from_value(serde_json::json!({
-        "name": "generated",
-        "entry": case.entry,
-        "patient": { "tz": TZ },
-        "start": START,
-        "given": given,
-        "expect": expect,
-    }))
-    .expect("a valid case");
-    let made = pathway_test::work_of_case(prog, &test_case)
+        let test_case: pathway_test::Case = serde_json::from_value(serde_json::json!({
+            "name": "generated",
+            "entry": case.entry,
+            "patient": { "tz": TZ },
+            "start": START,
+            "given": given,
+            "expect": expect,
+        }))
+        .expect("a valid case");
+        (
+            pathway_test::play_case(prog, &test_case),
+            pathway_test::work_of_case(prog, &test_case),
+        )
+    };
+    let points: Vec<(i64, Option<&str>)> = case.points.clone();
+    let (played, _) = play(&points);
+    // Where the enrolment ended, and whether it ended before the events of that instant.
+    let ended = played
+        .steps
+        .iter()
+        .find(|s| s.status != carepath_engine::Status::Active)
+        .map(|s| (s.at, !matches!(s.what, pathway_test::What::Given(_))));
+    let points: Vec<(i64, Option<&str>)> = points
+        .into_iter()
+        .map(|(at, ev)| {
+            let refused = ended.is_some_and(|(end, before_events)| {
+                instant(at) > end || (instant(at) == end && before_events)
+            });
+            (at, if refused { None } else { ev })
+        })
+        .collect();
+    let made = play(&points)
+        .1
         .unwrap_or_else(|e| panic!("carepath test could not play:\n{}\n{e:?}", case.yaml));
     keyed(&made)
 }

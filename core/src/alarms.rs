@@ -314,6 +314,28 @@ impl AlarmRule {
     }
 }
 
+/// The urgent task an episode of `spec` opened at `at` raises: at least urgent, kept whatever
+/// state the patient moves to, due the rule's `task.due` after `at` in elapsed time, and named by
+/// the task's id or `alarm_<rule id>` (completing it raises `task_done:<that name>`). The store and
+/// `carepath test` both raise exactly this task.
+pub fn task(spec: &AlarmSpec, at: jiff::Timestamp) -> crate::step::Produced {
+    crate::step::Produced::Task {
+        task_ref: Some(
+            spec.task
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("alarm_{}", spec.id)),
+        ),
+        role: spec.task.role.clone(),
+        title: spec.task.title.clone(),
+        due_at: crate::time::add(at, spec.task.due, &jiff::tz::TimeZone::UTC),
+        priority: carepath_dsl::Priority::Urgent.max(spec.task.priority),
+        sla: spec.task.sla.clone(),
+        keep: true,
+        covers_critical: None,
+    }
+}
+
 /// Alarm rules compiled once per distinct stored text (a rule's spec as JSON), for a batch of
 /// evaluations.
 #[derive(Default)]

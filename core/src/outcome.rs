@@ -245,6 +245,24 @@ mod tests {
         assert!(ends(Work::Alarm(AlarmScope::Enrolment), EnrolmentEnded));
     }
 
+    #[test]
+    fn a_withdrawal_ends_every_piece_of_open_work_whatever_its_due() {
+        let (due, at) = (Timestamp::UNIX_EPOCH, Timestamp::MAX);
+        for work in [
+            work_of(&task(false)),
+            work_of(&task(true)),
+            Work::FollowUp,
+            Work::ScalePush,
+            Work::Alarm(AlarmScope::State),
+            Work::Alarm(AlarmScope::Enrolment),
+        ] {
+            assert!(ends_at(work, Cause::Withdrawn, due, at), "{work:?}");
+        }
+        assert!(!ends(Work::Record, Cause::Withdrawn));
+        // An enrolment that ends lets a follow-up already due go out; a withdrawal does not.
+        assert!(!ends_at(Work::FollowUp, Cause::EnrolmentEnded, due, at));
+    }
+
     /// Records what the policy pushes, in order.
     #[derive(Default)]
     struct Log(Vec<String>);

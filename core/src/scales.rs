@@ -880,6 +880,155 @@ impl ScaleDef {
     }
 }
 
+impl ScaleDef {
+    /// The answers whose scored values, in item order, are `items` (what `item(scale, n)` reads):
+    /// a reverse-scored item's answer is `reverse_max - value`.
+    pub fn answers_from_items(&self, items: &[i64]) -> Result<BTreeMap<String, i64>, String> {
+        if items.len() != self.items.len() {
+            return Err(format!(
+                "scale `{}` has {} items ({}), but {} item values were given",
+                self.scale,
+                self.items.len(),
+                self.item_ids(),
+                items.len()
+            ));
+        }
+        let mut answers = BTreeMap::new();
+        for (k, (item, scored)) in self.items.iter().zip(items).enumerate() {
+            let raw = match (self.is_reversed(&item.id), self.scoring.reverse_max) {
+                (true, Some(m)) => m.saturating_sub(*scored),
+                _ => *scored,
+            };
+            if !item.allows(raw) || self.scored(k, raw) != *scored {
+                let scored_values: Vec<String> = self
+                    .ladder(k)
+                    .iter()
+                    .map(|v| self.scored(k, *v).to_string())
+                    .collect();
+                return Err(format!(
+                    "scale `{}`: item {} (`{}`) cannot score {scored}; it scores one of {}",
+                    self.scale,
+                    k + 1,
+                    item.id,
+                    scored_values.join(", ")
+                ));
+            }
+            answers.insert(item.id.clone(), raw);
+        }
+        Ok(answers)
+    }
+
+    /// A complete set of answers that scores exactly `score`, chosen the same way every time: a
+    /// critical item is answered as low as the score allows (a total that needs it still raises
+    /// its rule, as a real answer would), and the other items are filled from the last one
+    /// backwards. An error names the nearest scores the scale can give.
+    pub fn answers_for(&self, score: f64) -> Result<BTreeMap<String, i64>, String> {
+        const SCALE: f64 = 1e6;
+        let key = |x: f64| (x * SCALE).round() as i64;
+        let n = self.items.len();
+        // What item `k` answered `raw` adds to the total the score is computed from.
+        let part = |k: usize, raw: i64| -> i64 {
+            let v = self.scored(k, raw) as f64;
+            match self.scoring.method {
+                Method::WeightedSum => key(self.weight(&self.items[k].id) * v),
+                Method::Single if k > 0 => 0,
+                _ => key(v),
+            }
+        };
+        let (lo, hi) = self.raw_total_range().unwrap_or((0, 0));
+        let to_total = |score: f64| match self.scoring.method {
+            Method::Mean => score * n as f64,
+            Method::Percent => lo as f64 + score * (hi - lo) as f64 / 100.0,
+            _ => score,
+        };
+        let to_score = |total: f64| match self.scoring.method {
+            Method::Mean => total / n.max(1) as f64,
+            Method::Percent if hi > lo => (total - lo as f64) * 100.0 / (hi - lo) as f64,
+            Method::Percent => 0.0,
+            _ => total,
+        };
+        // Totals reachable by the first k items, for every k.
+        let mut reach: Vec<BTreeSet<i64>> = vec![BTreeSet::from([0])];
+        for k in 0..n {
+            let next: BTreeSet<i64> = reach[k]
+                .iter()
+                .flat_map(|t| self.ladder(k).into_iter().map(move |raw| t + part(k, raw)))
+                .collect();
+            reach.push(next);
+        }
+        let target = key(to_total(score));
+        if !reach[n].contains(&target) {
+            let score_of = |t: &i64| to_score(*t as f64 / SCALE);
+            let below = reach[n].range(..target).next_back().map(score_of);
+            let above = reach[n].range(target..).next().map(score_of);
+            let near: Vec<String> = [below, above]
+                .into_iter()
+                .flatten()
+                .map(|s| format!("{}", (s * 1000.0).round() / 1000.0))
+                .collect();
+            return Err(format!(
+                "scale `{}` cannot score {score}; the nearest scores it can give are {}",
+                self.scale,
+                near.join(" and ")
+            ));
+        }
+        let critical: BTreeSet<&str> = self.critical.iter().map(|c| c.item.as_str()).collect();
+        let mut answers = BTreeMap::new();
+        let mut left = target;
+        for k in (0..n).rev() {
+            let mut ladder = self.ladder(k);
+            // Lowest scored value first for a critical item, highest first for the others.
+            ladder.sort_by_key(|raw| self.scored(k, *raw));
+            if !critical.contains(self.items[k].id.as_str()) {
+                ladder.reverse();
+            }
+            let raw = ladder
+                .into_iter()
+                .find(|raw| reach[k].contains(&(left - part(k, *raw))))
+                .ok_or_else(|| format!("scale `{}` cannot score {score}", self.scale))?;
+            left -= part(k, raw);
+            answers.insert(self.items[k].id.clone(), raw);
+        }
+        Ok(answers)
+    }
+
+    /// The answers item `k` (0-based) allows, lowest first.
+    fn ladder(&self, k: usize) -> Vec<i64> {
+        let item = &self.items[k];
+        let mut values: Vec<i64> = if item.options.is_empty() {
+            match (item.min, item.max) {
+                (Some(lo), Some(hi)) if lo <= hi => (lo..=hi).collect(),
+                _ => Vec::new(),
+            }
+        } else {
+            item.options.iter().map(|o| o.value).collect()
+        };
+        values.sort_unstable();
+        values.dedup();
+        values
+    }
+}
+
+impl CriticalHit {
+    /// The urgent task this hit raises when the answers are recorded at `at`: named
+    /// `critical_<scale>_<item>`, for the rule's role, due the rule's `due` after `at` in elapsed
+    /// time, kept whatever state the patient moves to, until a task of the pathway that
+    /// `covers_critical` the scale takes it over. The store and `carepath test` raise exactly this.
+    pub fn task(&self, scale: &str, at: Timestamp) -> Option<crate::step::Produced> {
+        let rule = self.rule.as_ref()?;
+        Some(crate::step::Produced::Task {
+            task_ref: Some(format!("critical_{scale}_{}", self.item)),
+            role: rule.role.clone(),
+            title: self.text.clone(),
+            due_at: crate::time::add(at, rule.due(), &jiff::tz::TimeZone::UTC),
+            priority: carepath_dsl::Priority::Urgent,
+            sla: rule.sla(),
+            keep: true,
+            covers_critical: None,
+        })
+    }
+}
+
 /// The shipped scale files, one per scale of `carepath_dsl::catalog::SCALES`.
 const BUILTIN_FILES: &[(&str, &str)] = &[
     ("phq9.yaml", include_str!("../../pathways/scales/phq9.yaml")),
@@ -1625,5 +1774,73 @@ critical:
                 }
             }
         }
+    }
+
+    /// Every score one answer set gives, `answers_for` finds answers for, and they score it.
+    #[test]
+    fn answers_for_a_score_give_that_score_on_every_scale() {
+        for d in scales().iter() {
+            for k in 0..d.items.len() {
+                let answers: BTreeMap<String, i64> = d
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(j, it)| {
+                        let ladder = d.ladder(j);
+                        let v = if j == k {
+                            ladder[ladder.len() - 1]
+                        } else {
+                            ladder[0]
+                        };
+                        (it.id.clone(), v)
+                    })
+                    .collect();
+                let want = d.score(&answers).expect("valid answers").score;
+                let found = d
+                    .answers_for(want)
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.scale));
+                let got = d.score(&found).expect("valid answers").score;
+                assert!((got - want).abs() < 1e-9, "{}: {want} gave {got}", d.scale);
+            }
+        }
+    }
+
+    #[test]
+    fn answers_for_a_score_leave_a_critical_item_low_unless_the_score_needs_it() {
+        let epds = def("epds");
+        let low = epds.score(&epds.answers_for(27.0).unwrap()).unwrap();
+        assert_eq!((low.score, low.items[9], low.critical.len()), (27.0, 0, 0));
+        let top = epds.score(&epds.answers_for(30.0).unwrap()).unwrap();
+        assert_eq!((top.items[9], top.critical.len()), (3, 1));
+        let e = def("qol_breast").answers_for(78.0).unwrap_err();
+        assert!(
+            e.contains("cannot score 78; the nearest scores it can give are 77.5 and 80"),
+            "{e}"
+        );
+        let e = def("phq9").answers_for(-1.0).unwrap_err();
+        assert!(e.contains("the nearest scores it can give are 0"), "{e}");
+    }
+
+    #[test]
+    fn answers_from_item_values_score_those_values() {
+        let epds = def("epds");
+        let items = [1, 1, 2, 1, 2, 1, 2, 2, 1, 1];
+        let answers = epds.answers_from_items(&items).unwrap();
+        // q3 is reverse scored (3 - answer).
+        assert_eq!(answers["q3"], 1);
+        let scored = epds.score(&answers).unwrap();
+        assert_eq!((scored.items.as_slice(), scored.score), (&items[..], 14.0));
+        let e = epds.answers_from_items(&[1, 2]).unwrap_err();
+        assert!(
+            e.contains("has 10 items") && e.contains("2 item values"),
+            "{e}"
+        );
+        let e = epds
+            .answers_from_items(&[1, 1, 4, 1, 2, 1, 2, 2, 1, 1])
+            .unwrap_err();
+        assert!(
+            e.contains("item 3 (`q3`) cannot score 4; it scores one of"),
+            "{e}"
+        );
     }
 }

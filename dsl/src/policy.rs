@@ -43,28 +43,34 @@ pub enum Cause {
     BornIntoLeftState,
     /// The enrolment ended.
     EnrolmentEnded,
+    /// The enrolment was withdrawn: nothing further reaches the patient or a board.
+    Withdrawn,
 }
 
 /// The policy: whether `work` ends for `cause`.
 ///
 /// Leaving a state ends its open tasks (unless `keep`), scheduled follow-ups and state alarms; a
 /// scale push, once sent, stays answerable, but one born into a state already left was never
-/// sent; enrolment alarms end with the enrolment; records never end.
+/// sent; enrolment alarms end with the enrolment; a withdrawal ends every piece of open work,
+/// kept tasks and sent pushes included; records never end.
 pub fn ends(work: Work, cause: Cause) -> bool {
     match work {
-        Work::Task { keep } => !keep,
+        Work::Task { keep } => !keep || cause == Cause::Withdrawn,
         Work::FollowUp | Work::Alarm(AlarmScope::State) => true,
-        Work::ScalePush => cause == Cause::BornIntoLeftState,
-        Work::Alarm(AlarmScope::Enrolment) => cause == Cause::EnrolmentEnded,
+        Work::ScalePush => matches!(cause, Cause::BornIntoLeftState | Cause::Withdrawn),
+        Work::Alarm(AlarmScope::Enrolment) => {
+            matches!(cause, Cause::EnrolmentEnded | Cause::Withdrawn)
+        }
         Work::Record => false,
     }
 }
 
 /// Whether `work` that has come due by the instant it would end outlives the ending: a follow-up
 /// whose send time has passed is delivered, whichever pass notices the ending; work born into a
-/// state left at the instant it was made never existed and ends whatever its due.
+/// state left at the instant it was made never existed and ends whatever its due, and nothing
+/// not yet sent reaches a withdrawn patient.
 pub fn outlives_once_due(work: Work, cause: Cause) -> bool {
-    work == Work::FollowUp && cause != Cause::BornIntoLeftState
+    work == Work::FollowUp && !matches!(cause, Cause::BornIntoLeftState | Cause::Withdrawn)
 }
 
 /// The policy at an instant: whether `work` due at `due` (seconds) ends for `cause` at `at`.

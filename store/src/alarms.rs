@@ -205,7 +205,18 @@ async fn open_episode(
         return Ok(());
     };
     out.episodes.push(episode);
-    let due = crate::time::add(now, spec.task.due, &crate::time::zone("UTC"));
+    let carepath_core::step::Produced::Task {
+        task_ref,
+        role,
+        title,
+        due_at,
+        priority,
+        sla,
+        ..
+    } = carepath_core::alarms::task(spec, now)
+    else {
+        return Ok(());
+    };
     let task = tx
         .fetch_one(
             "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
@@ -216,13 +227,13 @@ async fn open_episode(
                 &armed.patient,
                 &armed.institution,
                 armed.state_seq,
-                spec.task.id.clone().unwrap_or_else(|| format!("alarm_{}", spec.id)),
-                &spec.task.role,
-                &spec.task.title.zh,
-                &spec.task.title.en,
-                carepath_dsl::Priority::Urgent.max(spec.task.priority) as i64,
-                spec.task.sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
-                due.as_second(),
+                task_ref,
+                &role,
+                &title.zh,
+                &title.en,
+                priority as i64,
+                sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
+                due_at.as_second(),
                 now.as_second()
             ],
         )

@@ -769,6 +769,7 @@ async fn cancel_work_of(tx: &mut Tx, endings: &[Ending]) -> Result<HashMap<i64, 
         Cause::StateLeft,
         Cause::EnrolmentEnded,
         Cause::BornIntoLeftState,
+        Cause::Withdrawn,
     ] {
         let of_cause: Vec<&Ending> = endings.iter().filter(|x| x.cause == cause).collect();
         if !of_cause.is_empty() {
@@ -1297,34 +1298,17 @@ pub async fn withdraw_tx(
         args![now.as_second(), enrolment],
     )
     .await?;
-    // Its open alarm episodes end now, as withdrawn.
-    alarms::end_episodes(
-        tx,
-        &[(enrolment, now.as_second(), &format!("withdrawn: {reason}"))],
-    )
-    .await?;
-    // Withdrawal ends work whatever its due: nothing further reaches the patient, not even a
-    // follow-up whose send time has passed but that has not gone out.
-    cancel_state_work(
-        tx,
+    // Withdrawal ends every piece of open work whatever its due, kept tasks and pending pushes
+    // too, and the open alarm episodes (the policy's `Cause::Withdrawn`): nothing further reaches
+    // the patient or a board.
+    let ending = Ending {
         enrolment,
-        -1,
-        &format!("withdrawn: {reason}"),
-        Timestamp::MIN,
-    )
-    .await?;
-    // `keep` lets a task outlive its state, not the enrolment: withdrawal cancels kept tasks too.
-    tx.exec(
-        "UPDATE tasks SET status = 'cancelled', cancel_reason = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')",
-        args![format!("withdrawn: {reason}"), enrolment],
-    )
-    .await?;
-    // Nothing further reaches a withdrawn patient: no reminders, no expiry, no answer.
-    tx.exec(
-        "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL WHERE enrolment_id = $1 AND status = 'pending'",
-        args![enrolment],
-    )
-    .await?;
+        seq: -1,
+        cause: Cause::Withdrawn,
+        reason: format!("withdrawn: {reason}"),
+        at: now.as_second(),
+    };
+    cancel_work_of(tx, &[ending]).await?;
     tx.exec(
         "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'withdrawn', $4)",
         args![&d.patient_id, enrolment, now.as_second(), json!({"reason": reason, "by": by}).to_string()],

@@ -325,8 +325,21 @@ pub async fn answer_push(
     .await?;
     let mut critical = Vec::new();
     for hit in &scored.critical {
-        let Some(rule) = &hit.rule else { continue };
-        let due = crate::time::add(now, rule.due(), &jiff::tz::TimeZone::UTC);
+        let (Some(rule), Some(task)) = (&hit.rule, hit.task(&scale, now)) else {
+            continue;
+        };
+        let carepath_core::step::Produced::Task {
+            task_ref,
+            role,
+            title,
+            due_at,
+            priority,
+            sla,
+            ..
+        } = task
+        else {
+            continue;
+        };
         let task_key = format!("scale:{push}:critical:{}", hit.item);
         let task = tx
             .fetch_one(
@@ -338,13 +351,13 @@ pub async fn answer_push(
                     &patient,
                     &institution,
                     state_seq,
-                    format!("critical_{scale}_{}", hit.item),
-                    &rule.role,
-                    &hit.text.zh,
-                    &hit.text.en,
-                    carepath_dsl::Priority::Urgent as i64,
-                    rule.sla().map(|s| serde_json::to_string(&s).unwrap_or_default()),
-                    due.as_second(),
+                    task_ref,
+                    &role,
+                    &title.zh,
+                    &title.en,
+                    priority as i64,
+                    sla.map(|s| serde_json::to_string(&s).unwrap_or_default()),
+                    due_at.as_second(),
                     now.as_second()
                 ],
             )
