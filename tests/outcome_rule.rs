@@ -212,6 +212,7 @@ fn ends_on_leaving(kind: &str) -> bool {
             expires_at: None,
             reminders: vec![],
             chain: vec![],
+            push_ref: None,
         },
     };
     outcome::ends(outcome::work_of(&produced), Cause::StateLeft)

@@ -145,6 +145,7 @@ async fn activity(
                 tz: "Asia/Shanghai".into(),
                 contact_enc: None,
                 preferred_channel: Some("sms".into()),
+                home_institution: None,
             },
             now,
         )
@@ -283,7 +284,7 @@ async fn activity(
             add_event(pool, e, "worsened", s, now).await;
         }
         if e % 23 == k {
-            store::withdraw(pool, e, "moved away", now)
+            store::withdraw(pool, programs, e, "moved away", now)
                 .await
                 .expect("withdraw");
         }
