@@ -58,7 +58,7 @@ pub const COMMUNITY_KINDS: [&str; 2] = ["community_clinic", "township_hospital"]
 async fn check_home(tx: &mut super::Tx, institution: &str, home: &str) -> Result<()> {
     let row = tx
         .fetch_one(
-            "SELECT h.kind, CASE WHEN COALESCE(h.parent_id, h.id) = COALESCE(me.parent_id, me.id) THEN 1 ELSE 0 END \
+            "SELECT h.kind, COALESCE(h.parent_id, h.id), COALESCE(me.parent_id, me.id) \
              FROM institutions h, institutions me WHERE h.id = $1 AND me.id = $2",
             args![home, institution],
         )
@@ -74,7 +74,7 @@ async fn check_home(tx: &mut super::Tx, institution: &str, home: &str) -> Result
             row.text(0)
         )));
     }
-    if row.i64(1) != 1 {
+    if row.text(1) != row.text(2) {
         return Err(StoreError::Invalid(format!(
             "home_institution `{home}` is not in this institution's alliance"
         )));

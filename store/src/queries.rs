@@ -64,11 +64,12 @@ pub async fn caller_for_token(pool: &Pool, token: &str) -> Result<Option<Caller>
 }
 
 /// SQL condition: patient `p` is visible to institution `$n` (its own patients, patients of the
-/// clinics it leads, and patients referred to it).
+/// clinics it leads, and patients referred to it: a referral it accepted; one merely addressed to
+/// it, such as a referral to the patient's home institution, shows nothing yet).
 pub fn visible_patient(n: usize) -> String {
     format!(
         "(p.institution_id = ${n} OR EXISTS (SELECT 1 FROM institutions i WHERE i.id = p.institution_id AND i.parent_id = ${n}) \
-         OR EXISTS (SELECT 1 FROM referrals r WHERE r.patient_id = p.id AND r.to_institution = ${n}))"
+         OR EXISTS (SELECT 1 FROM referrals r WHERE r.patient_id = p.id AND r.to_institution = ${n} AND r.status IN ('accepted', 'arrived')))"
     )
 }
 
