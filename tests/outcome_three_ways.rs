@@ -108,17 +108,17 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
          roles: [case_manager]\nvariables:\n  flag: {{ type: bool, default: false }}\n\
          entry_points:\n  - {{ id: start, state: s0 }}\n  - {{ id: flagged, state: s0, set: {{ flag: true }} }}\nstates:\n"
     );
-    for i in 0..states {
+    for (i, actions) in work.iter().enumerate() {
         let terminal = i + 1 == states;
         let _ = write!(
             y,
             "  - id: s{i}\n    phase: {}\n",
             if terminal { "closed" } else { "follow_up" }
         );
-        if !work[i].is_empty() {
+        if !actions.is_empty() {
             y.push_str("    on_enter:\n");
         }
-        for a in &work[i] {
+        for a in actions {
             let _ = writeln!(y, "      - {a}");
         }
         if terminal {

@@ -78,7 +78,7 @@ fn home_of(institution: &str, index: u64) -> Option<String> {
     if institution != LEAD {
         return Some(institution.to_string());
     }
-    (index % 3 != 0).then(|| CLINICS[(index % 2) as usize].to_string())
+    (!index.is_multiple_of(3)).then(|| CLINICS[(index % 2) as usize].to_string())
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
