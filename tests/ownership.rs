@@ -571,7 +571,12 @@ async fn a_withdrawal_is_routed_to_closing_work_or_ends_the_enrolment_where_it_s
         );
         // The event cannot be posted in its place.
         let lead = caller("lead.hcm", "lead", "hospital_case_manager");
-        let err = queries::event_scoped(&pool, &lead, ward, "withdrawn", at(HOUR), "t", at(HOUR))
+        let event = queries::ReportedEvent {
+            enrolment: ward,
+            name: "withdrawn",
+            at: at(HOUR),
+        };
+        let err = queries::event_scoped(&pool, &programs, &lead, &event, "t", at(HOUR))
             .await
             .expect_err("withdrawn is not posted");
         assert!(matches!(err, StoreError::Invalid(_)), "{name}: {err:?}");
