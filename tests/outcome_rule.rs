@@ -226,6 +226,7 @@ version: 1
 title: { zh: 取消与退出（测试）, en: Cancel and withdraw (test) }
 owner_role: case_manager
 roles: [case_manager]
+events: [settled]
 entry_points:
   - { id: start, state: screen }
 states:

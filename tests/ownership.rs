@@ -526,6 +526,17 @@ async fn a_withdrawal_is_routed_to_closing_work_or_ends_the_enrolment_where_it_s
             1,
             "{name}: the catch-up entered `community` before the withdrawal"
         );
+        // What the withdrawal ended says why.
+        assert_eq!(
+            rows(
+                &pool,
+                &format!("SELECT cancel_reason FROM tasks WHERE enrolment_id = {community} AND task_ref = 'discharge_call'")
+                , 1
+            )
+            .await,
+            ["withdrawn: declined"],
+            "{name}"
+        );
         // Once: a second withdrawal is refused and raises nothing.
         for e in [ward, community] {
             let err = store::withdraw(&pool, &programs, e, "again", at(3 * HOUR))

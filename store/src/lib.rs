@@ -612,6 +612,17 @@ pub async fn apply_outcomes_at(
     buf: &mut RowBuffer,
     batch: &[(&DueEnrolment, &Outcome, Timestamp)],
 ) -> Result<Vec<Option<Written>>> {
+    apply_outcomes_with(tx, buf, batch, None).await
+}
+
+/// [`apply_outcomes_at`]; work a withdrawal ends is recorded as ended with the withdrawal's
+/// `reason` (`withdrawn: <reason>`).
+async fn apply_outcomes_with(
+    tx: &mut Tx,
+    buf: &mut RowBuffer,
+    batch: &[(&DueEnrolment, &Outcome, Timestamp)],
+    withdrawn: Option<&str>,
+) -> Result<Vec<Option<Written>>> {
     let updated = update_enrolments(tx, batch).await?;
     let mut endings: Vec<Ending> = Vec::new();
     let mut out = Vec::with_capacity(batch.len());
@@ -623,6 +634,7 @@ pub async fn apply_outcomes_at(
         }
         let mut sink = StoreSink {
             d,
+            withdrawn,
             buf: &mut *buf,
             endings: &mut endings,
             written: Written {
@@ -670,6 +682,8 @@ struct Ending {
 /// kind of work for the whole batch.
 struct StoreSink<'a> {
     d: &'a DueEnrolment,
+    /// The reason of the withdrawal this outcome carries out, if it does.
+    withdrawn: Option<&'a str>,
     buf: &'a mut RowBuffer,
     endings: &'a mut Vec<Ending>,
     written: Written,
@@ -701,14 +715,24 @@ impl OutcomeSink for StoreSink<'_> {
                 _ => None,
             },
             cause,
-            reason: because.to_string(),
+            reason: self.reason(&because),
             at: because.at().as_second(),
         });
     }
 
     fn action(&mut self, a: &Emitted, ended: Option<Because<'_>>) {
-        let reason = ended.map(|b| b.to_string());
+        let reason = ended.map(|b| self.reason(&b));
         self.buf.action(self.d, a, reason.as_deref());
+    }
+}
+
+impl StoreSink<'_> {
+    /// Why work ended, as its row records it.
+    fn reason(&self, because: &Because<'_>) -> String {
+        match (because, self.withdrawn) {
+            (Because::Ended(Status::Withdrawn, _), Some(reason)) => format!("withdrawn: {reason}"),
+            _ => because.to_string(),
+        }
     }
 }
 
@@ -1447,8 +1471,10 @@ pub async fn withdraw_tx(
     };
     let routed = outcome.ended.is_some_and(|e| e.closing);
     let mut buf = RowBuffer::default();
-    let mut written = apply_outcome(tx, &mut buf, &d, &outcome, now)
+    let mut written = apply_outcomes_with(tx, &mut buf, &[(&d, &outcome, now)], Some(reason))
         .await?
+        .pop()
+        .flatten()
         .ok_or_else(|| StoreError::Conflict(format!("enrolment {enrolment} changed meanwhile")))?;
     written.add(&buf.flush(tx).await?);
     tx.exec(
