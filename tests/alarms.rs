@@ -590,9 +590,15 @@ async fn a_silent_scale_is_noticed_by_the_pass_once_and_the_next_reading_clears_
         assert_eq!(w.count(&episodes).await, 2, "{name}");
 
         // Withdrawing ends the open episode.
-        store::withdraw(&w.pool, e, "moved away", plus(weighed, 4 * DAY))
-            .await
-            .expect("withdraw");
+        store::withdraw(
+            &w.pool,
+            &w.programs,
+            e,
+            "moved away",
+            plus(weighed, 4 * DAY),
+        )
+        .await
+        .expect("withdraw");
         assert_eq!(
             rows(&w.pool, &format!("SELECT status, close_reason FROM alarm_episodes WHERE enrolment_id = {e} ORDER BY id"), 2).await,
             ["cleared|cleared", "ended|withdrawn: moved away"],

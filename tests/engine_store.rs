@@ -479,7 +479,7 @@ async fn withdraw_cancels_open_work_and_nothing_follows() {
             "{name}"
         );
 
-        store::withdraw(&pool, id, "moved away", at(3 * HOUR))
+        store::withdraw(&pool, &programs, id, "moved away", at(3 * HOUR))
             .await
             .expect("withdraw");
         let e = enrolment(&pool, id).await;
@@ -550,7 +550,7 @@ async fn withdraw_cancels_open_work_and_nothing_follows() {
             "after later passes",
             &snapshot(&pool).await,
         );
-        let err = store::withdraw(&pool, id, "again", at(5 * HOUR))
+        let err = store::withdraw(&pool, &programs, id, "again", at(5 * HOUR))
             .await
             .expect_err("withdrawing twice");
         assert!(matches!(err, StoreError::Conflict(_)), "{name}: {err:?}");
@@ -970,6 +970,7 @@ async fn enrolling_many_at_once_writes_what_enrolling_one_by_one_writes() {
             version: None,
             entry: entry.into(),
             at: at(t),
+            catch_up_to: None,
         })
         .collect();
         let mut expected = store::Written::default();

@@ -178,7 +178,7 @@ async fn goals_are_evaluated_from_readings_with_their_history() {
         assert_eq!(history(&pool).await.len(), 3, "{name}");
 
         // A withdrawn enrolment's goals stop being evaluated.
-        store::withdraw(&pool, id, "moved away", at(41 * DAY))
+        store::withdraw(&pool, &programs, id, "moved away", at(41 * DAY))
             .await
             .expect("withdraw");
         let s = scheduler::run_pass(&pool, &programs, at(45 * DAY), &PassOptions::default())

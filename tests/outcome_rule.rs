@@ -212,7 +212,167 @@ fn ends_on_leaving(kind: &str) -> bool {
             expires_at: None,
             reminders: vec![],
             chain: vec![],
+            push_ref: None,
         },
     };
     outcome::ends(outcome::work_of(&produced), Cause::StateLeft)
+}
+
+/// `screen` sends a questionnaire, schedules a message and opens a kept task; `settled` cancels
+/// all three by their action ids; a withdrawal on `screen` is routed to `closing`, which keeps
+/// open tasks.
+const CANCEL_AND_WITHDRAW: &str = r#"pathway: cancel_withdraw
+version: 1
+title: { zh: 取消与退出（测试）, en: Cancel and withdraw (test) }
+owner_role: case_manager
+roles: [case_manager]
+events: [settled]
+entry_points:
+  - { id: start, state: screen }
+states:
+  - id: screen
+    phase: follow_up
+    on_enter:
+      - scale: { id: mood, scale: phq9, due: 2d }
+      - follow_up: { id: remind, channels: [sms], template: screen_reminder, after: 1d, at: "09:00" }
+      - task: { id: screen_call, role: case_manager, title: { zh: 电话, en: Call }, due: 3d, keep: true }
+    transitions:
+      - on: settled
+        to: settled
+      - on: withdrawn
+        to: closing
+  - id: settled
+    phase: follow_up
+    on_enter:
+      - cancel: mood
+      - cancel: remind
+      - cancel: screen_call
+    transitions:
+      - after: 30d
+        to: done
+  - id: closing
+    phase: closed
+    terminal: true
+    keep_open_tasks: true
+    on_enter:
+      - note: { zh: 已退出, en: Withdrawn }
+  - id: done
+    phase: closed
+    terminal: true
+"#;
+
+const CANCEL_AND_WITHDRAW_TESTS: &str = r#"tests: cancel_withdraw.yaml
+cases:
+  - name: settling cancels the screening work
+    entry: start
+    start: 2026-03-02T08:00:00+08:00
+    given:
+      - { at: 2h, event: settled }
+    expect:
+      - { at: 3h, state: settled, status: active }
+  - name: a withdrawal while screening is routed to closing
+    entry: start
+    start: 2026-03-02T08:00:00+08:00
+    given:
+      - { at: 2h, event: withdrawn }
+    expect:
+      - { at: 3h, state: closing, status: withdrawn }
+"#;
+
+#[tokio::test]
+async fn carepath_test_and_the_store_agree_on_cancels_and_withdrawals() {
+    let dir = support::pathway_dir(&[("cancel_withdraw.yaml", CANCEL_AND_WITHDRAW)]);
+    let file = dir.path().join("cancel_withdraw.test.yaml");
+    std::fs::write(&file, CANCEL_AND_WITHDRAW_TESTS).expect("write test");
+    let run = support::carepath()
+        .args(["test", "--no-coverage"])
+        .arg(&file)
+        .output()
+        .expect("run carepath test");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && out.contains("2 case(s): 0 failed"),
+        "{out}"
+    );
+
+    let kept_task = outcome::Work::Task { keep: true };
+    for b in support::backends() {
+        let now = support::ts("2026-03-02T00:00:00Z");
+        let later = support::ts("2026-03-02T02:00:00Z");
+        let (pool, programs) = support::open_store(&b.url, dir.path(), now).await;
+        let mut enrolments = Vec::new();
+        for patient in ["p-settle", "p-withdraw"] {
+            support::add_patient(&pool, patient, now).await;
+            let (e, _) = store::enrol(
+                &pool,
+                &programs,
+                patient,
+                "cancel_withdraw",
+                None,
+                "start",
+                now,
+            )
+            .await
+            .expect("enrol");
+            enrolments.push(e);
+        }
+        let mut tx = pool.begin().await.expect("begin");
+        store::add_events(
+            &mut tx,
+            &[store::NewEvent {
+                enrolment: enrolments[0],
+                name: "settled".into(),
+                at: later,
+                payload: None,
+                source_key: None,
+                created_at: later,
+            }],
+        )
+        .await
+        .expect("event");
+        tx.commit().await.expect("commit");
+        carepath_engine::scheduler::advance(&pool, &programs, enrolments[0], later)
+            .await
+            .expect("advance");
+        store::withdraw(&pool, &programs, enrolments[1], "moved away", later)
+            .await
+            .expect("withdraw");
+        let routed = Cause::Withdrawn {
+            keep_open_tasks: true,
+        };
+        for (patient, cause) in [("p-settle", Cause::Cancelled), ("p-withdraw", routed)] {
+            for (table, work, live) in [
+                ("tasks", kept_task, "open"),
+                ("follow_ups", outcome::Work::FollowUp, "scheduled"),
+                ("scale_pushes", outcome::Work::ScalePush, "pending"),
+            ] {
+                let want = if outcome::ends(work, cause) {
+                    "cancelled"
+                } else {
+                    live
+                };
+                assert_eq!(
+                    rows(
+                        &pool,
+                        &format!("SELECT status FROM {table} WHERE patient_id = '{patient}'"),
+                        1
+                    )
+                    .await,
+                    vec![want.to_string()],
+                    "{} {patient} {table}",
+                    b.name()
+                );
+            }
+        }
+        // Cancelled, the kept task went; withdrawn into a state keeping open tasks, it stayed.
+        assert!(outcome::ends(kept_task, Cause::Cancelled));
+        assert!(!outcome::ends(kept_task, routed));
+        assert_eq!(
+            rows(&pool, "SELECT state, status FROM enrolments ORDER BY id", 2).await,
+            ["closing|withdrawn", "settled|active"],
+            "{}",
+            b.name()
+        );
+        pool.close().await;
+    }
 }

@@ -1,9 +1,11 @@
 //! The outcome policy seen three ways: for generated pathways and patients, the real store,
 //! `carepath test` and the simulator's patient must make the same tasks, follow-ups and scale
 //! pushes from the same inputs, and end the same ones — born ended or ended later — with the same
-//! due times. Each pathway is small (2–5 states, on-enter work, immediate, event and timer
-//! transitions, one terminal state) and validated by the real validator first; the inputs are
-//! an entry point and points in time at which the patient is stepped, some bringing an event.
+//! due times. Each pathway is small (2–5 states, on-enter work, `cancel` actions naming earlier
+//! work, immediate, event and timer transitions, withdrawals some states route, one terminal
+//! state that may keep open tasks) and validated by the real validator first; the inputs are an
+//! entry point and points in time at which the patient is stepped, some bringing an event, some a
+//! withdrawal (in the store, `store::withdraw`; elsewhere the event `withdrawn`).
 //!
 //! All three step at exactly the same instants (before and after each point's event), so a
 //! difference can only come from how a sink carries the policy out.
@@ -23,6 +25,7 @@ const CASES: u64 = 24;
 const START: &str = "2026-03-02T08:00:00+08:00";
 const TZ: &str = "Asia/Shanghai";
 const EVENTS: [&str; 3] = ["ev_a", "ev_b", "ev_c"];
+const WITHDRAWN: &str = carepath_dsl::catalog::WITHDRAWN;
 
 /// A small deterministic generator (SplitMix64): the same pathways on every run.
 struct Gen(u64);
@@ -55,6 +58,49 @@ struct Generated {
 fn generate(g: &mut Gen, n: u64) -> Generated {
     let id = format!("gen_{n}");
     let states = 2 + g.below(4) as usize;
+    // The work of each state first, so a `cancel` may name any of it.
+    let mut work: Vec<Vec<String>> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..states {
+        let mut actions = Vec::new();
+        for k in 0..g.below(4) {
+            actions.push(match g.below(3) {
+                0 => {
+                    let keep = if g.chance(30) { ", keep: true" } else { "" };
+                    ids.push(format!("t{i}_{k}"));
+                    format!(
+                        "task: {{ id: t{i}_{k}, role: case_manager, title: {{ zh: 任务, en: Task }}, due: {}h{keep} }}",
+                        1 + g.below(72)
+                    )
+                }
+                1 => {
+                    ids.push(format!("f{i}_{k}"));
+                    format!(
+                        "follow_up: {{ id: f{i}_{k}, channels: [sms], template: f{i}_{k}, after: {}d, at: \"09:00\" }}",
+                        g.below(4)
+                    )
+                }
+                _ => {
+                    let scale = ["phq9", "gad7", "epds"][g.below(3) as usize];
+                    ids.push(format!("s{i}_{k}"));
+                    format!(
+                        "scale: {{ id: s{i}_{k}, scale: {scale}, due: {}d }}",
+                        1 + g.below(3)
+                    )
+                }
+            });
+        }
+        work.push(actions);
+    }
+    for actions in work.iter_mut() {
+        if !ids.is_empty() && g.chance(40) {
+            let at = g.below(actions.len() as u64 + 1) as usize;
+            actions.insert(
+                at,
+                format!("cancel: {}", ids[g.below(ids.len() as u64) as usize]),
+            );
+        }
+    }
     let mut y = String::new();
     let _ = write!(
         y,
@@ -62,49 +108,32 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
          roles: [case_manager]\nvariables:\n  flag: {{ type: bool, default: false }}\n\
          entry_points:\n  - {{ id: start, state: s0 }}\n  - {{ id: flagged, state: s0, set: {{ flag: true }} }}\nstates:\n"
     );
-    for i in 0..states {
+    for (i, actions) in work.iter().enumerate() {
         let terminal = i + 1 == states;
         let _ = write!(
             y,
             "  - id: s{i}\n    phase: {}\n",
             if terminal { "closed" } else { "follow_up" }
         );
-        let actions = g.below(4);
-        if actions > 0 {
+        if !actions.is_empty() {
             y.push_str("    on_enter:\n");
         }
-        for k in 0..actions {
-            match g.below(3) {
-                0 => {
-                    let keep = if g.chance(30) { ", keep: true" } else { "" };
-                    let _ = writeln!(
-                        y,
-                        "      - task: {{ id: t{i}_{k}, role: case_manager, title: {{ zh: 任务, en: Task }}, due: {}h{keep} }}",
-                        1 + g.below(72)
-                    );
-                }
-                1 => {
-                    let _ = writeln!(
-                        y,
-                        "      - follow_up: {{ channels: [sms], template: f{i}_{k}, after: {}d, at: \"09:00\" }}",
-                        g.below(4)
-                    );
-                }
-                _ => {
-                    let scale = ["phq9", "gad7", "epds"][g.below(3) as usize];
-                    let _ = writeln!(
-                        y,
-                        "      - scale: {{ scale: {scale}, due: {}d }}",
-                        1 + g.below(3)
-                    );
-                }
-            }
+        for a in actions {
+            let _ = writeln!(y, "      - {a}");
         }
         if terminal {
             y.push_str("    terminal: true\n");
+            if g.chance(40) {
+                y.push_str("    keep_open_tasks: true\n");
+            }
             continue;
         }
         y.push_str("    transitions:\n");
+        // A withdrawal this state routes goes to the terminal state, whose work is its closing
+        // work; elsewhere it ends the enrolment where it stands.
+        if g.chance(40) {
+            let _ = writeln!(y, "      - on: withdrawn\n        to: s{}", states - 1);
+        }
         // An immediate transition only forward, so there is no immediate cycle.
         if g.chance(40) {
             let to = i + 1 + g.below((states - i - 1) as u64) as usize;
@@ -135,7 +164,11 @@ fn generate(g: &mut Gen, n: u64) -> Generated {
     let mut points: Vec<(i64, Option<&'static str>)> = (0..2 + g.below(8))
         .map(|_| {
             let at = g.below(24 * 20) as i64;
-            let ev = g.chance(60).then(|| EVENTS[g.below(3) as usize]);
+            let ev = match g.below(10) {
+                0 => Some(WITHDRAWN),
+                1..=5 => Some(EVENTS[g.below(3) as usize]),
+                _ => None,
+            };
             (at, ev)
         })
         .collect();
@@ -296,7 +329,14 @@ async fn by_store(
             .await
             .expect("advance");
         look(&mut seen).await;
-        if let Some(ev) = ev {
+        if *ev == Some(WITHDRAWN) {
+            // Refused once the enrolment has ended; then nothing changes, as elsewhere.
+            match store::withdraw(pool, programs, enrolment, "generated", t).await {
+                Ok(_) | Err(store::StoreError::Conflict(_)) => {}
+                Err(e) => panic!("withdraw: {e}"),
+            }
+            look(&mut seen).await;
+        } else if let Some(ev) = ev {
             let mut tx = pool.begin().await.expect("begin");
             store::add_events(
                 &mut tx,
@@ -385,7 +425,7 @@ async fn the_store_carepath_test_and_the_simulator_make_and_end_the_same_work() 
         .collect();
     let dir = support::pathway_dir(&refs);
     let mut compared = 0;
-    let (mut born_ended, mut ended_later) = (0, 0);
+    let (mut born_ended, mut ended_later, mut pushes_ended, mut withdrawn) = (0, 0, 0, 0);
     for b in support::backends() {
         let now = support::ts("2026-03-01T00:00:00Z");
         let (pool, programs) = support::open_store(&b.url, dir.path(), now).await;
@@ -415,12 +455,23 @@ async fn the_store_carepath_test_and_the_simulator_make_and_end_the_same_work() 
                 .values()
                 .filter(|w| w.1 == Fate::EndedLater)
                 .count();
+            // Only a `cancel` or a withdrawal ends a scale push that was sent.
+            pushes_ended += store_work
+                .values()
+                .filter(|w| w.0 == "scale_push" && w.1 == Fate::EndedLater)
+                .count();
+            withdrawn += support::scalar(
+                &pool,
+                &format!("SELECT COUNT(*) FROM enrolments WHERE patient_id = '{patient}' AND status = 'withdrawn'"),
+            )
+            .await;
         }
         pool.close().await;
     }
     // The generated cases exercise both kinds of ending, or the comparison proves little.
     assert!(
-        compared > 0 && born_ended > 0 && ended_later > 0,
-        "{compared} compared; {born_ended} items born ended, {ended_later} ended later"
+        compared > 0 && born_ended > 0 && ended_later > 0 && pushes_ended > 0 && withdrawn > 0,
+        "{compared} compared; {born_ended} items born ended, {ended_later} ended later, \
+         {pushes_ended} scale pushes ended later, {withdrawn} enrolments withdrawn"
     );
 }

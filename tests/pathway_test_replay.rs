@@ -299,9 +299,17 @@ impl Replay<'_> {
                 .await
                 .map(|_| ())
             }
-            Input::Withdraw { reason } => {
-                queries::withdraw_scoped(self.pool, &home, self.enrolment, reason, REMOTE, at).await
-            }
+            Input::Withdraw { reason } => queries::withdraw_scoped(
+                self.pool,
+                self.programs,
+                &home,
+                self.enrolment,
+                reason,
+                REMOTE,
+                at,
+            )
+            .await
+            .map(|_| ()),
             Input::Risk { .. } => unreachable!("cases with risk givens are not replayed"),
         };
         done.unwrap_or_else(|e| panic!("{}: recording {input:?} at {at}: {e}", self.backend));
@@ -381,6 +389,7 @@ async fn replay(
             tz: played.tz.clone(),
             contact_enc: None,
             preferred_channel: Some("wechat".into()),
+            home_institution: None,
         },
         played.start,
     )
@@ -468,7 +477,7 @@ async fn replay(
     .await;
     // Out of the way of the next case's passes.
     if r.state().await.1 == "active" {
-        store::withdraw(pool, r.enrolment, "replayed", played.start)
+        store::withdraw(pool, programs, r.enrolment, "replayed", played.start)
             .await
             .expect("withdraw");
     }

@@ -24,10 +24,21 @@ const TO: &str = "2026-10-31T16:00:00Z";
 const AS_OF: &str = "2026-11-05T00:00:00Z";
 const DAY: i64 = 86_400;
 
-/// The test's heart pathway with a goal and an indicator of every counter kind.
+/// The test's heart pathway with a goal and an indicator of every counter kind. Its closing state
+/// hands the kept care-plan task on (`keep_open_tasks`), so the fixture's staff find the open
+/// tasks its month of activity was written for.
 fn heart_check_with_indicators() -> String {
+    let heart_check = HEART_CHECK.replacen(
+        "    terminal: true\n",
+        "    terminal: true\n    keep_open_tasks: true\n",
+        1,
+    );
+    assert_ne!(
+        heart_check, HEART_CHECK,
+        "the heart pathway has a terminal state"
+    );
     format!(
-        r#"{HEART_CHECK}goals:
+        r#"{heart_check}goals:
   - id: weight_logged
     title: {{ zh: 记录体重, en: Weight logged }}
     observation: weight
@@ -145,6 +156,7 @@ async fn activity(
                 tz: "Asia/Shanghai".into(),
                 contact_enc: None,
                 preferred_channel: Some("sms".into()),
+                home_institution: None,
             },
             now,
         )
@@ -283,7 +295,7 @@ async fn activity(
             add_event(pool, e, "worsened", s, now).await;
         }
         if e % 23 == k {
-            store::withdraw(pool, e, "moved away", now)
+            store::withdraw(pool, programs, e, "moved away", now)
                 .await
                 .expect("withdraw");
         }

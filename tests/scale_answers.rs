@@ -664,7 +664,7 @@ async fn scale_reminders_come_once_each_at_their_offsets() {
 
         // A withdrawn enrolment's push is cancelled: no reminder, no expiry.
         let (gone_e, gone) = w.enrol("p-gone").await;
-        store::withdraw(&w.pool, gone_e, "moved away", at(HOUR))
+        store::withdraw(&w.pool, &w.programs, gone_e, "moved away", at(HOUR))
             .await
             .expect("withdraw");
         assert_eq!(w.push_status(gone).await, "cancelled", "{name}");

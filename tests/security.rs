@@ -119,6 +119,7 @@ impl World {
             tz: "Asia/Shanghai".into(),
             contact_enc: None,
             preferred_channel: None,
+            home_institution: None,
         };
         store::insert_patient(&mut tx, &p, now())
             .await

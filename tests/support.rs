@@ -494,6 +494,7 @@ pub(crate) async fn add_patient_at(pool: &Pool, id: &str, institution: &str, now
         tz: "Asia/Shanghai".into(),
         contact_enc: None,
         preferred_channel: Some("wechat".into()),
+        home_institution: None,
     };
     store::insert_patient(&mut tx, &p, now)
         .await

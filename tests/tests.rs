@@ -18,6 +18,7 @@ mod engine_store;
 mod goals;
 mod outcome_rule;
 mod outcome_three_ways;
+mod ownership;
 mod pathway_test_replay;
 mod pathway_upload;
 mod report;

@@ -121,7 +121,7 @@ pub(crate) fn ok_patient() -> Success {
         "The patient and their enrolments",
         obj(
             json!({"id": string(), "institution_id": string(), "birth_date": nullable(string()),
-        "sex": string(), "tz": string(), "enrolments": array(enrolment)}),
+        "sex": string(), "tz": string(), "home_institution": nullable(string()), "enrolments": array(enrolment)}),
         ),
     )
 }
@@ -154,7 +154,11 @@ pub(crate) fn ok_withdrawn() -> Success {
     json_ok(
         200,
         "Withdrawn",
-        obj(json!({"enrolment_id": int(), "status": {"type": "string", "enum": ["withdrawn"]}})),
+        obj(
+            json!({"enrolment_id": int(), "status": {"type": "string", "enum": ["withdrawn"]},
+            "state": string(), "routed": {"type": "boolean"},
+            "actions": {"type": "object", "additionalProperties": int()}}),
+        ),
     )
 }
 pub(crate) fn ok_scale_pushes() -> Success {
@@ -300,11 +304,13 @@ pub(crate) fn s_patient() -> Value {
     json!({"type": "object", "required": ["id"], "additionalProperties": false, "properties": {
         "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "birth_date": {"type": "string", "format": "date", "nullable": true},
         "sex": {"type": "string", "enum": ["female", "male", "unknown"]}, "tz": {"type": "string"},
-        "preferred_channel": {"type": "string", "nullable": true, "enum": ["wechat", "sms", "phone", "email", null]}}})
+        "preferred_channel": {"type": "string", "nullable": true, "enum": ["wechat", "sms", "phone", "email", null]},
+        "home_institution": {"type": "string", "nullable": true, "description": "a community clinic or township hospital of the caller's alliance"}}})
 }
 pub(crate) fn s_enrol() -> Value {
     json!({"type": "object", "required": ["patient_id", "pathway", "entry"], "additionalProperties": false, "properties": {
-        "patient_id": {"type": "string"}, "pathway": {"type": "string"}, "version": {"type": "integer", "minimum": 1}, "entry": {"type": "string"}}})
+        "patient_id": {"type": "string"}, "pathway": {"type": "string"}, "version": {"type": "integer", "minimum": 1}, "entry": {"type": "string"},
+        "at": {"type": "string", "format": "date-time", "description": "when the enrolment started: at most 30 days before now and not after now (5 minutes of clock skew tolerated); the enrolment catches up from it"}}})
 }
 pub(crate) fn s_event() -> Value {
     json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {

@@ -210,7 +210,7 @@ pub static ROUTES: &[Route] = &[
         record: Record::Store,
         handler: |m| on(m, patients::enrol),
         doc: Some(Doc {
-            summary: "Enrol a patient at a pathway's entry point",
+            summary: "Enrol a patient at a pathway's entry point, now or (`at`) up to 30 days ago",
             query: &[],
             body: Some(doc::s_enrol),
             success: doc::ok_enrolled,
@@ -252,7 +252,7 @@ pub static ROUTES: &[Route] = &[
         record: Record::Store,
         handler: |m| on(m, patients::withdraw),
         doc: Some(Doc {
-            summary: "Withdraw an enrolment: open work is cancelled",
+            summary: "Withdraw an enrolment: the event `withdrawn`, which its pathway may route to a closing state; open work ends as the outcome policy says",
             query: &[],
             body: Some(doc::s_reason),
             success: doc::ok_withdrawn,
@@ -391,7 +391,7 @@ pub static ROUTES: &[Route] = &[
         record: Record::Store,
         handler: |m| on(m, referrals::decide),
         doc: Some(Doc {
-            summary: "accept | reject | arrive",
+            summary: "accept | reject | arrive; accepting moves the referral's roles (`moves`), or else the whole enrolment, to the caller's institution",
             query: &[],
             body: Some(doc::s_decision),
             success: doc::ok_decision,

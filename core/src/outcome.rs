@@ -16,8 +16,16 @@
 //!   (a catch-up) ends exactly as a later step would have ended it: every rule is a function of
 //!   instants, never of which pass sees them.
 //! - An enrolment that ends (its pathway reached a terminal state) ends the open work of every
-//!   earlier state and its enrolment-scoped alarms too; the terminal state's own actions are its
-//!   closing work and are created live.
+//!   earlier state, its enrolment-scoped alarms, and its kept tasks unless the terminal state
+//!   keeps open tasks; the terminal state's own actions are its closing work and are created
+//!   live.
+//! - A withdrawal (the `withdrawn` event) ends everything still open, pending scale pushes and
+//!   follow-ups already due included; routed by `on: withdrawn` into a terminal state, that
+//!   state's actions are its closing work and its `keep_open_tasks` is honoured.
+//! - A `cancel` action ends the open tasks, follow-ups (not yet due) and scale pushes that the
+//!   action it names made in earlier state entries of the enrolment.
+//! - Every ending applies alike to work stored by earlier steps and to work made earlier in the
+//!   same step (a catch-up), so the outcome is the same whichever passes saw it.
 //! - A risk result joins the patient's facts; guards read the latest one as of their instant.
 
 use std::fmt;
@@ -26,6 +34,8 @@ use jiff::Timestamp;
 
 use crate::facts::RiskResult;
 use crate::step::{Emitted, Outcome, Produced, Status, Taken};
+
+pub use crate::step::Ended;
 
 pub use carepath_dsl::policy::{Cause, Work, ends, outlives_once_due};
 
@@ -39,17 +49,31 @@ pub fn work_of(action: &Produced) -> Work {
         Produced::Risk { .. }
         | Produced::Referral { .. }
         | Produced::GoalSet { .. }
-        | Produced::Note { .. } => Work::Record,
+        | Produced::Note { .. }
+        | Produced::Cancel { .. } => Work::Record,
     }
 }
 
 /// Whose stored work an ending concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub enum Scope<'a> {
     /// The work of one state entry (its state-entry sequence).
     Entry(u32),
     /// The work of every state entry of the enrolment.
     Every,
+    /// The work made by the action with this id, in every state entry of the enrolment.
+    Made(&'a str),
+}
+
+impl Scope<'_> {
+    /// Whether work made in state entry `seq` by the action `work_ref` is within the scope.
+    pub fn holds(&self, seq: u32, work_ref: Option<&str>) -> bool {
+        match self {
+            Scope::Entry(s) => *s == seq,
+            Scope::Every => true,
+            Scope::Made(id) => work_ref == Some(*id),
+        }
+    }
 }
 
 /// What made work end, for the record and the cancellation reason.
@@ -58,6 +82,12 @@ pub enum Because<'a> {
     Left(&'a Taken),
     /// The enrolment ended with this status at this instant.
     Ended(Status, Timestamp),
+    /// A `cancel` action of state `state`, entered at `at`, named `action`.
+    Cancelled {
+        action: &'a str,
+        state: &'a str,
+        at: Timestamp,
+    },
 }
 
 impl Because<'_> {
@@ -65,7 +95,7 @@ impl Because<'_> {
     pub fn at(&self) -> Timestamp {
         match self {
             Because::Left(t) => t.at,
-            Because::Ended(_, at) => *at,
+            Because::Ended(_, at) | Because::Cancelled { at, .. } => *at,
         }
     }
 }
@@ -90,6 +120,9 @@ impl fmt::Display for Because<'_> {
         match self {
             Because::Left(t) => write!(f, "left `{}` for `{}` ({})", t.from, t.to, t.because),
             Because::Ended(status, _) => write!(f, "enrolment {}", status.as_str()),
+            Because::Cancelled { action, state, .. } => {
+                write!(f, "cancelled by `cancel: {action}` in `{state}`")
+            }
         }
     }
 }
@@ -98,9 +131,9 @@ impl fmt::Display for Because<'_> {
 pub trait OutcomeSink {
     /// A transition was taken, in order.
     fn transition(&mut self, taken: &Taken);
-    /// Work stored by earlier steps, within `scope`, ends now when [`ends`]`(kind, cause)` holds
-    /// for its kind; the sink tests each kind it holds against the policy.
-    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>);
+    /// Work stored by earlier steps, within `scope`, ends now when [`ends_at`] holds for its
+    /// kind and due time; the sink tests each piece it holds against the policy.
+    fn end_work(&mut self, scope: Scope<'_>, cause: Cause, because: Because<'_>);
     /// A produced action, created live (`ended == None`) or born ended (`Some`: why).
     fn action(&mut self, action: &Emitted, ended: Option<Because<'_>>);
     /// A risk result joins the patient's facts (guards read the latest as of their instant).
@@ -146,8 +179,9 @@ impl Made {
 }
 
 /// Applies one outcome to `sink`: first the transitions (the state the step began in ends its
-/// stored work), then the end of the enrolment (earlier work of every state ends), then the
-/// actions in order (born ended when their state was left within this step).
+/// stored work), then the end of the enrolment (earlier work of every state ends), then what
+/// `cancel` actions name, then the actions in order, each born ended when an ending of this same
+/// step reaches it (see [`ending_within`]).
 pub fn apply(outcome: &Outcome, sink: &mut impl OutcomeSink) {
     for (i, t) in outcome.transitions.iter().enumerate() {
         // Only the state the step began in can hold work from earlier steps; states entered
@@ -157,41 +191,28 @@ pub fn apply(outcome: &Outcome, sink: &mut impl OutcomeSink) {
         }
         sink.transition(t);
     }
-    let status = outcome.enrolment.status;
-    if status != Status::Active {
-        let at = outcome
-            .transitions
-            .last()
-            .map_or(outcome.enrolment.checked_at, |t| t.at);
+    if let Some(end) = &outcome.ended {
         sink.end_work(
             Scope::Every,
-            Cause::EnrolmentEnded,
-            Because::Ended(status, at),
+            end.cause,
+            Because::Ended(outcome.enrolment.status, end.at),
         );
     }
+    for c in &outcome.actions {
+        if let Produced::Cancel { action } = &c.action {
+            sink.end_work(
+                Scope::Made(action),
+                Cause::Cancelled,
+                Because::Cancelled {
+                    action,
+                    state: &c.state,
+                    at: c.at,
+                },
+            );
+        }
+    }
     for a in &outcome.actions {
-        let left = outcome
-            .transitions
-            .iter()
-            .find(|t| t.left_seq == a.state_seq);
-        // Left at the instant it was made, it never existed; left later (in this same step, a
-        // catch-up), it ends exactly as if a later step had seen the state left.
-        let ended = left
-            .filter(|t| {
-                let cause = if t.at == a.at {
-                    Cause::BornIntoLeftState
-                } else {
-                    Cause::StateLeft
-                };
-                ends_at(
-                    work_of(&a.action),
-                    cause,
-                    due_of(&a.action).unwrap_or(a.at),
-                    t.at,
-                )
-            })
-            .map(Because::Left);
-        sink.action(a, ended);
+        sink.action(a, ending_within(outcome, a));
         if let Produced::Risk {
             model, score, band, ..
         } = &a.action
@@ -204,6 +225,52 @@ pub fn apply(outcome: &Outcome, sink: &mut impl OutcomeSink) {
             });
         }
     }
+}
+
+/// How work `a`, made by this step, ends within the same step, if it does: its state left (at the
+/// instant it was made, it never existed; later, in a catch-up, as if a later step had seen it
+/// left), a `cancel` of a later state entry naming its action, or the end of the enrolment (unless
+/// it is the closing work of the state the enrolment ended in). The earliest ending wins.
+pub fn ending_within<'o>(outcome: &'o Outcome, a: &Emitted) -> Option<Because<'o>> {
+    let work = work_of(&a.action);
+    let due = due_of(&a.action).unwrap_or(a.at);
+    let mut endings: Vec<(Because<'o>, Cause)> = Vec::new();
+    if let Some(t) = outcome
+        .transitions
+        .iter()
+        .find(|t| t.left_seq == a.state_seq)
+    {
+        let cause = if t.at == a.at {
+            Cause::BornIntoLeftState
+        } else {
+            Cause::StateLeft
+        };
+        endings.push((Because::Left(t), cause));
+    }
+    if let Some(made_by) = a.action.work_ref() {
+        for c in outcome.actions.iter().filter(|c| c.state_seq > a.state_seq) {
+            if let Produced::Cancel { action } = &c.action
+                && action == made_by
+            {
+                let because = Because::Cancelled {
+                    action,
+                    state: &c.state,
+                    at: c.at,
+                };
+                endings.push((because, Cause::Cancelled));
+            }
+        }
+    }
+    if let Some(end) = &outcome.ended
+        && !(end.closing && a.state_seq == outcome.enrolment.state_seq)
+    {
+        endings.push((Because::Ended(outcome.enrolment.status, end.at), end.cause));
+    }
+    endings
+        .into_iter()
+        .filter(|(because, cause)| ends_at(work, *cause, due, because.at()))
+        .min_by_key(|(because, _)| because.at())
+        .map(|(because, _)| because)
 }
 
 #[cfg(test)]
@@ -228,21 +295,30 @@ mod tests {
         }
     }
 
+    const ENDED: Cause = Cause::EnrolmentEnded {
+        keep_open_tasks: false,
+    };
+    const WITHDRAWN: Cause = Cause::Withdrawn {
+        keep_open_tasks: false,
+    };
+
     #[test]
     fn leaving_ends_open_work_and_a_kept_task_stays() {
         use Cause::*;
-        for cause in [StateLeft, BornIntoLeftState, EnrolmentEnded] {
+        for cause in [StateLeft, BornIntoLeftState, ENDED] {
             assert!(ends(work_of(&task(false)), cause));
-            assert!(!ends(work_of(&task(true)), cause));
             assert!(ends(Work::FollowUp, cause));
             assert!(ends(Work::Alarm(AlarmScope::State), cause));
             assert!(!ends(Work::Record, cause));
         }
+        assert!(!ends(work_of(&task(true)), StateLeft));
+        assert!(!ends(work_of(&task(true)), BornIntoLeftState));
+        assert!(ends(work_of(&task(true)), ENDED));
         assert!(!ends(Work::ScalePush, StateLeft));
         assert!(ends(Work::ScalePush, BornIntoLeftState));
-        assert!(!ends(Work::ScalePush, EnrolmentEnded));
+        assert!(!ends(Work::ScalePush, ENDED));
         assert!(!ends(Work::Alarm(AlarmScope::Enrolment), StateLeft));
-        assert!(ends(Work::Alarm(AlarmScope::Enrolment), EnrolmentEnded));
+        assert!(ends(Work::Alarm(AlarmScope::Enrolment), ENDED));
     }
 
     #[test]
@@ -256,11 +332,11 @@ mod tests {
             Work::Alarm(AlarmScope::State),
             Work::Alarm(AlarmScope::Enrolment),
         ] {
-            assert!(ends_at(work, Cause::Withdrawn, due, at), "{work:?}");
+            assert!(ends_at(work, WITHDRAWN, due, at), "{work:?}");
         }
-        assert!(!ends(Work::Record, Cause::Withdrawn));
+        assert!(!ends(Work::Record, WITHDRAWN));
         // An enrolment that ends lets a follow-up already due go out; a withdrawal does not.
-        assert!(!ends_at(Work::FollowUp, Cause::EnrolmentEnded, due, at));
+        assert!(!ends_at(Work::FollowUp, ENDED, due, at));
     }
 
     /// Records what the policy pushes, in order.
@@ -271,7 +347,7 @@ mod tests {
         fn transition(&mut self, t: &Taken) {
             self.0.push(format!("transition {}->{}", t.from, t.to));
         }
-        fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
+        fn end_work(&mut self, scope: Scope<'_>, cause: Cause, because: Because<'_>) {
             self.0.push(format!("end {scope:?} {cause:?} {because}"));
         }
         fn action(&mut self, a: &Emitted, ended: Option<Because<'_>>) {
@@ -304,46 +380,164 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_catch_up_ends_the_old_state_once_and_bears_passed_work_ended() {
-        let push = Produced::ScalePush {
+    fn enrolment(state: &str, state_seq: u32, status: Status) -> crate::step::Enrolment {
+        crate::step::Enrolment {
+            id: 1,
+            pathway_id: "p".into(),
+            version: 1,
+            state: state.into(),
+            state_seq,
+            entered_at: Timestamp::UNIX_EPOCH,
+            vars: Default::default(),
+            last_event_seq: 0,
+            status,
+            tz: "UTC".into(),
+            enrolled_at: Timestamp::UNIX_EPOCH,
+            checked_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn push(push_ref: Option<&str>) -> Produced {
+        Produced::ScalePush {
             scale: "epds".into(),
             due_at: Timestamp::UNIX_EPOCH,
             expires_at: None,
             reminders: vec![],
             chain: vec![],
-        };
+            push_ref: push_ref.map(str::to_string),
+        }
+    }
+
+    fn hours(h: i64) -> Timestamp {
+        Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(h)
+    }
+
+    #[test]
+    fn a_catch_up_ends_the_old_state_once_and_bears_passed_work_ended() {
         let risk = Produced::Risk {
             model: "lace".into(),
             score: 9.0,
             band: "moderate".into(),
             contributions: Default::default(),
         };
+        for keep_open_tasks in [false, true] {
+            let outcome = Outcome {
+                enrolment: enrolment("c", 3, Status::Completed),
+                transitions: vec![taken("a", "b", 1), taken("b", "c", 2)],
+                actions: vec![
+                    emitted(2, 0, push(None)),
+                    emitted(2, 1, task(true)),
+                    emitted(2, 2, risk.clone()),
+                    emitted(3, 0, push(None)),
+                    emitted(3, 1, task(false)),
+                ],
+                next_wake: None,
+                trace: vec![],
+                ended: Some(Ended {
+                    cause: Cause::EnrolmentEnded { keep_open_tasks },
+                    at: Timestamp::UNIX_EPOCH,
+                    closing: true,
+                }),
+            };
+            let mut log = Log::default();
+            apply(&outcome, &mut log);
+            // The kept task of a state the enrolment passed through ends with the enrolment
+            // unless the terminal state keeps open tasks; the terminal state's own work is live.
+            let kept = format!("e1:2:1 task {}", !keep_open_tasks);
+            assert_eq!(
+                log.0,
+                [
+                    "end Entry(1) StateLeft left `a` for `b` (after 1d)",
+                    "transition a->b",
+                    "transition b->c",
+                    &format!(
+                        "end Every EnrolmentEnded {{ keep_open_tasks: {keep_open_tasks} }} enrolment completed"
+                    ),
+                    "e1:2:0 scale_push true",
+                    &kept,
+                    "e1:2:2 risk false",
+                    "risk lace",
+                    "e1:3:0 scale_push false",
+                    "e1:3:1 task false",
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_cancel_ends_what_its_action_made_in_the_same_step_and_before() {
+        let mut kept_call = task(true);
+        if let Produced::Task { task_ref, .. } = &mut kept_call {
+            *task_ref = Some("call".into());
+        }
+        let early = Produced::FollowUp {
+            follow_up_ref: Some("early".into()),
+            channels: vec![carepath_dsl::Channel::Sms],
+            template: "t".into(),
+            send_at: hours(2),
+            urgent: false,
+        };
+        let at = |mut e: Emitted, t: Timestamp| {
+            e.at = t;
+            e
+        };
+        let cancel = |id: &str| Produced::Cancel { action: id.into() };
+        let mut left = taken("b", "c", 2);
+        left.at = hours(5);
         let outcome = Outcome {
-            enrolment: crate::step::Enrolment {
-                id: 1,
-                pathway_id: "p".into(),
-                version: 1,
-                state: "c".into(),
-                state_seq: 3,
-                entered_at: Timestamp::UNIX_EPOCH,
-                vars: Default::default(),
-                last_event_seq: 0,
-                status: Status::Completed,
-                tz: "UTC".into(),
-                enrolled_at: Timestamp::UNIX_EPOCH,
-                checked_at: Timestamp::UNIX_EPOCH,
-            },
-            transitions: vec![taken("a", "b", 1), taken("b", "c", 2)],
+            enrolment: enrolment("c", 3, Status::Active),
+            transitions: vec![left],
             actions: vec![
-                emitted(2, 0, push.clone()),
-                emitted(2, 1, task(true)),
-                emitted(2, 2, risk),
-                emitted(3, 0, push),
-                emitted(3, 1, task(false)),
+                at(emitted(2, 0, kept_call), hours(1)),
+                at(emitted(2, 1, push(Some("quiz"))), hours(1)),
+                at(emitted(2, 2, early), hours(1)),
+                at(emitted(3, 0, cancel("call")), hours(5)),
+                at(emitted(3, 1, cancel("quiz")), hours(5)),
+                at(emitted(3, 2, cancel("early")), hours(5)),
             ],
             next_wake: None,
             trace: vec![],
+            ended: None,
+        };
+        let mut log = Log::default();
+        apply(&outcome, &mut log);
+        assert_eq!(
+            log.0,
+            [
+                "end Entry(2) StateLeft left `b` for `c` (after 1d)",
+                "transition b->c",
+                "end Made(\"call\") Cancelled cancelled by `cancel: call` in ``",
+                "end Made(\"quiz\") Cancelled cancelled by `cancel: quiz` in ``",
+                "end Made(\"early\") Cancelled cancelled by `cancel: early` in ``",
+                // Kept, the task outlives its state but not the cancel; the push likewise; the
+                // follow-up came due before the cancel, so it goes out.
+                "e1:2:0 task true",
+                "e1:2:1 scale_push true",
+                "e1:2:2 follow_up false",
+                "e1:3:0 cancel false",
+                "e1:3:1 cancel false",
+                "e1:3:2 cancel false",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_withdrawal_in_a_catch_up_ends_the_work_of_the_state_it_found() {
+        let mut left = taken("a", "b", 1);
+        left.at = hours(1);
+        let outcome = Outcome {
+            enrolment: enrolment("b", 2, Status::Withdrawn),
+            transitions: vec![left],
+            actions: vec![emitted(2, 0, task(true)), emitted(2, 1, push(None))],
+            next_wake: None,
+            trace: vec![],
+            ended: Some(Ended {
+                cause: Cause::Withdrawn {
+                    keep_open_tasks: false,
+                },
+                at: hours(3),
+                closing: false,
+            }),
         };
         let mut log = Log::default();
         apply(&outcome, &mut log);
@@ -352,14 +546,9 @@ mod tests {
             [
                 "end Entry(1) StateLeft left `a` for `b` (after 1d)",
                 "transition a->b",
-                "transition b->c",
-                "end Every EnrolmentEnded enrolment completed",
-                "e1:2:0 scale_push true",
-                "e1:2:1 task false",
-                "e1:2:2 risk false",
-                "risk lace",
-                "e1:3:0 scale_push false",
-                "e1:3:1 task false",
+                "end Every Withdrawn { keep_open_tasks: false } enrolment withdrawn",
+                "e1:2:0 task true",
+                "e1:2:1 scale_push true",
             ]
         );
     }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use carepath_dsl::policy::Cause;
 use carepath_dsl::{
     Action, AlarmSpec, Anchor, Channel, Direction, Goal, InstitutionKind, Missed, Pathway,
     Priority, RiskModel, Schedule, Sla, Text, TimeSpec, Trigger, Until, VarValue,
@@ -133,6 +134,9 @@ pub enum Produced {
         /// The reminder chain: each step's instant and how it reaches the patient.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         chain: Vec<(Timestamp, carepath_dsl::ReminderBy)>,
+        /// The push's action id, which a `cancel` names.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        push_ref: Option<String>,
     },
     Risk {
         model: String,
@@ -146,15 +150,27 @@ pub enum Produced {
     },
     Referral {
         direction: Direction,
+        /// The kind addressed (with `own_community`: when the patient has no home institution).
         to: InstitutionKind,
+        /// Addressed to the patient's home community institution.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        own_community: bool,
         reason: Option<Text>,
         accept_by: Timestamp,
+        /// Roles whose tasks move to the receiving institution on acceptance.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        moves: Vec<String>,
     },
     GoalSet {
         goal: Goal,
     },
     Note {
         text: Text,
+    },
+    /// A `cancel` action: the open work made earlier in the enrolment by the action `action`
+    /// ends (see `outcome::apply`).
+    Cancel {
+        action: String,
     },
 }
 
@@ -169,6 +185,17 @@ impl Produced {
             Produced::Referral { .. } => "referral",
             Produced::GoalSet { .. } => "goal",
             Produced::Note { .. } => "note",
+            Produced::Cancel { .. } => "cancel",
+        }
+    }
+
+    /// The id of the action that made this work, which a `cancel` action names.
+    pub fn work_ref(&self) -> Option<&str> {
+        match self {
+            Produced::Task { task_ref, .. } => task_ref.as_deref(),
+            Produced::FollowUp { follow_up_ref, .. } => follow_up_ref.as_deref(),
+            Produced::ScalePush { push_ref, .. } => push_ref.as_deref(),
+            _ => None,
         }
     }
 }
@@ -192,6 +219,20 @@ pub struct Outcome {
     pub actions: Vec<Emitted>,
     pub next_wake: Option<Timestamp>,
     pub trace: Vec<String>,
+    /// How and when the enrolment ended in this step, if it did.
+    #[serde(default)]
+    pub ended: Option<Ended>,
+}
+
+/// The end of an enrolment: why (the outcome policy's cause), when, and whether the actions of
+/// the state it ended in are its closing work (made live) rather than work it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub cause: Cause,
+    pub at: Timestamp,
+    /// The last state was entered as the enrolment ended (a terminal state, or the state a
+    /// withdrawal was routed to): its actions are the closing work.
+    pub closing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -216,6 +257,7 @@ struct Run<'a> {
     occurrences_done: Timestamp,
     /// Missed occurrences held back by `missed: latest`: (schedule index, number, instant).
     deferred: Vec<(usize, u32, Timestamp)>,
+    ended: Option<Ended>,
 }
 
 impl Run<'_> {
@@ -276,10 +318,36 @@ impl Run<'_> {
         }
         if state.terminal {
             self.e.status = Status::Completed;
+            self.ended = Some(Ended {
+                cause: Cause::EnrolmentEnded {
+                    keep_open_tasks: state.keep_open_tasks,
+                },
+                at,
+                closing: true,
+            });
             self.trace
                 .push(format!("enrolment completed in `{}`", state.id));
         }
         Ok(())
+    }
+
+    /// The `withdrawn` event ends the enrolment at `at`, after the transition that took it (if
+    /// one did) entered the state of its closing work.
+    fn withdraw(&mut self, routed: bool, at: Timestamp) {
+        let keep_open_tasks = routed
+            && self
+                .prog
+                .pathway
+                .state(&self.e.state)
+                .is_some_and(|s| s.terminal && s.keep_open_tasks);
+        self.e.status = Status::Withdrawn;
+        self.ended = Some(Ended {
+            cause: Cause::Withdrawn { keep_open_tasks },
+            at,
+            closing: routed,
+        });
+        self.trace
+            .push(format!("enrolment withdrawn in `{}`", self.e.state));
     }
 
     /// What one action makes at `at` (`None` for an assignment, which is applied at once).
@@ -330,6 +398,7 @@ impl Run<'_> {
                         .iter()
                         .map(|step| (time::add(due_at, step.after, &self.tz), step.by.clone()))
                         .collect(),
+                    push_ref: s.id.clone(),
                 }
             }
             Action::Risk(r) => {
@@ -363,11 +432,17 @@ impl Run<'_> {
             Action::Referral(r) => Produced::Referral {
                 direction: r.direction,
                 to: r.to,
+                own_community: r.own_community,
                 reason: r.reason.clone(),
                 accept_by: time::add(at, r.accept_within, &self.tz),
+                moves: r.moves.clone(),
             },
             Action::Goal(g) => Produced::GoalSet { goal: g.clone() },
             Action::Note(t) => Produced::Note { text: t.clone() },
+            Action::Cancel(id) => {
+                self.trace.push(format!("cancel the open work of `{id}`"));
+                Produced::Cancel { action: id.clone() }
+            }
             Action::Set(assignments) => {
                 for (name, expr) in assignments {
                     let ty = p
@@ -887,13 +962,21 @@ impl Run<'_> {
         };
         let ev = events.remove(pos);
         self.e.last_event_seq = self.e.last_event_seq.max(ev.seq);
+        let withdrawal = ev.name == carepath_dsl::catalog::WITHDRAWN;
         for (i, tr) in state.transitions.iter().enumerate() {
             if matches!(&tr.trigger, Trigger::Event(name) if *name == ev.name)
                 && self.guard_holds(tr.guard.as_ref(), &format!("on {}", ev.name))?
             {
                 self.take(i, &tr.to, t, format!("on {}", ev.name))?;
+                if withdrawal {
+                    self.withdraw(true, t);
+                }
                 return Ok(Did::Moved);
             }
+        }
+        if withdrawal {
+            self.withdraw(false, t);
+            return Ok(Did::Consumed);
         }
         self.trace.push(format!(
             "event `{}` does not move `{}`",
@@ -911,6 +994,7 @@ impl Run<'_> {
             actions: self.out,
             next_wake,
             trace: self.trace,
+            ended: self.ended,
         }
     }
 
@@ -963,6 +1047,7 @@ pub fn step(
             trace: Vec::new(),
             occurrences_done: enrolment.checked_at,
             deferred: Vec::new(),
+            ended: None,
         };
         if run.e.status == Status::Active {
             let resume = run.e.checked_at.max(run.e.entered_at);
@@ -970,6 +1055,37 @@ pub fn step(
         }
         Ok(run.into_outcome(pending))
     })
+}
+
+/// Withdraws an enrolment that cannot be stepped (it is in error, or its step fails) at `at`:
+/// nothing is routed, and every piece of its open work ends as the outcome policy says for a
+/// withdrawal. An enrolment that can be stepped is withdrawn by stepping it with the `withdrawn`
+/// event instead, so its pathway may route it.
+pub fn withdraw_unrouted(
+    enrolment: &Enrolment,
+    pending: &[PendingEvent],
+    at: Timestamp,
+) -> Outcome {
+    let mut e = enrolment.clone();
+    e.status = Status::Withdrawn;
+    for ev in pending.iter().filter(|ev| ev.at <= at) {
+        e.last_event_seq = e.last_event_seq.max(ev.seq);
+    }
+    e.checked_at = e.checked_at.max(at);
+    Outcome {
+        trace: vec![format!("{at}: enrolment withdrawn in `{}`", e.state)],
+        enrolment: e,
+        transitions: Vec::new(),
+        actions: Vec::new(),
+        next_wake: None,
+        ended: Some(Ended {
+            cause: Cause::Withdrawn {
+                keep_open_tasks: false,
+            },
+            at,
+            closing: false,
+        }),
+    }
 }
 
 /// Enrols a patient at an entry point at `now`, then steps as far as the pathway goes.
@@ -982,6 +1098,24 @@ pub fn enrol(
     pending: &[PendingEvent],
     now: Timestamp,
 ) -> Result<Outcome, StepError> {
+    enrol_at(prog, enrolment_id, entry, tz, facts, pending, now, now)
+}
+
+/// Enrols a patient at an entry point at `at` (at or before `now`), then walks every check
+/// instant from `at` up to `now`, exactly as the passes since `at` would have.
+// The enrolment's inputs, and the two instants it needs, are all required.
+#[allow(clippy::too_many_arguments)]
+pub fn enrol_at(
+    prog: &Program,
+    enrolment_id: i64,
+    entry: &str,
+    tz: &str,
+    facts: &PatientFacts,
+    pending: &[PendingEvent],
+    at: Timestamp,
+    now: Timestamp,
+) -> Result<Outcome, StepError> {
+    let at = at.min(now);
     let p = &prog.pathway;
     let entry_point = p.entry_point(entry).ok_or_else(|| StepError {
         pathway: p.id.clone(),
@@ -1011,21 +1145,21 @@ pub fn enrol(
         version: p.version,
         state: entry_point.state.clone(),
         state_seq: 0,
-        entered_at: now,
+        entered_at: at,
         vars,
         last_event_seq: 0,
         tz: tz.to_string(),
         status: Status::Active,
-        enrolled_at: now,
-        checked_at: now,
+        enrolled_at: at,
+        checked_at: at,
     };
     let tzz = zone_of(&e);
     let ctx = EvalContext {
         facts: facts.clone(),
         goals: prog.exprs.goals(),
-        now,
-        entered_at: now,
-        enrolled_at: now,
+        now: at,
+        entered_at: at,
+        enrolled_at: at,
         occurrences: Default::default(),
         tz: tzz.clone(),
     };
@@ -1039,12 +1173,13 @@ pub fn enrol(
             now,
             out: Vec::new(),
             taken: Vec::new(),
-            trace: vec![format!("{now}: enrolled at entry point `{entry}`")],
-            occurrences_done: now,
+            trace: vec![format!("{at}: enrolled at entry point `{entry}`")],
+            occurrences_done: at,
             deferred: Vec::new(),
+            ended: None,
         };
-        run.enter(idx, now)?;
-        run.advance(pending, now)?;
+        run.enter(idx, at)?;
+        run.advance(pending, at)?;
         Ok(run.into_outcome(pending))
     })
 }
@@ -1179,6 +1314,113 @@ mod tests {
         let o = step(&prog, &e, &facts, &[], reached).expect("steps");
         assert_eq!(o.enrolment.state, "high");
         assert_eq!(o.transitions[0].at, reached);
+    }
+
+    fn event(seq: i64, name: &str, at: Timestamp) -> PendingEvent {
+        PendingEvent {
+            seq,
+            name: name.into(),
+            at,
+        }
+    }
+
+    const WITHDRAWABLE: &str = "entry_points:\n  - { id: start, state: a }\nstates:\n\
+         \x20 - id: a\n    phase: follow_up\n    transitions:\n      - { after: 2d, to: b }\n\
+         \x20 - id: b\n    phase: follow_up\n    on_enter:\n      - task: { id: visit, role: nurse, title: Visit, due: 5d, keep: true }\n    transitions:\n      - { on: withdrawn, when: 'false || latest(\"weight\") > 0', to: closing }\n      - { after: 30d, to: done }\n\
+         \x20 - id: closing\n    phase: closed\n    terminal: true\n    keep_open_tasks: true\n    on_enter:\n      - task: { id: collect, role: nurse, title: Collect, due: 1d }\n\
+         \x20 - id: done\n    phase: closed\n    terminal: true\n";
+
+    /// A withdrawal the state routes enters the closing state, whose work is made live, and
+    /// ends the enrolment as withdrawn; one it does not route ends it where it stands. Either way
+    /// the step first catches up to the withdrawal's instant.
+    #[test]
+    fn a_withdrawal_is_routed_by_the_state_or_ends_the_enrolment_where_it_stands() {
+        let prog = program(&format!("{HEAD}{WITHDRAWABLE}"));
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let out =
+            enrol(&prog, 1, "start", "UTC", &PatientFacts::default(), &[], t0).expect("enrols");
+        let withdrawn = [event(1, "withdrawn", days(t0, 3))];
+        let weighed = PatientFacts {
+            observations: vec![Observation {
+                kind: "weight".into(),
+                value: 70.0,
+                at: t0,
+            }],
+            ..Default::default()
+        };
+        // Routed: a → b at day 2 (the catch-up), then b → closing at day 3.
+        let o = step(&prog, &out.enrolment, &weighed, &withdrawn, days(t0, 4)).expect("steps");
+        assert_eq!(o.enrolment.status, Status::Withdrawn);
+        assert_eq!(o.enrolment.state, "closing");
+        assert_eq!(o.transitions.len(), 2);
+        assert_eq!(
+            o.ended,
+            Some(Ended {
+                cause: Cause::Withdrawn {
+                    keep_open_tasks: true
+                },
+                at: days(t0, 3),
+                closing: true,
+            })
+        );
+        let made: Vec<&str> = o.actions.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(made, ["e1:2:0", "e1:3:0"]);
+        assert_eq!(o.next_wake, None);
+        // Not routed (the guard fails): the enrolment ends in `b`, nothing is closing work.
+        let o = step(
+            &prog,
+            &out.enrolment,
+            &PatientFacts::default(),
+            &withdrawn,
+            days(t0, 4),
+        )
+        .expect("steps");
+        assert_eq!(
+            (o.enrolment.status, o.enrolment.state.as_str()),
+            (Status::Withdrawn, "b")
+        );
+        assert_eq!(
+            o.ended,
+            Some(Ended {
+                cause: Cause::Withdrawn {
+                    keep_open_tasks: false
+                },
+                at: days(t0, 3),
+                closing: false,
+            })
+        );
+        assert_eq!(o.enrolment.last_event_seq, 1);
+        // What cannot be stepped is withdrawn where it stands, its events consumed.
+        let u = withdraw_unrouted(&out.enrolment, &withdrawn, days(t0, 4));
+        assert_eq!(
+            (u.enrolment.status, u.enrolment.last_event_seq),
+            (Status::Withdrawn, 1)
+        );
+        assert!(u.transitions.is_empty() && u.actions.is_empty() && u.next_wake.is_none());
+    }
+
+    /// Enrolled with a past start, the step walks every check instant since: the same
+    /// transitions, at the same instants, as enrolling then and stepping every night.
+    #[test]
+    fn an_enrolment_dated_in_the_past_catches_up_exactly() {
+        let prog = program(&format!("{HEAD}{WITHDRAWABLE}"));
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let now = days(t0, 40);
+        let facts = PatientFacts::default();
+        let late = enrol_at(&prog, 1, "start", "UTC", &facts, &[], t0, now).expect("enrols");
+        let mut nightly = enrol(&prog, 1, "start", "UTC", &facts, &[], t0).expect("enrols");
+        let mut taken = nightly.transitions.clone();
+        let mut actions = nightly.actions.clone();
+        for d in 1..=40 {
+            nightly = step(&prog, &nightly.enrolment, &facts, &[], days(t0, d)).expect("steps");
+            taken.extend(nightly.transitions.clone());
+            actions.extend(nightly.actions.clone());
+        }
+        assert_eq!(late.transitions, taken);
+        assert_eq!(late.actions, actions);
+        assert_eq!(late.enrolment.state, "done");
+        assert_eq!(late.enrolment.entered_at, days(t0, 32));
+        assert_eq!(late.ended.map(|e| e.at), Some(days(t0, 32)));
     }
 }
 

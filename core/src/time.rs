@@ -354,6 +354,7 @@ mod tests {
             phase: carepath_dsl::Phase::FollowUp,
             title: None,
             terminal: false,
+            keep_open_tasks: false,
             on_enter: vec![],
             schedules: vec![],
             transitions: vec![carepath_dsl::Transition {

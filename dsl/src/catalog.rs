@@ -320,7 +320,17 @@ pub const BUILTIN_EVENTS: &[BuiltinEvent] = &[
         source: EventSource::Engine,
         meaning: "the referred patient arrived at the receiving institution",
     },
+    BuiltinEvent {
+        name: WITHDRAWN,
+        qualifier: EventQualifier::None,
+        source: EventSource::Engine,
+        meaning: "the enrolment was withdrawn; a state's `on: withdrawn` routes it to closing work, and either way the enrolment ends",
+    },
 ];
+
+/// The event a withdrawal raises (`POST /enrolments/{id}/withdraw`): a transition taking it routes
+/// the withdrawal to a closing state; taken or not, it ends the enrolment as withdrawn.
+pub const WITHDRAWN: &str = "withdrawn";
 
 /// The built-in event `name` is, with its qualifier (`task_done:day7_call` is `task_done` with
 /// `day7_call`); `None` for any other name. A family's name with no qualifier, or a plain event

@@ -94,6 +94,44 @@ pub(crate) fn check_pathway(
         }
     }
 
+    // What `cancel` actions name: a task, follow-up or scale push of the pathway with that id.
+    let work_ids: Vec<&str> = p.actions().filter_map(|(_, a)| a.work_id()).collect();
+    let other_ids: Vec<(&str, &str)> = p
+        .actions()
+        .flat_map(|(_, a)| match a {
+            Action::Risk(r) => vec![(r.id.as_str(), "a risk prediction")],
+            Action::Goal(g) => vec![(g.id.as_str(), "a goal")],
+            Action::Alarm(al) => {
+                let mut ids = vec![(al.id.as_str(), "an alarm rule")];
+                ids.extend(al.task.id.as_deref().map(|t| (t, "an alarm's task")));
+                ids
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    for (target, loc) in &map.cancels {
+        if work_ids.contains(&target.as_str()) {
+            continue;
+        }
+        let message = match other_ids.iter().find(|(id, _)| id == target) {
+            Some((_, what)) => {
+                format!("`cancel: {target}` names {what}, which is not work a `cancel` can end")
+            }
+            None => format!("`cancel: {target}` names no action of this pathway"),
+        };
+        let hint = match closest(target, work_ids.iter().copied()) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None if work_ids.is_empty() => {
+                "give the task, follow-up or scale push to cancel an `id`".into()
+            }
+            None => format!(
+                "`cancel` names a task, follow-up or scale push by its `id`: {}",
+                work_ids.join(", ")
+            ),
+        };
+        sink.at(Code::UnknownCancel, loc, message, hint);
+    }
+
     // Roles.
     for (role, loc) in &map.declared_roles {
         if !catalog::ROLES.contains(&role.as_str()) {
@@ -156,6 +194,23 @@ pub(crate) fn check_pathway(
                         s.id, t.to
                     ),
                     suggest(&t.to, &names),
+                );
+            }
+            // A withdrawal ends the enrolment: routed, it goes to the state of its closing work.
+            if matches!(&t.trigger, Trigger::Event(e) if e == catalog::WITHDRAWN)
+                && let Some(target) = index.get(t.to.as_str()).map(|&i| &p.states[i])
+                && !target.terminal
+            {
+                sink.at(
+                    Code::InvalidValue,
+                    &transition_loc(si, ti),
+                    format!(
+                        "`on: {}` from `{}` goes to `{}`, which is not terminal",
+                        catalog::WITHDRAWN,
+                        s.id,
+                        t.to
+                    ),
+                    "a withdrawal ends the enrolment: route it to a terminal state whose actions are the closing work",
                 );
             }
         }

@@ -349,6 +349,33 @@ mod twin_tests {
         );
     }
 
+    /// Withdrawal routing, `cancel`, `keep_open_tasks` and a referral to the patient's own
+    /// community institution that moves a role's tasks: the same model from both front-ends.
+    #[test]
+    fn the_ownership_fixtures_compile_to_equal_models() {
+        let good = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good");
+        let yaml = super::compile_file(&good.join("home_referral.yaml"));
+        let rhai = super::compile_file(&good.join("home_referral_script.rhai"));
+        assert!(yaml.diagnostics.is_empty(), "{:?}", yaml.diagnostics);
+        assert!(rhai.diagnostics.is_empty(), "{:?}", rhai.diagnostics);
+        let (yaml, rhai) = (yaml.pathway.expect("yaml"), rhai.pathway.expect("rhai"));
+        let handover = yaml.state("handover").expect("handover");
+        let Some(crate::Action::Referral(r)) = handover.on_enter.last() else {
+            panic!("a referral: {:?}", handover.on_enter)
+        };
+        assert!(
+            r.own_community && r.moves == ["clinic_case_manager"],
+            "{r:?}"
+        );
+        assert_eq!(r.to, crate::InstitutionKind::CommunityClinic);
+        assert!(
+            yaml.state("withdrawn_closing")
+                .expect("closing")
+                .keep_open_tasks
+        );
+        assert_eq!(yaml, rhai);
+    }
+
     #[test]
     fn a_changed_twin_is_no_longer_equal() {
         let yaml = super::compile_file(&twins().join("wound_care.yaml"))

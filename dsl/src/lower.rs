@@ -41,6 +41,8 @@ pub struct SourceMap {
     pub roles: Vec<(String, Loc)>,
     pub declared_roles: Vec<(String, Loc)>,
     pub action_ids: Vec<(String, Loc)>,
+    /// The action ids `cancel` actions name: (id, location).
+    pub cancels: Vec<(String, Loc)>,
     pub variables: Vec<Loc>,
     /// Per declared event (aligned with `Pathway::events`): where its name was written.
     pub declared_events: Vec<Loc>,
@@ -255,6 +257,7 @@ const STATE_KEYS: &[&str] = &[
     "phase",
     "title",
     "terminal",
+    "keep_open_tasks",
     "on_enter",
     "transitions",
     "schedules",
@@ -351,6 +354,20 @@ const ACTION_KINDS: &[&str] = &[
     "goal",
     "note",
     "set",
+    "cancel",
+];
+
+/// Where a referral may be addressed: a kind of institution, or (`None`) the patient's own
+/// community institution.
+const REFERRAL_TARGETS: [(&str, Option<InstitutionKind>); 5] = [
+    ("lead_hospital", Some(InstitutionKind::LeadHospital)),
+    ("community_clinic", Some(InstitutionKind::CommunityClinic)),
+    ("township_hospital", Some(InstitutionKind::TownshipHospital)),
+    (
+        "specialist_hospital",
+        Some(InstitutionKind::SpecialistHospital),
+    ),
+    ("own_community", None),
 ];
 
 impl<'a> Lowerer<'a> {
@@ -1078,6 +1095,21 @@ impl<'a> Lowerer<'a> {
         let terminal = Self::opt(&f, "terminal")
             .and_then(|n| self.boolean(n, "terminal"))
             .unwrap_or(false);
+        let keep_open_tasks = match Self::opt(&f, "keep_open_tasks") {
+            Some(n) => {
+                let keep = self.boolean(n, "keep_open_tasks").unwrap_or(false);
+                if keep && !terminal {
+                    self.err(
+                        Code::InvalidValue,
+                        n.pos,
+                        "`keep_open_tasks` applies to a terminal state",
+                        "a state that is not terminal ends no enrolment; mark the task `keep: true` to keep it past its state",
+                    );
+                }
+                keep && terminal
+            }
+            None => false,
+        };
         let mut on_enter = Vec::new();
         if let Some(n) = Self::opt(&f, "on_enter") {
             for item in self.list(n, "on_enter") {
@@ -1133,6 +1165,7 @@ impl<'a> Lowerer<'a> {
             phase,
             title,
             terminal,
+            keep_open_tasks,
             on_enter,
             transitions,
             schedules,
@@ -1394,6 +1427,11 @@ impl<'a> Lowerer<'a> {
             "goal" => self.goal(v).map(Action::Goal),
             "note" => self.text(v, "note").map(Action::Note),
             "set" => self.set(v).map(Action::Set),
+            "cancel" => {
+                let id = self.ident(v, "the action id to cancel")?;
+                self.map.cancels.push((id.clone(), self.loc(v.pos)));
+                Some(Action::Cancel(id))
+            }
             other => {
                 self.err(
                     Code::UnknownKey,
@@ -1689,8 +1727,9 @@ impl<'a> Lowerer<'a> {
         let f = self.fields(
             node,
             "a scale push",
-            &["scale", "due", "reminders", "expires"],
+            &["id", "scale", "due", "reminders", "expires"],
         )?;
+        let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
         let mut chain = Vec::new();
         let scale = self
             .req(&f, "scale", node, "the scale push")
@@ -1712,6 +1751,7 @@ impl<'a> Lowerer<'a> {
         }
         let expires = Self::opt(&f, "expires").and_then(|n| self.duration(n));
         Some(ScalePushSpec {
+            id,
             scale: scale?,
             due: due?,
             reminders,
@@ -2103,7 +2143,7 @@ impl<'a> Lowerer<'a> {
         let f = self.fields(
             node,
             "a referral",
-            &["direction", "to", "reason", "accept_within"],
+            &["direction", "to", "reason", "accept_within", "moves"],
         )?;
         let direction = self
             .req(&f, "direction", node, "the referral")
@@ -2114,18 +2154,47 @@ impl<'a> Lowerer<'a> {
                     &[("up", Direction::Up), ("down", Direction::Down)],
                 )
             });
-        let to = self
-            .req(&f, "to", node, "the referral")
-            .and_then(|n| self.choice(n, "institution kind", &InstitutionKind::ALL));
+        let to_node = self.req(&f, "to", node, "the referral");
+        let to = to_node.and_then(|n| self.choice(n, "referral target", &REFERRAL_TARGETS));
+        if let (Some(None), Some(Direction::Up), Some(n)) = (to, direction, to_node) {
+            self.err(
+                Code::InvalidValue,
+                n.pos,
+                "`own_community` is where a downward referral goes",
+                "write `direction: down`, or name the kind of institution an upward referral goes to (e.g. `lead_hospital`)",
+            );
+        }
         let reason = Self::opt(&f, "reason").and_then(|n| self.text(n, "reason"));
         let accept_within = Self::opt(&f, "accept_within")
             .and_then(|n| self.duration(n))
             .unwrap_or(Duration::hours(24));
+        let mut moves: Vec<String> = Vec::new();
+        if let Some(n) = Self::opt(&f, "moves") {
+            for item in self.list(n, "moves") {
+                let Some(role) = self.role_ref(item) else {
+                    continue;
+                };
+                if moves.contains(&role) {
+                    self.err(
+                        Code::DuplicateId,
+                        item.pos,
+                        format!("role `{role}` is listed twice in `moves`"),
+                        "list each role once",
+                    );
+                } else {
+                    moves.push(role);
+                }
+            }
+        }
+        let to = to?;
         Some(ReferralSpec {
             direction: direction?,
-            to: to?,
+            // A patient with no home community institution is referred as to a community clinic.
+            to: to.unwrap_or(InstitutionKind::CommunityClinic),
+            own_community: to.is_none(),
             reason,
             accept_within,
+            moves,
         })
     }
 

@@ -253,6 +253,10 @@ pub struct State {
     pub phase: Phase,
     pub title: Option<Text>,
     pub terminal: bool,
+    /// On a terminal state: the enrolment's kept tasks (`keep: true`) stay open when it ends here
+    /// instead of being cancelled.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_open_tasks: bool,
     pub on_enter: Vec<Action>,
     pub transitions: Vec<Transition>,
     /// Repeating occurrences while the state holds.
@@ -372,6 +376,10 @@ impl Schedule {
     };
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -384,6 +392,9 @@ pub enum Action {
     Goal(Goal),
     Note(Text),
     Set(Vec<(String, Expr)>),
+    /// Cancels the open work (task, follow-up, scale push) made earlier in the enrolment by the
+    /// action with this id.
+    Cancel(String),
 }
 
 impl Action {
@@ -398,6 +409,17 @@ impl Action {
             Action::Goal(_) => "goal",
             Action::Note(_) => "note",
             Action::Set(_) => "set",
+            Action::Cancel(_) => "cancel",
+        }
+    }
+
+    /// The id of a task, follow-up or scale push action: the work a `cancel` action can name.
+    pub fn work_id(&self) -> Option<&str> {
+        match self {
+            Action::Task(t) => t.id.as_deref(),
+            Action::FollowUp(f) => f.id.as_deref(),
+            Action::Scale(s) => s.id.as_deref(),
+            _ => None,
         }
     }
 }
@@ -514,6 +536,9 @@ fn is_state_anchor(a: &Anchor) -> bool {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScalePushSpec {
+    /// Names the push for `cancel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub scale: String,
     pub due: Duration,
     /// Reminders counted from the push, each a message over the patient's preferred channel.
@@ -666,9 +691,18 @@ impl InstitutionKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReferralSpec {
     pub direction: Direction,
+    /// The kind of institution addressed; with `own_community`, the kind addressed when the
+    /// patient has no home community institution.
     pub to: InstitutionKind,
+    /// Addressed to the patient's home community institution (`to: own_community`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub own_community: bool,
     pub reason: Option<Text>,
     pub accept_within: Duration,
+    /// Roles whose open and future tasks of the enrolment move to the receiving institution when
+    /// the referral is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

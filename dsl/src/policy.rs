@@ -29,48 +29,67 @@ impl Work {
             Action::Risk(_) | Action::Referral(_) | Action::Goal(_) | Action::Note(_) => {
                 Work::Record
             }
-            Action::Set(_) => return None,
+            Action::Set(_) | Action::Cancel(_) => return None,
         })
     }
 }
 
 /// Why work may end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// A later step left the state that created it.
     StateLeft,
     /// It was created in a state left at the instant it was created.
     BornIntoLeftState,
-    /// The enrolment ended.
-    EnrolmentEnded,
-    /// The enrolment was withdrawn: nothing further reaches the patient or a board.
-    Withdrawn,
+    /// The enrolment reached a terminal state; `keep_open_tasks` is what that state declares.
+    EnrolmentEnded { keep_open_tasks: bool },
+    /// The enrolment was withdrawn; `keep_open_tasks` when the pathway routed the withdrawal
+    /// (`on: withdrawn`) into a terminal state that declares it.
+    Withdrawn { keep_open_tasks: bool },
+    /// A `cancel` action named the action that made it.
+    Cancelled,
 }
 
 /// The policy: whether `work` ends for `cause`.
 ///
-/// Leaving a state ends its open tasks (unless `keep`), scheduled follow-ups and state alarms; a
-/// scale push, once sent, stays answerable, but one born into a state already left was never
-/// sent; enrolment alarms end with the enrolment; a withdrawal ends every piece of open work,
-/// kept tasks and sent pushes included; records never end.
+/// - Leaving a state ends its open tasks (unless `keep`), scheduled follow-ups and state alarms;
+///   a scale push, once sent, stays answerable, but one born into a state already left was
+///   never sent.
+/// - The end of an enrolment also ends its enrolment alarms and its kept tasks, unless the
+///   terminal state keeps open tasks (`keep_open_tasks: true`).
+/// - A withdrawal ends everything still open, pending scale pushes included, but kept tasks
+///   when it was routed into a terminal state that keeps open tasks.
+/// - A `cancel` action ends the tasks (kept or not), follow-ups and scale pushes the named action
+///   made.
+/// - Records never end.
 pub fn ends(work: Work, cause: Cause) -> bool {
-    match work {
-        Work::Task { keep } => !keep || cause == Cause::Withdrawn,
-        Work::FollowUp | Work::Alarm(AlarmScope::State) => true,
-        Work::ScalePush => matches!(cause, Cause::BornIntoLeftState | Cause::Withdrawn),
-        Work::Alarm(AlarmScope::Enrolment) => {
-            matches!(cause, Cause::EnrolmentEnded | Cause::Withdrawn)
-        }
-        Work::Record => false,
+    use Cause::*;
+    match (work, cause) {
+        (Work::Record, _) => false,
+        (
+            Work::Task { keep },
+            EnrolmentEnded { keep_open_tasks } | Withdrawn { keep_open_tasks },
+        ) => !(keep && keep_open_tasks),
+        (Work::Task { .. }, Cancelled) => true,
+        (Work::Task { keep }, StateLeft | BornIntoLeftState) => !keep,
+        (Work::FollowUp, _) => true,
+        (Work::ScalePush, BornIntoLeftState | Withdrawn { .. } | Cancelled) => true,
+        (Work::ScalePush, StateLeft | EnrolmentEnded { .. }) => false,
+        // No action that `cancel` can name makes an alarm rule.
+        (Work::Alarm(_), Cancelled) => false,
+        (Work::Alarm(AlarmScope::State), _) => true,
+        (Work::Alarm(AlarmScope::Enrolment), EnrolmentEnded { .. } | Withdrawn { .. }) => true,
+        (Work::Alarm(AlarmScope::Enrolment), StateLeft | BornIntoLeftState) => false,
     }
 }
 
 /// Whether `work` that has come due by the instant it would end outlives the ending: a follow-up
 /// whose send time has passed is delivered, whichever pass notices the ending; work born into a
-/// state left at the instant it was made never existed and ends whatever its due, and nothing
-/// not yet sent reaches a withdrawn patient.
+/// state left at the instant it was made never existed and ends whatever its due, and a
+/// withdrawal lets nothing further reach the patient.
 pub fn outlives_once_due(work: Work, cause: Cause) -> bool {
-    work == Work::FollowUp && !matches!(cause, Cause::BornIntoLeftState | Cause::Withdrawn)
+    work == Work::FollowUp && !matches!(cause, Cause::BornIntoLeftState | Cause::Withdrawn { .. })
 }
 
 /// The policy at an instant: whether `work` due at `due` (seconds) ends for `cause` at `at`.
@@ -78,4 +97,57 @@ pub fn outlives_once_due(work: Work, cause: Cause) -> bool {
 /// pass that made the work or by a later one.
 pub fn ends_at(work: Work, cause: Cause, due: i64, at: i64) -> bool {
     ends(work, cause) && !(outlives_once_due(work, cause) && due <= at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDED: Cause = Cause::EnrolmentEnded {
+        keep_open_tasks: false,
+    };
+    const ENDED_KEEPING: Cause = Cause::EnrolmentEnded {
+        keep_open_tasks: true,
+    };
+    const WITHDRAWN: Cause = Cause::Withdrawn {
+        keep_open_tasks: false,
+    };
+
+    #[test]
+    fn a_terminal_state_cancels_kept_tasks_unless_it_keeps_them() {
+        let kept = Work::Task { keep: true };
+        assert!(!ends(kept, Cause::StateLeft));
+        assert!(ends(kept, ENDED));
+        assert!(!ends(kept, ENDED_KEEPING));
+        assert!(ends(Work::Task { keep: false }, ENDED_KEEPING));
+    }
+
+    #[test]
+    fn a_withdrawal_ends_everything_open_and_lets_nothing_due_through() {
+        for work in [
+            Work::Task { keep: true },
+            Work::FollowUp,
+            Work::ScalePush,
+            Work::Alarm(AlarmScope::State),
+            Work::Alarm(AlarmScope::Enrolment),
+        ] {
+            assert!(ends(work, WITHDRAWN), "{work:?}");
+            assert!(ends_at(work, WITHDRAWN, 10, 20), "{work:?} already due");
+        }
+        let routed = Cause::Withdrawn {
+            keep_open_tasks: true,
+        };
+        assert!(!ends(Work::Task { keep: true }, routed));
+        assert!(ends(Work::ScalePush, routed));
+        assert!(!ends(Work::Record, WITHDRAWN));
+    }
+
+    #[test]
+    fn a_cancel_ends_what_its_action_made_but_a_due_follow_up_goes_out() {
+        assert!(ends(Work::Task { keep: true }, Cause::Cancelled));
+        assert!(ends(Work::ScalePush, Cause::Cancelled));
+        assert!(ends_at(Work::FollowUp, Cause::Cancelled, 30, 20));
+        assert!(!ends_at(Work::FollowUp, Cause::Cancelled, 20, 20));
+        assert!(!ends(Work::Alarm(AlarmScope::State), Cause::Cancelled));
+    }
 }

@@ -236,6 +236,18 @@ pub fn builder_engine() -> Engine {
             map(&ctx, vec![("note", text(zh, en))])
         },
     );
+    e.register_fn("cancel", |ctx: NativeCallContext, id: &str| -> Map {
+        map(&ctx, vec![("cancel", id.into())])
+    });
+    e.register_fn(
+        "referral",
+        |ctx: NativeCallContext, direction: &str, to: &str| -> Map {
+            let mut body = Map::new();
+            body.insert("direction".into(), direction.into());
+            body.insert("to".into(), to.into());
+            action(&ctx, "referral", body)
+        },
+    );
     e.register_fn(
         "on_event",
         |ctx: NativeCallContext, event: &str, to: &str| -> Map {

@@ -71,6 +71,16 @@ pub async fn alliance(pool: &Pool) -> Result<()> {
     Ok(())
 }
 
+/// A synthetic patient's home community institution: a clinic's patients belong to it; of the
+/// lead hospital's, two in three belong to one of the clinics and the rest to none (so that
+/// referrals to `own_community` meet both cases).
+fn home_of(institution: &str, index: u64) -> Option<String> {
+    if institution != LEAD {
+        return Some(institution.to_string());
+    }
+    (!index.is_multiple_of(3)).then(|| CLINICS[(index % 2) as usize].to_string())
+}
+
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct SeedSummary {
     pub patients: u64,
@@ -144,6 +154,7 @@ pub async fn seed(
                 preferred_channel: Some(
                     ["wechat", "sms", "phone"][rng.below(3) as usize].to_string(),
                 ),
+                home_institution: home_of(institution, index),
             });
             summary.patients += 1;
             let entry = &p.entry_points[rng.below(p.entry_points.len() as u64) as usize];
@@ -157,6 +168,7 @@ pub async fn seed(
                 version: Some(p.version),
                 entry: entry.id.clone(),
                 at: enrolled_at,
+                catch_up_to: None,
             });
             summary.enrolments += 1;
             let mut history = Vec::new();

@@ -136,6 +136,8 @@ pub struct PathwayInfo {
     /// The urgent tasks the critical items of the scales it pushes raise.
     pub(crate) critical: Vec<CriticalModel>,
     pub task_ids: Vec<String>,
+    /// The ids of the pathway's follow-up and scale push actions, which a `cancel` may name.
+    pub(crate) work_ids: Vec<String>,
     /// Per task id: a follow-up call as the indicators count it
     /// (`carepath_engine::indicators::is_follow_up_call`).
     pub(crate) follow_up_calls: Vec<bool>,
@@ -158,6 +160,12 @@ pub struct PathwayInfo {
 }
 
 impl PathwayInfo {
+    /// The index in `work_ids` of a follow-up's or scale push's action id (`NO_REF`: none).
+    pub(crate) fn work_ref(&self, id: Option<&str>) -> u16 {
+        id.and_then(|id| self.work_ids.iter().position(|w| w == id))
+            .map_or(NO_REF, |i| i as u16)
+    }
+
     pub(crate) fn state(&self, id: &str) -> usize {
         self.state_ix.get(id).map_or(0, |i| usize::from(*i))
     }
@@ -286,6 +294,11 @@ pub(crate) fn analyse(
             .collect(),
         critical,
         task_ids,
+        work_ids: p
+            .actions()
+            .filter(|(_, a)| matches!(a, Action::FollowUp(_) | Action::Scale(_)))
+            .filter_map(|(_, a)| a.work_id().map(str::to_string))
+            .collect(),
         outcomes: tasks.outcomes,
         task_behaviour: tasks.behaviour,
         missed_default: tasks.missed_default,

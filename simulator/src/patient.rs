@@ -49,10 +49,12 @@ enum Item {
     Life(u16),
     ScaleAnswer {
         scale: u8,
+        push: u32,
     },
     /// An unanswered push reaching its expiry, as the scheduler's sweep raises it.
     ScaleExpired {
         scale: u8,
+        push: u32,
     },
     FollowUp(u32),
     Referral {
@@ -102,9 +104,20 @@ struct OpenTask {
 #[derive(Debug, Clone)]
 struct FollowUpSlot {
     id: u32,
+    /// The follow-up's action id, in `PathwayInfo::work_ids` (`NO_REF`: none).
+    ref_ix: u16,
     state_seq: u32,
     send_at: i64,
     channels: Vec<Channel>,
+}
+
+/// A scale push not yet answered, expired or ended.
+#[derive(Debug, Clone)]
+struct PushSlot {
+    id: u32,
+    /// The push's action id, in `PathwayInfo::work_ids` (`NO_REF`: none).
+    ref_ix: u16,
+    state_seq: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +155,8 @@ pub(crate) struct Patient {
     next_task: u32,
     follow_ups: Vec<FollowUpSlot>,
     next_follow_up: u32,
+    pushes: Vec<PushSlot>,
+    next_push: u32,
     alarms: Vec<Armed>,
     /// Alarms (by index) with an open episode: one open episode per alarm, as in the store.
     open_alarms: Vec<u16>,
@@ -181,27 +196,32 @@ pub(crate) struct Cx<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
     pub(crate) made: Vec<Made>,
-    tasks: Vec<(u32, usize)>,
-    follow_ups: Vec<(u32, usize)>,
+    /// Open work by (kind, the number the patient knows it by), to its entry in `made`.
+    open: Vec<((Open, u32), usize)>,
+}
+
+/// The kinds of open work a patient keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Task,
+    FollowUp,
+    Push,
 }
 
 impl Journal {
-    fn made(cx: &mut Cx, a: &Emitted, fate: Fate, open: Option<(bool, u32)>) {
+    fn made(cx: &mut Cx, a: &Emitted, fate: Fate, open: Option<(Open, u32)>) {
         let Some(j) = cx.journal.as_deref_mut() else {
             return;
         };
         let Some(m) = Made::of(a, fate) else { return };
-        match open {
-            Some((true, no)) => j.tasks.push((no, j.made.len())),
-            Some((false, id)) => j.follow_ups.push((id, j.made.len())),
-            None => {}
+        if let Some(open) = open {
+            j.open.push((open, j.made.len()));
         }
         j.made.push(m);
     }
 
-    fn ended(&mut self, task: bool, no: u32) {
-        let list = if task { &self.tasks } else { &self.follow_ups };
-        if let Some((_, i)) = list.iter().find(|(n, _)| *n == no) {
+    fn ended(&mut self, kind: Open, no: u32) {
+        if let Some((_, i)) = self.open.iter().find(|(o, _)| *o == (kind, no)) {
             self.made[*i].fate = Fate::EndedLater;
         }
     }
@@ -313,6 +333,8 @@ impl Patient {
             next_task: 0,
             follow_ups: Vec::new(),
             next_follow_up: 0,
+            pushes: Vec::new(),
+            next_push: 0,
             alarms: Vec::new(),
             open_alarms: Vec::new(),
             levels,
@@ -465,8 +487,8 @@ impl Patient {
                 self.queue_task(cx, no, t);
                 false
             }
-            Item::ScaleAnswer { scale } => {
-                if self.dead {
+            Item::ScaleAnswer { scale, push } => {
+                if self.dead || !self.settle_push(push) {
                     return false;
                 }
                 let m = &s.scales[usize::from(scale)];
@@ -489,8 +511,8 @@ impl Patient {
                 }
                 self.push_event(info, format!("scale_answered:{}", m.name), t)
             }
-            Item::ScaleExpired { scale } => {
-                if self.dead {
+            Item::ScaleExpired { scale, push } => {
+                if self.dead || !self.settle_push(push) {
                     return false;
                 }
                 let name = &s.scales[usize::from(scale)].name;
@@ -1060,6 +1082,15 @@ impl Patient {
         }
     }
 
+    /// Push `push` is answered or expires: false when it had already ended (cancelled).
+    fn settle_push(&mut self, push: u32) -> bool {
+        let Some(i) = self.pushes.iter().position(|p| p.id == push) else {
+            return false;
+        };
+        self.pushes.swap_remove(i);
+        true
+    }
+
     /// Staff completed task `no` at `t`.
     fn complete(&mut self, cx: &mut Cx, no: u32, t: i64) -> bool {
         let Some(i) = self.tasks.iter().position(|k| k.no == no) else {
@@ -1115,7 +1146,11 @@ impl Patient {
     fn fail(&mut self, cx: &mut Cx, message: String, t: i64) {
         cx.tally.path[self.prog].errors += 1;
         cx.tally.errors.push((self.idx, message));
-        self.end_work(cx, Scope::Every, Cause::EnrolmentEnded, t);
+        // As the store leaves it: an enrolment in error keeps its kept tasks.
+        let cause = Cause::EnrolmentEnded {
+            keep_open_tasks: true,
+        };
+        self.end_work(cx, Scope::Every, cause, t);
         self.end(t);
     }
 
@@ -1134,18 +1169,21 @@ impl Patient {
     }
 
     /// Ends the open work in `scope` that the outcome policy says `cause` ends.
-    fn end_work(&mut self, cx: &mut Cx, scope: Scope, cause: Cause, at: i64) {
-        let within = |seq: u32| match scope {
-            Scope::Entry(s) => s == seq,
-            Scope::Every => true,
-        };
+    fn end_work(&mut self, cx: &mut Cx, scope: Scope<'_>, cause: Cause, at: i64) {
+        let info = &cx.s.infos[self.prog];
+        let named =
+            |ids: &'_ [String], ix: u16| (ix != NO_REF).then(|| ids[usize::from(ix)].clone());
+        let task_ref = |ix: u16| named(&info.task_ids, ix);
+        let work_ref = |ix: u16| named(&info.work_ids, ix);
         let mut i = 0;
         while i < self.tasks.len() {
             let task = &self.tasks[i];
-            if within(task.state_seq) && outcome::ends(Work::Task { keep: task.keep }, cause) {
+            if scope.holds(task.state_seq, task_ref(task.ref_ix).as_deref())
+                && outcome::ends(Work::Task { keep: task.keep }, cause)
+            {
                 let task = self.tasks.swap_remove(i);
                 if let Some(j) = cx.journal.as_deref_mut() {
-                    j.ended(true, task.no);
+                    j.ended(Open::Task, task.no);
                 }
                 self.close_task(cx, &task, None, at);
             } else {
@@ -1155,17 +1193,27 @@ impl Patient {
         let before = self.follow_ups.len();
         let journal = &mut cx.journal;
         self.follow_ups.retain(|f| {
-            let ends = within(f.state_seq)
+            let ends = scope.holds(f.state_seq, work_ref(f.ref_ix).as_deref())
                 && carepath_dsl::policy::ends_at(Work::FollowUp, cause, f.send_at, at);
             if let (true, Some(j)) = (ends, journal.as_deref_mut()) {
-                j.ended(false, f.id);
+                j.ended(Open::FollowUp, f.id);
             }
             !ends
         });
         cx.tally.path[self.prog].follow_ups_cancelled += (before - self.follow_ups.len()) as u64;
+        // An ended push is never answered and never expires: its agenda items find it gone.
+        self.pushes.retain(|p| {
+            let ends = scope.holds(p.state_seq, work_ref(p.ref_ix).as_deref())
+                && outcome::ends(Work::ScalePush, cause);
+            if let (true, Some(j)) = (ends, journal.as_deref_mut()) {
+                j.ended(Open::Push, p.id);
+            }
+            !ends
+        });
         let armed = self.alarms.len();
-        self.alarms
-            .retain(|a| !(within(a.state_seq) && outcome::ends(Work::Alarm(a.scope), cause)));
+        self.alarms.retain(|a| {
+            !(scope.holds(a.state_seq, None) && outcome::ends(Work::Alarm(a.scope), cause))
+        });
         self.alarms_changed |= armed != self.alarms.len();
     }
 
@@ -1242,7 +1290,7 @@ impl Patient {
                     prio: 3 - *priority as u8,
                     escalate_after: sla.as_ref().and_then(|x| x.escalate_after).map(seconds_of),
                 };
-                Journal::made(cx, a, Fate::Live, Some((true, self.next_task)));
+                Journal::made(cx, a, Fate::Live, Some((Open::Task, self.next_task)));
                 self.create_task(cx, &m, due_at.as_second(), *keep, a.state_seq, at);
             }
             Produced::FollowUp {
@@ -1255,9 +1303,10 @@ impl Patient {
                 } else if send <= cx.horizon {
                     self.next_follow_up += 1;
                     let id = self.next_follow_up;
-                    Journal::made(cx, a, Fate::Live, Some((false, id)));
+                    Journal::made(cx, a, Fate::Live, Some((Open::FollowUp, id)));
                     self.follow_ups.push(FollowUpSlot {
                         id,
+                        ref_ix: info.work_ref(a.action.work_ref()),
                         state_seq: a.state_seq,
                         send_at: send_at.as_second(),
                         channels: channels.clone(),
@@ -1271,9 +1320,19 @@ impl Patient {
                 expires_at,
                 ..
             } => {
-                let fate = if ended { Fate::BornEnded } else { Fate::Live };
-                Journal::made(cx, a, fate, None);
-                let Some(ix) = scale_index(scale).filter(|_| !ended) else {
+                if ended {
+                    Journal::made(cx, a, Fate::BornEnded, None);
+                    return;
+                }
+                self.next_push += 1;
+                let push = self.next_push;
+                Journal::made(cx, a, Fate::Live, Some((Open::Push, push)));
+                self.pushes.push(PushSlot {
+                    id: push,
+                    ref_ix: info.work_ref(a.action.work_ref()),
+                    state_seq: a.state_seq,
+                });
+                let Some(ix) = scale_index(scale) else {
                     return;
                 };
                 // Counted when pushed, as the store counts pushes created in a period.
@@ -1299,7 +1358,10 @@ impl Patient {
                         answered = true;
                         self.schedule(
                             at + delay,
-                            Item::ScaleAnswer { scale: ix as u8 },
+                            Item::ScaleAnswer {
+                                scale: ix as u8,
+                                push,
+                            },
                             cx.horizon,
                         );
                     }
@@ -1307,7 +1369,10 @@ impl Patient {
                 if let (false, Some(expires)) = (answered, expires_at) {
                     self.schedule(
                         expires.as_second(),
-                        Item::ScaleExpired { scale: ix as u8 },
+                        Item::ScaleExpired {
+                            scale: ix as u8,
+                            push,
+                        },
                         cx.horizon,
                     );
                 }
@@ -1383,7 +1448,11 @@ impl Patient {
                     );
                 }
             }
-            Produced::Risk { .. } | Produced::GoalSet { .. } | Produced::Note { .. } => {}
+            // What a cancel ends, `outcome::apply` has ended through `end_work`.
+            Produced::Risk { .. }
+            | Produced::GoalSet { .. }
+            | Produced::Note { .. }
+            | Produced::Cancel { .. } => {}
         }
     }
 
@@ -1472,7 +1541,7 @@ impl OutcomeSink for Applying<'_, '_, '_> {
         self.patient.fire_rules(self.cx, Hit::State(to), self.t);
     }
 
-    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
+    fn end_work(&mut self, scope: Scope<'_>, cause: Cause, because: Because<'_>) {
         let at = because.at().as_second();
         self.patient.end_work(self.cx, scope, cause, at);
     }

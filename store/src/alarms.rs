@@ -184,8 +184,11 @@ async fn open_episode(
     let escalate_to = spec.task.sla.as_ref().and_then(|s| s.escalate_to.clone());
     let Some(episode) = tx
         .fetch_one(
-            "INSERT INTO alarm_episodes (dedupe_key, rule_id, enrolment_id, patient_id, institution_id, alarm_id, role, escalate_to, status, opened_at, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', $9, $10) ON CONFLICT DO NOTHING RETURNING id",
+            &format!(
+                "INSERT INTO alarm_episodes (dedupe_key, rule_id, enrolment_id, patient_id, institution_id, alarm_id, role, escalate_to, status, opened_at, detail) \
+                 VALUES ($1, $2, $3, $4, {}, $6, $7, $8, 'open', $9, $10) ON CONFLICT DO NOTHING RETURNING id",
+                crate::task_institution(3, 7, 5)
+            ),
             args![
                 &key,
                 armed.id,
@@ -219,8 +222,11 @@ async fn open_episode(
     };
     let task = tx
         .fetch_one(
-            "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+            &format!(
+                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
+                 VALUES ($1, $2, $3, {}, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                crate::task_institution(2, 7, 4)
+            ),
             args![
                 &key,
                 armed.enrolment,

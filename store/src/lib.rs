@@ -71,6 +71,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_audit_keyed_chain", "audit_keyed_chain"),
     migration!(10, "0010_checked_at", "checked_at"),
     migration!(11, "0011_alarm_episodes", "alarm_episodes"),
+    migration!(12, "0012_ownership", "ownership"),
     migration!(13, "0013_institution_calendars", "institution_calendars"),
 ];
 
@@ -206,6 +207,9 @@ pub struct NewPatient {
     pub tz: String,
     pub contact_enc: Option<String>,
     pub preferred_channel: Option<String>,
+    /// The community institution the patient belongs to (a community clinic or township hospital
+    /// of the alliance), where a referral `to: own_community` goes.
+    pub home_institution: Option<String>,
 }
 
 pub async fn insert_institution(
@@ -261,7 +265,7 @@ pub async fn insert_patients(tx: &mut Tx, patients: &[NewPatient], now: Timestam
             p.tz
         )));
     }
-    const PER_ROW: usize = 8;
+    const PER_ROW: usize = 9;
     for part in patients.chunks(writer::MAX_PARAMS / PER_ROW) {
         let a: Vec<Arg> = part
             .iter()
@@ -274,13 +278,14 @@ pub async fn insert_patients(tx: &mut Tx, patients: &[NewPatient], now: Timestam
                     &p.tz,
                     p.contact_enc.clone(),
                     p.preferred_channel.clone(),
-                    now.as_second()
+                    now.as_second(),
+                    p.home_institution.clone()
                 ]
             })
             .collect();
         tx.exec(
             &format!(
-                "INSERT INTO patients (id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at) VALUES {}",
+                "INSERT INTO patients (id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at, home_institution) VALUES {}",
                 values_list(part.len(), PER_ROW)
             ),
             a,
@@ -288,6 +293,15 @@ pub async fn insert_patients(tx: &mut Tx, patients: &[NewPatient], now: Timestam
         .await?;
     }
     Ok(())
+}
+
+/// SQL for the institution a new task of enrolment `$enrolment` for role `$role` goes to: the
+/// institution that owns the role for the enrolment (an accepted referral moved it), else
+/// `$fallback` (the enrolment's). Every statement that makes a task for a role uses it.
+pub(crate) fn task_institution(enrolment: usize, role: usize, fallback: usize) -> String {
+    format!(
+        "COALESCE((SELECT o.institution_id FROM role_owners o WHERE o.enrolment_id = ${enrolment} AND o.role = ${role}), ${fallback})"
+    )
 }
 
 /// One due enrolment with what the step needs from its patient.
@@ -299,6 +313,8 @@ pub struct DueEnrolment {
     pub row_version: i64,
     pub birth_date: Option<String>,
     pub sex: String,
+    /// The patient's home community institution, where a referral `to: own_community` goes.
+    pub home_institution: Option<String>,
 }
 
 /// Reads stored enrolment variables one by one, so one odd value cannot lose the others. JSON has
@@ -317,7 +333,7 @@ pub fn vars_from_json(text: &str) -> BTreeMap<String, VarValue> {
         .collect()
 }
 
-const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex, e.checked_at, e.enrolled_at";
+const ENROLMENT_COLUMNS: &str = "e.id, e.patient_id, e.institution_id, e.pathway_id, e.version, e.state, e.state_seq, e.entered_at, e.vars, e.last_event_seq, e.status, e.row_version, p.tz, p.birth_date, p.sex, e.checked_at, e.enrolled_at, p.home_institution";
 
 fn due_from_row(r: &Row) -> DueEnrolment {
     let vars = vars_from_json(&r.text(8));
@@ -342,6 +358,7 @@ fn due_from_row(r: &Row) -> DueEnrolment {
         row_version: r.i64(11),
         birth_date: r.opt_text(13),
         sex: r.text(14),
+        home_institution: r.opt_text(17),
     }
 }
 
@@ -387,26 +404,48 @@ pub async fn load_facts(
     batch: &[DueEnrolment],
     now: Timestamp,
 ) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
+    let of: Vec<FactsOf<'_>> = batch
+        .iter()
+        .map(|d| FactsOf {
+            enrolment: d.enrolment.id,
+            patient: &d.patient_id,
+            birth_date: d.birth_date.as_deref(),
+            sex: &d.sex,
+        })
+        .collect();
+    load_facts_of(tx, &of, now).await
+}
+
+/// Whose facts to load: an enrolment and its patient.
+struct FactsOf<'a> {
+    enrolment: i64,
+    patient: &'a str,
+    birth_date: Option<&'a str>,
+    sex: &'a str,
+}
+
+async fn load_facts_of(
+    tx: &mut Tx,
+    batch: &[FactsOf<'_>],
+    now: Timestamp,
+) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
     let mut out: HashMap<i64, (PatientFacts, Vec<PendingEvent>)> = HashMap::new();
     if batch.is_empty() {
         return Ok(out);
     }
     for d in batch {
         let facts = PatientFacts {
-            birth_date: d.birth_date.as_deref().and_then(|b| b.parse().ok()),
-            sex: d.sex.clone(),
+            birth_date: d.birth_date.and_then(|b| b.parse().ok()),
+            sex: d.sex.to_string(),
             ..Default::default()
         };
-        out.insert(d.enrolment.id, (facts, Vec::new()));
+        out.insert(d.enrolment, (facts, Vec::new()));
     }
-    let ids: Vec<Arg> = batch.iter().map(|d| Arg::I(d.enrolment.id)).collect();
+    let ids: Vec<Arg> = batch.iter().map(|d| Arg::I(d.enrolment)).collect();
     let in_ids = db::placeholders(1, ids.len());
     let mut by_patient: HashMap<&str, Vec<i64>> = HashMap::new();
     for d in batch {
-        by_patient
-            .entry(d.patient_id.as_str())
-            .or_default()
-            .push(d.enrolment.id);
+        by_patient.entry(d.patient).or_default().push(d.enrolment);
     }
     let patients: Vec<Arg> = by_patient.keys().map(|p| Arg::T(p.to_string())).collect();
     let in_patients = db::placeholders(1, patients.len());
@@ -573,6 +612,17 @@ pub async fn apply_outcomes_at(
     buf: &mut RowBuffer,
     batch: &[(&DueEnrolment, &Outcome, Timestamp)],
 ) -> Result<Vec<Option<Written>>> {
+    apply_outcomes_with(tx, buf, batch, None).await
+}
+
+/// [`apply_outcomes_at`]; work a withdrawal ends is recorded as ended with the withdrawal's
+/// `reason` (`withdrawn: <reason>`).
+async fn apply_outcomes_with(
+    tx: &mut Tx,
+    buf: &mut RowBuffer,
+    batch: &[(&DueEnrolment, &Outcome, Timestamp)],
+    withdrawn: Option<&str>,
+) -> Result<Vec<Option<Written>>> {
     let updated = update_enrolments(tx, batch).await?;
     let mut endings: Vec<Ending> = Vec::new();
     let mut out = Vec::with_capacity(batch.len());
@@ -584,6 +634,7 @@ pub async fn apply_outcomes_at(
         }
         let mut sink = StoreSink {
             d,
+            withdrawn,
             buf: &mut *buf,
             endings: &mut endings,
             written: Written {
@@ -615,10 +666,12 @@ pub async fn apply_outcomes_at(
     Ok(out)
 }
 
-/// Stored work of one enrolment that ends: `seq` is a state entry, or `-1` for every entry.
+/// Stored work of one enrolment that ends: `seq` is a state entry, or `-1` for every entry;
+/// `made_by`, when set, narrows it to the work of the action with that id.
 struct Ending {
     enrolment: i64,
     seq: i64,
+    made_by: Option<String>,
     cause: Cause,
     reason: String,
     /// The instant the work ends (seconds): work that had come due by then may outlive it.
@@ -629,6 +682,8 @@ struct Ending {
 /// kind of work for the whole batch.
 struct StoreSink<'a> {
     d: &'a DueEnrolment,
+    /// The reason of the withdrawal this outcome carries out, if it does.
+    withdrawn: Option<&'a str>,
     buf: &'a mut RowBuffer,
     endings: &'a mut Vec<Ending>,
     written: Written,
@@ -648,22 +703,36 @@ impl OutcomeSink for StoreSink<'_> {
         );
     }
 
-    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
+    fn end_work(&mut self, scope: Scope<'_>, cause: Cause, because: Because<'_>) {
         self.endings.push(Ending {
             enrolment: self.d.enrolment.id,
             seq: match scope {
                 Scope::Entry(seq) => i64::from(seq),
-                Scope::Every => -1,
+                Scope::Every | Scope::Made(_) => -1,
+            },
+            made_by: match scope {
+                Scope::Made(id) => Some(id.to_string()),
+                _ => None,
             },
             cause,
-            reason: because.to_string(),
+            reason: self.reason(&because),
             at: because.at().as_second(),
         });
     }
 
     fn action(&mut self, a: &Emitted, ended: Option<Because<'_>>) {
-        let reason = ended.map(|b| b.to_string());
+        let reason = ended.map(|b| self.reason(&b));
         self.buf.action(self.d, a, reason.as_deref());
+    }
+}
+
+impl StoreSink<'_> {
+    /// Why work ended, as its row records it.
+    fn reason(&self, because: &Because<'_>) -> String {
+        match (because, self.withdrawn) {
+            (Because::Ended(Status::Withdrawn, _), Some(reason)) => format!("withdrawn: {reason}"),
+            _ => because.to_string(),
+        }
     }
 }
 
@@ -765,43 +834,43 @@ impl Kinds {
 /// the tasks cancelled per enrolment.
 async fn cancel_work_of(tx: &mut Tx, endings: &[Ending]) -> Result<HashMap<i64, u64>> {
     let mut cancelled: HashMap<i64, u64> = HashMap::new();
-    for cause in [
-        Cause::StateLeft,
-        Cause::EnrolmentEnded,
-        Cause::BornIntoLeftState,
-        Cause::Withdrawn,
-    ] {
-        let of_cause: Vec<&Ending> = endings.iter().filter(|x| x.cause == cause).collect();
-        if !of_cause.is_empty() {
-            cancel_kinds(tx, Kinds::ended_by(cause), &of_cause, &mut cancelled).await?;
+    let mut causes: Vec<Cause> = Vec::new();
+    for x in endings {
+        if !causes.contains(&x.cause) {
+            causes.push(x.cause);
         }
+    }
+    for cause in causes {
+        let of_cause: Vec<&Ending> = endings.iter().filter(|x| x.cause == cause).collect();
+        cancel_kinds(tx, Kinds::ended_by(cause), &of_cause, &mut cancelled).await?;
     }
     Ok(cancelled)
 }
 
-/// Ends the stored `kinds` of work of each ending (`seq = -1`: of every state entry).
+/// Ends the stored `kinds` of work of each ending (`seq = -1`: of every state entry; with
+/// `made_by`: only the work the action with that id made).
 async fn cancel_kinds(
     tx: &mut Tx,
     kinds: Kinds,
     endings: &[&Ending],
     cancelled: &mut HashMap<i64, u64>,
 ) -> Result<()> {
-    for part in endings.chunks(writer::MAX_PARAMS / 4) {
+    for part in endings.chunks(writer::MAX_PARAMS / 5) {
         // The explicit id list keeps each update on its table's `enrolment_id` index (PostgreSQL
         // otherwise hashes the VALUES list against a scan of the whole table).
         let ids: Vec<Arg> = part.iter().map(|x| Arg::I(x.enrolment)).collect();
         let mut with_reason: Vec<Arg> = part
             .iter()
-            .flat_map(|x| args![x.enrolment, x.seq, x.reason.as_str()])
+            .flat_map(|x| args![x.enrolment, x.seq, x.reason.as_str(), x.made_by.clone()])
             .collect();
         with_reason.extend(ids.iter().cloned());
         let mut with_at: Vec<Arg> = part
             .iter()
-            .flat_map(|x| args![x.enrolment, x.seq, x.at])
+            .flat_map(|x| args![x.enrolment, x.seq, x.at, x.made_by.clone()])
             .collect();
         with_at.extend(ids.iter().cloned());
-        let v3 = values_list(part.len(), 3);
-        let in3 = db::placeholders(3 * part.len() + 1, part.len());
+        let v4 = values_list(part.len(), 4);
+        let in4 = db::placeholders(4 * part.len() + 1, part.len());
         // An episode outlives the state whose rule opened it, not the enrolment. Episodes are
         // closed before tasks are cancelled: resolving an episode locks it, then its task.
         if kinds.alarms.1 {
@@ -811,6 +880,14 @@ async fn cancel_kinds(
                 .collect();
             alarms::end_episodes(tx, &ended).await?;
         }
+        // Which of a table's rows an ending reaches: its enrolment, its state entry (or every
+        // one), and the action that made it (or any).
+        let of = |table: &str, made_by: &str| {
+            format!(
+                "{table}.enrolment_id IN ({in4}) AND {table}.enrolment_id = v.column1 AND (v.column2 < 0 OR {table}.state_seq = v.column2) \
+                 AND (v.column4 IS NULL OR {table}.{made_by} = v.column4)"
+            )
+        };
         let keep = match kinds.tasks {
             (true, true) => Some(""),
             (true, false) => Some(" AND tasks.keep = 0"),
@@ -821,9 +898,9 @@ async fn cancel_kinds(
             for r in tx
                 .fetch(
                     &format!(
-                        "UPDATE tasks SET status = 'cancelled', cancel_reason = v.column3 FROM (VALUES {v3}) AS v \
-                         WHERE tasks.enrolment_id IN ({in3}) AND tasks.enrolment_id = v.column1 AND (v.column2 < 0 OR tasks.state_seq = v.column2) \
-                         AND tasks.status IN ('open', 'claimed'){keep} RETURNING tasks.enrolment_id"
+                        "UPDATE tasks SET status = 'cancelled', cancel_reason = v.column3 FROM (VALUES {v4}) AS v \
+                         WHERE {} AND tasks.status IN ('open', 'claimed'){keep} RETURNING tasks.enrolment_id",
+                        of("tasks", "task_ref")
                     ),
                     with_reason,
                 )
@@ -843,9 +920,9 @@ async fn cancel_kinds(
             let follow_ups: Vec<Arg> = tx
                 .fetch(
                     &format!(
-                        "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v3}) AS v \
-                         WHERE follow_ups.enrolment_id IN ({in3}) AND follow_ups.enrolment_id = v.column1 AND (v.column2 < 0 OR follow_ups.state_seq = v.column2) \
-                         AND follow_ups.status = 'scheduled'{due} RETURNING follow_ups.id"
+                        "UPDATE follow_ups SET status = 'cancelled' FROM (VALUES {v4}) AS v \
+                         WHERE {} AND follow_ups.status = 'scheduled'{due} RETURNING follow_ups.id",
+                        of("follow_ups", "follow_up_ref")
                     ),
                     with_at.clone(),
                 )
@@ -865,15 +942,21 @@ async fn cancel_kinds(
             }
         }
         if kinds.scale_pushes {
-            tx.exec(
-                &format!(
-                    "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL FROM (VALUES {v3}) AS v \
-                     WHERE scale_pushes.enrolment_id IN ({in3}) AND scale_pushes.enrolment_id = v.column1 AND (v.column2 < 0 OR scale_pushes.state_seq = v.column2) \
-                     AND scale_pushes.status = 'pending'"
-                ),
-                with_at.clone(),
-            )
-            .await?;
+            // A push that ends takes the reminder steps it has sent with it, as an answer would.
+            let ended: Vec<(i64, i64)> = tx
+                .fetch(
+                    &format!(
+                        "UPDATE scale_pushes SET status = 'cancelled', next_reminder_at = NULL FROM (VALUES {v4}) AS v \
+                         WHERE {} AND scale_pushes.status = 'pending' RETURNING scale_pushes.enrolment_id, scale_pushes.id",
+                        of("scale_pushes", "push_ref")
+                    ),
+                    with_at.clone(),
+                )
+                .await?
+                .iter()
+                .map(|r| (r.i64(0), r.i64(1)))
+                .collect();
+            scales::cancel_reminders_of(tx, &ended).await?;
         }
         let scopes = match kinds.alarms {
             (true, true) => Some("'state', 'enrolment'"),
@@ -884,9 +967,9 @@ async fn cancel_kinds(
         if let Some(scopes) = scopes {
             tx.exec(
                 &format!(
-                    "UPDATE alarm_rules SET active = 0 FROM (VALUES {v3}) AS v \
-                     WHERE alarm_rules.enrolment_id IN ({in3}) AND alarm_rules.enrolment_id = v.column1 AND (v.column2 < 0 OR alarm_rules.state_seq = v.column2) \
-                     AND alarm_rules.scope IN ({scopes}) AND alarm_rules.active = 1"
+                    "UPDATE alarm_rules SET active = 0 FROM (VALUES {v4}) AS v \
+                     WHERE {} AND alarm_rules.scope IN ({scopes}) AND alarm_rules.active = 1",
+                    of("alarm_rules", "alarm_id")
                 ),
                 with_at,
             )
@@ -894,29 +977,6 @@ async fn cancel_kinds(
         }
     }
     Ok(())
-}
-
-/// Cancels open work from one state entry (`seq`), or from every state entry with `seq = -1`.
-pub async fn cancel_state_work(
-    tx: &mut Tx,
-    enrolment: i64,
-    seq: i64,
-    reason: &str,
-    at: Timestamp,
-) -> Result<u64> {
-    let cause = if seq < 0 {
-        Cause::EnrolmentEnded
-    } else {
-        Cause::StateLeft
-    };
-    let ending = Ending {
-        enrolment,
-        seq,
-        cause,
-        reason: reason.to_string(),
-        at: at.as_second(),
-    };
-    Ok(cancel_work_of(tx, &[ending]).await?.values().sum())
 }
 
 /// Marks an enrolment in error and raises an alarm task for the pathway's owner role.
@@ -997,6 +1057,7 @@ pub async fn enrol_tx(
         version,
         entry: entry.to_string(),
         at: now,
+        catch_up_to: None,
     };
     let (ids, written) = enrol_many(tx, programs, std::slice::from_ref(&new)).await?;
     let id = ids
@@ -1014,7 +1075,11 @@ pub struct NewEnrolment {
     /// The pathway version, or the latest loaded.
     pub version: Option<u32>,
     pub entry: String,
+    /// When the enrolment starts.
     pub at: Timestamp,
+    /// For an enrolment dated in the past: the instant its first step catches up to, walking
+    /// every check instant since `at` with the patient's facts as of each. `None` steps to `at`.
+    pub catch_up_to: Option<Timestamp>,
 }
 
 /// Enrols patients in a few multi-row statements: the enrolments, their goals, the `enrolled`
@@ -1070,7 +1135,7 @@ pub async fn enrol_many(
         let rows = tx
             .fetch(
                 &format!(
-                    "SELECT id, institution_id, tz, birth_date, sex FROM patients WHERE id IN ({})",
+                    "SELECT id, institution_id, tz, birth_date, sex, home_institution FROM patients WHERE id IN ({})",
                     db::placeholders(1, part.len())
                 ),
                 part.iter().map(|p| Arg::T(p.to_string())).collect(),
@@ -1135,19 +1200,58 @@ pub async fn enrol_many(
         .flat_map(|(id, (n, prog))| prog.pathway.goals.iter().map(move |g| (*id, g, n.at)))
         .collect();
     goals::create_for_enrolments(tx, &goals).await?;
+    // Enrolments dated in the past catch up with the facts recorded since they began.
+    let births: Vec<(Option<String>, String)> = new
+        .iter()
+        .map(|n| {
+            let p = &patients[&n.patient_id];
+            (p.opt_text(3), p.text(4))
+        })
+        .collect();
+    let catching_up: Vec<FactsOf<'_>> = ids
+        .iter()
+        .zip(new)
+        .zip(&births)
+        .filter(|((_, n), _)| n.catch_up_to.is_some_and(|until| until > n.at))
+        .map(|((id, n), (birth, sex))| FactsOf {
+            enrolment: *id,
+            patient: &n.patient_id,
+            birth_date: birth.as_deref(),
+            sex,
+        })
+        .collect();
+    let latest = new
+        .iter()
+        .filter_map(|n| n.catch_up_to)
+        .max()
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut past_facts = load_facts_of(tx, &catching_up, latest).await?;
     let mut outcomes = Vec::with_capacity(new.len());
     let mut buf = RowBuffer::default();
     let institutions: Vec<String> = patients.values().map(|p| p.text(1)).collect();
     let cals = calendars::for_institutions(tx, institutions.iter().map(String::as_str)).await?;
     for ((id, n), prog) in ids.iter().zip(new).zip(&progs) {
         let patient = &patients[&n.patient_id];
-        let facts = PatientFacts {
-            birth_date: patient.opt_text(3).and_then(|b| b.parse().ok()),
-            sex: patient.text(4),
-            ..Default::default()
-        };
+        let (facts, pending) = past_facts.remove(id).unwrap_or_else(|| {
+            let facts = PatientFacts {
+                birth_date: patient.opt_text(3).and_then(|b| b.parse().ok()),
+                sex: patient.text(4),
+                ..Default::default()
+            };
+            (facts, Vec::new())
+        });
+        let until = n.catch_up_to.unwrap_or(n.at).max(n.at);
         let outcome = time::with_calendar(cals.of(&patient.text(1)), || {
-            step::enrol(prog, *id, &n.entry, &patient.text(2), &facts, &[], n.at)
+            step::enrol_at(
+                prog,
+                *id,
+                &n.entry,
+                &patient.text(2),
+                &facts,
+                &pending,
+                n.at,
+                until,
+            )
         })?;
         let d = DueEnrolment {
             enrolment: outcome.enrolment.clone(),
@@ -1156,6 +1260,7 @@ pub async fn enrol_many(
             row_version: 0,
             birth_date: patient.opt_text(3),
             sex: patient.text(4),
+            home_institution: patient.opt_text(5),
         };
         buf.record(
             Some(format!("e{id}:enrolled")),
@@ -1172,7 +1277,7 @@ pub async fn enrol_many(
     let refs: Vec<(&DueEnrolment, &Outcome, Timestamp)> = outcomes
         .iter()
         .zip(new)
-        .map(|((d, o), n)| (d, o, n.at))
+        .map(|((d, o), n)| (d, o, n.catch_up_to.unwrap_or(n.at).max(n.at)))
         .collect();
     for w in apply_outcomes_at(tx, &mut buf, &refs).await? {
         let w =
@@ -1269,23 +1374,49 @@ pub async fn add_event(
     Ok(add_events(tx, std::slice::from_ref(&event)).await? > 0)
 }
 
-/// Withdraws an enrolment: open work is cancelled and nothing further is sent.
-pub async fn withdraw(pool: &Pool, enrolment: i64, reason: &str, now: Timestamp) -> Result<()> {
+/// Withdraws an enrolment (see [`withdraw_tx`]), in its own transaction.
+pub async fn withdraw(
+    pool: &Pool,
+    programs: &Programs,
+    enrolment: i64,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Withdrawal> {
     let mut tx = pool.begin().await?;
-    withdraw_tx(&mut tx, enrolment, reason, None, now).await?;
+    let done = withdraw_tx(&mut tx, programs, enrolment, reason, None, now).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(done)
 }
 
-/// Withdraws inside the caller's transaction; returns the patient's id. Every way of withdrawing
-/// (the CLI, the API) goes through here, so they cancel the same work.
+/// What a withdrawal did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Withdrawal {
+    pub patient_id: String,
+    /// The state the enrolment ended in: the closing state when its pathway routed the
+    /// withdrawal (`on: withdrawn`), else the state it was in.
+    pub state: String,
+    /// Whether the pathway routed the withdrawal to a closing state.
+    pub routed: bool,
+    pub written: Written,
+}
+
+/// Withdraws inside the caller's transaction. Every way of withdrawing goes through here.
+///
+/// The withdrawal is the built-in event `withdrawn`, recorded (once: its source key is the
+/// enrolment's) and stepped at once in this transaction: the enrolment first catches up to `now`,
+/// then its current state may route the event (`on: withdrawn`) to a closing state whose actions
+/// are its closing work; routed or not, the enrolment ends as withdrawn and its open work ends as
+/// the outcome policy says for a withdrawal. An enrolment that cannot be stepped (in error, its
+/// pathway failing, or not loaded) is withdrawn where it stands. An enrolment that the catch-up
+/// completes before the withdrawal's instant is not withdrawn (`Conflict`; nothing is written).
 pub async fn withdraw_tx(
     tx: &mut Tx,
+    programs: &Programs,
     enrolment: i64,
     reason: &str,
     by: Option<&str>,
     now: Timestamp,
-) -> Result<String> {
+) -> Result<Withdrawal> {
     let d = load_enrolment(tx, enrolment).await?;
     if d.enrolment.status != Status::Active && d.enrolment.status != Status::Error {
         return Err(StoreError::Conflict(format!(
@@ -1293,28 +1424,76 @@ pub async fn withdraw_tx(
             d.enrolment.status.as_str()
         )));
     }
-    tx.exec(
-        "UPDATE enrolments SET status = 'withdrawn', next_wake_at = NULL, ended_at = $1, row_version = row_version + 1 WHERE id = $2",
-        args![now.as_second(), enrolment],
-    )
-    .await?;
-    // Withdrawal ends every piece of open work whatever its due, kept tasks and pending pushes
-    // too, and the open alarm episodes (the policy's `Cause::Withdrawn`): nothing further reaches
-    // the patient or a board.
-    let ending = Ending {
+    add_event(
+        tx,
         enrolment,
-        seq: -1,
-        cause: Cause::Withdrawn,
-        reason: format!("withdrawn: {reason}"),
-        at: now.as_second(),
-    };
-    cancel_work_of(tx, &[ending]).await?;
-    tx.exec(
-        "INSERT INTO record (patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, 'withdrawn', $4)",
-        args![&d.patient_id, enrolment, now.as_second(), json!({"reason": reason, "by": by}).to_string()],
+        carepath_dsl::catalog::WITHDRAWN,
+        now,
+        Some(json!({"reason": reason, "by": by}).to_string()),
+        Some(format!("withdrawn:{enrolment}")),
+        now,
     )
     .await?;
-    Ok(d.patient_id)
+    let mut facts = load_facts(tx, std::slice::from_ref(&d), now).await?;
+    let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
+    let cals = calendars::for_institutions(tx, [d.institution_id.as_str()]).await?;
+    // A clock behind the instant the enrolment has reached: the withdrawal takes effect there,
+    // as any event recorded late does.
+    let at = now.max(d.enrolment.checked_at);
+    let stepped = match programs.get(&d.enrolment.pathway_id, d.enrolment.version) {
+        Some(prog) if d.enrolment.status == Status::Active => {
+            Some(time::with_calendar(cals.of(&d.institution_id), || {
+                step::step(prog, &d.enrolment, &f, &pending, at)
+            }))
+        }
+        _ => None,
+    };
+    let unrouted = || step::withdraw_unrouted(&d.enrolment, &pending, at);
+    let (outcome, failure) = match stepped {
+        Some(Ok(o)) if o.enrolment.status == Status::Withdrawn => (o, None),
+        Some(Ok(o)) if o.enrolment.status == Status::Completed => {
+            return Err(StoreError::Conflict(format!(
+                "enrolment {enrolment} completed in `{}` at {}, before the withdrawal",
+                o.enrolment.state,
+                o.ended.map_or(now, |e| e.at)
+            )));
+        }
+        Some(Ok(o)) => (
+            unrouted(),
+            Some(format!(
+                "the step left the enrolment {} in `{}`",
+                o.enrolment.status.as_str(),
+                o.enrolment.state
+            )),
+        ),
+        Some(Err(e)) => (unrouted(), Some(e.to_string())),
+        None => (unrouted(), None),
+    };
+    let routed = outcome.ended.is_some_and(|e| e.closing);
+    let mut buf = RowBuffer::default();
+    let mut written = apply_outcomes_with(tx, &mut buf, &[(&d, &outcome, now)], Some(reason))
+        .await?
+        .pop()
+        .flatten()
+        .ok_or_else(|| StoreError::Conflict(format!("enrolment {enrolment} changed meanwhile")))?;
+    written.add(&buf.flush(tx).await?);
+    tx.exec(
+        "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'withdrawn', $5)",
+        args![
+            format!("e{enrolment}:withdrawn"),
+            &d.patient_id,
+            enrolment,
+            now.as_second(),
+            json!({"reason": reason, "by": by, "state": outcome.enrolment.state, "routed": routed, "step_error": failure}).to_string()
+        ],
+    )
+    .await?;
+    Ok(Withdrawal {
+        patient_id: d.patient_id,
+        state: outcome.enrolment.state,
+        routed,
+        written,
+    })
 }
 
 /// Completes a task with an outcome; the outcome becomes the pathway event `task_done:<task id>`.

@@ -452,9 +452,12 @@ pub async fn insert_phone_task(
         return Ok(false);
     };
     tx.exec(
-        "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, \
-         title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, 0, NULL, 'open', $10, $11) ON CONFLICT (dedupe_key) DO NOTHING",
+        &format!(
+            "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, \
+             title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
+             VALUES ($1, $2, $3, {}, $5, NULL, $6, $7, $8, $9, 0, NULL, 'open', $10, $11) ON CONFLICT (dedupe_key) DO NOTHING",
+            crate::task_institution(2, 6, 4)
+        ),
         args![
             format!("{}:phone", m.key),
             enrolment,

@@ -6,12 +6,14 @@ use serde::Serialize;
 
 use super::queries::{AuditAppender, AuditEntry, Caller, patient_visible, visible_patient};
 use super::{
-    NewEnrolment, NewPatient, Pool, Result, StoreError, Written, enrol_tx, insert_patient,
+    MAX_CLOCK_SKEW_SECONDS, NewEnrolment, NewPatient, Pool, Result, StoreError, Written,
+    enrol_many, insert_patient,
 };
 use crate::args;
 use crate::program::Programs;
 
-/// Registers `p` (in the caller's institution, which `p` names); `Conflict` when the id is taken.
+/// Registers `p` (in the caller's institution, which `p` names); `Conflict` when the id is taken,
+/// `Invalid` when its home institution is not a community institution of the caller's alliance.
 pub async fn register(
     pool: &Pool,
     caller: &Caller,
@@ -30,6 +32,9 @@ pub async fn register(
             p.id
         )));
     }
+    if let Some(home) = &p.home_institution {
+        check_home(&mut tx, &p.institution_id, home).await?;
+    }
     insert_patient(&mut tx, p, now).await?;
     caller
         .audit_ok(
@@ -45,6 +50,38 @@ pub async fn register(
     Ok(())
 }
 
+/// The kinds of institution a patient's home community institution may be.
+pub const COMMUNITY_KINDS: [&str; 2] = ["community_clinic", "township_hospital"];
+
+/// `home` must be a community clinic or township hospital in the alliance of `institution` (the
+/// same lead: the institution itself, or its parent).
+async fn check_home(tx: &mut super::Tx, institution: &str, home: &str) -> Result<()> {
+    let row = tx
+        .fetch_one(
+            "SELECT h.kind, COALESCE(h.parent_id, h.id), COALESCE(me.parent_id, me.id) \
+             FROM institutions h, institutions me WHERE h.id = $1 AND me.id = $2",
+            args![home, institution],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(StoreError::Invalid(format!(
+            "home_institution `{home}` is not an institution"
+        )));
+    };
+    if !COMMUNITY_KINDS.contains(&row.text(0).as_str()) {
+        return Err(StoreError::Invalid(format!(
+            "home_institution `{home}` is a {}; a patient's home is a community clinic or township hospital",
+            row.text(0)
+        )));
+    }
+    if row.text(1) != row.text(2) {
+        return Err(StoreError::Invalid(format!(
+            "home_institution `{home}` is not in this institution's alliance"
+        )));
+    }
+    Ok(())
+}
+
 /// A patient and their enrolments, as the API shows them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PatientView {
@@ -53,6 +90,8 @@ pub struct PatientView {
     pub birth_date: Option<String>,
     pub sex: String,
     pub tz: String,
+    /// The patient's home community institution, if any.
+    pub home_institution: Option<String>,
     pub enrolments: Vec<EnrolmentSummary>,
 }
 
@@ -78,7 +117,7 @@ pub async fn read(
     now: Timestamp,
 ) -> Result<PatientView> {
     let sql = format!(
-        "SELECT p.id, p.institution_id, p.birth_date, p.sex, p.tz FROM patients p WHERE p.id = $1 AND {}",
+        "SELECT p.id, p.institution_id, p.birth_date, p.sex, p.tz, p.home_institution FROM patients p WHERE p.id = $1 AND {}",
         visible_patient(2)
     );
     let rows = pool.fetch(&sql, args![id, &caller.institution_id]).await?;
@@ -121,33 +160,54 @@ pub async fn read(
         birth_date: p.opt_text(2),
         sex: p.text(3),
         tz: p.text(4),
+        home_institution: p.opt_text(5),
         enrolments,
     })
 }
 
+/// How far in the past an enrolment may be dated (`POST /enrolments` with `at`).
+pub const MAX_BACKDATE_DAYS: i64 = 30;
+
 /// Enrols a patient visible to the caller (`NotFound` otherwise) and commits the first step with
-/// its audit entry, in one transaction.
+/// its audit entry, in one transaction. `new.at` may lie up to [`MAX_BACKDATE_DAYS`] before
+/// `now` (the enrolment then catches up from it to `now`, every check instant in order) and no
+/// more than the tolerated clock skew after it (taken as `now`); outside that, `Invalid`.
 pub async fn enrol(
     pool: &Pool,
     programs: &Programs,
     caller: &Caller,
     new: &NewEnrolment,
     remote: &str,
+    now: Timestamp,
 ) -> Result<(i64, Written)> {
+    let earliest = now.as_second() - MAX_BACKDATE_DAYS * 86_400;
+    if new.at.as_second() > now.as_second() + MAX_CLOCK_SKEW_SECONDS {
+        return Err(StoreError::Invalid(format!(
+            "`at` {} is in the future (now is {now}); an enrolment starts now or in the past",
+            new.at
+        )));
+    }
+    if new.at.as_second() < earliest {
+        return Err(StoreError::Invalid(format!(
+            "`at` {} is more than {MAX_BACKDATE_DAYS} days before now ({now}); enrol from {} at the earliest",
+            new.at,
+            super::ts(earliest)
+        )));
+    }
     if !patient_visible(pool, caller, &new.patient_id).await? {
         return Err(StoreError::NotFound(format!("patient {}", new.patient_id)));
     }
+    let new = NewEnrolment {
+        at: new.at.min(now),
+        catch_up_to: Some(now),
+        ..new.clone()
+    };
     let mut tx = pool.begin().await?;
-    let (id, written) = enrol_tx(
-        &mut tx,
-        programs,
-        &new.patient_id,
-        &new.pathway_id,
-        new.version,
-        &new.entry,
-        new.at,
-    )
-    .await?;
+    let (ids, written) = enrol_many(&mut tx, programs, std::slice::from_ref(&new)).await?;
+    let id = ids
+        .first()
+        .copied()
+        .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))?;
     caller
         .audit_ok(
             &mut tx,
@@ -155,7 +215,7 @@ pub async fn enrol(
             &format!("enrolment/{id}"),
             std::slice::from_ref(&new.patient_id),
             remote,
-            new.at,
+            now,
         )
         .await?;
     tx.commit().await?;

@@ -64,11 +64,12 @@ pub async fn caller_for_token(pool: &Pool, token: &str) -> Result<Option<Caller>
 }
 
 /// SQL condition: patient `p` is visible to institution `$n` (its own patients, patients of the
-/// clinics it leads, and patients referred to it).
+/// clinics it leads, and patients referred to it: a referral it accepted; one merely addressed to
+/// it, such as a referral to the patient's home institution, shows nothing yet).
 pub fn visible_patient(n: usize) -> String {
     format!(
         "(p.institution_id = ${n} OR EXISTS (SELECT 1 FROM institutions i WHERE i.id = p.institution_id AND i.parent_id = ${n}) \
-         OR EXISTS (SELECT 1 FROM referrals r WHERE r.patient_id = p.id AND r.to_institution = ${n}))"
+         OR EXISTS (SELECT 1 FROM referrals r WHERE r.patient_id = p.id AND r.to_institution = ${n} AND r.status IN ('accepted', 'arrived')))"
     )
 }
 
@@ -943,7 +944,8 @@ fn referral_addressed(n: usize) -> String {
     )
 }
 
-/// Referral decisions. Accepting moves the enrolment, and its open tasks, to the receiving institution.
+/// Referral decisions. Accepting moves work to the receiving institution (see [`move_ownership`]);
+/// before acceptance nothing moves.
 pub async fn decide_referral(
     pool: &Pool,
     caller: &Caller,
@@ -965,7 +967,7 @@ pub async fn decide_referral(
     let mut tx = pool.begin().await?;
     let lock = if tx.is_postgres() { " FOR UPDATE" } else { "" };
     let sql = format!(
-        "SELECT r.status, r.enrolment_id, r.patient_id, r.to_institution FROM referrals r WHERE r.id = $1 AND {}{lock}",
+        "SELECT r.status, r.enrolment_id, r.patient_id, r.to_institution, r.moves FROM referrals r WHERE r.id = $1 AND {}{lock}",
         referral_addressed(2)
     );
     let row = tx
@@ -986,6 +988,10 @@ pub async fn decide_referral(
             .await;
     };
     let (status, enrolment, patient) = (row.text(0), row.i64(1), row.text(2));
+    let moves: Vec<String> = row
+        .opt_text(4)
+        .and_then(|m| serde_json::from_str(&m).ok())
+        .unwrap_or_default();
     let (expected, new_status, event) = match decision {
         "accept" => ("requested", "accepted", "referral_accepted"),
         "reject" => ("requested", "rejected", "referral_rejected"),
@@ -1020,13 +1026,16 @@ pub async fn decide_referral(
                     StoreError::Conflict(format!("referral {referral} was decided meanwhile"));
                 return refused.answer(tx, patients, "conflict", err).await;
             }
-            tx.exec(
-                "UPDATE enrolments SET institution_id = $1 WHERE id = $2",
-                args![&caller.institution_id, enrolment],
-            )
-            .await?;
-            tx.exec("UPDATE tasks SET institution_id = $1 WHERE enrolment_id = $2 AND status IN ('open', 'claimed')", args![&caller.institution_id, enrolment]).await?;
-            tx.exec("UPDATE alarm_episodes SET institution_id = $1 WHERE enrolment_id = $2 AND closed_at IS NULL", args![&caller.institution_id, enrolment]).await?;
+            let handover = Handover {
+                caller,
+                referral,
+                enrolment,
+                patient: &patient,
+                moves: &moves,
+                remote,
+                now,
+            };
+            move_ownership(&mut tx, &handover).await?;
         }
         "reject" => {
             let n = tx
@@ -1078,6 +1087,133 @@ pub async fn decide_referral(
         status: new_status,
         enrolment_id: enrolment,
     })
+}
+
+/// An accepted referral's handover of work to the caller's institution.
+struct Handover<'a> {
+    caller: &'a Caller,
+    referral: i64,
+    enrolment: i64,
+    patient: &'a str,
+    /// The roles the referral moves; none: the whole enrolment moves.
+    moves: &'a [String],
+    remote: &'a str,
+    now: Timestamp,
+}
+
+/// Moves work to the receiving institution as an accepted referral says.
+///
+/// - A referral that names no roles moves the whole enrolment: the enrolment (the institution
+///   that answers for it, counts it and sees its board) and every open task, and the enrolment's
+///   later tasks follow it; roles an earlier referral moved go with it.
+/// - A referral with `moves: [role, …]` moves those roles only: the receiving institution owns
+///   each of them for this enrolment (`role_owners`), their open tasks move there, and the tasks
+///   the enrolment makes for them later are created there. The enrolment, its other roles'
+///   tasks, its follow-ups and scale pushes stay where they are.
+///
+/// A claimed task that moves is released (open, with no assignee): whoever claimed it at the
+/// sending institution can no longer act on it. Each moved task is audited (`task.move`, by the
+/// staff member who accepted) and the handover is recorded in the patient's record.
+async fn move_ownership(tx: &mut Tx, h: &Handover<'_>) -> Result<()> {
+    let to = &h.caller.institution_id;
+    let lock = if tx.is_postgres() { " FOR UPDATE" } else { "" };
+    let (roles, mut a) = if h.moves.is_empty() {
+        tx.exec(
+            "UPDATE enrolments SET institution_id = $1 WHERE id = $2",
+            args![to, h.enrolment],
+        )
+        .await?;
+        tx.exec(
+            "DELETE FROM role_owners WHERE enrolment_id = $1",
+            args![h.enrolment],
+        )
+        .await?;
+        (String::new(), args![h.enrolment, to])
+    } else {
+        for role in h.moves {
+            tx.exec(
+                "INSERT INTO role_owners (enrolment_id, role, institution_id, referral_id, moved_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (enrolment_id, role) DO UPDATE SET institution_id = excluded.institution_id, referral_id = excluded.referral_id, moved_at = excluded.moved_at",
+                args![h.enrolment, role, to, h.referral, h.now.as_second()],
+            )
+            .await?;
+        }
+        (
+            format!(" AND role IN ({})", placeholders(3, h.moves.len())),
+            args![h.enrolment, to],
+        )
+    };
+    a.extend(h.moves.iter().map(|r| Arg::T(r.clone())));
+    let open = tx
+        .fetch(
+            &format!(
+                "SELECT id, role, institution_id, status, assignee FROM tasks \
+                 WHERE enrolment_id = $1 AND status IN ('open', 'claimed') AND institution_id <> $2{roles} ORDER BY id{lock}"
+            ),
+            a,
+        )
+        .await?;
+    // Open alarm episodes go where their role's work goes.
+    let mut episodes = args![to, h.enrolment];
+    episodes.extend(h.moves.iter().map(|r| Arg::T(r.clone())));
+    tx.exec(
+        &format!(
+            "UPDATE alarm_episodes SET institution_id = $1 WHERE enrolment_id = $2 AND closed_at IS NULL{roles}"
+        ),
+        episodes,
+    )
+    .await?;
+    let mut entries = Vec::new();
+    let mut moved = Vec::new();
+    for t in open {
+        let n = tx
+            .exec(
+                "UPDATE tasks SET institution_id = $1, status = 'open', assignee = NULL, lease_until = NULL \
+                 WHERE id = $2 AND status IN ('open', 'claimed')",
+                args![to, t.i64(0)],
+            )
+            .await?;
+        if n != 1 {
+            continue;
+        }
+        entries.push(AuditEntry::new(
+            &h.caller.staff_id,
+            Some(to),
+            "task.move",
+            &format!("task/{}", t.i64(0)),
+            &[h.patient.to_string()],
+            "ok",
+            h.remote,
+            h.now,
+        ));
+        moved.push(json!({
+            "task": t.i64(0),
+            "role": t.text(1),
+            "from": t.text(2),
+            "released_from": (t.text(3) == "claimed").then(|| t.opt_text(4)).flatten(),
+        }));
+    }
+    append_audit(tx, &entries).await?;
+    tx.exec(
+        "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'ownership_moved', $5) ON CONFLICT (dedupe_key) DO NOTHING",
+        args![
+            format!("referral:{}:moved", h.referral),
+            h.patient,
+            h.enrolment,
+            h.now.as_second(),
+            json!({
+                "referral": h.referral,
+                "to": to,
+                "roles": if h.moves.is_empty() { json!("all") } else { json!(h.moves) },
+                "enrolment_moved": h.moves.is_empty(),
+                "tasks": moved,
+                "by": h.caller.staff_id,
+            })
+            .to_string()
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// What a referral decision did.
@@ -1266,18 +1402,27 @@ pub async fn escalate_overdue(pool: &Pool, now: Timestamp) -> Result<u64> {
     Ok(n)
 }
 
-/// Withdraws an enrolment visible to the caller, audited.
+/// Withdraws an enrolment visible to the caller (see [`super::withdraw_tx`]), audited.
 pub async fn withdraw_scoped(
     pool: &Pool,
+    programs: &crate::program::Programs,
     caller: &Caller,
     enrolment: i64,
     reason: &str,
     remote: &str,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<super::Withdrawal> {
     let e = visible_enrolment(pool, caller, enrolment, false).await?;
     let mut tx = pool.begin().await?;
-    super::withdraw_tx(&mut tx, enrolment, reason, Some(&caller.staff_id), now).await?;
+    let done = super::withdraw_tx(
+        &mut tx,
+        programs,
+        enrolment,
+        reason,
+        Some(&caller.staff_id),
+        now,
+    )
+    .await?;
     caller
         .audit_ok(
             &mut tx,
@@ -1289,7 +1434,7 @@ pub async fn withdraw_scoped(
         )
         .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(done)
 }
 
 /// An event reported for an enrolment (by the hospital's systems, a device or an app).
@@ -1316,6 +1461,11 @@ pub async fn event_scoped(
         name,
         at,
     } = *event;
+    if name == carepath_dsl::catalog::WITHDRAWN {
+        return Err(StoreError::Invalid(format!(
+            "`{name}` is raised by withdrawing the enrolment (POST /enrolments/{enrolment}/withdraw, with a reason)"
+        )));
+    }
     let e = visible_enrolment(pool, caller, enrolment, true).await?;
     let version = u32::try_from(e.version).unwrap_or(0);
     let refusal = match programs.get(&e.pathway_id, version) {

@@ -129,6 +129,7 @@ pub async fn write(pool: &Pool, c: &Cohort, tz: &str, now: Timestamp) -> Result<
             tz: tz.into(),
             contact_enc: None,
             preferred_channel: None,
+            home_institution: None,
         })
         .collect();
     super::insert_patients(&mut tx, &patients, now).await?;

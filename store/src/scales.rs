@@ -343,8 +343,11 @@ pub async fn answer_push(
         let task_key = format!("scale:{push}:critical:{}", hit.item);
         let task = tx
             .fetch_one(
-                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                &format!(
+                    "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
+                     VALUES ($1, $2, $3, {}, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                    crate::task_institution(2, 7, 4)
+                ),
                 args![
                     &task_key,
                     enrolment,
@@ -420,7 +423,7 @@ async fn cancel_reminders(tx: &mut Tx, enrolment: i64, push: i64) -> Result<()> 
 }
 
 /// Cancels the scheduled reminders, and their pending messages, of each `(enrolment, push)`.
-async fn cancel_reminders_of(tx: &mut Tx, pushes: &[(i64, i64)]) -> Result<()> {
+pub(crate) async fn cancel_reminders_of(tx: &mut Tx, pushes: &[(i64, i64)]) -> Result<()> {
     for part in pushes.chunks(MAX_PARAMS / 2) {
         let mut a: Vec<Arg> = part.iter().map(|(e, _)| Arg::I(*e)).collect();
         a.extend(part.iter().map(|(_, p)| Arg::T(format!("scale_push:{p}"))));

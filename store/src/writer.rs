@@ -27,7 +27,9 @@ const TABLES: &[Table] = &[
     Table {
         name: "tasks",
         columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, cancel_reason",
-        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        // A task goes to the institution that owns its role for the enrolment (a referral moved
+        // it, see `queries::decide_referral`), else to the enrolment's.
+        values: "(?, ?, ?, COALESCE((SELECT o.institution_id FROM role_owners o WHERE o.enrolment_id = ? AND o.role = ?), ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         kind: Some("task"),
     },
     Table {
@@ -44,8 +46,8 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "scale_pushes",
-        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, next_reminder_at, status, created_at",
-        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, next_reminder_at, status, created_at, push_ref",
+        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         kind: Some("scale_push"),
     },
     Table {
@@ -62,8 +64,9 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "referrals",
-        columns: "dedupe_key, enrolment_id, patient_id, direction, to_kind, from_institution, reason, status, requested_at, accept_by",
-        values: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        columns: "dedupe_key, enrolment_id, patient_id, direction, to_kind, from_institution, to_institution, reason, status, requested_at, accept_by, moves",
+        // Addressed to one institution, the referral is of that institution's kind.
+        values: "(?, ?, ?, ?, COALESCE((SELECT i.kind FROM institutions i WHERE i.id = ?), ?), ?, ?, ?, ?, ?, ?, ?)",
         kind: Some("referral"),
     },
     Table {
@@ -168,6 +171,8 @@ impl RowBuffer {
                         key(),
                         Arg::I(e),
                         patient(),
+                        Arg::I(e),
+                        Arg::T(role.clone()),
                         inst(),
                         Arg::I(seq),
                         Arg::OptT(task_ref.clone()),
@@ -248,6 +253,7 @@ impl RowBuffer {
                 expires_at,
                 reminders,
                 chain,
+                push_ref,
             } => {
                 // Stored in time order: the sweep sends them in that order (see `store::scales`).
                 let (stored, first) = crate::scales::stored_reminders(reminders, chain);
@@ -273,6 +279,7 @@ impl RowBuffer {
                             .into(),
                         ),
                         Arg::I(at),
+                        Arg::OptT(push_ref.clone()),
                     ],
                 );
             }
@@ -324,33 +331,63 @@ impl RowBuffer {
             Produced::Referral {
                 direction,
                 to,
+                own_community,
                 reason,
                 accept_by,
-            } => self.push(
-                "referrals",
-                vec![
-                    key(),
-                    Arg::I(e),
-                    patient(),
-                    Arg::T(
-                        match direction {
-                            Direction::Up => "up",
-                            Direction::Down => "down",
-                        }
-                        .into(),
-                    ),
-                    Arg::T(to.as_str().into()),
-                    inst(),
-                    Arg::OptT(
-                        reason
-                            .as_ref()
-                            .map(|t| serde_json::to_string(t).unwrap_or_default()),
-                    ),
-                    Arg::T("requested".into()),
-                    Arg::I(at),
-                    Arg::I(accept_by.as_second()),
-                ],
-            ),
+                moves,
+            } => {
+                let home = d.home_institution.clone().filter(|_| *own_community);
+                if *own_community && home.is_none() {
+                    // Routed as to any community clinic of the alliance, and said so.
+                    self.record(
+                        Some(format!("{}:no_home", a.key)),
+                        &d.patient_id,
+                        e,
+                        at,
+                        "error",
+                        json!({
+                            "error": format!(
+                                "patient {} has no home community institution; the referral is open to every {} of the alliance",
+                                d.patient_id,
+                                to.as_str()
+                            ),
+                            "action": a.key,
+                        })
+                        .to_string(),
+                    );
+                }
+                self.push(
+                    "referrals",
+                    vec![
+                        key(),
+                        Arg::I(e),
+                        patient(),
+                        Arg::T(
+                            match direction {
+                                Direction::Up => "up",
+                                Direction::Down => "down",
+                            }
+                            .into(),
+                        ),
+                        Arg::OptT(home.clone()),
+                        Arg::T(to.as_str().into()),
+                        inst(),
+                        Arg::OptT(home),
+                        Arg::OptT(
+                            reason
+                                .as_ref()
+                                .map(|t| serde_json::to_string(t).unwrap_or_default()),
+                        ),
+                        Arg::T("requested".into()),
+                        Arg::I(at),
+                        Arg::I(accept_by.as_second()),
+                        Arg::OptT(
+                            (!moves.is_empty())
+                                .then(|| serde_json::to_string(moves).unwrap_or_default()),
+                        ),
+                    ],
+                );
+            }
             Produced::GoalSet { goal } => self.push(
                 "goals",
                 vec![
@@ -363,6 +400,8 @@ impl RowBuffer {
                 ],
             ),
             Produced::Note { .. } => self.notes.push(a.key.clone()),
+            // What a cancel ends is the policy's (`outcome::apply`); it is recorded here.
+            Produced::Cancel { .. } => {}
         }
         self.record(
             Some(a.key.clone()),

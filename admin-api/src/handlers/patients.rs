@@ -26,6 +26,8 @@ pub(crate) struct PatientBody {
     #[serde(default = "default_tz")]
     tz: String,
     preferred_channel: Option<String>,
+    /// A community clinic or township hospital of the caller's alliance.
+    home_institution: Option<String>,
 }
 
 fn unknown() -> String {
@@ -92,6 +94,7 @@ pub(crate) async fn create(
         tz: b.tz,
         contact_enc: None,
         preferred_channel: b.preferred_channel,
+        home_institution: b.home_institution,
     };
     patients::register(&s.pool, &call.caller, &p, &call.remote, now).await?;
     Ok((StatusCode::CREATED, Json(Registered { id: p.id })))
@@ -114,6 +117,8 @@ pub(crate) struct EnrolBody {
     pathway: String,
     version: Option<u32>,
     entry: String,
+    /// When the enrolment started, if before now (bounded by the store).
+    at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -133,10 +138,18 @@ pub(crate) async fn enrol(
         pathway_id: b.pathway,
         version: b.version,
         entry: b.entry,
-        at: call.now,
+        at: instant("at", b.at.as_deref())?.unwrap_or(call.now),
+        catch_up_to: Some(call.now),
     };
-    let (id, written) =
-        patients::enrol(&s.pool, &s.programs(), &call.caller, &new, &call.remote).await?;
+    let (id, written) = patients::enrol(
+        &s.pool,
+        &s.programs(),
+        &call.caller,
+        &new,
+        &call.remote,
+        call.now,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(Enrolled {
@@ -214,6 +227,12 @@ pub(crate) struct ReasonBody {
 pub(crate) struct Withdrawn {
     enrolment_id: i64,
     status: &'static str,
+    /// The state the enrolment ended in.
+    state: String,
+    /// Whether its pathway routed the withdrawal (`on: withdrawn`) to a closing state.
+    routed: bool,
+    /// The closing work the routed withdrawal made, by kind.
+    actions: BTreeMap<String, u64>,
 }
 
 pub(crate) async fn withdraw(
@@ -226,10 +245,22 @@ pub(crate) async fn withdraw(
         return Err(ApiError::BadRequest("a withdrawal needs a reason".into()));
     }
     let c = &call.caller;
-    queries::withdraw_scoped(&s.pool, c, id, &b.reason, &call.remote, call.now).await?;
+    let done = queries::withdraw_scoped(
+        &s.pool,
+        &s.programs(),
+        c,
+        id,
+        &b.reason,
+        &call.remote,
+        call.now,
+    )
+    .await?;
     Ok(Json(Withdrawn {
         enrolment_id: id,
         status: "withdrawn",
+        state: done.state,
+        routed: done.routed,
+        actions: done.written.by_kind,
     }))
 }
 

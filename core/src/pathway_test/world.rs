@@ -210,6 +210,7 @@ impl Item {
             Produced::Risk { model, .. } => model.clone(),
             Produced::GoalSet { goal } => goal.id.clone(),
             Produced::Note { .. } => String::new(),
+            Produced::Cancel { action } => action.clone(),
         }
     }
 }
@@ -237,7 +238,7 @@ struct TestSink<'a> {
 impl OutcomeSink for TestSink<'_> {
     fn transition(&mut self, _: &step::Taken) {}
 
-    fn end_work(&mut self, scope: Scope, cause: Cause, because: Because<'_>) {
+    fn end_work(&mut self, scope: Scope<'_>, cause: Cause, because: Because<'_>) {
         end_work(self.items, scope, cause, because.at());
     }
 
@@ -278,12 +279,9 @@ impl OutcomeSink for TestSink<'_> {
 }
 
 /// Ends the open work in `scope` that the policy ends for `cause` at `at`.
-fn end_work(items: &mut [Item], scope: Scope, cause: Cause, at: Timestamp) {
+fn end_work(items: &mut [Item], scope: Scope<'_>, cause: Cause, at: Timestamp) {
     for it in items.iter_mut().filter(|it| it.open()) {
-        let in_scope = match scope {
-            Scope::Entry(seq) => it.made.state_seq == seq,
-            Scope::Every => true,
-        };
+        let in_scope = scope.holds(it.made.state_seq, it.made.action.work_ref());
         let due = outcome::due_of(&it.made.action).unwrap_or(it.made.at);
         if in_scope && outcome::ends_at(outcome::work_of(&it.made.action), cause, due, at) {
             it.status = WorkStatus::Cancelled;
@@ -303,6 +301,7 @@ const ENGINE_EVENTS: &[(&str, &str)] = &[
     ("referral_accepted", "give `referral: accept`"),
     ("referral_rejected", "give `referral: reject`"),
     ("referral_arrived", "give `referral: arrive`"),
+    ("withdrawn", "give `withdraw: <reason>`"),
 ];
 
 pub(super) struct World<'a> {
@@ -842,17 +841,31 @@ impl<'a> World<'a> {
         })
     }
 
-    /// Withdraws the enrolment: every piece of open work ends (`store::withdraw_tx`).
+    /// Withdraws the enrolment as `store::withdraw_tx` does: the event `withdrawn`, which the pass
+    /// that follows steps at once (the state may route it to its closing work; either way the
+    /// enrolment ends as withdrawn); an enrolment in error is withdrawn where it stands.
     fn withdraw(&mut self, reason: &str, t: Timestamp) -> Result<Input, String> {
-        if !matches!(self.enrolment.status, Status::Active | Status::Error) {
-            return Err(format!(
-                "the enrolment cannot be withdrawn: it is already {}",
-                self.enrolment.status.as_str()
-            ));
+        match self.enrolment.status {
+            Status::Active => self.add_event(carepath_dsl::catalog::WITHDRAWN.to_string(), t),
+            Status::Error => {
+                let out = step::withdraw_unrouted(&self.enrolment, &self.pending, t);
+                outcome::apply(
+                    &out,
+                    &mut TestSink {
+                        items: &mut self.items,
+                        risks: &mut self.facts.risks,
+                    },
+                );
+                self.wake = None;
+                self.enrolment = out.enrolment;
+            }
+            other => {
+                return Err(format!(
+                    "the enrolment cannot be withdrawn: it is already {}",
+                    other.as_str()
+                ));
+            }
         }
-        self.enrolment.status = Status::Withdrawn;
-        self.wake = None;
-        end_work(&mut self.items, Scope::Every, Cause::Withdrawn, t);
         Ok(Input::Withdraw {
             reason: reason.to_string(),
         })
@@ -887,6 +900,10 @@ impl<'a> World<'a> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            Produced::Referral {
+                own_community: true,
+                ..
+            } => format!("`{}` to the patient's own community institution", it.name()),
             Produced::Referral { to, .. } => format!("`{}` to {}", it.name(), to.as_str()),
             _ => format!("`{}`", it.name()),
         };
