@@ -274,7 +274,7 @@ cases:
     entry: start
     start: 2026-03-02T08:00:00+08:00
     given:
-      - { at: 2h, event: withdrawn }
+      - { at: 2h, withdraw: moved away }
     expect:
       - { at: 3h, state: closing, status: withdrawn }
 "#;

@@ -5,7 +5,7 @@
 //! work, immediate, event and timer transitions, withdrawals some states route, one terminal
 //! state that may keep open tasks) and validated by the real validator first; the inputs are an
 //! entry point and points in time at which the patient is stepped, some bringing an event, some a
-//! withdrawal (in the store, `store::withdraw`; elsewhere the event `withdrawn`).
+//! withdrawal (in the store, `store::withdraw`; in `carepath test`, the `withdraw` given).
 //!
 //! All three step at exactly the same instants (before and after each point's event), so a
 //! difference can only come from how a sink carries the policy out.
@@ -213,6 +213,8 @@ fn by_carepath_test(prog: &carepath_engine::Program, case: &Generated) -> Work {
         let mut expect = Vec::new();
         for (at, ev) in points {
             match ev {
+                Some(ev) if *ev == WITHDRAWN => given
+                    .push(serde_json::json!({ "at": format!("{at}h"), "withdraw": "generated" })),
                 Some(ev) => given.push(serde_json::json!({ "at": format!("{at}h"), "event": ev })),
                 None => expect.push(serde_json::json!({ "at": format!("{at}h") })),
             }
