@@ -1633,6 +1633,29 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// A list of channel names; an unknown one is reported with the nearest known name.
+    fn channels(&mut self, n: &Node) -> Vec<Channel> {
+        let mut channels = Vec::new();
+        for c in self.list(n, "channels") {
+            let Some(name) = self.string(c, "a channel") else {
+                continue;
+            };
+            match Channel::ALL.iter().find(|(n, _)| *n == name) {
+                Some((_, ch)) => channels.push(*ch),
+                None => {
+                    let names: Vec<&str> = Channel::ALL.iter().map(|(n, _)| *n).collect();
+                    self.err(
+                        Code::UnknownChannel,
+                        c.pos,
+                        format!("unknown channel `{name}`"),
+                        suggest(&name, &names),
+                    );
+                }
+            }
+        }
+        channels
+    }
+
     fn follow_up(&mut self, node: &Node) -> Option<FollowUpSpec> {
         let f = self.fields(
             node,
@@ -1644,23 +1667,7 @@ impl<'a> Lowerer<'a> {
         let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
         let mut channels = Vec::new();
         if let Some(n) = self.req(&f, "channels", node, "the follow-up") {
-            for c in self.list(n, "channels") {
-                let Some(name) = self.string(c, "a channel") else {
-                    continue;
-                };
-                match Channel::ALL.iter().find(|(n, _)| *n == name) {
-                    Some((_, ch)) => channels.push(*ch),
-                    None => {
-                        let names: Vec<&str> = Channel::ALL.iter().map(|(n, _)| *n).collect();
-                        self.err(
-                            Code::UnknownChannel,
-                            c.pos,
-                            format!("unknown channel `{name}`"),
-                            suggest(&name, &names),
-                        );
-                    }
-                }
-            }
+            channels = self.channels(n);
             if channels.is_empty() && matches!(n.value, Value::Seq(ref v) if v.is_empty()) {
                 self.err(
                     Code::MissingKey,
@@ -1798,27 +1805,10 @@ impl<'a> Lowerer<'a> {
                 }
             }
             None => {
-                let mut channels = Vec::new();
-                if let Some(n) = self.req(&f, "channels", node, "the reminder step") {
-                    for c in self.list(n, "channels") {
-                        let Some(name) = self.string(c, "a channel") else {
-                            continue;
-                        };
-                        match Channel::ALL.iter().find(|(n, _)| *n == name) {
-                            Some((_, ch)) => channels.push(*ch),
-                            None => {
-                                let names: Vec<&str> =
-                                    Channel::ALL.iter().map(|(n, _)| *n).collect();
-                                self.err(
-                                    Code::UnknownChannel,
-                                    c.pos,
-                                    format!("unknown channel `{name}`"),
-                                    suggest(&name, &names),
-                                );
-                            }
-                        }
-                    }
-                }
+                let channels = self
+                    .req(&f, "channels", node, "the reminder step")
+                    .map(|n| self.channels(n))
+                    .unwrap_or_default();
                 let template = self
                     .req(&f, "template", node, "the reminder step")
                     .and_then(|n| self.ident(n, "template id"));
