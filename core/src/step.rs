@@ -1190,7 +1190,8 @@ mod tests {
     use crate::facts::Observation;
     use std::path::Path;
 
-    fn program(yaml: &str) -> Program {
+    /// Compiles a test pathway written in YAML.
+    pub(super) fn program(yaml: &str) -> Program {
         let compiled = carepath_dsl::compile_yaml(
             "t.yaml",
             yaml.as_bytes(),
@@ -1198,20 +1199,19 @@ mod tests {
             &carepath_dsl::FsLoader,
         );
         let pathway = crate::program::into_pathway(compiled).expect("valid");
-        let mut programs = crate::program::Programs::default();
-        let source = crate::program::Source::new("t.yaml", yaml.into(), &pathway);
-        let prog = programs.insert(pathway, source).expect("compiles");
-        let key = (prog.pathway.id.clone(), prog.pathway.version);
-        drop(prog);
-        let prog = programs.by_key.remove(&key).expect("inserted");
-        std::sync::Arc::try_unwrap(prog).unwrap_or_else(|_| panic!("one owner"))
+        let exprs = crate::sandbox::CompiledExprs::compile(
+            std::sync::Arc::new(crate::sandbox::engine()),
+            &pathway,
+        )
+        .expect("compiles");
+        Program { pathway, exprs }
     }
 
-    fn ts(s: &str) -> Timestamp {
+    pub(super) fn ts(s: &str) -> Timestamp {
         s.parse().expect("instant")
     }
 
-    fn days(t: Timestamp, d: i64) -> Timestamp {
+    pub(super) fn days(t: Timestamp, d: i64) -> Timestamp {
         Timestamp::from_second(t.as_second() + d * 86_400).expect("instant")
     }
 
@@ -1426,33 +1426,9 @@ mod tests {
 
 #[cfg(test)]
 mod schedule_tests {
+    use super::tests::{days, program, ts};
     use super::*;
     use crate::facts::FactEvent;
-    use std::path::Path;
-
-    fn program(yaml: &str) -> Program {
-        let compiled = carepath_dsl::compile_yaml(
-            "t.yaml",
-            yaml.as_bytes(),
-            Path::new("."),
-            &carepath_dsl::FsLoader,
-        );
-        let pathway = crate::program::into_pathway(compiled).expect("valid");
-        let exprs = crate::sandbox::CompiledExprs::compile(
-            std::sync::Arc::new(crate::sandbox::engine()),
-            &pathway,
-        )
-        .expect("compiles");
-        Program { pathway, exprs }
-    }
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().expect("instant")
-    }
-
-    fn days(t: Timestamp, d: i64) -> Timestamp {
-        Timestamp::from_second(t.as_second() + d * 86_400).expect("instant")
-    }
 
     /// A follow-up plan: a questionnaire on day 7 after enrolment at 09:00 and every 30 days,
     /// 12 times; a call on day 2 after discharge at 18:00; the state ends on day 400.
