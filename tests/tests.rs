@@ -22,6 +22,7 @@ mod outcome_three_ways;
 mod ownership;
 mod pathway_test_replay;
 mod pathway_upload;
+mod release;
 mod report;
 mod scale_answers;
 mod scenarios;
