@@ -21,6 +21,8 @@ pub use carepath_store::{audit, crypto};
 
 pub mod delivery;
 pub mod hl7;
+pub mod hospital;
+pub mod intake;
 pub mod report;
 pub mod scheduler;
 pub mod seed;
