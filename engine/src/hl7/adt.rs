@@ -140,8 +140,8 @@ pub struct Patient {
     pub id: String,
     /// PID-7, `YYYY-MM-DD`.
     pub birth_date: Option<String>,
-    /// PID-8.
-    pub sex: Sex,
+    /// PID-8; `None` when empty (a known patient keeps what is recorded).
+    pub sex: Option<Sex>,
     /// PID-5, the first name given (family name then given name for Chinese names).
     pub name: Option<String>,
     /// PID-13 (home), else PID-14 (business): the first telephone number.
@@ -358,9 +358,10 @@ fn patient(pid: Seg<'_>, trigger: Trigger) -> Result<Patient, Problem> {
         })
         .transpose()?;
     let sex = match text(pid.value(8), "PID-8", "administrative sex")?.as_deref() {
-        None | Some("U" | "O" | "A" | "N") => Sex::Unknown,
-        Some("M") => Sex::Male,
-        Some("F") => Sex::Female,
+        None => None,
+        Some("U" | "O" | "A" | "N") => Some(Sex::Unknown),
+        Some("M") => Some(Sex::Male),
+        Some("F") => Some(Sex::Female),
         Some(other) => {
             return Err(Problem::table(
                 "PID-8",

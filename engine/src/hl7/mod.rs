@@ -11,11 +11,78 @@ pub mod ack;
 pub mod adt;
 pub mod message;
 pub mod mllp;
+mod receive;
 pub mod time;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use jiff::Timestamp;
 
 pub use ack::AckCode;
 pub use adt::{Adt, Header, Trigger};
 pub use message::{Charset, Message};
+pub use mllp::Limits;
+pub use receive::handle;
+
+use crate::Programs;
+use crate::hospital::Hospital;
+use crate::intake::IntakeRules;
+use crate::store::Pool;
+use crate::store::crypto::ContactKey;
+
+/// What the listener applies messages with, for as long as it runs: the programs as the admin
+/// API publishes and reloads them, the intake rules and the contact key.
+#[derive(Clone)]
+pub struct Service {
+    pub pool: Pool,
+    pub programs: Arc<RwLock<Programs>>,
+    pub intake: Arc<IntakeRules>,
+    pub contact_key: Option<Arc<ContactKey>>,
+}
+
+impl mllp::Responder for Service {
+    async fn respond(&self, message: Vec<u8>, peer: SocketAddr) -> Vec<u8> {
+        let programs = self
+            .programs
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        let hospital = Hospital {
+            programs: &programs,
+            intake: &self.intake,
+            contact_key: self.contact_key.as_deref(),
+        };
+        handle(
+            &self.pool,
+            &hospital,
+            &peer.ip().to_string(),
+            &message,
+            Timestamp::now(),
+        )
+        .await
+    }
+
+    fn oversize(&self, prefix: &[u8]) -> Vec<u8> {
+        let header = header_of_unreadable(prefix);
+        tracing::info!(control_id = %header.control_id, trigger = %header.trigger_code, outcome = "AR", "HL7 message too large");
+        let problem = Problem::size(format!(
+            "the message is larger than {} bytes, the most accepted",
+            message::MAX_MESSAGE
+        ));
+        ack::build(&header, AckCode::Rejected, Some(&problem), Timestamp::now())
+    }
+}
+
+/// Serves HL7 v2 ADT over MLLP on `listener` until `shutdown` resolves.
+pub async fn listen(
+    listener: tokio::net::TcpListener,
+    service: Service,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    mllp::serve(listener, limits, Arc::new(service), shutdown).await
+}
 
 /// Why a message was not accepted: the HL7 error code (table 0357), where (`PV1-19`), and a
 /// reason a person can read.

@@ -66,7 +66,7 @@ fn reads_an_admission() {
     let p = &a.patient;
     assert_eq!(p.id, "P-001");
     assert_eq!(p.birth_date.as_deref(), Some("1950-04-12"));
-    assert_eq!(p.sex, Sex::Male);
+    assert_eq!(p.sex, Some(Sex::Male));
     assert_eq!(p.name.as_deref(), Some("张三"));
     assert_eq!(p.phone.as_deref(), Some("13800000000"));
     assert_eq!(p.email.as_deref(), Some("zhang@example.cn"));
@@ -146,7 +146,7 @@ fn other_delimiters_are_honoured() {
     let text = "MSH#:*!@#HIS#H1#CP#CP#20240301##ADT:A08#C9#P#2.3\rPID#1##P9:::H1##Li:Lei!T!x##19800101#F\r";
     let a = adt(text);
     assert_eq!(a.patient.id, "P9");
-    assert_eq!(a.patient.sex, Sex::Female);
+    assert_eq!(a.patient.sex, Some(Sex::Female));
     assert_eq!(a.patient.name.as_deref(), Some("Lei@x Li"));
     assert_eq!(a.visit, None);
 }
