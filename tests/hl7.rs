@@ -756,3 +756,82 @@ async fn hostile_messages_are_each_refused_and_write_nothing() {
         assert_eq!(before, after, "{name} seed {seed}: {tables:?}");
     }
 }
+
+/// Kills the server when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+const KEY_HEX: &str = "2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carepath_serve_mllp_accepts_adt_beside_the_api() {
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, _programs, dir) = open(&b).await;
+        let (http, mllp) = (free_port(), free_port());
+        let mllp_addr: SocketAddr = format!("127.0.0.1:{mllp}").parse().unwrap();
+        let _server = Child(
+            support::carepath()
+                .args(["serve", "--db", &b.url, "--sweep-seconds", "3600"])
+                .arg("--pathways")
+                .arg(dir.path())
+                .args([
+                    "--addr",
+                    &format!("127.0.0.1:{http}"),
+                    "--mllp",
+                    &mllp_addr.to_string(),
+                ])
+                .env("CAREPATH_CONTACT_KEY", KEY_HEX)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("carepath serve starts"),
+        );
+        let mut up = false;
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(mllp_addr).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(up, "{name}: carepath serve --mllp does not listen");
+        let a01 = message(
+            "A01",
+            "C-CLI",
+            &[pid("P-3"), pv1("I", "NEURO", "V-3", "20240301081500", "")],
+        );
+        let acks = send(mllp_addr, vec![vec![a01.clone()], vec![a01]]).await;
+        assert_eq!(acks[0].msa1, "AA", "{name}: {}", acks[0].text);
+        assert_eq!(acks[1].bytes, acks[0].bytes, "{name}");
+        assert_eq!(
+            encounters(&pool).await,
+            ["V-3|P-3|lead|inpatient|NEURO|1|admitted|-|active"],
+            "{name}"
+        );
+        let sealed = rows(
+            &pool,
+            "SELECT contact_enc FROM patients WHERE id = 'P-3'",
+            1,
+        )
+        .await;
+        let contact = ContactKey::parse(KEY_HEX)
+            .unwrap()
+            .decrypt(&sealed[0])
+            .expect("sealed with the server's key");
+        assert_eq!(contact.phone.as_deref(), Some("13800000000"), "{name}");
+    }
+}
