@@ -835,3 +835,90 @@ async fn carepath_serve_mllp_accepts_adt_beside_the_api() {
         assert_eq!(contact.phone.as_deref(), Some("13800000000"), "{name}");
     }
 }
+
+/// Sends `messages` on one connection of its own and returns the acknowledgements' bytes.
+async fn exchange(addr: SocketAddr, messages: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut out = Vec::new();
+    for m in messages {
+        stream.write_all(&hl7::mllp::frame(&m)).await.expect("send");
+        let mut reply = Vec::new();
+        while !reply.ends_with(&hl7::mllp::END_BLOCK) {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+                .await
+                .expect("an acknowledgement in time")
+                .expect("read");
+            assert!(n > 0, "the server closed the connection");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        out.push(reply[1..reply.len() - 2].to_vec());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_connections_apply_a_message_once() {
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, programs, _dir) = open(&b).await;
+        support::add_patient(&pool, "P-1", t0()).await;
+        let server = listen(&pool, &programs, None).await;
+        let a01 = message(
+            "A01",
+            "C-SAME",
+            &[pid("P-1"), pv1("I", "NEURO", "V-1", "20240301081500", "")],
+        );
+        let mut clients = Vec::new();
+        for i in 0..8 {
+            let own = message("A08", &format!("C-OWN-{i}"), &[seg("PID", &[(3, "P-1")])]);
+            clients.push(tokio::spawn(exchange(server.addr, vec![a01.clone(), own])));
+        }
+        let mut firsts = Vec::new();
+        for c in clients {
+            let acks = c.await.expect("client");
+            for ack in &acks {
+                let text = String::from_utf8_lossy(ack);
+                assert!(text.contains("\rMSA|AA|"), "{name}: {text}");
+            }
+            firsts.push(acks[0].clone());
+        }
+        assert!(
+            firsts.windows(2).all(|w| w[0] == w[1]),
+            "{name}: every copy is answered with the one acknowledgement"
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'encounter.record'"
+            )
+            .await,
+            1,
+            "{name}: the encounter was recorded once"
+        );
+        assert_eq!(
+            scalar(&pool, "SELECT COUNT(*) FROM interface_messages").await,
+            9,
+            "{name}"
+        );
+        // A frame over the limit is refused and its connection closed; the listener goes on.
+        let mut big = msh("A08", "C-BIG", "lead", "").into_bytes();
+        big.extend(std::iter::repeat_n(b'x', hl7::message::MAX_MESSAGE));
+        let acks = exchange(server.addr, vec![big]).await;
+        let text = String::from_utf8_lossy(&acks[0]);
+        assert!(
+            text.contains("\rMSA|AR|C-BIG|the message is larger than"),
+            "{name}: {text}"
+        );
+        let acks = exchange(
+            server.addr,
+            vec![message("A08", "C-AFTER", &[seg("PID", &[(3, "P-1")])])],
+        )
+        .await;
+        assert!(
+            String::from_utf8_lossy(&acks[0]).contains("\rMSA|AA|C-AFTER"),
+            "{name}"
+        );
+    }
+}

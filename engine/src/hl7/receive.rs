@@ -116,29 +116,27 @@ async fn apply(
         return Ok(Applied::Repeat(first));
     }
     let response = ack::text(&adt.header, AckCode::Accepted, None, now);
-    let applied = change(&mut tx, hospital, &caller, adt, &source, remote, now).await;
-    let result = match applied {
-        Ok(()) => clinical::record_message(&mut tx, &source, control_id, "AA", &response, now)
-            .await
-            .map_err(|e| failed(&e)),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => {
-            tx.commit().await.map_err(|e| failed(&e.into()))?;
-            Ok(Applied::Done(response))
-        }
-        Err(e) => {
-            drop(tx);
-            // The same message applied meanwhile on another connection: answer as it was.
-            if let Ok(mut tx) = pool.begin().await
-                && let Ok(Some(first)) = clinical::message_seen(&mut tx, &source, control_id).await
-            {
-                return Ok(Applied::Repeat(first));
-            }
-            Err(e)
+    // The record goes in first: a copy of this message applied concurrently on another
+    // connection waits on its key (PostgreSQL) and then reads that copy's acknowledgement
+    // instead of its own; a failure below rolls the record back with the change.
+    clinical::record_message(&mut tx, &source, control_id, "AA", &response, now)
+        .await
+        .map_err(|e| failed(&e))?;
+    match clinical::message_seen(&mut tx, &source, control_id)
+        .await
+        .map_err(|e| failed(&e))?
+    {
+        Some(stored) if stored == response => {}
+        Some(first) => return Ok(Applied::Repeat(first)),
+        None => {
+            return Err(failed(&StoreError::Conflict(
+                "the message could not be recorded; resend it".into(),
+            )));
         }
     }
+    change(&mut tx, hospital, &caller, adt, &source, remote, now).await?;
+    tx.commit().await.map_err(|e| failed(&e.into()))?;
+    Ok(Applied::Done(response))
 }
 
 /// What the trigger changes, in `tx`.
