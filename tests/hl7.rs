@@ -654,11 +654,19 @@ fn hostile(rng: &mut Rng, i: usize) -> Vec<u8> {
             m.extend_from_slice(format!("\r{}\r{visit}\r", pid("P-1")).as_bytes());
             m
         }
-        7 => message(
-            "A01",
-            &control,
-            &[seg("PID", &[(3, "P-1"), (7, &rng.word())]), visit],
-        ),
+        7 => {
+            let born = [
+                rng.word(),
+                format!("18{:02}0101", rng.below(90)),
+                "29991231".into(),
+            ];
+            let born = born[rng.below(3)].clone();
+            message(
+                "A01",
+                &control,
+                &[seg("PID", &[(3, "P-1"), (7, &born)]), visit],
+            )
+        }
         8 => message(
             "A01",
             &control,

@@ -496,11 +496,10 @@ fn visit(pv1: Seg<'_>, trigger: Trigger, event_time: Option<Timestamp>) -> Resul
         "PV1-3",
         "assigned patient location",
     )?;
-    if department.as_ref().is_some_and(|d| d.chars().count() > 128) {
+    if department.as_ref().is_some_and(|d| d.len() > 200) {
         return Err(Problem::data_type(
             "PV1-3",
-            "PV1-3 (assigned patient location): the point of care is longer than 128 characters"
-                .into(),
+            "PV1-3 (assigned patient location): the point of care is longer than 200 bytes".into(),
         ));
     }
     let acute = match text(pv1.value(4).component(1), "PV1-4", "admission type")?.as_deref() {
@@ -552,17 +551,6 @@ fn visit(pv1: Seg<'_>, trigger: Trigger, event_time: Option<Timestamp>) -> Resul
     })
 }
 
-/// Whether `code` looks like an ICD-10 code (national extensions such as `I63.900x001` included).
-fn icd10_shaped(code: &str) -> bool {
-    let b = code.as_bytes();
-    (3..=16).contains(&b.len())
-        && b[0].is_ascii_uppercase()
-        && b[1].is_ascii_digit()
-        && b[2..]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'*' | b'-'))
-}
-
 fn diagnoses(msg: &Message) -> Result<Vec<Diagnosis>, Problem> {
     let mut out = Vec::new();
     let mut any_priority = false;
@@ -574,7 +562,7 @@ fn diagnoses(msg: &Message) -> Result<Vec<Diagnosis>, Problem> {
             "diagnosis code",
             &format!(" (DG1 segment {})", i + 1),
         )?;
-        if !icd10_shaped(&code) {
+        if carepath_core::charlson::normalise(&code).is_none() {
             return Err(Problem::data_type(
                 "DG1-3",
                 format!(

@@ -15,7 +15,7 @@ use super::{Problem, read};
 use crate::hospital::{self, Hospital};
 use crate::store::clinical::{self, DiagnosisIn, EncounterClass, EncounterIn, Undo};
 use crate::store::crypto::Contact;
-use crate::store::patients::PatientUpsert;
+use crate::store::patients::{self, PatientUpsert};
 use crate::store::queries::Caller;
 use crate::store::{Pool, StoreError};
 
@@ -101,6 +101,15 @@ async fn apply(
             ),
         ));
     }
+    let upsert = patient_upsert(hospital, adt);
+    if let Some(p) = &upsert
+        && let Err(e) = patients::check_upsert(p, now.to_zoned(jiff::tz::TimeZone::UTC).date())
+    {
+        return Err((
+            AckCode::Rejected,
+            Problem::data_type("PID", format!("PID: {e}")),
+        ));
+    }
     let caller = Caller {
         staff_id: format!("hl7:{}", adt.header.sending_application),
         institution_id: facility.clone(),
@@ -134,12 +143,17 @@ async fn apply(
             )));
         }
     }
+    if let Some(upsert) = &upsert {
+        hospital::upsert_patient(&mut tx, hospital, &caller, upsert, remote, now)
+            .await
+            .map_err(|e| failed(&e))?;
+    }
     change(&mut tx, hospital, &caller, adt, &source, remote, now).await?;
     tx.commit().await.map_err(|e| failed(&e.into()))?;
     Ok(Applied::Done(response))
 }
 
-/// What the trigger changes, in `tx`.
+/// What the trigger changes in encounters, in `tx` (after the patient, if the message carries one).
 async fn change(
     tx: &mut crate::store::Tx,
     hospital: &Hospital<'_>,
@@ -149,40 +163,6 @@ async fn change(
     remote: &str,
     now: Timestamp,
 ) -> Result<(), (AckCode, Problem)> {
-    if matches!(adt.trigger, Trigger::A01 | Trigger::A04 | Trigger::A08) {
-        let p = &adt.patient;
-        let details = p.name.is_some() || p.phone.is_some() || p.email.is_some();
-        let contact = match hospital.contact_key {
-            Some(_) if details => Some(Contact {
-                phone: p.phone.clone(),
-                email: p.email.clone(),
-                wechat_openid: None,
-                name: p.name.clone(),
-                lang: p.lang.clone(),
-            }),
-            None if details => {
-                tracing::warn!(
-                    control_id = %adt.header.control_id,
-                    "contact details in PID are ignored: no contact key is configured (CAREPATH_CONTACT_KEY)"
-                );
-                None
-            }
-            _ => None,
-        };
-        let upsert = PatientUpsert {
-            id: p.id.clone(),
-            birth_date: p.birth_date.clone(),
-            sex: p.sex.map(|s| s.as_str().to_owned()),
-            tz: None,
-            contact,
-            preferred_channel: None,
-            lang: p.lang.clone(),
-            home_institution: None,
-        };
-        hospital::upsert_patient(tx, hospital, caller, &upsert, remote, now)
-            .await
-            .map_err(|e| failed(&e))?;
-    }
     let Some(visit) = &adt.visit else {
         return Ok(());
     };
@@ -249,6 +229,43 @@ async fn change(
         Trigger::A08 => {}
     }
     Ok(())
+}
+
+/// The patient as A01, A04 and A08 create or update them; contact details only with a key to
+/// seal them.
+fn patient_upsert(hospital: &Hospital<'_>, adt: &Adt) -> Option<PatientUpsert> {
+    if !matches!(adt.trigger, Trigger::A01 | Trigger::A04 | Trigger::A08) {
+        return None;
+    }
+    let p = &adt.patient;
+    let details = p.name.is_some() || p.phone.is_some() || p.email.is_some();
+    let contact = match hospital.contact_key {
+        Some(_) if details => Some(Contact {
+            phone: p.phone.clone(),
+            email: p.email.clone(),
+            wechat_openid: None,
+            name: p.name.clone(),
+            lang: p.lang.clone(),
+        }),
+        None if details => {
+            tracing::warn!(
+                control_id = %adt.header.control_id,
+                "contact details in PID are ignored: no contact key is configured (CAREPATH_CONTACT_KEY)"
+            );
+            None
+        }
+        _ => None,
+    };
+    Some(PatientUpsert {
+        id: p.id.clone(),
+        birth_date: p.birth_date.clone(),
+        sex: p.sex.map(|s| s.as_str().to_owned()),
+        tz: None,
+        contact,
+        preferred_channel: None,
+        lang: p.lang.clone(),
+        home_institution: None,
+    })
 }
 
 /// A store error as an `AE`: the reason for what the sender can fix, a plain one otherwise.

@@ -292,6 +292,11 @@ fn missing_required_fields_are_named() {
             "not an ICD-10 code",
         ),
         (
+            simple("A01", pid, &seg("PV1", &[(2, "I"), (19, "V1")])) + "DG1|1||I63.900x001\r",
+            "DG1-3",
+            "not an ICD-10 code",
+        ),
+        (
             simple("A01", pid, &seg("PV1", &[(2, "I"), (19, "V1")])) + "DG1|1||I10^HT^SNOMED\r",
             "DG1-3",
             "not ICD-10",
