@@ -215,6 +215,9 @@ enum Command {
         /// Deliver due follow-ups on every sweep with this channel configuration.
         #[arg(long)]
         delivery_config: Option<PathBuf>,
+        /// Also accept HL7 v2 ADT messages over MLLP on this address (e.g. 0.0.0.0:2575).
+        #[arg(long, value_name = "ADDR")]
+        mllp: Option<String>,
         #[command(flatten)]
         proxies: ProxyArgs,
         #[command(flatten)]
@@ -504,6 +507,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "Asia/Shanghai",
                 30,
                 None,
+                None,
                 Access {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
@@ -519,6 +523,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sweep_seconds,
             pathways,
             delivery_config,
+            mllp,
             proxies,
             audit,
         } => {
@@ -542,6 +547,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &tz,
                 sweep_seconds,
                 delivery,
+                mllp.as_deref(),
                 Access {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
@@ -922,6 +928,7 @@ async fn serve(
     tz: &str,
     sweep_seconds: u64,
     delivery: Option<carepath_engine::delivery::DeliveryConfig>,
+    mllp: Option<&str>,
     access: Access,
 ) -> anyhow::Result<ExitCode> {
     let schedule: croner::Cron = cron
@@ -943,6 +950,30 @@ async fn serve(
         Err(e) => return Err(e).context("the contact key"),
     }
     let shared = state.programs.clone();
+    let hl7 = match mllp {
+        Some(mllp) => {
+            let listener = tokio::net::TcpListener::bind(mllp)
+                .await
+                .with_context(|| format!("cannot listen for MLLP on {mllp}"))?;
+            let service = carepath_engine::hl7::Service {
+                pool: pool.clone(),
+                programs: state.programs.clone(),
+                intake: state.intake.clone(),
+                contact_key: state.contact_key.clone(),
+            };
+            println!("accepting HL7 v2 ADT over MLLP on {mllp}");
+            Some(tokio::spawn(async move {
+                let limits = carepath_engine::hl7::Limits::default();
+                if let Err(e) =
+                    carepath_engine::hl7::listen(listener, service, limits, std::future::pending())
+                        .await
+                {
+                    tracing::error!("the MLLP listener stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let app = carepath_admin_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -1018,6 +1049,9 @@ async fn serve(
     });
     serve_until_interrupted(listener, app).await?;
     scheduler.abort();
+    if let Some(hl7) = hl7 {
+        hl7.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
