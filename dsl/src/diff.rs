@@ -30,7 +30,7 @@ pub struct Change {
     /// `pathway`, `state`, `transition`, `action`, `schedule`, `variable`, `event`,
     /// `entry_point`, `goal` or `indicator`.
     pub what: &'static str,
-    /// What names it: `home_first_week`, `home_first_week: on discharged → triage`,
+    /// What names it: `home_first_week`, `home_first_week: on discharged`,
     /// `home_first_week/task:first_call`.
     pub id: String,
     /// The fields that differ, for a change.
@@ -191,7 +191,8 @@ fn transitions(s: &State, tree: Option<&Node>) -> Vec<Named> {
                 (_, Some(g)) => format!("when {}", g.0),
                 (_, None) => "immediately".into(),
             };
-            let base = format!("{}: {trigger} → {}", s.id, t.to);
+            // Keyed by the trigger: a transition sent elsewhere is one changed in `to`.
+            let base = format!("{}: {trigger}", s.id);
             let n = seen.iter().filter(|k| **k == base).count();
             seen.push(base.clone());
             Named {
@@ -431,10 +432,9 @@ states:
             [
                 "Removed state old []",
                 "Added state new []",
-                "Removed transition a: after 7d → b []",
-                "Removed transition a: when level > 3 → old []",
-                "Added transition a: after 14d → b []",
-                "Added transition a: when level > 3 → new []",
+                "Removed transition a: after 7d []",
+                "Changed transition a: when level > 3 [\"to\"]",
+                "Added transition a: after 14d []",
                 "Changed action a/task:call [\"due\"]",
                 "Added variable flag []",
             ],
