@@ -347,6 +347,10 @@ enum Command {
         /// Worker threads; the output is the same for any number (default: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Two versions of a pathway (files) run on the same cohort, scenario and seed, their
+        /// indicators and workload side by side (compare.json and compare.svg under --out).
+        #[arg(long, num_args = 2, value_names = ["V1", "V2"])]
+        compare: Vec<PathBuf>,
     },
 }
 
@@ -698,6 +702,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scenario,
             out,
             threads,
+            compare,
+        } if compare.len() == 2 => {
+            let opts = carepath_simulator::Options {
+                pathways,
+                scenario,
+                cohort,
+                days,
+                seed,
+                out,
+                threads,
+                progress: true,
+            };
+            let c = carepath_simulator::compare::compare(&compare[0], &compare[1], &opts)
+                .map_err(anyhow::Error::msg)?;
+            print!("{}", c.text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            pathways,
+            cohort,
+            days,
+            seed,
+            scenario,
+            out,
+            threads,
+            ..
         } => simulate(carepath_simulator::Options {
             pathways,
             scenario,

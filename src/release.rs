@@ -62,19 +62,13 @@ pub(crate) async fn version(spec: &str, pool: Option<&Pool>) -> anyhow::Result<V
     let Some(pool) = pool else {
         bail!("`{spec}` names a published version: give the database with --db");
     };
-    let rows = pool
-        .fetch(
-            "SELECT format, source, model FROM pathway_versions WHERE pathway_id = $1 AND version = $2",
-            store::args![id, v],
-        )
-        .await?;
-    let Some(r) = rows.first() else {
+    let Some(p) = release::published(pool, id, v).await? else {
         bail!("pathway {id} has no published version {v}");
     };
-    let pathway: dsl::Pathway = serde_json::from_str(&r.text(2))
+    let pathway: dsl::Pathway = serde_json::from_str(&p.model)
         .with_context(|| format!("the stored model of {spec} cannot be read"))?;
     Ok(Version {
-        tree: tree_of(spec, &r.text(0), r.text(1).as_bytes()),
+        tree: tree_of(spec, &p.format, p.source.as_bytes()),
         label: spec.to_string(),
         pathway,
     })

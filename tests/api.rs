@@ -473,6 +473,10 @@ fn the_validator_catches_drift() {
     );
 }
 
+fn migration_plan(id: &str) -> String {
+    format!("migration: {id}\npathway: matrix_probe\nfrom: 900001\nto: 900002\n")
+}
+
 fn probe_pathway(version: u64) -> String {
     format!(
         r#"pathway: matrix_probe
@@ -500,6 +504,14 @@ async fn setup(backend: &Backend) -> (Ctx, Vec<(String, String, String, String)>
     store::publish(&pool, &programs, Timestamp::now())
         .await
         .expect("publish");
+    // Two versions of a probe pathway for the migration routes.
+    for v in [900_001, 900_002] {
+        let dir = support::pathway_dir(&[("probe.yaml", &probe_pathway(v))]);
+        let one = Programs::load_dir(dir.path()).expect("probe loads");
+        store::publish(&pool, &one, Timestamp::now())
+            .await
+            .expect("publish probe");
+    }
     let programs = store::load_programs(&pool).await.expect("load programs");
     seed::alliance(&pool).await.expect("alliance");
     let mut staff = seed::demo_staff(&pool).await.expect("staff");
@@ -752,6 +764,35 @@ async fn permission_matrix_on(backend: &Backend) {
                         Some(json!({"reason": "no capacity"})),
                     ),
                     "/kpis" => ("/kpis?from=2026-01-01&to=2027-01-01&by=staff".into(), None),
+                    "/migrations/dry-run" | "/migrations" => (
+                        route.path.to_string(),
+                        Some(json!({"plan": migration_plan(&format!("m-{n}"))})),
+                    ),
+                    "/migrations/{id}" | "/migrations/{id}/rollback" => {
+                        // A run of its own for each call.
+                        let id = format!("m-{n}");
+                        let plan = carepath_dsl::migration::read_plan(
+                            "plan.yaml",
+                            migration_plan(&id).as_bytes(),
+                            |p, v| ctx.programs.get(p, v).map(|x| &x.pathway),
+                        )
+                        .expect("plan");
+                        store::release::apply(
+                            &ctx.pool,
+                            &ctx.programs,
+                            &plan,
+                            &store::release::ApplyOptions {
+                                owner: "matrix",
+                                batch_size: 10,
+                                max_batches: None,
+                                progress: None,
+                            },
+                            Timestamp::now(),
+                        )
+                        .await
+                        .expect("apply");
+                        (route.path.replace("{id}", &id), None)
+                    }
                     p => (p.to_string(), None),
                 };
                 let audit_before = scalar(&ctx.pool, "SELECT COUNT(*) FROM audit_log").await;

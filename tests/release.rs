@@ -419,3 +419,57 @@ fn sigkill_during_apply_and_a_rerun_give_the_rows_of_one_uninterrupted_run() {
         }
     }
 }
+
+/// `carepath simulate --compare`: one version against itself changes nothing; against version 4
+/// the removed stability review takes work off the doctors, and the scenario's behaviour for its
+/// task is said to be unused there.
+#[test]
+fn simulate_compare_runs_one_cohort_through_both_versions() {
+    let Some(real) = support::real_pathways() else {
+        return;
+    };
+    let v3 = real.join("hypertension.yaml");
+    let dir = support::pathway_dir(&[(
+        "hypertension.yaml",
+        &v4(&std::fs::read_to_string(&v3).unwrap()),
+    )]);
+    let v4 = dir.path().join("hypertension.yaml");
+    let opts = carepath_simulator::Options {
+        scenario: Some(real.join("hypertension.scenario.yaml")),
+        cohort: Some(300),
+        days: Some(120),
+        threads: 1,
+        ..Default::default()
+    };
+    let same = carepath_simulator::compare::compare(&v3, &v3, &opts).expect("compare");
+    assert!(
+        same.indicators
+            .iter()
+            .chain(same.workload.iter())
+            .all(|r| r.change == Some(0.0) || r.change.is_none_or(f64::is_nan)),
+        "{}",
+        same.text()
+    );
+    let out = support::tempdir();
+    let c = carepath_simulator::compare::compare(
+        &v3,
+        &v4,
+        &carepath_simulator::Options {
+            out: Some(out.path().to_path_buf()),
+            ..opts
+        },
+    )
+    .expect("compare");
+    let doctor = c
+        .workload
+        .iter()
+        .find(|r| r.measure == "doctor.created")
+        .expect("doctors' work");
+    assert!(doctor.change.unwrap() < 0.0, "{}", c.text());
+    assert!(
+        c.notes.iter().any(|n| n.contains("stability_decision")),
+        "{:?}",
+        c.notes
+    );
+    assert!(out.path().join("compare.json").exists() && out.path().join("compare.svg").exists());
+}

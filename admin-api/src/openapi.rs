@@ -333,6 +333,46 @@ pub(crate) fn ok_contact() -> Success {
         obj(json!({ "contact": contact })),
     )
 }
+pub(crate) fn s_plan() -> Value {
+    json!({"type": "object", "required": ["plan"], "additionalProperties": false, "properties": {
+        "plan": {"type": "string", "maxLength": 262144, "description": "the migration plan as YAML (docs/releasing.md)"},
+        "quiet_hours": {"type": "string", "pattern": "^[0-9]{1,2}-[0-9]{1,2}$"}}})
+}
+pub(crate) fn ok_dry_run() -> Success {
+    json_ok(
+        200,
+        "Each selected enrolment's move and next pass, staying and moved, with totals per state and institution",
+        obj(json!({
+        "plan": {"type": "object"}, "at": instant(), "total": {"type": "object"}, "by_state": {"type": "object"},
+        "by_institution": {"type": "object"}, "enrolments": {"type": "array", "items": {"type": "object"}}})),
+    )
+}
+pub(crate) fn ok_applied() -> Success {
+    json_ok(
+        200,
+        "What the application moved",
+        obj(json!({
+        "run": string(), "moved": int(), "already_moved": int(), "skipped": int(), "work_ended": int(), "batches": int(), "complete": {"type": "boolean"}})),
+    )
+}
+pub(crate) fn ok_run() -> Success {
+    json_ok(
+        200,
+        "The run",
+        obj(json!({
+        "id": string(), "pathway": string(), "from_version": int(), "to_version": int(), "status": string(),
+        "owner": nullable(string()), "lease_until": nullable(instant()), "started_at": instant(), "finished_at": nullable(instant()),
+        "moved": int(), "rolled_back": int()})),
+    )
+}
+pub(crate) fn ok_rolled_back() -> Success {
+    json_ok(
+        200,
+        "What the rollback restored",
+        obj(json!({
+        "run": string(), "restored": int(), "left": {"type": "array", "items": int()}, "work_not_reopened": int()})),
+    )
+}
 pub(crate) fn s_enrol() -> Value {
     json!({"type": "object", "required": ["patient_id", "pathway", "entry"], "additionalProperties": false, "properties": {
         "patient_id": {"type": "string"}, "pathway": {"type": "string"}, "version": {"type": "integer", "minimum": 1}, "entry": {"type": "string"},

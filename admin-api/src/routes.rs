@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::AppState;
 use crate::auth::Module;
 use crate::handlers::{
-    alarms, audit, catalog, kpis, observations, patients, queue, referrals, service,
+    alarms, audit, catalog, kpis, migrations, observations, patients, queue, referrals, service,
 };
 use crate::openapi as doc;
 
@@ -164,6 +164,62 @@ pub static ROUTES: &[Route] = &[
             query: &[],
             body: Some(doc::s_publish),
             success: doc::ok_published,
+        }),
+    },
+    Route {
+        method: Post,
+        path: "/migrations/dry-run",
+        module: Some(Pathways),
+        action: "migration.dry_run",
+        record: Record::Layer,
+        handler: |m| on(m, migrations::dry_run),
+        doc: Some(Doc {
+            summary: "What a migration plan would do to each enrolment it selects, without writing (docs/releasing.md)",
+            query: &[],
+            body: Some(doc::s_plan),
+            success: doc::ok_dry_run,
+        }),
+    },
+    Route {
+        method: Post,
+        path: "/migrations",
+        module: Some(Pathways),
+        action: "migration.apply",
+        record: Record::Layer,
+        handler: |m| on(m, migrations::apply),
+        doc: Some(Doc {
+            summary: "Apply a migration plan: move the enrolments it selects, in batches, exactly once",
+            query: &[],
+            body: Some(doc::s_plan),
+            success: doc::ok_applied,
+        }),
+    },
+    Route {
+        method: Get,
+        path: "/migrations/{id}",
+        module: Some(Pathways),
+        action: "migration.read",
+        record: Record::Layer,
+        handler: |m| on(m, migrations::status),
+        doc: Some(Doc {
+            summary: "A migration run: its status, lease and the enrolments it moved",
+            query: &[],
+            body: None,
+            success: doc::ok_run,
+        }),
+    },
+    Route {
+        method: Post,
+        path: "/migrations/{id}/rollback",
+        module: Some(Pathways),
+        action: "migration.rollback",
+        record: Record::Layer,
+        handler: |m| on(m, migrations::rollback),
+        doc: Some(Doc {
+            summary: "Move a run's enrolments back to the version, state and variables they had",
+            query: &[],
+            body: None,
+            success: doc::ok_rolled_back,
         }),
     },
     Route {

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cohort;
+pub mod compare;
 pub mod expect;
 pub mod model;
 mod patient;

@@ -239,7 +239,11 @@ pub async fn record_encounter(
         raised.push(("discharged", at));
     }
     let events_added = raise(tx, &e.patient_id, id, &raised, now).await?;
-    let diagnoses_added = store_diagnoses(tx, &e.patient_id, Some(id), &codes, source, now).await?;
+    // A diagnosis coded for a stay is a fact of that stay: dated at the admission (or the visit),
+    // so what is recorded with or after the discharge counts for a score taken at the discharge.
+    let dated = e.admitted_at.or(e.discharged_at).unwrap_or(now).min(now);
+    let diagnoses_added =
+        store_diagnoses(tx, &e.patient_id, Some(id), &codes, source, dated).await?;
     caller
         .audit_ok(
             tx,
@@ -349,21 +353,24 @@ pub async fn add_diagnoses(
         .iter()
         .map(|d| normalised(d).map(|c| (c, d.principal)))
         .collect::<Result<Vec<_>>>()?;
-    let encounter_id = match encounter {
-        Some(identifier) => Some(
-            tx.fetch_one(
-                "SELECT id FROM encounters WHERE institution_id = $1 AND identifier = $2 AND patient_id = $3",
-                args![&caller.institution_id, identifier, patient],
-            )
-            .await?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!("encounter {identifier} of patient {patient}"))
-            })?
-            .i64(0),
-        ),
-        None => None,
+    let (encounter_id, dated) = match encounter {
+        Some(identifier) => {
+            let r = tx
+                .fetch_one(
+                    "SELECT id, admitted_at, discharged_at FROM encounters WHERE institution_id = $1 AND identifier = $2 AND patient_id = $3",
+                    args![&caller.institution_id, identifier, patient],
+                )
+                .await?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("encounter {identifier} of patient {patient}"))
+                })?;
+            // Dated by its encounter, as `record_encounter` dates the diagnoses it carries.
+            let at = r.opt_i64(1).or(r.opt_i64(2)).map_or(now, ts).min(now);
+            (Some(r.i64(0)), at)
+        }
+        None => (None, now),
     };
-    let added = store_diagnoses(tx, patient, encounter_id, &codes, source, now).await?;
+    let added = store_diagnoses(tx, patient, encounter_id, &codes, source, dated).await?;
     caller
         .audit_ok(
             tx,

@@ -699,3 +699,73 @@ pub async fn rollback(pool: &Pool, run: &str, by: &str, now: Timestamp) -> Resul
     tx.commit().await?;
     Ok(out)
 }
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunStatus {
+    pub id: String,
+    pub pathway: String,
+    pub from_version: i64,
+    pub to_version: i64,
+    /// `running`, `done` or `rolled_back`.
+    pub status: String,
+    pub owner: Option<String>,
+    pub lease_until: Option<Timestamp>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub moved: i64,
+    pub rolled_back: i64,
+}
+
+/// The run `id`; `NotFound` when there is none.
+pub async fn status(pool: &Pool, id: &str) -> Result<RunStatus> {
+    let rows = pool
+        .fetch(
+            "SELECT r.id, r.pathway_id, r.from_version, r.to_version, r.status, r.owner, r.lease_until, r.started_at, r.finished_at, \
+             (SELECT COUNT(*) FROM migration_moves m WHERE m.run_id = r.id), \
+             (SELECT COUNT(*) FROM migration_moves m WHERE m.run_id = r.id AND m.rolled_back_at IS NOT NULL) \
+             FROM migration_runs r WHERE r.id = $1",
+            args![id],
+        )
+        .await?;
+    let r = rows
+        .first()
+        .ok_or_else(|| StoreError::NotFound(format!("migration run {id}")))?;
+    Ok(RunStatus {
+        id: r.text(0),
+        pathway: r.text(1),
+        from_version: r.i64(2),
+        to_version: r.i64(3),
+        status: r.text(4),
+        owner: r.opt_text(5),
+        lease_until: r.opt_i64(6).map(ts),
+        started_at: ts(r.i64(7)),
+        finished_at: r.opt_i64(8).map(ts),
+        moved: r.i64(9),
+        rolled_back: r.i64(10),
+    })
+}
+
+/// A published pathway version as stored: its format, source text and compiled model (JSON).
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub format: String,
+    pub source: String,
+    pub model: String,
+}
+
+/// Version `version` of pathway `id` as published, if it is.
+pub async fn published(pool: &Pool, id: &str, version: i64) -> Result<Option<Published>> {
+    Ok(pool
+        .fetch(
+            "SELECT format, source, model FROM pathway_versions WHERE pathway_id = $1 AND version = $2",
+            args![id, version],
+        )
+        .await?
+        .first()
+        .map(|r| Published {
+            format: r.text(0),
+            source: r.text(1),
+            model: r.text(2),
+        }))
+}

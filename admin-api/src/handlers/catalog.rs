@@ -173,7 +173,7 @@ enum Refused {
 
 /// The 422 answer of a pathway with errors: the first message as the detail, and every diagnostic
 /// located in its file.
-fn unprocessable(diagnostics: &[carepath_dsl::Diagnostic]) -> Response {
+pub(crate) fn unprocessable(diagnostics: &[carepath_dsl::Diagnostic]) -> Response {
     let detail = diagnostics
         .iter()
         .find(|d| d.is_error())

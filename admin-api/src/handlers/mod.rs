@@ -8,6 +8,7 @@ pub(crate) mod alarms;
 pub(crate) mod audit;
 pub(crate) mod catalog;
 pub(crate) mod kpis;
+pub(crate) mod migrations;
 pub(crate) mod observations;
 pub(crate) mod patients;
 pub(crate) mod queue;
