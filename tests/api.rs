@@ -105,6 +105,7 @@ fn routes() -> Vec<Route> {
                 method: match r.method {
                     carepath_admin_api::Method::Get => "GET",
                     carepath_admin_api::Method::Post => "POST",
+                    carepath_admin_api::Method::Put => "PUT",
                 },
                 path: r.path,
                 scope,

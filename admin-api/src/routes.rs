@@ -18,6 +18,7 @@ use crate::openapi as doc;
 pub enum Method {
     Get,
     Post,
+    Put,
 }
 
 impl Method {
@@ -26,6 +27,7 @@ impl Method {
         match self {
             Method::Get => "get",
             Method::Post => "post",
+            Method::Put => "put",
         }
     }
 
@@ -33,6 +35,7 @@ impl Method {
         match self {
             Method::Get => MethodFilter::GET,
             Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
         }
     }
 }
@@ -69,7 +72,7 @@ pub struct Route {
     /// The action a refusal for want of the module is audited under.
     pub action: &'static str,
     pub record: Record,
-    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+    pub(crate) handler: fn(MethodFilter) -> MethodRouter<AppState>,
     /// `None` for the document itself, which does not describe itself.
     pub doc: Option<Doc>,
 }
@@ -86,7 +89,7 @@ use Module::*;
 
 const fn public(
     path: &'static str,
-    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+    pub(crate) handler: fn(MethodFilter) -> MethodRouter<AppState>,
     doc: Option<Doc>,
 ) -> Route {
     Route {
@@ -436,5 +439,6 @@ pub static ROUTES: &[Route] = &[
 pub(crate) fn find(method: &axum::http::Method, path: &str) -> Option<&'static Route> {
     ROUTES
         .iter()
+        .chain(crate::fhir::ROUTES)
         .find(|r| r.path == path && r.method.as_str().eq_ignore_ascii_case(method.as_str()))
 }

@@ -18,6 +18,7 @@ pub mod indicators;
 pub mod outbox;
 pub mod patients;
 pub mod queries;
+pub mod records;
 pub mod replay;
 pub mod scales;
 mod sqlite_tx;

@@ -1,0 +1,221 @@
+//! Reads and searches: `GET /fhir/{type}/{id}` and `GET /fhir/{type}?…`, answered with the
+//! resource or a `searchset` Bundle. Search parameters are those the CapabilityStatement lists;
+//! any other is refused rather than silently ignored, so a client never mistakes an unfiltered
+//! answer for a filtered one.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use carepath_engine::store::records::{self, RecordFilter};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::json::clip;
+use super::outcome::{Outcome, fhir_json};
+use super::write::percent_decode;
+use super::{base_url, careplan, observation, questionnaire, support, task};
+use crate::{AppState, Call, MAX_PAGE};
+
+/// A search as given: the filter, and the FHIR task statuses asked for.
+struct Search {
+    filter: RecordFilter,
+    statuses: Vec<&'static str>,
+    url: Option<String>,
+    text_id: Option<String>,
+}
+
+fn bad(diagnostics: String) -> Outcome {
+    Outcome::new(StatusCode::BAD_REQUEST, "invalid", diagnostics)
+}
+
+/// The instants a date parameter's value covers: a day (UTC) or one instant.
+fn span(v: &str) -> Result<(i64, i64), Outcome> {
+    if let Ok(t) = v.parse::<Timestamp>() {
+        return Ok((t.as_second(), t.as_second()));
+    }
+    let day = (v.len() == 10)
+        .then(|| v.parse::<jiff::civil::Date>().ok())
+        .flatten()
+        .ok_or_else(|| bad(format!("date `{}` is neither a date (YYYY-MM-DD) nor an instant with a zone offset", clip(v))))?;
+    let start = day
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(|_| bad(format!("date `{}` is out of range", clip(v))))?
+        .timestamp()
+        .as_second();
+    Ok((start, start + 86_399))
+}
+
+fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
+    let known = support(resource).map_or(&[][..], |r| r.search);
+    let mut s = Search {
+        filter: RecordFilter { limit: 50, ..RecordFilter::default() },
+        statuses: Vec::new(),
+        url: None,
+        text_id: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(&v.replace('+', " ")).ok_or_else(|| bad(format!("parameter `{}` is not well encoded", clip(k))))?;
+        if matches!(k, "_format") {
+            if !v.contains("json") {
+                return Err(Outcome::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "carepath answers in JSON only"));
+            }
+            continue;
+        }
+        if !known.iter().any(|(n, _)| *n == k) {
+            let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+            return Err(bad(format!(
+                "{resource} cannot be searched by `{}`; its search parameters are {}",
+                clip(k),
+                names.join(", ")
+            )));
+        }
+        if v.is_empty() || v.len() > 256 {
+            return Err(bad(format!("parameter `{k}` needs a value of at most 256 characters")));
+        }
+        match k {
+            "_count" => {
+                let n: i64 = v.parse().map_err(|_| bad(format!("_count `{}` is not a number", clip(&v))))?;
+                if !(1..=MAX_PAGE).contains(&n) {
+                    return Err(bad(format!("_count must be between 1 and {MAX_PAGE}")));
+                }
+                s.filter.limit = n;
+            }
+            "patient" | "subject" => {
+                let id = v.strip_prefix("Patient/").unwrap_or(&v);
+                if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+                    return Err(bad(format!("{k} `{}` is not a patient reference such as Patient/p-123", clip(&v))));
+                }
+                s.filter.patient = Some(id.to_string());
+            }
+            "date" => {
+                let (prefix, value) = match v.get(..2) {
+                    Some(p @ ("ge" | "le" | "gt" | "lt" | "eq")) => (p, &v[2..]),
+                    _ => ("eq", v.as_str()),
+                };
+                let (start, end) = span(value)?;
+                match prefix {
+                    "ge" => s.filter.from = Some(start),
+                    "gt" => s.filter.from = Some(end + 1),
+                    "le" => s.filter.to = Some(end),
+                    "lt" => s.filter.to = Some(start - 1),
+                    _ => {
+                        s.filter.from = Some(start);
+                        s.filter.to = Some(end);
+                    }
+                }
+            }
+            "_id" if resource == "Questionnaire" => s.text_id = Some(v.clone()),
+            "_id" => {
+                s.filter.id = Some(v.parse().map_err(|_| bad(format!("_id `{}` is not an id of a {resource}", clip(&v))))?);
+            }
+            "status" => {
+                for st in v.split(',') {
+                    let mapped = task::carepath_status(st).ok_or_else(|| {
+                        bad(format!("status `{}` is not one of ready, in-progress, completed, cancelled", clip(st)))
+                    })?;
+                    s.statuses.push(mapped);
+                }
+            }
+            "url" => s.url = Some(v.clone()),
+            _ => return Err(bad(format!("parameter `{}` is not supported", clip(k)))),
+        }
+    }
+    Ok(s)
+}
+
+/// The resources a search finds.
+async fn find(s: &AppState, call: &Call, resource: &str, q: &Search) -> Result<Vec<Value>, Outcome> {
+    let c = &call.caller;
+    Ok(match resource {
+        "Observation" => {
+            let rows = records::readings(&s.pool, &s.audit, c, &q.filter, &call.remote, call.now).await?;
+            observation::render_all(&rows)
+        }
+        "Task" => records::tasks(&s.pool, &s.audit, c, &q.filter, &q.statuses, &call.remote, call.now)
+            .await?
+            .iter()
+            .map(task::render)
+            .collect(),
+        "CarePlan" => records::care_plans(&s.pool, &s.audit, c, &q.filter, &call.remote, call.now)
+            .await?
+            .iter()
+            .map(careplan::render)
+            .collect(),
+        "Questionnaire" => s
+            .scales
+            .iter()
+            .filter(|d| q.text_id.as_deref().is_none_or(|id| id == d.scale))
+            .filter(|d| q.url.as_deref().is_none_or(|u| u == questionnaire::canonical(&d.scale)))
+            .take(q.filter.limit as usize)
+            .map(questionnaire::render)
+            .collect(),
+        other => {
+            return Err(Outcome::not_found(format!("carepath does not serve {}", clip(other))));
+        }
+    })
+}
+
+/// `GET /fhir/{type}?…`: a searchset Bundle.
+pub(crate) async fn search(
+    State(s): State<AppState>,
+    call: Call,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    resource: &'static str,
+) -> Result<Response, Outcome> {
+    let q = parse(resource, query.as_deref())?;
+    let found = find(&s, &call, resource, &q).await?;
+    let base = base_url(&headers);
+    let entries: Vec<Value> = found
+        .into_iter()
+        .map(|r| {
+            let url = format!("{base}/{resource}/{}", r["id"].as_str().unwrap_or_default());
+            json!({"fullUrl": url, "resource": r, "search": {"mode": "match"}})
+        })
+        .collect();
+    let mut self_url = format!("{base}/{resource}");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        self_url.push('?');
+        self_url.push_str(&q);
+    }
+    let body = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries.len(),
+        "link": [{"relation": "self", "url": self_url}],
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, &body))
+}
+
+/// One resource of `resource` by id, as a search would render it.
+pub(crate) async fn read_one(s: &AppState, call: &Call, resource: &str, id: &str) -> Result<Value, Outcome> {
+    let missing = || Outcome::not_found(format!("{resource}/{} not found", clip(id)));
+    let mut q = Search {
+        filter: RecordFilter { limit: 1, ..RecordFilter::default() },
+        statuses: Vec::new(),
+        url: None,
+        text_id: None,
+    };
+    if resource == "Questionnaire" {
+        q.text_id = Some(id.to_string());
+    } else {
+        q.filter.id = Some(id.parse().map_err(|_| missing())?);
+    }
+    let found = find(s, call, resource, &q).await?;
+    // A blood pressure's diastolic value is read as the panel it belongs to.
+    found.into_iter().next().ok_or_else(missing)
+}
+
+/// `GET /fhir/{type}/{id}`.
+pub(crate) async fn read(
+    State(s): State<AppState>,
+    call: Call,
+    _headers: HeaderMap,
+    Path(id): Path<String>,
+    resource: &'static str,
+) -> Result<Response, Outcome> {
+    let r = read_one(&s, &call, resource, &id).await?;
+    Ok(fhir_json(StatusCode::OK, &r))
+}

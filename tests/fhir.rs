@@ -1,0 +1,378 @@
+//! FHIR R4 at `/fhir`, served on a real port: a real client (`fhirpy`, installed with pip when
+//! missing) creates, reads, searches and posts transaction and batch Bundles, and every resource
+//! carepath returns is validated with the `fhir.resources` R4B models; then hundreds of
+//! malformed resources must each be answered with a 4xx OperationOutcome, write nothing and leave
+//! the server serving. Every test runs on SQLite, and on PostgreSQL when `DATABASE_URL` is set.
+
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use carepath_admin_api::{AppState, ROLE_MODULES, allowed};
+use carepath_engine::store::{self, Pool};
+use carepath_engine::{Programs, seed};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::{self, Backend, loud, scalar};
+
+const CM: &str = "cp_fhir_clinic_a_case_manager";
+const PATIENT: &str = "fhir-pt-a";
+/// A patient of another clinic, which clinic_a may not see.
+const OTHER: &str = "fhir-pt-b";
+
+struct Served {
+    pool: Pool,
+    addr: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(b: &Backend) -> Served {
+    let now = Timestamp::now();
+    let pool = Pool::connect(&b.url).await.expect("connect");
+    store::migrate(&pool).await.expect("migrate");
+    let pathways = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pathways");
+    let programs = Programs::load_dir(&pathways).expect("pathways load");
+    store::publish(&pool, &programs, now).await.expect("publish");
+    let programs = store::load_programs(&pool).await.expect("programs");
+    seed::alliance(&pool).await.expect("alliance");
+    let mut tx = pool.begin().await.expect("begin");
+    for (role, _) in ROLE_MODULES {
+        let token = format!("cp_fhir_clinic_a_{role}");
+        store::insert_staff(&mut tx, &format!("clinic_a.fhir_{role}"), "clinic_a", role, &[role], Some(store::queries::token_hash(&token)))
+            .await
+            .expect("staff");
+    }
+    tx.commit().await.expect("commit");
+    support::add_patient_at(&pool, PATIENT, "clinic_a", now).await;
+    support::add_patient_at(&pool, OTHER, "clinic_b", now).await;
+    let (enrolment, _) = store::enrol(&pool, &programs, PATIENT, "hypertension", None, "community", now)
+        .await
+        .expect("enrol");
+    pool.exec(
+        &format!(
+            "INSERT INTO scale_pushes (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at) \
+             VALUES ('fhir-push', {enrolment}, '{PATIENT}', 'clinic_a', 1, 'nrs', {}, NULL, '[]', 'pending', {})",
+            now.as_second() + 86_400,
+            now.as_second() - 60
+        ),
+        vec![],
+    )
+    .await
+    .expect("push");
+    let app = carepath_admin_api::router(AppState::new(pool.clone(), programs));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+    });
+    Served { pool, addr, server }
+}
+
+/// One HTTP/1.1 call on a fresh connection: (status, content type, body).
+async fn call(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String, String) {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("the server is alive");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    conn.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let ct = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
+        .unwrap_or_default();
+    // Bodies may be chunked: take the JSON object inside.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
+        _ => body.to_string(),
+    };
+    (status, ct, body)
+}
+
+/// Makes sure `fhirpy` and `fhir.resources` can be imported: installs them with pip when missing,
+/// loudly.
+fn ensure_fhir_python() {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let importable = || {
+        Command::new("python3")
+            .args(["-c", "import fhirpy, fhir.resources.R4B"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if importable() {
+        return;
+    }
+    loud("fhirpy / fhir.resources are not installed: installing them with `python3 -m pip install --quiet fhirpy fhir.resources`");
+    let ok = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "fhirpy", "fhir.resources"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok && importable(), "fhirpy and fhir.resources could not be installed with pip");
+}
+
+async fn fhir_client_round_trips(b: Backend) {
+    ensure_fhir_python();
+    let s = serve(&b).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir/client.py");
+    let base = format!("http://{}/fhir", s.addr);
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args([&base, CM, PATIENT, OTHER])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "[{}] the client failed:\n{stdout}\n{}", b.name(), String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary");
+    let name = b.name();
+    assert_eq!(summary["capability_resources"], json!(["CarePlan", "Observation", "Questionnaire", "QuestionnaireResponse", "Task"]), "[{name}]");
+    // 126 mg/dL is 6.99 mmol/L.
+    assert_eq!(summary["glucose"], json!(["15074-8", 6.99, "mmol/L"]), "[{name}] {summary}");
+    assert_eq!(summary["observations_found"], json!(2), "[{name}] {summary}");
+    assert_eq!(summary["observations_before_2026"], json!(0), "[{name}]");
+    assert_eq!(summary["transaction"], json!(["201 Created", "201 Created", "201 Created"]), "[{name}]");
+    assert_eq!(summary["bad_transaction"], json!([422, "Bundle.entry[2].resource.code"]), "[{name}] {summary}");
+    let batch = summary["batch"].as_array().expect("batch");
+    assert_eq!(batch[0], json!("201 Created"), "[{name}] {summary}");
+    assert!(batch[1].as_str().is_some_and(|s| s.starts_with("422")), "[{name}] another clinic's patient: {summary}");
+    assert_eq!(summary["claimed"][1], json!("in-progress"), "[{name}]");
+    assert_eq!(summary["care_plans"], json!(1), "[{name}]");
+    assert!(summary["care_plan_activities"].as_u64().unwrap_or(0) >= 1, "[{name}] {summary}");
+    let scales = carepath_engine::scales::Scales::builtin().len() as u64;
+    assert_eq!(summary["questionnaires"], json!(scales), "[{name}]");
+    assert_eq!(summary["other_patient_search"], json!([200, 0]), "[{name}]");
+    for ty in ["Observation", "Bundle", "Task", "CarePlan", "Questionnaire", "OperationOutcome", "CapabilityStatement"] {
+        assert!(summary["validated"][ty].as_u64().unwrap_or(0) > 0, "[{name}] no {ty} validated: {summary}");
+    }
+    // The database: the panel's two values under one reading id, the glucose in mmol/L, the
+    // transaction's two readings (and not the failed one's), the batch's good one, the answer.
+    let p = &s.pool;
+    let count = |sql: String| async move { scalar(p, &sql).await };
+    assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{PATIENT}' AND reading_id = 'urn:device:cuff-7|r-1001'")).await, 2, "[{name}]");
+    assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{PATIENT}' AND kind = 'glucose_fasting' AND value > 6.98 AND value < 7.0")).await, 1, "[{name}]");
+    assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{PATIENT}' AND kind IN ('heart_rate', 'hba1c')")).await, 3, "[{name}]");
+    assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{OTHER}'")).await, 0, "[{name}]");
+    assert_eq!(count("SELECT COUNT(*) FROM scale_answers WHERE scale = 'nrs'".into()).await, 1, "[{name}]");
+    assert_eq!(count("SELECT COUNT(*) FROM scale_pushes WHERE dedupe_key = 'fhir-push' AND status = 'answered'".into()).await, 1, "[{name}]");
+    // The crisis reading raised the pathway's alarm, as any reading does.
+    assert!(count(format!("SELECT COUNT(*) FROM alarm_episodes WHERE alarm_id = 'bp_crisis' AND patient_id = '{PATIENT}'")).await >= 1, "[{name}] no crisis alarm");
+    assert_eq!(count("SELECT COUNT(*) FROM tasks WHERE status = 'claimed' AND assignee = 'clinic_a.fhir_case_manager'".into()).await, 1, "[{name}]");
+    // Everything the client read and wrote is in the audit record, under its caller.
+    assert!(count("SELECT COUNT(*) FROM audit_log WHERE actor = 'clinic_a.fhir_case_manager' AND action LIKE 'fhir.%'".into()).await >= 4, "[{name}]");
+    s.server.abort();
+    s.pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fhir_client_round_trips_on_sqlite() {
+    fhir_client_round_trips(support::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fhir_client_round_trips_on_postgres() {
+    if let Some(b) = support::postgres() {
+        fhir_client_round_trips(b).await;
+    }
+}
+
+/// A valid Observation to break.
+fn observation() -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+           "subject": {"reference": format!("Patient/{PATIENT}")},
+           "effectiveDateTime": "2026-03-01T08:00:00+08:00",
+           "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}})
+}
+
+fn questionnaire_response() -> Value {
+    json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+           "questionnaire": "urn:carepath:questionnaire:nrs",
+           "subject": {"reference": format!("Patient/{PATIENT}")},
+           "item": [{"linkId": "pain", "answer": [{"valueInteger": 3}]}]})
+}
+
+/// Values of every JSON type, and some that look almost right.
+fn wrong_values(n: usize) -> Vec<Value> {
+    vec![
+        json!(null), json!(true), json!(0), json!(-1), json!(1e308), json!(""), json!(" "),
+        json!("x".repeat(100_000)), json!("\u{0}\u{1}"), json!([]), json!([1, 2]), json!({}),
+        json!({"reference": "Patient/"}), json!({"reference": format!("Patient/{OTHER}")}),
+        json!({"reference": "urn:uuid:00000000-0000-0000-0000-000000000000"}),
+        json!("2026-13-45"), json!("2026-03-01"), json!("yesterday"), json!("9999-12-31T00:00:00Z"),
+        json!({"value": "72", "code": "/min"}), json!({"value": 72, "code": "furlongs"}), json!({"value": 9000, "code": "/min"}),
+        json!([{"system": "http://loinc.org"}]), json!(format!("{n}")),
+    ]
+}
+
+/// The malformed resources: each element of each resource replaced by each wrong value or
+/// removed, unknown and huge elements, unknown resource types, and Bundles with one bad entry.
+fn hostile() -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    for (path, base) in [("/fhir/Observation", observation()), ("/fhir/QuestionnaireResponse", questionnaire_response())] {
+        let keys: Vec<String> = base.as_object().expect("object").keys().cloned().collect();
+        for (i, k) in keys.iter().enumerate() {
+            for v in wrong_values(i) {
+                let mut r = base.clone();
+                r[k] = v;
+                out.push((path, r));
+            }
+            let mut r = base.clone();
+            r.as_object_mut().expect("object").remove(k);
+            out.push((path, r));
+        }
+        for extra in ["modifierExtension", "name", "implicitRules", "x".repeat(5_000).as_str()] {
+            let mut r = base.clone();
+            r[extra] = json!([{"url": "urn:x", "valueString": "y"}]);
+            out.push((path, r));
+        }
+    }
+    // Inside the Observation's value and code.
+    for v in wrong_values(0) {
+        let mut r = observation();
+        r["valueQuantity"]["value"] = v.clone();
+        out.push(("/fhir/Observation", r));
+        let mut r = observation();
+        r["valueQuantity"]["code"] = v.clone();
+        out.push(("/fhir/Observation", r));
+        let mut r = observation();
+        r["code"]["coding"][0]["code"] = v.clone();
+        out.push(("/fhir/Observation", r));
+        let mut r = observation();
+        r["subject"]["reference"] = v.clone();
+        out.push(("/fhir/Observation", r));
+        let mut r = questionnaire_response();
+        r["item"][0]["answer"][0]["valueInteger"] = v.clone();
+        out.push(("/fhir/QuestionnaireResponse", r));
+        let mut r = questionnaire_response();
+        r["item"][0]["linkId"] = v;
+        out.push(("/fhir/QuestionnaireResponse", r));
+    }
+    for ty in ["Patientt", "Medication", "Bundle", "OperationOutcome", "../etc", "Observation/1", ""] {
+        let mut r = observation();
+        r["resourceType"] = json!(ty);
+        out.push(("/fhir/Observation", r));
+    }
+    for (i, v) in wrong_values(0).into_iter().enumerate() {
+        // A transaction whose last entry is broken: nothing of it may be written.
+        let mut bad = observation();
+        let keys = ["status", "code", "subject", "effectiveDateTime", "valueQuantity"];
+        bad[keys[i % keys.len()]] = v.clone();
+        let good = observation();
+        out.push(("/fhir", json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": good, "request": {"method": "POST", "url": "Observation"}},
+            {"resource": bad, "request": {"method": "POST", "url": "Observation"}},
+        ]})));
+        out.push(("/fhir", json!({"resourceType": "Bundle", "type": v, "entry": []})));
+        out.push(("/fhir", json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": observation(), "request": {"method": v, "url": "Observation"}}]})));
+    }
+    out
+}
+
+async fn hostile_input_is_refused(b: Backend) {
+    let s = serve(&b).await;
+    let name = b.name();
+    let cases = hostile();
+    assert!(cases.len() >= 500, "only {} hostile cases", cases.len());
+    let before = scalar(&s.pool, "SELECT COUNT(*) FROM observations").await;
+    let answers_before = scalar(&s.pool, "SELECT COUNT(*) FROM scale_answers").await;
+    for (i, (path, body)) in cases.iter().enumerate() {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let (status, ct, text) = call(s.addr, "POST", path, Some(CM), "application/fhir+json", &bytes).await;
+        assert!((400..500).contains(&status), "[{name}] case {i} {path}: {status} {}\n{}", text.chars().take(300).collect::<String>(), body.to_string().chars().take(300).collect::<String>());
+        assert!(ct.starts_with("application/fhir+json"), "[{name}] case {i}: {ct}");
+        let outcome: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("[{name}] case {i}: {e}: {text}"));
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "[{name}] case {i}: {text}");
+        let issue = &outcome["issue"][0];
+        assert_eq!(issue["severity"], "error", "[{name}] case {i}");
+        assert!(issue["code"].is_string() && issue["diagnostics"].is_string(), "[{name}] case {i}: {text}");
+    }
+    // Bodies that are not resources at all, and calls carepath does not serve.
+    let raw: Vec<(&str, &str, &str, Option<&str>, &[u8])> = vec![
+        ("POST", "/fhir/Observation", "application/fhir+json", Some(CM), b"{not json"),
+        ("POST", "/fhir/Observation", "application/fhir+json", Some(CM), b"[1,2]"),
+        ("POST", "/fhir/Observation", "text/plain", Some(CM), b"{}"),
+        ("POST", "/fhir/Observation", "application/fhir+json", Some(CM), br#"{"resourceType":"Observation","status":"final","status":"final"}"#),
+        ("POST", "/fhir/Observation", "application/fhir+json", None, b"{}"),
+        ("POST", "/fhir/Observation", "application/fhir+json", Some("cp_not_a_token"), b"{}"),
+        ("POST", "/fhir/Medication", "application/fhir+json", Some(CM), b"{}"),
+        ("DELETE", "/fhir/Observation/1", "application/fhir+json", Some(CM), b""),
+        ("GET", "/fhir/Observation?foo=bar", "application/fhir+json", Some(CM), b""),
+        ("GET", "/fhir/Observation?date=gextra", "application/fhir+json", Some(CM), b""),
+        ("GET", "/fhir/Observation?_count=0", "application/fhir+json", Some(CM), b""),
+        ("GET", "/fhir/Observation/999999", "application/fhir+json", Some(CM), b""),
+        ("GET", "/fhir/Task/abc", "application/fhir+json", Some(CM), b""),
+        ("PUT", "/fhir/Task/999999", "application/fhir+json", Some(CM), br#"{"resourceType":"Task","status":"completed","intent":"order"}"#),
+    ];
+    let big = vec![b' '; 2 * 1024 * 1024];
+    for (method, path, ct, token, body) in raw.iter().copied().chain([("POST", "/fhir", "application/fhir+json", Some(CM), &big[..])]) {
+        let (status, rct, text) = call(s.addr, method, path, token, ct, body).await;
+        assert!((400..500).contains(&status), "[{name}] {method} {path}: {status} {text}");
+        assert!(rct.starts_with("application/fhir+json"), "[{name}] {method} {path}: {rct} {text}");
+        assert!(text.contains("OperationOutcome"), "[{name}] {method} {path}: {text}");
+    }
+    // Nothing was written, and the server still serves.
+    assert_eq!(scalar(&s.pool, "SELECT COUNT(*) FROM observations").await, before, "[{name}]");
+    assert_eq!(scalar(&s.pool, "SELECT COUNT(*) FROM scale_answers").await, answers_before, "[{name}]");
+    let (status, _, text) = call(s.addr, "POST", "/fhir/Observation", Some(CM), "application/fhir+json", observation().to_string().as_bytes()).await;
+    assert_eq!(status, 201, "[{name}] {text}");
+    s.server.abort();
+    s.pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_fhir_input_is_refused_on_sqlite() {
+    hostile_input_is_refused(support::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_fhir_input_is_refused_on_postgres() {
+    if let Some(b) = support::postgres() {
+        hostile_input_is_refused(b).await;
+    }
+}
+
+/// Every FHIR route × every role: refused (403, OperationOutcome `forbidden`, audited) exactly
+/// when the role lacks the route's module; without a token, 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_routes_follow_the_permission_table() {
+    let b = support::sqlite();
+    let s = serve(&b).await;
+    for route in carepath_admin_api::fhir::ROUTES {
+        let path = route.path.replace("{id}", "1");
+        let method = match route.method {
+            carepath_admin_api::Method::Get => "GET",
+            carepath_admin_api::Method::Post => "POST",
+            carepath_admin_api::Method::Put => "PUT",
+        };
+        let (status, _, text) = call(s.addr, method, &path, None, "application/fhir+json", b"{}").await;
+        assert_eq!(status, 401, "{method} {path} without a token: {text}");
+        assert!(text.contains("OperationOutcome"), "{text}");
+        for (role, _) in ROLE_MODULES {
+            let token = format!("cp_fhir_clinic_a_{role}");
+            let (status, _, text) = call(s.addr, method, &path, Some(&token), "application/fhir+json", b"{}").await;
+            let may = route.module.is_none_or(|m| allowed(&[role.to_string()], m));
+            if may {
+                assert_ne!(status, 403, "{role} {method} {path}: {text}");
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}: {text}");
+                assert!(text.contains("\"forbidden\""), "{text}");
+            }
+            assert!(status < 500, "{role} {method} {path}: {status} {text}");
+        }
+    }
+    let denied = scalar(&s.pool, "SELECT COUNT(*) FROM audit_log WHERE outcome = 'denied' AND action LIKE 'fhir.%'").await;
+    assert!(denied > 0, "refusals are audited");
+    s.server.abort();
+    s.pool.close().await;
+}
