@@ -33,22 +33,39 @@ async fn serve(b: &Backend) -> Served {
     store::migrate(&pool).await.expect("migrate");
     let pathways = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pathways");
     let programs = Programs::load_dir(&pathways).expect("pathways load");
-    store::publish(&pool, &programs, now).await.expect("publish");
+    store::publish(&pool, &programs, now)
+        .await
+        .expect("publish");
     let programs = store::load_programs(&pool).await.expect("programs");
     seed::alliance(&pool).await.expect("alliance");
     let mut tx = pool.begin().await.expect("begin");
     for (role, _) in ROLE_MODULES {
         let token = format!("cp_fhir_clinic_a_{role}");
-        store::insert_staff(&mut tx, &format!("clinic_a.fhir_{role}"), "clinic_a", role, &[role], Some(store::queries::token_hash(&token)))
-            .await
-            .expect("staff");
+        store::insert_staff(
+            &mut tx,
+            &format!("clinic_a.fhir_{role}"),
+            "clinic_a",
+            role,
+            &[role],
+            Some(store::queries::token_hash(&token)),
+        )
+        .await
+        .expect("staff");
     }
     tx.commit().await.expect("commit");
     support::add_patient_at(&pool, PATIENT, "clinic_a", now).await;
     support::add_patient_at(&pool, OTHER, "clinic_b", now).await;
-    let (enrolment, _) = store::enrol(&pool, &programs, PATIENT, "hypertension", None, "community", now)
-        .await
-        .expect("enrol");
+    let (enrolment, _) = store::enrol(
+        &pool,
+        &programs,
+        PATIENT,
+        "hypertension",
+        None,
+        "community",
+        now,
+    )
+    .await
+    .expect("enrol");
     pool.exec(
         &format!(
             "INSERT INTO scale_pushes (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at) \
@@ -61,18 +78,35 @@ async fn serve(b: &Backend) -> Served {
     .await
     .expect("push");
     let app = carepath_admin_api::router(AppState::new(pool.clone(), programs));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
     Served { pool, addr, server }
 }
 
 /// One HTTP/1.1 call on a fresh connection: (status, content type, body).
-async fn call(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String, String) {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("the server is alive");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the server is alive");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -83,10 +117,18 @@ async fn call(addr: std::net::SocketAddr, method: &str, path: &str, token: Optio
     conn.read_to_end(&mut raw).await.expect("read");
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let ct = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     // Bodies may be chunked: take the JSON object inside.
     let body = match (body.find('{'), body.rfind('}')) {
@@ -112,12 +154,24 @@ fn ensure_fhir_python() {
     if importable() {
         return;
     }
-    loud("fhirpy / fhir.resources are not installed: installing them with `python3 -m pip install --quiet fhirpy fhir.resources`");
+    loud(
+        "fhirpy / fhir.resources are not installed: installing them with `python3 -m pip install --quiet fhirpy fhir.resources`",
+    );
     let ok = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "fhirpy", "fhir.resources"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "fhirpy",
+            "fhir.resources",
+        ])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok && importable(), "fhirpy and fhir.resources could not be installed with pip");
+    assert!(
+        ok && importable(),
+        "fhirpy and fhir.resources could not be installed with pip"
+    );
 }
 
 async fn fhir_client_round_trips(b: Backend) {
@@ -132,27 +186,76 @@ async fn fhir_client_round_trips(b: Backend) {
         .await
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "[{}] the client failed:\n{stdout}\n{}", b.name(), String::from_utf8_lossy(&out.stderr));
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary");
+    assert!(
+        out.status.success(),
+        "[{}] the client failed:\n{stdout}\n{}",
+        b.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary");
     let name = b.name();
-    assert_eq!(summary["capability_resources"], json!(["CarePlan", "Observation", "Questionnaire", "QuestionnaireResponse", "Task"]), "[{name}]");
+    assert_eq!(
+        summary["capability_resources"],
+        json!([
+            "CarePlan",
+            "Observation",
+            "Questionnaire",
+            "QuestionnaireResponse",
+            "Task"
+        ]),
+        "[{name}]"
+    );
     // 126 mg/dL is 6.99 mmol/L.
-    assert_eq!(summary["glucose"], json!(["15074-8", 6.99, "mmol/L"]), "[{name}] {summary}");
-    assert_eq!(summary["observations_found"], json!(2), "[{name}] {summary}");
+    assert_eq!(
+        summary["glucose"],
+        json!(["15074-8", 6.99, "mmol/L"]),
+        "[{name}] {summary}"
+    );
+    assert_eq!(
+        summary["observations_found"],
+        json!(2),
+        "[{name}] {summary}"
+    );
     assert_eq!(summary["observations_before_2026"], json!(0), "[{name}]");
-    assert_eq!(summary["transaction"], json!(["201 Created", "201 Created", "201 Created"]), "[{name}]");
-    assert_eq!(summary["bad_transaction"], json!([422, "Bundle.entry[2].resource.code"]), "[{name}] {summary}");
+    assert_eq!(
+        summary["transaction"],
+        json!(["201 Created", "201 Created", "201 Created"]),
+        "[{name}]"
+    );
+    assert_eq!(
+        summary["bad_transaction"],
+        json!([422, "Bundle.entry[2].resource.code"]),
+        "[{name}] {summary}"
+    );
     let batch = summary["batch"].as_array().expect("batch");
     assert_eq!(batch[0], json!("201 Created"), "[{name}] {summary}");
-    assert!(batch[1].as_str().is_some_and(|s| s.starts_with("422")), "[{name}] another clinic's patient: {summary}");
+    assert!(
+        batch[1].as_str().is_some_and(|s| s.starts_with("422")),
+        "[{name}] another clinic's patient: {summary}"
+    );
     assert_eq!(summary["claimed"][1], json!("in-progress"), "[{name}]");
     assert_eq!(summary["care_plans"], json!(1), "[{name}]");
-    assert!(summary["care_plan_activities"].as_u64().unwrap_or(0) >= 1, "[{name}] {summary}");
+    assert!(
+        summary["care_plan_activities"].as_u64().unwrap_or(0) >= 1,
+        "[{name}] {summary}"
+    );
     let scales = carepath_engine::scales::Scales::builtin().len() as u64;
     assert_eq!(summary["questionnaires"], json!(scales), "[{name}]");
     assert_eq!(summary["other_patient_search"], json!([200, 0]), "[{name}]");
-    for ty in ["Observation", "Bundle", "Task", "CarePlan", "Questionnaire", "OperationOutcome", "CapabilityStatement"] {
-        assert!(summary["validated"][ty].as_u64().unwrap_or(0) > 0, "[{name}] no {ty} validated: {summary}");
+    for ty in [
+        "Observation",
+        "Bundle",
+        "Task",
+        "CarePlan",
+        "Questionnaire",
+        "OperationOutcome",
+        "CapabilityStatement",
+    ] {
+        assert!(
+            summary["validated"][ty].as_u64().unwrap_or(0) > 0,
+            "[{name}] no {ty} validated: {summary}"
+        );
     }
     // The database: the panel's two values under one reading id, the glucose in mmol/L, the
     // transaction's two readings (and not the failed one's), the batch's good one, the answer.
@@ -161,8 +264,19 @@ async fn fhir_client_round_trips(b: Backend) {
     assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{PATIENT}' AND reading_id = 'urn:device:cuff-7|r-1001'")).await, 2, "[{name}]");
     assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{PATIENT}' AND kind = 'glucose_fasting' AND value > 6.98 AND value < 7.0")).await, 1, "[{name}]");
     assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{PATIENT}' AND kind IN ('heart_rate', 'hba1c')")).await, 3, "[{name}]");
-    assert_eq!(count(format!("SELECT COUNT(*) FROM observations WHERE patient_id = '{OTHER}'")).await, 0, "[{name}]");
-    assert_eq!(count("SELECT COUNT(*) FROM scale_answers WHERE scale = 'nrs'".into()).await, 1, "[{name}]");
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM observations WHERE patient_id = '{OTHER}'"
+        ))
+        .await,
+        0,
+        "[{name}]"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM scale_answers WHERE scale = 'nrs'".into()).await,
+        1,
+        "[{name}]"
+    );
     assert_eq!(count("SELECT COUNT(*) FROM scale_pushes WHERE dedupe_key = 'fhir-push' AND status = 'answered'".into()).await, 1, "[{name}]");
     // The crisis reading raised the pathway's alarm, as any reading does.
     assert!(count(format!("SELECT COUNT(*) FROM alarm_episodes WHERE alarm_id = 'bp_crisis' AND patient_id = '{PATIENT}'")).await >= 1, "[{name}] no crisis alarm");
@@ -204,13 +318,30 @@ fn questionnaire_response() -> Value {
 /// Values of every JSON type, and some that look almost right.
 fn wrong_values(n: usize) -> Vec<Value> {
     vec![
-        json!(null), json!(true), json!(0), json!(-1), json!(1e308), json!(""), json!(" "),
-        json!("x".repeat(100_000)), json!("\u{0}\u{1}"), json!([]), json!([1, 2]), json!({}),
-        json!({"reference": "Patient/"}), json!({"reference": format!("Patient/{OTHER}")}),
+        json!(null),
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(1e308),
+        json!(""),
+        json!(" "),
+        json!("x".repeat(100_000)),
+        json!("\u{0}\u{1}"),
+        json!([]),
+        json!([1, 2]),
+        json!({}),
+        json!({"reference": "Patient/"}),
+        json!({"reference": format!("Patient/{OTHER}")}),
         json!({"reference": "urn:uuid:00000000-0000-0000-0000-000000000000"}),
-        json!("2026-13-45"), json!("2026-03-01"), json!("yesterday"), json!("9999-12-31T00:00:00Z"),
-        json!({"value": "72", "code": "/min"}), json!({"value": 72, "code": "furlongs"}), json!({"value": 9000, "code": "/min"}),
-        json!([{"system": "http://loinc.org"}]), json!(format!("{n}")),
+        json!("2026-13-45"),
+        json!("2026-03-01"),
+        json!("yesterday"),
+        json!("9999-12-31T00:00:00Z"),
+        json!({"value": "72", "code": "/min"}),
+        json!({"value": 72, "code": "furlongs"}),
+        json!({"value": 9000, "code": "/min"}),
+        json!([{"system": "http://loinc.org"}]),
+        json!(format!("{n}")),
     ]
 }
 
@@ -218,7 +349,10 @@ fn wrong_values(n: usize) -> Vec<Value> {
 /// removed, unknown and huge elements, unknown resource types, and Bundles with one bad entry.
 fn hostile() -> Vec<(&'static str, Value)> {
     let mut out = Vec::new();
-    for (path, base) in [("/fhir/Observation", observation()), ("/fhir/QuestionnaireResponse", questionnaire_response())] {
+    for (path, base) in [
+        ("/fhir/Observation", observation()),
+        ("/fhir/QuestionnaireResponse", questionnaire_response()),
+    ] {
         let keys: Vec<String> = base.as_object().expect("object").keys().cloned().collect();
         for (i, k) in keys.iter().enumerate() {
             for v in wrong_values(i) {
@@ -230,7 +364,12 @@ fn hostile() -> Vec<(&'static str, Value)> {
             r.as_object_mut().expect("object").remove(k);
             out.push((path, r));
         }
-        for extra in ["modifierExtension", "name", "implicitRules", "x".repeat(5_000).as_str()] {
+        for extra in [
+            "modifierExtension",
+            "name",
+            "implicitRules",
+            "x".repeat(5_000).as_str(),
+        ] {
             let mut r = base.clone();
             r[extra] = json!([{"url": "urn:x", "valueString": "y"}]);
             out.push((path, r));
@@ -257,7 +396,15 @@ fn hostile() -> Vec<(&'static str, Value)> {
         r["item"][0]["linkId"] = v;
         out.push(("/fhir/QuestionnaireResponse", r));
     }
-    for ty in ["Patientt", "Medication", "Bundle", "OperationOutcome", "../etc", "Observation/1", ""] {
+    for ty in [
+        "Patientt",
+        "Medication",
+        "Bundle",
+        "OperationOutcome",
+        "../etc",
+        "Observation/1",
+        "",
+    ] {
         let mut r = observation();
         r["resourceType"] = json!(ty);
         out.push(("/fhir/Observation", r));
@@ -265,16 +412,31 @@ fn hostile() -> Vec<(&'static str, Value)> {
     for (i, v) in wrong_values(0).into_iter().enumerate() {
         // A transaction whose last entry is broken: nothing of it may be written.
         let mut bad = observation();
-        let keys = ["status", "code", "subject", "effectiveDateTime", "valueQuantity"];
+        let keys = [
+            "status",
+            "code",
+            "subject",
+            "effectiveDateTime",
+            "valueQuantity",
+        ];
         bad[keys[i % keys.len()]] = v.clone();
         let good = observation();
-        out.push(("/fhir", json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": good, "request": {"method": "POST", "url": "Observation"}},
-            {"resource": bad, "request": {"method": "POST", "url": "Observation"}},
-        ]})));
-        out.push(("/fhir", json!({"resourceType": "Bundle", "type": v, "entry": []})));
-        out.push(("/fhir", json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": observation(), "request": {"method": v, "url": "Observation"}}]})));
+        out.push((
+            "/fhir",
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": good, "request": {"method": "POST", "url": "Observation"}},
+                {"resource": bad, "request": {"method": "POST", "url": "Observation"}},
+            ]}),
+        ));
+        out.push((
+            "/fhir",
+            json!({"resourceType": "Bundle", "type": v, "entry": []}),
+        ));
+        out.push((
+            "/fhir",
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": observation(), "request": {"method": v, "url": "Observation"}}]}),
+        ));
     }
     out
 }
@@ -288,43 +450,173 @@ async fn hostile_input_is_refused(b: Backend) {
     let answers_before = scalar(&s.pool, "SELECT COUNT(*) FROM scale_answers").await;
     for (i, (path, body)) in cases.iter().enumerate() {
         let bytes = serde_json::to_vec(body).expect("json");
-        let (status, ct, text) = call(s.addr, "POST", path, Some(CM), "application/fhir+json", &bytes).await;
-        assert!((400..500).contains(&status), "[{name}] case {i} {path}: {status} {}\n{}", text.chars().take(300).collect::<String>(), body.to_string().chars().take(300).collect::<String>());
-        assert!(ct.starts_with("application/fhir+json"), "[{name}] case {i}: {ct}");
-        let outcome: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("[{name}] case {i}: {e}: {text}"));
-        assert_eq!(outcome["resourceType"], "OperationOutcome", "[{name}] case {i}: {text}");
+        let (status, ct, text) = call(
+            s.addr,
+            "POST",
+            path,
+            Some(CM),
+            "application/fhir+json",
+            &bytes,
+        )
+        .await;
+        assert!(
+            (400..500).contains(&status),
+            "[{name}] case {i} {path}: {status} {}\n{}",
+            text.chars().take(300).collect::<String>(),
+            body.to_string().chars().take(300).collect::<String>()
+        );
+        assert!(
+            ct.starts_with("application/fhir+json"),
+            "[{name}] case {i}: {ct}"
+        );
+        let outcome: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("[{name}] case {i}: {e}: {text}"));
+        assert_eq!(
+            outcome["resourceType"], "OperationOutcome",
+            "[{name}] case {i}: {text}"
+        );
         let issue = &outcome["issue"][0];
         assert_eq!(issue["severity"], "error", "[{name}] case {i}");
-        assert!(issue["code"].is_string() && issue["diagnostics"].is_string(), "[{name}] case {i}: {text}");
+        assert!(
+            issue["code"].is_string() && issue["diagnostics"].is_string(),
+            "[{name}] case {i}: {text}"
+        );
     }
     // Bodies that are not resources at all, and calls carepath does not serve.
     let raw: Vec<(&str, &str, &str, Option<&str>, &[u8])> = vec![
-        ("POST", "/fhir/Observation", "application/fhir+json", Some(CM), b"{not json"),
-        ("POST", "/fhir/Observation", "application/fhir+json", Some(CM), b"[1,2]"),
+        (
+            "POST",
+            "/fhir/Observation",
+            "application/fhir+json",
+            Some(CM),
+            b"{not json",
+        ),
+        (
+            "POST",
+            "/fhir/Observation",
+            "application/fhir+json",
+            Some(CM),
+            b"[1,2]",
+        ),
         ("POST", "/fhir/Observation", "text/plain", Some(CM), b"{}"),
-        ("POST", "/fhir/Observation", "application/fhir+json", Some(CM), br#"{"resourceType":"Observation","status":"final","status":"final"}"#),
-        ("POST", "/fhir/Observation", "application/fhir+json", None, b"{}"),
-        ("POST", "/fhir/Observation", "application/fhir+json", Some("cp_not_a_token"), b"{}"),
-        ("POST", "/fhir/Medication", "application/fhir+json", Some(CM), b"{}"),
-        ("DELETE", "/fhir/Observation/1", "application/fhir+json", Some(CM), b""),
-        ("GET", "/fhir/Observation?foo=bar", "application/fhir+json", Some(CM), b""),
-        ("GET", "/fhir/Observation?date=gextra", "application/fhir+json", Some(CM), b""),
-        ("GET", "/fhir/Observation?_count=0", "application/fhir+json", Some(CM), b""),
-        ("GET", "/fhir/Observation/999999", "application/fhir+json", Some(CM), b""),
-        ("GET", "/fhir/Task/abc", "application/fhir+json", Some(CM), b""),
-        ("PUT", "/fhir/Task/999999", "application/fhir+json", Some(CM), br#"{"resourceType":"Task","status":"completed","intent":"order"}"#),
+        (
+            "POST",
+            "/fhir/Observation",
+            "application/fhir+json",
+            Some(CM),
+            br#"{"resourceType":"Observation","status":"final","status":"final"}"#,
+        ),
+        (
+            "POST",
+            "/fhir/Observation",
+            "application/fhir+json",
+            None,
+            b"{}",
+        ),
+        (
+            "POST",
+            "/fhir/Observation",
+            "application/fhir+json",
+            Some("cp_not_a_token"),
+            b"{}",
+        ),
+        (
+            "POST",
+            "/fhir/Medication",
+            "application/fhir+json",
+            Some(CM),
+            b"{}",
+        ),
+        (
+            "DELETE",
+            "/fhir/Observation/1",
+            "application/fhir+json",
+            Some(CM),
+            b"",
+        ),
+        (
+            "GET",
+            "/fhir/Observation?foo=bar",
+            "application/fhir+json",
+            Some(CM),
+            b"",
+        ),
+        (
+            "GET",
+            "/fhir/Observation?date=gextra",
+            "application/fhir+json",
+            Some(CM),
+            b"",
+        ),
+        (
+            "GET",
+            "/fhir/Observation?_count=0",
+            "application/fhir+json",
+            Some(CM),
+            b"",
+        ),
+        (
+            "GET",
+            "/fhir/Observation/999999",
+            "application/fhir+json",
+            Some(CM),
+            b"",
+        ),
+        (
+            "GET",
+            "/fhir/Task/abc",
+            "application/fhir+json",
+            Some(CM),
+            b"",
+        ),
+        (
+            "PUT",
+            "/fhir/Task/999999",
+            "application/fhir+json",
+            Some(CM),
+            br#"{"resourceType":"Task","status":"completed","intent":"order"}"#,
+        ),
     ];
     let big = vec![b' '; 2 * 1024 * 1024];
-    for (method, path, ct, token, body) in raw.iter().copied().chain([("POST", "/fhir", "application/fhir+json", Some(CM), &big[..])]) {
+    for (method, path, ct, token, body) in
+        raw.iter()
+            .copied()
+            .chain([("POST", "/fhir", "application/fhir+json", Some(CM), &big[..])])
+    {
         let (status, rct, text) = call(s.addr, method, path, token, ct, body).await;
-        assert!((400..500).contains(&status), "[{name}] {method} {path}: {status} {text}");
-        assert!(rct.starts_with("application/fhir+json"), "[{name}] {method} {path}: {rct} {text}");
-        assert!(text.contains("OperationOutcome"), "[{name}] {method} {path}: {text}");
+        assert!(
+            (400..500).contains(&status),
+            "[{name}] {method} {path}: {status} {text}"
+        );
+        assert!(
+            rct.starts_with("application/fhir+json"),
+            "[{name}] {method} {path}: {rct} {text}"
+        );
+        assert!(
+            text.contains("OperationOutcome"),
+            "[{name}] {method} {path}: {text}"
+        );
     }
     // Nothing was written, and the server still serves.
-    assert_eq!(scalar(&s.pool, "SELECT COUNT(*) FROM observations").await, before, "[{name}]");
-    assert_eq!(scalar(&s.pool, "SELECT COUNT(*) FROM scale_answers").await, answers_before, "[{name}]");
-    let (status, _, text) = call(s.addr, "POST", "/fhir/Observation", Some(CM), "application/fhir+json", observation().to_string().as_bytes()).await;
+    assert_eq!(
+        scalar(&s.pool, "SELECT COUNT(*) FROM observations").await,
+        before,
+        "[{name}]"
+    );
+    assert_eq!(
+        scalar(&s.pool, "SELECT COUNT(*) FROM scale_answers").await,
+        answers_before,
+        "[{name}]"
+    );
+    let (status, _, text) = call(
+        s.addr,
+        "POST",
+        "/fhir/Observation",
+        Some(CM),
+        "application/fhir+json",
+        observation().to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(status, 201, "[{name}] {text}");
     s.server.abort();
     s.pool.close().await;
@@ -355,12 +647,21 @@ async fn fhir_routes_follow_the_permission_table() {
             carepath_admin_api::Method::Post => "POST",
             carepath_admin_api::Method::Put => "PUT",
         };
-        let (status, _, text) = call(s.addr, method, &path, None, "application/fhir+json", b"{}").await;
+        let (status, _, text) =
+            call(s.addr, method, &path, None, "application/fhir+json", b"{}").await;
         assert_eq!(status, 401, "{method} {path} without a token: {text}");
         assert!(text.contains("OperationOutcome"), "{text}");
         for (role, _) in ROLE_MODULES {
             let token = format!("cp_fhir_clinic_a_{role}");
-            let (status, _, text) = call(s.addr, method, &path, Some(&token), "application/fhir+json", b"{}").await;
+            let (status, _, text) = call(
+                s.addr,
+                method,
+                &path,
+                Some(&token),
+                "application/fhir+json",
+                b"{}",
+            )
+            .await;
             let may = route.module.is_none_or(|m| allowed(&[role.to_string()], m));
             if may {
                 assert_ne!(status, 403, "{role} {method} {path}: {text}");
@@ -371,7 +672,11 @@ async fn fhir_routes_follow_the_permission_table() {
             assert!(status < 500, "{role} {method} {path}: {status} {text}");
         }
     }
-    let denied = scalar(&s.pool, "SELECT COUNT(*) FROM audit_log WHERE outcome = 'denied' AND action LIKE 'fhir.%'").await;
+    let denied = scalar(
+        &s.pool,
+        "SELECT COUNT(*) FROM audit_log WHERE outcome = 'denied' AND action LIKE 'fhir.%'",
+    )
+    .await;
     assert!(denied > 0, "refusals are audited");
     s.server.abort();
     s.pool.close().await;

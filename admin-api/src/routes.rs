@@ -89,7 +89,7 @@ use Module::*;
 
 const fn public(
     path: &'static str,
-    pub(crate) handler: fn(MethodFilter) -> MethodRouter<AppState>,
+    handler: fn(MethodFilter) -> MethodRouter<AppState>,
     doc: Option<Doc>,
 ) -> Route {
     Route {

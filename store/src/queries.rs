@@ -1341,7 +1341,8 @@ pub async fn ingest_visible_tx(
 ) -> Result<super::IngestSummary> {
     let mut visible = std::collections::HashSet::new();
     for r in readings {
-        if !visible.contains(&r.patient_id) && patient_visible_tx(tx, caller, &r.patient_id).await? {
+        if !visible.contains(&r.patient_id) && patient_visible_tx(tx, caller, &r.patient_id).await?
+        {
             visible.insert(r.patient_id.clone());
         }
     }
@@ -1349,7 +1350,14 @@ pub async fn ingest_visible_tx(
     let mut patients: Vec<String> = visible.into_iter().collect();
     patients.sort();
     caller
-        .audit_ok(tx, "observations.post", "observations", &patients, remote, now)
+        .audit_ok(
+            tx,
+            "observations.post",
+            "observations",
+            &patients,
+            remote,
+            now,
+        )
         .await?;
     Ok(summary)
 }

@@ -229,10 +229,14 @@ pub async fn tasks(
 ) -> Result<Vec<TaskRow>> {
     let mut a = args![&caller.institution_id];
     let mut sql = format!("SELECT {TASK_COLS} FROM tasks t WHERE t.institution_id = $1");
-    let roles: Vec<String> = caller.roles.iter().map(|r| {
-        a.push(Arg::T(r.clone()));
-        format!("${}", a.len())
-    }).collect();
+    let roles: Vec<String> = caller
+        .roles
+        .iter()
+        .map(|r| {
+            a.push(Arg::T(r.clone()));
+            format!("${}", a.len())
+        })
+        .collect();
     sql.push_str(&format!(" AND t.role IN ({})", roles.join(", ")));
     if !statuses.is_empty() {
         let marks: Vec<String> = statuses
@@ -457,7 +461,11 @@ pub async fn pending_push(
 
 /// The values stored under one reading id of a patient, inside the caller's transaction (what a
 /// write just stored, or had stored before).
-pub async fn reading_rows_tx(tx: &mut Tx, patient: &str, reading_id: &str) -> Result<Vec<ReadingRow>> {
+pub async fn reading_rows_tx(
+    tx: &mut Tx,
+    patient: &str,
+    reading_id: &str,
+) -> Result<Vec<ReadingRow>> {
     Ok(tx
         .fetch(
             "SELECT o.id, o.patient_id, o.kind, o.value, o.at, o.reading_id, o.source FROM observations o \

@@ -31,8 +31,15 @@ struct Entry {
 
 /// The resource types carepath serves, as static names.
 const TYPES: [&str; 9] = [
-    "Patient", "Encounter", "Condition", "Observation", "QuestionnaireResponse", "Task",
-    "CarePlan", "Questionnaire", "Bundle",
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Observation",
+    "QuestionnaireResponse",
+    "Task",
+    "CarePlan",
+    "Questionnaire",
+    "Bundle",
 ];
 
 fn rank(resource_type: &str) -> u8 {
@@ -47,20 +54,33 @@ fn rank(resource_type: &str) -> u8 {
 fn entry(e: &Node<'_>, index: usize) -> Result<Entry, Outcome> {
     e.object()?;
     for key in e.object()?.keys() {
-        if !matches!(key.as_str(), "fullUrl" | "resource" | "request" | "link" | "search" | "response") {
-            return Err(Outcome::invalid(&format!("{}.{}", e.path, clip(key)), format!("a Bundle entry has no element `{}`", clip(key))));
+        if !matches!(
+            key.as_str(),
+            "fullUrl" | "resource" | "request" | "link" | "search" | "response"
+        ) {
+            return Err(Outcome::invalid(
+                &format!("{}.{}", e.path, clip(key)),
+                format!("a Bundle entry has no element `{}`", clip(key)),
+            ));
         }
     }
     let full_url = e.opt_str("fullUrl")?.map(str::to_string);
     let request = e.req("request")?;
-    let method = request.req("method")?.code(&["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])?;
+    let method = request
+        .req("method")?
+        .code(&["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])?;
     let url = request.req("url")?;
     let url_text = url.str()?;
     let resource = e.req("resource")?;
     resource.object()?;
     let given_type = resource
         .get("resourceType")
-        .ok_or_else(|| Outcome::invalid(&format!("{}.resourceType", resource.path), "the resource needs a resourceType"))?
+        .ok_or_else(|| {
+            Outcome::invalid(
+                &format!("{}.resourceType", resource.path),
+                "the resource needs a resourceType",
+            )
+        })?
         .str()?;
     let (url_type, url_id) = match url_text.split_once('/') {
         Some((t, id)) => (t, Some(id)),
@@ -69,7 +89,11 @@ fn entry(e: &Node<'_>, index: usize) -> Result<Entry, Outcome> {
     if url_type != given_type {
         return Err(Outcome::invalid(
             &url.path,
-            format!("request.url `{}` does not name the entry's {}", clip(url_text), clip(given_type)),
+            format!(
+                "request.url `{}` does not name the entry's {}",
+                clip(url_text),
+                clip(given_type)
+            ),
         ));
     }
     let resource_type = TYPES
@@ -79,20 +103,32 @@ fn entry(e: &Node<'_>, index: usize) -> Result<Entry, Outcome> {
         .ok_or_else(|| {
             Outcome::not_supported(
                 &format!("{}.resourceType", resource.path),
-                format!("carepath does not serve the resource type `{}`", clip(given_type)),
+                format!(
+                    "carepath does not serve the resource type `{}`",
+                    clip(given_type)
+                ),
             )
         })?;
     let verb = match (method, url_id) {
         ("POST", None) => Verb::Create {
             if_none_exist: request.opt_str("ifNoneExist")?.map(|s| {
-                if s.starts_with("identifier=") { s.to_string() } else { format!("identifier={s}") }
+                if s.starts_with("identifier=") {
+                    s.to_string()
+                } else {
+                    format!("identifier={s}")
+                }
             }),
         },
-        ("PUT", Some(id)) if !id.is_empty() && !id.contains('/') => Verb::Update { id: id.to_string() },
+        ("PUT", Some(id)) if !id.is_empty() && !id.contains('/') => {
+            Verb::Update { id: id.to_string() }
+        }
         _ => {
             return Err(Outcome::not_supported(
                 &format!("{}.method", request.path),
-                format!("a Bundle entry here is POST {given_type} or PUT {given_type}/{{id}}, not {method} {}", clip(url_text)),
+                format!(
+                    "a Bundle entry here is POST {given_type} or PUT {given_type}/{{id}}, not {method} {}",
+                    clip(url_text)
+                ),
             ));
         }
     };
@@ -106,7 +142,11 @@ fn entry(e: &Node<'_>, index: usize) -> Result<Entry, Outcome> {
 }
 
 fn status_line(status: StatusCode) -> String {
-    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
 }
 
 fn answered(w: &Written, base: &str) -> Value {
@@ -124,7 +164,11 @@ pub(crate) async fn post(
     headers: HeaderMap,
     FhirBody(body): FhirBody,
 ) -> Result<Response, Outcome> {
-    let bundle = Node::resource(&body, "Bundle", &["type", "entry", "identifier", "timestamp"])?;
+    let bundle = Node::resource(
+        &body,
+        "Bundle",
+        &["type", "entry", "identifier", "timestamp"],
+    )?;
     let kind = bundle.req("type")?;
     let kind_text = kind.str()?;
     let transaction = match kind_text {
@@ -133,16 +177,29 @@ pub(crate) async fn post(
         other => {
             return Err(Outcome::unprocessable(
                 &kind.path,
-                format!("carepath accepts transaction and batch Bundles, not `{}`", clip(other)),
+                format!(
+                    "carepath accepts transaction and batch Bundles, not `{}`",
+                    clip(other)
+                ),
             ));
         }
     };
     let entries = bundle.list("entry")?;
     if entries.len() > MAX_ENTRIES {
-        return Err(Outcome::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", format!("a Bundle holds at most {MAX_ENTRIES} entries")).at("Bundle.entry"));
+        return Err(Outcome::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("a Bundle holds at most {MAX_ENTRIES} entries"),
+        )
+        .at("Bundle.entry"));
     }
     let base = base_url(&headers);
-    let mut cx = Ctx { state: &s, call: &call, refs: HashMap::new(), advance: Vec::new() };
+    let mut cx = Ctx {
+        state: &s,
+        call: &call,
+        refs: HashMap::new(),
+        advance: Vec::new(),
+    };
     if transaction {
         let mut parsed = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -154,14 +211,23 @@ pub(crate) async fn post(
                 ));
             }
             if let Some(u) = &en.full_url
-                && parsed.iter().any(|p: &Entry| p.full_url.as_deref() == Some(u))
+                && parsed
+                    .iter()
+                    .any(|p: &Entry| p.full_url.as_deref() == Some(u))
             {
-                return Err(Outcome::invalid(&format!("Bundle.entry[{i}].fullUrl"), "two entries share one fullUrl"));
+                return Err(Outcome::invalid(
+                    &format!("Bundle.entry[{i}].fullUrl"),
+                    "two entries share one fullUrl",
+                ));
             }
             parsed.push(en);
         }
         for en in &parsed {
-            cx.authorise(en.resource_type, &format!("Bundle.entry[{}].resource", en.index)).await?;
+            cx.authorise(
+                en.resource_type,
+                &format!("Bundle.entry[{}].resource", en.index),
+            )
+            .await?;
         }
         parsed.sort_by_key(|e| rank(e.resource_type));
         let mut tx = s.pool.begin().await.map_err(crate::ApiError::from)?;
@@ -203,7 +269,8 @@ pub(crate) async fn post(
 /// One entry of a batch, in its own transaction.
 async fn batch_entry(cx: &mut Ctx<'_>, e: &Node<'_>, i: usize) -> Result<Written, Outcome> {
     let en = entry(e, i)?;
-    cx.authorise(en.resource_type, &format!("Bundle.entry[{i}].resource")).await?;
+    cx.authorise(en.resource_type, &format!("Bundle.entry[{i}].resource"))
+        .await?;
     let w = match (&en.verb, en.resource_type) {
         (Verb::Update { id }, "Task") => task::update(cx.state, cx.call, id, &en.resource).await?,
         _ => {

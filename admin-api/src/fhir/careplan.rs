@@ -98,7 +98,11 @@ pub(crate) fn render(p: &CarePlanRow) -> Value {
         "author": {"identifier": {"system": "urn:carepath:institution", "value": p.institution_id}},
     });
     if !contained.is_empty() {
-        out["goal"] = json!((0..contained.len()).map(|i| json!({"reference": format!("#goal{i}")})).collect::<Vec<_>>());
+        out["goal"] = json!(
+            (0..contained.len())
+                .map(|i| json!({"reference": format!("#goal{i}")}))
+                .collect::<Vec<_>>()
+        );
         out["contained"] = json!(contained);
     }
     if !activity.is_empty() {

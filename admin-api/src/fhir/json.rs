@@ -48,7 +48,14 @@ impl<'a> Node<'a> {
                 ));
             }
         }
-        const COMMON: [&str; 6] = ["resourceType", "id", "meta", "text", "language", "extension"];
+        const COMMON: [&str; 6] = [
+            "resourceType",
+            "id",
+            "meta",
+            "text",
+            "language",
+            "extension",
+        ];
         for key in obj.keys() {
             if key == "modifierExtension" {
                 return Err(Outcome::not_supported(
@@ -114,10 +121,9 @@ impl<'a> Node<'a> {
 
     /// The entries of an array (a single object is refused: FHIR JSON writes repeats as arrays).
     pub(crate) fn array(&self) -> Result<Vec<Node<'a>>, Outcome> {
-        let items = self
-            .v
-            .as_array()
-            .ok_or_else(|| Outcome::invalid(&self.path, format!("{} must be an array", self.path)))?;
+        let items = self.v.as_array().ok_or_else(|| {
+            Outcome::invalid(&self.path, format!("{} must be an array", self.path))
+        })?;
         if items.len() > MAX_REPEATS {
             return Err(Outcome::invalid(
                 &self.path,
@@ -141,12 +147,14 @@ impl<'a> Node<'a> {
 
     /// A non-empty string of at most [`MAX_STRING`] characters.
     pub(crate) fn str(&self) -> Result<&'a str, Outcome> {
-        let s = self
-            .v
-            .as_str()
-            .ok_or_else(|| Outcome::invalid(&self.path, format!("{} must be a string", self.path)))?;
+        let s = self.v.as_str().ok_or_else(|| {
+            Outcome::invalid(&self.path, format!("{} must be a string", self.path))
+        })?;
         if s.trim().is_empty() {
-            return Err(Outcome::invalid(&self.path, format!("{} is empty", self.path)));
+            return Err(Outcome::invalid(
+                &self.path,
+                format!("{} is empty", self.path),
+            ));
         }
         if s.chars().count() > MAX_STRING {
             return Err(Outcome::invalid(
@@ -154,7 +162,9 @@ impl<'a> Node<'a> {
                 format!("{} is longer than {MAX_STRING} characters", self.path),
             ));
         }
-        if s.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
+        if s.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+        {
             return Err(Outcome::invalid(
                 &self.path,
                 format!("{} holds control characters", self.path),
@@ -171,10 +181,17 @@ impl<'a> Node<'a> {
     /// A FHIR `id`: 1–64 letters, digits, `-` and `.`.
     pub(crate) fn id(&self) -> Result<&'a str, Outcome> {
         let s = self.str()?;
-        if s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+        if s.len() > 64
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
             return Err(Outcome::invalid(
                 &self.path,
-                format!("{} is not a FHIR id (1–64 letters, digits, - and .)", self.path),
+                format!(
+                    "{} is not a FHIR id (1–64 letters, digits, - and .)",
+                    self.path
+                ),
             ));
         }
         Ok(s)
@@ -186,7 +203,12 @@ impl<'a> Node<'a> {
         allowed.iter().find(|a| **a == s).copied().ok_or_else(|| {
             let mut o = Outcome::invalid(
                 &self.path,
-                format!("{} `{}` is not one of {}", self.path, clip(s), allowed.join(", ")),
+                format!(
+                    "{} `{}` is not one of {}",
+                    self.path,
+                    clip(s),
+                    allowed.join(", ")
+                ),
             );
             o.code = "value";
             o
@@ -201,15 +223,9 @@ impl<'a> Node<'a> {
     }
 
     pub(crate) fn integer(&self) -> Result<i64, Outcome> {
-        self.v
-            .as_i64()
-            .ok_or_else(|| Outcome::invalid(&self.path, format!("{} must be an integer", self.path)))
-    }
-
-    pub(crate) fn boolean(&self) -> Result<bool, Outcome> {
-        self.v
-            .as_bool()
-            .ok_or_else(|| Outcome::invalid(&self.path, format!("{} must be true or false", self.path)))
+        self.v.as_i64().ok_or_else(|| {
+            Outcome::invalid(&self.path, format!("{} must be an integer", self.path))
+        })
     }
 
     /// A FHIR `dateTime` or `instant` with a time and a zone offset (a bare date names no
@@ -228,20 +244,6 @@ impl<'a> Node<'a> {
         })
     }
 
-    /// A FHIR `date` (YYYY-MM-DD).
-    pub(crate) fn date(&self) -> Result<jiff::civil::Date, Outcome> {
-        let s = self.str()?;
-        let ok = s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
-        ok.then(|| s.parse::<jiff::civil::Date>().ok())
-            .flatten()
-            .ok_or_else(|| {
-                Outcome::invalid(
-                    &self.path,
-                    format!("{} `{}` is not a date (YYYY-MM-DD)", self.path, clip(s)),
-                )
-            })
-    }
-
     /// The codings of a CodeableConcept: (system, code) pairs, each checked.
     pub(crate) fn codings(&self) -> Result<Vec<(Option<&'a str>, &'a str, String)>, Outcome> {
         self.object()?;
@@ -254,19 +256,6 @@ impl<'a> Node<'a> {
             }
         }
         Ok(out)
-    }
-
-    /// The text of a CodeableConcept, or the display of its first coding.
-    pub(crate) fn concept_text(&self) -> Result<Option<&'a str>, Outcome> {
-        if let Some(t) = self.opt_str("text")? {
-            return Ok(Some(t));
-        }
-        for c in self.list("coding")? {
-            if let Some(d) = c.opt_str("display")? {
-                return Ok(Some(d));
-            }
-        }
-        Ok(None)
     }
 }
 

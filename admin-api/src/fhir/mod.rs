@@ -116,30 +116,184 @@ use Module::{Catalog, Observations, Patients, Queue};
 /// them); `module: None` here still needs a valid token — the Bundle's entries are each checked
 /// against their own resource's module, and the CapabilityStatement touches no data.
 pub static ROUTES: &[Route] = &[
-    fhir_route!(Get, "/fhir/metadata", None, "fhir.metadata", Record::Layer, |m| on(m, metadata)),
-    fhir_route!(Post, "/fhir", None, "fhir.bundle", Record::Store, |m| on(m, bundle::post)),
-    fhir_route!(Post, "/fhir/", None, "fhir.bundle", Record::Store, |m| on(m, bundle::post)),
-    fhir_route!(Post, "/fhir/Observation", Some(Observations), "fhir.observation.create", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, b: FhirBody| create(s, c, h, b, "Observation"))),
-    fhir_route!(Get, "/fhir/Observation", Some(Observations), "fhir.observation.search", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(s, c, h, q, "Observation"))),
-    fhir_route!(Get, "/fhir/Observation/{id}", Some(Observations), "fhir.observation.read", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(s, c, h, p, "Observation"))),
-    fhir_route!(Post, "/fhir/QuestionnaireResponse", Some(Patients), "fhir.questionnaireresponse.create", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, b: FhirBody| create(s, c, h, b, "QuestionnaireResponse"))),
-    fhir_route!(Get, "/fhir/Questionnaire", Some(Catalog), "fhir.questionnaire.search", Record::Layer,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(s, c, h, q, "Questionnaire"))),
-    fhir_route!(Get, "/fhir/Questionnaire/{id}", Some(Catalog), "fhir.questionnaire.read", Record::Layer,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(s, c, h, p, "Questionnaire"))),
-    fhir_route!(Get, "/fhir/Task", Some(Queue), "fhir.task.search", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(s, c, h, q, "Task"))),
-    fhir_route!(Get, "/fhir/Task/{id}", Some(Queue), "fhir.task.read", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(s, c, h, p, "Task"))),
-    fhir_route!(Put, "/fhir/Task/{id}", Some(Queue), "fhir.task.update", Record::Store, |m| on(m, task::put)),
-    fhir_route!(Get, "/fhir/CarePlan", Some(Patients), "fhir.careplan.search", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(s, c, h, q, "CarePlan"))),
-    fhir_route!(Get, "/fhir/CarePlan/{id}", Some(Patients), "fhir.careplan.read", Record::Store,
-        |m| on(m, |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(s, c, h, p, "CarePlan"))),
+    fhir_route!(
+        Get,
+        "/fhir/metadata",
+        None,
+        "fhir.metadata",
+        Record::Layer,
+        |m| on(m, metadata)
+    ),
+    fhir_route!(Post, "/fhir", None, "fhir.bundle", Record::Store, |m| on(
+        m,
+        bundle::post
+    )),
+    fhir_route!(Post, "/fhir/", None, "fhir.bundle", Record::Store, |m| on(
+        m,
+        bundle::post
+    )),
+    fhir_route!(
+        Post,
+        "/fhir/Observation",
+        Some(Observations),
+        "fhir.observation.create",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, b: FhirBody| create(
+                s,
+                c,
+                h,
+                b,
+                "Observation"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Observation",
+        Some(Observations),
+        "fhir.observation.search",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(
+                s,
+                c,
+                h,
+                q,
+                "Observation"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Observation/{id}",
+        Some(Observations),
+        "fhir.observation.read",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(
+                s,
+                c,
+                h,
+                p,
+                "Observation"
+            )
+        )
+    ),
+    fhir_route!(
+        Post,
+        "/fhir/QuestionnaireResponse",
+        Some(Patients),
+        "fhir.questionnaireresponse.create",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, b: FhirBody| create(
+                s,
+                c,
+                h,
+                b,
+                "QuestionnaireResponse"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Questionnaire",
+        Some(Catalog),
+        "fhir.questionnaire.search",
+        Record::Layer,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(
+                s,
+                c,
+                h,
+                q,
+                "Questionnaire"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Questionnaire/{id}",
+        Some(Catalog),
+        "fhir.questionnaire.read",
+        Record::Layer,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(
+                s,
+                c,
+                h,
+                p,
+                "Questionnaire"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Task",
+        Some(Queue),
+        "fhir.task.search",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(
+                s, c, h, q, "Task"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Task/{id}",
+        Some(Queue),
+        "fhir.task.read",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(
+                s, c, h, p, "Task"
+            )
+        )
+    ),
+    fhir_route!(
+        Put,
+        "/fhir/Task/{id}",
+        Some(Queue),
+        "fhir.task.update",
+        Record::Store,
+        |m| on(m, task::put)
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/CarePlan",
+        Some(Patients),
+        "fhir.careplan.search",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(
+                s, c, h, q, "CarePlan"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/CarePlan/{id}",
+        Some(Patients),
+        "fhir.careplan.read",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(
+                s, c, h, p, "CarePlan"
+            )
+        )
+    ),
 ];
 
 /// The module a caller's roles must grant to write or read `resource`.
@@ -167,7 +321,13 @@ impl<S: Send + Sync> FromRequest<S> for FhirBody {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         match ct.as_deref() {
             Some(FHIR_JSON | "application/json" | "application/json+fhir") => {}
             other => {
@@ -176,7 +336,9 @@ impl<S: Send + Sync> FromRequest<S> for FhirBody {
                     "not-supported",
                     format!(
                         "send the resource as `Content-Type: {FHIR_JSON}`{}",
-                        other.map(|o| format!(" (got `{}`)", json::clip(o))).unwrap_or_default()
+                        other
+                            .map(|o| format!(" (got `{}`)", json::clip(o)))
+                            .unwrap_or_default()
                     ),
                 ));
             }
@@ -297,7 +459,9 @@ pub(crate) async fn as_outcome(req: Request, next: axum::middleware::Next) -> Re
         return res;
     }
     let (parts, body) = res.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let detail = serde_json::from_slice::<Value>(&text)
         .ok()
         .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))

@@ -43,19 +43,88 @@ enum Convert {
 use Convert::{As, Times};
 
 static CODES: &[Code] = &[
-    Code { loinc: SYSTOLIC, display: "Systolic blood pressure", kind: "bp_systolic", units: &[("mm[Hg]", As("mmHg"))] },
-    Code { loinc: DIASTOLIC, display: "Diastolic blood pressure", kind: "bp_diastolic", units: &[("mm[Hg]", As("mmHg"))] },
-    Code { loinc: "8867-4", display: "Heart rate", kind: "heart_rate", units: &[("/min", As("/min")), ("{beats}/min", As("/min"))] },
-    Code { loinc: "59408-5", display: "Oxygen saturation in Arterial blood by Pulse oximetry", kind: "spo2", units: &[("%", As("%"))] },
-    Code { loinc: "2708-6", display: "Oxygen saturation in Arterial blood", kind: "spo2", units: &[("%", As("%"))] },
-    Code { loinc: "29463-7", display: "Body weight", kind: "weight", units: &[("kg", As("kg")), ("g", Times(0.001)), ("[lb_av]", Times(0.453_592_37))] },
-    Code { loinc: "8310-5", display: "Body temperature", kind: "temperature", units: &[("Cel", As("°C")), ("[degF]", As("°F"))] },
-    Code { loinc: "9279-1", display: "Respiratory rate", kind: "respiratory_rate", units: &[("/min", As("/min")), ("{breaths}/min", As("/min"))] },
-    Code { loinc: "2339-0", display: "Glucose [Mass/volume] in Blood", kind: "glucose_fasting", units: &[("mg/dL", As("mg/dL"))] },
-    Code { loinc: "15074-8", display: "Glucose [Moles/volume] in Blood", kind: "glucose_fasting", units: &[("mmol/L", As("mmol/L"))] },
-    Code { loinc: "1558-6", display: "Fasting glucose [Mass/volume] in Serum or Plasma", kind: "glucose_fasting", units: &[("mg/dL", As("mg/dL")), ("mmol/L", As("mmol/L"))] },
-    Code { loinc: "1521-4", display: "Glucose [Mass/volume] in Serum or Plasma --2 hours post meal", kind: "glucose_postprandial", units: &[("mg/dL", As("mg/dL")), ("mmol/L", As("mmol/L"))] },
-    Code { loinc: "4548-4", display: "Hemoglobin A1c/Hemoglobin.total in Blood", kind: "hba1c", units: &[("%", As("%"))] },
+    Code {
+        loinc: SYSTOLIC,
+        display: "Systolic blood pressure",
+        kind: "bp_systolic",
+        units: &[("mm[Hg]", As("mmHg"))],
+    },
+    Code {
+        loinc: DIASTOLIC,
+        display: "Diastolic blood pressure",
+        kind: "bp_diastolic",
+        units: &[("mm[Hg]", As("mmHg"))],
+    },
+    Code {
+        loinc: "8867-4",
+        display: "Heart rate",
+        kind: "heart_rate",
+        units: &[("/min", As("/min")), ("{beats}/min", As("/min"))],
+    },
+    Code {
+        loinc: "59408-5",
+        display: "Oxygen saturation in Arterial blood by Pulse oximetry",
+        kind: "spo2",
+        units: &[("%", As("%"))],
+    },
+    Code {
+        loinc: "2708-6",
+        display: "Oxygen saturation in Arterial blood",
+        kind: "spo2",
+        units: &[("%", As("%"))],
+    },
+    Code {
+        loinc: "29463-7",
+        display: "Body weight",
+        kind: "weight",
+        units: &[
+            ("kg", As("kg")),
+            ("g", Times(0.001)),
+            ("[lb_av]", Times(0.453_592_37)),
+        ],
+    },
+    Code {
+        loinc: "8310-5",
+        display: "Body temperature",
+        kind: "temperature",
+        units: &[("Cel", As("°C")), ("[degF]", As("°F"))],
+    },
+    Code {
+        loinc: "9279-1",
+        display: "Respiratory rate",
+        kind: "respiratory_rate",
+        units: &[("/min", As("/min")), ("{breaths}/min", As("/min"))],
+    },
+    Code {
+        loinc: "2339-0",
+        display: "Glucose [Mass/volume] in Blood",
+        kind: "glucose_fasting",
+        units: &[("mg/dL", As("mg/dL"))],
+    },
+    Code {
+        loinc: "15074-8",
+        display: "Glucose [Moles/volume] in Blood",
+        kind: "glucose_fasting",
+        units: &[("mmol/L", As("mmol/L"))],
+    },
+    Code {
+        loinc: "1558-6",
+        display: "Fasting glucose [Mass/volume] in Serum or Plasma",
+        kind: "glucose_fasting",
+        units: &[("mg/dL", As("mg/dL")), ("mmol/L", As("mmol/L"))],
+    },
+    Code {
+        loinc: "1521-4",
+        display: "Glucose [Mass/volume] in Serum or Plasma --2 hours post meal",
+        kind: "glucose_postprandial",
+        units: &[("mg/dL", As("mg/dL")), ("mmol/L", As("mmol/L"))],
+    },
+    Code {
+        loinc: "4548-4",
+        display: "Hemoglobin A1c/Hemoglobin.total in Blood",
+        kind: "hba1c",
+        units: &[("%", As("%"))],
+    },
 ];
 
 /// How a stored kind is written back: its LOINC code and UCUM unit (the kind's canonical unit).
@@ -73,7 +142,10 @@ fn written_as(kind: &str) -> Option<(&'static str, &'static str, &'static str)> 
         "hba1c" => ("4548-4", "%"),
         _ => return None,
     };
-    let display = CODES.iter().find(|c| c.loinc == loinc).map_or("", |c| c.display);
+    let display = CODES
+        .iter()
+        .find(|c| c.loinc == loinc)
+        .map_or("", |c| c.display);
     Some((loinc, display, unit))
 }
 
@@ -89,7 +161,9 @@ fn loinc_of<'a>(code: &Node<'a>) -> Result<&'a str, Outcome> {
     let codings = code.codings()?;
     codings
         .iter()
-        .find(|(s, c, _)| *s == Some(LOINC) && (*c == BP_PANEL || CODES.iter().any(|k| k.loinc == *c)))
+        .find(|(s, c, _)| {
+            *s == Some(LOINC) && (*c == BP_PANEL || CODES.iter().any(|k| k.loinc == *c))
+        })
         .map(|(_, c, _)| *c)
         .ok_or_else(|| {
             let given: Vec<String> = codings
@@ -101,7 +175,11 @@ fn loinc_of<'a>(code: &Node<'a>) -> Result<&'a str, Outcome> {
                 format!(
                     "{} names no LOINC code carepath records ({}); accepted: {}",
                     code.path,
-                    if given.is_empty() { "none given".to_string() } else { given.join(", ") },
+                    if given.is_empty() {
+                        "none given".to_string()
+                    } else {
+                        given.join(", ")
+                    },
                     accepted_codes()
                 ),
             )
@@ -151,7 +229,11 @@ fn quantity(q: &Node<'_>, loinc: &str) -> Result<(&'static str, f64, &'static st
     let Some(convert) = convert else {
         let units: Vec<&str> = code.units.iter().map(|(u, _)| *u).collect();
         // Name `unit` even when the code was read: it is what a sender most often gets wrong.
-        let at = if path.ends_with(".code") { format!("{}.unit", q.path) } else { path };
+        let at = if path.ends_with(".code") {
+            format!("{}.unit", q.path)
+        } else {
+            path
+        };
         return Err(Outcome::unprocessable(
             &at,
             format!(
@@ -175,10 +257,28 @@ fn quantity(q: &Node<'_>, loinc: &str) -> Result<(&'static str, f64, &'static st
 }
 
 const ELEMENTS: &[&str] = &[
-    "identifier", "basedOn", "partOf", "status", "category", "code", "subject", "encounter",
-    "effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued", "performer",
-    "valueQuantity", "dataAbsentReason", "interpretation", "note", "bodySite", "method",
-    "device", "referenceRange", "component",
+    "identifier",
+    "basedOn",
+    "partOf",
+    "status",
+    "category",
+    "code",
+    "subject",
+    "encounter",
+    "effectiveDateTime",
+    "effectiveInstant",
+    "effectivePeriod",
+    "issued",
+    "performer",
+    "valueQuantity",
+    "dataAbsentReason",
+    "interpretation",
+    "note",
+    "bodySite",
+    "method",
+    "device",
+    "referenceRange",
+    "component",
 ];
 
 /// `POST Observation`: stores the reading(s) it holds for a patient the caller may see.
@@ -194,8 +294,14 @@ pub(crate) async fn create(
     let obs = Node::resource(body, "Observation", ELEMENTS)?;
     let status = obs.req("status")?;
     let st = status.code(&[
-        "registered", "preliminary", "final", "amended", "corrected", "cancelled",
-        "entered-in-error", "unknown",
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
     ])?;
     if !matches!(st, "preliminary" | "final" | "amended" | "corrected") {
         return Err(Outcome::unprocessable(
@@ -204,7 +310,10 @@ pub(crate) async fn create(
         ));
     }
     if let Some(d) = obs.get("dataAbsentReason") {
-        return Err(Outcome::unprocessable(&d.path, "an Observation with no value holds no reading"));
+        return Err(Outcome::unprocessable(
+            &d.path,
+            "an Observation with no value holds no reading",
+        ));
     }
     let patient = cx.reference(&obs.req("subject")?, "Patient")?;
     let at = match (
@@ -245,11 +354,22 @@ pub(crate) async fn create(
             if l != SYSTOLIC && l != DIASTOLIC {
                 return Err(Outcome::unprocessable(
                     &cc.path,
-                    format!("a blood-pressure panel's components are {SYSTOLIC} and {DIASTOLIC}, not {l}"),
+                    format!(
+                        "a blood-pressure panel's components are {SYSTOLIC} and {DIASTOLIC}, not {l}"
+                    ),
                 ));
             }
-            if values.iter().any(|(k, ..): &(&str, f64, &str, String)| *k == if l == SYSTOLIC { "bp_systolic" } else { "bp_diastolic" }) {
-                return Err(Outcome::invalid(&cc.path, format!("component {l} is given twice")));
+            if values.iter().any(|(k, ..): &(&str, f64, &str, String)| {
+                *k == if l == SYSTOLIC {
+                    "bp_systolic"
+                } else {
+                    "bp_diastolic"
+                }
+            }) {
+                return Err(Outcome::invalid(
+                    &cc.path,
+                    format!("component {l} is given twice"),
+                ));
             }
             let q = c.req("valueQuantity")?;
             let (kind, value, unit) = quantity(&q, l)?;
@@ -265,7 +385,10 @@ pub(crate) async fn create(
         }
     } else {
         if let Some(c) = obs.get("component") {
-            return Err(Outcome::invalid(&c.path, format!("LOINC {loinc} carries its value in valueQuantity, not component")));
+            return Err(Outcome::invalid(
+                &c.path,
+                format!("LOINC {loinc} carries its value in valueQuantity, not component"),
+            ));
         }
         let q = obs.req("valueQuantity")?;
         let (kind, value, unit) = quantity(&q, loinc)?;
@@ -275,7 +398,10 @@ pub(crate) async fn create(
         (Some((system, value)), _) => {
             let id = format!("{system}|{value}");
             if id.len() > 128 {
-                return Err(Outcome::invalid("If-None-Exist", "an identifier is at most 128 characters"));
+                return Err(Outcome::invalid(
+                    "If-None-Exist",
+                    "an identifier is at most 128 characters",
+                ));
             }
             id
         }
@@ -284,7 +410,10 @@ pub(crate) async fn create(
             let value = i.req("value")?.str()?;
             let id = format!("{system}|{value}");
             if id.len() > 128 {
-                return Err(Outcome::invalid(&i.path, "an Observation identifier is at most 128 characters"));
+                return Err(Outcome::invalid(
+                    &i.path,
+                    "an Observation identifier is at most 128 characters",
+                ));
             }
             id
         }
@@ -321,13 +450,21 @@ pub(crate) async fn create(
         };
         return Err(Outcome::unprocessable(&at, reason.clone()));
     }
-    cx.advance.extend(summary.enrolments_to_advance.iter().copied());
+    cx.advance
+        .extend(summary.enrolments_to_advance.iter().copied());
     let rows = records::reading_rows_tx(tx, &patient, &reading_id)
         .await
         .map_err(Outcome::from)?;
     let kinds: Vec<&str> = values.iter().map(|(k, ..)| *k).collect();
-    let rows: Vec<ReadingRow> = rows.into_iter().filter(|r| kinds.contains(&r.kind.as_str())).collect();
-    let resource = render(&rows).ok_or_else(|| Outcome::from(carepath_engine::store::StoreError::NotFound("the stored reading".into())))?;
+    let rows: Vec<ReadingRow> = rows
+        .into_iter()
+        .filter(|r| kinds.contains(&r.kind.as_str()))
+        .collect();
+    let resource = render(&rows).ok_or_else(|| {
+        Outcome::from(carepath_engine::store::StoreError::NotFound(
+            "the stored reading".into(),
+        ))
+    })?;
     Ok(Written {
         created: summary.accepted > 0,
         resource_type: "Observation",
@@ -343,7 +480,9 @@ pub(crate) fn render_all(rows: &[ReadingRow]) -> Vec<Value> {
     for r in rows {
         let bp = r.kind.starts_with("bp_");
         match groups.iter_mut().find(|g| {
-            bp && g[0].kind.starts_with("bp_") && g[0].patient_id == r.patient_id && g[0].reading_id == r.reading_id
+            bp && g[0].kind.starts_with("bp_")
+                && g[0].patient_id == r.patient_id
+                && g[0].reading_id == r.reading_id
         }) {
             Some(g) => g.push(r.clone()),
             None => groups.push(vec![r.clone()]),
@@ -359,9 +498,15 @@ fn quantity_json(value: f64, unit: &str) -> Value {
 
 fn coding(kind: &str) -> (Value, &'static str) {
     match written_as(kind) {
-        Some((loinc, display, unit)) => (json!({"system": LOINC, "code": loinc, "display": display}), unit),
+        Some((loinc, display, unit)) => (
+            json!({"system": LOINC, "code": loinc, "display": display}),
+            unit,
+        ),
         None => {
-            let unit = carepath_dsl::catalog::OBSERVATIONS.iter().find(|(k, _)| *k == kind).map_or("1", |(_, u)| *u);
+            let unit = carepath_dsl::catalog::OBSERVATIONS
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or("1", |(_, u)| *u);
             (json!({"system": KIND_SYSTEM, "code": kind}), unit)
         }
     }

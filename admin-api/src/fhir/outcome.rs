@@ -25,7 +25,11 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn new(status: StatusCode, code: &'static str, diagnostics: impl Into<String>) -> Outcome {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        diagnostics: impl Into<String>,
+    ) -> Outcome {
         Outcome {
             status,
             code,
@@ -47,7 +51,12 @@ impl Outcome {
     }
 
     pub(crate) fn not_supported(expression: &str, diagnostics: impl Into<String>) -> Outcome {
-        Outcome::new(StatusCode::UNPROCESSABLE_ENTITY, "not-supported", diagnostics).at(expression)
+        Outcome::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not-supported",
+            diagnostics,
+        )
+        .at(expression)
     }
 
     pub(crate) fn not_found(diagnostics: impl Into<String>) -> Outcome {

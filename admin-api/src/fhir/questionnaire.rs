@@ -88,19 +88,40 @@ fn scale_of(q: &str) -> Option<&str> {
 }
 
 const ELEMENTS: &[&str] = &[
-    "identifier", "basedOn", "partOf", "questionnaire", "status", "subject", "encounter",
-    "authored", "author", "source", "item",
+    "identifier",
+    "basedOn",
+    "partOf",
+    "questionnaire",
+    "status",
+    "subject",
+    "encounter",
+    "authored",
+    "author",
+    "source",
+    "item",
 ];
 
 /// `POST QuestionnaireResponse`: answers the patient's pending push of the scale.
-pub(crate) async fn answer(tx: &mut Tx, cx: &mut Ctx<'_>, body: &Value) -> Result<Written, Outcome> {
+pub(crate) async fn answer(
+    tx: &mut Tx,
+    cx: &mut Ctx<'_>,
+    body: &Value,
+) -> Result<Written, Outcome> {
     let qr = Node::resource(body, "QuestionnaireResponse", ELEMENTS)?;
     let status = qr.req("status")?;
-    let st = status.code(&["in-progress", "completed", "amended", "entered-in-error", "stopped"])?;
+    let st = status.code(&[
+        "in-progress",
+        "completed",
+        "amended",
+        "entered-in-error",
+        "stopped",
+    ])?;
     if st != "completed" {
         return Err(Outcome::unprocessable(
             &status.path,
-            format!("only a completed QuestionnaireResponse answers a scale, not one that is `{st}`"),
+            format!(
+                "only a completed QuestionnaireResponse answers a scale, not one that is `{st}`"
+            ),
         ));
     }
     let qn = qr.req("questionnaire")?;
@@ -109,7 +130,10 @@ pub(crate) async fn answer(tx: &mut Tx, cx: &mut Ctx<'_>, body: &Value) -> Resul
     let def = scale_of(text).and_then(|s| scales.get(s)).ok_or_else(|| {
         Outcome::unprocessable(
             &qn.path,
-            format!("`{}` is no scale's Questionnaire (GET /fhir/Questionnaire lists them)", clip(text)),
+            format!(
+                "`{}` is no scale's Questionnaire (GET /fhir/Questionnaire lists them)",
+                clip(text)
+            ),
         )
     })?;
     let patient = cx.reference(&qr.req("subject")?, "Patient")?;
@@ -117,7 +141,10 @@ pub(crate) async fn answer(tx: &mut Tx, cx: &mut Ctx<'_>, body: &Value) -> Resul
     for b in qr.list("basedOn")? {
         let id = cx.reference(&b, "CarePlan")?;
         enrolment = Some(id.parse::<i64>().map_err(|_| {
-            Outcome::unprocessable(&b.path, format!("CarePlan/{} is not a care plan", clip(&id)))
+            Outcome::unprocessable(
+                &b.path,
+                format!("CarePlan/{} is not a care plan", clip(&id)),
+            )
         })?);
     }
     let answered_at = qr.get("authored").map(|a| a.instant()).transpose()?;
@@ -141,7 +168,13 @@ pub(crate) async fn answer(tx: &mut Tx, cx: &mut Ctx<'_>, body: &Value) -> Resul
         let value = if let Some(c) = a.get("valueCoding") {
             let code = c.req("code")?;
             code.str()?.parse::<i64>().map_err(|_| {
-                Outcome::unprocessable(&code.path, format!("`{}` is not one of the item's answer codes", clip(code.str().unwrap_or(""))))
+                Outcome::unprocessable(
+                    &code.path,
+                    format!(
+                        "`{}` is not one of the item's answer codes",
+                        clip(code.str().unwrap_or(""))
+                    ),
+                )
             })?
         } else if let Some(i) = a.get("valueInteger") {
             i.integer()?
@@ -152,7 +185,10 @@ pub(crate) async fn answer(tx: &mut Tx, cx: &mut Ctx<'_>, body: &Value) -> Resul
             ));
         };
         if answers.insert(id.to_string(), value).is_some() {
-            return Err(Outcome::invalid(&link.path, format!("item `{id}` is answered twice")));
+            return Err(Outcome::invalid(
+                &link.path,
+                format!("item `{id}` is answered twice"),
+            ));
         }
     }
     let c = &cx.call;
@@ -162,12 +198,24 @@ pub(crate) async fn answer(tx: &mut Tx, cx: &mut Ctx<'_>, body: &Value) -> Resul
         .ok_or_else(|| {
             Outcome::unprocessable(
                 "QuestionnaireResponse.questionnaire",
-                format!("patient {patient} has no pending push of {} to answer", def.scale),
+                format!(
+                    "patient {patient} has no pending push of {} to answer",
+                    def.scale
+                ),
             )
         })?;
-    let answered = scales::answer_push_tx(tx, scales, &c.caller, push, &answers, answered_at, &c.remote, c.now)
-        .await
-        .map_err(|e| Outcome::from(e).or_at("QuestionnaireResponse.item"))?;
+    let answered = scales::answer_push_tx(
+        tx,
+        scales,
+        &c.caller,
+        push,
+        &answers,
+        answered_at,
+        &c.remote,
+        c.now,
+    )
+    .await
+    .map_err(|e| Outcome::from(e).or_at("QuestionnaireResponse.item"))?;
     cx.advance.push(answered.enrolment_id);
     let mut resource = body.clone();
     resource["id"] = json!(push.to_string());

@@ -36,7 +36,12 @@ fn span(v: &str) -> Result<(i64, i64), Outcome> {
     let day = (v.len() == 10)
         .then(|| v.parse::<jiff::civil::Date>().ok())
         .flatten()
-        .ok_or_else(|| bad(format!("date `{}` is neither a date (YYYY-MM-DD) nor an instant with a zone offset", clip(v))))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "date `{}` is neither a date (YYYY-MM-DD) nor an instant with a zone offset",
+                clip(v)
+            ))
+        })?;
     let start = day
         .to_zoned(jiff::tz::TimeZone::UTC)
         .map_err(|_| bad(format!("date `{}` is out of range", clip(v))))?
@@ -48,17 +53,25 @@ fn span(v: &str) -> Result<(i64, i64), Outcome> {
 fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
     let known = support(resource).map_or(&[][..], |r| r.search);
     let mut s = Search {
-        filter: RecordFilter { limit: 50, ..RecordFilter::default() },
+        filter: RecordFilter {
+            limit: 50,
+            ..RecordFilter::default()
+        },
         statuses: Vec::new(),
         url: None,
         text_id: None,
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(&v.replace('+', " ")).ok_or_else(|| bad(format!("parameter `{}` is not well encoded", clip(k))))?;
+        let v = percent_decode(&v.replace('+', " "))
+            .ok_or_else(|| bad(format!("parameter `{}` is not well encoded", clip(k))))?;
         if matches!(k, "_format") {
             if !v.contains("json") {
-                return Err(Outcome::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "carepath answers in JSON only"));
+                return Err(Outcome::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "not-supported",
+                    "carepath answers in JSON only",
+                ));
             }
             continue;
         }
@@ -71,11 +84,15 @@ fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
             )));
         }
         if v.is_empty() || v.len() > 256 {
-            return Err(bad(format!("parameter `{k}` needs a value of at most 256 characters")));
+            return Err(bad(format!(
+                "parameter `{k}` needs a value of at most 256 characters"
+            )));
         }
         match k {
             "_count" => {
-                let n: i64 = v.parse().map_err(|_| bad(format!("_count `{}` is not a number", clip(&v))))?;
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| bad(format!("_count `{}` is not a number", clip(&v))))?;
                 if !(1..=MAX_PAGE).contains(&n) {
                     return Err(bad(format!("_count must be between 1 and {MAX_PAGE}")));
                 }
@@ -83,8 +100,16 @@ fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
             }
             "patient" | "subject" => {
                 let id = v.strip_prefix("Patient/").unwrap_or(&v);
-                if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-                    return Err(bad(format!("{k} `{}` is not a patient reference such as Patient/p-123", clip(&v))));
+                if id.is_empty()
+                    || id.len() > 64
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+                {
+                    return Err(bad(format!(
+                        "{k} `{}` is not a patient reference such as Patient/p-123",
+                        clip(&v)
+                    )));
                 }
                 s.filter.patient = Some(id.to_string());
             }
@@ -107,12 +132,17 @@ fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
             }
             "_id" if resource == "Questionnaire" => s.text_id = Some(v.clone()),
             "_id" => {
-                s.filter.id = Some(v.parse().map_err(|_| bad(format!("_id `{}` is not an id of a {resource}", clip(&v))))?);
+                s.filter.id = Some(v.parse().map_err(|_| {
+                    bad(format!("_id `{}` is not an id of a {resource}", clip(&v)))
+                })?);
             }
             "status" => {
                 for st in v.split(',') {
                     let mapped = task::carepath_status(st).ok_or_else(|| {
-                        bad(format!("status `{}` is not one of ready, in-progress, completed, cancelled", clip(st)))
+                        bad(format!(
+                            "status `{}` is not one of ready, in-progress, completed, cancelled",
+                            clip(st)
+                        ))
                     })?;
                     s.statuses.push(mapped);
                 }
@@ -125,18 +155,32 @@ fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
 }
 
 /// The resources a search finds.
-async fn find(s: &AppState, call: &Call, resource: &str, q: &Search) -> Result<Vec<Value>, Outcome> {
+async fn find(
+    s: &AppState,
+    call: &Call,
+    resource: &str,
+    q: &Search,
+) -> Result<Vec<Value>, Outcome> {
     let c = &call.caller;
     Ok(match resource {
         "Observation" => {
-            let rows = records::readings(&s.pool, &s.audit, c, &q.filter, &call.remote, call.now).await?;
+            let rows =
+                records::readings(&s.pool, &s.audit, c, &q.filter, &call.remote, call.now).await?;
             observation::render_all(&rows)
         }
-        "Task" => records::tasks(&s.pool, &s.audit, c, &q.filter, &q.statuses, &call.remote, call.now)
-            .await?
-            .iter()
-            .map(task::render)
-            .collect(),
+        "Task" => records::tasks(
+            &s.pool,
+            &s.audit,
+            c,
+            &q.filter,
+            &q.statuses,
+            &call.remote,
+            call.now,
+        )
+        .await?
+        .iter()
+        .map(task::render)
+        .collect(),
         "CarePlan" => records::care_plans(&s.pool, &s.audit, c, &q.filter, &call.remote, call.now)
             .await?
             .iter()
@@ -146,12 +190,19 @@ async fn find(s: &AppState, call: &Call, resource: &str, q: &Search) -> Result<V
             .scales
             .iter()
             .filter(|d| q.text_id.as_deref().is_none_or(|id| id == d.scale))
-            .filter(|d| q.url.as_deref().is_none_or(|u| u == questionnaire::canonical(&d.scale)))
+            .filter(|d| {
+                q.url
+                    .as_deref()
+                    .is_none_or(|u| u == questionnaire::canonical(&d.scale))
+            })
             .take(q.filter.limit as usize)
             .map(questionnaire::render)
             .collect(),
         other => {
-            return Err(Outcome::not_found(format!("carepath does not serve {}", clip(other))));
+            return Err(Outcome::not_found(format!(
+                "carepath does not serve {}",
+                clip(other)
+            )));
         }
     })
 }
@@ -190,10 +241,18 @@ pub(crate) async fn search(
 }
 
 /// One resource of `resource` by id, as a search would render it.
-pub(crate) async fn read_one(s: &AppState, call: &Call, resource: &str, id: &str) -> Result<Value, Outcome> {
+pub(crate) async fn read_one(
+    s: &AppState,
+    call: &Call,
+    resource: &str,
+    id: &str,
+) -> Result<Value, Outcome> {
     let missing = || Outcome::not_found(format!("{resource}/{} not found", clip(id)));
     let mut q = Search {
-        filter: RecordFilter { limit: 1, ..RecordFilter::default() },
+        filter: RecordFilter {
+            limit: 1,
+            ..RecordFilter::default()
+        },
         statuses: Vec::new(),
         url: None,
         text_id: None,

@@ -65,7 +65,8 @@ pub(crate) fn render(t: &TaskRow) -> Value {
         out["code"] = json!({"coding": [{"system": "urn:carepath:task", "code": r}]});
     }
     if let Some(a) = &t.assignee {
-        out["owner"] = json!({"identifier": {"system": "urn:carepath:staff", "value": a}, "display": a});
+        out["owner"] =
+            json!({"identifier": {"system": "urn:carepath:staff", "value": a}, "display": a});
     }
     if let Some(o) = &t.outcome {
         out["output"] = json!([{
@@ -83,9 +84,26 @@ pub(crate) fn render(t: &TaskRow) -> Value {
 }
 
 const ELEMENTS: &[&str] = &[
-    "identifier", "basedOn", "status", "statusReason", "intent", "priority", "code",
-    "description", "for", "authoredOn", "lastModified", "restriction", "performerType", "owner",
-    "note", "output", "input", "businessStatus", "focus", "executionPeriod",
+    "identifier",
+    "basedOn",
+    "status",
+    "statusReason",
+    "intent",
+    "priority",
+    "code",
+    "description",
+    "for",
+    "authoredOn",
+    "lastModified",
+    "restriction",
+    "performerType",
+    "owner",
+    "note",
+    "output",
+    "input",
+    "businessStatus",
+    "focus",
+    "executionPeriod",
 ];
 
 /// The action a Task update asks for, from its status (and the outcome in its output).
@@ -94,12 +112,25 @@ fn action(body: &Value, id: i64) -> Result<(&'static str, Option<String>), Outco
     if let Some(given) = task.get("id")
         && given.id()? != id.to_string()
     {
-        return Err(Outcome::invalid(&given.path, format!("Task.id must be {id}, the id in the URL")));
+        return Err(Outcome::invalid(
+            &given.path,
+            format!("Task.id must be {id}, the id in the URL"),
+        ));
     }
     let status = task.req("status")?;
     let st = status.code(&[
-        "draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
-        "in-progress", "on-hold", "failed", "completed", "entered-in-error",
+        "draft",
+        "requested",
+        "received",
+        "accepted",
+        "rejected",
+        "ready",
+        "cancelled",
+        "in-progress",
+        "on-hold",
+        "failed",
+        "completed",
+        "entered-in-error",
     ])?;
     match st {
         "accepted" | "in-progress" => Ok(("claim", None)),
@@ -126,40 +157,74 @@ fn action(body: &Value, id: i64) -> Result<(&'static str, Option<String>), Outco
         }
         other => Err(Outcome::unprocessable(
             &status.path,
-            format!("a Task can be updated to accepted, in-progress or completed here, not `{}`", clip(other)),
+            format!(
+                "a Task can be updated to accepted, in-progress or completed here, not `{}`",
+                clip(other)
+            ),
         )),
     }
 }
 
 /// Applies a Task update; the task as it now is.
-pub(crate) async fn update(s: &AppState, call: &Call, id: &str, body: &Value) -> Result<Written, Outcome> {
+pub(crate) async fn update(
+    s: &AppState,
+    call: &Call,
+    id: &str,
+    body: &Value,
+) -> Result<Written, Outcome> {
     let id: i64 = id
         .parse()
         .map_err(|_| Outcome::not_found(format!("Task/{} not found", clip(id))))?;
     let (act, outcome) = action(body, id)?;
     let act = match act {
-        "claim" => TaskAction::Claim { lease_seconds: 30 * 60 },
-        _ => TaskAction::Complete { outcome: outcome.as_deref().unwrap_or_default() },
+        "claim" => TaskAction::Claim {
+            lease_seconds: 30 * 60,
+        },
+        _ => TaskAction::Complete {
+            outcome: outcome.as_deref().unwrap_or_default(),
+        },
     };
     let completing = matches!(act, TaskAction::Complete { .. });
     let programs = s.programs();
-    let out = queries::act_on_task(&s.pool, &programs, &call.caller, id, act, &call.remote, call.now)
-        .await
-        .map_err(|e| {
-            let invalid = matches!(e, carepath_engine::store::StoreError::Invalid(_));
-            let o = refused(e);
-            if invalid { o.at("Task.output") } else { o }
-        })?;
+    let out = queries::act_on_task(
+        &s.pool,
+        &programs,
+        &call.caller,
+        id,
+        act,
+        &call.remote,
+        call.now,
+    )
+    .await
+    .map_err(|e| {
+        let invalid = matches!(e, carepath_engine::store::StoreError::Invalid(_));
+        let o = refused(e);
+        if invalid { o.at("Task.output") } else { o }
+    })?;
     if completing {
         scheduler::advance(&s.pool, &programs, out.enrolment_id, call.now)
             .await
             .map_err(crate::ApiError::from)?;
     }
-    let filter = RecordFilter { id: Some(id), limit: 1, ..RecordFilter::default() };
-    let rows = records::tasks(&s.pool, &s.audit, &call.caller, &filter, &[], &call.remote, call.now)
-        .await
-        .map_err(Outcome::from)?;
-    let t = rows.first().ok_or_else(|| Outcome::not_found(format!("Task/{id} not found")))?;
+    let filter = RecordFilter {
+        id: Some(id),
+        limit: 1,
+        ..RecordFilter::default()
+    };
+    let rows = records::tasks(
+        &s.pool,
+        &s.audit,
+        &call.caller,
+        &filter,
+        &[],
+        &call.remote,
+        call.now,
+    )
+    .await
+    .map_err(Outcome::from)?;
+    let t = rows
+        .first()
+        .ok_or_else(|| Outcome::not_found(format!("Task/{id} not found")))?;
     Ok(Written {
         created: false,
         resource_type: "Task",

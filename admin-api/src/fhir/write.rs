@@ -84,7 +84,11 @@ impl Ctx<'_> {
         let (ty, id) = resolved.split_once('/').ok_or_else(|| {
             Outcome::invalid(
                 &r.path,
-                format!("{} `{}` is not a reference such as {expected}/123", r.path, clip(text)),
+                format!(
+                    "{} `{}` is not a reference such as {expected}/123",
+                    r.path,
+                    clip(text)
+                ),
             )
         })?;
         if ty != expected {
@@ -113,7 +117,10 @@ impl Ctx<'_> {
         let Some(module) = module_of(resource) else {
             return Err(Outcome::not_supported(
                 expression,
-                format!("carepath does not serve the resource type `{}`", clip(resource)),
+                format!(
+                    "carepath does not serve the resource type `{}`",
+                    clip(resource)
+                ),
             ));
         };
         if allowed(&self.call.caller.roles, module) {
@@ -169,9 +176,7 @@ pub(crate) async fn write(
         ("Observation", Verb::Create { if_none_exist }) => {
             observation::create(tx, cx, body, if_none_exist.as_deref()).await
         }
-        ("QuestionnaireResponse", Verb::Create { .. }) => {
-            questionnaire::answer(tx, cx, body).await
-        }
+        ("QuestionnaireResponse", Verb::Create { .. }) => questionnaire::answer(tx, cx, body).await,
         (ty, Verb::Update { .. }) if module_of(ty).is_some() => Err(Outcome::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
