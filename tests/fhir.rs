@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::{self, Backend, loud, scalar};
 
-const CM: &str = "cp_fhir_clinic_a_case_manager";
+/// A clinic_a staff member holding the roles the hypertension pathway gives its tasks to.
+const CM: &str = "cp_fhir_clinic_a_care_team";
 const PATIENT: &str = "fhir-pt-a";
 /// A patient of another clinic, which clinic_a may not see.
 const OTHER: &str = "fhir-pt-b";
@@ -52,6 +53,17 @@ async fn serve(b: &Backend) -> Served {
         .await
         .expect("staff");
     }
+    let team = ["case_manager", "clinic_case_manager", "doctor", "nurse"];
+    store::insert_staff(
+        &mut tx,
+        "clinic_a.fhir_team",
+        "clinic_a",
+        "Care team",
+        &team,
+        Some(store::queries::token_hash(CM)),
+    )
+    .await
+    .expect("staff");
     tx.commit().await.expect("commit");
     support::add_patient_at(&pool, PATIENT, "clinic_a", now).await;
     support::add_patient_at(&pool, OTHER, "clinic_b", now).await;
@@ -179,12 +191,15 @@ async fn fhir_client_round_trips(b: Backend) {
     let s = serve(&b).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir/client.py");
     let base = format!("http://{}/fhir", s.addr);
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .args([&base, CM, PATIENT, OTHER])
-        .output()
-        .await
-        .expect("python3 runs");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(&script)
+            .args([base.as_str(), CM, PATIENT, OTHER])
+            .output()
+    })
+    .await
+    .expect("joined")
+    .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -280,9 +295,9 @@ async fn fhir_client_round_trips(b: Backend) {
     assert_eq!(count("SELECT COUNT(*) FROM scale_pushes WHERE dedupe_key = 'fhir-push' AND status = 'answered'".into()).await, 1, "[{name}]");
     // The crisis reading raised the pathway's alarm, as any reading does.
     assert!(count(format!("SELECT COUNT(*) FROM alarm_episodes WHERE alarm_id = 'bp_crisis' AND patient_id = '{PATIENT}'")).await >= 1, "[{name}] no crisis alarm");
-    assert_eq!(count("SELECT COUNT(*) FROM tasks WHERE status = 'claimed' AND assignee = 'clinic_a.fhir_case_manager'".into()).await, 1, "[{name}]");
+    assert_eq!(count("SELECT COUNT(*) FROM tasks WHERE status = 'claimed' AND assignee = 'clinic_a.fhir_team'".into()).await, 1, "[{name}]");
     // Everything the client read and wrote is in the audit record, under its caller.
-    assert!(count("SELECT COUNT(*) FROM audit_log WHERE actor = 'clinic_a.fhir_case_manager' AND action LIKE 'fhir.%'".into()).await >= 4, "[{name}]");
+    assert!(count("SELECT COUNT(*) FROM audit_log WHERE actor = 'clinic_a.fhir_team' AND action LIKE 'fhir.%'".into()).await >= 4, "[{name}]");
     s.server.abort();
     s.pool.close().await;
 }
@@ -381,6 +396,10 @@ fn hostile() -> Vec<(&'static str, Value)> {
         r["valueQuantity"]["value"] = v.clone();
         out.push(("/fhir/Observation", r));
         let mut r = observation();
+        r["valueQuantity"]
+            .as_object_mut()
+            .expect("quantity")
+            .remove("unit");
         r["valueQuantity"]["code"] = v.clone();
         out.push(("/fhir/Observation", r));
         let mut r = observation();
@@ -389,9 +408,12 @@ fn hostile() -> Vec<(&'static str, Value)> {
         let mut r = observation();
         r["subject"]["reference"] = v.clone();
         out.push(("/fhir/Observation", r));
-        let mut r = questionnaire_response();
-        r["item"][0]["answer"][0]["valueInteger"] = v.clone();
-        out.push(("/fhir/QuestionnaireResponse", r));
+        // 0 is a valid pain score.
+        if v != json!(0) {
+            let mut r = questionnaire_response();
+            r["item"][0]["answer"][0]["valueInteger"] = v.clone();
+            out.push(("/fhir/QuestionnaireResponse", r));
+        }
         let mut r = questionnaire_response();
         r["item"][0]["linkId"] = v;
         out.push(("/fhir/QuestionnaireResponse", r));

@@ -13,6 +13,21 @@ use super::json::{Node, clip};
 use super::outcome::Outcome;
 use super::write::{Ctx, Written};
 
+/// A scale's id as a FHIR id, which has no `_`.
+pub(crate) fn fhir_id(scale: &str) -> String {
+    scale.replace('_', "-")
+}
+
+/// The scale definition a Questionnaire id or scale id names.
+pub(crate) fn scale_def<'a>(
+    scales: &'a carepath_engine::scales::Scales,
+    id: &str,
+) -> Option<&'a ScaleDef> {
+    scales
+        .get(id)
+        .or_else(|| scales.iter().find(|d| fhir_id(&d.scale) == id))
+}
+
 /// The canonical URL of a scale's Questionnaire.
 pub(crate) fn canonical(scale: &str) -> String {
     format!("urn:carepath:questionnaire:{scale}")
@@ -61,7 +76,7 @@ pub(crate) fn render(def: &ScaleDef) -> Value {
         .collect();
     let mut out = json!({
         "resourceType": "Questionnaire",
-        "id": def.scale,
+        "id": fhir_id(&def.scale),
         "url": canonical(&def.scale),
         "name": def.scale.to_uppercase().replace(['-', ' '], "_"),
         "title": def.title.en,
@@ -127,15 +142,17 @@ pub(crate) async fn answer(
     let qn = qr.req("questionnaire")?;
     let text = qn.str()?;
     let scales = cx.state.scales;
-    let def = scale_of(text).and_then(|s| scales.get(s)).ok_or_else(|| {
-        Outcome::unprocessable(
-            &qn.path,
-            format!(
-                "`{}` is no scale's Questionnaire (GET /fhir/Questionnaire lists them)",
-                clip(text)
-            ),
-        )
-    })?;
+    let def = scale_of(text)
+        .and_then(|s| scale_def(scales, s))
+        .ok_or_else(|| {
+            Outcome::unprocessable(
+                &qn.path,
+                format!(
+                    "`{}` is no scale's Questionnaire (GET /fhir/Questionnaire lists them)",
+                    clip(text)
+                ),
+            )
+        })?;
     let patient = cx.reference(&qr.req("subject")?, "Patient")?;
     let mut enrolment = None;
     for b in qr.list("basedOn")? {

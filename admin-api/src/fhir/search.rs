@@ -189,7 +189,11 @@ async fn find(
         "Questionnaire" => s
             .scales
             .iter()
-            .filter(|d| q.text_id.as_deref().is_none_or(|id| id == d.scale))
+            .filter(|d| {
+                q.text_id
+                    .as_deref()
+                    .is_none_or(|id| id == d.scale || id == questionnaire::fhir_id(&d.scale))
+            })
             .filter(|d| {
                 q.url
                     .as_deref()
