@@ -463,6 +463,9 @@ fn hostile() -> Vec<(&'static str, Value)> {
     out
 }
 
+/// A call as sent: method, path, content type, token, body.
+type RawCall<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a [u8]);
+
 async fn hostile_input_is_refused(b: Backend) {
     let s = serve(&b).await;
     let name = b.name();
@@ -505,7 +508,7 @@ async fn hostile_input_is_refused(b: Backend) {
         );
     }
     // Bodies that are not resources at all, and calls carepath does not serve.
-    let raw: Vec<(&str, &str, &str, Option<&str>, &[u8])> = vec![
+    let raw: Vec<RawCall> = vec![
         (
             "POST",
             "/fhir/Observation",

@@ -245,7 +245,7 @@ impl<'a> Node<'a> {
     }
 
     /// The codings of a CodeableConcept: (system, code) pairs, each checked.
-    pub(crate) fn codings(&self) -> Result<Vec<(Option<&'a str>, &'a str, String)>, Outcome> {
+    pub(crate) fn codings(&self) -> Result<Vec<Coding<'a>>, Outcome> {
         self.object()?;
         let mut out = Vec::new();
         for c in self.list("coding")? {
@@ -258,6 +258,9 @@ impl<'a> Node<'a> {
         Ok(out)
     }
 }
+
+/// A coding as read: its system, its code, and where the code is.
+pub(crate) type Coding<'a> = (Option<&'a str>, &'a str, String);
 
 /// At most 64 characters of untrusted text, for a diagnostic.
 pub(crate) fn clip(s: &str) -> String {
