@@ -106,6 +106,7 @@ fn routes() -> Vec<Route> {
                     carepath_admin_api::Method::Get => "GET",
                     carepath_admin_api::Method::Post => "POST",
                     carepath_admin_api::Method::Put => "PUT",
+                    carepath_admin_api::Method::Delete => "DELETE",
                 },
                 path: r.path,
                 scope,
@@ -703,7 +704,12 @@ async fn permission_matrix_on(backend: &Backend) {
                             json!({"id": format!("new-{n}"), "birth_date": "1960-01-02", "sex": "male"}),
                         ),
                     ),
+                    "/patients/{id}" if route.method == "PUT" => (
+                        format!("/patients/{}", fx.patient),
+                        Some(json!({"lang": "zh", "preferred_channel": "sms"})),
+                    ),
                     "/patients/{id}" => (format!("/patients/{}", fx.patient), None),
+                    "/patients/{id}/contact" => (format!("/patients/{}/contact", fx.patient), None),
                     "/enrolments" => (
                         "/enrolments".into(),
                         Some(

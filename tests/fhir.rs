@@ -671,6 +671,7 @@ async fn fhir_routes_follow_the_permission_table() {
             carepath_admin_api::Method::Get => "GET",
             carepath_admin_api::Method::Post => "POST",
             carepath_admin_api::Method::Put => "PUT",
+            carepath_admin_api::Method::Delete => "DELETE",
         };
         let (status, _, text) =
             call(s.addr, method, &path, None, "application/fhir+json", b"{}").await;

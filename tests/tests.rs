@@ -17,6 +17,7 @@ mod engine_exactly_once;
 mod engine_store;
 mod fhir;
 mod goals;
+mod hospital;
 mod outcome_rule;
 mod outcome_three_ways;
 mod ownership;

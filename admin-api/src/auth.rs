@@ -36,6 +36,8 @@ pub enum Module {
     Audit,
     /// Reading published pathways and their graphs.
     Catalog,
+    /// Patients' full contact details (everyone else sees them masked).
+    Contacts,
 }
 
 impl Module {
@@ -49,6 +51,7 @@ impl Module {
             Module::Pathways => "pathways",
             Module::Audit => "audit",
             Module::Catalog => "catalog",
+            Module::Contacts => "contacts",
         }
     }
 }
@@ -60,19 +63,49 @@ use Module::*;
 pub const ROLE_MODULES: &[(&str, &[Module])] = &[
     (
         "case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
+        &[
+            Queue,
+            Patients,
+            Contacts,
+            Observations,
+            Referrals,
+            Kpis,
+            Catalog,
+        ],
     ),
     (
         "hospital_case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
+        &[
+            Queue,
+            Patients,
+            Contacts,
+            Observations,
+            Referrals,
+            Kpis,
+            Catalog,
+        ],
     ),
     (
         "clinic_case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
+        &[
+            Queue,
+            Patients,
+            Contacts,
+            Observations,
+            Referrals,
+            Kpis,
+            Catalog,
+        ],
     ),
-    ("ward_nurse", &[Queue, Patients, Observations, Catalog]),
-    ("nurse", &[Queue, Patients, Observations, Catalog]),
-    ("midwife", &[Queue, Patients, Observations, Catalog]),
+    (
+        "ward_nurse",
+        &[Queue, Patients, Contacts, Observations, Catalog],
+    ),
+    ("nurse", &[Queue, Patients, Contacts, Observations, Catalog]),
+    (
+        "midwife",
+        &[Queue, Patients, Contacts, Observations, Catalog],
+    ),
     (
         "doctor",
         &[Queue, Patients, Observations, Referrals, Catalog],

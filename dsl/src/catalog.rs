@@ -263,6 +263,18 @@ pub const BUILTIN_EVENTS: &[BuiltinEvent] = &[
         meaning: "the patient was discharged",
     },
     BuiltinEvent {
+        name: "admission_cancelled",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the hospital cancelled an admission a step had already read",
+    },
+    BuiltinEvent {
+        name: "discharge_cancelled",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the hospital cancelled a discharge a step had already read",
+    },
+    BuiltinEvent {
         name: "readmitted",
         qualifier: EventQualifier::None,
         source: EventSource::Hospital,
