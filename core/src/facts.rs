@@ -145,6 +145,42 @@ impl PatientFacts {
             .max_by_key(|e| e.admitted_at)
     }
 
+    /// The index admission's length of stay in whole calendar days in `tz` (discharge date minus
+    /// admission date: a same-day stay is 0), counted to `now` while the patient is in hospital.
+    /// The admission is the latest inpatient encounter the hospital recorded, or else the latest
+    /// `admitted` event with the `discharged` event after it; `None` without either.
+    pub fn length_of_stay(&self, now: Timestamp, tz: &jiff::tz::TimeZone) -> Option<f64> {
+        let (admitted, discharged) = match self.index_admission(now) {
+            Some(index) => (index.admitted_at?, index.discharged_at),
+            None => {
+                let admitted = self.last_event("admitted", now)?;
+                let discharged = self
+                    .last_event("discharged", now)
+                    .filter(|d| *d >= admitted);
+                (admitted, discharged)
+            }
+        };
+        let end = discharged.filter(|d| *d <= now).unwrap_or(now);
+        let days = end
+            .to_zoned(tz.clone())
+            .date()
+            .since(admitted.to_zoned(tz.clone()).date())
+            .map(|span| f64::from(span.get_days()))
+            .unwrap_or(0.0);
+        Some(days.max(0.0))
+    }
+
+    /// Whether a diagnosis recorded by `now` falls under the ICD-10 code `prefix` (`I63` covers
+    /// `I63.9`; `E11.2` covers `E11.21`).
+    pub fn diagnosed(&self, prefix: &str, now: Timestamp) -> bool {
+        let Some(prefix) = crate::charlson::normalise(prefix) else {
+            return false;
+        };
+        self.diagnoses
+            .iter()
+            .any(|d| d.at <= now && d.code.starts_with(&prefix))
+    }
+
     /// Emergency visits that began in the `months` calendar months before `before` (in `tz`).
     pub fn emergency_visits(
         &self,

@@ -39,19 +39,9 @@ pub fn lace(
     tz: &TimeZone,
 ) -> (f64, Vec<(String, f64)>) {
     let index = facts.index_admission(now);
-    let los = match index.and_then(|e| e.admitted_at.map(|a| (a, e.discharged_at))) {
-        Some((admitted, discharged)) => {
-            let end = discharged.filter(|d| *d <= now).unwrap_or(now);
-            let days = end
-                .to_zoned(tz.clone())
-                .date()
-                .since(admitted.to_zoned(tz.clone()).date())
-                .map(|span| f64::from(span.get_days()))
-                .unwrap_or(0.0);
-            days.max(0.0)
-        }
-        None => num(vars, "los_days"),
-    };
+    let los = facts
+        .length_of_stay(now, tz)
+        .unwrap_or_else(|| num(vars, "los_days"));
     let l = match los {
         d if d < 1.0 => 0.0,
         d if d < 2.0 => 1.0,

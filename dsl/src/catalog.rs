@@ -133,6 +133,9 @@ pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
     ("overdue_tasks", &[]),
     ("outcome", &[ArgKind::Task]),
     ("goal_met", &[ArgKind::Goal]),
+    ("charlson", &[]),
+    ("diagnosed", &[ArgKind::Any]),
+    ("length_of_stay", &[]),
 ];
 
 /// Outcomes a task accepts when the pathway declares none: structured call and task results
