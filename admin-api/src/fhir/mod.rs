@@ -12,9 +12,12 @@
 
 mod bundle;
 mod careplan;
+mod condition;
+mod encounter;
 mod json;
 mod observation;
 mod outcome;
+mod patient;
 mod questionnaire;
 mod search;
 mod task;
@@ -46,6 +49,32 @@ pub(crate) struct ResourceSupport {
 const PAGING: (&str, &str) = ("_count", "number");
 
 pub(crate) static RESOURCES: &[ResourceSupport] = &[
+    ResourceSupport {
+        resource: "Patient",
+        interactions: &["create", "read", "update", "search-type"],
+        search: &[("identifier", "token"), ("_id", "token"), PAGING],
+    },
+    ResourceSupport {
+        resource: "Encounter",
+        interactions: &["create", "read", "update", "search-type"],
+        search: &[
+            ("patient", "reference"),
+            ("subject", "reference"),
+            ("date", "date"),
+            ("_id", "token"),
+            PAGING,
+        ],
+    },
+    ResourceSupport {
+        resource: "Condition",
+        interactions: &["create", "read", "search-type"],
+        search: &[
+            ("patient", "reference"),
+            ("subject", "reference"),
+            ("_id", "token"),
+            PAGING,
+        ],
+    },
     ResourceSupport {
         resource: "Observation",
         interactions: &["create", "read", "search-type"],
@@ -116,6 +145,176 @@ use Module::{Catalog, Observations, Patients, Queue};
 /// them); `module: None` here still needs a valid token — the Bundle's entries are each checked
 /// against their own resource's module, and the CapabilityStatement touches no data.
 pub static ROUTES: &[Route] = &[
+    fhir_route!(
+        Post,
+        "/fhir/Patient",
+        Some(Patients),
+        "fhir.patient.create",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, b: FhirBody| create(s, c, h, b, "Patient")
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Patient",
+        Some(Patients),
+        "fhir.patient.search",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(
+                s, c, h, q, "Patient"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Patient/{id}",
+        Some(Patients),
+        "fhir.patient.read",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(
+                s, c, h, p, "Patient"
+            )
+        )
+    ),
+    fhir_route!(
+        Put,
+        "/fhir/Patient/{id}",
+        Some(Patients),
+        "fhir.patient.update",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>, b: FhirBody| update(
+                s, c, h, p, b, "Patient"
+            )
+        )
+    ),
+    fhir_route!(
+        Post,
+        "/fhir/Encounter",
+        Some(Patients),
+        "fhir.encounter.create",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, b: FhirBody| create(
+                s,
+                c,
+                h,
+                b,
+                "Encounter"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Encounter",
+        Some(Patients),
+        "fhir.encounter.search",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(
+                s,
+                c,
+                h,
+                q,
+                "Encounter"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Encounter/{id}",
+        Some(Patients),
+        "fhir.encounter.read",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(
+                s,
+                c,
+                h,
+                p,
+                "Encounter"
+            )
+        )
+    ),
+    fhir_route!(
+        Put,
+        "/fhir/Encounter/{id}",
+        Some(Patients),
+        "fhir.encounter.update",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>, b: FhirBody| update(
+                s,
+                c,
+                h,
+                p,
+                b,
+                "Encounter"
+            )
+        )
+    ),
+    fhir_route!(
+        Post,
+        "/fhir/Condition",
+        Some(Patients),
+        "fhir.condition.create",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, b: FhirBody| create(
+                s,
+                c,
+                h,
+                b,
+                "Condition"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Condition",
+        Some(Patients),
+        "fhir.condition.search",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, q: RawQuery| search::search(
+                s,
+                c,
+                h,
+                q,
+                "Condition"
+            )
+        )
+    ),
+    fhir_route!(
+        Get,
+        "/fhir/Condition/{id}",
+        Some(Patients),
+        "fhir.condition.read",
+        Record::Store,
+        |m| on(
+            m,
+            |s: State<AppState>, c: Call, h: HeaderMap, p: Path<String>| search::read(
+                s,
+                c,
+                h,
+                p,
+                "Condition"
+            )
+        )
+    ),
     fhir_route!(
         Get,
         "/fhir/metadata",
@@ -403,6 +602,20 @@ async fn create(
         })
         .transpose()?;
     let verb = write::Verb::Create { if_none_exist };
+    let written = write::one(&s, &call, &base_url(&headers), resource, &verb, &body).await?;
+    Ok(written.response(&base_url(&headers)))
+}
+
+/// `PUT /fhir/{type}/{id}`: one resource, in its own transaction.
+async fn update(
+    State(s): State<AppState>,
+    call: Call,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    FhirBody(body): FhirBody,
+    resource: &'static str,
+) -> Result<Response, Outcome> {
+    let verb = write::Verb::Update { id };
     let written = write::one(&s, &call, &base_url(&headers), resource, &verb, &body).await?;
     Ok(written.response(&base_url(&headers)))
 }

@@ -6,6 +6,9 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use carepath_engine::store::StoreError;
+use carepath_engine::store::clinical;
+use carepath_engine::store::patients;
 use carepath_engine::store::records::{self, RecordFilter};
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -13,7 +16,9 @@ use serde_json::{Value, json};
 use super::json::clip;
 use super::outcome::{Outcome, fhir_json};
 use super::write::percent_decode;
-use super::{base_url, careplan, observation, questionnaire, support, task};
+use super::{
+    base_url, careplan, condition, encounter, observation, patient, questionnaire, support, task,
+};
 use crate::{AppState, Call, MAX_PAGE};
 
 /// A search as given: the filter, and the FHIR task statuses asked for.
@@ -22,6 +27,8 @@ struct Search {
     statuses: Vec<&'static str>,
     url: Option<String>,
     text_id: Option<String>,
+    /// `identifier=system|value` (the system may be left out).
+    identifier: Option<(Option<String>, String)>,
 }
 
 fn bad(diagnostics: String) -> Outcome {
@@ -60,6 +67,7 @@ fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
         statuses: Vec::new(),
         url: None,
         text_id: None,
+        identifier: None,
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -130,7 +138,24 @@ fn parse(resource: &str, query: Option<&str>) -> Result<Search, Outcome> {
                     }
                 }
             }
-            "_id" if resource == "Questionnaire" => s.text_id = Some(v.clone()),
+            "_id" if resource == "Questionnaire" || resource == "Patient" => {
+                s.text_id = Some(v.clone());
+            }
+            "identifier" => {
+                s.identifier = Some(match v.split_once('|') {
+                    Some((system, value)) if !value.is_empty() => (
+                        (!system.is_empty()).then(|| system.to_string()),
+                        value.to_string(),
+                    ),
+                    Some(_) => {
+                        return Err(bad(format!(
+                            "identifier `{}` needs a value: identifier=system|value",
+                            clip(&v)
+                        )));
+                    }
+                    None => (None, v.clone()),
+                });
+            }
             "_id" => {
                 s.filter.id = Some(v.parse().map_err(|_| {
                     bad(format!("_id `{}` is not an id of a {resource}", clip(&v)))
@@ -202,6 +227,8 @@ async fn find(
             .take(q.filter.limit as usize)
             .map(questionnaire::render)
             .collect(),
+        "Patient" => patients(s, call, q).await?,
+        "Encounter" | "Condition" => clinical_facts(s, call, resource, q).await?,
         other => {
             return Err(Outcome::not_found(format!(
                 "carepath does not serve {}",
@@ -260,8 +287,9 @@ pub(crate) async fn read_one(
         statuses: Vec::new(),
         url: None,
         text_id: None,
+        identifier: None,
     };
-    if resource == "Questionnaire" {
+    if resource == "Questionnaire" || resource == "Patient" {
         q.text_id = Some(id.to_string());
     } else {
         q.filter.id = Some(id.parse().map_err(|_| missing())?);
@@ -281,4 +309,132 @@ pub(crate) async fn read(
 ) -> Result<Response, Outcome> {
     let r = read_one(&s, &call, resource, &id).await?;
     Ok(fhir_json(StatusCode::OK, &r))
+}
+
+/// Patients by id or identifier (one at most: a patient is one person).
+async fn patients(s: &AppState, call: &Call, q: &Search) -> Result<Vec<Value>, Outcome> {
+    let c = &call.caller;
+    let id = match (&q.text_id, &q.identifier) {
+        (Some(id), None) => Some(id.clone()),
+        (id, Some((system, value))) => {
+            let found = match system.as_deref() {
+                None | Some(patient::PATIENT_SYSTEM) => Some(value.clone()),
+                Some(system) => {
+                    let mut tx = s.pool.begin().await.map_err(crate::ApiError::from)?;
+                    let local =
+                        clinical::external_id(&mut tx, "Patient", &c.institution_id, system, value)
+                            .await?;
+                    tx.commit().await.map_err(crate::ApiError::from)?;
+                    local
+                }
+            };
+            match (found, id) {
+                (Some(f), Some(id)) if &f != id => None,
+                (f, _) => f,
+            }
+        }
+        (None, None) => {
+            return Err(bad(
+                "search patients by identifier (system|value) or _id: carepath does not list every patient".into(),
+            ));
+        }
+    };
+    let Some(id) = id else {
+        return Ok(Vec::new());
+    };
+    match patients::read(
+        &s.pool,
+        &s.audit,
+        c,
+        s.contact_key.as_deref(),
+        &id,
+        &call.remote,
+        call.now,
+    )
+    .await
+    {
+        Ok(view) => Ok(vec![patient::render(&view)]),
+        Err(StoreError::NotFound(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A patient's encounters or diagnoses, when the caller may see the patient; audited.
+async fn clinical_facts(
+    s: &AppState,
+    call: &Call,
+    resource: &str,
+    q: &Search,
+) -> Result<Vec<Value>, Outcome> {
+    let c = &call.caller;
+    let mut tx = s.pool.begin().await.map_err(crate::ApiError::from)?;
+    // The patient the search is about: named, or the one the _id belongs to.
+    let (patient, only) = match (q.filter.id, &q.filter.patient) {
+        (Some(id), named) => {
+            let owner = if resource == "Encounter" {
+                clinical::encounter_by_id(&mut tx, id)
+                    .await?
+                    .map(|e| e.patient_id)
+            } else {
+                clinical::diagnosis_by_id(&mut tx, id)
+                    .await?
+                    .map(|d| d.patient_id)
+            };
+            match owner {
+                Some(o) if named.as_ref().is_none_or(|n| *n == o) => (o, Some(id)),
+                _ => return Ok(Vec::new()),
+            }
+        }
+        (None, Some(p)) => (p.clone(), None),
+        (None, None) => {
+            return Err(bad(format!(
+                "search {resource} by patient (or _id): carepath lists a patient's {resource}s"
+            )));
+        }
+    };
+    if !clinical::visible(&mut tx, c, &patient).await? {
+        return Ok(Vec::new());
+    }
+    let diagnoses = clinical::diagnoses_of(&mut tx, &patient).await?;
+    let limit = q.filter.limit.max(0) as usize;
+    let found: Vec<Value> = if resource == "Encounter" {
+        clinical::encounters_of(&mut tx, &patient)
+            .await?
+            .iter()
+            .filter(|e| only.is_none_or(|id| id == e.id))
+            .filter(|e| {
+                let start = e.admitted_at.map(|t| t.as_second());
+                let end = e.discharged_at.map(|t| t.as_second()).or(start);
+                q.filter.from.is_none_or(|f| end.is_some_and(|x| x >= f))
+                    && q.filter.to.is_none_or(|t| start.is_some_and(|x| x <= t))
+            })
+            .take(limit)
+            .map(|e| {
+                let own: Vec<_> = diagnoses
+                    .iter()
+                    .filter(|d| d.encounter_id == Some(e.id))
+                    .cloned()
+                    .collect();
+                encounter::render(e, &own)
+            })
+            .collect()
+    } else {
+        diagnoses
+            .iter()
+            .filter(|d| only.is_none_or(|id| id == d.id))
+            .take(limit)
+            .map(condition::render)
+            .collect()
+    };
+    c.audit_ok(
+        &mut tx,
+        call.action,
+        &format!("patient/{patient}/{}", resource.to_ascii_lowercase()),
+        std::slice::from_ref(&patient),
+        &call.remote,
+        call.now,
+    )
+    .await?;
+    tx.commit().await.map_err(crate::ApiError::from)?;
+    Ok(found)
 }

@@ -7,13 +7,14 @@ use std::collections::HashMap;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use carepath_engine::scheduler;
+use carepath_engine::hospital::Hospital;
 use carepath_engine::store::Tx;
+use carepath_engine::{Programs, scheduler};
 use serde_json::Value;
 
 use super::json::{Node, clip};
 use super::outcome::{Outcome, fhir_json};
-use super::{module_of, observation, questionnaire};
+use super::{condition, encounter, module_of, observation, patient, questionnaire};
 use crate::{AppState, Call, allowed};
 
 pub(crate) enum Verb {
@@ -131,6 +132,16 @@ impl Ctx<'_> {
     }
 }
 
+/// What hospital facts are recorded with: the published pathways, the intake rules, the
+/// contact key.
+pub(crate) fn hospital<'a>(state: &'a AppState, programs: &'a Programs) -> Hospital<'a> {
+    Hospital {
+        programs,
+        intake: &state.intake,
+        contact_key: state.contact_key.as_deref(),
+    }
+}
+
 /// Writes one resource in its own transaction, then steps the enrolments it woke.
 pub(crate) async fn one(
     state: &AppState,
@@ -177,6 +188,9 @@ pub(crate) async fn write(
             observation::create(tx, cx, body, if_none_exist.as_deref()).await
         }
         ("QuestionnaireResponse", Verb::Create { .. }) => questionnaire::answer(tx, cx, body).await,
+        ("Patient", verb) => patient::write(tx, cx, verb, body).await,
+        ("Encounter", verb) => encounter::write(tx, cx, verb, body).await,
+        ("Condition", verb) => condition::create(tx, cx, verb, body).await,
         (ty, Verb::Update { .. }) if module_of(ty).is_some() => Err(Outcome::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
