@@ -21,11 +21,17 @@ const CM: &str = "cp_fhir_clinic_a_care_team";
 const PATIENT: &str = "fhir-pt-a";
 /// A patient of another clinic, which clinic_a may not see.
 const OTHER: &str = "fhir-pt-b";
+/// A clinic_a patient on the stroke pathway, whose admission the hospital sends.
+const STROKE: &str = "fhir-pt-stroke";
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 struct Served {
     pool: Pool,
     addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
+    /// When the stroke patient was admitted (and enrolled): five days ago, to the minute.
+    admitted: Timestamp,
+    stroke_enrolment: i64,
 }
 
 async fn serve(b: &Backend) -> Served {
@@ -78,6 +84,19 @@ async fn serve(b: &Backend) -> Served {
     )
     .await
     .expect("enrol");
+    support::add_patient_at(&pool, STROKE, "clinic_a", now).await;
+    let admitted = now - jiff::SignedDuration::from_secs(5 * 86_400 - 60);
+    let (stroke_enrolment, _) = store::enrol(
+        &pool,
+        &programs,
+        STROKE,
+        "stroke",
+        None,
+        "admission",
+        admitted,
+    )
+    .await
+    .expect("enrol in stroke");
     pool.exec(
         &format!(
             "INSERT INTO scale_pushes (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, scale, due_at, expires_at, reminders, status, created_at) \
@@ -89,7 +108,9 @@ async fn serve(b: &Backend) -> Served {
     )
     .await
     .expect("push");
-    let app = carepath_admin_api::router(AppState::new(pool.clone(), programs));
+    let key = carepath_engine::crypto::ContactKey::parse(KEY).expect("key");
+    let app =
+        carepath_admin_api::router(AppState::new(pool.clone(), programs).with_contact_key(key));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -101,7 +122,13 @@ async fn serve(b: &Backend) -> Served {
         )
         .await;
     });
-    Served { pool, addr, server }
+    Served {
+        pool,
+        addr,
+        server,
+        admitted,
+        stroke_enrolment,
+    }
 }
 
 /// One HTTP/1.1 call on a fresh connection: (status, content type, body).
@@ -191,10 +218,11 @@ async fn fhir_client_round_trips(b: Backend) {
     let s = serve(&b).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir/client.py");
     let base = format!("http://{}/fhir", s.addr);
+    let admitted = s.admitted.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
             .arg(&script)
-            .args([base.as_str(), CM, PATIENT, OTHER])
+            .args([base.as_str(), CM, PATIENT, OTHER, STROKE, admitted.as_str()])
             .output()
     })
     .await
@@ -214,7 +242,10 @@ async fn fhir_client_round_trips(b: Backend) {
         summary["capability_resources"],
         json!([
             "CarePlan",
+            "Condition",
+            "Encounter",
             "Observation",
+            "Patient",
             "Questionnaire",
             "QuestionnaireResponse",
             "Task"
@@ -258,7 +289,62 @@ async fn fhir_client_round_trips(b: Backend) {
     let scales = carepath_engine::scales::Scales::builtin().len() as u64;
     assert_eq!(summary["questionnaires"], json!(scales), "[{name}]");
     assert_eq!(summary["other_patient_search"], json!([200, 0]), "[{name}]");
+    // Patients: a conditional create made one patient, a plain create of it is a conflict; read
+    // back with the contact details masked.
+    assert_eq!(
+        summary["patient_conditional"],
+        json!([201, 200, "fhir-pt-new", "fhir-pt-new"]),
+        "[{name}] {summary}"
+    );
+    assert_eq!(summary["patient_duplicate"], json!(409), "[{name}]");
+    assert_eq!(
+        summary["patient_read"],
+        json!({"telecom": ["**********8000", "l***@example.org", "o***"], "gender": "female", "birthDate": "1948-05-12", "lang": "zh"}),
+        "[{name}] {summary}"
+    );
+    assert_eq!(
+        summary["patients_by_identifier"],
+        json!(["fhir-pt-new"]),
+        "[{name}]"
+    );
+    assert_eq!(
+        summary["patient_update"],
+        json!([200, ["**********9111"]]),
+        "[{name}] {summary}"
+    );
+    // The hospital's transaction: the patient updated, the admission, three diagnoses, five
+    // emergency visits.
+    let mut statuses = vec![json!("200 OK"), json!("201 Created")];
+    statuses.extend(std::iter::repeat_n(json!("201 Created"), 8));
+    assert_eq!(
+        summary["hospital_transaction"],
+        json!(statuses),
+        "[{name}] {summary}"
+    );
+    assert_eq!(
+        summary["encounters"],
+        json!([6, "finished", 3]),
+        "[{name}] {summary}"
+    );
+    assert_eq!(
+        summary["conditions"],
+        json!(["E11.2", "I50.9", "I63.9"]),
+        "[{name}]"
+    );
+    assert_eq!(
+        summary["encounter_conditional"],
+        json!([200, true]),
+        "[{name}]"
+    );
+    assert_eq!(
+        summary["snomed_condition"],
+        json!([422, "Condition.code"]),
+        "[{name}] {summary}"
+    );
     for ty in [
+        "Patient",
+        "Encounter",
+        "Condition",
         "Observation",
         "Bundle",
         "Task",
@@ -296,6 +382,73 @@ async fn fhir_client_round_trips(b: Backend) {
     // The crisis reading raised the pathway's alarm, as any reading does.
     assert!(count(format!("SELECT COUNT(*) FROM alarm_episodes WHERE alarm_id = 'bp_crisis' AND patient_id = '{PATIENT}'")).await >= 1, "[{name}] no crisis alarm");
     assert_eq!(count("SELECT COUNT(*) FROM tasks WHERE status = 'claimed' AND assignee = 'clinic_a.fhir_team'".into()).await, 1, "[{name}]");
+    // The hospital facts, as the store holds them: the contact details encrypted, the admission
+    // with its times and diagnoses, the events it raised on the stroke enrolment, and LACE
+    // scored by the discharge pass: 5 days (4), acute (3), Charlson 4 (5), four visits in the
+    // six months before (4).
+    let e = s.stroke_enrolment;
+    assert_eq!(count(format!("SELECT COUNT(*) FROM patients WHERE id = 'fhir-pt-new' AND institution_id = 'clinic_a' AND sex = 'female' AND lang = 'zh' AND contact_enc IS NOT NULL AND contact_enc NOT LIKE '%8613%'")).await, 1, "[{name}]");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM patients WHERE id = 'fhir-pt-new'".into()).await,
+        1,
+        "[{name}]"
+    );
+    assert_eq!(count(format!("SELECT COUNT(*) FROM patients WHERE id = '{STROKE}' AND preferred_channel = 'sms' AND birth_date = '1950-01-01'")).await, 1, "[{name}]");
+    assert_eq!(count(format!("SELECT COUNT(*) FROM encounters WHERE patient_id = '{STROKE}' AND class = 'inpatient' AND identifier = 'ZY-2026-0001' AND acute = 1 AND department = 'neurology' AND discharged_at - admitted_at BETWEEN {} AND {}", 5 * 86_400 - 60, 5 * 86_400 + 600)).await, 1, "[{name}]");
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM encounters WHERE patient_id = '{STROKE}' AND class = 'emergency'"
+        ))
+        .await,
+        5,
+        "[{name}]"
+    );
+    assert_eq!(count(format!("SELECT COUNT(*) FROM diagnoses d JOIN encounters n ON n.id = d.encounter_id WHERE d.patient_id = '{STROKE}' AND n.identifier = 'ZY-2026-0001'")).await, 3, "[{name}]");
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM diagnoses WHERE patient_id = '{STROKE}' AND principal = 1"
+        ))
+        .await,
+        1,
+        "[{name}]"
+    );
+    assert_eq!(count(format!("SELECT COUNT(*) FROM diagnoses WHERE patient_id = '{STROKE}' AND principal = 1 AND code = 'I639'")).await, 1, "[{name}]");
+    for event in ["admitted", "discharged"] {
+        assert_eq!(
+            count(format!(
+                "SELECT COUNT(*) FROM events WHERE enrolment_id = {e} AND name = '{event}'"
+            ))
+            .await,
+            1,
+            "[{name}] {event}"
+        );
+    }
+    assert_eq!(
+        support::rows(
+            p,
+            &format!(
+                "SELECT model, CAST(CAST(ROUND(score) AS INTEGER) AS TEXT), band FROM risk_predictions WHERE enrolment_id = {e}"
+            ),
+            3
+        )
+        .await,
+        ["readmission|16|high"],
+        "[{name}] LACE from the facts the transaction sent: {:?}",
+        support::rows(
+            p,
+            &format!("SELECT contributions, CAST(at AS TEXT) FROM risk_predictions WHERE enrolment_id = {e}"),
+            2
+        )
+        .await
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM external_ids WHERE kind = 'Patient' AND value = 'MRN-778'".into()
+        )
+        .await,
+        1,
+        "[{name}]"
+    );
     // Everything the client read and wrote is in the audit record, under its caller.
     assert!(count("SELECT COUNT(*) FROM audit_log WHERE actor = 'clinic_a.fhir_team' AND action LIKE 'fhir.%'".into()).await >= 4, "[{name}]");
     s.server.abort();

@@ -1,15 +1,17 @@
 """Drives carepath's FHIR interface with a real client (fhirpy) and validates every resource it
 returns with the fhir.resources R4B models. Prints one JSON summary line; exits non-zero on any
 failure."""
+import datetime
 import importlib
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 
 from fhirpy import SyncFHIRClient
 
-base, token, patient, other = sys.argv[1:5]
+base, token, patient, other, stroke_patient, admitted = sys.argv[1:7]
 client = SyncFHIRClient(base, authorization=f"Bearer {token}")
 validated = {}
 
@@ -169,6 +171,126 @@ validate(client.reference("Questionnaire", "phq9").to_resource().serialize())
 
 status, outcome = raw("GET", f"/Observation?patient={other}")
 summary["other_patient_search"] = [status, outcome.get("total")]
+
+# A patient with contact details, created conditionally twice: one patient, read back masked.
+new_patient = "fhir-pt-new"
+mrn = "urn:oid:2.16.840.1.113883.2.4.6.3|MRN-778"
+patient_resource = {
+    "resourceType": "Patient",
+    "identifier": [{"system": "urn:carepath:patient", "value": new_patient},
+                   {"system": "urn:oid:2.16.840.1.113883.2.4.6.3", "value": "MRN-778"}],
+    "gender": "female",
+    "birthDate": "1948-05-12",
+    "telecom": [
+        {"system": "phone", "value": "+8613800138000", "use": "mobile", "rank": 1},
+        {"system": "email", "value": "li.hua@example.org"},
+        {"system": "other", "value": "oWx123abc",
+         "extension": [{"url": "urn:carepath:wechat", "valueBoolean": True}]},
+    ],
+    "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "zh-CN"}]},
+                       "preferred": True}],
+}
+first_status, first = raw("POST", "/Patient", patient_resource, {"If-None-Exist": f"identifier={mrn}"})
+validate(first)
+again_status, again = raw("POST", "/Patient", patient_resource, {"If-None-Exist": f"identifier={mrn}"})
+validate(again)
+summary["patient_conditional"] = [first_status, again_status, first["id"], again["id"]]
+dup_status, dup = raw("POST", "/Patient", patient_resource)
+validate(dup)
+summary["patient_duplicate"] = dup_status
+read_back = validate(client.reference("Patient", new_patient).to_resource().serialize())
+summary["patient_read"] = {
+    "telecom": sorted(t["value"] for t in read_back.get("telecom", [])),
+    "gender": read_back.get("gender"),
+    "birthDate": read_back.get("birthDate"),
+    "lang": read_back["communication"][0]["language"]["coding"][0]["code"],
+}
+by_mrn = client.resources("Patient").search(identifier=mrn).fetch_all()
+for r in by_mrn:
+    validate(r.serialize())
+summary["patients_by_identifier"] = [r.id for r in by_mrn]
+updated = dict(patient_resource, id=new_patient, gender="female",
+               telecom=[{"system": "phone", "value": "+8613900139111", "use": "mobile"}])
+upd_status, upd = raw("PUT", f"/Patient/{new_patient}", updated)
+validate(upd)
+summary["patient_update"] = [upd_status, sorted(t["value"] for t in upd.get("telecom", []))]
+
+# A transaction from the hospital at admission: the stroke patient's record, the acute admission
+# with three diagnoses (the stroke principal) and five earlier emergency visits; five days later
+# the discharge, as an update of the encounter.
+start = datetime.datetime.fromisoformat(admitted.replace("Z", "+00:00"))
+iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+stroke_subject = {"reference": "urn:uuid:5d1c0a6e-0000-4000-8000-000000000001"}
+visit = "urn:uuid:5d1c0a6e-0000-4000-8000-000000000002"
+entries = [
+    {"fullUrl": stroke_subject["reference"],
+     "resource": {"resourceType": "Patient", "id": stroke_patient,
+                  "identifier": [{"system": "urn:carepath:patient", "value": stroke_patient}],
+                  "gender": "male", "birthDate": "1950-01-01",
+                  "telecom": [{"system": "sms", "value": "+86 139 0013 9000", "rank": 1}]},
+     "request": {"method": "PUT", "url": f"Patient/{stroke_patient}"}},
+    {"fullUrl": visit,
+     "resource": {"resourceType": "Encounter", "status": "in-progress",
+                  "identifier": [{"system": "urn:oid:1.2.156.112604.1.2", "value": "ZY-2026-0001"}],
+                  "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                  "priority": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActPriority", "code": "EM"}]},
+                  "serviceType": {"text": "neurology"},
+                  "subject": stroke_subject,
+                  "period": {"start": iso(start)}},
+     "request": {"method": "POST", "url": "Encounter",
+                 "ifNoneExist": "identifier=urn:oid:1.2.156.112604.1.2|ZY-2026-0001"}},
+]
+for code, system, principal in [("I63.9", "http://hl7.org/fhir/sid/icd-10", True),
+                                ("I50.9", "http://hl7.org/fhir/sid/icd-10-cm", False),
+                                ("E11.2", "urn:oid:2.16.840.1.113883.6.3", False)]:
+    entries.append({"resource": {
+        "resourceType": "Condition",
+        "extension": [{"url": "urn:carepath:principal-diagnosis", "valueBoolean": principal}],
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                                  "code": "encounter-diagnosis"}]}],
+        "code": {"coding": [{"system": system, "code": code}]},
+        "subject": stroke_subject, "encounter": {"reference": visit}},
+        "request": {"method": "POST", "url": "Condition"}})
+for i, days in enumerate([200, 150, 100, 60, 20]):
+    entries.append({"resource": {
+        "resourceType": "Encounter", "status": "finished",
+        "identifier": [{"system": "urn:oid:1.2.156.112604.1.3", "value": f"JZ-{i}"}],
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+        "subject": stroke_subject,
+        "period": {"start": iso(start - datetime.timedelta(days=days))}},
+        "request": {"method": "POST", "url": "Encounter"}})
+resp = validate(client.execute("", method="post", data={"resourceType": "Bundle", "type": "transaction",
+                                                         "entry": entries}))
+summary["hospital_transaction"] = [e["response"]["status"] for e in resp["entry"]]
+admission_id = resp["entry"][1]["response"]["location"].split("/")[1]
+# The discharge comes after the diagnoses were recorded (times are kept to the second).
+time.sleep(1.2)
+discharge = json.loads(json.dumps(entries[1]["resource"]))
+discharge.update(status="finished", id=admission_id,
+                 subject={"reference": f"Patient/{stroke_patient}"},
+                 period={"start": iso(start), "end": iso(datetime.datetime.now(datetime.timezone.utc))})
+status, discharged = raw("PUT", f"/Encounter/{admission_id}", discharge)
+validate(discharged)
+summary["discharge"] = [status, discharged["status"], len(discharged.get("diagnosis", []))]
+encounters = client.resources("Encounter").search(patient=stroke_patient).fetch_all()
+for r in encounters:
+    validate(r.serialize())
+inpatient = [r.serialize() for r in encounters if r.serialize()["class"]["code"] == "IMP"]
+summary["encounters"] = [len(encounters), inpatient[0]["status"], len(inpatient[0].get("diagnosis", []))]
+conditions = client.resources("Condition").search(patient=stroke_patient).fetch_all()
+for r in conditions:
+    validate(r.serialize())
+summary["conditions"] = sorted(c.serialize()["code"]["coding"][0]["code"] for c in conditions)
+validate(client.reference("Encounter", inpatient[0]["id"]).to_resource().serialize())
+# The same admission again: nothing new.
+status, again = raw("POST", "/Encounter", entries[1]["resource"] | {"subject": {"reference": f"Patient/{stroke_patient}"}},
+                    {"If-None-Exist": "identifier=urn:oid:1.2.156.112604.1.2|ZY-2026-0001"})
+summary["encounter_conditional"] = [status, again["id"] == inpatient[0]["id"]]
+status, outcome = raw("POST", "/Condition", {"resourceType": "Condition",
+                                             "code": {"coding": [{"system": "http://snomed.info/sct", "code": "230690007"}]},
+                                             "subject": {"reference": f"Patient/{stroke_patient}"}})
+validate(outcome)
+summary["snomed_condition"] = [status, outcome["issue"][0]["expression"][0]]
 
 summary["validated"] = validated
 print(json.dumps(summary, sort_keys=True))
