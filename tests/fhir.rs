@@ -151,9 +151,10 @@ async fn call(
         body.len()
     );
     conn.write_all(head.as_bytes()).await.expect("write");
-    conn.write_all(body).await.expect("write body");
+    // A server may answer (413) and close before it has read a body it refuses.
+    let _ = conn.write_all(body).await;
     let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await.expect("read");
+    let _ = conn.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -483,6 +484,268 @@ fn questionnaire_response() -> Value {
            "item": [{"linkId": "pain", "answer": [{"valueInteger": 3}]}]})
 }
 
+fn patient(id: &str) -> Value {
+    json!({"resourceType": "Patient",
+           "identifier": [{"system": "urn:carepath:patient", "value": id}],
+           "gender": "male", "birthDate": "1950-01-01",
+           "telecom": [{"system": "phone", "value": "+8613800138000", "use": "mobile"}]})
+}
+
+fn encounter() -> Value {
+    json!({"resourceType": "Encounter", "status": "finished",
+           "identifier": [{"system": "urn:oid:1.2.156.112604.1.2", "value": "ZY-HOSTILE"}],
+           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+           "subject": {"reference": format!("Patient/{PATIENT}")},
+           "period": {"start": "2026-03-01T08:00:00+08:00", "end": "2026-03-06T08:00:00+08:00"}})
+}
+
+fn condition() -> Value {
+    json!({"resourceType": "Condition",
+           "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]},
+           "subject": {"reference": format!("Patient/{PATIENT}")}})
+}
+
+/// Malformed patients, encounters and conditions: bad contact details, dates, codes and
+/// references, each refused with nothing written.
+fn hostile_hospital() -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    let fresh = "fhir-hostile-new";
+    let telecoms = [
+        json!("+8613800138000"),
+        json!({"system": "phone", "value": "+8613800138000"}),
+        json!([{"system": "phone", "value": "call me"}]),
+        json!([{"system": "phone", "value": "1234"}]),
+        json!([{"system": "phone", "value": "+86138001380001234567"}]),
+        json!([{"system": "phone", "value": 8613800138000_i64}]),
+        json!([{"system": "phone"}]),
+        json!([{"value": "+8613800138000"}]),
+        json!([{"system": "fax", "value": "+8613800138000"}]),
+        json!([{"system": "pager", "value": "12345"}]),
+        json!([{"system": "url", "value": "https://example.org"}]),
+        json!([{"system": "other", "value": "oWx123"}]),
+        json!([{"system": "other", "value": "o Wx 123", "extension": [{"url": "urn:carepath:wechat", "valueBoolean": true}]}]),
+        json!([{"system": "email", "value": "a@@b.cn"}]),
+        json!([{"system": "email", "value": "li hua@example.org"}]),
+        json!([{"system": "email", "value": "nobody"}]),
+        json!([{"system": "phone", "value": "+8613800138000", "use": "car"}]),
+        json!([{"system": "phone", "value": "+8613800138000", "rank": 0}]),
+        json!([{"system": "phone", "value": "+8613800138000", "rank": "1"}]),
+        json!([{"system": "sms", "value": "\u{0}138"}]),
+    ];
+    for t in telecoms {
+        let mut p = patient(fresh);
+        p["telecom"] = t;
+        out.push(("/fhir/Patient", p));
+    }
+    for d in [
+        json!("2026-13-45"),
+        json!("1950"),
+        json!("1950-01"),
+        json!("1800-01-01"),
+        json!("9999-12-31"),
+        json!("yesterday"),
+        json!(19500101),
+        json!("1950-01-01T00:00:00Z"),
+    ] {
+        let mut p = patient(fresh);
+        p["birthDate"] = d;
+        out.push(("/fhir/Patient", p));
+    }
+    for (key, v) in [
+        ("gender", json!("yes")),
+        ("gender", json!(1)),
+        ("identifier", json!([])),
+        (
+            "identifier",
+            json!([{"system": "urn:oid:1.2.3", "value": "MRN-1"}]),
+        ),
+        ("identifier", json!([{"value": fresh}])),
+        (
+            "identifier",
+            json!([{"system": "urn:carepath:patient", "value": "李华"}]),
+        ),
+        (
+            "identifier",
+            json!([{"system": "urn:carepath:patient", "value": "../etc"}]),
+        ),
+        (
+            "identifier",
+            json!([{"system": "urn:carepath:patient", "value": "x".repeat(100)}]),
+        ),
+        (
+            "identifier",
+            json!([{"system": "urn:carepath:patient", "value": fresh}, {"system": "urn:carepath:patient", "value": "fhir-other-id"}]),
+        ),
+        (
+            "communication",
+            json!([{"language": {"coding": [{"code": "fr"}]}}]),
+        ),
+        ("communication", json!([{"language": "zh"}])),
+        ("name", json!([{}])),
+        ("name", json!([{"text": "x".repeat(200)}])),
+        ("address", json!([{"city": "Hangzhou"}])),
+        ("active", json!("yes")),
+    ] {
+        let mut p = patient(fresh);
+        p[key] = v;
+        out.push(("/fhir/Patient", p));
+    }
+    // A plain create of a known patient, and of another clinic's.
+    out.push(("/fhir/Patient", patient(PATIENT)));
+    out.push(("/fhir/Patient", patient(OTHER)));
+
+    let set = |path: &[&str], v: Value| {
+        let mut e = encounter();
+        let mut at = &mut e;
+        for k in &path[..path.len() - 1] {
+            at = &mut at[*k];
+        }
+        at[path[path.len() - 1]] = v;
+        e
+    };
+    for (path, v) in [
+        (&["class"][..], json!("IMP")),
+        (&["class"][..], json!({"code": "HH"})),
+        (
+            &["class"][..],
+            json!({"system": "http://example.org/classes", "code": "IMP"}),
+        ),
+        (
+            &["class"][..],
+            json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode"}),
+        ),
+        (&["class"][..], json!(null)),
+        (&["status"][..], json!("done")),
+        (&["status"][..], json!(null)),
+        (&["status"][..], json!("cancelled")),
+        (&["identifier"][..], json!([])),
+        (
+            &["identifier"][..],
+            json!([{"system": "urn:x", "value": "v".repeat(200)}]),
+        ),
+        (&["period", "end"][..], json!("2026-02-28T08:00:00+08:00")),
+        (&["period", "start"][..], json!("2026-03-01")),
+        (&["period", "start"][..], json!("2026-13-45T08:00:00+08:00")),
+        (&["period", "start"][..], json!("2999-01-01T00:00:00Z")),
+        (&["period", "end"][..], json!("2999-01-01T00:00:00Z")),
+        (&["period", "end"][..], json!("soon")),
+        (&["period"][..], json!("2026-03-01/2026-03-06")),
+        (
+            &["subject"][..],
+            json!({"reference": format!("Patient/{OTHER}")}),
+        ),
+        (
+            &["subject"][..],
+            json!({"reference": "Patient/fhir-nobody"}),
+        ),
+        (&["subject"][..], json!({"reference": "Observation/1"})),
+        (
+            &["subject"][..],
+            json!({"reference": "urn:uuid:00000000-0000-0000-0000-000000000009"}),
+        ),
+        (&["subject"][..], json!(null)),
+        (
+            &["priority"][..],
+            json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActPriority", "code": "ZZ"}]}),
+        ),
+        (
+            &["diagnosis"][..],
+            json!([{"condition": {"reference": "#nothing"}}]),
+        ),
+        (
+            &["diagnosis"][..],
+            json!([{"condition": {"reference": "Condition/1"}}]),
+        ),
+        (
+            &["diagnosis"][..],
+            json!([{"condition": {"reference": "#c1"}, "rank": 0}]),
+        ),
+        (&["serviceType"][..], json!("neurology")),
+    ] {
+        out.push(("/fhir/Encounter", set(path, v)));
+    }
+    for code in [
+        json!({"coding": [{"system": "http://snomed.info/sct", "code": "230690007"}]}),
+        json!({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "stroke"}]}),
+        json!({"text": "stroke"}),
+    ] {
+        let mut e = encounter();
+        e["contained"] = json!([{"resourceType": "Condition", "id": "c1", "code": code}]);
+        e["diagnosis"] = json!([{"condition": {"reference": "#c1"}, "rank": 1}]);
+        out.push(("/fhir/Encounter", e));
+    }
+    let mut e = encounter();
+    e["class"]["code"] = json!("EMER");
+    e.as_object_mut().expect("object").remove("period");
+    out.push(("/fhir/Encounter", e));
+
+    for (key, v) in [
+        (
+            "code",
+            json!({"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}),
+        ),
+        (
+            "code",
+            json!({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "ABC"}]}),
+        ),
+        ("code", json!({"coding": [{"code": "hypertension"}]})),
+        ("code", json!({"text": "I10"})),
+        ("code", json!("I10")),
+        ("code", json!(null)),
+        ("subject", json!({"reference": format!("Patient/{OTHER}")})),
+        ("subject", json!({"reference": "Encounter/1"})),
+        ("subject", json!(null)),
+        ("encounter", json!({"reference": "Encounter/999999"})),
+        ("encounter", json!({"reference": "Encounter/abc"})),
+        ("encounter", json!({"identifier": {"value": "ZY-NOWHERE"}})),
+        (
+            "verificationStatus",
+            json!({"coding": [{"code": "refuted"}]}),
+        ),
+        (
+            "verificationStatus",
+            json!({"coding": [{"code": "entered-in-error"}]}),
+        ),
+        (
+            "extension",
+            json!([{"url": "urn:carepath:principal-diagnosis", "valueBoolean": "yes"}]),
+        ),
+        ("evidence", json!([{}])),
+    ] {
+        let mut c = condition();
+        c[key] = v;
+        out.push(("/fhir/Condition", c));
+    }
+    // A transaction whose Patient is good and whose Encounter or Condition is not: nothing of it.
+    for (i, bad) in [
+        set(&["period", "end"], json!("2026-02-28T08:00:00+08:00")),
+        set(&["class", "code"], json!("VR")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut bad = bad;
+        bad["subject"] = json!({"reference": "urn:uuid:9b7a0c1e-0000-4000-8000-000000000001"});
+        let mut cond = condition();
+        cond["subject"] = bad["subject"].clone();
+        if i == 1 {
+            cond["code"] =
+                json!({"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]});
+            bad = encounter();
+            bad["subject"] = cond["subject"].clone();
+        }
+        out.push((
+            "/fhir",
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"fullUrl": "urn:uuid:9b7a0c1e-0000-4000-8000-000000000001", "resource": patient(fresh), "request": {"method": "POST", "url": "Patient"}},
+                {"resource": bad, "request": {"method": "POST", "url": "Encounter"}},
+                {"resource": cond, "request": {"method": "POST", "url": "Condition"}},
+            ]}),
+        ));
+    }
+    out
+}
+
 /// Values of every JSON type, and some that look almost right.
 fn wrong_values(n: usize) -> Vec<Value> {
     vec![
@@ -622,8 +885,11 @@ type RawCall<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a [u8]);
 async fn hostile_input_is_refused(b: Backend) {
     let s = serve(&b).await;
     let name = b.name();
-    let cases = hostile();
+    let mut cases = hostile();
     assert!(cases.len() >= 500, "only {} hostile cases", cases.len());
+    cases.extend(hostile_hospital());
+    let facts = "SELECT (SELECT COUNT(*) FROM patients) * 1000000 + (SELECT COUNT(*) FROM encounters) * 10000 + (SELECT COUNT(*) FROM diagnoses) * 100 + (SELECT COUNT(*) FROM external_ids)";
+    let facts_before = scalar(&s.pool, facts).await;
     let before = scalar(&s.pool, "SELECT COUNT(*) FROM observations").await;
     let answers_before = scalar(&s.pool, "SELECT COUNT(*) FROM scale_answers").await;
     for (i, (path, body)) in cases.iter().enumerate() {
@@ -776,6 +1042,11 @@ async fn hostile_input_is_refused(b: Backend) {
         );
     }
     // Nothing was written, and the server still serves.
+    assert_eq!(
+        scalar(&s.pool, facts).await,
+        facts_before,
+        "[{name}] patients, encounters, diagnoses, identifiers"
+    );
     assert_eq!(
         scalar(&s.pool, "SELECT COUNT(*) FROM observations").await,
         before,
