@@ -388,7 +388,7 @@ async fn fhir_client_round_trips(b: Backend) {
     // scored by the discharge pass: 5 days (4), acute (3), Charlson 4 (5), four visits in the
     // six months before (4).
     let e = s.stroke_enrolment;
-    assert_eq!(count(format!("SELECT COUNT(*) FROM patients WHERE id = 'fhir-pt-new' AND institution_id = 'clinic_a' AND sex = 'female' AND lang = 'zh' AND contact_enc IS NOT NULL AND contact_enc NOT LIKE '%8613%'")).await, 1, "[{name}]");
+    assert_eq!(count("SELECT COUNT(*) FROM patients WHERE id = 'fhir-pt-new' AND institution_id = 'clinic_a' AND sex = 'female' AND lang = 'zh' AND contact_enc IS NOT NULL AND contact_enc NOT LIKE '%8613%'".into()).await, 1, "[{name}]");
     assert_eq!(
         count("SELECT COUNT(*) FROM patients WHERE id = 'fhir-pt-new'".into()).await,
         1,

@@ -292,5 +292,20 @@ status, outcome = raw("POST", "/Condition", {"resourceType": "Condition",
 validate(outcome)
 summary["snomed_condition"] = [status, outcome["issue"][0]["expression"][0]]
 
+# An admission the hospital then cancels (HL7 A11's FHIR form): the encounter is cancelled.
+admission = {"resourceType": "Encounter", "status": "in-progress",
+             "identifier": [{"system": "urn:oid:1.2.156.112604.1.2", "value": "ZY-2026-0099"}],
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "ACUTE"},
+             "hospitalization": {"admitSource": {"coding": [{"code": "emd"}]}},
+             "location": [{"location": {"display": "cardiology"}}],
+             "subject": subject,
+             "period": {"start": iso(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=3))}}
+status, made = raw("POST", "/Encounter", admission)
+validate(made)
+status2, cancelled = raw("PUT", f"/Encounter/{made['id']}", admission | {"status": "cancelled", "id": made["id"]})
+validate(cancelled)
+status3, again = raw("PUT", f"/Encounter/{made['id']}", admission | {"status": "cancelled", "id": made["id"]})
+summary["cancelled_admission"] = [status, status2, cancelled["status"], status3]
+
 summary["validated"] = validated
 print(json.dumps(summary, sort_keys=True))
