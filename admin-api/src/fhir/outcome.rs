@@ -15,7 +15,7 @@ pub(crate) const FHIR_JSON: &str = "application/fhir+json";
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) status: StatusCode,
-    /// The issue type: invalid, structure, required, value, not-found, forbidden, conflict,
+    /// The issue type: invalid, structure, required, value, not-found, forbidden, conflict, duplicate,
     /// processing, not-supported, too-costly, security, login, exception.
     pub(crate) code: &'static str,
     pub(crate) diagnostics: String,
