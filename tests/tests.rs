@@ -15,6 +15,7 @@ mod crate_graph;
 mod delivery;
 mod engine_exactly_once;
 mod engine_store;
+mod fhir;
 mod goals;
 mod hl7;
 mod hospital;

@@ -285,7 +285,7 @@ impl FromRequestParts<AppState> for Call {
 
 impl Call {
     /// Audits the refusal of a caller whose roles do not grant `module`, and says why.
-    async fn refuse(&self, state: &AppState, module: Module) -> ApiError {
+    pub(crate) async fn refuse(&self, state: &AppState, module: Module) -> ApiError {
         let c = &self.caller;
         let written = state
             .audit

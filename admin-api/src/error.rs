@@ -46,7 +46,7 @@ impl ApiError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, &str) {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str, &str) {
         match self {
             ApiError::Audited(inner) => inner.parts(),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),

@@ -11,6 +11,7 @@
 
 mod auth;
 mod error;
+pub mod fhir;
 mod handlers;
 mod openapi;
 mod routes;
@@ -147,7 +148,7 @@ impl AppState {
         (self.clock)()
     }
 
-    fn programs(&self) -> Programs {
+    pub(crate) fn programs(&self) -> Programs {
         self.programs.read().map(|p| p.clone()).unwrap_or_default()
     }
 }
@@ -161,7 +162,7 @@ pub fn router(state: AppState) -> Router {
     // Routes of one path share a method router; each operation carries its table entry, which
     // the `Call` extractor reads.
     let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
-    for route in ROUTES {
+    for route in ROUTES.iter().chain(fhir::ROUTES) {
         let operation = route.method_router().layer(Extension(route));
         let merged = match by_path.remove(route.path) {
             Some(other) => other.merge(operation),
@@ -195,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         // problem+json too.
         .layer(axum::middleware::from_fn(serve::header_limits))
         .layer(axum::middleware::from_fn(as_problem))
+        .layer(axum::middleware::from_fn(fhir::as_outcome))
         .with_state(state)
 }
 
@@ -209,7 +211,11 @@ async fn as_problem(req: axum::extract::Request, next: axum::middleware::Next) -
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    let is_fhir = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/fhir+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem || is_fhir {
         return res;
     }
     let text = match axum::body::to_bytes(res.into_body(), 64 * 1024).await {

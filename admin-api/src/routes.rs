@@ -75,7 +75,7 @@ pub struct Route {
     /// The action a refusal for want of the module is audited under.
     pub action: &'static str,
     pub record: Record,
-    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+    pub(crate) handler: fn(MethodFilter) -> MethodRouter<AppState>,
     /// `None` for the document itself, which does not describe itself.
     pub doc: Option<Doc>,
 }
@@ -540,5 +540,6 @@ pub static ROUTES: &[Route] = &[
 pub(crate) fn find(method: &axum::http::Method, path: &str) -> Option<&'static Route> {
     ROUTES
         .iter()
+        .chain(crate::fhir::ROUTES)
         .find(|r| r.path == path && r.method.as_str().eq_ignore_ascii_case(method.as_str()))
 }

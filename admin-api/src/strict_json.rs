@@ -21,7 +21,9 @@ pub(crate) async fn reject_duplicate_keys(req: Request, next: Next) -> Response 
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| {
+            v.starts_with("application/json") || v.starts_with("application/fhir+json")
+        });
     if !json {
         return next.run(req).await;
     }

@@ -29,6 +29,8 @@ pub const RANGES: &[(&str, f64, f64)] = &[
     ("exercise_minutes", 0.0, 1_440.0),
     ("muscle_strength", 0.0, 5.0),
     ("medication_taken", 0.0, 1.0),
+    ("respiratory_rate", 4.0, 80.0),
+    ("hba1c", 3.0, 20.0),
 ];
 
 /// mg/dL per mmol/L for glucose.

@@ -79,6 +79,8 @@ pub const OBSERVATIONS: &[(&str, &str)] = &[
     ("exercise_minutes", "min"),
     ("muscle_strength", "MRC 0-5"),
     ("medication_taken", "0/1"),
+    ("respiratory_rate", "/min"),
+    ("hba1c", "%"),
 ];
 
 pub fn is_observation(kind: &str) -> bool {

@@ -403,6 +403,8 @@ pub fn observation_default(kind: &'static str) -> ObsModel {
         "fetal_heart_rate" => (140.0, 7.0, 6.0, 0.0, 60.0, 220.0, true, 20),
         "exercise_minutes" => (25.0, 10.0, 10.0, 0.0, 0.0, 180.0, true, 19),
         "muscle_strength" => (3.5, 1.0, 0.3, 0.1, 0.0, 5.0, true, 10),
+        "respiratory_rate" => (16.0, 2.0, 1.5, 0.0, 8.0, 40.0, true, 7),
+        "hba1c" => (7.2, 1.1, 0.2, -0.02, 4.0, 15.0, false, 30),
         _ => (
             0.0,
             0.0,

@@ -677,3 +677,48 @@ pub async fn record_external_id(
     .await?;
     Ok(())
 }
+
+/// An ICD-10 code as stored (`I63.9` → `I639`); `None` when it is not one.
+pub use carepath_core::charlson::normalise as normalise_icd10;
+
+/// One encounter by its row id, whatever its institution (the caller checks the patient is
+/// visible before showing it).
+pub async fn encounter_by_id(tx: &mut Tx, id: i64) -> Result<Option<EncounterView>> {
+    Ok(tx
+        .fetch_one(
+            &format!("SELECT {ENCOUNTER_COLUMNS} FROM encounters WHERE id = $1"),
+            args![id],
+        )
+        .await?
+        .as_ref()
+        .map(encounter_view))
+}
+
+/// One diagnosis by its row id (the caller checks the patient is visible before showing it).
+pub async fn diagnosis_by_id(tx: &mut Tx, id: i64) -> Result<Option<DiagnosisView>> {
+    let Some(patient) = tx
+        .fetch_one("SELECT patient_id FROM diagnoses WHERE id = $1", args![id])
+        .await?
+        .map(|r| r.text(0))
+    else {
+        return Ok(None);
+    };
+    Ok(diagnoses_of(tx, &patient)
+        .await?
+        .into_iter()
+        .find(|d| d.id == id))
+}
+
+/// The patient's active enrolments: the ones an encounter's events reach, to step once the
+/// transaction that added them commits.
+pub async fn active_enrolments(tx: &mut Tx, patient: &str) -> Result<Vec<i64>> {
+    Ok(tx
+        .fetch(
+            "SELECT id FROM enrolments WHERE patient_id = $1 AND status = 'active' ORDER BY id",
+            args![patient],
+        )
+        .await?
+        .iter()
+        .map(|r| r.i64(0))
+        .collect())
+}

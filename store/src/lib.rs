@@ -19,6 +19,7 @@ pub mod indicators;
 pub mod outbox;
 pub mod patients;
 pub mod queries;
+pub mod records;
 pub mod release;
 pub mod replay;
 pub mod scales;

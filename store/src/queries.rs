@@ -84,6 +84,18 @@ pub async fn patient_visible(pool: &Pool, caller: &Caller, patient: &str) -> Res
         .is_empty())
 }
 
+/// [`patient_visible`] inside a transaction.
+pub async fn patient_visible_tx(tx: &mut Tx, caller: &Caller, patient: &str) -> Result<bool> {
+    let sql = format!(
+        "SELECT 1 FROM patients p WHERE p.id = $1 AND {}",
+        visible_patient(2)
+    );
+    Ok(tx
+        .fetch_one(&sql, args![patient, &caller.institution_id])
+        .await?
+        .is_some())
+}
+
 /// One entry of the audit record.
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -1313,19 +1325,33 @@ pub async fn ingest_visible(
     remote: &str,
     now: Timestamp,
 ) -> Result<super::IngestSummary> {
+    let mut tx = pool.begin().await?;
+    let summary = ingest_visible_tx(&mut tx, caller, readings, remote, now).await?;
+    tx.commit().await?;
+    Ok(summary)
+}
+
+/// [`ingest_visible`] inside the caller's transaction.
+pub async fn ingest_visible_tx(
+    tx: &mut Tx,
+    caller: &Caller,
+    readings: &[crate::observations::Reading],
+    remote: &str,
+    now: Timestamp,
+) -> Result<super::IngestSummary> {
     let mut visible = std::collections::HashSet::new();
     for r in readings {
-        if !visible.contains(&r.patient_id) && patient_visible(pool, caller, &r.patient_id).await? {
+        if !visible.contains(&r.patient_id) && patient_visible_tx(tx, caller, &r.patient_id).await?
+        {
             visible.insert(r.patient_id.clone());
         }
     }
-    let mut tx = pool.begin().await?;
-    let summary = super::ingest_readings_tx(&mut tx, readings, &visible, now).await?;
+    let summary = super::ingest_readings_tx(tx, readings, &visible, now).await?;
     let mut patients: Vec<String> = visible.into_iter().collect();
     patients.sort();
     caller
         .audit_ok(
-            &mut tx,
+            tx,
             "observations.post",
             "observations",
             &patients,
@@ -1333,7 +1359,6 @@ pub async fn ingest_visible(
             now,
         )
         .await?;
-    tx.commit().await?;
     Ok(summary)
 }
 

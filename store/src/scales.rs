@@ -243,6 +243,34 @@ pub async fn answer_push(
     now: Timestamp,
 ) -> Result<Answered> {
     let mut tx = pool.begin().await?;
+    let answered = answer_push_tx(
+        &mut tx,
+        scales,
+        caller,
+        push,
+        answers,
+        answered_at,
+        remote,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(answered)
+}
+
+/// [`answer_push`] inside the caller's transaction, which commits it with whatever else it holds
+/// (a refusal writes nothing; the caller rolls back).
+#[allow(clippy::too_many_arguments)]
+pub async fn answer_push_tx(
+    tx: &mut Tx,
+    scales: &Scales,
+    caller: &Caller,
+    push: i64,
+    answers: &BTreeMap<String, i64>,
+    answered_at: Option<Timestamp>,
+    remote: &str,
+    now: Timestamp,
+) -> Result<Answered> {
     let sql = format!(
         "SELECT s.enrolment_id, s.patient_id, s.scale, s.status, s.expires_at, s.created_at, e.institution_id, e.state_seq \
          FROM scale_pushes s JOIN enrolments e ON e.id = s.enrolment_id JOIN patients p ON p.id = s.patient_id \
@@ -311,10 +339,10 @@ pub async fn answer_push(
         ],
     )
     .await?;
-    cancel_reminders(&mut tx, enrolment, push).await?;
+    cancel_reminders(tx, enrolment, push).await?;
     let key = format!("scale:{push}:answered");
     add_event(
-        &mut tx,
+        tx,
         enrolment,
         &format!("scale_answered:{scale}"),
         at,
@@ -388,7 +416,7 @@ pub async fn answer_push(
     .await?;
     caller
         .audit_ok(
-            &mut tx,
+            tx,
             "scale_push.answer",
             &format!("scale-push/{push}"),
             std::slice::from_ref(&patient),
@@ -396,7 +424,6 @@ pub async fn answer_push(
             now,
         )
         .await?;
-    tx.commit().await?;
     Ok(Answered {
         push_id: push,
         enrolment_id: enrolment,
