@@ -691,27 +691,29 @@ fn validate(paths: &[PathBuf], format: OutputFormat) -> anyhow::Result<ExitCode>
         }
     }
     let files = dsl::pathway_files(paths)?;
-    let (mut errors, mut warnings, mut pathways) = (0usize, 0usize, 0usize);
-    for file in &files {
-        let compiled = dsl::compile_file(file);
-        if compiled.pathway.is_some() {
-            pathways += 1;
+    let compiled: Vec<dsl::Compiled> = files.iter().map(|f| dsl::compile_file(f)).collect();
+    let pathways = compiled.iter().filter(|c| c.pathway.is_some()).count();
+    let rule_files = compiled
+        .iter()
+        .filter(|c| c.kind == dsl::DocKind::Intake)
+        .count();
+    // Intake rules are checked against the pathways validated with them.
+    let intake = dsl::check_intake(&compiled);
+    let (mut errors, mut warnings) = (0usize, 0usize);
+    for d in compiled.iter().flat_map(|c| &c.diagnostics).chain(&intake) {
+        if d.is_error() {
+            errors += 1;
+        } else {
+            warnings += 1;
         }
-        for d in &compiled.diagnostics {
-            if d.is_error() {
-                errors += 1;
-            } else {
-                warnings += 1;
-            }
-            match format {
-                OutputFormat::Human => eprintln!("{d}"),
-                OutputFormat::Json => println!("{}", serde_json::to_string(d)?),
-            }
+        match format {
+            OutputFormat::Human => eprintln!("{d}"),
+            OutputFormat::Json => println!("{}", serde_json::to_string(d)?),
         }
     }
     if format == OutputFormat::Human {
         eprintln!(
-            "{} file(s), {pathways} pathway(s): {errors} error(s), {warnings} warning(s)",
+            "{} file(s), {pathways} pathway(s), {rule_files} intake rule file(s): {errors} error(s), {warnings} warning(s)",
             files.len()
         );
     }
