@@ -36,6 +36,8 @@ pub enum Module {
     Audit,
     /// Reading published pathways and their graphs.
     Catalog,
+    /// The case-intake queue: candidates intake rules found, accepted (enrolled) or rejected.
+    Intake,
 }
 
 impl Module {
@@ -49,6 +51,7 @@ impl Module {
             Module::Pathways => "pathways",
             Module::Audit => "audit",
             Module::Catalog => "catalog",
+            Module::Intake => "intake",
         }
     }
 }
@@ -60,15 +63,39 @@ use Module::*;
 pub const ROLE_MODULES: &[(&str, &[Module])] = &[
     (
         "case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
+        &[
+            Queue,
+            Patients,
+            Observations,
+            Referrals,
+            Kpis,
+            Catalog,
+            Intake,
+        ],
     ),
     (
         "hospital_case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
+        &[
+            Queue,
+            Patients,
+            Observations,
+            Referrals,
+            Kpis,
+            Catalog,
+            Intake,
+        ],
     ),
     (
         "clinic_case_manager",
-        &[Queue, Patients, Observations, Referrals, Kpis, Catalog],
+        &[
+            Queue,
+            Patients,
+            Observations,
+            Referrals,
+            Kpis,
+            Catalog,
+            Intake,
+        ],
     ),
     ("ward_nurse", &[Queue, Patients, Observations, Catalog]),
     ("nurse", &[Queue, Patients, Observations, Catalog]),
