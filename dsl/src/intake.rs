@@ -516,10 +516,9 @@ const PREGNANCY_REGISTRATION: &[&str] = &["Z33", "Z34", "Z35", "Z36"];
 /// recorded; `registered` when an outpatient or emergency visit is first recorded, with
 /// `pregnancy_registered` as well when that visit carries a pregnancy-registration code.
 pub fn encounter_triggers(
-    class: Class,
-    created: bool,
     admitted: bool,
     discharged: bool,
+    registered: bool,
     diagnoses: &[IntakeDiagnosis],
 ) -> Vec<&'static str> {
     let mut out = Vec::new();
@@ -529,7 +528,7 @@ pub fn encounter_triggers(
     if discharged {
         out.push("discharged");
     }
-    if created && class != Class::Inpatient {
+    if registered {
         out.push("registered");
         if diagnoses.iter().any(|d| {
             let code = normalise_code(&d.code);
@@ -1211,16 +1210,16 @@ mod tests {
             principal: true,
         }];
         assert_eq!(
-            encounter_triggers(Class::Outpatient, true, false, false, &preg),
+            encounter_triggers(false, false, true, &preg),
             vec!["registered", "pregnancy_registered"]
         );
         assert_eq!(
-            encounter_triggers(Class::Outpatient, false, false, false, &preg),
+            encounter_triggers(false, false, false, &preg),
             Vec::<&str>::new(),
             "a resent visit registers nothing"
         );
         assert_eq!(
-            encounter_triggers(Class::Inpatient, true, true, true, &[]),
+            encounter_triggers(true, true, false, &[]),
             vec!["admitted", "discharged"]
         );
     }

@@ -63,6 +63,17 @@ pub async fn active_pathways(tx: &mut Tx, patient_id: &str) -> Result<Vec<String
         .collect())
 }
 
+/// When an enrolment started (after the store's bounds on dating it).
+pub async fn enrolled_at(tx: &mut Tx, enrolment: i64) -> Result<Option<Timestamp>> {
+    Ok(tx
+        .fetch_one(
+            "SELECT enrolled_at FROM enrolments WHERE id = $1",
+            args![enrolment],
+        )
+        .await?
+        .map(|r| ts(r.i64(0))))
+}
+
 /// What intake rules read of a patient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
