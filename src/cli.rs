@@ -454,9 +454,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let programs = store::load_programs(&pool).await?;
+            let intake = load_intake(&pathways, &programs)?;
             serve(
                 pool,
                 programs,
+                intake,
                 &addr,
                 "0 2 * * *",
                 "Asia/Shanghai",
@@ -492,9 +494,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 store::load_programs(&pool).await?
             };
+            let intake = load_intake(&pathways, &programs)?;
             serve(
                 pool,
                 programs,
+                intake,
                 &addr,
                 &cron,
                 &tz,
@@ -825,11 +829,33 @@ struct Access {
     trusted_proxies: Vec<std::net::IpAddr>,
 }
 
+/// The case-intake rules of `<pathways>/intake/`, checked against the published pathways; none
+/// when the folder is absent.
+fn load_intake(
+    pathways: &std::path::Path,
+    programs: &Programs,
+) -> anyhow::Result<carepath_engine::intake::IntakeRules> {
+    let dir = pathways.join("intake");
+    if !dir.is_dir() {
+        println!("case intake: no {} folder; no intake rules", dir.display());
+        return Ok(carepath_engine::intake::IntakeRules::none());
+    }
+    let rules = carepath_engine::intake::IntakeRules::load_dir(&dir, programs)
+        .with_context(|| format!("the intake rules in {}", dir.display()))?;
+    println!(
+        "case intake: {} rule(s) from {}",
+        rules.rules().len(),
+        dir.display()
+    );
+    Ok(rules)
+}
+
 /// Runs the admin API, the scheduler and (when configured) the dispatcher until interrupted.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     pool: store::Pool,
     programs: Programs,
+    intake: carepath_engine::intake::IntakeRules,
     addr: &str,
     cron: &str,
     tz: &str,
@@ -845,7 +871,8 @@ async fn serve(
     let audit = access.audit;
     let state = carepath_admin_api::AppState::new(pool.clone(), programs)
         .with_audit_checkpoints(audit.checkpoints.clone())
-        .with_trusted_proxies(access.trusted_proxies.clone());
+        .with_trusted_proxies(access.trusted_proxies.clone())
+        .with_intake(intake);
     let shared = state.programs.clone();
     let app = carepath_admin_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)
