@@ -869,10 +869,19 @@ async fn serve(
     let zone =
         jiff::tz::TimeZone::get(tz).with_context(|| format!("`{tz}` is not an IANA time zone"))?;
     let audit = access.audit;
-    let state = carepath_admin_api::AppState::new(pool.clone(), programs)
+    let mut state = carepath_admin_api::AppState::new(pool.clone(), programs)
         .with_audit_checkpoints(audit.checkpoints.clone())
         .with_trusted_proxies(access.trusted_proxies.clone())
         .with_intake(intake);
+    // Contact details are accepted and shown (masked) only with the key they are encrypted with.
+    match carepath_engine::crypto::ContactKey::from_env() {
+        Ok(key) => state = state.with_contact_key(key),
+        Err(carepath_engine::crypto::CryptoError::KeyMissing) => println!(
+            "{}: not set; patients' contact details are refused until it is",
+            carepath_engine::crypto::CONTACT_KEY_ENV
+        ),
+        Err(e) => return Err(e).context("the contact key"),
+    }
     let shared = state.programs.clone();
     let app = carepath_admin_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)

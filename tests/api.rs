@@ -110,6 +110,8 @@ fn routes() -> Vec<Route> {
                 method: match r.method {
                     carepath_admin_api::Method::Get => "GET",
                     carepath_admin_api::Method::Post => "POST",
+                    carepath_admin_api::Method::Put => "PUT",
+                    carepath_admin_api::Method::Delete => "DELETE",
                 },
                 path: r.path,
                 scope,
@@ -231,12 +233,12 @@ impl Ctx {
             .await
             .expect("insert alarm episode");
         let alarm = scalar(&self.pool, "SELECT MAX(id) FROM alarm_episodes").await;
+        let rule = format!("matrix_{}", self.next());
         self.pool
             .fetch(
                 &format!(
                     "INSERT INTO intake_candidates (institution_id, patient_id, rule, pathway_id, entry, status, created_at) \
-                     VALUES ('{inst}', '{bare_patient}', 'matrix_{}', 'hypertension', 'community', 'pending', {now})",
-                    self.next()
+                     VALUES ('{inst}', '{bare_patient}', '{rule}', 'hypertension', 'community', 'pending', {now})"
                 ),
                 vec![],
             )
@@ -722,7 +724,12 @@ async fn permission_matrix_on(backend: &Backend) {
                             json!({"id": format!("new-{n}"), "birth_date": "1960-01-02", "sex": "male"}),
                         ),
                     ),
+                    "/patients/{id}" if route.method == "PUT" => (
+                        format!("/patients/{}", fx.patient),
+                        Some(json!({"lang": "zh", "preferred_channel": "sms"})),
+                    ),
                     "/patients/{id}" => (format!("/patients/{}", fx.patient), None),
+                    "/patients/{id}/contact" => (format!("/patients/{}/contact", fx.patient), None),
                     "/enrolments" => (
                         "/enrolments".into(),
                         Some(

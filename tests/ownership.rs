@@ -586,6 +586,7 @@ async fn a_withdrawal_is_routed_to_closing_work_or_ends_the_enrolment_where_it_s
             enrolment: ward,
             name: "withdrawn",
             at: at(HOUR),
+            data: None,
         };
         let err = queries::event_scoped(&pool, &programs, &lead, &event, "t", at(HOUR))
             .await

@@ -221,6 +221,7 @@ impl Replay<'_> {
                     enrolment: self.enrolment,
                     name,
                     at,
+                    data: None,
                 },
                 REMOTE,
                 at,

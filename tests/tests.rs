@@ -16,6 +16,7 @@ mod delivery;
 mod engine_exactly_once;
 mod engine_store;
 mod goals;
+mod hospital;
 mod intake;
 mod outcome_rule;
 mod outcome_three_ways;

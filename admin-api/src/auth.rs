@@ -36,6 +36,8 @@ pub enum Module {
     Audit,
     /// Reading published pathways and their graphs.
     Catalog,
+    /// Patients' full contact details (everyone else sees them masked).
+    Contacts,
     /// The case-intake queue: candidates intake rules found, accepted (enrolled) or rejected.
     Intake,
 }
@@ -51,6 +53,7 @@ impl Module {
             Module::Pathways => "pathways",
             Module::Audit => "audit",
             Module::Catalog => "catalog",
+            Module::Contacts => "contacts",
             Module::Intake => "intake",
         }
     }
@@ -66,6 +69,7 @@ pub const ROLE_MODULES: &[(&str, &[Module])] = &[
         &[
             Queue,
             Patients,
+            Contacts,
             Observations,
             Referrals,
             Kpis,
@@ -78,6 +82,7 @@ pub const ROLE_MODULES: &[(&str, &[Module])] = &[
         &[
             Queue,
             Patients,
+            Contacts,
             Observations,
             Referrals,
             Kpis,
@@ -90,6 +95,7 @@ pub const ROLE_MODULES: &[(&str, &[Module])] = &[
         &[
             Queue,
             Patients,
+            Contacts,
             Observations,
             Referrals,
             Kpis,
@@ -97,9 +103,15 @@ pub const ROLE_MODULES: &[(&str, &[Module])] = &[
             Intake,
         ],
     ),
-    ("ward_nurse", &[Queue, Patients, Observations, Catalog]),
-    ("nurse", &[Queue, Patients, Observations, Catalog]),
-    ("midwife", &[Queue, Patients, Observations, Catalog]),
+    (
+        "ward_nurse",
+        &[Queue, Patients, Contacts, Observations, Catalog],
+    ),
+    ("nurse", &[Queue, Patients, Contacts, Observations, Catalog]),
+    (
+        "midwife",
+        &[Queue, Patients, Contacts, Observations, Catalog],
+    ),
     (
         "doctor",
         &[Queue, Patients, Observations, Referrals, Catalog],

@@ -17,6 +17,8 @@ mod routes;
 mod serve;
 mod strict_json;
 
+use carepath_engine::intake::IntakeRules;
+use carepath_engine::store::crypto::ContactKey;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +73,10 @@ pub struct AppState {
     pub audit_checkpoints: Option<Arc<std::path::PathBuf>>,
     /// Proxies whose `X-Forwarded-For` is believed (see [`Remote`]).
     pub trusted_proxies: Arc<Vec<IpAddr>>,
+    /// The key patients' contact details are encrypted with (none: contact details are refused).
+    pub contact_key: Option<Arc<ContactKey>>,
+    /// The case-intake rules applied to what hospital systems send.
+    pub intake: Arc<IntakeRules>,
 }
 
 /// The limits of compiling uploaded pathways.
@@ -108,7 +114,21 @@ impl AppState {
             uploads: Uploads::default(),
             audit_checkpoints: None,
             trusted_proxies: Arc::default(),
+            contact_key: None,
+            intake: Arc::default(),
         }
+    }
+
+    /// Encrypts and reads patients' contact details with `key`.
+    pub fn with_contact_key(mut self, key: ContactKey) -> AppState {
+        self.contact_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Applies these case-intake rules to encounters hospital systems send.
+    pub fn with_intake(mut self, rules: IntakeRules) -> AppState {
+        self.intake = Arc::new(rules);
+        self
     }
 
     /// Verifies the audit record against the checkpoints in `path` too.

@@ -121,7 +121,9 @@ pub(crate) fn ok_patient() -> Success {
         "The patient and their enrolments",
         obj(
             json!({"id": string(), "institution_id": string(), "birth_date": nullable(string()),
-        "sex": string(), "tz": string(), "home_institution": nullable(string()), "enrolments": array(enrolment)}),
+        "sex": string(), "tz": string(), "home_institution": nullable(string()), "preferred_channel": nullable(string()),
+        "lang": nullable(string()), "contact": {"nullable": true, "type": "object", "description": "masked"}, "contact_erased_at": nullable(instant()),
+        "enrolments": array(enrolment)}),
         ),
     )
 }
@@ -329,7 +331,31 @@ pub(crate) fn s_patient() -> Value {
         "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "birth_date": {"type": "string", "format": "date", "nullable": true},
         "sex": {"type": "string", "enum": ["female", "male", "unknown"]}, "tz": {"type": "string"},
         "preferred_channel": {"type": "string", "nullable": true, "enum": ["wechat", "sms", "phone", "email", null]},
+        "lang": {"type": "string", "enum": ["zh", "en"]}, "contact": s_contact(),
         "home_institution": {"type": "string", "nullable": true, "description": "a community clinic or township hospital of the caller's alliance"}}})
+}
+fn s_contact() -> Value {
+    json!({"type": "object", "additionalProperties": false, "description": "stored encrypted; every view but GET /patients/{id}/contact shows it masked", "properties": {
+        "phone": {"type": "string", "description": "mobile number, 5–15 digits, optional leading +"}, "email": {"type": "string", "format": "email"},
+        "wechat_openid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "name": {"type": "string", "maxLength": 100}, "lang": {"type": "string", "enum": ["zh", "en"]}}})
+}
+pub(crate) fn s_patient_change() -> Value {
+    json!({"type": "object", "additionalProperties": false, "properties": {
+        "birth_date": {"type": "string", "format": "date"}, "sex": {"type": "string", "enum": ["female", "male", "unknown"]}, "tz": {"type": "string"},
+        "preferred_channel": {"type": "string", "enum": ["wechat", "sms", "phone", "email"]}, "lang": {"type": "string", "enum": ["zh", "en"]},
+        "contact": s_contact(), "home_institution": {"type": "string"}}})
+}
+pub(crate) fn ok_patient_updated() -> Success {
+    json_ok(200, "The patient was changed", obj(json!({"id": string()})))
+}
+pub(crate) fn ok_contact() -> Success {
+    let mut contact = s_contact();
+    contact["nullable"] = json!(true);
+    json_ok(
+        200,
+        "The full contact details (null when there are none)",
+        obj(json!({ "contact": contact })),
+    )
 }
 pub(crate) fn s_enrol() -> Value {
     json!({"type": "object", "required": ["patient_id", "pathway", "entry"], "additionalProperties": false, "properties": {
@@ -338,7 +364,9 @@ pub(crate) fn s_enrol() -> Value {
 }
 pub(crate) fn s_event() -> Value {
     json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-        "name": {"type": "string", "pattern": "^[a-z0-9_:.-]{1,96}$"}, "at": {"type": "string", "format": "date-time"}}})
+        "name": {"type": "string", "pattern": "^[a-z0-9_:.-]{1,96}$"}, "at": {"type": "string", "format": "date-time"},
+        "data": {"type": "object", "maxProperties": 64, "description": "pathway variables the event sets, each declared by the pathway and of its type (a mismatch is a 400 naming the variable)",
+                 "additionalProperties": {"oneOf": [{"type": "boolean"}, {"type": "number"}, {"type": "string", "maxLength": 1024}]}}}})
 }
 pub(crate) fn s_reason() -> Value {
     json!({"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": "string", "minLength": 1}}})

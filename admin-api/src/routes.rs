@@ -18,6 +18,8 @@ use crate::openapi as doc;
 pub enum Method {
     Get,
     Post,
+    Put,
+    Delete,
 }
 
 impl Method {
@@ -26,6 +28,8 @@ impl Method {
         match self {
             Method::Get => "get",
             Method::Post => "post",
+            Method::Put => "put",
+            Method::Delete => "delete",
         }
     }
 
@@ -33,6 +37,8 @@ impl Method {
         match self {
             Method::Get => MethodFilter::GET,
             Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
+            Method::Delete => MethodFilter::DELETE,
         }
     }
 }
@@ -81,7 +87,7 @@ impl Route {
     }
 }
 
-use Method::{Get, Post};
+use Method::{Delete, Get, Post, Put};
 use Module::*;
 
 const fn public(
@@ -196,10 +202,52 @@ pub static ROUTES: &[Route] = &[
         record: Record::Store,
         handler: |m| on(m, patients::read),
         doc: Some(Doc {
-            summary: "A patient and their enrolments",
+            summary: "A patient and their enrolments; contact details masked",
             query: &[],
             body: None,
             success: doc::ok_patient,
+        }),
+    },
+    Route {
+        method: Put,
+        path: "/patients/{id}",
+        module: Some(Patients),
+        action: "patient.update",
+        record: Record::Store,
+        handler: |m| on(m, patients::update),
+        doc: Some(Doc {
+            summary: "Correct a patient's record (PIPL correction): the fields given replace the stored ones; contact details as a whole",
+            query: &[],
+            body: Some(doc::s_patient_change),
+            success: doc::ok_patient_updated,
+        }),
+    },
+    Route {
+        method: Get,
+        path: "/patients/{id}/contact",
+        module: Some(Contacts),
+        action: "patient.contact.read",
+        record: Record::Store,
+        handler: |m| on(m, patients::contact),
+        doc: Some(Doc {
+            summary: "A patient's full contact details, for staff who reach the patient themselves",
+            query: &[],
+            body: None,
+            success: doc::ok_contact,
+        }),
+    },
+    Route {
+        method: Delete,
+        path: "/patients/{id}/contact",
+        module: Some(Patients),
+        action: "patient.erase_contact",
+        record: Record::Store,
+        handler: |m| on(m, patients::erase_contact),
+        doc: Some(Doc {
+            summary: "Erase a patient's contact details (PIPL deletion); the pseudonymous clinical record stays",
+            query: &[],
+            body: None,
+            success: doc::ok_patient_updated,
         }),
     },
     Route {

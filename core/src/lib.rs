@@ -9,6 +9,7 @@
 
 pub mod alarms;
 pub mod calendar;
+pub mod charlson;
 pub mod facts;
 pub mod indicators;
 pub mod observations;

@@ -233,6 +233,31 @@ fn register_facts(e: &mut Engine) {
         log(format!("hours_in_state() = {v:.2}"));
         v
     });
+    e.register_fn("charlson", || -> f64 {
+        let v = with_ctx(
+            |c| {
+                c.facts
+                    .charlson(c.now)
+                    .map_or(f64::NAN, |ch| f64::from(ch.index))
+            },
+            f64::NAN,
+        );
+        log(format!("charlson() = {v}"));
+        v
+    });
+    e.register_fn("diagnosed", |code: &str| -> bool {
+        let v = with_ctx(|c| c.facts.diagnosed(code, c.now), false);
+        log(format!("diagnosed({code:?}) = {v}"));
+        v
+    });
+    e.register_fn("length_of_stay", || -> f64 {
+        let v = with_ctx(
+            |c| c.facts.length_of_stay(c.now, &c.tz).unwrap_or(f64::NAN),
+            f64::NAN,
+        );
+        log(format!("length_of_stay() = {v}"));
+        v
+    });
     e.register_fn("event_count", |ev: &str| -> i64 {
         let v = with_ctx(|c| c.facts.event_count(ev, c.now) as i64, 0);
         log(format!("event_count({ev:?}) = {v}"));

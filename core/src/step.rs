@@ -402,7 +402,7 @@ impl Run<'_> {
                 }
             }
             Action::Risk(r) => {
-                let (score, contributions) = self.risk_score(&r.model)?;
+                let (score, contributions) = self.risk_score(&r.model, at)?;
                 let band = r
                     .bands
                     .iter()
@@ -697,9 +697,21 @@ impl Run<'_> {
         crate::sandbox::set_occurrences(counts);
     }
 
-    fn risk_score(&mut self, model: &RiskModel) -> Result<(f64, Vec<(String, f64)>), StepError> {
+    fn risk_score(
+        &mut self,
+        model: &RiskModel,
+        at: Timestamp,
+    ) -> Result<(f64, Vec<(String, f64)>), StepError> {
         match model {
-            RiskModel::Lace => Ok(crate::risk::lace(&self.e.vars)),
+            RiskModel::Lace => {
+                let (now, tz) = (at, self.tz.clone());
+                Ok(
+                    crate::sandbox::with_facts(|f| crate::risk::lace(&self.e.vars, f, now, &tz))
+                        .unwrap_or_else(|| {
+                            crate::risk::lace(&self.e.vars, &PatientFacts::default(), now, &tz)
+                        }),
+                )
+            }
             RiskModel::Logistic { intercept, terms } => {
                 let mut z = *intercept;
                 let mut contributions = Vec::new();
@@ -962,6 +974,11 @@ impl Run<'_> {
         };
         let ev = events.remove(pos);
         self.e.last_event_seq = self.e.last_event_seq.max(ev.seq);
+        for (name, value) in &ev.set {
+            self.trace
+                .push(format!("event `{}` sets {name} = {value:?}", ev.name));
+            self.e.vars.insert(name.clone(), value.clone());
+        }
         let withdrawal = ev.name == carepath_dsl::catalog::WITHDRAWN;
         for (i, tr) in state.transitions.iter().enumerate() {
             if matches!(&tr.trigger, Trigger::Event(name) if *name == ev.name)
@@ -1321,6 +1338,7 @@ mod tests {
             seq,
             name: name.into(),
             at,
+            set: Default::default(),
         }
     }
 

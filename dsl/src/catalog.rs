@@ -131,6 +131,9 @@ pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
     ("overdue_tasks", &[]),
     ("outcome", &[ArgKind::Task]),
     ("goal_met", &[ArgKind::Goal]),
+    ("charlson", &[]),
+    ("diagnosed", &[ArgKind::Any]),
+    ("length_of_stay", &[]),
 ];
 
 /// Outcomes a task accepts when the pathway declares none: structured call and task results
@@ -259,6 +262,18 @@ pub const BUILTIN_EVENTS: &[BuiltinEvent] = &[
         qualifier: EventQualifier::None,
         source: EventSource::Hospital,
         meaning: "the patient was discharged",
+    },
+    BuiltinEvent {
+        name: "admission_cancelled",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the hospital cancelled an admission a step had already read",
+    },
+    BuiltinEvent {
+        name: "discharge_cancelled",
+        qualifier: EventQualifier::None,
+        source: EventSource::Hospital,
+        meaning: "the hospital cancelled a discharge a step had already read",
     },
     BuiltinEvent {
         name: "readmitted",

@@ -62,6 +62,61 @@ impl Pathway {
         self.variables.iter().find(|v| v.name == name)
     }
 
+    /// The values an event sets, read from JSON and checked against the declared variables: each
+    /// name must be declared and each value of its type (an integer is a number too; a number is
+    /// an integer only when whole). The error names the variable and what was wrong.
+    pub fn event_vars(
+        &self,
+        data: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<std::collections::BTreeMap<String, VarValue>, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, value) in data {
+            let Some(var) = self.variable(name) else {
+                let declared: Vec<&str> = self.variables.iter().map(|v| v.name.as_str()).collect();
+                return Err(format!(
+                    "`{name}` is not a variable of pathway {} (declared: {})",
+                    self.id,
+                    if declared.is_empty() {
+                        "none".to_string()
+                    } else {
+                        declared.join(", ")
+                    }
+                ));
+            };
+            let typed = match (var.ty, value) {
+                (VarType::Bool, serde_json::Value::Bool(b)) => Some(VarValue::Bool(*b)),
+                (VarType::Text, serde_json::Value::String(t)) if t.len() <= 1024 => {
+                    Some(VarValue::Text(t.clone()))
+                }
+                (VarType::Integer, serde_json::Value::Number(n)) => n
+                    .as_i64()
+                    .or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                            .map(|f| f as i64)
+                    })
+                    .map(VarValue::Integer),
+                (VarType::Number, serde_json::Value::Number(n)) => {
+                    n.as_f64().filter(|f| f.is_finite()).map(VarValue::Number)
+                }
+                _ => None,
+            };
+            let Some(typed) = typed else {
+                return Err(format!(
+                    "variable `{name}` is {} but was given {value}",
+                    match var.ty {
+                        VarType::Bool => "a bool (true or false)",
+                        VarType::Integer => "an integer",
+                        VarType::Number => "a number",
+                        VarType::Text => "text (a string of at most 1024 bytes)",
+                    }
+                ));
+            };
+            out.insert(name.clone(), typed);
+        }
+        Ok(out)
+    }
+
     /// Every action of every state (on entry and in its schedules), with the state it belongs to.
     pub fn actions(&self) -> impl Iterator<Item = (&State, &Action)> {
         self.states

@@ -20,6 +20,8 @@ pub use carepath_store as store;
 pub use carepath_store::{audit, crypto};
 
 pub mod delivery;
+pub mod hospital;
+pub mod intake;
 pub mod report;
 pub mod scheduler;
 pub mod seed;

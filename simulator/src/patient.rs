@@ -443,6 +443,7 @@ impl Patient {
             seq: self.seq,
             name,
             at: ts(t),
+            set: Default::default(),
         });
         listened
     }

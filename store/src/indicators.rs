@@ -444,9 +444,9 @@ async fn stay_counts(
     let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
     let filter = pathway_filter(scope, &mut args);
     let sql = format!(
-        "SELECT {k}, d.at, (SELECT MAX(a.at) FROM events a WHERE a.enrolment_id = d.enrolment_id AND a.name = 'admitted' AND a.at <= d.at) \
+        "SELECT {k}, d.at, (SELECT MAX(a.at) FROM events a WHERE a.enrolment_id = d.enrolment_id AND a.name = 'admitted' AND a.at <= d.at AND a.void_at IS NULL) \
          FROM events d JOIN enrolments e ON e.id = d.enrolment_id \
-         WHERE d.name = 'discharged' AND e.institution_id = $1 AND d.at >= $2 AND d.at < $3{filter}",
+         WHERE d.name = 'discharged' AND d.void_at IS NULL AND e.institution_id = $1 AND d.at >= $2 AND d.at < $3{filter}",
         k = key.expr(),
     );
     let mut out: Grouped<StayCounts> = BTreeMap::new();

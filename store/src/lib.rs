@@ -11,6 +11,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod bulk;
 pub mod calendars;
+pub mod clinical;
 pub mod crypto;
 pub mod db;
 pub mod goals;
@@ -34,7 +35,10 @@ use serde_json::json;
 pub use db::{Arg, DbError, Pool, Row, Tx};
 pub use writer::RowBuffer;
 
-use crate::facts::{FactEvent, Observation, PatientFacts, PendingEvent, RiskResult, ScaleResult};
+use crate::facts::{
+    Diagnosis, Encounter, FactEvent, Observation, PatientFacts, PendingEvent, RiskResult,
+    ScaleResult,
+};
 use crate::program::{Programs, Source};
 use carepath_core::outcome::{self, Because, Cause, OutcomeSink, Scope, Work};
 use carepath_core::step::{self, Emitted, Enrolment, Outcome, Status, StepError, Taken};
@@ -74,6 +78,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_alarm_episodes", "alarm_episodes"),
     migration!(12, "0012_ownership", "ownership"),
     migration!(13, "0013_institution_calendars", "institution_calendars"),
+    migration!(14, "0014_hospital_facts", "hospital_facts"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +323,14 @@ pub struct DueEnrolment {
     pub home_institution: Option<String>,
 }
 
+/// The variables an event's stored payload sets (`{"set": {...}}`, checked when it was accepted).
+pub fn event_set(payload: &str) -> BTreeMap<String, VarValue> {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("set").map(|s| vars_from_json(&s.to_string())))
+        .unwrap_or_default()
+}
+
 /// Reads stored enrolment variables one by one, so one odd value cannot lose the others. JSON has
 /// no NaN (a number that is not known yet is stored as `null`), so `null` reads back as NaN.
 pub fn vars_from_json(text: &str) -> BTreeMap<String, VarValue> {
@@ -451,7 +464,7 @@ async fn load_facts_of(
     let patients: Vec<Arg> = by_patient.keys().map(|p| Arg::T(p.to_string())).collect();
     let in_patients = db::placeholders(1, patients.len());
 
-    let rows = tx.fetch(&format!("SELECT enrolment_id, seq, name, at FROM events WHERE enrolment_id IN ({in_ids}) ORDER BY seq"), ids.clone()).await?;
+    let rows = tx.fetch(&format!("SELECT enrolment_id, seq, name, at, payload FROM events WHERE enrolment_id IN ({in_ids}) AND void_at IS NULL ORDER BY seq"), ids.clone()).await?;
     for r in rows {
         if let Some((facts, pending)) = out.get_mut(&r.i64(0)) {
             let (seq, name, at) = (r.i64(1), r.text(2), ts(r.i64(3)));
@@ -459,7 +472,41 @@ async fn load_facts_of(
                 name: name.clone(),
                 at,
             });
-            pending.push(PendingEvent { seq, name, at });
+            let set = r.opt_text(4).map(|p| event_set(&p)).unwrap_or_default();
+            pending.push(PendingEvent { seq, name, at, set });
+        }
+    }
+    let rows = tx
+        .fetch(&format!("SELECT patient_id, code, principal, recorded_at FROM diagnoses WHERE patient_id IN ({in_patients}) ORDER BY recorded_at, id"), patients.clone())
+        .await?;
+    for r in rows {
+        for id in by_patient.get(r.text(0).as_str()).into_iter().flatten() {
+            if let Some((facts, _)) = out.get_mut(id) {
+                facts.diagnoses.push(Diagnosis {
+                    code: r.text(1),
+                    principal: r.i64(2) != 0,
+                    at: ts(r.i64(3)),
+                });
+            }
+        }
+    }
+    let rows = tx
+        .fetch(&format!("SELECT patient_id, class, admitted_at, discharged_at, acute, department FROM encounters WHERE patient_id IN ({in_patients}) AND status = 'active' ORDER BY admitted_at, id"), patients.clone())
+        .await?;
+    for r in rows {
+        let Some(class) = clinical::EncounterClass::parse(&r.text(1)) else {
+            continue;
+        };
+        for id in by_patient.get(r.text(0).as_str()).into_iter().flatten() {
+            if let Some((facts, _)) = out.get_mut(id) {
+                facts.encounters.push(Encounter {
+                    class,
+                    admitted_at: r.opt_i64(2).map(ts),
+                    discharged_at: r.opt_i64(3).map(ts),
+                    acute: r.opt_i64(4).map(|a| a != 0),
+                    department: r.opt_text(5),
+                });
+            }
         }
     }
     for (_, (facts, pending)) in out.iter_mut() {

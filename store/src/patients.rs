@@ -10,14 +10,17 @@ use super::{
     enrol_many, insert_patient,
 };
 use crate::args;
+use crate::crypto::{Contact, ContactKey};
 use crate::program::Programs;
 
-/// Registers `p` (in the caller's institution, which `p` names); `Conflict` when the id is taken,
-/// `Invalid` when its home institution is not a community institution of the caller's alliance.
-pub async fn register(
+/// Registers a new patient in the caller's institution (`Conflict` when the id is taken;
+/// `Invalid` when a field is wrong, or the home institution is not a community institution of the
+/// caller's alliance), in its own transaction with its audit entry.
+pub async fn create(
     pool: &Pool,
     caller: &Caller,
-    p: &NewPatient,
+    key: Option<&ContactKey>,
+    p: &PatientUpsert,
     remote: &str,
     now: Timestamp,
 ) -> Result<()> {
@@ -32,20 +35,30 @@ pub async fn register(
             p.id
         )));
     }
-    if let Some(home) = &p.home_institution {
-        check_home(&mut tx, &p.institution_id, home).await?;
+    upsert(&mut tx, caller, key, p, remote, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Changes a patient visible to the caller (`NotFound` otherwise, and for an unknown id), in its
+/// own transaction with its audit entry.
+pub async fn update(
+    pool: &Pool,
+    caller: &Caller,
+    key: Option<&ContactKey>,
+    p: &PatientUpsert,
+    remote: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    if tx
+        .fetch_one("SELECT 1 FROM patients WHERE id = $1", args![&p.id])
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::NotFound(format!("patient {}", p.id)));
     }
-    insert_patient(&mut tx, p, now).await?;
-    caller
-        .audit_ok(
-            &mut tx,
-            "patient.create",
-            &format!("patient/{}", p.id),
-            std::slice::from_ref(&p.id),
-            remote,
-            now,
-        )
-        .await?;
+    upsert(&mut tx, caller, key, p, remote, now).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -92,7 +105,58 @@ pub struct PatientView {
     pub tz: String,
     /// The patient's home community institution, if any.
     pub home_institution: Option<String>,
+    pub preferred_channel: Option<String>,
+    /// `zh` or `en`: the language messages are written in.
+    pub lang: Option<String>,
+    /// The contact details, masked (the full details only through [`contact`]).
+    pub contact: Option<MaskedContact>,
+    /// When the contact details were erased at the patient's request.
+    pub contact_erased_at: Option<Timestamp>,
     pub enrolments: Vec<EnrolmentSummary>,
+}
+
+/// Contact details as every view shows them: enough to recognise, never enough to use.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct MaskedContact {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wechat_openid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `+8613800138000` → `*********8000`: the last four characters.
+fn mask_tail(v: &str) -> String {
+    let chars: Vec<char> = v.chars().collect();
+    let keep = if chars.len() > 6 { 4 } else { 0 };
+    let hidden = chars.len() - keep;
+    let tail: String = chars[hidden..].iter().collect();
+    format!("{}{tail}", "*".repeat(hidden))
+}
+
+/// `li.hua@example.org` → `l***@example.org`; `oABC123` → `o***`; `李华` → `李*`.
+fn mask_head(v: &str) -> String {
+    let (local, domain) = v.split_once('@').map_or((v, None), |(l, d)| (l, Some(d)));
+    let first: String = local.chars().take(1).collect();
+    match domain {
+        Some(d) => format!("{first}***@{d}"),
+        None if v.chars().count() <= 2 => format!("{first}*"),
+        None => format!("{first}***"),
+    }
+}
+
+impl MaskedContact {
+    pub fn of(c: &Contact) -> MaskedContact {
+        MaskedContact {
+            phone: c.phone.as_deref().map(mask_tail),
+            email: c.email.as_deref().map(mask_head),
+            wechat_openid: c.wechat_openid.as_deref().map(mask_head),
+            name: c.name.as_deref().map(mask_head),
+        }
+    }
 }
 
 /// One enrolment of a patient, in a [`PatientView`].
@@ -112,12 +176,13 @@ pub async fn read(
     pool: &Pool,
     audit: &AuditAppender,
     caller: &Caller,
+    key: Option<&ContactKey>,
     id: &str,
     remote: &str,
     now: Timestamp,
 ) -> Result<PatientView> {
     let sql = format!(
-        "SELECT p.id, p.institution_id, p.birth_date, p.sex, p.tz, p.home_institution FROM patients p WHERE p.id = $1 AND {}",
+        "SELECT p.id, p.institution_id, p.birth_date, p.sex, p.tz, p.home_institution, p.preferred_channel, p.lang, p.contact_enc, p.contact_erased_at FROM patients p WHERE p.id = $1 AND {}",
         visible_patient(2)
     );
     let rows = pool.fetch(&sql, args![id, &caller.institution_id]).await?;
@@ -161,6 +226,13 @@ pub async fn read(
         sex: p.text(3),
         tz: p.text(4),
         home_institution: p.opt_text(5),
+        preferred_channel: p.opt_text(6),
+        lang: p.opt_text(7),
+        contact: match (p.opt_text(8), key) {
+            (Some(enc), Some(key)) => key.decrypt(&enc).ok().map(|c| MaskedContact::of(&c)),
+            _ => None,
+        },
+        contact_erased_at: p.opt_i64(9).map(super::ts),
         enrolments,
     })
 }
@@ -220,4 +292,357 @@ pub async fn enrol(
         .await?;
     tx.commit().await?;
     Ok((id, written))
+}
+
+/// A patient as a hospital system sends it: created when unknown, updated when known. `None`
+/// leaves a stored value as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PatientUpsert {
+    pub id: String,
+    pub birth_date: Option<String>,
+    /// `female`, `male` or `unknown`.
+    pub sex: Option<String>,
+    pub tz: Option<String>,
+    /// Replaces the stored contact details when given (the whole record: a field left out is
+    /// removed).
+    pub contact: Option<Contact>,
+    pub preferred_channel: Option<String>,
+    pub lang: Option<String>,
+    pub home_institution: Option<String>,
+}
+
+/// The preferred channels a patient may have.
+pub const CHANNELS: [&str; 4] = ["wechat", "sms", "phone", "email"];
+
+/// Checks what a [`PatientUpsert`] says, naming the first field that is wrong.
+pub fn check_upsert(p: &PatientUpsert, today: jiff::civil::Date) -> Result<()> {
+    let bad = |m: String| Err(StoreError::Invalid(m));
+    if p.id.is_empty()
+        || p.id.len() > 64
+        || !p
+            .id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        return bad("patient id must be 1–64 characters of letters, digits, - and _ (a pseudonymous id, never a name or ID number)".into());
+    }
+    if let Some(sex) = &p.sex
+        && !matches!(sex.as_str(), "female" | "male" | "unknown")
+    {
+        return bad(format!("sex `{sex}` must be female, male or unknown"));
+    }
+    if let Some(d) = &p.birth_date {
+        match d.parse::<jiff::civil::Date>() {
+            Ok(date) if date >= jiff::civil::date(1890, 1, 1) && date <= today => {}
+            Ok(_) => {
+                return bad(format!(
+                    "birth_date `{d}` must lie between 1890-01-01 and today"
+                ));
+            }
+            Err(_) => return bad(format!("birth_date `{d}` is not a date (YYYY-MM-DD)")),
+        }
+    }
+    if let Some(tz) = &p.tz
+        && jiff::tz::TimeZone::get(tz).is_err()
+    {
+        return bad(format!(
+            "tz `{tz}` is not an IANA time zone such as Asia/Shanghai"
+        ));
+    }
+    if let Some(ch) = &p.preferred_channel
+        && !CHANNELS.contains(&ch.as_str())
+    {
+        return bad(format!(
+            "preferred_channel `{ch}` must be wechat, sms, phone or email"
+        ));
+    }
+    if let Some(lang) = &p.lang
+        && !matches!(lang.as_str(), "zh" | "en")
+    {
+        return bad(format!("lang `{lang}` must be zh or en"));
+    }
+    if let Some(c) = &p.contact {
+        check_contact(c)?;
+    }
+    Ok(())
+}
+
+/// Contact details that could be used: a phone number of digits (an optional leading +, spaces and
+/// dashes allowed), an e-mail address with one @, a WeChat openid of letters, digits, - and _.
+pub fn check_contact(c: &Contact) -> Result<()> {
+    let bad = |m: &str| Err(StoreError::Invalid(m.to_string()));
+    if let Some(phone) = &c.phone {
+        let digits = phone.chars().filter(char::is_ascii_digit).count();
+        let ok = phone
+            .chars()
+            .enumerate()
+            .all(|(i, ch)| ch.is_ascii_digit() || ch == ' ' || ch == '-' || (ch == '+' && i == 0));
+        if !ok || !(5..=15).contains(&digits) {
+            return bad(
+                "contact.phone must be a phone number: 5–15 digits, an optional leading +, spaces or dashes",
+            );
+        }
+    }
+    if let Some(email) = &c.email {
+        let parts: Vec<&str> = email.split('@').collect();
+        if email.len() > 254
+            || parts.len() != 2
+            || parts[0].is_empty()
+            || !parts[1].contains('.')
+            || email
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            return bad("contact.email must be an e-mail address such as name@example.org");
+        }
+    }
+    if let Some(w) = &c.wechat_openid
+        && (w.is_empty()
+            || w.len() > 64
+            || !w
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+    {
+        return bad("contact.wechat_openid must be 1–64 letters, digits, - or _");
+    }
+    if c.name.as_ref().is_some_and(|n| n.chars().count() > 100) {
+        return bad("contact.name is longer than 100 characters");
+    }
+    if let Some(lang) = &c.lang
+        && !matches!(lang.as_str(), "zh" | "en")
+    {
+        return bad("contact.lang must be zh or en");
+    }
+    Ok(())
+}
+
+fn seal(key: Option<&ContactKey>, contact: &Contact, lang: Option<&str>) -> Result<String> {
+    let key = key.ok_or_else(|| {
+        StoreError::Invalid(
+            "contact details cannot be stored: this server has no contact key (CAREPATH_CONTACT_KEY)".into(),
+        )
+    })?;
+    let mut c = contact.clone();
+    if c.lang.is_none() {
+        c.lang = lang.map(str::to_string);
+    }
+    key.encrypt(&c)
+        .map_err(|e| StoreError::Invalid(format!("contact details cannot be encrypted: {e}")))
+}
+
+/// Creates the patient in the caller's institution when unknown, or updates a patient visible to
+/// the caller with what `p` gives (`NotFound` when the id belongs to a patient the caller cannot
+/// see). Contact details are encrypted with `key` (without one, giving them is `Invalid`).
+/// Returns whether the patient was created. Audited as `patient.create` or `patient.update`;
+/// the audit names what changed, never a value.
+pub async fn upsert(
+    tx: &mut super::Tx,
+    caller: &Caller,
+    key: Option<&ContactKey>,
+    p: &PatientUpsert,
+    remote: &str,
+    now: Timestamp,
+) -> Result<bool> {
+    check_upsert(p, now.to_zoned(jiff::tz::TimeZone::UTC).date())?;
+    let exists = tx
+        .fetch_one("SELECT lang FROM patients WHERE id = $1", args![&p.id])
+        .await?;
+    let contact_enc = match &p.contact {
+        Some(c) => {
+            let lang = p
+                .lang
+                .clone()
+                .or_else(|| exists.as_ref().and_then(|r| r.opt_text(0)));
+            Some(seal(key, c, lang.as_deref())?)
+        }
+        None => None,
+    };
+    if let Some(home) = &p.home_institution {
+        check_home(tx, &caller.institution_id, home).await?;
+    }
+    let created = exists.is_none();
+    if created {
+        insert_patient(
+            tx,
+            &NewPatient {
+                id: p.id.clone(),
+                institution_id: caller.institution_id.clone(),
+                birth_date: p.birth_date.clone(),
+                sex: p.sex.clone().unwrap_or_else(|| "unknown".into()),
+                tz: p.tz.clone().unwrap_or_else(|| "Asia/Shanghai".into()),
+                contact_enc: contact_enc.clone(),
+                preferred_channel: p.preferred_channel.clone(),
+                home_institution: p.home_institution.clone(),
+            },
+            now,
+        )
+        .await?;
+        if p.lang.is_some() {
+            tx.exec(
+                "UPDATE patients SET lang = $2 WHERE id = $1",
+                args![&p.id, p.lang.clone()],
+            )
+            .await?;
+        }
+    } else {
+        if !super::clinical::visible(tx, caller, &p.id).await? {
+            return Err(StoreError::NotFound(format!("patient {}", p.id)));
+        }
+        tx.exec(
+            "UPDATE patients SET birth_date = COALESCE($2, birth_date), sex = COALESCE($3, sex), tz = COALESCE($4, tz), \
+             contact_enc = COALESCE($5, contact_enc), preferred_channel = COALESCE($6, preferred_channel), \
+             lang = COALESCE($7, lang), home_institution = COALESCE($8, home_institution), \
+             contact_erased_at = CASE WHEN $5 IS NULL THEN contact_erased_at ELSE NULL END WHERE id = $1",
+            args![
+                &p.id,
+                p.birth_date.clone(),
+                p.sex.clone(),
+                p.tz.clone(),
+                contact_enc,
+                p.preferred_channel.clone(),
+                p.lang.clone(),
+                p.home_institution.clone()
+            ],
+        )
+        .await?;
+    }
+    caller
+        .audit_ok(
+            tx,
+            if created {
+                "patient.create"
+            } else {
+                "patient.update"
+            },
+            &format!("patient/{}", p.id),
+            std::slice::from_ref(&p.id),
+            remote,
+            now,
+        )
+        .await?;
+    Ok(created)
+}
+
+/// Erases a patient's contact details at their request (PIPL art. 47): the encrypted record is
+/// destroyed and the preferred channel cleared; the pseudonymous clinical record stays. Messages
+/// waiting to be sent can no longer reach the patient and fall back as for a patient without
+/// contact details. `NotFound` for a patient the caller cannot see. Audited as
+/// `patient.erase_contact`.
+pub async fn erase_contact(
+    tx: &mut super::Tx,
+    caller: &Caller,
+    id: &str,
+    remote: &str,
+    now: Timestamp,
+) -> Result<()> {
+    if !super::clinical::visible(tx, caller, id).await? {
+        return Err(StoreError::NotFound(format!("patient {id}")));
+    }
+    tx.exec(
+        "UPDATE patients SET contact_enc = NULL, preferred_channel = NULL, contact_erased_at = $2 WHERE id = $1",
+        args![id, now.as_second()],
+    )
+    .await?;
+    caller
+        .audit_ok(
+            tx,
+            "patient.erase_contact",
+            &format!("patient/{id}"),
+            &[id.to_string()],
+            remote,
+            now,
+        )
+        .await?;
+    Ok(())
+}
+
+/// The full contact details of a patient visible to the caller, for staff who must reach the
+/// patient themselves (`None` when there are none). `NotFound` otherwise. Audited as
+/// `patient.contact.read` before it is returned.
+pub async fn contact(
+    pool: &Pool,
+    audit: &AuditAppender,
+    caller: &Caller,
+    key: Option<&ContactKey>,
+    id: &str,
+    remote: &str,
+    now: Timestamp,
+) -> Result<Option<Contact>> {
+    let sql = format!(
+        "SELECT p.contact_enc FROM patients p WHERE p.id = $1 AND {}",
+        visible_patient(2)
+    );
+    let rows = pool.fetch(&sql, args![id, &caller.institution_id]).await?;
+    let entry = |patients: &[String], outcome: &str| {
+        AuditEntry::new(
+            &caller.staff_id,
+            Some(&caller.institution_id),
+            "patient.contact.read",
+            &format!("patient/{id}/contact"),
+            patients,
+            outcome,
+            remote,
+            now,
+        )
+    };
+    let Some(row) = rows.first() else {
+        audit.append(entry(&[], "not_found")).await?;
+        return Err(StoreError::NotFound(format!("patient {id}")));
+    };
+    let contact = match (row.opt_text(0), key) {
+        (None, _) => None,
+        (Some(enc), Some(key)) => Some(key.decrypt(&enc).map_err(|e| {
+            StoreError::Invalid(format!("the contact details cannot be read: {e}"))
+        })?),
+        (Some(_), None) => {
+            return Err(StoreError::Invalid(
+                "this server has no contact key (CAREPATH_CONTACT_KEY) to read contact details with".into(),
+            ));
+        }
+    };
+    audit.append(entry(&[id.to_string()], "ok")).await?;
+    Ok(contact)
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::*;
+
+    #[test]
+    fn masks_leave_too_little_to_use() {
+        let m = MaskedContact::of(&Contact {
+            phone: Some("+8613800138000".into()),
+            email: Some("li.hua@example.org".into()),
+            wechat_openid: Some("oABC123".into()),
+            name: Some("李华".into()),
+            lang: None,
+        });
+        assert_eq!(m.phone.as_deref(), Some("**********8000"));
+        assert_eq!(m.email.as_deref(), Some("l***@example.org"));
+        assert_eq!(m.wechat_openid.as_deref(), Some("o***"));
+        assert_eq!(m.name.as_deref(), Some("李*"));
+    }
+
+    #[test]
+    fn contact_details_are_checked() {
+        let phone = |p: &str| {
+            check_contact(&Contact {
+                phone: Some(p.into()),
+                ..Default::default()
+            })
+        };
+        assert!(phone("+86 138-0013-8000").is_ok());
+        assert!(phone("138001380001234567").is_err());
+        assert!(phone("call me").is_err());
+        assert!(phone("1+3800138000").is_err());
+        let email = |e: &str| {
+            check_contact(&Contact {
+                email: Some(e.into()),
+                ..Default::default()
+            })
+        };
+        assert!(email("a@b.cn").is_ok());
+        assert!(email("a@@b.cn").is_err());
+        assert!(email("a b@c.cn").is_err());
+    }
 }

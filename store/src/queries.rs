@@ -1443,6 +1443,9 @@ pub struct ReportedEvent<'a> {
     pub enrolment: i64,
     pub name: &'a str,
     pub at: Timestamp,
+    /// Enrolment variables the event sets: each must be declared by the pathway, with a value of
+    /// its type.
+    pub data: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Records an event for an enrolment visible to the caller, audited. An event the enrolment's
@@ -1460,6 +1463,7 @@ pub async fn event_scoped(
         enrolment,
         name,
         at,
+        data,
     } = *event;
     if name == carepath_dsl::catalog::WITHDRAWN {
         return Err(StoreError::Invalid(format!(
@@ -1479,6 +1483,22 @@ pub async fn event_scoped(
     if let Some(reason) = refusal {
         return Err(StoreError::Invalid(reason));
     }
+    let payload = match data.filter(|d| !d.is_empty()) {
+        None => None,
+        Some(data) => {
+            let Some(program) = programs.get(&e.pathway_id, version) else {
+                return Err(StoreError::Invalid(format!(
+                    "pathway `{}` v{version} is not loaded to check the variables the event sets",
+                    e.pathway_id
+                )));
+            };
+            let set = program
+                .pathway
+                .event_vars(data)
+                .map_err(|m| StoreError::Invalid(format!("data: {m}")))?;
+            Some(serde_json::json!({ "set": set }).to_string())
+        }
+    };
     if at.as_second() < e.enrolled_at {
         return Err(StoreError::Invalid(format!(
             "the event is dated {at}, before the enrolment began ({})",
@@ -1486,7 +1506,7 @@ pub async fn event_scoped(
         )));
     }
     let mut tx = pool.begin().await?;
-    let added = add_event(&mut tx, enrolment, name, at, None, None, now).await?;
+    let added = add_event(&mut tx, enrolment, name, at, payload, None, now).await?;
     caller
         .audit_ok(
             &mut tx,

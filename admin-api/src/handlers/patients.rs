@@ -7,10 +7,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use carepath_engine::scheduler;
-use carepath_engine::store::patients::{self, PatientView};
+use carepath_engine::store::NewEnrolment;
+use carepath_engine::store::crypto::Contact;
+use carepath_engine::store::patients::{self, PatientUpsert, PatientView};
 use carepath_engine::store::queries::{self, Timeline};
 use carepath_engine::store::scales::{self, Answered, PushView};
-use carepath_engine::store::{NewEnrolment, NewPatient};
 use serde::{Deserialize, Serialize};
 
 use super::{Body, instant};
@@ -26,6 +27,10 @@ pub(crate) struct PatientBody {
     #[serde(default = "default_tz")]
     tz: String,
     preferred_channel: Option<String>,
+    /// `zh` or `en`.
+    lang: Option<String>,
+    /// Mobile number, e-mail, WeChat openid: stored encrypted, shown masked.
+    contact: Option<Contact>,
     /// A community clinic or township hospital of the caller's alliance.
     home_institution: Option<String>,
 }
@@ -47,57 +52,108 @@ pub(crate) async fn create(
     call: Call,
     Body(b): Body<PatientBody>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    if b.id.is_empty()
-        || b.id.len() > 64
-        || !b
-            .id
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-    {
-        return Err(ApiError::BadRequest("patient id must be 1–64 characters of letters, digits, - and _ (a pseudonymous id, never a name or ID number)".into()));
-    }
-    if !matches!(b.sex.as_str(), "female" | "male" | "unknown") {
-        return Err(ApiError::BadRequest(
-            "sex must be female, male or unknown".into(),
-        ));
-    }
-    let now = call.now;
-    if let Some(d) = &b.birth_date {
-        let date = d.parse::<jiff::civil::Date>().map_err(|_| {
-            ApiError::BadRequest(format!("birth_date `{d}` is not a date (YYYY-MM-DD)"))
-        })?;
-        let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-        if date < jiff::civil::date(1890, 1, 1) || date > today {
-            return Err(ApiError::BadRequest(format!(
-                "birth_date `{d}` must lie between 1890-01-01 and today"
-            )));
-        }
-    }
-    if let Some(ch) = &b.preferred_channel
-        && !matches!(ch.as_str(), "wechat" | "sms" | "phone" | "email")
-    {
-        return Err(ApiError::BadRequest(format!(
-            "preferred_channel `{ch}` must be wechat, sms, phone or email"
-        )));
-    }
-    if jiff::tz::TimeZone::get(&b.tz).is_err() {
-        return Err(ApiError::BadRequest(format!(
-            "tz `{}` is not an IANA time zone such as Asia/Shanghai",
-            b.tz
-        )));
-    }
-    let p = NewPatient {
+    let p = PatientUpsert {
         id: b.id,
-        institution_id: call.caller.institution_id.clone(),
+        birth_date: b.birth_date,
+        sex: Some(b.sex),
+        tz: Some(b.tz),
+        contact: b.contact,
+        preferred_channel: b.preferred_channel,
+        lang: b.lang,
+        home_institution: b.home_institution,
+    };
+    patients::create(
+        &s.pool,
+        &call.caller,
+        s.contact_key.as_deref(),
+        &p,
+        &call.remote,
+        call.now,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(Registered { id: p.id })))
+}
+
+/// What `PUT /patients/{id}` may change; a field left out keeps its value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatientChange {
+    birth_date: Option<String>,
+    sex: Option<String>,
+    tz: Option<String>,
+    preferred_channel: Option<String>,
+    lang: Option<String>,
+    /// Replaces the contact details as a whole.
+    contact: Option<Contact>,
+    home_institution: Option<String>,
+}
+
+pub(crate) async fn update(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    call: Call,
+    Body(b): Body<PatientChange>,
+) -> Result<Json<Registered>, ApiError> {
+    let p = PatientUpsert {
+        id,
         birth_date: b.birth_date,
         sex: b.sex,
         tz: b.tz,
-        contact_enc: None,
+        contact: b.contact,
         preferred_channel: b.preferred_channel,
+        lang: b.lang,
         home_institution: b.home_institution,
     };
-    patients::register(&s.pool, &call.caller, &p, &call.remote, now).await?;
-    Ok((StatusCode::CREATED, Json(Registered { id: p.id })))
+    patients::update(
+        &s.pool,
+        &call.caller,
+        s.contact_key.as_deref(),
+        &p,
+        &call.remote,
+        call.now,
+    )
+    .await?;
+    Ok(Json(Registered { id: p.id }))
+}
+
+pub(crate) async fn erase_contact(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Json<Registered>, ApiError> {
+    let mut tx = s
+        .pool
+        .begin()
+        .await
+        .map_err(carepath_engine::store::StoreError::from)?;
+    patients::erase_contact(&mut tx, &call.caller, &id, &call.remote, call.now).await?;
+    tx.commit()
+        .await
+        .map_err(carepath_engine::store::StoreError::from)?;
+    Ok(Json(Registered { id }))
+}
+
+pub(crate) async fn contact(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Json<ContactView>, ApiError> {
+    let c = patients::contact(
+        &s.pool,
+        &s.audit,
+        &call.caller,
+        s.contact_key.as_deref(),
+        &id,
+        &call.remote,
+        call.now,
+    )
+    .await?;
+    Ok(Json(ContactView { contact: c }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct ContactView {
+    contact: Option<Contact>,
 }
 
 pub(crate) async fn read(
@@ -105,8 +161,16 @@ pub(crate) async fn read(
     Path(id): Path<String>,
     call: Call,
 ) -> Result<Json<PatientView>, ApiError> {
-    let patient =
-        patients::read(&s.pool, &s.audit, &call.caller, &id, &call.remote, call.now).await?;
+    let patient = patients::read(
+        &s.pool,
+        &s.audit,
+        &call.caller,
+        s.contact_key.as_deref(),
+        &id,
+        &call.remote,
+        call.now,
+    )
+    .await?;
     Ok(Json(patient))
 }
 
@@ -173,6 +237,8 @@ pub(crate) async fn timeline(
 pub(crate) struct EventBody {
     name: String,
     at: Option<String>,
+    /// Pathway variables the event sets, by name.
+    data: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What an enrolment did at once after an event or an answer.
@@ -206,6 +272,7 @@ pub(crate) async fn event(
         enrolment: id,
         name: &b.name,
         at,
+        data: b.data.as_ref(),
     };
     let programs = s.programs();
     queries::event_scoped(&s.pool, &programs, c, &event, &call.remote, now).await?;

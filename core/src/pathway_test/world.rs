@@ -454,6 +454,7 @@ impl<'a> World<'a> {
             seq: self.seq,
             name,
             at,
+            set: Default::default(),
         });
         self.wake_at(at);
     }
