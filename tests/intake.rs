@@ -159,9 +159,7 @@ async fn a_stroke_discharge_from_neurology_enrols_once_in_the_encounters_transac
         assert_eq!(
             scalar(
                 &pool,
-                &format!(
-                    "SELECT enrolment_id FROM intake_candidates WHERE patient_id = 'p-stroke'"
-                )
+                "SELECT enrolment_id FROM intake_candidates WHERE patient_id = 'p-stroke'"
             )
             .await,
             enrolment,
@@ -185,6 +183,24 @@ async fn a_stroke_discharge_from_neurology_enrols_once_in_the_encounters_transac
                 > 0,
             "{name}: the entry step ran"
         );
+        // Enrolled at its discharge, the pathway hears of it and leaves the admission state.
+        assert_eq!(
+            rows(
+                &pool,
+                &format!("SELECT name FROM events WHERE enrolment_id = {enrolment}"),
+                1
+            )
+            .await,
+            vec!["discharged"],
+            "{name}"
+        );
+        let state = rows(
+            &pool,
+            &format!("SELECT state FROM enrolments WHERE id = {enrolment}"),
+            1,
+        )
+        .await;
+        assert_ne!(state, vec!["admission_assessment"], "{name}");
         assert_eq!(
             scalar(
                 &pool,

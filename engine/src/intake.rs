@@ -46,7 +46,10 @@ impl IntakeRules {
 
     /// Reads every rule file under `dir` and checks it against the newest version of each
     /// published pathway; any error fails the load.
-    pub fn load_dir(dir: &Path, programs: &Programs) -> std::result::Result<IntakeRules, IntakeLoadError> {
+    pub fn load_dir(
+        dir: &Path,
+        programs: &Programs,
+    ) -> std::result::Result<IntakeRules, IntakeLoadError> {
         let files = carepath_dsl::pathway_files(&[dir.to_path_buf()])
             .map_err(|e| IntakeLoadError(format!("{}: {e}", dir.display())))?;
         let compiled: Vec<Compiled> = files
@@ -55,7 +58,11 @@ impl IntakeRules {
             .filter(|c| c.kind == DocKind::Intake || !c.is_ok())
             .collect();
         let parsed: Vec<IntakeFile> = compiled.iter().filter_map(|c| c.intake.clone()).collect();
-        Self::from_files(parsed, compiled.into_iter().flat_map(|c| c.diagnostics), programs)
+        Self::from_files(
+            parsed,
+            compiled.into_iter().flat_map(|c| c.diagnostics),
+            programs,
+        )
     }
 
     /// Checks rule files already read (e.g. from text) against the published pathways.
@@ -133,10 +140,13 @@ impl Stored {
     /// The encounter's own hospital events at or after `from`, which an enrolment made from it
     /// at `from` has not yet been told of.
     fn events_since(&self, from: Timestamp) -> Vec<(&'static str, Timestamp)> {
-        [("admitted", self.admitted_at), ("discharged", self.discharged_at)]
-            .into_iter()
-            .filter_map(|(name, at)| at.filter(|t| *t >= from).map(|t| (name, t)))
-            .collect()
+        [
+            ("admitted", self.admitted_at),
+            ("discharged", self.discharged_at),
+        ]
+        .into_iter()
+        .filter_map(|(name, at)| at.filter(|t| *t >= from).map(|t| (name, t)))
+        .collect()
     }
 }
 
@@ -175,18 +185,19 @@ pub async fn on_encounter(
     let Some(profile) = queue::patient_profile(tx, &encounter.patient_id).await? else {
         return Ok((enrolled, queued));
     };
-    let stored = match clinical::encounter(tx, &caller.institution_id, &encounter.identifier).await? {
-        Some(v) => Stored {
-            department: v.department,
-            admitted_at: v.admitted_at,
-            discharged_at: v.discharged_at,
-        },
-        None => Stored {
-            department: encounter.department.clone(),
-            admitted_at: encounter.admitted_at,
-            discharged_at: encounter.discharged_at,
-        },
-    };
+    let stored =
+        match clinical::encounter(tx, &caller.institution_id, &encounter.identifier).await? {
+            Some(v) => Stored {
+                department: v.department,
+                admitted_at: v.admitted_at,
+                discharged_at: v.discharged_at,
+            },
+            None => Stored {
+                department: encounter.department.clone(),
+                admitted_at: encounter.admitted_at,
+                discharged_at: encounter.discharged_at,
+            },
+        };
     for trigger in triggers {
         let at = stored.instant_of(trigger, now);
         let input = IntakeInput {
