@@ -495,3 +495,39 @@ async fn review_candidates_are_accepted_or_rejected_by_the_institutions_case_man
         }
     }
 }
+
+#[tokio::test]
+async fn a_registered_pregnancy_is_queued_for_the_whole_pregnancy_package() {
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, programs, rules) = open(&b).await;
+        // support's patients are women born in 1950; this one is of child-bearing age.
+        support::add_patient(&pool, "p-preg", now()).await;
+        pool.exec(
+            "UPDATE patients SET birth_date = '1996-04-02' WHERE id = 'p-preg'",
+            vec![],
+        )
+        .await
+        .expect("birth date");
+        let visit = EncounterIn {
+            identifier: "MZ-4001".into(),
+            patient_id: "p-preg".into(),
+            class: EncounterClass::Outpatient,
+            department: Some("产科门诊".into()),
+            acute: None,
+            admitted_at: Some(hours_ago(now(), 2)),
+            discharged_at: None,
+            diagnoses: vec![diagnosis("Z34.0", true)],
+        };
+        let (enrolled, queued) = record(&pool, &programs, &rules, &visit, true).await;
+        assert_eq!((enrolled.len(), queued.len()), (0, 1), "{name}");
+        assert_eq!(
+            candidates_of(&pool, "p-preg").await,
+            vec!["pregnancy_registration|pregnancy|whole|pending|-"],
+            "{name}"
+        );
+        // The same visit again registers nothing new.
+        let (enrolled, queued) = record(&pool, &programs, &rules, &visit, true).await;
+        assert_eq!((enrolled.len(), queued.len()), (0, 0), "{name}: resend");
+    }
+}

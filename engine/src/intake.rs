@@ -302,6 +302,54 @@ async fn tell(
 mod tests {
     use super::*;
 
+    fn repo() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pathways")
+    }
+
+    #[test]
+    fn the_repository_rules_load_against_the_repository_pathways() {
+        let programs = Programs::load_dir(&repo()).expect("pathways");
+        let rules = IntakeRules::load_dir(&repo().join("intake"), &programs).expect("rules");
+        let targets: std::collections::BTreeSet<&str> =
+            rules.rules().iter().map(|r| r.pathway.as_str()).collect();
+        for p in [
+            "stroke",
+            "pregnancy",
+            "heart_failure",
+            "diabetes",
+            "hypertension",
+            "breast_cancer_surgery",
+        ] {
+            assert!(targets.contains(p), "no rule enrols in {p}");
+        }
+        // Without the pathways the same rules do not load, and say why, located.
+        let err = IntakeRules::load_dir(&repo().join("intake"), &Programs::default())
+            .expect_err("no pathways");
+        assert!(
+            err.0.contains("stroke.yaml:") && err.0.contains("I006"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_rule_naming_a_missing_entry_point_is_refused() {
+        let programs = Programs::load_dir(&repo()).expect("pathways");
+        let text = "intake:\n  - { id: hf, when: discharged, enrol: { pathway: heart_failure, entry: admission }, mode: auto }\n";
+        let err = IntakeRules::from_yaml("hf.yaml", text, &programs).expect_err("no such entry");
+        assert!(
+            err.0.contains("hf.yaml:2:") && err.0.contains("I007") && err.0.contains("discharge"),
+            "{err}"
+        );
+        let ok = text.replace("entry: admission", "entry: discharge");
+        assert_eq!(
+            IntakeRules::from_yaml("hf.yaml", &ok, &programs)
+                .expect("valid")
+                .rules()
+                .len(),
+            1
+        );
+    }
+
     #[test]
     fn ages_are_completed_years_in_the_patients_zone() {
         let at: Timestamp = "2026-03-01T16:30:00Z".parse().unwrap();
