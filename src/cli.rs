@@ -96,6 +96,48 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: OutputFormat,
     },
+    /// What changed between two versions of a pathway (files, or `pathway@version` published in
+    /// the database): exit 0 when nothing did, 1 when something did.
+    Diff {
+        from: String,
+        to: String,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+        /// The database, for `pathway@version`.
+        #[arg(long = "db", env = "CAREPATH_DB")]
+        db: Option<String>,
+    },
+    /// Move the enrolments a migration plan selects to another version of their pathway:
+    /// `--dry-run` says what would happen to each (exit 2 when it would cancel urgent work or send
+    /// messages in quiet hours, unless `--accept-risks`), `--apply` does it, `--rollback RUN`
+    /// undoes a run.
+    MigrateEnrolments {
+        /// The plan file (see docs/releasing.md); not needed with --rollback.
+        plan: Option<PathBuf>,
+        #[arg(long, conflicts_with_all = ["apply", "rollback"])]
+        dry_run: bool,
+        #[arg(long, conflicts_with = "rollback")]
+        apply: bool,
+        /// The run (the plan's `migration` id) to undo.
+        #[arg(long)]
+        rollback: Option<String>,
+        #[arg(long)]
+        accept_risks: bool,
+        /// The patient-local hours no message should be scheduled in, START-END.
+        #[arg(long, default_value = "21-8")]
+        quiet_hours: String,
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Who applies the plan, for the lease and the audit.
+        #[arg(long, default_value = "cli")]
+        by: String,
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Apply database migrations.
     Migrate {
         #[command(flatten)]
@@ -173,6 +215,9 @@ enum Command {
         /// Deliver due follow-ups on every sweep with this channel configuration.
         #[arg(long)]
         delivery_config: Option<PathBuf>,
+        /// Also accept HL7 v2 ADT messages over MLLP on this address (e.g. 0.0.0.0:2575).
+        #[arg(long, value_name = "ADDR")]
+        mllp: Option<String>,
         #[command(flatten)]
         proxies: ProxyArgs,
         #[command(flatten)]
@@ -464,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "Asia/Shanghai",
                 30,
                 None,
+                None,
                 Access {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
@@ -479,6 +525,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sweep_seconds,
             pathways,
             delivery_config,
+            mllp,
             proxies,
             audit,
         } => {
@@ -504,6 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &tz,
                 sweep_seconds,
                 delivery,
+                mllp.as_deref(),
                 Access {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
@@ -665,6 +713,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             progress: true,
         }),
         Command::Validate { paths, format } => validate(&paths, format),
+        Command::Diff {
+            from,
+            to,
+            format,
+            db,
+        } => {
+            let pool = match &db {
+                Some(url) => Some(DbArgs { url: url.clone() }.open().await?),
+                None => None,
+            };
+            let a = crate::release::version(&from, pool.as_ref()).await?;
+            let b = crate::release::version(&to, pool.as_ref()).await?;
+            crate::release::print_diff(&a, &b, format == OutputFormat::Json)
+        }
+        Command::MigrateEnrolments {
+            plan,
+            dry_run,
+            apply,
+            rollback,
+            accept_risks,
+            quiet_hours,
+            batch_size,
+            by,
+            as_of: at,
+            format,
+            db,
+        } => {
+            use crate::release::Mode;
+            let mode = match (dry_run, apply, rollback) {
+                (_, _, Some(run)) => Mode::Rollback { run, by },
+                (_, true, None) => Mode::Apply { batch_size, by },
+                (true, false, None) => Mode::DryRun { accept_risks },
+                (false, false, None) => {
+                    anyhow::bail!("say what to do: --dry-run, --apply or --rollback RUN")
+                }
+            };
+            let pool = db.open().await?;
+            crate::release::migrate_enrolments(
+                &pool,
+                plan.as_deref(),
+                mode,
+                crate::release::quiet_hours(&quiet_hours)?,
+                format == OutputFormat::Json,
+                as_of(&at)?,
+            )
+            .await
+        }
         Command::Graph { file, format } => {
             let compiled = dsl::compile_file(&file);
             let pathway = match compiled.into_pathway() {
@@ -861,6 +956,7 @@ async fn serve(
     tz: &str,
     sweep_seconds: u64,
     delivery: Option<carepath_engine::delivery::DeliveryConfig>,
+    mllp: Option<&str>,
     access: Access,
 ) -> anyhow::Result<ExitCode> {
     let schedule: croner::Cron = cron
@@ -883,6 +979,30 @@ async fn serve(
         Err(e) => return Err(e).context("the contact key"),
     }
     let shared = state.programs.clone();
+    let hl7 = match mllp {
+        Some(mllp) => {
+            let listener = tokio::net::TcpListener::bind(mllp)
+                .await
+                .with_context(|| format!("cannot listen for MLLP on {mllp}"))?;
+            let service = carepath_engine::hl7::Service {
+                pool: pool.clone(),
+                programs: state.programs.clone(),
+                intake: state.intake.clone(),
+                contact_key: state.contact_key.clone(),
+            };
+            println!("accepting HL7 v2 ADT over MLLP on {mllp}");
+            Some(tokio::spawn(async move {
+                let limits = carepath_engine::hl7::Limits::default();
+                if let Err(e) =
+                    carepath_engine::hl7::listen(listener, service, limits, std::future::pending())
+                        .await
+                {
+                    tracing::error!("the MLLP listener stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let app = carepath_admin_api::router(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -958,6 +1078,9 @@ async fn serve(
     });
     serve_until_interrupted(listener, app).await?;
     scheduler.abort();
+    if let Some(hl7) = hl7 {
+        hl7.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,7 @@ pub use carepath_store as store;
 pub use carepath_store::{audit, crypto};
 
 pub mod delivery;
+pub mod hl7;
 pub mod hospital;
 pub mod intake;
 pub mod report;

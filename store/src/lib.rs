@@ -20,6 +20,7 @@ pub mod intake;
 pub mod outbox;
 pub mod patients;
 pub mod queries;
+pub mod release;
 pub mod replay;
 pub mod scales;
 mod sqlite_tx;
@@ -79,6 +80,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_ownership", "ownership"),
     migration!(13, "0013_institution_calendars", "institution_calendars"),
     migration!(14, "0014_hospital_facts", "hospital_facts"),
+    migration!(15, "0015_migration_runs", "migration_runs"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -876,6 +878,29 @@ impl Kinds {
             ),
         }
     }
+}
+
+/// Ends the open work of state entry `seq` of `enrolment` as leaving the state ends it (the
+/// outcome policy's `StateLeft`), with `reason`; returns the tasks cancelled.
+pub(crate) async fn end_state_work(
+    tx: &mut Tx,
+    enrolment: i64,
+    seq: u32,
+    reason: &str,
+    at: Timestamp,
+) -> Result<u64> {
+    let ending = Ending {
+        enrolment,
+        seq: i64::from(seq),
+        made_by: None,
+        cause: Cause::StateLeft,
+        reason: reason.to_string(),
+        at: at.as_second(),
+    };
+    Ok(cancel_work_of(tx, std::slice::from_ref(&ending))
+        .await?
+        .values()
+        .sum())
 }
 
 /// Ends the stored work of each ending, kind by kind as the policy says for its cause; returns
