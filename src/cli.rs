@@ -503,9 +503,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let programs = store::load_programs(&pool).await?;
+            let intake = load_intake(&pathways, &programs)?;
             serve(
                 pool,
                 programs,
+                intake,
                 &addr,
                 "0 2 * * *",
                 "Asia/Shanghai",
@@ -543,9 +545,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 store::load_programs(&pool).await?
             };
+            let intake = load_intake(&pathways, &programs)?;
             serve(
                 pool,
                 programs,
+                intake,
                 &addr,
                 &cron,
                 &tz,
@@ -816,27 +820,29 @@ fn validate(paths: &[PathBuf], format: OutputFormat) -> anyhow::Result<ExitCode>
         }
     }
     let files = dsl::pathway_files(paths)?;
-    let (mut errors, mut warnings, mut pathways) = (0usize, 0usize, 0usize);
-    for file in &files {
-        let compiled = dsl::compile_file(file);
-        if compiled.pathway.is_some() {
-            pathways += 1;
+    let compiled: Vec<dsl::Compiled> = files.iter().map(|f| dsl::compile_file(f)).collect();
+    let pathways = compiled.iter().filter(|c| c.pathway.is_some()).count();
+    let rule_files = compiled
+        .iter()
+        .filter(|c| c.kind == dsl::DocKind::Intake)
+        .count();
+    // Intake rules are checked against the pathways validated with them.
+    let intake = dsl::check_intake(&compiled);
+    let (mut errors, mut warnings) = (0usize, 0usize);
+    for d in compiled.iter().flat_map(|c| &c.diagnostics).chain(&intake) {
+        if d.is_error() {
+            errors += 1;
+        } else {
+            warnings += 1;
         }
-        for d in &compiled.diagnostics {
-            if d.is_error() {
-                errors += 1;
-            } else {
-                warnings += 1;
-            }
-            match format {
-                OutputFormat::Human => eprintln!("{d}"),
-                OutputFormat::Json => println!("{}", serde_json::to_string(d)?),
-            }
+        match format {
+            OutputFormat::Human => eprintln!("{d}"),
+            OutputFormat::Json => println!("{}", serde_json::to_string(d)?),
         }
     }
     if format == OutputFormat::Human {
         eprintln!(
-            "{} file(s), {pathways} pathway(s): {errors} error(s), {warnings} warning(s)",
+            "{} file(s), {pathways} pathway(s), {rule_files} intake rule file(s): {errors} error(s), {warnings} warning(s)",
             files.len()
         );
     }
@@ -948,11 +954,33 @@ struct Access {
     trusted_proxies: Vec<std::net::IpAddr>,
 }
 
+/// The case-intake rules of `<pathways>/intake/`, checked against the published pathways; none
+/// when the folder is absent.
+fn load_intake(
+    pathways: &std::path::Path,
+    programs: &Programs,
+) -> anyhow::Result<carepath_engine::intake::IntakeRules> {
+    let dir = pathways.join("intake");
+    if !dir.is_dir() {
+        println!("case intake: no {} folder; no intake rules", dir.display());
+        return Ok(carepath_engine::intake::IntakeRules::none());
+    }
+    let rules = carepath_engine::intake::IntakeRules::load_dir(&dir, programs)
+        .with_context(|| format!("the intake rules in {}", dir.display()))?;
+    println!(
+        "case intake: {} rule(s) from {}",
+        rules.rules().len(),
+        dir.display()
+    );
+    Ok(rules)
+}
+
 /// Runs the admin API, the scheduler and (when configured) the dispatcher until interrupted.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     pool: store::Pool,
     programs: Programs,
+    intake: carepath_engine::intake::IntakeRules,
     addr: &str,
     cron: &str,
     tz: &str,
@@ -969,7 +997,8 @@ async fn serve(
     let audit = access.audit;
     let mut state = carepath_admin_api::AppState::new(pool.clone(), programs)
         .with_audit_checkpoints(audit.checkpoints.clone())
-        .with_trusted_proxies(access.trusted_proxies.clone());
+        .with_trusted_proxies(access.trusted_proxies.clone())
+        .with_intake(intake);
     // Contact details are accepted and shown (masked) only with the key they are encrypted with.
     match carepath_engine::crypto::ContactKey::from_env() {
         Ok(key) => state = state.with_contact_key(key),

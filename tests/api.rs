@@ -47,6 +47,8 @@ enum Scope {
     Alarm(Module),
     /// Observations: a batch; a reading for an invisible patient is refused, not 404.
     Obs(Module),
+    /// An intake candidate: of the caller's institution only.
+    Intake(Module),
 }
 
 impl Scope {
@@ -58,7 +60,8 @@ impl Scope {
             | Scope::Task(m)
             | Scope::Referral(m)
             | Scope::Alarm(m)
-            | Scope::Obs(m) => Some(m),
+            | Scope::Obs(m)
+            | Scope::Intake(m) => Some(m),
         }
     }
     fn has_object(self) -> bool {
@@ -69,6 +72,7 @@ impl Scope {
                 | Scope::Referral(_)
                 | Scope::Alarm(_)
                 | Scope::Obs(_)
+                | Scope::Intake(_)
         )
     }
 }
@@ -94,6 +98,7 @@ fn routes() -> Vec<Route> {
                 (Some(m), "/observations") => Scope::Obs(m),
                 (Some(m), "/tasks/{id}/{action}") => Scope::Task(m),
                 (Some(m), "/alarms/{id}/{action}") => Scope::Alarm(m),
+                (Some(m), p) if p.starts_with("/intake/") => Scope::Intake(m),
                 (Some(m), "/referrals/{id}/{decision}") => Scope::Referral(m),
                 (Some(m), "/patients/{id}" | "/enrolments" | "/scale-pushes/{id}/answers") => {
                     Scope::Patient(m)
@@ -137,6 +142,8 @@ struct Fixture {
     scale_push: i64,
     /// An open alarm episode of the enrolment's crisis alarm.
     alarm: i64,
+    /// A pending intake candidate enrolling `bare_patient` in hypertension.
+    candidate: i64,
 }
 
 impl Ctx {
@@ -226,6 +233,18 @@ impl Ctx {
             .await
             .expect("insert alarm episode");
         let alarm = scalar(&self.pool, "SELECT MAX(id) FROM alarm_episodes").await;
+        let rule = format!("matrix_{}", self.next());
+        self.pool
+            .fetch(
+                &format!(
+                    "INSERT INTO intake_candidates (institution_id, patient_id, rule, pathway_id, entry, status, created_at) \
+                     VALUES ('{inst}', '{bare_patient}', '{rule}', 'hypertension', 'community', 'pending', {now})"
+                ),
+                vec![],
+            )
+            .await
+            .expect("insert intake candidate");
+        let candidate = scalar(&self.pool, "SELECT MAX(id) FROM intake_candidates").await;
         Fixture {
             patient,
             bare_patient,
@@ -234,6 +253,7 @@ impl Ctx {
             referral,
             scale_push,
             alarm,
+            candidate,
         }
     }
 
@@ -634,7 +654,7 @@ fn expected(
         Scope::Patient(_) if !patient_visible(caller, target) => "404".into(),
         Scope::Task(_) | Scope::Referral(_) if caller != target => "404".into(),
         Scope::Task(_) if !task_roles.iter().any(|r| r == role) => "403".into(),
-        Scope::Alarm(_) if caller != target => "404".into(),
+        Scope::Alarm(_) | Scope::Intake(_) if caller != target => "404".into(),
         Scope::Alarm(_) if !alarm_roles.iter().any(|r| r == role) => "403".into(),
         Scope::Obs(_) => format!(
             "200 {}",
@@ -793,6 +813,11 @@ async fn permission_matrix_on(backend: &Backend) {
                         .expect("apply");
                         (route.path.replace("{id}", &id), None)
                     }
+                    "/intake/{id}/accept" => (format!("/intake/{}/accept", fx.candidate), None),
+                    "/intake/{id}/reject" => (
+                        format!("/intake/{}/reject", fx.candidate),
+                        Some(json!({"reason": "followed elsewhere"})),
+                    ),
                     p => (p.to_string(), None),
                 };
                 let audit_before = scalar(&ctx.pool, "SELECT COUNT(*) FROM audit_log").await;
@@ -855,6 +880,26 @@ async fn permission_matrix_on(backend: &Backend) {
                             || !mine
                         {
                             got = format!("200 LEAK alarm {id}");
+                        }
+                    }
+                }
+                if route.path == "/intake" && status == StatusCode::OK {
+                    // No candidate of another institution in the queue.
+                    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    for c in v["candidates"].as_array().into_iter().flatten() {
+                        let id = c["id"].as_i64().unwrap_or(-1);
+                        let owner = ctx
+                            .pool
+                            .fetch(
+                                &format!(
+                                    "SELECT institution_id FROM intake_candidates WHERE id = {id}"
+                                ),
+                                vec![],
+                            )
+                            .await
+                            .expect("candidate owner");
+                        if owner.first().map(|r| r.text(0)).as_deref() != Some(inst.as_str()) {
+                            got = format!("200 LEAK intake candidate {id}");
                         }
                     }
                 }

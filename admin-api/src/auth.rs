@@ -38,6 +38,8 @@ pub enum Module {
     Catalog,
     /// Patients' full contact details (everyone else sees them masked).
     Contacts,
+    /// The case-intake queue: candidates intake rules found, accepted (enrolled) or rejected.
+    Intake,
 }
 
 impl Module {
@@ -52,6 +54,7 @@ impl Module {
             Module::Audit => "audit",
             Module::Catalog => "catalog",
             Module::Contacts => "contacts",
+            Module::Intake => "intake",
         }
     }
 }
@@ -71,6 +74,7 @@ pub const ROLE_MODULES: &[(&str, &[Module])] = &[
             Referrals,
             Kpis,
             Catalog,
+            Intake,
         ],
     ),
     (
@@ -83,6 +87,7 @@ pub const ROLE_MODULES: &[(&str, &[Module])] = &[
             Referrals,
             Kpis,
             Catalog,
+            Intake,
         ],
     ),
     (
@@ -95,6 +100,7 @@ pub const ROLE_MODULES: &[(&str, &[Module])] = &[
             Referrals,
             Kpis,
             Catalog,
+            Intake,
         ],
     ),
     (

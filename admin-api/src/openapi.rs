@@ -241,6 +241,30 @@ pub(crate) fn ok_alarm_act() -> Success {
         "status": {"type": "string", "enum": ["acknowledged", "resolved"]}})),
     )
 }
+pub(crate) fn ok_intake() -> Success {
+    let statuses =
+        json!({"type": "string", "enum": ["pending", "accepted", "rejected", "cancelled"]});
+    let candidate = obj(
+        json!({"id": int(), "patient_id": string(), "rule": string(), "pathway_id": string(), "entry": string(),
+        "status": statuses, "created_at": instant(), "encounter_id": nullable(int()), "encounter": nullable(string()),
+        "class": nullable(string()), "department": nullable(string()), "enrolment_id": nullable(int()),
+        "decided_by": nullable(string()), "decided_at": nullable(instant()), "reason": nullable(string())}),
+    );
+    json_ok(
+        200,
+        "Candidates, pending first, then the newest (at most `limit`)",
+        obj(json!({"candidates": array(candidate)})),
+    )
+}
+pub(crate) fn ok_intake_decided() -> Success {
+    json_ok(
+        200,
+        "Decided",
+        obj(json!({"candidate": int(),
+        "status": {"type": "string", "enum": ["accepted", "rejected"]},
+        "enrolment_id": nullable(int())})),
+    )
+}
 pub(crate) fn ok_referrals() -> Success {
     let referral = obj(
         json!({"id": int(), "enrolment_id": int(), "patient_id": string(), "direction": string(), "to_kind": string(),
@@ -413,6 +437,10 @@ pub(crate) fn s_task() -> Value {
 pub(crate) fn s_alarm() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {
         "reason": {"type": "string", "nullable": true, "description": "resolve: why the episode is closed (required, not blank)"}}})
+}
+pub(crate) fn s_intake_reject() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["reason"], "properties": {
+        "reason": {"type": "string", "description": "why the patient is not enrolled (required, not blank)"}}})
 }
 pub(crate) fn s_decision() -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string", "nullable": true}}})

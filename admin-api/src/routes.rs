@@ -10,7 +10,8 @@ use serde_json::Value;
 use crate::AppState;
 use crate::auth::Module;
 use crate::handlers::{
-    alarms, audit, catalog, kpis, migrations, observations, patients, queue, referrals, service,
+    alarms, audit, catalog, intake, kpis, migrations, observations, patients, queue, referrals,
+    service,
 };
 use crate::openapi as doc;
 
@@ -471,6 +472,48 @@ pub static ROUTES: &[Route] = &[
             query: &[],
             body: Some(doc::s_alarm),
             success: doc::ok_alarm_act,
+        }),
+    },
+    Route {
+        method: Get,
+        path: "/intake",
+        module: Some(Intake),
+        action: "intake.list",
+        record: Record::Store,
+        handler: |m| on(m, intake::list),
+        doc: Some(Doc {
+            summary: "Case-intake candidates of the caller's institution, pending first, then the newest",
+            query: &[("status", "string"), ("limit", "integer")],
+            body: None,
+            success: doc::ok_intake,
+        }),
+    },
+    Route {
+        method: Post,
+        path: "/intake/{id}/accept",
+        module: Some(Intake),
+        action: "intake.accept",
+        record: Record::Store,
+        handler: |m| on(m, intake::accept),
+        doc: Some(Doc {
+            summary: "Accept a pending candidate: enrol the patient in its pathway at its entry point",
+            query: &[],
+            body: None,
+            success: doc::ok_intake_decided,
+        }),
+    },
+    Route {
+        method: Post,
+        path: "/intake/{id}/reject",
+        module: Some(Intake),
+        action: "intake.reject",
+        record: Record::Store,
+        handler: |m| on(m, intake::reject),
+        doc: Some(Doc {
+            summary: "Reject a pending candidate, with a reason",
+            query: &[],
+            body: Some(doc::s_intake_reject),
+            success: doc::ok_intake_decided,
         }),
     },
     Route {

@@ -26,7 +26,8 @@ pub enum Severity {
     Warning,
 }
 
-/// Stable diagnostic codes; `docs/pathway-language.md` lists them for authors.
+/// Stable diagnostic codes; `docs/pathway-language.md` lists them for authors. Case intake rules
+/// (`intake.rs`) have their own family, `I…`, all errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
     Syntax,
@@ -61,6 +62,14 @@ pub enum Code {
     GuardedImmediateCycle,
     WorkBornEnded,
     UnusedEvent,
+    IntakeWrongType,
+    IntakeUnknownKey,
+    IntakeMissingKey,
+    IntakeDuplicate,
+    IntakeBadPattern,
+    IntakeUnknownPathway,
+    IntakeUnknownEntry,
+    IntakeInvalidValue,
 }
 
 impl Code {
@@ -98,6 +107,14 @@ impl Code {
             Code::GuardedImmediateCycle => "W004",
             Code::WorkBornEnded => "W005",
             Code::UnusedEvent => "W006",
+            Code::IntakeWrongType => "I001",
+            Code::IntakeUnknownKey => "I002",
+            Code::IntakeMissingKey => "I003",
+            Code::IntakeDuplicate => "I004",
+            Code::IntakeBadPattern => "I005",
+            Code::IntakeUnknownPathway => "I006",
+            Code::IntakeUnknownEntry => "I007",
+            Code::IntakeInvalidValue => "I008",
         }
     }
 

@@ -23,6 +23,12 @@ pub(crate) const ALL_CODES: &[&str] = &[
     "E025", "E026", "W001", "W002", "W003", "W004", "W005", "W006",
 ];
 
+/// Every code of the case intake rules; each must be exercised by a fixture under
+/// `tests/fixtures/intake/broken/`.
+pub(crate) const INTAKE_CODES: &[&str] = &[
+    "I001", "I002", "I003", "I004", "I005", "I006", "I007", "I008",
+];
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
@@ -52,7 +58,7 @@ fn parse_expect(first_line: &str) -> Result<BTreeSet<Key>, String> {
         };
         let line: u32 = line.parse().map_err(|_| bad())?;
         let col: u32 = col.parse().map_err(|_| bad())?;
-        if !ALL_CODES.contains(&code) {
+        if !ALL_CODES.contains(&code) && !INTAKE_CODES.contains(&code) {
             return Err(format!("unknown code `{code}` in `{item}`"));
         }
         out.insert((code.to_string(), file.to_string(), line, col));
@@ -125,8 +131,11 @@ fn join(set: &BTreeSet<Key>) -> String {
 }
 
 fn broken_files() -> Vec<PathBuf> {
-    let dir = fixtures().join("broken");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    files_in(&fixtures().join("broken"))
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.is_file())
@@ -277,4 +286,95 @@ fn expectation_lines_parse() {
     assert!(parse_expect("# nothing").is_err());
     assert!(parse_expect("# expect: E999@1:1").is_err());
     assert!(parse_expect("# expect: E001@1").is_err());
+}
+
+/// The repository's pathways: what the intake fixtures enrol in.
+fn repo_pathways() -> Vec<Compiled> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pathways");
+    pathway_files(std::slice::from_ref(&dir))
+        .expect("list pathways")
+        .iter()
+        .map(|p| compile_file(p))
+        .filter(|c| c.kind == crate::DocKind::Pathway)
+        .collect()
+}
+
+/// Intake rule files checked with the repository's pathways: each broken one produces exactly
+/// the diagnostics of its first line, each good one none, and every intake code is exercised.
+#[test]
+fn intake_fixtures_produce_exactly_their_diagnostics() {
+    let dir = fixtures().join("intake");
+    let pathways = repo_pathways();
+    assert!(pathways.len() >= 5, "the repository's pathways");
+    let mut failures = String::new();
+    let mut covered: BTreeSet<String> = BTreeSet::new();
+    for (folder, broken) in [("broken", true), ("good", false)] {
+        for path in files_in(&dir.join(folder)) {
+            let name = format!(
+                "{folder}/{}",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+            );
+            let text = std::fs::read_to_string(&path).expect("read fixture");
+            let expected = if broken {
+                match parse_expect(text.lines().next().unwrap_or("").trim_end()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        failures.push_str(&format!("\n== {name}\n   {e}\n"));
+                        continue;
+                    }
+                }
+            } else {
+                BTreeSet::new()
+            };
+            covered.extend(expected.iter().map(|k| k.0.clone()));
+            let mut compiled = compile_file(&path);
+            assert_eq!(
+                compiled.kind,
+                crate::DocKind::Intake,
+                "{name} is a rule file"
+            );
+            let mut all = pathways.clone();
+            all.push(compiled.clone());
+            compiled.diagnostics.extend(crate::check_intake(&all));
+            if let Some(report) = compare(&name, &compiled, &dir.join(folder), &expected) {
+                failures.push_str(&report);
+            }
+        }
+    }
+    let uncovered: Vec<&&str> = INTAKE_CODES
+        .iter()
+        .filter(|c| !covered.contains(**c))
+        .collect();
+    if !uncovered.is_empty() {
+        failures.push_str(&format!(
+            "\n== coverage\n   no intake fixture expects {uncovered:?}\n"
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "intake fixtures do not match their expectations:{failures}"
+    );
+}
+
+/// The repository's own rules check cleanly against the repository's pathways.
+#[test]
+fn the_repository_intake_rules_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pathways");
+    let compiled: Vec<Compiled> = pathway_files(std::slice::from_ref(&dir))
+        .expect("list pathways")
+        .iter()
+        .map(|p| compile_file(p))
+        .collect();
+    let rules: Vec<&Compiled> = compiled
+        .iter()
+        .filter(|c| c.kind == crate::DocKind::Intake)
+        .collect();
+    assert!(rules.len() >= 5, "rule files under pathways/intake");
+    let mut diags: Vec<String> = rules
+        .iter()
+        .flat_map(|c| c.diagnostics.iter())
+        .map(|d| d.to_string())
+        .collect();
+    diags.extend(crate::check_intake(&compiled).iter().map(|d| d.to_string()));
+    assert!(diags.is_empty(), "{}", diags.join("\n"));
 }

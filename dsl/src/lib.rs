@@ -16,6 +16,7 @@ pub mod diff;
 pub mod events;
 pub mod expr;
 pub mod graph;
+pub mod intake;
 pub mod lower;
 pub mod migration;
 pub mod model;
@@ -48,6 +49,9 @@ pub use model::*;
 pub enum DocKind {
     Pathway,
     Fragment,
+    /// Case intake rules (`intake:`): read by [`intake`], checked against pathways by
+    /// [`intake::check_set`].
+    Intake,
     /// Scales and pathway tests are read by the engine, not by this crate.
     Other,
 }
@@ -57,6 +61,8 @@ pub struct Compiled {
     pub file: String,
     pub kind: DocKind,
     pub pathway: Option<Pathway>,
+    /// The rules of a case intake file (shape checked; targets are checked with the pathways).
+    pub intake: Option<intake::IntakeFile>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -80,10 +86,12 @@ impl Compiled {
 
 fn top_key(root: &yaml::Node) -> Option<&str> {
     match &root.value {
-        yaml::Value::Map(entries) => entries
-            .iter()
-            .filter_map(|(k, _)| k.as_str())
-            .find(|k| matches!(*k, "pathway" | "fragment" | "scale" | "tests" | "templates")),
+        yaml::Value::Map(entries) => entries.iter().filter_map(|(k, _)| k.as_str()).find(|k| {
+            matches!(
+                *k,
+                "pathway" | "fragment" | "intake" | "scale" | "tests" | "templates"
+            )
+        }),
         _ => None,
     }
 }
@@ -101,6 +109,7 @@ fn finish(
         file: file.to_string(),
         kind,
         pathway,
+        intake: None,
         diagnostics,
     }
 }
@@ -117,12 +126,19 @@ fn compile_tree(
     let mut diags = Vec::new();
     let kind = match top_key(root) {
         Some("fragment") => DocKind::Fragment,
+        Some("intake") => DocKind::Intake,
         Some("scale" | "tests" | "templates") => DocKind::Other,
         _ => DocKind::Pathway,
     };
     let checker = expr::ExprChecker::new();
     let pathway = match kind {
         DocKind::Other => None,
+        DocKind::Intake => {
+            let rules = intake::from_tree(file, root);
+            let mut compiled = finish(file, kind, None, rules.diagnostics.clone());
+            compiled.intake = Some(rules);
+            return compiled;
+        }
         DocKind::Fragment => {
             let mut lw = lower::Lowerer::new(file, base_dir.to_path_buf(), loader, &mut diags);
             lw.exact_exprs = exact;
@@ -259,6 +275,32 @@ pub fn compile_file(path: &Path) -> Compiled {
     } else {
         compile_yaml(&file, &bytes, &base, &loader)
     }
+}
+
+/// Checks the case intake rules among `compiled` against the pathways compiled with them. Rules
+/// validated without their pathways (`carepath validate pathways/intake`) are checked against the
+/// pathways of the folder above their own.
+pub fn check_intake(compiled: &[Compiled]) -> Vec<Diagnostic> {
+    let files: Vec<intake::IntakeFile> = compiled.iter().filter_map(|c| c.intake.clone()).collect();
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let mut known = intake::known_pathways(compiled.iter().filter_map(|c| c.pathway.as_ref()));
+    if known.is_empty() {
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| Path::new(&f.file).parent()?.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let pathways: Vec<Pathway> = pathway_files(&dirs)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| compile_file(p).pathway)
+            .collect();
+        known = intake::known_pathways(&pathways);
+    }
+    intake::check_set(&files, &known)
 }
 
 /// Pathway files under the given files and folders (`.yaml`, `.yml`, `.rhai`), sorted.

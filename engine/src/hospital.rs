@@ -45,7 +45,7 @@ pub async fn record_encounter(
     now: Timestamp,
 ) -> Result<EncounterRecorded> {
     let change = clinical::record_encounter(tx, caller, e, source, remote, now).await?;
-    let (enrolled, queued) = intake::on_encounter(tx, h, caller, e, &change, now).await?;
+    let (enrolled, queued) = intake::on_encounter(tx, h, caller, e, &change, remote, now).await?;
     Ok(EncounterRecorded {
         change,
         enrolled,

@@ -201,9 +201,22 @@ pub async fn advance(
     now: Timestamp,
 ) -> Result<Written> {
     let mut tx = pool.begin().await?;
-    let d = store::load_enrolment(&mut tx, enrolment).await?;
+    let w = advance_in(&mut tx, programs, enrolment, now).await?;
+    tx.commit().await?;
+    Ok(w)
+}
+
+/// [`advance`] inside the caller's transaction (an enrolment case intake just made is stepped
+/// through the hospital's events in the transaction that recorded them). An enrolment that is
+/// no longer active is left as it is.
+pub async fn advance_in(
+    tx: &mut store::Tx,
+    programs: &Programs,
+    enrolment: i64,
+    now: Timestamp,
+) -> Result<Written> {
+    let d = store::load_enrolment(tx, enrolment).await?;
     if d.enrolment.status != step::Status::Active {
-        tx.rollback().await?;
         return Ok(Written::default());
     }
     let prog = programs
@@ -214,24 +227,22 @@ pub async fn advance(
                 d.enrolment.pathway_id, d.enrolment.version
             ))
         })?;
-    let mut facts = store::load_facts(&mut tx, std::slice::from_ref(&d), now).await?;
+    let mut facts = store::load_facts(tx, std::slice::from_ref(&d), now).await?;
     let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
-    let calendars =
-        store::calendars::for_institutions(&mut tx, [d.institution_id.as_str()]).await?;
+    let calendars = store::calendars::for_institutions(tx, [d.institution_id.as_str()]).await?;
     let mut buf = store::RowBuffer::default();
     let stepped = time::with_calendar(calendars.of(&d.institution_id), || {
         step::step(prog, &d.enrolment, &f, &pending, now)
     });
     let mut w = match stepped {
-        Ok(outcome) => store::apply_outcome(&mut tx, &mut buf, &d, &outcome, now)
+        Ok(outcome) => store::apply_outcome(tx, &mut buf, &d, &outcome, now)
             .await?
             .unwrap_or_default(),
         Err(err) => {
-            store::mark_error(&mut tx, &d, &err, &prog.pathway.owner_role, now).await?;
+            store::mark_error(tx, &d, &err, &prog.pathway.owner_role, now).await?;
             Written::default()
         }
     };
-    w.add(&buf.flush(&mut tx).await?);
-    tx.commit().await?;
+    w.add(&buf.flush(tx).await?);
     Ok(w)
 }

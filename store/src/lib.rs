@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod db;
 pub mod goals;
 pub mod indicators;
+pub mod intake;
 pub mod outbox;
 pub mod patients;
 pub mod queries;

@@ -7,6 +7,7 @@
 pub(crate) mod alarms;
 pub(crate) mod audit;
 pub(crate) mod catalog;
+pub(crate) mod intake;
 pub(crate) mod kpis;
 pub(crate) mod migrations;
 pub(crate) mod observations;
