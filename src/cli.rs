@@ -190,6 +190,9 @@ enum Command {
         /// Set everything up, print it, and exit instead of serving.
         #[arg(long)]
         no_serve: bool,
+        /// Accept HL7 v2 ADT over MLLP here too.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2575")]
+        mllp: String,
         #[command(flatten)]
         proxies: ProxyArgs,
         #[command(flatten)]
@@ -495,6 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pathways,
             addr,
             no_serve,
+            mllp,
             proxies,
             audit,
         } => {
@@ -513,10 +517,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "Asia/Shanghai",
                 30,
                 None,
-                None,
+                Some(mllp.as_str()),
                 Access {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
+                    demo_contact_key: true,
                 },
             )
             .await
@@ -559,6 +564,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Access {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
+                    demo_contact_key: false,
                 },
             )
             .await
@@ -952,6 +958,17 @@ async fn demo(
 struct Access {
     audit: crate::audit::Audit,
     trusted_proxies: Vec<std::net::IpAddr>,
+    /// Without `CAREPATH_CONTACT_KEY`, use the demo's published key instead of refusing contact
+    /// details (the demo only: its key is no secret).
+    demo_contact_key: bool,
+}
+
+/// The demo's contact key: fixed, so a restarted demo reads what it stored, and published, so
+/// it protects nothing. Never used by `serve`.
+fn demo_contact_key() -> carepath_engine::crypto::ContactKey {
+    use sha2::Digest as _;
+    let bytes = sha2::Sha256::digest(b"carepath demo contact key - not for real patients");
+    carepath_engine::crypto::ContactKey::from_bytes(&bytes).expect("32 bytes")
 }
 
 /// The case-intake rules of `<pathways>/intake/`, checked against the published pathways; none
@@ -1002,6 +1019,13 @@ async fn serve(
     // Contact details are accepted and shown (masked) only with the key they are encrypted with.
     match carepath_engine::crypto::ContactKey::from_env() {
         Ok(key) => state = state.with_contact_key(key),
+        Err(carepath_engine::crypto::CryptoError::KeyMissing) if access.demo_contact_key => {
+            println!(
+                "{}: not set; the demo encrypts contact details with its own published key (not for real patients)",
+                carepath_engine::crypto::CONTACT_KEY_ENV
+            );
+            state = state.with_contact_key(demo_contact_key());
+        }
         Err(carepath_engine::crypto::CryptoError::KeyMissing) => println!(
             "{}: not set; patients' contact details are refused until it is",
             carepath_engine::crypto::CONTACT_KEY_ENV

@@ -1741,3 +1741,203 @@ async fn soak_100k() {
         soak(&b, n).await;
     }
 }
+
+/// A writer into a shared buffer, for reading back every log line a test produced.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// From the hospital's discharge message to the patient's phone: four emergency visits and an
+/// acute five-day stroke admission arrive as HL7 v2 ADT; the discharge (A03) with I63.9 and a
+/// Charlson-relevant list enrols the patient in the stroke pathway by the intake rules; LACE is
+/// computed from those facts (16, high); the first follow-up reaches the SMS gateway with the
+/// mobile number the PID segment gave; and no log line, at any level, holds that number.
+#[tokio::test(flavor = "current_thread")]
+async fn an_hl7_discharge_enrols_scores_and_reaches_the_patient_without_logging_the_number() {
+    let Some(real) = support::real_pathways() else {
+        return;
+    };
+    for b in support::backends() {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let (pool, programs) = open_store(&b.url, &real, at(-400 * DAY)).await;
+        let intake =
+            carepath_engine::intake::IntakeRules::load_dir(&real.join("intake"), &programs)
+                .expect("the intake rules load");
+        let key = key();
+        let hospital = carepath_engine::hospital::Hospital {
+            programs: &programs,
+            intake: &intake,
+            contact_key: Some(&key),
+        };
+        let local = |offset: i64| {
+            at(offset)
+                .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").unwrap())
+                .strftime("%Y%m%d%H%M%S%z")
+                .to_string()
+        };
+        let pid = "PID|1||P-E2E^^^lead^MR||李^华||19500412|M|||||13800138000^PRN^CP";
+        let message = |id: &str, trigger: &str, pv1: String, dg1: &[&str], now: i64| {
+            let mut segs = vec![
+                format!(
+                    "MSH|^~\\&|HIS|lead|CAREPATH|CP|{}||ADT^{trigger}^ADT_{trigger}|{id}|P|2.5|||||CHN|UNICODE UTF-8",
+                    local(now)
+                ),
+                format!("EVN|{trigger}|{}", local(now)),
+                pid.to_string(),
+                pv1,
+            ];
+            segs.extend(dg1.iter().map(|d| d.to_string()));
+            segs.join("\r").into_bytes()
+        };
+        let pv1 = |class: &str, dept: &str, kind: &str, visit: &str, from: i64, to: Option<i64>| {
+            format!(
+                "PV1|1|{class}|{dept}^301^2|{kind}|||||||||||||||{visit}|||||||||||||||||||||||||{}|{}",
+                local(from),
+                to.map(local).unwrap_or_default()
+            )
+        };
+        let send = |raw: Vec<u8>, now: i64| {
+            let pool = pool.clone();
+            let hospital = hospital;
+            async move {
+                let ack =
+                    carepath_engine::hl7::handle(&pool, &hospital, "test", &raw, at(now)).await;
+                let ack = String::from_utf8_lossy(&ack).to_string();
+                assert!(ack.contains("MSA|AA"), "{ack}");
+            }
+        };
+        for (i, day) in [-150, -100, -60, -20].iter().enumerate() {
+            let (from, to) = (day * DAY, day * DAY + 5 * HOUR);
+            send(
+                message(
+                    &format!("ED{i}"),
+                    "A04",
+                    pv1("E", "急诊科", "E", &format!("ED-{i}"), from, Some(to)),
+                    &[],
+                    to,
+                ),
+                to,
+            )
+            .await;
+        }
+        let dg1 = [
+            "DG1|1|I10|I63.9^脑梗死^I10||20260224|A|||||||||1",
+            "DG1|2|I10|I50.9^心力衰竭^I10||20260224|A",
+            "DG1|3|I10|E11.2^2型糖尿病伴肾并发症^I10||20260224|A",
+        ];
+        let (admitted, discharged) = (-5 * DAY, 0);
+        send(
+            message(
+                "ADM1",
+                "A01",
+                pv1("I", "神经内科", "E", "V-1", admitted, None),
+                &dg1,
+                admitted,
+            ),
+            admitted,
+        )
+        .await;
+        send(
+            message(
+                "DIS1",
+                "A03",
+                pv1("I", "神经内科", "E", "V-1", admitted, Some(discharged)),
+                &dg1,
+                discharged + 60,
+            ),
+            discharged + 60,
+        )
+        .await;
+        let enrolment = support::scalar(
+            &pool,
+            "SELECT id FROM enrolments WHERE patient_id = 'P-E2E' AND pathway_id = 'stroke'",
+        )
+        .await;
+        assert!(
+            enrolment > 0,
+            "{}: the discharge enrolled the patient",
+            b.name()
+        );
+        carepath_engine::scheduler::advance(&pool, &programs, enrolment, at(discharged + 120))
+            .await
+            .expect("step");
+        assert_eq!(
+            support::rows(
+                &pool,
+                &format!("SELECT model, CAST(CAST(ROUND(score) AS INTEGER) AS TEXT), band FROM risk_predictions WHERE enrolment_id = {enrolment}"),
+                3
+            )
+            .await,
+            ["readmission|16|high"],
+            "{}",
+            b.name()
+        );
+        // The first message the pathway schedules goes out through the gateways.
+        let send_at = support::scalar(
+            &pool,
+            &format!("SELECT MIN(send_at) FROM follow_ups WHERE enrolment_id = {enrolment}"),
+        )
+        .await;
+        assert!(send_at > 0, "{}: a follow-up is scheduled", b.name());
+        let gw = Gateway::start();
+        let cfg = config(
+            "",
+            &format!(
+                "{}{}",
+                webhook("wechat", &gw.url("/wechat"), "2s"),
+                webhook("sms", &gw.url("/sms"), "2s")
+            ),
+        );
+        let when = Timestamp::from_second(send_at + HOUR).unwrap();
+        carepath_engine::scheduler::advance(&pool, &programs, enrolment, when)
+            .await
+            .expect("step");
+        let mut s = dispatch(&pool, &cfg, when).await;
+        if s.deferred_quiet_hours > 0 {
+            // Due in the patient's quiet hours: it goes the next morning.
+            s = dispatch(&pool, &cfg, when + jiff::SignedDuration::from_hours(13)).await;
+        }
+        assert!(s.sent >= 1, "{}: {s:?}", b.name());
+        let got = gw.received();
+        assert!(
+            got.iter().any(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                r.path == "/sms" && body["to"] == "13800138000"
+            }),
+            "{}: the SMS gateway got the number: {:?}",
+            b.name(),
+            got.iter()
+                .map(|r| (r.path.clone(), String::from_utf8_lossy(&r.body).to_string()))
+                .collect::<Vec<_>>()
+        );
+        pool.close().await;
+        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+        assert!(
+            text.lines().count() > 5,
+            "{}: the logs were captured: {text}",
+            b.name()
+        );
+        assert!(
+            !text.contains("13800138000") && !text.contains("李"),
+            "{}: a log line holds the patient's contact details",
+            b.name()
+        );
+    }
+}

@@ -251,3 +251,26 @@ impl PatientFacts {
             .find(|r| r.model == model && r.at <= now)
     }
 }
+
+#[cfg(test)]
+mod stay_tests {
+    use super::*;
+
+    #[test]
+    fn a_stay_is_read_from_the_admitted_and_discharged_events_without_encounters() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        let mut f = PatientFacts::default();
+        f.events.push(FactEvent {
+            name: "admitted".into(),
+            at: at("2026-03-01T02:00:00Z"),
+        });
+        assert_eq!(f.length_of_stay(at("2026-03-04T02:00:00Z"), &tz), Some(3.0));
+        f.events.push(FactEvent {
+            name: "discharged".into(),
+            at: at("2026-03-06T02:00:00Z"),
+        });
+        assert_eq!(f.length_of_stay(at("2026-03-06T02:00:00Z"), &tz), Some(5.0));
+        assert_eq!(f.length_of_stay(at("2026-02-01T02:00:00Z"), &tz), None);
+    }
+}

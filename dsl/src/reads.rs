@@ -34,6 +34,14 @@ impl Reads {
         let Some(kinds) = catalog::guard_function(function, args.len()) else {
             return;
         };
+        // A stay with no hospital encounter recorded is read from these events.
+        if function == "length_of_stay" {
+            for e in ["admitted", "discharged"] {
+                if !self.events.iter().any(|x| x == e) {
+                    self.events.push(e.to_string());
+                }
+            }
+        }
         let literal = |e: &RExpr| match e {
             RExpr::StringConstant(s, _) => Some(s.to_string()),
             _ => None,
