@@ -1815,7 +1815,6 @@ async fn an_hl7_discharge_enrols_scores_and_reaches_the_patient_without_logging_
         };
         let send = |raw: Vec<u8>, now: i64| {
             let pool = pool.clone();
-            let hospital = hospital;
             async move {
                 let ack =
                     carepath_engine::hl7::handle(&pool, &hospital, "test", &raw, at(now)).await;
