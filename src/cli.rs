@@ -138,6 +138,20 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Enrol patients from NDJSON, one patient a line (see docs/api.md, bulk onboarding): every
+    /// line checked first, each written whole or not at all; rejected lines are listed with their
+    /// number and reason (exit 1 when there are any). A rerun after a crash finishes the import.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        batch_size: usize,
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Apply database migrations.
     Migrate {
         #[command(flatten)]
@@ -749,6 +763,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             progress: true,
         }),
         Command::Validate { paths, format } => validate(&paths, format),
+        Command::Import {
+            file,
+            batch_size,
+            as_of: at,
+            format,
+            db,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let pool = db.open().await?;
+            let programs = store::load_programs(&pool).await?;
+            let key = match carepath_engine::crypto::ContactKey::from_env() {
+                Ok(k) => Some(k),
+                Err(carepath_engine::crypto::CryptoError::KeyMissing) => None,
+                Err(e) => return Err(e).context("the contact key"),
+            };
+            let done = store::import::import(
+                &pool,
+                &programs,
+                key.as_ref(),
+                &text,
+                "cli",
+                batch_size,
+                as_of(&at)?,
+            )
+            .await?;
+            if format == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                for r in &done.rejected {
+                    eprintln!("{}:{}: {}", file.display(), r.line, r.reason);
+                }
+                println!(
+                    "{} line(s): {} patient(s) and {} enrolment(s) imported in {} batch(es) ({} action(s)); {} already present; {} rejected; {:.1} s",
+                    done.lines,
+                    done.patients,
+                    done.enrolments,
+                    done.batches,
+                    done.actions,
+                    done.already_present,
+                    done.rejected.len(),
+                    done.seconds
+                );
+            }
+            Ok(ExitCode::from(u8::from(!done.rejected.is_empty())))
+        }
         Command::Diff {
             from,
             to,

@@ -19,6 +19,7 @@ mod fhir;
 mod goals;
 mod hl7;
 mod hospital;
+mod import;
 mod intake;
 mod outcome_rule;
 mod outcome_three_ways;

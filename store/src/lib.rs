@@ -15,6 +15,7 @@ pub mod clinical;
 pub mod crypto;
 pub mod db;
 pub mod goals;
+pub mod import;
 pub mod indicators;
 pub mod intake;
 pub mod outbox;

@@ -76,18 +76,27 @@ async fn check_home(tx: &mut super::Tx, institution: &str, home: &str) -> Result
             args![home, institution],
         )
         .await?;
-    let Some(row) = row else {
+    let found = row.map(|r| (r.text(0), r.text(1), r.text(2)));
+    match &found {
+        Some((kind, lead, mine)) => check_home_of(Some((kind, lead)), home, mine),
+        None => check_home_of(None, home, ""),
+    }
+}
+
+/// The rule for a home institution: `found` is its kind and the lead institution of its
+/// alliance (`None`: there is no such institution); `my_lead` the registering institution's lead.
+pub(crate) fn check_home_of(found: Option<(&str, &str)>, home: &str, my_lead: &str) -> Result<()> {
+    let Some((kind, lead)) = found else {
         return Err(StoreError::Invalid(format!(
             "home_institution `{home}` is not an institution"
         )));
     };
-    if !COMMUNITY_KINDS.contains(&row.text(0).as_str()) {
+    if !COMMUNITY_KINDS.contains(&kind) {
         return Err(StoreError::Invalid(format!(
-            "home_institution `{home}` is a {}; a patient's home is a community clinic or township hospital",
-            row.text(0)
+            "home_institution `{home}` is a {kind}; a patient's home is a community clinic or township hospital"
         )));
     }
-    if row.text(1) != row.text(2) {
+    if lead != my_lead {
         return Err(StoreError::Invalid(format!(
             "home_institution `{home}` is not in this institution's alliance"
         )));
