@@ -216,6 +216,19 @@ fn t0() -> Timestamp {
 async fn open(b: &Backend) -> (Pool, Programs, tempfile::TempDir) {
     let dir = support::test_pathways();
     let (pool, programs) = support::open_store(&b.url, dir.path(), t0()).await;
+    // A patient of another alliance, whom no message from this one may touch.
+    let mut tx = pool.begin().await.expect("begin");
+    carepath_engine::store::insert_institution(
+        &mut tx,
+        "elsewhere",
+        "Another alliance",
+        "lead_hospital",
+        None,
+    )
+    .await
+    .expect("institution");
+    tx.commit().await.expect("commit");
+    support::add_patient_at(&pool, "P-404", "elsewhere", t0()).await;
     (pool, programs, dir)
 }
 
@@ -261,7 +274,7 @@ async fn adt_over_mllp_records_encounters_once_and_undoes_cancels() {
         .await;
         assert_eq!(acks[0].msa1, "AA", "{name}: {}", acks[0].text);
         assert_eq!(
-            rows(&pool, "SELECT id, institution_id, birth_date, sex, CASE WHEN contact_enc IS NULL THEN 'no contact' ELSE 'contact' END FROM patients", 5).await,
+            rows(&pool, "SELECT id, institution_id, birth_date, sex, CASE WHEN contact_enc IS NULL THEN 'no contact' ELSE 'contact' END FROM patients WHERE institution_id = 'lead'", 5).await,
             ["P-1|lead|1950-04-12|female|no contact"],
             "{name}: without a contact key the phone number is ignored"
         );
@@ -432,12 +445,21 @@ async fn adt_over_mllp_records_encounters_once_and_undoes_cancels() {
             "{name}: once each, the resend added nothing"
         );
         assert_eq!(
-            scalar(&pool, "SELECT COUNT(*) FROM patients").await,
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM patients WHERE institution_id = 'lead'"
+            )
+            .await,
             1,
             "{name}"
         );
         assert_eq!(
-            rows(&pool, "SELECT sex FROM patients", 1).await,
+            rows(
+                &pool,
+                "SELECT sex FROM patients WHERE institution_id = 'lead'",
+                1
+            )
+            .await,
             ["male"],
             "{name}: A08 updated the patient"
         );
@@ -684,7 +706,7 @@ fn hostile(rng: &mut Rng, i: usize) -> Vec<u8> {
         10 => message(
             ["A02", "A03"][rng.below(2)],
             &control,
-            &[pid(&format!("NOBODY-{}", rng.word())), visit],
+            &[pid("P-404"), visit],
         ),
         11 => message(
             "A08",

@@ -320,6 +320,14 @@ pub struct PatientUpsert {
     pub home_institution: Option<String>,
 }
 
+/// Whether a patient with this id exists (at any institution).
+pub async fn exists(tx: &mut super::Tx, id: &str) -> Result<bool> {
+    Ok(tx
+        .fetch_one("SELECT 1 FROM patients WHERE id = $1", args![id])
+        .await?
+        .is_some())
+}
+
 /// The preferred channels a patient may have.
 pub const CHANNELS: [&str; 4] = ["wechat", "sms", "phone", "email"];
 

@@ -144,9 +144,16 @@ async fn apply(
         }
     }
     if let Some(upsert) = &upsert {
-        hospital::upsert_patient(&mut tx, hospital, &caller, upsert, remote, now)
+        // A transfer or discharge creates a patient the feed never admitted here (a feed started
+        // mid-stay), but does not change a known one: its PID is who the visit is for.
+        let known = patients::exists(&mut tx, &upsert.id)
             .await
             .map_err(|e| failed(&e))?;
+        if !(known && matches!(adt.trigger, Trigger::A02 | Trigger::A03)) {
+            hospital::upsert_patient(&mut tx, hospital, &caller, upsert, remote, now)
+                .await
+                .map_err(|e| failed(&e))?;
+        }
     }
     change(&mut tx, hospital, &caller, adt, &source, remote, now).await?;
     tx.commit().await.map_err(|e| failed(&e.into()))?;
@@ -231,10 +238,13 @@ async fn change(
     Ok(())
 }
 
-/// The patient as A01, A04 and A08 create or update them; contact details only with a key to
-/// seal them.
+/// The patient as A01, A04 and A08 create or update them, and A02 and A03 create them when
+/// unknown; contact details only with a key to seal them.
 fn patient_upsert(hospital: &Hospital<'_>, adt: &Adt) -> Option<PatientUpsert> {
-    if !matches!(adt.trigger, Trigger::A01 | Trigger::A04 | Trigger::A08) {
+    if !matches!(
+        adt.trigger,
+        Trigger::A01 | Trigger::A02 | Trigger::A03 | Trigger::A04 | Trigger::A08
+    ) {
         return None;
     }
     let p = &adt.patient;
