@@ -542,7 +542,7 @@ pub fn encounter_triggers(
 
 // ---- reading ---------------------------------------------------------------------------------
 
-type Fields<'n> = HashMap<&'n str, (&'n Node, &'n Node)>;
+use crate::fields::Fields;
 
 struct Reader<'f> {
     file: &'f str,
@@ -556,52 +556,7 @@ impl Reader<'_> {
     }
 
     fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
-        let Value::Map(entries) = &node.value else {
-            self.err(
-                Code::IntakeWrongType,
-                node.pos,
-                format!("{what} must be a mapping, found {}", node.kind_name()),
-                "write it as `key: value` lines",
-            );
-            return None;
-        };
-        let mut out: Fields<'n> = HashMap::new();
-        for (k, v) in entries {
-            let Some(key) = k.as_str() else {
-                self.err(
-                    Code::IntakeWrongType,
-                    k.pos,
-                    format!("keys in {what} must be text"),
-                    "",
-                );
-                continue;
-            };
-            if !allowed.contains(&key) {
-                let hint = match crate::diag::closest(key, allowed.iter().copied()) {
-                    Some(c) => format!("did you mean `{c}`? allowed here: {}", allowed.join(", ")),
-                    None => format!("allowed here: {}", allowed.join(", ")),
-                };
-                self.err(
-                    Code::IntakeUnknownKey,
-                    k.pos,
-                    format!("unknown key `{key}` in {what}"),
-                    hint,
-                );
-                continue;
-            }
-            if let Some((first, _)) = out.get(key) {
-                let line = first.pos.line;
-                self.err(
-                    Code::IntakeDuplicate,
-                    k.pos,
-                    format!("key `{key}` appears twice in {what}"),
-                    format!("the first is on line {line}; keep one"),
-                );
-                continue;
-            }
-            out.insert(key, (k, v));
-        }
-        Some(out)
+        self.sink().fields(node, what, allowed)
     }
 
     fn req<'n>(
@@ -611,26 +566,14 @@ impl Reader<'_> {
         parent: &Node,
         what: &str,
     ) -> Option<&'n Node> {
-        match f.get(key) {
-            Some((_, v)) if !matches!(v.value, Value::Null) => Some(v),
-            Some((k, _)) => {
-                self.err(
-                    Code::IntakeMissingKey,
-                    k.pos,
-                    format!("`{key}` in {what} has no value"),
-                    "",
-                );
-                None
-            }
-            None => {
-                self.err(
-                    Code::IntakeMissingKey,
-                    parent.pos,
-                    format!("{what} is missing `{key}`"),
-                    format!("add `{key}:`"),
-                );
-                None
-            }
+        self.sink().req(f, key, parent, what)
+    }
+
+    fn sink(&mut self) -> crate::fields::Sink<'_> {
+        crate::fields::Sink {
+            file: self.file,
+            diags: &mut self.diags,
+            codes: &crate::fields::INTAKE,
         }
     }
 

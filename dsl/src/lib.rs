@@ -15,6 +15,7 @@ pub mod diag;
 pub mod diff;
 pub mod events;
 pub mod expr;
+mod fields;
 pub mod graph;
 pub mod intake;
 pub mod lower;

@@ -234,7 +234,7 @@ struct FragmentCtx {
     declared_exits: Vec<String>,
 }
 
-type Fields<'n> = HashMap<&'n str, (&'n Node, &'n Node)>;
+use crate::fields::Fields;
 
 const PATHWAY_KEYS: &[&str] = &[
     "pathway",
@@ -405,56 +405,7 @@ impl<'a> Lowerer<'a> {
 
     /// Reads a mapping, reporting duplicate, non-text and unknown keys.
     fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
-        let Value::Map(entries) = &node.value else {
-            self.err(
-                Code::WrongType,
-                node.pos,
-                format!("{what} must be a mapping, found {}", node.kind_name()),
-                "write it as `key: value` lines",
-            );
-            return None;
-        };
-        let mut out: Fields<'n> = HashMap::new();
-        for (k, v) in entries {
-            let Some(key) = k.as_str() else {
-                self.err(
-                    Code::WrongType,
-                    k.pos,
-                    format!("keys in {what} must be text"),
-                    "",
-                );
-                continue;
-            };
-            if !allowed.contains(&key) {
-                let hint = match crate::diag::closest(key, allowed.iter().copied()) {
-                    Some(c) => format!("did you mean `{c}`?"),
-                    // `{ en: a, b }` reads `b` as a second key with no value.
-                    None if matches!(v.value, Value::Null) && k.pos.line == node.pos.line => {
-                        "inside `{ … }` a comma starts a new key: quote text that contains commas, e.g. en: \"a, b\"".to_string()
-                    }
-                    None => format!("allowed here: {}", allowed.join(", ")),
-                };
-                self.err(
-                    Code::UnknownKey,
-                    k.pos,
-                    format!("unknown key `{key}` in {what}"),
-                    hint,
-                );
-                continue;
-            }
-            if let Some((first, _)) = out.get(key) {
-                let line = first.pos.line;
-                self.err(
-                    Code::DuplicateKey,
-                    k.pos,
-                    format!("key `{key}` appears twice in {what}"),
-                    format!("the first is on line {line}; keep one"),
-                );
-                continue;
-            }
-            out.insert(key, (k, v));
-        }
-        Some(out)
+        self.sink().fields(node, what, allowed)
     }
 
     fn req<'n>(
@@ -464,26 +415,14 @@ impl<'a> Lowerer<'a> {
         parent: &Node,
         what: &str,
     ) -> Option<&'n Node> {
-        match f.get(key) {
-            Some((_, v)) if !matches!(v.value, Value::Null) => Some(v),
-            Some((k, _)) => {
-                self.err(
-                    Code::MissingKey,
-                    k.pos,
-                    format!("`{key}` in {what} has no value"),
-                    "",
-                );
-                None
-            }
-            None => {
-                self.err(
-                    Code::MissingKey,
-                    parent.pos,
-                    format!("{what} is missing `{key}`"),
-                    format!("add `{key}:`"),
-                );
-                None
-            }
+        self.sink().req(f, key, parent, what)
+    }
+
+    fn sink(&mut self) -> crate::fields::Sink<'_> {
+        crate::fields::Sink {
+            file: &self.file,
+            diags: self.diags,
+            codes: &crate::fields::PATHWAY,
         }
     }
 
