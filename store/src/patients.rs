@@ -190,27 +190,21 @@ pub async fn read(
     remote: &str,
     now: Timestamp,
 ) -> Result<PatientView> {
-    let sql = format!(
-        "SELECT p.id, p.institution_id, p.birth_date, p.sex, p.tz, p.home_institution, p.preferred_channel, p.lang, p.contact_enc, p.contact_erased_at FROM patients p WHERE p.id = $1 AND {}",
-        visible_patient(2)
-    );
-    let rows = pool.fetch(&sql, args![id, &caller.institution_id]).await?;
-    let entry = |patients: &[String], outcome: &str| {
-        AuditEntry::new(
-            &caller.staff_id,
-            Some(&caller.institution_id),
-            "patient.read",
-            &format!("patient/{id}"),
-            patients,
-            outcome,
-            remote,
-            now,
-        )
+    let read = Read {
+        caller,
+        action: "patient.read",
+        target: format!("patient/{id}"),
+        remote,
+        now,
     };
-    let Some(p) = rows.first() else {
-        audit.append(entry(&[], "not_found")).await?;
-        return Err(StoreError::NotFound(format!("patient {id}")));
-    };
+    let p = &visible_row(
+        pool,
+        audit,
+        &read,
+        "p.id, p.institution_id, p.birth_date, p.sex, p.tz, p.home_institution, p.preferred_channel, p.lang, p.contact_enc, p.contact_erased_at",
+        id,
+    )
+    .await?;
     let enrolments = pool
         .fetch(
             "SELECT id, pathway_id, version, state, status, institution_id FROM enrolments WHERE patient_id = $1 ORDER BY id",
@@ -227,7 +221,7 @@ pub async fn read(
             institution_id: e.text(5),
         })
         .collect();
-    audit.append(entry(&[id.to_string()], "ok")).await?;
+    audit.append(read.entry(&[id.to_string()], "ok")).await?;
     Ok(PatientView {
         id: p.text(0),
         institution_id: p.text(1),
@@ -585,27 +579,14 @@ pub async fn contact(
     remote: &str,
     now: Timestamp,
 ) -> Result<Option<Contact>> {
-    let sql = format!(
-        "SELECT p.contact_enc FROM patients p WHERE p.id = $1 AND {}",
-        visible_patient(2)
-    );
-    let rows = pool.fetch(&sql, args![id, &caller.institution_id]).await?;
-    let entry = |patients: &[String], outcome: &str| {
-        AuditEntry::new(
-            &caller.staff_id,
-            Some(&caller.institution_id),
-            "patient.contact.read",
-            &format!("patient/{id}/contact"),
-            patients,
-            outcome,
-            remote,
-            now,
-        )
+    let read = Read {
+        caller,
+        action: "patient.contact.read",
+        target: format!("patient/{id}/contact"),
+        remote,
+        now,
     };
-    let Some(row) = rows.first() else {
-        audit.append(entry(&[], "not_found")).await?;
-        return Err(StoreError::NotFound(format!("patient {id}")));
-    };
+    let row = &visible_row(pool, audit, &read, "p.contact_enc", id).await?;
     let contact = match (row.opt_text(0), key) {
         (None, _) => None,
         (Some(enc), Some(key)) => Some(key.decrypt(&enc).map_err(|e| {
@@ -617,8 +598,57 @@ pub async fn contact(
             ));
         }
     };
-    audit.append(entry(&[id.to_string()], "ok")).await?;
+    audit.append(read.entry(&[id.to_string()], "ok")).await?;
     Ok(contact)
+}
+
+/// A read of patient data by a caller, as the audit records it.
+struct Read<'a> {
+    caller: &'a Caller,
+    action: &'a str,
+    target: String,
+    remote: &'a str,
+    now: Timestamp,
+}
+
+impl Read<'_> {
+    fn entry(&self, patients: &[String], outcome: &str) -> AuditEntry {
+        AuditEntry::new(
+            &self.caller.staff_id,
+            Some(&self.caller.institution_id),
+            self.action,
+            &self.target,
+            patients,
+            outcome,
+            self.remote,
+            self.now,
+        )
+    }
+}
+
+/// `columns` of patient `id` when the caller may see them; otherwise the refusal is audited and
+/// the answer is `NotFound`. The caller audits the read itself once it knows what it returns.
+async fn visible_row(
+    pool: &Pool,
+    audit: &AuditAppender,
+    read: &Read<'_>,
+    columns: &str,
+    id: &str,
+) -> Result<crate::db::Row> {
+    let sql = format!(
+        "SELECT {columns} FROM patients p WHERE p.id = $1 AND {}",
+        visible_patient(2)
+    );
+    let rows = pool
+        .fetch(&sql, args![id, &read.caller.institution_id])
+        .await?;
+    match rows.into_iter().next() {
+        Some(row) => Ok(row),
+        None => {
+            audit.append(read.entry(&[], "not_found")).await?;
+            Err(StoreError::NotFound(format!("patient {id}")))
+        }
+    }
 }
 
 #[cfg(test)]
