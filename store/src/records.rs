@@ -56,7 +56,8 @@ impl RecordFilter {
     }
 }
 
-/// Audits a read of `patients` (or, with none and an id asked for, a read that found nothing).
+/// Audits a read of `patients`; with `not_found` (an id asked for that found nothing), audits that
+/// and answers `NotFound` with it.
 #[allow(clippy::too_many_arguments)]
 async fn audit_read(
     audit: &AuditAppender,
@@ -64,13 +65,17 @@ async fn audit_read(
     action: &str,
     target: &str,
     mut patients: Vec<String>,
-    not_found: bool,
+    not_found: Option<String>,
     remote: &str,
     now: Timestamp,
 ) -> Result<()> {
     patients.sort();
     patients.dedup();
-    let outcome = if not_found { "not_found" } else { "ok" };
+    let outcome = if not_found.is_some() {
+        "not_found"
+    } else {
+        "ok"
+    };
     audit
         .append(AuditEntry::new(
             &caller.staff_id,
@@ -82,7 +87,11 @@ async fn audit_read(
             remote,
             now,
         ))
-        .await
+        .await?;
+    match not_found {
+        Some(what) => Err(StoreError::NotFound(what)),
+        None => Ok(()),
+    }
 }
 
 /// One stored reading.
@@ -150,7 +159,8 @@ pub async fn readings(
         }
     }
     let patients = rows.iter().map(|r| r.patient_id.clone()).collect();
-    let missing = f.id.is_some() && rows.is_empty();
+    let missing = (f.id.is_some() && rows.is_empty())
+        .then(|| format!("observation {}", f.id.unwrap_or_default()));
     audit_read(
         audit,
         caller,
@@ -162,12 +172,6 @@ pub async fn readings(
         now,
     )
     .await?;
-    if missing {
-        return Err(StoreError::NotFound(format!(
-            "observation {}",
-            f.id.unwrap_or_default()
-        )));
-    }
     Ok(rows)
 }
 
@@ -252,7 +256,8 @@ pub async fn tasks(
     a.push(Arg::I(f.limit));
     sql.push_str(&format!(" ORDER BY t.due_at, t.id LIMIT ${}", a.len()));
     let rows: Vec<TaskRow> = pool.fetch(&sql, a).await?.iter().map(task).collect();
-    let missing = f.id.is_some() && rows.is_empty();
+    let missing =
+        (f.id.is_some() && rows.is_empty()).then(|| format!("task {}", f.id.unwrap_or_default()));
     audit_read(
         audit,
         caller,
@@ -264,12 +269,6 @@ pub async fn tasks(
         now,
     )
     .await?;
-    if missing {
-        return Err(StoreError::NotFound(format!(
-            "task {}",
-            f.id.unwrap_or_default()
-        )));
-    }
     Ok(rows)
 }
 
@@ -413,7 +412,8 @@ pub async fn care_plans(
             follow_ups,
         });
     }
-    let missing = f.id.is_some() && plans.is_empty();
+    let missing = (f.id.is_some() && plans.is_empty())
+        .then(|| format!("care plan {}", f.id.unwrap_or_default()));
     audit_read(
         audit,
         caller,
@@ -425,12 +425,6 @@ pub async fn care_plans(
         now,
     )
     .await?;
-    if missing {
-        return Err(StoreError::NotFound(format!(
-            "care plan {}",
-            f.id.unwrap_or_default()
-        )));
-    }
     Ok(plans)
 }
 
