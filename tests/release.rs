@@ -119,12 +119,17 @@ async fn made_at(pool: &Pool, at: Timestamp) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_restores() {
     for b in support::backends() {
-        let Some(f) = fixture(&b, 3_000).await else {
+        let Some(f) = fixture(&b, 10_000).await else {
             return;
         };
         let report = release::dry_run(&f.pool, &f.programs, &f.plan, QUIET, f.now)
             .await
             .expect("dry run");
+        println!(
+            "{}: dry run of htn-v4 over a seeded cohort of 10,000: {:?}",
+            b.name(),
+            report.total
+        );
         assert!(
             report.total.enrolments > 100,
             "{}: {:?}",
