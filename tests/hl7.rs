@@ -952,3 +952,79 @@ async fn concurrent_connections_apply_a_message_once() {
         );
     }
 }
+
+/// A feed started mid-stay: the discharge (A03) of a patient never admitted through it creates the
+/// patient from PID, and the intake rules enrol them; a second discharge message for a known
+/// patient changes nothing of who they are.
+#[tokio::test]
+async fn a_discharge_of_a_patient_not_known_yet_creates_and_enrols_them() {
+    let Some(real) = support::real_pathways() else {
+        return;
+    };
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, programs) = support::open_store(&b.url, &real, t0()).await;
+        let intake = IntakeRules::load_dir(&real.join("intake"), &programs).expect("intake rules");
+        let hospital = Hospital {
+            programs: &programs,
+            intake: &intake,
+            contact_key: None,
+        };
+        let a03 = |control: &str, sex: &str| {
+            [
+                format!("MSH|^~\\&|HIS|lead|CAREPATH|CP|20240306093000+0800||ADT^A03^ADT_A03|{control}|P|2.5|||||CHN|UNICODE UTF-8"),
+                "EVN|A03|20240306093000+0800".to_string(),
+                format!("PID|1||P-NEW^^^lead^MR||||19500412|{sex}"),
+                "PV1|1|I|神经内科^301^2|E|||||||||||||||V-NEW|||||||||||||||||||||||||20240301100000+0800|20240306093000+0800".to_string(),
+                "DG1|1|I10|I63.9^脑梗死^I10||20240301|A|||||||||1".to_string(),
+            ]
+            .join("\r")
+            .into_bytes()
+        };
+        let now = support::ts("2024-03-06T02:00:00Z");
+        let ack = hl7::handle(&pool, &hospital, "test", &a03("N-1", "M"), now).await;
+        let ack = String::from_utf8_lossy(&ack).to_string();
+        assert!(ack.contains("MSA|AA|N-1"), "{name}: {ack}");
+        assert_eq!(
+            rows(
+                &pool,
+                "SELECT institution_id, sex FROM patients WHERE id = 'P-NEW'",
+                2
+            )
+            .await,
+            ["lead|male"],
+            "{name}"
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM enrolments WHERE patient_id = 'P-NEW' AND pathway_id = 'stroke'"
+            )
+            .await,
+            1,
+            "{name}: the intake rule enrolled the new patient"
+        );
+        // The same visit's discharge again, under another control id and with another sex in
+        // PID: the known patient is not rewritten, the encounter not doubled.
+        let ack = hl7::handle(&pool, &hospital, "test", &a03("N-2", "F"), now).await;
+        assert!(
+            String::from_utf8_lossy(&ack).contains("MSA|AA|N-2"),
+            "{name}"
+        );
+        assert_eq!(
+            rows(&pool, "SELECT sex FROM patients WHERE id = 'P-NEW'", 1).await,
+            ["male"],
+            "{name}"
+        );
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM enrolments WHERE patient_id = 'P-NEW'"
+            )
+            .await,
+            1,
+            "{name}"
+        );
+        pool.close().await;
+    }
+}
