@@ -34,6 +34,19 @@ pub(crate) const INTAKE: KeyCodes = KeyCodes {
     missing: Code::IntakeMissingKey,
 };
 
+/// Whether `s` is an id as every document writes one: a lower-case letter, then lower-case
+/// letters, digits and `_`, at most 64 in all.
+pub(crate) fn is_ident(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 64
+}
+
+/// The hint for an id that is not one.
+pub(crate) const IDENT_HINT: &str =
+    "ids start with a lower-case letter and use only a-z, 0-9 and _";
+
 /// Where diagnostics go: the file they name and the list they join.
 pub(crate) struct Sink<'a> {
     pub file: &'a str,

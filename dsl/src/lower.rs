@@ -449,16 +449,12 @@ impl<'a> Lowerer<'a> {
 
     fn ident(&mut self, node: &Node, what: &str) -> Option<String> {
         let s = self.string(node, what)?;
-        let ok = s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            && s.len() <= 64;
-        if !ok {
+        if !crate::fields::is_ident(&s) {
             self.err(
                 Code::InvalidValue,
                 node.pos,
                 format!("{what} `{s}` is not a valid id"),
-                "ids start with a lower-case letter and use only a-z, 0-9 and _",
+                crate::fields::IDENT_HINT,
             );
             return None;
         }
