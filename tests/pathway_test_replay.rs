@@ -20,9 +20,8 @@
 //! - Scale reminder messages (follow-ups the sweep makes for a pending push, `follow_up_ref`
 //!   `scale_push:<id>`, the standard `scale_reminder` template or a chain's own): messages to the
 //!   patient that change no state and no work of the pathway; the runner delivers no messages.
-//!   Their number is printed. A reminder chain's *task* steps are not excluded: they are work on a
-//!   board that `carepath test` does not make, and a pathway with them fails here rather than
-//!   pass unseen.
+//!   Their number is printed. A reminder chain's *task* steps are compared: they are work on a
+//!   board, and `carepath test` makes them by the store's own reminder plan.
 //! - Cases with inputs no production interface records (case `vars`, `risk` givens): skipped, and
 //!   named on stderr. The repository's tests have none; the count is printed.
 //! - Alarm rule, alarm episode and goal rows themselves: they are compared through what they do
@@ -50,10 +49,17 @@ fn test_files() -> Vec<PathBuf> {
 }
 
 /// A work row as compared: kind, name, due (seconds), status, born ended.
-type Row = (&'static str, String, i64, WorkStatus, bool);
+/// Kind, name, due time, status, born ended, and for a task the institution holding it.
+type Row = (&'static str, String, i64, WorkStatus, bool, String);
 
 /// The runner's account, keyed by dedupe key.
-fn by_runner(work: &[Work]) -> BTreeMap<String, Row> {
+/// `holders`: the institution that accepted each referral (by the runner's key); `home`: the
+/// institution the patient was enrolled at.
+fn by_runner(
+    work: &[Work],
+    holders: &BTreeMap<String, String>,
+    home: &str,
+) -> BTreeMap<String, Row> {
     work.iter()
         .map(|w| {
             (
@@ -64,6 +70,14 @@ fn by_runner(work: &[Work]) -> BTreeMap<String, Row> {
                     w.due_at.as_second(),
                     w.status,
                     w.born_ended,
+                    match (w.kind, &w.held_by) {
+                        ("task", None) => home.to_string(),
+                        ("task", Some(referral)) => holders
+                            .get(referral)
+                            .cloned()
+                            .unwrap_or_else(|| format!("no institution accepted {referral}")),
+                        _ => String::new(),
+                    },
                 ),
             )
         })
@@ -136,6 +150,9 @@ async fn stored(pool: &Pool, enrolment: i64) -> Vec<Stored> {
             ["scale", push, "critical", item] => {
                 format!("scale:{}:critical:{item}", pushes[*push])
             }
+            ["scale", push, "reminder", n] => {
+                format!("scale:{}:reminder:{n}", pushes[*push])
+            }
             _ => ours(key),
         }
     };
@@ -163,7 +180,11 @@ async fn stored(pool: &Pool, enrolment: i64) -> Vec<Stored> {
                 id: r.i64(0),
                 key: key_of(r.text(1)),
                 kind,
-                name: r.text(2),
+                // A reminder chain's task names its push by id; the runner by key.
+                name: match r.text(2).strip_prefix("scale_push:") {
+                    Some(push) => format!("scale_push:{}", pushes[push]),
+                    None => r.text(2),
+                },
                 due: r.i64(3),
                 status: status_of(kind, &r.text(4)),
                 role: r.text(5),
@@ -193,6 +214,8 @@ struct Replay<'a> {
     enrolment: i64,
     /// Keys first seen cancelled: born ended.
     born_ended: BTreeMap<String, bool>,
+    /// The institution that accepted each referral, by the runner's key.
+    accepted_by: BTreeMap<String, String>,
 }
 
 impl Replay<'_> {
@@ -209,7 +232,7 @@ impl Replay<'_> {
     }
 
     /// Records one input as the admin API records it.
-    async fn record(&self, input: &Input, at: Timestamp) {
+    async fn record(&mut self, input: &Input, at: Timestamp) {
         let home = caller(&self.home, &[]);
         let rows = stored(self.pool, self.enrolment).await;
         let done = match input {
@@ -288,6 +311,9 @@ impl Replay<'_> {
                 };
                 let reason = (*decision == pathway_test::Decision::Reject)
                     .then_some("declined in a pathway test");
+                if *decision == pathway_test::Decision::Accept {
+                    self.accepted_by.insert(referral.clone(), deciding.clone());
+                }
                 queries::decide_referral(
                     self.pool,
                     &caller(&deciding, &[]),
@@ -405,6 +431,7 @@ async fn replay(
         home: home.into(),
         enrolment: 0,
         born_ended: BTreeMap::new(),
+        accepted_by: BTreeMap::new(),
     };
     let case = &played.case;
     for (i, step) in played.steps.iter().enumerate() {
@@ -442,13 +469,17 @@ async fn replay(
             step.status.as_str()
         );
     }
-    let ours = by_runner(&played.work);
+    let ours = by_runner(&played.work, &r.accepted_by, &r.home);
     let theirs: BTreeMap<String, Row> = stored(pool, r.enrolment)
         .await
         .into_iter()
         .map(|s| {
             let born = r.born_ended.get(&s.key).copied().unwrap_or(false);
-            (s.key, (s.kind, s.name, s.due, s.status, born))
+            let holder = match s.kind {
+                "task" => s.institution.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
+            (s.key, (s.kind, s.name, s.due, s.status, born, holder))
         })
         .collect();
     let keys: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
@@ -465,7 +496,7 @@ async fn replay(
         .collect();
     assert!(
         diffs.is_empty(),
-        "{backend}, case `{case}`: the work differs (kind, name, due, status, born ended):\n  {}",
+        "{backend}, case `{case}`: the work differs (kind, name, due, status, born ended, holder):\n  {}",
         diffs.join("\n  ")
     );
     let reminders = support::scalar(

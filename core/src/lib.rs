@@ -10,6 +10,7 @@
 pub mod alarms;
 pub mod calendar;
 pub mod charlson;
+pub mod delivery;
 pub mod facts;
 pub mod indicators;
 pub mod observations;

@@ -1171,8 +1171,83 @@ impl Scales {
     }
 }
 
+/// A push's reminders in the order they fall due: its plain reminders (a message over the
+/// patient's preferred channel with the standard template, `None`) and its chain's steps, by
+/// instant, plain ones first at the same instant. The store keeps them in this order and its
+/// sweep, like `carepath test`, numbers them from 1 in it.
+pub fn reminder_steps(
+    plain: &[Timestamp],
+    chain: &[(Timestamp, carepath_dsl::ReminderBy)],
+) -> Vec<(Timestamp, Option<carepath_dsl::ReminderBy>)> {
+    let mut all: Vec<(Timestamp, Option<carepath_dsl::ReminderBy>)> = plain
+        .iter()
+        .map(|t| (*t, None))
+        .chain(chain.iter().map(|(t, by)| (*t, Some(by.clone()))))
+        .collect();
+    all.sort_by_key(|(t, _)| *t);
+    all
+}
+
+/// What a scheduler pass does with one pending push's reminders at one instant (the store's
+/// sweep, and `carepath test` playing it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReminderPlan {
+    /// The reminder to send now (0-based, in time order), if any is due.
+    pub send: Option<usize>,
+    /// Due reminders passed over for a later one that is due too.
+    pub skipped: usize,
+    /// Reminders handled once this is done.
+    pub sent: usize,
+    /// When the next reminder is due.
+    pub next: Option<i64>,
+}
+
+/// `times` in order, `sent` of them already handled: the reminders due at `now` are a run from
+/// `sent` on, and only the latest of them is sent.
+pub fn plan_reminders(times: &[i64], sent: usize, now: i64) -> ReminderPlan {
+    let due_until = times.partition_point(|t| *t <= now).max(sent);
+    ReminderPlan {
+        send: (due_until > sent).then(|| due_until - 1),
+        skipped: due_until.saturating_sub(sent).saturating_sub(1),
+        sent: due_until,
+        next: times.get(due_until).copied(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    fn plan(send: Option<usize>, skipped: usize, sent: usize, next: Option<i64>) -> ReminderPlan {
+        ReminderPlan {
+            send,
+            skipped,
+            sent,
+            next,
+        }
+    }
+
+    #[test]
+    fn reminders_are_planned_once_each_in_time_order() {
+        let times = [100, 200, 300];
+        assert_eq!(plan_reminders(&times, 0, 99), plan(None, 0, 0, Some(100)));
+        assert_eq!(
+            plan_reminders(&times, 0, 100),
+            plan(Some(0), 0, 1, Some(200))
+        );
+        // Handled: nothing again at the same instant, or before the next one.
+        assert_eq!(plan_reminders(&times, 1, 100), plan(None, 0, 1, Some(200)));
+        assert_eq!(plan_reminders(&times, 1, 199), plan(None, 0, 1, Some(200)));
+        assert_eq!(
+            plan_reminders(&times, 1, 200),
+            plan(Some(1), 0, 2, Some(300))
+        );
+        // After downtime only the latest due one goes; the others are skipped.
+        assert_eq!(plan_reminders(&times, 0, 301), plan(Some(2), 2, 3, None));
+        assert_eq!(plan_reminders(&times, 3, 10_000), plan(None, 0, 3, None));
+        assert_eq!(plan_reminders(&[], 0, 10_000), plan(None, 0, 0, None));
+        // Two reminders at the same instant count as one due run.
+        assert_eq!(plan_reminders(&[50, 50], 0, 50), plan(Some(1), 1, 2, None));
+    }
+
     use std::path::PathBuf;
     use std::sync::OnceLock;
 

@@ -307,13 +307,16 @@ impl Run<'_> {
         for (i, action) in state.on_enter.iter().enumerate() {
             let key = format!("e{}:{}:{}", self.e.id, seq, i);
             if let Some(produced) = self.make(action, at)? {
-                self.out.push(Emitted {
-                    key,
-                    state: state.id.clone(),
-                    state_seq: seq,
-                    at,
-                    action: produced,
-                });
+                self.emit(
+                    action,
+                    Emitted {
+                        key,
+                        state: state.id.clone(),
+                        state_seq: seq,
+                        at,
+                        action: produced,
+                    },
+                );
             }
         }
         if state.terminal {
@@ -348,6 +351,31 @@ impl Run<'_> {
         });
         self.trace
             .push(format!("enrolment withdrawn in `{}`", self.e.state));
+    }
+
+    /// Adds what `action` made to the outcome. A scale push sent as a message brings its
+    /// message with it: a follow-up at the push's instant, keyed `<push key>:invite` and named
+    /// by the push's id, so whatever ends or cancels the push's work ends an unsent message too.
+    fn emit(&mut self, action: &Action, made: Emitted) {
+        let invite = match action {
+            Action::Scale(s) => s.invite.as_ref().map(|i| (i, s.id.clone())),
+            _ => None,
+        };
+        let message = invite.map(|(i, id)| Emitted {
+            key: format!("{}:invite", made.key),
+            state: made.state.clone(),
+            state_seq: made.state_seq,
+            at: made.at,
+            action: Produced::FollowUp {
+                follow_up_ref: id,
+                channels: i.channels.clone(),
+                template: i.template.clone(),
+                send_at: made.at,
+                urgent: false,
+            },
+        });
+        self.out.push(made);
+        self.out.extend(message);
     }
 
     /// What one action makes at `at` (`None` for an assignment, which is applied at once).
@@ -650,13 +678,16 @@ impl Run<'_> {
             .push(format!("{at}: occurrence {n} of schedule `{}`", sc.id));
         for (i, action) in sc.actions.iter().enumerate() {
             if let Some(produced) = self.make(action, at)? {
-                self.out.push(Emitted {
-                    key: format!("e{}:{}:{}#{n}:{i}", self.e.id, seq, sc.id),
-                    state: self.e.state.clone(),
-                    state_seq: seq,
-                    at,
-                    action: produced,
-                });
+                self.emit(
+                    action,
+                    Emitted {
+                        key: format!("e{}:{}:{}#{n}:{i}", self.e.id, seq, sc.id),
+                        state: self.e.state.clone(),
+                        state_seq: seq,
+                        at,
+                        action: produced,
+                    },
+                );
             }
         }
         Ok(())
@@ -1612,5 +1643,56 @@ mod schedule_tests {
                 "{date} is a working day"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod invite_tests {
+    use super::tests::{program, ts};
+    use super::*;
+
+    const PATHWAY: &str = "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+        entry_points:\n  - { id: start, state: home }\nstates:\n\
+        \x20 - id: home\n    phase: follow_up\n    on_enter:\n\
+        \x20     - scale: { id: mood, scale: phq9, due: 3d, channels: [wechat, sms], template: phq9_invitation }\n\
+        \x20     - scale: { scale: gad7, due: 3d }\n\
+        \x20   transitions:\n      - { after: 30d, to: end }\n\
+        \x20 - id: end\n    phase: closed\n    terminal: true\n";
+
+    /// A push that names its channels and template is sent as a message at the instant it is
+    /// made, named by the push's id; a push without them sends nothing.
+    #[test]
+    fn a_push_with_channels_and_a_template_is_sent_as_it_is_made() {
+        let prog = program(PATHWAY);
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let out =
+            enrol(&prog, 7, "start", "UTC", &PatientFacts::default(), &[], t0).expect("enrols");
+        let kinds: Vec<(&str, &str)> = out
+            .actions
+            .iter()
+            .map(|a| (a.action.kind(), a.key.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("scale_push", "e7:1:0"),
+                ("follow_up", "e7:1:0:invite"),
+                ("scale_push", "e7:1:1"),
+            ]
+        );
+        let Produced::FollowUp {
+            follow_up_ref,
+            channels,
+            template,
+            send_at,
+            urgent,
+        } = &out.actions[1].action
+        else {
+            panic!("a message");
+        };
+        assert_eq!(follow_up_ref.as_deref(), Some("mood"));
+        assert_eq!(channels, &[Channel::Wechat, Channel::Sms]);
+        assert_eq!(template, "phq9_invitation");
+        assert_eq!((*send_at, *urgent), (t0, false));
     }
 }

@@ -1669,7 +1669,15 @@ impl<'a> Lowerer<'a> {
         let f = self.fields(
             node,
             "a scale push",
-            &["id", "scale", "due", "reminders", "expires"],
+            &[
+                "id",
+                "scale",
+                "due",
+                "reminders",
+                "expires",
+                "channels",
+                "template",
+            ],
         )?;
         let id = Self::opt(&f, "id").and_then(|n| self.action_id(n));
         let mut chain = Vec::new();
@@ -1692,6 +1700,26 @@ impl<'a> Lowerer<'a> {
             }
         }
         let expires = Self::opt(&f, "expires").and_then(|n| self.duration(n));
+        let invite = match (Self::opt(&f, "channels"), Self::opt(&f, "template")) {
+            (None, None) => None,
+            (Some(c), Some(t)) => {
+                let channels = self.channels(c);
+                let template = self.ident(t, "template id");
+                match (channels.is_empty(), template) {
+                    (false, Some(template)) => Some(Invite { channels, template }),
+                    _ => None,
+                }
+            }
+            (Some(n), None) | (None, Some(n)) => {
+                self.err(
+                    Code::MissingKey,
+                    n.pos,
+                    "a scale push sent as a message names both its `channels` and its `template`",
+                    "add the missing one, e.g. `channels: [wechat, sms], template: epds_invitation`, or drop both to leave the push in the app",
+                );
+                None
+            }
+        };
         Some(ScalePushSpec {
             id,
             scale: scale?,
@@ -1699,6 +1727,7 @@ impl<'a> Lowerer<'a> {
             reminders,
             expires,
             chain,
+            invite,
         })
     }
 

@@ -604,6 +604,17 @@ pub struct ScalePushSpec {
     /// cancelled the moment the push is answered (or expires, or its enrolment ends).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<ReminderStep>,
+    /// The message that brings the push to the patient when it is made, over named channels
+    /// with a named template; without it the patient finds the push in the app or portal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<Invite>,
+}
+
+/// A message sent with a scale push (`channels:` and `template:` on the push).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invite {
+    pub channels: Vec<Channel>,
+    pub template: String,
 }
 
 /// One step of a scale push's reminder chain.

@@ -132,18 +132,13 @@ pub(crate) fn stored_reminders(
     plain: &[Timestamp],
     chain: &[(Timestamp, carepath_dsl::ReminderBy)],
 ) -> (String, Option<i64>) {
-    let mut all: Vec<StoredReminder> = plain
-        .iter()
-        .map(|t| StoredReminder {
+    let all: Vec<StoredReminder> = carepath_core::scales::reminder_steps(plain, chain)
+        .into_iter()
+        .map(|(t, by)| StoredReminder {
             at: t.as_second(),
-            by: None,
+            by,
         })
-        .chain(chain.iter().map(|(t, by)| StoredReminder {
-            at: t.as_second(),
-            by: Some(by.clone()),
-        }))
         .collect();
-    all.sort_by_key(|r| r.at);
     let first = all.first().map(|r| r.at);
     let text = if chain.is_empty() {
         serde_json::to_string(&all.iter().map(|r| r.at).collect::<Vec<_>>())
@@ -171,30 +166,7 @@ fn reminder_times(text: &str) -> Vec<i64> {
     stored(text).into_iter().map(|r| r.at).collect()
 }
 
-/// What the sweep does with one push's reminders at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReminderPlan {
-    /// The reminder to send now (0-based, in time order), if any is due.
-    send: Option<usize>,
-    /// Due reminders passed over for a later one that is due too.
-    skipped: usize,
-    /// Reminders handled once this is done.
-    sent: usize,
-    /// When the next reminder is due.
-    next: Option<i64>,
-}
-
-/// `times` in order, `sent` of them already handled: the reminders due at `now` are a run from
-/// `sent` on, and only the latest of them is sent.
-fn plan_reminders(times: &[i64], sent: usize, now: i64) -> ReminderPlan {
-    let due_until = times.partition_point(|t| *t <= now).max(sent);
-    ReminderPlan {
-        send: (due_until > sent).then(|| due_until - 1),
-        skipped: due_until.saturating_sub(sent).saturating_sub(1),
-        sent: due_until,
-        next: times.get(due_until).copied(),
-    }
-}
+use carepath_core::scales::plan_reminders;
 
 /// A critical rule that fired, with the urgent task it raised.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -686,38 +658,6 @@ async fn remind_batch(pool: &Pool, now: Timestamp, out: &mut ScaleSweep) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plan(send: Option<usize>, skipped: usize, sent: usize, next: Option<i64>) -> ReminderPlan {
-        ReminderPlan {
-            send,
-            skipped,
-            sent,
-            next,
-        }
-    }
-
-    #[test]
-    fn reminders_are_planned_once_each_in_time_order() {
-        let times = [100, 200, 300];
-        assert_eq!(plan_reminders(&times, 0, 99), plan(None, 0, 0, Some(100)));
-        assert_eq!(
-            plan_reminders(&times, 0, 100),
-            plan(Some(0), 0, 1, Some(200))
-        );
-        // Handled: nothing again at the same instant, or before the next one.
-        assert_eq!(plan_reminders(&times, 1, 100), plan(None, 0, 1, Some(200)));
-        assert_eq!(plan_reminders(&times, 1, 199), plan(None, 0, 1, Some(200)));
-        assert_eq!(
-            plan_reminders(&times, 1, 200),
-            plan(Some(1), 0, 2, Some(300))
-        );
-        // After downtime only the latest due one goes; the others are skipped.
-        assert_eq!(plan_reminders(&times, 0, 301), plan(Some(2), 2, 3, None));
-        assert_eq!(plan_reminders(&times, 3, 10_000), plan(None, 0, 3, None));
-        assert_eq!(plan_reminders(&[], 0, 10_000), plan(None, 0, 0, None));
-        // Two reminders at the same instant count as one due run.
-        assert_eq!(plan_reminders(&[50, 50], 0, 50), plan(Some(1), 1, 2, None));
-    }
 
     #[test]
     fn reminder_times_are_sorted_and_unreadable_text_is_none() {

@@ -23,6 +23,8 @@ struct Wanted<'a> {
     to: Option<&'a str>,
     due: Option<&'a str>,
     status: Option<&'a str>,
+    held_by: Option<&'a str>,
+    sent: Option<&'a str>,
 }
 
 impl Wanted<'_> {
@@ -45,6 +47,8 @@ impl Wanted<'_> {
             ("to", self.to),
             ("due", self.due),
             ("status", self.status),
+            ("held by", self.held_by),
+            ("sent", self.sent),
         ] {
             if let Some(v) = v {
                 parts.push(format!("{label} {v}"));
@@ -85,6 +89,7 @@ pub(super) fn check(x: &Expect, w: &World<'_>) -> Vec<String> {
             priority: task.priority.as_deref(),
             due: task.due.as_deref(),
             status: task.status.as_deref(),
+            held_by: task.held_by.as_deref(),
             ..Default::default()
         });
     }
@@ -95,6 +100,7 @@ pub(super) fn check(x: &Expect, w: &World<'_>) -> Vec<String> {
             channel: f.channel.as_deref(),
             due: f.due.as_deref(),
             status: f.status.as_deref(),
+            sent: f.sent.as_deref(),
             ..Default::default()
         });
     }
@@ -200,6 +206,24 @@ pub(super) fn check(x: &Expect, w: &World<'_>) -> Vec<String> {
             }
         ));
     }
+    if let Some(o) = &x.occurrence {
+        fails.extend(occurrence(o, w));
+    }
+    if let Some(a) = &x.alarm {
+        fails.extend(alarm(a, w));
+    }
+    if let Some(id) = &x.no_alarm
+        && let Some(n) = w.episodes_opened.get(id)
+    {
+        fails.push(format!(
+            "expected no episode of alarm `{id}`, but {n} opened ({})",
+            if w.episodes.contains(id) {
+                "one is open"
+            } else {
+                "none is open now"
+            }
+        ));
+    }
     if let Some(vars) = &x.var {
         for (name, want) in vars {
             let got = e
@@ -222,6 +246,81 @@ pub(super) fn check(x: &Expect, w: &World<'_>) -> Vec<String> {
     fails
 }
 
+/// The work occurrence `n` of a schedule made (keys `…:<schedule>#<n>:…`), not born ended.
+fn occurrence(o: &super::format::OccurrenceExpect, w: &World<'_>) -> Option<String> {
+    let mark = format!(":{}#{}:", o.schedule, o.n);
+    let made = match o.made.as_deref().map(|m| instant(w.start, m, &w.tz)) {
+        Some(Err(e)) => return Some(format!("`made`: {e}")),
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let of_it: Vec<&Item> = w
+        .items
+        .iter()
+        .filter(|it| !it.born_ended && it.made.key.contains(&mark))
+        .collect();
+    if of_it.iter().any(|it| made.is_none_or(|m| it.made.at == m)) {
+        return None;
+    }
+    let so_far: Vec<String> = w
+        .items
+        .iter()
+        .filter(|it| !it.born_ended && it.made.key.contains(&format!(":{}#", o.schedule)))
+        .filter_map(|it| {
+            let n = it.made.key.split(&format!(":{}#", o.schedule)).nth(1)?;
+            Some(format!(
+                "#{} at {}",
+                n.split(':').next().unwrap_or(n),
+                local(it.made.at, &w.tz)
+            ))
+        })
+        .collect();
+    Some(format!(
+        "expected occurrence {} of schedule `{}`{}; its occurrences so far: {}",
+        o.n,
+        o.schedule,
+        made.map(|m| format!(" made at {}", local(m, &w.tz)))
+            .unwrap_or_default(),
+        if so_far.is_empty() {
+            "none".into()
+        } else {
+            so_far.join(", ")
+        }
+    ))
+}
+
+/// An alarm's episodes as the store keeps them: one open at most, counted as opened.
+fn alarm(a: &super::format::AlarmExpect, w: &World<'_>) -> Vec<String> {
+    let opened = w.episodes_opened.get(&a.id).copied().unwrap_or(0);
+    let open = w.episodes.contains(&a.id);
+    let now = match (open, opened) {
+        (true, _) => "open",
+        (false, 0) => "never raised",
+        (false, _) => "closed",
+    };
+    let mut fails = Vec::new();
+    match a.status.as_deref() {
+        None => {}
+        Some(s @ ("open" | "closed")) if s != now => fails.push(format!(
+            "expected alarm `{}` {s}, but it is {now} ({opened} episode(s) opened)",
+            a.id
+        )),
+        Some("open" | "closed") => {}
+        Some(other) => fails.push(format!(
+            "`alarm: {{ status: {other} }}`: an alarm's status is `open` or `closed`"
+        )),
+    }
+    if let Some(n) = a.episodes
+        && n != opened
+    {
+        fails.push(format!(
+            "expected {n} episode(s) of alarm `{}`, found {opened} (it is {now})",
+            a.id
+        ));
+    }
+    fails
+}
+
 fn plural(kind: &str) -> &'static str {
     match kind {
         "task" => "tasks",
@@ -239,6 +338,17 @@ fn find(want: &Wanted<'_>, w: &World<'_>) -> Result<bool, String> {
         .map(|d| instant(w.start, d, &w.tz).map_err(|e| format!("`due`: {e}")))
         .transpose()?;
     let status = want.status.map(WorkStatus::parse).transpose()?;
+    let sent = want
+        .sent
+        .map(|d| instant(w.start, d, &w.tz).map_err(|e| format!("`sent`: {e}")))
+        .transpose()?;
+    if let Some(h) = want.held_by
+        && !matches!(h, "enrolling" | "receiving")
+    {
+        return Err(format!(
+            "`held_by: {h}`: a task is held by the `enrolling` or the `receiving` institution"
+        ));
+    }
     if want.kind == "referral"
         && let Some(d) = want.name
         && !matches!(d, "up" | "down")
@@ -254,6 +364,10 @@ fn find(want: &Wanted<'_>, w: &World<'_>) -> Result<bool, String> {
             want.name.is_none_or(|n| it.name() == n)
                 && due.is_none_or(|d| it.due_at() == d)
                 && status.is_none_or(|s| it.status == s)
+                && sent.is_none_or(|s| w.sent_at(it) == s)
+                && want
+                    .held_by
+                    .is_none_or(|h| (h == "receiving") == it.held_by.is_some())
                 && details_match(it, want)
         }))
 }
@@ -442,5 +556,177 @@ mod tests {
         assert!(f[0].contains("`finished` is not a status"), "{f:?}");
         let f = failures("  []", "  - { at: 1h, task: { id: call, due: tomorrow } }");
         assert!(f[0].contains("`due`") && f[0].contains("tomorrow"), "{f:?}");
+    }
+
+    #[test]
+    fn an_alarm_is_open_closed_or_never_raised() {
+        holds(
+            "  - { at: 1d, observation: { bp_systolic: 186 } }",
+            "  - { at: 2h, no_alarm: bp_crisis }\n\
+             \x20 - { at: 1d, alarm: { id: bp_crisis, status: open, episodes: 1 } }",
+        );
+        fails(
+            "  - { at: 1d, observation: { bp_systolic: 186 } }",
+            "  - { at: 1d, alarm: { id: bp_crisis, status: closed } }",
+            &["expected alarm `bp_crisis` closed, but it is open (1 episode(s) opened)"],
+        );
+        fails(
+            "  - { at: 1d, observation: { bp_systolic: 186 } }",
+            "  - { at: 2d, no_alarm: bp_crisis }",
+            &["expected no episode of alarm `bp_crisis`, but 1 opened (one is open)"],
+        );
+        fails(
+            "  []",
+            "  - { at: 1d, alarm: { id: bp_crisis, episodes: 1 } }",
+            &["expected 1 episode(s) of alarm `bp_crisis`, found 0 (it is never raised)"],
+        );
+    }
+
+    /// A case of `PATHWAY` (written in full) with its own quiet hours.
+    fn quiet(hours: &str, expect: &str) -> Vec<String> {
+        let mut case = crate::pathway_test::testing::case("  []", expect);
+        case.quiet_hours = Some(hours.into());
+        let played =
+            crate::pathway_test::play_case(&crate::pathway_test::testing::program(), &case);
+        let mut out = played.errors;
+        out.extend(played.failures);
+        out
+    }
+
+    #[test]
+    fn a_message_due_in_quiet_hours_is_sent_at_their_end() {
+        // `welcome` is due on day 1 at 18:00: outside the default 21:00-08:00.
+        assert!(
+            quiet(
+                "21:00-08:00",
+                "  - { at: 1d, follow_up: { template: welcome, sent: 1d 18:00 } }"
+            )
+            .is_empty()
+        );
+        assert!(
+            quiet(
+                "17:00-07:30",
+                "  - { at: 1d, follow_up: { template: welcome, due: 1d 18:00, sent: 2d 07:30 } }"
+            )
+            .is_empty()
+        );
+        let f = quiet(
+            "17:00-07:30",
+            "  - { at: 1d, follow_up: { template: welcome, sent: 1d 18:00 } }",
+        );
+        assert!(
+            f.len() == 1 && f[0].contains("(sent 2026-03-04T07:30:00+08:00, after quiet hours)"),
+            "{f:?}"
+        );
+        assert!(
+            quiet(
+                "off",
+                "  - { at: 1d, follow_up: { template: welcome, sent: 1d 18:00 } }"
+            )
+            .is_empty()
+        );
+        let f = quiet("late", "  - { at: 1d, state: home }");
+        assert!(
+            f[0].contains("`quiet_hours`") && f[0].contains("HH:MM-HH:MM"),
+            "{f:?}"
+        );
+    }
+
+    /// A schedule and a downward referral that hands the nurse's work to the community.
+    const HANDOVER: &str = r#"pathway: h
+version: 1
+title: { zh: 交接, en: Handover }
+owner_role: nurse
+roles: [nurse, doctor]
+entry_points: [{ id: start, state: home }]
+states:
+  - id: home
+    phase: follow_up
+    on_enter:
+      - task: { id: visit, role: nurse, title: { zh: 家访, en: Visit }, due: 20d }
+      - task: { id: plan, role: doctor, title: { zh: 计划, en: Plan }, due: 20d }
+      - referral: { direction: down, to: community_clinic, accept_within: 24h, moves: [nurse] }
+    schedules:
+      - id: weekly
+        first: { after: 7d, at: "09:00" }
+        every: 7d
+        count: 3
+        actions:
+          - task: { id: weekly_call, role: nurse, title: { zh: 周访, en: Weekly call }, due: 1d }
+    transitions:
+      - { after: 60d, to: done }
+  - { id: done, phase: closed, terminal: true }
+"#;
+
+    fn handover(given: &str, expect: &str) -> Vec<String> {
+        let compiled = carepath_dsl::compile_yaml(
+            "h.yaml",
+            HANDOVER.as_bytes(),
+            std::path::Path::new("."),
+            &carepath_dsl::FsLoader,
+        );
+        let pathway = crate::program::into_pathway(compiled).expect("a valid pathway");
+        let source = crate::program::Source::new("h.yaml", HANDOVER.into(), &pathway);
+        let prog = crate::program::Programs::default()
+            .insert(pathway, source)
+            .expect("compiles");
+        let played = crate::pathway_test::play_case(
+            &prog,
+            &crate::pathway_test::testing::case(given, expect),
+        );
+        let mut out = played.errors;
+        out.extend(played.failures);
+        out
+    }
+
+    #[test]
+    fn occurrences_are_found_by_number_and_instant() {
+        let f = handover(
+            "  []",
+            "  - { at: 15d, occurrence: { schedule: weekly, n: 2, made: 14d 09:00 } }\n\
+             \x20 - { at: 30d, occurrence: { schedule: weekly, n: 3 } }",
+        );
+        assert!(f.is_empty(), "{f:?}");
+        let f = handover(
+            "  []",
+            "  - { at: 15d, occurrence: { schedule: weekly, n: 3 } }",
+        );
+        assert!(
+            f.len() == 1
+                && f[0].contains("expected occurrence 3 of schedule `weekly`")
+                && f[0]
+                    .contains("#1 at 2026-03-09T09:00:00+08:00, #2 at 2026-03-16T09:00:00+08:00"),
+            "{f:?}"
+        );
+        let f = handover(
+            "  []",
+            "  - { at: 15d, occurrence: { schedule: weekly, n: 2, made: 14d 10:00 } }",
+        );
+        assert!(
+            f.len() == 1 && f[0].contains("made at 2026-03-16T10:00:00+08:00"),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn an_accepted_referral_moves_the_roles_it_names_with_their_open_and_later_tasks() {
+        let f = handover(
+            "  - { at: 2d, referral: accept }",
+            "  - { at: 1d, task: { id: visit, held_by: enrolling } }\n\
+             \x20 - { at: 2d, task: { id: visit, held_by: receiving } }\n\
+             \x20 - { at: 2d, task: { id: plan, held_by: enrolling } }\n\
+             \x20 - { at: 8d, task: { id: weekly_call, held_by: receiving } }",
+        );
+        assert!(f.is_empty(), "{f:?}");
+        let f = handover(
+            "  []",
+            "  - { at: 8d, task: { id: weekly_call, held_by: receiving } }",
+        );
+        assert!(
+            f.len() == 1 && f[0].contains("expected a task `weekly_call` held by receiving"),
+            "{f:?}"
+        );
+        let f = handover("  []", "  - { at: 1d, task: { id: visit, held_by: home } }");
+        assert!(f[0].contains("`held_by: home`"), "{f:?}");
     }
 }

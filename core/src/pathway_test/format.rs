@@ -30,6 +30,9 @@ pub struct Case {
     pub given: Vec<Given>,
     #[serde(default)]
     pub expect: Vec<Expect>,
+    /// The dispatcher's quiet hours that `sent:` assertions apply (`21:00-08:00`, or `off`); the
+    /// dispatcher's default when not given.
+    pub quiet_hours: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +164,28 @@ pub struct Expect {
     pub no_referral: Option<String>,
     pub risk: Option<String>,
     pub var: Option<BTreeMap<String, serde_json::Value>>,
+    pub occurrence: Option<OccurrenceExpect>,
+    pub alarm: Option<AlarmExpect>,
+    pub no_alarm: Option<String>,
+}
+
+/// The work occurrence `n` of schedule `schedule` made: it exists (and was made at `made`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OccurrenceExpect {
+    pub schedule: String,
+    pub n: u32,
+    pub made: Option<String>,
+}
+
+/// An alarm's episodes: `open` (one is open now) or `closed` (episodes were opened, none is
+/// open now), and how many were opened so far.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmExpect {
+    pub id: String,
+    pub status: Option<String>,
+    pub episodes: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +196,9 @@ pub struct TaskExpect {
     pub priority: Option<String>,
     pub due: Option<String>,
     pub status: Option<String>,
+    /// `enrolling` (the institution the patient was enrolled at) or `receiving` (the institution
+    /// an accepted referral moved the task's role, or the whole enrolment, to).
+    pub held_by: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +208,9 @@ pub struct FollowUpExpect {
     pub channel: Option<String>,
     pub due: Option<String>,
     pub status: Option<String>,
+    /// When the dispatcher may first send it: its send time, moved past quiet hours in the
+    /// patient's zone.
+    pub sent: Option<String>,
 }
 
 /// `scale_push: epds`, or with its due time and status.

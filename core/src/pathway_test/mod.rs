@@ -168,6 +168,20 @@ fn play(prog: &Program, case: &Case, report: &mut Report) -> Played {
             return played;
         }
     };
+    match case
+        .quiet_hours
+        .as_deref()
+        .map(crate::delivery::QuietHours::parse)
+    {
+        None => {}
+        Some(Ok(q)) => w.quiet = q,
+        Some(Err(e)) => {
+            played
+                .errors
+                .push(format!("case `{name}`: `quiet_hours`: {e}"));
+            return played;
+        }
+    }
     if !case.vars.is_empty() {
         played
             .outside_production
@@ -503,6 +517,8 @@ mod doc_tests {
         keys.extend(keys_of::<FollowUpExpect>());
         keys.extend(keys_of::<PushSpec>());
         keys.extend(keys_of::<ReferralSpec>());
+        keys.extend(keys_of::<format::OccurrenceExpect>());
+        keys.extend(keys_of::<format::AlarmExpect>());
         assert!(keys.len() > 40, "{keys:?}");
         for k in keys {
             assert!(

@@ -129,6 +129,9 @@ pub struct Work {
     /// was made, or later in a catch-up), so it never reached a board or the patient.
     pub born_ended: bool,
     pub made_at: Timestamp,
+    /// For a task an accepted referral moved to its receiving institution (or that was made
+    /// there), the key of that referral; `None` while it stays where the patient was enrolled.
+    pub held_by: Option<String>,
 }
 
 /// Where a piece of work stands.
@@ -185,6 +188,11 @@ pub(super) struct Item {
     pub(super) born_ended: bool,
     /// An armed alarm rule's state in the core's rule machine (`crate::alarms`), once judged.
     alarm: Option<AlarmState>,
+    /// A task's institution: `None` for the one the patient was enrolled at, else the accepted
+    /// referral that moved the task's role (or the whole enrolment) away.
+    pub(super) held_by: Option<String>,
+    /// A push's reminders handled so far (`scale_pushes.reminders_sent`).
+    reminders_sent: usize,
 }
 
 impl Item {
@@ -233,6 +241,32 @@ struct GoalRow {
 struct TestSink<'a> {
     items: &'a mut Vec<Item>,
     risks: &'a mut Vec<RiskResult>,
+    owners: &'a Owners,
+}
+
+/// Who holds the enrolment's work after accepted referrals (`store::queries::move_ownership`):
+/// each named by the key of the referral that moved it; nothing moved, the enrolling institution.
+#[derive(Debug, Default)]
+pub(super) struct Owners {
+    /// A referral that moved the whole enrolment, and with it every role.
+    enrolment: Option<String>,
+    /// Roles a referral's `moves` handed over.
+    roles: BTreeMap<String, String>,
+}
+
+impl Owners {
+    /// Where a task of `role` made now goes.
+    fn of(&self, role: &str) -> Option<String> {
+        self.roles.get(role).or(self.enrolment.as_ref()).cloned()
+    }
+
+    /// The holder of a task the step made, or `None` for any other work.
+    fn of_task(&self, made: &Produced) -> Option<String> {
+        match made {
+            Produced::Task { role, .. } => self.of(role),
+            _ => None,
+        }
+    }
 }
 
 impl OutcomeSink for TestSink<'_> {
@@ -270,6 +304,8 @@ impl OutcomeSink for TestSink<'_> {
             },
             born_ended: ended.is_some(),
             alarm: None,
+            held_by: self.owners.of_task(&a.action),
+            reminders_sent: 0,
         });
     }
 
@@ -318,7 +354,12 @@ pub(super) struct World<'a> {
     goals: Vec<GoalRow>,
     readings: Vec<GroupedReading>,
     /// Alarms with an open episode: at most one per alarm of the enrolment.
-    episodes: Vec<String>,
+    pub(super) episodes: Vec<String>,
+    /// Episodes opened so far, by alarm.
+    pub(super) episodes_opened: BTreeMap<String, u32>,
+    pub(super) owners: Owners,
+    /// The dispatcher's quiet hours, for when a follow-up may first be sent.
+    pub(super) quiet: Option<crate::delivery::QuietHours>,
     goal_conditions: ConditionCache,
     pub(super) steps: Vec<Stepped>,
 }
@@ -357,6 +398,9 @@ impl<'a> World<'a> {
                 .collect(),
             readings: Vec::new(),
             episodes: Vec::new(),
+            episodes_opened: BTreeMap::new(),
+            owners: Owners::default(),
+            quiet: Some(crate::delivery::DEFAULT_QUIET_HOURS),
             goal_conditions: ConditionCache::new(ConditionKind::GoalReading),
             steps: Vec::new(),
         };
@@ -387,6 +431,7 @@ impl<'a> World<'a> {
             &mut TestSink {
                 items: &mut self.items,
                 risks: &mut self.facts.risks,
+                owners: &self.owners,
             },
         );
         for a in &out.actions {
@@ -400,6 +445,7 @@ impl<'a> World<'a> {
         }
         self.wake = out.next_wake;
         self.enrolment = out.enrolment;
+        self.settle_reminders();
     }
 
     /// A scheduler pass at `t` (`scheduler::run_pass`): goals due, then rounds of scale-push
@@ -408,8 +454,9 @@ impl<'a> World<'a> {
         self.goals_due(t);
         for round in 0..MAX_SWEEP_ROUNDS {
             let expired = self.expire(t);
+            let reminded = self.remind(t);
             let silent = self.silence(t);
-            if round > 0 && expired == 0 && silent == 0 {
+            if round > 0 && expired == 0 && reminded == 0 && silent == 0 {
                 break;
             }
             self.step(t, report)?;
@@ -486,7 +533,86 @@ impl<'a> World<'a> {
             let name = format!("scale_expired:{}", self.items[*i].name());
             self.add_event(name, *at);
         }
+        self.settle_reminders();
         due.len()
+    }
+
+    /// The reminders of pending pushes due by `t` (`store::scales::scale_push_sweep`): of each
+    /// push only the latest due one is made (`scales::plan_reminders`). A chain's task step is a
+    /// kept task on its role's board, keyed `scale:<push>:reminder:<n>`; messages are not played.
+    /// Returns how many reminders were made.
+    fn remind(&mut self, t: Timestamp) -> usize {
+        let mut made = 0;
+        for i in 0..self.items.len() {
+            let it = &self.items[i];
+            let Produced::ScalePush {
+                reminders, chain, ..
+            } = &it.made.action
+            else {
+                continue;
+            };
+            if !it.open() || it.born_ended {
+                continue;
+            }
+            let steps = crate::scales::reminder_steps(reminders, chain);
+            let times: Vec<i64> = steps.iter().map(|(at, _)| at.as_second()).collect();
+            let plan = crate::scales::plan_reminders(&times, it.reminders_sent, t.as_second());
+            self.items[i].reminders_sent = plan.sent;
+            let Some(last) = plan.send else { continue };
+            made += 1;
+            let (at, Some(carepath_dsl::ReminderBy::Task { role, title, due })) = &steps[last]
+            else {
+                continue;
+            };
+            let push = &self.items[i].made;
+            let task = Produced::Task {
+                task_ref: Some(format!("scale_push:{}", push.key)),
+                role: role.clone(),
+                title: title.clone(),
+                due_at: crate::time::add(*at, *due, &TimeZone::UTC),
+                priority: carepath_dsl::Priority::Normal,
+                sla: None,
+                keep: true,
+                covers_critical: None,
+            };
+            let made_item = Emitted {
+                key: format!("scale:{}:reminder:{}", push.key, last + 1),
+                state: push.state.clone(),
+                state_seq: push.state_seq,
+                at: *at,
+                action: task,
+            };
+            let held_by = self.owners.of_task(&made_item.action);
+            self.items.push(Item {
+                made: made_item,
+                status: WorkStatus::Open,
+                born_ended: false,
+                alarm: None,
+                held_by,
+                reminders_sent: 0,
+            });
+        }
+        made
+    }
+
+    /// The open tasks of a reminder chain whose push no longer waits for an answer (answered,
+    /// expired, ended) are cancelled (`store::scales::cancel_reminders_of`).
+    fn settle_reminders(&mut self) {
+        let ended: Vec<String> = self
+            .items
+            .iter()
+            .filter(|it| matches!(it.made.action, Produced::ScalePush { .. }) && !it.open())
+            .map(|it| format!("scale_push:{}", it.made.key))
+            .collect();
+        for it in self.items.iter_mut().filter(|it| it.open()) {
+            if let Produced::Task {
+                task_ref: Some(r), ..
+            } = &it.made.action
+                && ended.contains(r)
+            {
+                it.status = WorkStatus::Cancelled;
+            }
+        }
     }
 
     /// Goals due at `t` are evaluated; an ended enrolment's goals are not evaluated again.
@@ -694,6 +820,7 @@ impl<'a> World<'a> {
             return;
         }
         self.episodes.push(spec.id.clone());
+        *self.episodes_opened.entry(spec.id.clone()).or_default() += 1;
         let key = format!("alarm:{}:episode:{n}", self.items[i].made.key);
         self.raise(key, crate::alarms::task(spec, t), t);
         self.add_event(format!("alarm:{}", spec.id), t);
@@ -701,6 +828,7 @@ impl<'a> World<'a> {
 
     /// A task the store raises itself (an alarm's, a critical item's), in the current state entry.
     fn raise(&mut self, key: String, task: Produced, t: Timestamp) {
+        let held_by = self.owners.of_task(&task);
         self.items.push(Item {
             made: Emitted {
                 key,
@@ -712,6 +840,8 @@ impl<'a> World<'a> {
             status: WorkStatus::Open,
             born_ended: false,
             alarm: None,
+            held_by,
+            reminders_sent: 0,
         });
     }
 
@@ -762,6 +892,7 @@ impl<'a> World<'a> {
                 )
             })?;
         self.items[push].status = WorkStatus::Done;
+        self.settle_reminders();
         let push_key = self.items[push].made.key.clone();
         for hit in &scored.critical {
             if let Some(task) = hit.task(&s.scale, t) {
@@ -835,11 +966,36 @@ impl<'a> World<'a> {
                 )
             })?;
         self.items[i].status = then;
+        if d == Decision::Accept
+            && let Produced::Referral { moves, .. } = &self.items[i].made.action
+        {
+            self.hand_over(self.items[i].made.key.clone(), moves.clone());
+        }
         self.add_event(d.event().to_string(), t);
         Ok(Input::Referral {
             referral: self.items[i].made.key.clone(),
             decision: d,
         })
+    }
+
+    /// An accepted referral hands work over (`store::queries::move_ownership`): the roles it
+    /// `moves`, or the whole enrolment when it names none; their open tasks go with them.
+    fn hand_over(&mut self, referral: String, moves: Vec<String>) {
+        if moves.is_empty() {
+            self.owners.enrolment = Some(referral.clone());
+            self.owners.roles.clear();
+        } else {
+            for role in &moves {
+                self.owners.roles.insert(role.clone(), referral.clone());
+            }
+        }
+        for it in self.items.iter_mut().filter(|it| it.open()) {
+            if let Produced::Task { role, .. } = &it.made.action
+                && (moves.is_empty() || moves.contains(role))
+            {
+                it.held_by = Some(referral.clone());
+            }
+        }
     }
 
     /// Withdraws the enrolment as `store::withdraw_tx` does: the event `withdrawn`, which the pass
@@ -855,6 +1011,7 @@ impl<'a> World<'a> {
                     &mut TestSink {
                         items: &mut self.items,
                         risks: &mut self.facts.risks,
+                        owners: &self.owners,
                     },
                 );
                 self.wake = None;
@@ -913,7 +1070,32 @@ impl<'a> World<'a> {
         } else {
             it.status.as_str()
         };
-        format!("{what} due {}, {status}", local(it.due_at(), &self.tz))
+        let sent = match &it.made.action {
+            Produced::FollowUp { .. } if self.sent_at(it) != it.due_at() => {
+                format!(
+                    " (sent {}, after quiet hours)",
+                    local(self.sent_at(it), &self.tz)
+                )
+            }
+            _ => String::new(),
+        };
+        let held = match (&it.made.action, &it.held_by) {
+            (Produced::Task { .. }, Some(_)) => ", held by the receiving institution",
+            _ => "",
+        };
+        format!(
+            "{what} due {}{sent}, {status}{held}",
+            local(it.due_at(), &self.tz)
+        )
+    }
+
+    /// When the dispatcher may first send a follow-up: its send time, or the end of the quiet
+    /// hours it falls in, on the patient's clock (`carepath_engine::delivery`).
+    pub(super) fn sent_at(&self, it: &Item) -> Timestamp {
+        let at = it.due_at();
+        self.quiet
+            .and_then(|q| q.next_allowed(at, &self.tz))
+            .unwrap_or(at)
     }
 
     /// The work as the store holds it now.
@@ -937,6 +1119,7 @@ impl<'a> World<'a> {
                 status: it.status,
                 born_ended: it.born_ended,
                 made_at: it.made.at,
+                held_by: it.held_by.clone(),
             })
             .collect()
     }

@@ -9,7 +9,6 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use jiff::civil::Time;
 use lettre::Tokio1Executor;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::AsyncSmtpTransport;
@@ -248,10 +247,7 @@ impl Default for DispatchSettings {
             backoff_base: 60,
             backoff_max: 3600,
             lease: 600,
-            quiet_hours: Some(QuietHours {
-                start: Time::constant(21, 0, 0, 0),
-                end: Time::constant(8, 0, 0, 0),
-            }),
+            quiet_hours: Some(super::policy::DEFAULT_QUIET_HOURS),
             daily_cap: 3,
             language: Lang::Zh,
             time_zone: "Asia/Shanghai".into(),
@@ -635,8 +631,8 @@ fn dispatch_settings(r: &RawDispatch, p: &mut Vec<String>) -> DispatchSettings {
     let quiet_hours = match r.quiet_hours.as_deref().map(str::trim) {
         None => d.quiet_hours,
         Some("off") | Some("none") | Some("") => None,
-        Some(s) => match parse_quiet(s) {
-            Ok(q) => Some(q),
+        Some(s) => match QuietHours::parse(s) {
+            Ok(q) => q,
             Err(e) => {
                 p.push(format!("dispatch.quiet_hours: {e}"));
                 None
@@ -675,31 +671,6 @@ fn dispatch_settings(r: &RawDispatch, p: &mut Vec<String>) -> DispatchSettings {
         language,
         time_zone,
     }
-}
-
-fn parse_quiet(s: &str) -> Result<QuietHours, String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("`{s}` is not written as HH:MM-HH:MM (e.g. 21:00-08:00) or off"))?;
-    let t = |x: &str| {
-        let x = x.trim();
-        let (h, m) = x
-            .split_once(':')
-            .ok_or_else(|| format!("`{x}` is not HH:MM"))?;
-        let (h, m): (i8, i8) = (
-            h.parse().map_err(|_| format!("`{x}` is not HH:MM"))?,
-            m.parse().map_err(|_| format!("`{x}` is not HH:MM"))?,
-        );
-        Time::new(h, m, 0, 0).map_err(|_| format!("`{x}` is not a time of day"))
-    };
-    let q = QuietHours {
-        start: t(a)?,
-        end: t(b)?,
-    };
-    if q.start == q.end {
-        return Err("start and end are the same; write off for no quiet hours".into());
-    }
-    Ok(q)
 }
 
 /// A duration such as `500ms`, `30s`, `5m`, `2h` or `1d`, in whole seconds (at least 1 for a
@@ -924,6 +895,7 @@ fn smtp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jiff::civil::Time;
 
     const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 

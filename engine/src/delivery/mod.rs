@@ -24,7 +24,8 @@
 //! for the send and never logged or stored in errors.
 
 pub mod config;
-pub mod policy;
+/// The delivery rules are the core's, shared with `carepath test`.
+pub use carepath_core::delivery as policy;
 pub mod template;
 pub mod transport;
 

@@ -1,6 +1,7 @@
 //! The delivery rules as pure functions of the message, the clock and the configuration: the
 //! channel route, retry back-off with deterministic jitter, quiet hours and the patient's day.
-//! No I/O here, so every rule is tested directly.
+//! No I/O here, so every rule is tested directly. The dispatcher (`carepath_engine::delivery`)
+//! applies them to the outbox, and `carepath test` to the follow-ups it plays.
 
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
@@ -14,7 +15,42 @@ pub struct QuietHours {
     pub end: Time,
 }
 
+/// The dispatcher's quiet hours unless configured otherwise: 21:00 to 08:00.
+pub const DEFAULT_QUIET_HOURS: QuietHours = QuietHours {
+    start: Time::constant(21, 0, 0, 0),
+    end: Time::constant(8, 0, 0, 0),
+};
+
 impl QuietHours {
+    /// `21:00-08:00`, or `None` for `off`.
+    pub fn parse(s: &str) -> Result<Option<QuietHours>, String> {
+        if s.trim() == "off" {
+            return Ok(None);
+        }
+        let (a, b) = s.split_once('-').ok_or_else(|| {
+            format!("`{s}` is not written as HH:MM-HH:MM (e.g. 21:00-08:00) or off")
+        })?;
+        let t = |x: &str| {
+            let x = x.trim();
+            let (h, m) = x
+                .split_once(':')
+                .ok_or_else(|| format!("`{x}` is not HH:MM"))?;
+            let (h, m): (i8, i8) = (
+                h.parse().map_err(|_| format!("`{x}` is not HH:MM"))?,
+                m.parse().map_err(|_| format!("`{x}` is not HH:MM"))?,
+            );
+            Time::new(h, m, 0, 0).map_err(|_| format!("`{x}` is not a time of day"))
+        };
+        let q = QuietHours {
+            start: t(a)?,
+            end: t(b)?,
+        };
+        if q.start == q.end {
+            return Err("start and end are the same; write off for no quiet hours".into());
+        }
+        Ok(Some(q))
+    }
+
     pub fn contains(&self, t: Time) -> bool {
         if self.start <= self.end {
             self.start <= t && t < self.end
