@@ -6,7 +6,11 @@
 #
 #   bench/queue-pull.sh [sqlite|postgres|both]          (default: both)
 #
-# Environment: TASKS (1000000), DURATION (30s), WARMUP (5s), TIMEOUT (30s, per request), CONNECTIONS (64), THREADS (2),
+# With RATE set (e.g. RATE=500), the load is open loop instead: `carepath bench-load` starts RATE
+# requests a second whatever the server does and measures each latency from the instant the
+# request was due (wrk's closed loop of CONNECTIONS measures saturation throughput, not latency).
+#
+# Environment: RATE (unset: wrk), TASKS (1000000), DURATION (30s), WARMUP (5s), TIMEOUT (30s, per request), CONNECTIONS (64), THREADS (2),
 # PORT (8088), REUSE=1 to serve a database an earlier run built, WORKDIR (/tmp/carepath-bench),
 # PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres), PG_DB (carepath_bench),
 # BIN (a carepath binary; by default the release build, built first).
@@ -25,7 +29,7 @@ PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_DB=${PG_DB:-carepath_bench}
 which_backends=${1:-both}
 
-command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 2; }
+[[ -n "${RATE:-}" ]] || command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 2; }
 mkdir -p "$WORKDIR"
 if [[ -z "${BIN:-}" ]]; then
   cargo build --release -q
@@ -75,6 +79,18 @@ run_backend() {
   CAREPATH_TOKENS=$(awk '$1 == "token" { printf "%s%s:%s:%s", sep, $2, $3, $4; sep = "," }' "$log")
   export CAREPATH_TOKENS
 
+  if [[ -n "${RATE:-}" ]]; then
+    # Open loop: a fixed arrival rate, latency from each request's due instant.
+    "$BIN" bench-load --url "http://127.0.0.1:$PORT" --rate "$RATE" --duration 5 >/dev/null
+    local open
+    open=$("$BIN" bench-load --url "http://127.0.0.1:$PORT" --rate "$RATE" --duration "${DURATION%s}")
+    echo "$open"
+    local rss
+    rss=$(awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$server_pid/status")
+    stop_server
+    summary+=("$backend: open loop at $RATE/s: $(echo "$open" | tr -d '\n ' ) peak_rss_mib=$rss")
+    return
+  fi
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/queue-pull.lua "http://127.0.0.1:$PORT" >/dev/null
   local out
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$TIMEOUT" --latency -s bench/queue-pull.lua "http://127.0.0.1:$PORT")

@@ -14,6 +14,7 @@ pub(crate) async fn run(
     enrolments: u64,
     pathways: &std::path::Path,
     batch_size: i64,
+    workers: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let pool = store::Pool::connect(url)
         .await
@@ -53,16 +54,7 @@ pub(crate) async fn run(
         let before = stats::written_table_rows(&pool).await?;
         let at = t0.checked_add(jiff::Span::new().hours(hours))?;
         let started = Instant::now();
-        let pass = scheduler::run_pass(
-            &pool,
-            &programs,
-            at,
-            &scheduler::PassOptions {
-                batch_size,
-                max_batches: None,
-            },
-        )
-        .await?;
+        let pass = passes_at(&pool, &programs, at, batch_size, workers).await?;
         let secs = started.elapsed().as_secs_f64();
         let after = stats::written_table_rows(&pool).await?;
         let mut written = 0;
@@ -98,9 +90,18 @@ pub(crate) async fn run(
         let rate = p["rows_per_second"].as_f64().unwrap_or(0.0);
         p["ratio_to_insert_ceiling"] = serde_json::json!(rate / ceiling);
     }
+    // What the database holds once every enrolment has caught up and had a night: the record of
+    // each patient included, indexes included.
+    let (bytes, by_table) = stats::storage_bytes(&pool).await?;
+    let per_enrolment = bytes as f64 / seeded.enrolments.max(1) as f64;
     let out = serde_json::json!({
         "backend": pool.backend(),
+        "workers": workers,
         "enrolments": seeded.enrolments,
+        "stored_bytes": bytes,
+        "stored_bytes_per_enrolment": per_enrolment,
+        "stored_bytes_by_table": by_table.iter().take(12).map(|(t, b)| serde_json::json!({"table": t, "bytes": b})).collect::<Vec<_>>(),
+        "rows_written_by_table": stats::WRITTEN_TABLES.iter().zip(&written_by_table).map(|(t, n)| serde_json::json!({"table": t, "rows": n})).collect::<Vec<_>>(),
         "seed_seconds": seed_secs,
         "analyze_before_nightly_seconds": analyze_seconds,
         "passes": passes,
@@ -109,6 +110,40 @@ pub(crate) async fn run(
     });
     pool.close().await;
     Ok(out)
+}
+
+/// `workers` scheduler passes at `at` at once over one database, as that many `carepath run`
+/// processes would share it (on PostgreSQL each claims its batches with `SKIP LOCKED`; SQLite
+/// takes one writer at a time); what they did, summed.
+async fn passes_at(
+    pool: &store::Pool,
+    programs: &Programs,
+    at: Timestamp,
+    batch_size: i64,
+    workers: usize,
+) -> anyhow::Result<scheduler::PassSummary> {
+    let opts = scheduler::PassOptions {
+        batch_size,
+        max_batches: None,
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (pool, programs, opts) = (pool.clone(), programs.clone(), opts.clone());
+        set.spawn(async move { scheduler::run_pass(&pool, &programs, at, &opts).await });
+    }
+    let mut sum = scheduler::PassSummary::default();
+    while let Some(done) = set.join_next().await {
+        let p = done??;
+        sum.stepped += p.stepped;
+        sum.transitions += p.transitions;
+        sum.actions += p.actions;
+        sum.goals_evaluated += p.goals_evaluated;
+        sum.scale_reminders += p.scale_reminders;
+        sum.scale_expired += p.scale_expired;
+        sum.errors += p.errors;
+        sum.stale += p.stale;
+    }
+    Ok(sum)
 }
 
 /// `carepath bench-api`: a database with `tasks` open tasks across the demo alliance (built in bulk

@@ -259,6 +259,27 @@ enum Command {
         pathways: PathBuf,
         #[arg(long, default_value_t = 500)]
         batch_size: i64,
+        /// Scheduler passes run at once over the database, as that many `carepath run`
+        /// processes would (each pass is measured as their sum; see bench/worker-curve.sh).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// Drive a served admin API's task queues at a fixed arrival rate (open loop) and print the
+    /// latency percentiles, each measured from the instant its request was due
+    /// (`bench/queue-pull.sh` with RATE set).
+    BenchLoad {
+        /// The served API, e.g. http://127.0.0.1:8088.
+        #[arg(long)]
+        url: String,
+        /// Staff tokens as `carepath bench-api` prints them: institution:role:token,...
+        #[arg(long, env = "CAREPATH_TOKENS", hide_env_values = true)]
+        tokens: String,
+        /// Requests started per second, whatever the server does.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
     },
     /// Benchmark task-queue pulls through the admin API: build a database with this many open
     /// tasks across the demo alliance (in bulk), print staff tokens (`token INSTITUTION ROLE TOKEN`),
@@ -588,13 +609,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             pathways,
             batch_size,
+            workers,
         } => {
             let dir = std::env::temp_dir().join(format!("carepath-bench-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             let url = db.unwrap_or_else(|| format!("sqlite:{}", dir.join("bench.db").display()));
-            let result = crate::bench::run(&url, enrolments, &pathways, batch_size).await;
+            let result = crate::bench::run(&url, enrolments, &pathways, batch_size, workers).await;
             let _ = std::fs::remove_dir_all(&dir);
             println!("{}", serde_json::to_string_pretty(&result?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchLoad {
+            url,
+            tokens,
+            rate,
+            duration,
+        } => {
+            let result =
+                crate::load::run(url.trim_end_matches('/'), &tokens, rate, duration).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchApi {

@@ -6,6 +6,7 @@
 mod audit;
 mod bench;
 mod cli;
+mod load;
 mod release;
 
 fn main() -> std::process::ExitCode {

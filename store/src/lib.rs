@@ -696,16 +696,21 @@ async fn apply_outcomes_with(
         };
         outcome::apply(outcome, &mut sink);
         let written = sink.written;
-        if !outcome.trace.is_empty()
-            && (!outcome.transitions.is_empty() || !outcome.actions.is_empty())
-        {
-            buf.record(
-                Some(format!("e{}:{}:trace", e.id, e.state_seq)),
-                &d.patient_id,
-                e.id,
+        // The step is named by the first thing it made (or, making nothing, the first transition
+        // it took): keys no other step shares, and the same when a step is written again.
+        let first = outcome.actions.first().map(|a| a.key.clone()).or_else(|| {
+            outcome
+                .transitions
+                .first()
+                .map(|t| format!("e{}:{}:t", e.id, t.left_seq))
+        });
+        if let Some(first) = first {
+            buf.step(
+                d,
+                format!("{first}:step"),
                 now.as_second(),
-                "trace",
-                json!(outcome.trace).to_string(),
+                !outcome.transitions.is_empty(),
+                &outcome.trace,
             );
         }
         out.push(Some(written));

@@ -888,14 +888,35 @@ pub async fn timeline(
             args![enrolment],
         )
         .await?;
-    let entries: Vec<TimelineEntry> = rows
-        .iter()
-        .map(|r| TimelineEntry {
-            at: super::ts(r.i64(0)).to_string(),
-            kind: r.text(1),
-            detail: serde_json::from_str::<Value>(&r.text(2)).unwrap_or(Value::Null),
-        })
-        .collect();
+    let mut entries: Vec<(i64, TimelineEntry)> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (at, kind) = (r.i64(0), r.text(1));
+        let detail = serde_json::from_str::<Value>(&r.text(2)).unwrap_or(Value::Null);
+        if kind == super::writer::STEP_KIND {
+            for (at, kind, detail) in super::writer::expand_step(at, &detail) {
+                entries.push((
+                    at,
+                    TimelineEntry {
+                        at: super::ts(at).to_string(),
+                        kind,
+                        detail,
+                    },
+                ));
+            }
+            continue;
+        }
+        entries.push((
+            at,
+            TimelineEntry {
+                at: super::ts(at).to_string(),
+                kind,
+                detail,
+            },
+        ));
+    }
+    // Actions made in a catch-up carry their own instants, earlier than their step's row.
+    entries.sort_by_key(|(at, _)| *at);
+    let entries: Vec<TimelineEntry> = entries.into_iter().map(|(_, e)| e).collect();
     // Audit before returning the data: a read that cannot be audited is not served.
     let mut tx = pool.begin().await?;
     caller

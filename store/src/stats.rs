@@ -233,3 +233,40 @@ pub async fn insert_ceiling(pool: &Pool, written: &[i64], n: i64) -> Result<f64>
     }
     Ok(rate)
 }
+
+/// Bytes the database holds, in all and per table (indexes included): PostgreSQL's relation sizes
+/// over the public schema; SQLite's pages after a WAL checkpoint, per table where the library
+/// has the `dbstat` table (else only the total).
+pub async fn storage_bytes(pool: &Pool) -> Result<(i64, Vec<(String, i64)>)> {
+    if pool.is_postgres() {
+        let rows = pool
+            .fetch(
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 2 DESC",
+                vec![],
+            )
+            .await?;
+        let tables: Vec<(String, i64)> = rows.iter().map(|r| (r.text(0), r.i64(1))).collect();
+        return Ok((tables.iter().map(|(_, b)| b).sum(), tables));
+    }
+    pool.exec("PRAGMA wal_checkpoint(TRUNCATE)", vec![]).await?;
+    let total = count(
+        pool,
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+    )
+    .await?;
+    // Each index is counted with its table (`sqlite_master.tbl_name`).
+    let tables = match pool
+        .fetch(
+            "SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name \
+             GROUP BY m.tbl_name ORDER BY 2 DESC",
+            vec![],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| (r.text(0), r.i64(1))).collect(),
+        Err(_) => Vec::new(),
+    };
+    Ok((total, tables))
+}

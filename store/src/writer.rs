@@ -86,11 +86,42 @@ const TABLES: &[Table] = &[
 /// Notes are written only to the record; they are counted from it.
 const NOTE_KIND: &str = "note";
 
+/// The record kind of a step's one row: what it made and its trace.
+pub(crate) const STEP_KIND: &str = "step";
+
+/// The timeline entries one stored step row stands for, in order: each action it made, under
+/// the action's kind and instant, then its trace (kind `trace`, at the step's instant).
+pub(crate) fn expand_step(
+    at: i64,
+    detail: &serde_json::Value,
+) -> Vec<(i64, String, serde_json::Value)> {
+    let mut out: Vec<(i64, String, serde_json::Value)> = detail["made"]
+        .as_array()
+        .map(|made| {
+            made.iter()
+                .map(|m| {
+                    (
+                        m["at"].as_i64().unwrap_or(at),
+                        m["kind"].as_str().unwrap_or_default().to_string(),
+                        m["detail"].clone(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(trace) = detail.get("trace") {
+        out.push((at, "trace".into(), trace.clone()));
+    }
+    out
+}
+
 #[derive(Default)]
 pub struct RowBuffer {
     rows: BTreeMap<&'static str, Vec<Vec<Arg>>>,
     notes: Vec<String>,
     covers: Vec<Cover>,
+    /// What the step being buffered made, for its one record row ([`RowBuffer::step`]).
+    made: Vec<serde_json::Value>,
 }
 
 /// A new task that takes over the open critical-item tasks of a scale (`covers_critical`).
@@ -403,13 +434,50 @@ impl RowBuffer {
             // What a cancel ends is the policy's (`outcome::apply`); it is recorded here.
             Produced::Cancel { .. } => {}
         }
+        match &a.action {
+            // A note lives only in the record, under its own key.
+            Produced::Note { .. } => self.record(
+                Some(a.key.clone()),
+                &d.patient_id,
+                e,
+                at,
+                a.action.kind(),
+                serde_json::to_string(&a.action).unwrap_or_default(),
+            ),
+            // The rest is recorded in its step's one row.
+            action => self.made.push(json!({
+                "key": a.key,
+                "at": at,
+                "kind": action.kind(),
+                "detail": action,
+            })),
+        }
+    }
+
+    /// Buffers the one record row of a step of enrolment `d` at `at`: what it made (each action
+    /// as it was made, with its key and instant) and the trace behind it. `key` names the step
+    /// (unique per committed step); nothing is written for a step that made nothing and took no
+    /// transition. The timeline reads it back as one entry per action and one for the trace
+    /// ([`expand_step`]).
+    pub fn step(&mut self, d: &DueEnrolment, key: String, at: i64, moved: bool, trace: &[String]) {
+        let made = std::mem::take(&mut self.made);
+        if made.is_empty() && (!moved || trace.is_empty()) {
+            return;
+        }
+        let mut detail = serde_json::Map::new();
+        if !made.is_empty() {
+            detail.insert("made".into(), serde_json::Value::Array(made));
+        }
+        if !trace.is_empty() {
+            detail.insert("trace".into(), json!(trace));
+        }
         self.record(
-            Some(a.key.clone()),
+            Some(key),
             &d.patient_id,
-            e,
+            d.enrolment.id,
             at,
-            a.action.kind(),
-            serde_json::to_string(&a.action).unwrap_or_default(),
+            STEP_KIND,
+            serde_json::Value::Object(detail).to_string(),
         );
     }
 
