@@ -426,7 +426,7 @@ async fn forms_need_the_session_token_and_idle_sessions_end() {
         let status = |w: &World| {
             let pool = w.pool.clone();
             async move {
-                scalar(&pool, &format!("SELECT CASE WHEN status = 'open' THEN 1 ELSE 0 END FROM tasks WHERE id = {task}")).await
+                scalar(&pool, &format!("SELECT COUNT(*) FROM tasks WHERE id = {task} AND status = 'open'")).await
             }
         };
         assert_eq!(status(&w).await, 1, "the task is still open");
@@ -615,15 +615,16 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
             w.enrolled(&format!("P-KPI-{i}"), "lead", *days).await;
         }
         let (mut b, csrf) = Browser::signed_in(&w, "lead.cm").await;
-        let open: Vec<i64> = support::rows(
+        let mut open: Vec<i64> = support::rows(
             &w.pool,
-            "SELECT id FROM tasks WHERE task_ref = 'weekly_call' AND status = 'open' ORDER BY id",
+            "SELECT CAST(id AS TEXT) FROM tasks WHERE task_ref = 'weekly_call' AND status = 'open'",
             1,
         )
         .await
         .iter()
         .map(|s| s.parse().expect("id"))
         .collect();
+        open.sort();
         assert!(open.len() >= 3, "{open:?}");
         for (task, outcome) in [(open[0], "done"), (open[1], "unwell")] {
             let a = b
@@ -635,7 +636,7 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
                 .await;
             assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
         }
-        w.advance(3600);
+        w.advance(60);
         let today = w
             .now()
             .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").expect("tz"))

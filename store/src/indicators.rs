@@ -1106,7 +1106,7 @@ pub async fn line_list(
             };
             (
                 format!(
-                    "SELECT {task_cols}, CASE WHEN {num} THEN 1 ELSE 0 END {TASKS_OF_PERIOD} AND {TASK_DUE}{filter} ORDER BY t.due_at, t.id"
+                    "SELECT {task_cols}, CAST(CASE WHEN {num} THEN 1 ELSE 0 END AS BIGINT) {TASKS_OF_PERIOD} AND {TASK_DUE}{filter} ORDER BY t.due_at, t.id"
                 ),
                 args,
                 "task",
@@ -1119,7 +1119,7 @@ pub async fn line_list(
             let (calls, reached) = follow_up_calls(&mut args);
             (
                 format!(
-                    "SELECT {task_cols}, CASE WHEN {reached} THEN 1 ELSE 0 END {calls}{filter} ORDER BY t.enrolment_id, t.due_at, t.id"
+                    "SELECT {task_cols}, CAST(CASE WHEN {reached} THEN 1 ELSE 0 END AS BIGINT) {calls}{filter} ORDER BY t.enrolment_id, t.due_at, t.id"
                 ),
                 args,
                 "task",
@@ -1131,7 +1131,7 @@ pub async fn line_list(
             (
                 format!(
                     "SELECT s.id, s.patient_id, s.enrolment_id, e.pathway_id, s.scale, s.status, s.created_at, NULL, NULL, \
-                     CASE WHEN {SCALE_ANSWERED} THEN 1 ELSE 0 END {SCALES_PUSHED}{filter} ORDER BY s.created_at, s.id"
+                     CAST(CASE WHEN {SCALE_ANSWERED} THEN 1 ELSE 0 END AS BIGINT) {SCALES_PUSHED}{filter} ORDER BY s.created_at, s.id"
                 ),
                 args,
                 "scale_push",

@@ -345,13 +345,23 @@ impl FromRequestParts<AppState> for Staff {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_default();
+        let htmx = parts.headers.contains_key("hx-request");
         let to_login = |why: &str| {
-            let next = if parts.method == axum::http::Method::GET {
+            let next = if parts.method == axum::http::Method::GET && !htmx {
                 format!("&next={}", layout::url_encode(&path))
             } else {
                 String::new()
             };
-            Redirect::to(&format!("/app/login?why={why}{next}")).into_response()
+            let to = format!("/app/login?why={why}{next}");
+            if htmx {
+                // A refresh in the background: htmx loads the sign-in page as a whole page.
+                let mut res = StatusCode::NO_CONTENT.into_response();
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    res.headers_mut().insert("hx-redirect", v);
+                }
+                return res;
+            }
+            Redirect::to(&to).into_response()
         };
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE).map(str::to_string) else {
             return Err(to_login("signin"));
