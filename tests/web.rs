@@ -409,7 +409,9 @@ async fn forms_need_the_session_token_and_idle_sessions_end() {
         let enrolment = w.enrolled("P-CSRF", "lead", 0).await;
         let task = scalar(
             &w.pool,
-            &format!("SELECT id FROM tasks WHERE enrolment_id = {enrolment} AND task_ref = 'weekly_call'"),
+            &format!(
+                "SELECT id FROM tasks WHERE enrolment_id = {enrolment} AND task_ref = 'weekly_call'"
+            ),
         )
         .await;
         let (mut b, csrf) = Browser::signed_in(&w, "lead.cm").await;
@@ -419,20 +421,32 @@ async fn forms_need_the_session_token_and_idle_sessions_end() {
         let a = b.post(&w, &format!("/app/tasks/{task}/claim"), &[]).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         let a = b
-            .post(&w, &format!("/app/tasks/{task}/claim"), &[("csrf", "not-the-token")])
+            .post(
+                &w,
+                &format!("/app/tasks/{task}/claim"),
+                &[("csrf", "not-the-token")],
+            )
             .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         assert_eq!(w.audited("csrf.refused", "denied").await, before + 2);
         let status = |w: &World| {
             let pool = w.pool.clone();
             async move {
-                scalar(&pool, &format!("SELECT COUNT(*) FROM tasks WHERE id = {task} AND status = 'open'")).await
+                scalar(
+                    &pool,
+                    &format!("SELECT COUNT(*) FROM tasks WHERE id = {task} AND status = 'open'"),
+                )
+                .await
             }
         };
         assert_eq!(status(&w).await, 1, "the task is still open");
         // With the token it is claimed.
         let a = b
-            .post(&w, &format!("/app/tasks/{task}/claim"), &[("csrf", &csrf), ("back", "/app/board")])
+            .post(
+                &w,
+                &format!("/app/tasks/{task}/claim"),
+                &[("csrf", &csrf), ("back", "/app/board")],
+            )
             .await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
         assert_eq!(status(&w).await, 0, "claimed");
@@ -444,12 +458,21 @@ async fn forms_need_the_session_token_and_idle_sessions_end() {
         let a = b.get(&w, "/app/board").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER);
         assert!(
-            a.location.as_deref().is_some_and(|l| l.starts_with("/app/login?why=expired")),
+            a.location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("/app/login?why=expired")),
             "{:?}",
             a.location
         );
         assert_eq!(w.audited("session.expired", "ok").await, 1);
-        assert_eq!(scalar(&w.pool, "SELECT COUNT(*) FROM staff_sessions WHERE staff_id = 'lead.cm'").await, 0);
+        assert_eq!(
+            scalar(
+                &w.pool,
+                "SELECT COUNT(*) FROM staff_sessions WHERE staff_id = 'lead.cm'"
+            )
+            .await,
+            0
+        );
 
         // Signing out ends the session at once.
         let (mut b, csrf) = Browser::signed_in(&w, "lead.cm").await;
