@@ -326,6 +326,8 @@ fn task_forms(
             }
             button type="submit" data-testid="complete" { (lang.t("完成", "Complete")) }
         }
+        details class="more" {
+        summary data-testid="more-actions" { (lang.t("延后或转派", "Snooze or reassign")) }
         form method="post" action=(action("snooze")) id=(format!("snooze-{id}")) {
             input type="hidden" name="csrf" value=(staff.csrf);
             input type="hidden" name="back" value=(back);
@@ -347,6 +349,7 @@ fn task_forms(
                 }
             }
             button type="submit" class="secondary" data-testid="reassign" { (lang.t("转派", "Reassign")) }
+        }
         }
     }
 }
