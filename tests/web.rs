@@ -313,8 +313,14 @@ async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
         // The right password opens a session: HttpOnly, SameSite=Strict cookie; the board opens.
         let a = b.sign_in(&w, "lead.cm", PASSWORD, "").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER);
-        assert_eq!(a.location.as_deref(), Some("/app/board"));
+        assert_eq!(a.location.as_deref(), Some("/app/"));
         assert!(b.cookies.iter().any(|(k, _)| k == "cp_session"));
+        let home = b.get(&w, "/app/").await;
+        assert_eq!(
+            home.location.as_deref(),
+            Some("/app/board"),
+            "a case manager starts on the board"
+        );
         assert_eq!(w.audited("signin.ok", "ok").await, 1);
         let board = b.get(&w, "/app/board").await;
         assert_eq!(board.status, StatusCode::OK, "{}", board.body);
@@ -378,7 +384,12 @@ async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
         let code = carepath_admin_api::web::totp_at(key, step, 6);
         let a = admin.sign_in(&w, "lead.admin", PASSWORD, &code).await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-        // The admin's role grants no task board: the board is refused (403, audited).
+        // The admin starts on the indicators; the role grants no task board: the board is refused
+        // (403, audited).
+        assert_eq!(
+            admin.get(&w, "/app/").await.location.as_deref(),
+            Some("/app/indicators")
+        );
         let before = w.audited("queue.read", "denied").await;
         let board = admin.get(&w, "/app/board").await;
         assert_eq!(board.status, StatusCode::FORBIDDEN);
@@ -862,7 +873,7 @@ async fn pages_switch_language_and_serve_their_assets() {
         let a = b
             .get(&w, "/app/lang?to=en&back=https://evil.example/")
             .await;
-        assert_eq!(a.location.as_deref(), Some("/app/board"));
+        assert_eq!(a.location.as_deref(), Some("/app/"));
         let js = b.get(&w, "/app/static/htmx.min.js").await;
         assert_eq!(js.status, StatusCode::OK);
         assert!(js.body.starts_with("/*! htmx.org"));

@@ -226,7 +226,7 @@ pub(crate) fn error_page(lang: Lang, staff: Option<&Staff>, e: ApiError) -> Resp
     let body = html! {
         h1 { (title) }
         p class="error" role="alert" data-testid="error-detail" { (detail) }
-        p { a href="/app/board" { (lang.t("返回看板", "Back to the board")) } }
+        p { a href="/app/" { (lang.t("返回首页", "Back to the start page")) } }
     };
     let mut res = page(lang, staff, title, "error", body);
     *res.status_mut() = status;
@@ -288,4 +288,24 @@ pub(crate) async fn htmx() -> Response {
 
 pub(crate) async fn css() -> Response {
     asset(CSS, "text/css; charset=utf-8")
+}
+
+/// The start page: the first page of the navigation the role may open; a role with none of them
+/// (the auditor) is told where its work is.
+pub(crate) async fn home(staff: Staff) -> Response {
+    let roles = &staff.caller().roles;
+    if let Some((href, ..)) = NAV.iter().find(|(.., m)| allowed(roles, *m)) {
+        return axum::response::Redirect::to(href).into_response();
+    }
+    let lang = staff.lang;
+    let body = html! {
+        h1 { (lang.t("已登录", "Signed in")) }
+        p data-testid="home-note" {
+            (lang.t(
+                "您的角色没有工作站页面。审计员通过 GET /audit/verify 或 carepath audit verify 核验审计记录。",
+                "Your role has no workstation page. Auditors verify the audit record with GET /audit/verify or carepath audit verify.",
+            ))
+        }
+    };
+    page(lang, Some(&staff), lang.t("首页", "Start"), "home", body)
 }

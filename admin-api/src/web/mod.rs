@@ -30,8 +30,8 @@ pub use session::{
 /// The workstation's routes, merged into the API's router.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/app", get(|| async { Redirect::to("/app/board") }))
-        .route("/app/", get(|| async { Redirect::to("/app/board") }))
+        .route("/app", get(|| async { Redirect::to("/app/") }))
+        .route("/app/", get(layout::home))
         .route("/app/login", get(session::login_page).post(session::login))
         .route("/app/logout", post(session::logout))
         .route("/app/lang", get(layout::switch_lang))

@@ -245,7 +245,7 @@ pub(crate) fn redirect_with(to: &str, cookies: Vec<HeaderValue>) -> Response {
     res
 }
 
-/// `next` if it is a page of the workstation, else the board: never a redirect elsewhere.
+/// `next` if it is a page of the workstation, else its home page: never a redirect elsewhere.
 pub(crate) fn local(next: Option<&str>) -> String {
     match next {
         Some(n)
@@ -256,7 +256,7 @@ pub(crate) fn local(next: Option<&str>) -> String {
         {
             n.to_string()
         }
-        _ => "/app/board".to_string(),
+        _ => "/app/".to_string(),
     }
 }
 
@@ -725,9 +725,9 @@ mod tests {
             "/health",
             "/app/\\x",
         ] {
-            assert_eq!(local(Some(bad)), "/app/board", "{bad}");
+            assert_eq!(local(Some(bad)), "/app/", "{bad}");
         }
-        assert_eq!(local(None), "/app/board");
+        assert_eq!(local(None), "/app/");
     }
 
     #[test]
