@@ -384,6 +384,10 @@ async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
         let code = carepath_admin_api::web::totp_at(key, step, 6);
         let a = admin.sign_in(&w, "lead.admin", PASSWORD, &code).await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        // The same code, replayed by someone who saw it, is refused.
+        let mut replay = Browser::default();
+        let a = replay.sign_in(&w, "lead.admin", PASSWORD, &code).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a replayed code");
         // The admin starts on the indicators; the role grants no task board: the board is refused
         // (403, audited).
         assert_eq!(

@@ -7,6 +7,8 @@ CREATE TABLE staff_credentials (
     staff_id TEXT PRIMARY KEY,
     password_hash TEXT,
     totp_secret TEXT,
+    -- The time step of the last one-time code accepted: a code is never accepted twice.
+    totp_last_step BIGINT,
     failed_attempts BIGINT NOT NULL DEFAULT 0,
     locked_until BIGINT,
     updated_at BIGINT NOT NULL

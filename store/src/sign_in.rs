@@ -213,18 +213,40 @@ pub struct Session {
     pub last_seen_at: i64,
 }
 
+/// What a sign-in proved: the staff member, the role chosen, and the time step of the one-time
+/// code given, if one was needed.
+pub struct Proof<'a> {
+    pub staff: &'a Credentials,
+    pub role: &'a str,
+    pub totp_step: Option<i64>,
+}
+
 /// Opens a session for a staff member who has proved who they are: clears their failed attempts,
-/// stores the token's hash with its CSRF token and chosen role, and audits the sign-in.
+/// stores the token's hash with its CSRF token and chosen role, and audits the sign-in. `false`,
+/// with nothing written, when the one-time code's step is not later than the last one accepted
+/// (a code replayed).
 pub async fn open_session(
     pool: &Pool,
-    staff: &Credentials,
-    role: &str,
+    proof: &Proof<'_>,
     token: &str,
     csrf_token: &str,
     remote: &str,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<bool> {
+    let (staff, role) = (proof.staff, proof.role);
     let mut tx = pool.begin().await?;
+    if let Some(step) = proof.totp_step {
+        let n = tx
+            .exec(
+                "UPDATE staff_credentials SET totp_last_step = $1 WHERE staff_id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+                args![step, &staff.staff_id],
+            )
+            .await?;
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
     tx.exec(
         "UPDATE staff_credentials SET failed_attempts = 0, locked_until = NULL WHERE staff_id = $1",
         args![&staff.staff_id],
@@ -257,7 +279,7 @@ pub async fn open_session(
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// The session of a token, if it exists and its staff member still holds its role at its

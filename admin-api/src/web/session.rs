@@ -168,19 +168,24 @@ pub fn totp_at(secret: &[u8], step: u64, digits: u32) -> String {
     )
 }
 
-/// Whether `code` is the 6-digit code of the base32 `secret` at `now`, one step either side.
-pub(crate) fn totp_ok(secret: &str, code: &str, now: Timestamp) -> bool {
-    let Some(key) = unbase32(secret) else {
-        return false;
-    };
+/// The time step whose 6-digit code of the base32 `secret` is `code`, looking one step either
+/// side of `now`; `None` when it matches none.
+pub(crate) fn totp_step(secret: &str, code: &str, now: Timestamp) -> Option<i64> {
+    let key = unbase32(secret)?;
     let code = code.trim();
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
+        return None;
     }
-    let step = (now.as_second().max(0) / 30) as u64;
-    [step.saturating_sub(1), step, step + 1]
-        .iter()
-        .any(|s| same(totp_at(&key, *s, 6).as_bytes(), code.as_bytes()))
+    let step = now.as_second().max(0) / 30;
+    [step - 1, step, step + 1]
+        .into_iter()
+        .filter(|s| *s >= 0)
+        .find(|s| same(totp_at(&key, *s as u64, 6).as_bytes(), code.as_bytes()))
+}
+
+#[cfg(test)]
+fn totp_ok(secret: &str, code: &str, now: Timestamp) -> bool {
+    totp_step(secret, code, now).is_some()
 }
 
 /// A fresh TOTP secret (160 bits, base32) and its `otpauth://` URI for an authenticator app.
@@ -575,13 +580,24 @@ pub(crate) async fn login(
         record(Failure::Locked).await.map_err(|e| fail(e.into()))?;
         return Ok(again(refusal(lang, true)));
     }
-    match check(&creds, &f, now) {
-        Ok(role) => {
+    let opened = match check(&creds, &f, now) {
+        Ok((role, totp_step)) => {
             let token = random_token().map_err(fail)?;
             let csrf = random_token().map_err(fail)?;
-            sign_in::open_session(&s.pool, &creds, &role, &token, &csrf, &remote, now)
+            let proof = sign_in::Proof {
+                staff: &creds,
+                role: &role,
+                totp_step,
+            };
+            sign_in::open_session(&s.pool, &proof, &token, &csrf, &remote, now)
                 .await
-                .map_err(|e| fail(e.into()))?;
+                .map_err(|e| fail(e.into()))?
+                .then_some(token)
+        }
+        Err(()) => None,
+    };
+    match opened {
+        Some(token) => {
             let max_age = s.web.lifetime_seconds;
             Ok(redirect_with(
                 &local(f.next.as_deref()),
@@ -591,7 +607,7 @@ pub(crate) async fn login(
                 ],
             ))
         }
-        Err(()) => {
+        None => {
             let locked = record(Failure::Wrong).await.map_err(|e| fail(e.into()))?;
             Ok(again(refusal(lang, locked.is_some())))
         }
@@ -599,8 +615,8 @@ pub(crate) async fn login(
 }
 
 /// The role a sign-in opens a session for, when the password, the role and (for the roles that
-/// need one) the one-time code are right.
-fn check(creds: &Credentials, f: &LoginForm, now: Timestamp) -> Result<String, ()> {
+/// need one) the one-time code are right, and the code's time step.
+fn check(creds: &Credentials, f: &LoginForm, now: Timestamp) -> Result<(String, Option<i64>), ()> {
     let hash = creds.password_hash.as_deref().ok_or(())?;
     if !verify_password(&f.password, hash) {
         return Err(());
@@ -614,13 +630,13 @@ fn check(creds: &Credentials, f: &LoginForm, now: Timestamp) -> Result<String, (
     if role == "device_gateway" {
         return Err(());
     }
-    if TOTP_ROLES.contains(&role.as_str()) {
+    let step = if TOTP_ROLES.contains(&role.as_str()) {
         let secret = creds.totp_secret.as_deref().ok_or(())?;
-        if !totp_ok(secret, f.totp.as_deref().unwrap_or(""), now) {
-            return Err(());
-        }
-    }
-    Ok(role)
+        Some(totp_step(secret, f.totp.as_deref().unwrap_or(""), now).ok_or(())?)
+    } else {
+        None
+    };
+    Ok((role, step))
 }
 
 #[derive(Deserialize)]
