@@ -653,18 +653,20 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
             w.enrolled(&format!("P-KPI-{i}"), "lead", *days).await;
         }
         let (mut b, csrf) = Browser::signed_in(&w, "lead.cm").await;
-        let mut open: Vec<i64> = support::rows(
+        // Open weekly calls by due time (rows come sorted as text; the instants have ten digits).
+        let open: Vec<i64> = support::rows(
             &w.pool,
-            "SELECT CAST(id AS TEXT) FROM tasks WHERE task_ref = 'weekly_call' AND status = 'open'",
-            1,
+            "SELECT CAST(due_at AS TEXT), CAST(id AS TEXT) FROM tasks WHERE task_ref = 'weekly_call' AND status = 'open'",
+            2,
         )
         .await
         .iter()
-        .map(|s| s.parse().expect("id"))
+        .map(|s| s.split('|').nth(1).expect("id").parse().expect("id"))
         .collect();
-        open.sort();
         assert!(open.len() >= 3, "{open:?}");
-        for (task, outcome) in [(open[0], "done"), (open[1], "unwell")] {
+        // The call overdue longest, done late; the one due last, done before it is due.
+        let last = open[open.len() - 1];
+        for (task, outcome) in [(open[0], "done"), (last, "unwell")] {
             let a = b
                 .post(
                     &w,
@@ -755,6 +757,42 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
         assert!(table.body.contains(&format!(
             "/app/indicators/follow_up_rate/patients?from={from}&amp;to={to}"
         )));
+        assert!(table.body.contains(&format!(
+            "/app/indicators/on_time_task_rate/patients?from={from}&amp;to={to}&amp;staff=lead.cm"
+        )));
+        // One staff member's share: the line list of the tasks assigned to them equals the
+        // breakdown by staff.
+        let by_staff = w
+            .api("lead.cm", &format!("/kpis?from={from}&to={to}&by=staff"))
+            .await;
+        let mine = by_staff["breakdown"]["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["staff"] == "lead.cm")
+            .expect("lead.cm's row")
+            .clone();
+        assert!(mine["tasks"]["due"].as_i64() > Some(0), "{mine}");
+        let list = w
+            .api(
+                "lead.cm",
+                &format!("/kpis/on_time_task_rate/rows?from={from}&to={to}&staff=lead.cm"),
+            )
+            .await;
+        assert_eq!(list["denominator"], mine["tasks"]["due"], "{list}");
+        assert_eq!(list["numerator"], mine["tasks"]["due_on_time"], "{list}");
+        let page = b
+            .get(
+                &w,
+                &format!(
+                    "/app/indicators/on_time_task_rate/patients?from={from}&to={to}&staff=lead.cm"
+                ),
+            )
+            .await;
+        assert_eq!(
+            attrs(&page.body, "drill-row", "id").len() as i64,
+            mine["tasks"]["due"].as_i64().expect("due")
+        );
     })
     .await;
 }

@@ -295,7 +295,7 @@ pub(crate) fn ok_kpi_rows() -> Success {
         200,
         "The rows behind the figure: the denominator's rows, `in_numerator` on those the numerator counts too; `numerator` and `denominator` counted as the figure is (rows, or distinct enrolments for follow_up_rate)",
         obj(
-            json!({"indicator": string(), "institution": string(), "pathway": nullable(string()), "from": instant(), "to": instant(),
+            json!({"indicator": string(), "institution": string(), "pathway": nullable(string()), "staff": nullable(string()), "from": instant(), "to": instant(),
             "numerator": int(), "denominator": int(), "rows": array(row)}),
         ),
     )

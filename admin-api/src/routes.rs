@@ -572,8 +572,13 @@ pub static ROUTES: &[Route] = &[
         record: Record::Store,
         handler: |m| on(m, kpis::rows),
         doc: Some(Doc {
-            summary: "The tasks or scale pushes behind a built-in indicator's figure (follow_up_rate, on_time_task_rate, overdue_rate, scale_completion) over the period `GET /kpis` counts, each marked when it is in the numerator",
-            query: &[("from", "string"), ("to", "string"), ("pathway", "string")],
+            summary: "The tasks or scale pushes behind a built-in indicator's figure (follow_up_rate, on_time_task_rate, overdue_rate, scale_completion) over the period `GET /kpis` counts, each marked when it is in the numerator; with `staff`, that staff member's share (tasks assigned to them) as `by=staff` counts it",
+            query: &[
+                ("from", "string"),
+                ("to", "string"),
+                ("pathway", "string"),
+                ("staff", "string"),
+            ],
             body: None,
             success: doc::ok_kpi_rows,
         }),

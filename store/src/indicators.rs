@@ -1088,7 +1088,17 @@ pub async fn line_list(
     scope: &Scope<'_>,
     p: &Period,
     indicator: &str,
+    staff: Option<&str>,
 ) -> Result<Option<Vec<LineRow>>> {
+    // One staff member's share: the tasks assigned to them, as the breakdown by staff groups them
+    // (`Key::Staff`); scale pushes are no one's.
+    let assigned = |args: &mut Vec<Arg>| match staff {
+        Some(st) => {
+            args.push(st.into());
+            format!(" AND {} = ${}", Key::Staff.expr(), args.len())
+        }
+        None => String::new(),
+    };
     let task_cols = "t.id, t.patient_id, t.enrolment_id, e.pathway_id, t.task_ref, t.status, t.due_at, t.completed_at, t.outcome";
     let (sql, args, kind) = match indicator {
         "on_time_task_rate" | "overdue_rate" => {
@@ -1098,7 +1108,8 @@ pub async fn line_list(
                 p.to.into(),
                 p.due_end().into(),
             ];
-            let filter = pathway_filter(scope, &mut args);
+            let mut filter = pathway_filter(scope, &mut args);
+            filter.push_str(&assigned(&mut args));
             let num = if indicator == "overdue_rate" {
                 TASK_LATE
             } else {
@@ -1115,8 +1126,9 @@ pub async fn line_list(
         "follow_up_rate" => {
             let mut args: Vec<Arg> =
                 vec![scope.institution.into(), p.from.into(), p.due_end().into()];
-            let filter = pathway_filter(scope, &mut args);
+            let mut filter = pathway_filter(scope, &mut args);
             let (calls, reached) = follow_up_calls(&mut args);
+            filter.push_str(&assigned(&mut args));
             (
                 format!(
                     "SELECT {task_cols}, CAST(CASE WHEN {reached} THEN 1 ELSE 0 END AS BIGINT) {calls}{filter} ORDER BY t.enrolment_id, t.due_at, t.id"
@@ -1125,7 +1137,7 @@ pub async fn line_list(
                 "task",
             )
         }
-        "scale_completion" => {
+        "scale_completion" if staff.is_none() => {
             let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
             let filter = pathway_filter(scope, &mut args);
             (
@@ -1197,17 +1209,18 @@ pub fn line_list_sides(indicator: &str, rows: &[LineRow]) -> (i64, i64) {
     }
 }
 
-/// [`line_list`] for a request: audited with the patients it names before it is returned.
+/// [`line_list`] for a request (optionally one staff member's share): audited with the patients it
+/// names before it is returned.
 pub async fn read_line_list(
     pool: &Pool,
     audit: &crate::queries::AuditAppender,
     caller: &crate::queries::Caller,
-    req: (&Scope<'_>, &Period, &str),
+    req: (&Scope<'_>, &Period, &str, Option<&str>),
     remote: &str,
     now: jiff::Timestamp,
 ) -> Result<Option<Vec<LineRow>>> {
-    let (scope, p, indicator) = req;
-    let Some(rows) = line_list(pool, scope, p, indicator).await? else {
+    let (scope, p, indicator, staff) = req;
+    let Some(rows) = line_list(pool, scope, p, indicator, staff).await? else {
         return Ok(None);
     };
     let patients: std::collections::BTreeSet<&String> =

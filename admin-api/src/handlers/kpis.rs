@@ -105,6 +105,8 @@ pub(crate) struct RowsQuery {
     from: Option<String>,
     to: Option<String>,
     pathway: Option<String>,
+    /// One staff member's share (the tasks assigned to them).
+    staff: Option<String>,
 }
 
 /// The rows behind a built-in indicator's figure, as `GET /kpis` counts it over the same period.
@@ -113,6 +115,7 @@ pub(crate) struct LineList {
     pub(crate) indicator: String,
     pub(crate) institution: String,
     pub(crate) pathway: Option<String>,
+    pub(crate) staff: Option<String>,
     pub(crate) from: String,
     pub(crate) to: String,
     pub(crate) numerator: i64,
@@ -122,14 +125,29 @@ pub(crate) struct LineList {
 
 /// Reads a line list for a caller: what `GET /kpis/{indicator}/rows` and the workstation's
 /// drill-down both serve.
+/// Which figure a line list is asked for: the indicator, the period's dates, and optionally one
+/// pathway and one staff member.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Figure<'a> {
+    pub(crate) indicator: &'a str,
+    pub(crate) from: Option<&'a str>,
+    pub(crate) to: Option<&'a str>,
+    pub(crate) pathway: Option<&'a str>,
+    pub(crate) staff: Option<&'a str>,
+}
+
 pub(crate) async fn line_list(
     s: &AppState,
     call: &Call,
-    indicator: &str,
-    from: Option<&str>,
-    to: Option<&str>,
-    pathway: Option<&str>,
+    figure: Figure<'_>,
 ) -> Result<LineList, ApiError> {
+    let Figure {
+        indicator,
+        from,
+        to,
+        pathway,
+        staff,
+    } = figure;
     let now = call.now.as_second();
     let (from, to) = period(now, from, to)?;
     published(&s.programs(), pathway)?;
@@ -146,14 +164,19 @@ pub(crate) async fn line_list(
         &s.pool,
         &s.audit,
         &call.caller,
-        (&scope, &p, indicator),
+        (&scope, &p, indicator, staff),
         &call.remote,
         call.now,
     )
     .await?
     .ok_or_else(|| {
         ApiError::NotFound(format!(
-            "no line list for `{indicator}`; there are line lists for {}",
+            "no line list for `{indicator}`{}; there are line lists for {}",
+            if staff.is_some() {
+                " per staff member"
+            } else {
+                ""
+            },
             indicators::LINE_LISTS.join(", ")
         ))
     })?;
@@ -162,6 +185,7 @@ pub(crate) async fn line_list(
         indicator: indicator.to_string(),
         institution: call.caller.institution_id.clone(),
         pathway: pathway.map(str::to_string),
+        staff: staff.map(str::to_string),
         from: carepath_engine::store::ts(from).to_string(),
         to: carepath_engine::store::ts(to).to_string(),
         numerator,
@@ -180,10 +204,13 @@ pub(crate) async fn rows(
         line_list(
             &s,
             &call,
-            &indicator,
-            q.from.as_deref(),
-            q.to.as_deref(),
-            q.pathway.as_deref(),
+            Figure {
+                indicator: &indicator,
+                from: q.from.as_deref(),
+                to: q.to.as_deref(),
+                pathway: q.pathway.as_deref(),
+                staff: q.staff.as_deref(),
+            },
         )
         .await?,
     ))

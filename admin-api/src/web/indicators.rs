@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::layout::{self, Lang, page, url_encode, when};
 use super::session::Staff;
 use crate::auth::Module;
-use crate::handlers::kpis::{line_list, period, published};
+use crate::handlers::kpis::{Figure, line_list, period, published};
 use crate::{ApiError, AppState};
 
 /// Periods of the trend: this one and the ones before it, of the same length.
@@ -27,6 +27,7 @@ pub(crate) struct PeriodQuery {
     from: Option<String>,
     to: Option<String>,
     pathway: Option<String>,
+    staff: Option<String>,
 }
 
 impl PeriodQuery {
@@ -34,8 +35,13 @@ impl PeriodQuery {
         self.pathway.as_deref().filter(|p| !p.is_empty())
     }
 
-    /// The query string of a drill-down over this period, for `pathway`.
+    /// A drill-down over this period, for `pathway`.
     fn link(&self, name: &str, pathway: Option<&str>) -> String {
+        self.link_for(name, pathway, None)
+    }
+
+    /// A drill-down over this period, for `pathway` and `staff`.
+    fn link_for(&self, name: &str, pathway: Option<&str>, staff: Option<&str>) -> String {
         let mut q = Vec::new();
         if let Some(f) = self.from.as_deref().filter(|v| !v.is_empty()) {
             q.push(format!("from={}", url_encode(f)));
@@ -45,6 +51,9 @@ impl PeriodQuery {
         }
         if let Some(p) = pathway {
             q.push(format!("pathway={}", url_encode(p)));
+        }
+        if let Some(st) = staff {
+            q.push(format!("staff={}", url_encode(st)));
         }
         format!("/app/indicators/{name}/patients?{}", q.join("&"))
     }
@@ -212,7 +221,12 @@ async fn build(s: &AppState, staff: &Staff, q: &PeriodQuery) -> Result<Markup, A
                         tr {
                             th scope="row" { (r.name.clone().or(r.staff.clone()).unwrap_or_else(|| lang.t("未分配", "Unassigned").to_string())) }
                             td { (r.tasks.due) } td { (r.tasks.due_on_time) } td { (r.tasks.overdue) }
-                            td { (value_text(Unit::Ratio, r.tasks.on_time_rate())) }
+                            td {
+                                @match &r.staff {
+                                    Some(st) => a href=(q.link_for("on_time_task_rate", q.pathway(), Some(st))) data-testid="staff-drill-down" { (value_text(Unit::Ratio, r.tasks.on_time_rate())) },
+                                    None => (value_text(Unit::Ratio, r.tasks.on_time_rate())),
+                                }
+                            }
                         }
                     }
                 }
@@ -271,16 +285,16 @@ pub(crate) async fn drill_down(
 ) -> Result<Response, Response> {
     staff.require(&s, Module::Kpis, "kpi.rows").await?;
     let lang = staff.lang;
-    let list = line_list(
-        &s,
-        &staff.call,
-        &name,
-        q.from.as_deref(),
-        q.to.as_deref(),
-        q.pathway(),
-    )
-    .await
-    .map_err(|e| layout::error_page(lang, Some(&staff), e))?;
+    let figure = Figure {
+        indicator: &name,
+        from: q.from.as_deref(),
+        to: q.to.as_deref(),
+        pathway: q.pathway(),
+        staff: q.staff.as_deref().filter(|s| !s.is_empty()),
+    };
+    let list = line_list(&s, &staff.call, figure)
+        .await
+        .map_err(|e| layout::error_page(lang, Some(&staff), e))?;
     let d = defs::BUILTIN.iter().find(|d| d.name == name);
     let body = html! {
         h1 { (d.map(|d| title(lang, d)).unwrap_or(&name)) }
@@ -289,6 +303,7 @@ pub(crate) async fn drill_down(
             " / " (lang.t("分母", "denominator")) " " strong data-testid="drill-denominator" { (list.denominator) }
             " · " (list.institution)
             @if let Some(p) = &list.pathway { " · " (p) }
+            @if let Some(st) = &list.staff { " · " (st) }
             " · " (layout::when_text(&list.from)) " – " (layout::when_text(&list.to))
         }
         p class="muted" { (lang.t("列出分母中的每一行；计入分子的行已标出。", "Every row of the denominator; those the numerator counts are marked.")) }
