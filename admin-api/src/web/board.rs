@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use axum::extract::{Form, Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use carepath_engine::store::alarms::{self, EpisodeFilter, EpisodeView};
 use carepath_engine::store::indicators;
@@ -391,7 +390,6 @@ pub(crate) async fn act(
     State(s): State<AppState>,
     Path((id, action)): Path<(i64, String)>,
     mut staff: Staff,
-    headers: HeaderMap,
     Form(f): Form<TaskForm>,
 ) -> Result<Response, Response> {
     staff.check_csrf(&s, &f.csrf).await?;
@@ -431,13 +429,13 @@ pub(crate) async fn act(
         Err(e) => Err(e),
     };
     match done {
-        Ok(out) => Ok(back_to(f.back.as_deref(), out.action, &headers)),
+        Ok(out) => Ok(back_to(f.back.as_deref(), out.action)),
         Err(e) => Err(layout::error_page(lang, Some(&staff), e)),
     }
 }
 
 /// Back to the page a form was on, saying what was done.
-pub(crate) fn back_to(back: Option<&str>, done: &str, _headers: &HeaderMap) -> Response {
+pub(crate) fn back_to(back: Option<&str>, done: &str) -> Response {
     let to = local(back);
     let (path, query) = to.split_once('?').unwrap_or((&to, ""));
     let kept: Vec<&str> = query

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Form, Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use carepath_engine::store::alarms::{self, EpisodeAction, EpisodeFilter};
 use carepath_engine::store::patients::{self, Course};
@@ -379,7 +378,6 @@ pub(crate) async fn alarm_act(
     State(s): State<AppState>,
     Path((id, action)): Path<(i64, String)>,
     mut staff: Staff,
-    headers: HeaderMap,
     Form(f): Form<AlarmForm>,
 ) -> Result<Response, Response> {
     staff.check_csrf(&s, &f.csrf).await?;
@@ -406,11 +404,7 @@ pub(crate) async fn alarm_act(
         Err(e) => Err(e),
     };
     match done {
-        Ok(_) => Ok(back_to(
-            f.back.as_deref(),
-            &format!("alarm.{action}"),
-            &headers,
-        )),
+        Ok(_) => Ok(back_to(f.back.as_deref(), &format!("alarm.{action}"))),
         Err(e) => Err(layout::error_page(lang, Some(&staff), e)),
     }
 }

@@ -4,7 +4,6 @@
 //! functions `GET /referrals` and `POST /referrals/{id}/{decision}` use.
 
 use axum::extract::{Form, Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use carepath_engine::store::queries;
 use maud::html;
@@ -135,7 +134,6 @@ pub(crate) async fn decide(
     State(s): State<AppState>,
     Path((id, decision)): Path<(i64, String)>,
     mut staff: Staff,
-    headers: HeaderMap,
     Form(f): Form<DecisionForm>,
 ) -> Result<Response, Response> {
     staff.check_csrf(&s, &f.csrf).await?;
@@ -156,7 +154,6 @@ pub(crate) async fn decide(
         Ok(_) => Ok(back_to(
             Some("/app/referrals"),
             &format!("referral.{decision}"),
-            &headers,
         )),
         Err(e) => Err(layout::error_page(lang, Some(&staff), e)),
     }
