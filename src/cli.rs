@@ -210,6 +210,8 @@ enum Command {
         #[command(flatten)]
         proxies: ProxyArgs,
         #[command(flatten)]
+        web: WebArgs,
+        #[command(flatten)]
         audit: AuditArgs,
     },
     /// Serve the admin API, run the scheduler pass by cron in the hospital's time zone, and sweep
@@ -238,7 +240,14 @@ enum Command {
         #[command(flatten)]
         proxies: ProxyArgs,
         #[command(flatten)]
+        web: WebArgs,
+        #[command(flatten)]
         audit: AuditArgs,
+    },
+    /// Staff sign-in credentials for the workstation.
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
     },
     /// Run pathway tests (`*.test.yaml`) on the real step; fails on any failure or uncovered state.
     Test {
@@ -407,6 +416,29 @@ enum CalendarCommand {
 }
 
 #[derive(Subcommand)]
+enum StaffCommand {
+    /// Set a staff member's workstation password, read from standard input (one line); clears
+    /// failed attempts and any lock-out.
+    SetPassword {
+        /// The staff member's id.
+        staff: String,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
+    },
+    /// Give a staff member a new TOTP secret (the second factor admin and auditor roles sign in
+    /// with) and print its otpauth:// URI for an authenticator app.
+    EnrolTotp {
+        staff: String,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Check the keyed chain and that every checkpointed prefix is still there; print rows and
     /// checkpoints checked and the first broken row. Exit 0 when intact, 1 when tampered with.
@@ -535,9 +567,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_serve,
             mllp,
             proxies,
+            web,
             audit,
         } => {
-            let (pool, audit) = demo(patients, &db, &pathways, &audit).await?;
+            let (pool, audit) = demo(patients, &db, &pathways, &audit, &addr).await?;
             if no_serve {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -557,6 +590,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
                     demo_contact_key: true,
+                    web: web.config(),
                 },
             )
             .await
@@ -571,6 +605,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             delivery_config,
             mllp,
             proxies,
+            web,
             audit,
         } => {
             let delivery = delivery_config
@@ -600,6 +635,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     audit,
                     trusted_proxies: proxies.trusted_proxy,
                     demo_contact_key: false,
+                    web: web.config(),
                 },
             )
             .await
@@ -704,6 +740,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Staff { command } => match command {
+            StaffCommand::SetPassword { staff, db, audit } => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the password from standard input")?;
+                let password = line.trim_end_matches(['\n', '\r']);
+                if password.chars().count() < 8 {
+                    anyhow::bail!("a password needs at least 8 characters");
+                }
+                let hash = carepath_admin_api::web::hash_password(password)
+                    .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+                let pool = db.open().await?;
+                audit.install(&pool, &db.url).await?;
+                let credential = store::sign_in::Credential::Password(&hash);
+                if !store::sign_in::set_credential(&pool, &staff, credential, Timestamp::now())
+                    .await?
+                {
+                    anyhow::bail!("no staff member `{staff}`");
+                }
+                println!("password set for {staff}");
+                Ok(ExitCode::SUCCESS)
+            }
+            StaffCommand::EnrolTotp { staff, db, audit } => {
+                let (secret, uri) = carepath_admin_api::web::new_totp_secret(&staff)
+                    .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                let pool = db.open().await?;
+                audit.install(&pool, &db.url).await?;
+                let credential = store::sign_in::Credential::Totp(&secret);
+                if !store::sign_in::set_credential(&pool, &staff, credential, Timestamp::now())
+                    .await?
+                {
+                    anyhow::bail!("no staff member `{staff}`");
+                }
+                println!("{uri}");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Audit { command } => match command {
             AuditCommand::Verify { db, audit, json } => {
                 crate::audit::verify(&db.url, &audit, json).await
@@ -991,6 +1065,7 @@ async fn demo(
     url: &str,
     pathways: &std::path::Path,
     audit: &AuditArgs,
+    addr: &str,
 ) -> anyhow::Result<(store::Pool, crate::audit::Audit)> {
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
     for suffix in ["", "-wal", "-shm"] {
@@ -1043,8 +1118,55 @@ async fn demo(
         );
         println!("      curl -H 'Authorization: Bearer {token}' http://127.0.0.1:8080/kpis");
     }
+    demo_sign_ins(&pool, &tokens, addr).await?;
     audit.checkpoint(&pool).await?;
     Ok((pool, audit))
+}
+
+/// The demo staff's workstation password: published, like everything of the demo.
+pub(crate) const DEMO_PASSWORD: &str = "carepath-demo";
+/// The demo's TOTP secret for the roles that need a second factor (published: demo only).
+pub(crate) const DEMO_TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+/// Gives every demo staff member (but device gateways) the demo password, and those of the roles
+/// that need a second factor the demo TOTP secret; prints the workstation's address and a sign-in
+/// per role of the lead hospital and the first clinic.
+async fn demo_sign_ins(
+    pool: &store::Pool,
+    tokens: &[(String, String, String, String)],
+    addr: &str,
+) -> anyhow::Result<()> {
+    use store::sign_in::{Credential, set_credential};
+    // One hash for all: the demo's staff share its published password.
+    let hash = carepath_admin_api::web::hash_password(DEMO_PASSWORD)
+        .map_err(|e| anyhow::anyhow!("cannot hash the demo password: {e}"))?;
+    let now = Timestamp::now();
+    for (staff, _, role, _) in tokens {
+        if role == "device_gateway" {
+            continue;
+        }
+        set_credential(pool, staff, Credential::Password(&hash), now).await?;
+        if carepath_admin_api::web::TOTP_ROLES.contains(&role.as_str()) {
+            set_credential(pool, staff, Credential::Totp(DEMO_TOTP_SECRET), now).await?;
+        }
+    }
+    println!(
+        "workstation: http://{addr}/app/  (password for every staff member below: {DEMO_PASSWORD})"
+    );
+    for (staff, inst, role, _) in tokens {
+        if role == "device_gateway" || !(inst == seed::LEAD || inst == seed::CLINICS[0]) {
+            continue;
+        }
+        let second = if carepath_admin_api::web::TOTP_ROLES.contains(&role.as_str()) {
+            format!(
+                "  + one-time code from otpauth://totp/carepath:{staff}?secret={DEMO_TOTP_SECRET}&issuer=carepath"
+            )
+        } else {
+            String::new()
+        };
+        println!("  sign in as {staff:<34} {role:<22} {inst}{second}");
+    }
+    Ok(())
 }
 
 /// Who the server believes about client addresses, and where the audit's checkpoints go.
@@ -1054,6 +1176,8 @@ struct Access {
     /// Without `CAREPATH_CONTACT_KEY`, use the demo's published key instead of refusing contact
     /// details (the demo only: its key is no secret).
     demo_contact_key: bool,
+    /// How the workstation's sessions behave.
+    web: carepath_admin_api::web::WebConfig,
 }
 
 /// The demo's contact key: fixed, so a restarted demo reads what it stored, and published, so
@@ -1108,7 +1232,8 @@ async fn serve(
     let mut state = carepath_admin_api::AppState::new(pool.clone(), programs)
         .with_audit_checkpoints(audit.checkpoints.clone())
         .with_trusted_proxies(access.trusted_proxies.clone())
-        .with_intake(intake);
+        .with_intake(intake)
+        .with_web(access.web);
     // Contact details are accepted and shown (masked) only with the key they are encrypted with.
     match carepath_engine::crypto::ContactKey::from_env() {
         Ok(key) => state = state.with_contact_key(key),
@@ -1309,6 +1434,32 @@ pub(crate) async fn serve_until_interrupted(
         let _ = tokio::signal::ctrl_c().await;
     })
     .await
+}
+
+/// How the workstation's sessions behave.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct WebArgs {
+    /// Mark session cookies `Secure`: set it whenever the workstation is reached over HTTPS
+    /// (directly or through a TLS-terminating proxy), so the browser never sends them in clear.
+    #[arg(long, env = "CAREPATH_SECURE_COOKIES")]
+    secure_cookies: bool,
+    /// A workstation session unused for this many minutes ends.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    session_idle_minutes: u32,
+    /// A workstation session ends this many hours after sign-in, however busy.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=168))]
+    session_hours: u32,
+}
+
+impl WebArgs {
+    fn config(&self) -> carepath_admin_api::web::WebConfig {
+        carepath_admin_api::web::WebConfig {
+            secure_cookies: self.secure_cookies,
+            idle_seconds: i64::from(self.session_idle_minutes) * 60,
+            lifetime_seconds: i64::from(self.session_hours) * 3600,
+            ..Default::default()
+        }
+    }
 }
 
 /// Which peers' `X-Forwarded-For` the audit believes.

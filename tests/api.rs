@@ -730,6 +730,7 @@ async fn permission_matrix_on(backend: &Backend) {
                     "/pathways/{id}/{version}/graph" => {
                         ("/pathways/hypertension/3/graph".into(), None)
                     }
+                    "/kpis/{indicator}/rows" => ("/kpis/on_time_task_rate/rows".into(), None),
                     "/patients" => (
                         "/patients".into(),
                         Some(

@@ -33,4 +33,5 @@ mod scenarios;
 mod security;
 mod sim_kpis;
 mod tidy;
+mod web;
 mod working_days;

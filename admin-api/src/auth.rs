@@ -142,7 +142,7 @@ pub fn allowed(roles: &[String], module: Module) -> bool {
 pub(crate) struct CallerSlot(Arc<Mutex<Option<Caller>>>);
 
 impl CallerSlot {
-    fn set(&self, c: &Caller) {
+    pub(crate) fn set(&self, c: &Caller) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(c.clone());
         }

@@ -17,6 +17,7 @@ mod openapi;
 mod routes;
 mod serve;
 mod strict_json;
+pub mod web;
 
 use carepath_engine::intake::IntakeRules;
 use carepath_engine::store::crypto::ContactKey;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub contact_key: Option<Arc<ContactKey>>,
     /// The case-intake rules applied to what hospital systems send.
     pub intake: Arc<IntakeRules>,
+    /// How the workstation's sessions behave (cookies, time-outs, lock-out).
+    pub web: web::WebConfig,
 }
 
 /// The limits of compiling uploaded pathways.
@@ -117,7 +120,14 @@ impl AppState {
             trusted_proxies: Arc::default(),
             contact_key: None,
             intake: Arc::default(),
+            web: web::WebConfig::default(),
         }
+    }
+
+    /// Runs the workstation's sessions with these settings.
+    pub fn with_web(mut self, web: web::WebConfig) -> AppState {
+        self.web = web;
+        self
     }
 
     /// Encrypts and reads patients' contact details with `key`.
@@ -175,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .fold(Router::new(), |router, (path, methods)| {
             router.route(path, methods)
         })
+        .merge(web::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn(
             strict_json::reject_duplicate_keys,
@@ -215,7 +226,12 @@ async fn as_problem(req: axum::extract::Request, next: axum::middleware::Next) -
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/fhir+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem || is_fhir {
+    // The workstation's pages answer errors as pages.
+    let is_page = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem || is_fhir || is_page {
         return res;
     }
     let text = match axum::body::to_bytes(res.into_body(), 64 * 1024).await {

@@ -285,6 +285,21 @@ pub(crate) fn ok_decision() -> Success {
         "status": {"type": "string", "enum": ["accepted", "rejected", "arrived"]}})),
     )
 }
+pub(crate) fn ok_kpi_rows() -> Success {
+    let row = obj(
+        json!({"kind": {"type": "string", "enum": ["task", "scale_push"]}, "id": int(), "patient_id": string(),
+        "enrolment_id": int(), "pathway": string(), "what": nullable(string()), "status": string(), "at": int(),
+        "completed_at": nullable(int()), "outcome": nullable(string()), "in_numerator": json!({"type": "boolean"})}),
+    );
+    json_ok(
+        200,
+        "The rows behind the figure: the denominator's rows, `in_numerator` on those the numerator counts too; `numerator` and `denominator` counted as the figure is (rows, or distinct enrolments for follow_up_rate)",
+        obj(
+            json!({"indicator": string(), "institution": string(), "pathway": nullable(string()), "staff": nullable(string()), "from": instant(), "to": instant(),
+            "numerator": int(), "denominator": int(), "rows": array(row)}),
+        ),
+    )
+}
 pub(crate) fn ok_kpis() -> Success {
     let object = json!({"type": "object"});
     let breakdown = obj(

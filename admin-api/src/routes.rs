@@ -420,6 +420,7 @@ pub static ROUTES: &[Route] = &[
                 ("assignee", "string"),
                 ("due_before", "string"),
                 ("due_after", "string"),
+                ("pathway", "string"),
                 ("cursor", "string"),
                 ("limit", "integer"),
             ],
@@ -561,6 +562,25 @@ pub static ROUTES: &[Route] = &[
             ],
             body: None,
             success: doc::ok_kpis,
+        }),
+    },
+    Route {
+        method: Get,
+        path: "/kpis/{indicator}/rows",
+        module: Some(Kpis),
+        action: "kpi.rows",
+        record: Record::Store,
+        handler: |m| on(m, kpis::rows),
+        doc: Some(Doc {
+            summary: "The tasks or scale pushes behind a built-in indicator's figure (follow_up_rate, on_time_task_rate, overdue_rate, scale_completion) over the period `GET /kpis` counts, each marked when it is in the numerator; with `staff`, that staff member's share (tasks assigned to them) as `by=staff` counts it",
+            query: &[
+                ("from", "string"),
+                ("to", "string"),
+                ("pathway", "string"),
+                ("staff", "string"),
+            ],
+            body: None,
+            success: doc::ok_kpi_rows,
         }),
     },
     Route {

@@ -415,3 +415,134 @@ mod tests {
         );
     }
 }
+
+/// A threshold line across a [`readings`] chart: a value and what it means.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub label: String,
+    pub value: f64,
+}
+
+/// One patient's readings of one kind over time (`points` are (Unix seconds, value)), with the
+/// alarm thresholds drawn as dashed lines: a standalone SVG with a title for screen readers.
+/// The x axis runs from the first reading to the last; `x_labels` names its two ends.
+pub fn readings(
+    title: &str,
+    points: &[(i64, f64)],
+    thresholds: &[Threshold],
+    x_labels: (&str, &str),
+) -> String {
+    let (w, h) = (640.0, 220.0);
+    let (left, right, top, bottom) = (56.0, 150.0, 28.0, 30.0);
+    let values = points
+        .iter()
+        .map(|p| p.1)
+        .chain(thresholds.iter().map(|t| t.value))
+        .filter(|v| v.is_finite());
+    let (mut lo, mut hi) = values.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if (hi - lo).abs() < f64::EPSILON {
+        (lo, hi) = (lo - 1.0, hi + 1.0);
+    }
+    let pad = (hi - lo) * 0.08;
+    let (lo, hi) = (lo - pad, hi + pad);
+    let t0 = points.first().map_or(0, |p| p.0);
+    let t1 = points.last().map_or(1, |p| p.0).max(t0 + 1);
+    let x = |t: i64| left + (t - t0) as f64 / (t1 - t0) as f64 * (w - left - right);
+    let y = |v: f64| top + (hi - v) / (hi - lo) * (h - top - bottom);
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><rect width="{w}" height="{h}" fill="#fff"/><text x="{left}" y="18" font-size="13" font-weight="600" fill="#1a1a1a">{t}</text>"##,
+        t = escape(title)
+    );
+    let _ = write!(
+        b,
+        r##"<line x1="{left}" y1="{yb}" x2="{xr}" y2="{yb}" stroke="#6b7280"/><line x1="{left}" y1="{top}" x2="{left}" y2="{yb}" stroke="#6b7280"/>"##,
+        yb = h - bottom,
+        xr = w - right
+    );
+    for v in [lo + pad, hi - pad] {
+        let _ = write!(
+            b,
+            r##"<text x="{tx}" y="{ty:.1}" font-size="11" text-anchor="end" fill="#374151">{v:.1}</text>"##,
+            tx = left - 6.0,
+            ty = y(v) + 4.0
+        );
+    }
+    let _ = write!(
+        b,
+        r##"<text x="{left}" y="{ty}" font-size="11" fill="#374151">{a}</text><text x="{xr}" y="{ty}" font-size="11" text-anchor="end" fill="#374151">{z}</text>"##,
+        ty = h - 10.0,
+        xr = w - right,
+        a = escape(x_labels.0),
+        z = escape(x_labels.1)
+    );
+    for (i, t) in thresholds.iter().enumerate() {
+        let ty = y(t.value);
+        let _ = write!(
+            b,
+            r##"<line x1="{left}" y1="{ty:.1}" x2="{xr}" y2="{ty:.1}" stroke="#a11b1b" stroke-dasharray="6 4"/><text x="{lx}" y="{ly:.1}" font-size="11" fill="#a11b1b">{l}</text>"##,
+            xr = w - right,
+            lx = w - right + 6.0,
+            ly = ty + 4.0 + (i as f64 * 0.0),
+            l = escape(&format!("{} {}", t.label, num_short(t.value)))
+        );
+    }
+    if !points.is_empty() {
+        let path: Vec<String> = points
+            .iter()
+            .filter(|p| p.1.is_finite())
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+            .collect();
+        let _ = write!(
+            b,
+            r##"<polyline fill="none" stroke="{c}" stroke-width="2" points="{p}"/>"##,
+            c = PALETTE[0],
+            p = path.join(" ")
+        );
+        for p in points.iter().filter(|p| p.1.is_finite()) {
+            let _ = write!(
+                b,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{c}"/>"##,
+                x(p.0),
+                y(p.1),
+                c = PALETTE[0]
+            );
+        }
+    }
+    b.push_str("</svg>");
+    b
+}
+
+fn num_short(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+#[cfg(test)]
+mod readings_tests {
+    use super::*;
+
+    #[test]
+    fn a_readings_chart_draws_every_reading_and_threshold() {
+        let svg = readings(
+            "bp_systolic <&>",
+            &[(0, 150.0), (86_400, 185.0), (172_800, 160.0)],
+            &[Threshold {
+                label: "≥".into(),
+                value: 180.0,
+            }],
+            ("a", "b"),
+        );
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<circle").count(), 3);
+        assert!(svg.contains("stroke-dasharray") && svg.contains("≥ 180"));
+        assert!(svg.contains("bp_systolic &lt;&amp;&gt;"));
+    }
+}

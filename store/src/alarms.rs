@@ -407,6 +407,8 @@ pub struct EpisodeFilter {
     pub role: Option<String>,
     /// Only episodes with a larger id (the `next_cursor` of the previous page).
     pub after: Option<i64>,
+    /// Only episodes of this patient.
+    pub patient: Option<String>,
     pub limit: i64,
 }
 
@@ -490,6 +492,10 @@ pub async fn episodes(pool: &Pool, caller: &Caller, f: &EpisodeFilter) -> Result
     if let Some(role) = &f.role {
         a.push(crate::Arg::T(role.clone()));
         sql.push_str(&format!(" AND role = ${}", a.len()));
+    }
+    if let Some(patient) = &f.patient {
+        a.push(crate::Arg::T(patient.clone()));
+        sql.push_str(&format!(" AND patient_id = ${}", a.len()));
     }
     sql.push_str(" ORDER BY id LIMIT $2");
     Ok(pool

@@ -175,6 +175,20 @@ impl TaskCounts {
     }
 }
 
+/// The tasks a period's task counts read (`$1` institution, `$2` from, `$3` to): made before its
+/// end and created, due or completed in it.
+const TASKS_OF_PERIOD: &str = "FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
+     WHERE t.institution_id = $1 AND t.created_at < $3 \
+     AND (t.created_at >= $2 OR t.due_at >= $2 OR t.completed_at >= $2)";
+/// Completed in the period.
+const TASK_DONE: &str = "t.status = 'done' AND t.completed_at >= $2 AND t.completed_at < $3";
+/// Due in the period up to `as_of` (`$4`), not cancelled.
+const TASK_DUE: &str = "t.status <> 'cancelled' AND t.due_at >= $2 AND t.due_at < $4";
+/// Completed by its due time.
+const TASK_ON_TIME: &str = "t.status = 'done' AND t.completed_at <= t.due_at";
+/// Not completed by its due time (completed late, or still not done).
+const TASK_LATE: &str = "(t.completed_at IS NULL OR t.completed_at > t.due_at)";
+
 async fn task_counts(
     pool: &Pool,
     scope: &Scope<'_>,
@@ -188,20 +202,17 @@ async fn task_counts(
         p.due_end().into(),
     ];
     let filter = pathway_filter(scope, &mut args);
-    let done = "t.status = 'done' AND t.completed_at >= $2 AND t.completed_at < $3";
-    let due = "t.status <> 'cancelled' AND t.due_at >= $2 AND t.due_at < $4";
+    let (done, due) = (TASK_DONE, TASK_DUE);
     let sql = format!(
         "SELECT {k}, \
          COUNT(CASE WHEN t.created_at >= $2 AND t.created_at < $3 THEN 1 END), \
          COUNT(CASE WHEN {done} THEN 1 END), \
          COUNT(CASE WHEN {done} AND t.completed_at <= t.due_at THEN 1 END), \
          COUNT(CASE WHEN {due} THEN 1 END), \
-         COUNT(CASE WHEN {due} AND t.status = 'done' AND t.completed_at <= t.due_at THEN 1 END), \
-         COUNT(CASE WHEN {due} AND (t.completed_at IS NULL OR t.completed_at > t.due_at) THEN 1 END), \
+         COUNT(CASE WHEN {due} AND {TASK_ON_TIME} THEN 1 END), \
+         COUNT(CASE WHEN {due} AND {TASK_LATE} THEN 1 END), \
          COUNT(DISTINCT CASE WHEN ({done}) OR ({due}) THEN t.enrolment_id END) \
-         FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
-         WHERE t.institution_id = $1 AND t.created_at < $3 \
-         AND (t.created_at >= $2 OR t.due_at >= $2 OR t.completed_at >= $2){filter}{g}",
+         {TASKS_OF_PERIOD}{filter}{g}",
         k = key.expr(),
         g = key.group_by(),
     );
@@ -279,6 +290,27 @@ pub struct FollowUpCounts {
     pub sent: i64,
 }
 
+/// The follow-up calls due in a period (`$1` institution, `$2` from, `$3` due end), as a `FROM …
+/// WHERE` clause over `tasks t` and `enrolments e`, and the condition of a call that reached the
+/// patient; pushes their parameters onto `args`. A follow-up call is a task named `…_call`
+/// (`defs::is_follow_up_call`); `!` escapes the underscore, which LIKE reads as any character.
+fn follow_up_calls(args: &mut Vec<Arg>) -> (String, String) {
+    let call = format!("%{}", defs::FOLLOW_UP_CALL_SUFFIX.replace('_', "!_"));
+    args.push(call.into());
+    let like = args.len();
+    let first_outcome = args.len() + 1;
+    args.extend(defs::NOT_REACHED.iter().map(|o| Arg::from(*o)));
+    let not_reached = super::db::placeholders(first_outcome, defs::NOT_REACHED.len());
+    (
+        format!(
+            "FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
+             WHERE t.institution_id = $1 AND t.due_at >= $2 AND t.due_at < $3 AND t.status <> 'cancelled' \
+             AND t.task_ref LIKE ${like} ESCAPE '!'"
+        ),
+        format!("t.status = 'done' AND (t.outcome IS NULL OR t.outcome NOT IN ({not_reached}))"),
+    )
+}
+
 async fn follow_up_counts(
     pool: &Pool,
     scope: &Scope<'_>,
@@ -300,20 +332,11 @@ async fn follow_up_counts(
         ..Default::default()
     })
     .await?;
-    // A follow-up call is a task named `…_call` (`defs::is_follow_up_call`); `!` escapes the
-    // underscore, which LIKE reads as any character.
-    let call = format!("%{}", defs::FOLLOW_UP_CALL_SUFFIX.replace('_', "!_"));
-    args.push(call.into());
-    let like = args.len();
-    let first_outcome = args.len() + 1;
-    args.extend(defs::NOT_REACHED.iter().map(|o| Arg::from(*o)));
-    let not_reached = super::db::placeholders(first_outcome, defs::NOT_REACHED.len());
+    let (calls, reached) = follow_up_calls(&mut args);
     let sql = format!(
         "SELECT {k}, COUNT(DISTINCT t.enrolment_id), \
-         COUNT(DISTINCT CASE WHEN t.status = 'done' AND (t.outcome IS NULL OR t.outcome NOT IN ({not_reached})) THEN t.enrolment_id END) \
-         FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id \
-         WHERE t.institution_id = $1 AND t.due_at >= $2 AND t.due_at < $3 AND t.status <> 'cancelled' \
-         AND t.task_ref LIKE ${like} ESCAPE '!'{filter}{g}",
+         COUNT(DISTINCT CASE WHEN {reached} THEN t.enrolment_id END) \
+         {calls}{filter}{g}",
         k = key.expr(),
         g = key.group_by(),
     );
@@ -332,6 +355,12 @@ pub struct ScaleCounts {
     pub answered: i64,
 }
 
+/// Scales pushed in the period (`$1` institution, `$2` from, `$3` to), not cancelled, as a
+/// `FROM … WHERE` clause over `scale_pushes s` and `enrolments e`.
+const SCALES_PUSHED: &str = "FROM scale_pushes s JOIN enrolments e ON e.id = s.enrolment_id \
+     WHERE s.institution_id = $1 AND s.created_at >= $2 AND s.created_at < $3 AND s.status <> 'cancelled'";
+const SCALE_ANSWERED: &str = "s.status = 'answered'";
+
 async fn scale_counts(
     pool: &Pool,
     scope: &Scope<'_>,
@@ -341,9 +370,8 @@ async fn scale_counts(
     let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
     let filter = pathway_filter(scope, &mut args);
     let sql = format!(
-        "SELECT {k}, COUNT(*), COUNT(CASE WHEN s.status = 'answered' THEN 1 END) \
-         FROM scale_pushes s JOIN enrolments e ON e.id = s.enrolment_id \
-         WHERE s.institution_id = $1 AND s.created_at >= $2 AND s.created_at < $3 AND s.status <> 'cancelled'{filter}{g}",
+        "SELECT {k}, COUNT(*), COUNT(CASE WHEN {SCALE_ANSWERED} THEN 1 END) \
+         {SCALES_PUSHED}{filter}{g}",
         k = key.expr(),
         g = key.group_by(),
     );
@@ -1024,4 +1052,191 @@ pub async fn kpis(pool: &Pool, pathways: &[&Pathway], req: &KpiRequest<'_>) -> R
     }
     out["indicators"] = json!(indicators);
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Line lists: the rows behind a figure
+
+/// One row a built-in indicator counts: a task or a scale push, and whether it is in the
+/// numerator as well as the denominator.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LineRow {
+    /// `task` or `scale_push`.
+    pub kind: &'static str,
+    pub id: i64,
+    pub patient_id: String,
+    pub enrolment_id: i64,
+    pub pathway: String,
+    /// The task's id in its pathway, or the scale.
+    pub what: Option<String>,
+    pub status: String,
+    /// Due (a task) or pushed (a scale), in seconds.
+    pub at: i64,
+    pub completed_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub in_numerator: bool,
+}
+
+/// The rows behind a built-in indicator: its denominator's rows, each marked when it counts in
+/// the numerator too. Each list is read with the very clauses its count is computed with, so
+/// the list and the figure cannot disagree. Counted per task or push (`on_time_task_rate`,
+/// `overdue_rate`, `scale_completion`), the denominator is the number of rows; counted per
+/// enrolment (`follow_up_rate`), it is the number of distinct enrolments, an enrolment being in
+/// the numerator when any of its calls is. `None` for an indicator with no line list.
+pub async fn line_list(
+    pool: &Pool,
+    scope: &Scope<'_>,
+    p: &Period,
+    indicator: &str,
+    staff: Option<&str>,
+) -> Result<Option<Vec<LineRow>>> {
+    // One staff member's share: the tasks assigned to them, as the breakdown by staff groups them
+    // (`Key::Staff`); scale pushes are no one's.
+    let assigned = |args: &mut Vec<Arg>| match staff {
+        Some(st) => {
+            args.push(st.into());
+            format!(" AND {} = ${}", Key::Staff.expr(), args.len())
+        }
+        None => String::new(),
+    };
+    let task_cols = "t.id, t.patient_id, t.enrolment_id, e.pathway_id, t.task_ref, t.status, t.due_at, t.completed_at, t.outcome";
+    let (sql, args, kind) = match indicator {
+        "on_time_task_rate" | "overdue_rate" => {
+            let mut args: Vec<Arg> = vec![
+                scope.institution.into(),
+                p.from.into(),
+                p.to.into(),
+                p.due_end().into(),
+            ];
+            let mut filter = pathway_filter(scope, &mut args);
+            filter.push_str(&assigned(&mut args));
+            let num = if indicator == "overdue_rate" {
+                TASK_LATE
+            } else {
+                TASK_ON_TIME
+            };
+            (
+                format!(
+                    "SELECT {task_cols}, CAST(CASE WHEN {num} THEN 1 ELSE 0 END AS BIGINT) {TASKS_OF_PERIOD} AND {TASK_DUE}{filter} ORDER BY t.due_at, t.id"
+                ),
+                args,
+                "task",
+            )
+        }
+        "follow_up_rate" => {
+            let mut args: Vec<Arg> =
+                vec![scope.institution.into(), p.from.into(), p.due_end().into()];
+            let mut filter = pathway_filter(scope, &mut args);
+            let (calls, reached) = follow_up_calls(&mut args);
+            filter.push_str(&assigned(&mut args));
+            (
+                format!(
+                    "SELECT {task_cols}, CAST(CASE WHEN {reached} THEN 1 ELSE 0 END AS BIGINT) {calls}{filter} ORDER BY t.enrolment_id, t.due_at, t.id"
+                ),
+                args,
+                "task",
+            )
+        }
+        "scale_completion" if staff.is_none() => {
+            let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+            let filter = pathway_filter(scope, &mut args);
+            (
+                format!(
+                    "SELECT s.id, s.patient_id, s.enrolment_id, e.pathway_id, s.scale, s.status, s.created_at, NULL, NULL, \
+                     CAST(CASE WHEN {SCALE_ANSWERED} THEN 1 ELSE 0 END AS BIGINT) {SCALES_PUSHED}{filter} ORDER BY s.created_at, s.id"
+                ),
+                args,
+                "scale_push",
+            )
+        }
+        _ => return Ok(None),
+    };
+    let rows = pool.fetch(&sql, args).await?;
+    let mut out: Vec<LineRow> = rows
+        .iter()
+        .map(|r| LineRow {
+            kind,
+            id: r.i64(0),
+            patient_id: r.text(1),
+            enrolment_id: r.i64(2),
+            pathway: r.text(3),
+            what: r.opt_text(4),
+            status: r.text(5),
+            at: r.i64(6),
+            completed_at: r.opt_i64(7),
+            outcome: r.opt_text(8),
+            in_numerator: r.i64(9) == 1,
+        })
+        .collect();
+    if indicator == "follow_up_rate" {
+        // Counted per enrolment: every call of an enrolment followed up counts with it.
+        let reached: std::collections::BTreeSet<i64> = out
+            .iter()
+            .filter(|r| r.in_numerator)
+            .map(|r| r.enrolment_id)
+            .collect();
+        for r in &mut out {
+            r.in_numerator = reached.contains(&r.enrolment_id);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The indicators [`line_list`] lists.
+pub const LINE_LISTS: &[&str] = &[
+    "follow_up_rate",
+    "on_time_task_rate",
+    "overdue_rate",
+    "scale_completion",
+];
+
+/// A line list's numerator and denominator, counted as its figure is: rows, or distinct
+/// enrolments for `follow_up_rate`.
+pub fn line_list_sides(indicator: &str, rows: &[LineRow]) -> (i64, i64) {
+    if indicator == "follow_up_rate" {
+        let all: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.enrolment_id).collect();
+        let num: std::collections::BTreeSet<i64> = rows
+            .iter()
+            .filter(|r| r.in_numerator)
+            .map(|r| r.enrolment_id)
+            .collect();
+        (num.len() as i64, all.len() as i64)
+    } else {
+        (
+            rows.iter().filter(|r| r.in_numerator).count() as i64,
+            rows.len() as i64,
+        )
+    }
+}
+
+/// [`line_list`] for a request (optionally one staff member's share): audited with the patients it
+/// names before it is returned.
+pub async fn read_line_list(
+    pool: &Pool,
+    audit: &crate::queries::AuditAppender,
+    caller: &crate::queries::Caller,
+    req: (&Scope<'_>, &Period, &str, Option<&str>),
+    remote: &str,
+    now: jiff::Timestamp,
+) -> Result<Option<Vec<LineRow>>> {
+    let (scope, p, indicator, staff) = req;
+    let Some(rows) = line_list(pool, scope, p, indicator, staff).await? else {
+        return Ok(None);
+    };
+    let patients: std::collections::BTreeSet<&String> =
+        rows.iter().map(|r| &r.patient_id).collect();
+    let patients: Vec<String> = patients.into_iter().cloned().collect();
+    audit
+        .append(crate::queries::AuditEntry::new(
+            &caller.staff_id,
+            Some(&caller.institution_id),
+            "kpi.rows",
+            &format!("kpis/{indicator}/rows"),
+            &patients,
+            "ok",
+            remote,
+            now,
+        ))
+        .await?;
+    Ok(Some(rows))
 }

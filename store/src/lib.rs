@@ -25,6 +25,7 @@ pub mod records;
 pub mod release;
 pub mod replay;
 pub mod scales;
+pub mod sign_in;
 mod sqlite_tx;
 pub mod stats;
 mod writer;
@@ -83,6 +84,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(13, "0013_institution_calendars", "institution_calendars"),
     migration!(14, "0014_hospital_facts", "hospital_facts"),
     migration!(15, "0015_migration_runs", "migration_runs"),
+    migration!(16, "0016_staff_sign_in", "staff_sign_in"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -693,3 +693,158 @@ mod mask_tests {
         assert!(email("a b@c.cn").is_err());
     }
 }
+
+/// The rest of a patient's course, as the workstation's patient view shows it beside the
+/// enrolments, timelines and scale pushes the API already serves: readings (the last 180 days),
+/// scale results, care-plan goals and their history, messages sent (no contact details: the
+/// outbox's channel, template and delivery status), and the reading conditions of the alarm rules
+/// in force (to draw their thresholds).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Course {
+    /// (kind, value, instant in seconds), by kind then time.
+    pub readings: Vec<(String, f64, i64)>,
+    /// (scale, score, band, instant).
+    pub scales: Vec<(String, f64, String, i64)>,
+    pub goals: Vec<GoalView>,
+    /// Evaluations of the goals, newest first: (enrolment, goal, met, value, instant).
+    pub goal_history: Vec<(i64, String, bool, Option<f64>, i64)>,
+    pub messages: Vec<MessageView>,
+    /// (enrolment, alarm id, the rule's `when` condition as written).
+    pub alarm_rules: Vec<(i64, String, Option<String>)>,
+}
+
+/// A care-plan goal of an enrolment and its latest evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GoalView {
+    pub enrolment_id: i64,
+    pub goal: String,
+    pub title: carepath_dsl::Text,
+    pub met: Option<bool>,
+    pub evaluated_at: Option<i64>,
+}
+
+/// A message to the patient as the outbox keeps it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessageView {
+    pub channel: String,
+    pub template: String,
+    pub status: String,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// How far back [`course`] reads readings.
+pub const COURSE_READINGS_DAYS: i64 = 180;
+
+/// [`Course`] of a patient visible to the caller (`NotFound`, audited, otherwise); audited as
+/// `patient.course` before it is returned.
+pub async fn course(
+    pool: &Pool,
+    audit: &AuditAppender,
+    caller: &Caller,
+    id: &str,
+    remote: &str,
+    now: Timestamp,
+) -> Result<Course> {
+    let read = Read {
+        caller,
+        action: "patient.course",
+        target: format!("patient/{id}"),
+        remote,
+        now,
+    };
+    visible_row(pool, audit, &read, "p.id", id).await?;
+    let since = now.as_second() - COURSE_READINGS_DAYS * 86_400;
+    let readings = pool
+        .fetch(
+            "SELECT kind, value, at FROM observations WHERE patient_id = $1 AND at >= $2 ORDER BY kind, at LIMIT 5000",
+            args![id, since],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.text(0), r.f64(1), r.i64(2)))
+        .collect();
+    let scales = pool
+        .fetch(
+            "SELECT scale, score, band, at FROM scale_answers WHERE patient_id = $1 ORDER BY at DESC LIMIT 200",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.text(0), r.f64(1), r.text(2), r.i64(3)))
+        .collect();
+    let goals = pool
+        .fetch(
+            "SELECT g.enrolment_id, g.goal_id, g.spec, g.met, g.evaluated_at FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
+             WHERE e.patient_id = $1 ORDER BY g.enrolment_id, g.goal_id",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| GoalView {
+            enrolment_id: r.i64(0),
+            goal: r.text(1),
+            title: serde_json::from_str::<carepath_dsl::Goal>(&r.text(2))
+                .map(|g| g.title)
+                .unwrap_or_else(|_| carepath_dsl::Text::both(&r.text(1))),
+            met: r.opt_i64(3).map(|m| m != 0),
+            evaluated_at: r.opt_i64(4),
+        })
+        .collect();
+    let goal_history = pool
+        .fetch(
+            "SELECT s.enrolment_id, s.goal_id, s.met, s.value, s.at FROM goal_status s JOIN enrolments e ON e.id = s.enrolment_id \
+             WHERE e.patient_id = $1 ORDER BY s.at DESC, s.id DESC LIMIT 200",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let v = r.f64(3);
+            (r.i64(0), r.text(1), r.i64(2) != 0, (!v.is_nan()).then_some(v), r.i64(4))
+        })
+        .collect();
+    let messages = pool
+        .fetch(
+            "SELECT channel, template, status, attempts, created_at, sent_at, last_error FROM outbox WHERE patient_id = $1 ORDER BY created_at DESC, id DESC LIMIT 100",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| MessageView {
+            channel: r.text(0),
+            template: r.text(1),
+            status: r.text(2),
+            attempts: r.i64(3),
+            created_at: r.i64(4),
+            sent_at: r.opt_i64(5),
+            last_error: r.opt_text(6),
+        })
+        .collect();
+    let alarm_rules = pool
+        .fetch(
+            "SELECT a.enrolment_id, a.alarm_id, a.spec FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id \
+             WHERE e.patient_id = $1 AND a.active = 1 ORDER BY a.enrolment_id, a.alarm_id",
+            args![id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let when = serde_json::from_str::<carepath_dsl::AlarmSpec>(&r.text(2))
+                .ok()
+                .and_then(|s| s.when.map(|w| w.0));
+            (r.i64(0), r.text(1), when)
+        })
+        .collect();
+    audit.append(read.entry(&[id.to_string()], "ok")).await?;
+    Ok(Course {
+        readings,
+        scales,
+        goals,
+        goal_history,
+        messages,
+        alarm_rules,
+    })
+}

@@ -290,6 +290,8 @@ pub struct QueueFilter {
     pub assignee: Option<String>,
     pub due_before: Option<i64>,
     pub due_after: Option<i64>,
+    /// Only tasks of enrolments in this pathway.
+    pub pathway: Option<String>,
     /// Keyset cursor: (priority, due_at, id) of the last row of the previous page.
     pub after: Option<(i64, i64, i64)>,
     pub limit: i64,
@@ -349,6 +351,12 @@ pub async fn queue(
     }
     if let Some(d) = f.due_after {
         common.push_str(&format!(" AND due_at >= {}", param(Arg::I(d), &mut a)));
+    }
+    if let Some(p) = &f.pathway {
+        common.push_str(&format!(
+            " AND enrolment_id IN (SELECT id FROM enrolments WHERE pathway_id = {})",
+            param(Arg::T(p.clone()), &mut a)
+        ));
     }
     let cursor = f.after.map(|(p, due, id)| {
         (
@@ -1565,4 +1573,24 @@ pub async fn event_scoped(
         .await?;
     tx.commit().await?;
     Ok(added)
+}
+
+/// The pathway and version of each of these enrolments (a board needs them to offer a task's
+/// declared outcomes); ids that do not exist are left out. Names no patient.
+pub async fn enrolment_pathways(
+    pool: &Pool,
+    enrolments: &[i64],
+) -> Result<std::collections::HashMap<i64, (String, i64)>> {
+    let mut out = std::collections::HashMap::new();
+    for part in enrolments.chunks(500) {
+        let sql = format!(
+            "SELECT id, pathway_id, version FROM enrolments WHERE id IN ({})",
+            placeholders(1, part.len())
+        );
+        let a: Vec<Arg> = part.iter().map(|i| Arg::I(*i)).collect();
+        for r in pool.fetch(&sql, a).await? {
+            out.insert(r.i64(0), (r.text(1), r.i64(2)));
+        }
+    }
+    Ok(out)
 }

@@ -57,6 +57,7 @@ pub(crate) async fn list(
         status: q.status,
         role: q.role,
         after,
+        patient: None,
         limit,
     };
     let episodes = alarms::list_episodes(

@@ -77,65 +77,118 @@ pub(crate) async fn publish(
     call: Call,
     Body(body): Body<PublishBody>,
 ) -> Result<Response, ApiError> {
-    let file = match body.format.as_str() {
-        "yaml" => "upload.yaml",
-        "rhai" => "upload.rhai",
+    let file = upload_name(&body.format, None)?;
+    let upload = match compile(&s, file, body.source).await {
+        Err(ApiError::Unavailable(m)) => {
+            let mut res = ApiError::Unavailable(m).into_response();
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return Ok(res);
+        }
+        Err(e) => return Err(e),
+        Ok(Compiled::Diagnostics(diagnostics)) => return Ok(unprocessable(&diagnostics)),
+        Ok(Compiled::Upload(upload)) => upload,
+    };
+    let (id, version, warnings) = publish_upload(&s, upload, call.now).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Published {
+            id,
+            version,
+            warnings,
+        }),
+    )
+        .into_response())
+}
+
+/// The file name an upload is compiled (and its diagnostics located) under: `name` when it is a
+/// plain file name of the format, else `upload.yaml` or `upload.rhai`.
+pub(crate) fn upload_name(format: &str, name: Option<&str>) -> Result<String, ApiError> {
+    let ext = match format {
+        "yaml" => ".yaml",
+        "rhai" => ".rhai",
         other => {
             return Err(ApiError::BadRequest(format!(
                 "format must be `yaml` or `rhai`, not `{other}`"
             )));
         }
     };
+    Ok(match name {
+        Some(n)
+            if (n.ends_with(ext) || (ext == ".yaml" && n.ends_with(".yml")))
+                && n.len() <= 100
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && !n.starts_with('.') =>
+        {
+            n.to_string()
+        }
+        _ => format!("upload{ext}"),
+    })
+}
+
+/// What compiling an upload gave.
+pub(crate) enum Compiled {
+    /// It compiles: the program, with its warnings.
+    Upload(Upload),
+    /// It has errors (or took too long).
+    Diagnostics(Vec<carepath_dsl::Diagnostic>),
+}
+
+/// Compiles an uploaded pathway off the async workers, a few at a time and under the deadline
+/// of [`crate::Uploads`]: what `POST /pathways` and the workstation's validation form both run.
+/// `Unavailable` when every compilation slot is busy.
+pub(crate) async fn compile(
+    s: &AppState,
+    file: String,
+    source: String,
+) -> Result<Compiled, ApiError> {
     let Ok(permit) = s.uploads.slots.clone().try_acquire_owned() else {
-        let mut res = ApiError::Unavailable(
+        return Err(ApiError::Unavailable(
             "too many pathway uploads are being compiled right now; try again in a few seconds"
                 .into(),
-        )
-        .into_response();
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return Ok(res);
+        ));
     };
     let limit = s.uploads.limit;
     let root = s.uploads.root.clone();
+    let name = file.clone();
     // Compiling runs user-supplied scripts and reads fragment files: off the async workers, under
     // a deadline the script itself checks, holding its permit until it has really finished.
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        compile_upload(file, body.source, &root, limit)
+        compile_upload(&name, source, &root, limit)
     });
-    let outcome = match tokio::time::timeout(limit + Duration::from_secs(1), task).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => return Err(ApiError::Internal(format!("pathway compilation: {e}"))),
-        Err(_) => Err(Refused::Diagnostics(vec![carepath_dsl::too_long(
-            file,
+    match tokio::time::timeout(limit + Duration::from_secs(1), task).await {
+        Ok(Ok(Ok(upload))) => Ok(Compiled::Upload(upload)),
+        Ok(Ok(Err(Refused::Diagnostics(d)))) => Ok(Compiled::Diagnostics(d)),
+        Ok(Ok(Err(Refused::Invalid(e)))) => Err(ApiError::BadRequest(e)),
+        Ok(Err(e)) => Err(ApiError::Internal(format!("pathway compilation: {e}"))),
+        Err(_) => Ok(Compiled::Diagnostics(vec![carepath_dsl::too_long(
+            &file,
             carepath_dsl::Pos::START,
             limit,
         )])),
-    };
-    let (one, id, version, diagnostics) = match outcome {
-        Ok(done) => done,
-        Err(Refused::Diagnostics(diagnostics)) => return Ok(unprocessable(&diagnostics)),
-        Err(Refused::Invalid(e)) => return Err(ApiError::BadRequest(e)),
-    };
-    store::publish(&s.pool, &one, call.now).await?;
+    }
+}
+
+/// Publishes a compiled upload and reloads the programs every request reads; returns its id,
+/// version and warnings.
+pub(crate) async fn publish_upload(
+    s: &AppState,
+    upload: Upload,
+    now: jiff::Timestamp,
+) -> Result<(String, u32, Vec<carepath_dsl::Diagnostic>), ApiError> {
+    let (one, id, version, diagnostics) = upload;
+    store::publish(&s.pool, &one, now).await?;
     let fresh = store::load_programs(&s.pool).await?;
     if let Ok(mut p) = s.programs.write() {
         *p = fresh;
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(Published {
-            id,
-            version,
-            warnings: diagnostics,
-        }),
-    )
-        .into_response())
+    Ok((id, version, diagnostics))
 }
 
 /// A compiled upload: the one program, its id and version, and its warnings.
-type Upload = (Programs, String, u32, Vec<carepath_dsl::Diagnostic>);
+pub(crate) type Upload = (Programs, String, u32, Vec<carepath_dsl::Diagnostic>);
 
 /// Compiles an uploaded pathway into a program of its own, or returns its diagnostics. Blocking:
 /// call it off the async workers. Fragments are read only from inside `root`.

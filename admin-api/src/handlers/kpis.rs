@@ -37,20 +37,7 @@ pub(crate) async fn read(
     Params(q): Params<KpiQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let now = call.now.as_second();
-    let to =
-        q.to.as_deref()
-            .map(|d| date_start("to", d))
-            .transpose()?
-            .unwrap_or(now + 1);
-    let from = q
-        .from
-        .as_deref()
-        .map(|d| date_start("from", d))
-        .transpose()?
-        .unwrap_or(to - 30 * 86_400);
-    if from >= to {
-        return Err(ApiError::BadRequest("`from` must be before `to`".into()));
-    }
+    let (from, to) = period(now, q.from.as_deref(), q.to.as_deref())?;
     let by =
         q.by.as_deref()
             .map(|b| {
@@ -61,11 +48,7 @@ pub(crate) async fn read(
             .transpose()?;
     let programs = s.programs();
     let latest = programs.latest();
-    if let Some(p) = &q.pathway
-        && !latest.iter().any(|prog| &prog.pathway.id == p)
-    {
-        return Err(ApiError::BadRequest(format!("no published pathway `{p}`")));
-    }
+    published(&programs, q.pathway.as_deref())?;
     let pathways: Vec<&carepath_dsl::Pathway> = latest.iter().map(|p| &p.pathway).collect();
     let req = indicators::KpiRequest {
         scope: indicators::Scope {
@@ -80,4 +63,155 @@ pub(crate) async fn read(
         by,
     };
     Ok(Json(indicators::kpis(&s.pool, &pathways, &req).await?))
+}
+
+/// The period `[from, to)` of an indicator request: dates (midnights in the hospital's zone), by
+/// default the 30 days up to `now`.
+pub(crate) fn period(
+    now: i64,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(i64, i64), ApiError> {
+    let to = to
+        .map(|d| date_start("to", d))
+        .transpose()?
+        .unwrap_or(now + 1);
+    let from = from
+        .map(|d| date_start("from", d))
+        .transpose()?
+        .unwrap_or(to - 30 * 86_400);
+    if from >= to {
+        return Err(ApiError::BadRequest("`from` must be before `to`".into()));
+    }
+    Ok((from, to))
+}
+
+/// Refuses a pathway filter naming no published pathway.
+pub(crate) fn published(
+    programs: &carepath_engine::Programs,
+    pathway: Option<&str>,
+) -> Result<(), ApiError> {
+    match pathway {
+        Some(p) if !programs.latest().iter().any(|prog| prog.pathway.id == p) => {
+            Err(ApiError::BadRequest(format!("no published pathway `{p}`")))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RowsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    pathway: Option<String>,
+    /// One staff member's share (the tasks assigned to them).
+    staff: Option<String>,
+}
+
+/// The rows behind a built-in indicator's figure, as `GET /kpis` counts it over the same period.
+#[derive(serde::Serialize)]
+pub(crate) struct LineList {
+    pub(crate) indicator: String,
+    pub(crate) institution: String,
+    pub(crate) pathway: Option<String>,
+    pub(crate) staff: Option<String>,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) numerator: i64,
+    pub(crate) denominator: i64,
+    pub(crate) rows: Vec<indicators::LineRow>,
+}
+
+/// Reads a line list for a caller: what `GET /kpis/{indicator}/rows` and the workstation's
+/// drill-down both serve.
+/// Which figure a line list is asked for: the indicator, the period's dates, and optionally one
+/// pathway and one staff member.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Figure<'a> {
+    pub(crate) indicator: &'a str,
+    pub(crate) from: Option<&'a str>,
+    pub(crate) to: Option<&'a str>,
+    pub(crate) pathway: Option<&'a str>,
+    pub(crate) staff: Option<&'a str>,
+}
+
+pub(crate) async fn line_list(
+    s: &AppState,
+    call: &Call,
+    figure: Figure<'_>,
+) -> Result<LineList, ApiError> {
+    let Figure {
+        indicator,
+        from,
+        to,
+        pathway,
+        staff,
+    } = figure;
+    let now = call.now.as_second();
+    let (from, to) = period(now, from, to)?;
+    published(&s.programs(), pathway)?;
+    let scope = indicators::Scope {
+        institution: &call.caller.institution_id,
+        pathway,
+    };
+    let p = indicators::Period {
+        from,
+        to,
+        as_of: now,
+    };
+    let rows = indicators::read_line_list(
+        &s.pool,
+        &s.audit,
+        &call.caller,
+        (&scope, &p, indicator, staff),
+        &call.remote,
+        call.now,
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no line list for `{indicator}`{}; there are line lists for {}",
+            if staff.is_some() {
+                " per staff member"
+            } else {
+                ""
+            },
+            indicators::LINE_LISTS.join(", ")
+        ))
+    })?;
+    let (numerator, denominator) = indicators::line_list_sides(indicator, &rows);
+    Ok(LineList {
+        indicator: indicator.to_string(),
+        institution: call.caller.institution_id.clone(),
+        pathway: pathway.map(str::to_string),
+        staff: staff.map(str::to_string),
+        from: carepath_engine::store::ts(from).to_string(),
+        to: carepath_engine::store::ts(to).to_string(),
+        numerator,
+        denominator,
+        rows,
+    })
+}
+
+pub(crate) async fn rows(
+    State(s): State<AppState>,
+    axum::extract::Path(indicator): axum::extract::Path<String>,
+    call: Call,
+    Params(q): Params<RowsQuery>,
+) -> Result<Json<LineList>, ApiError> {
+    Ok(Json(
+        line_list(
+            &s,
+            &call,
+            Figure {
+                indicator: &indicator,
+                from: q.from.as_deref(),
+                to: q.to.as_deref(),
+                pathway: q.pathway.as_deref(),
+                staff: q.staff.as_deref(),
+            },
+        )
+        .await?,
+    ))
 }

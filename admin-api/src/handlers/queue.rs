@@ -18,6 +18,7 @@ pub(crate) struct QueueQuery {
     assignee: Option<String>,
     due_before: Option<String>,
     due_after: Option<String>,
+    pathway: Option<String>,
     cursor: Option<String>,
     limit: Option<i64>,
 }
@@ -67,6 +68,7 @@ pub(crate) async fn page(
         assignee: q.assignee,
         due_before: instant("due_before", q.due_before.as_deref())?.map(|t| t.as_second()),
         due_after: instant("due_after", q.due_after.as_deref())?.map(|t| t.as_second()),
+        pathway: q.pathway,
         after,
         limit,
     };
@@ -106,7 +108,6 @@ pub(crate) async fn act(
     body: Option<Json<TaskBody>>,
 ) -> Result<Json<TaskActed>, ApiError> {
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    let now = call.now;
     let act = match action.as_str() {
         "claim" => {
             let minutes = b.lease_minutes.unwrap_or(30);
@@ -149,13 +150,32 @@ pub(crate) async fn act(
             )));
         }
     };
+    Ok(Json(perform(&s, &call, id, act).await?))
+}
+
+/// Acts on a task for a caller, and advances its enrolment at once when the task is completed:
+/// what `POST /tasks/{id}/{action}` and the workstation's task forms both do.
+pub(crate) async fn perform(
+    s: &AppState,
+    call: &Call,
+    id: i64,
+    act: TaskAction<'_>,
+) -> Result<TaskActed, ApiError> {
     let completing = matches!(act, TaskAction::Complete { .. });
     let programs = s.programs();
-    let out = queries::act_on_task(&s.pool, &programs, &call.caller, id, act, &call.remote, now)
-        .await
-        .map_err(ApiError::refused_by_store)?;
+    let out = queries::act_on_task(
+        &s.pool,
+        &programs,
+        &call.caller,
+        id,
+        act,
+        &call.remote,
+        call.now,
+    )
+    .await
+    .map_err(ApiError::refused_by_store)?;
     if completing {
-        scheduler::advance(&s.pool, &programs, out.enrolment_id, now).await?;
+        scheduler::advance(&s.pool, &programs, out.enrolment_id, call.now).await?;
     }
-    Ok(Json(out))
+    Ok(out)
 }

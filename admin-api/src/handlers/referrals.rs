@@ -51,12 +51,25 @@ pub(crate) async fn decide(
         )));
     }
     let b = body.map(|Json(b)| b).unwrap_or_default();
+    Ok(Json(
+        decide_as(&s, &call, id, &decision, b.reason.as_deref()).await?,
+    ))
+}
+
+/// Decides a referral for a caller and advances its enrolment at once: what
+/// `POST /referrals/{id}/{decision}` and the workstation's referral inbox both do.
+pub(crate) async fn decide_as(
+    s: &AppState,
+    call: &Call,
+    id: i64,
+    decision: &str,
+    reason: Option<&str>,
+) -> Result<Decided, ApiError> {
     let now = call.now;
-    let reason = b.reason.as_deref();
     let c = &call.caller;
-    let out = queries::decide_referral(&s.pool, c, id, &decision, reason, &call.remote, now)
+    let out = queries::decide_referral(&s.pool, c, id, decision, reason, &call.remote, now)
         .await
         .map_err(ApiError::refused_by_store)?;
     scheduler::advance(&s.pool, &s.programs(), out.enrolment_id, now).await?;
-    Ok(Json(out))
+    Ok(out)
 }

@@ -1,0 +1,935 @@
+//! The case manager's workstation over HTTP (in-process, on each backend): signing in (failure,
+//! lock-out, the second factor of admin and auditor), CSRF refusals, the idle time-out, a task
+//! claimed and completed through the board's forms advancing the enrolment seen on the patient
+//! page, a referral accepted in the inbox, another institution's nurse getting 404 for a patient,
+//! indicator drill-down rows equal to the API's figure, and a broken pathway's diagnostics
+//! located by line and column as the API locates them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use carepath_admin_api::AppState;
+use carepath_engine::Programs;
+use carepath_engine::store::queries::{Caller, token_hash};
+use carepath_engine::store::sign_in::{Credential, set_credential};
+use carepath_engine::store::{self, NewEnrolment, Pool};
+use http_body_util::BodyExt;
+use jiff::Timestamp;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::support::{self, Backend, scalar};
+
+const PASSWORD: &str = "correct horse battery";
+const TOTP_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+/// 2026-11-23T08:00:00+08:00, a Monday.
+const START: i64 = 1_795_392_000;
+
+struct World {
+    _backend: Backend,
+    _dir: tempfile::TempDir,
+    pool: Pool,
+    programs: Programs,
+    app: Router,
+    clock: Arc<AtomicI64>,
+}
+
+/// A browser: its cookies.
+#[derive(Default, Clone)]
+struct Browser {
+    cookies: Vec<(String, String)>,
+}
+
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    body: String,
+}
+
+impl Browser {
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, w: &World, req: Request<Body>) -> Answer {
+        let res = w.app.clone().oneshot(req).await.expect("answer");
+        for c in res.headers().get_all(header::SET_COOKIE) {
+            let c = c.to_str().expect("ascii cookie");
+            let (kv, _) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').expect("name=value");
+            self.cookies.retain(|(n, _)| n != k);
+            if !v.is_empty() && !c.contains("Max-Age=0") {
+                self.cookies.push((k.to_string(), v.to_string()));
+            }
+        }
+        let status = res.status();
+        let location = res
+            .headers()
+            .get(header::LOCATION)
+            .map(|l| l.to_str().expect("ascii").to_string());
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        Answer {
+            status,
+            location,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, w: &World, uri: &str) -> Answer {
+        let req = Request::get(uri)
+            .header(header::COOKIE, self.cookie_header())
+            .body(Body::empty())
+            .expect("request");
+        self.send(w, req).await
+    }
+
+    async fn post(&mut self, w: &World, uri: &str, form: &[(&str, &str)]) -> Answer {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let req = Request::post(uri)
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .expect("request");
+        self.send(w, req).await
+    }
+
+    async fn sign_in(&mut self, w: &World, staff: &str, password: &str, totp: &str) -> Answer {
+        let page = self.get(w, "/app/login").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let csrf = csrf_of(&page.body);
+        self.post(
+            w,
+            "/app/login",
+            &[
+                ("csrf", &csrf),
+                ("staff", staff),
+                ("password", password),
+                ("totp", totp),
+            ],
+        )
+        .await
+    }
+
+    /// Signs in, asserting it works, and returns the session's CSRF token.
+    async fn signed_in(w: &World, staff: &str) -> (Browser, String) {
+        let mut b = Browser::default();
+        let a = b.sign_in(w, staff, PASSWORD, "").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{staff}: {}", a.body);
+        let board = b.get(w, "/app/pathways").await;
+        assert_eq!(board.status, StatusCode::OK, "{}", board.body);
+        let csrf = csrf_of(&board.body);
+        (b, csrf)
+    }
+}
+
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF token");
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').expect("closing quote")].to_string()
+}
+
+/// Every `data-NAME="…"` value in `html` on elements with `data-testid="TESTID"`.
+fn attrs(html: &str, testid: &str, name: &str) -> Vec<String> {
+    html.split(&format!(r#"data-testid="{testid}""#))
+        .skip(1)
+        .filter_map(|part| {
+            let tag_end = part.find('>').unwrap_or(part.len());
+            let tag = &part[..tag_end];
+            let key = format!(r#"data-{name}=""#);
+            let at = tag.find(&key)?;
+            let v = &tag[at + key.len()..];
+            Some(v[..v.find('"')?].to_string())
+        })
+        .collect()
+}
+
+impl World {
+    async fn new(backend: Backend) -> World {
+        let now = Timestamp::from_second(START).expect("instant");
+        let dir = support::test_pathways();
+        let (pool, programs) = support::open_store(&backend.url, dir.path(), now).await;
+        let mut tx = pool.begin().await.expect("begin");
+        for (id, inst, role) in [
+            ("lead.cm", "lead", "case_manager"),
+            ("lead.admin", "lead", "admin"),
+            ("lead.informaticist", "lead", "informaticist"),
+            ("clinic_a.cm", "clinic_a", "case_manager"),
+            ("clinic_b.nurse", "clinic_b", "nurse"),
+        ] {
+            store::insert_staff(
+                &mut tx,
+                id,
+                inst,
+                &format!("{role} of {inst}"),
+                &[role],
+                Some(token_hash(&format!("tok-{id}"))),
+            )
+            .await
+            .expect("staff");
+        }
+        tx.commit().await.expect("commit");
+        let hash = carepath_admin_api::web::hash_password(PASSWORD).expect("hash");
+        for id in [
+            "lead.cm",
+            "lead.admin",
+            "lead.informaticist",
+            "clinic_a.cm",
+            "clinic_b.nurse",
+        ] {
+            assert!(
+                set_credential(&pool, id, Credential::Password(&hash), now)
+                    .await
+                    .expect("password")
+            );
+        }
+        set_credential(&pool, "lead.admin", Credential::Totp(TOTP_SECRET), now)
+            .await
+            .expect("totp");
+        let clock = Arc::new(AtomicI64::new(START));
+        let c = clock.clone();
+        let mut state = AppState::new(pool.clone(), programs.clone());
+        state.clock =
+            Arc::new(move || Timestamp::from_second(c.load(Ordering::SeqCst)).expect("instant"));
+        state.uploads.root = dir.path().to_path_buf();
+        World {
+            app: carepath_admin_api::router(state),
+            _backend: backend,
+            _dir: dir,
+            pool,
+            programs,
+            clock,
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_second(self.clock.load(Ordering::SeqCst)).expect("instant")
+    }
+
+    fn advance(&self, seconds: i64) {
+        self.clock.fetch_add(seconds, Ordering::SeqCst);
+    }
+
+    async fn audited(&self, action: &str, outcome: &str) -> i64 {
+        scalar(
+            &self.pool,
+            &format!(
+                "SELECT COUNT(*) FROM audit_log WHERE action = '{action}' AND outcome = '{outcome}'"
+            ),
+        )
+        .await
+    }
+
+    /// Enrols a new patient of `inst` in heart_check at `clinic` (state `monitor`: a weekly call
+    /// for the case manager), `days_ago` days back.
+    async fn enrolled(&self, patient: &str, inst: &str, days_ago: i64) -> i64 {
+        let now = self.now();
+        support::add_patient_at(&self.pool, patient, inst, now).await;
+        let caller = Caller {
+            staff_id: format!("{inst}.cm"),
+            institution_id: inst.into(),
+            roles: vec!["case_manager".into()],
+        };
+        let new = NewEnrolment {
+            patient_id: patient.into(),
+            pathway_id: "heart_check".into(),
+            version: None,
+            entry: "clinic".into(),
+            at: now - jiff::SignedDuration::from_hours(24 * days_ago),
+            catch_up_to: Some(now),
+        };
+        store::patients::enrol(&self.pool, &self.programs, &caller, &new, "test", now)
+            .await
+            .expect("enrol")
+            .0
+    }
+
+    async fn api(&self, staff: &str, uri: &str) -> Value {
+        let req = Request::get(uri)
+            .header(header::AUTHORIZATION, format!("Bearer tok-{staff}"))
+            .body(Body::empty())
+            .expect("request");
+        let res = self.app.clone().oneshot(req).await.expect("answer");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{uri}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice(&bytes).expect("json")
+    }
+}
+
+async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(World) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in support::backends() {
+        let name = backend.name();
+        eprintln!("workstation test on {name}");
+        f(World::new(backend).await).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
+    each_backend(|w| async move {
+        let mut b = Browser::default();
+        // Unknown staff and a wrong password get the same refusal; both are audited.
+        let a = b.sign_in(&w, "nobody", PASSWORD, "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert!(a.body.contains(r#"data-testid="signin-error""#));
+        assert_eq!(w.audited("signin.unknown_staff", "denied").await, 1);
+        let a = b.sign_in(&w, "lead.cm", "wrong password", "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(w.audited("signin.failed", "denied").await, 1);
+        // The right password opens a session: HttpOnly, SameSite=Strict cookie; the board opens.
+        let a = b.sign_in(&w, "lead.cm", PASSWORD, "").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        assert_eq!(a.location.as_deref(), Some("/app/"));
+        assert!(b.cookies.iter().any(|(k, _)| k == "cp_session"));
+        let home = b.get(&w, "/app/").await;
+        assert_eq!(
+            home.location.as_deref(),
+            Some("/app/board"),
+            "a case manager starts on the board"
+        );
+        assert_eq!(w.audited("signin.ok", "ok").await, 1);
+        let board = b.get(&w, "/app/board").await;
+        assert_eq!(board.status, StatusCode::OK, "{}", board.body);
+        assert!(board.body.contains(r#"data-page="board""#));
+        assert!(board.body.contains(r#"<html lang="#));
+        // Only the hash of the session's token is stored.
+        let token = b
+            .cookies
+            .iter()
+            .find(|(k, _)| k == "cp_session")
+            .map(|(_, v)| v.clone())
+            .expect("session cookie");
+        let stored = scalar(
+            &w.pool,
+            &format!(
+                "SELECT COUNT(*) FROM staff_sessions WHERE token_hash = '{}'",
+                token_hash(&token)
+            ),
+        )
+        .await;
+        assert_eq!(stored, 1);
+        assert_eq!(
+            scalar(
+                &w.pool,
+                &format!("SELECT COUNT(*) FROM staff_sessions WHERE token_hash = '{token}'")
+            )
+            .await,
+            0
+        );
+
+        // Five failures in a row lock the account for 15 minutes, even against the right password.
+        let mut fresh = Browser::default();
+        for i in 1..=5 {
+            let a = fresh.sign_in(&w, "clinic_a.cm", "nope", "").await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+        }
+        assert_eq!(w.audited("signin.locked", "denied").await, 1);
+        let a = fresh.sign_in(&w, "clinic_a.cm", PASSWORD, "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "locked out");
+        assert_eq!(w.audited("signin.locked_out", "denied").await, 1);
+        w.advance(14 * 60);
+        let a = fresh.sign_in(&w, "clinic_a.cm", PASSWORD, "").await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNAUTHORIZED,
+            "still locked after 14 minutes"
+        );
+        w.advance(60);
+        let a = fresh.sign_in(&w, "clinic_a.cm", PASSWORD, "").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "unlocked after 15 minutes");
+
+        // An admin needs the one-time code as well as the password.
+        let mut admin = Browser::default();
+        let a = admin.sign_in(&w, "lead.admin", PASSWORD, "").await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "no code");
+        let key = b"12345678901234567890";
+        let step = (w.now().as_second() / 30) as u64;
+        let stale = carepath_admin_api::web::totp_at(key, step - 3, 6);
+        let a = admin.sign_in(&w, "lead.admin", PASSWORD, &stale).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a stale code");
+        let code = carepath_admin_api::web::totp_at(key, step, 6);
+        let a = admin.sign_in(&w, "lead.admin", PASSWORD, &code).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        // The same code, replayed by someone who saw it, is refused.
+        let mut replay = Browser::default();
+        let a = replay.sign_in(&w, "lead.admin", PASSWORD, &code).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a replayed code");
+        // The admin starts on the indicators; the role grants no task board: the board is refused
+        // (403, audited).
+        assert_eq!(
+            admin.get(&w, "/app/").await.location.as_deref(),
+            Some("/app/indicators")
+        );
+        let before = w.audited("queue.read", "denied").await;
+        let board = admin.get(&w, "/app/board").await;
+        assert_eq!(board.status, StatusCode::FORBIDDEN);
+        assert_eq!(w.audited("queue.read", "denied").await, before + 1);
+
+        // A sign-in form posted without its own token (a cross-site post) is refused.
+        let mut cross = Browser::default();
+        let a = cross
+            .post(
+                &w,
+                "/app/login",
+                &[
+                    ("csrf", "forged"),
+                    ("staff", "lead.cm"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert!(w.audited("csrf.refused", "denied").await >= 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_need_the_session_token_and_idle_sessions_end() {
+    each_backend(|w| async move {
+        let enrolment = w.enrolled("P-CSRF", "lead", 0).await;
+        let task = scalar(
+            &w.pool,
+            &format!(
+                "SELECT id FROM tasks WHERE enrolment_id = {enrolment} AND task_ref = 'weekly_call'"
+            ),
+        )
+        .await;
+        let (mut b, csrf) = Browser::signed_in(&w, "lead.cm").await;
+        // A cross-site post carries no token (and the browser no cookie, being SameSite=Strict;
+        // even with it, the token is missing): refused, audited, nothing changed.
+        let before = w.audited("csrf.refused", "denied").await;
+        let a = b.post(&w, &format!("/app/tasks/{task}/claim"), &[]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        let a = b
+            .post(
+                &w,
+                &format!("/app/tasks/{task}/claim"),
+                &[("csrf", "not-the-token")],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(w.audited("csrf.refused", "denied").await, before + 2);
+        let status = |w: &World| {
+            let pool = w.pool.clone();
+            async move {
+                scalar(
+                    &pool,
+                    &format!("SELECT COUNT(*) FROM tasks WHERE id = {task} AND status = 'open'"),
+                )
+                .await
+            }
+        };
+        assert_eq!(status(&w).await, 1, "the task is still open");
+        // With the token it is claimed.
+        let a = b
+            .post(
+                &w,
+                &format!("/app/tasks/{task}/claim"),
+                &[("csrf", &csrf), ("back", "/app/board")],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        assert_eq!(status(&w).await, 0, "claimed");
+
+        // Used 29 minutes later, the session lives; unused for 30 minutes after that, it ends.
+        w.advance(29 * 60);
+        assert_eq!(b.get(&w, "/app/board").await.status, StatusCode::OK);
+        w.advance(30 * 60);
+        let a = b.get(&w, "/app/board").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        assert!(
+            a.location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("/app/login?why=expired")),
+            "{:?}",
+            a.location
+        );
+        assert_eq!(w.audited("session.expired", "ok").await, 1);
+        assert_eq!(
+            scalar(
+                &w.pool,
+                "SELECT COUNT(*) FROM staff_sessions WHERE staff_id = 'lead.cm'"
+            )
+            .await,
+            0
+        );
+
+        // Signing out ends the session at once.
+        let (mut b, csrf) = Browser::signed_in(&w, "lead.cm").await;
+        let a = b.post(&w, "/app/logout", &[("csrf", &csrf)]).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        assert_eq!(w.audited("signout", "ok").await, 1);
+        let a = b.get(&w, "/app/board").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "signed out");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_completed_on_the_board_advances_the_enrolment_on_the_patient_page() {
+    each_backend(|w| async move {
+        let enrolment = w.enrolled("P-BOARD", "clinic_a", 0).await;
+        let (mut b, csrf) = Browser::signed_in(&w, "clinic_a.cm").await;
+        let board = b.get(&w, "/app/board").await;
+        assert_eq!(board.status, StatusCode::OK);
+        let task = scalar(
+            &w.pool,
+            &format!(
+                "SELECT id FROM tasks WHERE enrolment_id = {enrolment} AND task_ref = 'weekly_call'"
+            ),
+        )
+        .await;
+        assert!(
+            attrs(&board.body, "task-row", "task").contains(&task.to_string()),
+            "the task is on the board"
+        );
+        // The pathway's declared outcomes are the form's choices.
+        assert!(
+            board.body.contains(r#"<option value="unwell">"#),
+            "declared outcomes offered"
+        );
+        // The htmx refresh answers the rows alone.
+        let rows = b.get(&w, "/app/board/rows").await;
+        assert_eq!(rows.status, StatusCode::OK);
+        assert!(
+            rows.body.starts_with(r#"<div id="board-rows""#),
+            "{}",
+            &rows.body[..80.min(rows.body.len())]
+        );
+
+        let patient = b.get(&w, "/app/patients/P-BOARD").await;
+        assert_eq!(patient.status, StatusCode::OK, "{}", patient.body);
+        assert!(
+            patient
+                .body
+                .contains(r#"data-testid="enrolment-state">monitor<"#),
+            "in monitor before"
+        );
+
+        // Claim, then complete with an outcome the pathway does not declare (refused, audited
+        // by the store), then with `unwell`: the enrolment moves to refer_up at once.
+        let a = b
+            .post(
+                &w,
+                &format!("/app/tasks/{task}/claim"),
+                &[("csrf", &csrf), ("back", "/app/board")],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        assert_eq!(a.location.as_deref(), Some("/app/board?done=task.claim"));
+        let a = b
+            .post(
+                &w,
+                &format!("/app/tasks/{task}/complete"),
+                &[("csrf", &csrf), ("outcome", "fine")],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.body.contains("fine"), "{}", a.body);
+        assert_eq!(w.audited("task.complete", "invalid").await, 1);
+        let a = b
+            .post(
+                &w,
+                &format!("/app/tasks/{task}/complete"),
+                &[
+                    ("csrf", &csrf),
+                    ("outcome", "unwell"),
+                    ("back", "/app/board?status=active"),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        assert_eq!(
+            a.location.as_deref(),
+            Some("/app/board?status=active&done=task.complete")
+        );
+        let patient = b.get(&w, "/app/patients/P-BOARD").await;
+        assert!(
+            patient
+                .body
+                .contains(r#"data-testid="enrolment-state">refer_up<"#),
+            "advanced: {}",
+            patient.body
+        );
+        assert!(
+            patient.body.contains(r#"data-kind="trace""#),
+            "the trace behind the step is shown"
+        );
+
+        // A nurse of another institution cannot open the patient: 404, as in the API, audited.
+        let (mut nurse, _) = Browser::signed_in(&w, "clinic_b.nurse").await;
+        let before = w.audited("patient.read", "not_found").await;
+        let a = nurse.get(&w, "/app/patients/P-BOARD").await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        assert_eq!(w.audited("patient.read", "not_found").await, before + 1);
+        let mut api = Request::get("/patients/P-BOARD")
+            .header(header::AUTHORIZATION, "Bearer tok-clinic_b.nurse")
+            .body(Body::empty())
+            .expect("request");
+        api.headers_mut();
+        let res = w.app.clone().oneshot(api).await.expect("answer");
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "the API agrees");
+
+        // The referral the unwell call raised waits in the lead hospital's inbox, with its clock.
+        let (mut lead, lead_csrf) = Browser::signed_in(&w, "lead.cm").await;
+        let inbox = lead.get(&w, "/app/referrals").await;
+        assert_eq!(inbox.status, StatusCode::OK, "{}", inbox.body);
+        let ids = attrs(&inbox.body, "referral-row", "referral");
+        assert_eq!(ids.len(), 1, "{}", inbox.body);
+        assert!(inbox.body.contains("24 h") || inbox.body.contains("小时"));
+        let a = lead
+            .post(
+                &w,
+                &format!("/app/referrals/{}/reject", ids[0]),
+                &[("csrf", &lead_csrf)],
+            )
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::BAD_REQUEST,
+            "a rejection needs a reason"
+        );
+        let a = lead
+            .post(
+                &w,
+                &format!("/app/referrals/{}/accept", ids[0]),
+                &[("csrf", &lead_csrf)],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        let patient = lead.get(&w, "/app/patients/P-BOARD").await;
+        assert_eq!(patient.status, StatusCode::OK);
+        assert!(
+            patient
+                .body
+                .contains(r#"data-testid="enrolment-state">closed<"#),
+            "{}",
+            patient.body
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_down_lists_exactly_what_the_figure_counts() {
+    each_backend(|w| async move {
+        // Weekly calls fallen due over the last weeks; two of them done, one late.
+        for (i, days) in [20, 16, 12, 10, 9, 3].iter().enumerate() {
+            w.enrolled(&format!("P-KPI-{i}"), "lead", *days).await;
+        }
+        let (mut b, csrf) = Browser::signed_in(&w, "lead.cm").await;
+        // Open weekly calls by due time (rows come sorted as text; the instants have ten digits).
+        let open: Vec<i64> = support::rows(
+            &w.pool,
+            "SELECT CAST(due_at AS TEXT), CAST(id AS TEXT) FROM tasks WHERE task_ref = 'weekly_call' AND status = 'open'",
+            2,
+        )
+        .await
+        .iter()
+        .map(|s| s.split('|').nth(1).expect("id").parse().expect("id"))
+        .collect();
+        assert!(open.len() >= 3, "{open:?}");
+        // The call overdue longest, done late; the one due last, done before it is due.
+        let last = open[open.len() - 1];
+        for (task, outcome) in [(open[0], "done"), (last, "unwell")] {
+            let a = b
+                .post(
+                    &w,
+                    &format!("/app/tasks/{task}/complete"),
+                    &[("csrf", &csrf), ("outcome", outcome)],
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        }
+        w.advance(60);
+        let today = w
+            .now()
+            .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").expect("tz"))
+            .date();
+        let from = today.checked_sub(jiff::Span::new().days(30)).expect("date");
+        let to = today.tomorrow().expect("date");
+        let kpis = w
+            .api("lead.cm", &format!("/kpis?from={from}&to={to}"))
+            .await;
+        let mut checked = 0;
+        for name in [
+            "on_time_task_rate",
+            "overdue_rate",
+            "follow_up_rate",
+            "scale_completion",
+        ] {
+            let figure = &kpis["builtin"][name];
+            let page = b
+                .get(
+                    &w,
+                    &format!("/app/indicators/{name}/patients?from={from}&to={to}"),
+                )
+                .await;
+            assert_eq!(page.status, StatusCode::OK, "{name}: {}", page.body);
+            let in_num = attrs(&page.body, "drill-row", "numerator");
+            let enrolments = attrs(&page.body, "drill-row", "enrolment");
+            let (num, den) = if name == "follow_up_rate" {
+                let all: std::collections::BTreeSet<&String> = enrolments.iter().collect();
+                let counted: std::collections::BTreeSet<&String> = enrolments
+                    .iter()
+                    .zip(&in_num)
+                    .filter(|(_, n)| *n == "true")
+                    .map(|(e, _)| e)
+                    .collect();
+                (counted.len() as i64, all.len() as i64)
+            } else {
+                (
+                    in_num.iter().filter(|n| *n == "true").count() as i64,
+                    in_num.len() as i64,
+                )
+            };
+            assert_eq!(
+                Some(num),
+                figure["numerator"].as_i64(),
+                "{name} numerator: {figure}"
+            );
+            assert_eq!(
+                Some(den),
+                figure["denominator"].as_i64(),
+                "{name} denominator: {figure}"
+            );
+            // The JSON line list agrees with the page, row for row.
+            let list = w
+                .api("lead.cm", &format!("/kpis/{name}/rows?from={from}&to={to}"))
+                .await;
+            assert_eq!(list["numerator"].as_i64(), Some(num), "{name}");
+            assert_eq!(list["denominator"].as_i64(), Some(den), "{name}");
+            let ids: Vec<String> = list["rows"]
+                .as_array()
+                .expect("rows")
+                .iter()
+                .map(|r| r["id"].to_string())
+                .collect();
+            assert_eq!(ids, attrs(&page.body, "drill-row", "id"), "{name}");
+            if den > 0 {
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 3,
+            "the fixture counts something for most figures"
+        );
+        // The indicators page links each figure to its line list.
+        let table = b
+            .get(&w, &format!("/app/indicators?from={from}&to={to}"))
+            .await;
+        assert_eq!(table.status, StatusCode::OK, "{}", table.body);
+        assert!(table.body.contains(&format!(
+            "/app/indicators/follow_up_rate/patients?from={from}&amp;to={to}"
+        )));
+        assert!(table.body.contains(&format!(
+            "/app/indicators/on_time_task_rate/patients?from={from}&amp;to={to}&amp;staff=lead.cm"
+        )));
+        // One staff member's share: the line list of the tasks assigned to them equals the
+        // breakdown by staff.
+        let by_staff = w
+            .api("lead.cm", &format!("/kpis?from={from}&to={to}&by=staff"))
+            .await;
+        let mine = by_staff["breakdown"]["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["staff"] == "lead.cm")
+            .expect("lead.cm's row")
+            .clone();
+        assert!(mine["tasks"]["due"].as_i64() > Some(0), "{mine}");
+        let list = w
+            .api(
+                "lead.cm",
+                &format!("/kpis/on_time_task_rate/rows?from={from}&to={to}&staff=lead.cm"),
+            )
+            .await;
+        assert_eq!(list["denominator"], mine["tasks"]["due"], "{list}");
+        assert_eq!(list["numerator"], mine["tasks"]["due_on_time"], "{list}");
+        let page = b
+            .get(
+                &w,
+                &format!(
+                    "/app/indicators/on_time_task_rate/patients?from={from}&to={to}&staff=lead.cm"
+                ),
+            )
+            .await;
+        assert_eq!(
+            attrs(&page.body, "drill-row", "id").len() as i64,
+            mine["tasks"]["due"].as_i64().expect("due")
+        );
+    })
+    .await;
+}
+
+/// A multipart body with one file field and plain fields.
+fn multipart(fields: &[(&str, &str)], file: (&str, &str)) -> (String, String) {
+    let boundary = "----carepathboundary7MA4YWxkTrZu0gW";
+    let mut body = String::new();
+    for (k, v) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    body.push_str(&format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nContent-Type: application/yaml\r\n\r\n{}\r\n--{boundary}--\r\n",
+        file.0, file.1
+    ));
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_pathway_upload_shows_its_diagnostics_where_the_api_does() {
+    each_backend(|w| async move {
+        let (mut b, csrf) = Browser::signed_in(&w, "lead.informaticist").await;
+        let list = b.get(&w, "/app/pathways").await;
+        assert!(list.body.contains(r#"data-pathway="wound_care""#));
+        let graph = b.get(&w, "/app/pathways/wound_care/1").await;
+        assert_eq!(graph.status, StatusCode::OK);
+        assert!(graph.body.contains("<svg") && graph.body.contains(r#"data-state="nurse_call""#));
+        // A transition to a state that does not exist, on line 17.
+        let broken = support::WOUND_CARE.replace("        to: nurse_call", "        to: nurse_cal");
+        let (ctype, body) = multipart(
+            &[("csrf", &csrf), ("format", "yaml")],
+            ("wound_care.yaml", &broken),
+        );
+        let req = Request::post("/app/pathways/validate")
+            .header(header::COOKIE, b.cookie_header())
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Body::from(body))
+            .expect("request");
+        let a = b.send(&w, req).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+        let lines = attrs(&a.body, "diagnostic", "line");
+        let cols = attrs(&a.body, "diagnostic", "col");
+        assert!(!lines.is_empty(), "{}", a.body);
+        assert!(a.body.contains("wound_care.yaml"), "the file is named");
+        // The API locates the same problems at the same places.
+        let req = Request::post("/pathways")
+            .header(header::AUTHORIZATION, "Bearer tok-lead.informaticist")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                serde_json::json!({"source": broken}).to_string(),
+            ))
+            .expect("request");
+        let res = w.app.clone().oneshot(req).await.expect("answer");
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let v: Value =
+            serde_json::from_slice(&res.into_body().collect().await.expect("body").to_bytes())
+                .expect("json");
+        let api: Vec<(String, String)> = v["diagnostics"]
+            .as_array()
+            .expect("diagnostics")
+            .iter()
+            .map(|d| (d["line"].to_string(), d["col"].to_string()))
+            .collect();
+        let page: Vec<(String, String)> = lines.into_iter().zip(cols).collect();
+        assert_eq!(page, api);
+        assert!(page.iter().any(|(l, _)| l == "17"), "{page:?}");
+        // Without the token the form is refused.
+        let (ctype, body) = multipart(&[("format", "yaml")], ("wound_care.yaml", &broken));
+        let req = Request::post("/app/pathways/validate")
+            .header(header::COOKIE, b.cookie_header())
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Body::from(body))
+            .expect("request");
+        assert_eq!(b.send(&w, req).await.status, StatusCode::FORBIDDEN);
+        // A clean file, published when asked: the new version is listed.
+        let v2 = support::WOUND_CARE.replace("version: 1", "version: 2");
+        let (ctype, body) = multipart(
+            &[("csrf", &csrf), ("format", "yaml"), ("publish", "1")],
+            ("wound_care.yaml", &v2),
+        );
+        let req = Request::post("/app/pathways/validate")
+            .header(header::COOKIE, b.cookie_header())
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Body::from(body))
+            .expect("request");
+        let a = b.send(&w, req).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let list = b.get(&w, "/app/pathways").await;
+        assert!(list.body.contains("/app/pathways/wound_care/2"));
+        assert_eq!(w.audited("pathway.publish", "ok").await, 1);
+        // A case manager may read pathways but not validate uploads.
+        let (mut cm, cm_csrf) = Browser::signed_in(&w, "lead.cm").await;
+        let (ctype, body) = multipart(
+            &[("csrf", &cm_csrf), ("format", "yaml")],
+            ("wound_care.yaml", &v2),
+        );
+        let req = Request::post("/app/pathways/validate")
+            .header(header::COOKIE, cm.cookie_header())
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Body::from(body))
+            .expect("request");
+        assert_eq!(cm.send(&w, req).await.status, StatusCode::FORBIDDEN);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_switch_language_and_serve_their_assets() {
+    each_backend(|w| async move {
+        let mut b = Browser::default();
+        let login = b.get(&w, "/app/login").await;
+        assert!(login.body.contains(r#"<html lang="zh-CN""#));
+        let a = b.get(&w, "/app/lang?to=en&back=/app/login").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let login = b.get(&w, "/app/login").await;
+        assert!(login.body.contains(r#"<html lang="en""#) && login.body.contains("Sign in"));
+        // No redirect leaves the workstation.
+        let a = b
+            .get(&w, "/app/lang?to=en&back=https://evil.example/")
+            .await;
+        assert_eq!(a.location.as_deref(), Some("/app/"));
+        let js = b.get(&w, "/app/static/htmx.min.js").await;
+        assert_eq!(js.status, StatusCode::OK);
+        assert!(js.body.starts_with("/*! htmx.org"));
+        let css = b.get(&w, "/app/static/app.css").await;
+        assert!(css.body.contains(":focus-visible"));
+        // Not signed in: every page leads to the sign-in form.
+        let a = b.get(&w, "/app/patients/P-1").await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        assert!(
+            a.location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("/app/login"))
+        );
+        let _ = w.now();
+    })
+    .await;
+}
