@@ -1045,6 +1045,8 @@ async fn demo_history(
         end: now.to_zoned(zone).date(),
         tz: tz.to_string(),
         institutions: seed::shares(),
+        // Near the work the demo's cohort makes, so boards hold a day or two of it.
+        capacity_per_1000: 12.0,
     };
     let started = std::time::Instant::now();
     println!("living {days} day(s) of history with {patients} patient(s) ...");

@@ -35,7 +35,7 @@ use crate::cohort::{self, Draw, SplitMix};
 use crate::model::scale_index;
 use crate::patient::{Hit, Member, draw_reading, life_events, next_slot, reading_interval};
 use crate::run::ticks;
-use crate::scenario::{InstitutionSpec, Scenario};
+use crate::scenario::{InstitutionSpec, Scenario, StaffSpec};
 use crate::setup::{DAY, Setup};
 
 /// The address the history's calls are audited from.
@@ -52,6 +52,10 @@ pub struct Options {
     pub tz: String,
     /// (institution id, kind, share of the patients): the alliance the store already holds.
     pub institutions: Vec<(String, String, f64)>,
+    /// Tasks each board's staff complete a day per thousand patients of their institution (at
+    /// least one): the simulator's staff capacity. Near the work the patients make, boards keep
+    /// a day or two of work with a minority overdue; far above it, they are always empty.
+    pub capacity_per_1000: f64,
 }
 
 /// What the history did, counted as it was written.
@@ -162,8 +166,8 @@ struct World<'a> {
     by_patient: HashMap<String, usize>,
     by_enrolment: HashMap<i64, usize>,
     tasks: HashMap<i64, TaskPlan>,
-    /// Pushes seen: the planned answer (when, answers), if the patient answers.
-    pushes: HashMap<i64, Option<(i64, BTreeMap<String, i64>)>>,
+    /// Pushes seen: the answers the patient will give, if they answer.
+    pushes: HashMap<i64, Option<BTreeMap<String, i64>>>,
     referrals: BTreeMap<i64, ReferralPlan>,
     happenings: BinaryHeap<Reverse<(i64, u64, Happening)>>,
     order: u64,
@@ -224,6 +228,13 @@ fn setup(programs: &Programs, o: &Options) -> Result<Setup, String> {
                 )
             })
             .collect(),
+        staff: StaffSpec {
+            hours: None,
+            capacity: BTreeMap::from([(
+                "default".to_string(),
+                serde_json::json!({ "per_1000": o.capacity_per_1000 }),
+            )]),
+        },
         ..Scenario::default()
     };
     Setup::new(programs.latest(), &scenario, o.patients, o.days, o.seed)
@@ -516,7 +527,7 @@ impl World<'_> {
                 let cutoff = push.expires_at.unwrap_or(push.due_at + 7 * DAY);
                 let t = push.created_at + delay;
                 if t <= cutoff {
-                    plan = Some((t, m.answers(&mut rng)));
+                    plan = Some(m.answers(&mut rng));
                     self.at(t, Happening::Answer(push.id));
                 }
             }
@@ -645,7 +656,7 @@ impl World<'_> {
                 Ok(())
             }
             Happening::Answer(push) => {
-                let Some(Some((_, answers))) = self.pushes.get(&push) else {
+                let Some(Some(answers)) = self.pushes.get(&push) else {
                     return Ok(());
                 };
                 let answers = answers.clone();
