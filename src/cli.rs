@@ -1046,7 +1046,7 @@ async fn demo_history(
         tz: tz.to_string(),
         institutions: seed::shares(),
         // Near the work the demo's cohort makes, so boards hold a day or two of it.
-        capacity_per_1000: 12.0,
+        capacity_per_1000: 20.0,
     };
     let started = std::time::Instant::now();
     println!("living {days} day(s) of history with {patients} patient(s) ...");
