@@ -195,6 +195,11 @@ enum Command {
     Demo {
         #[arg(long, default_value_t = 300)]
         patients: u64,
+        /// Days of history lived before today: patients arriving, staff working their boards,
+        /// questionnaires answered, readings and alarms, referrals decided, messages sent. With
+        /// 0, the patients are seeded at varied stages with nothing done.
+        #[arg(long, default_value_t = 120)]
+        history_days: u32,
         #[arg(long, default_value = "sqlite:carepath-demo.db")]
         db: String,
         #[arg(long, default_value = "pathways")]
@@ -561,6 +566,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo {
             patients,
+            history_days,
             db,
             pathways,
             addr,
@@ -570,7 +576,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             web,
             audit,
         } => {
-            let (pool, audit) = demo(patients, &db, &pathways, &audit, &addr).await?;
+            let (pool, audit) =
+                demo(patients, history_days, &db, &pathways, &audit, &addr).await?;
             if no_serve {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -1062,6 +1069,7 @@ fn print_summary(s: &scheduler::PassSummary, took: std::time::Duration) {
 
 async fn demo(
     patients: u64,
+    history_days: u32,
     url: &str,
     pathways: &std::path::Path,
     audit: &AuditArgs,
@@ -1088,11 +1096,7 @@ async fn demo(
             p.pathway.id, p.pathway.version, p.pathway.title.zh, p.pathway.title.en
         );
     }
-    let summary = seed::seed(&pool, &programs, patients, 1, now).await?;
-    println!(
-        "seeded {} patient(s) with {} past event(s) into {url}",
-        summary.patients, summary.events
-    );
+    demo_history(&pool, &programs, patients, history_days, now).await?;
     let started = std::time::Instant::now();
     let pass =
         scheduler::run_pass(&pool, &programs, now, &scheduler::PassOptions::default()).await?;
@@ -1166,6 +1170,64 @@ async fn demo_sign_ins(
         };
         println!("  sign in as {staff:<34} {role:<22} {inst}{second}");
     }
+    Ok(())
+}
+
+/// The demo's patients: `days` of history lived up to today's midnight by the simulator's
+/// patients and staff through the production store and scheduler (`carepath_simulator::living`),
+/// or, with no days, patients seeded at varied stages with nothing done.
+async fn demo_history(
+    pool: &store::Pool,
+    programs: &Programs,
+    patients: u64,
+    days: u32,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    if days == 0 {
+        let summary = seed::seed(pool, programs, patients, 1, now).await?;
+        println!(
+            "seeded {} patient(s) with {} past event(s)",
+            summary.patients, summary.events
+        );
+        return Ok(());
+    }
+    seed::alliance(pool).await?;
+    let tz = "Asia/Shanghai";
+    let zone = jiff::tz::TimeZone::get(tz)?;
+    let options = carepath_simulator::living::Options {
+        patients,
+        days,
+        seed: 1,
+        end: now.to_zoned(zone).date(),
+        tz: tz.to_string(),
+        institutions: seed::shares(),
+        // Near the work the demo's cohort makes, so boards hold a day or two of it.
+        capacity_per_1000: 20.0,
+    };
+    let started = std::time::Instant::now();
+    println!("living {days} day(s) of history with {patients} patient(s) ...");
+    let h = carepath_simulator::living::live(pool, programs, &options, seed::home_of)
+        .await
+        .map_err(|e| anyhow::anyhow!("the demo's history: {e}"))?;
+    store::stats::analyze(pool).await?;
+    println!(
+        "history in {:.1}s: {} pass(es); {} task(s) done, {} escalated; {} answer(s); {} reading(s); \
+         {} event(s); referrals {} accepted, {} rejected, {} arrived; alarms {} acknowledged, {} resolved; \
+         {} message(s) sent",
+        started.elapsed().as_secs_f64(),
+        h.passes,
+        h.tasks_done,
+        h.escalations,
+        h.answers,
+        h.readings,
+        h.events,
+        h.referrals_accepted,
+        h.referrals_rejected,
+        h.referrals_arrived,
+        h.alarms_acknowledged,
+        h.alarms_resolved,
+        h.messages_sent
+    );
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod bench;
 mod catch_up;
 mod crate_graph;
 mod delivery;
+mod demo;
 mod engine_exactly_once;
 mod engine_store;
 mod fhir;

@@ -71,10 +71,20 @@ pub async fn alliance(pool: &Pool) -> Result<()> {
     Ok(())
 }
 
+/// The demo alliance's institutions with their kinds and the share of the patients each
+/// treats (as [`seed`] spreads them).
+pub fn shares() -> Vec<(String, String, f64)> {
+    vec![
+        (LEAD.into(), "lead_hospital".into(), 0.7),
+        (CLINICS[0].into(), "community_clinic".into(), 0.2),
+        (CLINICS[1].into(), "township_hospital".into(), 0.1),
+    ]
+}
+
 /// A synthetic patient's home community institution: a clinic's patients belong to it; of the
 /// lead hospital's, two in three belong to one of the clinics and the rest to none (so that
 /// referrals to `own_community` meet both cases).
-fn home_of(institution: &str, index: u64) -> Option<String> {
+pub fn home_of(institution: &str, index: u64) -> Option<String> {
     if institution != LEAD {
         return Some(institution.to_string());
     }

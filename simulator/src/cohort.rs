@@ -508,6 +508,12 @@ impl ScaleModel {
     /// population's mean and spread over the items, forced items answered on their own.
     /// `None` only if the scale's definition refuses answers within its own items.
     pub fn answer(&self, rng: &mut SplitMix) -> Option<Scored> {
+        self.def.score(&self.answers(rng)).ok()
+    }
+
+    /// The answers of a completed questionnaire, item by item, as a patient gives them (what
+    /// [`ScaleModel::answer`] scores).
+    pub fn answers(&self, rng: &mut SplitMix) -> BTreeMap<String, i64> {
         let def = self.def;
         let (lo, hi) = def.score_range().unwrap_or((self.min, self.max));
         let target = (self.mean + self.sd * rng.normal()).clamp(self.min, self.max);
@@ -554,14 +560,12 @@ impl ScaleModel {
             }
             left -= 1;
         }
-        let answers: BTreeMap<String, i64> = def
-            .items
+        def.items
             .iter()
             .zip(&ladders)
             .zip(&steps)
             .filter_map(|((item, ladder), s)| Some((item.id.clone(), *ladder.get(*s)?)))
-            .collect();
-        def.score(&answers).ok()
+            .collect()
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod cohort;
 pub mod compare;
 pub mod expect;
+pub mod living;
 pub mod model;
 mod patient;
 pub mod report;

@@ -268,8 +268,20 @@ pub(crate) fn replay(
     }
 }
 
-impl Patient {
-    pub(crate) fn new(s: &Setup, idx: u32) -> Patient {
+/// Who a patient of the run is and how their body behaves: drawn once, from the patient's own
+/// generator, in this order (the rest of the patient's life draws from the same generator after).
+pub(crate) struct Member {
+    pub(crate) rng: SplitMix,
+    pub(crate) prog: usize,
+    pub(crate) profile: Profile,
+    pub(crate) enrol_at: i64,
+    /// Per observation kind: baseline and drift per second (or probability of a 1).
+    pub(crate) levels: Vec<(f64, f64)>,
+    pub(crate) birth_date: Option<jiff::civil::Date>,
+}
+
+impl Member {
+    pub(crate) fn new(s: &Setup, idx: u32) -> Member {
         let mut rng = SplitMix::new(cohort::patient_seed(s.seed, u64::from(idx)));
         let prog = rng.weighted(&s.mix);
         let info = &s.infos[prog];
@@ -306,6 +318,34 @@ impl Patient {
             1 + rng.below(28) as i8,
         )
         .ok();
+        Member {
+            rng,
+            prog,
+            profile,
+            enrol_at,
+            levels,
+            birth_date,
+        }
+    }
+
+    /// The generator of the patient's device readings, apart from the rest of their life.
+    pub(crate) fn readings_rng(s: &Setup, idx: u32) -> SplitMix {
+        SplitMix::new(cohort::mix64(
+            cohort::patient_seed(s.seed, u64::from(idx)) ^ 0x0B5E_7A71_0D5E_ED01,
+        ))
+    }
+}
+
+impl Patient {
+    pub(crate) fn new(s: &Setup, idx: u32) -> Patient {
+        let Member {
+            rng,
+            prog,
+            profile,
+            enrol_at,
+            levels,
+            birth_date,
+        } = Member::new(s, idx);
         let facts = PatientFacts {
             birth_date,
             sex: profile.sex.to_string(),
@@ -338,9 +378,7 @@ impl Patient {
             alarms: Vec::new(),
             open_alarms: Vec::new(),
             levels,
-            obs_rng: SplitMix::new(cohort::mix64(
-                cohort::patient_seed(s.seed, u64::from(idx)) ^ 0x0B5E_7A71_0D5E_ED01,
-            )),
+            obs_rng: Member::readings_rng(s, idx),
             cursor: Vec::new(),
             alarm_due: i64::MAX,
             alarms_changed: false,
@@ -678,29 +716,8 @@ impl Patient {
     }
 
     fn fire_rules(&mut self, cx: &mut Cx, hit: Hit, t: i64) {
-        let info = &cx.s.infos[self.prog];
-        for r in &info.rules {
-            let matched = match (&r.anchor, hit) {
-                (Anchor::Enrolled(None), Hit::Enrolled(_)) => true,
-                (Anchor::Enrolled(Some(e)), Hit::Enrolled(x)) => *e == x,
-                (Anchor::Hazard(_), Hit::Enrolled(_)) => true,
-                (Anchor::Event(e), Hit::Event(x)) => *e == x,
-                (Anchor::State, Hit::State(s)) => info.state_listens[s].contains(&r.event),
-                _ => false,
-            };
-            if !matched {
-                continue;
-            }
-            let delay = match r.anchor {
-                Anchor::Hazard(rate) => self.rng.exponential(1.0 / rate),
-                _ => {
-                    if !self.rng.chance(r.probability) {
-                        continue;
-                    }
-                    r.delay.sample(&mut self.rng)
-                }
-            };
-            self.schedule(t + delay.max(0.0) as i64, Item::Life(r.event), cx.horizon);
+        for (event, at) in life_events(&cx.s.infos[self.prog], hit, &mut self.rng, t) {
+            self.schedule(at, Item::Life(event), cx.horizon);
         }
     }
 
@@ -1561,8 +1578,43 @@ impl OutcomeSink for Applying<'_, '_, '_> {
     }
 }
 
+/// The life events that `hit` (an enrolment, an event, entering a state) sets off at `t`, by the
+/// pathway's rules: (event index, when), drawn from the patient's generator.
+pub(crate) fn life_events(
+    info: &PathwayInfo,
+    hit: Hit,
+    rng: &mut SplitMix,
+    t: i64,
+) -> Vec<(u16, i64)> {
+    let mut out = Vec::new();
+    for r in &info.rules {
+        let matched = match (&r.anchor, hit) {
+            (Anchor::Enrolled(None), Hit::Enrolled(_)) => true,
+            (Anchor::Enrolled(Some(e)), Hit::Enrolled(x)) => *e == x,
+            (Anchor::Hazard(_), Hit::Enrolled(_)) => true,
+            (Anchor::Event(e), Hit::Event(x)) => *e == x,
+            (Anchor::State, Hit::State(s)) => info.state_listens[s].contains(&r.event),
+            _ => false,
+        };
+        if !matched {
+            continue;
+        }
+        let delay = match r.anchor {
+            Anchor::Hazard(rate) => rng.exponential(1.0 / rate),
+            _ => {
+                if !rng.chance(r.probability) {
+                    continue;
+                }
+                r.delay.sample(rng)
+            }
+        };
+        out.push((r.event, t + delay.max(0.0) as i64));
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy)]
-enum Hit {
+pub(crate) enum Hit {
     Enrolled(usize),
     Event(u16),
     State(usize),
@@ -1572,7 +1624,7 @@ enum Hit {
 const LOOKAHEAD: i64 = 28 * DAY;
 
 /// The earliest reading slot: (time, group), the lower group first on a tie.
-fn next_slot(cursor: &[i64]) -> Option<(i64, usize)> {
+pub(crate) fn next_slot(cursor: &[i64]) -> Option<(i64, usize)> {
     let mut best: Option<(i64, usize)> = None;
     for (g, t) in cursor.iter().enumerate() {
         if *t != i64::MAX && best.is_none_or(|(b, _)| *t < b) {
@@ -1585,7 +1637,7 @@ fn next_slot(cursor: &[i64]) -> Option<(i64, usize)> {
 /// One reading of group `g` at `t`, drawn from `rng` into `values`; false when the patient does
 /// not take it.
 #[allow(clippy::too_many_arguments)]
-fn draw_reading(
+pub(crate) fn draw_reading(
     s: &Setup,
     info: &PathwayInfo,
     levels: &[(f64, f64)],
@@ -1664,7 +1716,7 @@ fn silence_due<'a>(
         .min()
 }
 
-fn reading_interval(m: &ObsModel) -> i64 {
+pub(crate) fn reading_interval(m: &ObsModel) -> i64 {
     if m.per_day > 1.0 {
         (DAY as f64 / m.per_day.round()).max(60.0) as i64
     } else {

@@ -26,14 +26,15 @@ pub struct Raw {
     pub overdue: Vec<u32>,
 }
 
-struct Tick {
-    end: i64,
+pub(crate) struct Tick {
+    pub(crate) end: i64,
     /// `Some((slot, slots))` for working ticks: staff complete their share of the day.
-    staff: Option<(u32, u32)>,
-    start: i64,
+    pub(crate) staff: Option<(u32, u32)>,
+    pub(crate) start: i64,
 }
 
-fn ticks(s: &Setup, day: usize) -> Vec<Tick> {
+/// A day's ticks: midnight to the working day, each working hour, the evening.
+pub(crate) fn ticks(s: &Setup, day: usize) -> Vec<Tick> {
     let d0 = s.day_starts[day];
     let d1 = s.day_starts[day + 1];
     let (w0, w1) = ((d0 + s.work_start).min(d1), (d0 + s.work_end).min(d1));
@@ -60,6 +61,11 @@ fn ticks(s: &Setup, day: usize) -> Vec<Tick> {
     out
 }
 
+/// The tasks of a day's capacity `per_day` that staff complete in working slot `slot` of `slots`.
+pub(crate) fn share(per_day: u64, slot: u32, slots: u32) -> u64 {
+    per_day * u64::from(slot + 1) / u64::from(slots) - per_day * u64::from(slot) / u64::from(slots)
+}
+
 /// Tasks waiting in the staff queues: (patient, task number) → (queue, due time).
 type Live = HashMap<(u32, u32), (u32, i64)>;
 
@@ -79,9 +85,7 @@ fn staff(
     };
     let len = (tick.end - tick.start).max(1);
     for (q, heap) in queues.iter_mut().enumerate() {
-        let per_day = u64::from(s.capacity[q]);
-        let cap = (per_day * u64::from(slot + 1) / u64::from(slots)
-            - per_day * u64::from(slot) / u64::from(slots)) as i64;
+        let cap = share(u64::from(s.capacity[q]), slot, slots) as i64;
         let mut done = 0i64;
         while done < cap {
             let Some(Reverse(key)) = heap.pop() else {

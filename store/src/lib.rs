@@ -18,6 +18,7 @@ pub mod goals;
 pub mod import;
 pub mod indicators;
 pub mod intake;
+pub mod living;
 pub mod outbox;
 pub mod patients;
 pub mod queries;
