@@ -576,8 +576,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             web,
             audit,
         } => {
-            let (pool, audit) =
-                demo(patients, history_days, &db, &pathways, &audit, &addr).await?;
+            let (pool, audit) = demo(patients, history_days, &db, &pathways, &audit, &addr).await?;
             if no_serve {
                 return Ok(ExitCode::SUCCESS);
             }
