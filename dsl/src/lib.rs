@@ -17,6 +17,7 @@ pub mod events;
 pub mod expr;
 mod fields;
 pub mod graph;
+mod guards;
 pub mod intake;
 pub mod lower;
 pub mod migration;
@@ -28,6 +29,8 @@ pub mod yaml;
 
 #[cfg(test)]
 mod condition_test;
+#[cfg(test)]
+mod cycles_test;
 #[cfg(test)]
 mod docs_test;
 #[cfg(test)]
