@@ -659,17 +659,17 @@ pub fn expressions(p: &Pathway) -> Vec<&Expr> {
         for t in &s.transitions {
             out.extend(t.guard.iter());
         }
-        for a in s.actions() {
-            match a {
-                Action::Set(assignments) => out.extend(assignments.iter().map(|(_, e)| e)),
-                Action::Risk(r) => match &r.model {
-                    RiskModel::Formula(e) => out.push(e),
-                    RiskModel::Logistic { terms, .. } => out.extend(terms.iter().map(|t| &t.expr)),
-                    RiskModel::Lace => {}
-                },
-                // A goal's reading condition is a reading condition, compiled with the goals.
-                _ => {}
-            }
+    }
+    for (_, a) in p.actions() {
+        match a {
+            Action::Set(assignments) => out.extend(assignments.iter().map(|(_, e)| e)),
+            Action::Risk(r) => match &r.model {
+                RiskModel::Formula(e) => out.push(e),
+                RiskModel::Logistic { terms, .. } => out.extend(terms.iter().map(|t| &t.expr)),
+                RiskModel::Lace => {}
+            },
+            // A goal's reading condition is a reading condition, compiled with the goals.
+            _ => {}
         }
     }
     out
