@@ -232,10 +232,28 @@ pub(crate) fn check_pathway(
     let tasks: HashMap<&str, &crate::model::TaskSpec> = p.tasks().collect();
     // Events named in expressions (`days_since("discharged")`), checked with the transitions' own.
     let mut event_uses: Vec<(String, Loc)> = map.event_uses.clone();
+    let schedules = p.schedule_ids();
     for e in &map.exprs {
         if let Some(c) = checker.check(&e.src, e.purpose, &var_names, &e.site, sink.diags) {
             for lit in &c.outcome_literals {
                 outcome_check(&tasks, lit, &e.site.file, sink.diags);
+            }
+            for (name, pos) in &c.schedule_literals {
+                if !schedules.contains(&name.as_str()) {
+                    let hint = if schedules.is_empty() {
+                        "the pathway has no schedules; `occurrence` counts a schedule's occurrences"
+                            .to_string()
+                    } else {
+                        suggest(name, &schedules)
+                    };
+                    sink.diags.push(Diagnostic::error(
+                        Code::UnknownSchedule,
+                        &e.site.file,
+                        *pos,
+                        format!("`occurrence(\"{name}\")` names no schedule of this pathway"),
+                        hint,
+                    ));
+                }
             }
             event_uses.extend(c.event_literals.into_iter().map(|(name, pos)| {
                 let loc = Loc {

@@ -92,6 +92,7 @@ const TIME_IN_STATE: &[&str] = &[
     "days_in_state()",
     "hours_in_state()",
     "days_since(\"state\")",
+    "hours_since(\"state\")",
 ];
 
 /// What `src` requires; nothing when it does not parse (the validator reports that elsewhere).
@@ -251,6 +252,15 @@ fn can_hold(atoms: &[&Atom]) -> bool {
 }
 
 fn numbers_can_hold(atoms: &[&Atom]) -> bool {
+    // A missing number (NaN) fails `==`, `<` and `>`; the sandbox's `>=` and `<=` on a float may
+    // hold for it, and `!=` does. Comparisons that a missing number may pass exclude nothing.
+    if atoms
+        .iter()
+        .filter(|a| matches!(a.value, Value::Number(_)))
+        .all(|a| matches!(a.cmp, Cmp::Ge | Cmp::Le | Cmp::Ne))
+    {
+        return true;
+    }
     // The lower and upper bounds, each with whether it is strict, and the values excluded.
     let mut lo: Option<(f64, bool)> = None;
     let mut hi: Option<(f64, bool)> = None;
@@ -342,7 +352,10 @@ mod tests {
         ]));
         assert!(exclusive(&["5 < x", "x < 5"]));
         assert!(exclusive(&["x == 3", "x != 3"]));
-        assert!(exclusive(&["x >= 3 && x <= 3", "x != 3"]));
+        assert!(exclusive(&["x >= 3 && x < 3.5", "x != 3", "x <= 3"]));
+        // A missing value passes `>=`, `<=` and `!=` alike.
+        assert!(!exclusive(&["x >= 3 && x <= 3", "x != 3"]));
+        assert!(!exclusive(&["x >= 5", "x <= 4"]));
         assert!(exclusive(&["x == 1", "x == 2"]));
         assert!(exclusive(&["x > -1.5 && y", "x < -2"]));
         assert!(!exclusive(&["x >= 5", "x <= 5"]));
