@@ -483,10 +483,16 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// When a time written from an anchor falls, for work made at `made`. An event that has not
-    /// happened yet counts from `fallback` (the instant the work is made), as the trace says.
+    /// When a time written from an anchor falls, for work made at `made`. The default anchor is
+    /// the instant the work is made: the state's entry for its on-enter work, the occurrence for a
+    /// schedule's. An event that has not happened yet counts from `fallback` (the instant the
+    /// work is made), as the trace says.
     fn time_of(&mut self, spec: &TimeSpec, made: Timestamp, fallback: Timestamp) -> Timestamp {
-        let base = match self.anchor_at(&spec.from, made) {
+        let anchored = match spec.from {
+            Anchor::State => Some(made),
+            _ => self.anchor_at(&spec.from, made),
+        };
+        let base = match anchored {
             Some(b) => b,
             None => {
                 self.trace.push(format!(
@@ -1693,7 +1699,7 @@ mod schedule_tests {
             "pathway: t\nversion: 1\ntitle: {{ zh: 测, en: T }}\nowner_role: nurse\nroles: [nurse]\n\
              entry_points:\n  - {{ id: start, state: first }}\n\
              schedules:\n  - id: monthly\n    first: {{ after: 7d, at: \"09:00\" }}\n    every: 30d\n    missed: {missed}\n\
-             \x20   actions:\n      - task: {{ id: review, role: nurse, title: {{ zh: 复核, en: Review }}, due: 5d }}\n\
+             \x20   actions:\n      - task: {{ id: review, role: nurse, title: {{ zh: 复核, en: Review }}, due: 5d }}\n      - follow_up: {{ channels: [sms], template: review_notice, at: \"18:00\" }}\n\
              states:\n\
              \x20 - id: first\n    phase: follow_up\n    transitions:\n      - {{ after: 40d, to: second }}\n\
              \x20 - id: second\n    phase: follow_up\n    transitions:\n      - {{ after: 400d, to: done }}\n      - {{ when: 'occurrence(\"monthly\") >= 4', to: done }}\n\
@@ -1724,6 +1730,16 @@ mod schedule_tests {
                 ("e1:0:monthly#4:0", "second", ts("2026-06-07T01:00:00Z")),
             ]
         );
+        // An occurrence's times count from it: the notice of the third goes at 18:00 that day,
+        // not at 18:00 on the day `second` was entered.
+        let notice = actions
+            .iter()
+            .find_map(|a| match &a.action {
+                Produced::FollowUp { send_at, .. } if a.key == "e1:0:monthly#3:1" => Some(*send_at),
+                _ => None,
+            })
+            .expect("the third notice");
+        assert_eq!(notice, ts("2026-05-08T10:00:00Z"));
         // Guards read its count: the fourth occurrence ends the enrolment at its instant, and
         // none comes after.
         assert_eq!(
@@ -1766,7 +1782,12 @@ mod schedule_tests {
                 &facts,
                 &[days(t0, 1), days(t0, 80)],
             );
-            actions.into_iter().map(|a| a.key).collect::<Vec<_>>()
+            // The reviews and the records of skipped occurrences (not the notices).
+            actions
+                .into_iter()
+                .map(|a| a.key)
+                .filter(|k| !k.ends_with(":1"))
+                .collect::<Vec<_>>()
         };
         assert_eq!(
             keys("all"),
