@@ -39,6 +39,11 @@ pub use crate::step::Ended;
 
 pub use carepath_dsl::policy::{Cause, Work, ends, outlives_once_due};
 
+/// The state-entry sequence of the work of the enrolment's own schedules: no state entry has it
+/// (entries count from 1), so leaving a state never ends that work, as it never ends an
+/// enrolment alarm; the end of the enrolment, a withdrawal and a `cancel` end it like any other.
+pub const ENROLMENT_SEQ: u32 = 0;
+
 /// The kind of work a produced action is.
 pub fn work_of(action: &Produced) -> Work {
     match action {

@@ -174,6 +174,16 @@ pub fn push_risk(r: crate::facts::RiskResult) {
     });
 }
 
+/// The instant an anchor argument names: the enrolment's start, the entry into the current state,
+/// or the latest occurrence of an event by now.
+fn anchor_at(c: &EvalContext, name: &str) -> Option<Timestamp> {
+    match name {
+        "enrolment" => Some(c.enrolled_at),
+        "state" => Some(c.entered_at),
+        event => c.facts.last_event(event, c.now),
+    }
+}
+
 /// Registers the guard functions documented in the pathway language.
 fn register_facts(e: &mut Engine) {
     e.register_fn("age", || -> i64 {
@@ -194,20 +204,24 @@ fn register_facts(e: &mut Engine) {
         log(format!("sex() = {v:?}"));
         v.into()
     });
+    // `days_since` and `hours_since` take an anchor word or an event; `days_since_event` an
+    // event only (so an event the pathway might name `state` is still reachable).
     e.register_fn("days_since", |ev: &str| -> f64 {
-        let v = with_ctx(
-            |c| since(c, c.facts.last_event(ev, c.now), 86_400.0),
-            f64::NAN,
-        );
+        let v = with_ctx(|c| since(c, anchor_at(c, ev), 86_400.0), f64::NAN);
         log(format!("days_since({ev:?}) = {v:.2}"));
         v
     });
     e.register_fn("hours_since", |ev: &str| -> f64 {
+        let v = with_ctx(|c| since(c, anchor_at(c, ev), 3_600.0), f64::NAN);
+        log(format!("hours_since({ev:?}) = {v:.2}"));
+        v
+    });
+    e.register_fn("days_since_event", |ev: &str| -> f64 {
         let v = with_ctx(
-            |c| since(c, c.facts.last_event(ev, c.now), 3_600.0),
+            |c| since(c, c.facts.last_event(ev, c.now), 86_400.0),
             f64::NAN,
         );
-        log(format!("hours_since({ev:?}) = {v:.2}"));
+        log(format!("days_since_event({ev:?}) = {v:.2}"));
         v
     });
     e.register_fn("days_since_enrolment", || -> f64 {
@@ -659,17 +673,17 @@ pub fn expressions(p: &Pathway) -> Vec<&Expr> {
         for t in &s.transitions {
             out.extend(t.guard.iter());
         }
-        for a in s.actions() {
-            match a {
-                Action::Set(assignments) => out.extend(assignments.iter().map(|(_, e)| e)),
-                Action::Risk(r) => match &r.model {
-                    RiskModel::Formula(e) => out.push(e),
-                    RiskModel::Logistic { terms, .. } => out.extend(terms.iter().map(|t| &t.expr)),
-                    RiskModel::Lace => {}
-                },
-                // A goal's reading condition is a reading condition, compiled with the goals.
-                _ => {}
-            }
+    }
+    for (_, a) in p.actions() {
+        match a {
+            Action::Set(assignments) => out.extend(assignments.iter().map(|(_, e)| e)),
+            Action::Risk(r) => match &r.model {
+                RiskModel::Formula(e) => out.push(e),
+                RiskModel::Logistic { terms, .. } => out.extend(terms.iter().map(|t| &t.expr)),
+                RiskModel::Lace => {}
+            },
+            // A goal's reading condition is a reading condition, compiled with the goals.
+            _ => {}
         }
     }
     out
@@ -746,5 +760,41 @@ mod tests {
             assert!(r.is_err(), "{src} should fail");
             assert!(start.elapsed().as_secs() < 2);
         }
+    }
+
+    #[test]
+    fn time_since_an_anchor_or_an_event() {
+        let context = || {
+            let mut context = ctx();
+            context.enrolled_at = "2025-12-22T00:00:00Z".parse().unwrap();
+            context.facts.events.push(crate::facts::FactEvent {
+                name: "discharged".into(),
+                at: "2026-01-07T12:00:00Z".parse().unwrap(),
+            });
+            context
+        };
+        let eval = |context: EvalContext, guard: &str| {
+            let p = pathway_with(guard);
+            let c = CompiledExprs::compile(Arc::new(engine()), &p).unwrap();
+            let guard = p.states[0].transitions[0].guard.clone().unwrap();
+            with_context(context, || c.eval_bool(&guard, &BTreeMap::new()))
+                .unwrap()
+                .0
+        };
+        // Enrolled 19 days ago, in the state for 9 days, discharged 2.5 days ago.
+        for guard in [
+            "days_since(\"enrolment\") == 19",
+            "days_since_enrolment() == 19",
+            "days_since(\"state\") == 9",
+            "days_in_state() == 9",
+            "hours_since(\"state\") == 216",
+            "days_since_event(\"discharged\") == 2.5",
+            "days_since(\"discharged\") == 2.5",
+        ] {
+            assert!(eval(context(), guard), "{guard}");
+        }
+        // An event that never happened is NaN.
+        assert!(eval(context(), "days_since_event(\"died\").is_nan()"));
+        assert!(!eval(context(), "days_since_event(\"died\") < 1000.0"));
     }
 }

@@ -33,6 +33,13 @@ enum Did {
     Nothing,
 }
 
+/// Whose schedule it is: the current state's, or the whole enrolment's (`Pathway::schedules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    State,
+    Enrolment,
+}
+
 /// How often a state whose transitions depend on conditions is re-checked, counted from its entry.
 const RECHECK_SECONDS: i64 = 86_400;
 
@@ -255,12 +262,14 @@ struct Run<'a> {
     trace: Vec<String>,
     /// Occurrences of the current state's schedules up to this instant have been handled.
     occurrences_done: Timestamp,
-    /// Missed occurrences held back by `missed: latest`: (schedule index, number, instant).
-    deferred: Vec<(usize, u32, Timestamp)>,
+    /// Occurrences of the enrolment's own schedules up to this instant have been handled.
+    enrolment_done: Timestamp,
+    /// Missed occurrences held back by `missed: latest`: (owner, schedule index, number, instant).
+    deferred: Vec<(Owner, usize, u32, Timestamp)>,
     ended: Option<Ended>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     fn fail(&self, guard: Option<&str>, message: String) -> StepError {
         StepError {
             pathway: self.prog.pathway.id.clone(),
@@ -502,10 +511,16 @@ impl Run<'_> {
         }
     }
 
-    /// When a time written from an anchor falls, for work made at `made`. An event that has not
-    /// happened yet counts from `fallback` (the instant the work is made), as the trace says.
+    /// When a time written from an anchor falls, for work made at `made`. The default anchor is
+    /// the instant the work is made: the state's entry for its on-enter work, the occurrence for a
+    /// schedule's. An event that has not happened yet counts from `fallback` (the instant the
+    /// work is made), as the trace says.
     fn time_of(&mut self, spec: &TimeSpec, made: Timestamp, fallback: Timestamp) -> Timestamp {
-        let base = match self.anchor_at(&spec.from, made) {
+        let anchored = match spec.from {
+            Anchor::State => Some(made),
+            _ => self.anchor_at(&spec.from, made),
+        };
+        let base = match anchored {
             Some(b) => b,
             None => {
                 self.trace.push(format!(
@@ -518,18 +533,46 @@ impl Run<'_> {
         time::schedule(base, spec.after, spec.at, &self.tz)
     }
 
+    /// When the scope of `owner`'s schedules began: the state's entry, or the enrolment's start.
+    fn scope_start(&self, owner: Owner) -> Timestamp {
+        match owner {
+            Owner::State => self.e.entered_at,
+            Owner::Enrolment => self.e.enrolled_at,
+        }
+    }
+
+    /// The schedules of `owner`: the current state's, or the enrolment's.
+    fn schedules_of(&self, owner: Owner) -> &'a [Schedule] {
+        let p = &self.prog.pathway;
+        match owner {
+            Owner::State => p
+                .state(&self.e.state)
+                .map(|s| s.schedules.as_slice())
+                .unwrap_or_default(),
+            Owner::Enrolment => &p.schedules,
+        }
+    }
+
     /// The instant of occurrence `n` (1-based) of `sc` as seen at instant `t`, if it exists:
-    /// within `count` and `until`, and not before the state's entry.
-    fn occurrence_at(&self, sc: &Schedule, n: u32, t: Timestamp) -> Option<Timestamp> {
+    /// within `count` and `until`, and not before its scope began (the state's entry, or the
+    /// enrolment's start).
+    fn occurrence_at(
+        &self,
+        sc: &Schedule,
+        owner: Owner,
+        n: u32,
+        t: Timestamp,
+    ) -> Option<Timestamp> {
         if n == 0 || sc.count.is_some_and(|c| n > c) {
             return None;
         }
+        let since = self.scope_start(owner);
         let base = match &sc.first.from {
-            // An event anchor is the first time it happens in the state.
+            // An event anchor is the first time it happens in the scope.
             Anchor::Event(name) => crate::sandbox::with_facts(|f| {
                 f.events
                     .iter()
-                    .find(|e| e.name == *name && e.at >= self.e.entered_at && e.at <= t)
+                    .find(|e| e.name == *name && e.at >= since && e.at <= t)
                     .map(|e| e.at)
             })
             .flatten()?,
@@ -544,7 +587,7 @@ impl Run<'_> {
         if sc.working_days {
             at = time::on_working_day(at, &self.tz);
         }
-        if at < self.e.entered_at {
+        if at < since {
             return None;
         }
         match &sc.until {
@@ -556,7 +599,7 @@ impl Run<'_> {
                 let stopped = crate::sandbox::with_facts(|f| {
                     f.events
                         .iter()
-                        .any(|e| e.name == *name && e.at >= self.e.entered_at && e.at <= at.min(t))
+                        .any(|e| e.name == *name && e.at >= since && e.at <= at.min(t))
                 })
                 .unwrap_or(false);
                 (!stopped).then_some(at)
@@ -569,10 +612,11 @@ impl Run<'_> {
     fn occurrence_after(
         &self,
         sc: &Schedule,
+        owner: Owner,
         after: Timestamp,
         t: Timestamp,
     ) -> Option<(u32, Timestamp)> {
-        let first = self.occurrence_at(sc, 1, t)?;
+        let first = self.occurrence_at(sc, owner, 1, t)?;
         if first > after {
             return Some((1, first));
         }
@@ -581,7 +625,7 @@ impl Run<'_> {
         let guess = ((after.as_second() - first.as_second()) / period).max(0) as u32;
         let mut n = guess.saturating_sub(1).max(1);
         loop {
-            let at = self.occurrence_at(sc, n, t)?;
+            let at = self.occurrence_at(sc, owner, n, t)?;
             if at > after {
                 return Some((n, at));
             }
@@ -589,12 +633,13 @@ impl Run<'_> {
         }
     }
 
-    /// How many occurrences of the schedule have come by `t` in the current state entry.
-    fn occurrences_by(&self, sc: &Schedule, t: Timestamp) -> u32 {
-        let before = Timestamp::from_second(self.e.entered_at.as_second() - 1).unwrap_or(t);
+    /// How many occurrences of the schedule have come by `t` in its scope (the current state
+    /// entry, or the enrolment).
+    fn occurrences_by(&self, sc: &Schedule, owner: Owner, t: Timestamp) -> u32 {
+        let before = Timestamp::from_second(self.scope_start(owner).as_second() - 1).unwrap_or(t);
         let mut count = 0;
         let mut cursor = before;
-        while let Some((n, at)) = self.occurrence_after(sc, cursor, t) {
+        while let Some((n, at)) = self.occurrence_after(sc, owner, cursor, t) {
             if at > t {
                 break;
             }
@@ -604,76 +649,100 @@ impl Run<'_> {
         count
     }
 
-    /// Makes the occurrences of the current state's schedules that have come by `t`, applying
-    /// each schedule's missed-occurrence policy; whether anything was made or recorded.
-    fn occur(&mut self, state: &carepath_dsl::State, t: Timestamp) -> Result<bool, StepError> {
+    /// Makes the occurrences of the current state's schedules and of the enrolment's own that
+    /// have come by `t`, applying each schedule's missed-occurrence policy; whether anything was
+    /// made or recorded.
+    fn occur(&mut self, t: Timestamp) -> Result<bool, StepError> {
         let mut any = false;
-        for (k, sc) in state.schedules.iter().enumerate() {
-            let mut cursor = self.occurrences_done;
-            while let Some((n, at)) = self.occurrence_after(sc, cursor, t) {
-                if at > t {
-                    break;
-                }
-                cursor = at;
-                any = true;
-                let missed = self.now.as_second() - at.as_second() > sc.grace.nominal_seconds();
-                match (missed, sc.missed) {
-                    (false, _) | (true, Missed::All) => {
-                        self.flush_deferred(k)?;
-                        self.occurrence(k, n, at)?;
+        for owner in [Owner::State, Owner::Enrolment] {
+            let done = match owner {
+                Owner::State => self.occurrences_done,
+                Owner::Enrolment => self.enrolment_done,
+            };
+            for (k, sc) in self.schedules_of(owner).iter().enumerate() {
+                let mut cursor = done;
+                while let Some((n, at)) = self.occurrence_after(sc, owner, cursor, t) {
+                    if at > t {
+                        break;
                     }
-                    (true, Missed::Skip) => self.skipped(k, n, at, "missed: skip"),
-                    (true, Missed::Latest) => {
-                        if let Some(i) = self.deferred.iter().position(|d| d.0 == k) {
-                            let (_, pn, pat) = self.deferred.remove(i);
-                            self.skipped(k, pn, pat, "missed: latest, a later one was missed too");
+                    cursor = at;
+                    any = true;
+                    let missed = self.now.as_second() - at.as_second() > sc.grace.nominal_seconds();
+                    match (missed, sc.missed) {
+                        (false, _) | (true, Missed::All) => {
+                            self.flush_deferred(owner, k)?;
+                            self.occurrence(owner, k, n, at)?;
                         }
-                        self.deferred.push((k, n, at));
+                        (true, Missed::Skip) => self.skipped(owner, k, n, at, "missed: skip"),
+                        (true, Missed::Latest) => {
+                            if let Some(i) =
+                                self.deferred.iter().position(|d| (d.0, d.1) == (owner, k))
+                            {
+                                let (_, _, pn, pat) = self.deferred.remove(i);
+                                self.skipped(
+                                    owner,
+                                    k,
+                                    pn,
+                                    pat,
+                                    "missed: latest, a later one was missed too",
+                                );
+                            }
+                            self.deferred.push((owner, k, n, at));
+                        }
                     }
                 }
             }
         }
         self.occurrences_done = self.occurrences_done.max(t);
-        self.publish_occurrences(state, t);
+        self.enrolment_done = self.enrolment_done.max(t);
+        self.publish_occurrences(t);
         Ok(any)
     }
 
-    /// Makes the occurrence held back for schedule `k` (or for every schedule with `None`).
-    fn flush_deferred(&mut self, k: usize) -> Result<(), StepError> {
-        while let Some(i) = self.deferred.iter().position(|d| d.0 == k) {
-            let (k, n, at) = self.deferred.remove(i);
-            self.occurrence(k, n, at)?;
+    /// Makes the occurrence held back for schedule `k` of `owner`.
+    fn flush_deferred(&mut self, owner: Owner, k: usize) -> Result<(), StepError> {
+        while let Some(i) = self.deferred.iter().position(|d| (d.0, d.1) == (owner, k)) {
+            let (owner, k, n, at) = self.deferred.remove(i);
+            self.occurrence(owner, k, n, at)?;
         }
         Ok(())
     }
 
-    fn flush_all_deferred(&mut self) -> Result<(), StepError> {
-        while let Some((k, n, at)) = self.deferred.first().copied() {
-            self.deferred.remove(0);
-            self.occurrence(k, n, at)?;
+    /// Makes every occurrence held back, of `owner`'s schedules or (`None`) of all.
+    fn flush_all_deferred(&mut self, owner: Option<Owner>) -> Result<(), StepError> {
+        while let Some(i) = self
+            .deferred
+            .iter()
+            .position(|d| owner.is_none_or(|o| d.0 == o))
+        {
+            let (owner, k, n, at) = self.deferred.remove(i);
+            self.occurrence(owner, k, n, at)?;
         }
         Ok(())
     }
 
-    /// The current state's schedule `k`.
-    fn schedule(&self, k: usize) -> Option<&Schedule> {
-        self.prog
-            .pathway
-            .state(&self.e.state)
-            .and_then(|s| s.schedules.get(k))
+    /// The state-entry sequence an occurrence's work belongs to: the current entry for a state's
+    /// schedule; none ([`crate::outcome::ENROLMENT_SEQ`]) for the enrolment's, so that leaving a
+    /// state never ends it.
+    fn seq_of(&self, owner: Owner) -> u32 {
+        match owner {
+            Owner::State => self.e.state_seq,
+            Owner::Enrolment => crate::outcome::ENROLMENT_SEQ,
+        }
     }
 
-    /// Makes occurrence `n` of schedule `k` of the current state, at `at`.
-    fn occurrence(&mut self, k: usize, n: u32, at: Timestamp) -> Result<(), StepError> {
-        let prog = self.prog;
-        let Some(sc) = prog
-            .pathway
-            .state(&self.e.state)
-            .and_then(|s| s.schedules.get(k))
-        else {
+    /// Makes occurrence `n` of schedule `k` of `owner`, at `at`.
+    fn occurrence(
+        &mut self,
+        owner: Owner,
+        k: usize,
+        n: u32,
+        at: Timestamp,
+    ) -> Result<(), StepError> {
+        let Some(sc) = self.schedules_of(owner).get(k) else {
             return Ok(());
         };
-        let seq = self.e.state_seq;
+        let seq = self.seq_of(owner);
         self.trace
             .push(format!("{at}: occurrence {n} of schedule `{}`", sc.id));
         for (i, action) in sc.actions.iter().enumerate() {
@@ -693,12 +762,13 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Records that occurrence `n` of schedule `k` was not made, and why, in the patient's record.
-    fn skipped(&mut self, k: usize, n: u32, at: Timestamp, why: &str) {
-        let Some(id) = self.schedule(k).map(|sc| sc.id.clone()) else {
+    /// Records that occurrence `n` of schedule `k` of `owner` was not made, and why, in the
+    /// patient's record.
+    fn skipped(&mut self, owner: Owner, k: usize, n: u32, at: Timestamp, why: &str) {
+        let Some(id) = self.schedules_of(owner).get(k).map(|sc| sc.id.clone()) else {
             return;
         };
-        let seq = self.e.state_seq;
+        let seq = self.seq_of(owner);
         self.trace.push(format!(
             "{at}: occurrence {n} of schedule `{id}` skipped ({why})"
         ));
@@ -718,12 +788,16 @@ impl Run<'_> {
         });
     }
 
-    /// Tells guards how many occurrences of each schedule of `state` have come by `t`.
-    fn publish_occurrences(&self, state: &carepath_dsl::State, t: Timestamp) {
-        let counts = state
-            .schedules
-            .iter()
-            .map(|sc| (sc.id.clone(), self.occurrences_by(sc, t)))
+    /// Tells guards how many occurrences of each schedule of the current state and of the
+    /// enrolment have come by `t`.
+    fn publish_occurrences(&self, t: Timestamp) {
+        let counts = [Owner::Enrolment, Owner::State]
+            .into_iter()
+            .flat_map(|owner| {
+                self.schedules_of(owner)
+                    .iter()
+                    .map(move |sc| (sc.id.clone(), self.occurrences_by(sc, owner, t)))
+            })
             .collect();
         crate::sandbox::set_occurrences(counts);
     }
@@ -782,7 +856,7 @@ impl Run<'_> {
             .state_index(to)
             .ok_or_else(|| self.fail(None, format!("transition to unknown state `{to}`")))?;
         // A missed occurrence held back as the latest is made before its state is left.
-        self.flush_all_deferred()?;
+        self.flush_all_deferred(Some(Owner::State))?;
         self.trace
             .push(format!("{}: `{}` → `{to}` ({because})", at, self.e.state));
         self.taken.push(Taken {
@@ -855,9 +929,11 @@ impl Run<'_> {
         if let Some(ev) = events.iter().filter(|ev| ev.at > t).map(|ev| ev.at).min() {
             consider(ev);
         }
-        for sc in &state.schedules {
-            if let Some((_, at)) = self.occurrence_after(sc, t, t) {
-                consider(at);
+        for owner in [Owner::State, Owner::Enrolment] {
+            for sc in self.schedules_of(owner) {
+                if let Some((_, at)) = self.occurrence_after(sc, owner, t, t) {
+                    consider(at);
+                }
             }
         }
         // A timer not yet due starts polling at its fire time, which is already a candidate.
@@ -943,7 +1019,7 @@ impl Run<'_> {
                 None => break,
             }
         }
-        self.flush_all_deferred()?;
+        self.flush_all_deferred(None)?;
         // Events that arrived for a closed enrolment are consumed too.
         for ev in events.iter().filter(|ev| ev.at <= self.now) {
             self.e.last_event_seq = self.e.last_event_seq.max(ev.seq);
@@ -997,7 +1073,7 @@ impl Run<'_> {
         // 3. The first event recorded at or before `t`.
         let Some(pos) = events.iter().position(|ev| ev.at <= t) else {
             // 4. The state holds at `t`: its schedules' occurrences that have come.
-            return Ok(if self.occur(state, t)? {
+            return Ok(if self.occur(t)? {
                 Did::Consumed
             } else {
                 Did::Nothing
@@ -1094,6 +1170,7 @@ pub fn step(
             taken: Vec::new(),
             trace: Vec::new(),
             occurrences_done: enrolment.checked_at,
+            enrolment_done: enrolment.checked_at,
             deferred: Vec::new(),
             ended: None,
         };
@@ -1223,6 +1300,7 @@ pub fn enrol_at(
             taken: Vec::new(),
             trace: vec![format!("{at}: enrolled at entry point `{entry}`")],
             occurrences_done: at,
+            enrolment_done: Timestamp::from_second(at.as_second() - 1).unwrap_or(at),
             deferred: Vec::new(),
             ended: None,
         };
@@ -1643,6 +1721,241 @@ mod schedule_tests {
                 "{date} is a working day"
             );
         }
+    }
+
+    /// A pathway whose schedule belongs to the whole enrolment: it runs in `first` and then in
+    /// `second`, and the enrolment ends after its fourth occurrence.
+    fn enrolment_plan(missed: &str) -> Program {
+        program(&format!(
+            "pathway: t\nversion: 1\ntitle: {{ zh: 测, en: T }}\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - {{ id: start, state: first }}\n\
+             schedules:\n  - id: monthly\n    first: {{ after: 7d, at: \"09:00\" }}\n    every: 30d\n    missed: {missed}\n\
+             \x20   actions:\n      - task: {{ id: review, role: nurse, title: {{ zh: 复核, en: Review }}, due: 5d }}\n      - follow_up: {{ channels: [sms], template: review_notice, at: \"18:00\" }}\n\
+             states:\n\
+             \x20 - id: first\n    phase: follow_up\n    transitions:\n      - {{ after: 40d, to: second }}\n\
+             \x20 - id: second\n    phase: follow_up\n    transitions:\n      - {{ after: 400d, to: done }}\n      - {{ when: 'occurrence(\"monthly\") >= 4', to: done }}\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n"
+        ))
+    }
+
+    #[test]
+    fn an_enrolment_schedule_runs_in_every_state_until_the_enrolment_ends() {
+        let prog = enrolment_plan("all");
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let facts = PatientFacts::default();
+        let nightly: Vec<Timestamp> = (1..=200).map(|d| days(t0, d)).collect();
+        let (actions, taken) = run(&prog, &facts, &nightly);
+        let made: Vec<(&str, &str, Timestamp)> = actions
+            .iter()
+            .filter(|a| matches!(a.action, Produced::Task { .. }))
+            .map(|a| (a.key.as_str(), a.state.as_str(), a.at))
+            .collect();
+        // Days 7, 37 (in `first`), 67 and 97 (in `second`), at 09:00 local; the keys carry the
+        // occurrence's number and no state entry.
+        assert_eq!(
+            made,
+            [
+                ("e1:0:monthly#1:0", "first", ts("2026-03-09T01:00:00Z")),
+                ("e1:0:monthly#2:0", "first", ts("2026-04-08T01:00:00Z")),
+                ("e1:0:monthly#3:0", "second", ts("2026-05-08T01:00:00Z")),
+                ("e1:0:monthly#4:0", "second", ts("2026-06-07T01:00:00Z")),
+            ]
+        );
+        // An occurrence's times count from it: the notice of the third goes at 18:00 that day,
+        // not at 18:00 on the day `second` was entered.
+        let notice = actions
+            .iter()
+            .find_map(|a| match &a.action {
+                Produced::FollowUp { send_at, .. } if a.key == "e1:0:monthly#3:1" => Some(*send_at),
+                _ => None,
+            })
+            .expect("the third notice");
+        assert_eq!(notice, ts("2026-05-08T10:00:00Z"));
+        // Guards read its count: the fourth occurrence ends the enrolment at its instant, and
+        // none comes after.
+        assert_eq!(
+            taken
+                .iter()
+                .map(|t| (t.to.as_str(), t.at))
+                .collect::<Vec<_>>(),
+            [("second", days(t0, 40)), ("done", made[3].2)]
+        );
+        // One catch-up pass makes exactly the same.
+        let once = run(&prog, &facts, &[days(t0, 200)]);
+        assert_eq!(once, (actions.clone(), taken.clone()));
+        // Leaving `first` (day 40) does not end the review of day 37 (due day 42); the end of the
+        // enrolment does.
+        let out = enrol(&prog, 1, "start", "Asia/Shanghai", &facts, &[], t0).expect("enrols");
+        let out = step(&prog, &out.enrolment, &facts, &[], days(t0, 200)).expect("steps");
+        let second = out
+            .actions
+            .iter()
+            .find(|a| a.key == "e1:0:monthly#2:0")
+            .expect("the second review");
+        assert!(
+            matches!(
+                crate::outcome::ending_within(&out, second),
+                Some(crate::outcome::Because::Ended(Status::Completed, at)) if at == made[3].2
+            ),
+            "{:?}",
+            crate::outcome::ending_within(&out, second)
+        );
+    }
+
+    #[test]
+    fn missed_occurrences_of_an_enrolment_schedule_follow_its_policy() {
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let facts = PatientFacts::default();
+        // Down from day 1 to day 80: the occurrences of days 7, 37 and 67 are missed.
+        let keys = |missed: &str| {
+            let (actions, _) = run(
+                &enrolment_plan(missed),
+                &facts,
+                &[days(t0, 1), days(t0, 80)],
+            );
+            // The reviews and the records of skipped occurrences (not the notices).
+            actions
+                .into_iter()
+                .map(|a| a.key)
+                .filter(|k| !k.ends_with(":1"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys("all"),
+            ["e1:0:monthly#1:0", "e1:0:monthly#2:0", "e1:0:monthly#3:0"]
+        );
+        assert_eq!(
+            keys("latest"),
+            [
+                "e1:0:monthly#1:skipped",
+                "e1:0:monthly#2:skipped",
+                "e1:0:monthly#3:0"
+            ]
+        );
+        assert_eq!(
+            keys("skip"),
+            [
+                "e1:0:monthly#1:skipped",
+                "e1:0:monthly#2:skipped",
+                "e1:0:monthly#3:skipped"
+            ]
+        );
+    }
+
+    /// A state schedule that starts at an event and stops at another: a weekly check while the
+    /// home app is in use.
+    fn event_plan() -> Program {
+        program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             events: [app_started, app_stopped]\n\
+             entry_points:\n  - { id: start, state: home }\nstates:\n\
+             \x20 - id: home\n    phase: follow_up\n\
+             \x20   schedules:\n      - id: weekly\n        first: { after: 0d, from: app_started }\n        every: 7d\n        until: { event: app_stopped }\n\
+             \x20       actions:\n          - task: { id: app_check, role: nurse, title: { zh: 核查, en: Check }, due: 1d }\n\
+             \x20   transitions:\n      - { after: 400d, to: done }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        )
+    }
+
+    fn event_at(name: &str, at: Timestamp) -> FactEvent {
+        FactEvent {
+            name: name.into(),
+            at,
+        }
+    }
+
+    /// Runs passes as the store does: each recorded event is also the enrolment's to consume,
+    /// as it arrives.
+    fn run_events(prog: &Program, facts: &PatientFacts, passes: &[Timestamp]) -> Vec<Emitted> {
+        let pending: Vec<PendingEvent> = facts
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| PendingEvent {
+                seq: i as i64 + 1,
+                name: e.name.clone(),
+                at: e.at,
+                set: Default::default(),
+            })
+            .collect();
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let out = enrol(prog, 1, "start", "Asia/Shanghai", facts, &pending, t0).expect("enrols");
+        let mut actions = out.actions;
+        let mut e = out.enrolment;
+        for p in passes {
+            let o = step(prog, &e, facts, &pending, *p).expect("steps");
+            actions.extend(o.actions);
+            e = o.enrolment;
+        }
+        actions
+    }
+
+    #[test]
+    fn a_schedule_from_an_event_waits_for_it_and_then_counts_from_it() {
+        let prog = event_plan();
+        let t0 = ts("2026-03-02T01:00:00Z");
+        // Nothing has happened by day 9: no occurrence, and none is due.
+        let none = run_events(
+            &prog,
+            &PatientFacts::default(),
+            &(1..=9).map(|d| days(t0, d)).collect::<Vec<_>>(),
+        );
+        assert!(none.is_empty(), "{none:?}");
+        // The app starts on day 9 at 15:00: occurrences at that instant and every 7 days after.
+        let started = days(t0, 9) + jiff::SignedDuration::from_hours(6);
+        let facts = PatientFacts {
+            events: vec![event_at("app_started", started)],
+            ..Default::default()
+        };
+        let nightly: Vec<Timestamp> = (1..=30).map(|d| days(t0, d)).collect();
+        let made = run_events(&prog, &facts, &nightly);
+        let at: Vec<(String, Timestamp)> = made.iter().map(|a| (a.key.clone(), a.at)).collect();
+        assert_eq!(
+            at,
+            [
+                ("e1:1:weekly#1:0".to_string(), started),
+                ("e1:1:weekly#2:0".to_string(), days(started, 7)),
+                ("e1:1:weekly#3:0".to_string(), days(started, 14)),
+            ]
+        );
+        // One pass after 30 days makes the same.
+        assert_eq!(run_events(&prog, &facts, &[days(t0, 30)]), made);
+    }
+
+    #[test]
+    fn a_schedule_stops_at_its_until_event() {
+        let prog = event_plan();
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let started = days(t0, 1);
+        // Stopped on day 16 at 13:00: the occurrences of days 1 and 8 and 15 are made; the one of
+        // day 22 is not, nor any later.
+        let stopped = days(t0, 16) + jiff::SignedDuration::from_hours(12);
+        let facts = PatientFacts {
+            events: vec![
+                event_at("app_started", started),
+                event_at("app_stopped", stopped),
+            ],
+            ..Default::default()
+        };
+        let nightly: Vec<Timestamp> = (1..=60).map(|d| days(t0, d)).collect();
+        let made = run_events(&prog, &facts, &nightly);
+        let keys: Vec<&str> = made.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["e1:1:weekly#1:0", "e1:1:weekly#2:0", "e1:1:weekly#3:0"]
+        );
+        assert_eq!(made[2].at, days(t0, 15));
+        assert_eq!(run_events(&prog, &facts, &[days(t0, 60)]), made);
+        // An occurrence at the very instant of the event is not made.
+        let facts = PatientFacts {
+            events: vec![
+                event_at("app_started", started),
+                event_at("app_stopped", days(t0, 15)),
+            ],
+            ..Default::default()
+        };
+        let made = run_events(&prog, &facts, &nightly);
+        assert_eq!(made.len(), 2, "{made:?}");
     }
 }
 

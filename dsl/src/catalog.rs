@@ -100,6 +100,12 @@ pub enum ArgKind {
     Duration,
     /// An event name: the guard reads when (and how often) it happened.
     Event,
+    /// An anchor word (`ANCHOR_WORDS`: the enrolment's start, the entry into the current state)
+    /// or an event name.
+    Anchor,
+    /// A schedule of the pathway (the enrolment's, or a state's): the guard reads how many of its
+    /// occurrences have come.
+    Schedule,
     /// A risk model id: the guard reads its latest result.
     Risk,
     /// A task id: the guard reads the outcome its last completion recorded.
@@ -108,15 +114,19 @@ pub enum ArgKind {
     Goal,
 }
 
+/// The anchors `days_since` and `hours_since` take besides event names.
+pub const ANCHOR_WORDS: &[&str] = &["enrolment", "state"];
+
 /// Guard functions the engine provides: name and argument kinds.
 pub const GUARD_FUNCTIONS: &[(&str, &[ArgKind])] = &[
     ("age", &[]),
     ("sex", &[]),
-    ("days_since", &[ArgKind::Event]),
-    ("hours_since", &[ArgKind::Event]),
+    ("days_since", &[ArgKind::Anchor]),
+    ("hours_since", &[ArgKind::Anchor]),
+    ("days_since_event", &[ArgKind::Event]),
     ("days_in_state", &[]),
     ("days_since_enrolment", &[]),
-    ("occurrence", &[ArgKind::Any]),
+    ("occurrence", &[ArgKind::Schedule]),
     ("hours_in_state", &[]),
     ("event_count", &[ArgKind::Event]),
     ("latest", &[ArgKind::Observation]),

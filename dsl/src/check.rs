@@ -8,12 +8,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
+use petgraph::visit::EdgeRef;
 
 use crate::catalog;
 use crate::counter::{self, Counter, CounterError, Names};
 use crate::diag::{Code, Diagnostic, closest, suggest};
 use crate::events;
 use crate::expr::{ExprChecker, Purpose};
+use crate::guards;
 use crate::lower::{Loc, SourceMap};
 use crate::model::{Action, Pathway, Trigger};
 
@@ -230,10 +232,28 @@ pub(crate) fn check_pathway(
     let tasks: HashMap<&str, &crate::model::TaskSpec> = p.tasks().collect();
     // Events named in expressions (`days_since("discharged")`), checked with the transitions' own.
     let mut event_uses: Vec<(String, Loc)> = map.event_uses.clone();
+    let schedules = p.schedule_ids();
     for e in &map.exprs {
         if let Some(c) = checker.check(&e.src, e.purpose, &var_names, &e.site, sink.diags) {
             for lit in &c.outcome_literals {
                 outcome_check(&tasks, lit, &e.site.file, sink.diags);
+            }
+            for (name, pos) in &c.schedule_literals {
+                if !schedules.contains(&name.as_str()) {
+                    let hint = if schedules.is_empty() {
+                        "the pathway has no schedules; `occurrence` counts a schedule's occurrences"
+                            .to_string()
+                    } else {
+                        suggest(name, &schedules)
+                    };
+                    sink.diags.push(Diagnostic::error(
+                        Code::UnknownSchedule,
+                        &e.site.file,
+                        *pos,
+                        format!("`occurrence(\"{name}\")` names no schedule of this pathway"),
+                        hint,
+                    ));
+                }
             }
             event_uses.extend(c.event_literals.into_iter().map(|(name, pos)| {
                 let loc = Loc {
@@ -571,7 +591,11 @@ fn graph_checks(
                     from: si,
                     to: ti,
                     transition: k,
-                    guarded: t.guard.is_some(),
+                    requires: t
+                        .guard
+                        .as_ref()
+                        .map(|g| guards::requires(&g.0))
+                        .unwrap_or_default(),
                 });
             }
         }
@@ -645,114 +669,216 @@ fn graph_checks(
         }
     }
 
-    // Cycles of transitions with no wait: an unguarded one is an error wherever it lies; a cycle
-    // that needs guards to hold together is a warning, unless an unguarded cycle was already
-    // reported among its states.
-    let unguarded: Vec<&ImmEdge> = imm.iter().filter(|e| !e.guarded).collect();
-    let all: Vec<&ImmEdge> = imm.iter().collect();
-    let mut reported: HashSet<usize> = HashSet::new();
-    for (edges, code) in [
-        (&unguarded, Code::ImmediateCycle),
-        (&all, Code::GuardedImmediateCycle),
-    ] {
-        for cycle in no_wait_cycles(n, edges) {
-            if code == Code::GuardedImmediateCycle
-                && cycle.iter().any(|e| reported.contains(&e.from))
-            {
-                continue;
-            }
-            reported.extend(cycle.iter().map(|e| e.from));
-            let mut names: Vec<&str> = cycle.iter().map(|e| p.states[e.from].id.as_str()).collect();
-            names.push(p.states[cycle[0].from].id.as_str());
-            let first = cycle[0];
-            let loc = map
-                .transitions
-                .get(first.from)
-                .and_then(|v| v.get(first.transition))
-                .cloned()
-                .unwrap_or_else(|| state_loc(first.from));
-            let msg = if code == Code::ImmediateCycle {
-                format!(
-                    "states {} form a cycle of transitions with no wait: entering any of them loops forever",
-                    names.join(" → ")
-                )
-            } else {
-                format!(
-                    "states {} are joined by transitions with no wait; if their guards hold together they spin",
-                    names.join(" → ")
-                )
-            };
-            sink.at(
-                code,
-                &loc,
-                msg,
-                "give one of these transitions an event (`on:`) or a wait longer than zero (`after:`/`at:`)",
-            );
+    // Cycles of transitions with no wait.
+    no_wait_checks(p, map, &g, &nodes, &imm, sink, state_loc);
+}
+
+/// Cycles of transitions with no wait (no trigger, a wait of zero, or a time from an anchor that
+/// may have passed). Each elementary cycle is read from the state it is entered at (the first of
+/// its states reached from the pathway's entry points, breadth first in written order), so the
+/// transition that closes it is the one returning to that state. A cycle whose guards exclude
+/// each other never spins; one whose states change what its guards read (`set`, a risk result)
+/// may spin, warning `W004`; any other spins whenever its guards hold together, error `E010`.
+fn no_wait_checks(
+    p: &Pathway,
+    map: &SourceMap,
+    g: &DiGraph<usize, ()>,
+    nodes: &[petgraph::graph::NodeIndex],
+    imm: &[ImmEdge],
+    sink: &mut Sink<'_>,
+    state_loc: &dyn Fn(usize) -> Loc,
+) {
+    let n = p.states.len();
+    // The order states are reached in from the entry points; unreached ones after, as written.
+    let mut rank: Vec<usize> = vec![usize::MAX; n];
+    let mut next = 0usize;
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    for e in &p.entry_points {
+        if let Some(i) = p.state_index(&e.state)
+            && rank[i] == usize::MAX
+        {
+            rank[i] = next;
+            next += 1;
+            queue.push_back(i);
         }
+    }
+    while let Some(i) = queue.pop_front() {
+        let mut out: Vec<_> = g.edges(nodes[i]).collect();
+        // petgraph lists a node's edges newest first.
+        out.sort_by_key(|e| e.id());
+        for e in out {
+            let j = g[e.target()];
+            if rank[j] == usize::MAX {
+                rank[j] = next;
+                next += 1;
+                queue.push_back(j);
+            }
+        }
+    }
+    for (i, r) in rank.iter_mut().enumerate() {
+        if *r == usize::MAX {
+            *r = n + i;
+        }
+    }
+
+    let (cycles, complete) = elementary_cycles(n, imm, &rank);
+    // One report per closing transition: its shortest cycle of each verdict.
+    let mut reported: HashMap<(usize, usize), Code> = HashMap::new();
+    let mut found: Vec<(Code, Vec<&ImmEdge>)> = Vec::new();
+    for cycle in cycles {
+        let Some(code) = verdict(p, &cycle) else {
+            continue;
+        };
+        found.push((code, cycle));
+    }
+    found.sort_by_key(|(code, c)| (*code != Code::ImmediateCycle, c.len()));
+    for (code, cycle) in found {
+        let Some(last) = cycle.last() else { continue };
+        let closing = (last.from, last.transition);
+        if reported.contains_key(&closing) {
+            continue;
+        }
+        reported.insert(closing, code);
+        let names: Vec<String> = cycle
+            .iter()
+            .map(|e| format!("`{}`", p.states[e.from].id))
+            .collect();
+        let path: Vec<&str> = cycle
+            .iter()
+            .map(|e| p.states[e.from].id.as_str())
+            .chain([p.states[cycle[0].from].id.as_str()])
+            .collect();
+        let loc = map
+            .transitions
+            .get(last.from)
+            .and_then(|v| v.get(last.transition))
+            .cloned()
+            .unwrap_or_else(|| state_loc(last.from));
+        let msg = if code == Code::ImmediateCycle {
+            format!(
+                "this transition closes a cycle of transitions with no wait ({}) whose guards can all hold: the states {} would be entered over and over at one instant",
+                path.join(" → "),
+                names.join(", ")
+            )
+        } else {
+            format!(
+                "this transition closes a cycle of transitions with no wait ({}) through states {} that change what its guards read: it spins if the changes let the guards hold again",
+                path.join(" → "),
+                names.join(", ")
+            )
+        };
+        sink.at(
+            code,
+            &loc,
+            msg,
+            "give one of these transitions an event (`on:`) or a wait longer than zero (`after:`/`at:`), or guards that cannot hold together",
+        );
+    }
+    if !complete {
+        sink.at(
+            Code::ImmediateCycle,
+            &map.root.clone().unwrap_or_else(|| state_loc(0)),
+            "the transitions with no wait form too many cycles to check each one",
+            "give some of these transitions an event (`on:`) or a wait longer than zero",
+        );
     }
 }
 
-/// A transition taken without waiting, from state `from` (its `transition`-th) to state `to`.
+/// What a cycle of transitions with no wait is: `None` when its guards exclude each other,
+/// `W004` when its states change what its guards read, `E010` otherwise.
+fn verdict(p: &Pathway, cycle: &[&ImmEdge]) -> Option<Code> {
+    let requires: Vec<&guards::Requires> = cycle.iter().map(|e| &e.requires).collect();
+    // What entering (or staying in) a state on the cycle may change.
+    let mut changing: Vec<guards::Term> = Vec::new();
+    for e in cycle {
+        for a in p.states[e.to].actions() {
+            match a {
+                Action::Set(assignments) => changing.extend(
+                    assignments
+                        .iter()
+                        .map(|(name, _)| guards::Term::Variable(name.clone())),
+                ),
+                Action::Risk(r) => changing.extend(
+                    ["risk", "risk_band"].map(|f| guards::Term::Call(format!("{f}({:?})", r.id))),
+                ),
+                _ => {}
+            }
+        }
+    }
+    if guards::exclude_each_other(&requires, &changing) {
+        return None;
+    }
+    let reads_change = changing.iter().any(|t| {
+        requires.iter().any(|r| match t {
+            guards::Term::Variable(v) => r.variables.contains(v),
+            guards::Term::Call(c) => r.risks.iter().any(|x| c.ends_with(&format!("({x:?})"))),
+        })
+    });
+    Some(if reads_change {
+        Code::GuardedImmediateCycle
+    } else {
+        Code::ImmediateCycle
+    })
+}
+
+/// A transition taken without waiting, from state `from` (its `transition`-th) to state `to`, and
+/// what its guard requires.
 struct ImmEdge {
     from: usize,
     to: usize,
     transition: usize,
-    guarded: bool,
+    requires: guards::Requires,
 }
 
-/// One cycle per strongly connected group of `edges` that has one, as the edges in the order they
-/// are taken, starting at the group's first state.
-fn no_wait_cycles<'e>(n: usize, edges: &[&'e ImmEdge]) -> Vec<Vec<&'e ImmEdge>> {
-    let mut g: DiGraph<usize, usize> = DiGraph::with_capacity(n, edges.len());
-    let nodes: Vec<_> = (0..n).map(|i| g.add_node(i)).collect();
-    for (k, e) in edges.iter().enumerate() {
-        g.add_edge(nodes[e.from], nodes[e.to], k);
+/// At most this many steps of the search for cycles, so that no pathway makes validation slow.
+const CYCLE_SEARCH_BUDGET: usize = 100_000;
+
+/// Every elementary cycle of `edges`, each as its edges in the order taken from the state of
+/// lowest `rank` on it; and whether the search completed within its budget.
+fn elementary_cycles<'e>(
+    n: usize,
+    edges: &'e [ImmEdge],
+    rank: &[usize],
+) -> (Vec<Vec<&'e ImmEdge>>, bool) {
+    let mut out_edges: Vec<Vec<&ImmEdge>> = vec![Vec::new(); n];
+    for e in edges {
+        out_edges[e.from].push(e);
     }
-    let mut out = Vec::new();
-    for scc in tarjan_scc(&g) {
-        let members: HashSet<usize> = scc.iter().map(|ni| g[*ni]).collect();
-        let start = *members.iter().min().unwrap_or(&0);
-        let inside: Vec<&&ImmEdge> = edges
-            .iter()
-            .filter(|e| members.contains(&e.from) && members.contains(&e.to))
-            .collect();
-        if inside.is_empty() {
-            continue;
-        }
-        // Breadth-first from `start` back to itself inside the group: the shortest cycle.
-        let mut via: HashMap<usize, &ImmEdge> = HashMap::new();
-        let mut queue: VecDeque<usize> = VecDeque::from([start]);
-        let mut closing: Option<&ImmEdge> = None;
-        while let Some(at) = queue.pop_front() {
-            for e in inside.iter().filter(|e| e.from == at) {
-                if e.to == start {
-                    closing = Some(e);
-                    break;
-                }
-                if let std::collections::hash_map::Entry::Vacant(slot) = via.entry(e.to) {
-                    slot.insert(e);
-                    queue.push_back(e.to);
-                }
+    let mut starts: Vec<usize> = (0..n).collect();
+    starts.sort_by_key(|&i| rank[i]);
+    let mut budget = CYCLE_SEARCH_BUDGET;
+    let mut cycles = Vec::new();
+    for &start in &starts {
+        // Paths from `start` through states ranked after it, back to `start`.
+        let mut path: Vec<&ImmEdge> = Vec::new();
+        let mut on_path = vec![false; n];
+        on_path[start] = true;
+        // Each frame: a state and the index of its next edge to try.
+        let mut frames: Vec<(usize, usize)> = vec![(start, 0)];
+        while let Some(&(at, k)) = frames.last() {
+            if budget == 0 {
+                return (cycles, false);
             }
-            if closing.is_some() {
-                break;
-            }
-        }
-        let Some(last) = closing else {
-            continue;
-        };
-        let mut cycle = vec![last];
-        let mut at = last.from;
-        while at != start {
-            let Some(e) = via.get(&at) else {
-                break;
+            budget -= 1;
+            let Some(e) = out_edges[at].get(k).copied() else {
+                frames.pop();
+                on_path[at] = false;
+                path.pop();
+                continue;
             };
-            cycle.push(e);
-            at = e.from;
+            if let Some(top) = frames.last_mut() {
+                top.1 += 1;
+            }
+            if e.to == start {
+                let mut cycle = path.clone();
+                cycle.push(e);
+                cycles.push(cycle);
+            } else if rank[e.to] > rank[start] && !on_path[e.to] {
+                on_path[e.to] = true;
+                path.push(e);
+                frames.push((e.to, 0));
+            }
         }
-        cycle.reverse();
-        out.push(cycle);
     }
-    out.sort_by_key(|c| c[0].from);
-    out
+    (cycles, true)
 }

@@ -340,6 +340,13 @@ pub fn diff(a: &Side<'_>, b: &Side<'_>) -> Vec<Change> {
     );
     compare(
         &mut out,
+        "schedule",
+        section(a.tree, "schedules", &pa.schedules, |sc| sc.id.clone()),
+        section(b.tree, "schedules", &pb.schedules, |sc| sc.id.clone()),
+        &[],
+    );
+    compare(
+        &mut out,
         "goal",
         section(a.tree, "goals", &pa.goals, |g| g.id.clone()),
         section(b.tree, "goals", &pb.goals, |g| g.id.clone()),

@@ -68,3 +68,17 @@ fn every_diagnostic_code_is_documented_once() {
         .collect();
     assert_eq!(documented, known, "the documented codes, in order");
 }
+
+#[test]
+fn every_guard_function_is_documented() {
+    let rows = table_after(&docs(), "## The guard language");
+    let documented: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    for (name, _) in crate::catalog::GUARD_FUNCTIONS {
+        assert!(
+            documented
+                .iter()
+                .any(|cell| cell.contains(&format!("`{name}("))),
+            "guard function `{name}` is not in the guard language's table"
+        );
+    }
+}

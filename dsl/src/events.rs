@@ -214,34 +214,37 @@ fn used_by(p: &Pathway) -> BTreeSet<String> {
             }
             exprs.extend(&t.guard);
         }
-        for sc in &s.schedules {
-            anchor(&sc.first.from, &mut out);
-            match &sc.until {
-                Some(Until::Event(e)) => {
-                    out.insert(e.clone());
-                }
-                Some(Until::At(t)) => anchor(&t.from, &mut out),
-                None => {}
+    }
+    for sc in p
+        .states
+        .iter()
+        .flat_map(|s| &s.schedules)
+        .chain(&p.schedules)
+    {
+        anchor(&sc.first.from, &mut out);
+        match &sc.until {
+            Some(Until::Event(e)) => {
+                out.insert(e.clone());
             }
+            Some(Until::At(t)) => anchor(&t.from, &mut out),
+            None => {}
         }
-        for a in s.actions() {
-            match a {
-                Action::Set(values) => exprs.extend(values.iter().map(|(_, e)| e)),
-                Action::Risk(r) => match &r.model {
-                    RiskModel::Logistic { terms, .. } => {
-                        exprs.extend(terms.iter().map(|t| &t.expr))
-                    }
-                    RiskModel::Formula(e) => exprs.push(e),
-                    RiskModel::Lace => {}
-                },
-                Action::Task(t) => {
-                    if let Some(d) = &t.due_at {
-                        anchor(&d.from, &mut out);
-                    }
+    }
+    for (_, a) in p.actions() {
+        match a {
+            Action::Set(values) => exprs.extend(values.iter().map(|(_, e)| e)),
+            Action::Risk(r) => match &r.model {
+                RiskModel::Logistic { terms, .. } => exprs.extend(terms.iter().map(|t| &t.expr)),
+                RiskModel::Formula(e) => exprs.push(e),
+                RiskModel::Lace => {}
+            },
+            Action::Task(t) => {
+                if let Some(d) = &t.due_at {
+                    anchor(&d.from, &mut out);
                 }
-                Action::FollowUp(f) => anchor(&f.from, &mut out),
-                _ => {}
             }
+            Action::FollowUp(f) => anchor(&f.from, &mut out),
+            _ => {}
         }
     }
     for e in exprs {

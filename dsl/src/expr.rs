@@ -88,7 +88,13 @@ pub struct Checked {
     /// Every event named by a literal argument (`days_since("discharged")`), and where: the
     /// validator checks the pathway has it.
     pub event_literals: Vec<(String, Pos)>,
+    /// Every schedule named by a literal argument (`occurrence("monthly")`), and where: the
+    /// validator checks the pathway has it.
+    pub schedule_literals: Vec<(String, Pos)>,
 }
+
+/// A name given as a literal argument, and where it is.
+type Named = (String, Pos);
 
 /// A task outcome a guard compares against: the validator checks the task accepts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +275,7 @@ impl ExprChecker {
                     constant: c.slots().is_empty(),
                     outcome_literals: Vec::new(),
                     event_literals: Vec::new(),
+                    schedule_literals: Vec::new(),
                 }),
                 Err(e) => {
                     diags.push(Diagnostic::error(
@@ -304,9 +311,10 @@ impl ExprChecker {
                 }
                 Some(ASTNode::Expr(RExpr::FnCall(f, pos))) if !f.is_operator_call() => {
                     calls += 1;
-                    let events =
+                    let (events, schedules) =
                         self.check_call(f.name.as_str(), &f.args, site.locate(*pos), site, diags);
                     checked.event_literals.extend(events);
+                    checked.schedule_literals.extend(schedules);
                 }
                 Some(ASTNode::Expr(RExpr::MethodCall(f, pos))) => {
                     calls += 1;
@@ -331,7 +339,8 @@ impl ExprChecker {
         Some(checked)
     }
 
-    /// Checks one call's function and literal arguments; returns the events it names, with where.
+    /// Checks one call's function and literal arguments; returns the events and the schedules it
+    /// names, with where.
     fn check_call(
         &self,
         name: &str,
@@ -339,11 +348,12 @@ impl ExprChecker {
         at: Pos,
         site: &Site,
         diags: &mut Vec<Diagnostic>,
-    ) -> Vec<(String, Pos)> {
+    ) -> (Vec<Named>, Vec<Named>) {
         let mut events = Vec::new();
+        let mut schedules = Vec::new();
         let kinds = match catalog::guard_function(name, args.len()) {
             Some(kinds) => kinds,
-            None if catalog::PURE_FUNCTIONS.contains(&name) => return events,
+            None if catalog::PURE_FUNCTIONS.contains(&name) => return (events, schedules),
             None => {
                 let arities: Vec<usize> = catalog::GUARD_FUNCTIONS
                     .iter()
@@ -368,7 +378,7 @@ impl ExprChecker {
                     message,
                     hint,
                 ));
-                return events;
+                return (events, schedules);
             }
         };
         for (arg, kind) in args.iter().zip(kinds) {
@@ -406,11 +416,13 @@ impl ExprChecker {
                         ));
                     }
                 }
-                ArgKind::Event => events.push((value.to_string(), at)),
+                ArgKind::Anchor if catalog::ANCHOR_WORDS.contains(&value.as_str()) => {}
+                ArgKind::Event | ArgKind::Anchor => events.push((value.to_string(), at)),
+                ArgKind::Schedule => schedules.push((value.to_string(), at)),
                 _ => {}
             }
         }
-        events
+        (events, schedules)
     }
 }
 

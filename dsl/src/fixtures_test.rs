@@ -20,7 +20,7 @@ use crate::{
 pub(crate) const ALL_CODES: &[&str] = &[
     "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009", "E010", "E011", "E012",
     "E013", "E014", "E015", "E016", "E017", "E018", "E019", "E020", "E021", "E022", "E023", "E024",
-    "E025", "E026", "W001", "W002", "W003", "W004", "W005", "W006",
+    "E025", "E026", "E027", "W001", "W002", "W003", "W004", "W005", "W006",
 ];
 
 /// Every code of the case intake rules; each must be exercised by a fixture under

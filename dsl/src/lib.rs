@@ -17,6 +17,7 @@ pub mod events;
 pub mod expr;
 mod fields;
 pub mod graph;
+mod guards;
 pub mod intake;
 pub mod lower;
 pub mod migration;
@@ -28,6 +29,8 @@ pub mod yaml;
 
 #[cfg(test)]
 mod condition_test;
+#[cfg(test)]
+mod cycles_test;
 #[cfg(test)]
 mod docs_test;
 #[cfg(test)]
@@ -392,6 +395,58 @@ mod twin_tests {
             first.transitions[1].trigger.describe(),
             "after 5 working days"
         );
+    }
+
+    /// A schedule of the whole enrolment reads the same from both front-ends, counts from the
+    /// enrolment when no anchor is written, and `occurrence()` may name it.
+    #[test]
+    fn enrolment_schedules_read_the_same_in_yaml_and_rhai() {
+        let good = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good");
+        let yaml = super::compile_file(&good.join("enrolment_schedule.yaml"));
+        let rhai = super::compile_file(&good.join("enrolment_schedule_script.rhai"));
+        assert!(yaml.diagnostics.is_empty(), "{:?}", yaml.diagnostics);
+        assert!(rhai.diagnostics.is_empty(), "{:?}", rhai.diagnostics);
+        let (yaml, rhai) = (yaml.pathway.expect("yaml"), rhai.pathway.expect("rhai"));
+        assert_eq!(yaml.schedules, rhai.schedules);
+        assert_eq!(yaml.states, rhai.states);
+        let sc = &yaml.schedules[0];
+        assert_eq!(sc.first.from, crate::Anchor::Enrolment);
+        assert_eq!(sc.until, Some(crate::Until::Event("programme_left".into())));
+        assert!(yaml.states.iter().all(|s| s.schedules.is_empty()));
+    }
+
+    /// A transition timed from an anchor, as the documentation writes it in both front-ends.
+    #[test]
+    fn a_transition_from_an_anchor_reads_the_same_in_yaml_and_rhai() {
+        let head = "pathway: p\nversion: 1\ntitle: t\nowner_role: nurse\nroles: [nurse]\nentry_points: [{ id: e, state: a }]\n";
+        let yaml = format!(
+            "{head}states:\n  - id: a\n    phase: follow_up\n    transitions:\n      - after: 365d\n        from: enrolment\n        to: completed\n  - id: completed\n    phase: closed\n    terminal: true\n"
+        );
+        let rhai = r#"let p = pathway("p", 1, "t", "t");
+p.owner_role = "nurse";
+p.roles = ["nurse"];
+p.entry("e", "a");
+let s = state("a", "follow_up");
+let end = after("365d", "completed");
+end.from = "enrolment";
+s.transition(end);
+p.add(s);
+p.add(terminal("completed"));
+p"#;
+        let dir = std::path::Path::new("");
+        let y = super::compile_yaml("p.yaml", yaml.as_bytes(), dir, &super::FsLoader);
+        let r = super::compile_rhai("p.rhai", rhai.as_bytes(), dir, &super::FsLoader);
+        assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);
+        let (y, r) = (y.pathway.expect("yaml"), r.pathway.expect("rhai"));
+        assert_eq!(
+            y.states[0].transitions[0].trigger,
+            crate::Trigger::Anchored(crate::TimeSpec {
+                after: crate::Duration::parse("365d").expect("a duration"),
+                at: None,
+                from: crate::Anchor::Enrolment,
+            })
+        );
+        assert_eq!(y.states[0].transitions, r.states[0].transitions);
     }
 
     /// Withdrawal routing, `cancel`, `keep_open_tasks` and a referral to the patient's own

@@ -249,6 +249,7 @@ const PATHWAY_KEYS: &[&str] = &[
     "entry_points",
     "include",
     "states",
+    "schedules",
     "goals",
     "indicators",
 ];
@@ -801,6 +802,22 @@ impl<'a> Lowerer<'a> {
                 self.include(item, &mut states);
             }
         }
+        let mut schedules: Vec<Schedule> = Vec::new();
+        if let Some(n) = Self::opt(&f, "schedules") {
+            for item in self.list(n, "schedules") {
+                if let Some(sc) = self.schedule(item, true) {
+                    if schedules.iter().any(|o| o.id == sc.id) {
+                        self.err(
+                            Code::DuplicateId,
+                            item.pos,
+                            format!("schedule `{}` is declared twice in the pathway", sc.id),
+                            "give each schedule of the enrolment its own id",
+                        );
+                    }
+                    schedules.push(sc);
+                }
+            }
+        }
         let mut goals = Vec::new();
         if let Some(n) = Self::opt(&f, "goals") {
             for item in self.list(n, "goals") {
@@ -829,6 +846,7 @@ impl<'a> Lowerer<'a> {
             events,
             entry_points,
             states,
+            schedules,
             goals,
             indicators,
         })
@@ -1056,7 +1074,7 @@ impl<'a> Lowerer<'a> {
         let mut schedules: Vec<Schedule> = Vec::new();
         if let Some(n) = Self::opt(&f, "schedules") {
             for item in self.list(n, "schedules") {
-                if let Some(sc) = self.schedule(item) {
+                if let Some(sc) = self.schedule(item, false) {
                     if schedules.iter().any(|o| o.id == sc.id) {
                         self.err(
                             Code::DuplicateId,
@@ -1120,6 +1138,11 @@ impl<'a> Lowerer<'a> {
     /// A time from an anchor: `{ after: 2d, at: "18:00", from: discharged }`; a plain duration
     /// is `after` from `default`.
     fn time_spec(&mut self, node: &Node, what: &str) -> Option<TimeSpec> {
+        self.time_from(node, what, Anchor::State)
+    }
+
+    /// A time from an anchor, `default` when none is written.
+    fn time_from(&mut self, node: &Node, what: &str, default: Anchor) -> Option<TimeSpec> {
         if let Value::Map(_) = node.value {
             let f = self.fields(node, what, &["after", "at", "from"])?;
             let after = Self::opt(&f, "after")
@@ -1128,7 +1151,7 @@ impl<'a> Lowerer<'a> {
             let at = Self::opt(&f, "at").and_then(|n| self.time_of_day(n));
             let from = match Self::opt(&f, "from") {
                 Some(n) => self.anchor(n)?,
-                None => Anchor::State,
+                None => default.clone(),
             };
             return Some(TimeSpec { after, at, from });
         }
@@ -1136,21 +1159,45 @@ impl<'a> Lowerer<'a> {
         Some(TimeSpec {
             after,
             at: None,
-            from: Anchor::State,
+            from: default,
         })
     }
 
-    fn schedule(&mut self, node: &Node) -> Option<Schedule> {
+    /// A schedule of a state, or of the whole enrolment (`enrolment`): its times count from the
+    /// state's entry, or from the enrolment's start, unless they name another anchor; an
+    /// enrolment's schedule cannot count from a state's entry.
+    fn schedule(&mut self, node: &Node, enrolment: bool) -> Option<Schedule> {
         let f = self.fields(node, "a schedule", SCHEDULE_KEYS)?;
         let id = self
             .req(&f, "id", node, "the schedule")
             .and_then(|n| self.ident(n, "schedule id"));
+        let default = if enrolment {
+            Anchor::Enrolment
+        } else {
+            Anchor::State
+        };
+        let from_state = |this: &mut Self, n: &Node, spec: &TimeSpec| {
+            if enrolment && spec.from == Anchor::State {
+                this.err(
+                    Code::InvalidValue,
+                    n.pos,
+                    "a schedule of the whole enrolment cannot count from a state's entry",
+                    "count from `enrolment` or an event, or move the schedule into the state",
+                );
+            }
+        };
         let first = match Self::opt(&f, "first") {
-            Some(n) => self.time_spec(n, "the first occurrence"),
+            Some(n) => {
+                let spec = self.time_from(n, "the first occurrence", default.clone());
+                if let Some(spec) = &spec {
+                    from_state(self, n, spec);
+                }
+                spec
+            }
             None => Some(TimeSpec {
                 after: Duration::ZERO,
                 at: None,
-                from: Anchor::State,
+                from: default.clone(),
             }),
         };
         let every = self.req(&f, "every", node, "the schedule").and_then(|n| {
@@ -1174,7 +1221,13 @@ impl<'a> Lowerer<'a> {
                         .and_then(|e| self.event_ref(e))
                         .map(Until::Event)
                 }
-                _ => self.time_spec(n, "`until`").map(Until::At),
+                _ => {
+                    let spec = self.time_from(n, "`until`", default.clone());
+                    if let Some(spec) = &spec {
+                        from_state(self, n, spec);
+                    }
+                    spec.map(Until::At)
+                }
             },
             None => None,
         };

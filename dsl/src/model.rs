@@ -41,6 +41,10 @@ pub struct Pathway {
     pub events: Vec<EventDecl>,
     pub entry_points: Vec<EntryPoint>,
     pub states: Vec<State>,
+    /// Repeating occurrences while the enrolment is active, in whatever state it is. Left out of
+    /// the serialised model when there are none, so a pathway without them keeps its hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
     pub goals: Vec<Goal>,
     pub indicators: Vec<Indicator>,
 }
@@ -117,11 +121,30 @@ impl Pathway {
         Ok(out)
     }
 
-    /// Every action of every state (on entry and in its schedules), with the state it belongs to.
-    pub fn actions(&self) -> impl Iterator<Item = (&State, &Action)> {
+    /// Every action of every state (on entry and in its schedules), with the state it belongs to,
+    /// then the actions of the enrolment's own schedules (with no state).
+    pub fn actions(&self) -> impl Iterator<Item = (Option<&State>, &Action)> {
         self.states
             .iter()
-            .flat_map(|s| s.actions().map(move |a| (s, a)))
+            .flat_map(|s| s.actions().map(move |a| (Some(s), a)))
+            .chain(
+                self.schedules
+                    .iter()
+                    .flat_map(|sc| sc.actions.iter().map(|a| (None, a))),
+            )
+    }
+
+    /// The id of every schedule: the enrolment's own, then the states', each once.
+    pub fn schedule_ids(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.schedules.iter().map(|sc| sc.id.as_str()).collect();
+        for s in &self.states {
+            for sc in &s.schedules {
+                if !out.contains(&sc.id.as_str()) {
+                    out.push(&sc.id);
+                }
+            }
+        }
+        out
     }
 
     /// Every task the pathway can create: its own tasks and its alarms' tasks.
@@ -401,8 +424,9 @@ pub enum Until {
     Event(String),
 }
 
-/// A repeating occurrence attached to a state: first at `first`, then every `every`, until
-/// `until` or `count`, and never once the state is left. Each occurrence makes `actions`, their
+/// A repeating occurrence attached to a state, or to the whole enrolment (`Pathway::schedules`):
+/// first at `first`, then every `every`, until `until` or `count`, and never once its scope (the
+/// state, or the enrolment) is left. Each occurrence makes `actions`, their
 /// times counted from the occurrence and their keys carrying its number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {

@@ -63,6 +63,9 @@ pub enum Cause {
 /// - A `cancel` action ends the tasks (kept or not), follow-ups and scale pushes the named action
 ///   made.
 /// - Records never end.
+///
+/// The work of the enrolment's own schedules belongs to no state entry (the core's
+/// `outcome::ENROLMENT_SEQ`), so no state's leaving reaches it, as none reaches an enrolment alarm.
 pub fn ends(work: Work, cause: Cause) -> bool {
     use Cause::*;
     match (work, cause) {

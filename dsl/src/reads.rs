@@ -55,7 +55,8 @@ impl Reads {
         for (arg, kind) in args.iter().zip(kinds) {
             let Some(name) = literal(arg) else { continue };
             let list = match kind {
-                ArgKind::Event => &mut self.events,
+                ArgKind::Anchor if catalog::ANCHOR_WORDS.contains(&name.as_str()) => continue,
+                ArgKind::Event | ArgKind::Anchor => &mut self.events,
                 ArgKind::Scale => &mut self.scales,
                 ArgKind::Risk => &mut self.risks,
                 ArgKind::Task => &mut self.outcomes,
@@ -64,7 +65,7 @@ impl Reads {
                     self.observations.push((name, window));
                     continue;
                 }
-                ArgKind::Any | ArgKind::Duration => continue,
+                ArgKind::Any | ArgKind::Duration | ArgKind::Schedule => continue,
             };
             if !list.contains(&name) {
                 list.push(name);
