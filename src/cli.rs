@@ -758,28 +758,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let hash = carepath_admin_api::web::hash_password(password)
                     .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
-                let pool = db.open().await?;
-                audit.install(&pool, &db.url).await?;
                 let credential = store::sign_in::Credential::Password(&hash);
-                if !store::sign_in::set_credential(&pool, &staff, credential, Timestamp::now())
-                    .await?
-                {
-                    anyhow::bail!("no staff member `{staff}`");
-                }
+                set_staff_credential(&db, &audit, &staff, credential).await?;
                 println!("password set for {staff}");
                 Ok(ExitCode::SUCCESS)
             }
             StaffCommand::EnrolTotp { staff, db, audit } => {
                 let (secret, uri) = carepath_admin_api::web::new_totp_secret(&staff)
                     .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-                let pool = db.open().await?;
-                audit.install(&pool, &db.url).await?;
                 let credential = store::sign_in::Credential::Totp(&secret);
-                if !store::sign_in::set_credential(&pool, &staff, credential, Timestamp::now())
-                    .await?
-                {
-                    anyhow::bail!("no staff member `{staff}`");
-                }
+                set_staff_credential(&db, &audit, &staff, credential).await?;
                 println!("{uri}");
                 Ok(ExitCode::SUCCESS)
             }
@@ -1227,6 +1215,22 @@ async fn demo_history(
         h.alarms_resolved,
         h.messages_sent
     );
+    Ok(())
+}
+
+/// Stores a sign-in credential of `staff` in the database `db`, audited under its key; an unknown
+/// staff member is an error naming them.
+async fn set_staff_credential(
+    db: &DbArgs,
+    audit: &AuditArgs,
+    staff: &str,
+    credential: store::sign_in::Credential<'_>,
+) -> anyhow::Result<()> {
+    let pool = db.open().await?;
+    audit.install(&pool, &db.url).await?;
+    if !store::sign_in::set_credential(&pool, staff, credential, Timestamp::now()).await? {
+        anyhow::bail!("no staff member `{staff}`");
+    }
     Ok(())
 }
 
