@@ -9,15 +9,22 @@
 //! latest reading of its kind (or the arming of the rule, if later) is `for` old, and cleared by
 //! the next reading of that kind.
 //!
+//! A condition may read the lowest or highest value of a kind over a recent window
+//! (`weight - min("weight", "3d") >= 2`): the rule keeps the readings it has judged since it was
+//! armed that can still be a window's extreme — a reading is dropped once it leaves the longest
+//! window of its kind, or once a later reading is at least as low (for `min`) and as high (for
+//! `max`) — so the window is exact without the patient's history being reread.
+//!
 //! The store (on every batch of readings, and in the scheduler's sweep for silence) and the
 //! simulator (on every simulated reading, and at the instant silence is due) run exactly this code;
 //! each keeps an [`AlarmState`] per armed rule and acts on the [`Edge`]s it returns. The state is
-//! plain serialisable data, bounded in size (at most `count` instants), so the store keeps it in
-//! the rule's row and never rereads the patient's history.
+//! plain serialisable data, bounded in size (at most `count` instants, and the window readings
+//! that can still be an extreme), so the store keeps it in the rule's row and never rereads the
+//! patient's history.
 
 use std::collections::HashMap;
 
-use carepath_dsl::condition::{Condition, ConditionError};
+use carepath_dsl::condition::{Condition, ConditionError, Window};
 use carepath_dsl::{AlarmSpec, catalog};
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +86,66 @@ pub struct AlarmRule {
     trigger: Trigger,
     /// Observation kinds (slots) the rule reads, as a bit set: other readings leave it as it is.
     kinds: u64,
+    /// The kinds its window functions read: what readings the rule keeps, and for how long.
+    kept: Vec<Kept>,
+}
+
+/// One kind's readings kept for window functions: for the longest window over it, and for the
+/// lowest, the highest or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kept {
+    slot: usize,
+    within: i64,
+    lowest: bool,
+    highest: bool,
+}
+
+impl Kept {
+    fn of(conditions: &[&Condition]) -> Vec<Kept> {
+        let mut kept: Vec<Kept> = Vec::new();
+        for u in conditions.iter().flat_map(|c| c.windows()) {
+            let k = match kept.iter_mut().find(|k| k.slot == u.slot) {
+                Some(k) => k,
+                None => {
+                    kept.push(Kept {
+                        slot: u.slot,
+                        within: 0,
+                        lowest: false,
+                        highest: false,
+                    });
+                    kept.last_mut().expect("just pushed")
+                }
+            };
+            k.within = k.within.max(u.within);
+            k.lowest |= !u.highest;
+            k.highest |= u.highest;
+        }
+        kept
+    }
+}
+
+/// A kept reading's value: its instant, its kind's slot and its value.
+pub type Sample = (i64, usize, f64);
+
+/// The kept readings as of the reading being judged at `at`.
+struct Recent<'a> {
+    samples: &'a [Sample],
+    at: i64,
+}
+
+impl Window for Recent<'_> {
+    fn extreme(&self, slot: usize, within: i64, highest: bool) -> f64 {
+        let mut out = f64::NAN;
+        for &(t, s, v) in self.samples {
+            if s == slot && t > self.at - within && t <= self.at {
+                let better = if highest { v > out } else { v < out };
+                if out.is_nan() || better {
+                    out = v;
+                }
+            }
+        }
+        out
+    }
 }
 
 /// A run of matching readings: when it began and how many readings it has.
@@ -105,7 +172,7 @@ impl Run {
 
 /// Where an armed rule stands. A freshly armed rule's state is [`AlarmState::armed`]; after that
 /// only [`AlarmRule::feed`] and [`AlarmRule::check_silence`] change it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlarmState {
     /// Raised and not cleared since.
     #[serde(default)]
@@ -126,6 +193,9 @@ pub struct AlarmState {
     /// While latched: the current run of readings for which the clear condition holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear_run: Option<Run>,
+    /// The readings a window function may still need, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub window: Vec<Sample>,
 }
 
 impl AlarmState {
@@ -164,6 +234,7 @@ impl AlarmRule {
                     after: silent.after.nominal_seconds(),
                 },
                 kinds: 1 << slot,
+                kept: Vec::new(),
             });
         }
         let Some(when) = &spec.when else {
@@ -190,6 +261,11 @@ impl AlarmRule {
             None => None,
         };
         let kinds = bits(&when) | clear.as_ref().map_or(0, |c| bits(&c.0));
+        let mut conditions = vec![&when];
+        if let Some(c) = &clear {
+            conditions.push(&c.0);
+        }
+        let kept = Kept::of(&conditions);
         Ok(AlarmRule {
             trigger: Trigger::Readings {
                 when: Box::new(when),
@@ -197,7 +273,51 @@ impl AlarmRule {
                 clear,
             },
             kinds,
+            kept,
         })
+    }
+
+    /// Adds a reading's values of the kinds kept for windows, and drops what no window can need
+    /// any more: readings older than their kind's longest window, and readings a later one is at
+    /// least as low as (when only the lowest is read) or as high as (only the highest), or both.
+    fn keep(&self, window: &mut Vec<Sample>, values: &[f64], at: i64) {
+        for k in &self.kept {
+            let v = slot(values, k.slot);
+            if !v.is_nan() {
+                window.push((at, k.slot, v));
+            }
+        }
+        if window.is_empty() {
+            return;
+        }
+        let mut later: Vec<(usize, f64, f64)> = Vec::new();
+        let mut keep = vec![false; window.len()];
+        for (i, &(t, s, v)) in window.iter().enumerate().rev() {
+            let Some(k) = self.kept.iter().find(|k| k.slot == s) else {
+                continue;
+            };
+            if t <= at - k.within {
+                continue;
+            }
+            let (lo, hi) = match later.iter_mut().find(|(ls, ..)| *ls == s) {
+                Some((_, lo, hi)) => {
+                    let seen = (*lo, *hi);
+                    *lo = lo.min(v);
+                    *hi = hi.max(v);
+                    seen
+                }
+                None => {
+                    later.push((s, v, v));
+                    (f64::INFINITY, f64::NEG_INFINITY)
+                }
+            };
+            keep[i] = (k.lowest && v < lo) || (k.highest && v > hi);
+        }
+        let mut i = 0;
+        window.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
     }
 
     /// The observation kinds the rule reads, as a bit set over `catalog::OBSERVATIONS` slots.
@@ -246,7 +366,15 @@ impl AlarmRule {
                     return None;
                 }
                 st.last_at = Some(at);
-                let matched = when.holds(values);
+                if !self.kept.is_empty() {
+                    self.keep(&mut st.window, values, at);
+                }
+                let recent = Recent {
+                    samples: &st.window,
+                    at,
+                };
+                let matched = when.holds_in(values, &recent);
+                let clear_holds = clear.as_ref().map(|c| c.0.holds_in(values, &recent));
                 let raising = match *debounce {
                     Debounce::Window { count, within } => {
                         if matched {
@@ -275,8 +403,10 @@ impl AlarmRule {
                 let clearing = match clear {
                     None => !raising,
                     Some(c) => {
-                        let (cond, need) = c.as_ref();
-                        st.clear_run = cond.holds(values).then(|| Run::extended(st.clear_run, at));
+                        let need = c.1;
+                        st.clear_run = clear_holds
+                            .unwrap_or(false)
+                            .then(|| Run::extended(st.clear_run, at));
                         need.met(st.clear_run, at)
                     }
                 };
@@ -360,6 +490,7 @@ impl RuleCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::{prop_assert, prop_assert_eq};
     use serde_json::json;
 
     const H: i64 = 3_600;
@@ -648,5 +779,80 @@ mod tests {
         let text = serde_json::to_string(&spec(json!({"when": "spo2 < 90"}))).unwrap();
         assert!(cache.get(&text).is_ok());
         assert!(cache.get("{").is_err());
+    }
+
+    #[test]
+    fn a_gain_over_a_window_raises_and_clears_with_hysteresis() {
+        let r = rule(json!({
+            "when": "weight - min(\"weight\", \"3d\") >= 2",
+            "clear": {"when": "weight - min(\"weight\", \"3d\") < 1"}
+        }));
+        let mut st = AlarmState::default();
+        let feed = |st: &mut AlarmState, kg: f64, at: i64| r.feed(st, &weight(kg), at);
+        assert_eq!(feed(&mut st, 80.0, 0), None);
+        assert_eq!(feed(&mut st, 80.2, D), None);
+        // 2.1 kg above the lowest of the last three days.
+        assert_eq!(feed(&mut st, 82.1, 2 * D), Some(Raised));
+        // 80.0 has left the window (3 days before is outside `(at - 3d, at]`); the gain over the
+        // lowest left (80.2) is 1.8: below the raising line, not below the clearing one.
+        assert_eq!(feed(&mut st, 82.0, 3 * D), None);
+        // 80.2 has left too; the lowest is 82.0 and the gain 0.3: cleared.
+        assert_eq!(feed(&mut st, 82.3, 4 * D + H), Some(Cleared));
+        assert_eq!(st.raised, 1);
+        // Readings of other kinds neither enter the window nor judge the rule.
+        assert_eq!(r.feed(&mut st, &bp(150.0, 95.0), 5 * D), None);
+        assert!(
+            st.window
+                .iter()
+                .all(|(_, s, _)| *s == slot_of("weight").unwrap())
+        );
+        // Only readings that can still be the lowest of a window are kept: 80.0 and 80.2 have left
+        // it, 82.1 has a later reading lower than it (82.0).
+        let w = slot_of("weight").unwrap();
+        assert_eq!(st.window, vec![(3 * D, w, 82.0), (4 * D + H, w, 82.3)]);
+        let text = serde_json::to_string(&st).unwrap();
+        assert_eq!(serde_json::from_str::<AlarmState>(&text).unwrap(), st);
+    }
+
+    proptest::proptest! {
+        /// Whatever the readings, the kept window gives what the whole history gives: the same
+        /// edges as a rule judging every reading against every earlier reading of its window.
+        #[test]
+        fn the_kept_window_is_exact(
+            steps in proptest::collection::vec((0i64..(2 * D), 60.0f64..90.0, proptest::bool::ANY), 1..60),
+        ) {
+            let when = "weight - min(\"weight\", \"3d\") >= 2 || max(\"weight\", \"2d\") - weight > 3";
+            let clear = "weight - min(\"weight\", \"1d\") < 0.5 && max(\"weight\", \"2d\") - weight < 1";
+            let r = rule(json!({"when": when, "clear": {"when": clear}}));
+            let all = Condition::alarm(when).unwrap();
+            let all_clear = Condition::alarm(clear).unwrap();
+            let mut st = AlarmState::default();
+            let mut history: Vec<Sample> = Vec::new();
+            let mut latched = false;
+            let mut at = 0;
+            let w = slot_of("weight").unwrap();
+            for (gap, kg, other) in steps {
+                at += gap;
+                let values = if other { bp(kg + 60.0, 80.0) } else { weight(kg) };
+                let edge = r.feed(&mut st, &values, at);
+                if other {
+                    prop_assert_eq!(edge, None);
+                    continue;
+                }
+                history.push((at, w, kg));
+                let full = Recent { samples: &history, at };
+                let want = if !latched && all.holds_in(&values, &full) {
+                    latched = true;
+                    Some(Raised)
+                } else if latched && all_clear.holds_in(&values, &full) {
+                    latched = false;
+                    Some(Cleared)
+                } else {
+                    None
+                };
+                prop_assert_eq!(edge, want, "at {}", at);
+                prop_assert!(st.window.len() <= history.len());
+            }
+        }
     }
 }

@@ -139,7 +139,7 @@ impl ConditionCache {
         let kind = self.kind;
         self.by_text
             .entry(text.to_string())
-            .or_insert_with(|| Condition::compile(text, &kind.names()))
+            .or_insert_with(|| Condition::of_kind(text, kind))
             .as_ref()
     }
 }

@@ -429,6 +429,29 @@ fn register_facts(e: &mut Engine) {
     e.register_fn("to_float", |x: f64| x);
 }
 
+/// Compares real numbers as the language says: exactly (Rhai's own float comparisons allow a
+/// relative epsilon), and false whenever either side is missing (NaN), `!=` included — Rhai's own
+/// find `NaN >= 0.0` true. The same rules as reading conditions (`carepath_dsl::condition`). Rhai
+/// resolves operators on its standard types by its built-ins first unless fast operators are off.
+fn register_comparisons(e: &mut Engine) {
+    e.set_fast_operators(false);
+    macro_rules! compare {
+        ($($op:literal => $f:expr),*) => {$(
+            e.register_fn($op, |x: f64, y: f64| -> bool { $f(x, y) });
+            e.register_fn($op, |x: i64, y: f64| -> bool { $f(x as f64, y) });
+            e.register_fn($op, |x: f64, y: i64| -> bool { $f(x, y as f64) });
+        )*};
+    }
+    compare!(
+        "==" => |x: f64, y: f64| x == y,
+        "!=" => |x: f64, y: f64| x != y && !x.is_nan() && !y.is_nan(),
+        "<" => |x: f64, y: f64| x < y,
+        "<=" => |x: f64, y: f64| x <= y,
+        ">" => |x: f64, y: f64| x > y,
+        ">=" => |x: f64, y: f64| x >= y
+    );
+}
+
 /// The sandboxed engine shared by every pathway.
 pub fn engine() -> Engine {
     let mut e = Engine::new_raw();
@@ -436,6 +459,7 @@ pub fn engine() -> Engine {
     e.register_global_module(LogicPackage::new().as_shared_module());
     e.register_global_module(BasicMathPackage::new().as_shared_module());
     e.set_optimization_level(OptimizationLevel::Simple);
+    register_comparisons(&mut e);
     e.set_strict_variables(true);
     e.set_max_operations(50_000);
     e.set_max_call_levels(8);
@@ -796,5 +820,22 @@ mod tests {
         // An event that never happened is NaN.
         assert!(eval(context(), "days_since_event(\"died\").is_nan()"));
         assert!(!eval(context(), "days_since_event(\"died\") < 1000.0"));
+        // Every comparison with a missing number is false, with zero too (Rhai's own
+        // comparisons find `NaN >= 0.0` and `NaN == 0` true), and `!=` as well.
+        for guard in [
+            "days_since_event(\"died\") >= 0.0",
+            "days_since_event(\"died\") >= 0",
+            "days_since_event(\"died\") <= 0",
+            "days_since_event(\"died\") == 0",
+            "0 == days_since_event(\"died\")",
+            "days_since_event(\"died\") != 3",
+            "latest(\"weight\") - 70 > -1000",
+        ] {
+            assert!(!eval(context(), guard), "{guard}");
+        }
+        // Reals are compared exactly, as in reading conditions.
+        assert!(eval(context(), "0.1 + 0.2 > 0.3"));
+        assert!(eval(context(), "days_since_event(\"discharged\") != 2"));
+        assert!(eval(context(), "3 > 2 && 2.5 >= 2 && 2 < 2.5"));
     }
 }

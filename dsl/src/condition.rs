@@ -20,7 +20,33 @@ use crate::expr::ExprChecker;
 /// What a reading condition may contain; the validator's hint for `E024`.
 pub const ALLOWED: &str = "a reading condition may use the reading's values by name (observation kinds in an alarm, \
 `value` in a goal), numbers, `true`, `false`, `+ - * / %`, comparisons `== != < <= > >=`, `&& || !`, parentheses, \
-and the functions abs, min, max (of two numbers), floor, ceiling, round, sqrt and is_nan";
+and the functions abs, min, max (of two numbers), floor, ceiling, round, sqrt and is_nan; an alarm may also read \
+the lowest or highest value of a kind over a recent window, `min(\"weight\", \"3d\")`, `max(\"weight\", \"3d\")`";
+
+/// The readings an alarm condition's window functions look back over.
+pub trait Window {
+    /// The lowest (or, with `highest`, the highest) value of `slot` among the readings of the
+    /// last `within` seconds, the one being judged included; NaN when there is none.
+    fn extreme(&self, slot: usize, within: i64, highest: bool) -> f64;
+}
+
+/// No history: every window function is NaN (a goal's reading, or a condition without windows).
+pub struct NoWindow;
+
+impl Window for NoWindow {
+    fn extreme(&self, _: usize, _: i64, _: bool) -> f64 {
+        f64::NAN
+    }
+}
+
+/// A window function a condition uses: `min(kind, window)` or `max(kind, window)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowUse {
+    pub slot: usize,
+    /// The window's length in seconds.
+    pub within: i64,
+    pub highest: bool,
+}
 
 /// Which condition it is: decides the names it reads, in slot order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +58,12 @@ pub enum ConditionKind {
 }
 
 impl ConditionKind {
+    /// Whether the condition may use window functions over recent readings (an alarm's may; a
+    /// goal's reads one value).
+    pub fn has_windows(self) -> bool {
+        self == ConditionKind::Alarm
+    }
+
     /// What the condition is, for messages.
     pub fn describe(self) -> &'static str {
         match self {
@@ -143,6 +175,8 @@ enum Num {
     Call(Func, Box<Num>),
     Min(Box<Num>, Box<Num>),
     Max(Box<Num>, Box<Num>),
+    /// The lowest or highest value of a kind over a recent window (alarm conditions only).
+    Window(WindowUse),
 }
 
 /// A true-or-false part of a condition.
@@ -167,41 +201,63 @@ pub struct Condition {
     /// and goal rules nearly always do): evaluated without walking the tree.
     dnf: Option<Vec<Vec<Literal>>>,
     slots: Vec<usize>,
+    windows: Vec<WindowUse>,
 }
 
 impl Condition {
-    /// Compiles `src` reading `names`: a name's slot is its index in `names`.
+    /// Compiles `src` reading `names`, without window functions: a name's slot is its index in
+    /// `names`.
     pub fn compile(src: &str, names: &[&str]) -> Result<Condition, ConditionError> {
+        Condition::compile_with(src, names, false)
+    }
+
+    fn compile_with(src: &str, names: &[&str], windows: bool) -> Result<Condition, ConditionError> {
         let ast = ExprChecker::new().parse(src, names).map_err(|e| {
             ConditionError::at(e.1, format!("the condition does not parse: {}", e.0))
         })?;
-        lower(&ast, names)
+        lower(&ast, names, windows)
     }
 
-    /// Compiles an alarm's `when` (slots in `catalog::OBSERVATIONS` order).
+    /// Compiles a condition of `kind`: an alarm's may use window functions, a goal's may not.
+    pub fn of_kind(src: &str, kind: ConditionKind) -> Result<Condition, ConditionError> {
+        Condition::compile_with(src, &kind.names(), kind.has_windows())
+    }
+
+    /// Compiles an alarm's `when` or `clear` (slots in `catalog::OBSERVATIONS` order).
     pub fn alarm(src: &str) -> Result<Condition, ConditionError> {
-        Condition::compile(src, &ConditionKind::Alarm.names())
+        Condition::of_kind(src, ConditionKind::Alarm)
     }
 
     /// Compiles a goal's `reading` (slot 0 is `value`).
     pub fn goal_reading(src: &str) -> Result<Condition, ConditionError> {
-        Condition::compile(src, &ConditionKind::GoalReading.names())
+        Condition::of_kind(src, ConditionKind::GoalReading)
     }
 
-    /// Whether the condition holds for these slot values (NaN, or a slot past the end, is missing).
+    /// Whether the condition holds for these slot values (NaN, or a slot past the end, is missing),
+    /// every window function being NaN.
     pub fn holds(&self, values: &[f64]) -> bool {
+        self.holds_in(values, &NoWindow)
+    }
+
+    /// Whether the condition holds for these slot values, its window functions reading `window`.
+    pub fn holds_in(&self, values: &[f64], window: &dyn Window) -> bool {
         match &self.dnf {
             Some(terms) => terms
                 .iter()
                 .any(|t| t.iter().all(|(i, cmp, c)| cmp.test(slot(values, *i), *c))),
-            None => test(&self.root, values),
+            None => test(&self.root, values, window),
         }
+    }
+
+    /// The window functions the condition uses, each once.
+    pub fn windows(&self) -> &[WindowUse] {
+        &self.windows
     }
 
     /// `holds` without the fast form, to check the two agree.
     #[cfg(test)]
     pub(crate) fn holds_by_tree(&self, values: &[f64]) -> bool {
-        test(&self.root, values)
+        test(&self.root, values, &NoWindow)
     }
 
     /// The value of a number-valued expression (not a condition), to check the arithmetic alone.
@@ -213,7 +269,11 @@ impl Condition {
         let [Stmt::Expr(e)] = ast.statements() else {
             return Err(ConditionError::at(Position::START, "not one expression"));
         };
-        Ok(num(&Lowering { names }.num(e)?, values))
+        let lowering = Lowering {
+            names,
+            windows: false,
+        };
+        Ok(num(&lowering.num(e)?, values, &NoWindow))
     }
 
     /// The slots the condition reads, each once, in order of first appearance.
@@ -226,24 +286,25 @@ fn slot(values: &[f64], i: usize) -> f64 {
     values.get(i).copied().unwrap_or(f64::NAN)
 }
 
-fn test(t: &Test, v: &[f64]) -> bool {
+fn test(t: &Test, v: &[f64], w: &dyn Window) -> bool {
     match t {
         Test::Const(b) => *b,
-        Test::Not(a) => !test(a, v),
-        Test::All(parts) => parts.iter().all(|p| test(p, v)),
-        Test::Any(parts) => parts.iter().any(|p| test(p, v)),
-        Test::Cmp(cmp, a, b) => cmp.test(num(a, v), num(b, v)),
-        Test::IsNan(a) => num(a, v).is_nan(),
+        Test::Not(a) => !test(a, v, w),
+        Test::All(parts) => parts.iter().all(|p| test(p, v, w)),
+        Test::Any(parts) => parts.iter().any(|p| test(p, v, w)),
+        Test::Cmp(cmp, a, b) => cmp.test(num(a, v, w), num(b, v, w)),
+        Test::IsNan(a) => num(a, v, w).is_nan(),
     }
 }
 
-fn num(n: &Num, v: &[f64]) -> f64 {
+fn num(n: &Num, v: &[f64], w: &dyn Window) -> f64 {
     match n {
         Num::Const(x) => *x,
         Num::Slot(i) => slot(v, *i),
-        Num::Neg(a) => -num(a, v),
+        Num::Window(u) => w.extreme(u.slot, u.within, u.highest),
+        Num::Neg(a) => -num(a, v, w),
         Num::Arith(op, a, b) => {
-            let (x, y) = (num(a, v), num(b, v));
+            let (x, y) = (num(a, v, w), num(b, v, w));
             match op {
                 Arith::Add => x + y,
                 Arith::Sub => x - y,
@@ -253,7 +314,7 @@ fn num(n: &Num, v: &[f64]) -> f64 {
             }
         }
         Num::Call(f, a) => {
-            let x = num(a, v);
+            let x = num(a, v, w);
             match f {
                 Func::Abs => x.abs(),
                 Func::Floor => x.floor(),
@@ -264,7 +325,7 @@ fn num(n: &Num, v: &[f64]) -> f64 {
         }
         // A missing side makes the result missing; otherwise the first of equals, as Rhai's do.
         Num::Min(a, b) => {
-            let (x, y) = (num(a, v), num(b, v));
+            let (x, y) = (num(a, v, w), num(b, v, w));
             if x.is_nan() || y.is_nan() {
                 f64::NAN
             } else if x <= y {
@@ -274,7 +335,7 @@ fn num(n: &Num, v: &[f64]) -> f64 {
             }
         }
         Num::Max(a, b) => {
-            let (x, y) = (num(a, v), num(b, v));
+            let (x, y) = (num(a, v, w), num(b, v, w));
             if x.is_nan() || y.is_nan() {
                 f64::NAN
             } else if x >= y {
@@ -287,8 +348,9 @@ fn num(n: &Num, v: &[f64]) -> f64 {
 }
 
 /// Lowers a parsed expression (from `ExprChecker::parse` with the same `names` in scope) into a
-/// condition, or says what in it is outside the language.
-pub(crate) fn lower(ast: &AST, names: &[&str]) -> Result<Condition, ConditionError> {
+/// condition, or says what in it is outside the language; `windows` allows the window functions
+/// (alarm conditions).
+pub(crate) fn lower(ast: &AST, names: &[&str], windows: bool) -> Result<Condition, ConditionError> {
     let expr = match ast.statements() {
         [Stmt::Expr(e)] => e.as_ref(),
         [] => {
@@ -304,15 +366,22 @@ pub(crate) fn lower(ast: &AST, names: &[&str]) -> Result<Condition, ConditionErr
             ));
         }
     };
-    let root = Lowering { names }.test(expr)?;
+    let root = Lowering { names, windows }.test(expr)?;
     let mut slots = Vec::new();
-    collect_slots(&root, &mut slots);
+    let mut uses = Vec::new();
+    collect_slots(&root, &mut slots, &mut uses);
     let dnf = dnf(&root);
-    Ok(Condition { root, dnf, slots })
+    Ok(Condition {
+        root,
+        dnf,
+        slots,
+        windows: uses,
+    })
 }
 
 struct Lowering<'a> {
     names: &'a [&'a str],
+    windows: bool,
 }
 
 /// A lowered part of a condition: a number or a true-or-false test.
@@ -425,6 +494,35 @@ impl Lowering<'_> {
             [a, b] if !matches!(a, RExpr::StringConstant(..)) => {
                 Ok(Part::Num(f(Box::new(self.num(a)?), Box::new(self.num(b)?))))
             }
+            [
+                RExpr::StringConstant(kind, kpos),
+                RExpr::StringConstant(window, wpos),
+            ] if self.windows => {
+                let slot = self
+                    .names
+                    .iter()
+                    .position(|n| *n == kind.as_str())
+                    .ok_or_else(|| {
+                        ConditionError::at(*kpos, format!("`{kind}` is not an observation kind"))
+                    })?;
+                let within = crate::model::Duration::parse(window)
+                    .map_err(|e| ConditionError::at(*wpos, e))?
+                    .nominal_seconds();
+                if within <= 0 {
+                    return Err(ConditionError::at(
+                        *wpos,
+                        format!("the window `{window}` is empty; write e.g. \"3d\""),
+                    ));
+                }
+                Ok(Part::Num(Num::Window(WindowUse {
+                    slot,
+                    within,
+                    highest: name == "max",
+                })))
+            }
+            [_, _] if self.windows => err(format!(
+                "`{name}` takes two numbers, or an observation kind and a window as text: `{name}(\"weight\", \"3d\")`"
+            )),
             _ => err(format!(
                 "`{name}` here is the {} of two numbers; a reading condition reads one reading, not the patient's history",
                 if name == "min" { "smaller" } else { "larger" }
@@ -449,31 +547,40 @@ impl Lowering<'_> {
     }
 }
 
-fn collect_slots(t: &Test, out: &mut Vec<usize>) {
-    fn num_slots(n: &Num, out: &mut Vec<usize>) {
+fn collect_slots(t: &Test, out: &mut Vec<usize>, uses: &mut Vec<WindowUse>) {
+    fn num_slots(n: &Num, out: &mut Vec<usize>, uses: &mut Vec<WindowUse>) {
+        let mut add = |i: usize| {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        };
         match n {
             Num::Const(_) => {}
-            Num::Slot(i) => {
-                if !out.contains(i) {
-                    out.push(*i);
+            Num::Slot(i) => add(*i),
+            Num::Window(u) => {
+                add(u.slot);
+                if !uses.contains(u) {
+                    uses.push(*u);
                 }
             }
-            Num::Neg(a) | Num::Call(_, a) => num_slots(a, out),
+            Num::Neg(a) | Num::Call(_, a) => num_slots(a, out, uses),
             Num::Arith(_, a, b) | Num::Min(a, b) | Num::Max(a, b) => {
-                num_slots(a, out);
-                num_slots(b, out);
+                num_slots(a, out, uses);
+                num_slots(b, out, uses);
             }
         }
     }
     match t {
         Test::Const(_) => {}
-        Test::Not(a) => collect_slots(a, out),
-        Test::All(parts) | Test::Any(parts) => parts.iter().for_each(|p| collect_slots(p, out)),
-        Test::Cmp(_, a, b) => {
-            num_slots(a, out);
-            num_slots(b, out);
+        Test::Not(a) => collect_slots(a, out, uses),
+        Test::All(parts) | Test::Any(parts) => {
+            parts.iter().for_each(|p| collect_slots(p, out, uses))
         }
-        Test::IsNan(a) => num_slots(a, out),
+        Test::Cmp(_, a, b) => {
+            num_slots(a, out, uses);
+            num_slots(b, out, uses);
+        }
+        Test::IsNan(a) => num_slots(a, out, uses),
     }
 }
 
@@ -612,5 +719,83 @@ mod tests {
                 .contains("history")
         );
         assert!(err("abs(1, 2) < 1").message.contains("takes 1 argument"));
+    }
+
+    /// A window of readings as a list of (instant, slot, value), read as of `at`.
+    struct Readings(Vec<(i64, usize, f64)>, i64);
+
+    impl Window for Readings {
+        fn extreme(&self, slot: usize, within: i64, highest: bool) -> f64 {
+            let vals = self
+                .0
+                .iter()
+                .filter(|(t, s, _)| *s == slot && *t > self.1 - within && *t <= self.1)
+                .map(|(_, _, v)| *v);
+            if highest {
+                vals.fold(f64::NAN, f64::max)
+            } else {
+                vals.fold(f64::NAN, f64::min)
+            }
+        }
+    }
+
+    #[test]
+    fn window_functions_read_recent_readings_in_alarms_only() {
+        let alarm = |src: &str| Condition::alarm(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let weight = crate::catalog::OBSERVATIONS
+            .iter()
+            .position(|(k, _)| *k == "weight")
+            .expect("weight is an observation kind");
+        let gain = alarm("weight - min(\"weight\", \"3d\") >= 2");
+        assert_eq!(gain.slots(), &[weight]);
+        assert_eq!(
+            gain.windows(),
+            &[WindowUse {
+                slot: weight,
+                within: 3 * 86_400,
+                highest: false
+            }]
+        );
+        let mut values = vec![f64::NAN; weight + 1];
+        values[weight] = 82.1;
+        let day = 86_400;
+        let history = vec![
+            (0, weight, 80.0),
+            (day, weight, 80.2),
+            (2 * day, weight, 82.1),
+        ];
+        assert!(gain.holds_in(&values, &Readings(history.clone(), 2 * day)));
+        // Three days on, the 80.0 has left the window.
+        let later = Readings(history.clone(), 3 * day);
+        assert!(!gain.holds_in(&values, &later));
+        // No history, or none of the kind: the window is missing and the comparison false.
+        assert!(!gain.holds(&values));
+        assert!(!gain.holds_in(&values, &Readings(Vec::new(), 2 * day)));
+        let fall = alarm("max(\"weight\", \"7d\") - weight > 1.5");
+        values[weight] = 78.0;
+        assert!(fall.holds_in(&values, &Readings(history, 2 * day)));
+        assert!(fall.dnf.is_none());
+
+        let err = |src: &str| Condition::alarm(src).unwrap_err();
+        let e = err("weight - min(\"wieght\", \"3d\") >= 2");
+        assert!(
+            e.message.contains("`wieght` is not an observation kind"),
+            "{e}"
+        );
+        assert_eq!(e.col, 14);
+        let e = err("weight - min(\"weight\", \"2 working days\") >= 2");
+        assert!(e.message.contains("working days"), "{e}");
+        assert_eq!(e.col, 24);
+        assert!(
+            err("min(\"weight\", 3) > 1")
+                .message
+                .contains("a window as text")
+        );
+        assert!(
+            Condition::goal_reading("value - min(\"value\", \"3d\") > 1")
+                .unwrap_err()
+                .message
+                .contains("history")
+        );
     }
 }

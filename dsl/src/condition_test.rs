@@ -241,7 +241,7 @@ proptest! {
             (ConditionKind::GoalReading, src.replace("bp_systolic", "value")),
         ] {
             let compiled = pathway_with(kind, &text);
-            let runs = Condition::compile(&text, &kind.names()).is_ok();
+            let runs = Condition::of_kind(&text, kind).is_ok();
             prop_assert_eq!(
                 compiled.is_ok(),
                 runs,
@@ -269,12 +269,15 @@ fn piece() -> impl Strategy<Value = String> {
             ")",
             "abs(bp_systolic)",
             "min(1, 2)",
+            // a window: inside an alarm's language, outside a goal's
+            "max(\"bp_systolic\", \"3d\")",
             " + 1",
             " / 2",
             "true",
             // outside the language
             "latest(\"bp_systolic\")",
             "mean(\"bp_systolic\", \"7d\")",
+            "min(\"bp_systolic\", \"3wd\")",
             "\"140\"",
             ".abs()",
             " & ",
@@ -349,11 +352,23 @@ fn a_condition_the_evaluator_cannot_run_is_a_validation_error() {
             ConditionKind::Alarm,
             "bp_systolic >= 140 & bp_diastolic >= 90",
         ),
+        (
+            ConditionKind::Alarm,
+            "weight - min(\"weight\", \"3 working days\") >= 2",
+        ),
+        (
+            ConditionKind::Alarm,
+            "weight - min(\"wieght\", \"3d\") >= 2",
+        ),
+        (
+            ConditionKind::GoalReading,
+            "value - min(\"value\", \"3d\") >= 2",
+        ),
         (ConditionKind::GoalReading, "value.abs() < 140"),
         (ConditionKind::GoalReading, "to_float(value) < 140"),
         (ConditionKind::GoalReading, "value < \"140\""),
     ] {
-        assert!(Condition::compile(text, &kind.names()).is_err(), "{text}");
+        assert!(Condition::of_kind(text, kind).is_err(), "{text}");
         let compiled = pathway_with(kind, text);
         let codes: Vec<Code> = compiled.diagnostics.iter().map(|d| d.code).collect();
         assert_eq!(

@@ -269,7 +269,7 @@ impl ExprChecker {
         };
 
         if let Some(kind) = purpose.condition() {
-            return match condition::lower(&ast, &names) {
+            return match condition::lower(&ast, &names, kind.has_windows()) {
                 Ok(c) => Some(Checked {
                     variables: c.slots().iter().map(|i| names[*i].to_string()).collect(),
                     constant: c.slots().is_empty(),

@@ -252,15 +252,8 @@ fn can_hold(atoms: &[&Atom]) -> bool {
 }
 
 fn numbers_can_hold(atoms: &[&Atom]) -> bool {
-    // A missing number (NaN) fails `==`, `<` and `>`; the sandbox's `>=` and `<=` on a float may
-    // hold for it, and `!=` does. Comparisons that a missing number may pass exclude nothing.
-    if atoms
-        .iter()
-        .filter(|a| matches!(a.value, Value::Number(_)))
-        .all(|a| matches!(a.cmp, Cmp::Ge | Cmp::Le | Cmp::Ne))
-    {
-        return true;
-    }
+    // A missing number (NaN) fails every comparison, `!=` included (the sandbox compares as reading
+    // conditions do), so whether the comparisons can all hold is whether a real number passes them.
     // The lower and upper bounds, each with whether it is strict, and the values excluded.
     let mut lo: Option<(f64, bool)> = None;
     let mut hi: Option<(f64, bool)> = None;
@@ -353,9 +346,9 @@ mod tests {
         assert!(exclusive(&["5 < x", "x < 5"]));
         assert!(exclusive(&["x == 3", "x != 3"]));
         assert!(exclusive(&["x >= 3 && x < 3.5", "x != 3", "x <= 3"]));
-        // A missing value passes `>=`, `<=` and `!=` alike.
-        assert!(!exclusive(&["x >= 3 && x <= 3", "x != 3"]));
-        assert!(!exclusive(&["x >= 5", "x <= 4"]));
+        // A missing value passes no comparison, so it does not make ranges meet.
+        assert!(exclusive(&["x >= 3 && x <= 3", "x != 3"]));
+        assert!(exclusive(&["x >= 5", "x <= 4"]));
         assert!(exclusive(&["x == 1", "x == 2"]));
         assert!(exclusive(&["x > -1.5 && y", "x < -2"]));
         assert!(!exclusive(&["x >= 5", "x <= 5"]));
