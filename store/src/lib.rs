@@ -86,6 +86,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(14, "0014_hospital_facts", "hospital_facts"),
     migration!(15, "0015_migration_runs", "migration_runs"),
     migration!(16, "0016_staff_sign_in", "staff_sign_in"),
+    migration!(17, "0017_record_parts", "record_parts"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -922,6 +922,30 @@ pub async fn timeline(
             },
         ));
     }
+    // Large fields of made actions are stored once as record parts; put them back.
+    let mut hashes: Vec<String> = entries
+        .iter()
+        .flat_map(|(_, e)| super::writer::part_refs(&e.detail))
+        .map(str::to_string)
+        .collect();
+    hashes.sort();
+    hashes.dedup();
+    let mut parts = std::collections::HashMap::new();
+    for chunk in hashes.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT dedupe_key, body FROM record_parts WHERE dedupe_key IN ({})",
+            marks.join(", ")
+        );
+        let args = chunk.iter().map(|h| Arg::T(h.clone())).collect();
+        for r in pool.fetch(&sql, args).await? {
+            let body = serde_json::from_str::<Value>(&r.text(1)).unwrap_or(Value::Null);
+            parts.insert(r.text(0), body);
+        }
+    }
+    for (_, e) in &mut entries {
+        super::writer::fill_parts(&mut e.detail, &parts);
+    }
     // Actions made in a catch-up carry their own instants, earlier than their step's row.
     entries.sort_by_key(|(at, _)| *at);
     let entries: Vec<TimelineEntry> = entries.into_iter().map(|(_, e)| e).collect();

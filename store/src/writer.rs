@@ -76,6 +76,12 @@ const TABLES: &[Table] = &[
         kind: Some("goal"),
     },
     Table {
+        name: "record_parts",
+        columns: "dedupe_key, body",
+        values: "(?, ?)",
+        kind: None,
+    },
+    Table {
         name: "record",
         columns: "dedupe_key, patient_id, enrolment_id, at, kind, detail",
         values: "(?, ?, ?, ?, ?, ?)",
@@ -88,6 +94,70 @@ const NOTE_KIND: &str = "note";
 
 /// The record kind of a step's one row: what it made and its trace.
 pub(crate) const STEP_KIND: &str = "step";
+
+/// The shortest text of a made action's field kept as a record part rather than in the row.
+const PART_MIN_BYTES: usize = 48;
+
+/// The detail of a made action as its step's row stores it: each field that is an object or a
+/// list of at least [`PART_MIN_BYTES`] (a task's bilingual title, an alarm rule's or a goal's
+/// spec) is replaced by `{"$part": <hash>}` and put in `parts` under that hash (the first 128 bits
+/// of the SHA-256 of its text, in hex). Steps repeat the same few hundred such parts millions of
+/// times; the record keeps each once ([`fill_parts`] puts them back).
+fn part_out(detail: serde_json::Value, parts: &mut BTreeMap<String, String>) -> serde_json::Value {
+    use sha2::Digest as _;
+    let serde_json::Value::Object(fields) = detail else {
+        return detail;
+    };
+    let fields = fields
+        .into_iter()
+        .map(|(k, v)| {
+            if !(v.is_object() || v.is_array()) {
+                return (k, v);
+            }
+            let text = v.to_string();
+            if text.len() < PART_MIN_BYTES {
+                return (k, v);
+            }
+            let digest = sha2::Sha256::digest(text.as_bytes());
+            let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            parts.entry(hash.clone()).or_insert(text);
+            (k, json!({ PART_REF: hash }))
+        })
+        .collect();
+    serde_json::Value::Object(fields)
+}
+
+/// The key under which a stored detail names a record part.
+const PART_REF: &str = "$part";
+
+/// The record parts a stored detail names (its top-level fields' `{"$part": <hash>}`).
+pub(crate) fn part_refs(detail: &serde_json::Value) -> impl Iterator<Item = &str> {
+    detail
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter_map(|v| v.get(PART_REF).and_then(|h| h.as_str()))
+}
+
+/// Puts the record parts back into a stored detail: each `{"$part": <hash>}` field becomes the
+/// part's value. A part missing from `parts` is left as the reference.
+pub(crate) fn fill_parts(
+    detail: &mut serde_json::Value,
+    parts: &std::collections::HashMap<String, serde_json::Value>,
+) {
+    let Some(fields) = detail.as_object_mut() else {
+        return;
+    };
+    for v in fields.values_mut() {
+        let part = v
+            .get(PART_REF)
+            .and_then(|h| h.as_str())
+            .and_then(|h| parts.get(h));
+        if let Some(part) = part {
+            *v = part.clone();
+        }
+    }
+}
 
 /// The timeline entries one stored step row stands for, in order: each action it made, under
 /// the action's kind and instant, then its trace (kind `trace`, at the step's instant).
@@ -122,6 +192,8 @@ pub struct RowBuffer {
     covers: Vec<Cover>,
     /// What the step being buffered made, for its one record row ([`RowBuffer::step`]).
     made: Vec<serde_json::Value>,
+    /// The record parts the buffered step rows name, by hash ([`part_out`]).
+    parts: BTreeMap<String, String>,
 }
 
 /// A new task that takes over the open critical-item tasks of a scale (`covers_critical`).
@@ -444,13 +516,19 @@ impl RowBuffer {
                 a.action.kind(),
                 serde_json::to_string(&a.action).unwrap_or_default(),
             ),
-            // The rest is recorded in its step's one row.
-            action => self.made.push(json!({
-                "key": a.key,
-                "at": at,
-                "kind": action.kind(),
-                "detail": action,
-            })),
+            // The rest is recorded in its step's one row, its large fields as record parts.
+            action => {
+                let detail = part_out(
+                    serde_json::to_value(action).unwrap_or_default(),
+                    &mut self.parts,
+                );
+                self.made.push(json!({
+                    "key": a.key,
+                    "at": at,
+                    "kind": action.kind(),
+                    "detail": detail,
+                }));
+            }
         }
     }
 
@@ -484,6 +562,9 @@ impl RowBuffer {
     /// Writes every buffered row; returns how many of each kind were new.
     pub async fn flush(&mut self, tx: &mut Tx) -> Result<Written> {
         let mut w = Written::default();
+        for (hash, body) in std::mem::take(&mut self.parts) {
+            self.push("record_parts", vec![Arg::T(hash), Arg::T(body)]);
+        }
         // A note lives only in the record, so it counts when its record row is new: a replayed
         // step then reports no note, just as it reports no task.
         let notes: std::collections::HashSet<String> = self.notes.drain(..).collect();
@@ -617,7 +698,40 @@ async fn insert_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{TABLES, fill};
+    use super::{TABLES, fill, fill_parts, part_out, part_refs};
+    use serde_json::json;
+
+    #[test]
+    fn large_fields_become_parts_and_come_back() {
+        let title = json!({"zh": "出院后48小时内电话随访（用药、症状、体重计使用）", "en": "Call within 48 h of discharge"});
+        let detail = json!({"kind": "task", "role": "case_manager", "title": title, "sla": null,
+                            "channels": ["sms"], "due_at": "2026-03-04T09:00:00Z"});
+        let mut parts = std::collections::BTreeMap::new();
+        let stored = part_out(detail.clone(), &mut parts);
+        // The title is a part; small lists and scalars stay in the row.
+        assert_eq!(parts.len(), 1);
+        let hash = parts.keys().next().unwrap().clone();
+        assert_eq!(hash.len(), 32);
+        assert_eq!(stored["title"], json!({"$part": hash}));
+        assert_eq!(stored["channels"], json!(["sms"]));
+        assert_eq!(part_refs(&stored).collect::<Vec<_>>(), [hash.as_str()]);
+        assert!(stored.to_string().len() < detail.to_string().len());
+        // The same text gives the same part: a second step adds nothing.
+        let again = part_out(detail.clone(), &mut parts);
+        assert_eq!(again, stored);
+        assert_eq!(parts.len(), 1);
+        let by_hash = parts
+            .iter()
+            .map(|(h, b)| (h.clone(), serde_json::from_str(b).unwrap()))
+            .collect();
+        let mut back = stored.clone();
+        fill_parts(&mut back, &by_hash);
+        assert_eq!(back, detail);
+        // A part not found is left as its reference, never dropped.
+        let mut missing = stored;
+        fill_parts(&mut missing, &Default::default());
+        assert_eq!(missing["title"]["$part"], json!(hash));
+    }
 
     #[test]
     fn templates_fill_each_placeholder_in_order() {
