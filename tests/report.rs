@@ -801,6 +801,50 @@ async fn check_builtins(
     );
 }
 
+/// Every indicator with a line list lists, for the report's month, exactly the rows the report
+/// counts: its numerator and denominator counted from the list are the report's.
+async fn check_line_lists(c: &mut Check, pool: &Pool, j: &Value) {
+    use carepath_engine::store::indicators::{self, LINE_LISTS, Period, Scope};
+    let institution = j["id"].as_str().expect("an institution id");
+    let period = Period {
+        from: t(FROM),
+        to: t(TO),
+        as_of: t(AS_OF),
+    };
+    let scope = Scope {
+        institution,
+        pathway: None,
+    };
+    for name in LINE_LISTS {
+        let (num, den) = match *name {
+            "follow_up_rate" => ("follow_ups.patients_followed_up", "follow_ups.patients_due"),
+            "on_time_task_rate" => ("tasks.due_on_time", "tasks.due"),
+            "overdue_rate" => ("tasks.overdue", "tasks.due"),
+            "scale_completion" => ("scales.answered", "scales.pushed"),
+            "upward_accepted_in_time_rate" => (
+                "referrals.upward_accepted_in_time",
+                "referrals.upward_received",
+            ),
+            other => panic!("the line list `{other}` has no counts to be checked against"),
+        };
+        let rows = indicators::line_list(pool, &scope, &period, name, None)
+            .await
+            .expect("the line list")
+            .expect("an indicator with a line list");
+        let (n, d) = indicators::line_list_sides(name, &rows);
+        c.int(
+            &format!("{institution} {name} line list numerator"),
+            get(&j["counts"], num),
+            n,
+        );
+        c.int(
+            &format!("{institution} {name} line list denominator"),
+            get(&j["counts"], den),
+            d,
+        );
+    }
+}
+
 /// The instants a declared period covers in the October report, worked out by hand.
 fn window(period: &str) -> (i64, i64) {
     let from = match period {
@@ -1251,6 +1295,7 @@ async fn report_matches_the_rows(b: &Backend) {
     );
     for j in institutions {
         check_institution(&mut c, &pool, j).await;
+        check_line_lists(&mut c, &pool, j).await;
     }
 
     // The month had every kind of activity, so the comparisons above compared something.

@@ -394,6 +394,17 @@ pub struct ReferralCounts {
     pub upward_accepted_in_time: i64,
 }
 
+/// Upward referrals requested in the period (`$2`, `$3`) and addressed to the institution `$1`: to
+/// it by name, or still open to its kind of institution.
+const UPWARD_RECEIVED: &str = "FROM referrals r JOIN enrolments e ON e.id = r.enrolment_id \
+     WHERE r.direction = 'up' AND r.requested_at >= $2 AND r.requested_at < $3 \
+     AND (r.to_institution = $1 OR (r.to_institution IS NULL AND r.from_institution <> $1 \
+          AND r.to_kind = (SELECT i.kind FROM institutions i WHERE i.id = $1)))";
+
+/// A referral accepted (and perhaps arrived) by its accept-by time.
+const REFERRAL_IN_TIME: &str =
+    "r.status IN ('accepted', 'arrived') AND r.decided_at <= r.accept_by";
+
 async fn referral_counts(
     pool: &Pool,
     scope: &Scope<'_>,
@@ -417,11 +428,7 @@ async fn referral_counts(
     })
     .await?;
     let sql = format!(
-        "SELECT {k}, COUNT(*), COUNT(CASE WHEN r.status IN ('accepted', 'arrived') AND r.decided_at <= r.accept_by THEN 1 END) \
-         FROM referrals r JOIN enrolments e ON e.id = r.enrolment_id \
-         WHERE r.direction = 'up' AND r.requested_at >= $2 AND r.requested_at < $3 \
-         AND (r.to_institution = $1 OR (r.to_institution IS NULL AND r.from_institution <> $1 \
-              AND r.to_kind = (SELECT i.kind FROM institutions i WHERE i.id = $1))){filter}{g}",
+        "SELECT {k}, COUNT(*), COUNT(CASE WHEN {REFERRAL_IN_TIME} THEN 1 END) {UPWARD_RECEIVED}{filter}{g}",
         k = key.expr(),
         g = key.group_by(),
     );
@@ -1061,16 +1068,16 @@ pub async fn kpis(pool: &Pool, pathways: &[&Pathway], req: &KpiRequest<'_>) -> R
 /// numerator as well as the denominator.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LineRow {
-    /// `task` or `scale_push`.
+    /// `task`, `scale_push` or `referral`.
     pub kind: &'static str,
     pub id: i64,
     pub patient_id: String,
     pub enrolment_id: i64,
     pub pathway: String,
-    /// The task's id in its pathway, or the scale.
+    /// The task's id in its pathway, the scale, or the institution a referral came from.
     pub what: Option<String>,
     pub status: String,
-    /// Due (a task) or pushed (a scale), in seconds.
+    /// Due (a task), pushed (a scale) or requested (a referral), in seconds.
     pub at: i64,
     pub completed_at: Option<i64>,
     pub outcome: Option<String>,
@@ -1149,6 +1156,18 @@ pub async fn line_list(
                 "scale_push",
             )
         }
+        "upward_accepted_in_time_rate" if staff.is_none() => {
+            let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+            let filter = pathway_filter(scope, &mut args);
+            (
+                format!(
+                    "SELECT r.id, r.patient_id, r.enrolment_id, e.pathway_id, r.from_institution, r.status, r.requested_at, r.decided_at, NULL, \
+                     CAST(CASE WHEN {REFERRAL_IN_TIME} THEN 1 ELSE 0 END AS BIGINT) {UPWARD_RECEIVED}{filter} ORDER BY r.requested_at, r.id"
+                ),
+                args,
+                "referral",
+            )
+        }
         _ => return Ok(None),
     };
     let rows = pool.fetch(&sql, args).await?;
@@ -1188,6 +1207,7 @@ pub const LINE_LISTS: &[&str] = &[
     "on_time_task_rate",
     "overdue_rate",
     "scale_completion",
+    "upward_accepted_in_time_rate",
 ];
 
 /// A line list's numerator and denominator, counted as its figure is: rows, or distinct
