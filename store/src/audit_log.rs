@@ -73,3 +73,59 @@ impl Reader<'_> {
         Ok(rows.iter().map(AuditRow::from_row).collect())
     }
 }
+
+/// What an auditor asks of the record: the entries of one institution, newest first, narrowed
+/// by who acted, what they did and which patient it touched, a page at a time.
+#[derive(Debug, Clone, Default)]
+pub struct Search<'a> {
+    pub institution: &'a str,
+    pub actor: Option<&'a str>,
+    /// An action, or a family of them by its prefix ending in `.` (`enrolment.`).
+    pub action: Option<&'a str>,
+    pub patient: Option<&'a str>,
+    /// Entries older than this id (the last id of the previous page).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// The entries [`Search`] asks for, newest first.
+pub async fn search(pool: &Pool, q: &Search<'_>) -> Result<Vec<AuditRow>> {
+    let mut args: Vec<crate::db::Arg> = vec![q.institution.into()];
+    let mut sql = format!("SELECT {ROW_COLUMNS} FROM audit_log WHERE institution_id = $1");
+    if let Some(actor) = q.actor {
+        args.push(actor.into());
+        sql.push_str(&format!(" AND actor = ${}", args.len()));
+    }
+    match q.action {
+        Some(family) if family.ends_with('.') => {
+            args.push(family.into());
+            let n = args.len();
+            sql.push_str(&format!(" AND substr(action, 1, length(${n})) = ${n}"));
+        }
+        Some(action) => {
+            args.push(action.into());
+            sql.push_str(&format!(" AND action = ${}", args.len()));
+        }
+        None => {}
+    }
+    if let Some(patient) = q.patient {
+        // `patients` is a JSON list of identifiers, which hold no quotes.
+        args.push(format!("\"{patient}\"").into());
+        let find = if pool.is_postgres() {
+            "strpos"
+        } else {
+            "instr"
+        };
+        sql.push_str(&format!(" AND {find}(patients, ${}) > 0", args.len()));
+    }
+    if let Some(before) = q.before {
+        args.push(before.into());
+        sql.push_str(&format!(" AND id < ${}", args.len()));
+    }
+    sql.push_str(&format!(
+        " ORDER BY id DESC LIMIT {}",
+        q.limit.clamp(1, 500)
+    ));
+    let rows = pool.fetch(&sql, args).await?;
+    Ok(rows.iter().map(AuditRow::from_row).collect())
+}

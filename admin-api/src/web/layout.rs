@@ -131,6 +131,7 @@ const NAV: &[(&str, &str, &str, &str, Module)] = &[
         "Pathways",
         Module::Catalog,
     ),
+    ("/app/audit", "nav-audit", "审计", "Audit", Module::Audit),
 ];
 
 /// A whole page: `id` names the page for tests (`data-page`).
@@ -291,7 +292,7 @@ pub(crate) async fn css() -> Response {
 }
 
 /// The start page: the first page of the navigation the role may open; a role with none of them
-/// (the auditor) is told where its work is.
+/// is told where its work is.
 pub(crate) async fn home(staff: Staff) -> Response {
     let roles = &staff.caller().roles;
     if let Some((href, ..)) = NAV.iter().find(|(.., m)| allowed(roles, *m)) {
@@ -302,8 +303,8 @@ pub(crate) async fn home(staff: Staff) -> Response {
         h1 { (lang.t("已登录", "Signed in")) }
         p data-testid="home-note" {
             (lang.t(
-                "您的角色没有工作站页面。审计员通过 GET /audit/verify 或 carepath audit verify 核验审计记录。",
-                "Your role has no workstation page. Auditors verify the audit record with GET /audit/verify or carepath audit verify.",
+                "您的角色没有工作站页面。",
+                "Your role has no workstation page.",
             ))
         }
     };

@@ -9,6 +9,7 @@
 //! one implementation. Files: `session` (sign-in, sessions, CSRF, TOTP), `layout` (page shell,
 //! languages, errors, static files), `board`, `patient`, `referrals`, `indicators`, `pathways`.
 
+mod audit;
 mod board;
 mod indicators;
 mod layout;
@@ -50,6 +51,7 @@ pub(crate) fn routes() -> Router<AppState> {
             get(indicators::drill_down),
         )
         .route("/app/pathways", get(pathways::list))
+        .route("/app/audit", get(audit::view))
         .route("/app/pathways/validate", post(pathways::validate))
         .route("/app/pathways/{id}/{version}", get(pathways::graph))
 }
