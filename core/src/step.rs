@@ -511,6 +511,25 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The instant an event anchor stands for in a scope that began at `since` (a state's entry
+    /// for its transitions and schedules, the enrolment's start for the enrolment's schedules),
+    /// with the events recorded by `t`: the event's latest occurrence by `since` — the instant the
+    /// scope's on-enter work counts from, so "day 42 after the birth" is one instant for a
+    /// postnatal state's messages and for its transition — or, if it had not happened by then,
+    /// the first time it happens after (`None` until it has). Fixed once it exists, so a later
+    /// occurrence of the event moves nothing.
+    fn event_anchor(&self, name: &str, since: Timestamp, t: Timestamp) -> Option<Timestamp> {
+        crate::sandbox::with_facts(|f| {
+            f.last_event(name, since).or_else(|| {
+                f.events
+                    .iter()
+                    .find(|e| e.name == name && e.at > since && e.at <= t)
+                    .map(|e| e.at)
+            })
+        })
+        .flatten()
+    }
+
     /// When a time written from an anchor falls, for work made at `made`. The default anchor is
     /// the instant the work is made: the state's entry for its on-enter work, the occurrence for a
     /// schedule's. An event that has not happened yet counts from `fallback` (the instant the
@@ -568,14 +587,7 @@ impl<'a> Run<'a> {
         }
         let since = self.scope_start(owner);
         let base = match &sc.first.from {
-            // An event anchor is the first time it happens in the scope.
-            Anchor::Event(name) => crate::sandbox::with_facts(|f| {
-                f.events
-                    .iter()
-                    .find(|e| e.name == *name && e.at >= since && e.at <= t)
-                    .map(|e| e.at)
-            })
-            .flatten()?,
+            Anchor::Event(name) => self.event_anchor(name, since, t)?,
             other => self.anchor_at(other, t)?,
         };
         let first = time::schedule(base, sc.first.after, sc.first.at, &self.tz);
@@ -877,16 +889,11 @@ impl<'a> Run<'a> {
                 Some(time::schedule(self.e.entered_at, *after, *at, &self.tz))
             }
             Trigger::At(t) => Some(time::next_local_time(self.e.entered_at, *t, &self.tz)),
-            // An event anchor is the first time it happens in the state (as for schedules).
             Trigger::Anchored(spec) => {
                 let base = match &spec.from {
-                    Anchor::Event(name) => crate::sandbox::with_facts(|f| {
-                        f.events
-                            .iter()
-                            .find(|e| e.name == *name && e.at >= self.e.entered_at)
-                            .map(|e| e.at)
-                    })
-                    .flatten()?,
+                    Anchor::Event(name) => {
+                        self.event_anchor(name, self.e.entered_at, Timestamp::MAX)?
+                    }
                     other => self.anchor_at(other, self.e.entered_at)?,
                 };
                 Some(time::schedule(base, spec.after, spec.at, &self.tz).max(self.e.entered_at))
@@ -1956,6 +1963,108 @@ mod schedule_tests {
         };
         let made = run_events(&prog, &facts, &nightly);
         assert_eq!(made.len(), 2, "{made:?}");
+    }
+
+    /// A postnatal course: the ward is entered at the birth, home at the discharge three days
+    /// later; home's message and its transition both count from the birth.
+    fn birth_plan() -> Program {
+        program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - { id: start, state: pregnant }\nstates:\n\
+             \x20 - id: pregnant\n    phase: follow_up\n\
+             \x20   transitions:\n      - { on: delivered, to: ward }\n\
+             \x20 - id: ward\n    phase: in_hospital\n\
+             \x20   transitions:\n      - { on: discharged, to: home }\n\
+             \x20 - id: home\n    phase: follow_up\n\
+             \x20   on_enter:\n      - follow_up: { channels: [sms], template: notice, after: 35d, at: \"09:00\", from: delivered }\n\
+             \x20   transitions:\n      - { after: 42d, at: \"08:00\", from: delivered, to: visit }\n\
+             \x20 - id: visit\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 14d, to: done }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        )
+    }
+
+    #[test]
+    fn an_event_that_came_before_the_state_anchors_its_transitions_as_its_work() {
+        let prog = birth_plan();
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let born = days(t0, 10);
+        let facts = PatientFacts {
+            events: vec![
+                event_at("delivered", born),
+                event_at("discharged", days(t0, 13)),
+            ],
+            ..Default::default()
+        };
+        let nightly: Vec<Timestamp> = (1..=70).map(|d| days(t0, d)).collect();
+        let made = run_events(&prog, &facts, &nightly);
+        // 2026-03-12 09:00 Beijing is the birth; day 35 after it at 09:00 is 16 April, day 42 at
+        // 08:00 is 23 April.
+        let notice = made
+            .iter()
+            .find(|a| matches!(&a.action, Produced::FollowUp { .. }))
+            .expect("the notice");
+        let Produced::FollowUp { send_at, .. } = &notice.action else {
+            unreachable!()
+        };
+        assert_eq!(*send_at, ts("2026-04-16T01:00:00Z"));
+        let mut e = enrol(&prog, 1, "start", "Asia/Shanghai", &facts, &[], t0)
+            .expect("enrols")
+            .enrolment;
+        let pending: Vec<PendingEvent> = facts
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, ev)| PendingEvent {
+                seq: i as i64 + 1,
+                name: ev.name.clone(),
+                at: ev.at,
+                set: Default::default(),
+            })
+            .collect();
+        let mut visited = Vec::new();
+        for p in &nightly {
+            let o = step(&prog, &e, &facts, &pending, *p).expect("steps");
+            visited.extend(o.transitions.iter().map(|t| (t.to.clone(), t.at)));
+            e = o.enrolment;
+        }
+        assert_eq!(
+            visited,
+            [
+                ("ward".to_string(), born),
+                ("home".to_string(), days(t0, 13)),
+                ("visit".to_string(), ts("2026-04-23T00:00:00Z")),
+                ("done".to_string(), ts("2026-05-07T00:00:00Z")),
+            ]
+        );
+        // A later birth (twins recorded apart, a correction) moves nothing already anchored.
+        let mut facts2 = facts.clone();
+        facts2.events.push(event_at("delivered", days(t0, 20)));
+        assert_eq!(run_events(&prog, &facts2, &nightly), made);
+    }
+
+    #[test]
+    fn an_event_still_to_come_is_waited_for() {
+        // The state is entered before the event: its time counts from the first occurrence after.
+        let prog = program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - { id: start, state: ward }\nstates:\n\
+             \x20 - id: ward\n    phase: in_hospital\n\
+             \x20   transitions:\n      - { after: 2d, from: discharged, to: done }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        );
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let facts = PatientFacts {
+            events: vec![event_at("discharged", days(t0, 5))],
+            ..Default::default()
+        };
+        let e = enrol(&prog, 1, "start", "Asia/Shanghai", &facts, &[], t0)
+            .expect("enrols")
+            .enrolment;
+        let o = step(&prog, &e, &facts, &[], days(t0, 30)).expect("steps");
+        let taken: Vec<(String, Timestamp)> =
+            o.transitions.iter().map(|t| (t.to.clone(), t.at)).collect();
+        assert_eq!(taken, [("done".to_string(), days(t0, 7))]);
     }
 }
 
