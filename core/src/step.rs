@@ -573,8 +573,9 @@ impl<'a> Run<'a> {
     }
 
     /// The instant of occurrence `n` (1-based) of `sc` as seen at instant `t`, if it exists:
-    /// within `count` and `until`, and not before its scope began (the state's entry, or the
-    /// enrolment's start).
+    /// within `count` and `until`. It may fall before its scope began (a state entered after a
+    /// schedule counted from the enrolment has started): [`Self::occurrence_after`] passes over
+    /// those.
     fn occurrence_at(
         &self,
         sc: &Schedule,
@@ -599,9 +600,6 @@ impl<'a> Run<'a> {
         if sc.working_days {
             at = time::on_working_day(at, &self.tz);
         }
-        if at < since {
-            return None;
-        }
         match &sc.until {
             Some(Until::At(spec)) => {
                 let end = self.anchor_at(&spec.from, t)?;
@@ -620,7 +618,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The first occurrence of `sc` strictly after `after`, as seen at `t`: its number and instant.
+    /// The first occurrence of `sc` strictly after `after`, and not before its scope began (the
+    /// state's entry, or the enrolment's start), as seen at `t`: its number and instant.
     fn occurrence_after(
         &self,
         sc: &Schedule,
@@ -628,6 +627,9 @@ impl<'a> Run<'a> {
         after: Timestamp,
         t: Timestamp,
     ) -> Option<(u32, Timestamp)> {
+        let before_scope =
+            Timestamp::from_second(self.scope_start(owner).as_second() - 1).unwrap_or(after);
+        let after = after.max(before_scope);
         let first = self.occurrence_at(sc, owner, 1, t)?;
         if first > after {
             return Some((1, first));
@@ -1847,6 +1849,50 @@ mod schedule_tests {
                 "e1:0:monthly#3:skipped"
             ]
         );
+    }
+
+    /// A state's schedule counted from the enrolment keeps its calendar when the state is entered
+    /// late or entered again: occurrences before the entry are not made, the later ones are, with
+    /// their numbers from the first.
+    #[test]
+    fn a_schedule_from_the_enrolment_keeps_its_calendar_across_entries() {
+        let prog = program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             events: [crisis, settled]\n\
+             entry_points:\n  - { id: start, state: intake }\nstates:\n\
+             \x20 - id: intake\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 45d, to: care }\n\
+             \x20 - id: care\n    phase: follow_up\n\
+             \x20   schedules:\n      - id: review\n        first: { after: 30d, from: enrolment }\n        every: 30d\n\
+             \x20       actions:\n          - task: { id: review, role: nurse, title: { zh: 复核, en: Review }, due: 5d }\n\
+             \x20   transitions:\n      - { on: crisis, to: crisis }\n      - { after: 400d, to: done }\n\
+             \x20 - id: crisis\n    phase: follow_up\n\
+             \x20   transitions:\n      - { on: settled, to: care }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        );
+        let t0 = ts("2026-03-02T01:00:00Z");
+        // Care from day 45; a crisis from day 70 to day 100.
+        let facts = PatientFacts {
+            events: vec![
+                event_at("crisis", days(t0, 70)),
+                event_at("settled", days(t0, 100)),
+            ],
+            ..Default::default()
+        };
+        let nightly: Vec<Timestamp> = (1..=130).map(|d| days(t0, d)).collect();
+        let made: Vec<(String, Timestamp)> = run_events(&prog, &facts, &nightly)
+            .into_iter()
+            .map(|a| (a.key, a.at))
+            .collect();
+        // Day 30 came before care began, day 90 in the crisis: neither is made.
+        assert_eq!(
+            made,
+            [
+                ("e1:2:review#2:0".to_string(), days(t0, 60)),
+                ("e1:4:review#4:0".to_string(), days(t0, 120)),
+            ]
+        );
+        assert_eq!(run_events(&prog, &facts, &[days(t0, 130)]).len(), 2);
     }
 
     /// A state schedule that starts at an event and stops at another: a weekly check while the
