@@ -2089,6 +2089,67 @@ mod schedule_tests {
         assert_eq!(run_events(&prog, &facts2, &nightly), made);
     }
 
+    /// A birth recorded late (a birth elsewhere, dated when it happened) is taken at the instant
+    /// reached, and the times counted from it that have passed fire there at once.
+    #[test]
+    fn a_birth_recorded_late_counts_from_its_own_date() {
+        let prog = program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - { id: start, state: pregnant }\nstates:\n\
+             \x20 - id: pregnant\n    phase: follow_up\n\
+             \x20   transitions:\n      - { on: delivered, to: ward }\n      - { after: 400d, to: done }\n\
+             \x20 - id: ward\n    phase: in_hospital\n\
+             \x20   transitions:\n      - { after: 7d, from: delivered, to: home }\n\
+             \x20 - id: home\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 14d, at: \"09:00\", from: delivered, to: screen }\n\
+             \x20 - id: screen\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 28d, at: \"08:00\", from: delivered, to: done }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        );
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let e = enrol(
+            &prog,
+            1,
+            "start",
+            "Asia/Shanghai",
+            &PatientFacts::default(),
+            &[],
+            t0,
+        )
+        .expect("enrols")
+        .enrolment;
+        // Checked nightly to day 20, when the birth of day 3 is recorded.
+        let e = step(&prog, &e, &PatientFacts::default(), &[], days(t0, 20))
+            .expect("steps")
+            .enrolment;
+        let born = days(t0, 3);
+        let facts = PatientFacts {
+            events: vec![event_at("delivered", born)],
+            ..Default::default()
+        };
+        let pending = [PendingEvent {
+            seq: 1,
+            name: "delivered".into(),
+            at: born,
+            set: Default::default(),
+        }];
+        let recorded = days(t0, 20) + jiff::SignedDuration::from_hours(2);
+        let o = step(&prog, &e, &facts, &pending, recorded).expect("steps");
+        let taken: Vec<(String, Timestamp)> =
+            o.transitions.iter().map(|t| (t.to.clone(), t.at)).collect();
+        assert_eq!(
+            taken,
+            [
+                ("ward".to_string(), days(t0, 20)),
+                ("home".to_string(), days(t0, 20)),
+                ("screen".to_string(), days(t0, 20)),
+            ]
+        );
+        // Day 28 after the birth's date at 08:00 is 2 April 08:00 Beijing time.
+        let o = step(&prog, &o.enrolment, &facts, &pending, days(t0, 40)).expect("steps");
+        assert_eq!(o.transitions[0].at, ts("2026-04-02T00:00:00Z"));
+    }
+
     #[test]
     fn an_event_still_to_come_is_waited_for() {
         // The state is entered before the event: its time counts from the first occurrence after.
