@@ -152,6 +152,19 @@ impl Ctx {
         self.n
     }
 
+    /// The graph of the published hypertension pathway, whichever its version.
+    fn hypertension_graph(&self) -> String {
+        let version = self
+            .programs
+            .latest()
+            .into_iter()
+            .find(|p| p.pathway.id == "hypertension")
+            .expect("hypertension is published")
+            .pathway
+            .version;
+        format!("/pathways/hypertension/{version}/graph")
+    }
+
     async fn patient(&mut self, inst: &str) -> String {
         let id = format!("pt-{inst}-{}", self.next());
         support::add_patient_at(&self.pool, &id, inst, Timestamp::now()).await;
@@ -727,9 +740,7 @@ async fn permission_matrix_on(backend: &Backend) {
                         "/pathways".into(),
                         Some(json!({"source": probe_pathway(n)})),
                     ),
-                    "/pathways/{id}/{version}/graph" => {
-                        ("/pathways/hypertension/3/graph".into(), None)
-                    }
+                    "/pathways/{id}/{version}/graph" => (ctx.hypertension_graph(), None),
                     "/kpis/{indicator}/rows" => ("/kpis/on_time_task_rate/rows".into(), None),
                     "/patients" => (
                         "/patients".into(),
@@ -1213,6 +1224,7 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
     let e = fx.enrolment;
     let t = fx.task;
     let p = fx.scale_push;
+    let graph = ctx.hypertension_graph();
     let many_answers = json!({"answers": (0..201).map(|i| (format!("q{i}"), json!(0))).collect::<serde_json::Map<String, Value>>()}).to_string();
     let huge_answers = {
         let mut s = String::from("{\"answers\": {\"pain\": 4}, \"answered_at\": \"");
@@ -1296,7 +1308,7 @@ async fn malformed(ctx: &mut Ctx, staff: &[(String, String, String, String)]) {
         ("POST", format!("/referrals/{}/accept", fx.referral), Some(b"{oops".to_vec()), None),
         ("GET", "/pathways/hypertension/99/graph".into(), None, Some(404)),
         ("GET", "/pathways/hypertension/x/graph".into(), None, None),
-        ("GET", "/pathways/hypertension/3/graph?format=png".into(), None, Some(400)),
+        ("GET", format!("{graph}?format=png"), None, Some(400)),
         ("GET", "/no/such/route".into(), None, Some(404)),
         ("POST", "/pathways".into(), Some(json!({"source": "pathway: [unclosed"}).to_string().into_bytes()), Some(422)),
         ("POST", "/pathways".into(), Some(json!({"source": probe_pathway(1).replace("    terminal: true\n", "")}).to_string().into_bytes()), Some(422)),

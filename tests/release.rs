@@ -1,11 +1,14 @@
-//! Releasing version 4 of the real hypertension pathway to a seeded cohort on version 3, on each
-//! backend: a renamed state, a removed state and a new schedule. The dry run predicts what the
+//! Releasing the next version of the real hypertension pathway to a seeded cohort on its current
+//! version, on each backend: a renamed state, a removed state and a new schedule. The next version
+//! is made from the current file's text and numbered from the version the compiler reads in it,
+//! so publishing a new version of the pathway changes nothing here. The dry run predicts what the
 //! move ends and what each moved enrolment's next pass makes, and the move followed by that pass
 //! does exactly that; an application stopped part-way and run again ends as one run straight
 //! through (in process, and by SIGKILL through the command line); a second applier refuses;
 //! the rollback restores version, state and variables.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Stdio;
 
 use carepath_dsl::migration::{MigrationPlan, read_plan};
@@ -23,44 +26,77 @@ fn t0() -> Timestamp {
     support::ts("2026-03-02T00:00:00Z")
 }
 
-/// Version 4: `community_quarter` renamed `community_follow_up` (with a monthly call schedule),
-/// `stability_review` removed (its way in goes to the downward referral).
-fn v4(v3: &str) -> String {
-    let start = v3
+/// The real pathway's text and the version the compiler reads in it.
+fn current(real: &Path) -> (String, u32) {
+    let path = real.join("hypertension.yaml");
+    let compiled = carepath_dsl::compile_file(&path);
+    let version = compiled.pathway.expect("the real pathway compiles").version;
+    (std::fs::read_to_string(&path).unwrap(), version)
+}
+
+/// The next version of `text` (version `from`): `community_care` renamed `community_follow_up`
+/// (with a monthly check schedule besides its own), `stability_review` removed (its way in goes
+/// to the downward referral).
+fn next(text: &str, from: u32) -> String {
+    let start = text
         .find("  - id: stability_review")
         .expect("stability_review");
-    let end = v3[start..]
+    let end = text[start..]
         .find("  # ---- downward referral")
         .expect("the next section")
         + start;
-    let mut s = format!("{}{}", &v3[..start], &v3[end..]);
+    let mut s = format!("{}{}", &text[..start], &text[end..]);
     s = s
-        .replace("version: 3", "version: 4")
+        .replacen(
+            &format!("\nversion: {from}\n"),
+            &format!("\nversion: {}\n", from + 1),
+            1,
+        )
         .replace("to: stability_review", "to: downward_referral")
-        .replace("community_quarter", "community_follow_up");
-    let anchor = "  - id: community_follow_up\n    phase: follow_up\n";
-    let at = s.find(anchor).expect("the renamed state") + anchor.len();
+        .replace("community_care", "community_follow_up");
+    let state = s
+        .find("  - id: community_follow_up\n")
+        .expect("the renamed state");
+    let anchor = "    schedules:\n";
+    let at = s[state..].find(anchor).expect("the state's schedules") + state + anchor.len();
     s.insert_str(
         at,
-        "    schedules:\n      - id: monthly_check\n        first: 7d\n        every: 30d\n        actions:\n\
+        "      - id: monthly_check\n        first: 7d\n        every: 30d\n        actions:\n\
          \x20         - task: { id: monthly_check, role: clinic_case_manager, title: { zh: 每月血压核查, en: Monthly BP check }, due: 2d }\n",
     );
+    assert!(s.contains(&format!("\nversion: {}\n", from + 1)), "{s}");
     s
 }
 
-const PLAN: &str = "migration: htn-v4\npathway: hypertension\nfrom: 3\nto: 4\n\
-states: { community_quarter: community_follow_up, stability_review: downward_referral }\nopen_work: cancel\n";
+/// The plan that moves enrolments from version `from` to the next.
+fn plan(from: u32) -> String {
+    format!(
+        "migration: htn-next\npathway: hypertension\nfrom: {from}\nto: {}\n\
+         states: {{ community_care: community_follow_up, stability_review: downward_referral }}\nopen_work: cancel\n",
+        from + 1
+    )
+}
+
+/// The active enrolments still on version `from`.
+fn on_version(from: u32) -> String {
+    format!(
+        "SELECT COUNT(*) FROM enrolments WHERE pathway_id = 'hypertension' AND version = {from} AND status = 'active'"
+    )
+}
 
 struct Fixture {
     pool: Pool,
     programs: Programs,
     plan: MigrationPlan,
+    /// The version the cohort is on; the plan moves it to the next.
+    from: u32,
     now: Timestamp,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
 async fn fixture(b: &support::Backend, patients: u64) -> Option<Fixture> {
     let real = support::real_pathways()?;
+    let (text, from) = current(&real);
     let (pool, programs) = support::open_store(&b.url, &real, t0()).await;
     carepath_engine::seed::seed(&pool, &programs, patients, 7, t0())
         .await
@@ -76,21 +112,24 @@ async fn fixture(b: &support::Backend, patients: u64) -> Option<Fixture> {
         },
     )
     .await
-    .expect("a pass on v3");
-    let v3 = std::fs::read_to_string(real.join("hypertension.yaml")).unwrap();
-    let dir = support::pathway_dir(&[("hypertension.yaml", &v4(&v3))]);
-    let four = Programs::load_dir(dir.path()).expect("v4 compiles");
-    store::publish(&pool, &four, now).await.expect("publish v4");
+    .expect("a pass on the current version");
+    let dir = support::pathway_dir(&[("hypertension.yaml", &next(&text, from))]);
+    let next_version = Programs::load_dir(dir.path()).expect("the next version compiles");
+    store::publish(&pool, &next_version, now)
+        .await
+        .expect("publish the next version");
     let programs = store::load_programs(&pool).await.unwrap();
-    let plan = read_plan("plan.yaml", PLAN.as_bytes(), |p, v| {
+    let plan_text = plan(from);
+    let plan = read_plan("plan.yaml", plan_text.as_bytes(), |p, v| {
         programs.get(p, v).map(|x| &x.pathway)
     })
     .expect("the plan is valid");
-    let plan_dir = support::pathway_dir(&[("plan.yaml", PLAN)]);
+    let plan_dir = support::pathway_dir(&[("plan.yaml", &plan_text)]);
     Some(Fixture {
         pool,
         programs,
         plan,
+        from,
         now,
         _dirs: (dir, plan_dir),
     })
@@ -126,7 +165,7 @@ async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_re
             .await
             .expect("dry run");
         println!(
-            "{}: dry run of htn-v4 over a seeded cohort of 10,000: {:?}",
+            "{}: dry run of htn-next over a seeded cohort of 10,000: {:?}",
             b.name(),
             report.total
         );
@@ -140,7 +179,7 @@ async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_re
             report
                 .by_state
                 .keys()
-                .any(|k| k == "community_quarter → community_follow_up")
+                .any(|k| k == "community_care → community_follow_up")
         );
         let before = support::snapshot(&f.pool).await;
         let versions_before = rows(
@@ -185,14 +224,7 @@ async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_re
             b.name()
         );
         assert_eq!(rest.already_moved, 200);
-        assert_eq!(
-            scalar(
-                &f.pool,
-                "SELECT COUNT(*) FROM enrolments WHERE pathway_id = 'hypertension' AND version = 3 AND status = 'active'"
-            )
-            .await,
-            0
-        );
+        assert_eq!(scalar(&f.pool, &on_version(f.from)).await, 0);
         // What the move ended is what the dry run said it would end.
         let predicted_tasks: usize = report
             .enrolments
@@ -202,7 +234,10 @@ async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_re
         assert_eq!(
             scalar(
                 &f.pool,
-                "SELECT COUNT(*) FROM tasks WHERE cancel_reason = 'migrated to v4 by htn-v4'"
+                &format!(
+                    "SELECT COUNT(*) FROM tasks WHERE cancel_reason = 'migrated to v{} by htn-next'",
+                    f.from + 1
+                )
             )
             .await as usize,
             predicted_tasks,
@@ -251,7 +286,7 @@ async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_re
 
         // The rollback restores version, state and variables of those still where the run put
         // them; those the pass above moved on (a timer that had come due) stay where they are.
-        let r = release::rollback(&f.pool, "htn-v4", "tester", f.now)
+        let r = release::rollback(&f.pool, "htn-next", "tester", f.now)
             .await
             .unwrap();
         assert_eq!(
@@ -275,7 +310,7 @@ async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_re
         )
         .await;
         assert_eq!(unmoved(after), versions_before, "{}", b.name());
-        let err = release::rollback(&f.pool, "htn-v4", "tester", f.now)
+        let err = release::rollback(&f.pool, "htn-next", "tester", f.now)
             .await
             .expect_err("twice");
         assert!(matches!(err, StoreError::Conflict(_)));
@@ -283,7 +318,7 @@ async fn the_dry_run_predicts_what_the_move_and_the_next_pass_do_and_rollback_re
 
         // Moved again under another run, the new schedule makes its monthly check.
         let again = MigrationPlan {
-            id: "htn-v4-again".into(),
+            id: "htn-next-again".into(),
             ..f.plan.clone()
         };
         release::apply(&f.pool, &f.programs, &again, &opts(None), f.now)
@@ -399,17 +434,11 @@ fn sigkill_during_apply_and_a_rerun_give_the_rows_of_one_uninterrupted_run() {
             })
         };
         if reference_url.is_empty() {
-            // Every selected enrolment moved exactly once, none left on v3.
+            // Every selected enrolment moved exactly once, none left on the version it was on.
             let moved = of(&killed_url, moved_sql, 4);
             let unique: BTreeSet<&String> = moved.iter().collect();
             assert_eq!(moved.len(), unique.len());
-            assert_eq!(
-                support::scalar_of(
-                    &killed_url,
-                    "SELECT COUNT(*) FROM enrolments WHERE pathway_id = 'hypertension' AND version = 3 AND status = 'active'"
-                ),
-                0
-            );
+            assert_eq!(support::scalar_of(&killed_url, &on_version(f.from)), 0);
             continue;
         }
         let straight = run(&reference_url, None);
@@ -425,20 +454,18 @@ fn sigkill_during_apply_and_a_rerun_give_the_rows_of_one_uninterrupted_run() {
     }
 }
 
-/// `carepath simulate --compare`: one version against itself changes nothing; against version 4
-/// the removed stability review takes work off the doctors, and the scenario's behaviour for its
-/// task is said to be unused there.
+/// `carepath simulate --compare`: one version against itself changes nothing; against the next
+/// version the removed stability review takes work off the doctors, and the scenario's behaviour
+/// for its task is said to be unused there.
 #[test]
 fn simulate_compare_runs_one_cohort_through_both_versions() {
     let Some(real) = support::real_pathways() else {
         return;
     };
-    let v3 = real.join("hypertension.yaml");
-    let dir = support::pathway_dir(&[(
-        "hypertension.yaml",
-        &v4(&std::fs::read_to_string(&v3).unwrap()),
-    )]);
-    let v4 = dir.path().join("hypertension.yaml");
+    let (text, from) = current(&real);
+    let this = real.join("hypertension.yaml");
+    let dir = support::pathway_dir(&[("hypertension.yaml", &next(&text, from))]);
+    let next_version = dir.path().join("hypertension.yaml");
     let opts = carepath_simulator::Options {
         scenario: Some(real.join("hypertension.scenario.yaml")),
         cohort: Some(300),
@@ -446,7 +473,7 @@ fn simulate_compare_runs_one_cohort_through_both_versions() {
         threads: 1,
         ..Default::default()
     };
-    let same = carepath_simulator::compare::compare(&v3, &v3, &opts).expect("compare");
+    let same = carepath_simulator::compare::compare(&this, &this, &opts).expect("compare");
     assert!(
         same.indicators
             .iter()
@@ -457,8 +484,8 @@ fn simulate_compare_runs_one_cohort_through_both_versions() {
     );
     let out = support::tempdir();
     let c = carepath_simulator::compare::compare(
-        &v3,
-        &v4,
+        &this,
+        &next_version,
         &carepath_simulator::Options {
             out: Some(out.path().to_path_buf()),
             ..opts

@@ -511,6 +511,25 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The instant an event anchor stands for in a scope that began at `since` (a state's entry
+    /// for its transitions and schedules, the enrolment's start for the enrolment's schedules),
+    /// with the events recorded by `t`: the event's latest occurrence by `since` — the instant the
+    /// scope's on-enter work counts from, so "day 42 after the birth" is one instant for a
+    /// postnatal state's messages and for its transition — or, if it had not happened by then,
+    /// the first time it happens after (`None` until it has). Fixed once it exists, so a later
+    /// occurrence of the event moves nothing.
+    fn event_anchor(&self, name: &str, since: Timestamp, t: Timestamp) -> Option<Timestamp> {
+        crate::sandbox::with_facts(|f| {
+            f.last_event(name, since).or_else(|| {
+                f.events
+                    .iter()
+                    .find(|e| e.name == name && e.at > since && e.at <= t)
+                    .map(|e| e.at)
+            })
+        })
+        .flatten()
+    }
+
     /// When a time written from an anchor falls, for work made at `made`. The default anchor is
     /// the instant the work is made: the state's entry for its on-enter work, the occurrence for a
     /// schedule's. An event that has not happened yet counts from `fallback` (the instant the
@@ -554,8 +573,9 @@ impl<'a> Run<'a> {
     }
 
     /// The instant of occurrence `n` (1-based) of `sc` as seen at instant `t`, if it exists:
-    /// within `count` and `until`, and not before its scope began (the state's entry, or the
-    /// enrolment's start).
+    /// within `count` and `until`. It may fall before its scope began (a state entered after a
+    /// schedule counted from the enrolment has started): [`Self::occurrence_after`] passes over
+    /// those.
     fn occurrence_at(
         &self,
         sc: &Schedule,
@@ -568,14 +588,7 @@ impl<'a> Run<'a> {
         }
         let since = self.scope_start(owner);
         let base = match &sc.first.from {
-            // An event anchor is the first time it happens in the scope.
-            Anchor::Event(name) => crate::sandbox::with_facts(|f| {
-                f.events
-                    .iter()
-                    .find(|e| e.name == *name && e.at >= since && e.at <= t)
-                    .map(|e| e.at)
-            })
-            .flatten()?,
+            Anchor::Event(name) => self.event_anchor(name, since, t)?,
             other => self.anchor_at(other, t)?,
         };
         let first = time::schedule(base, sc.first.after, sc.first.at, &self.tz);
@@ -586,9 +599,6 @@ impl<'a> Run<'a> {
         let mut at = time::add(first, every, &self.tz);
         if sc.working_days {
             at = time::on_working_day(at, &self.tz);
-        }
-        if at < since {
-            return None;
         }
         match &sc.until {
             Some(Until::At(spec)) => {
@@ -608,7 +618,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The first occurrence of `sc` strictly after `after`, as seen at `t`: its number and instant.
+    /// The first occurrence of `sc` strictly after `after`, and not before its scope began (the
+    /// state's entry, or the enrolment's start), as seen at `t`: its number and instant.
     fn occurrence_after(
         &self,
         sc: &Schedule,
@@ -616,6 +627,9 @@ impl<'a> Run<'a> {
         after: Timestamp,
         t: Timestamp,
     ) -> Option<(u32, Timestamp)> {
+        let before_scope =
+            Timestamp::from_second(self.scope_start(owner).as_second() - 1).unwrap_or(after);
+        let after = after.max(before_scope);
         let first = self.occurrence_at(sc, owner, 1, t)?;
         if first > after {
             return Some((1, first));
@@ -877,16 +891,11 @@ impl<'a> Run<'a> {
                 Some(time::schedule(self.e.entered_at, *after, *at, &self.tz))
             }
             Trigger::At(t) => Some(time::next_local_time(self.e.entered_at, *t, &self.tz)),
-            // An event anchor is the first time it happens in the state (as for schedules).
             Trigger::Anchored(spec) => {
                 let base = match &spec.from {
-                    Anchor::Event(name) => crate::sandbox::with_facts(|f| {
-                        f.events
-                            .iter()
-                            .find(|e| e.name == *name && e.at >= self.e.entered_at)
-                            .map(|e| e.at)
-                    })
-                    .flatten()?,
+                    Anchor::Event(name) => {
+                        self.event_anchor(name, self.e.entered_at, Timestamp::MAX)?
+                    }
                     other => self.anchor_at(other, self.e.entered_at)?,
                 };
                 Some(time::schedule(base, spec.after, spec.at, &self.tz).max(self.e.entered_at))
@@ -1842,6 +1851,50 @@ mod schedule_tests {
         );
     }
 
+    /// A state's schedule counted from the enrolment keeps its calendar when the state is entered
+    /// late or entered again: occurrences before the entry are not made, the later ones are, with
+    /// their numbers from the first.
+    #[test]
+    fn a_schedule_from_the_enrolment_keeps_its_calendar_across_entries() {
+        let prog = program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             events: [crisis, settled]\n\
+             entry_points:\n  - { id: start, state: intake }\nstates:\n\
+             \x20 - id: intake\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 45d, to: care }\n\
+             \x20 - id: care\n    phase: follow_up\n\
+             \x20   schedules:\n      - id: review\n        first: { after: 30d, from: enrolment }\n        every: 30d\n\
+             \x20       actions:\n          - task: { id: review, role: nurse, title: { zh: 复核, en: Review }, due: 5d }\n\
+             \x20   transitions:\n      - { on: crisis, to: crisis }\n      - { after: 400d, to: done }\n\
+             \x20 - id: crisis\n    phase: follow_up\n\
+             \x20   transitions:\n      - { on: settled, to: care }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        );
+        let t0 = ts("2026-03-02T01:00:00Z");
+        // Care from day 45; a crisis from day 70 to day 100.
+        let facts = PatientFacts {
+            events: vec![
+                event_at("crisis", days(t0, 70)),
+                event_at("settled", days(t0, 100)),
+            ],
+            ..Default::default()
+        };
+        let nightly: Vec<Timestamp> = (1..=130).map(|d| days(t0, d)).collect();
+        let made: Vec<(String, Timestamp)> = run_events(&prog, &facts, &nightly)
+            .into_iter()
+            .map(|a| (a.key, a.at))
+            .collect();
+        // Day 30 came before care began, day 90 in the crisis: neither is made.
+        assert_eq!(
+            made,
+            [
+                ("e1:2:review#2:0".to_string(), days(t0, 60)),
+                ("e1:4:review#4:0".to_string(), days(t0, 120)),
+            ]
+        );
+        assert_eq!(run_events(&prog, &facts, &[days(t0, 130)]).len(), 2);
+    }
+
     /// A state schedule that starts at an event and stops at another: a weekly check while the
     /// home app is in use.
     fn event_plan() -> Program {
@@ -1956,6 +2009,169 @@ mod schedule_tests {
         };
         let made = run_events(&prog, &facts, &nightly);
         assert_eq!(made.len(), 2, "{made:?}");
+    }
+
+    /// A postnatal course: the ward is entered at the birth, home at the discharge three days
+    /// later; home's message and its transition both count from the birth.
+    fn birth_plan() -> Program {
+        program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - { id: start, state: pregnant }\nstates:\n\
+             \x20 - id: pregnant\n    phase: follow_up\n\
+             \x20   transitions:\n      - { on: delivered, to: ward }\n\
+             \x20 - id: ward\n    phase: in_hospital\n\
+             \x20   transitions:\n      - { on: discharged, to: home }\n\
+             \x20 - id: home\n    phase: follow_up\n\
+             \x20   on_enter:\n      - follow_up: { channels: [sms], template: notice, after: 35d, at: \"09:00\", from: delivered }\n\
+             \x20   transitions:\n      - { after: 42d, at: \"08:00\", from: delivered, to: visit }\n\
+             \x20 - id: visit\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 14d, to: done }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        )
+    }
+
+    #[test]
+    fn an_event_that_came_before_the_state_anchors_its_transitions_as_its_work() {
+        let prog = birth_plan();
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let born = days(t0, 10);
+        let facts = PatientFacts {
+            events: vec![
+                event_at("delivered", born),
+                event_at("discharged", days(t0, 13)),
+            ],
+            ..Default::default()
+        };
+        let nightly: Vec<Timestamp> = (1..=70).map(|d| days(t0, d)).collect();
+        let made = run_events(&prog, &facts, &nightly);
+        // 2026-03-12 09:00 Beijing is the birth; day 35 after it at 09:00 is 16 April, day 42 at
+        // 08:00 is 23 April.
+        let notice = made
+            .iter()
+            .find(|a| matches!(&a.action, Produced::FollowUp { .. }))
+            .expect("the notice");
+        let Produced::FollowUp { send_at, .. } = &notice.action else {
+            unreachable!()
+        };
+        assert_eq!(*send_at, ts("2026-04-16T01:00:00Z"));
+        let mut e = enrol(&prog, 1, "start", "Asia/Shanghai", &facts, &[], t0)
+            .expect("enrols")
+            .enrolment;
+        let pending: Vec<PendingEvent> = facts
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, ev)| PendingEvent {
+                seq: i as i64 + 1,
+                name: ev.name.clone(),
+                at: ev.at,
+                set: Default::default(),
+            })
+            .collect();
+        let mut visited = Vec::new();
+        for p in &nightly {
+            let o = step(&prog, &e, &facts, &pending, *p).expect("steps");
+            visited.extend(o.transitions.iter().map(|t| (t.to.clone(), t.at)));
+            e = o.enrolment;
+        }
+        assert_eq!(
+            visited,
+            [
+                ("ward".to_string(), born),
+                ("home".to_string(), days(t0, 13)),
+                ("visit".to_string(), ts("2026-04-23T00:00:00Z")),
+                ("done".to_string(), ts("2026-05-07T00:00:00Z")),
+            ]
+        );
+        // A later birth (twins recorded apart, a correction) moves nothing already anchored.
+        let mut facts2 = facts.clone();
+        facts2.events.push(event_at("delivered", days(t0, 20)));
+        assert_eq!(run_events(&prog, &facts2, &nightly), made);
+    }
+
+    /// A birth recorded late (a birth elsewhere, dated when it happened) is taken at the instant
+    /// reached, and the times counted from it that have passed fire there at once.
+    #[test]
+    fn a_birth_recorded_late_counts_from_its_own_date() {
+        let prog = program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - { id: start, state: pregnant }\nstates:\n\
+             \x20 - id: pregnant\n    phase: follow_up\n\
+             \x20   transitions:\n      - { on: delivered, to: ward }\n      - { after: 400d, to: done }\n\
+             \x20 - id: ward\n    phase: in_hospital\n\
+             \x20   transitions:\n      - { after: 7d, from: delivered, to: home }\n\
+             \x20 - id: home\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 14d, at: \"09:00\", from: delivered, to: screen }\n\
+             \x20 - id: screen\n    phase: follow_up\n\
+             \x20   transitions:\n      - { after: 28d, at: \"08:00\", from: delivered, to: done }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        );
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let e = enrol(
+            &prog,
+            1,
+            "start",
+            "Asia/Shanghai",
+            &PatientFacts::default(),
+            &[],
+            t0,
+        )
+        .expect("enrols")
+        .enrolment;
+        // Checked nightly to day 20, when the birth of day 3 is recorded.
+        let e = step(&prog, &e, &PatientFacts::default(), &[], days(t0, 20))
+            .expect("steps")
+            .enrolment;
+        let born = days(t0, 3);
+        let facts = PatientFacts {
+            events: vec![event_at("delivered", born)],
+            ..Default::default()
+        };
+        let pending = [PendingEvent {
+            seq: 1,
+            name: "delivered".into(),
+            at: born,
+            set: Default::default(),
+        }];
+        let recorded = days(t0, 20) + jiff::SignedDuration::from_hours(2);
+        let o = step(&prog, &e, &facts, &pending, recorded).expect("steps");
+        let taken: Vec<(String, Timestamp)> =
+            o.transitions.iter().map(|t| (t.to.clone(), t.at)).collect();
+        assert_eq!(
+            taken,
+            [
+                ("ward".to_string(), days(t0, 20)),
+                ("home".to_string(), days(t0, 20)),
+                ("screen".to_string(), days(t0, 20)),
+            ]
+        );
+        // Day 28 after the birth's date at 08:00 is 2 April 08:00 Beijing time.
+        let o = step(&prog, &o.enrolment, &facts, &pending, days(t0, 40)).expect("steps");
+        assert_eq!(o.transitions[0].at, ts("2026-04-02T00:00:00Z"));
+    }
+
+    #[test]
+    fn an_event_still_to_come_is_waited_for() {
+        // The state is entered before the event: its time counts from the first occurrence after.
+        let prog = program(
+            "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+             entry_points:\n  - { id: start, state: ward }\nstates:\n\
+             \x20 - id: ward\n    phase: in_hospital\n\
+             \x20   transitions:\n      - { after: 2d, from: discharged, to: done }\n\
+             \x20 - id: done\n    phase: closed\n    terminal: true\n",
+        );
+        let t0 = ts("2026-03-02T01:00:00Z");
+        let facts = PatientFacts {
+            events: vec![event_at("discharged", days(t0, 5))],
+            ..Default::default()
+        };
+        let e = enrol(&prog, 1, "start", "Asia/Shanghai", &facts, &[], t0)
+            .expect("enrols")
+            .enrolment;
+        let o = step(&prog, &e, &facts, &[], days(t0, 30)).expect("steps");
+        let taken: Vec<(String, Timestamp)> =
+            o.transitions.iter().map(|t| (t.to.clone(), t.at)).collect();
+        assert_eq!(taken, [("done".to_string(), days(t0, 7))]);
     }
 }
 

@@ -147,6 +147,56 @@ impl Pathway {
         out
     }
 
+    /// Every event whose instant a time of the pathway counts from (`from: <event>` of a
+    /// transition, a task's due, a follow-up, a schedule's first occurrence or its `until`) or a
+    /// schedule stops at (`until: { event: … }`), each once: besides what guards read, the events
+    /// the step reads the time of.
+    pub fn timed_events(&self) -> Vec<&str> {
+        let mut anchors: Vec<&Anchor> = Vec::new();
+        let mut stops: Vec<&str> = Vec::new();
+        let schedules = self
+            .schedules
+            .iter()
+            .chain(self.states.iter().flat_map(|s| s.schedules.iter()));
+        for sc in schedules {
+            anchors.push(&sc.first.from);
+            match &sc.until {
+                Some(Until::At(spec)) => anchors.push(&spec.from),
+                Some(Until::Event(name)) => stops.push(name),
+                None => {}
+            }
+        }
+        for t in self.states.iter().flat_map(|s| s.transitions.iter()) {
+            if let Trigger::Anchored(spec) = &t.trigger {
+                anchors.push(&spec.from);
+            }
+        }
+        for t in self.task_specs() {
+            if let Some(spec) = &t.due_at {
+                anchors.push(&spec.from);
+            }
+        }
+        for (_, a) in self.actions() {
+            if let Action::FollowUp(f) = a {
+                anchors.push(&f.from);
+            }
+        }
+        let named = anchors
+            .into_iter()
+            .filter_map(|a| match a {
+                Anchor::Event(name) => Some(name.as_str()),
+                _ => None,
+            })
+            .chain(stops);
+        let mut out: Vec<&str> = Vec::new();
+        for name in named {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
     /// Every task the pathway can create: its own tasks and its alarms' tasks.
     pub fn task_specs(&self) -> impl Iterator<Item = &TaskSpec> {
         self.actions().filter_map(|(_, a)| match a {
@@ -1082,6 +1132,36 @@ impl fmt::Display for LocalTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timed_events_are_the_events_times_count_from_or_schedules_stop_at() {
+        let src = "pathway: t\nversion: 1\ntitle: { zh: 测, en: T }\nowner_role: nurse\nroles: [nurse]\n\
+            events: [app_started, app_stopped, fall_reported]\n\
+            entry_points:\n  - { id: start, state: ward }\n\
+            schedules:\n  - { id: weekly, first: { after: 1d, from: app_started }, every: 7d, until: { event: app_stopped }, actions: [{ note: { zh: 周, en: Week } }] }\n\
+            states:\n\
+            \x20 - id: ward\n    phase: in_hospital\n    on_enter:\n\
+            \x20     - task: { id: call, role: nurse, title: 电话, due: { after: 2d, from: discharged } }\n\
+            \x20     - follow_up: { channels: [sms], template: t, after: 35d, from: delivered }\n\
+            \x20   transitions:\n\
+            \x20     - { on: fall_reported, to: done }\n\
+            \x20     - { after: 42d, from: delivered, to: done }\n\
+            \x20     - { after: 365d, from: enrolment, to: done }\n\
+            \x20 - id: done\n    phase: closed\n    terminal: true\n";
+        let c = crate::compile_yaml(
+            "t.yaml",
+            src.as_bytes(),
+            std::path::Path::new(""),
+            &crate::lower::FsLoader,
+        );
+        let p = c.pathway.expect("compiles");
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        // Not `fall_reported`: a transition waits for it, it times nothing.
+        assert_eq!(
+            p.timed_events(),
+            ["app_started", "delivered", "discharged", "app_stopped"]
+        );
+    }
 
     #[test]
     fn durations_read_as_written() {

@@ -362,6 +362,9 @@ impl GuardReads {
                 out.outcome_values.entry(task).or_default().insert(value);
             }
         }
+        // The step reads the instants of the events its times count from, as guards read theirs.
+        out.events
+            .extend(p.timed_events().into_iter().map(str::to_string));
         out
     }
 }
