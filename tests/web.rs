@@ -23,6 +23,8 @@ struct Browser {
 struct Answer {
     status: StatusCode,
     location: Option<String>,
+    /// Where htmx is told to load a whole page instead.
+    hx_redirect: Option<String>,
     body: String,
 }
 
@@ -47,14 +49,18 @@ impl Browser {
             }
         }
         let status = res.status();
-        let location = res
-            .headers()
-            .get(header::LOCATION)
-            .map(|l| l.to_str().expect("ascii").to_string());
+        let header_text = |name| {
+            res.headers()
+                .get(name)
+                .map(|l: &header::HeaderValue| l.to_str().expect("ascii").to_string())
+        };
+        let location = header_text(header::LOCATION.as_str());
+        let hx_redirect = header_text("hx-redirect");
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
         Answer {
             status,
             location,
+            hx_redirect,
             body: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
@@ -62,6 +68,16 @@ impl Browser {
     async fn get(&mut self, w: &Workstation, uri: &str) -> Answer {
         let req = Request::get(uri)
             .header(header::COOKIE, self.cookie_header())
+            .body(Body::empty())
+            .expect("request");
+        self.send(w, req).await
+    }
+
+    /// A background refresh, as htmx sends it.
+    async fn refresh(&mut self, w: &Workstation, uri: &str) -> Answer {
+        let req = Request::get(uri)
+            .header(header::COOKIE, self.cookie_header())
+            .header("hx-request", "true")
             .body(Body::empty())
             .expect("request");
         self.send(w, req).await
@@ -353,6 +369,67 @@ async fn forms_need_the_session_token_and_idle_sessions_end() {
         assert_eq!(w.audited("signout", "ok").await, 1);
         let a = b.get(&w, "/app/board").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "signed out");
+
+        // The board's refresh every 30 s is not use: a board left open ends its session too.
+        let (mut b, _) = Browser::signed_in(&w, "lead.cm").await;
+        let expired = w.audited("session.expired", "ok").await;
+        w.advance(20 * 60);
+        let a = b.refresh(&w, "/app/board/rows").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        w.advance(10 * 60);
+        let a = b.refresh(&w, "/app/board/rows").await;
+        assert_eq!(
+            a.status,
+            StatusCode::NO_CONTENT,
+            "idle for 30 minutes, refreshed all along"
+        );
+        assert!(
+            a.hx_redirect
+                .as_deref()
+                .is_some_and(|l| l.starts_with("/app/login?why=expired")),
+            "{:?}",
+            a.hx_redirect
+        );
+        assert_eq!(w.audited("session.expired", "ok").await, expired + 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_page_shown_again_leaves_the_one_being_filled_in_valid() {
+    on_each_workstation(|w| async move {
+        // A second tab on the sign-in page, or another page sent there while the first is being
+        // filled in: both forms carry the browser's one sign-in token.
+        let mut b = Browser::default();
+        let first = csrf_of(&b.get(&w, "/app/login").await.body);
+        let second = csrf_of(
+            &b.get(&w, "/app/login?why=signin&next=/app/board")
+                .await
+                .body,
+        );
+        assert_eq!(first, second);
+        let a = b
+            .post(
+                &w,
+                "/app/login",
+                &[
+                    ("csrf", &first),
+                    ("staff", "lead.cm"),
+                    ("password", STAFF_PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        // Signing in spends it: the next sign-in page has another.
+        let next = csrf_of(&b.get(&w, "/app/login").await.body);
+        assert_ne!(next, first);
+        // A cookie that is not one of the server's tokens is not taken up.
+        let mut odd = Browser {
+            cookies: vec![("cp_login".into(), "chosen-by-someone-else".into())],
+        };
+        let page = odd.get(&w, "/app/login").await;
+        assert_ne!(csrf_of(&page.body), "chosen-by-someone-else");
+        assert_eq!(csrf_of(&page.body).len(), 64);
     })
     .await;
 }
@@ -778,6 +855,10 @@ async fn pages_switch_language_and_serve_their_assets() {
         assert!(js.body.starts_with("/*! htmx.org"));
         let css = b.get(&w, "/app/static/app.css").await;
         assert!(css.body.contains(":focus-visible"));
+        // The icon browsers ask the origin for on their own.
+        let icon = b.get(&w, "/favicon.ico").await;
+        assert_eq!(icon.status, StatusCode::OK);
+        assert!(icon.body.as_bytes().starts_with(&[0, 0, 1, 0]), "an icon");
         // Not signed in: every page leads to the sign-in form.
         let a = b.get(&w, "/app/patients/P-1").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER);
