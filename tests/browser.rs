@@ -33,6 +33,8 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// axe-core 4.14.1 (`npm pack axe-core`), MPL-2.0; its licences are beside it.
 const AXE: &str = include_str!("vendor/axe.min.js");
+/// The pages the documentation shows (`docs/img/NAME.png`).
+const DOC_PAGES: &[&str] = &["board", "patient", "referrals", "indicators", "pathways"];
 /// How long a page may take to show what a test waits for: a loaded machine is slow, not broken.
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -325,17 +327,34 @@ impl Browser {
 
     /// Signs in at the sign-in page and waits for the signed-in page (or says why not).
     async fn sign_in(&mut self, staff: &str, password: &str) {
-        self.goto("/app/login").await;
-        self.wait("#signin-form").await;
+        self.sign_in_page().await;
         if self.pages == 0 {
             self.check("signin", None).await;
         }
+        let said = self.submit_sign_in(staff, password).await;
+        assert_eq!(
+            said.0.as_deref(),
+            Some("who"),
+            "{staff} could not sign in at {}: {}",
+            self.url().await,
+            said.1
+        );
+    }
+
+    /// Opens the sign-in page.
+    async fn sign_in_page(&self) {
+        self.goto("/app/login").await;
+        self.wait("#signin-form").await;
+    }
+
+    /// Fills in and sends the sign-in form shown; answers what the next page shows first: the
+    /// signed-in staff member (`who`), a refusal (`signin-error`) or an error page
+    /// (`error-detail`), with its text.
+    async fn submit_sign_in(&self, staff: &str, password: &str) -> (Option<String>, String) {
         for (field, value) in [("#staff", staff), ("#password", password)] {
-            self.find(field)
-                .await
-                .send_keys(value)
-                .await
-                .expect("typing");
+            let input = self.find(field).await;
+            input.clear().await.expect("clearing");
+            input.send_keys(value).await.expect("typing");
         }
         let next = self
             .click_to(
@@ -343,16 +362,10 @@ impl Browser {
                 "[data-testid=who], [data-testid=signin-error], [data-testid=error-detail]",
             )
             .await;
-        let said = next.text().await.unwrap_or_default();
-        assert_eq!(
-            next.attr("data-testid")
-                .await
-                .expect("attribute")
-                .as_deref(),
-            Some("who"),
-            "{staff} could not sign in at {}: {said}",
-            self.url().await
-        );
+        (
+            next.attr("data-testid").await.expect("attribute"),
+            next.text().await.unwrap_or_default(),
+        )
     }
 
     /// What chromedriver logged of the console since the last read.
@@ -374,7 +387,7 @@ impl Browser {
         let file = format!("{}-{:02}-{name}", self.label, self.pages);
         std::fs::write(artifacts().join(format!("{file}.png")), &png)
             .expect("cannot write a screenshot");
-        if let Some(docs) = &self.docs {
+        if let Some(docs) = self.docs.as_ref().filter(|_| DOC_PAGES.contains(&name)) {
             let path = docs.join(format!("{name}.png"));
             std::fs::write(&path, &png).expect("cannot write a documentation screenshot");
             assert!(
@@ -676,8 +689,28 @@ async fn another_institution_gets_404_and_forms_from_other_sites_are_refused() {
         )
         .await;
 
+        // A wrong password: refused on the sign-in page.
+        b.sign_in_page().await;
+        let refused = b.submit_sign_in("clinic_b.nurse", "not her password").await;
+        assert_eq!(refused.0.as_deref(), Some("signin-error"), "{}", refused.1);
+        b.check("signin-refused", Some(401)).await;
+        // The sign-in page opened again in a second tab leaves the form in the first valid.
+        b.sign_in_page().await;
+        let first = b.client.window().await.expect("a window");
+        let second = b.client.new_window(true).await.expect("a tab").handle;
+        b.client.switch_to_window(second).await.expect("the tab");
+        b.sign_in_page().await;
+        b.client.close_window().await.expect("closing the tab");
+        b.client
+            .switch_to_window(first)
+            .await
+            .expect("the first tab");
+        let said = b
+            .submit_sign_in("clinic_b.nurse", support::STAFF_PASSWORD)
+            .await;
+        assert_eq!(said.0.as_deref(), Some("who"), "{}", said.1);
+
         // A nurse of another clinic: the patient does not exist for her, audited; the API agrees.
-        b.sign_in("clinic_b.nurse", support::STAFF_PASSWORD).await;
         b.goto("/app/patients/P-OTHER").await;
         b.wait("body[data-page=error]").await;
         b.check("patient-of-another-clinic", Some(404)).await;
@@ -948,28 +981,24 @@ async fn indicator_line_lists_hold_exactly_what_the_figures_count() {
     }
 }
 
-/// `carepath demo` serving a small history on a port it chose; killed when dropped.
+/// `carepath demo` serving on a port it chose; killed when dropped.
 struct Demo {
     child: Child,
     url: String,
+    db: String,
     _dir: tempfile::TempDir,
 }
 
 impl Demo {
-    fn start() -> Demo {
+    /// The demo with `args` (its cohort and history).
+    fn start(args: &[&str]) -> Demo {
         let dir = support::tempdir();
         let db = format!("sqlite:{}", dir.path().join("demo.db").display());
         let pathways = Path::new(env!("CARGO_MANIFEST_DIR")).join("pathways");
         let mut child = support::carepath()
-            .args([
-                "demo",
-                "--patients",
-                "80",
-                "--history-days",
-                "35",
-                "--db",
-                &db,
-            ])
+            .arg("demo")
+            .args(args)
+            .args(["--db", &db])
             .arg("--pathways")
             .arg(&pathways)
             .args(["--addr", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
@@ -982,13 +1011,14 @@ impl Demo {
         let mut demo = Demo {
             child,
             url: String::new(),
+            db,
             _dir: dir,
         };
         // "serving the admin API on http://127.0.0.1:41235 (…"
         demo.url = await_line(
             &lines,
             "carepath demo did not serve",
-            Duration::from_secs(900),
+            Duration::from_secs(1800),
             |l| {
                 l.strip_prefix("serving the admin API on ")
                     .and_then(|r| r.split_whitespace().next())
@@ -996,6 +1026,16 @@ impl Demo {
             },
         );
         demo
+    }
+
+    /// The first column of the first row `sql` reads from the demo's database.
+    async fn first(&self, sql: &str) -> String {
+        let pool = carepath_engine::store::Pool::connect(&self.db)
+            .await
+            .expect("the demo's database");
+        let rows = pool.fetch(sql, vec![]).await.expect(sql);
+        pool.close().await;
+        rows.first().map(|r| r.text(0)).unwrap_or_default()
     }
 }
 
@@ -1005,37 +1045,44 @@ impl Drop for Demo {
     }
 }
 
-/// The demo as the lead hospital's case manager and informaticist see it; with
-/// `CAREPATH_DOC_SCREENSHOTS=1` its pages are the documentation's pictures (`docs/img/`).
+/// The demo as a clinic's case manager and the lead hospital's informaticist see it. With
+/// `CAREPATH_DOC_SCREENSHOTS=1` it is the README's demo (300 patients, 120 days of history) and
+/// its pages are the documentation's pictures (`docs/img/`; install a CJK font, such as
+/// `fonts-noto-cjk`, first); otherwise a smaller history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_in_a_browser() {
     if !browser_available() {
         return;
     }
-    let demo = Demo::start();
+    let for_docs = std::env::var("CAREPATH_DOC_SCREENSHOTS").as_deref() == Ok("1");
+    let demo = Demo::start(if for_docs {
+        &[]
+    } else {
+        &["--patients", "80", "--history-days", "35"]
+    });
+    // The clinic's patient with an open alarm, else with the most readings.
+    let patient = demo
+        .first(
+            "SELECT p.id FROM patients p JOIN enrolments e ON e.patient_id = p.id AND e.status = 'active' \
+             LEFT JOIN observations o ON o.patient_id = p.id \
+             WHERE p.institution_id = 'clinic_a' \
+             GROUP BY p.id \
+             ORDER BY (SELECT COUNT(*) FROM alarm_episodes a WHERE a.patient_id = p.id AND a.closed_at IS NULL) DESC, \
+                      COUNT(o.id) DESC, p.id",
+        )
+        .await;
+    assert!(!patient.is_empty(), "the clinic has patients");
     let driver = Driver::start();
     let mut b = Browser::open(&driver, &demo.url, "demo").await;
-    if std::env::var("CAREPATH_DOC_SCREENSHOTS").as_deref() == Ok("1") {
+    if for_docs {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img");
         std::fs::create_dir_all(&docs).expect("cannot create docs/img");
         b.docs = Some(docs);
     }
-    b.sign_in("lead.case_manager", "carepath-demo").await;
-    b.wait("body[data-page=board] tr[data-testid=task-row]")
-        .await;
+    b.sign_in("clinic_a.case_manager", "carepath-demo").await;
+    b.wait("body[data-page=board]").await;
     b.check("board", None).await;
-    // A patient with readings: one whose alarm is open, else the first on the board.
-    let patient = match b.find_all("#board-alarms a").await.first() {
-        Some(a) => a.attr("href").await.expect("attribute"),
-        None => b
-            .find("a[data-testid=patient-link]")
-            .await
-            .attr("href")
-            .await
-            .expect("attribute"),
-    }
-    .expect("a patient's page");
-    b.goto(&patient).await;
+    b.goto(&format!("/app/patients/{patient}")).await;
     b.wait("body[data-page=patient] tr[data-testid=enrolment]")
         .await;
     b.check("patient", None).await;
@@ -1052,6 +1099,17 @@ async fn the_demo_in_a_browser() {
     )
     .await;
     b.check("indicator-rows", None).await;
+    // The same pages in Chinese.
+    b.goto("/app/board").await;
+    b.wait("body[data-page=board]").await;
+    b.click_to("#lang-switch", "html[lang=zh-CN] body[data-page=board]")
+        .await;
+    b.check("board-zh", None).await;
+    b.goto(&format!("/app/patients/{patient}")).await;
+    b.wait("html[lang=zh-CN] body[data-page=patient]").await;
+    b.check("patient-zh", None).await;
+    b.click_to("#lang-switch", "html[lang=en] body[data-page=patient]")
+        .await;
     b.sign_in("lead.informaticist", "carepath-demo").await;
     b.wait("body[data-page=pathways] tr[data-testid=pathway-row]")
         .await;
