@@ -1085,6 +1085,14 @@ async fn the_demo_in_a_browser() {
     b.goto(&format!("/app/patients/{patient}")).await;
     b.wait("body[data-page=patient] tr[data-testid=enrolment]")
         .await;
+    // From the enrolments down: their states, open alarms and the charts of readings.
+    b.client
+        .execute(
+            "document.querySelector('[aria-labelledby=enrol-title]').scrollIntoView();",
+            vec![],
+        )
+        .await
+        .expect("scrolled");
     b.check("patient", None).await;
     b.goto("/app/referrals").await;
     b.wait("body[data-page=referrals]").await;
