@@ -2,9 +2,10 @@
 //! chromedriver (`fantoccini`), against a workstation served on a port of 127.0.0.1 on each
 //! backend. It plays what tests/web.rs plays over HTTP — an urgent call claimed and completed with
 //! a structured outcome on the board and the enrolment's step seen on the patient view, a referral
-//! accepted in the inbox, another institution's nurse getting 404, forms posted from other sites
-//! refused, a broken pathway's diagnostics located by line and column, indicator line lists equal
-//! to the API's — and the demo's pages as a case manager and an informaticist see them.
+//! accepted in the inbox, a wrong password, the sign-in page open in two tabs, another
+//! institution's nurse getting 404, forms posted from other sites refused, a broken pathway's
+//! diagnostics located by line and column, indicator line lists equal to the API's — and the
+//! demo's pages, in both languages, as a clinic's case manager and an informaticist see them.
 //!
 //! Every page visited is checked the same way: a screenshot under `target/browser-artifacts/`,
 //! a browser console with no error (an error page's own status aside, which is required), and
