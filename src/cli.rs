@@ -1344,8 +1344,10 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    // The address bound, so that port 0 says which port was chosen.
+    let bound = listener.local_addr()?;
     println!(
-        "serving the admin API on http://{addr} (OpenAPI at /openapi.json); full pass at `{cron}` {tz}; sweeping every {sweep_seconds}s"
+        "serving the admin API on http://{bound} (OpenAPI at /openapi.json); full pass at `{cron}` {tz}; sweeping every {sweep_seconds}s"
     );
     println!(
         "audit checkpoints: {}; trusted proxies: {}",

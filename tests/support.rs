@@ -759,3 +759,263 @@ pub(crate) fn random_seed() -> u64 {
                 .unwrap_or(7)
         })
 }
+
+// ---------------------------------------------------------------------------------------------
+// The workstation, served in-process
+
+/// Every workstation staff member's password.
+pub(crate) const STAFF_PASSWORD: &str = "correct horse battery";
+/// `lead.admin`'s TOTP secret: base32 of RFC 6238's key `12345678901234567890`.
+pub(crate) const ADMIN_TOTP_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+/// 2026-11-23T08:00:00+08:00, a Monday: the workstation's clock starts there.
+const WORKSTATION_START: i64 = 1_795_392_000;
+
+/// The workstation's staff: (id, institution, role).
+const WORKSTATION_STAFF: &[(&str, &str, &str)] = &[
+    ("lead.cm", "lead", "case_manager"),
+    ("lead.admin", "lead", "admin"),
+    ("lead.informaticist", "lead", "informaticist"),
+    ("clinic_a.cm", "clinic_a", "case_manager"),
+    ("clinic_b.nurse", "clinic_b", "nurse"),
+];
+
+/// An urgent call with structured outcomes for the case manager, whose outcome decides the next
+/// state.
+pub(crate) const FALL_CHECK: &str = r#"pathway: fall_check
+version: 1
+title: { zh: 跌倒后随访（测试）, en: Follow-up after a fall (test) }
+owner_role: case_manager
+roles: [case_manager, nurse]
+entry_points:
+  - { id: reported, state: triage }
+states:
+  - id: triage
+    phase: follow_up
+    title: { zh: 跌倒分诊, en: Fall triage }
+    on_enter:
+      - task: { id: fall_call, role: case_manager, outcomes: [safe_at_home, needs_visit], priority: urgent, title: { zh: 跌倒后2小时内电话评估, en: Call within 2 h of the fall }, due: 2h }
+    transitions:
+      - on: task_done:fall_call
+        when: 'outcome("fall_call") == "needs_visit"'
+        to: home_visit
+      - on: task_done:fall_call
+        to: closed
+  - id: home_visit
+    phase: follow_up
+    title: { zh: 上门评估, en: Home visit }
+    on_enter:
+      - task: { id: visit, role: nurse, title: { zh: 上门评估跌倒风险, en: Visit to assess the risk of falls }, due: 2d }
+    transitions:
+      - on: task_done:visit
+        to: closed
+  - id: closed
+    phase: closed
+    terminal: true
+"#;
+
+/// The admin API and workstation over a fresh database of one backend, with the test pathways
+/// (wound care, heart check, fall check) published, the demo alliance, staff who sign in with
+/// [`STAFF_PASSWORD`] (`lead.admin` also with a code of [`ADMIN_TOTP_SECRET`]) and whose bearer
+/// token is `tok-<id>`, and a clock that moves only when told.
+pub(crate) struct Workstation {
+    pub pool: Pool,
+    pub programs: Programs,
+    pub app: axum::Router,
+    clock: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    _pathways: tempfile::TempDir,
+    backend: Backend,
+}
+
+impl Workstation {
+    pub(crate) async fn new(backend: Backend) -> Workstation {
+        use carepath_engine::store::queries::token_hash;
+        use carepath_engine::store::sign_in::{Credential, set_credential};
+        let now = Timestamp::from_second(WORKSTATION_START).expect("instant");
+        let dir = pathway_dir(&[
+            ("wound_care.yaml", WOUND_CARE),
+            ("heart_check.yaml", HEART_CHECK),
+            ("fall_check.yaml", FALL_CHECK),
+        ]);
+        let (pool, programs) = open_store(&backend.url, dir.path(), now).await;
+        let mut tx = pool.begin().await.expect("begin");
+        for (id, inst, role) in WORKSTATION_STAFF {
+            store::insert_staff(
+                &mut tx,
+                id,
+                inst,
+                &format!("{role} of {inst}"),
+                &[role],
+                Some(token_hash(&format!("tok-{id}"))),
+            )
+            .await
+            .expect("staff");
+        }
+        tx.commit().await.expect("commit");
+        let hash = carepath_admin_api::web::hash_password(STAFF_PASSWORD).expect("hash");
+        for (id, ..) in WORKSTATION_STAFF {
+            assert!(
+                set_credential(&pool, id, Credential::Password(&hash), now)
+                    .await
+                    .expect("password")
+            );
+        }
+        set_credential(
+            &pool,
+            "lead.admin",
+            Credential::Totp(ADMIN_TOTP_SECRET),
+            now,
+        )
+        .await
+        .expect("totp");
+        let clock = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(WORKSTATION_START));
+        let c = clock.clone();
+        let mut state = carepath_admin_api::AppState::new(pool.clone(), programs.clone());
+        state.clock = std::sync::Arc::new(move || {
+            Timestamp::from_second(c.load(Ordering::SeqCst)).expect("instant")
+        });
+        state.uploads.root = dir.path().to_path_buf();
+        Workstation {
+            app: carepath_admin_api::router(state),
+            pool,
+            programs,
+            clock,
+            _pathways: dir,
+            backend,
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        Timestamp::from_second(self.clock.load(Ordering::SeqCst)).expect("instant")
+    }
+
+    pub(crate) fn advance(&self, seconds: i64) {
+        self.clock.fetch_add(seconds, Ordering::SeqCst);
+    }
+
+    /// How many audit entries have this action and outcome.
+    pub(crate) async fn audited(&self, action: &str, outcome: &str) -> i64 {
+        scalar(
+            &self.pool,
+            &format!(
+                "SELECT COUNT(*) FROM audit_log WHERE action = '{action}' AND outcome = '{outcome}'"
+            ),
+        )
+        .await
+    }
+
+    /// Enrols a new patient of `inst` in heart_check at `clinic` (state `monitor`: a weekly call
+    /// for the case manager), `days_ago` days back.
+    pub(crate) async fn enrolled(&self, patient: &str, inst: &str, days_ago: i64) -> i64 {
+        add_patient_at(&self.pool, patient, inst, self.now()).await;
+        self.enrol(patient, inst, "heart_check", "clinic", days_ago)
+            .await
+    }
+
+    /// Enrols an existing patient of `inst` in `pathway` at `entry`, `days_ago` days back, as
+    /// the institution's case manager; returns the enrolment's id.
+    pub(crate) async fn enrol(
+        &self,
+        patient: &str,
+        inst: &str,
+        pathway: &str,
+        entry: &str,
+        days_ago: i64,
+    ) -> i64 {
+        let now = self.now();
+        let caller = store::queries::Caller {
+            staff_id: format!("{inst}.cm"),
+            institution_id: inst.into(),
+            roles: vec!["case_manager".into()],
+        };
+        let new = store::NewEnrolment {
+            patient_id: patient.into(),
+            pathway_id: pathway.into(),
+            version: None,
+            entry: entry.into(),
+            at: now - jiff::SignedDuration::from_hours(24 * days_ago),
+            catch_up_to: Some(now),
+        };
+        store::patients::enrol(&self.pool, &self.programs, &caller, &new, "test", now)
+            .await
+            .expect("enrol")
+            .0
+    }
+
+    /// `GET uri` of the JSON API as `staff` (bearer `tok-<staff>`), asserting 200.
+    pub(crate) async fn api(&self, staff: &str, uri: &str) -> serde_json::Value {
+        let req = axum::http::Request::get(uri)
+            .header(
+                axum::http::header::AUTHORIZATION,
+                format!("Bearer tok-{staff}"),
+            )
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let (status, body) = self.call(req).await;
+        assert_eq!(status, axum::http::StatusCode::OK, "{uri}: {body}");
+        serde_json::from_str(&body).expect("json")
+    }
+
+    /// One request to the router, in-process: the status and the body as text.
+    pub(crate) async fn call(
+        &self,
+        req: axum::http::Request<axum::body::Body>,
+    ) -> (axum::http::StatusCode, String) {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let res = self.app.clone().oneshot(req).await.expect("answer");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Serves the router on a free port of 127.0.0.1 until the answer is dropped.
+    pub(crate) async fn serve(&self) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        Served::spawn(listener, self.app.clone())
+    }
+}
+
+/// A router served on a port; it stops when this is dropped.
+pub(crate) struct Served {
+    pub addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Served {
+    /// Serves `app` on `listener` as `carepath serve` does, on the current runtime.
+    pub(crate) fn spawn(listener: tokio::net::TcpListener, app: axum::Router) -> Served {
+        let addr = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            carepath_admin_api::serve(listener, app, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the router serves");
+        });
+        Served { addr, _stop: stop }
+    }
+
+    /// `http://127.0.0.1:PORT` followed by `path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Runs `f` on a fresh workstation of every backend (SQLite always, PostgreSQL when configured).
+pub(crate) async fn on_each_workstation<F, Fut>(f: F)
+where
+    F: Fn(Workstation) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in backends() {
+        eprintln!("workstation test on {}", backend.name());
+        f(Workstation::new(backend).await).await;
+    }
+}

@@ -10,6 +10,7 @@ mod api;
 mod api_queue;
 mod audit;
 mod bench;
+mod browser;
 mod catch_up;
 mod crate_graph;
 mod delivery;

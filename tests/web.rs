@@ -5,37 +5,14 @@
 //! indicator drill-down rows equal to the API's figure, and a broken pathway's diagnostics
 //! located by line and column as the API locates them.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use carepath_admin_api::AppState;
-use carepath_engine::Programs;
-use carepath_engine::store::queries::{Caller, token_hash};
-use carepath_engine::store::sign_in::{Credential, set_credential};
-use carepath_engine::store::{self, NewEnrolment, Pool};
+use carepath_engine::store::queries::token_hash;
 use http_body_util::BodyExt;
-use jiff::Timestamp;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::support::{self, Backend, scalar};
-
-const PASSWORD: &str = "correct horse battery";
-const TOTP_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
-/// 2026-11-23T08:00:00+08:00, a Monday.
-const START: i64 = 1_795_392_000;
-
-struct World {
-    _backend: Backend,
-    _dir: tempfile::TempDir,
-    pool: Pool,
-    programs: Programs,
-    app: Router,
-    clock: Arc<AtomicI64>,
-}
+use crate::support::{self, STAFF_PASSWORD, Workstation, on_each_workstation, scalar};
 
 /// A browser: its cookies.
 #[derive(Default, Clone)]
@@ -46,6 +23,8 @@ struct Browser {
 struct Answer {
     status: StatusCode,
     location: Option<String>,
+    /// Where htmx is told to load a whole page instead.
+    hx_redirect: Option<String>,
     body: String,
 }
 
@@ -58,7 +37,7 @@ impl Browser {
             .join("; ")
     }
 
-    async fn send(&mut self, w: &World, req: Request<Body>) -> Answer {
+    async fn send(&mut self, w: &Workstation, req: Request<Body>) -> Answer {
         let res = w.app.clone().oneshot(req).await.expect("answer");
         for c in res.headers().get_all(header::SET_COOKIE) {
             let c = c.to_str().expect("ascii cookie");
@@ -70,19 +49,23 @@ impl Browser {
             }
         }
         let status = res.status();
-        let location = res
-            .headers()
-            .get(header::LOCATION)
-            .map(|l| l.to_str().expect("ascii").to_string());
+        let header_text = |name| {
+            res.headers()
+                .get(name)
+                .map(|l: &header::HeaderValue| l.to_str().expect("ascii").to_string())
+        };
+        let location = header_text(header::LOCATION.as_str());
+        let hx_redirect = header_text("hx-redirect");
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
         Answer {
             status,
             location,
+            hx_redirect,
             body: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
-    async fn get(&mut self, w: &World, uri: &str) -> Answer {
+    async fn get(&mut self, w: &Workstation, uri: &str) -> Answer {
         let req = Request::get(uri)
             .header(header::COOKIE, self.cookie_header())
             .body(Body::empty())
@@ -90,7 +73,17 @@ impl Browser {
         self.send(w, req).await
     }
 
-    async fn post(&mut self, w: &World, uri: &str, form: &[(&str, &str)]) -> Answer {
+    /// A background refresh, as htmx sends it.
+    async fn refresh(&mut self, w: &Workstation, uri: &str) -> Answer {
+        let req = Request::get(uri)
+            .header(header::COOKIE, self.cookie_header())
+            .header("hx-request", "true")
+            .body(Body::empty())
+            .expect("request");
+        self.send(w, req).await
+    }
+
+    async fn post(&mut self, w: &Workstation, uri: &str, form: &[(&str, &str)]) -> Answer {
         let body = form
             .iter()
             .map(|(k, v)| format!("{k}={}", enc(v)))
@@ -104,7 +97,13 @@ impl Browser {
         self.send(w, req).await
     }
 
-    async fn sign_in(&mut self, w: &World, staff: &str, password: &str, totp: &str) -> Answer {
+    async fn sign_in(
+        &mut self,
+        w: &Workstation,
+        staff: &str,
+        password: &str,
+        totp: &str,
+    ) -> Answer {
         let page = self.get(w, "/app/login").await;
         assert_eq!(page.status, StatusCode::OK);
         let csrf = csrf_of(&page.body);
@@ -122,9 +121,9 @@ impl Browser {
     }
 
     /// Signs in, asserting it works, and returns the session's CSRF token.
-    async fn signed_in(w: &World, staff: &str) -> (Browser, String) {
+    async fn signed_in(w: &Workstation, staff: &str) -> (Browser, String) {
         let mut b = Browser::default();
-        let a = b.sign_in(w, staff, PASSWORD, "").await;
+        let a = b.sign_in(w, staff, STAFF_PASSWORD, "").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{staff}: {}", a.body);
         let board = b.get(w, "/app/pathways").await;
         assert_eq!(board.status, StatusCode::OK, "{}", board.body);
@@ -168,142 +167,12 @@ fn attrs(html: &str, testid: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-impl World {
-    async fn new(backend: Backend) -> World {
-        let now = Timestamp::from_second(START).expect("instant");
-        let dir = support::test_pathways();
-        let (pool, programs) = support::open_store(&backend.url, dir.path(), now).await;
-        let mut tx = pool.begin().await.expect("begin");
-        for (id, inst, role) in [
-            ("lead.cm", "lead", "case_manager"),
-            ("lead.admin", "lead", "admin"),
-            ("lead.informaticist", "lead", "informaticist"),
-            ("clinic_a.cm", "clinic_a", "case_manager"),
-            ("clinic_b.nurse", "clinic_b", "nurse"),
-        ] {
-            store::insert_staff(
-                &mut tx,
-                id,
-                inst,
-                &format!("{role} of {inst}"),
-                &[role],
-                Some(token_hash(&format!("tok-{id}"))),
-            )
-            .await
-            .expect("staff");
-        }
-        tx.commit().await.expect("commit");
-        let hash = carepath_admin_api::web::hash_password(PASSWORD).expect("hash");
-        for id in [
-            "lead.cm",
-            "lead.admin",
-            "lead.informaticist",
-            "clinic_a.cm",
-            "clinic_b.nurse",
-        ] {
-            assert!(
-                set_credential(&pool, id, Credential::Password(&hash), now)
-                    .await
-                    .expect("password")
-            );
-        }
-        set_credential(&pool, "lead.admin", Credential::Totp(TOTP_SECRET), now)
-            .await
-            .expect("totp");
-        let clock = Arc::new(AtomicI64::new(START));
-        let c = clock.clone();
-        let mut state = AppState::new(pool.clone(), programs.clone());
-        state.clock =
-            Arc::new(move || Timestamp::from_second(c.load(Ordering::SeqCst)).expect("instant"));
-        state.uploads.root = dir.path().to_path_buf();
-        World {
-            app: carepath_admin_api::router(state),
-            _backend: backend,
-            _dir: dir,
-            pool,
-            programs,
-            clock,
-        }
-    }
-
-    fn now(&self) -> Timestamp {
-        Timestamp::from_second(self.clock.load(Ordering::SeqCst)).expect("instant")
-    }
-
-    fn advance(&self, seconds: i64) {
-        self.clock.fetch_add(seconds, Ordering::SeqCst);
-    }
-
-    async fn audited(&self, action: &str, outcome: &str) -> i64 {
-        scalar(
-            &self.pool,
-            &format!(
-                "SELECT COUNT(*) FROM audit_log WHERE action = '{action}' AND outcome = '{outcome}'"
-            ),
-        )
-        .await
-    }
-
-    /// Enrols a new patient of `inst` in heart_check at `clinic` (state `monitor`: a weekly call
-    /// for the case manager), `days_ago` days back.
-    async fn enrolled(&self, patient: &str, inst: &str, days_ago: i64) -> i64 {
-        let now = self.now();
-        support::add_patient_at(&self.pool, patient, inst, now).await;
-        let caller = Caller {
-            staff_id: format!("{inst}.cm"),
-            institution_id: inst.into(),
-            roles: vec!["case_manager".into()],
-        };
-        let new = NewEnrolment {
-            patient_id: patient.into(),
-            pathway_id: "heart_check".into(),
-            version: None,
-            entry: "clinic".into(),
-            at: now - jiff::SignedDuration::from_hours(24 * days_ago),
-            catch_up_to: Some(now),
-        };
-        store::patients::enrol(&self.pool, &self.programs, &caller, &new, "test", now)
-            .await
-            .expect("enrol")
-            .0
-    }
-
-    async fn api(&self, staff: &str, uri: &str) -> Value {
-        let req = Request::get(uri)
-            .header(header::AUTHORIZATION, format!("Bearer tok-{staff}"))
-            .body(Body::empty())
-            .expect("request");
-        let res = self.app.clone().oneshot(req).await.expect("answer");
-        let status = res.status();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "{uri}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
-        serde_json::from_slice(&bytes).expect("json")
-    }
-}
-
-async fn each_backend<F, Fut>(f: F)
-where
-    F: Fn(World) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for backend in support::backends() {
-        let name = backend.name();
-        eprintln!("workstation test on {name}");
-        f(World::new(backend).await).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
-    each_backend(|w| async move {
+    on_each_workstation(|w| async move {
         let mut b = Browser::default();
         // Unknown staff and a wrong password get the same refusal; both are audited.
-        let a = b.sign_in(&w, "nobody", PASSWORD, "").await;
+        let a = b.sign_in(&w, "nobody", STAFF_PASSWORD, "").await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
         assert!(a.body.contains(r#"data-testid="signin-error""#));
         assert_eq!(w.audited("signin.unknown_staff", "denied").await, 1);
@@ -311,7 +180,7 @@ async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
         assert_eq!(w.audited("signin.failed", "denied").await, 1);
         // The right password opens a session: HttpOnly, SameSite=Strict cookie; the board opens.
-        let a = b.sign_in(&w, "lead.cm", PASSWORD, "").await;
+        let a = b.sign_in(&w, "lead.cm", STAFF_PASSWORD, "").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER);
         assert_eq!(a.location.as_deref(), Some("/app/"));
         assert!(b.cookies.iter().any(|(k, _)| k == "cp_session"));
@@ -358,35 +227,39 @@ async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
             assert_eq!(a.status, StatusCode::UNAUTHORIZED, "attempt {i}");
         }
         assert_eq!(w.audited("signin.locked", "denied").await, 1);
-        let a = fresh.sign_in(&w, "clinic_a.cm", PASSWORD, "").await;
+        let a = fresh.sign_in(&w, "clinic_a.cm", STAFF_PASSWORD, "").await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "locked out");
         assert_eq!(w.audited("signin.locked_out", "denied").await, 1);
         w.advance(14 * 60);
-        let a = fresh.sign_in(&w, "clinic_a.cm", PASSWORD, "").await;
+        let a = fresh.sign_in(&w, "clinic_a.cm", STAFF_PASSWORD, "").await;
         assert_eq!(
             a.status,
             StatusCode::UNAUTHORIZED,
             "still locked after 14 minutes"
         );
         w.advance(60);
-        let a = fresh.sign_in(&w, "clinic_a.cm", PASSWORD, "").await;
+        let a = fresh.sign_in(&w, "clinic_a.cm", STAFF_PASSWORD, "").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "unlocked after 15 minutes");
 
         // An admin needs the one-time code as well as the password.
         let mut admin = Browser::default();
-        let a = admin.sign_in(&w, "lead.admin", PASSWORD, "").await;
+        let a = admin.sign_in(&w, "lead.admin", STAFF_PASSWORD, "").await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "no code");
         let key = b"12345678901234567890";
         let step = (w.now().as_second() / 30) as u64;
         let stale = carepath_admin_api::web::totp_at(key, step - 3, 6);
-        let a = admin.sign_in(&w, "lead.admin", PASSWORD, &stale).await;
+        let a = admin
+            .sign_in(&w, "lead.admin", STAFF_PASSWORD, &stale)
+            .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a stale code");
         let code = carepath_admin_api::web::totp_at(key, step, 6);
-        let a = admin.sign_in(&w, "lead.admin", PASSWORD, &code).await;
+        let a = admin.sign_in(&w, "lead.admin", STAFF_PASSWORD, &code).await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
         // The same code, replayed by someone who saw it, is refused.
         let mut replay = Browser::default();
-        let a = replay.sign_in(&w, "lead.admin", PASSWORD, &code).await;
+        let a = replay
+            .sign_in(&w, "lead.admin", STAFF_PASSWORD, &code)
+            .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a replayed code");
         // The admin starts on the indicators; the role grants no task board: the board is refused
         // (403, audited).
@@ -408,7 +281,7 @@ async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
                 &[
                     ("csrf", "forged"),
                     ("staff", "lead.cm"),
-                    ("password", PASSWORD),
+                    ("password", STAFF_PASSWORD),
                 ],
             )
             .await;
@@ -420,7 +293,7 @@ async fn sign_in_fails_locks_out_and_asks_admins_for_a_second_factor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forms_need_the_session_token_and_idle_sessions_end() {
-    each_backend(|w| async move {
+    on_each_workstation(|w| async move {
         let enrolment = w.enrolled("P-CSRF", "lead", 0).await;
         let task = scalar(
             &w.pool,
@@ -444,7 +317,7 @@ async fn forms_need_the_session_token_and_idle_sessions_end() {
             .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         assert_eq!(w.audited("csrf.refused", "denied").await, before + 2);
-        let status = |w: &World| {
+        let status = |w: &Workstation| {
             let pool = w.pool.clone();
             async move {
                 scalar(
@@ -496,13 +369,74 @@ async fn forms_need_the_session_token_and_idle_sessions_end() {
         assert_eq!(w.audited("signout", "ok").await, 1);
         let a = b.get(&w, "/app/board").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "signed out");
+
+        // The board's refresh every 30 s is not use: a board left open ends its session too.
+        let (mut b, _) = Browser::signed_in(&w, "lead.cm").await;
+        let expired = w.audited("session.expired", "ok").await;
+        w.advance(20 * 60);
+        let a = b.refresh(&w, "/app/board/rows").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        w.advance(10 * 60);
+        let a = b.refresh(&w, "/app/board/rows").await;
+        assert_eq!(
+            a.status,
+            StatusCode::NO_CONTENT,
+            "idle for 30 minutes, refreshed all along"
+        );
+        assert!(
+            a.hx_redirect
+                .as_deref()
+                .is_some_and(|l| l.starts_with("/app/login?why=expired")),
+            "{:?}",
+            a.hx_redirect
+        );
+        assert_eq!(w.audited("session.expired", "ok").await, expired + 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_page_shown_again_leaves_the_one_being_filled_in_valid() {
+    on_each_workstation(|w| async move {
+        // A second tab on the sign-in page, or another page sent there while the first is being
+        // filled in: both forms carry the browser's one sign-in token.
+        let mut b = Browser::default();
+        let first = csrf_of(&b.get(&w, "/app/login").await.body);
+        let second = csrf_of(
+            &b.get(&w, "/app/login?why=signin&next=/app/board")
+                .await
+                .body,
+        );
+        assert_eq!(first, second);
+        let a = b
+            .post(
+                &w,
+                "/app/login",
+                &[
+                    ("csrf", &first),
+                    ("staff", "lead.cm"),
+                    ("password", STAFF_PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        // Signing in spends it: the next sign-in page has another.
+        let next = csrf_of(&b.get(&w, "/app/login").await.body);
+        assert_ne!(next, first);
+        // A cookie that is not one of the server's tokens is not taken up.
+        let mut odd = Browser {
+            cookies: vec![("cp_login".into(), "chosen-by-someone-else".into())],
+        };
+        let page = odd.get(&w, "/app/login").await;
+        assert_ne!(csrf_of(&page.body), "chosen-by-someone-else");
+        assert_eq!(csrf_of(&page.body).len(), 64);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_completed_on_the_board_advances_the_enrolment_on_the_patient_page() {
-    each_backend(|w| async move {
+    on_each_workstation(|w| async move {
         let enrolment = w.enrolled("P-BOARD", "clinic_a", 0).await;
         let (mut b, csrf) = Browser::signed_in(&w, "clinic_a.cm").await;
         let board = b.get(&w, "/app/board").await;
@@ -647,7 +581,7 @@ async fn a_task_completed_on_the_board_advances_the_enrolment_on_the_patient_pag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_down_lists_exactly_what_the_figure_counts() {
-    each_backend(|w| async move {
+    on_each_workstation(|w| async move {
         // Weekly calls fallen due over the last weeks; two of them done, one late.
         for (i, days) in [20, 16, 12, 10, 9, 3].iter().enumerate() {
             w.enrolled(&format!("P-KPI-{i}"), "lead", *days).await;
@@ -815,7 +749,7 @@ fn multipart(fields: &[(&str, &str)], file: (&str, &str)) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_pathway_upload_shows_its_diagnostics_where_the_api_does() {
-    each_backend(|w| async move {
+    on_each_workstation(|w| async move {
         let (mut b, csrf) = Browser::signed_in(&w, "lead.informaticist").await;
         let list = b.get(&w, "/app/pathways").await;
         assert!(list.body.contains(r#"data-pathway="wound_care""#));
@@ -903,7 +837,7 @@ async fn a_broken_pathway_upload_shows_its_diagnostics_where_the_api_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_switch_language_and_serve_their_assets() {
-    each_backend(|w| async move {
+    on_each_workstation(|w| async move {
         let mut b = Browser::default();
         let login = b.get(&w, "/app/login").await;
         assert!(login.body.contains(r#"<html lang="zh-CN""#));
@@ -921,6 +855,10 @@ async fn pages_switch_language_and_serve_their_assets() {
         assert!(js.body.starts_with("/*! htmx.org"));
         let css = b.get(&w, "/app/static/app.css").await;
         assert!(css.body.contains(":focus-visible"));
+        // The icon browsers ask the origin for on their own.
+        let icon = b.get(&w, "/favicon.ico").await;
+        assert_eq!(icon.status, StatusCode::OK);
+        assert!(icon.body.as_bytes().starts_with(&[0, 0, 1, 0]), "an icon");
         // Not signed in: every page leads to the sign-in form.
         let a = b.get(&w, "/app/patients/P-1").await;
         assert_eq!(a.status, StatusCode::SEE_OTHER);

@@ -266,6 +266,7 @@ pub(crate) async fn switch_lang(
 
 const HTMX: &[u8] = include_bytes!("../../static/htmx.min.js");
 const CSS: &[u8] = include_bytes!("../../static/app.css");
+const FAVICON: &[u8] = include_bytes!("../../static/favicon.ico");
 
 fn asset(body: &'static [u8], ctype: &'static str) -> Response {
     let mut res = body.into_response();
@@ -289,6 +290,10 @@ pub(crate) async fn htmx() -> Response {
 
 pub(crate) async fn css() -> Response {
     asset(CSS, "text/css; charset=utf-8")
+}
+
+pub(crate) async fn favicon() -> Response {
+    asset(FAVICON, "image/x-icon")
 }
 
 /// The start page: the first page of the navigation the role may open; a role with none of them

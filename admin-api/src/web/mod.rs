@@ -38,6 +38,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/app/lang", get(layout::switch_lang))
         .route("/app/static/htmx.min.js", get(layout::htmx))
         .route("/app/static/app.css", get(layout::css))
+        // Browsers ask for it at the root of the origin on their own.
+        .route("/favicon.ico", get(layout::favicon))
         .route("/app/board", get(board::board))
         .route("/app/board/rows", get(board::board_rows))
         .route("/app/tasks/{id}/{action}", post(board::act))

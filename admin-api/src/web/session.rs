@@ -22,7 +22,8 @@ use crate::{ApiError, AppState, Call};
 
 /// The session cookie: a random token whose SHA-256 is the session's key.
 pub(crate) const SESSION_COOKIE: &str = "cp_session";
-/// The sign-in form's own CSRF token (double submit: the cookie and the form field must match).
+/// The sign-in form's own CSRF token (double submit: the cookie and the form field must match),
+/// one per browser until it signs in.
 const LOGIN_COOKIE: &str = "cp_login";
 
 /// Roles that must give a second factor (MLPS level 3 asks for two for privileged accounts).
@@ -87,6 +88,13 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
 
 fn random_token() -> Result<String, ApiError> {
     Ok(hex::encode(random_bytes::<32>()?))
+}
+
+/// Whether `s` has the shape of a [`random_token`].
+fn is_token(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// An argon2id hash of `password` as a PHC string.
@@ -393,9 +401,13 @@ impl FromRequestParts<AppState> for Staff {
                 return Err(to_login("expired"));
             }
         }
-        sign_in::touch_session(&s.pool, &token, now)
-            .await
-            .map_err(|e| layout::error_page(lang, None, e.into()))?;
+        // The board's refresh in the background is not use: a board left open on an unattended
+        // screen ends its session like any other page.
+        if !htmx {
+            sign_in::touch_session(&s.pool, &token, now)
+                .await
+                .map_err(|e| layout::error_page(lang, None, e.into()))?;
+        }
         if let Some(slot) = parts.extensions.get::<CallerSlot>() {
             slot.set(&session.caller);
         }
@@ -430,7 +442,12 @@ pub(crate) async fn login_page(
     axum::extract::Query(q): axum::extract::Query<LoginQuery>,
 ) -> Result<Response, Response> {
     let lang = layout::lang_of(&headers);
-    let token = random_token().map_err(|e| layout::error_page(lang, None, e))?;
+    // One sign-in token per browser until it signs in: a second sign-in page (another tab, or a
+    // page sent here while this one is being filled in) must not void the form already shown.
+    let token = match cookie(&headers, LOGIN_COOKIE).filter(|t| is_token(t)) {
+        Some(t) => t.to_string(),
+        None => random_token().map_err(|e| layout::error_page(lang, None, e))?,
+    };
     let note = match q.why.as_deref() {
         Some("expired") => Some(lang.t(
             "会话已因长时间未操作而结束，请重新登录。",
@@ -700,6 +717,15 @@ mod tests {
         }
         assert!(!totp_ok(&secret, "12345", now));
         assert!(!totp_ok(&secret, "abcdef", now));
+    }
+
+    #[test]
+    fn only_tokens_of_the_servers_shape_are_taken_up() {
+        let t = random_token().expect("token");
+        assert!(is_token(&t));
+        assert!(!is_token(&t.to_uppercase()));
+        assert!(!is_token(&t[1..]));
+        assert!(!is_token("chosen-by-someone-else"));
     }
 
     #[test]
