@@ -774,6 +774,7 @@ const WORKSTATION_START: i64 = 1_795_392_000;
 const WORKSTATION_STAFF: &[(&str, &str, &str)] = &[
     ("lead.cm", "lead", "case_manager"),
     ("lead.admin", "lead", "admin"),
+    ("lead.auditor", "lead", "auditor"),
     ("lead.informaticist", "lead", "informaticist"),
     ("clinic_a.cm", "clinic_a", "case_manager"),
     ("clinic_b.nurse", "clinic_b", "nurse"),
@@ -815,7 +816,7 @@ states:
 
 /// The admin API and workstation over a fresh database of one backend, with the test pathways
 /// (wound care, heart check, fall check) published, the demo alliance, staff who sign in with
-/// [`STAFF_PASSWORD`] (`lead.admin` also with a code of [`ADMIN_TOTP_SECRET`]) and whose bearer
+/// [`STAFF_PASSWORD`] (`lead.admin` and `lead.auditor` also with a code of [`ADMIN_TOTP_SECRET`]) and whose bearer
 /// token is `tok-<id>`, and a clock that moves only when told.
 pub(crate) struct Workstation {
     pub pool: Pool,
@@ -859,14 +860,11 @@ impl Workstation {
                     .expect("password")
             );
         }
-        set_credential(
-            &pool,
-            "lead.admin",
-            Credential::Totp(ADMIN_TOTP_SECRET),
-            now,
-        )
-        .await
-        .expect("totp");
+        for id in ["lead.admin", "lead.auditor"] {
+            set_credential(&pool, id, Credential::Totp(ADMIN_TOTP_SECRET), now)
+                .await
+                .expect("totp");
+        }
         let clock = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(WORKSTATION_START));
         let c = clock.clone();
         let mut state = carepath_admin_api::AppState::new(pool.clone(), programs.clone());

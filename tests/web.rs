@@ -871,3 +871,95 @@ async fn pages_switch_language_and_serve_their_assets() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_searches_the_institutions_record_and_verifies_it() {
+    on_each_workstation(|w| async move {
+        let enrolment = w.enrolled("P-AUD-1", "lead", 0).await;
+        w.enrolled("P-AUD-2", "lead", 0).await;
+        let elsewhere = w.enrolled("P-AUD-3", "clinic_a", 0).await;
+        // Staff read records: the lead's case manager one patient's, a clinic's another's.
+        w.api("lead.cm", &format!("/enrolments/{enrolment}/timeline"))
+            .await;
+        w.api("clinic_a.cm", &format!("/enrolments/{elsewhere}/timeline"))
+            .await;
+
+        // The auditor signs in with the second factor and lands on the audit page.
+        let mut b = Browser::default();
+        let step = (w.now().as_second() / 30) as u64;
+        let code = carepath_admin_api::web::totp_at(b"12345678901234567890", step, 6);
+        let a = b.sign_in(&w, "lead.auditor", STAFF_PASSWORD, &code).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        let home = b.get(&w, "/app/").await;
+        assert_eq!(home.location.as_deref(), Some("/app/audit"));
+
+        // Who touched P-AUD-1: exactly the lead's entries naming the patient, newest first.
+        let want: Vec<String> = support::rows(
+            &w.pool,
+            "SELECT CAST(id AS TEXT) FROM audit_log WHERE institution_id = 'lead' \
+             AND patients LIKE '%\"P-AUD-1\"%'",
+            1,
+        )
+        .await;
+        let page = b.get(&w, "/app/audit?patient=P-AUD-1").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let ids = attrs(&page.body, "audit-row", "id");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, want, "the rows the filter selects");
+        let numbers: Vec<i64> = ids.iter().map(|i| i.parse().expect("an id")).collect();
+        assert!(
+            numbers.windows(2).all(|p| p[0] > p[1]),
+            "newest first: {numbers:?}"
+        );
+        let pairs: Vec<(String, String)> = attrs(&page.body, "audit-row", "actor")
+            .into_iter()
+            .zip(attrs(&page.body, "audit-row", "action"))
+            .collect();
+        assert!(
+            pairs.contains(&("lead.cm".into(), "enrolment.timeline".into())),
+            "{pairs:?}"
+        );
+        // The search is in the record, with the patient it asked about.
+        let searched = scalar(
+            &w.pool,
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'audit.search' \
+             AND actor = 'lead.auditor' AND patients LIKE '%\"P-AUD-1\"%'",
+        )
+        .await;
+        assert_eq!(searched, 1);
+
+        // By staff member and by a family of actions; never another institution's entries.
+        let page = b
+            .get(&w, "/app/audit?actor=lead.cm&action=enrolment.")
+            .await;
+        let actions = attrs(&page.body, "audit-row", "action");
+        assert!(!actions.is_empty());
+        assert!(
+            actions.iter().all(|a| a.starts_with("enrolment.")),
+            "{actions:?}"
+        );
+        assert!(
+            attrs(&page.body, "audit-row", "actor")
+                .iter()
+                .all(|a| a == "lead.cm")
+        );
+        let all = b.get(&w, "/app/audit").await;
+        let actors = attrs(&all.body, "audit-row", "actor");
+        assert!(!actors.is_empty());
+        assert!(
+            !actors.iter().any(|a| a.starts_with("clinic_a.")),
+            "{actors:?}"
+        );
+
+        // Verification on request, as GET /audit/verify does it.
+        let page = b.get(&w, "/app/audit?verify=1").await;
+        assert_eq!(attrs(&page.body, "verify-result", "valid"), ["true"]);
+
+        // A case manager has no audit page.
+        let (mut cm, _) = Browser::signed_in(&w, "lead.cm").await;
+        let a = cm.get(&w, "/app/audit").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+    })
+    .await;
+}

@@ -429,29 +429,6 @@ fn register_facts(e: &mut Engine) {
     e.register_fn("to_float", |x: f64| x);
 }
 
-/// Compares real numbers as the language says: exactly (Rhai's own float comparisons allow a
-/// relative epsilon), and false whenever either side is missing (NaN), `!=` included — Rhai's own
-/// find `NaN >= 0.0` true. The same rules as reading conditions (`carepath_dsl::condition`). Rhai
-/// resolves operators on its standard types by its built-ins first unless fast operators are off.
-fn register_comparisons(e: &mut Engine) {
-    e.set_fast_operators(false);
-    macro_rules! compare {
-        ($($op:literal => $f:expr),*) => {$(
-            e.register_fn($op, |x: f64, y: f64| -> bool { $f(x, y) });
-            e.register_fn($op, |x: i64, y: f64| -> bool { $f(x as f64, y) });
-            e.register_fn($op, |x: f64, y: i64| -> bool { $f(x, y as f64) });
-        )*};
-    }
-    compare!(
-        "==" => |x: f64, y: f64| x == y,
-        "!=" => |x: f64, y: f64| x != y && !x.is_nan() && !y.is_nan(),
-        "<" => |x: f64, y: f64| x < y,
-        "<=" => |x: f64, y: f64| x <= y,
-        ">" => |x: f64, y: f64| x > y,
-        ">=" => |x: f64, y: f64| x >= y
-    );
-}
-
 /// The sandboxed engine shared by every pathway.
 pub fn engine() -> Engine {
     let mut e = Engine::new_raw();
@@ -459,7 +436,7 @@ pub fn engine() -> Engine {
     e.register_global_module(LogicPackage::new().as_shared_module());
     e.register_global_module(BasicMathPackage::new().as_shared_module());
     e.set_optimization_level(OptimizationLevel::Simple);
-    register_comparisons(&mut e);
+    carepath_dsl::condition::register_real_comparisons(&mut e);
     e.set_strict_variables(true);
     e.set_max_operations(50_000);
     e.set_max_call_levels(8);

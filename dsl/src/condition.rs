@@ -23,6 +23,31 @@ pub const ALLOWED: &str = "a reading condition may use the reading's values by n
 and the functions abs, min, max (of two numbers), floor, ceiling, round, sqrt and is_nan; an alarm may also read \
 the lowest or highest value of a kind over a recent window, `min(\"weight\", \"3d\")`, `max(\"weight\", \"3d\")`";
 
+/// Makes Rhai compare real numbers as the language says, in guards as in reading conditions:
+/// exactly (Rhai's own float comparisons allow a relative epsilon), and false whenever either
+/// side is missing (NaN), `!=` included — Rhai's own find `NaN >= 0.0` true. Rhai resolves
+/// operators on its standard types by its built-ins first unless fast operators are off, so this
+/// turns them off. The guard sandbox runs with it, and the evaluator's tests take Rhai with it as
+/// their reference.
+pub fn register_real_comparisons(e: &mut rhai::Engine) {
+    e.set_fast_operators(false);
+    macro_rules! compare {
+        ($($op:literal => $f:expr),*) => {$(
+            e.register_fn($op, |x: f64, y: f64| -> bool { $f(x, y) });
+            e.register_fn($op, |x: i64, y: f64| -> bool { $f(x as f64, y) });
+            e.register_fn($op, |x: f64, y: i64| -> bool { $f(x, y as f64) });
+        )*};
+    }
+    compare!(
+        "==" => |x: f64, y: f64| x == y,
+        "!=" => |x: f64, y: f64| Cmp::Ne.test(x, y),
+        "<" => |x: f64, y: f64| x < y,
+        "<=" => |x: f64, y: f64| x <= y,
+        ">" => |x: f64, y: f64| x > y,
+        ">=" => |x: f64, y: f64| x >= y
+    );
+}
+
 /// The readings an alarm condition's window functions look back over.
 pub trait Window {
     /// The lowest (or, with `highest`, the highest) value of `slot` among the readings of the

@@ -28,23 +28,7 @@ fn reference() -> Engine {
     e.register_global_module(ArithmeticPackage::new().as_shared_module());
     e.register_global_module(LogicPackage::new().as_shared_module());
     e.register_global_module(BasicMathPackage::new().as_shared_module());
-    // Registered functions are looked up before the built-in operators only without this.
-    e.set_fast_operators(false);
-    macro_rules! compare {
-        ($($op:literal => $f:expr),*) => {$(
-            e.register_fn($op, |x: f64, y: f64| $f(x, y));
-            e.register_fn($op, |x: i64, y: f64| $f(x as f64, y));
-            e.register_fn($op, |x: f64, y: i64| $f(x, y as f64));
-        )*};
-    }
-    compare!(
-        "==" => |x: f64, y: f64| x == y,
-        "!=" => |x: f64, y: f64| x != y && !x.is_nan() && !y.is_nan(),
-        "<" => |x: f64, y: f64| x < y,
-        "<=" => |x: f64, y: f64| x <= y,
-        ">" => |x: f64, y: f64| x > y,
-        ">=" => |x: f64, y: f64| x >= y
-    );
+    crate::condition::register_real_comparisons(&mut e);
     fn nan_or(x: f64, y: f64, pick: bool) -> f64 {
         if x.is_nan() || y.is_nan() {
             f64::NAN
