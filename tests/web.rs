@@ -960,6 +960,15 @@ async fn the_auditor_searches_the_institutions_record_and_verifies_it() {
         let (mut cm, _) = Browser::signed_in(&w, "lead.cm").await;
         let a = cm.get(&w, "/app/audit").await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+        // Redirects (the start page, a sign-in) are requests served, not failures: nothing above
+        // failed, so the record holds no `error`.
+        let errors = scalar(
+            &w.pool,
+            "SELECT COUNT(*) FROM audit_log WHERE outcome = 'error'",
+        )
+        .await;
+        assert_eq!(errors, 0);
     })
     .await;
 }

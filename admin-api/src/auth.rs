@@ -153,10 +153,11 @@ impl CallerSlot {
     }
 }
 
-/// The audit record's word for how a request ended.
+/// The audit record's word for how a request ended: a redirect (a workstation form answered with
+/// the page to show next, a page sending its reader elsewhere) ended as asked.
 fn outcome(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        200..=299 => "ok",
+        200..=399 => "ok",
         403 => "denied",
         404 => "not_found",
         409 => "conflict",
@@ -208,7 +209,8 @@ pub(crate) async fn audit_outcomes(
         .as_deref()
         .and_then(|r| crate::routes::find(&method, r))
         .is_some_and(|r| r.record == Record::Layer);
-    if status.is_success() && !configuration {
+    // A redirect is a request served: the page it sends its reader to is another request.
+    if (status.is_success() || status.is_redirection()) && !configuration {
         return res;
     }
     let action = format!("{method} {}", route.as_deref().unwrap_or("(no route)"));
