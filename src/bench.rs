@@ -212,11 +212,20 @@ pub(crate) async fn api(
             println!("token {inst} {role} {token}");
         }
     }
+    let programs = store::load_programs(&pool).await?;
+    // The workstation's board for the role with the most open tasks of its institution.
+    if let Some((open, staff, inst, role)) = busiest_board(&pool, &tokens).await? {
+        let samples = board_render(&pool, &programs, &staff).await?;
+        println!(
+            "board_render {}",
+            serde_json::json!({"staff": staff, "institution": inst, "role": role, "open_tasks_on_board": open,
+                               "samples": samples.len(), "ms": summary_ms(&samples)})
+        );
+    }
     if !serve {
         pool.close().await;
         return Ok(());
     }
-    let programs = store::load_programs(&pool).await?;
     let app = carepath_admin_api::router(carepath_admin_api::AppState::new(pool, programs));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -226,4 +235,133 @@ pub(crate) async fn api(
     let _ = std::io::stdout().flush();
     crate::cli::serve_until_interrupted(listener, app).await?;
     Ok(())
+}
+
+/// The staff member whose board (institution and role) holds the most open tasks, among the
+/// staff the demo alliance has tokens for.
+async fn busiest_board(
+    pool: &store::Pool,
+    tokens: &[(String, String, String, String)],
+) -> anyhow::Result<Option<(i64, String, String, String)>> {
+    let mut best: Option<(i64, String, String, String)> = None;
+    for (staff, inst, role, _) in tokens {
+        if !carepath_admin_api::allowed(
+            std::slice::from_ref(role),
+            carepath_admin_api::Module::Queue,
+        ) {
+            continue;
+        }
+        let open = stats::open_tasks_on_board(pool, inst, role).await?;
+        if best.as_ref().is_none_or(|b| open > b.0) {
+            best = Some((open, staff.clone(), inst.clone(), role.clone()));
+        }
+    }
+    Ok(best)
+}
+
+/// Signs `staff` in to the workstation as a browser does (the sign-in page, its form, the session
+/// cookie) on a server of its own, then loads the task board `BOARD_SAMPLES` times: each load's
+/// time in milliseconds, request to last byte, on localhost.
+async fn board_render(
+    pool: &store::Pool,
+    programs: &Programs,
+    staff: &str,
+) -> anyhow::Result<Vec<f64>> {
+    const BOARD_SAMPLES: usize = 30;
+    let password = format!("bench-{}", std::process::id());
+    let hash = carepath_admin_api::web::hash_password(&password).map_err(anyhow::Error::msg)?;
+    store::sign_in::set_credential(
+        pool,
+        staff,
+        store::sign_in::Credential::Password(&hash),
+        Timestamp::now(),
+    )
+    .await?;
+    let app = carepath_admin_api::router(carepath_admin_api::AppState::new(
+        pool.clone(),
+        programs.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(carepath_admin_api::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut cookies: Vec<(String, String)> = Vec::new();
+    let keep = |res: &reqwest::Response, cookies: &mut Vec<(String, String)>| {
+        for c in res.headers().get_all(reqwest::header::SET_COOKIE) {
+            let Ok(c) = c.to_str() else { continue };
+            let kv = c.split(';').next().unwrap_or_default();
+            if let Some((k, v)) = kv.split_once('=') {
+                cookies.retain(|(n, _)| n != k);
+                cookies.push((k.to_string(), v.to_string()));
+            }
+        }
+    };
+    let header = |cookies: &[(String, String)]| {
+        cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let page = client.get(format!("{base}/app/login")).send().await?;
+    keep(&page, &mut cookies);
+    let html = page.text().await?;
+    let csrf = html
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the sign-in page carries no form token")?
+        .to_string();
+    let signed = client
+        .post(format!("{base}/app/login"))
+        .header(reqwest::header::COOKIE, header(&cookies))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("staff", staff),
+            ("password", password.as_str()),
+            ("totp", ""),
+        ])
+        .send()
+        .await?;
+    keep(&signed, &mut cookies);
+    anyhow::ensure!(
+        signed.status().is_redirection(),
+        "signing {staff} in answered {}",
+        signed.status()
+    );
+    let mut samples = Vec::with_capacity(BOARD_SAMPLES);
+    for _ in 0..BOARD_SAMPLES {
+        let started = Instant::now();
+        let res = client
+            .get(format!("{base}/app/board"))
+            .header(reqwest::header::COOKIE, header(&cookies))
+            .send()
+            .await?;
+        let status = res.status();
+        let body = res.bytes().await?;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            status.is_success() && !body.is_empty(),
+            "the board answered {status}"
+        );
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    Ok(samples)
+}
+
+/// Median, 95th percentile and largest of millisecond samples.
+fn summary_ms(samples: &[f64]) -> serde_json::Value {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        s.get(((s.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    serde_json::json!({"median": at(0.5), "p95": at(0.95), "max": s.last()})
 }

@@ -107,3 +107,49 @@ fn the_benchmark_prints_its_figures_and_cleans_up_on_each_backend() {
         bench_reports_its_figures(&b, &pathways);
     }
 }
+
+/// `carepath bench-api` builds its queue, signs the busiest board's staff member in to the
+/// workstation as a browser does, and prints the board's load times.
+#[test]
+fn the_api_benchmark_times_the_busiest_board_on_each_backend() {
+    let Some(pathways) = support::real_pathways() else {
+        return;
+    };
+    for b in support::backends() {
+        let out = support::carepath()
+            .args(["bench-api", "--tasks", "3000", "--no-serve", "--db", &b.url])
+            .arg("--pathways")
+            .arg(&pathways)
+            .output()
+            .expect("cannot run carepath bench-api");
+        let name = b.name();
+        assert!(
+            out.status.success(),
+            "{name}: bench-api failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("board_render "))
+            .unwrap_or_else(|| panic!("{name}: no board_render line in {stdout}"));
+        let v: serde_json::Value = serde_json::from_str(line).expect("board_render is JSON");
+        assert_eq!(v["samples"], 30, "{name}: {v}");
+        assert!(v["open_tasks_on_board"].as_i64() > Some(0), "{name}: {v}");
+        let median = v["ms"]["median"].as_f64().expect("a median");
+        assert!(
+            median > 0.0 && median <= v["ms"]["max"].as_f64().expect("a max"),
+            "{name}: {v}"
+        );
+        // The busiest board: no board of the alliance holds more open tasks.
+        let busiest = scalar_of(
+            &b.url,
+            "SELECT COUNT(*) FROM tasks WHERE status = 'open' GROUP BY institution_id, role ORDER BY 1 DESC LIMIT 1",
+        );
+        assert_eq!(
+            v["open_tasks_on_board"].as_i64(),
+            Some(busiest),
+            "{name}: {v}"
+        );
+    }
+}

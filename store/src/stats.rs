@@ -99,6 +99,17 @@ pub async fn open_task_count(pool: &Pool) -> Result<i64> {
     count(pool, "SELECT COUNT(*) FROM tasks WHERE status = 'open'").await
 }
 
+/// Open tasks on one board: an institution's tasks for a role.
+pub async fn open_tasks_on_board(pool: &Pool, institution: &str, role: &str) -> Result<i64> {
+    let rows = pool
+        .fetch(
+            "SELECT COUNT(*) FROM tasks WHERE institution_id = $1 AND role = $2 AND status = 'open'",
+            crate::args![institution, role],
+        )
+        .await?;
+    Ok(rows.first().map_or(0, |r| r.i64(0)))
+}
+
 /// Refreshes PostgreSQL's planner statistics after a bulk load (SQLite needs none here).
 pub async fn analyze(pool: &Pool) -> Result<()> {
     if pool.is_postgres() {
