@@ -412,12 +412,12 @@ fn register_facts(e: &mut Engine) {
     });
     e.register_fn("goal_met", |goal: &str| -> bool {
         let v = with_ctx(
-            |c| {
-                c.facts.goals_met.iter().any(|g| g == goal)
-                    || c.goals
-                        .iter()
-                        .find(|g| g.spec.id == goal)
-                        .is_some_and(|g| goal_holds(g, c))
+            // As of the instant being stepped, from the facts as of then, like every other guard
+            // function: a status stored by a later pass must not decide an earlier instant. Only
+            // a goal the pathway version does not hold falls back to its stored status.
+            |c| match c.goals.iter().find(|g| g.spec.id == goal) {
+                Some(g) => goal_holds(g, c),
+                None => c.facts.goals_met.iter().any(|g| g == goal),
             },
             false,
         );
@@ -741,6 +741,37 @@ mod tests {
                 .any(|c| c.contains("latest(\"bp_systolic\") = 150")),
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn goal_met_reads_the_facts_as_of_the_instant_not_a_stored_status() {
+        let src = "pathway: t\nversion: 1\ntitle: t\nowner_role: case_manager\nroles: [case_manager]\nentry_points: [{ id: e, state: a }]\nstates:\n  - id: a\n    phase: follow_up\n    on_enter:\n      - goal: { id: bp, title: t, observation: bp_systolic, reading: \"value < 140\", at_least: 0.8, over: 28d }\n    transitions: [{ when: 'goal_met(\"bp\")', to: b }]\n  - { id: b, phase: closed, terminal: true }\n";
+        let p = carepath_dsl::compile_yaml(
+            "t.yaml",
+            src.as_bytes(),
+            std::path::Path::new("."),
+            &carepath_dsl::FsLoader,
+        )
+        .pathway
+        .expect("compiles");
+        let c = CompiledExprs::compile(Arc::new(engine()), &p).unwrap();
+        let guard = p.states[0].transitions[0].guard.clone().unwrap();
+        let eval = |context: EvalContext| {
+            with_context(context, || c.eval_bool(&guard, &BTreeMap::new()))
+                .unwrap()
+                .0
+        };
+        // The only reading, 150, is off target as of now; a status stored by a later pass says
+        // the goal is met. The instant's own facts decide.
+        let mut context = ctx();
+        context.goals = c.goals();
+        context.facts.goals_met.push("bp".into());
+        assert!(!eval(context));
+        // On target as of now: met, whatever was stored.
+        let mut context = ctx();
+        context.goals = c.goals();
+        context.facts.observations[0].value = 120.0;
+        assert!(eval(context));
     }
 
     #[test]
