@@ -145,11 +145,13 @@ fn a_pass_killed_at_random_points_ends_exactly_like_an_uninterrupted_one() {
     let mut mid_pass = 0;
     let mut log = Vec::new();
     let mut due = due_at_start;
-    // Kills land within the first quarter of an uninterrupted pass's time, so that most runs are
-    // still running when killed however fast the build is.
-    let max_wait =
-        (reference_took / 4).clamp(Duration::from_millis(200), Duration::from_millis(1_500));
     for _ in 0..KILLS {
+        // A kill lands within the first half of the time an uninterrupted pass would take over
+        // what is still due, so that most runs are still running when killed however fast the
+        // build is and however much earlier runs got done.
+        let remaining = reference_took.mul_f64(due.max(1) as f64 / due_at_start as f64);
+        let max_wait =
+            (remaining / 2).clamp(Duration::from_millis(100), Duration::from_millis(1_500));
         let wait = Duration::from_millis(50 + rng.below(max_wait.as_millis() as u64 - 49));
         let mut child = spawn_run(&original.url, 100);
         std::thread::sleep(wait);
