@@ -270,7 +270,7 @@ async fn rows_of(pool: &Pool) -> Snapshot {
         ),
         (
             "alarm_tasks",
-            "SELECT e.dedupe_key FROM alarm_episodes e JOIN alarm_rules r ON r.id = e.rule_id WHERE r.spec NOT LIKE '%no_reading%'",
+            "SELECT e.dedupe_key FROM alarm_episodes e JOIN alarm_rules r ON r.id = e.rule_id JOIN record_parts p ON p.dedupe_key = r.spec WHERE p.body NOT LIKE '%no_reading%'",
             1,
         ),
         (

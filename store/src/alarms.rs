@@ -53,7 +53,17 @@ struct ArmedRule {
 }
 
 impl ArmedRule {
-    const COLUMNS: &'static str = "a.id, a.enrolment_id, e.patient_id, e.institution_id, e.state_seq, a.spec, a.state, a.created_at";
+    /// The columns [`ArmedRule::from_row`] reads from `alarm_rules a JOIN enrolments e`, and the
+    /// join that reads the rule's spec from its record part.
+    fn columns() -> (String, String) {
+        let (spec, join) = crate::writer::part_column("a", "spec");
+        (
+            format!(
+                "a.id, a.enrolment_id, e.patient_id, e.institution_id, e.state_seq, {spec}, a.state, a.created_at"
+            ),
+            join,
+        )
+    }
 
     fn from_row(r: &crate::Row) -> ArmedRule {
         ArmedRule {
@@ -94,12 +104,12 @@ pub(crate) async fn judge_readings(
     } else {
         ""
     };
+    let (columns, spec) = ArmedRule::columns();
     let rows = tx
         .fetch(
             &format!(
-                "SELECT {} FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id \
-                 WHERE e.patient_id = $1 AND e.status = 'active' AND a.active = 1 ORDER BY a.id{lock}",
-                ArmedRule::COLUMNS
+                "SELECT {columns} FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id {spec} \
+                 WHERE e.patient_id = $1 AND e.status = 'active' AND a.active = 1 ORDER BY a.id{lock}"
             ),
             args![patient],
         )
@@ -324,13 +334,13 @@ pub async fn silence_sweep(pool: &Pool, now: Timestamp) -> Result<AlarmChanges> 
         } else {
             ""
         };
+        let (columns, spec) = ArmedRule::columns();
         let rows = tx
             .fetch(
                 &format!(
-                    "SELECT {}, a.due_at FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id \
+                    "SELECT {columns}, a.due_at FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id {spec} \
                      WHERE a.active = 1 AND a.due_at IS NOT NULL AND a.due_at <= $1 AND e.status = 'active' \
-                     ORDER BY a.due_at, a.id LIMIT $2{lock}",
-                    ArmedRule::COLUMNS
+                     ORDER BY a.due_at, a.id LIMIT $2{lock}"
                 ),
                 args![now.as_second(), SWEEP_BATCH],
             )

@@ -823,10 +823,13 @@ pub async fn course(
             last_error: r.opt_text(6),
         })
         .collect();
+    let (spec, spec_part) = crate::writer::part_column("a", "spec");
     let alarm_rules = pool
         .fetch(
-            "SELECT a.enrolment_id, a.alarm_id, a.spec FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id \
-             WHERE e.patient_id = $1 AND a.active = 1 ORDER BY a.enrolment_id, a.alarm_id",
+            &format!(
+                "SELECT a.enrolment_id, a.alarm_id, {spec} FROM alarm_rules a JOIN enrolments e ON e.id = a.enrolment_id {spec_part} \
+                 WHERE e.patient_id = $1 AND a.active = 1 ORDER BY a.enrolment_id, a.alarm_id"
+            ),
             args![id],
         )
         .await?

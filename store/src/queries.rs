@@ -896,36 +896,29 @@ pub async fn timeline(
             args![enrolment],
         )
         .await?;
-    let mut entries: Vec<(i64, TimelineEntry)> = Vec::with_capacity(rows.len());
+    // Each entry, and whether it is an action a step row holds in its stored form.
+    let mut entries: Vec<(i64, TimelineEntry, bool)> = Vec::with_capacity(rows.len());
     for r in &rows {
         let (at, kind) = (r.i64(0), r.text(1));
         let detail = serde_json::from_str::<Value>(&r.text(2)).unwrap_or(Value::Null);
-        if kind == super::writer::STEP_KIND {
-            for (at, kind, detail) in super::writer::expand_step(at, &detail) {
-                entries.push((
-                    at,
-                    TimelineEntry {
-                        at: super::ts(at).to_string(),
-                        kind,
-                        detail,
-                    },
-                ));
-            }
-            continue;
-        }
-        entries.push((
-            at,
-            TimelineEntry {
+        let expanded = if kind == super::writer::STEP_KIND {
+            super::writer::expand_step(at, &detail)
+        } else {
+            vec![(at, kind, detail, false)]
+        };
+        for (at, kind, detail, made) in expanded {
+            let entry = TimelineEntry {
                 at: super::ts(at).to_string(),
                 kind,
                 detail,
-            },
-        ));
+            };
+            entries.push((at, entry, made));
+        }
     }
     // Large fields of made actions are stored once as record parts; put them back.
     let mut hashes: Vec<String> = entries
         .iter()
-        .flat_map(|(_, e)| super::writer::part_refs(&e.detail))
+        .flat_map(|(_, e, _)| super::writer::part_refs(&e.detail))
         .map(str::to_string)
         .collect();
     hashes.sort();
@@ -943,12 +936,15 @@ pub async fn timeline(
             parts.insert(r.text(0), body);
         }
     }
-    for (_, e) in &mut entries {
+    for (_, e, made) in &mut entries {
         super::writer::fill_parts(&mut e.detail, &parts);
+        if *made && let Some(kind) = super::writer::restore_made(&mut e.detail) {
+            e.kind = kind.to_string();
+        }
     }
     // Actions made in a catch-up carry their own instants, earlier than their step's row.
-    entries.sort_by_key(|(at, _)| *at);
-    let entries: Vec<TimelineEntry> = entries.into_iter().map(|(_, e)| e).collect();
+    entries.sort_by_key(|(at, _, _)| *at);
+    let entries: Vec<TimelineEntry> = entries.into_iter().map(|(_, e, _)| e).collect();
     // Audit before returning the data: a read that cannot be audited is not served.
     let mut tx = pool.begin().await?;
     caller

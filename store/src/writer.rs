@@ -104,7 +104,6 @@ const PART_MIN_BYTES: usize = 48;
 /// of the SHA-256 of its text, in hex). Steps repeat the same few hundred such parts millions of
 /// times; the record keeps each once ([`fill_parts`] puts them back).
 fn part_out(detail: serde_json::Value, parts: &mut BTreeMap<String, String>) -> serde_json::Value {
-    use sha2::Digest as _;
     let serde_json::Value::Object(fields) = detail else {
         return detail;
     };
@@ -118,13 +117,31 @@ fn part_out(detail: serde_json::Value, parts: &mut BTreeMap<String, String>) -> 
             if text.len() < PART_MIN_BYTES {
                 return (k, v);
             }
-            let digest = sha2::Sha256::digest(text.as_bytes());
-            let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-            parts.entry(hash.clone()).or_insert(text);
-            (k, json!({ PART_REF: hash }))
+            (k, json!({ PART_REF: put_part(text, parts) }))
         })
         .collect();
     serde_json::Value::Object(fields)
+}
+
+/// Puts `text` in `parts` under its hash (the first 128 bits of its SHA-256, in hex) and returns
+/// the hash.
+fn put_part(text: String, parts: &mut BTreeMap<String, String>) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    parts.entry(hash.clone()).or_insert(text);
+    hash
+}
+
+/// A column that holds a record part's hash in place of its text (an armed alarm rule's spec):
+/// the SQL expression of the text, and the join that reads it, for a row of `alias`. A row
+/// written before the column held parts holds the text itself, which the expression reads as is.
+pub(crate) fn part_column(alias: &str, column: &str) -> (String, String) {
+    let part = format!("{alias}_{column}_part");
+    (
+        format!("COALESCE({part}.body, {alias}.{column})"),
+        format!("LEFT JOIN record_parts {part} ON {part}.dedupe_key = {alias}.{column}"),
+    )
 }
 
 /// The key under which a stored detail names a record part.
@@ -159,13 +176,15 @@ pub(crate) fn fill_parts(
     }
 }
 
-/// The timeline entries one stored step row stands for, in order: each action it made, under
-/// the action's kind and instant, then its trace (kind `trace`, at the step's instant).
+/// The timeline entries one stored step row stands for, in order: each action it made, at its
+/// instant (the step's unless stored), then its trace (kind `trace`, at the step's instant). An
+/// action comes as stored (`made` true): its kind and its empty fields are [`restore_made`]'s to
+/// put back once its parts are filled in.
 pub(crate) fn expand_step(
     at: i64,
     detail: &serde_json::Value,
-) -> Vec<(i64, String, serde_json::Value)> {
-    let mut out: Vec<(i64, String, serde_json::Value)> = detail["made"]
+) -> Vec<(i64, String, serde_json::Value, bool)> {
+    let mut out: Vec<(i64, String, serde_json::Value, bool)> = detail["made"]
         .as_array()
         .map(|made| {
             made.iter()
@@ -174,15 +193,37 @@ pub(crate) fn expand_step(
                         m["at"].as_i64().unwrap_or(at),
                         m["kind"].as_str().unwrap_or_default().to_string(),
                         m["detail"].clone(),
+                        true,
                     )
                 })
                 .collect()
         })
         .unwrap_or_default();
     if let Some(trace) = detail.get("trace") {
-        out.push((at, "trace".into(), trace.clone()));
+        out.push((at, "trace".into(), trace.clone(), false));
     }
     out
+}
+
+/// A made action's detail as it was made, from its stored form (its parts filled in): read back
+/// as the action and written out again, which restores the fields stored empty by leaving them
+/// out. Returns the action's kind, or `None` (the detail left as stored) for a detail that is not
+/// an action.
+pub(crate) fn restore_made(detail: &mut serde_json::Value) -> Option<&'static str> {
+    let action: Produced = serde_json::from_value(detail.clone()).ok()?;
+    *detail = serde_json::to_value(&action).ok()?;
+    Some(action.kind())
+}
+
+/// The stored form of a made action: its detail without empty (null) fields, its large fields
+/// as record parts. The step's row leaves out its kind and, when it is the step's, its instant
+/// ([`RowBuffer::step`]); [`restore_made`] puts all of it back.
+fn stored_made(action: &Produced, parts: &mut BTreeMap<String, String>) -> serde_json::Value {
+    let mut detail = serde_json::to_value(action).unwrap_or_default();
+    if let Some(fields) = detail.as_object_mut() {
+        fields.retain(|_, v| !v.is_null());
+    }
+    part_out(detail, parts)
 }
 
 #[derive(Default)]
@@ -416,6 +457,11 @@ impl RowBuffer {
                     .as_ref()
                     .filter(|_| active)
                     .map(|n| at + n.after.nominal_seconds());
+                // The rule's spec is the record part its step's row names too.
+                let spec = put_part(
+                    serde_json::to_value(alarm).unwrap_or_default().to_string(),
+                    &mut self.parts,
+                );
                 self.push(
                     "alarm_rules",
                     vec![
@@ -423,7 +469,7 @@ impl RowBuffer {
                         Arg::I(e),
                         Arg::I(seq),
                         Arg::T(alarm.id.clone()),
-                        Arg::T(serde_json::to_string(alarm).unwrap_or_default()),
+                        Arg::T(spec),
                         Arg::T(scope.into()),
                         Arg::I(i64::from(active)),
                         Arg::I(at),
@@ -507,27 +553,26 @@ impl RowBuffer {
             Produced::Cancel { .. } => {}
         }
         match &a.action {
-            // A note lives only in the record, under its own key.
-            Produced::Note { .. } => self.record(
-                Some(a.key.clone()),
-                &d.patient_id,
-                e,
-                at,
-                a.action.kind(),
-                serde_json::to_string(&a.action).unwrap_or_default(),
-            ),
-            // The rest is recorded in its step's one row, its large fields as record parts.
-            action => {
+            // A note lives only in the record, under its own key; its text is a record part.
+            Produced::Note { .. } => {
                 let detail = part_out(
-                    serde_json::to_value(action).unwrap_or_default(),
+                    serde_json::to_value(&a.action).unwrap_or_default(),
                     &mut self.parts,
                 );
-                self.made.push(json!({
-                    "key": a.key,
-                    "at": at,
-                    "kind": action.kind(),
-                    "detail": detail,
-                }));
+                self.record(
+                    Some(a.key.clone()),
+                    &d.patient_id,
+                    e,
+                    at,
+                    a.action.kind(),
+                    detail.to_string(),
+                )
+            }
+            // The rest is recorded in its step's one row, compactly (`stored_made`).
+            action => {
+                let detail = stored_made(action, &mut self.parts);
+                self.made
+                    .push(json!({ "key": a.key, "at": at, "detail": detail }));
             }
         }
     }
@@ -538,9 +583,15 @@ impl RowBuffer {
     /// transition. The timeline reads it back as one entry per action and one for the trace
     /// ([`expand_step`]).
     pub fn step(&mut self, d: &DueEnrolment, key: String, at: i64, moved: bool, trace: &[String]) {
-        let made = std::mem::take(&mut self.made);
+        let mut made = std::mem::take(&mut self.made);
         if made.is_empty() && (!moved || trace.is_empty()) {
             return;
+        }
+        // Most actions are made at their step's instant: the row's own `at` says it for them.
+        for m in &mut made {
+            if let Some(fields) = m.as_object_mut().filter(|f| f["at"] == at) {
+                fields.remove("at");
+            }
         }
         let mut detail = serde_json::Map::new();
         if !made.is_empty() {
@@ -698,8 +749,49 @@ async fn insert_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{TABLES, fill, fill_parts, part_out, part_refs};
+    use super::{TABLES, fill, fill_parts, part_out, part_refs, restore_made, stored_made};
+    use crate::step::Produced;
     use serde_json::json;
+
+    #[test]
+    fn a_made_action_stored_compactly_comes_back_as_it_was_made() {
+        let title = json!({"zh": "出院后48小时内电话随访（用药、症状、体重计使用）", "en": "Call within 48 h of discharge"});
+        let actions = [
+            json!({"kind": "task", "task_ref": "call_48h", "role": "case_manager", "title": title,
+                   "due_at": "2026-03-04T09:00:00Z", "priority": "urgent", "sla": null, "keep": false}),
+            json!({"kind": "task", "task_ref": null, "role": "nurse", "title": {"zh": "x", "en": "x"},
+                   "due_at": "2026-03-04T09:00:00Z", "priority": "normal", "sla": null, "keep": true}),
+            json!({"kind": "follow_up", "follow_up_ref": null, "channels": ["wechat", "sms"],
+                   "template": "bp_reminder", "send_at": "2026-03-05T01:00:00Z", "urgent": false}),
+            json!({"kind": "note", "text": title}),
+        ];
+        for made in actions {
+            let action: Produced = serde_json::from_value(made).expect("an action");
+            let as_made = serde_json::to_value(&action).unwrap();
+            let mut parts = std::collections::BTreeMap::new();
+            let stored = stored_made(&action, &mut parts);
+            assert!(
+                stored.as_object().unwrap().values().all(|v| !v.is_null()),
+                "{stored}"
+            );
+            assert!(stored.to_string().len() <= as_made.to_string().len());
+            let by_hash = parts
+                .iter()
+                .map(|(h, b)| (h.clone(), serde_json::from_str(b).unwrap()))
+                .collect();
+            let mut back = stored;
+            fill_parts(&mut back, &by_hash);
+            assert_eq!(restore_made(&mut back), Some(action.kind()));
+            assert_eq!(back, as_made);
+        }
+        // What is not an action is left as it is.
+        let mut trace = json!(["2026-02-04T06:33:23Z: enrolled at entry point `whole`"]);
+        assert_eq!(restore_made(&mut trace), None);
+        assert_eq!(
+            trace[0],
+            "2026-02-04T06:33:23Z: enrolled at entry point `whole`"
+        );
+    }
 
     #[test]
     fn large_fields_become_parts_and_come_back() {
