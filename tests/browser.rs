@@ -857,7 +857,7 @@ async fn indicator_line_lists_hold_exactly_what_the_figures_count() {
         }
         let open: Vec<i64> = support::rows(
             &w.pool,
-            "SELECT CAST(due_at AS TEXT), CAST(id AS TEXT) FROM tasks WHERE task_ref = 'weekly_call' AND status = 'open'",
+            "SELECT CAST(due_at AS TEXT), CAST(id AS TEXT) FROM tasks WHERE task_ref = 'weekly_call' AND status = 'open' ORDER BY due_at, id",
             2,
         )
         .await
