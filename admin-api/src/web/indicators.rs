@@ -308,8 +308,8 @@ pub(crate) async fn drill_down(
         Some(n) => n.to_string(),
         None => format!("{:.1}", v.as_f64().unwrap_or(0.0)),
     };
-    let stays = list.rows.iter().any(|r| r.length_seconds.is_some());
-    let staff_rows = list.rows.iter().any(|r| r.patient_id.is_none());
+    let stays = d.is_some_and(|d| d.numerator == Quantity::StayDays);
+    let staff_rows = d.is_some_and(|d| d.denominator == Quantity::CaseManagers);
     let yes_no = |b: bool| {
         if b {
             lang.t("是", "yes")
@@ -336,6 +336,7 @@ pub(crate) async fn drill_down(
                 (lang.t("每行标明是否计入分子与分母。", "Each row is marked with the sides of the figure that count it."))
             }
         }
+        @if list.rows.is_empty() { p class="muted" data-testid="drill-empty" { (lang.t("此期间没有计入的行。", "Nothing was counted in this period.")) } }
         div class="table-wrap" { table id="drill-rows" {
             thead { tr {
                 th scope="col" { (lang.t("计入分子", "In numerator")) }
