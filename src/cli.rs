@@ -193,12 +193,12 @@ enum Command {
     /// A fresh demo database: the real pathways, an alliance with staff of every role (tokens
     /// printed), a synthetic cohort and a scheduler pass; then serves the admin API.
     Demo {
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = carepath_simulator::living::DEMO_PATIENTS)]
         patients: u64,
         /// Days of history lived before today: patients arriving, staff working their boards,
         /// questionnaires answered, readings and alarms, referrals decided, messages sent. With
         /// 0, the patients are seeded at varied stages with nothing done.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = carepath_simulator::living::DEMO_DAYS)]
         history_days: u32,
         #[arg(long, default_value = "sqlite:carepath-demo.db")]
         db: String,
@@ -1181,16 +1181,8 @@ async fn demo_history(
     seed::alliance(pool).await?;
     let tz = "Asia/Shanghai";
     let zone = jiff::tz::TimeZone::get(tz)?;
-    let options = carepath_simulator::living::Options {
-        patients,
-        days,
-        seed: 1,
-        end: now.to_zoned(zone).date(),
-        tz: tz.to_string(),
-        institutions: seed::shares(),
-        // Near the work the demo's cohort makes, so boards hold a day or two of it.
-        capacity_per_1000: 20.0,
-    };
+    let options =
+        carepath_simulator::living::Options::demo(patients, days, now.to_zoned(zone).date());
     let started = std::time::Instant::now();
     println!("living {days} day(s) of history with {patients} patient(s) ...");
     let h = carepath_simulator::living::live(pool, programs, &options, seed::home_of)

@@ -22,7 +22,7 @@ fn options(seed: u64) -> Options {
         end: jiff::civil::date(2026, 3, 2),
         tz: "Asia/Shanghai".into(),
         institutions: carepath_engine::seed::shares(),
-        capacity_per_1000: 12.0,
+        capacity: carepath_engine::seed::capacity(),
     }
 }
 
@@ -194,5 +194,62 @@ fn the_demo_history_looks_like_a_service_at_work_and_repeats_for_a_seed() {
                 assert_eq!(first, shape(&pool2).await, "{label}");
             }
         }
+    });
+}
+
+/// `carepath demo` as it runs by default: every busy board ends its history with open work, some
+/// of it overdue, and none flooded; the lead hospital's case manager's board is one of them.
+#[test]
+fn the_demo_ends_with_open_work_on_every_busy_board() {
+    support::runtime().block_on(async {
+        let o = Options::demo(
+            living::DEMO_PATIENTS,
+            living::DEMO_DAYS,
+            jiff::civil::date(2026, 3, 2),
+        );
+        let b = support::sqlite();
+        let (pool, _, _) = live(&b.url, &o).await;
+        let end = end_of(&o);
+        let boards = carepath_engine::store::stats::open_boards(
+            &pool,
+            Timestamp::from_second(end).expect("end"),
+        )
+        .await
+        .expect("boards");
+        let board = |inst: &str, role: &str| {
+            boards
+                .iter()
+                .find(|b| b.institution_id == inst && b.role == role)
+                .map_or((0, 0), |b| (b.open, b.overdue))
+        };
+        let (open, overdue) = board(carepath_engine::seed::LEAD, "case_manager");
+        assert!(
+            (3..=40).contains(&open) && overdue >= 1 && overdue < open,
+            "the lead case manager's board: {open} open, {overdue} overdue: {boards:?}"
+        );
+        // Every board that got work every day of the last four weeks ends with some of it open and
+        // none is flooded.
+        let busy = rows(
+            &pool,
+            &format!(
+                "SELECT institution_id, role FROM tasks WHERE created_at >= {} GROUP BY institution_id, role HAVING COUNT(*) >= 56",
+                end - 28 * 86_400
+            ),
+            2,
+        )
+        .await;
+        assert!(busy.len() >= 4, "{busy:?}");
+        for b in &busy {
+            let (inst, role) = b.split_once('|').expect("institution|role");
+            let (open, overdue) = board(inst, role);
+            assert!(
+                (1..=40).contains(&open) && overdue <= open,
+                "{inst} {role}: {open} open, {overdue} overdue: {boards:?}"
+            );
+        }
+        assert!(
+            boards.iter().all(|b| b.open <= 40),
+            "a flooded board: {boards:?}"
+        );
     });
 }

@@ -801,10 +801,16 @@ async fn check_builtins(
     );
 }
 
-/// Every indicator with a line list lists, for the report's month, exactly the rows the report
-/// counts: its numerator and denominator counted from the list are the report's.
+/// Every built-in indicator has a line list, and it lists, for the report's month, exactly the
+/// rows the report counts: its numerator and denominator counted from the list are the report's
+/// counts (the stays' total length to the second).
 async fn check_line_lists(c: &mut Check, pool: &Pool, j: &Value) {
+    use carepath_engine::indicators::BUILTIN;
     use carepath_engine::store::indicators::{self, LINE_LISTS, Period, Scope};
+    c.yes(
+        "every built-in indicator has a line list",
+        BUILTIN.iter().all(|d| LINE_LISTS.contains(&d.name)) && LINE_LISTS.len() == BUILTIN.len(),
+    );
     let institution = j["id"].as_str().expect("an institution id");
     let period = Period {
         from: t(FROM),
@@ -815,32 +821,54 @@ async fn check_line_lists(c: &mut Check, pool: &Pool, j: &Value) {
         institution,
         pathway: None,
     };
-    for name in LINE_LISTS {
-        let (num, den) = match *name {
-            "follow_up_rate" => ("follow_ups.patients_followed_up", "follow_ups.patients_due"),
-            "on_time_task_rate" => ("tasks.due_on_time", "tasks.due"),
-            "overdue_rate" => ("tasks.overdue", "tasks.due"),
-            "scale_completion" => ("scales.answered", "scales.pushed"),
-            "upward_accepted_in_time_rate" => (
-                "referrals.upward_accepted_in_time",
-                "referrals.upward_received",
+    for d in BUILTIN {
+        let name = d.name;
+        // Where the report keeps each count the indicator divides.
+        let (num, den) = match name {
+            "follow_up_rate" => (
+                "counts.follow_ups.patients_followed_up",
+                "counts.follow_ups.patients_due",
             ),
+            "on_time_task_rate" => ("counts.tasks.due_on_time", "counts.tasks.due"),
+            "overdue_rate" => ("counts.tasks.overdue", "counts.tasks.due"),
+            "scale_completion" => ("counts.scales.answered", "counts.scales.pushed"),
+            "referral_rate" => ("counts.referrals.sent", "counts.enrolments.active"),
+            "upward_share" => ("counts.referrals.sent_up", "counts.referrals.sent"),
+            "upward_accepted_in_time_rate" => (
+                "counts.referrals.upward_accepted_in_time",
+                "counts.referrals.upward_received",
+            ),
+            "average_length_of_stay_days" => ("counts.stays.total_seconds", "counts.stays.stays"),
+            "case_load_per_case_manager" => ("counts.enrolments.active_at_end", "case_managers"),
             other => panic!("the line list `{other}` has no counts to be checked against"),
         };
         let rows = indicators::line_list(pool, &scope, &period, name, None)
             .await
             .expect("the line list")
             .expect("an indicator with a line list");
-        let (n, d) = indicators::line_list_sides(name, &rows);
+        let counted = indicators::line_list_counts(name, &rows).expect("a built-in indicator");
+        // Stay days are compared as the seconds they are summed from.
+        let side = |q| match q {
+            carepath_engine::indicators::Quantity::StayDays => counted.stay_seconds,
+            q => counted.count(q).expect("a whole count"),
+        };
         c.int(
             &format!("{institution} {name} line list numerator"),
-            get(&j["counts"], num),
-            n,
+            get(j, num),
+            side(d.numerator),
         );
         c.int(
             &format!("{institution} {name} line list denominator"),
-            get(&j["counts"], den),
-            d,
+            get(j, den),
+            side(d.denominator),
+        );
+        // Each row is on a side, and the patients' rows name a patient.
+        c.yes(
+            &format!("{institution} {name} rows each count somewhere"),
+            rows.iter().all(|r| r.in_numerator || r.in_denominator)
+                && rows
+                    .iter()
+                    .all(|r| (r.kind == "staff") == r.patient_id.is_none()),
         );
     }
 }
@@ -1315,6 +1343,11 @@ async fn report_matches_the_rows(b: &Backend) {
         "counts.referrals.upward_accepted_in_time",
         "counts.alarms",
         "counts.stays.stays",
+        "counts.stays.total_seconds",
+        "counts.referrals.sent",
+        "counts.enrolments.active",
+        "counts.enrolments.active_at_end",
+        "case_managers",
     ] {
         c.yes(
             &format!(

@@ -610,6 +610,27 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
                 .await;
             assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
         }
+        // A hospital stay of two and a half days, ended a day ago.
+        let now = w.now();
+        let stay = w.enrolled("P-KPI-STAY", "lead", 5).await;
+        let lead_cm = carepath_engine::store::queries::Caller {
+            staff_id: "lead.cm".into(),
+            institution_id: "lead".into(),
+            roles: vec!["case_manager".into()],
+        };
+        for (name, hours_ago) in [("admitted", 84), ("discharged", 24)] {
+            let event = carepath_engine::store::queries::ReportedEvent {
+                enrolment: stay,
+                name,
+                at: now - jiff::SignedDuration::from_hours(hours_ago),
+                data: None,
+            };
+            carepath_engine::store::queries::event_scoped(
+                &w.pool, &w.programs, &lead_cm, &event, "test", now,
+            )
+            .await
+            .expect("a hospital event");
+        }
         w.advance(60);
         let today = w
             .now()
@@ -620,13 +641,8 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
         let kpis = w
             .api("lead.cm", &format!("/kpis?from={from}&to={to}"))
             .await;
-        let mut checked = 0;
-        for name in [
-            "on_time_task_rate",
-            "overdue_rate",
-            "follow_up_rate",
-            "scale_completion",
-        ] {
+        let mut counted = Vec::new();
+        for name in carepath_engine::store::indicators::LINE_LISTS {
             let figure = &kpis["builtin"][name];
             let page = b
                 .get(
@@ -635,53 +651,40 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
                 )
                 .await;
             assert_eq!(page.status, StatusCode::OK, "{name}: {}", page.body);
-            let in_num = attrs(&page.body, "drill-row", "numerator");
-            let enrolments = attrs(&page.body, "drill-row", "enrolment");
-            let (num, den) = if name == "follow_up_rate" {
-                let all: std::collections::BTreeSet<&String> = enrolments.iter().collect();
-                let counted: std::collections::BTreeSet<&String> = enrolments
-                    .iter()
-                    .zip(&in_num)
-                    .filter(|(_, n)| *n == "true")
-                    .map(|(e, _)| e)
-                    .collect();
-                (counted.len() as i64, all.len() as i64)
-            } else {
-                (
-                    in_num.iter().filter(|n| *n == "true").count() as i64,
-                    in_num.len() as i64,
-                )
-            };
-            assert_eq!(
-                Some(num),
-                figure["numerator"].as_i64(),
-                "{name} numerator: {figure}"
-            );
-            assert_eq!(
-                Some(den),
-                figure["denominator"].as_i64(),
-                "{name} denominator: {figure}"
-            );
+            let (num, den) = page_sides(name, &page.body);
+            assert_eq!(num, figure["numerator"], "{name} numerator: {figure}");
+            assert_eq!(den, figure["denominator"], "{name} denominator: {figure}");
             // The JSON line list agrees with the page, row for row.
             let list = w
                 .api("lead.cm", &format!("/kpis/{name}/rows?from={from}&to={to}"))
                 .await;
-            assert_eq!(list["numerator"].as_i64(), Some(num), "{name}");
-            assert_eq!(list["denominator"].as_i64(), Some(den), "{name}");
+            assert_eq!(list["numerator"], num, "{name}");
+            assert_eq!(list["denominator"], den, "{name}");
             let ids: Vec<String> = list["rows"]
                 .as_array()
                 .expect("rows")
                 .iter()
-                .map(|r| r["id"].to_string())
+                .map(|r| r["id"].to_string().trim_matches('"').to_string())
                 .collect();
             assert_eq!(ids, attrs(&page.body, "drill-row", "id"), "{name}");
-            if den > 0 {
-                checked += 1;
+            if den.as_f64() > Some(0.0) {
+                counted.push(*name);
             }
         }
-        assert!(
-            checked >= 3,
-            "the fixture counts something for most figures"
+        for name in [
+            "follow_up_rate",
+            "on_time_task_rate",
+            "overdue_rate",
+            "referral_rate",
+            "average_length_of_stay_days",
+            "case_load_per_case_manager",
+        ] {
+            assert!(counted.contains(&name), "the fixture counts nothing for {name}");
+        }
+        assert_eq!(
+            kpis["builtin"]["average_length_of_stay_days"]["numerator"],
+            serde_json::json!(2.5),
+            "the stay's days"
         );
         // The indicators page links each figure to its line list.
         let table = b
@@ -729,6 +732,45 @@ async fn drill_down_lists_exactly_what_the_figure_counts() {
         );
     })
     .await;
+}
+
+/// A drill-down page's numerator and denominator, counted from its rows' marks as the figure is
+/// counted: distinct enrolments for the follow-up rate, the stays' seconds in days for the length
+/// of stay, rows otherwise.
+fn page_sides(name: &str, body: &str) -> (serde_json::Value, serde_json::Value) {
+    let num = attrs(body, "drill-row", "numerator");
+    let den = attrs(body, "drill-row", "denominator");
+    let enrolments = attrs(body, "drill-row", "enrolment");
+    let marked = |side: &[String]| side.iter().map(|v| v == "true").collect::<Vec<bool>>();
+    let (num, den) = (marked(&num), marked(&den));
+    assert_eq!(
+        num.len(),
+        den.len(),
+        "{name}: every row is marked on both sides"
+    );
+    let count = |side: &[bool]| -> i64 {
+        if name == "follow_up_rate" {
+            let distinct: std::collections::BTreeSet<&String> = enrolments
+                .iter()
+                .zip(side)
+                .filter(|(_, m)| **m)
+                .map(|(e, _)| e)
+                .collect();
+            distinct.len() as i64
+        } else {
+            side.iter().filter(|m| **m).count() as i64
+        }
+    };
+    let numerator = if name == "average_length_of_stay_days" {
+        let seconds: i64 = attrs(body, "drill-row", "seconds")
+            .iter()
+            .map(|s| s.parse::<i64>().expect("seconds"))
+            .sum();
+        serde_json::json!(seconds as f64 / 86_400.0)
+    } else {
+        serde_json::json!(count(&num))
+    };
+    (numerator, serde_json::json!(count(&den)))
 }
 
 /// A multipart body with one file field and plain fields.

@@ -287,16 +287,19 @@ pub(crate) fn ok_decision() -> Success {
 }
 pub(crate) fn ok_kpi_rows() -> Success {
     let row = obj(
-        json!({"kind": {"type": "string", "enum": ["task", "scale_push"]}, "id": int(), "patient_id": string(),
-        "enrolment_id": int(), "pathway": string(), "what": nullable(string()), "status": string(), "at": int(),
-        "completed_at": nullable(int()), "outcome": nullable(string()), "in_numerator": json!({"type": "boolean"})}),
+        json!({"kind": {"type": "string", "enum": ["task", "scale_push", "referral", "enrolment", "stay", "staff"]},
+        "id": json!({"oneOf": [int(), string()], "description": "the row's id; a staff member's id for `staff`"}),
+        "patient_id": nullable(string()), "enrolment_id": nullable(int()), "pathway": nullable(string()),
+        "what": nullable(string()), "status": string(), "at": nullable(int()),
+        "completed_at": nullable(int()), "outcome": nullable(string()), "length_seconds": nullable(int()),
+        "in_numerator": json!({"type": "boolean"}), "in_denominator": json!({"type": "boolean"})}),
     );
     json_ok(
         200,
-        "The rows behind the figure: the denominator's rows, `in_numerator` on those the numerator counts too; `numerator` and `denominator` counted as the figure is (rows, or distinct enrolments for follow_up_rate)",
+        "The rows behind the figure, each marked with the sides that count it (`in_numerator`, `in_denominator`); `numerator` and `denominator` counted from them as the figure is (rows, distinct enrolments for follow_up_rate, the stays' lengths in days for average_length_of_stay_days)",
         obj(
             json!({"indicator": string(), "institution": string(), "pathway": nullable(string()), "staff": nullable(string()), "from": instant(), "to": instant(),
-            "numerator": int(), "denominator": int(), "rows": array(row)}),
+            "numerator": num(), "denominator": num(), "rows": array(row)}),
         ),
     )
 }

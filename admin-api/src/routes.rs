@@ -572,7 +572,7 @@ pub static ROUTES: &[Route] = &[
         record: Record::Store,
         handler: |m| on(m, kpis::rows),
         doc: Some(Doc {
-            summary: "The tasks or scale pushes behind a built-in indicator's figure (follow_up_rate, on_time_task_rate, overdue_rate, scale_completion) over the period `GET /kpis` counts, each marked when it is in the numerator; with `staff`, that staff member's share (tasks assigned to them) as `by=staff` counts it",
+            summary: "The rows behind a built-in indicator's figure over the period `GET /kpis` counts (tasks, scale pushes, referrals, enrolments, stays or case managers), each marked with the sides that count it; with `staff`, that staff member's share of a task figure (tasks assigned to them) as `by=staff` counts it",
             query: &[
                 ("from", "string"),
                 ("to", "string"),

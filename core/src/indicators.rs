@@ -145,6 +145,30 @@ impl Counts {
             Quantity::CaseManagers => self.case_managers as f64,
         }
     }
+
+    /// Sets one quantity's count; stay days are set as their length in seconds, which is what
+    /// is kept.
+    pub fn set(&mut self, q: Quantity, n: i64) {
+        let field = match q {
+            Quantity::FollowUpDue => &mut self.follow_up_due,
+            Quantity::FollowedUp => &mut self.followed_up,
+            Quantity::TasksDue => &mut self.tasks_due,
+            Quantity::TasksOnTime => &mut self.tasks_on_time,
+            Quantity::TasksOverdue => &mut self.tasks_overdue,
+            Quantity::ScalesPushed => &mut self.scales_pushed,
+            Quantity::ScalesAnswered => &mut self.scales_answered,
+            Quantity::EnrolmentsActive => &mut self.enrolments_active,
+            Quantity::EnrolmentsActiveAtEnd => &mut self.enrolments_active_at_end,
+            Quantity::ReferralsSent => &mut self.referrals_sent,
+            Quantity::ReferralsUp => &mut self.referrals_up,
+            Quantity::UpwardReceived => &mut self.upward_received,
+            Quantity::UpwardAcceptedInTime => &mut self.upward_accepted_in_time,
+            Quantity::Stays => &mut self.stays,
+            Quantity::StayDays => &mut self.stay_seconds,
+            Quantity::CaseManagers => &mut self.case_managers,
+        };
+        *field = n;
+    }
 }
 
 /// What a value is measured in.
@@ -449,6 +473,44 @@ mod tests {
         assert_eq!(ON_TIME_TASK_RATE.value(&c), Some(0.75));
         assert_eq!(OVERDUE_RATE.value(&c), Some(0.25));
         assert_eq!(OVERDUE_RATE.target_met(Some(0.25)), None);
+    }
+
+    #[test]
+    fn a_quantity_set_is_the_quantity_read() {
+        let all = [
+            Quantity::FollowUpDue,
+            Quantity::FollowedUp,
+            Quantity::TasksDue,
+            Quantity::TasksOnTime,
+            Quantity::TasksOverdue,
+            Quantity::ScalesPushed,
+            Quantity::ScalesAnswered,
+            Quantity::EnrolmentsActive,
+            Quantity::EnrolmentsActiveAtEnd,
+            Quantity::ReferralsSent,
+            Quantity::ReferralsUp,
+            Quantity::UpwardReceived,
+            Quantity::UpwardAcceptedInTime,
+            Quantity::Stays,
+            Quantity::CaseManagers,
+        ];
+        for (i, q) in all.into_iter().enumerate() {
+            let mut c = Counts::default();
+            c.set(q, i as i64 + 1);
+            assert_eq!(c.count(q), Some(i as i64 + 1), "{}", q.name());
+            // No other quantity moved.
+            assert!(
+                all.iter()
+                    .filter(|o| **o != q)
+                    .all(|o| c.count(*o) == Some(0))
+            );
+        }
+        let mut c = Counts::default();
+        c.set(Quantity::StayDays, 36 * 3_600);
+        assert_eq!(
+            (c.stay_seconds, c.get(Quantity::StayDays)),
+            (36 * 3_600, 1.5)
+        );
     }
 
     #[test]

@@ -423,9 +423,63 @@ pub struct Threshold {
     pub value: f64,
 }
 
+/// The width of `text` at `font_size` in a sans-serif face, estimated generously: about 0.6 em a
+/// Latin character, a full em a CJK one, so a label placed by it does not run past an edge.
+fn text_width(text: &str, font_size: f64) -> f64 {
+    text.chars()
+        .map(|c| if c.is_ascii() { 0.62 } else { 1.0 })
+        .sum::<f64>()
+        * font_size
+}
+
+/// `text` cut with an ellipsis to fit `width` at `font_size`.
+fn fit_text(text: &str, font_size: f64, width: f64) -> String {
+    if text_width(text, font_size) <= width {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for c in text.chars() {
+        let mut next = out.clone();
+        next.push(c);
+        next.push('…');
+        if text_width(&next, font_size) > width {
+            break;
+        }
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// Baselines for labels of `size` beside lines at `ys`: above its line where there is room, else
+/// below it, else just under the label before; each within `[top + size, bottom]` and clear of the
+/// others. Returned in the order of `ys`.
+fn label_baselines(ys: &[f64], size: f64, top: f64, bottom: f64) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..ys.len()).collect();
+    order.sort_by(|a, b| ys[*a].total_cmp(&ys[*b]));
+    let mut out = vec![0.0; ys.len()];
+    let mut placed: Vec<f64> = Vec::new();
+    let line = size + 2.0;
+    for i in order {
+        let fits =
+            |b: f64| b - size >= top && b <= bottom && placed.iter().all(|p| (p - b).abs() >= line);
+        let last = placed.iter().copied().fold(top + size - line, f64::max);
+        let b = [ys[i] - 4.0, ys[i] + size + 3.0]
+            .into_iter()
+            .find(|b| fits(*b))
+            .unwrap_or_else(|| (last + line).clamp(top + size, bottom));
+        placed.push(b);
+        out[i] = b;
+    }
+    out
+}
+
 /// One patient's readings of one kind over time (`points` are (Unix seconds, value)), with the
 /// alarm thresholds drawn as dashed lines: a standalone SVG with a title for screen readers.
-/// The x axis runs from the first reading to the last; `x_labels` names its two ends.
+/// The x axis runs from the first reading to the last; `x_labels` names its two ends. A
+/// threshold's label sits inside the plot at its right end, on a white halo, cut to the plot's
+/// width if it must be, so that it stays readable at the chart's edge and when the chart is drawn
+/// smaller.
 pub fn readings(
     title: &str,
     points: &[(i64, f64)],
@@ -433,7 +487,7 @@ pub fn readings(
     x_labels: (&str, &str),
 ) -> String {
     let (w, h) = (640.0, 220.0);
-    let (left, right, top, bottom) = (56.0, 150.0, 28.0, 30.0);
+    let (left, right, top, bottom) = (56.0, 16.0, 28.0, 30.0);
     let values = points
         .iter()
         .map(|p| p.1)
@@ -480,15 +534,22 @@ pub fn readings(
         a = escape(x_labels.0),
         z = escape(x_labels.1)
     );
-    for (i, t) in thresholds.iter().enumerate() {
-        let ty = y(t.value);
+    let size = 11.0;
+    let ys: Vec<f64> = thresholds.iter().map(|t| y(t.value)).collect();
+    let baselines = label_baselines(&ys, size, top, h - bottom);
+    for (t, (ty, ly)) in thresholds.iter().zip(ys.iter().zip(&baselines)) {
+        let full = format!("{} {}", t.label, num_short(t.value));
         let _ = write!(
             b,
-            r##"<line x1="{left}" y1="{ty:.1}" x2="{xr}" y2="{ty:.1}" stroke="#a11b1b" stroke-dasharray="6 4"/><text x="{lx}" y="{ly:.1}" font-size="11" fill="#a11b1b">{l}</text>"##,
+            r##"<line x1="{left}" y1="{ty:.1}" x2="{xr}" y2="{ty:.1}" stroke="#a11b1b" stroke-dasharray="6 4"/>"##,
             xr = w - right,
-            lx = w - right + 6.0,
-            ly = ty + 4.0 + (i as f64 * 0.0),
-            l = escape(&format!("{} {}", t.label, num_short(t.value)))
+        );
+        let _ = write!(
+            b,
+            r##"<text class="threshold" x="{lx}" y="{ly:.1}" font-size="{size}" text-anchor="end" fill="#a11b1b" stroke="#fff" stroke-width="3" paint-order="stroke"><title>{full}</title>{l}</text>"##,
+            lx = w - right - 4.0,
+            full = escape(&full),
+            l = escape(&fit_text(&full, size, w - left - right - 8.0)),
         );
     }
     if !points.is_empty() {
@@ -544,5 +605,111 @@ mod readings_tests {
         assert_eq!(svg.matches("<circle").count(), 3);
         assert!(svg.contains("stroke-dasharray") && svg.contains("≥ 180"));
         assert!(svg.contains("bp_systolic &lt;&amp;&gt;"));
+    }
+
+    /// (x, baseline, text) of every threshold label.
+    fn labels(svg: &str) -> Vec<(f64, f64, String)> {
+        svg.split(r#"<text class="threshold" "#)
+            .skip(1)
+            .map(|t| {
+                let attr = |name: &str| -> f64 {
+                    let at = t.find(&format!(r#"{name}=""#)).expect("attribute") + name.len() + 2;
+                    t[at..t[at..].find('"').expect("end") + at]
+                        .parse()
+                        .expect("a number")
+                };
+                let text = t
+                    [t.find("</title>").expect("title") + 8..t.find("</text>").expect("end")]
+                    .to_string();
+                (attr("x"), attr("y"), text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn threshold_labels_stay_inside_the_chart_and_clear_of_each_other() {
+        let (w, h) = (640.0, 220.0);
+        let cases: Vec<Vec<Threshold>> = vec![
+            // Long names, close values (one stroke above another).
+            vec![
+                Threshold {
+                    label: "pregnancy_bp_severe >=".into(),
+                    value: 160.0,
+                },
+                Threshold {
+                    label: "pregnancy_bp_raised >=".into(),
+                    value: 158.0,
+                },
+                Threshold {
+                    label: "fetal_heart_abnormal <".into(),
+                    value: 110.0,
+                },
+            ],
+            // A name longer than the whole plot, and Chinese text.
+            vec![
+                Threshold {
+                    label: "a".repeat(200),
+                    value: 5.0,
+                },
+                Threshold {
+                    label: "收缩压危急值报警阈值 ≥".into(),
+                    value: 180.0,
+                },
+            ],
+            // The highest value at the top of the plot: its label goes under the line.
+            vec![Threshold {
+                label: "bp_crisis >=".into(),
+                value: 300.0,
+            }],
+        ];
+        for thresholds in cases {
+            let svg = readings(
+                "bp",
+                &[(0, 120.0), (86_400, 150.0)],
+                &thresholds,
+                ("a", "b"),
+            );
+            let found = labels(&svg);
+            assert_eq!(found.len(), thresholds.len(), "{svg}");
+            for (x, base, text) in &found {
+                let text = text
+                    .replace("&gt;", ">")
+                    .replace("&lt;", "<")
+                    .replace("&amp;", "&");
+                let width = text_width(&text, 11.0);
+                assert!(
+                    *x <= w && x - width >= 56.0,
+                    "{text:?} runs out of the chart: {x} - {width}"
+                );
+                assert!(base - 11.0 >= 0.0 && *base <= h, "{text:?} at {base}");
+            }
+            for (i, a) in found.iter().enumerate() {
+                for b in &found[i + 1..] {
+                    assert!((a.1 - b.1).abs() >= 12.0, "{a:?} overlaps {b:?}");
+                }
+            }
+        }
+        // A label that fits is not cut; the full text stays in its title.
+        let svg = readings(
+            "bp",
+            &[(0, 1.0)],
+            &[Threshold {
+                label: "x".repeat(300),
+                value: 2.0,
+            }],
+            ("a", "b"),
+        );
+        assert!(svg.contains(&format!("<title>{} 2</title>", "x".repeat(300))));
+        assert!(labels(&svg)[0].2.ends_with('…'));
+        let svg = readings(
+            "bp",
+            &[(0, 1.0)],
+            &[Threshold {
+                label: "high >=".into(),
+                value: 2.0,
+            }],
+            ("a", "b"),
+        );
+        assert_eq!(labels(&svg)[0].2, "high &gt;= 2");
     }
 }

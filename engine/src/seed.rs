@@ -81,6 +81,30 @@ pub fn shares() -> Vec<(String, String, f64)> {
     ]
 }
 
+/// The demo alliance's staff capacity: (institution, role, tasks the board completes a day per
+/// thousand patients of the institution); `default` is every role not named. Each board is sized
+/// a little below the work that reaches it by the end of the demo's history (`carepath demo`'s
+/// 300 patients over 120 days), so that every busy board ends with open work, some of it overdue,
+/// and none is flooded: the lead hospital's patients make less case-manager work each than a
+/// clinic's, which also takes the patients referred down to it.
+pub fn capacity() -> Vec<(String, String, f64)> {
+    [
+        (LEAD, "default", 4.0),
+        (LEAD, "case_manager", 14.0),
+        (LEAD, "clinic_case_manager", 14.0),
+        (LEAD, "ward_nurse", 9.0),
+        (LEAD, "referral_coordinator", 9.0),
+        (LEAD, "doctor", 9.0),
+        (CLINICS[0], "default", 15.0),
+        (CLINICS[0], "case_manager", 30.0),
+        (CLINICS[0], "clinic_case_manager", 30.0),
+        (CLINICS[1], "default", 30.0),
+    ]
+    .into_iter()
+    .map(|(i, r, c)| (i.to_string(), r.to_string(), c))
+    .collect()
+}
+
 /// A synthetic patient's home community institution: a clinic's patients belong to it; of the
 /// lead hospital's, two in three belong to one of the clinics and the rest to none (so that
 /// referrals to `own_community` meet both cases).

@@ -52,10 +52,33 @@ pub struct Options {
     pub tz: String,
     /// (institution id, kind, share of the patients): the alliance the store already holds.
     pub institutions: Vec<(String, String, f64)>,
-    /// Tasks each board's staff complete a day per thousand patients of their institution (at
-    /// least one): the simulator's staff capacity. Near the work the patients make, boards keep
-    /// a day or two of work with a minority overdue; far above it, they are always empty.
-    pub capacity_per_1000: f64,
+    /// Staff capacity, per board: (institution, role, tasks its staff complete a day per thousand
+    /// patients of the institution, at least one). The role `default` stands for the
+    /// institution's roles not named; a board named nowhere has the simulator's default. Boards
+    /// differ in the work they get (a clinic's case manager takes the patients referred down to
+    /// it), so each is sized to its own: a little below the work that reaches it keeps a board
+    /// holding open tasks with a minority overdue; well above it, a board is always empty.
+    pub capacity: Vec<(String, String, f64)>,
+}
+
+/// `carepath demo`'s cohort and days of history, unless told otherwise.
+pub const DEMO_PATIENTS: u64 = 300;
+pub const DEMO_DAYS: u32 = 120;
+
+impl Options {
+    /// `carepath demo`'s history: `patients` over `days` up to the midnight of `end`, in the demo
+    /// alliance (`seed::shares`) with its staff capacity (`seed::capacity`), seed 1.
+    pub fn demo(patients: u64, days: u32, end: jiff::civil::Date) -> Options {
+        Options {
+            patients,
+            days,
+            seed: 1,
+            end,
+            tz: "Asia/Shanghai".into(),
+            institutions: carepath_engine::seed::shares(),
+            capacity: carepath_engine::seed::capacity(),
+        }
+    }
 }
 
 /// What the history did, counted as it was written.
@@ -223,18 +246,19 @@ fn setup(programs: &Programs, o: &Options) -> Result<Setup, String> {
                     InstitutionSpec {
                         kind: Some(kind.clone()),
                         share: *share,
-                        capacity: BTreeMap::new(),
+                        capacity: o
+                            .capacity
+                            .iter()
+                            .filter(|(inst, _, _)| inst == id)
+                            .map(|(_, role, per_1000)| {
+                                (role.clone(), serde_json::json!({ "per_1000": per_1000 }))
+                            })
+                            .collect(),
                     },
                 )
             })
             .collect(),
-        staff: StaffSpec {
-            hours: None,
-            capacity: BTreeMap::from([(
-                "default".to_string(),
-                serde_json::json!({ "per_1000": o.capacity_per_1000 }),
-            )]),
-        },
+        staff: StaffSpec::default(),
         ..Scenario::default()
     };
     Setup::new(programs.latest(), &scenario, o.patients, o.days, o.seed)

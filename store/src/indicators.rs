@@ -243,6 +243,14 @@ pub struct EnrolmentCounts {
     pub withdrawn: i64,
 }
 
+/// The enrolments of a period (`$1` institution, `$2` from, `$3` to), as a `FROM … WHERE` clause
+/// over `enrolments e`: enrolled before its end and not ended before its start, so active at some
+/// time in it.
+const ENROLMENTS_OF_PERIOD: &str = "FROM enrolments e WHERE e.institution_id = $1 AND e.enrolled_at < $3 \
+     AND (e.ended_at IS NULL OR e.ended_at >= $2)";
+/// Of those, still active at the end of the period.
+const ENROLMENT_ACTIVE_AT_END: &str = "(e.ended_at IS NULL OR e.ended_at >= $3)";
+
 async fn enrolment_counts(
     pool: &Pool,
     scope: &Scope<'_>,
@@ -256,12 +264,11 @@ async fn enrolment_counts(
         "SELECT {k}, \
          COUNT(CASE WHEN e.enrolled_at >= $2 THEN 1 END), \
          COUNT(*), \
-         COUNT(CASE WHEN e.ended_at IS NULL OR e.ended_at >= $3 THEN 1 END), \
+         COUNT(CASE WHEN {ENROLMENT_ACTIVE_AT_END} THEN 1 END), \
          COUNT(CASE WHEN {ended} THEN 1 END), \
          COUNT(CASE WHEN {ended} AND e.status = 'completed' THEN 1 END), \
          COUNT(CASE WHEN {ended} AND e.status = 'withdrawn' THEN 1 END) \
-         FROM enrolments e WHERE e.institution_id = $1 AND e.enrolled_at < $3 \
-         AND (e.ended_at IS NULL OR e.ended_at >= $2){filter}{g}",
+         {ENROLMENTS_OF_PERIOD}{filter}{g}",
         k = key.expr(),
         g = key.group_by(),
     );
@@ -401,6 +408,13 @@ const UPWARD_RECEIVED: &str = "FROM referrals r JOIN enrolments e ON e.id = r.en
      AND (r.to_institution = $1 OR (r.to_institution IS NULL AND r.from_institution <> $1 \
           AND r.to_kind = (SELECT i.kind FROM institutions i WHERE i.id = $1)))";
 
+/// Referrals the institution `$1` sent in the period (`$2`, `$3`), up and down, as a `FROM … WHERE`
+/// clause over `referrals r` and `enrolments e`.
+const REFERRALS_SENT: &str = "FROM referrals r JOIN enrolments e ON e.id = r.enrolment_id \
+     WHERE r.from_institution = $1 AND r.requested_at >= $2 AND r.requested_at < $3";
+/// An upward referral.
+const REFERRAL_UP: &str = "r.direction = 'up'";
+
 /// A referral accepted (and perhaps arrived) by its accept-by time.
 const REFERRAL_IN_TIME: &str =
     "r.status IN ('accepted', 'arrived') AND r.decided_at <= r.accept_by";
@@ -414,9 +428,8 @@ async fn referral_counts(
     let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
     let filter = pathway_filter(scope, &mut args);
     let sql = format!(
-        "SELECT {k}, COUNT(*), COUNT(CASE WHEN r.direction = 'up' THEN 1 END), COUNT(CASE WHEN r.direction = 'down' THEN 1 END) \
-         FROM referrals r JOIN enrolments e ON e.id = r.enrolment_id \
-         WHERE r.from_institution = $1 AND r.requested_at >= $2 AND r.requested_at < $3{filter}{g}",
+        "SELECT {k}, COUNT(*), COUNT(CASE WHEN {REFERRAL_UP} THEN 1 END), COUNT(CASE WHEN r.direction = 'down' THEN 1 END) \
+         {REFERRALS_SENT}{filter}{g}",
         k = key.expr(),
         g = key.group_by(),
     );
@@ -470,28 +483,68 @@ pub struct StayCounts {
     pub total_days: f64,
 }
 
+/// One hospital stay that ended in a period.
+struct Stay {
+    /// The grouping key it was read under.
+    key: Option<String>,
+    /// The `discharged` event's sequence number.
+    discharge: i64,
+    enrolment_id: i64,
+    patient_id: String,
+    pathway: String,
+    admitted_at: i64,
+    discharged_at: i64,
+}
+
+impl Stay {
+    /// Admission to discharge, in seconds.
+    fn length_seconds(&self) -> i64 {
+        self.discharged_at - self.admitted_at
+    }
+}
+
+/// The stays that ended (`discharged`) in the period, each from the latest `admitted` event of the
+/// enrolment before it; a discharge with no admission before it is no stay.
+async fn stays(pool: &Pool, scope: &Scope<'_>, p: &Period, key: Key) -> Result<Vec<Stay>> {
+    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+    let filter = pathway_filter(scope, &mut args);
+    let sql = format!(
+        "SELECT {k}, d.at, (SELECT MAX(a.at) FROM events a WHERE a.enrolment_id = d.enrolment_id AND a.name = 'admitted' AND a.at <= d.at AND a.void_at IS NULL), \
+         d.seq, d.enrolment_id, e.patient_id, e.pathway_id \
+         FROM events d JOIN enrolments e ON e.id = d.enrolment_id \
+         WHERE d.name = 'discharged' AND d.void_at IS NULL AND e.institution_id = $1 AND d.at >= $2 AND d.at < $3{filter} \
+         ORDER BY d.at, d.seq",
+        k = key.expr(),
+    );
+    Ok(pool
+        .fetch(&sql, args)
+        .await?
+        .iter()
+        .filter_map(|r| {
+            Some(Stay {
+                key: r.opt_text(0),
+                discharged_at: r.i64(1),
+                admitted_at: r.opt_i64(2)?,
+                discharge: r.i64(3),
+                enrolment_id: r.i64(4),
+                patient_id: r.text(5),
+                pathway: r.text(6),
+            })
+        })
+        .collect())
+}
+
 async fn stay_counts(
     pool: &Pool,
     scope: &Scope<'_>,
     p: &Period,
     key: Key,
 ) -> Result<Grouped<StayCounts>> {
-    let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
-    let filter = pathway_filter(scope, &mut args);
-    let sql = format!(
-        "SELECT {k}, d.at, (SELECT MAX(a.at) FROM events a WHERE a.enrolment_id = d.enrolment_id AND a.name = 'admitted' AND a.at <= d.at AND a.void_at IS NULL) \
-         FROM events d JOIN enrolments e ON e.id = d.enrolment_id \
-         WHERE d.name = 'discharged' AND d.void_at IS NULL AND e.institution_id = $1 AND d.at >= $2 AND d.at < $3{filter}",
-        k = key.expr(),
-    );
     let mut out: Grouped<StayCounts> = BTreeMap::new();
-    for r in pool.fetch(&sql, args).await? {
-        let Some(admitted) = r.opt_i64(2) else {
-            continue;
-        };
-        let c = out.entry(r.opt_text(0)).or_default();
+    for stay in stays(pool, scope, p, key).await? {
+        let c = out.entry(stay.key.clone()).or_default();
         c.stays += 1;
-        c.total_seconds += r.i64(1) - admitted;
+        c.total_seconds += stay.length_seconds();
         c.total_days = c.total_seconds as f64 / 86_400.0;
     }
     Ok(out)
@@ -687,13 +740,19 @@ pub async fn tasks_by_staff(pool: &Pool, scope: &Scope<'_>, p: &Period) -> Resul
     Ok(rows)
 }
 
+/// The staff members of the institution who hold a case-manager role: (id, display name, roles).
+pub async fn case_manager_staff(
+    pool: &Pool,
+    institution: &str,
+) -> Result<Vec<(String, String, Vec<String>)>> {
+    let mut all = staff(pool, institution).await?;
+    all.retain(|(_, _, roles)| is_case_manager(roles));
+    Ok(all)
+}
+
 /// How many staff members of the institution hold a case-manager role.
 pub async fn case_managers(pool: &Pool, institution: &str) -> Result<i64> {
-    Ok(staff(pool, institution)
-        .await?
-        .iter()
-        .filter(|(_, _, roles)| is_case_manager(roles))
-        .count() as i64)
+    Ok(case_manager_staff(pool, institution).await?.len() as i64)
 }
 
 /// Open work at `now` (a snapshot, not a period): open tasks and those past their due time.
@@ -973,11 +1032,15 @@ pub struct KpiRequest<'a> {
     pub by: Option<By>,
 }
 
+/// One side of a built-in indicator as the API shows it: a whole count, or days.
+pub fn side_json(c: &Counts, q: defs::Quantity) -> Value {
+    c.count(q).map_or_else(|| json!(c.get(q)), |n| json!(n))
+}
+
 /// A built-in indicator as the API shows it: value, the two counts, target.
 fn builtin_json(d: &defs::Definition, c: &Counts) -> Value {
     let value = d.value(c);
-    let side = |q| c.count(q).map_or_else(|| json!(c.get(q)), |n| json!(n));
-    json!({"value": value, "numerator": side(d.numerator), "denominator": side(d.denominator),
+    json!({"value": value, "numerator": side_json(c, d.numerator), "denominator": side_json(c, d.denominator),
            "target": d.target, "target_met": d.target_met(value)})
 }
 
@@ -1064,32 +1127,120 @@ pub async fn kpis(pool: &Pool, pathways: &[&Pathway], req: &KpiRequest<'_>) -> R
 // ---------------------------------------------------------------------------------------------
 // Line lists: the rows behind a figure
 
-/// One row a built-in indicator counts: a task or a scale push, and whether it is in the
-/// numerator as well as the denominator.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LineRow {
-    /// `task`, `scale_push` or `referral`.
-    pub kind: &'static str,
-    pub id: i64,
-    pub patient_id: String,
-    pub enrolment_id: i64,
-    pub pathway: String,
-    /// The task's id in its pathway, the scale, or the institution a referral came from.
-    pub what: Option<String>,
-    pub status: String,
-    /// Due (a task), pushed (a scale) or requested (a referral), in seconds.
-    pub at: i64,
-    pub completed_at: Option<i64>,
-    pub outcome: Option<String>,
-    pub in_numerator: bool,
+/// A line row's id: a row of its table (task, scale push, referral, enrolment, or a stay's
+/// `discharged` event), or a staff member's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RowId {
+    Row(i64),
+    Staff(String),
 }
 
-/// The rows behind a built-in indicator: its denominator's rows, each marked when it counts in
-/// the numerator too. Each list is read with the very clauses its count is computed with, so
-/// the list and the figure cannot disagree. Counted per task or push (`on_time_task_rate`,
-/// `overdue_rate`, `scale_completion`), the denominator is the number of rows; counted per
-/// enrolment (`follow_up_rate`), it is the number of distinct enrolments, an enrolment being in
-/// the numerator when any of its calls is. `None` for an indicator with no line list.
+impl std::fmt::Display for RowId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowId::Row(id) => write!(f, "{id}"),
+            RowId::Staff(id) => f.write_str(id),
+        }
+    }
+}
+
+/// One row a built-in indicator counts, and on which side of the figure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LineRow {
+    /// `task`, `scale_push`, `referral`, `enrolment`, `stay` or `staff`.
+    pub kind: &'static str,
+    pub id: RowId,
+    /// The patient, enrolment and pathway of every row but a staff member.
+    pub patient_id: Option<String>,
+    pub enrolment_id: Option<i64>,
+    pub pathway: Option<String>,
+    /// The task's id in its pathway, the scale, the institution a referral received came from,
+    /// a referral sent's direction and destination, an enrolment's current state, or a staff
+    /// member's name.
+    pub what: Option<String>,
+    /// The row's status; a staff member's roles.
+    pub status: String,
+    /// Due (a task), pushed (a scale), requested (a referral), enrolled, or admitted (a stay), in
+    /// seconds.
+    pub at: Option<i64>,
+    /// Completed (a task), decided (a referral), ended (an enrolment) or discharged (a stay).
+    pub completed_at: Option<i64>,
+    pub outcome: Option<String>,
+    /// A stay's length, admission to discharge, in seconds: what it adds to a numerator of days.
+    pub length_seconds: Option<i64>,
+    pub in_numerator: bool,
+    pub in_denominator: bool,
+}
+
+/// Which side of a figure the rows of one query count on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sides {
+    /// The denominator's rows; the query's flag column says whether the numerator counts them too.
+    Flagged,
+    /// Numerator rows that are not the denominator's (referrals sent over enrolments active).
+    Numerator,
+    /// Denominator rows that are not the numerator's.
+    Denominator,
+}
+
+/// One query of a line list, its columns: id, patient, enrolment, pathway, what, status, at,
+/// completed at, outcome, numerator flag.
+struct Part {
+    kind: &'static str,
+    sql: String,
+    args: Vec<Arg>,
+    sides: Sides,
+}
+
+async fn read_part(pool: &Pool, part: Part) -> Result<Vec<LineRow>> {
+    let rows = pool.fetch(&part.sql, part.args).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let flag = r.i64(9) == 1;
+            let (in_numerator, in_denominator) = match part.sides {
+                Sides::Flagged => (flag, true),
+                Sides::Numerator => (true, false),
+                Sides::Denominator => (false, true),
+            };
+            LineRow {
+                kind: part.kind,
+                id: RowId::Row(r.i64(0)),
+                patient_id: Some(r.text(1)),
+                enrolment_id: Some(r.i64(2)),
+                pathway: Some(r.text(3)),
+                what: r.opt_text(4),
+                status: r.text(5),
+                at: Some(r.i64(6)),
+                completed_at: r.opt_i64(7),
+                outcome: r.opt_text(8),
+                length_seconds: None,
+                in_numerator,
+                in_denominator,
+            }
+        })
+        .collect())
+}
+
+/// The rows behind a built-in indicator, each marked with the sides of the figure that count it.
+/// Each list is read with the very clauses (and, for stays and case managers, the very functions)
+/// its counts are computed with, so the list and the figure cannot disagree:
+///
+/// - `follow_up_rate`: the follow-up calls due; counted per enrolment, an enrolment being in the
+///   numerator when any of its calls is.
+/// - `on_time_task_rate`, `overdue_rate`: the tasks due; `scale_completion`: the scales pushed;
+///   `upward_accepted_in_time_rate`: the upward referrals received; `upward_share`: the referrals
+///   sent — the denominator's rows, those the numerator counts marked.
+/// - `referral_rate`: the referrals sent (numerator) and the enrolments active in the period
+///   (denominator).
+/// - `average_length_of_stay_days`: the stays that ended in the period (denominator), each adding
+///   its length to the numerator.
+/// - `case_load_per_case_manager`: the enrolments active at the end of the period (numerator) and
+///   the institution's case managers (denominator).
+///
+/// With `staff`, one staff member's share of a task figure (the tasks assigned to them). `None`
+/// for an indicator with no such list.
 pub async fn line_list(
     pool: &Pool,
     scope: &Scope<'_>,
@@ -1098,7 +1249,7 @@ pub async fn line_list(
     staff: Option<&str>,
 ) -> Result<Option<Vec<LineRow>>> {
     // One staff member's share: the tasks assigned to them, as the breakdown by staff groups them
-    // (`Key::Staff`); scale pushes are no one's.
+    // (`Key::Staff`); nothing else is anyone's.
     let assigned = |args: &mut Vec<Arg>| match staff {
         Some(st) => {
             args.push(st.into());
@@ -1106,9 +1257,21 @@ pub async fn line_list(
         }
         None => String::new(),
     };
+    // `$1` institution, `$2` from, `$3` to, then the pathway's condition.
+    let period = || {
+        let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
+        let filter = pathway_filter(scope, &mut args);
+        (args, filter)
+    };
+    let flag = |cond: &str| format!("CAST(CASE WHEN {cond} THEN 1 ELSE 0 END AS BIGINT)");
     let task_cols = "t.id, t.patient_id, t.enrolment_id, e.pathway_id, t.task_ref, t.status, t.due_at, t.completed_at, t.outcome";
-    let (sql, args, kind) = match indicator {
-        "on_time_task_rate" | "overdue_rate" => {
+    let enrolment_cols = "e.id, e.patient_id, e.id, e.pathway_id, e.state, e.status, e.enrolled_at, e.ended_at, NULL";
+    let sent_cols = "r.id, r.patient_id, r.enrolment_id, e.pathway_id, \
+         r.direction || ' → ' || COALESCE(r.to_institution, r.to_kind), r.status, r.requested_at, r.decided_at, NULL";
+    let mut parts = Vec::new();
+    let mut out = Vec::new();
+    match (indicator, staff) {
+        ("on_time_task_rate" | "overdue_rate", _) => {
             let mut args: Vec<Arg> = vec![
                 scope.institution.into(),
                 p.from.into(),
@@ -1122,74 +1285,153 @@ pub async fn line_list(
             } else {
                 TASK_ON_TIME
             };
-            (
-                format!(
-                    "SELECT {task_cols}, CAST(CASE WHEN {num} THEN 1 ELSE 0 END AS BIGINT) {TASKS_OF_PERIOD} AND {TASK_DUE}{filter} ORDER BY t.due_at, t.id"
+            parts.push(Part {
+                kind: "task",
+                sql: format!(
+                    "SELECT {task_cols}, {} {TASKS_OF_PERIOD} AND {TASK_DUE}{filter} ORDER BY t.due_at, t.id",
+                    flag(num)
                 ),
                 args,
-                "task",
-            )
+                sides: Sides::Flagged,
+            });
         }
-        "follow_up_rate" => {
+        ("follow_up_rate", _) => {
             let mut args: Vec<Arg> =
                 vec![scope.institution.into(), p.from.into(), p.due_end().into()];
             let mut filter = pathway_filter(scope, &mut args);
             let (calls, reached) = follow_up_calls(&mut args);
             filter.push_str(&assigned(&mut args));
-            (
-                format!(
-                    "SELECT {task_cols}, CAST(CASE WHEN {reached} THEN 1 ELSE 0 END AS BIGINT) {calls}{filter} ORDER BY t.enrolment_id, t.due_at, t.id"
+            parts.push(Part {
+                kind: "task",
+                sql: format!(
+                    "SELECT {task_cols}, {} {calls}{filter} ORDER BY t.enrolment_id, t.due_at, t.id",
+                    flag(&reached)
                 ),
                 args,
-                "task",
-            )
+                sides: Sides::Flagged,
+            });
         }
-        "scale_completion" if staff.is_none() => {
-            let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
-            let filter = pathway_filter(scope, &mut args);
-            (
-                format!(
+        ("scale_completion", None) => {
+            let (args, filter) = period();
+            parts.push(Part {
+                kind: "scale_push",
+                sql: format!(
                     "SELECT s.id, s.patient_id, s.enrolment_id, e.pathway_id, s.scale, s.status, s.created_at, NULL, NULL, \
-                     CAST(CASE WHEN {SCALE_ANSWERED} THEN 1 ELSE 0 END AS BIGINT) {SCALES_PUSHED}{filter} ORDER BY s.created_at, s.id"
+                     {} {SCALES_PUSHED}{filter} ORDER BY s.created_at, s.id",
+                    flag(SCALE_ANSWERED)
                 ),
                 args,
-                "scale_push",
-            )
+                sides: Sides::Flagged,
+            });
         }
-        "upward_accepted_in_time_rate" if staff.is_none() => {
-            let mut args: Vec<Arg> = vec![scope.institution.into(), p.from.into(), p.to.into()];
-            let filter = pathway_filter(scope, &mut args);
-            (
-                format!(
+        ("upward_accepted_in_time_rate", None) => {
+            let (args, filter) = period();
+            parts.push(Part {
+                kind: "referral",
+                sql: format!(
                     "SELECT r.id, r.patient_id, r.enrolment_id, e.pathway_id, r.from_institution, r.status, r.requested_at, r.decided_at, NULL, \
-                     CAST(CASE WHEN {REFERRAL_IN_TIME} THEN 1 ELSE 0 END AS BIGINT) {UPWARD_RECEIVED}{filter} ORDER BY r.requested_at, r.id"
+                     {} {UPWARD_RECEIVED}{filter} ORDER BY r.requested_at, r.id",
+                    flag(REFERRAL_IN_TIME)
                 ),
                 args,
-                "referral",
-            )
+                sides: Sides::Flagged,
+            });
+        }
+        ("upward_share", None) => {
+            let (args, filter) = period();
+            parts.push(Part {
+                kind: "referral",
+                sql: format!(
+                    "SELECT {sent_cols}, {} {REFERRALS_SENT}{filter} ORDER BY r.requested_at, r.id",
+                    flag(REFERRAL_UP)
+                ),
+                args,
+                sides: Sides::Flagged,
+            });
+        }
+        ("referral_rate", None) => {
+            let (args, filter) = period();
+            parts.push(Part {
+                kind: "referral",
+                sql: format!(
+                    "SELECT {sent_cols}, CAST(1 AS BIGINT) {REFERRALS_SENT}{filter} ORDER BY r.requested_at, r.id"
+                ),
+                args,
+                sides: Sides::Numerator,
+            });
+            let (args, filter) = period();
+            parts.push(Part {
+                kind: "enrolment",
+                sql: format!(
+                    "SELECT {enrolment_cols}, CAST(0 AS BIGINT) {ENROLMENTS_OF_PERIOD}{filter} ORDER BY e.enrolled_at, e.id"
+                ),
+                args,
+                sides: Sides::Denominator,
+            });
+        }
+        ("case_load_per_case_manager", None) => {
+            let (args, filter) = period();
+            parts.push(Part {
+                kind: "enrolment",
+                sql: format!(
+                    "SELECT {enrolment_cols}, CAST(1 AS BIGINT) {ENROLMENTS_OF_PERIOD} AND {ENROLMENT_ACTIVE_AT_END}{filter} ORDER BY e.enrolled_at, e.id"
+                ),
+                args,
+                sides: Sides::Numerator,
+            });
+        }
+        ("average_length_of_stay_days", None) => {
+            out.extend(
+                stays(pool, scope, p, Key::All)
+                    .await?
+                    .into_iter()
+                    .map(|s| LineRow {
+                        kind: "stay",
+                        id: RowId::Row(s.discharge),
+                        length_seconds: Some(s.length_seconds()),
+                        patient_id: Some(s.patient_id),
+                        enrolment_id: Some(s.enrolment_id),
+                        pathway: Some(s.pathway),
+                        what: None,
+                        status: "discharged".into(),
+                        at: Some(s.admitted_at),
+                        completed_at: Some(s.discharged_at),
+                        outcome: None,
+                        in_numerator: true,
+                        in_denominator: true,
+                    }),
+            );
         }
         _ => return Ok(None),
-    };
-    let rows = pool.fetch(&sql, args).await?;
-    let mut out: Vec<LineRow> = rows
-        .iter()
-        .map(|r| LineRow {
-            kind,
-            id: r.i64(0),
-            patient_id: r.text(1),
-            enrolment_id: r.i64(2),
-            pathway: r.text(3),
-            what: r.opt_text(4),
-            status: r.text(5),
-            at: r.i64(6),
-            completed_at: r.opt_i64(7),
-            outcome: r.opt_text(8),
-            in_numerator: r.i64(9) == 1,
-        })
-        .collect();
-    if indicator == "follow_up_rate" {
+    }
+    for part in parts {
+        out.extend(read_part(pool, part).await?);
+    }
+    if indicator == defs::CASE_LOAD_PER_CASE_MANAGER.name {
+        out.extend(
+            case_manager_staff(pool, scope.institution)
+                .await?
+                .into_iter()
+                .map(|(id, name, roles)| LineRow {
+                    kind: "staff",
+                    id: RowId::Staff(id),
+                    patient_id: None,
+                    enrolment_id: None,
+                    pathway: None,
+                    what: Some(name),
+                    status: roles.join(","),
+                    at: None,
+                    completed_at: None,
+                    outcome: None,
+                    length_seconds: None,
+                    in_numerator: false,
+                    in_denominator: true,
+                }),
+        );
+    }
+    if indicator == defs::FOLLOW_UP_RATE.name {
         // Counted per enrolment: every call of an enrolment followed up counts with it.
-        let reached: std::collections::BTreeSet<i64> = out
+        let reached: std::collections::BTreeSet<Option<i64>> = out
             .iter()
             .filter(|r| r.in_numerator)
             .map(|r| r.enrolment_id)
@@ -1201,32 +1443,43 @@ pub async fn line_list(
     Ok(Some(out))
 }
 
-/// The indicators [`line_list`] lists.
+/// The indicators [`line_list`] lists: every built-in one.
 pub const LINE_LISTS: &[&str] = &[
     "follow_up_rate",
     "on_time_task_rate",
     "overdue_rate",
     "scale_completion",
+    "referral_rate",
+    "upward_share",
     "upward_accepted_in_time_rate",
+    "average_length_of_stay_days",
+    "case_load_per_case_manager",
 ];
 
-/// A line list's numerator and denominator, counted as its figure is: rows, or distinct
-/// enrolments for `follow_up_rate`.
-pub fn line_list_sides(indicator: &str, rows: &[LineRow]) -> (i64, i64) {
-    if indicator == "follow_up_rate" {
-        let all: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.enrolment_id).collect();
-        let num: std::collections::BTreeSet<i64> = rows
-            .iter()
-            .filter(|r| r.in_numerator)
-            .map(|r| r.enrolment_id)
-            .collect();
-        (num.len() as i64, all.len() as i64)
-    } else {
-        (
-            rows.iter().filter(|r| r.in_numerator).count() as i64,
-            rows.len() as i64,
-        )
-    }
+/// The indicators whose line list can be one staff member's share (`staff`): the task figures.
+pub const STAFF_LINE_LISTS: &[&str] = &["follow_up_rate", "on_time_task_rate", "overdue_rate"];
+
+/// A line list's numerator and denominator, counted as its figure counts them: rows; distinct
+/// enrolments for the follow-up quantities (a patient counts once however many calls fell due);
+/// the stays' lengths for stay days. `None` for a name that is no built-in indicator.
+pub fn line_list_counts(indicator: &str, rows: &[LineRow]) -> Option<Counts> {
+    let d = defs::definition(indicator)?;
+    let count = |q: defs::Quantity, side: fn(&LineRow) -> bool| -> i64 {
+        let rows = rows.iter().filter(|r| side(r));
+        match q {
+            defs::Quantity::FollowUpDue | defs::Quantity::FollowedUp => {
+                rows.filter_map(|r| r.enrolment_id)
+                    .collect::<std::collections::BTreeSet<i64>>()
+                    .len() as i64
+            }
+            defs::Quantity::StayDays => rows.filter_map(|r| r.length_seconds).sum(),
+            _ => rows.count() as i64,
+        }
+    };
+    let mut c = Counts::default();
+    c.set(d.denominator, count(d.denominator, |r| r.in_denominator));
+    c.set(d.numerator, count(d.numerator, |r| r.in_numerator));
+    Some(c)
 }
 
 /// [`line_list`] for a request (optionally one staff member's share): audited with the patients it
@@ -1244,7 +1497,7 @@ pub async fn read_line_list(
         return Ok(None);
     };
     let patients: std::collections::BTreeSet<&String> =
-        rows.iter().map(|r| &r.patient_id).collect();
+        rows.iter().filter_map(|r| r.patient_id.as_ref()).collect();
     let patients: Vec<String> = patients.into_iter().cloned().collect();
     audit
         .append(crate::queries::AuditEntry::new(

@@ -118,13 +118,13 @@ pub(crate) struct LineList {
     pub(crate) staff: Option<String>,
     pub(crate) from: String,
     pub(crate) to: String,
-    pub(crate) numerator: i64,
-    pub(crate) denominator: i64,
+    /// Counted from the rows as the figure is counted: a whole number, or days for
+    /// `average_length_of_stay_days`'s numerator.
+    pub(crate) numerator: Value,
+    pub(crate) denominator: Value,
     pub(crate) rows: Vec<indicators::LineRow>,
 }
 
-/// Reads a line list for a caller: what `GET /kpis/{indicator}/rows` and the workstation's
-/// drill-down both serve.
 /// Which figure a line list is asked for: the indicator, the period's dates, and optionally one
 /// pathway and one staff member.
 #[derive(Default, Clone, Copy)]
@@ -136,6 +136,8 @@ pub(crate) struct Figure<'a> {
     pub(crate) staff: Option<&'a str>,
 }
 
+/// Reads a line list for a caller: what `GET /kpis/{indicator}/rows` and the workstation's
+/// drill-down both serve.
 pub(crate) async fn line_list(
     s: &AppState,
     call: &Call,
@@ -177,10 +179,23 @@ pub(crate) async fn line_list(
             } else {
                 ""
             },
-            indicators::LINE_LISTS.join(", ")
+            if staff.is_some() {
+                indicators::STAFF_LINE_LISTS
+            } else {
+                indicators::LINE_LISTS
+            }
+            .join(", ")
         ))
     })?;
-    let (numerator, denominator) = indicators::line_list_sides(indicator, &rows);
+    let (numerator, denominator) = indicators::line_list_counts(indicator, &rows)
+        .zip(carepath_engine::indicators::definition(indicator))
+        .map(|(c, d)| {
+            (
+                indicators::side_json(&c, d.numerator),
+                indicators::side_json(&c, d.denominator),
+            )
+        })
+        .ok_or_else(|| ApiError::NotFound(format!("no built-in indicator `{indicator}`")))?;
     Ok(LineList {
         indicator: indicator.to_string(),
         institution: call.caller.institution_id.clone(),

@@ -1,13 +1,13 @@
 //! Indicators of the caller's institution over a period: the built-in ones (indicator, target,
 //! value, trend over the periods before) with a bar chart against their targets, the same per
-//! pathway and per staff member, and the pathways' declared indicators. Every figure that has a
-//! line list links to it: the tasks or scale pushes its numerator and denominator count, read with
-//! the very clauses the figure is counted with (`store::indicators::line_list`), the same list
-//! `GET /kpis/{indicator}/rows` serves.
+//! pathway and per staff member, and the pathways' declared indicators. Every built-in figure
+//! links to its line list: the tasks, scale pushes, referrals, enrolments, stays or case managers
+//! its numerator and denominator count, read with the very clauses the figure is counted with
+//! (`store::indicators::line_list`), the same list `GET /kpis/{indicator}/rows` serves.
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use carepath_engine::indicators::{self as defs, Counts, Unit};
+use carepath_engine::indicators::{self as defs, Counts, Quantity, Unit};
 use carepath_engine::store::indicators::{self, LINE_LISTS, Period, Scope};
 use carepath_engine::svg;
 use maud::{Markup, PreEscaped, html};
@@ -67,6 +67,12 @@ fn value_text(unit: Unit, v: Option<f64>) -> String {
     }
 }
 
+/// One side of a figure: a whole count, or days to one decimal.
+fn side_text(c: &Counts, q: Quantity) -> String {
+    c.count(q)
+        .map_or_else(|| format!("{:.1}", c.get(q)), |n| n.to_string())
+}
+
 fn title(lang: Lang, d: &defs::Definition) -> &'static str {
     match lang {
         Lang::Zh => d.title_zh,
@@ -124,6 +130,7 @@ async fn build(s: &AppState, staff: &Staff, q: &PeriodQuery) -> Result<Markup, A
         &bars,
     );
     let by_pathway = indicators::builtins_by_pathway(&s.pool, &scope, &p).await?;
+    let managers = indicators::case_managers(&s.pool, scope.institution).await?;
     let by_staff = indicators::tasks_by_staff(&s.pool, &scope, &p).await?;
     let mut declared = Vec::new();
     for prog in programs.latest() {
@@ -168,7 +175,6 @@ async fn build(s: &AppState, staff: &Staff, q: &PeriodQuery) -> Result<Markup, A
                 tbody {
                     @for d in defs::BUILTIN {
                         @let v = d.value(&current);
-                        @let (n, den) = d.sides(&current);
                         tr data-testid="indicator-row" data-indicator=(d.name) {
                             th scope="row" { (title(lang, d)) br; span class="muted" { (d.name) } }
                             td { (value_text(d.unit, d.target)) }
@@ -178,7 +184,7 @@ async fn build(s: &AppState, staff: &Staff, q: &PeriodQuery) -> Result<Markup, A
                                 } @else { (value_text(d.unit, v)) }
                                 @match d.target_met(v) { Some(true) => " ✓", Some(false) => span class="overdue" { " ✗" }, None => "" }
                             }
-                            td data-testid="indicator-sides" { (format!("{n:.0}")) " / " (format!("{den:.0}")) }
+                            td data-testid="indicator-sides" { (side_text(&current, d.numerator)) " / " (side_text(&current, d.denominator)) }
                             td { @for (i, t) in trend.iter().enumerate() { @if i > 0 { " → " } (value_text(d.unit, d.value(t))) } }
                         }
                     }
@@ -195,7 +201,9 @@ async fn build(s: &AppState, staff: &Staff, q: &PeriodQuery) -> Result<Markup, A
                 } }
                 tbody {
                     @for (pathway, b) in &by_pathway {
-                        @let cp = b.counts(0);
+                        // A pathway's case load is over the institution's case managers, as
+                        // `GET /kpis?pathway=` and the pathway's line list count it.
+                        @let cp = b.counts(managers);
                         tr data-testid="pathway-row" {
                             th scope="row" { (pathway) }
                             @for d in defs::BUILTIN.iter().filter(|d| LINE_LISTS.contains(&d.name)) {
@@ -295,40 +303,72 @@ pub(crate) async fn drill_down(
     let list = line_list(&s, &staff.call, figure)
         .await
         .map_err(|e| layout::error_page(lang, Some(&staff), e))?;
-    let d = defs::BUILTIN.iter().find(|d| d.name == name);
+    let d = defs::definition(&name);
+    let side = |v: &serde_json::Value| match v.as_i64() {
+        Some(n) => n.to_string(),
+        None => format!("{:.1}", v.as_f64().unwrap_or(0.0)),
+    };
+    let stays = d.is_some_and(|d| d.numerator == Quantity::StayDays);
+    let staff_rows = d.is_some_and(|d| d.denominator == Quantity::CaseManagers);
+    let yes_no = |b: bool| {
+        if b {
+            lang.t("是", "yes")
+        } else {
+            lang.t("否", "no")
+        }
+    };
     let body = html! {
         h1 { (d.map(|d| title(lang, d)).unwrap_or(&name)) }
         p data-testid="drill-sides" {
-            (lang.t("分子", "Numerator")) " " strong data-testid="drill-numerator" { (list.numerator) }
-            " / " (lang.t("分母", "denominator")) " " strong data-testid="drill-denominator" { (list.denominator) }
+            (lang.t("分子", "Numerator")) " " @if let Some(d) = d { span class="muted" { (d.numerator.name()) } " " }
+            strong data-testid="drill-numerator" { (side(&list.numerator)) }
+            " / " (lang.t("分母", "denominator")) " " @if let Some(d) = d { span class="muted" { (d.denominator.name()) } " " }
+            strong data-testid="drill-denominator" { (side(&list.denominator)) }
             " · " (list.institution)
             @if let Some(p) = &list.pathway { " · " (p) }
             @if let Some(st) = &list.staff { " · " (st) }
             " · " (layout::when_text(&list.from)) " – " (layout::when_text(&list.to))
         }
-        p class="muted" { (lang.t("列出分母中的每一行；计入分子的行已标出。", "Every row of the denominator; those the numerator counts are marked.")) }
+        p class="muted" {
+            @if stays {
+                (lang.t("每次住院计入分母，其天数计入分子。", "Every stay counts in the denominator, and its days in the numerator."))
+            } @else {
+                (lang.t("每行标明是否计入分子与分母。", "Each row is marked with the sides of the figure that count it."))
+            }
+        }
+        @if list.rows.is_empty() { p class="muted" data-testid="drill-empty" { (lang.t("此期间没有计入的行。", "Nothing was counted in this period.")) } }
         div class="table-wrap" { table id="drill-rows" {
             thead { tr {
                 th scope="col" { (lang.t("计入分子", "In numerator")) }
-                th scope="col" { (lang.t("患者", "Patient")) }
+                th scope="col" { (lang.t("计入分母", "In denominator")) }
+                th scope="col" { @if staff_rows { (lang.t("患者 / 员工", "Patient / staff member")) } @else { (lang.t("患者", "Patient")) } }
                 th scope="col" { (lang.t("入组", "Enrolment")) }
                 th scope="col" { (lang.t("路径", "Pathway")) }
                 th scope="col" { (lang.t("项目", "Item")) }
                 th scope="col" { (lang.t("状态", "Status")) }
-                th scope="col" { (lang.t("到期/推送", "Due / pushed")) }
-                th scope="col" { (lang.t("完成", "Completed")) }
+                th scope="col" { (lang.t("开始（到期、推送、申请、入组、入院）", "From (due, pushed, requested, enrolled, admitted)")) }
+                th scope="col" { (lang.t("结束（完成、决定、结案、出院）", "To (completed, decided, ended, discharged)")) }
+                @if stays { th scope="col" { (lang.t("住院天数", "Days")) } }
             } }
             tbody {
                 @for r in &list.rows {
-                    tr data-testid="drill-row" data-kind=(r.kind) data-id=(r.id) data-patient=(r.patient_id) data-enrolment=(r.enrolment_id) data-numerator=(r.in_numerator) {
-                        td { @if r.in_numerator { (lang.t("是", "yes")) } @else { (lang.t("否", "no")) } }
-                        td { a href=(format!("/app/patients/{}", url_encode(&r.patient_id))) { (r.patient_id) } }
-                        td { (r.enrolment_id) }
-                        td { (r.pathway) }
+                    tr data-testid="drill-row" data-kind=(r.kind) data-id=(r.id) data-patient=[r.patient_id.as_deref()] data-enrolment=[r.enrolment_id]
+                        data-numerator=(r.in_numerator) data-denominator=(r.in_denominator) data-seconds=[r.length_seconds] {
+                        td { (yes_no(r.in_numerator)) }
+                        td { (yes_no(r.in_denominator)) }
+                        td {
+                            @match &r.patient_id {
+                                Some(p) => a href=(format!("/app/patients/{}", url_encode(p))) { (p) },
+                                None => { (r.id) " · " (lang.t("员工", "staff member")) },
+                            }
+                        }
+                        td { @if let Some(e) = r.enrolment_id { (e) } }
+                        td { @if let Some(p) = &r.pathway { (p) } }
                         td { (r.what.as_deref().unwrap_or("")) }
                         td { (r.status) @if let Some(o) = &r.outcome { " · " (o) } }
-                        td { (when(r.at)) }
+                        td { @if let Some(at) = r.at { (when(at)) } }
                         td { @if let Some(c) = r.completed_at { (when(c)) } }
+                        @if stays { td { @if let Some(sec) = r.length_seconds { (format!("{:.1}", sec as f64 / 86_400.0)) } } }
                     }
                 }
             }

@@ -16,26 +16,33 @@ use crate::auth::Module;
 use crate::handlers::referrals::decide_as;
 use crate::{ApiError, AppState};
 
-/// "5 h 20 min left" or "overdue by 3 h".
+/// The acceptance clock in hours and minutes: "5 h 20 min left", "40 min left" or, once past
+/// `accept_by`, "overdue by 3 h 5 min"; whether it is past.
 fn clock(lang: Lang, accept_by: &str, now: i64) -> (String, bool) {
     let Ok(t) = accept_by.parse::<jiff::Timestamp>() else {
         return (accept_by.to_string(), false);
     };
     let left = t.as_second() - now;
     let (h, m) = (left.abs() / 3600, left.abs() % 3600 / 60);
+    let span = match (lang, h) {
+        (Lang::Zh, 0) => format!("{m} 分"),
+        (Lang::Zh, _) => format!("{h} 小时 {m} 分"),
+        (Lang::En, 0) => format!("{m} min"),
+        (Lang::En, _) => format!("{h} h {m} min"),
+    };
     if left >= 0 {
         (
             match lang {
-                Lang::Zh => format!("剩余 {h} 小时 {m} 分"),
-                Lang::En => format!("{h} h {m} min left"),
+                Lang::Zh => format!("剩余 {span}"),
+                Lang::En => format!("{span} left"),
             },
             false,
         )
     } else {
         (
             match lang {
-                Lang::Zh => format!("已超时 {h} 小时 {m} 分"),
-                Lang::En => format!("overdue by {h} h {m} min"),
+                Lang::Zh => format!("已超时 {span}"),
+                Lang::En => format!("overdue by {span}"),
             },
             true,
         )
@@ -156,5 +163,37 @@ pub(crate) async fn decide(
             &format!("referral.{decision}"),
         )),
         Err(e) => Err(layout::error_page(lang, Some(&staff), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_acceptance_clock_shows_hours_and_minutes_either_side_of_the_deadline() {
+        let by = "2026-11-24T08:00:00Z";
+        let t: i64 = by.parse::<jiff::Timestamp>().expect("instant").as_second();
+        for (now, en, zh, late) in [
+            (
+                t - (5 * 3600 + 20 * 60 + 59),
+                "5 h 20 min left",
+                "剩余 5 小时 20 分",
+                false,
+            ),
+            (t - 24 * 3600, "24 h 0 min left", "剩余 24 小时 0 分", false),
+            (t - 40 * 60, "40 min left", "剩余 40 分", false),
+            (t, "0 min left", "剩余 0 分", false),
+            (
+                t + 3 * 3600 + 5 * 60,
+                "overdue by 3 h 5 min",
+                "已超时 3 小时 5 分",
+                true,
+            ),
+            (t + 90, "overdue by 1 min", "已超时 1 分", true),
+        ] {
+            assert_eq!(clock(Lang::En, by, now), (en.to_string(), late), "{en}");
+            assert_eq!(clock(Lang::Zh, by, now), (zh.to_string(), late), "{zh}");
+        }
     }
 }

@@ -117,6 +117,15 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     })
 }
 
+/// [`verify_password`] on a thread of the blocking pool: argon2id takes tens of milliseconds of
+/// one core by design, which on a runtime thread would hold up every request scheduled on it.
+pub(crate) async fn password_matches(password: &str, hash: &str) -> bool {
+    let (password, hash) = (password.to_string(), hash.to_string());
+    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
+
 /// Equal without revealing, by timing, where two secrets first differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -597,7 +606,11 @@ pub(crate) async fn login(
         record(Failure::Locked).await.map_err(|e| fail(e.into()))?;
         return Ok(again(refusal(lang, true)));
     }
-    let opened = match check(&creds, &f, now) {
+    let password_ok = match creds.password_hash.as_deref() {
+        Some(hash) => password_matches(&f.password, hash).await,
+        None => false,
+    };
+    let opened = match check(&creds, &f, password_ok, now) {
         Ok((role, totp_step)) => {
             let token = random_token().map_err(fail)?;
             let csrf = random_token().map_err(fail)?;
@@ -631,11 +644,16 @@ pub(crate) async fn login(
     }
 }
 
-/// The role a sign-in opens a session for, when the password, the role and (for the roles that
-/// need one) the one-time code are right, and the code's time step.
-fn check(creds: &Credentials, f: &LoginForm, now: Timestamp) -> Result<(String, Option<i64>), ()> {
-    let hash = creds.password_hash.as_deref().ok_or(())?;
-    if !verify_password(&f.password, hash) {
+/// The role a sign-in opens a session for, when the password (`password_ok`, verified off the
+/// runtime by [`password_matches`]), the role and (for the roles that need one) the one-time code
+/// are right, and the code's time step.
+fn check(
+    creds: &Credentials,
+    f: &LoginForm,
+    password_ok: bool,
+    now: Timestamp,
+) -> Result<(String, Option<i64>), ()> {
+    if !password_ok {
         return Err(());
     }
     let role = match f.role.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
@@ -743,6 +761,30 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("correct hors", &h));
         assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    /// While a password is being verified, other tasks of the runtime go on: on a runtime with a
+    /// single thread, a task spawned before the verification has run by the time it returns.
+    #[tokio::test(flavor = "current_thread")]
+    async fn verifying_a_password_leaves_the_runtime_free() {
+        let h = hash_password("correct horse").expect("hash");
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(password_matches("correct horse", &h).await);
+        let during = ticks.load(std::sync::atomic::Ordering::SeqCst);
+        ticker.abort();
+        assert!(
+            during > 0,
+            "the runtime stood still while the password was verified"
+        );
+        assert!(!password_matches("correct hors", &h).await);
+        assert!(!password_matches("correct horse", "not a hash").await);
     }
 
     #[test]
