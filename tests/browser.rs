@@ -253,19 +253,21 @@ impl Browser {
 
     /// The element `css` finds, waiting for it to show.
     async fn wait(&self, css: &str) -> Element {
-        match self
-            .client
-            .wait()
-            .at_most(PATIENCE)
-            .for_element(Locator::Css(css))
-            .await
-        {
-            Ok(e) => e,
-            Err(e) => panic!(
-                "`{css}` never showed on {} ({e}); the page says:\n{}",
-                self.url().await,
-                self.text("body").await
-            ),
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(e) => return e,
+                // Not there yet, or the page is still loading (Chromium may then answer with
+                // another error than "no such element").
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!(
+                    "`{css}` never showed on {} ({e}); the page says:\n{}",
+                    self.url().await,
+                    self.text("body").await
+                ),
+            }
         }
     }
 
@@ -312,8 +314,11 @@ impl Browser {
         let deadline = Instant::now() + PATIENCE;
         loop {
             match before.tag_name().await {
-                Err(e) if e.is_stale_element_reference() => break,
-                Err(e) => panic!("after clicking `{target}`: {e}"),
+                // The old page is gone. While the new one is loading, Chromium may answer about
+                // the old element with another error than "stale" (a node or an execution
+                // context it no longer has): that too says the page changed; waiting for `css`
+                // then says whether the right page came.
+                Err(_) => break,
                 Ok(_) if Instant::now() > deadline => {
                     panic!(
                         "clicking `{target}` left {} in place for {PATIENCE:?}",
