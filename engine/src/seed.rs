@@ -165,6 +165,7 @@ pub async fn seed(
                     ["wechat", "sms", "phone"][rng.below(3) as usize].to_string(),
                 ),
                 home_institution: home_of(institution, index),
+                lang: None,
             });
             summary.patients += 1;
             let entry = &p.entry_points[rng.below(p.entry_points.len() as u64) as usize];

@@ -84,7 +84,6 @@ pub struct Imported {
 /// A checked line, ready to write.
 struct Ready {
     patient: NewPatient,
-    lang: Option<String>,
     enrolments: Vec<NewEnrolment>,
 }
 
@@ -152,13 +151,6 @@ pub async fn import(
         let mut tx = pool.begin().await?;
         let patients: Vec<NewPatient> = chunk.iter().map(|(_, r)| r.patient.clone()).collect();
         insert_patients(&mut tx, &patients, now).await?;
-        for (_, r) in chunk.iter().filter(|(_, r)| r.lang.is_some()) {
-            tx.exec(
-                "UPDATE patients SET lang = $2 WHERE id = $1",
-                crate::args![&r.patient.id, r.lang.clone()],
-            )
-            .await?;
-        }
         let enrolments: Vec<NewEnrolment> = chunk
             .iter()
             .flat_map(|(_, r)| r.enrolments.iter().cloned())
@@ -292,8 +284,8 @@ fn check_line(
             contact_enc,
             preferred_channel: upsert.preferred_channel,
             home_institution: upsert.home_institution,
+            lang: upsert.lang,
         },
-        lang: upsert.lang,
         enrolments,
     })
 }
