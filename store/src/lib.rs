@@ -232,7 +232,8 @@ pub struct NewPatient {
 /// How a batch's rows reach the database: as statements (multi-row `INSERT`s, and on PostgreSQL
 /// column arrays), or as PostgreSQL `COPY` streams (`copy.rs`). Both write the same rows; SQLite
 /// always takes statements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transfer {
     Statements,
     Copy,
