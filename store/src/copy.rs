@@ -70,7 +70,18 @@ pub(crate) fn encode(
     let fields = types.len() + usize::from(ordinal);
     let fields = i16::try_from(fields)
         .map_err(|_| DbError::Invalid(format!("{fields} columns are too many for COPY")))?;
-    let mut out = Vec::with_capacity(19 + rows.len() * (2 + types.len() * 16));
+    // The exact size, so that the buffer is never moved while it grows.
+    let size: usize = rows
+        .iter()
+        .flatten()
+        .map(|a| match a {
+            Arg::OptI(None) | Arg::OptF(None) | Arg::OptT(None) => 4,
+            Arg::I(_) | Arg::OptI(Some(_)) | Arg::F(_) | Arg::OptF(Some(_)) => 12,
+            Arg::T(v) | Arg::OptT(Some(v)) => 4 + v.len(),
+        })
+        .sum();
+    let per_row = 2 + if ordinal { 12 } else { 0 };
+    let mut out = Vec::with_capacity(21 + rows.len() * per_row + size);
     out.extend_from_slice(SIGNATURE);
     out.extend_from_slice(&0i32.to_be_bytes()); // flags
     out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
@@ -222,7 +233,7 @@ mod tests {
         want.extend([0, 0, 0, 0, 0, 0, 0, 0]);
         // Row 1: four fields, the ordinal, the text's own bytes, -2, 0.5.
         want.extend([0, 4, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
-        want.extend([0, 0, 0, 7]);
+        want.extend([0, 0, 0, 6]);
         want.extend(b"a\tb\n\\N");
         want.extend([0, 0, 0, 8]);
         want.extend((-2i64).to_be_bytes());
@@ -237,6 +248,7 @@ mod tests {
         want.extend(3.0f64.to_bits().to_be_bytes());
         want.extend([0xff, 0xff]);
         assert_eq!(data, want);
+        assert_eq!(data.capacity(), data.len(), "sized exactly");
     }
 
     #[test]
