@@ -103,6 +103,8 @@ pub(crate) async fn run(
         "stored_bytes_by_table": by_table.iter().take(12).map(|(t, b)| serde_json::json!({"table": t, "bytes": b})).collect::<Vec<_>>(),
         "rows_written_by_table": stats::WRITTEN_TABLES.iter().zip(&written_by_table).map(|(t, n)| serde_json::json!({"table": t, "rows": n})).collect::<Vec<_>>(),
         "seed_seconds": seed_secs,
+        "seed_transfer": seeded.transfer,
+        "seed_patients_per_second": seeded.patients as f64 / seed_secs,
         "analyze_before_nightly_seconds": analyze_seconds,
         "passes": passes,
         "insert_ceiling_rows_per_second": ceiling,

@@ -39,6 +39,20 @@ fn bench_reports_its_figures(b: &Backend, pathways: &Path) {
         ceiling.is_finite() && ceiling > 0.0,
         "{name}: ceiling {ceiling}"
     );
+    // A seed batch reaches PostgreSQL by COPY.
+    assert_eq!(
+        v["seed_transfer"],
+        if b.kind == Kind::Postgres {
+            "copy"
+        } else {
+            "statements"
+        },
+        "{name}: {v}"
+    );
+    assert!(
+        v["seed_patients_per_second"].as_f64().unwrap_or(0.0) > 0.0,
+        "{name}: {v}"
+    );
     let rss = v["peak_rss_mib"].as_f64().expect("peak RSS");
     assert!(rss > 0.0, "{name}: peak RSS {rss}");
     assert_eq!(

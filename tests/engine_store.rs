@@ -1155,3 +1155,270 @@ async fn the_checkpointer_moves_committed_pages_into_the_database_file() {
     assert_eq!(found, 2_000, "the WAL was not checkpointed within 10 s");
     pool.close().await;
 }
+
+/// A pathway whose texts hold what COPY's text format would have to escape: tabs, newlines,
+/// carriage returns, backslashes, `\N` (its NULL), quotes, separators and Chinese.
+const AWKWARD_TEXT: &str = r#"pathway: awkward_text
+version: 1
+title: { zh: "难写的文字", en: "Awkward text" }
+owner_role: case_manager
+roles: [case_manager, doctor]
+variables:
+  remark: { type: text, default: "tab\there\nnew line \\ backslash \\N \"double\" 'single' 中文" }
+entry_points:
+  - { id: start, state: first }
+states:
+  - id: first
+    phase: follow_up
+    on_enter:
+      - task: { id: odd_title, role: case_manager, title: { zh: "标题\t制表\n换行\\反斜杠\\N", en: "Tab\tnew\nline \\ \\N \"q\" 'q' ,;|" }, due: 24h }
+      - note: { zh: "备注\t\\N", en: "Note \"quoted\"\r\nCRLF" }
+      - follow_up: { channels: [sms], template: odd_msg, after: 1d }
+    transitions:
+      - after: 1d
+        to: second
+  - id: second
+    phase: follow_up
+    on_enter:
+      - task: { id: second_call, role: doctor, title: { zh: "第二\t次", en: "Second \\ call" }, due: 2d }
+    transitions:
+      - after: 30d
+        to: done
+  - id: done
+    phase: closed
+    terminal: true
+"#;
+
+/// Every column of every row of `table`, as text (`None` for NULL), in the order of its first
+/// column.
+async fn table_rows(pool: &Pool, table: &str) -> Vec<Vec<Option<String>>> {
+    let columns: Vec<String> = pool
+        .fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            vec![store::Arg::T(table.into())],
+        )
+        .await
+        .expect("columns")
+        .iter()
+        .map(|r| r.text(0))
+        .collect();
+    assert!(!columns.is_empty(), "{table} has no columns");
+    let select: Vec<String> = columns
+        .iter()
+        .map(|c| format!("CAST({c} AS TEXT)"))
+        .collect();
+    pool.fetch(
+        &format!("SELECT {} FROM {table} ORDER BY 1", select.join(", ")),
+        vec![],
+    )
+    .await
+    .expect("rows")
+    .iter()
+    .map(|r| (0..columns.len()).map(|i| r.opt_text(i)).collect())
+    .collect()
+}
+
+/// The tables enrolling writes (and the ones it could), compared column by column.
+const ENROLMENT_TABLES: &[&str] = &[
+    "institutions",
+    "patients",
+    "enrolments",
+    "goals",
+    "tasks",
+    "follow_ups",
+    "outbox",
+    "scale_pushes",
+    "risk_predictions",
+    "alarm_rules",
+    "alarm_episodes",
+    "referrals",
+    "record_parts",
+    "record",
+    "events",
+];
+
+/// Patients whose texts are awkward for COPY, at an institution whose id is too.
+fn awkward_patients(n: usize) -> Vec<store::NewPatient> {
+    let ids = [
+        "P\t1",
+        "P\n2",
+        "P\\3",
+        "\\N",
+        "P'\"5",
+        "患者六",
+        "P,7|;",
+        "P\r\n8",
+    ];
+    (0..n)
+        .map(|i| store::NewPatient {
+            id: ids
+                .get(i)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| format!("copy-{i:03}")),
+            institution_id: if i % 3 == 0 {
+                "诊所\t\"一\"\\N".into()
+            } else {
+                "lead".into()
+            },
+            birth_date: (i % 4 != 0)
+                .then(|| format!("19{:02}-0{}-1{}", 40 + i % 50, 1 + i % 9, i % 10)),
+            sex: ["female", "male"][i % 2].into(),
+            tz: "Asia/Shanghai".into(),
+            contact_enc: (i % 2 == 0).then(|| format!("sealed\t{i}\\N\n")),
+            preferred_channel: (i % 5 != 0).then(|| "sms".into()),
+            home_institution: (i % 3 == 1).then(|| "clinic_a".into()),
+            lang: [None, Some("zh".into()), Some("en".into())][i % 3].clone(),
+        })
+        .collect()
+}
+
+/// Enrols the same patients the same way in two fresh PostgreSQL databases, by COPY in one and
+/// by statements in the other, and requires every row of every table to be equal.
+async fn copy_writes_what_statements_write(
+    label: &str,
+    dir: &std::path::Path,
+    pathways: &[(&str, &str)],
+) {
+    let (Some(by_copy), Some(by_statements)) = (
+        support::backend(Kind::Postgres),
+        support::backend(Kind::Postgres),
+    ) else {
+        return;
+    };
+    let patients = awkward_patients(40);
+    let mut results = Vec::new();
+    for (b, transfer) in [
+        (&by_copy, store::Transfer::Copy),
+        (&by_statements, store::Transfer::Statements),
+    ] {
+        let (pool, programs) = open_store(&b.url, dir, at(-60 * DAY)).await;
+        let mut tx = pool.begin().await.expect("begin");
+        store::insert_institution(
+            &mut tx,
+            "诊所\t\"一\"\\N",
+            "社区\n诊所 \\ 'one'",
+            "community_clinic",
+            Some("lead"),
+        )
+        .await
+        .expect("institution");
+        store::insert_patients_by(&mut tx, &patients, at(-60 * DAY), transfer)
+            .await
+            .expect("patients");
+        tx.commit().await.expect("commit");
+        let requests: Vec<store::NewEnrolment> = patients
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                pathways
+                    .iter()
+                    .map(move |(pathway, entry)| store::NewEnrolment {
+                        patient_id: p.id.clone(),
+                        pathway_id: pathway.to_string(),
+                        version: None,
+                        entry: entry.to_string(),
+                        at: at(-(i as i64 % 20) * DAY - i as i64 * HOUR),
+                        // Most catch up from a past start, through transitions and work born ended.
+                        catch_up_to: (i % 4 != 0).then(|| at(0)),
+                    })
+            })
+            .collect();
+        // Two batches in two transactions: the second meets record parts the first stored.
+        let mut ids = Vec::new();
+        let mut written = store::Written::default();
+        for part in requests.chunks(requests.len() / 2 + 1) {
+            let mut tx = pool.begin().await.expect("begin");
+            let (i, w) = store::enrol_many_by(&mut tx, &programs, part, transfer)
+                .await
+                .unwrap_or_else(|e| panic!("{label}: enrol by {transfer:?}: {e}"));
+            tx.commit().await.expect("commit");
+            ids.extend(i);
+            written.add(&w);
+        }
+        let mut tables = BTreeMap::new();
+        for t in ENROLMENT_TABLES {
+            tables.insert(*t, table_rows(&pool, t).await);
+        }
+        results.push((pool, ids, written, tables));
+    }
+    let (copied, statements) = (&results[0], &results[1]);
+    assert_eq!(copied.1, statements.1, "{label}: the same enrolment ids");
+    assert_eq!(copied.2, statements.2, "{label}: the same counts written");
+    assert!(copied.2.actions() > 0, "{label}: the enrolments made work");
+    for t in ENROLMENT_TABLES {
+        let (a, b) = (&copied.3[t], &statements.3[t]);
+        assert_eq!(a.len(), b.len(), "{label}: rows of {t}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x, y, "{label}: a row of {t}");
+        }
+    }
+    for t in ["patients", "enrolments", "tasks", "record"] {
+        assert!(!copied.3[t].is_empty(), "{label}: {t} has rows");
+    }
+    // Every awkward id came back as it was given, `\N` included (not as NULL).
+    let mut stored: Vec<String> = copied.3["patients"]
+        .iter()
+        .map(|r| r[0].clone().expect("an id"))
+        .collect();
+    let mut given: Vec<String> = patients.iter().map(|p| p.id.clone()).collect();
+    stored.sort();
+    given.sort();
+    assert_eq!(stored, given, "{label}");
+    let nulls = copied.3["patients"]
+        .iter()
+        .filter(|r| r.iter().any(Option::is_none))
+        .count();
+    assert!(nulls > 0, "{label}: NULLs were copied as NULLs");
+
+    // A COPY the table refuses (a patient already stored) fails its transaction, which leaves
+    // nothing, and the connection goes on.
+    let pool = &copied.0;
+    let before = table_rows(pool, "patients").await;
+    let mut tx = pool.begin().await.expect("begin");
+    let mut again = awkward_patients(200);
+    again.drain(..100);
+    again.push(patients[3].clone());
+    let err = store::insert_patients_by(&mut tx, &again, at(0), store::Transfer::Copy)
+        .await
+        .expect_err("a stored patient is refused");
+    assert!(err.to_string().contains("patients_pkey"), "{label}: {err}");
+    drop(tx);
+    assert_eq!(table_rows(pool, "patients").await, before, "{label}");
+    for (pool, ..) in &results {
+        pool.close().await;
+    }
+}
+
+#[tokio::test]
+async fn enrolling_by_copy_writes_what_statements_write_awkward_text_included() {
+    let dir = support::pathway_dir(&[
+        ("wound_care.yaml", WOUND_CARE),
+        ("heart_check.yaml", HEART_CHECK),
+        ("awkward_text.yaml", AWKWARD_TEXT),
+    ]);
+    copy_writes_what_statements_write(
+        "test pathways",
+        dir.path(),
+        &[
+            ("wound_care", "discharge"),
+            ("heart_check", "discharge"),
+            ("awkward_text", "start"),
+        ],
+    )
+    .await;
+    if let Some(real) = support::real_pathways() {
+        copy_writes_what_statements_write(
+            "real pathways",
+            &real,
+            &[
+                ("hypertension", "community"),
+                ("diabetes", "lead_hospital"),
+                ("stroke", "admission"),
+                ("heart_failure", "discharge"),
+                ("pregnancy", "mid"),
+                ("breast_cancer_surgery", "clinic"),
+            ],
+        )
+        .await;
+    }
+}

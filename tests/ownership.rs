@@ -128,6 +128,7 @@ async fn patient(pool: &Pool, id: &str, home: Option<&str>) {
         contact_enc: None,
         preferred_channel: None,
         home_institution: home.map(str::to_string),
+        lang: None,
     };
     store::insert_patient(&mut tx, &p, t0())
         .await

@@ -417,6 +417,7 @@ async fn replay(
             contact_enc: None,
             preferred_channel: Some("wechat".into()),
             home_institution: None,
+            lang: None,
         },
         played.start,
     )

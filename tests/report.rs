@@ -157,6 +157,7 @@ async fn activity(
                 contact_enc: None,
                 preferred_channel: Some("sms".into()),
                 home_institution: None,
+                lang: None,
             },
             now,
         )

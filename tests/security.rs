@@ -120,6 +120,7 @@ impl World {
             contact_enc: None,
             preferred_channel: None,
             home_institution: None,
+            lang: None,
         };
         store::insert_patient(&mut tx, &p, now())
             .await

@@ -495,6 +495,7 @@ pub(crate) async fn add_patient_at(pool: &Pool, id: &str, institution: &str, now
         contact_enc: None,
         preferred_channel: Some("wechat".into()),
         home_institution: None,
+        lang: None,
     };
     store::insert_patient(&mut tx, &p, now)
         .await

@@ -121,6 +121,9 @@ pub struct SeedSummary {
     pub enrolments: u64,
     pub events: u64,
     pub actions: u64,
+    /// How the patients and their enrolments were sent to the database (as the first batch, the
+    /// largest, was).
+    pub transfer: Option<store::Transfer>,
 }
 
 /// Creates `n` patients enrolled across the latest version of every loaded pathway.
@@ -189,6 +192,7 @@ pub async fn seed(
                     ["wechat", "sms", "phone"][rng.below(3) as usize].to_string(),
                 ),
                 home_institution: home_of(institution, index),
+                lang: None,
             });
             summary.patients += 1;
             let entry = &p.entry_points[rng.below(p.entry_points.len() as u64) as usize];
@@ -236,6 +240,9 @@ pub async fn seed(
             histories.push(history);
         }
         let mut tx = pool.begin().await?;
+        summary
+            .transfer
+            .get_or_insert(store::Transfer::for_batch(&tx, patients.len()));
         store::insert_patients(&mut tx, &patients, as_of).await?;
         let (ids, w) = store::enrol_many(&mut tx, programs, &enrolments).await?;
         written.add(&w);

@@ -502,6 +502,23 @@ impl Tx {
         }
     }
 
+    /// Runs a PostgreSQL `COPY … FROM STDIN` statement with `data` (in the statement's format);
+    /// returns the rows copied. Rows the table refuses fail the copy and the transaction.
+    pub(crate) async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, DbError> {
+        let Tx::Postgres(t) = self else {
+            return Err(DbError::Invalid("COPY is for PostgreSQL only".into()));
+        };
+        let mut copy = t.copy_in_raw(statement).await?;
+        // CopyData messages of 1 MiB keep the connection's write buffer small.
+        for part in data.chunks(1 << 20) {
+            if let Err(e) = copy.send(part).await {
+                let _ = copy.abort(e.to_string()).await;
+                return Err(e.into());
+            }
+        }
+        Ok(copy.finish().await?)
+    }
+
     pub async fn fetch_one(&mut self, sql: &str, args: Vec<Arg>) -> Result<Option<Row>, DbError> {
         Ok(self.fetch(sql, args).await?.into_iter().next())
     }

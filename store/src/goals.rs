@@ -272,34 +272,46 @@ pub async fn create_for_enrolment(
     now: Timestamp,
 ) -> Result<()> {
     let rows: Vec<_> = goals.iter().map(|g| (enrolment, g, now)).collect();
-    create_for_enrolments(tx, &rows).await
+    create_for_enrolments(tx, &rows, crate::Transfer::Statements).await
 }
 
-/// Creates goal rows for `(enrolment, goal, enrolled at)` in multi-row statements, each due for
-/// evaluation at its enrolment's instant.
+/// Creates goal rows for `(enrolment, goal, enrolled at)` in multi-row statements (or as
+/// `transfer` says), each due for evaluation at its enrolment's instant.
 pub async fn create_for_enrolments(
     tx: &mut Tx,
     goals: &[(i64, &carepath_dsl::Goal, Timestamp)],
+    transfer: crate::Transfer,
 ) -> Result<()> {
+    const COLUMNS: &str = "dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at";
     const PER_ROW: usize = 6;
+    let row = |(enrolment, g, at): &(i64, &carepath_dsl::Goal, Timestamp)| -> Vec<crate::Arg> {
+        args![
+            format!("e{enrolment}:goal:{}", g.id),
+            *enrolment,
+            &g.id,
+            serde_json::to_string(g).unwrap_or_default(),
+            at.as_second(),
+            at.as_second()
+        ]
+    };
+    if transfer == crate::Transfer::Copy && tx.is_postgres() {
+        let rows: Vec<Vec<crate::Arg>> = goals.iter().map(row).collect();
+        crate::copy::insert_staged(
+            tx,
+            "goals",
+            COLUMNS,
+            "u.c1, u.c2, u.c3, u.c4, u.c5, u.c6",
+            &rows,
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
     for part in goals.chunks(MAX_PARAMS / PER_ROW) {
-        let a: Vec<crate::Arg> = part
-            .iter()
-            .flat_map(|(enrolment, g, at)| {
-                args![
-                    format!("e{enrolment}:goal:{}", g.id),
-                    *enrolment,
-                    &g.id,
-                    serde_json::to_string(g).unwrap_or_default(),
-                    at.as_second(),
-                    at.as_second()
-                ]
-            })
-            .collect();
+        let a: Vec<crate::Arg> = part.iter().flat_map(row).collect();
         tx.exec(
             &format!(
-                "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at) VALUES {} \
-                 ON CONFLICT (dedupe_key) DO NOTHING",
+                "INSERT INTO goals ({COLUMNS}) VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
                 crate::values_list_from(1, part.len(), PER_ROW)
             ),
             a,

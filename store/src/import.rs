@@ -1,8 +1,8 @@
 //! Bulk onboarding: patients and their enrolments from NDJSON, one patient a line.
 //!
-//! Every line is checked first, alone and against the file and the database (its JSON, the
-//! patient's fields by the same rules as the API, the institution, the pathway and entry point, a
-//! patient id given twice); the lines that pass are then written in batches, each batch one
+//! Every line is checked, alone and against the file and the database (its JSON, the patient's
+//! fields by the same rules as the API, the institution, the pathway and entry point, a patient id
+//! given twice); the lines that pass are written in batches as they are read, each batch one
 //! transaction holding its patients, their enrolments with their first steps, and one audit entry.
 //! A line is written whole or not at all: its patient with its enrolments. Run again after a
 //! crash, lines whose patient already exists are reported as such and written nothing, so a
@@ -84,13 +84,17 @@ pub struct Imported {
 /// A checked line, ready to write.
 struct Ready {
     patient: NewPatient,
-    lang: Option<String>,
     enrolments: Vec<NewEnrolment>,
 }
 
 /// Imports `text` (NDJSON). `key` encrypts contact details (a line with contact details and no
 /// key is rejected); enrolments without `at` start at `now`; one dated in the past catches up to
 /// `now`. Audited as `patient.import`, one entry per batch naming its patients, by `actor`.
+///
+/// Lines are checked as they are read, `batch` good lines at a time, and each such batch is
+/// written while the next is checked: on PostgreSQL as many batches are written at once as there
+/// are processors (up to 4), each in its own transaction, so that one batch's steps are computed
+/// while another's rows are stored; SQLite has one writer.
 pub async fn import(
     pool: &Pool,
     programs: &Programs,
@@ -112,81 +116,143 @@ pub async fn import(
         .map(|r| (r.text(0), (r.text(1), r.text(2))))
         .collect();
     let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let writers = if pool.is_postgres() {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    } else {
+        1
+    };
+    let shared = std::sync::Arc::new((pool.clone(), programs.clone(), actor.to_string()));
+    let mut writing: tokio::task::JoinSet<Result<BatchWritten>> = tokio::task::JoinSet::new();
+    let mut failed: Option<super::StoreError> = None;
     let mut seen: HashSet<String> = HashSet::new();
-    let mut ready: Vec<(usize, Ready)> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        if raw.trim().is_empty() {
+    let mut ready: Vec<Ready> = Vec::new();
+    let mut lines = text.lines().enumerate().peekable();
+    while failed.is_none() && lines.peek().is_some() {
+        for (i, raw) in lines.by_ref() {
+            let n = i + 1;
+            if raw.trim().is_empty() {
+                continue;
+            }
+            out.lines += 1;
+            let reject = |reason: String| Rejected { line: n, reason };
+            match check_line(raw, programs, key, &institutions, today, now) {
+                Err(reason) => out.rejected.push(reject(reason)),
+                Ok(r) if !seen.insert(r.patient.id.clone()) => out.rejected.push(reject(format!(
+                    "patient {} is given on an earlier line",
+                    r.patient.id
+                ))),
+                Ok(r) => ready.push(r),
+            }
+            if ready.len() >= batch.max(1) {
+                break;
+            }
+        }
+        // Patients already in the database: an earlier import of these lines.
+        let mut present: HashSet<String> = HashSet::new();
+        for chunk in ready.chunks(500) {
+            let ids: Vec<super::Arg> = chunk
+                .iter()
+                .map(|r| super::Arg::T(r.patient.id.clone()))
+                .collect();
+            let sql = format!(
+                "SELECT id FROM patients WHERE id IN ({})",
+                super::db::placeholders(1, ids.len())
+            );
+            present.extend(pool.fetch(&sql, ids).await?.iter().map(|r| r.text(0)));
+        }
+        out.already_present += present.len();
+        ready.retain(|r| !present.contains(&r.patient.id));
+        if ready.is_empty() {
             continue;
         }
-        out.lines += 1;
-        let reject = |reason: String| Rejected { line: n, reason };
-        match check_line(raw, programs, key, &institutions, today, now) {
-            Err(reason) => out.rejected.push(reject(reason)),
-            Ok(r) if !seen.insert(r.patient.id.clone()) => out.rejected.push(reject(format!(
-                "patient {} is given on an earlier line",
-                r.patient.id
-            ))),
-            Ok(r) => ready.push((n, r)),
+        while writing.len() >= writers {
+            settle(writing.join_next().await, &mut out, &mut failed);
         }
+        let chunk = std::mem::take(&mut ready);
+        let shared = shared.clone();
+        writing.spawn(async move {
+            let (pool, programs, actor) = &*shared;
+            write_batch(pool, programs, chunk, actor, now).await
+        });
     }
-    // Patients already in the database: an earlier import of these lines.
-    let mut present: HashSet<String> = HashSet::new();
-    for chunk in ready.chunks(500) {
-        let ids: Vec<super::Arg> = chunk
-            .iter()
-            .map(|(_, r)| super::Arg::T(r.patient.id.clone()))
-            .collect();
-        let sql = format!(
-            "SELECT id FROM patients WHERE id IN ({})",
-            super::db::placeholders(1, ids.len())
-        );
-        present.extend(pool.fetch(&sql, ids).await?.iter().map(|r| r.text(0)));
+    while let Some(done) = writing.join_next().await {
+        settle(Some(done), &mut out, &mut failed);
     }
-    out.already_present = ready
-        .iter()
-        .filter(|(_, r)| present.contains(&r.patient.id))
-        .count();
-    ready.retain(|(_, r)| !present.contains(&r.patient.id));
-    for chunk in ready.chunks(batch.max(1)) {
-        let mut tx = pool.begin().await?;
-        let patients: Vec<NewPatient> = chunk.iter().map(|(_, r)| r.patient.clone()).collect();
-        insert_patients(&mut tx, &patients, now).await?;
-        for (_, r) in chunk.iter().filter(|(_, r)| r.lang.is_some()) {
-            tx.exec(
-                "UPDATE patients SET lang = $2 WHERE id = $1",
-                crate::args![&r.patient.id, r.lang.clone()],
-            )
-            .await?;
-        }
-        let enrolments: Vec<NewEnrolment> = chunk
-            .iter()
-            .flat_map(|(_, r)| r.enrolments.iter().cloned())
-            .collect();
-        let (ids, written) = enrol_many(&mut tx, programs, &enrolments).await?;
-        let names: Vec<String> = patients.iter().map(|p| p.id.clone()).collect();
-        super::queries::audit(
-            &mut tx,
-            &AuditEntry::new(
-                actor,
-                None,
-                "patient.import",
-                "import",
-                &names,
-                "ok",
-                "cli",
-                now,
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        out.patients += patients.len() as u64;
-        out.enrolments += ids.len() as u64;
-        out.actions += written.by_kind.values().sum::<u64>();
-        out.batches += 1;
+    if let Some(e) = failed {
+        return Err(e);
     }
     out.seconds = started.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Counts a written batch into `out`, or keeps the first failure.
+fn settle(
+    done: Option<std::result::Result<Result<BatchWritten>, tokio::task::JoinError>>,
+    out: &mut Imported,
+    failed: &mut Option<super::StoreError>,
+) {
+    match done {
+        Some(Ok(Ok(w))) => {
+            out.patients += w.patients;
+            out.enrolments += w.enrolments;
+            out.actions += w.actions;
+            out.batches += 1;
+        }
+        Some(Ok(Err(e))) => {
+            failed.get_or_insert(e);
+        }
+        Some(Err(e)) => {
+            failed.get_or_insert(super::StoreError::Invalid(format!(
+                "a batch of the import stopped: {e}"
+            )));
+        }
+        None => {}
+    }
+}
+
+/// What one batch wrote.
+struct BatchWritten {
+    patients: u64,
+    enrolments: u64,
+    actions: u64,
+}
+
+/// Writes one batch in one transaction: its patients, their enrolments with their first steps,
+/// and one audit entry naming the patients.
+async fn write_batch(
+    pool: &Pool,
+    programs: &Programs,
+    chunk: Vec<Ready>,
+    actor: &str,
+    now: Timestamp,
+) -> Result<BatchWritten> {
+    let mut tx = pool.begin().await?;
+    let (patients, enrolments): (Vec<NewPatient>, Vec<Vec<NewEnrolment>>) =
+        chunk.into_iter().map(|r| (r.patient, r.enrolments)).unzip();
+    insert_patients(&mut tx, &patients, now).await?;
+    let enrolments: Vec<NewEnrolment> = enrolments.into_iter().flatten().collect();
+    let (ids, written) = enrol_many(&mut tx, programs, &enrolments).await?;
+    let names: Vec<String> = patients.iter().map(|p| p.id.clone()).collect();
+    super::queries::audit(
+        &mut tx,
+        &AuditEntry::new(
+            actor,
+            None,
+            "patient.import",
+            "import",
+            &names,
+            "ok",
+            "cli",
+            now,
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(BatchWritten {
+        patients: patients.len() as u64,
+        enrolments: ids.len() as u64,
+        actions: written.by_kind.values().sum::<u64>(),
+    })
 }
 
 fn check_line(
@@ -292,8 +358,8 @@ fn check_line(
             contact_enc,
             preferred_channel: upsert.preferred_channel,
             home_institution: upsert.home_institution,
+            lang: upsert.lang,
         },
-        lang: upsert.lang,
         enrolments,
     })
 }

@@ -12,6 +12,7 @@ pub mod audit_log;
 pub mod bulk;
 pub mod calendars;
 pub mod clinical;
+mod copy;
 pub mod crypto;
 pub mod db;
 pub mod goals;
@@ -224,6 +225,35 @@ pub struct NewPatient {
     /// The community institution the patient belongs to (a community clinic or township hospital
     /// of the alliance), where a referral `to: own_community` goes.
     pub home_institution: Option<String>,
+    /// The language messages to the patient are written in (`zh` or `en`), if known.
+    pub lang: Option<String>,
+}
+
+/// How a batch's rows reach the database: as statements (multi-row `INSERT`s, and on PostgreSQL
+/// column arrays), or as PostgreSQL `COPY` streams (`copy.rs`). Both write the same rows; SQLite
+/// always takes statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transfer {
+    Statements,
+    Copy,
+}
+
+impl Transfer {
+    /// The fewest patients or enrolments in one call that PostgreSQL is sent by COPY: below it,
+    /// the few round trips a COPY adds (creating the staging tables, the stream) cost more than
+    /// binding the rows.
+    pub const COPY_FROM: usize = 64;
+
+    /// COPY for a PostgreSQL batch of at least [`Transfer::COPY_FROM`] rows, statements
+    /// otherwise.
+    pub fn for_batch(tx: &Tx, rows: usize) -> Transfer {
+        if tx.is_postgres() && rows >= Transfer::COPY_FROM {
+            Transfer::Copy
+        } else {
+            Transfer::Statements
+        }
+    }
 }
 
 pub async fn insert_institution(
@@ -268,8 +298,20 @@ pub async fn insert_patient(tx: &mut Tx, p: &NewPatient, now: Timestamp) -> Resu
     insert_patients(tx, std::slice::from_ref(p), now).await
 }
 
-/// Inserts patients in multi-row statements; every time zone is checked first.
+/// Inserts patients in multi-row statements, or by COPY for a large batch on PostgreSQL; every
+/// time zone is checked first.
 pub async fn insert_patients(tx: &mut Tx, patients: &[NewPatient], now: Timestamp) -> Result<()> {
+    let transfer = Transfer::for_batch(tx, patients.len());
+    insert_patients_by(tx, patients, now, transfer).await
+}
+
+/// [`insert_patients`], sending the rows as `transfer` says.
+pub async fn insert_patients_by(
+    tx: &mut Tx,
+    patients: &[NewPatient],
+    now: Timestamp,
+    transfer: Transfer,
+) -> Result<()> {
     if let Some(p) = patients
         .iter()
         .find(|p| jiff::tz::TimeZone::get(&p.tz).is_err())
@@ -279,27 +321,32 @@ pub async fn insert_patients(tx: &mut Tx, patients: &[NewPatient], now: Timestam
             p.tz
         )));
     }
-    const PER_ROW: usize = 9;
+    const COLUMNS: &str = "id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at, home_institution, lang";
+    const PER_ROW: usize = 10;
+    let row = |p: &NewPatient| -> Vec<Arg> {
+        args![
+            &p.id,
+            &p.institution_id,
+            p.birth_date.clone(),
+            &p.sex,
+            &p.tz,
+            p.contact_enc.clone(),
+            p.preferred_channel.clone(),
+            now.as_second(),
+            p.home_institution.clone(),
+            p.lang.clone()
+        ]
+    };
+    if transfer == Transfer::Copy && tx.is_postgres() {
+        let rows: Vec<Vec<Arg>> = patients.iter().map(row).collect();
+        copy::copy_into(tx, "patients", COLUMNS, &rows).await?;
+        return Ok(());
+    }
     for part in patients.chunks(writer::MAX_PARAMS / PER_ROW) {
-        let a: Vec<Arg> = part
-            .iter()
-            .flat_map(|p| {
-                args![
-                    &p.id,
-                    &p.institution_id,
-                    p.birth_date.clone(),
-                    &p.sex,
-                    &p.tz,
-                    p.contact_enc.clone(),
-                    p.preferred_channel.clone(),
-                    now.as_second(),
-                    p.home_institution.clone()
-                ]
-            })
-            .collect();
+        let a: Vec<Arg> = part.iter().flat_map(row).collect();
         tx.exec(
             &format!(
-                "INSERT INTO patients (id, institution_id, birth_date, sex, tz, contact_enc, preferred_channel, created_at, home_institution) VALUES {}",
+                "INSERT INTO patients ({COLUMNS}) VALUES {}",
                 values_list(part.len(), PER_ROW)
             ),
             a,
@@ -435,7 +482,7 @@ pub async fn load_facts(
             sex: &d.sex,
         })
         .collect();
-    load_facts_of(tx, &of, now).await
+    load_facts_of(tx, &of, now, false).await
 }
 
 /// Whose facts to load: an enrolment and its patient.
@@ -446,10 +493,14 @@ struct FactsOf<'a> {
     sex: &'a str,
 }
 
+/// Loads the facts of `batch`. With `made_now` (enrolments made in this transaction, with nothing
+/// stored under their ids but their goals, none met yet) only the patients' facts are read:
+/// diagnoses, encounters, observations and scale answers.
 async fn load_facts_of(
     tx: &mut Tx,
     batch: &[FactsOf<'_>],
     now: Timestamp,
+    made_now: bool,
 ) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
     let mut out: HashMap<i64, (PatientFacts, Vec<PendingEvent>)> = HashMap::new();
     if batch.is_empty() {
@@ -472,7 +523,11 @@ async fn load_facts_of(
     let patients: Vec<Arg> = by_patient.keys().map(|p| Arg::T(p.to_string())).collect();
     let in_patients = db::placeholders(1, patients.len());
 
-    let rows = tx.fetch(&format!("SELECT enrolment_id, seq, name, at, payload FROM events WHERE enrolment_id IN ({in_ids}) AND void_at IS NULL ORDER BY seq"), ids.clone()).await?;
+    let rows = if made_now {
+        Vec::new()
+    } else {
+        tx.fetch(&format!("SELECT enrolment_id, seq, name, at, payload FROM events WHERE enrolment_id IN ({in_ids}) AND void_at IS NULL ORDER BY seq"), ids.clone()).await?
+    };
     for r in rows {
         if let Some((facts, pending)) = out.get_mut(&r.i64(0)) {
             let (seq, name, at) = (r.i64(1), r.text(2), ts(r.i64(3)));
@@ -558,7 +613,22 @@ async fn load_facts_of(
             }
         }
     }
-    let rows = tx.fetch(&format!("SELECT enrolment_id, model, score, band, at FROM risk_predictions WHERE enrolment_id IN ({in_ids}) ORDER BY at, id"), ids.clone()).await?;
+    if !made_now {
+        load_work_facts(tx, &ids, now, &mut out).await?;
+    }
+    Ok(out)
+}
+
+/// The facts of enrolments `ids` that their stored work gives: risk results, open and overdue
+/// tasks, task outcomes, goals met.
+async fn load_work_facts(
+    tx: &mut Tx,
+    ids: &[Arg],
+    now: Timestamp,
+    out: &mut HashMap<i64, (PatientFacts, Vec<PendingEvent>)>,
+) -> Result<()> {
+    let in_ids = db::placeholders(1, ids.len());
+    let rows = tx.fetch(&format!("SELECT enrolment_id, model, score, band, at FROM risk_predictions WHERE enrolment_id IN ({in_ids}) ORDER BY at, id"), ids.to_vec()).await?;
     for r in rows {
         if let Some((facts, _)) = out.get_mut(&r.i64(0)) {
             facts.risks.push(RiskResult {
@@ -569,7 +639,7 @@ async fn load_facts_of(
             });
         }
     }
-    let mut task_args = ids.clone();
+    let mut task_args = ids.to_vec();
     task_args.push(Arg::I(now.as_second()));
     let rows = tx
         .fetch(
@@ -590,7 +660,7 @@ async fn load_facts_of(
     let rows = tx
         .fetch(
             &format!("SELECT enrolment_id, task_ref, outcome FROM tasks WHERE enrolment_id IN ({in_ids}) AND status = 'done' AND task_ref IS NOT NULL ORDER BY completed_at, id"),
-            ids.clone(),
+            ids.to_vec(),
         )
         .await?;
     for r in rows {
@@ -598,13 +668,13 @@ async fn load_facts_of(
             facts.outcomes.push((r.text(1), r.text(2)));
         }
     }
-    let rows = tx.fetch(&format!("SELECT enrolment_id, goal_id FROM goals WHERE enrolment_id IN ({in_ids}) AND met = 1"), ids).await?;
+    let rows = tx.fetch(&format!("SELECT enrolment_id, goal_id FROM goals WHERE enrolment_id IN ({in_ids}) AND met = 1"), ids.to_vec()).await?;
     for r in rows {
         if let Some((facts, _)) = out.get_mut(&r.i64(0)) {
             facts.goals_met.push(r.text(1));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// What committing one outcome added, by kind.
@@ -681,6 +751,25 @@ async fn apply_outcomes_with(
 ) -> Result<Vec<Option<Written>>> {
     let updated = update_enrolments(tx, batch).await?;
     let mut endings: Vec<Ending> = Vec::new();
+    let mut out = buffer_outcomes(buf, batch, &updated, withdrawn, &mut endings);
+    // Work already stored goes away as the policy says; the new rows are still in `buf`.
+    let cancelled = cancel_work_of(tx, &endings).await?;
+    for w in out.iter_mut().flatten() {
+        w.cancelled_tasks = cancelled.get(&w.enrolment).copied().unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// Puts what each outcome of `batch` whose enrolment is in `updated` made into `buf`, and the
+/// stored work it ends into `endings`; returns, per outcome in order, what it wrote, or `None`
+/// for an enrolment not updated.
+fn buffer_outcomes(
+    buf: &mut RowBuffer,
+    batch: &[(&DueEnrolment, &Outcome, Timestamp)],
+    updated: &HashSet<i64>,
+    withdrawn: Option<&str>,
+    endings: &mut Vec<Ending>,
+) -> Vec<Option<Written>> {
     let mut out = Vec::with_capacity(batch.len());
     for (d, outcome, now) in batch {
         let e = &outcome.enrolment;
@@ -692,7 +781,7 @@ async fn apply_outcomes_with(
             d,
             withdrawn,
             buf: &mut *buf,
-            endings: &mut endings,
+            endings: &mut *endings,
             written: Written {
                 enrolment: d.enrolment.id,
                 ..Default::default()
@@ -719,12 +808,7 @@ async fn apply_outcomes_with(
         }
         out.push(Some(written));
     }
-    // Work already stored goes away as the policy says; the new rows are still in `buf`.
-    let cancelled = cancel_work_of(tx, &endings).await?;
-    for w in out.iter_mut().flatten() {
-        w.cancelled_tasks = cancelled.get(&w.enrolment).copied().unwrap_or(0);
-    }
-    Ok(out)
+    out
 }
 
 /// Stored work of one enrolment that ends: `seq` is a state entry, or `-1` for every entry;
@@ -821,6 +905,27 @@ fn values_list(n: usize, per_row: usize) -> String {
     values_list_from(1, n, per_row)
 }
 
+/// An enrolment's row after `outcome` at `now`, as [`update_enrolments`] writes it: id, the row
+/// version read, state, state_seq, entered_at, vars, last_event_seq, status, next_wake_at,
+/// ended_at (if it ended now) and checked_at.
+fn stepped_enrolment(d: &DueEnrolment, outcome: &Outcome, now: Timestamp) -> [Arg; 11] {
+    let e = &outcome.enrolment;
+    let ended = (e.status != Status::Active).then_some(now.as_second());
+    [
+        Arg::I(e.id),
+        Arg::I(d.row_version),
+        Arg::T(e.state.clone()),
+        Arg::I(i64::from(e.state_seq)),
+        Arg::I(e.entered_at.as_second()),
+        Arg::T(serde_json::to_string(&e.vars).unwrap_or_default()),
+        Arg::I(e.last_event_seq),
+        Arg::T(e.status.as_str().into()),
+        Arg::OptI(outcome.next_wake.map(|t| t.as_second())),
+        Arg::OptI(ended),
+        Arg::I(e.checked_at.as_second()),
+    ]
+}
+
 /// Updates every enrolment of the batch whose row version is still the one read; returns the ids
 /// updated.
 async fn update_enrolments(
@@ -832,21 +937,7 @@ async fn update_enrolments(
     for part in batch.chunks(writer::MAX_PARAMS / PER_ROW) {
         let mut a = Vec::with_capacity(part.len() * PER_ROW);
         for (d, outcome, now) in part {
-            let e = &outcome.enrolment;
-            let ended = (e.status != Status::Active).then_some(now.as_second());
-            a.extend(args![
-                e.id,
-                d.row_version,
-                &e.state,
-                i64::from(e.state_seq),
-                e.entered_at.as_second(),
-                serde_json::to_string(&e.vars).unwrap_or_default(),
-                e.last_event_seq,
-                e.status.as_str(),
-                outcome.next_wake.map(|t| t.as_second()),
-                ended,
-                e.checked_at.as_second()
-            ]);
+            a.extend(stepped_enrolment(d, outcome, *now));
         }
         let sql = format!(
             "UPDATE enrolments SET state = v.column3, state_seq = v.column4, entered_at = v.column5, vars = v.column6, \
@@ -1166,14 +1257,29 @@ pub struct NewEnrolment {
     pub catch_up_to: Option<Timestamp>,
 }
 
-/// Enrols patients in a few multi-row statements: the enrolments, their goals, the `enrolled`
-/// record and the first step's outcome (entry actions) of each. Returns the new ids in order.
-/// A patient may appear once per pathway in one call.
+/// Enrols patients in a few multi-row statements (by COPY for a large batch on PostgreSQL): the
+/// enrolments, their goals, the `enrolled` record and the first step's outcome (entry actions) of
+/// each. Returns the new ids in order. A patient may appear once per pathway in one call.
 pub async fn enrol_many(
     tx: &mut Tx,
     programs: &Programs,
     new: &[NewEnrolment],
 ) -> Result<(Vec<i64>, Written)> {
+    let transfer = Transfer::for_batch(tx, new.len());
+    enrol_many_by(tx, programs, new, transfer).await
+}
+
+/// [`enrol_many`], sending the rows as `transfer` says. With statements, each enrolment is
+/// inserted, stepped, and updated to its new state as a scheduler pass updates it; by COPY (on
+/// PostgreSQL), its id is drawn from the same sequence first and it is copied in its new state,
+/// which is the row the statements leave.
+pub async fn enrol_many_by(
+    tx: &mut Tx,
+    programs: &Programs,
+    new: &[NewEnrolment],
+    transfer: Transfer,
+) -> Result<(Vec<i64>, Written)> {
+    let copy = transfer == Transfer::Copy && tx.is_postgres();
     let mut progs = Vec::with_capacity(new.len());
     let mut seen = HashSet::new();
     for n in new {
@@ -1234,56 +1340,19 @@ pub async fn enrol_many(
             return Err(StoreError::NotFound(format!("patient {}", n.patient_id)));
         }
     }
-    // The enrolments, matched back to their requests by (patient, pathway).
-    let mut ids: HashMap<(String, String), i64> = HashMap::new();
-    const PER_ROW: usize = 6;
-    for (part, part_progs) in new
-        .chunks(writer::MAX_PARAMS / PER_ROW)
-        .zip(progs.chunks(writer::MAX_PARAMS / PER_ROW))
-    {
-        let a: Vec<Arg> = part
-            .iter()
-            .zip(part_progs)
-            .flat_map(|(n, prog)| {
-                args![
-                    &n.patient_id,
-                    patients[&n.patient_id].text(1),
-                    &n.pathway_id,
-                    i64::from(prog.pathway.version),
-                    &n.entry,
-                    n.at.as_second()
-                ]
-            })
-            .collect();
-        let rows = tx
-            .fetch(
-                &format!(
-                    "INSERT INTO enrolments (patient_id, institution_id, pathway_id, version, entry_point, state, state_seq, entered_at, vars, status, next_wake_at, enrolled_at) \
-                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, '', 0, v.column6, '{{}}', 'active', NULL, v.column6 FROM (VALUES {}) AS v \
-                     RETURNING id, patient_id, pathway_id",
-                    values_list(part.len(), PER_ROW)
-                ),
-                a,
-            )
-            .await?;
-        for r in rows {
-            ids.insert((r.text(1), r.text(2)), r.i64(0));
-        }
-    }
-    let ids: Vec<i64> = new
-        .iter()
-        .map(|n| {
-            ids.get(&(n.patient_id.clone(), n.pathway_id.clone()))
-                .copied()
-                .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))
-        })
-        .collect::<Result<_>>()?;
+    let ids = if copy {
+        enrolment_ids(tx, new.len()).await?
+    } else {
+        insert_enrolments(tx, new, &progs, &patients).await?
+    };
     let goals: Vec<(i64, &carepath_dsl::Goal, Timestamp)> = ids
         .iter()
         .zip(new.iter().zip(&progs))
         .flat_map(|(id, (n, prog))| prog.pathway.goals.iter().map(move |g| (*id, g, n.at)))
         .collect();
-    goals::create_for_enrolments(tx, &goals).await?;
+    if !copy {
+        goals::create_for_enrolments(tx, &goals, Transfer::Statements).await?;
+    }
     // Enrolments dated in the past catch up with the facts recorded since they began.
     let births: Vec<(Option<String>, String)> = new
         .iter()
@@ -1309,7 +1378,7 @@ pub async fn enrol_many(
         .filter_map(|n| n.catch_up_to)
         .max()
         .unwrap_or(Timestamp::UNIX_EPOCH);
-    let mut past_facts = load_facts_of(tx, &catching_up, latest).await?;
+    let mut past_facts = load_facts_of(tx, &catching_up, latest, true).await?;
     let mut outcomes = Vec::with_capacity(new.len());
     let mut buf = RowBuffer::default();
     let institutions: Vec<String> = patients.values().map(|p| p.text(1)).collect();
@@ -1363,13 +1432,151 @@ pub async fn enrol_many(
         .zip(new)
         .map(|((d, o), n)| (d, o, n.catch_up_to.unwrap_or(n.at).max(n.at)))
         .collect();
-    for w in apply_outcomes_at(tx, &mut buf, &refs).await? {
+    let applied = if copy {
+        // Nothing is stored under the new ids yet, so the stored work a first step ends is none:
+        // what it ends of its own work is born ended in `buf`.
+        let all: HashSet<i64> = ids.iter().copied().collect();
+        let applied = buffer_outcomes(&mut buf, &refs, &all, None, &mut Vec::new());
+        copy_enrolments(tx, new, &progs, &patients, &refs).await?;
+        goals::create_for_enrolments(tx, &goals, Transfer::Copy).await?;
+        applied
+    } else {
+        apply_outcomes_at(tx, &mut buf, &refs).await?
+    };
+    for w in applied {
         let w =
             w.ok_or_else(|| StoreError::Conflict("enrolment changed while enrolling".into()))?;
         written.add(&w);
     }
-    written.add(&buf.flush(tx).await?);
+    written.add(&buf.flush_by(tx, transfer).await?);
     Ok((ids, written))
+}
+
+/// Inserts the enrolments of `new` in their first state; returns their ids in order.
+async fn insert_enrolments(
+    tx: &mut Tx,
+    new: &[NewEnrolment],
+    progs: &[std::sync::Arc<step::Program>],
+    patients: &HashMap<String, Row>,
+) -> Result<Vec<i64>> {
+    // The enrolments, matched back to their requests by (patient, pathway).
+    let mut ids: HashMap<(String, String), i64> = HashMap::new();
+    const PER_ROW: usize = 6;
+    for (part, part_progs) in new
+        .chunks(writer::MAX_PARAMS / PER_ROW)
+        .zip(progs.chunks(writer::MAX_PARAMS / PER_ROW))
+    {
+        let a: Vec<Arg> = part
+            .iter()
+            .zip(part_progs)
+            .flat_map(|(n, prog)| {
+                args![
+                    &n.patient_id,
+                    patients[&n.patient_id].text(1),
+                    &n.pathway_id,
+                    i64::from(prog.pathway.version),
+                    &n.entry,
+                    n.at.as_second()
+                ]
+            })
+            .collect();
+        let rows = tx
+            .fetch(
+                &format!(
+                    "INSERT INTO enrolments (patient_id, institution_id, pathway_id, version, entry_point, state, state_seq, entered_at, vars, status, next_wake_at, enrolled_at) \
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, '', 0, v.column6, '{{}}', 'active', NULL, v.column6 FROM (VALUES {}) AS v \
+                     RETURNING id, patient_id, pathway_id",
+                    values_list(part.len(), PER_ROW)
+                ),
+                a,
+            )
+            .await?;
+        for r in rows {
+            ids.insert((r.text(1), r.text(2)), r.i64(0));
+        }
+    }
+    new.iter()
+        .map(|n| {
+            ids.get(&(n.patient_id.clone(), n.pathway_id.clone()))
+                .copied()
+                .ok_or_else(|| StoreError::Invalid("insert returned no id".into()))
+        })
+        .collect()
+}
+
+/// `n` new enrolment ids from the sequence that numbers inserted enrolments, in the order an
+/// insert of `n` rows would take them.
+async fn enrolment_ids(tx: &mut Tx, n: usize) -> Result<Vec<i64>> {
+    let mut ids: Vec<i64> = tx
+        .fetch(
+            "SELECT nextval(pg_get_serial_sequence('enrolments', 'id')) FROM generate_series(1, $1)",
+            args![n as i64],
+        )
+        .await?
+        .iter()
+        .map(|r| r.i64(0))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Copies the enrolments of `new` (ids drawn by [`enrolment_ids`]) in the state their first
+/// step left them: the rows [`insert_enrolments`] and [`update_enrolments`] leave together.
+async fn copy_enrolments(
+    tx: &mut Tx,
+    new: &[NewEnrolment],
+    progs: &[std::sync::Arc<step::Program>],
+    patients: &HashMap<String, Row>,
+    stepped: &[(&DueEnrolment, &Outcome, Timestamp)],
+) -> Result<()> {
+    let rows: Vec<Vec<Arg>> = new
+        .iter()
+        .zip(progs)
+        .zip(stepped)
+        .map(|((n, prog), (d, outcome, now))| {
+            let [
+                id,
+                _read_version,
+                state,
+                seq,
+                entered,
+                vars,
+                last_event,
+                status,
+                wake,
+                ended,
+                checked,
+            ] = stepped_enrolment(d, outcome, *now);
+            vec![
+                id,
+                Arg::T(n.patient_id.clone()),
+                Arg::T(patients[&n.patient_id].text(1)),
+                Arg::T(n.pathway_id.clone()),
+                Arg::I(i64::from(prog.pathway.version)),
+                Arg::T(n.entry.clone()),
+                state,
+                seq,
+                entered,
+                vars,
+                last_event,
+                status,
+                wake,
+                Arg::I(d.row_version + 1),
+                Arg::I(n.at.as_second()),
+                ended,
+                checked,
+            ]
+        })
+        .collect();
+    copy::copy_into(
+        tx,
+        "enrolments",
+        "id, patient_id, institution_id, pathway_id, version, entry_point, state, state_seq, entered_at, vars, \
+         last_event_seq, status, next_wake_at, row_version, enrolled_at, ended_at, checked_at",
+        &rows,
+    )
+    .await?;
+    Ok(())
 }
 
 /// An event to add with [`add_events`].

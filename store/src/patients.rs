@@ -484,17 +484,11 @@ pub async fn upsert(
                 contact_enc: contact_enc.clone(),
                 preferred_channel: p.preferred_channel.clone(),
                 home_institution: p.home_institution.clone(),
+                lang: p.lang.clone(),
             },
             now,
         )
         .await?;
-        if p.lang.is_some() {
-            tx.exec(
-                "UPDATE patients SET lang = $2 WHERE id = $1",
-                args![&p.id, p.lang.clone()],
-            )
-            .await?;
-        }
     } else {
         if !super::clinical::visible(tx, caller, &p.id).await? {
             return Err(StoreError::NotFound(format!("patient {}", p.id)));

@@ -130,6 +130,7 @@ pub async fn write(pool: &Pool, c: &Cohort, tz: &str, now: Timestamp) -> Result<
             contact_enc: None,
             preferred_channel: None,
             home_institution: None,
+            lang: None,
         })
         .collect();
     super::insert_patients(&mut tx, &patients, now).await?;

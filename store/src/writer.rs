@@ -11,7 +11,7 @@ use carepath_dsl::{AlarmScope, Channel, Direction};
 use serde_json::json;
 
 use super::db::Arg;
-use super::{DueEnrolment, Result, Tx, Written};
+use super::{DueEnrolment, Result, Transfer, Tx, Written};
 use crate::step::{Emitted, Produced};
 
 struct Table {
@@ -612,6 +612,11 @@ impl RowBuffer {
 
     /// Writes every buffered row; returns how many of each kind were new.
     pub async fn flush(&mut self, tx: &mut Tx) -> Result<Written> {
+        self.flush_by(tx, Transfer::Statements).await
+    }
+
+    /// [`RowBuffer::flush`], sending the rows as `transfer` says.
+    pub async fn flush_by(&mut self, tx: &mut Tx, transfer: Transfer) -> Result<Written> {
         let mut w = Written::default();
         for (hash, body) in std::mem::take(&mut self.parts) {
             self.push("record_parts", vec![Arg::T(hash), Arg::T(body)]);
@@ -624,7 +629,7 @@ impl RowBuffer {
                 continue;
             };
             let returning = table.name == "record" && !notes.is_empty();
-            let (inserted, keys) = insert_rows(tx, table, &rows, returning).await?;
+            let (inserted, keys) = insert_rows(tx, table, &rows, returning, transfer).await?;
             if let Some(kind) = table.kind {
                 *w.by_kind.entry(kind.to_string()).or_default() += inserted;
             }
@@ -695,12 +700,14 @@ fn fill(template: &str, placeholder: impl Fn(usize) -> String) -> String {
 
 /// Inserts `rows` into `table`; returns how many were new and, with `returning`, their dedupe
 /// keys (every table's first column). SQLite steps one prepared single-row statement per row on
-/// the transaction's own connection; PostgreSQL takes each column as one array parameter.
+/// the transaction's own connection; PostgreSQL takes each column as one array parameter, or
+/// with [`Transfer::Copy`] reads the rows from a COPY stream through a staging table.
 async fn insert_rows(
     tx: &mut Tx,
     table: &Table,
     rows: &[Vec<Arg>],
     returning: bool,
+    transfer: Transfer,
 ) -> Result<(u64, Vec<String>)> {
     let (mut total, mut keys) = (0, Vec::new());
     if !tx.is_postgres() {
@@ -719,6 +726,20 @@ async fn insert_rows(
             }
         }
         return Ok((total, keys));
+    }
+    if transfer == Transfer::Copy {
+        let row = table.values.trim();
+        let select = fill(&row[1..row.len() - 1], |n| format!("u.c{n}"));
+        let (inserted, new) = crate::copy::insert_staged(
+            tx,
+            table.name,
+            table.columns,
+            &select,
+            rows,
+            returning.then_some("dedupe_key"),
+        )
+        .await?;
+        return Ok((inserted, new.iter().map(|r| r.text(0)).collect()));
     }
     for part in rows.chunks(PG_ROWS) {
         let columns = super::db::Column::from_rows(part);
