@@ -611,7 +611,9 @@ async fn add_staff(
 async fn task_roles(pool: &carepath_engine::store::Pool, task: i64) -> Vec<String> {
     let rows = pool
         .fetch(
-            "SELECT role, sla FROM tasks WHERE id = $1",
+            // The SLA is stored as a record part's hash (or, written by older steps, inline).
+            "SELECT t.role, COALESCE(p.body, t.sla) FROM tasks t \
+             LEFT JOIN record_parts p ON p.dedupe_key = t.sla WHERE t.id = $1",
             vec![carepath_engine::store::Arg::I(task)],
         )
         .await

@@ -39,12 +39,20 @@ impl GoalSweep {
     }
 }
 
-const GOAL_COLUMNS: &str =
-    "g.id, g.enrolment_id, g.goal_id, g.spec, g.met, e.patient_id, e.status, p.tz";
+/// The columns [`DueGoal::from_row`] reads from `goals g JOIN enrolments e JOIN patients p`, and
+/// the join that reads the goal's spec from its record part.
+fn goal_columns() -> (String, String) {
+    let (spec, join) = crate::writer::part_column("g", "spec");
+    (
+        format!("g.id, g.enrolment_id, g.goal_id, {spec}, g.met, e.patient_id, e.status, p.tz"),
+        join,
+    )
+}
 
 /// Evaluates every goal due at `now`, in batches of one transaction each.
 pub async fn evaluate_due(pool: &Pool, now: Timestamp) -> Result<GoalSweep> {
     let mut sweep = GoalSweep::default();
+    let (columns, spec) = goal_columns();
     loop {
         let mut tx = pool.begin().await?;
         let lock = if tx.is_postgres() {
@@ -55,8 +63,8 @@ pub async fn evaluate_due(pool: &Pool, now: Timestamp) -> Result<GoalSweep> {
         let rows = tx
             .fetch(
                 &format!(
-                    "SELECT {GOAL_COLUMNS} FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
-                     JOIN patients p ON p.id = e.patient_id \
+                    "SELECT {columns} FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
+                     JOIN patients p ON p.id = e.patient_id {spec} \
                      WHERE g.next_eval_at IS NOT NULL AND g.next_eval_at <= $1 ORDER BY g.next_eval_at, g.id LIMIT $2{lock}"
                 ),
                 args![now.as_second(), BATCH],
@@ -80,13 +88,14 @@ pub async fn evaluate_for_patients(
     now: Timestamp,
 ) -> Result<GoalSweep> {
     let mut sweep = GoalSweep::default();
+    let (columns, spec) = goal_columns();
     for part in patients.chunks(BATCH as usize) {
         let a: Vec<Arg> = part.iter().map(|p| Arg::T(p.clone())).collect();
         let rows = tx
             .fetch(
                 &format!(
-                    "SELECT {GOAL_COLUMNS} FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
-                     JOIN patients p ON p.id = e.patient_id \
+                    "SELECT {columns} FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
+                     JOIN patients p ON p.id = e.patient_id {spec} \
                      WHERE e.patient_id IN ({}) AND e.status = 'active' AND g.next_eval_at IS NOT NULL ORDER BY g.id",
                     db::placeholders(1, a.len())
                 ),
@@ -284,18 +293,31 @@ pub async fn create_for_enrolments(
 ) -> Result<()> {
     const COLUMNS: &str = "dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at";
     const PER_ROW: usize = 6;
-    let row = |(enrolment, g, at): &(i64, &carepath_dsl::Goal, Timestamp)| -> Vec<crate::Arg> {
+    // Each goal's spec is a record part, as a goal set by a step is: written once however many
+    // enrolments share it.
+    let mut parts = std::collections::BTreeMap::new();
+    let specs: Vec<String> = goals
+        .iter()
+        .map(|(_, g, _)| {
+            crate::writer::put_part(
+                serde_json::to_value(g).unwrap_or_default().to_string(),
+                &mut parts,
+            )
+        })
+        .collect();
+    crate::writer::insert_parts(tx, parts).await?;
+    let row = |((enrolment, g, at), spec): (&(i64, &carepath_dsl::Goal, Timestamp), &String)| -> Vec<crate::Arg> {
         args![
             format!("e{enrolment}:goal:{}", g.id),
             *enrolment,
             &g.id,
-            serde_json::to_string(g).unwrap_or_default(),
+            spec,
             at.as_second(),
             at.as_second()
         ]
     };
     if transfer == crate::Transfer::Copy && tx.is_postgres() {
-        let rows: Vec<Vec<crate::Arg>> = goals.iter().map(row).collect();
+        let rows: Vec<Vec<crate::Arg>> = goals.iter().zip(&specs).map(row).collect();
         crate::copy::insert_staged(
             tx,
             "goals",
@@ -307,8 +329,11 @@ pub async fn create_for_enrolments(
         .await?;
         return Ok(());
     }
-    for part in goals.chunks(MAX_PARAMS / PER_ROW) {
-        let a: Vec<crate::Arg> = part.iter().flat_map(row).collect();
+    for (part, specs) in goals
+        .chunks(MAX_PARAMS / PER_ROW)
+        .zip(specs.chunks(MAX_PARAMS / PER_ROW))
+    {
+        let a: Vec<crate::Arg> = part.iter().zip(specs).flat_map(row).collect();
         tx.exec(
             &format!(
                 "INSERT INTO goals ({COLUMNS}) VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",

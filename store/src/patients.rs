@@ -769,10 +769,13 @@ pub async fn course(
         .iter()
         .map(|r| (r.text(0), r.f64(1), r.text(2), r.i64(3)))
         .collect();
+    let (goal_spec, goal_spec_part) = crate::writer::part_column("g", "spec");
     let goals = pool
         .fetch(
-            "SELECT g.enrolment_id, g.goal_id, g.spec, g.met, g.evaluated_at FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
-             WHERE e.patient_id = $1 ORDER BY g.enrolment_id, g.goal_id",
+            &format!(
+                "SELECT g.enrolment_id, g.goal_id, {goal_spec}, g.met, g.evaluated_at FROM goals g JOIN enrolments e ON e.id = g.enrolment_id {goal_spec_part} \
+                 WHERE e.patient_id = $1 ORDER BY g.enrolment_id, g.goal_id"
+            ),
             args![id],
         )
         .await?

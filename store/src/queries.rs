@@ -542,9 +542,10 @@ async fn own_task(tx: &mut Tx, caller: &Caller, task: i64) -> Result<Option<OwnT
     } else {
         ""
     };
+    let (sla, sla_part) = crate::writer::part_column("t", "sla");
     let sql = format!(
-        "SELECT t.status, t.patient_id, t.assignee, t.lease_until, t.enrolment_id, t.role, t.sla, t.task_ref, e.pathway_id, e.version \
-         FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id WHERE t.id = $1 AND t.institution_id = $2{lock}"
+        "SELECT t.status, t.patient_id, t.assignee, t.lease_until, t.enrolment_id, t.role, {sla}, t.task_ref, e.pathway_id, e.version \
+         FROM tasks t JOIN enrolments e ON e.id = t.enrolment_id {sla_part} WHERE t.id = $1 AND t.institution_id = $2{lock}"
     );
     Ok(tx
         .fetch_one(&sql, args![task, &caller.institution_id])
@@ -1415,10 +1416,13 @@ pub async fn ingest_visible_tx(
 /// time; each once (dedupe keys), as tasks for the supervisor or the referral coordinator.
 pub async fn escalate_overdue(pool: &Pool, now: Timestamp) -> Result<u64> {
     let mut tx = pool.begin().await?;
+    let (sla, sla_part) = crate::writer::part_column("t", "sla");
     let rows = tx
         .fetch(
-            "SELECT id, enrolment_id, patient_id, institution_id, state_seq, sla, due_at, title_zh, title_en FROM tasks \
-             WHERE status IN ('open', 'claimed') AND escalated_at IS NULL AND sla IS NOT NULL AND due_at < $1 ORDER BY id LIMIT 5000",
+            &format!(
+                "SELECT t.id, t.enrolment_id, t.patient_id, t.institution_id, t.state_seq, {sla}, t.due_at, t.title_zh, t.title_en FROM tasks t {sla_part} \
+                 WHERE t.status IN ('open', 'claimed') AND t.escalated_at IS NULL AND t.sla IS NOT NULL AND t.due_at < $1 ORDER BY t.id LIMIT 5000"
+            ),
             args![now.as_second()],
         )
         .await?;

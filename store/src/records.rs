@@ -342,9 +342,12 @@ pub async fn care_plans(
     let mut plans = Vec::new();
     for r in pool.fetch(&sql, a).await? {
         let id = r.i64(0);
+        let (spec, spec_part) = crate::writer::part_column("g", "spec");
         let goals = pool
             .fetch(
-                "SELECT goal_id, spec, met, value, evaluated_at FROM goals WHERE enrolment_id = $1 ORDER BY id",
+                &format!(
+                    "SELECT g.goal_id, {spec}, g.met, g.value, g.evaluated_at FROM goals g {spec_part} WHERE g.enrolment_id = $1 ORDER BY g.id"
+                ),
                 args![id],
             )
             .await?

@@ -125,7 +125,7 @@ fn part_out(detail: serde_json::Value, parts: &mut BTreeMap<String, String>) -> 
 
 /// Puts `text` in `parts` under its hash (the first 128 bits of its SHA-256, in hex) and returns
 /// the hash.
-fn put_part(text: String, parts: &mut BTreeMap<String, String>) -> String {
+pub(crate) fn put_part(text: String, parts: &mut BTreeMap<String, String>) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(text.as_bytes());
     let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -309,6 +309,13 @@ impl RowBuffer {
                         at,
                     });
                 }
+                // The SLA is the record part its step's row names too.
+                let sla = sla.as_ref().map(|s| {
+                    put_part(
+                        serde_json::to_value(s).unwrap_or_default().to_string(),
+                        &mut self.parts,
+                    )
+                });
                 self.push(
                     "tasks",
                     vec![
@@ -325,10 +332,7 @@ impl RowBuffer {
                         Arg::T(title.en.clone()),
                         Arg::I(*priority as i64),
                         Arg::I(i64::from(*keep)),
-                        Arg::OptT(
-                            sla.as_ref()
-                                .map(|s| serde_json::to_string(s).unwrap_or_default()),
-                        ),
+                        Arg::OptT(sla),
                         Arg::T(
                             if cancelled.is_some() {
                                 "cancelled"
@@ -537,17 +541,24 @@ impl RowBuffer {
                     ],
                 );
             }
-            Produced::GoalSet { goal } => self.push(
-                "goals",
-                vec![
-                    key(),
-                    Arg::I(e),
-                    Arg::T(goal.id.clone()),
-                    Arg::T(serde_json::to_string(goal).unwrap_or_default()),
-                    Arg::I(at),
-                    Arg::I(at),
-                ],
-            ),
+            Produced::GoalSet { goal } => {
+                // The goal's spec is the record part its step's row names too.
+                let spec = put_part(
+                    serde_json::to_value(goal).unwrap_or_default().to_string(),
+                    &mut self.parts,
+                );
+                self.push(
+                    "goals",
+                    vec![
+                        key(),
+                        Arg::I(e),
+                        Arg::T(goal.id.clone()),
+                        Arg::T(spec),
+                        Arg::I(at),
+                        Arg::I(at),
+                    ],
+                );
+            }
             Produced::Note { .. } => self.notes.push(a.key.clone()),
             // What a cancel ends is the policy's (`outcome::apply`); it is recorded here.
             Produced::Cancel { .. } => {}
@@ -702,6 +713,21 @@ fn fill(template: &str, placeholder: impl Fn(usize) -> String) -> String {
 /// keys (every table's first column). SQLite steps one prepared single-row statement per row on
 /// the transaction's own connection; PostgreSQL takes each column as one array parameter, or
 /// with [`Transfer::Copy`] reads the rows from a COPY stream through a staging table.
+/// Writes record parts (hash → text, as [`put_part`] keeps them) outside a [`RowBuffer`]; a part
+/// already stored is left as it is.
+pub(crate) async fn insert_parts(tx: &mut Tx, parts: BTreeMap<String, String>) -> Result<()> {
+    let rows: Vec<Vec<Arg>> = parts
+        .into_iter()
+        .map(|(hash, body)| vec![Arg::T(hash), Arg::T(body)])
+        .collect();
+    let table = TABLES
+        .iter()
+        .find(|t| t.name == "record_parts")
+        .expect("record_parts is a buffered table");
+    insert_rows(tx, table, &rows, false, Transfer::Statements).await?;
+    Ok(())
+}
+
 async fn insert_rows(
     tx: &mut Tx,
     table: &Table,
