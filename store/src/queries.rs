@@ -901,7 +901,10 @@ pub async fn timeline(
     let mut entries: Vec<(i64, TimelineEntry, bool)> = Vec::with_capacity(rows.len());
     for r in &rows {
         let (at, kind) = (r.i64(0), r.text(1));
-        let detail = serde_json::from_str::<Value>(&r.text(2)).unwrap_or(Value::Null);
+        let stored = r.text(2);
+        let detail = super::writer::unpack_detail(&stored)
+            .and_then(|d| serde_json::from_str::<Value>(&d).ok())
+            .unwrap_or(Value::Null);
         let expanded = if kind == super::writer::STEP_KIND {
             super::writer::expand_step(at, &detail)
         } else {

@@ -226,6 +226,84 @@ fn stored_made(action: &Produced, parts: &mut BTreeMap<String, String>) -> serde
     part_out(detail, parts)
 }
 
+/// The prefix of a step row's detail stored packed against [`STEP_DICTIONARY_V1`]: the rest is
+/// the base64 (standard alphabet, padded) of a zstd frame. JSON never starts with it, so a row
+/// written unpacked reads as it always did.
+const PACKED_V1: &str = "z1:";
+
+/// What every step row repeats: field names, action kinds, roles, channels and the phrases of
+/// the trace. zstd reads it as a raw-content dictionary, so a row of a few hundred bytes packs
+/// as though it were the tail of a long text of its kind. Rows packed with it must stay
+/// readable: this text never changes; a better dictionary is version 2, under its own prefix.
+const STEP_DICTIONARY_V1: &str = concat!(
+    r#"{"made":[{"detail":{"alarm":{"$part":""},"kind":"alarm_armed"},"key":"e"#,
+    r#"{"detail":{"kind":"goal_set","goal":{"$part":""}},"key":"e"#,
+    r#"{"detail":{"kind":"risk","model":"","score":0.,"band":"high","contributions":"#,
+    r#"{"detail":{"kind":"referral","direction":"up","to":"","own_community":false,"reason":"","accept_by":"2026-"#,
+    r#"{"detail":{"kind":"cancel","what":"","reason":""},"key":"e"#,
+    r#"{"detail":{"kind":"note","text":{"$part":""}},"key":"e"#,
+    r#"{"detail":{"channels":["phone"],"kind":"follow_up","send_at":"2026-","template":"","urgent":true},"key":"e"#,
+    r#"{"detail":{"channels":["wechat","sms"],"kind":"follow_up","send_at":"2026-","template":"","urgent":false},"key":"e"#,
+    r#"{"detail":{"due_at":"2026-","expires_at":"2026-","kind":"scale_push","reminders":["2026-"],"scale":""},"key":"e"#,
+    r#"{"detail":{"due_at":"2026-","keep":false,"kind":"task","priority":"urgent","role":"doctor","sla":{"$part":""},"task_ref":"","title":{"$part":""}},"key":"e"#,
+    r#"{"detail":{"due_at":"2026-","keep":true,"kind":"task","priority":"high","role":"ward_nurse","task_ref":"","title":{"$part":""}},"key":"e"#,
+    r#"{"at":17,"detail":{"due_at":"2026-","keep":false,"kind":"task","priority":"normal","role":"case_manager","task_ref":"","title":{"$part":""}},"key":"e"#,
+    r#"{"at":17,"detail":{"due_at":"2026-","keep":true,"kind":"task","priority":"normal","role":"hospital_case_manager","task_ref":"","title":{"$part":""}},"key":"e"#,
+    r#":00:00Z","#,
+    r#"}],"trace":["condition: guard ` held ()","cancel the open work of `","set  = ","risk ` = ","#,
+    r#"event `scale_expired:` does not move `","event `discharged` sets ","#,
+    r#"2026-: occurrence 1 of schedule `","2026-: enrolment completed in `","2026-: enrolment withdrawn in `","#,
+    r#"2026-: enrolled at entry point `","2026-: `` → `` (on discharged)","2026-: `` → `` (on admitted)","#,
+    r#"2026-: `` → `` (when ","2026-: `` → `` (after 48h)","2026-: `` → `` (after 7d)"]}"#,
+);
+
+thread_local! {
+    static STEP_PACKER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A step row's detail as stored: packed against [`STEP_DICTIONARY_V1`] ([`unpack_detail`]
+/// reads it back). Steps repeat the same fields and phrases, so a row shrinks to less than half
+/// (2.2 times smaller over the real pathways' step rows, base64 included); a detail that would
+/// not shrink is stored as it is.
+pub(crate) fn pack_step(detail: String) -> String {
+    use base64::Engine as _;
+    let packed = STEP_PACKER.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_none() {
+            *p = zstd::bulk::Compressor::with_dictionary(3, STEP_DICTIONARY_V1.as_bytes()).ok();
+        }
+        p.as_mut()?.compress(detail.as_bytes()).ok()
+    });
+    match packed {
+        Some(z) if PACKED_V1.len() + z.len().div_ceil(3) * 4 < detail.len() => {
+            let mut out = String::with_capacity(PACKED_V1.len() + z.len().div_ceil(3) * 4);
+            out.push_str(PACKED_V1);
+            base64::engine::general_purpose::STANDARD.encode_string(&z, &mut out);
+            out
+        }
+        _ => detail,
+    }
+}
+
+/// A record row's detail as written: a packed step row unpacked ([`pack_step`]), any other
+/// text as it is. `None` for a packed detail that does not unpack (damaged).
+pub(crate) fn unpack_detail(stored: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use base64::Engine as _;
+    let Some(packed) = stored.strip_prefix(PACKED_V1) else {
+        return Some(std::borrow::Cow::Borrowed(stored));
+    };
+    let z = base64::engine::general_purpose::STANDARD
+        .decode(packed)
+        .ok()?;
+    // The frame says its content's size (a step row is far below the bound).
+    let size = zstd::zstd_safe::get_frame_content_size(&z).ok()??;
+    let size = usize::try_from(size).ok().filter(|s| *s <= 16 << 20)?;
+    let mut d = zstd::bulk::Decompressor::with_dictionary(STEP_DICTIONARY_V1.as_bytes()).ok()?;
+    let text = d.decompress(&z, size).ok()?;
+    String::from_utf8(text).ok().map(std::borrow::Cow::Owned)
+}
+
 #[derive(Default)]
 pub struct RowBuffer {
     rows: BTreeMap<&'static str, Vec<Vec<Arg>>>,
@@ -617,7 +695,7 @@ impl RowBuffer {
             d.enrolment.id,
             at,
             STEP_KIND,
-            serde_json::Value::Object(detail).to_string(),
+            pack_step(serde_json::Value::Object(detail).to_string()),
         );
     }
 
@@ -796,7 +874,10 @@ async fn insert_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{TABLES, fill, fill_parts, part_out, part_refs, restore_made, stored_made};
+    use super::{
+        PACKED_V1, TABLES, fill, fill_parts, pack_step, part_out, part_refs, restore_made,
+        stored_made, unpack_detail,
+    };
     use crate::step::Produced;
     use serde_json::json;
 
@@ -838,6 +919,40 @@ mod tests {
             trace[0],
             "2026-02-04T06:33:23Z: enrolled at entry point `whole`"
         );
+    }
+
+    #[test]
+    fn a_packed_step_row_unpacks_to_what_was_written() {
+        let row = json!({
+            "made": [{"detail": {"due_at": "2026-02-06T06:33:23Z", "keep": true, "kind": "task",
+                       "priority": "high", "role": "case_manager", "task_ref": "pregnancy_record",
+                       "title": {"$part": "0473975a81327d5d5fd0bd9378bd237a"}}, "key": "e1:1:0"},
+                     {"at": 1769226537, "detail": {"channels": ["wechat", "sms"], "kind": "follow_up",
+                       "send_at": "2026-01-28T20:48:57Z", "template": "breast_preop_instructions",
+                       "urgent": false}, "key": "e3:3:1"}],
+            "trace": ["2026-02-04T06:33:23Z: enrolled at entry point `whole`",
+                      "2026-01-24T03:48:57Z: `admission_assessment` → `pre_op` (after 48h)",
+                      "计划`x`第1次未执行"]
+        })
+        .to_string();
+        let packed = pack_step(row.clone());
+        assert!(packed.starts_with(PACKED_V1), "{packed}");
+        assert!(
+            packed.len() * 3 < row.len() * 2,
+            "{} of {} bytes",
+            packed.len(),
+            row.len()
+        );
+        assert_eq!(unpack_detail(&packed).as_deref(), Some(row.as_str()));
+        // Text that does not shrink, and anything written unpacked, reads as it is.
+        assert_eq!(pack_step("{}".into()), "{}");
+        assert_eq!(
+            unpack_detail(r#"{"made":[]}"#).as_deref(),
+            Some(r#"{"made":[]}"#)
+        );
+        // A damaged packed row is refused, not read as something else.
+        assert_eq!(unpack_detail("z1:AAAA"), None);
+        assert_eq!(unpack_detail("z1:not base64!"), None);
     }
 
     #[test]
