@@ -12,7 +12,9 @@
 //! (dedupe_key) DO NOTHING`, with the expressions of the statement path's `VALUES` tuple, in the
 //! order they were buffered: both paths write the same rows, under the same ids, and a batch
 //! written again adds nothing. Staging tables live as long as their connection and are emptied
-//! at every commit (`ON COMMIT DELETE ROWS`) and before every use.
+//! at every commit (`ON COMMIT DELETE ROWS`) and before every use, by `DELETE` rather than
+//! `TRUNCATE`: truncating gives the table a new file and leaves a dead catalog row behind each
+//! time, which thousands of batches would pile up in `pg_class`.
 
 use super::db::{Arg, DbError, Row, Tx};
 
@@ -188,7 +190,7 @@ pub(crate) async fn insert_staged(
         "SET LOCAL client_min_messages = warning; \
          CREATE TEMP TABLE IF NOT EXISTS {staging} (n bigint, {}) ON COMMIT DELETE ROWS; \
          SET LOCAL client_min_messages = DEFAULT; \
-         TRUNCATE {staging}",
+         DELETE FROM {staging}",
         defs.join(", ")
     ))
     .await?;
