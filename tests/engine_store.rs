@@ -1272,12 +1272,15 @@ fn awkward_patients(n: usize) -> Vec<store::NewPatient> {
         .collect()
 }
 
-/// Enrols the same patients the same way in two fresh PostgreSQL databases, by COPY in one and
-/// by statements in the other, and requires every row of every table to be equal.
+/// Enrols the same `n` patients the same way in two fresh PostgreSQL databases, by COPY in one and
+/// by statements in the other, and requires every row of every table to be equal. By COPY, a
+/// table with fewer than 256 rows in a call is one statement too: the cohort is sized so that
+/// in each of its two batches some tables go each way.
 async fn copy_writes_what_statements_write(
     label: &str,
     dir: &std::path::Path,
     pathways: &[(&str, &str)],
+    n: usize,
 ) {
     let (Some(by_copy), Some(by_statements)) = (
         support::backend(Kind::Postgres),
@@ -1285,7 +1288,7 @@ async fn copy_writes_what_statements_write(
     ) else {
         return;
     };
-    let patients = awkward_patients(40);
+    let patients = awkward_patients(n);
     let mut results = Vec::new();
     for (b, transfer) in [
         (&by_copy, store::Transfer::Copy),
@@ -1355,6 +1358,21 @@ async fn copy_writes_what_statements_write(
     for t in ["patients", "enrolments", "tasks", "record"] {
         assert!(!copied.3[t].is_empty(), "{label}: {t} has rows");
     }
+    // Two batches: a table with at least 512 rows had 256 in one of them (it went by COPY), one
+    // with fewer than 256 had fewer in both (it went as a statement; a batch's record parts are
+    // distinct, so it sends at most as many as are stored).
+    let sizes: BTreeMap<&str, usize> = ENROLMENT_TABLES
+        .iter()
+        .map(|t| (*t, copied.3[t].len()))
+        .collect();
+    assert!(
+        sizes["record"] >= 512 && sizes["enrolments"] >= 512,
+        "{label}: {sizes:?}"
+    );
+    assert!(
+        (1..256).contains(&sizes["record_parts"]),
+        "{label}: {sizes:?}"
+    );
     // Every awkward id came back as it was given, `\N` included (not as NULL).
     let mut stored: Vec<String> = copied.3["patients"]
         .iter()
@@ -1374,16 +1392,19 @@ async fn copy_writes_what_statements_write(
     // nothing, and the connection goes on.
     let pool = &copied.0;
     let before = table_rows(pool, "patients").await;
-    let mut tx = pool.begin().await.expect("begin");
-    let mut again = awkward_patients(200);
-    again.drain(..100);
-    again.push(patients[3].clone());
-    let err = store::insert_patients_by(&mut tx, &again, at(0), store::Transfer::Copy)
-        .await
-        .expect_err("a stored patient is refused");
-    assert!(err.to_string().contains("patients_pkey"), "{label}: {err}");
-    drop(tx);
-    assert_eq!(table_rows(pool, "patients").await, before, "{label}");
+    // So does a short one, which goes as a statement.
+    for more in [300, 10] {
+        let mut tx = pool.begin().await.expect("begin");
+        let mut again = awkward_patients(n + more);
+        again.drain(..n);
+        again.push(patients[3].clone());
+        let err = store::insert_patients_by(&mut tx, &again, at(0), store::Transfer::Copy)
+            .await
+            .expect_err("a stored patient is refused");
+        assert!(err.to_string().contains("patients_pkey"), "{label}: {err}");
+        drop(tx);
+        assert_eq!(table_rows(pool, "patients").await, before, "{label}");
+    }
     for (pool, ..) in &results {
         pool.close().await;
     }
@@ -1404,6 +1425,7 @@ async fn enrolling_by_copy_writes_what_statements_write_awkward_text_included() 
             ("heart_check", "discharge"),
             ("awkward_text", "start"),
         ],
+        300,
     )
     .await;
     if let Some(real) = support::real_pathways() {
@@ -1418,6 +1440,7 @@ async fn enrolling_by_copy_writes_what_statements_write_awkward_text_included() 
                 ("pregnancy", "mid"),
                 ("breast_cancer_surgery", "clinic"),
             ],
+            100,
         )
         .await;
     }
