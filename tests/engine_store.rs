@@ -628,6 +628,29 @@ async fn a_completed_task_becomes_an_event_the_next_pass_consumes() {
     }
 }
 
+/// On PostgreSQL every dedupe key and event source key compares as bytes (`COLLATE "C"`), the
+/// locale's order being of no use to a key that is only ever looked up.
+#[tokio::test]
+async fn dedupe_keys_compare_as_bytes_on_postgres() {
+    let Some(b) = support::backend(Kind::Postgres) else {
+        return;
+    };
+    let (pool, _programs, _dir) = fresh(&b, 0).await;
+    let keys = rows(
+        &pool,
+        "SELECT table_name || '.' || column_name || ' ' || COALESCE(collation_name, 'default') \
+         FROM information_schema.columns WHERE table_schema = current_schema() \
+         AND column_name IN ('dedupe_key', 'source_key') ORDER BY 1",
+        1,
+    )
+    .await;
+    assert!(keys.len() >= 13, "{keys:?}");
+    for k in &keys {
+        assert!(k.ends_with(" C"), "{k}");
+    }
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn the_record_is_append_only() {
     for b in support::backends() {

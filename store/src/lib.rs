@@ -88,6 +88,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_migration_runs", "migration_runs"),
     migration!(16, "0016_staff_sign_in", "staff_sign_in"),
     migration!(17, "0017_record_parts", "record_parts"),
+    migration!(18, "0018_byte_ordered_keys", "byte_ordered_keys"),
 ];
 
 #[derive(Debug, thiserror::Error)]
