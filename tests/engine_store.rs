@@ -1468,3 +1468,99 @@ async fn enrolling_by_copy_writes_what_statements_write_awkward_text_included() 
         .await;
     }
 }
+
+/// Past facts are read for a batch of any size. Each query binds one parameter per enrolment or
+/// patient; a batch of 70,000 (past PostgreSQL's 65,535 parameters a statement and SQLite's
+/// 32,766) is read in parts, and an enrolment's facts are the same whichever part it falls in
+/// and whoever shares the batch, its patient's other enrolments in other parts included.
+#[tokio::test]
+async fn facts_are_read_for_a_batch_past_the_parameter_limit() {
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, programs, _dir) = fresh(&b, 2).await;
+        let mut ids = Vec::new();
+        for (patient, pathway, entry) in [
+            ("p1", "heart_check", "discharge"),
+            ("p1", "wound_care", "discharge"),
+            ("p2", "heart_check", "discharge"),
+        ] {
+            let (id, _) = store::enrol(&pool, &programs, patient, pathway, None, entry, at(0))
+                .await
+                .expect("enrol");
+            ids.push(id);
+        }
+        for (id, e) in ids
+            .iter()
+            .zip(["worsened", "wound_problem_reported", "worsened"])
+        {
+            assert!(
+                event(&pool, *id, e, at(HOUR), at(HOUR)).await,
+                "{name}: {e}"
+            );
+        }
+        for (i, patient) in ["p1", "p1", "p2"].iter().enumerate() {
+            pool.exec(
+                "INSERT INTO observations (patient_id, kind, value, at, reading_id, source, created_at) VALUES ($1, 'sbp', $2, $3, $4, 'test', $3)",
+                vec![
+                    (*patient).into(),
+                    (150.0 + i as f64).into(),
+                    at(HOUR - i as i64).as_second().into(),
+                    format!("r{i}").into(),
+                ],
+            )
+            .await
+            .expect("observation");
+            pool.exec(
+                "INSERT INTO diagnoses (patient_id, encounter_key, code, principal, recorded_at, source) VALUES ($1, 'visit', $2, 1, $3, 'test')",
+                vec![
+                    (*patient).into(),
+                    format!("I1{i}").into(),
+                    at(HOUR).as_second().into(),
+                ],
+            )
+            .await
+            .expect("diagnosis");
+        }
+        let now = at(2 * HOUR);
+        let mut tx = pool.begin().await.expect("begin");
+        let mut real = Vec::new();
+        for id in &ids {
+            real.push(store::load_enrolment(&mut tx, *id).await.expect("load"));
+        }
+        let alone = store::load_facts(&mut tx, &real, now)
+            .await
+            .expect("facts of a small batch");
+        // Enrolments with nothing stored, and the real ones among them: the same patient's two
+        // at the start and at the end.
+        let mut batch: Vec<store::DueEnrolment> = (0..70_000)
+            .map(|i| {
+                let mut d = real[0].clone();
+                d.enrolment.id = 1_000_000 + i;
+                d.patient_id = format!("nobody-{i}");
+                d
+            })
+            .collect();
+        batch[0] = real[0].clone();
+        batch[10_000] = real[2].clone();
+        batch[69_999] = real[1].clone();
+        let big = store::load_facts(&mut tx, &batch, now)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: facts of 70,000 enrolments: {e}"));
+        assert_eq!(big.len(), 70_000, "{name}");
+        for id in &ids {
+            let (f, pending) = &alone[id];
+            assert!(!f.events.is_empty() && !pending.is_empty(), "{name}: {f:?}");
+            assert!(
+                !f.observations.is_empty() && !f.diagnoses.is_empty(),
+                "{name}: {f:?}"
+            );
+            assert_eq!(
+                serde_json::to_value(&big[id]).expect("json"),
+                serde_json::to_value(&alone[id]).expect("json"),
+                "{name}: enrolment {id}"
+            );
+        }
+        drop(tx);
+        pool.close().await;
+    }
+}
