@@ -628,6 +628,29 @@ async fn a_completed_task_becomes_an_event_the_next_pass_consumes() {
     }
 }
 
+/// On PostgreSQL every dedupe key and event source key compares as bytes (`COLLATE "C"`), the
+/// locale's order being of no use to a key that is only ever looked up.
+#[tokio::test]
+async fn dedupe_keys_compare_as_bytes_on_postgres() {
+    let Some(b) = support::backend(Kind::Postgres) else {
+        return;
+    };
+    let (pool, _programs, _dir) = fresh(&b, 0).await;
+    let keys = rows(
+        &pool,
+        "SELECT table_name || '.' || column_name || ' ' || COALESCE(collation_name, 'default') \
+         FROM information_schema.columns WHERE table_schema = current_schema() \
+         AND column_name IN ('dedupe_key', 'source_key') ORDER BY 1",
+        1,
+    )
+    .await;
+    assert!(keys.len() >= 13, "{keys:?}");
+    for k in &keys {
+        assert!(k.ends_with(" C"), "{k}");
+    }
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn the_record_is_append_only() {
     for b in support::backends() {
@@ -1272,12 +1295,15 @@ fn awkward_patients(n: usize) -> Vec<store::NewPatient> {
         .collect()
 }
 
-/// Enrols the same patients the same way in two fresh PostgreSQL databases, by COPY in one and
-/// by statements in the other, and requires every row of every table to be equal.
+/// Enrols the same `n` patients the same way in two fresh PostgreSQL databases, by COPY in one and
+/// by statements in the other, and requires every row of every table to be equal. By COPY, a
+/// table with fewer than 256 rows in a call is one statement too: the cohort is sized so that
+/// in each of its two batches some tables go each way.
 async fn copy_writes_what_statements_write(
     label: &str,
     dir: &std::path::Path,
     pathways: &[(&str, &str)],
+    n: usize,
 ) {
     let (Some(by_copy), Some(by_statements)) = (
         support::backend(Kind::Postgres),
@@ -1285,7 +1311,7 @@ async fn copy_writes_what_statements_write(
     ) else {
         return;
     };
-    let patients = awkward_patients(40);
+    let patients = awkward_patients(n);
     let mut results = Vec::new();
     for (b, transfer) in [
         (&by_copy, store::Transfer::Copy),
@@ -1355,6 +1381,21 @@ async fn copy_writes_what_statements_write(
     for t in ["patients", "enrolments", "tasks", "record"] {
         assert!(!copied.3[t].is_empty(), "{label}: {t} has rows");
     }
+    // Two batches: a table with at least 512 rows had 256 in one of them (it went by COPY), one
+    // with fewer than 256 had fewer in both (it went as a statement; a batch's record parts are
+    // distinct, so it sends at most as many as are stored).
+    let sizes: BTreeMap<&str, usize> = ENROLMENT_TABLES
+        .iter()
+        .map(|t| (*t, copied.3[t].len()))
+        .collect();
+    assert!(
+        sizes["record"] >= 512 && sizes["enrolments"] >= 512,
+        "{label}: {sizes:?}"
+    );
+    assert!(
+        (1..256).contains(&sizes["record_parts"]),
+        "{label}: {sizes:?}"
+    );
     // Every awkward id came back as it was given, `\N` included (not as NULL).
     let mut stored: Vec<String> = copied.3["patients"]
         .iter()
@@ -1374,16 +1415,19 @@ async fn copy_writes_what_statements_write(
     // nothing, and the connection goes on.
     let pool = &copied.0;
     let before = table_rows(pool, "patients").await;
-    let mut tx = pool.begin().await.expect("begin");
-    let mut again = awkward_patients(200);
-    again.drain(..100);
-    again.push(patients[3].clone());
-    let err = store::insert_patients_by(&mut tx, &again, at(0), store::Transfer::Copy)
-        .await
-        .expect_err("a stored patient is refused");
-    assert!(err.to_string().contains("patients_pkey"), "{label}: {err}");
-    drop(tx);
-    assert_eq!(table_rows(pool, "patients").await, before, "{label}");
+    // So does a short one, which goes as a statement.
+    for more in [300, 10] {
+        let mut tx = pool.begin().await.expect("begin");
+        let mut again = awkward_patients(n + more);
+        again.drain(..n);
+        again.push(patients[3].clone());
+        let err = store::insert_patients_by(&mut tx, &again, at(0), store::Transfer::Copy)
+            .await
+            .expect_err("a stored patient is refused");
+        assert!(err.to_string().contains("patients_pkey"), "{label}: {err}");
+        drop(tx);
+        assert_eq!(table_rows(pool, "patients").await, before, "{label}");
+    }
     for (pool, ..) in &results {
         pool.close().await;
     }
@@ -1404,6 +1448,7 @@ async fn enrolling_by_copy_writes_what_statements_write_awkward_text_included() 
             ("heart_check", "discharge"),
             ("awkward_text", "start"),
         ],
+        300,
     )
     .await;
     if let Some(real) = support::real_pathways() {
@@ -1418,7 +1463,104 @@ async fn enrolling_by_copy_writes_what_statements_write_awkward_text_included() 
                 ("pregnancy", "mid"),
                 ("breast_cancer_surgery", "clinic"),
             ],
+            100,
         )
         .await;
+    }
+}
+
+/// Past facts are read for a batch of any size. Each query binds one parameter per enrolment or
+/// patient; a batch of 70,000 (past PostgreSQL's 65,535 parameters a statement and SQLite's
+/// 32,766) is read in parts, and an enrolment's facts are the same whichever part it falls in
+/// and whoever shares the batch, its patient's other enrolments in other parts included.
+#[tokio::test]
+async fn facts_are_read_for_a_batch_past_the_parameter_limit() {
+    for b in support::backends() {
+        let name = b.name();
+        let (pool, programs, _dir) = fresh(&b, 2).await;
+        let mut ids = Vec::new();
+        for (patient, pathway, entry) in [
+            ("p1", "heart_check", "discharge"),
+            ("p1", "wound_care", "discharge"),
+            ("p2", "heart_check", "discharge"),
+        ] {
+            let (id, _) = store::enrol(&pool, &programs, patient, pathway, None, entry, at(0))
+                .await
+                .expect("enrol");
+            ids.push(id);
+        }
+        for (id, e) in ids
+            .iter()
+            .zip(["worsened", "wound_problem_reported", "worsened"])
+        {
+            assert!(
+                event(&pool, *id, e, at(HOUR), at(HOUR)).await,
+                "{name}: {e}"
+            );
+        }
+        for (i, patient) in ["p1", "p1", "p2"].iter().enumerate() {
+            pool.exec(
+                "INSERT INTO observations (patient_id, kind, value, at, reading_id, source, created_at) VALUES ($1, 'sbp', $2, $3, $4, 'test', $3)",
+                vec![
+                    (*patient).into(),
+                    (150.0 + i as f64).into(),
+                    at(HOUR - i as i64).as_second().into(),
+                    format!("r{i}").into(),
+                ],
+            )
+            .await
+            .expect("observation");
+            pool.exec(
+                "INSERT INTO diagnoses (patient_id, encounter_key, code, principal, recorded_at, source) VALUES ($1, 'visit', $2, 1, $3, 'test')",
+                vec![
+                    (*patient).into(),
+                    format!("I1{i}").into(),
+                    at(HOUR).as_second().into(),
+                ],
+            )
+            .await
+            .expect("diagnosis");
+        }
+        let now = at(2 * HOUR);
+        let mut tx = pool.begin().await.expect("begin");
+        let mut real = Vec::new();
+        for id in &ids {
+            real.push(store::load_enrolment(&mut tx, *id).await.expect("load"));
+        }
+        let alone = store::load_facts(&mut tx, &real, now)
+            .await
+            .expect("facts of a small batch");
+        // Enrolments with nothing stored, and the real ones among them: the same patient's two
+        // at the start and at the end.
+        let mut batch: Vec<store::DueEnrolment> = (0..70_000)
+            .map(|i| {
+                let mut d = real[0].clone();
+                d.enrolment.id = 1_000_000 + i;
+                d.patient_id = format!("nobody-{i}");
+                d
+            })
+            .collect();
+        batch[0] = real[0].clone();
+        batch[10_000] = real[2].clone();
+        batch[69_999] = real[1].clone();
+        let big = store::load_facts(&mut tx, &batch, now)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: facts of 70,000 enrolments: {e}"));
+        assert_eq!(big.len(), 70_000, "{name}");
+        for id in &ids {
+            let (f, pending) = &alone[id];
+            assert!(!f.events.is_empty() && !pending.is_empty(), "{name}: {f:?}");
+            assert!(
+                !f.observations.is_empty() && !f.diagnoses.is_empty(),
+                "{name}: {f:?}"
+            );
+            assert_eq!(
+                serde_json::to_value(&big[id]).expect("json"),
+                serde_json::to_value(&alone[id]).expect("json"),
+                "{name}: enrolment {id}"
+            );
+        }
+        drop(tx);
+        pool.close().await;
     }
 }

@@ -12,9 +12,21 @@
 //! (dedupe_key) DO NOTHING`, with the expressions of the statement path's `VALUES` tuple, in the
 //! order they were buffered: both paths write the same rows, under the same ids, and a batch
 //! written again adds nothing. Staging tables live as long as their connection and are emptied
-//! at every commit (`ON COMMIT DELETE ROWS`) and before every use.
+//! at every commit (`ON COMMIT DELETE ROWS`) and before every use, by `DELETE` rather than
+//! `TRUNCATE`: truncating gives the table a new file and leaves a dead catalog row behind each
+//! time, which thousands of batches would pile up in `pg_class`.
+//!
+//! A table with fewer than [`COPY_MIN_ROWS`] rows in a batch is written as one statement instead
+//! (its columns as arrays, the statement path's `INSERT … SELECT … FROM UNNEST`, with the same
+//! expressions): the end of a COPY waits for the server to acknowledge the stream, which for a
+//! short one is mostly the server's delayed acknowledgement (about 40 ms, the driver leaving
+//! Nagle's algorithm on), longer than binding the rows.
 
 use super::db::{Arg, DbError, Row, Tx};
+use super::writer::insert_unnest;
+
+/// The fewest rows of one table in one call that are sent by COPY; fewer are one statement.
+pub(crate) const COPY_MIN_ROWS: usize = 256;
 
 /// The type of a staged column, taken from the first row's argument (as
 /// [`super::db::Column::from_rows`] types a column-array parameter).
@@ -141,7 +153,8 @@ fn real(out: &mut Vec<u8>, v: f64) {
 /// Copies `rows` into `table`'s `columns` (a comma-separated list); returns how many were
 /// copied. The columns' types in the table must be the values' (`bigint`, `double precision`,
 /// `text`). A row the table refuses (a key already stored, a missing reference) fails the whole
-/// copy, and with it the transaction.
+/// copy, and with it the transaction. Fewer than [`COPY_MIN_ROWS`] rows are one statement, which
+/// fails alike.
 pub(crate) async fn copy_into(
     tx: &mut Tx,
     table: &str,
@@ -150,6 +163,12 @@ pub(crate) async fn copy_into(
 ) -> Result<u64, DbError> {
     if rows.is_empty() {
         return Ok(0);
+    }
+    if rows.len() < COPY_MIN_ROWS {
+        let select: Vec<String> = (1..=rows[0].len()).map(|i| format!("u.c{i}")).collect();
+        let (n, _) =
+            insert_unnest(tx, table, columns, &select.join(", "), rows, false, None).await?;
+        return Ok(n);
     }
     let data = encode(rows, &types_of(rows), false)?;
     tx.copy_in(
@@ -163,6 +182,8 @@ pub(crate) async fn copy_into(
 /// row `select` makes of them (an expression list over `u.c1 … u.cN`, `u` being the staged row),
 /// inserted into `columns` unless its dedupe key is already stored, in the order of `rows`.
 /// Returns how many were inserted and, with `returning`, those columns of each inserted row.
+/// Fewer than [`COPY_MIN_ROWS`] rows are one statement with the same `select`, which writes the
+/// same rows.
 pub(crate) async fn insert_staged(
     tx: &mut Tx,
     table: &str,
@@ -173,6 +194,9 @@ pub(crate) async fn insert_staged(
 ) -> Result<(u64, Vec<Row>), DbError> {
     if rows.is_empty() {
         return Ok((0, Vec::new()));
+    }
+    if rows.len() < COPY_MIN_ROWS {
+        return insert_unnest(tx, table, columns, select, rows, true, returning).await;
     }
     let types = types_of(rows);
     let shape: String = types.iter().map(|t| t.letter()).collect();
@@ -188,7 +212,7 @@ pub(crate) async fn insert_staged(
         "SET LOCAL client_min_messages = warning; \
          CREATE TEMP TABLE IF NOT EXISTS {staging} (n bigint, {}) ON COMMIT DELETE ROWS; \
          SET LOCAL client_min_messages = DEFAULT; \
-         TRUNCATE {staging}",
+         DELETE FROM {staging}",
         defs.join(", ")
     ))
     .await?;

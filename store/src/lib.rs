@@ -88,6 +88,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_migration_runs", "migration_runs"),
     migration!(16, "0016_staff_sign_in", "staff_sign_in"),
     migration!(17, "0017_record_parts", "record_parts"),
+    migration!(18, "0018_byte_ordered_keys", "byte_ordered_keys"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -493,10 +494,40 @@ struct FactsOf<'a> {
     sex: &'a str,
 }
 
-/// Loads the facts of `batch`. With `made_now` (enrolments made in this transaction, with nothing
-/// stored under their ids but their goals, none met yet) only the patients' facts are read:
-/// diagnoses, encounters, observations and scale answers.
+/// The most enrolments whose facts one round of queries reads: each query binds one parameter
+/// per enrolment or patient, and PostgreSQL takes at most 65,535 parameters a statement.
+const FACTS_CHUNK: usize = 10_000;
+
+/// Loads the facts of `batch`, [`FACTS_CHUNK`] enrolments at a time. With `made_now` (enrolments
+/// made in this transaction, with nothing stored under their ids but their goals, none met yet)
+/// only the patients' facts are read: diagnoses, encounters, observations and scale answers.
 async fn load_facts_of(
+    tx: &mut Tx,
+    batch: &[FactsOf<'_>],
+    now: Timestamp,
+    made_now: bool,
+) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
+    load_facts_chunked(tx, batch, now, made_now, FACTS_CHUNK).await
+}
+
+/// [`load_facts_of`], `chunk` enrolments at a time. An enrolment's facts all come from the
+/// queries of its chunk, in their order, so the chunk size changes nothing read.
+async fn load_facts_chunked(
+    tx: &mut Tx,
+    batch: &[FactsOf<'_>],
+    now: Timestamp,
+    made_now: bool,
+    chunk: usize,
+) -> Result<HashMap<i64, (PatientFacts, Vec<PendingEvent>)>> {
+    let mut out = HashMap::with_capacity(batch.len());
+    for part in batch.chunks(chunk.max(1)) {
+        out.extend(load_facts_chunk(tx, part, now, made_now).await?);
+    }
+    Ok(out)
+}
+
+/// The facts of `batch`, in one query per kind of fact (one parameter per enrolment or patient).
+async fn load_facts_chunk(
     tx: &mut Tx,
     batch: &[FactsOf<'_>],
     now: Timestamp,

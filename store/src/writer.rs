@@ -787,10 +787,6 @@ fn fill(template: &str, placeholder: impl Fn(usize) -> String) -> String {
     out
 }
 
-/// Inserts `rows` into `table`; returns how many were new and, with `returning`, their dedupe
-/// keys (every table's first column). SQLite steps one prepared single-row statement per row on
-/// the transaction's own connection; PostgreSQL takes each column as one array parameter, or
-/// with [`Transfer::Copy`] reads the rows from a COPY stream through a staging table.
 /// Writes record parts (hash → text, as [`put_part`] keeps them) outside a [`RowBuffer`]; a part
 /// already stored is left as it is.
 pub(crate) async fn insert_parts(tx: &mut Tx, parts: BTreeMap<String, String>) -> Result<()> {
@@ -806,6 +802,11 @@ pub(crate) async fn insert_parts(tx: &mut Tx, parts: BTreeMap<String, String>) -
     Ok(())
 }
 
+/// Inserts `rows` into `table`; returns how many were new and, with `returning`, their dedupe
+/// keys (every table's first column). SQLite steps one prepared single-row statement per row on
+/// the transaction's own connection; PostgreSQL takes each column as one array parameter
+/// ([`insert_unnest`]), or with [`Transfer::Copy`] reads the rows from a COPY stream through a
+/// staging table (`copy::insert_staged`, which takes a short table as one statement as well).
 async fn insert_rows(
     tx: &mut Tx,
     table: &Table,
@@ -831,45 +832,67 @@ async fn insert_rows(
         }
         return Ok((total, keys));
     }
-    if transfer == Transfer::Copy {
-        let row = table.values.trim();
-        let select = fill(&row[1..row.len() - 1], |n| format!("u.c{n}"));
-        let (inserted, new) = crate::copy::insert_staged(
+    let row = table.values.trim();
+    let select = fill(&row[1..row.len() - 1], |n| format!("u.c{n}"));
+    let returning = returning.then_some("dedupe_key");
+    let (inserted, new) = if transfer == Transfer::Copy {
+        crate::copy::insert_staged(tx, table.name, table.columns, &select, rows, returning).await?
+    } else {
+        insert_unnest(
             tx,
             table.name,
             table.columns,
             &select,
             rows,
-            returning.then_some("dedupe_key"),
+            true,
+            returning,
         )
-        .await?;
-        return Ok((inserted, new.iter().map(|r| r.text(0)).collect()));
-    }
+        .await?
+    };
+    Ok((inserted, new.iter().map(|r| r.text(0)).collect()))
+}
+
+/// Inserts `rows` into PostgreSQL's `table` as column arrays: `INSERT INTO table (columns)
+/// SELECT select FROM UNNEST($1::…[], …) AS u(c1, …)`, `select` being an expression list over a
+/// row's values `u.c1 … u.cN`, one statement per [`PG_ROWS`] rows, in the order of `rows`. With
+/// `skip_stored`, a row whose dedupe key is already stored is left out
+/// (`ON CONFLICT (dedupe_key) DO NOTHING`); else it fails the statement. Returns how many were
+/// inserted and, with `returning`, those columns of each inserted row.
+pub(crate) async fn insert_unnest(
+    tx: &mut Tx,
+    table: &str,
+    columns: &str,
+    select: &str,
+    rows: &[Vec<Arg>],
+    skip_stored: bool,
+    returning: Option<&str>,
+) -> std::result::Result<(u64, Vec<super::Row>), super::DbError> {
+    let (mut total, mut out) = (0, Vec::new());
     for part in rows.chunks(PG_ROWS) {
-        let columns = super::db::Column::from_rows(part);
-        let row = table.values.trim();
-        let exprs = fill(&row[1..row.len() - 1], |n| format!("u.c{n}"));
-        let arrays: Vec<String> = columns
+        let values = super::db::Column::from_rows(part);
+        let arrays: Vec<String> = values
             .iter()
             .enumerate()
             .map(|(i, c)| format!("${}::{}", i + 1, c.pg_array_type()))
             .collect();
-        let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+        let names: Vec<String> = (1..=values.len()).map(|i| format!("c{i}")).collect();
         let mut sql = format!(
-            "INSERT INTO {} ({}) SELECT {exprs} FROM UNNEST({}) AS u({}) ON CONFLICT (dedupe_key) DO NOTHING",
-            table.name,
-            table.columns,
+            "INSERT INTO {table} ({columns}) SELECT {select} FROM UNNEST({}) AS u({})",
             arrays.join(", "),
             names.join(", ")
         );
-        if returning {
-            sql.push_str(" RETURNING dedupe_key");
+        if skip_stored {
+            sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING");
         }
-        let (inserted, new) = tx.exec_columns(&sql, columns, returning).await?;
+        if let Some(r) = returning {
+            sql.push_str(" RETURNING ");
+            sql.push_str(r);
+        }
+        let (inserted, new) = tx.exec_columns(&sql, values, returning.is_some()).await?;
         total += inserted;
-        keys.extend(new.iter().map(|r| r.text(0)));
+        out.extend(new);
     }
-    Ok((total, keys))
+    Ok((total, out))
 }
 
 #[cfg(test)]
