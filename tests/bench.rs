@@ -71,7 +71,12 @@ fn bench_reports_its_figures(b: &Backend, pathways: &Path) {
         );
     }
     for p in passes {
-        for key in ["goals_evaluated", "scale_reminders", "scale_expired", "stale"] {
+        for key in [
+            "goals_evaluated",
+            "scale_reminders",
+            "scale_expired",
+            "stale",
+        ] {
             assert!(p[key].is_u64(), "{name}: {key} missing from a pass: {v}");
         }
         for key in [
