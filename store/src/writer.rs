@@ -260,6 +260,8 @@ const STEP_DICTIONARY_V1: &str = concat!(
 thread_local! {
     static STEP_PACKER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    static STEP_UNPACKER: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A step row's detail as stored: packed against [`STEP_DICTIONARY_V1`] ([`unpack_detail`]
@@ -299,8 +301,13 @@ pub(crate) fn unpack_detail(stored: &str) -> Option<std::borrow::Cow<'_, str>> {
     // The frame says its content's size (a step row is far below the bound).
     let size = zstd::zstd_safe::get_frame_content_size(&z).ok()??;
     let size = usize::try_from(size).ok().filter(|s| *s <= 16 << 20)?;
-    let mut d = zstd::bulk::Decompressor::with_dictionary(STEP_DICTIONARY_V1.as_bytes()).ok()?;
-    let text = d.decompress(&z, size).ok()?;
+    let text = STEP_UNPACKER.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = zstd::bulk::Decompressor::with_dictionary(STEP_DICTIONARY_V1.as_bytes()).ok();
+        }
+        d.as_mut()?.decompress(&z, size).ok()
+    })?;
     String::from_utf8(text).ok().map(std::borrow::Cow::Owned)
 }
 
