@@ -149,9 +149,16 @@ async fn goals_are_evaluated_from_readings_with_their_history() {
         let r = post(&pool, &[(DAY + 20, 132.0)], at(DAY + 40)).await;
         assert_eq!((r.duplicates, r.goals.changed), (1, 0), "{name}");
 
-        // The next day's pass re-evaluates it (still met: no new row); a second pass at the same
-        // instant finds nothing due.
-        let s = scheduler::run_pass(&pool, &programs, at(3 * DAY), &PassOptions::default())
+        // Nothing enters or leaves its window for four weeks: the passes until then leave it
+        // alone (its answer cannot have changed), and so does a second pass at one instant.
+        for day in [3, 10, 29] {
+            let s = scheduler::run_pass(&pool, &programs, at(day * DAY), &PassOptions::default())
+                .await
+                .expect("pass");
+            assert_eq!(s.goals_evaluated, 0, "{name}: day {day}: {s:?}");
+        }
+        // The first two readings leave the window: evaluated again (128, 135, 132: still met).
+        let s = scheduler::run_pass(&pool, &programs, at(29 * DAY + 2), &PassOptions::default())
             .await
             .expect("pass");
         assert_eq!(
@@ -159,12 +166,12 @@ async fn goals_are_evaluated_from_readings_with_their_history() {
             (1, 0),
             "{name}: {s:?}"
         );
-        let s = scheduler::run_pass(&pool, &programs, at(3 * DAY), &PassOptions::default())
+        let s = scheduler::run_pass(&pool, &programs, at(29 * DAY + 2), &PassOptions::default())
             .await
             .expect("pass");
         assert_eq!(s.goals_evaluated, 0, "{name}: {s:?}");
 
-        // Four weeks later the readings have left the window: not met, and that is history too.
+        // Later the readings have all left the window: not met, and that is history too.
         let s = scheduler::run_pass(&pool, &programs, at(40 * DAY), &PassOptions::default())
             .await
             .expect("pass");
@@ -176,12 +183,29 @@ async fn goals_are_evaluated_from_readings_with_their_history() {
         let lapsed = format!("bp_controlled|0|0|{}", at(40 * DAY).as_second());
         assert!(history(&pool).await.contains(&lapsed), "{name}");
         assert_eq!(history(&pool).await.len(), 3, "{name}");
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT COUNT(*) FROM goals WHERE next_eval_at IS NOT NULL"
+            )
+            .await,
+            0,
+            "{name}: with no reading in or ahead of its window only a reading can change it"
+        );
 
-        // A withdrawn enrolment's goals stop being evaluated.
+        // A reading makes it met again (and due when that reading leaves the window); a
+        // withdrawn enrolment's goals stop being evaluated, even when one was due.
+        let r = post(&pool, &[(40 * DAY + 10, 131.0)], at(40 * DAY + 20)).await;
+        assert_eq!((r.goals.evaluated, r.goals.changed), (1, 1), "{name}");
+        assert_eq!(
+            scalar(&pool, "SELECT next_eval_at FROM goals").await,
+            at(68 * DAY + 10).as_second(),
+            "{name}: due when the reading leaves the window"
+        );
         store::withdraw(&pool, &programs, id, "moved away", at(41 * DAY))
             .await
             .expect("withdraw");
-        let s = scheduler::run_pass(&pool, &programs, at(45 * DAY), &PassOptions::default())
+        let s = scheduler::run_pass(&pool, &programs, at(70 * DAY), &PassOptions::default())
             .await
             .expect("pass");
         assert_eq!(s.goals_evaluated, 0, "{name}: {s:?}");
@@ -200,5 +224,131 @@ async fn goals_are_evaluated_from_readings_with_their_history() {
             "{name}: goal history must not be deletable"
         );
         pool.close().await;
+    }
+}
+
+const TWO_GOALS: &str = r#"pathway: two_goals
+version: 1
+title: { zh: 两个目标（测试）, en: Two goals (test) }
+owner_role: case_manager
+roles: [case_manager]
+entry_points:
+  - { id: clinic, state: monitor }
+states:
+  - id: monitor
+    phase: follow_up
+    transitions:
+      - after: 200d
+        to: closed
+  - id: closed
+    phase: closed
+    terminal: true
+goals:
+  - id: bp_controlled
+    title: { zh: 血压达标, en: Blood pressure on target }
+    observation: bp_systolic
+    reading: "value < 140"
+    at_least: 0.75
+    over: 10d
+  - id: measured_often
+    title: { zh: 规律测量, en: Measured on 3 days a week }
+    observation: bp_systolic
+    days_logged: 3
+    over: 7d
+"#;
+
+/// The status history, with whose goal each row is.
+async fn history_of(pool: &Pool) -> Vec<String> {
+    rows(
+        pool,
+        "SELECT CAST(enrolment_id AS TEXT), goal_id, CAST(met AS TEXT), CAST(readings AS TEXT), CAST(at AS TEXT) FROM goal_status ORDER BY enrolment_id, goal_id, at",
+        5,
+    )
+    .await
+}
+
+/// A goal is evaluated only when a reading arrives or one enters or leaves its window. The same
+/// readings and passes through a store that evaluates every goal at every pass (each made due
+/// before the pass) record the same history of status, row for row: nothing is missed by not
+/// looking in between, and nothing is seen late.
+#[tokio::test]
+async fn a_goal_evaluated_when_it_can_change_records_what_evaluating_it_every_pass_records() {
+    use carepath_engine::seed::SplitMix;
+    for (lazy, every) in support::backends().into_iter().zip(support::backends()) {
+        let name = lazy.name();
+        let dir = support::pathway_dir(&[("two_goals.yaml", TWO_GOALS)]);
+        let (a, programs) = open_store(&lazy.url, dir.path(), at(0)).await;
+        let (b, _) = open_store(&every.url, dir.path(), at(0)).await;
+        let patients = ["p1", "p2", "p3"];
+        for pool in [&a, &b] {
+            for p in patients {
+                add_patient(pool, p, at(0)).await;
+                store::enrol(pool, &programs, p, "two_goals", None, "clinic", at(0))
+                    .await
+                    .expect("enrol");
+            }
+        }
+        let mut rng = SplitMix::new(7);
+        let (mut now, mut lazy_evaluated, mut every_evaluated, mut passes) = (0i64, 0, 0, 0);
+        let mut reading = 0;
+        while now < 80 * DAY {
+            now += 3_600 + rng.below(12 * 3_600) as i64;
+            if rng.below(4) != 0 {
+                // A pass; the reference store first makes every goal of an active enrolment due.
+                b.exec(
+                    "UPDATE goals SET next_eval_at = $1 WHERE enrolment_id IN (SELECT id FROM enrolments WHERE status = 'active')",
+                    vec![at(now).as_second().into()],
+                )
+                .await
+                .expect("make every goal due");
+                let sa = scheduler::run_pass(&a, &programs, at(now), &PassOptions::default())
+                    .await
+                    .expect("pass");
+                let sb = scheduler::run_pass(&b, &programs, at(now), &PassOptions::default())
+                    .await
+                    .expect("pass");
+                lazy_evaluated += sa.goals_evaluated;
+                every_evaluated += sb.goals_evaluated;
+                passes += 1;
+            } else {
+                // A patient's device sends one to three readings, some taken hours before they
+                // arrive and some a minute ahead of the server's clock (the third patient has no
+                // device).
+                let patient = patients[rng.below(2) as usize];
+                let readings: Vec<Reading> = (0..1 + rng.below(3))
+                    .map(|_| {
+                        reading += 1;
+                        let taken = now - rng.below(36 * 3_600) as i64 + 60;
+                        Reading {
+                            patient_id: patient.into(),
+                            kind: "bp_systolic".into(),
+                            value: 120.0 + rng.below(40) as f64,
+                            unit: None,
+                            at: at(taken),
+                            reading_id: format!("r{reading}"),
+                            source: "device".into(),
+                        }
+                    })
+                    .collect();
+                let visible: HashSet<String> = patients.iter().map(|p| p.to_string()).collect();
+                for pool in [&a, &b] {
+                    store::ingest_readings(pool, &readings, &visible, at(now))
+                        .await
+                        .expect("ingest");
+                }
+            }
+        }
+        let (ha, hb) = (history_of(&a).await, history_of(&b).await);
+        assert!(
+            ha.len() > 10,
+            "{name}: the run changes goals' status often: {ha:?}"
+        );
+        assert_eq!(ha, hb, "{name}: the same history either way");
+        assert!(
+            lazy_evaluated < every_evaluated,
+            "{name}: {lazy_evaluated} evaluations by passes against {every_evaluated} in {passes} passes"
+        );
+        a.close().await;
+        b.close().await;
     }
 }

@@ -913,7 +913,7 @@ async fn counter(pool: &Pool, inst: &str, pathway: &str, text: &str, from: i64, 
             "goals",
             "g",
             format!(
-                "g.goal_id = {} AND g.met = 1 AND g.evaluated_at >= {from} AND g.evaluated_at < {to}",
+                "g.goal_id = {} AND g.met = 1 AND g.evaluated_at < {to} AND (e.ended_at IS NULL OR e.ended_at >= {from})",
                 q(id)
             ),
         ),

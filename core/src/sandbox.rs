@@ -165,6 +165,30 @@ pub fn measure_goal(
     }
 }
 
+/// The first instant after `now` at which [`measure_goal`] could answer differently with no new
+/// reading stored: when a stored reading of the goal's observation enters its window (one dated
+/// ahead of `now`) or leaves it. A goal's answer depends on the readings in the window
+/// `(t - over, t]` and on nothing else, so it holds unchanged until then. `None` when no stored
+/// reading will enter or leave the window: only a new reading can change the answer.
+pub fn goal_next_change(goal: &Goal, facts: &PatientFacts, now: Timestamp) -> Option<Timestamp> {
+    use carepath_dsl::GoalMeasure;
+    let over = match &goal.measure {
+        GoalMeasure::ShareOfReadings { over, .. } | GoalMeasure::DaysLogged { over, .. } => {
+            over.nominal_seconds()
+        }
+    };
+    let now = now.as_second();
+    facts
+        .observations
+        .iter()
+        .filter(|o| o.kind == goal.observation)
+        // A reading is in the window at `t` when `at <= t < at + over`.
+        .flat_map(|o| [o.at.as_second(), o.at.as_second().saturating_add(over)])
+        .filter(|t| *t > now)
+        .min()
+        .and_then(|t| Timestamp::from_second(t).ok())
+}
+
 /// Adds a risk prediction made during the step, so later guards and `set` values of the same step read it.
 pub fn push_risk(r: crate::facts::RiskResult) {
     CONTEXT.with(|c| {
@@ -845,5 +869,90 @@ mod tests {
         assert!(eval(context(), "0.1 + 0.2 > 0.3"));
         assert!(eval(context(), "days_since_event(\"discharged\") != 2"));
         assert!(eval(context(), "3 > 2 && 2.5 >= 2 && 2 < 2.5"));
+    }
+
+    mod goal_windows {
+        use super::super::*;
+        use carepath_dsl::{GoalMeasure, Text};
+        use proptest::prelude::*;
+
+        const D: i64 = 86_400;
+
+        fn goal(share: bool, over_days: u32) -> CompiledGoal {
+            let measure = if share {
+                GoalMeasure::ShareOfReadings {
+                    reading: Expr("value < 140".into()),
+                    at_least: 0.6,
+                    over: Duration::days(over_days),
+                }
+            } else {
+                GoalMeasure::DaysLogged {
+                    days: 3,
+                    over: Duration::days(over_days),
+                }
+            };
+            CompiledGoal::compile(Goal {
+                id: "g".into(),
+                title: Text {
+                    zh: "g".into(),
+                    en: "g".into(),
+                },
+                observation: "bp_systolic".into(),
+                measure,
+            })
+            .expect("a valid goal")
+        }
+
+        fn measure(g: &CompiledGoal, facts: &PatientFacts, t: i64, tz: &TimeZone) -> GoalReading {
+            let t = Timestamp::from_second(t).unwrap();
+            measure_goal(&g.spec, g.reading.as_ref(), facts, t, tz)
+        }
+
+        proptest! {
+            /// Between an evaluation and the change instant it names, the goal answers the same at
+            /// every instant; at the change instant a reading has entered or left its window.
+            #[test]
+            fn a_goal_answers_the_same_until_its_next_change(
+                share in proptest::bool::ANY,
+                over_days in 1u32..40,
+                readings in proptest::collection::vec(
+                    (-60 * D..5 * D, 100.0f64..180.0, proptest::bool::ANY), 0..25),
+                probes in proptest::collection::vec(0i64..90 * D, 1..20),
+                tz in prop_oneof![Just("UTC"), Just("Asia/Shanghai"), Just("America/New_York")],
+            ) {
+                let now = 1_780_000_000i64;
+                let tz = TimeZone::get(tz).unwrap();
+                let g = goal(share, over_days);
+                let mut facts = PatientFacts::default();
+                for (at, value, other_kind) in &readings {
+                    facts.observations.push(crate::facts::Observation {
+                        kind: if *other_kind { "weight".into() } else { "bp_systolic".into() },
+                        value: *value,
+                        at: Timestamp::from_second(now + at).unwrap(),
+                    });
+                }
+                let first = measure(&g, &facts, now, &tz);
+                let next = goal_next_change(&g.spec, &facts, Timestamp::from_second(now).unwrap())
+                    .map(|t| t.as_second());
+                for p in &probes {
+                    let t = now + p;
+                    if next.is_some_and(|n| t >= n) {
+                        continue;
+                    }
+                    prop_assert_eq!(&measure(&g, &facts, t, &tz), &first, "at now + {}s (next change {:?})", p, next);
+                }
+                if let Some(n) = next {
+                    prop_assert!(n > now);
+                    let over = i64::from(over_days) * D;
+                    let inside = |t: i64| -> Vec<i64> {
+                        facts.observations.iter()
+                            .filter(|o| o.kind == "bp_systolic" && o.at.as_second() <= t && t < o.at.as_second() + over)
+                            .map(|o| o.at.as_second())
+                            .collect()
+                    };
+                    prop_assert_ne!(inside(n), inside(n - 1), "nothing entered or left the window at {}", n);
+                }
+            }
+        }
     }
 }

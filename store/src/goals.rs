@@ -3,8 +3,12 @@
 //! record.
 //!
 //! A goal row is due when `next_eval_at` has passed (a range scan of a partial index, as for the
-//! scheduler). Evaluating it sets `met`, `value` and `evaluated_at`, and moves `next_eval_at` a
-//! day on; a goal of an enrolment that has ended stops being evaluated.
+//! scheduler). Evaluating it sets `met`, `value` and `evaluated_at`, and moves `next_eval_at` to
+//! the next instant its answer could change with no new reading: when a stored reading enters or
+//! leaves its window ([`goal_next_change`]). Until then the answer stands, so a goal is evaluated
+//! when its figure can move rather than every day: a patient with no readings costs the nightly
+//! pass nothing. `next_eval_at` is empty when only a new reading can change the answer (readings
+//! evaluate their patient's goals at once) and when the enrolment has ended.
 
 use std::collections::HashMap;
 
@@ -18,10 +22,8 @@ use super::{Pool, Result, ts, values_list_from};
 use crate::args;
 use crate::facts::{Observation, PatientFacts};
 use crate::observations::ConditionCache;
-use crate::sandbox::measure_goal;
+use crate::sandbox::{goal_next_change, measure_goal};
 
-/// How often a goal is evaluated when no reading arrives for its patient.
-pub const EVALUATE_EVERY_SECONDS: i64 = 86_400;
 const BATCH: i64 = 500;
 
 /// What one goal sweep did.
@@ -81,7 +83,7 @@ pub async fn evaluate_due(pool: &Pool, now: Timestamp) -> Result<GoalSweep> {
 }
 
 /// Evaluates, inside the caller's transaction, the goals of the active enrolments of these
-/// patients (after their readings were stored).
+/// patients (after their readings were stored), whether or not they were due.
 pub async fn evaluate_for_patients(
     tx: &mut Tx,
     patients: &[String],
@@ -96,7 +98,7 @@ pub async fn evaluate_for_patients(
                 &format!(
                     "SELECT {columns} FROM goals g JOIN enrolments e ON e.id = g.enrolment_id \
                      JOIN patients p ON p.id = e.patient_id {spec} \
-                     WHERE e.patient_id IN ({}) AND e.status = 'active' AND g.next_eval_at IS NOT NULL ORDER BY g.id",
+                     WHERE e.patient_id IN ({}) AND e.status = 'active' ORDER BY g.id",
                     db::placeholders(1, a.len())
                 ),
                 a,
@@ -154,15 +156,15 @@ async fn evaluate_rows(tx: &mut Tx, rows: &[Row], now: Timestamp) -> Result<Goal
     for part in patients.chunks(BATCH as usize) {
         let mut a: Vec<Arg> = part.iter().map(|p| Arg::T(p.clone())).collect();
         let n = a.len();
+        // Readings dated a little ahead (a device clock) enter the window later: they are read
+        // too, for the instant they do.
         a.push(Arg::I(now.as_second() - longest));
-        a.push(Arg::I(now.as_second()));
         let obs = tx
             .fetch(
                 &format!(
-                    "SELECT patient_id, kind, value, at FROM observations WHERE patient_id IN ({}) AND at > ${} AND at <= ${} ORDER BY at",
+                    "SELECT patient_id, kind, value, at FROM observations WHERE patient_id IN ({}) AND at > ${} ORDER BY at",
                     db::placeholders(1, n),
                     n + 1,
-                    n + 2
                 ),
                 a,
             )
@@ -199,7 +201,8 @@ async fn evaluate_rows(tx: &mut Tx, rows: &[Row], now: Timestamp) -> Result<Goal
         let patient_facts = facts.get(&g.patient).unwrap_or(&empty);
         let reading = measure_goal(goal, condition, patient_facts, now, &tz);
         let met = i64::from(reading.met);
-        updates.extend(args![g.id, met, reading.value]);
+        let next = goal_next_change(goal, patient_facts, now).map(|t| t.as_second());
+        updates.extend(args![g.id, met, reading.value, Arg::OptI(next)]);
         sweep.evaluated += 1;
         if g.met != Some(met) {
             changes.push((g, reading));
@@ -215,14 +218,14 @@ async fn evaluate_rows(tx: &mut Tx, rows: &[Row], now: Timestamp) -> Result<Goal
         )
         .await?;
     }
-    for part in updates.chunks(MAX_PARAMS / 3 * 3) {
-        let mut a = args![now.as_second(), now.as_second() + EVALUATE_EVERY_SECONDS];
+    for part in updates.chunks(MAX_PARAMS / 4 * 4) {
+        let mut a = args![now.as_second()];
         a.extend(part.iter().cloned());
         tx.exec(
             &format!(
-                "UPDATE goals SET met = v.column2, value = v.column3, evaluated_at = $1, next_eval_at = $2 \
+                "UPDATE goals SET met = v.column2, value = v.column3, evaluated_at = $1, next_eval_at = v.column4 \
                  FROM (VALUES {}) AS v WHERE goals.id = v.column1",
-                values_list_from(3, part.len() / 3, 3)
+                values_list_from(2, part.len() / 4, 4)
             ),
             a,
         )
@@ -294,17 +297,26 @@ pub async fn create_for_enrolments(
     const COLUMNS: &str = "dedupe_key, enrolment_id, goal_id, spec, created_at, next_eval_at";
     const PER_ROW: usize = 6;
     // Each goal's spec is a record part, as a goal set by a step is: written once however many
-    // enrolments share it.
+    // enrolments share it, and serialised and hashed once per distinct goal (an import names the
+    // same few goals for every enrolment).
     let mut parts = std::collections::BTreeMap::new();
-    let specs: Vec<String> = goals
-        .iter()
-        .map(|(_, g, _)| {
-            crate::writer::put_part(
-                serde_json::to_value(g).unwrap_or_default().to_string(),
-                &mut parts,
-            )
-        })
-        .collect();
+    let specs: Vec<String> = {
+        let mut hashed: HashMap<*const carepath_dsl::Goal, String> = HashMap::new();
+        goals
+            .iter()
+            .map(|(_, g, _)| {
+                hashed
+                    .entry(std::ptr::from_ref(*g))
+                    .or_insert_with(|| {
+                        crate::writer::put_part(
+                            serde_json::to_value(g).unwrap_or_default().to_string(),
+                            &mut parts,
+                        )
+                    })
+                    .clone()
+            })
+            .collect()
+    };
     crate::writer::insert_parts(tx, parts).await?;
     let row = |((enrolment, g, at), spec): (&(i64, &carepath_dsl::Goal, Timestamp), &String)| -> Vec<crate::Arg> {
         args![

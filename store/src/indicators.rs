@@ -867,12 +867,12 @@ pub async fn count(
             "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND e.status = 'completed' AND {}",
             within("e.ended_at")
         ),
+        // A goal's status stands from its evaluation until it changes (a goal is evaluated again
+        // whenever its answer can move), so one met when last evaluated before the period's end
+        // was met in the period, if its enrolment was still active then.
         Counter::GoalMet(_) => among(
             "goals",
-            format!(
-                "x.goal_id = $6 AND x.met = 1 AND {}",
-                within("x.evaluated_at")
-            ),
+            "x.goal_id = $6 AND x.met = 1 AND x.evaluated_at < $4 AND (e.ended_at IS NULL OR e.ended_at >= $3)".to_string(),
         ),
         Counter::Event(_) => among("events", format!("x.name = $6 AND {}", within("x.at"))),
         Counter::TaskDone(_) => among(

@@ -29,8 +29,6 @@ use crate::outcome::{self, Because, Cause, OutcomeSink, Scope};
 use crate::scales::Scales;
 use crate::step::{self, Emitted, Enrolment, Produced, Program, Status};
 
-/// How often the store evaluates a goal when no reading arrives (`store::goals`).
-const GOAL_EVERY_SECONDS: i64 = 86_400;
 /// Rounds of expiry and stepping in one pass, as the scheduler bounds them.
 const MAX_SWEEP_ROUNDS: u32 = 64;
 
@@ -638,9 +636,9 @@ impl<'a> World<'a> {
             carepath_dsl::GoalMeasure::DaysLogged { .. } => None,
         };
         let measured = crate::sandbox::measure_goal(goal, condition, &self.facts, t, &self.tz);
+        let next = crate::sandbox::goal_next_change(goal, &self.facts, t);
         self.goals[i].met = Some(measured.met);
-        self.goals[i].next_eval_at =
-            Timestamp::from_second(t.as_second() + GOAL_EVERY_SECONDS).ok();
+        self.goals[i].next_eval_at = next;
     }
 
     /// Records one given at `t` as production records it; `Err` when it cannot happen.
@@ -745,9 +743,7 @@ impl<'a> World<'a> {
         if self.enrolment.status == Status::Active {
             self.judge_alarms(&reading, t);
             for i in 0..self.goals.len() {
-                if self.goals[i].next_eval_at.is_some() {
-                    self.evaluate_goal(i, t);
-                }
+                self.evaluate_goal(i, t);
             }
         }
         Ok(Input::Reading {
