@@ -43,12 +43,13 @@ pub(crate) async fn run(
     let mut analyze_seconds = None;
     for (name, hours) in [("catch_up", 8), ("nightly", 32)] {
         if name == "nightly" && pool.is_postgres() {
-            // The catch-up pass multiplies the size of every fact table. A server with autovacuum
-            // on re-analyzes them within the day; the benchmark does it explicitly, outside the
+            // The catch-up pass multiplies the size of every fact table and leaves a dead index
+            // entry for every enrolment it moved on. A server with autovacuum on vacuums and
+            // re-analyzes them within the day; the benchmark does it explicitly, outside the
             // timed pass, so the nightly figure is that server's and not one planning from stale
-            // statistics.
+            // statistics and stepping over the catch-up's dead rows.
             let started = Instant::now();
-            stats::analyze(&pool).await?;
+            stats::vacuum_analyze(&pool).await?;
             analyze_seconds = Some(started.elapsed().as_secs_f64());
         }
         let before = stats::written_table_rows(&pool).await?;
@@ -110,7 +111,7 @@ pub(crate) async fn run(
         "seed_seconds": seed_secs,
         "seed_transfer": seeded.transfer,
         "seed_patients_per_second": seeded.patients as f64 / seed_secs,
-        "analyze_before_nightly_seconds": analyze_seconds,
+        "vacuum_analyze_before_nightly_seconds": analyze_seconds,
         "passes": passes,
         "insert_ceiling_rows_per_second": ceiling,
         "peak_rss_mib": carepath_simulator::peak_rss_mib(),

