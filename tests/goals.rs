@@ -352,3 +352,72 @@ async fn a_goal_evaluated_when_it_can_change_records_what_evaluating_it_every_pa
         b.close().await;
     }
 }
+
+/// A days-logged goal counts days in the patient's time zone: three readings on three Shanghai
+/// days fall on two UTC days, so moving the patient to UTC changes the answer at once, with no
+/// reading arriving and nothing entering or leaving the window.
+#[tokio::test]
+async fn a_new_time_zone_evaluates_a_days_logged_goal_again() {
+    use carepath_engine::store::patients::{self, PatientUpsert};
+    use carepath_engine::store::queries::Caller;
+    for b in support::backends() {
+        let name = b.name();
+        let dir = support::pathway_dir(&[("two_goals.yaml", TWO_GOALS)]);
+        let (pool, programs) = open_store(&b.url, dir.path(), at(0)).await;
+        add_patient(&pool, "p1", at(0)).await;
+        store::enrol(&pool, &programs, "p1", "two_goals", None, "clinic", at(0))
+            .await
+            .expect("enrol");
+        // 2026-03-03 15:00Z, 17:00Z and 2026-03-04 17:00Z: the 3rd, 4th and 5th in Shanghai.
+        let readings: Vec<Reading> = [38, 40, 64]
+            .iter()
+            .map(|h| Reading {
+                patient_id: "p1".into(),
+                kind: "bp_systolic".into(),
+                value: 150.0,
+                unit: None,
+                at: at(h * 3_600),
+                reading_id: format!("r{h}"),
+                source: "device".into(),
+            })
+            .collect();
+        let visible: HashSet<String> = ["p1".to_string()].into();
+        store::ingest_readings(&pool, &readings, &visible, at(65 * 3_600))
+            .await
+            .expect("ingest");
+        let met = |pool: Pool| async move {
+            scalar(
+                &pool,
+                "SELECT met FROM goals WHERE goal_id = 'measured_often'",
+            )
+            .await
+        };
+        assert_eq!(met(pool.clone()).await, 1, "{name}: three Shanghai days");
+
+        let caller = Caller {
+            staff_id: "his".into(),
+            institution_id: "lead".into(),
+            roles: vec!["case_manager".into()],
+        };
+        let p = PatientUpsert {
+            id: "p1".into(),
+            tz: Some("UTC".into()),
+            ..Default::default()
+        };
+        let mut tx = pool.begin().await.expect("begin");
+        patients::upsert(&mut tx, &caller, None, &p, "t", at(66 * 3_600))
+            .await
+            .expect("upsert");
+        tx.commit().await.expect("commit");
+        assert_eq!(met(pool.clone()).await, 0, "{name}: two UTC days");
+        assert!(
+            history_of(&pool).await.iter().any(|h| h.ends_with(&format!(
+                "|measured_often|0|3|{}",
+                at(66 * 3_600).as_second()
+            ))),
+            "{name}: the change is history: {:?}",
+            history_of(&pool).await
+        );
+        pool.close().await;
+    }
+}

@@ -168,8 +168,9 @@ pub fn measure_goal(
 /// The first instant after `now` at which [`measure_goal`] could answer differently with no new
 /// reading stored: when a stored reading of the goal's observation enters its window (one dated
 /// ahead of `now`) or leaves it. A goal's answer depends on the readings in the window
-/// `(t - over, t]` and on nothing else, so it holds unchanged until then. `None` when no stored
-/// reading will enter or leave the window: only a new reading can change the answer.
+/// `(t - over, t]` and, for days logged, the patient's time zone, and on nothing else, so it holds
+/// unchanged until then. `None` when no stored reading will enter or leave the window: only a new
+/// reading (or a new time zone) can change the answer.
 pub fn goal_next_change(goal: &Goal, facts: &PatientFacts, now: Timestamp) -> Option<Timestamp> {
     use carepath_dsl::GoalMeasure;
     let over = match &goal.measure {

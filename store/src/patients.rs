@@ -510,6 +510,11 @@ pub async fn upsert(
             ],
         )
         .await?;
+        // A days-logged goal counts days in the patient's time zone: a new zone can change its
+        // answer with no reading arriving, so the patient's goals are evaluated again at once.
+        if p.tz.is_some() {
+            super::goals::evaluate_for_patients(tx, std::slice::from_ref(&p.id), now).await?;
+        }
     }
     caller
         .audit_ok(
