@@ -278,15 +278,34 @@ async fn activity(
     for r in &active {
         let e = r[0].expect("id");
         if e % 5 == k % 5 {
-            pool.exec(
-                &format!(
-                    "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, met, evaluated_at, created_at) VALUES ('test:{e}:{k}', {e}, 'weight_logged', '{{}}', {}, {s}, {s})",
-                    e % 2
-                ),
-                vec![],
-            )
-            .await
-            .expect("goal");
+            // A goal whose status changes now and then, as its history records it.
+            // Each enrolment's first day here (k < 5) also gives it two statuses before the
+            // month; a third of them have no other.
+            let first = if k < 5 { s - 40 * DAY } else { s };
+            let met = (e / 5 + k) % 2;
+            let mut sql = vec![format!(
+                "INSERT INTO goals (dedupe_key, enrolment_id, goal_id, spec, created_at) VALUES ('test:{e}', {e}, 'weight_logged', '{{}}', {first}) ON CONFLICT (dedupe_key) DO NOTHING"
+            )];
+            if k < 5 {
+                // Two statuses before the month: the second is the one that stands into it.
+                for (key, at, met) in [("early", first, e % 2), ("later", s - 20 * DAY, 1 - e % 2)]
+                {
+                    sql.push(format!(
+                        "INSERT INTO goal_status (dedupe_key, goal_row_id, enrolment_id, goal_id, met, readings, at) SELECT 'test:{e}:{key}', id, {e}, 'weight_logged', {met}, 0, {at} FROM goals WHERE dedupe_key = 'test:{e}'"
+                    ));
+                }
+            }
+            if e % 3 != 0 {
+                sql.push(format!(
+                    "INSERT INTO goal_status (dedupe_key, goal_row_id, enrolment_id, goal_id, met, readings, at) SELECT 'test:{e}:{k}', id, {e}, 'weight_logged', {met}, 0, {s} FROM goals WHERE dedupe_key = 'test:{e}'"
+                ));
+            }
+            sql.push(format!(
+                "UPDATE goals SET met = (SELECT met FROM goal_status g WHERE g.goal_row_id = goals.id ORDER BY at DESC LIMIT 1), evaluated_at = {s} WHERE dedupe_key = 'test:{e}'"
+            ));
+            for q in sql {
+                pool.exec(&q, vec![]).await.expect("goal");
+            }
         }
         if e % 11 == k % 11 {
             add_event(pool, e, "admitted", s - 4 * DAY - 3 * 3_600 - e, now).await;
@@ -909,14 +928,30 @@ async fn counter(pool: &Pool, inst: &str, pathway: &str, text: &str, from: i64, 
         "completed" => format!(
             "SELECT COUNT(*) FROM enrolments e WHERE {e} AND e.status = 'completed' AND e.ended_at >= {from} AND e.ended_at < {to}"
         ),
-        "goal_met" => distinct(
-            "goals",
-            "g",
-            format!(
-                "g.goal_id = {} AND g.met = 1 AND g.evaluated_at < {to} AND (e.ended_at IS NULL OR e.ended_at >= {from})",
-                q(id)
-            ),
-        ),
+        "goal_met" => {
+            // Met at some instant of the period: each status stands from its history row to the
+            // next, read here from the raw history; the enrolment still active in the period.
+            let mut history: BTreeMap<String, Vec<(i64, bool, String)>> = BTreeMap::new();
+            for r in texts(pool, &format!("SELECT CAST(s.goal_row_id AS TEXT), CAST(s.at AS TEXT), CAST(s.met AS TEXT), CAST(e.id AS TEXT) FROM goal_status s JOIN enrolments e ON e.id = s.enrolment_id WHERE {e} AND s.goal_id = {} AND (e.ended_at IS NULL OR e.ended_at >= {from})", q(id)), 4).await {
+                let cell = |i: usize| r[i].clone().unwrap_or_default();
+                history.entry(cell(0)).or_default().push((
+                    cell(1).parse().expect("at"),
+                    cell(2) == "1",
+                    cell(3),
+                ));
+            }
+            let mut met: BTreeSet<String> = BTreeSet::new();
+            for rows in history.values_mut() {
+                rows.sort();
+                for (i, (at, is_met, enrolment)) in rows.iter().enumerate() {
+                    let until = rows.get(i + 1).map_or(i64::MAX, |n| n.0);
+                    if *is_met && *at < to && until > from {
+                        met.insert(enrolment.clone());
+                    }
+                }
+            }
+            return met.len() as i64;
+        }
         "event" => distinct(
             "events",
             "v",

@@ -867,12 +867,16 @@ pub async fn count(
             "SELECT COUNT(*) FROM enrolments e WHERE {mine} AND e.status = 'completed' AND {}",
             within("e.ended_at")
         ),
-        // A goal's status stands from its evaluation until it changes (a goal is evaluated again
-        // whenever its answer can move), so one met when last evaluated before the period's end
-        // was met in the period, if its enrolment was still active then.
+        // A goal's status stands from one row of its history to the next (a goal is evaluated
+        // again whenever its answer can move): met in the period when a met row starts before
+        // the period's end and no later row replaced it by the period's start, the enrolment
+        // still active then. Read from the history, a past month counts what held in it.
         Counter::GoalMet(_) => among(
-            "goals",
-            "x.goal_id = $6 AND x.met = 1 AND x.evaluated_at < $4 AND (e.ended_at IS NULL OR e.ended_at >= $3)".to_string(),
+            "goal_status",
+            "x.goal_id = $6 AND x.met = 1 AND x.at < $4 AND (e.ended_at IS NULL OR e.ended_at >= $3) \
+             AND (x.at >= $3 OR NOT EXISTS (SELECT 1 FROM goal_status n WHERE n.enrolment_id = x.enrolment_id \
+             AND n.goal_row_id = x.goal_row_id AND n.at > x.at AND n.at <= $3))"
+                .to_string(),
         ),
         Counter::Event(_) => among("events", format!("x.name = $6 AND {}", within("x.at"))),
         Counter::TaskDone(_) => among(
