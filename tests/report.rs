@@ -288,8 +288,10 @@ async fn activity(
             )];
             if k < 5 {
                 // Two statuses before the month: the second is the one that stands into it.
-                for (key, at, met) in [("early", first, e % 2), ("later", s - 20 * DAY, 1 - e % 2)]
-                {
+                for (key, at, met) in [
+                    ("early", first, (e / 3) % 2),
+                    ("later", s - 20 * DAY, 1 - (e / 3) % 2),
+                ] {
                     sql.push(format!(
                         "INSERT INTO goal_status (dedupe_key, goal_row_id, enrolment_id, goal_id, met, readings, at) SELECT 'test:{e}:{key}', id, {e}, 'weight_logged', {met}, 0, {at} FROM goals WHERE dedupe_key = 'test:{e}'"
                     ));
