@@ -68,6 +68,12 @@ pub(crate) async fn run(
         // steps that were written count toward the rate.
         let stepped = pass.stepped.saturating_sub(pass.stale);
         eprintln!("{name} pass: {stepped} stepped in {secs:.1}s");
+        // `serve` follows its cron pass with the escalation sweep; timed on its own, after the
+        // pass's rows are counted.
+        let started = Instant::now();
+        let escalated = store::queries::escalate_overdue(&pool, at).await?;
+        let sweep_secs = started.elapsed().as_secs_f64();
+        eprintln!("{name} escalation sweep: {escalated} escalated in {sweep_secs:.2}s");
         passes.push(serde_json::json!({
             "pass": name,
             "seconds": secs,
@@ -83,6 +89,7 @@ pub(crate) async fn run(
             "enrolment_steps_per_second": stepped as f64 / secs,
             "actions_per_second": pass.actions as f64 / secs,
             "rows_per_second": written as f64 / secs,
+            "escalation_sweep": {"escalated": escalated, "seconds": sweep_secs},
         }));
     }
     let total_written: i64 = written_by_table.iter().sum();

@@ -17,6 +17,7 @@ mod delivery;
 mod demo;
 mod engine_exactly_once;
 mod engine_store;
+mod escalation;
 mod fhir;
 mod goals;
 mod hl7;

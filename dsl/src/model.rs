@@ -620,6 +620,15 @@ pub struct Sla {
     pub escalate_to: Option<String>,
 }
 
+impl Sla {
+    /// The instant (seconds) a task due at `due_at` escalates: `escalate_after` past its due
+    /// time, counted in nominal seconds. None when the SLA names no role or no delay to escalate.
+    pub fn escalates_at(&self, due_at: i64) -> Option<i64> {
+        self.escalate_to.as_ref()?;
+        Some(due_at + self.escalate_after?.nominal_seconds())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {

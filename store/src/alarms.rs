@@ -230,11 +230,14 @@ async fn open_episode(
     else {
         return Ok(());
     };
+    let escalate_at = sla
+        .as_ref()
+        .and_then(|s| s.escalates_at(due_at.as_second()));
     let task = tx
         .fetch_one(
             &format!(
-                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at) \
-                 VALUES ($1, $2, $3, {}, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, escalate_at) \
+                 VALUES ($1, $2, $3, {}, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13, $14) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
                 crate::task_institution(2, 7, 4)
             ),
             args![
@@ -250,7 +253,8 @@ async fn open_episode(
                 priority as i64,
                 sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
                 due_at.as_second(),
-                now.as_second()
+                now.as_second(),
+                escalate_at,
             ],
         )
         .await?

@@ -89,6 +89,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_staff_sign_in", "staff_sign_in"),
     migration!(17, "0017_record_parts", "record_parts"),
     migration!(18, "0018_byte_ordered_keys", "byte_ordered_keys"),
+    migration!(19, "0019_task_escalation", "task_escalation"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -800,7 +800,10 @@ pub async fn act_on_task(
                 ));
                 return refused.answer(tx, patients, "invalid", err).await;
             }
-            let sql = format!("UPDATE tasks SET due_at = $1 WHERE id = $2 AND {ACTIVE}");
+            // The escalation instant moves with the due time (none once escalated).
+            let sql = format!(
+                "UPDATE tasks SET due_at = $1, escalate_at = escalate_at + ($1 - due_at) WHERE id = $2 AND {ACTIVE}"
+            );
             if tx.exec(&sql, args![until.as_second(), task]).await? != 1 {
                 return refused.answer(tx, patients, "conflict", lost()).await;
             }
@@ -1415,40 +1418,54 @@ pub async fn ingest_visible_tx(
     Ok(summary)
 }
 
+/// Tasks one escalation transaction takes on.
+const ESCALATION_BATCH: i64 = 1_000;
+
 /// Escalates overdue tasks whose SLA names a supervisor role, and upward referrals not accepted in
 /// time; each once (dedupe keys), as tasks for the supervisor or the referral coordinator.
+///
+/// A task's escalation instant (`escalate_at`, its due time plus the SLA's `escalate_after`) is
+/// set when it is written; the sweep reads only the tasks whose instant has come, from their
+/// partial index, a batch a transaction until none is left. A task done or cancelled before its
+/// instant is let go (its instant cleared) without escalating.
 pub async fn escalate_overdue(pool: &Pool, now: Timestamp) -> Result<u64> {
-    let mut tx = pool.begin().await?;
-    let (sla, sla_part) = crate::writer::part_column("t", "sla");
-    let rows = tx
-        .fetch(
-            &format!(
-                "SELECT t.id, t.enrolment_id, t.patient_id, t.institution_id, t.state_seq, {sla}, t.due_at, t.title_zh, t.title_en FROM tasks t {sla_part} \
-                 WHERE t.status IN ('open', 'claimed') AND t.escalated_at IS NULL AND t.sla IS NOT NULL AND t.due_at < $1 ORDER BY t.id LIMIT 5000"
-            ),
-            args![now.as_second()],
-        )
-        .await?;
     let mut n = 0;
-    for r in rows {
-        let Ok(sla) = serde_json::from_str::<carepath_dsl::Sla>(&r.text(5)) else {
-            continue;
-        };
-        let (Some(after), Some(role)) = (sla.escalate_after, sla.escalate_to) else {
-            continue;
-        };
-        if r.i64(6) + after.nominal_seconds() > now.as_second() {
-            continue;
+    loop {
+        let mut tx = pool.begin().await?;
+        let (sla, sla_part) = crate::writer::part_column("t", "sla");
+        let rows = tx
+            .fetch(
+                &format!(
+                    "SELECT t.id, t.enrolment_id, t.patient_id, t.institution_id, t.state_seq, {sla}, t.status, t.escalated_at, t.title_zh, t.title_en FROM tasks t {sla_part} \
+                     WHERE t.escalate_at IS NOT NULL AND t.escalate_at <= $1 ORDER BY t.escalate_at, t.id LIMIT $2"
+                ),
+                args![now.as_second(), ESCALATION_BATCH],
+            )
+            .await?;
+        let taken = rows.len() as i64;
+        let ids: Vec<Arg> = rows.iter().map(|r| Arg::I(r.i64(0))).collect();
+        if !ids.is_empty() {
+            tx.exec(
+                &format!(
+                    "UPDATE tasks SET escalate_at = NULL WHERE id IN ({})",
+                    placeholders(1, ids.len())
+                ),
+                ids,
+            )
+            .await?;
         }
-        tx.exec(
-            "UPDATE tasks SET escalated_at = $1 WHERE id = $2",
-            args![now.as_second(), r.i64(0)],
-        )
-        .await?;
-        n += tx
-            .exec(
-                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, status, due_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'escalation', $6, $7, $8, 3, 1, 'open', $9, $9) ON CONFLICT (dedupe_key) DO NOTHING",
+        // (escalated task, escalation row) for each open task whose SLA names a role.
+        let mut due: Vec<(Arg, Vec<Arg>)> = Vec::new();
+        for r in rows {
+            let open = matches!(r.text(6).as_str(), "open" | "claimed") && r.opt_i64(7).is_none();
+            let role = serde_json::from_str::<carepath_dsl::Sla>(&r.text(5))
+                .ok()
+                .and_then(|s| s.escalate_to);
+            let (true, Some(role)) = (open, role) else {
+                continue;
+            };
+            due.push((
+                Arg::I(r.i64(0)),
                 args![
                     format!("escalate:task:{}", r.i64(0)),
                     r.i64(1),
@@ -1456,13 +1473,59 @@ pub async fn escalate_overdue(pool: &Pool, now: Timestamp) -> Result<u64> {
                     r.text(3),
                     r.i64(4),
                     role,
-                    format!("超时升级：{}", r.text(7)),
-                    format!("Overdue, escalated: {}", r.text(8)),
+                    format!("超时升级：{}", r.text(8)),
+                    format!("Overdue, escalated: {}", r.text(9)),
                     now.as_second()
                 ],
+            ));
+        }
+        const PER_ROW: usize = 9;
+        for part in due.chunks(crate::writer::MAX_PARAMS / PER_ROW) {
+            let (ids, values): (Vec<Arg>, Vec<Vec<Arg>>) = part.iter().cloned().unzip();
+            let mut a = vec![Arg::I(now.as_second())];
+            let marks = placeholders(2, ids.len());
+            a.extend(ids);
+            tx.exec(
+                &format!("UPDATE tasks SET escalated_at = $1 WHERE id IN ({marks})"),
+                a,
             )
             .await?;
+            // The escalation is urgent, kept and due at once.
+            let rows: Vec<String> = (0..part.len())
+                .map(|i| {
+                    let p = |j: usize| format!("${}", i * PER_ROW + j);
+                    format!(
+                        "({}, {}, {}, {}, {}, 'escalation', {}, {}, {}, 3, 1, 'open', {}, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(8),
+                        p(9),
+                        p(9)
+                    )
+                })
+                .collect();
+            n += tx
+                .exec(
+                    &format!(
+                        "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, status, due_at, created_at) \
+                         VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
+                        rows.join(", ")
+                    ),
+                    values.into_iter().flatten().collect(),
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        if taken < ESCALATION_BATCH {
+            break;
+        }
     }
+    let mut tx = pool.begin().await?;
     let refs = tx
         .fetch(
             "SELECT r.id, r.enrolment_id, r.patient_id, r.from_institution, e.state_seq FROM referrals r JOIN enrolments e ON e.id = r.enrolment_id \

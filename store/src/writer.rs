@@ -26,10 +26,10 @@ struct Table {
 const TABLES: &[Table] = &[
     Table {
         name: "tasks",
-        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, cancel_reason",
+        columns: "dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, cancel_reason, escalate_at",
         // A task goes to the institution that owns its role for the enrolment (a referral moved
         // it, see `queries::decide_referral`), else to the enrolment's.
-        values: "(?, ?, ?, COALESCE((SELECT o.institution_id FROM role_owners o WHERE o.enrolment_id = ? AND o.role = ?), ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        values: "(?, ?, ?, COALESCE((SELECT o.institution_id FROM role_owners o WHERE o.enrolment_id = ? AND o.role = ?), ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         kind: Some("task"),
     },
     Table {
@@ -394,6 +394,10 @@ impl RowBuffer {
                         at,
                     });
                 }
+                let escalate_at = sla
+                    .as_ref()
+                    .filter(|_| cancelled.is_none())
+                    .and_then(|s| s.escalates_at(due_at.as_second()));
                 // The SLA is the record part its step's row names too.
                 let sla = sla.as_ref().map(|s| {
                     put_part(
@@ -429,6 +433,7 @@ impl RowBuffer {
                         Arg::I(due_at.as_second()),
                         Arg::I(at),
                         Arg::OptT(cancelled.map(str::to_string)),
+                        Arg::OptI(escalate_at),
                     ],
                 );
             }
