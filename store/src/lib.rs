@@ -90,6 +90,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(17, "0017_record_parts", "record_parts"),
     migration!(18, "0018_byte_ordered_keys", "byte_ordered_keys"),
     migration!(19, "0019_task_escalation", "task_escalation"),
+    migration!(20, "0020_open_task_index", "open_task_index"),
 ];
 
 #[derive(Debug, thiserror::Error)]
