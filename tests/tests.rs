@@ -18,6 +18,7 @@ mod demo;
 mod engine_exactly_once;
 mod engine_store;
 mod escalation;
+mod events_during_pass;
 mod fhir;
 mod goals;
 mod hl7;

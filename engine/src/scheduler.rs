@@ -97,10 +97,16 @@ pub async fn run_pass(
         {
             break;
         }
+        let cx = Batches {
+            pool,
+            programs,
+            now,
+            opts,
+        };
         let finished = if pool.is_postgres() && opts.max_batches.is_none() {
-            batches_in_flight(pool, programs, now, opts, &mut summary, &mut written).await?
+            batches_in_flight(cx, &mut summary, &mut written).await?
         } else {
-            run_batches(pool, programs, now, opts, &mut summary, &mut written).await?
+            run_batches(cx, &mut summary, &mut written).await?
         };
         if !finished {
             break;
@@ -123,6 +129,15 @@ pub async fn run_pass(
     Ok(summary)
 }
 
+/// What the batches of one pass share.
+#[derive(Clone, Copy)]
+struct Batches<'a> {
+    pool: &'a Pool,
+    programs: &'a Programs,
+    now: Timestamp,
+    opts: &'a PassOptions,
+}
+
 /// Batches a PostgreSQL pass keeps in flight. One batch alternates between this process
 /// (stepping, building rows) and the server (reading, writing): each waits while the other works,
 /// and on two cores one of them sat idle half the pass. With two, one batch is stepped while the
@@ -131,16 +146,13 @@ const PG_BATCHES_IN_FLIGHT: usize = 2;
 
 /// [`run_batches`], [`PG_BATCHES_IN_FLIGHT`] at a time on one task, their counts added up.
 async fn batches_in_flight(
-    pool: &Pool,
-    programs: &Programs,
-    now: Timestamp,
-    opts: &PassOptions,
+    cx: Batches<'_>,
     summary: &mut PassSummary,
     written: &mut Written,
 ) -> Result<bool> {
     let loops = (0..PG_BATCHES_IN_FLIGHT).map(|_| async {
         let (mut s, mut w) = (PassSummary::default(), Written::default());
-        run_batches(pool, programs, now, opts, &mut s, &mut w)
+        run_batches(cx, &mut s, &mut w)
             .await
             .map(|finished| (finished, s, w))
     });
@@ -159,34 +171,63 @@ async fn batches_in_flight(
 
 /// Steps due enrolments batch by batch until none is due; `false` when `max_batches` stopped it.
 async fn run_batches(
-    pool: &Pool,
-    programs: &Programs,
-    now: Timestamp,
-    opts: &PassOptions,
+    cx: Batches<'_>,
     summary: &mut PassSummary,
     written: &mut Written,
 ) -> Result<bool> {
     loop {
-        if opts.max_batches.is_some_and(|m| summary.batches >= m) {
+        if cx.opts.max_batches.is_some_and(|m| summary.batches >= m) {
             return Ok(false);
         }
-        let mut tx = pool.begin().await?;
-        let batch = store::claim_due(&mut tx, now, opts.batch_size).await?;
-        if batch.is_empty() {
+        let mut tx = cx.pool.begin().await?;
+        let read = read_and_step(&mut tx, cx.programs, cx.now, cx.opts.batch_size).await?;
+        if read.batch.is_empty() {
             tx.rollback().await?;
             return Ok(true);
         }
-        summary.batches += 1;
-        let mut facts = store::load_facts(&mut tx, &batch, now).await?;
-        let calendars = store::calendars::for_institutions(
-            &mut tx,
-            batch.iter().map(|d| d.institution_id.as_str()),
-        )
-        .await?;
-        let mut buf = store::RowBuffer::default();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for d in &batch {
-            summary.stepped += 1;
+        write_batch(&mut tx, read, cx.now, summary, written).await?;
+        tx.commit().await?;
+    }
+}
+
+/// A batch claimed and stepped: each enrolment with what stepping it gave.
+struct Read {
+    batch: Vec<store::DueEnrolment>,
+    stepped: Vec<Stepped>,
+}
+
+enum Stepped {
+    Outcome(step::Outcome),
+    /// The step failed; the enrolment goes into error, its task on `role`'s board. An enrolment
+    /// of a pathway version not loaded counts as an error even when its row had moved on.
+    Failed {
+        err: step::StepError,
+        role: String,
+        unloaded: bool,
+    },
+}
+
+/// Claims a batch in `tx`, loads its facts and calendars and steps it.
+async fn read_and_step(
+    tx: &mut store::Tx,
+    programs: &Programs,
+    now: Timestamp,
+    size: i64,
+) -> Result<Read> {
+    let batch = store::claim_due(tx, now, size).await?;
+    if batch.is_empty() {
+        return Ok(Read {
+            batch,
+            stepped: Vec::new(),
+        });
+    }
+    let mut facts = store::load_facts(tx, &batch, now).await?;
+    let calendars =
+        store::calendars::for_institutions(tx, batch.iter().map(|d| d.institution_id.as_str()))
+            .await?;
+    let stepped = batch
+        .iter()
+        .map(|d| {
             let Some(prog) = programs.get(&d.enrolment.pathway_id, d.enrolment.version) else {
                 let err = step::StepError {
                     pathway: d.enrolment.pathway_id.clone(),
@@ -195,40 +236,73 @@ async fn run_batches(
                     guard: None,
                     message: "this pathway version is not loaded".into(),
                 };
-                store::mark_error(&mut tx, d, &err, "case_manager", now).await?;
-                summary.errors += 1;
-                continue;
+                return Stepped::Failed {
+                    err,
+                    role: "case_manager".into(),
+                    unloaded: true,
+                };
             };
             let (f, pending) = facts.remove(&d.enrolment.id).unwrap_or_default();
             let stepped = time::with_calendar(calendars.of(&d.institution_id), || {
                 step::step(prog, &d.enrolment, &f, &pending, now)
             });
             match stepped {
-                Ok(outcome) => outcomes.push((d, outcome)),
+                Ok(outcome) => Stepped::Outcome(outcome),
                 Err(err) => {
                     tracing::warn!(enrolment = d.enrolment.id, pathway = %err.pathway, version = err.version, state = %err.state, "step failed: {}", err.message);
-                    if store::mark_error(&mut tx, d, &err, &prog.pathway.owner_role, now).await? {
-                        summary.errors += 1;
+                    Stepped::Failed {
+                        err,
+                        role: prog.pathway.owner_role.clone(),
+                        unloaded: false,
                     }
                 }
             }
-        }
-        let refs: Vec<(&store::DueEnrolment, &step::Outcome)> =
-            outcomes.iter().map(|(d, o)| (*d, o)).collect();
-        for w in store::apply_outcomes(&mut tx, &mut buf, &refs, now).await? {
-            match w {
-                Some(w) => {
-                    if w.transitions > 0 {
-                        summary.advanced += 1;
-                    }
-                    written.add(&w);
+        })
+        .collect();
+    Ok(Read { batch, stepped })
+}
+
+/// Writes a batch's outcomes (and marks its failed enrolments in error) in `tx`.
+async fn write_batch(
+    tx: &mut store::Tx,
+    read: Read,
+    now: Timestamp,
+    summary: &mut PassSummary,
+    written: &mut Written,
+) -> Result<()> {
+    summary.batches += 1;
+    let mut buf = store::RowBuffer::default();
+    let mut outcomes = Vec::with_capacity(read.batch.len());
+    for (d, stepped) in read.batch.iter().zip(read.stepped) {
+        summary.stepped += 1;
+        match stepped {
+            Stepped::Outcome(o) => outcomes.push((d, o)),
+            Stepped::Failed {
+                err,
+                role,
+                unloaded,
+            } => {
+                if store::mark_error(tx, d, &err, &role, now).await? || unloaded {
+                    summary.errors += 1;
                 }
-                None => summary.stale += 1,
             }
         }
-        written.add(&buf.flush(&mut tx).await?);
-        tx.commit().await?;
     }
+    let refs: Vec<(&store::DueEnrolment, &step::Outcome)> =
+        outcomes.iter().map(|(d, o)| (*d, o)).collect();
+    for w in store::apply_outcomes(tx, &mut buf, &refs, now).await? {
+        match w {
+            Some(w) => {
+                if w.transitions > 0 {
+                    summary.advanced += 1;
+                }
+                written.add(&w);
+            }
+            None => summary.stale += 1,
+        }
+    }
+    written.add(&buf.flush(tx).await?);
+    Ok(())
 }
 
 /// Steps one enrolment now (after an event), in its own transaction.
