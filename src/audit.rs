@@ -103,13 +103,10 @@ impl AuditArgs {
         if let Some(p) = &self.checkpoints {
             return p.clone();
         }
+        // Beside a SQLite file, as its key is: two databases of the same file name in different
+        // folders never share a checkpoint file.
         match sqlite_file(url) {
-            Some(f) if self.data_dir.is_none() => with_suffix(&f, ".audit-checkpoints"),
-            Some(f) => self.data_dir().join(format!(
-                "{}.audit-checkpoints",
-                f.file_name()
-                    .map_or("carepath".into(), |n| n.to_string_lossy())
-            )),
+            Some(f) => with_suffix(&f, ".audit-checkpoints"),
             None => self
                 .data_dir()
                 .join(format!("{}.audit-checkpoints", database_name(url))),

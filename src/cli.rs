@@ -137,6 +137,8 @@ enum Command {
         format: OutputFormat,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// Enrol patients from NDJSON, one patient a line (see docs/api.md, bulk onboarding): every
     /// line checked first, each written whole or not at all; rejected lines are listed with their
@@ -151,6 +153,8 @@ enum Command {
         format: OutputFormat,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// Apply database migrations.
     Migrate {
@@ -870,10 +874,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             as_of: at,
             format,
             db,
+            audit,
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let pool = db.open().await?;
+            // Each batch's audit entry is chained under the database's audit key.
+            let audit = audit.install(&pool, &db.url).await?;
             let programs = store::load_programs(&pool).await?;
             let key = match carepath_engine::crypto::ContactKey::from_env() {
                 Ok(k) => Some(k),
@@ -890,6 +897,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 as_of(&at)?,
             )
             .await?;
+            audit.checkpoint(&pool).await?;
             if format == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
@@ -936,6 +944,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             as_of: at,
             format,
             db,
+            audit,
         } => {
             use crate::release::Mode;
             let mode = match (dry_run, apply, rollback) {
@@ -947,7 +956,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let pool = db.open().await?;
-            crate::release::migrate_enrolments(
+            // An applied run and a rollback are audited under the database's audit key.
+            let audit = audit.install(&pool, &db.url).await?;
+            let done = crate::release::migrate_enrolments(
                 &pool,
                 plan.as_deref(),
                 mode,
@@ -955,7 +966,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format == OutputFormat::Json,
                 as_of(&at)?,
             )
-            .await
+            .await;
+            let checkpoint = audit.checkpoint(&pool).await;
+            let done = done?;
+            checkpoint?;
+            Ok(done)
         }
         Command::Graph { file, format } => {
             let compiled = dsl::compile_file(&file);

@@ -136,5 +136,7 @@ fn bad_lines_are_reported_good_lines_written_whole_and_a_rerun_finishes_a_killed
             r
         });
         assert!(!tasks.is_empty());
+        // The import's audit entries are chained under the database's key, killed run included.
+        support::assert_audit_intact(&b.url, b.name());
     }
 }

@@ -421,6 +421,7 @@ fn sigkill_during_apply_and_a_rerun_give_the_rows_of_one_uninterrupted_run() {
             String::from_utf8_lossy(&rerun.stderr)
         );
         let _ = killed;
+        support::assert_audit_intact(&killed_url, b.name());
         let moved_sql = "SELECT CAST(enrolment_id AS TEXT), from_state, to_state, vars_before FROM migration_moves";
         let state_sql = "SELECT CAST(id AS TEXT), CAST(version AS TEXT), state, vars FROM enrolments WHERE pathway_id = 'hypertension'";
         let task_sql = "SELECT dedupe_key, status, cancel_reason FROM tasks";

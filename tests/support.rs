@@ -391,6 +391,22 @@ pub(crate) fn carepath_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `carepath audit verify` on `url` succeeds: every audit row the commands wrote is chained under
+/// the database's audit key, and the checkpoints match.
+pub(crate) fn assert_audit_intact(url: &str, label: &str) {
+    let out = carepath()
+        .args(["audit", "verify", "--db", url])
+        .output()
+        .expect("cannot run carepath");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("intact"),
+        "{label}: `carepath audit verify` {}:\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `carepath seed`; returns its JSON summary.
 pub(crate) fn cli_seed(
     url: &str,
