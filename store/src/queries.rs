@@ -1429,10 +1429,10 @@ const ESCALATION_BATCH: i64 = 1_000;
 /// partial index, a batch a transaction until none is left. A task done or cancelled before its
 /// instant is let go (its instant cleared) without escalating.
 pub async fn escalate_overdue(pool: &Pool, now: Timestamp) -> Result<u64> {
+    let (sla, sla_part) = crate::writer::part_column("t", "sla");
     let mut n = 0;
     loop {
         let mut tx = pool.begin().await?;
-        let (sla, sla_part) = crate::writer::part_column("t", "sla");
         let rows = tx
             .fetch(
                 &format!(
@@ -1466,20 +1466,26 @@ pub async fn escalate_overdue(pool: &Pool, now: Timestamp) -> Result<u64> {
             };
             due.push((
                 Arg::I(r.i64(0)),
+                // Urgent (3), kept, open and due at once.
                 args![
                     format!("escalate:task:{}", r.i64(0)),
                     r.i64(1),
                     r.text(2),
                     r.text(3),
                     r.i64(4),
+                    "escalation",
                     role,
                     format!("超时升级：{}", r.text(8)),
                     format!("Overdue, escalated: {}", r.text(9)),
+                    3_i64,
+                    1_i64,
+                    "open",
+                    now.as_second(),
                     now.as_second()
                 ],
             ));
         }
-        const PER_ROW: usize = 9;
+        const PER_ROW: usize = 14;
         for part in due.chunks(crate::writer::MAX_PARAMS / PER_ROW) {
             let (ids, values): (Vec<Arg>, Vec<Vec<Arg>>) = part.iter().cloned().unzip();
             let mut a = vec![Arg::I(now.as_second())];
@@ -1490,31 +1496,12 @@ pub async fn escalate_overdue(pool: &Pool, now: Timestamp) -> Result<u64> {
                 a,
             )
             .await?;
-            // The escalation is urgent, kept and due at once.
-            let rows: Vec<String> = (0..part.len())
-                .map(|i| {
-                    let p = |j: usize| format!("${}", i * PER_ROW + j);
-                    format!(
-                        "({}, {}, {}, {}, {}, 'escalation', {}, {}, {}, 3, 1, 'open', {}, {})",
-                        p(1),
-                        p(2),
-                        p(3),
-                        p(4),
-                        p(5),
-                        p(6),
-                        p(7),
-                        p(8),
-                        p(9),
-                        p(9)
-                    )
-                })
-                .collect();
             n += tx
                 .exec(
                     &format!(
                         "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, status, due_at, created_at) \
                          VALUES {} ON CONFLICT (dedupe_key) DO NOTHING",
-                        rows.join(", ")
+                        crate::values_list_from(1, part.len(), PER_ROW)
                     ),
                     values.into_iter().flatten().collect(),
                 )
