@@ -238,6 +238,14 @@ async fn readings_raise_once_clear_below_the_other_line_and_staff_resolve_throug
         );
         assert_eq!(
             w.count(&format!(
+                "SELECT COUNT(*) FROM tasks WHERE enrolment_id = {e} AND task_ref = 'bp_review' AND escalate_at = due_at + 4 * 3600"
+            ))
+            .await,
+            1,
+            "{name}: the episode's task escalates 4 h past its due time"
+        );
+        assert_eq!(
+            w.count(&format!(
                 "SELECT COUNT(*) FROM events WHERE enrolment_id = {e} AND name = 'alarm:bp_high'"
             ))
             .await,

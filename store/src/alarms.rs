@@ -218,47 +218,21 @@ async fn open_episode(
         return Ok(());
     };
     out.episodes.push(episode);
-    let carepath_core::step::Produced::Task {
-        task_ref,
-        role,
-        title,
-        due_at,
-        priority,
-        sla,
-        ..
-    } = carepath_core::alarms::task(spec, now)
-    else {
+    let task = carepath_core::alarms::task(spec, now);
+    if !matches!(task, carepath_core::step::Produced::Task { .. }) {
         return Ok(());
-    };
-    let escalate_at = sla
-        .as_ref()
-        .and_then(|s| s.escalates_at(due_at.as_second()));
-    let task = tx
-        .fetch_one(
-            &format!(
-                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, escalate_at) \
-                 VALUES ($1, $2, $3, {}, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13, $14) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                crate::task_institution(2, 7, 4)
-            ),
-            args![
-                &key,
-                armed.enrolment,
-                &armed.patient,
-                &armed.institution,
-                armed.state_seq,
-                task_ref,
-                &role,
-                &title.zh,
-                &title.en,
-                priority as i64,
-                sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
-                due_at.as_second(),
-                now.as_second(),
-                escalate_at,
-            ],
-        )
-        .await?
-        .map(|r| r.i64(0));
+    }
+    let task = crate::insert_kept_task(
+        tx,
+        &key,
+        armed.enrolment,
+        &armed.patient,
+        &armed.institution,
+        armed.state_seq,
+        &task,
+        now,
+    )
+    .await?;
     if let Some(t) = task {
         tx.exec(
             "UPDATE alarm_episodes SET task_id = $1 WHERE id = $2",

@@ -368,6 +368,63 @@ pub(crate) fn task_institution(enrolment: usize, role: usize, fallback: usize) -
     )
 }
 
+/// A task made outside a scheduler step (an alarm episode's, a scale answer's critical item): kept,
+/// open, in the institution that owns its role for the enrolment, with its SLA and escalation
+/// instant. Returns its id; None when a task with `key` is already stored, or `task` is no task.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_kept_task(
+    tx: &mut Tx,
+    key: &str,
+    enrolment: i64,
+    patient: &str,
+    institution: &str,
+    state_seq: i64,
+    task: &carepath_core::step::Produced,
+    now: Timestamp,
+) -> Result<Option<i64>> {
+    let carepath_core::step::Produced::Task {
+        task_ref,
+        role,
+        title,
+        due_at,
+        priority,
+        sla,
+        ..
+    } = task
+    else {
+        return Ok(None);
+    };
+    let escalate_at = sla
+        .as_ref()
+        .and_then(|s| s.escalates_at(due_at.as_second()));
+    Ok(tx
+        .fetch_one(
+            &format!(
+                "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, escalate_at) \
+                 VALUES ($1, $2, $3, {}, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13, $14) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                task_institution(2, 7, 4)
+            ),
+            args![
+                key,
+                enrolment,
+                patient,
+                institution,
+                state_seq,
+                task_ref.clone(),
+                role,
+                &title.zh,
+                &title.en,
+                *priority as i64,
+                sla.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()),
+                due_at.as_second(),
+                now.as_second(),
+                escalate_at,
+            ],
+        )
+        .await?
+        .map(|r| r.i64(0)))
+}
+
 /// One due enrolment with what the step needs from its patient.
 #[derive(Debug, Clone)]
 pub struct DueEnrolment {

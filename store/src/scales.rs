@@ -328,51 +328,24 @@ pub async fn answer_push_tx(
         let (Some(rule), Some(task)) = (&hit.rule, hit.task(&scale, now)) else {
             continue;
         };
-        let carepath_core::step::Produced::Task {
-            task_ref,
-            role,
-            title,
-            due_at,
-            priority,
-            sla,
-            ..
-        } = task
-        else {
+        if !matches!(task, carepath_core::step::Produced::Task { .. }) {
             continue;
-        };
-        let escalate_at = sla
-            .as_ref()
-            .and_then(|s| s.escalates_at(due_at.as_second()));
+        }
         let task_key = format!("scale:{push}:critical:{}", hit.item);
-        let task = tx
-            .fetch_one(
-                &format!(
-                    "INSERT INTO tasks (dedupe_key, enrolment_id, patient_id, institution_id, state_seq, task_ref, role, title_zh, title_en, priority, keep, sla, status, due_at, created_at, escalate_at) \
-                     VALUES ($1, $2, $3, {}, $5, $6, $7, $8, $9, $10, 1, $11, 'open', $12, $13, $14) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                    crate::task_institution(2, 7, 4)
-                ),
-                args![
-                    &task_key,
-                    enrolment,
-                    &patient,
-                    &institution,
-                    state_seq,
-                    task_ref,
-                    &role,
-                    &title.zh,
-                    &title.en,
-                    priority as i64,
-                    sla.map(|s| serde_json::to_string(&s).unwrap_or_default()),
-                    due_at.as_second(),
-                    now.as_second(),
-                    escalate_at,
-                ],
-            )
-            .await?
-            .map(|r| r.i64(0));
+        let task_id = crate::insert_kept_task(
+            tx,
+            &task_key,
+            enrolment,
+            &patient,
+            &institution,
+            state_seq,
+            &task,
+            now,
+        )
+        .await?;
         tx.exec(
             "INSERT INTO record (dedupe_key, patient_id, enrolment_id, at, kind, detail) VALUES ($1, $2, $3, $4, 'scale_critical', $5) ON CONFLICT (dedupe_key) DO NOTHING",
-            args![&task_key, &patient, enrolment, now.as_second(), json!({"push": push, "scale": scale, "item": hit.item, "value": hit.value, "action": hit.action, "role": rule.role, "task": task}).to_string()],
+            args![&task_key, &patient, enrolment, now.as_second(), json!({"push": push, "scale": scale, "item": hit.item, "value": hit.value, "action": hit.action, "role": rule.role, "task": task_id}).to_string()],
         )
         .await?;
         critical.push(CriticalRaised {
@@ -382,7 +355,7 @@ pub async fn answer_push_tx(
             action: hit.action.clone(),
             role: rule.role.clone(),
             text: hit.text.clone(),
-            task_id: task,
+            task_id,
         });
     }
     tx.exec(
